@@ -1,0 +1,323 @@
+//! The elaborated model: a flat list of layers in execution order, each with a stable hierarchical
+//! name, its inputs, shapes, parameter count, MACs and output activation size.
+//!
+//! Layer 0 is always the `input` node. Every other layer reads the layers listed in `inputs` (indices
+//! of earlier layers): one for ordinary layers, two for a residual `add` (main branch, shortcut). The
+//! runtime interpreter and the code generator walk this list in order.
+
+use crate::shape::{Dims, Shape};
+use crate::source::Span;
+use serde::Serialize;
+use std::fmt;
+
+/// A plain convolution on a single-frequency tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub in_c: usize,
+    /// Output channels.
+    pub out_c: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Whether a bias is added.
+    pub bias: bool,
+}
+
+/// One of the four OctConv paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// High → high.
+    HH,
+    /// High → low (average-pool 2×2, then convolve).
+    HL,
+    /// Low → high (convolve, then nearest ×2 upsample; no upsample at stride 2).
+    LH,
+    /// Low → low.
+    LL,
+}
+
+impl Path {
+    /// All paths in parameter order.
+    pub const ALL: [Path; 4] = [Path::HH, Path::HL, Path::LH, Path::LL];
+
+    /// `H→H`, `H→L`, `L→H` or `L→L`, for messages.
+    pub fn arrow(self) -> &'static str {
+        match self {
+            Path::HH => "H→H",
+            Path::HL => "H→L",
+            Path::LH => "L→H",
+            Path::LL => "L→L",
+        }
+    }
+
+    /// The parameter-name segment: `hh`, `hl`, `lh`, `ll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::HH => "hh",
+            Path::HL => "hl",
+            Path::LH => "lh",
+            Path::LL => "ll",
+        }
+    }
+}
+
+/// An octave convolution (Chen et al. 2019) with explicit channel counts per branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct OctConvSpec {
+    /// High-frequency input channels.
+    pub in_h: usize,
+    /// Low-frequency input channels (0 for a single-frequency input, α_in = 0).
+    pub in_l: usize,
+    /// High-frequency output channels (0 at α_out = 1).
+    pub out_h: usize,
+    /// Low-frequency output channels (0 at α_out = 0: the output is single-frequency).
+    pub out_l: usize,
+    /// Square, odd kernel size; padding is `kernel / 2` ("same").
+    pub kernel: usize,
+    /// 1 or 2. Stride 2 average-pools before the convolutions, as in the paper's code.
+    pub stride: usize,
+    /// Groups per path.
+    pub groups: usize,
+    /// Depthwise: one filter per channel, cross-frequency paths dropped.
+    pub depthwise: bool,
+    /// Whether each output branch gets a bias (added once per branch).
+    pub bias: bool,
+}
+
+impl OctConvSpec {
+    /// Input and output channels of a path, or `None` if the path is absent.
+    pub fn path_channels(&self, p: Path) -> Option<(usize, usize)> {
+        let (i, o) = match p {
+            Path::HH => (self.in_h, self.out_h),
+            Path::HL => (self.in_h, self.out_l),
+            Path::LH => (self.in_l, self.out_h),
+            Path::LL => (self.in_l, self.out_l),
+        };
+        let cross = matches!(p, Path::HL | Path::LH);
+        (i > 0 && o > 0 && !(self.depthwise && cross)).then_some((i, o))
+    }
+
+    /// The paths that exist, in parameter order.
+    pub fn paths(&self) -> impl Iterator<Item = Path> + '_ {
+        Path::ALL
+            .into_iter()
+            .filter(|p| self.path_channels(*p).is_some())
+    }
+
+    /// α of the input split.
+    pub fn alpha_in(&self) -> f64 {
+        crate::shape::split_alpha(self.in_h, self.in_l)
+    }
+
+    /// α of the output split.
+    pub fn alpha_out(&self) -> f64 {
+        crate::shape::split_alpha(self.out_h, self.out_l)
+    }
+}
+
+/// Pooling window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolSpec {
+    /// Square window size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on each side.
+    pub padding: usize,
+}
+
+/// What a layer computes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    /// The model input (layer 0).
+    Input,
+    /// Plain convolution.
+    Conv(ConvSpec),
+    /// Octave convolution.
+    OctConv(OctConvSpec),
+    /// Batch normalisation; separate statistics per branch of a pair.
+    BatchNorm {
+        /// Added to the variance.
+        eps: f64,
+        /// Running-statistics momentum.
+        momentum: f64,
+    },
+    /// ReLU.
+    Relu,
+    /// Dropout with drop probability `p` (identity in eval mode).
+    Dropout {
+        /// Drop probability.
+        p: f64,
+    },
+    /// Average pooling (per branch on a pair).
+    AvgPool(PoolSpec),
+    /// Max pooling (per branch on a pair).
+    MaxPool(PoolSpec),
+    /// Single-frequency → pair: the last `low` channels, average-pooled 2×2, become the low branch.
+    Split {
+        /// Channels moved to the low branch.
+        low: usize,
+    },
+    /// Pair → single-frequency: `concat([high, upsample_nearest_x2(low)])`, high channels first.
+    Merge,
+    /// `[C, H, W]` → `[C]`; with `per_branch`, a pair → `[Ch + Cl]` (the head the paper warns against).
+    GlobalAvgPool {
+        /// Pool each branch of a pair separately and concatenate (explicit opt-in).
+        per_branch: bool,
+    },
+    /// `[C, H, W]` → `[C·H·W]`.
+    Flatten,
+    /// Fully connected layer on a flat vector.
+    Linear {
+        /// Input features.
+        in_f: usize,
+        /// Output features.
+        out_f: usize,
+        /// Whether a bias is added.
+        bias: bool,
+    },
+    /// Residual sum of `inputs[0]` (main branch) and `inputs[1]` (shortcut).
+    Add,
+}
+
+impl Op {
+    /// The layer kind as written in specs (`octconv`, `bn`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Conv(_) => "conv",
+            Op::OctConv(_) => "octconv",
+            Op::BatchNorm { .. } => "bn",
+            Op::Relu => "relu",
+            Op::Dropout { .. } => "dropout",
+            Op::AvgPool(_) => "avg_pool",
+            Op::MaxPool(_) => "max_pool",
+            Op::Split { .. } => "split",
+            Op::Merge => "merge",
+            Op::GlobalAvgPool { .. } => "global_avg_pool",
+            Op::Flatten => "flatten",
+            Op::Linear { .. } => "linear",
+            Op::Add => "add",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Conv(c) => {
+                write!(f, "conv {k}x{k}", k = c.kernel)?;
+                if c.stride != 1 {
+                    write!(f, " s{}", c.stride)?;
+                }
+                if c.groups != 1 {
+                    write!(f, " g{}", c.groups)?;
+                }
+                Ok(())
+            }
+            Op::OctConv(o) => {
+                write!(f, "octconv {k}x{k}", k = o.kernel)?;
+                if o.stride != 1 {
+                    write!(f, " s{}", o.stride)?;
+                }
+                if o.depthwise {
+                    write!(f, " dw")?;
+                } else if o.groups != 1 {
+                    write!(f, " g{}", o.groups)?;
+                }
+                write!(f, " α {:.3}→{:.3}", o.alpha_in(), o.alpha_out())
+            }
+            Op::Dropout { p } => write!(f, "dropout {p}"),
+            Op::AvgPool(p) | Op::MaxPool(p) => {
+                write!(f, "{} {k}x{k} s{}", self.kind(), p.stride, k = p.kernel)
+            }
+            Op::GlobalAvgPool { per_branch: true } => write!(f, "global_avg_pool per-branch"),
+            _ => write!(f, "{}", self.kind()),
+        }
+    }
+}
+
+/// One elaborated layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Layer {
+    /// Stable hierarchical name (`wide0.res0.octconv1`); parameter names extend it.
+    pub name: String,
+    /// What it computes.
+    pub op: Op,
+    /// Indices of the layers it reads (empty for the input).
+    pub inputs: Vec<usize>,
+    /// Shape of its (first) input.
+    pub input: Shape,
+    /// Shape of its output.
+    pub output: Shape,
+    /// Trainable parameters (BN running statistics excluded).
+    pub params: u64,
+    /// Multiply-accumulates per sample (convolutions and linear layers).
+    pub macs: u64,
+    /// Bytes of its output activation per sample, as f32.
+    pub activation_bytes: u64,
+    /// Where the layer is written in the spec.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// A model argument as bound (after defaults).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelArg {
+    /// Parameter name.
+    pub name: String,
+    /// Value, as spec text.
+    pub value: String,
+}
+
+/// An elaborated, checked model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Model {
+    /// Model name.
+    pub name: String,
+    /// `///` documentation.
+    pub docs: Vec<String>,
+    /// All parameters with their bound values.
+    pub args: Vec<ModelArg>,
+    /// Input `[C, H, W]`.
+    pub input: Dims,
+    /// Output shape.
+    pub output: Shape,
+    /// Layers in execution order; `layers[0]` is the input.
+    pub layers: Vec<Layer>,
+}
+
+impl Model {
+    /// Total trainable parameters.
+    pub fn params(&self) -> u64 {
+        self.layers.iter().map(|l| l.params).sum()
+    }
+
+    /// Total MACs per sample.
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(|l| l.macs).sum()
+    }
+
+    /// Sum of all layers' output activations per sample, in bytes (f32), input excluded.
+    pub fn activation_bytes(&self) -> u64 {
+        self.layers.iter().skip(1).map(|l| l.activation_bytes).sum()
+    }
+
+    /// The call that produces this model, e.g. `wrn(n = 4, k = 10, alpha = 0.25, …)`.
+    pub fn call_string(&self) -> String {
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| format!("{} = {}", a.name, a.value))
+            .collect();
+        format!("{}({})", self.name, args.join(", "))
+    }
+}

@@ -1,0 +1,59 @@
+//! The head: `global_avg_pool`, `flatten`, `linear`. Applying any of them to an octave pair is an
+//! invalid head (pooling each branch separately is what the paper reports destabilises training)
+//! unless opted into with `global_avg_pool(per_branch = true)`.
+
+use super::Args;
+use crate::diag::{DiagKind, Diagnostic};
+use crate::ir::Op;
+use crate::shape::Shape;
+
+fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
+    a.call_error(
+        DiagKind::InvalidHead,
+        format!("invalid head: {} needs a single-frequency tensor, but its input is {input}", a.def.name),
+    )
+    .with_label(format!("{what} on an octave pair"))
+    .with_help(help.to_string())
+}
+
+/// `global_avg_pool(per_branch = false)`: `[C, H, W]` → `[C]`.
+pub(crate) fn global_avg_pool(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let per_branch = a.bool("per_branch").unwrap_or(false);
+    let op = Op::GlobalAvgPool { per_branch };
+    match input {
+        Shape::Single(d) => Ok((op, Shape::Flat { features: d.c })),
+        Shape::Pair { high, low } if per_branch => Ok((op, Shape::Flat { features: high.c + low.c })),
+        Shape::Pair { .. } => Err(invalid_head(a, "pooling", input, "insert `merge();` before the pooling")
+            .with_note("pooling each branch and concatenating is the head the paper reports destabilises training; to use it on purpose write `global_avg_pool(per_branch = true)`")),
+        Shape::Flat { .. } => Err(a
+            .call_error(DiagKind::LayerInput, format!("global_avg_pool needs a feature map, but its input is {input}"))
+            .with_label("already flat")
+            .with_help("remove this layer")),
+    }
+}
+
+/// `flatten()`: `[C, H, W]` → `[C·H·W]`; identity on a flat vector.
+pub(crate) fn flatten(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    match input {
+        Shape::Single(d) => match usize::try_from(d.numel()) {
+            Ok(features) if features <= super::MAX_DIM as usize => Ok((Op::Flatten, Shape::Flat { features })),
+            _ => Err(a.call_error(DiagKind::Limit, format!("flatten of {input} gives more than {} features", super::MAX_DIM))),
+        },
+        Shape::Flat { .. } => Ok((Op::Flatten, *input)),
+        Shape::Pair { .. } => Err(invalid_head(a, "flattening", input, "insert `merge();` before flattening")),
+    }
+}
+
+/// `linear(out, bias = true)` on a flat vector.
+pub(crate) fn linear(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let out = a.dim("out", 0, 1)?;
+    let bias = a.bool("bias").unwrap_or(true);
+    match input {
+        Shape::Flat { features } => Ok((Op::Linear { in_f: *features, out_f: out, bias }, Shape::Flat { features: out })),
+        Shape::Single(_) => Err(a
+            .call_error(DiagKind::LayerInput, format!("linear needs a flat vector, but its input is the feature map {input}"))
+            .with_label("not flat")
+            .with_help("insert `global_avg_pool();` or `flatten();` before `linear`")),
+        Shape::Pair { .. } => Err(invalid_head(a, "a linear layer", input, "insert `merge();` and `global_avg_pool();` before `linear`")),
+    }
+}

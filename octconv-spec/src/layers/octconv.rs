@@ -1,0 +1,208 @@
+//! `octconv`: the octave convolution's argument rules and shape rule.
+//!
+//! Geometry (as in the paper's code): with stride 2 the high input is average-pooled before H→H and
+//! pooled again for H→L, the low input is pooled before L→L, and L→H is not upsampled. With stride 1,
+//! H→L pools the high input once and L→H upsamples ×2 (nearest). Padding is `kernel / 2`.
+
+use super::Args;
+use crate::diag::{DiagKind, Diagnostic};
+use crate::ir::{Op, OctConvSpec, Path};
+use crate::shape::{channel_split, split_alpha, Dims, Shape};
+
+/// Why an OctConv geometry is invalid: kind, message, help.
+pub(crate) type GeoError = (DiagKind, String, String);
+
+/// The output shape of `spec` applied to `input`, checking divisibility and kernel sizes per path.
+/// Used for user-written layers and for the automatic residual projection.
+pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError> {
+    let Some(high) = input.high() else {
+        return Err((
+            DiagKind::LayerInput,
+            format!("octconv needs a feature map, but its input is {input}"),
+            "octconv works on [C, H, W] tensors and octave pairs".into(),
+        ));
+    };
+    let (in_h, in_l) = input.split_channels().unwrap_or((high.c, 0));
+    if (in_h, in_l) != (spec.in_h, spec.in_l) {
+        return Err((
+            DiagKind::AlphaMismatch,
+            format!(
+                "octconv expects input channels high {} / low {}, but its input is {input}",
+                spec.in_h, spec.in_l
+            ),
+            "the split of the input decides α_in".into(),
+        ));
+    }
+    let s = spec.stride;
+    let low_in = input.low();
+    let size_err = |what: &str, h: usize, w: usize, by: usize, why: &str| -> GeoError {
+        (
+            DiagKind::Divisibility,
+            format!("octconv with stride {s} cannot use the {what} of size {h}×{w}: it must be divisible by {by} ({why})"),
+            "resize the input, change the stride, or set alpha = 0 for this layer (odd sizes cannot be halved exactly)".into(),
+        )
+    };
+    let check_kernel = |path: Path, h: usize, w: usize| -> Result<(), GeoError> {
+        if spec.kernel > h || spec.kernel > w {
+            Err((
+                DiagKind::KernelTooLarge,
+                format!(
+                    "kernel {k}×{k} is larger than the {h}×{w} feature map of the {} path",
+                    path.arrow(),
+                    k = spec.kernel
+                ),
+                "use a smaller kernel, or a smaller α / fewer stride-2 layers so the low branch stays larger than the kernel".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    for p in spec.paths() {
+        match p {
+            Path::HH => {
+                if high.h % s != 0 || high.w % s != 0 {
+                    return Err(size_err("high branch", high.h, high.w, s, "stride-2 pooling"));
+                }
+                check_kernel(p, high.h / s, high.w / s)?;
+            }
+            Path::HL => {
+                if high.h % (2 * s) != 0 || high.w % (2 * s) != 0 {
+                    return Err(size_err("high branch", high.h, high.w, 2 * s, "the H→L path pools it to the low resolution"));
+                }
+                check_kernel(p, high.h / (2 * s), high.w / (2 * s))?;
+            }
+            Path::LH => {
+                let l = low_in.expect("an L→H path implies a low input");
+                check_kernel(p, l.h, l.w)?;
+            }
+            Path::LL => {
+                let l = low_in.expect("an L→L path implies a low input");
+                if l.h % s != 0 || l.w % s != 0 {
+                    return Err(size_err("low branch", l.h, l.w, s, "stride-2 pooling"));
+                }
+                check_kernel(p, l.h / s, l.w / s)?;
+            }
+        }
+    }
+    let (oh, ow) = (high.h / s, high.w / s);
+    Ok(if spec.out_l == 0 {
+        Shape::Single(Dims::new(spec.out_h, oh, ow))
+    } else {
+        Shape::pair(spec.out_h, spec.out_l, oh, ow)
+    })
+}
+
+/// `octconv(out, kernel, stride, alpha, alpha_in, groups, depthwise, bias)`.
+pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let Some((in_h, in_l)) = input.split_channels() else {
+        return Err(a
+            .call_error(DiagKind::LayerInput, format!("octconv needs a feature map, but its input is {input}"))
+            .with_label("input is flat")
+            .with_help("octconv belongs before `global_avg_pool()` / `flatten()`"));
+    };
+    let alpha_in = split_alpha(in_h, in_l);
+    if a.get("alpha_in").is_some() && !a.alpha_zero {
+        let declared = a.alpha("alpha_in", alpha_in)?;
+        if channel_split(in_h + in_l, declared) != (in_h, in_l) {
+            let (eh, el) = channel_split(in_h + in_l, declared);
+            return Err(a
+                .error(
+                    DiagKind::AlphaMismatch,
+                    "alpha_in",
+                    format!(
+                        "α_in mismatch: octconv declares alpha_in = {declared} (high {eh} / low {el}), but its input is split high {in_h} / low {in_l} (α = {alpha_in:.4})"
+                    ),
+                )
+                .with_label("does not match the input")
+                .with_help("α_in is taken from the input; remove `alpha_in` or fix the layer before"));
+        }
+    }
+    let depthwise = a.bool("depthwise").unwrap_or(false);
+    let out = match (a.get("out"), depthwise) {
+        (Some(_), _) => a.dim("out", 0, 1)?,
+        (None, true) => in_h + in_l,
+        (None, false) => {
+            return Err(a
+                .call_error(DiagKind::Argument, "missing argument `out` in the call of `octconv`".into())
+                .with_label("`out` not given")
+                .with_note("`out` may be left out only with `depthwise = true`"))
+        }
+    };
+    let kernel = a.dim("kernel", 0, 1)?;
+    if kernel % 2 == 0 {
+        return Err(a
+            .error(DiagKind::Structure, "kernel", format!("octconv uses same padding and needs an odd kernel, found {kernel}"))
+            .with_label("even kernel")
+            .with_help("use kernel = 1, 3, 5 or 7"));
+    }
+    let stride = a.dim("stride", 1, 1)?;
+    if stride > 2 {
+        return Err(a
+            .error(DiagKind::Structure, "stride", format!("octconv supports stride 1 or 2, found {stride}"))
+            .with_label("unsupported stride")
+            .with_help("stride 2 halves both branches; chain layers or pool for larger reductions"));
+    }
+    let alpha_out = a.alpha("alpha", alpha_in)?;
+    let (out_h, out_l) = channel_split(out, alpha_out);
+    if alpha_out > 0.0 && alpha_out < 1.0 && (out_h == 0 || out_l == 0) {
+        let empty = if out_l == 0 { "low" } else { "high" };
+        let d = a
+            .error(
+                DiagKind::EmptyBranch,
+                "alpha",
+                format!(
+                    "empty branch: alpha = {alpha_out} leaves the {empty} branch of octconv({out}) with no channels (high {out_h} / low {out_l})"
+                ),
+            )
+            .with_label(format!("floor({alpha_out} · {out}) = {out_l}"))
+            .with_help("use more channels, a different α, or alpha = 0 / 1 if one branch is meant to be absent");
+        return Err(a.with_origin(d, "alpha", "α comes from here"));
+    }
+    let groups = a.dim("groups", 1, 1)?;
+    if depthwise {
+        if groups != 1 {
+            return Err(a.error(DiagKind::Structure, "groups", "`groups` and `depthwise = true` cannot be combined: depthwise uses one group per channel".into()));
+        }
+        if (out_h, out_l) != (in_h, in_l) {
+            return Err(a
+                .call_error(
+                    DiagKind::Structure,
+                    format!(
+                        "depthwise octconv must keep each branch's channels: input high {in_h} / low {in_l}, output high {out_h} / low {out_l}"
+                    ),
+                )
+                .with_help("give `out` equal to the input channels and leave `alpha` at the input's α"));
+        }
+    }
+    let spec = OctConvSpec {
+        in_h,
+        in_l,
+        out_h,
+        out_l,
+        kernel,
+        stride,
+        groups,
+        depthwise,
+        bias: a.bool("bias").unwrap_or(false),
+    };
+    if !depthwise && groups > 1 {
+        for p in spec.paths() {
+            let (i, o) = spec.path_channels(p).unwrap_or((0, 0));
+            if i % groups != 0 || o % groups != 0 {
+                return Err(a
+                    .error(
+                        DiagKind::Structure,
+                        "groups",
+                        format!(
+                            "groups = {groups} must divide the channels of every path, but path {} has {i} → {o}",
+                            p.arrow()
+                        ),
+                    )
+                    .with_label("does not divide")
+                    .with_help("choose channel counts and α so each branch is a multiple of `groups`"));
+            }
+        }
+    }
+    let output = infer(&spec, input).map_err(|(kind, msg, help)| a.call_error(kind, msg).with_help(help))?;
+    Ok((Op::OctConv(spec), output))
+}

@@ -1,0 +1,110 @@
+//! Parsing `.oct` text into the [`ast`]: a pest grammar (`grammar.pest`) plus a small tree builder.
+//!
+//! Parsing never panics and never overflows the stack: nesting depth is checked before pest runs
+//! (pest is recursive descent) and expression trees are capped while they are built.
+
+pub mod ast;
+mod build;
+mod errors;
+
+use crate::diag::{DiagKind, Diagnostic};
+use crate::source::{FileId, Span};
+use pest::Parser;
+
+pub use build::{parse_call_spec, parse_set_spec, CallSpec};
+
+#[derive(pest_derive::Parser)]
+#[grammar = "syntax/grammar.pest"]
+pub(crate) struct OctParser;
+
+/// Deepest allowed nesting of `(`, `[` and `{`.
+pub const MAX_NESTING: usize = 64;
+/// Deepest allowed expression tree (operators chained without parentheses count too).
+pub const MAX_EXPR_DEPTH: usize = 128;
+/// Largest accepted source text in bytes.
+pub const MAX_SOURCE_BYTES: usize = 4 << 20;
+
+/// Parses a whole `.oct` file.
+pub fn parse_file(file: FileId, text: &str) -> Result<ast::File, Diagnostic> {
+    precheck(file, text)?;
+    pest::set_error_detail(true);
+    let mut pairs = OctParser::parse(Rule::file, text).map_err(|e| errors::syntax_error(file, text, e))?;
+    let top = pairs.next().expect("grammar: file rule always yields one pair");
+    build::Builder { file }.file(top)
+}
+
+/// Rejects inputs that would make the recursive-descent parser recurse too deeply or run too long.
+pub(crate) fn precheck(file: FileId, text: &str) -> Result<(), Diagnostic> {
+    if text.len() > MAX_SOURCE_BYTES {
+        return Err(Diagnostic::error(
+            DiagKind::Limit,
+            Span::new(file, 0, 0),
+            format!(
+                "spec is too large: {} bytes (the limit is {} bytes)",
+                text.len(),
+                MAX_SOURCE_BYTES
+            ),
+        ));
+    }
+    // A tiny lexer that skips strings and comments and tracks bracket depth.
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let start = i;
+                let mut level = 0usize;
+                while i < bytes.len() {
+                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+                        level += 1;
+                        if level > MAX_NESTING {
+                            return Err(too_deep(file, start, "comment"));
+                        }
+                        i += 2;
+                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+                        level -= 1;
+                        i += 2;
+                        if level == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(too_deep(file, i, "bracket"));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn too_deep(file: FileId, at: usize, what: &str) -> Diagnostic {
+    Diagnostic::error(
+        DiagKind::Limit,
+        Span::new(file, at, at + 1),
+        format!("{what} nesting is deeper than {MAX_NESTING} levels"),
+    )
+    .with_label("too deeply nested")
+    .with_help("flatten the spec with `let` bindings or blocks")
+}

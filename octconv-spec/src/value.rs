@@ -1,0 +1,109 @@
+//! Values of the spec's expression language and their types.
+
+use crate::ast::Ty;
+use crate::source::Span;
+use std::fmt;
+
+/// A value: `int`, `float`, `bool`, string (only in `require` messages) or a list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val {
+    /// 64-bit integer.
+    Int(i64),
+    /// 64-bit float (always finite).
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// String.
+    Str(String),
+    /// List.
+    List(Vec<Val>),
+}
+
+impl Val {
+    /// The type name for messages.
+    pub fn type_name(&self) -> String {
+        match self {
+            Val::Int(_) => "int".into(),
+            Val::Float(_) => "float".into(),
+            Val::Bool(_) => "bool".into(),
+            Val::Str(_) => "string".into(),
+            Val::List(v) => match v.first() {
+                Some(x) => format!("[{}; {}]", x.type_name(), v.len()),
+                None => "[_; 0]".into(),
+            },
+        }
+    }
+
+    /// The value as an `f64` if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Val::Int(i) => Some(*i as f64),
+            Val::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Converts to the declared type `ty` (widening ints to floats), or says why not.
+    pub fn coerce(&self, ty: &Ty) -> Result<Val, String> {
+        match (ty, self) {
+            (Ty::Int, Val::Int(_)) | (Ty::Float, Val::Float(_)) | (Ty::Bool, Val::Bool(_)) => {
+                Ok(self.clone())
+            }
+            (Ty::Float, Val::Int(i)) => Ok(Val::Float(*i as f64)),
+            (Ty::List(elem, n), Val::List(items)) => {
+                if items.len() != *n {
+                    return Err(format!(
+                        "expected a list of {n} elements, found {} elements",
+                        items.len()
+                    ));
+                }
+                items
+                    .iter()
+                    .map(|x| x.coerce(elem))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Val::List)
+            }
+            (Ty::Int, Val::Float(f)) => Err(format!(
+                "expected `int`, found `float` {f}; convert explicitly with `int(…)`"
+            )),
+            _ => Err(format!("expected `{ty}`, found `{}`", self.type_name())),
+        }
+    }
+}
+
+impl fmt::Display for Val {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Val::Int(i) => write!(f, "{i}"),
+            Val::Float(x) => {
+                if x.fract() == 0.0 && x.abs() < 1e15 {
+                    write!(f, "{x:.1}")
+                } else {
+                    write!(f, "{x}")
+                }
+            }
+            Val::Bool(b) => write!(f, "{b}"),
+            Val::Str(s) => write!(f, "{s:?}"),
+            Val::List(v) => {
+                write!(f, "[")?;
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                write!(f, "]")
+            }
+        }
+    }
+}
+
+/// A value with the place it was written (a literal, an argument, a computed expression), so that an
+/// out-of-range α can be reported where the user typed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    /// The value.
+    pub val: Val,
+    /// Where it comes from.
+    pub origin: Span,
+}
