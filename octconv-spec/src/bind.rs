@@ -120,7 +120,7 @@ pub fn bind(
         match eval(&arg.value, env) {
             Ok(v) => match v.val.coerce(&params[idx].ty) {
                 Ok(val) => {
-                    slots.values[idx] = Some(Value { val, origin: v.origin });
+                    slots.values[idx] = Some(v.with_val(val));
                     slots.spans[idx] = Some(arg.span);
                 }
                 Err(why) => {

@@ -189,7 +189,7 @@ impl<'p> Elab<'p> {
             match eval(&o.value, &empty) {
                 Ok(v) => match v.val.coerce(&sig[i].ty) {
                     Ok(val) => {
-                        slots.values[i] = Some(Value { val, origin: v.origin });
+                        slots.values[i] = Some(v.with_val(val));
                         slots.spans[i] = Some(o.span);
                     }
                     Err(why) => self.diags.push(Diagnostic::error(
@@ -220,7 +220,7 @@ impl<'p> Elab<'p> {
             shape: None,
         };
         let out = self.exec(&def.body, &mut env, start, false);
-        if self.layers.is_empty() && !self.aborted {
+        if self.layers.is_empty() && !self.aborted && !self.reported_no_input {
             self.diags.push(
                 Diagnostic::error(
                     DiagKind::Structure,
@@ -278,7 +278,7 @@ impl<'p> Elab<'p> {
                         }
                     };
                     match v.val.coerce(&p.ty) {
-                        Ok(val) => Value { val, origin: v.origin },
+                        Ok(val) => v.with_val(val),
                         Err(why) => {
                             self.report(Diagnostic::error(
                                 DiagKind::Type,
@@ -411,6 +411,8 @@ impl<'p> Elab<'p> {
                     .iter()
                     .filter_map(|v| env.get(v).map(|x| format!("{v} = {}", x.val)))
                     .collect();
+                // Later statements assume the requirement; stop here instead of reporting follow-ons.
+                self.aborted = true;
                 let mut d = Diagnostic::error(
                     DiagKind::Require,
                     cond.span,
@@ -592,7 +594,7 @@ impl<'p> Elab<'p> {
             }
             let mut inner = env.clone();
             if let Some(v) = var {
-                inner.set(v, Value { val: Val::Int(i), origin: span });
+                inner.set(v, Value::new(Val::Int(i), span));
             }
             cur = self.exec(body, &mut inner, cur, in_block);
         }
@@ -630,7 +632,8 @@ impl<'p> Elab<'p> {
                     .with_label("branches disagree")
                     .with_help("make the shortcut produce the main branch's shape (e.g. a 1×1 `octconv` with the same `out`, `stride` and `alpha`)"),
                 );
-                main.poisoned()
+                // Continue with the main branch's shape so later layers are still checked.
+                main
             }
             _ => main.poisoned(),
         };
@@ -792,7 +795,12 @@ impl<'p> Elab<'p> {
             }
             Err(d) => {
                 self.report(d);
-                cur.poisoned()
+                // Layers that keep the shape pass it on, so later layers are still checked.
+                if matches!(def.name, "bn" | "relu" | "dropout") {
+                    cur
+                } else {
+                    cur.poisoned()
+                }
             }
         }
     }

@@ -54,12 +54,15 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
         ExprKind::Float(f) => Val::Float(*f),
         ExprKind::Bool(b) => Val::Bool(*b),
         ExprKind::Str(s) => Val::Str(s.clone()),
-        ExprKind::List(items) => Val::List(
-            items
-                .iter()
-                .map(|x| eval(x, env).map(|v| v.val))
-                .collect::<Result<_, _>>()?,
-        ),
+        ExprKind::List(items) => {
+            let vals = items.iter().map(|x| eval(x, env)).collect::<Result<Vec<_>, _>>()?;
+            let elem_origins = vals.iter().map(|v| v.origin).collect();
+            return Ok(Value {
+                val: Val::List(vals.into_iter().map(|v| v.val).collect()),
+                origin: e.span,
+                elem_origins,
+            });
+        }
         ExprKind::Var(name) => {
             return env.get(name).cloned().ok_or_else(|| {
                 let mut d = Diagnostic::error(
@@ -105,11 +108,9 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
                             format!("index {k} is out of range for a list of {} elements", items.len()),
                         ));
                     };
-                    // An element of a list keeps the list's origin: that is where the user wrote it.
-                    return Ok(Value {
-                        val: x.clone(),
-                        origin: l.origin,
-                    });
+                    // An element keeps the origin of what was written in the list literal, if known.
+                    let origin = l.elem_origins.get(*k as usize).copied().unwrap_or(l.origin);
+                    return Ok(Value::new(x.clone(), origin));
                 }
                 (Val::List(_), v) => {
                     return Err(type_err(ix, format!("list index must be an `int`, found `{}`", v.type_name())))
@@ -131,7 +132,7 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
             return Err(type_err(e, "arithmetic produced a non-finite number"));
         }
     }
-    Ok(Value { val, origin: e.span })
+    Ok(Value::new(val, e.span))
 }
 
 fn binary(e: &Expr, op: BinOp, a: &Expr, b: &Expr, env: &Env) -> Result<Val, Diagnostic> {

@@ -106,4 +106,26 @@ pub struct Value {
     pub val: Val,
     /// Where it comes from.
     pub origin: Span,
+    /// For a list written as a literal: where each element comes from.
+    pub elem_origins: Vec<Span>,
+}
+
+impl Value {
+    /// A value written at `origin`.
+    pub fn new(val: Val, origin: Span) -> Value {
+        Value {
+            val,
+            origin,
+            elem_origins: Vec::new(),
+        }
+    }
+
+    /// The same provenance with a converted value.
+    pub fn with_val(&self, val: Val) -> Value {
+        Value {
+            val,
+            origin: self.origin,
+            elem_origins: self.elem_origins.clone(),
+        }
+    }
 }

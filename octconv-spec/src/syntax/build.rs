@@ -281,10 +281,16 @@ impl Builder {
         })
     }
 
-    fn call(&self, span: Span, mut it: pest::iterators::Pairs<Rule>) -> Res<Call> {
+    /// A call's span runs from its name to its closing parenthesis (no label, no `;`).
+    fn call(&self, _stmt: Span, mut it: pest::iterators::Pairs<Rule>) -> Res<Call> {
         let name = self.ident(it.next().expect("call name"));
+        let mut span = name.span;
         let args = match it.peek().map(|p| p.as_rule()) {
-            Some(Rule::args) => self.args(it.next().expect("args"))?,
+            Some(Rule::args) => {
+                let a = it.next().expect("args");
+                span = span.to(self.span(&a));
+                self.args(a)?
+            }
             _ => Vec::new(),
         };
         let label = it.next().map(|l| self.ident(l));

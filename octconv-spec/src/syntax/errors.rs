@@ -46,17 +46,23 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
 
 /// Converts a pest error at a position in `text` into a syntax diagnostic.
 pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diagnostic {
-    let pos = match err.location {
+    let mut pos = match err.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((a, _)) => a,
     };
+    // pest's own location is where its last *rule* failed (e.g. no operator after `32`); the detailed
+    // attempts know the furthest position where a literal token (e.g. `;`) was expected. Prefer that.
+    let attempts = err.parse_attempts();
+    let furthest = attempts.as_ref().map_or(0, |a| a.max_position);
+    let use_rules = furthest <= pos;
+    pos = pos.max(furthest).min(text.len());
     let mut expected: Vec<String> = Vec::new();
     let mut push = |s: String| {
         if !expected.contains(&s) {
             expected.push(s);
         }
     };
-    if let Some(attempts) = err.parse_attempts() {
+    if let Some(attempts) = attempts {
         for t in attempts.expected_tokens() {
             // pest does not export its token type; its Display shows literals as written.
             let token = t.to_string();
@@ -64,12 +70,21 @@ pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rul
                 && token != "BUILTIN_RULE"
                 && !(token.len() == 4 && token.contains(".."))
                 && !token.chars().any(char::is_whitespace);
-            if literal {
+            const OPERATORS: &[&str] = &[
+                "!=", "%", "&&", "*", "+", "-", "/", "<=", "<", "==", ">=", ">", "||", "!",
+            ];
+            const COMMENTS: &[&str] = &["/*", "//", "///", "#"];
+            if COMMENTS.contains(&token.as_str()) {
+                continue;
+            }
+            if OPERATORS.contains(&token.as_str()) {
+                push("operator".to_string());
+            } else if literal {
                 push(format!("`{token}`"));
             }
         }
     }
-    if let ErrorVariant::ParsingError { positives, .. } = &err.variant {
+    if let (true, ErrorVariant::ParsingError { positives, .. }) = (use_rules, &err.variant) {
         for r in positives {
             if let Some(n) = rule_name(*r) {
                 push(n.to_string());
@@ -124,3 +139,4 @@ fn found_token(text: &str, pos: usize) -> String {
         format!("`{c}`")
     }
 }
+
