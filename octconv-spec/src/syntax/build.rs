@@ -343,6 +343,14 @@ impl Builder {
 
     fn expr_depth(&self, p: Pair<Rule>) -> Res<(Expr, usize)> {
         let whole = self.span(&p);
+        // pest's Pratt parser recurses once per prefix operator: refuse long runs before it runs.
+        let mut run = 0usize;
+        for x in p.clone().into_inner() {
+            run = if matches!(x.as_rule(), Rule::neg | Rule::not) { run + 1 } else { 0 };
+            if run > MAX_EXPR_DEPTH {
+                return Err(self.too_deep(whole));
+            }
+        }
         let whole = &whole;
         let result = pratt()
             .map_primary(|x| self.postfix(x))
