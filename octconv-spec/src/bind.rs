@@ -53,7 +53,9 @@ pub fn bind(
                         Diagnostic::error(
                             DiagKind::Argument,
                             arg.span,
-                            format!("positional argument after a named one in the call of `{callee}`"),
+                            format!(
+                                "positional argument after a named one in the call of `{callee}`"
+                            ),
                         )
                         .with_help("write positional arguments first, or name this one"),
                     );
@@ -110,7 +112,10 @@ pub fn bind(
                 Diagnostic::error(
                     DiagKind::Argument,
                     arg.span,
-                    format!("argument `{}` of `{callee}` is given twice", params[idx].name),
+                    format!(
+                        "argument `{}` of `{callee}` is given twice",
+                        params[idx].name
+                    ),
                 )
                 .with_secondary(prev, "first given here"),
             );
@@ -174,7 +179,10 @@ pub fn missing(
         Diagnostic::error(
             DiagKind::Argument,
             call_span,
-            format!("missing argument{} {list} in the call of `{callee}`", if names.len() > 1 { "s" } else { "" }),
+            format!(
+                "missing argument{} {list} in the call of `{callee}`",
+                if names.len() > 1 { "s" } else { "" }
+            ),
         )
         .with_label(format!("{list} not given"))
         .with_note(format!("parameters: {}", describe(params, &all))),

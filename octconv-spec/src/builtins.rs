@@ -10,5 +10,8 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
 /// The source of builtin file `name` (`"wrn"`, `"wrn.oct"`).
 pub fn builtin_source(name: &str) -> Option<&'static str> {
     let name = name.strip_suffix(".oct").unwrap_or(name);
-    BUILTIN_FILES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    BUILTIN_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
 }

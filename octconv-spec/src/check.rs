@@ -78,12 +78,17 @@ impl Checked {
 
     /// The cost report of the checked model.
     pub fn report(&self) -> Option<Report> {
-        self.model.as_ref().map(|m| Report::new(m, self.baseline.as_ref()))
+        self.model
+            .as_ref()
+            .map(|m| Report::new(m, self.baseline.as_ref()))
     }
 
     /// Errors of a given kind (for tests and tools).
     pub fn errors_of(&self, kind: DiagKind) -> Vec<&Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.is_error() && d.kind == kind).collect()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.is_error() && d.kind == kind)
+            .collect()
     }
 }
 
@@ -92,16 +97,19 @@ pub fn check(req: &CheckRequest) -> Checked {
     let mut program = Program::new();
     let mut call: Option<CallSpec> = None;
     let mut early = Vec::new();
+    let mut root = None;
     match req.spec {
         SpecInput::File(p) => {
-            program.load_file(p);
+            root = program.load_file(p);
         }
         SpecInput::Text { name, text } => {
-            program.load_text(Origin::Virtual(name.to_string()), text);
+            root = Some(program.load_text(Origin::Virtual(name.to_string()), text));
         }
         SpecInput::Builtin(text) => {
             program.load_builtins();
-            let id = program.sources.add(Origin::Virtual("<command line>".into()), text);
+            let id = program
+                .sources
+                .add(Origin::Virtual("<command line>".into()), text);
             match parse_call_spec(id, text) {
                 Ok(c) => call = Some(c),
                 Err(d) => early.push(d.with_help(
@@ -119,7 +127,9 @@ pub fn check(req: &CheckRequest) -> Checked {
     }
     let mut overrides = Vec::new();
     for (i, s) in req.sets.iter().enumerate() {
-        let id = program.sources.add(Origin::Virtual(format!("<--set #{}>", i + 1)), s.as_str());
+        let id = program
+            .sources
+            .add(Origin::Virtual(format!("<--set #{}>", i + 1)), s.as_str());
         match parse_set_spec(id, s) {
             Ok(a) => overrides.push(a),
             Err(d) => early.push(d.with_help("write `--set name=value`, e.g. `--set alpha=0.5`")),
@@ -139,7 +149,18 @@ pub fn check(req: &CheckRequest) -> Checked {
     let (name, name_span, args) = match &call {
         Some(c) => (c.name.name.clone(), Some(c.name.span), c.args.clone()),
         None => {
-            let models = program.model_names();
+            // Models written in the root file win over models its includes bring in.
+            let own: Vec<&str> = program
+                .defs
+                .iter()
+                .filter(|d| d.kind == crate::ast::DefKind::Model && Some(d.name.span.file) == root)
+                .map(|d| d.name.name.as_str())
+                .collect();
+            let models = if own.is_empty() {
+                program.model_names()
+            } else {
+                own
+            };
             match models.as_slice() {
                 [one] => (one.to_string(), None, Vec::new()),
                 [] => {

@@ -21,7 +21,12 @@ fn hw(d: crate::shape::Dims) -> u64 {
 pub fn params(op: &Op, input: &Shape) -> Option<u64> {
     match op {
         Op::Conv(c) => {
-            let w = product(&[c.out_c as u64, (c.in_c / c.groups) as u64, c.kernel as u64, c.kernel as u64])?;
+            let w = product(&[
+                c.out_c as u64,
+                (c.in_c / c.groups) as u64,
+                c.kernel as u64,
+                c.kernel as u64,
+            ])?;
             w.checked_add(if c.bias { c.out_c as u64 } else { 0 })
         }
         Op::OctConv(o) => {
@@ -29,7 +34,11 @@ pub fn params(op: &Op, input: &Shape) -> Option<u64> {
             let mut total = 0u64;
             for p in o.paths() {
                 let (i, out) = o.path_channels(p)?;
-                let per_out = if o.depthwise { 1 } else { (i / o.groups) as u64 };
+                let per_out = if o.depthwise {
+                    1
+                } else {
+                    (i / o.groups) as u64
+                };
                 total = total.checked_add(product(&[out as u64, per_out, k2])?)?;
             }
             if o.bias {
@@ -38,9 +47,8 @@ pub fn params(op: &Op, input: &Shape) -> Option<u64> {
             Some(total)
         }
         Op::BatchNorm { .. } => Some(2 * input.channels() as u64),
-        Op::Linear { in_f, out_f, bias } => {
-            product(&[*in_f as u64, *out_f as u64])?.checked_add(if *bias { *out_f as u64 } else { 0 })
-        }
+        Op::Linear { in_f, out_f, bias } => product(&[*in_f as u64, *out_f as u64])?
+            .checked_add(if *bias { *out_f as u64 } else { 0 }),
         _ => Some(0),
     }
 }
@@ -69,7 +77,11 @@ pub fn macs(op: &Op, input: &Shape, output: &Shape) -> Option<u64> {
                     Path::HL | Path::LL => hw(output.low()?),
                     Path::LH => hw(input.low()?),
                 };
-                let per_out = if o.depthwise { 1 } else { (i / o.groups) as u64 };
+                let per_out = if o.depthwise {
+                    1
+                } else {
+                    (i / o.groups) as u64
+                };
                 total = total.checked_add(product(&[out as u64, per_out, k2, at])?)?;
             }
             Some(total)

@@ -93,7 +93,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A new error of `kind` at `span`.
-    pub fn error(kind: DiagKind, span: impl Into<Option<Span>>, message: impl Into<String>) -> Self {
+    pub fn error(
+        kind: DiagKind,
+        span: impl Into<Option<Span>>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Error,
             kind,
@@ -107,7 +111,11 @@ impl Diagnostic {
     }
 
     /// A new warning of `kind` at `span`.
-    pub fn warning(kind: DiagKind, span: impl Into<Option<Span>>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        kind: DiagKind,
+        span: impl Into<Option<Span>>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(kind, span, message)
@@ -188,7 +196,10 @@ impl Diagnostic {
             .iter()
             .map(|&file| {
                 let src = sources.get(file);
-                let mine: Vec<_> = annotated.iter().filter(|(s, _, _)| s.file == file).collect();
+                let mine: Vec<_> = annotated
+                    .iter()
+                    .filter(|(s, _, _)| s.file == file)
+                    .collect();
                 let first = mine
                     .iter()
                     .map(|(s, _, _)| src.line_col(s.start).0)
@@ -208,7 +219,11 @@ impl Diagnostic {
                         let a = s.start.clamp(lo, hi) - lo;
                         let b = s.end.clamp(lo, hi) - lo;
                         // An empty span (end of input) still gets one caret.
-                        let b = if b == a { (a + 1).min(text.len().max(a)) } else { b };
+                        let b = if b == a {
+                            (a + 1).min(text.len().max(a))
+                        } else {
+                            b
+                        };
                         (a..b, *lvl, msg.clone())
                     })
                     .collect();

@@ -50,7 +50,11 @@ pub struct ModelRequest<'a> {
 }
 
 /// Elaborates one model of `program`. Returns the model if there were no errors, and all diagnostics.
-pub fn elaborate(program: &Program, req: &ModelRequest, opts: Options) -> (Option<Model>, Diagnostics) {
+pub fn elaborate(
+    program: &Program,
+    req: &ModelRequest,
+    opts: Options,
+) -> (Option<Model>, Diagnostics) {
     let mut e = Elab {
         program,
         opts,
@@ -132,9 +136,10 @@ impl<'p> Elab<'p> {
 
     fn abort(&mut self, span: Span, msg: String) {
         if !self.aborted {
-            self.report(Diagnostic::error(DiagKind::Limit, span, msg).with_help(
-                "the checker stops here; reduce repeat counts or model size",
-            ));
+            self.report(
+                Diagnostic::error(DiagKind::Limit, span, msg)
+                    .with_help("the checker stops here; reduce repeat counts or model size"),
+            );
         }
         self.aborted = true;
     }
@@ -160,7 +165,10 @@ impl<'p> Elab<'p> {
                 Diagnostic::error(
                     DiagKind::Structure,
                     req.name_span.unwrap_or(def.name.span),
-                    format!("`{}` is a block, not a model: it has no input of its own", req.name),
+                    format!(
+                        "`{}` is a block, not a model: it has no input of its own",
+                        req.name
+                    ),
                 )
                 .with_help(format!("check a model that uses `{}`", req.name)),
             );
@@ -261,7 +269,13 @@ impl<'p> Elab<'p> {
 
     /// Fills parameters from `slots`, then defaults (evaluated with the earlier parameters in scope);
     /// reports missing ones.
-    fn bind_params(&mut self, def: &Def, sig: &[SigParam], slots: Slots, call_span: Span) -> Option<Env> {
+    fn bind_params(
+        &mut self,
+        def: &Def,
+        sig: &[SigParam],
+        slots: Slots,
+        call_span: Span,
+    ) -> Option<Env> {
         if !bind::missing(&def.name.name, sig, &slots, call_span, &mut self.diags) {
             return None;
         }
@@ -317,15 +331,27 @@ impl<'p> Elab<'p> {
         });
     }
 
-    fn push_layer(&mut self, name: String, op: Op, inputs: Vec<usize>, input: Shape, output: Shape, span: Span) -> Option<usize> {
+    fn push_layer(
+        &mut self,
+        name: String,
+        op: Op,
+        inputs: Vec<usize>,
+        input: Shape,
+        output: Shape,
+        span: Span,
+    ) -> Option<usize> {
         if self.layers.len() >= MAX_LAYERS {
             self.abort(span, format!("model has more than {MAX_LAYERS} layers"));
             return None;
         }
         if !self.names.insert(name.clone()) {
             self.report(
-                Diagnostic::error(DiagKind::Duplicate, span, format!("layer name `{name}` is used twice"))
-                    .with_help("choose a different `as` label"),
+                Diagnostic::error(
+                    DiagKind::Duplicate,
+                    span,
+                    format!("layer name `{name}` is used twice"),
+                )
+                .with_help("choose a different `as` label"),
             );
             return None;
         }
@@ -364,11 +390,18 @@ impl<'p> Elab<'p> {
             self.steps += 1;
             if self.steps > MAX_STEPS {
                 let span = stmt_span(stmt);
-                self.abort(span, format!("elaboration executed more than {MAX_STEPS} statements"));
+                self.abort(
+                    span,
+                    format!("elaboration executed more than {MAX_STEPS} statements"),
+                );
                 return cur.poisoned();
             }
             cur = match stmt {
-                Stmt::Require { cond, message, span } => {
+                Stmt::Require {
+                    cond,
+                    message,
+                    span,
+                } => {
                     self.require(cond, message.as_deref(), *span, env);
                     cur
                 }
@@ -390,10 +423,21 @@ impl<'p> Elab<'p> {
                     to,
                     body,
                     span,
-                } => self.repeat(var.as_ref().map(|v| v.name.as_str()), from.as_ref(), to, body, *span, env, cur, in_block),
-                Stmt::Residual { body, shortcut, span } => {
-                    self.residual(body, shortcut.as_deref(), *span, env, cur, in_block)
-                }
+                } => self.repeat(
+                    var.as_ref().map(|v| v.name.as_str()),
+                    from.as_ref(),
+                    to,
+                    body,
+                    *span,
+                    env,
+                    cur,
+                    in_block,
+                ),
+                Stmt::Residual {
+                    body,
+                    shortcut,
+                    span,
+                } => self.residual(body, shortcut.as_deref(), *span, env, cur, in_block),
                 Stmt::Call(call) => self.call(call, env, cur),
             };
         }
@@ -402,8 +446,14 @@ impl<'p> Elab<'p> {
 
     fn require(&mut self, cond: &Expr, message: Option<&str>, span: Span, env: &Env) {
         match eval(cond, env) {
-            Ok(Value { val: Val::Bool(true), .. }) => {}
-            Ok(Value { val: Val::Bool(false), .. }) => {
+            Ok(Value {
+                val: Val::Bool(true),
+                ..
+            }) => {}
+            Ok(Value {
+                val: Val::Bool(false),
+                ..
+            }) => {
                 let mut vars = Vec::new();
                 collect_vars(cond, &mut vars);
                 vars.dedup();
@@ -416,7 +466,10 @@ impl<'p> Elab<'p> {
                 let mut d = Diagnostic::error(
                     DiagKind::Require,
                     cond.span,
-                    format!("requirement failed: {}", message.unwrap_or("condition is false")),
+                    format!(
+                        "requirement failed: {}",
+                        message.unwrap_or("condition is false")
+                    ),
                 )
                 .with_label("this is false");
                 if !values.is_empty() {
@@ -427,7 +480,10 @@ impl<'p> Elab<'p> {
             Ok(v) => self.report(Diagnostic::error(
                 DiagKind::Type,
                 span,
-                format!("`require` needs a `bool` condition, found `{}`", v.val.type_name()),
+                format!(
+                    "`require` needs a `bool` condition, found `{}`",
+                    v.val.type_name()
+                ),
             )),
             Err(d) => self.report(d),
         }
@@ -438,13 +494,23 @@ impl<'p> Elab<'p> {
         let mut out = Vec::new();
         for (i, e) in dims.iter().enumerate() {
             match eval(e, env) {
-                Ok(Value { val: Val::Int(v), .. }) => {
+                Ok(Value {
+                    val: Val::Int(v), ..
+                }) => {
                     let limit = max.get(i).copied().unwrap_or(MAX_DIM);
                     if v < 1 || v > limit {
-                        let kind = if v > limit { DiagKind::Limit } else { DiagKind::Structure };
+                        let kind = if v > limit {
+                            DiagKind::Limit
+                        } else {
+                            DiagKind::Structure
+                        };
                         self.report(
-                            Diagnostic::error(kind, e.span, format!("dimension must be between 1 and {limit}, found {v}"))
-                                .with_label("invalid size"),
+                            Diagnostic::error(
+                                kind,
+                                e.span,
+                                format!("dimension must be between 1 and {limit}, found {v}"),
+                            )
+                            .with_label("invalid size"),
                         );
                         return None;
                     }
@@ -470,14 +536,22 @@ impl<'p> Elab<'p> {
     fn input(&mut self, dims: &[Expr], span: Span, env: &Env, cur: Cur, in_block: bool) -> Cur {
         if in_block {
             self.report(
-                Diagnostic::error(DiagKind::Structure, span, "`input` is only allowed in a model, not in a block")
-                    .with_help("a block takes its input from the statement before its call"),
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    span,
+                    "`input` is only allowed in a model, not in a block",
+                )
+                .with_help("a block takes its input from the statement before its call"),
             );
             return cur.poisoned();
         }
         if cur.node != NO_INPUT || !self.layers.is_empty() || self.reported_no_input {
-            let mut d = Diagnostic::error(DiagKind::Duplicate, span, "`input` must come once, before any layer")
-                .with_label("misplaced `input`");
+            let mut d = Diagnostic::error(
+                DiagKind::Duplicate,
+                span,
+                "`input` must come once, before any layer",
+            )
+            .with_label("misplaced `input`");
             if let Some(first) = self.layers.first() {
                 d = d.with_secondary(first.span, "the model's input is declared here");
             }
@@ -486,8 +560,12 @@ impl<'p> Elab<'p> {
         }
         if dims.len() != 3 {
             self.report(
-                Diagnostic::error(DiagKind::Structure, span, format!("`input` needs [C, H, W], found {} dimensions", dims.len()))
-                    .with_help("write e.g. `input [3, 32, 32];`"),
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    span,
+                    format!("`input` needs [C, H, W], found {} dimensions", dims.len()),
+                )
+                .with_help("write e.g. `input [3, 32, 32];`"),
             );
             self.reported_no_input = true;
             return cur.poisoned();
@@ -498,7 +576,10 @@ impl<'p> Elab<'p> {
         };
         let shape = Shape::Single(Dims::new(d[0], d[1], d[2]));
         match self.push_layer("input".into(), Op::Input, vec![], shape, shape, span) {
-            Some(node) => Cur { node, shape: Some(shape) },
+            Some(node) => Cur {
+                node,
+                shape: Some(shape),
+            },
             None => cur.poisoned(),
         }
     }
@@ -506,8 +587,12 @@ impl<'p> Elab<'p> {
     fn expect(&mut self, shape: &ExpectShape, span: Span, env: &Env, cur: Cur) {
         let expected = match shape {
             ExpectShape::Plain(d) => match d.len() {
-                3 => self.dims(d, env, &[]).map(|d| Shape::Single(Dims::new(d[0], d[1], d[2]))),
-                1 => self.dims(d, env, &[]).map(|d| Shape::Flat { features: d[0] }),
+                3 => self
+                    .dims(d, env, &[])
+                    .map(|d| Shape::Single(Dims::new(d[0], d[1], d[2]))),
+                1 => self
+                    .dims(d, env, &[])
+                    .map(|d| Shape::Flat { features: d[0] }),
                 n => {
                     self.report(Diagnostic::error(
                         DiagKind::Structure,
@@ -539,18 +624,34 @@ impl<'p> Elab<'p> {
         if let (Some(expected), Some(actual)) = (expected, cur.shape) {
             if expected != actual {
                 self.report(
-                    Diagnostic::error(DiagKind::Expect, span, format!("expect failed: expected {expected}, found {actual}"))
-                        .with_label(format!("the value here is {actual}")),
+                    Diagnostic::error(
+                        DiagKind::Expect,
+                        span,
+                        format!("expect failed: expected {expected}, found {actual}"),
+                    )
+                    .with_label(format!("the value here is {actual}")),
                 );
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn repeat(&mut self, var: Option<&str>, from: Option<&Expr>, to: &Expr, body: &[Stmt], span: Span, env: &Env, mut cur: Cur, in_block: bool) -> Cur {
+    fn repeat(
+        &mut self,
+        var: Option<&str>,
+        from: Option<&Expr>,
+        to: &Expr,
+        body: &[Stmt],
+        span: Span,
+        env: &Env,
+        mut cur: Cur,
+        in_block: bool,
+    ) -> Cur {
         let int = |e: &Expr, this: &mut Self| -> Option<i64> {
             match eval(e, env) {
-                Ok(Value { val: Val::Int(i), .. }) => Some(i),
+                Ok(Value {
+                    val: Val::Int(i), ..
+                }) => Some(i),
                 Ok(v) => {
                     this.report(Diagnostic::error(
                         DiagKind::Type,
@@ -574,8 +675,12 @@ impl<'p> Elab<'p> {
         };
         if var.is_none() && end < 0 {
             self.report(
-                Diagnostic::error(DiagKind::Structure, to.span, format!("`repeat` count must not be negative, found {end}"))
-                    .with_help("guard the count with `require`, or use `max(0, …)`"),
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    to.span,
+                    format!("`repeat` count must not be negative, found {end}"),
+                )
+                .with_help("guard the count with `require`, or use `max(0, …)`"),
             );
             return cur.poisoned();
         }
@@ -601,7 +706,15 @@ impl<'p> Elab<'p> {
         cur
     }
 
-    fn residual(&mut self, body: &[Stmt], shortcut: Option<&[Stmt]>, span: Span, env: &Env, cur: Cur, in_block: bool) -> Cur {
+    fn residual(
+        &mut self,
+        body: &[Stmt],
+        shortcut: Option<&[Stmt]>,
+        span: Span,
+        env: &Env,
+        cur: Cur,
+        in_block: bool,
+    ) -> Cur {
         let name = self.auto_name("res");
         self.push_scope(&name);
         let main = self.exec(body, &mut env.clone(), cur, in_block);
@@ -618,7 +731,10 @@ impl<'p> Elab<'p> {
             (Some(a), Some(b)) if a == b => {
                 let add = format!("{name}.add");
                 match self.push_layer(add, Op::Add, vec![main.node, sc.node], a, a, span) {
-                    Some(node) => Cur { node, shape: Some(a) },
+                    Some(node) => Cur {
+                        node,
+                        shape: Some(a),
+                    },
                     None => main.poisoned(),
                 }
             }
@@ -658,9 +774,12 @@ impl<'p> Elab<'p> {
             .with_label("no automatic shortcut")
             .with_help("write an explicit `shortcut { … }` that produces the main branch's shape")
         };
-        let (Some(fh), Some(th), Some((in_h, in_l)), Some((out_h, out_l))) =
-            (from.high(), to.high(), from.split_channels(), to.split_channels())
-        else {
+        let (Some(fh), Some(th), Some((in_h, in_l)), Some((out_h, out_l))) = (
+            from.high(),
+            to.high(),
+            from.split_channels(),
+            to.split_channels(),
+        ) else {
             self.report(mismatch("flat vectors have no projection".into()));
             return input.poisoned();
         };
@@ -669,7 +788,10 @@ impl<'p> Elab<'p> {
         } else if fh.h == 2 * th.h && fh.w == 2 * th.w {
             2
         } else {
-            self.report(mismatch(format!("the size changes from {}×{} to {}×{}, not by 1 or 2", fh.h, fh.w, th.h, th.w)));
+            self.report(mismatch(format!(
+                "the size changes from {}×{} to {}×{}, not by 1 or 2",
+                fh.h, fh.w, th.h, th.w
+            )));
             return input.poisoned();
         };
         let spec = OctConvSpec {
@@ -687,7 +809,10 @@ impl<'p> Elab<'p> {
             Ok(out) if out == to => {
                 let name = format!("{res_name}.shortcut.octconv0");
                 match self.push_layer(name, Op::OctConv(spec), vec![input.node], from, out, span) {
-                    Some(node) => Cur { node, shape: Some(out) },
+                    Some(node) => Cur {
+                        node,
+                        shape: Some(out),
+                    },
                     None => input.poisoned(),
                 }
             }
@@ -717,7 +842,10 @@ impl<'p> Elab<'p> {
                         format!("`{}` is a model; models cannot be called", call.name.name),
                     )
                     .with_secondary(def.name.span, "model defined here")
-                    .with_help(format!("turn the reusable part of `{}` into a `block`", call.name.name)),
+                    .with_help(format!(
+                        "turn the reusable part of `{}` into a `block`",
+                        call.name.name
+                    )),
                 );
                 cur.poisoned()
             }
@@ -741,7 +869,11 @@ impl<'p> Elab<'p> {
                     None => {
                         d = d.with_note(format!(
                             "builtin layers: {}",
-                            layers::LAYERS.iter().map(|l| l.name).collect::<Vec<_>>().join(", ")
+                            layers::LAYERS
+                                .iter()
+                                .map(|l| l.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))
                     }
                 }
@@ -766,8 +898,12 @@ impl<'p> Elab<'p> {
             if !self.reported_no_input {
                 self.reported_no_input = true;
                 self.report(
-                    Diagnostic::error(DiagKind::Structure, call.span, format!("layer `{}` comes before the model's `input`", def.name))
-                        .with_help("start the model with `input [C, H, W];`"),
+                    Diagnostic::error(
+                        DiagKind::Structure,
+                        call.span,
+                        format!("layer `{}` comes before the model's `input`", def.name),
+                    )
+                    .with_help("start the model with `input [C, H, W];`"),
                 );
             }
             return cur.poisoned();
@@ -789,7 +925,10 @@ impl<'p> Elab<'p> {
                     None => self.auto_name(def.name),
                 };
                 match self.push_layer(name, op, vec![cur.node], shape, out, call.span) {
-                    Some(node) => Cur { node, shape: Some(out) },
+                    Some(node) => Cur {
+                        node,
+                        shape: Some(out),
+                    },
                     None => cur.poisoned(),
                 }
             }
@@ -816,7 +955,10 @@ impl<'p> Elab<'p> {
             return cur.poisoned();
         }
         if self.frames.len() >= MAX_CALL_DEPTH {
-            self.abort(call.span, format!("block calls are nested deeper than {MAX_CALL_DEPTH}"));
+            self.abort(
+                call.span,
+                format!("block calls are nested deeper than {MAX_CALL_DEPTH}"),
+            );
             return cur.poisoned();
         }
         let sig = sig_of(def);
@@ -861,11 +1003,7 @@ fn stmt_span(s: &Stmt) -> Span {
 
 fn collect_vars(e: &Expr, out: &mut Vec<String>) {
     match &e.kind {
-        ExprKind::Var(v) => {
-            if !out.contains(v) {
-                out.push(v.clone())
-            }
-        }
+        ExprKind::Var(v) if !out.contains(v) => out.push(v.clone()),
         ExprKind::List(xs) | ExprKind::Call(_, xs) => xs.iter().for_each(|x| collect_vars(x, out)),
         ExprKind::Unary(_, x) => collect_vars(x, out),
         ExprKind::Binary(_, a, b) | ExprKind::Index(a, b) => {

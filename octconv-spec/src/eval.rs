@@ -8,7 +8,9 @@ use crate::value::{Val, Value};
 use std::collections::HashMap;
 
 /// Functions callable in expressions, for messages and suggestions.
-pub const FUNCTIONS: &[&str] = &["int", "float", "min", "max", "abs", "floor", "ceil", "round", "len"];
+pub const FUNCTIONS: &[&str] = &[
+    "int", "float", "min", "max", "abs", "floor", "ceil", "round", "len",
+];
 
 /// Variables in scope: a block's or model's parameters, `let` bindings and loop indices.
 #[derive(Clone, Debug, Default)]
@@ -140,14 +142,30 @@ fn binary(e: &Expr, op: BinOp, a: &Expr, b: &Expr, env: &Env) -> Result<Val, Dia
     if matches!(op, BinOp::And | BinOp::Or) {
         let l = match eval(a, env)?.val {
             Val::Bool(x) => x,
-            v => return Err(type_err(a, format!("`{}` needs `bool` operands, found `{}`", op.symbol(), v.type_name()))),
+            v => {
+                return Err(type_err(
+                    a,
+                    format!(
+                        "`{}` needs `bool` operands, found `{}`",
+                        op.symbol(),
+                        v.type_name()
+                    ),
+                ))
+            }
         };
         if (op == BinOp::And && !l) || (op == BinOp::Or && l) {
             return Ok(Val::Bool(l));
         }
         return match eval(b, env)?.val {
             Val::Bool(x) => Ok(Val::Bool(x)),
-            v => Err(type_err(b, format!("`{}` needs `bool` operands, found `{}`", op.symbol(), v.type_name()))),
+            v => Err(type_err(
+                b,
+                format!(
+                    "`{}` needs `bool` operands, found `{}`",
+                    op.symbol(),
+                    v.type_name()
+                ),
+            )),
         };
     }
     let l = eval(a, env)?.val;
@@ -227,14 +245,21 @@ fn call(e: &Expr, name: &str, args: &[Expr], env: &Env) -> Result<Val, Diagnosti
         }
     };
     let num = |v: &Val| -> Result<f64, Diagnostic> {
-        v.as_f64()
-            .ok_or_else(|| type_err(e, format!("`{name}` needs a number, found `{}`", v.type_name())))
+        v.as_f64().ok_or_else(|| {
+            type_err(
+                e,
+                format!("`{name}` needs a number, found `{}`", v.type_name()),
+            )
+        })
     };
     let to_int = |f: f64| -> Result<Val, Diagnostic> {
         if f.abs() < 9.0e18 {
             Ok(Val::Int(f as i64))
         } else {
-            Err(type_err(e, format!("`{name}`: {f} does not fit in an `int`")))
+            Err(type_err(
+                e,
+                format!("`{name}`: {f} does not fit in an `int`"),
+            ))
         }
     };
     match name {
@@ -270,7 +295,10 @@ fn call(e: &Expr, name: &str, args: &[Expr], env: &Env) -> Result<Val, Diagnosti
             arity(1)?;
             match &vals[0] {
                 Val::List(v) => Ok(Val::Int(v.len() as i64)),
-                v => Err(type_err(e, format!("`len` needs a list, found `{}`", v.type_name()))),
+                v => Err(type_err(
+                    e,
+                    format!("`len` needs a list, found `{}`", v.type_name()),
+                )),
             }
         }
         "min" | "max" => {

@@ -129,10 +129,13 @@ impl Program {
         let canonical = std::fs::canonicalize(&full);
         let key = canonical.as_ref().cloned().unwrap_or_else(|_| full.clone());
         // Already loaded: a cycle if it is on the include stack, a harmless diamond otherwise.
-        let existing = self.sources.ids().find(|&f| match &self.sources.get(f).origin {
-            Origin::File(p) => std::fs::canonicalize(p).map_or(*p == key, |c| c == key),
-            _ => false,
-        });
+        let existing = self
+            .sources
+            .ids()
+            .find(|&f| match &self.sources.get(f).origin {
+                Origin::File(p) => std::fs::canonicalize(p).map_or(*p == key, |c| c == key),
+                _ => false,
+            });
         if let Some(existing) = existing {
             if stack.contains(&existing) {
                 self.cycle(existing, span, stack);
@@ -151,7 +154,10 @@ impl Program {
                     Diagnostic::error(
                         DiagKind::Include,
                         span,
-                        format!("cannot include `{path}`: {e} (looked for `{}`)", full.display()),
+                        format!(
+                            "cannot include `{path}`: {e} (looked for `{}`)",
+                            full.display()
+                        ),
                     )
                     .with_label("included here")
                     .with_help("`use` paths are relative to the file that contains them"),
@@ -186,7 +192,10 @@ impl Program {
                     Diagnostic::error(
                         DiagKind::Duplicate,
                         p.name.span,
-                        format!("parameter `{}` of `{}` is declared twice", p.name.name, d.name.name),
+                        format!(
+                            "parameter `{}` of `{}` is declared twice",
+                            p.name.name, d.name.name
+                        ),
                     )
                     .with_secondary(first, "first declared here"),
                 );
@@ -197,7 +206,10 @@ impl Program {
                 Diagnostic::error(
                     DiagKind::Duplicate,
                     d.name.span,
-                    format!("`{}` is a builtin layer and cannot be redefined", d.name.name),
+                    format!(
+                        "`{}` is a builtin layer and cannot be redefined",
+                        d.name.name
+                    ),
                 )
                 .with_label("builtin name")
                 .with_help("rename the block"),
@@ -271,9 +283,13 @@ impl Program {
         }
         for (span, chain) in found {
             self.diags.push(
-                Diagnostic::error(DiagKind::Recursion, span, format!("recursive block: {chain}"))
-                    .with_label("this call recurses")
-                    .with_help("blocks cannot call themselves; use `repeat` for repetition"),
+                Diagnostic::error(
+                    DiagKind::Recursion,
+                    span,
+                    format!("recursive block: {chain}"),
+                )
+                .with_label("this call recurses")
+                .with_help("blocks cannot call themselves; use `repeat` for repetition"),
             );
         }
     }

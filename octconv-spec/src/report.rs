@@ -61,7 +61,10 @@ pub struct Report {
 fn dims_of(s: &Shape) -> (Vec<usize>, Option<Vec<usize>>) {
     match s {
         Shape::Single(d) => (vec![d.c, d.h, d.w], None),
-        Shape::Pair { high, low } => (vec![high.c, high.h, high.w], Some(vec![low.c, low.h, low.w])),
+        Shape::Pair { high, low } => (
+            vec![high.c, high.h, high.w],
+            Some(vec![low.c, low.h, low.w]),
+        ),
         Shape::Flat { features } => (vec![*features], None),
     }
 }
@@ -107,8 +110,18 @@ impl Report {
 
     /// The report as an aligned text table with totals.
     pub fn table(&self) -> String {
-        let fmt_dims = |d: &[usize]| format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
-        let header = ["layer", "op", "out high", "out low", "params", "MACs", "act. mem"];
+        let fmt_dims = |d: &[usize]| {
+            format!(
+                "[{}]",
+                d.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let header = [
+            "layer", "op", "out high", "out low", "params", "MACs", "act. mem",
+        ];
         let rows: Vec<[String; 7]> = self
             .layers
             .iter()
@@ -117,7 +130,10 @@ impl Report {
                     r.name.clone(),
                     r.detail.clone(),
                     fmt_dims(&r.out_high),
-                    r.out_low.as_deref().map(fmt_dims).unwrap_or_else(|| "-".into()),
+                    r.out_low
+                        .as_deref()
+                        .map(fmt_dims)
+                        .unwrap_or_else(|| "-".into()),
                     group(r.params),
                     human(r.macs as f64, ""),
                     human_bytes(r.activation_bytes),
@@ -132,7 +148,12 @@ impl Report {
         }
         let mut out = String::new();
         let _ = writeln!(out, "model {}", self.call);
-        let _ = writeln!(out, "input {}  →  output {}\n", fmt_dims(&self.input), fmt_dims(&self.output));
+        let _ = writeln!(
+            out,
+            "input {}  →  output {}\n",
+            fmt_dims(&self.input),
+            fmt_dims(&self.output)
+        );
         let line = |cells: &[String], out: &mut String| {
             for (i, (c, w)) in cells.iter().zip(width).enumerate() {
                 let pad = w - c.chars().count();
@@ -152,9 +173,23 @@ impl Report {
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "layers            {}", self.layers.len());
-        let _ = writeln!(out, "parameters        {} ({})", group(self.params), human(self.params as f64, ""));
-        let _ = writeln!(out, "MACs / sample     {} ({})", group(self.macs), human(self.macs as f64, "MAC"));
-        let _ = writeln!(out, "activations       {} per sample (f32, all layer outputs)", human_bytes(self.activation_bytes));
+        let _ = writeln!(
+            out,
+            "parameters        {} ({})",
+            group(self.params),
+            human(self.params as f64, "")
+        );
+        let _ = writeln!(
+            out,
+            "MACs / sample     {} ({})",
+            group(self.macs),
+            human(self.macs as f64, "MAC")
+        );
+        let _ = writeln!(
+            out,
+            "activations       {} per sample (f32, all layer outputs)",
+            human_bytes(self.activation_bytes)
+        );
         match (self.macs_ratio_vs_alpha0, self.memory_ratio_vs_alpha0) {
             (Some(m), Some(a)) => {
                 let _ = writeln!(
@@ -167,7 +202,10 @@ impl Report {
                 );
             }
             _ => {
-                let _ = writeln!(out, "vs. alpha = 0     n/a (the network does not check with every α set to 0)");
+                let _ = writeln!(
+                    out,
+                    "vs. alpha = 0     n/a (the network does not check with every α set to 0)"
+                );
             }
         }
         out

@@ -1,7 +1,10 @@
 //! "Did you mean …?" suggestions for misspelt names.
 
 /// The candidate closest to `name`, if it is close enough to be a plausible typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(&str, f64)> = None;
     for c in candidates {
         if c == name {
@@ -22,7 +25,10 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
 
 /// `help: did you mean `x`?` text, if there is a suggestion.
 pub fn help(name: &str, candidates: impl IntoIterator<Item = impl AsRef<str>>) -> Option<String> {
-    let owned: Vec<String> = candidates.into_iter().map(|c| c.as_ref().to_string()).collect();
+    let owned: Vec<String> = candidates
+        .into_iter()
+        .map(|c| c.as_ref().to_string())
+        .collect();
     did_you_mean(name, owned.iter().map(String::as_str)).map(|c| format!("did you mean `{c}`?"))
 }
 

@@ -18,10 +18,22 @@ fn assert_well_formed(m: &Model) {
             assert_eq!(l.op, Op::Input);
             continue;
         }
-        assert!(!l.inputs.is_empty() && l.inputs.iter().all(|&j| j < i), "{} reads a later layer", l.name);
-        assert_eq!(l.input, m.layers[l.inputs[0]].output, "{}: input shape", l.name);
+        assert!(
+            !l.inputs.is_empty() && l.inputs.iter().all(|&j| j < i),
+            "{} reads a later layer",
+            l.name
+        );
+        assert_eq!(
+            l.input, m.layers[l.inputs[0]].output,
+            "{}: input shape",
+            l.name
+        );
         if l.op == Op::Add {
-            assert_eq!(m.layers[l.inputs[0]].output, m.layers[l.inputs[1]].output, "{}", l.name);
+            assert_eq!(
+                m.layers[l.inputs[0]].output, m.layers[l.inputs[1]].output,
+                "{}",
+                l.name
+            );
         }
     }
     assert_eq!(m.layers.last().unwrap().output, m.output);
@@ -34,7 +46,7 @@ fn every_builtin_checks_at_every_alpha_with_constant_parameters() {
     for (call, classes, params) in [
         ("wrn(n = 4, k = 10, alpha = {a})", 10, 36_479_194u64), // WRN-28-10: 36.5 M (Zagoruyko & Komodakis)
         ("resnet(depth = 50, alpha = {a})", 1000, 25_557_032),  // ResNet-50 (torchvision)
-        ("mobilenet_v1(alpha = {a})", 1000, 4_231_976),         // MobileNet v1 1.0 (Keras, trainable)
+        ("mobilenet_v1(alpha = {a})", 1000, 4_231_976), // MobileNet v1 1.0 (Keras, trainable)
     ] {
         for a in ALPHAS {
             let m = checked(&call.replace("{a}", &a.to_string()));
@@ -53,8 +65,15 @@ fn macs_fall_with_alpha_and_match_published_alpha0_figures() {
     assert!((4.08e9..4.10e9).contains(&(macs("resnet(depth = 50, alpha = 0)") as f64)));
     assert!((568e6..570e6).contains(&(macs("mobilenet_v1(alpha = 0)") as f64)));
     assert!((5.23e9..5.26e9).contains(&(macs("wrn(alpha = 0)") as f64)));
-    for call in ["wrn(n = 2, k = 4, alpha = {a})", "resnet(depth = 26, alpha = {a})", "mobilenet_v1(width = 0.5, alpha = {a})"] {
-        let m: Vec<u64> = ALPHAS.iter().map(|a| macs(&call.replace("{a}", &a.to_string()))).collect();
+    for call in [
+        "wrn(n = 2, k = 4, alpha = {a})",
+        "resnet(depth = 26, alpha = {a})",
+        "mobilenet_v1(width = 0.5, alpha = {a})",
+    ] {
+        let m: Vec<u64> = ALPHAS
+            .iter()
+            .map(|a| macs(&call.replace("{a}", &a.to_string())))
+            .collect();
         assert!(m.windows(2).all(|w| w[1] < w[0]), "{call}: {m:?}");
     }
 }
@@ -68,7 +87,10 @@ fn wrn_network_ratio_is_close_to_the_layer_formula() {
         let r = c.report().unwrap();
         let ratio = r.macs_ratio_vs_alpha0.unwrap();
         let theory = octconv_spec::cost::theory_macs_ratio(a);
-        assert!((ratio - theory).abs() < 0.02, "α = {a}: {ratio} vs {theory}");
+        assert!(
+            (ratio - theory).abs() < 0.02,
+            "α = {a}: {ratio} vs {theory}"
+        );
     }
 }
 
@@ -76,12 +98,25 @@ fn wrn_network_ratio_is_close_to_the_layer_formula() {
 fn wrn_layer_names_and_shapes() {
     let m = checked("wrn(n = 1, k = 2, alpha = 0.25)");
     let names: Vec<&str> = m.layers.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(&names[..4], ["input", "octconv0", "wide0.res0.bn0", "wide0.res0.relu0"]);
-    for n in ["wide0.res0.octconv1", "wide0.res0.shortcut.octconv0", "wide0.res0.add", "wide2.res0.add", "merge0", "linear0"] {
+    assert_eq!(
+        &names[..4],
+        ["input", "octconv0", "wide0.res0.bn0", "wide0.res0.relu0"]
+    );
+    for n in [
+        "wide0.res0.octconv1",
+        "wide0.res0.shortcut.octconv0",
+        "wide0.res0.add",
+        "wide2.res0.add",
+        "merge0",
+        "linear0",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     let stem = &m.layers[1];
-    assert_eq!(stem.output.to_string(), "an octave pair (high [12, 32, 32], low [4, 16, 16])");
+    assert_eq!(
+        stem.output.to_string(),
+        "an octave pair (high [12, 32, 32], low [4, 16, 16])"
+    );
     let merge = m.layers.iter().find(|l| l.name == "merge0").unwrap();
     assert_eq!(merge.output.to_string(), "[128, 8, 8]");
 }
@@ -90,25 +125,42 @@ fn wrn_layer_names_and_shapes() {
 fn wrn_per_stage_alphas() {
     let m = checked("wrn(n = 1, k = 4, alphas = [0.5, 0.25, 0.0])");
     let by_name = |n: &str| m.layers.iter().find(|l| l.name == n).unwrap().output;
-    assert_eq!(by_name("wide0.res0.add").to_string(), "an octave pair (high [32, 32, 32], low [32, 16, 16])");
-    assert_eq!(by_name("wide1.res0.add").to_string(), "an octave pair (high [96, 16, 16], low [32, 8, 8])");
+    assert_eq!(
+        by_name("wide0.res0.add").to_string(),
+        "an octave pair (high [32, 32, 32], low [32, 16, 16])"
+    );
+    assert_eq!(
+        by_name("wide1.res0.add").to_string(),
+        "an octave pair (high [96, 16, 16], low [32, 8, 8])"
+    );
     assert_eq!(by_name("wide2.res0.add").to_string(), "[256, 8, 8]");
     assert_eq!(m.params(), checked("wrn(n = 1, k = 4, alpha = 0)").params());
 }
 
 #[test]
 fn alpha_one_is_all_low_and_does_not_crash() {
-    for call in ["wrn(n = 1, k = 1, alpha = 1)", "mobilenet_v1(width = 0.25, alpha = 1)"] {
+    for call in [
+        "wrn(n = 1, k = 1, alpha = 1)",
+        "mobilenet_v1(width = 0.25, alpha = 1)",
+    ] {
         let m = checked(call);
         assert_well_formed(&m);
     }
     let m = checked("wrn(n = 1, k = 1, alpha = 1)");
-    assert_eq!(m.layers[1].output.to_string(), "an octave pair (high [0, 32, 32], low [16, 16, 16])");
+    assert_eq!(
+        m.layers[1].output.to_string(),
+        "an octave pair (high [0, 32, 32], low [16, 16, 16])"
+    );
 }
 
 #[test]
 fn resnet_depths_and_stage_alpha() {
-    for (depth, params) in [(26, None), (50, Some(25_557_032u64)), (101, Some(44_549_160)), (152, Some(60_192_808))] {
+    for (depth, params) in [
+        (26, None),
+        (50, Some(25_557_032u64)),
+        (101, Some(44_549_160)),
+        (152, Some(60_192_808)),
+    ] {
         let m = checked(&format!("resnet(depth = {depth}, alpha = 0.5)"));
         if let Some(p) = params {
             assert_eq!(m.params(), p, "ResNet-{depth} (torchvision count)");
@@ -124,6 +176,10 @@ fn resnet_depths_and_stage_alpha() {
 #[test]
 fn mobilenet_width_multiplier() {
     let m = checked("mobilenet_v1(width = 0.5, alpha = 0.25)");
-    let pooled = m.layers.iter().find(|l| l.op.kind() == "global_avg_pool").unwrap();
+    let pooled = m
+        .layers
+        .iter()
+        .find(|l| l.op.kind() == "global_avg_pool")
+        .unwrap();
     assert_eq!(pooled.output, Shape::Flat { features: 512 });
 }

@@ -10,7 +10,10 @@ fn model(text: &str) -> (Model, Model) {
 }
 
 fn layer<'a>(m: &'a Model, name: &str) -> &'a Layer {
-    m.layers.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no layer {name}"))
+    m.layers
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no layer {name}"))
 }
 
 #[test]
@@ -24,15 +27,29 @@ fn single_octconv_mac_and_memory_ratios_are_exactly_the_papers() {
             let (l, l0) = (layer(&m, "conv"), layer(&base, "conv"));
             let macs_ratio = l.macs as f64 / l0.macs as f64;
             let mem_ratio = l.activation_bytes as f64 / l0.activation_bytes as f64;
-            assert_eq!(macs_ratio, theory_macs_ratio(alpha), "MACs at α = {alpha}, c = {c}");
-            assert_eq!(mem_ratio, theory_memory_ratio(alpha), "memory at α = {alpha}, c = {c}");
+            assert_eq!(
+                macs_ratio,
+                theory_macs_ratio(alpha),
+                "MACs at α = {alpha}, c = {c}"
+            );
+            assert_eq!(
+                mem_ratio,
+                theory_memory_ratio(alpha),
+                "memory at α = {alpha}, c = {c}"
+            );
             assert_eq!(l.params, l0.params, "parameters do not depend on α");
         }
     }
     // The figures quoted by the paper: 67 / 44 / 30 % FLOPs and 81 / 63 / 44 % memory.
     let pct = |x: f64| (100.0 * x).round() as i64;
-    assert_eq!([0.25, 0.5, 0.75].map(|a| pct(theory_macs_ratio(a))), [67, 44, 30]);
-    assert_eq!([0.25, 0.5, 0.75].map(|a| pct(theory_memory_ratio(a))), [81, 63, 44]);
+    assert_eq!(
+        [0.25, 0.5, 0.75].map(|a| pct(theory_macs_ratio(a))),
+        [67, 44, 30]
+    );
+    assert_eq!(
+        [0.25, 0.5, 0.75].map(|a| pct(theory_memory_ratio(a))),
+        [81, 63, 44]
+    );
 }
 
 #[test]
@@ -46,8 +63,14 @@ fn octconv_costs_by_hand_stride_1_and_2() {
     assert_eq!(s1.activation_bytes, 4 * (4 * 256 + 4 * 64));
     let s2 = layer(&m, "s2");
     // Stride 2: H→H at 8×8, H→L at 4×4, L→H at the low input's 8×8 (no upsample), L→L at 4×4.
-    assert_eq!(s2.macs, 4 * 4 * 9 * 64 + 4 * 4 * 9 * 16 + 4 * 4 * 9 * 64 + 4 * 4 * 9 * 16);
-    assert_eq!(s2.output.to_string(), "an octave pair (high [4, 8, 8], low [4, 4, 4])");
+    assert_eq!(
+        s2.macs,
+        4 * 4 * 9 * 64 + 4 * 4 * 9 * 16 + 4 * 4 * 9 * 64 + 4 * 4 * 9 * 16
+    );
+    assert_eq!(
+        s2.output.to_string(),
+        "an octave pair (high [4, 8, 8], low [4, 4, 4])"
+    );
 }
 
 #[test]
@@ -92,7 +115,10 @@ fn plain_layers_by_hand() {
 fn wrn_by_hand(n: u64, k: u64, classes: u64) -> (u64, u64) {
     let (mut params, mut macs) = (16 * 3 * 9, 16 * 3 * 9 * 32 * 32);
     let mut c_in = 16;
-    for (i, (stage, hw)) in [(16 * k, 32u64 * 32), (32 * k, 16 * 16), (64 * k, 8 * 8)].into_iter().enumerate() {
+    for (i, (stage, hw)) in [(16 * k, 32u64 * 32), (32 * k, 16 * 16), (64 * k, 8 * 8)]
+        .into_iter()
+        .enumerate()
+    {
         for b in 0..n {
             params += 2 * c_in + 2 * stage; // bn on the block input, bn between the convolutions
             params += stage * c_in * 9 + stage * stage * 9;
@@ -114,7 +140,11 @@ fn wrn_matches_a_hand_count_and_the_published_parameter_count() {
     for (n, k) in [(4, 10), (2, 4), (1, 1), (3, 8)] {
         let c = octconv_spec::check_builtin(&format!("wrn(n = {n}, k = {k}, alpha = 0)"));
         let m = c.model.expect("checks");
-        assert_eq!((m.params(), m.macs()), wrn_by_hand(n, k, 10), "WRN n = {n}, k = {k}");
+        assert_eq!(
+            (m.params(), m.macs()),
+            wrn_by_hand(n, k, 10),
+            "WRN n = {n}, k = {k}"
+        );
     }
     // Zagoruyko & Komodakis: WRN-28-10 has 36.5 M parameters.
     assert_eq!(wrn_by_hand(4, 10, 10).0, 36_479_194);

@@ -19,7 +19,12 @@ fn errors(c: &Checked) -> Vec<(DiagKind, String, usize, usize)> {
 fn one_error(text: &str) -> (DiagKind, String, usize, usize) {
     let c = check_text("test.oct", text, None);
     let e = errors(&c);
-    assert_eq!(e.len(), 1, "expected exactly one error, got:\n{}", c.render_diagnostics(false));
+    assert_eq!(
+        e.len(),
+        1,
+        "expected exactly one error, got:\n{}",
+        c.render_diagnostics(false)
+    );
     e.into_iter().next().unwrap()
 }
 
@@ -55,7 +60,8 @@ fn unknown_layer_suggests_the_closest_name() {
 
 #[test]
 fn unknown_block_suggests_a_user_block() {
-    let text = "block wide(c: int) { relu(); }\nmodel m() {\n    input [3, 8, 8];\n    wdie(8);\n}\n";
+    let text =
+        "block wide(c: int) { relu(); }\nmodel m() {\n    input [3, 8, 8];\n    wdie(8);\n}\n";
     let (kind, _, line, col) = one_error(text);
     assert_eq!(kind, DiagKind::UnknownName);
     assert_eq!((line, col), (4, 5));
@@ -85,7 +91,8 @@ fn unknown_variable_suggests_a_name_in_scope() {
 
 #[test]
 fn unknown_argument_is_reported_at_the_argument_with_a_suggestion() {
-    let text = "model m() {\n    input [3, 8, 8];\n    conv(8, kernl = 3);\n    global_avg_pool();\n}\n";
+    let text =
+        "model m() {\n    input [3, 8, 8];\n    conv(8, kernl = 3);\n    global_avg_pool();\n}\n";
     let (kind, msg, line, col) = one_error(text);
     assert_eq!(kind, DiagKind::Argument);
     assert_eq!(msg, "`conv` has no parameter `kernl`");
@@ -95,7 +102,8 @@ fn unknown_argument_is_reported_at_the_argument_with_a_suggestion() {
 
 #[test]
 fn missing_argument_names_the_parameter() {
-    let (kind, msg, line, col) = one_error("model m() {\n    input [3, 8, 8];\n    conv(8);\n    global_avg_pool();\n}\n");
+    let (kind, msg, line, col) =
+        one_error("model m() {\n    input [3, 8, 8];\n    conv(8);\n    global_avg_pool();\n}\n");
     assert_eq!(kind, DiagKind::Argument);
     assert_eq!(msg, "missing argument `kernel` in the call of `conv`");
     assert_eq!((line, col), (3, 5));
@@ -105,7 +113,12 @@ fn missing_argument_names_the_parameter() {
 fn ill_typed_argument_says_what_was_expected() {
     let (kind, msg, line, col) = one_error("model m() {\n    input [3, 8, 8];\n    conv(8, kernel = 1.5);\n    global_avg_pool();\n}\n");
     assert_eq!(kind, DiagKind::Argument);
-    assert!(msg.starts_with("argument `kernel` of `conv` has the wrong type: expected `int`, found `float`"), "{msg}");
+    assert!(
+        msg.starts_with(
+            "argument `kernel` of `conv` has the wrong type: expected `int`, found `float`"
+        ),
+        "{msg}"
+    );
     assert_eq!((line, col), (3, 22));
 }
 
@@ -140,12 +153,17 @@ fn recursive_blocks_are_reported_with_the_cycle() {
     let e = errors(&c);
     assert!(!e.is_empty());
     assert!(e.iter().all(|x| x.0 == DiagKind::Recursion), "{e:?}");
-    assert!(e.iter().any(|x| x.1 == "recursive block: a → b → a" && (x.2, x.3) == (2, 13)), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|x| x.1 == "recursive block: a → b → a" && (x.2, x.3) == (2, 13)),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn builtin_layer_names_cannot_be_redefined() {
-    let (kind, msg, ..) = one_error("block relu() { bn(); }\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n");
+    let (kind, msg, ..) =
+        one_error("block relu() { bn(); }\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n");
     assert_eq!(kind, DiagKind::Duplicate);
     assert!(msg.contains("`relu` is a builtin layer"), "{msg}");
 }
@@ -168,13 +186,27 @@ fn check_file(p: &Path) -> Checked {
 #[test]
 fn include_cycle_is_an_error_naming_the_chain() {
     let d = temp_dir("cycle");
-    std::fs::write(d.join("a.oct"), "use \"b.oct\";\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n").unwrap();
-    std::fs::write(d.join("b.oct"), "// b\nuse \"a.oct\";\nblock x() { relu(); }\n").unwrap();
+    std::fs::write(
+        d.join("a.oct"),
+        "use \"b.oct\";\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("b.oct"),
+        "// b\nuse \"a.oct\";\nblock x() { relu(); }\n",
+    )
+    .unwrap();
     let c = check_file(&d.join("a.oct"));
     let e = errors(&c);
     assert_eq!(e.len(), 1, "{}", c.render_diagnostics(false));
     assert_eq!(e[0].0, DiagKind::Include);
-    assert!(e[0].1.starts_with("include cycle: ") && e[0].1.contains("a.oct → ") && e[0].1.contains("b.oct → "), "{}", e[0].1);
+    assert!(
+        e[0].1.starts_with("include cycle: ")
+            && e[0].1.contains("a.oct → ")
+            && e[0].1.contains("b.oct → "),
+        "{}",
+        e[0].1
+    );
     assert_eq!((e[0].2, e[0].3), (2, 5));
 }
 
@@ -183,8 +215,16 @@ fn diamond_includes_are_fine_and_relative_to_the_including_file() {
     let d = temp_dir("diamond");
     std::fs::create_dir_all(d.join("lib")).unwrap();
     std::fs::write(d.join("lib/base.oct"), "block act() { bn(); relu(); }\n").unwrap();
-    std::fs::write(d.join("lib/one.oct"), "use \"base.oct\";\nblock one() { act(); }\n").unwrap();
-    std::fs::write(d.join("lib/two.oct"), "use \"base.oct\";\nblock two() { act(); }\n").unwrap();
+    std::fs::write(
+        d.join("lib/one.oct"),
+        "use \"base.oct\";\nblock one() { act(); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("lib/two.oct"),
+        "use \"base.oct\";\nblock two() { act(); }\n",
+    )
+    .unwrap();
     std::fs::write(
         d.join("main.oct"),
         "use \"lib/one.oct\";\nuse \"lib/two.oct\";\nmodel m() { input [3, 8, 8]; one(); two(); global_avg_pool(); }\n",
@@ -192,19 +232,43 @@ fn diamond_includes_are_fine_and_relative_to_the_including_file() {
     .unwrap();
     let c = check_file(&d.join("main.oct"));
     assert!(c.ok(), "{}", c.render_diagnostics(false));
-    let names: Vec<_> = c.model.unwrap().layers.iter().map(|l| l.name.clone()).collect();
-    assert_eq!(names, ["input", "one0.act0.bn0", "one0.act0.relu0", "two0.act0.bn0", "two0.act0.relu0", "global_avg_pool0"]);
+    let names: Vec<_> = c
+        .model
+        .unwrap()
+        .layers
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "input",
+            "one0.act0.bn0",
+            "one0.act0.relu0",
+            "two0.act0.bn0",
+            "two0.act0.relu0",
+            "global_avg_pool0"
+        ]
+    );
 }
 
 #[test]
 fn missing_include_points_at_the_path_literal() {
     let d = temp_dir("missing");
-    std::fs::write(d.join("main.oct"), "use \"nope.oct\";\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n").unwrap();
+    std::fs::write(
+        d.join("main.oct"),
+        "use \"nope.oct\";\nmodel m() { input [3, 8, 8]; global_avg_pool(); }\n",
+    )
+    .unwrap();
     let c = check_file(&d.join("main.oct"));
     let e = errors(&c);
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].0, DiagKind::Include);
-    assert!(e[0].1.starts_with("cannot include `nope.oct`"), "{}", e[0].1);
+    assert!(
+        e[0].1.starts_with("cannot include `nope.oct`"),
+        "{}",
+        e[0].1
+    );
     assert_eq!((e[0].2, e[0].3), (1, 5));
 }
 
@@ -219,9 +283,14 @@ const HEAD: &str = "model m(a: float = 0.25) {\n    input [3, 32, 32];\n";
 
 #[test]
 fn alpha_out_of_range_points_at_the_argument() {
-    let (kind, msg, line, col) = one_error(&format!("{HEAD}    octconv(16, kernel = 3, alpha = 1.5);\n    merge();\n}}\n"));
+    let (kind, msg, line, col) = one_error(&format!(
+        "{HEAD}    octconv(16, kernel = 3, alpha = 1.5);\n    merge();\n}}\n"
+    ));
     assert_eq!(kind, DiagKind::AlphaRange);
-    assert_eq!(msg, "α out of range: `alpha` of `octconv` is 1.5, but α must lie in [0, 1]");
+    assert_eq!(
+        msg,
+        "α out of range: `alpha` of `octconv` is 1.5, but α must lie in [0, 1]"
+    );
     assert_eq!((line, col), (3, 29));
 }
 
@@ -242,7 +311,9 @@ fn alpha_out_of_range_from_a_model_argument_shows_where_it_was_written() {
 
 #[test]
 fn empty_branch_is_an_error() {
-    let (kind, msg, line, col) = one_error(&format!("{HEAD}    octconv(3, kernel = 3, alpha = a);\n    merge();\n}}\n"));
+    let (kind, msg, line, col) = one_error(&format!(
+        "{HEAD}    octconv(3, kernel = 3, alpha = a);\n    merge();\n}}\n"
+    ));
     assert_eq!(kind, DiagKind::EmptyBranch);
     assert_eq!(msg, "empty branch: alpha = 0.25 leaves the low branch of octconv(3) with no channels (high 3 / low 0)");
     assert_eq!((line, col), (3, 28));
@@ -250,7 +321,8 @@ fn empty_branch_is_an_error() {
 
 #[test]
 fn empty_branch_of_split_is_an_error() {
-    let (kind, msg, ..) = one_error("model m() {\n    input [3, 8, 8];\n    split(alpha = 0.2);\n    merge();\n}\n");
+    let (kind, msg, ..) =
+        one_error("model m() {\n    input [3, 8, 8];\n    split(alpha = 0.2);\n    merge();\n}\n");
     assert_eq!(kind, DiagKind::EmptyBranch);
     assert_eq!(msg, "empty branch: split(alpha = 0.2) of 3 channels leaves the low branch empty (high 3 / low 0)");
 }
@@ -269,13 +341,17 @@ fn stride_on_a_size_not_divisible_is_an_error() {
     let text = "model m() {\n    input [3, 30, 30];\n    octconv(16, kernel = 3, alpha = 0.5, stride = 2);\n    merge();\n}\n";
     let (kind, msg, line, col) = one_error(text);
     assert_eq!(kind, DiagKind::Divisibility);
-    assert!(msg.contains("size 30×30: it must be divisible by 4"), "{msg}");
+    assert!(
+        msg.contains("size 30×30: it must be divisible by 4"),
+        "{msg}"
+    );
     assert_eq!((line, col), (3, 5));
 }
 
 #[test]
 fn split_of_an_odd_size_is_an_error() {
-    let (kind, msg, ..) = one_error("model m() {\n    input [8, 7, 7];\n    split(alpha = 0.5);\n    merge();\n}\n");
+    let (kind, msg, ..) =
+        one_error("model m() {\n    input [8, 7, 7];\n    split(alpha = 0.5);\n    merge();\n}\n");
     assert_eq!(kind, DiagKind::Divisibility);
     assert!(msg.contains("7×7"), "{msg}");
 }
@@ -285,7 +361,10 @@ fn kernel_larger_than_the_low_branch_is_an_error() {
     let text = "model m() {\n    input [3, 8, 8];\n    octconv(16, kernel = 5, alpha = 0.5);\n    merge();\n}\n";
     let (kind, msg, line, col) = one_error(text);
     assert_eq!(kind, DiagKind::KernelTooLarge);
-    assert_eq!(msg, "kernel 5×5 is larger than the 4×4 feature map of the H→L path");
+    assert_eq!(
+        msg,
+        "kernel 5×5 is larger than the 4×4 feature map of the H→L path"
+    );
     assert_eq!((line, col), (3, 5));
 }
 
@@ -294,7 +373,10 @@ fn residual_mismatch_with_an_explicit_shortcut() {
     let text = "model m() {\n    input [8, 8, 8];\n    residual {\n        conv(16, kernel = 3);\n    } shortcut {\n        conv(8, kernel = 1);\n    }\n    global_avg_pool();\n}\n";
     let (kind, msg, line, col) = one_error(text);
     assert_eq!(kind, DiagKind::ResidualMismatch);
-    assert_eq!(msg, "residual mismatch: the main branch gives [16, 8, 8], but the shortcut gives [8, 8, 8]");
+    assert_eq!(
+        msg,
+        "residual mismatch: the main branch gives [16, 8, 8], but the shortcut gives [8, 8, 8]"
+    );
     assert_eq!((line, col), (3, 5));
 }
 
@@ -312,10 +394,17 @@ fn residual_projection_is_added_when_width_stride_or_alpha_change() {
     let c = check_text("t.oct", text, None);
     assert!(c.ok(), "{}", c.render_diagnostics(false));
     let m = c.model.unwrap();
-    let proj = m.layers.iter().find(|l| l.name == "res0.shortcut.octconv0").expect("projection");
+    let proj = m
+        .layers
+        .iter()
+        .find(|l| l.name == "res0.shortcut.octconv0")
+        .expect("projection");
     match proj.op {
         octconv_spec::Op::OctConv(o) => {
-            assert_eq!((o.in_h, o.in_l, o.out_h, o.out_l, o.kernel, o.stride), (12, 4, 16, 16, 1, 2))
+            assert_eq!(
+                (o.in_h, o.in_l, o.out_h, o.out_l, o.kernel, o.stride),
+                (12, 4, 16, 16, 1, 2)
+            )
         }
         ref other => panic!("projection is {other:?}"),
     }
@@ -347,7 +436,10 @@ fn failed_require_shows_the_message_and_the_values() {
     let e = errors(&c);
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].0, DiagKind::Require);
-    assert_eq!(e[0].1, "requirement failed: n is blocks per stage; depth = 6n + 4");
+    assert_eq!(
+        e[0].1,
+        "requirement failed: n is blocks per stage; depth = 6n + 4"
+    );
     assert_eq!((e[0].2, e[0].3), (31, 13));
     assert!(c.render_diagnostics(false).contains("note: with n = 0"));
 }
@@ -363,7 +455,10 @@ fn invalid_head_global_avg_pool_on_a_pair() {
     );
     assert_eq!((line, col), (5, 5));
     let out = rendered(text);
-    assert!(out.contains("help: insert `merge();` before the pooling"), "{out}");
+    assert!(
+        out.contains("help: insert `merge();` before the pooling"),
+        "{out}"
+    );
     assert!(out.contains("per_branch = true"), "{out}");
 }
 
@@ -372,26 +467,44 @@ fn invalid_head_flatten_and_linear_on_a_pair() {
     let base = "model m() {\n    input [3, 8, 8];\n    octconv(16, kernel = 3, alpha = 0.5);\n";
     let (kind, msg, ..) = one_error(&format!("{base}    flatten();\n    linear(10);\n}}\n"));
     assert_eq!(kind, DiagKind::InvalidHead);
-    assert!(msg.starts_with("invalid head: flatten needs a single-frequency tensor"), "{msg}");
+    assert!(
+        msg.starts_with("invalid head: flatten needs a single-frequency tensor"),
+        "{msg}"
+    );
     let (kind, msg, ..) = one_error(&format!("{base}    linear(10);\n}}\n"));
     assert_eq!(kind, DiagKind::InvalidHead);
-    assert!(msg.starts_with("invalid head: linear needs a single-frequency tensor"), "{msg}");
+    assert!(
+        msg.starts_with("invalid head: linear needs a single-frequency tensor"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn linear_on_a_feature_map_is_an_error() {
-    let (kind, msg, line, col) = one_error("model m() {\n    input [3, 8, 8];\n    linear(10);\n}\n");
+    let (kind, msg, line, col) =
+        one_error("model m() {\n    input [3, 8, 8];\n    linear(10);\n}\n");
     assert_eq!(kind, DiagKind::LayerInput);
-    assert_eq!(msg, "linear needs a flat vector, but its input is the feature map [3, 8, 8]");
+    assert_eq!(
+        msg,
+        "linear needs a flat vector, but its input is the feature map [3, 8, 8]"
+    );
     assert_eq!((line, col), (3, 5));
-    assert!(rendered("model m() {\n    input [3, 8, 8];\n    linear(10);\n}\n").contains("insert `global_avg_pool();` or `flatten();`"));
+    assert!(
+        rendered("model m() {\n    input [3, 8, 8];\n    linear(10);\n}\n")
+            .contains("insert `global_avg_pool();` or `flatten();`")
+    );
 }
 
 #[test]
 fn model_ending_on_an_octave_pair_is_an_invalid_head() {
-    let (kind, msg, line, col) = one_error("model m() {\n    input [3, 8, 8];\n    octconv(16, kernel = 3, alpha = 0.5);\n}\n");
+    let (kind, msg, line, col) = one_error(
+        "model m() {\n    input [3, 8, 8];\n    octconv(16, kernel = 3, alpha = 0.5);\n}\n",
+    );
     assert_eq!(kind, DiagKind::InvalidHead);
-    assert_eq!(msg, "invalid head: model `m` ends on an octave pair (high [8, 8, 8], low [8, 4, 4])");
+    assert_eq!(
+        msg,
+        "invalid head: model `m` ends on an octave pair (high [8, 8, 8], low [8, 4, 4])"
+    );
     assert_eq!((line, col), (4, 1));
 }
 
@@ -400,14 +513,20 @@ fn per_branch_head_is_an_explicit_opt_in() {
     let text = "model m() {\n    input [3, 8, 8];\n    octconv(16, kernel = 3, alpha = 0.25);\n    global_avg_pool(per_branch = true);\n    linear(10);\n}\n";
     let c = check_text("t.oct", text, None);
     assert!(c.ok(), "{}", c.render_diagnostics(false));
-    assert_eq!(c.model.unwrap().output, octconv_spec::Shape::Flat { features: 10 });
+    assert_eq!(
+        c.model.unwrap().output,
+        octconv_spec::Shape::Flat { features: 10 }
+    );
 }
 
 #[test]
 fn conv_on_a_pair_says_to_use_octconv_or_merge() {
     let (kind, msg, ..) = one_error("model m() {\n    input [3, 8, 8];\n    split(alpha = 0.5);\n    conv(8, kernel = 3);\n    global_avg_pool();\n}\n");
     assert_eq!(kind, DiagKind::LayerInput);
-    assert!(msg.starts_with("conv needs a single-frequency tensor, but its input is an octave pair"), "{msg}");
+    assert!(
+        msg.starts_with("conv needs a single-frequency tensor, but its input is an octave pair"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -415,7 +534,9 @@ fn structural_errors_input_placement() {
     let (kind, msg, ..) = one_error("model m() {\n    relu();\n}\n");
     assert_eq!(kind, DiagKind::Structure);
     assert_eq!(msg, "layer `relu` comes before the model's `input`");
-    let (kind, msg, ..) = one_error("block b() { input [3, 8, 8]; }\nmodel m() {\n    input [3, 8, 8];\n    b();\n}\n");
+    let (kind, msg, ..) = one_error(
+        "block b() { input [3, 8, 8]; }\nmodel m() {\n    input [3, 8, 8];\n    b();\n}\n",
+    );
     assert_eq!(kind, DiagKind::Structure);
     assert_eq!(msg, "`input` is only allowed in a model, not in a block");
     let (kind, msg, ..) = one_error("model m() {\n    relu;\n}\n");
@@ -457,20 +578,47 @@ fn errors_inside_blocks_show_the_call_site() {
     assert_eq!((e[0].0, e[0].2), (DiagKind::AlphaRange, 2));
     let out = c.render_diagnostics(false);
     assert!(out.contains("in block `b` called here"), "{out}");
-    assert!(out.contains("alpha = 3 comes from here") || out.contains("alpha = 3.0 comes from here"), "{out}");
+    assert!(
+        out.contains("alpha = 3 comes from here") || out.contains("alpha = 3.0 comes from here"),
+        "{out}"
+    );
 }
 
 #[test]
 fn set_overrides_and_model_selection_errors() {
     let text = "model a(c: int = 8) { input [3, 8, 8]; conv(c, kernel = 3); global_avg_pool(); }\nmodel b() { input [3, 8, 8]; global_avg_pool(); }\n";
-    let c = check(&CheckRequest { spec: SpecInput::Text { name: "t.oct", text }, model: None, sets: &[] });
+    let c = check(&CheckRequest {
+        spec: SpecInput::Text {
+            name: "t.oct",
+            text,
+        },
+        model: None,
+        sets: &[],
+    });
     assert_eq!(errors(&c)[0].1, "the spec defines several models: a, b");
     let sets = vec!["c=16".to_string()];
-    let c = check(&CheckRequest { spec: SpecInput::Text { name: "t.oct", text }, model: Some("a"), sets: &sets });
+    let c = check(&CheckRequest {
+        spec: SpecInput::Text {
+            name: "t.oct",
+            text,
+        },
+        model: Some("a"),
+        sets: &sets,
+    });
     assert!(c.ok());
-    assert_eq!(c.model.unwrap().output, octconv_spec::Shape::Flat { features: 16 });
+    assert_eq!(
+        c.model.unwrap().output,
+        octconv_spec::Shape::Flat { features: 16 }
+    );
     let sets = vec!["cc=16".to_string()];
-    let c = check(&CheckRequest { spec: SpecInput::Text { name: "t.oct", text }, model: Some("a"), sets: &sets });
+    let c = check(&CheckRequest {
+        spec: SpecInput::Text {
+            name: "t.oct",
+            text,
+        },
+        model: Some("a"),
+        sets: &sets,
+    });
     let e = errors(&c);
     assert_eq!(e[0].1, "model `a` has no parameter `cc`");
     assert!(c.render_diagnostics(false).contains("<--set #1>:1:1"));

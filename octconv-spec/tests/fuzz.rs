@@ -7,17 +7,102 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 fn cases() -> u32 {
-    std::env::var("OCTCONV_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
+    std::env::var("OCTCONV_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
 }
 
 const TOKENS: &[&str] = &[
-    "model", "block", "use", "repeat", "in", "residual", "shortcut", "expect", "require", "input", "let",
-    "if", "else", "as", "true", "false", "int", "float", "bool", "high", "low", "octconv", "conv", "bn",
-    "relu", "dropout", "avg_pool", "max_pool", "split", "merge", "global_avg_pool", "flatten", "linear",
-    "wide", "wrn", "alpha", "kernel", "stride", "groups", "depthwise", "per_branch", "out", "n", "k", "x",
-    "(", ")", "[", "]", "{", "}", ",", ";", ":", "=", "==", "..", "+", "-", "*", "/", "%", "!", "&&", "||",
-    "<", ">=", "0", "1", "2", "3", "7", "16", "32", "0.25", "0.5", "1.5", "-1", "1e3", "99999999999999999999",
-    "\"blocks.oct\"", "\"builtin:wrn\"", "///", "//", "/*", "*/", "#", "'", "\n",
+    "model",
+    "block",
+    "use",
+    "repeat",
+    "in",
+    "residual",
+    "shortcut",
+    "expect",
+    "require",
+    "input",
+    "let",
+    "if",
+    "else",
+    "as",
+    "true",
+    "false",
+    "int",
+    "float",
+    "bool",
+    "high",
+    "low",
+    "octconv",
+    "conv",
+    "bn",
+    "relu",
+    "dropout",
+    "avg_pool",
+    "max_pool",
+    "split",
+    "merge",
+    "global_avg_pool",
+    "flatten",
+    "linear",
+    "wide",
+    "wrn",
+    "alpha",
+    "kernel",
+    "stride",
+    "groups",
+    "depthwise",
+    "per_branch",
+    "out",
+    "n",
+    "k",
+    "x",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ";",
+    ":",
+    "=",
+    "==",
+    "..",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "!",
+    "&&",
+    "||",
+    "<",
+    ">=",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "16",
+    "32",
+    "0.25",
+    "0.5",
+    "1.5",
+    "-1",
+    "1e3",
+    "99999999999999999999",
+    "\"blocks.oct\"",
+    "\"builtin:wrn\"",
+    "///",
+    "//",
+    "/*",
+    "*/",
+    "#",
+    "'",
+    "\n",
 ];
 
 fn token_soup() -> impl Strategy<Value = String> {
@@ -31,7 +116,10 @@ const SMALL: &[&str] = &[
 ];
 
 fn corpus() -> Vec<&'static str> {
-    let mut c: Vec<&str> = octconv_spec::builtins::BUILTIN_FILES.iter().map(|(_, t)| *t).collect();
+    let mut c: Vec<&str> = octconv_spec::builtins::BUILTIN_FILES
+        .iter()
+        .map(|(_, t)| *t)
+        .collect();
     c.extend(SMALL);
     c
 }
@@ -49,7 +137,19 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1usize..40).prop_map(|(a, n)| Mutation::Delete(a, n)),
         (any::<usize>(), 1usize..60).prop_map(|(a, n)| Mutation::Duplicate(a, n)),
         (any::<usize>(), prop::sample::select(TOKENS)).prop_map(|(a, t)| Mutation::Insert(a, t)),
-        (any::<usize>(), prop_oneof![Just(0i64), Just(-1), Just(1), Just(2), Just(3), Just(100_000), Just(i64::MAX), any::<i64>()])
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just(0i64),
+                Just(-1),
+                Just(1),
+                Just(2),
+                Just(3),
+                Just(100_000),
+                Just(i64::MAX),
+                any::<i64>()
+            ]
+        )
             .prop_map(|(a, v)| Mutation::Number(a, v)),
     ]
 }
@@ -86,7 +186,10 @@ fn apply(text: &str, muts: &[Mutation]) -> String {
                 let a = boundary(&s, a);
                 if let Some(off) = s[a..].find(|c: char| c.is_ascii_digit()) {
                     let start = a + off;
-                    let end = start + s[start..].find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len() - start);
+                    let end = start
+                        + s[start..]
+                            .find(|c: char| !c.is_ascii_digit())
+                            .unwrap_or(s.len() - start);
                     s.replace_range(start..end, &v.to_string());
                 }
             }
@@ -100,9 +203,19 @@ fn check_all(text: &str) {
     let c = check_text("fuzz.oct", text, None);
     let _ = c.render_diagnostics(false);
     let mut p = octconv_spec::loader::Program::new();
-    p.load_text(octconv_spec::source::Origin::Virtual("fuzz.oct".into()), text);
+    p.load_text(
+        octconv_spec::source::Origin::Virtual("fuzz.oct".into()),
+        text,
+    );
     for name in p.model_names() {
-        let c = check(&CheckRequest { spec: SpecInput::Text { name: "fuzz.oct", text }, model: Some(name), sets: &[] });
+        let c = check(&CheckRequest {
+            spec: SpecInput::Text {
+                name: "fuzz.oct",
+                text,
+            },
+            model: Some(name),
+            sets: &[],
+        });
         let _ = c.render_diagnostics(true);
         if let Some(r) = c.report() {
             let _ = r.table();
@@ -143,23 +256,52 @@ proptest! {
 #[test]
 fn pathological_nesting_is_a_limit_error_not_a_stack_overflow() {
     for text in [
-        format!("model m() {{ input [3, 8, 8]; conv({}1{}, kernel = 1); }}", "(".repeat(100_000), ")".repeat(100_000)),
-        format!("model m() {{ input [3, 8, 8]; conv(1{}, kernel = 1); }}", " + 1".repeat(100_000)),
-        format!("model m() {{ input [3, 8, 8]; conv({}1, kernel = 1); }}", "-".repeat(100_000)),
+        format!(
+            "model m() {{ input [3, 8, 8]; conv({}1{}, kernel = 1); }}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        ),
+        format!(
+            "model m() {{ input [3, 8, 8]; conv(1{}, kernel = 1); }}",
+            " + 1".repeat(100_000)
+        ),
+        format!(
+            "model m() {{ input [3, 8, 8]; conv({}1, kernel = 1); }}",
+            "-".repeat(100_000)
+        ),
         format!("model m() {{ {} }}", "repeat 1 { ".repeat(10_000)),
         format!("/*{}*/", "/*".repeat(10_000)),
     ] {
         let c = check_text("deep.oct", &text, None);
         assert!(!c.ok());
         let kinds: Vec<_> = c.diagnostics.iter().map(|d| d.kind).collect();
-        assert!(kinds.contains(&octconv_spec::DiagKind::Limit) || kinds.contains(&octconv_spec::DiagKind::Syntax), "{kinds:?}");
+        assert!(
+            kinds.contains(&octconv_spec::DiagKind::Limit)
+                || kinds.contains(&octconv_spec::DiagKind::Syntax),
+            "{kinds:?}"
+        );
     }
 }
 
 #[test]
 fn huge_models_hit_limits_quickly() {
-    let c = check_text("big.oct", "model m() { input [3, 8, 8]; repeat 100000 { repeat 100000 { relu(); } } }", None);
-    assert!(c.diagnostics.iter().any(|d| d.kind == octconv_spec::DiagKind::Limit), "{}", c.render_diagnostics(false));
+    let c = check_text(
+        "big.oct",
+        "model m() { input [3, 8, 8]; repeat 100000 { repeat 100000 { relu(); } } }",
+        None,
+    );
+    assert!(
+        c.diagnostics
+            .iter()
+            .any(|d| d.kind == octconv_spec::DiagKind::Limit),
+        "{}",
+        c.render_diagnostics(false)
+    );
     let c = check_text("big.oct", "model m() { input [3, 8, 8]; conv(16777216, kernel = 1); conv(16777216, kernel = 1); global_avg_pool(); }", None);
-    assert!(c.ok() || c.diagnostics.iter().any(|d| d.kind == octconv_spec::DiagKind::Limit));
+    assert!(
+        c.ok()
+            || c.diagnostics
+                .iter()
+                .any(|d| d.kind == octconv_spec::DiagKind::Limit)
+    );
 }

@@ -27,7 +27,12 @@ fn repeat_with_an_index_let_and_if() {
             global_avg_pool();
         }",
     );
-    let outs: Vec<usize> = m.layers.iter().filter(|l| l.op.kind() == "conv").map(|l| l.output.channels()).collect();
+    let outs: Vec<usize> = m
+        .layers
+        .iter()
+        .filter(|l| l.op.kind() == "conv")
+        .map(|l| l.output.channels())
+        .collect();
     assert_eq!(outs, [8, 18, 10]);
     assert_eq!(names(&m)[4..6], ["relu0", "relu1"]);
 }
@@ -43,7 +48,12 @@ fn expressions_follow_rust_precedence_and_integer_division() {
             global_avg_pool();
         }",
     );
-    let outs: Vec<usize> = m.layers.iter().filter(|l| l.op.kind() == "conv").map(|l| l.output.channels()).collect();
+    let outs: Vec<usize> = m
+        .layers
+        .iter()
+        .filter(|l| l.op.kind() == "conv")
+        .map(|l| l.output.channels())
+        .collect();
     assert_eq!(outs, [13, 11, 6]);
 }
 
@@ -57,10 +67,22 @@ fn defaults_see_earlier_parameters_and_types_are_checked() {
     }";
     let m = model(text);
     assert_eq!(m.output.channels(), 4);
-    assert_eq!(m.args.iter().map(|a| format!("{}={}", a.name, a.value)).collect::<Vec<_>>(), ["c=4", "d=8", "a=[0.5, 0.0]"]);
+    assert_eq!(
+        m.args
+            .iter()
+            .map(|a| format!("{}={}", a.name, a.value))
+            .collect::<Vec<_>>(),
+        ["c=4", "d=8", "a=[0.5, 0.0]"]
+    );
     let c = check_text("t.oct", text, Some("m(a = [0.5])"));
     assert!(!c.ok());
-    assert!(c.diagnostics[0].message.contains("expected a list of 2 elements, found 1"), "{}", c.diagnostics[0].message);
+    assert!(
+        c.diagnostics[0]
+            .message
+            .contains("expected a list of 2 elements, found 1"),
+        "{}",
+        c.diagnostics[0].message
+    );
 }
 
 #[test]
@@ -83,9 +105,25 @@ fn labels_name_layers_and_blocks() {
     );
     assert_eq!(
         names(&m),
-        ["input", "stem.conv", "stem.bn0", "stem.relu0", "unit0.conv", "unit0.bn0", "unit0.relu0", "unit1.conv", "unit1.bn0", "unit1.relu0", "pool"]
+        [
+            "input",
+            "stem.conv",
+            "stem.bn0",
+            "stem.relu0",
+            "unit0.conv",
+            "unit0.bn0",
+            "unit0.relu0",
+            "unit1.conv",
+            "unit1.bn0",
+            "unit1.relu0",
+            "pool"
+        ]
     );
-    let c = check_text("t.oct", "model m() { input [3, 8, 8]; relu() as a; relu() as a; global_avg_pool(); }", None);
+    let c = check_text(
+        "t.oct",
+        "model m() { input [3, 8, 8]; relu() as a; relu() as a; global_avg_pool(); }",
+        None,
+    );
     assert_eq!(c.diagnostics[0].message, "layer name `a` is used twice");
 }
 
@@ -112,8 +150,12 @@ fn docs_comments_and_doc_attributes() {
 
 #[test]
 fn split_and_merge_semantics() {
-    let m = model("model m() { input [10, 8, 8]; split(alpha = 0.3); merge(); global_avg_pool(); }");
-    assert_eq!(m.layers[1].output.to_string(), "an octave pair (high [7, 8, 8], low [3, 4, 4])");
+    let m =
+        model("model m() { input [10, 8, 8]; split(alpha = 0.3); merge(); global_avg_pool(); }");
+    assert_eq!(
+        m.layers[1].output.to_string(),
+        "an octave pair (high [7, 8, 8], low [3, 4, 4])"
+    );
     assert_eq!(m.layers[2].output.to_string(), "[10, 8, 8]");
     // At α = 0 split and merge are identities on a single-frequency tensor.
     let m = model("model m() { input [10, 8, 8]; split(alpha = 0); merge(); global_avg_pool(); }");
@@ -123,7 +165,10 @@ fn split_and_merge_semantics() {
 #[test]
 fn pooling_keeps_an_octave_pair_consistent() {
     let m = model("model m() { input [8, 16, 16]; split(alpha = 0.5); avg_pool(); max_pool(kernel = 2); merge(); global_avg_pool(); }");
-    assert_eq!(m.layers[3].output.to_string(), "an octave pair (high [4, 4, 4], low [4, 2, 2])");
+    assert_eq!(
+        m.layers[3].output.to_string(),
+        "an octave pair (high [4, 4, 4], low [4, 2, 2])"
+    );
     let c = check_text("t.oct", "model m() { input [8, 12, 12]; split(alpha = 0.5); avg_pool(); avg_pool(); merge(); global_avg_pool(); }", None);
     assert_eq!(c.diagnostics[0].kind, octconv_spec::DiagKind::Divisibility);
 }
@@ -141,7 +186,8 @@ fn several_models_per_file_and_model_calls() {
 #[test]
 fn builtin_specs_and_the_language_are_valid_rust_tokens() {
     for (name, text) in octconv_spec::builtins::BUILTIN_FILES {
-        proc_macro2::TokenStream::from_str(text).unwrap_or_else(|e| panic!("{name}.oct is not Rust tokens: {e}"));
+        proc_macro2::TokenStream::from_str(text)
+            .unwrap_or_else(|e| panic!("{name}.oct is not Rust tokens: {e}"));
     }
     let sample = "model m(a: [float; 3] = [0.25, 0.5, 0.75]) { input [3, 8, 8]; repeat i in 0..3 { octconv(8, kernel = 3, alpha = a[i]); } residual { relu(); } shortcut { bn(); } merge(); expect [8, 8, 8]; global_avg_pool(); }";
     proc_macro2::TokenStream::from_str(sample).unwrap();

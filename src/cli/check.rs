@@ -45,7 +45,11 @@ pub fn builtins() {
     println!("builtin models (use as SPEC, e.g. 'wrn(n = 4, k = 10, alpha = 0.25)'):");
     let mut program = octconv_spec::loader::Program::new();
     program.load_builtins();
-    for def in program.defs.iter().filter(|d| d.kind == octconv_spec::ast::DefKind::Model) {
+    for def in program
+        .defs
+        .iter()
+        .filter(|d| d.kind == octconv_spec::ast::DefKind::Model)
+    {
         let params: Vec<String> = def
             .params
             .iter()

@@ -11,13 +11,19 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         Shape::Single(d) => *d,
         Shape::Pair { .. } => {
             return Err(a
-                .call_error(DiagKind::LayerInput, format!("conv needs a single-frequency tensor, but its input is {input}"))
+                .call_error(
+                    DiagKind::LayerInput,
+                    format!("conv needs a single-frequency tensor, but its input is {input}"),
+                )
                 .with_label("octave pair here")
                 .with_help("use `octconv(…)` on octave pairs, or insert `merge();` first"))
         }
         Shape::Flat { .. } => {
             return Err(a
-                .call_error(DiagKind::LayerInput, format!("conv needs a feature map, but its input is {input}"))
+                .call_error(
+                    DiagKind::LayerInput,
+                    format!("conv needs a feature map, but its input is {input}"),
+                )
                 .with_label("input is flat"))
         }
     };
@@ -28,7 +34,14 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let groups = a.dim("groups", 1, 1)?;
     if d.c % groups != 0 || out % groups != 0 {
         return Err(a
-            .error(DiagKind::Structure, "groups", format!("groups = {groups} must divide the input channels ({}) and `out` ({out})", d.c))
+            .error(
+                DiagKind::Structure,
+                "groups",
+                format!(
+                    "groups = {groups} must divide the input channels ({}) and `out` ({out})",
+                    d.c
+                ),
+            )
             .with_label("does not divide"));
     }
     let (ph, pw) = (d.h + 2 * padding, d.w + 2 * padding);

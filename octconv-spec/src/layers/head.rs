@@ -10,7 +10,10 @@ use crate::shape::Shape;
 fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
     a.call_error(
         DiagKind::InvalidHead,
-        format!("invalid head: {} needs a single-frequency tensor, but its input is {input}", a.def.name),
+        format!(
+            "invalid head: {} needs a single-frequency tensor, but its input is {input}",
+            a.def.name
+        ),
     )
     .with_label(format!("{what} on an octave pair"))
     .with_help(help.to_string())
@@ -36,11 +39,24 @@ pub(crate) fn global_avg_pool(a: &Args, input: &Shape) -> Result<(Op, Shape), Di
 pub(crate) fn flatten(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     match input {
         Shape::Single(d) => match usize::try_from(d.numel()) {
-            Ok(features) if features <= super::MAX_DIM as usize => Ok((Op::Flatten, Shape::Flat { features })),
-            _ => Err(a.call_error(DiagKind::Limit, format!("flatten of {input} gives more than {} features", super::MAX_DIM))),
+            Ok(features) if features <= super::MAX_DIM as usize => {
+                Ok((Op::Flatten, Shape::Flat { features }))
+            }
+            _ => Err(a.call_error(
+                DiagKind::Limit,
+                format!(
+                    "flatten of {input} gives more than {} features",
+                    super::MAX_DIM
+                ),
+            )),
         },
         Shape::Flat { .. } => Ok((Op::Flatten, *input)),
-        Shape::Pair { .. } => Err(invalid_head(a, "flattening", input, "insert `merge();` before flattening")),
+        Shape::Pair { .. } => Err(invalid_head(
+            a,
+            "flattening",
+            input,
+            "insert `merge();` before flattening",
+        )),
     }
 }
 
@@ -49,11 +65,26 @@ pub(crate) fn linear(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic>
     let out = a.dim("out", 0, 1)?;
     let bias = a.bool("bias").unwrap_or(true);
     match input {
-        Shape::Flat { features } => Ok((Op::Linear { in_f: *features, out_f: out, bias }, Shape::Flat { features: out })),
+        Shape::Flat { features } => Ok((
+            Op::Linear {
+                in_f: *features,
+                out_f: out,
+                bias,
+            },
+            Shape::Flat { features: out },
+        )),
         Shape::Single(_) => Err(a
-            .call_error(DiagKind::LayerInput, format!("linear needs a flat vector, but its input is the feature map {input}"))
+            .call_error(
+                DiagKind::LayerInput,
+                format!("linear needs a flat vector, but its input is the feature map {input}"),
+            )
             .with_label("not flat")
             .with_help("insert `global_avg_pool();` or `flatten();` before `linear`")),
-        Shape::Pair { .. } => Err(invalid_head(a, "a linear layer", input, "insert `merge();` and `global_avg_pool();` before `linear`")),
+        Shape::Pair { .. } => Err(invalid_head(
+            a,
+            "a linear layer",
+            input,
+            "insert `merge();` and `global_avg_pool();` before `linear`",
+        )),
     }
 }

@@ -6,8 +6,8 @@
 mod conv;
 mod head;
 mod norm;
-pub(crate) mod octconv;
 mod octave;
+pub(crate) mod octconv;
 mod pool;
 
 use crate::ast::{Call, Ty};
@@ -197,7 +197,11 @@ impl Args<'_> {
     pub(crate) fn dim(&self, name: &str, default: i64, min: i64) -> Result<usize, Diagnostic> {
         let v = self.int(name).unwrap_or(default);
         if v < min || v > MAX_DIM {
-            let kind = if v > MAX_DIM { DiagKind::Limit } else { DiagKind::Structure };
+            let kind = if v > MAX_DIM {
+                DiagKind::Limit
+            } else {
+                DiagKind::Structure
+            };
             return Err(self
                 .error(
                     kind,

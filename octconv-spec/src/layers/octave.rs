@@ -12,9 +12,16 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         Shape::Single(d) => *d,
         _ => {
             return Err(a
-                .call_error(DiagKind::LayerInput, format!("split needs a single-frequency tensor, but its input is {input}"))
+                .call_error(
+                    DiagKind::LayerInput,
+                    format!("split needs a single-frequency tensor, but its input is {input}"),
+                )
                 .with_label("cannot split this")
-                .with_help(if input.is_pair() { "the value is already an octave pair; remove this `split`" } else { "split belongs before the head" }))
+                .with_help(if input.is_pair() {
+                    "the value is already an octave pair; remove this `split`"
+                } else {
+                    "split belongs before the head"
+                }))
         }
     };
     let alpha = a.alpha("alpha", 0.0)?;
@@ -42,10 +49,16 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
 /// `merge()`: pair → `[Ch + Cl, H, W]`; identity on a single-frequency tensor (α = 0).
 pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     match input {
-        Shape::Pair { high, low } => Ok((Op::Merge, Shape::Single(Dims::new(high.c + low.c, high.h, high.w)))),
+        Shape::Pair { high, low } => Ok((
+            Op::Merge,
+            Shape::Single(Dims::new(high.c + low.c, high.h, high.w)),
+        )),
         Shape::Single(_) => Ok((Op::Merge, *input)),
         Shape::Flat { .. } => Err(a
-            .call_error(DiagKind::LayerInput, format!("merge needs an octave pair, but its input is {input}"))
+            .call_error(
+                DiagKind::LayerInput,
+                format!("merge needs an octave pair, but its input is {input}"),
+            )
             .with_label("nothing to merge")),
     }
 }

@@ -6,7 +6,7 @@
 
 use super::Args;
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{Op, OctConvSpec, Path};
+use crate::ir::{OctConvSpec, Op, Path};
 use crate::shape::{channel_split, split_alpha, Dims, Shape};
 
 /// Why an OctConv geometry is invalid: kind, message, help.
@@ -61,13 +61,25 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
         match p {
             Path::HH => {
                 if high.h % s != 0 || high.w % s != 0 {
-                    return Err(size_err("high branch", high.h, high.w, s, "stride-2 pooling"));
+                    return Err(size_err(
+                        "high branch",
+                        high.h,
+                        high.w,
+                        s,
+                        "stride-2 pooling",
+                    ));
                 }
                 check_kernel(p, high.h / s, high.w / s)?;
             }
             Path::HL => {
                 if high.h % (2 * s) != 0 || high.w % (2 * s) != 0 {
-                    return Err(size_err("high branch", high.h, high.w, 2 * s, "the H→L path pools it to the low resolution"));
+                    return Err(size_err(
+                        "high branch",
+                        high.h,
+                        high.w,
+                        2 * s,
+                        "the H→L path pools it to the low resolution",
+                    ));
                 }
                 check_kernel(p, high.h / (2 * s), high.w / (2 * s))?;
             }
@@ -96,7 +108,10 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     let Some((in_h, in_l)) = input.split_channels() else {
         return Err(a
-            .call_error(DiagKind::LayerInput, format!("octconv needs a feature map, but its input is {input}"))
+            .call_error(
+                DiagKind::LayerInput,
+                format!("octconv needs a feature map, but its input is {input}"),
+            )
             .with_label("input is flat")
             .with_help("octconv belongs before `global_avg_pool()` / `flatten()`"));
     };
@@ -123,7 +138,10 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         (None, true) => in_h + in_l,
         (None, false) => {
             return Err(a
-                .call_error(DiagKind::Argument, "missing argument `out` in the call of `octconv`".into())
+                .call_error(
+                    DiagKind::Argument,
+                    "missing argument `out` in the call of `octconv`".into(),
+                )
                 .with_label("`out` not given")
                 .with_note("`out` may be left out only with `depthwise = true`"))
         }
@@ -131,16 +149,26 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let kernel = a.dim("kernel", 0, 1)?;
     if kernel % 2 == 0 {
         return Err(a
-            .error(DiagKind::Structure, "kernel", format!("octconv uses same padding and needs an odd kernel, found {kernel}"))
+            .error(
+                DiagKind::Structure,
+                "kernel",
+                format!("octconv uses same padding and needs an odd kernel, found {kernel}"),
+            )
             .with_label("even kernel")
             .with_help("use kernel = 1, 3, 5 or 7"));
     }
     let stride = a.dim("stride", 1, 1)?;
     if stride > 2 {
         return Err(a
-            .error(DiagKind::Structure, "stride", format!("octconv supports stride 1 or 2, found {stride}"))
+            .error(
+                DiagKind::Structure,
+                "stride",
+                format!("octconv supports stride 1 or 2, found {stride}"),
+            )
             .with_label("unsupported stride")
-            .with_help("stride 2 halves both branches; chain layers or pool for larger reductions"));
+            .with_help(
+                "stride 2 halves both branches; chain layers or pool for larger reductions",
+            ));
     }
     let alpha_out = a.alpha("alpha", alpha_in)?;
     let (out_h, out_l) = channel_split(out, alpha_out);
@@ -203,6 +231,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             }
         }
     }
-    let output = infer(&spec, input).map_err(|(kind, msg, help)| a.call_error(kind, msg).with_help(help))?;
+    let output =
+        infer(&spec, input).map_err(|(kind, msg, help)| a.call_error(kind, msg).with_help(help))?;
     Ok((Op::OctConv(spec), output))
 }

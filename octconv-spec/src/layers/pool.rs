@@ -9,7 +9,11 @@ use crate::shape::{Dims, Shape};
 fn pooled(p: &PoolSpec, d: Dims) -> Option<Dims> {
     let (h, w) = (d.h + 2 * p.padding, d.w + 2 * p.padding);
     (p.kernel <= h && p.kernel <= w).then(|| {
-        Dims::new(d.c, (h - p.kernel) / p.stride + 1, (w - p.kernel) / p.stride + 1)
+        Dims::new(
+            d.c,
+            (h - p.kernel) / p.stride + 1,
+            (w - p.kernel) / p.stride + 1,
+        )
     })
 }
 
@@ -20,20 +24,40 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let stride = a.dim("stride", kernel as i64, 1)?;
     let padding = a.dim("padding", 0, 0)?;
     if 2 * padding > kernel {
-        return Err(a.error(DiagKind::Structure, "padding", format!("`padding` of `{name}` must be at most kernel / 2 = {}, found {padding}", kernel / 2)));
+        return Err(a.error(
+            DiagKind::Structure,
+            "padding",
+            format!(
+                "`padding` of `{name}` must be at most kernel / 2 = {}, found {padding}",
+                kernel / 2
+            ),
+        ));
     }
-    let p = PoolSpec { kernel, stride, padding };
-    let op = if name == "avg_pool" { Op::AvgPool(p) } else { Op::MaxPool(p) };
+    let p = PoolSpec {
+        kernel,
+        stride,
+        padding,
+    };
+    let op = if name == "avg_pool" {
+        Op::AvgPool(p)
+    } else {
+        Op::MaxPool(p)
+    };
     let too_large = |d: Dims, branch: &str| {
         a.error(
             DiagKind::KernelTooLarge,
             "kernel",
-            format!("{name} window {kernel}×{kernel} is larger than the {}×{} feature map{branch}", d.h, d.w),
+            format!(
+                "{name} window {kernel}×{kernel} is larger than the {}×{} feature map{branch}",
+                d.h, d.w
+            ),
         )
         .with_label("window too large")
     };
     match input {
-        Shape::Single(d) => pooled(&p, *d).map(|o| (op, Shape::Single(o))).ok_or_else(|| too_large(*d, "")),
+        Shape::Single(d) => pooled(&p, *d)
+            .map(|o| (op, Shape::Single(o)))
+            .ok_or_else(|| too_large(*d, "")),
         Shape::Pair { high, low } => {
             let h = pooled(&p, *high).ok_or_else(|| too_large(*high, " of the high branch"))?;
             let l = pooled(&p, *low).ok_or_else(|| too_large(*low, " of the low branch"))?;
@@ -51,7 +75,10 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             Ok((op, Shape::Pair { high: h, low: l }))
         }
         Shape::Flat { .. } => Err(a
-            .call_error(DiagKind::LayerInput, format!("{name} needs a feature map, but its input is {input}"))
+            .call_error(
+                DiagKind::LayerInput,
+                format!("{name} needs a feature map, but its input is {input}"),
+            )
             .with_label("input is flat")),
     }
 }

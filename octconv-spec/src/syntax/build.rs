@@ -346,7 +346,11 @@ impl Builder {
         // pest's Pratt parser recurses once per prefix operator: refuse long runs before it runs.
         let mut run = 0usize;
         for x in p.clone().into_inner() {
-            run = if matches!(x.as_rule(), Rule::neg | Rule::not) { run + 1 } else { 0 };
+            run = if matches!(x.as_rule(), Rule::neg | Rule::not) {
+                run + 1
+            } else {
+                0
+            };
             if run > MAX_EXPR_DEPTH {
                 return Err(self.too_deep(whole));
             }

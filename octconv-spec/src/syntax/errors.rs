@@ -12,9 +12,12 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         Rule::int_lit => "integer",
         Rule::float_lit => "number",
         Rule::string => "string",
-        Rule::expr | Rule::postfix_expr | Rule::paren | Rule::list | Rule::fn_call | Rule::if_expr => {
-            "expression"
-        }
+        Rule::expr
+        | Rule::postfix_expr
+        | Rule::paren
+        | Rule::list
+        | Rule::fn_call
+        | Rule::if_expr => "expression",
         Rule::item | Rule::def_item | Rule::def_kind => "`model`, `block` or `use`",
         Rule::use_item => "`use`",
         Rule::stmt
@@ -66,10 +69,11 @@ pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rul
         for t in attempts.expected_tokens() {
             // pest does not export its token type; its Display shows literals as written.
             let token = t.to_string();
-            let literal = !token.is_empty()
-                && token != "BUILTIN_RULE"
-                && !(token.len() == 4 && token.contains(".."))
-                && !token.chars().any(char::is_whitespace);
+            let range = token.len() == 4 && token.contains(".."); // `a..z`: a character class
+            let literal = !(token.is_empty()
+                || token == "BUILTIN_RULE"
+                || range
+                || token.chars().any(char::is_whitespace));
             const OPERATORS: &[&str] = &[
                 "!=", "%", "&&", "*", "+", "-", "/", "<=", "<", "==", ">=", ">", "||", "!",
             ];
@@ -102,12 +106,13 @@ pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rul
         ),
     };
     let end = (pos + text[pos..].chars().next().map_or(0, |c| c.len_utf8())).min(text.len());
-    let mut d = Diagnostic::error(DiagKind::Syntax, Span::new(file, pos, end), message)
-        .with_label(if expected.is_empty() {
+    let mut d = Diagnostic::error(DiagKind::Syntax, Span::new(file, pos, end), message).with_label(
+        if expected.is_empty() {
             "unexpected here".to_string()
         } else {
             format!("expected {}", short_list(&expected))
-        });
+        },
+    );
     if text[pos..].starts_with('\'') {
         d = d.with_help("specs use `\"` for strings; `'` is not valid here");
     }
@@ -139,4 +144,3 @@ fn found_token(text: &str, pos: usize) -> String {
         format!("`{c}`")
     }
 }
-

@@ -28,8 +28,11 @@ pub const MAX_SOURCE_BYTES: usize = 4 << 20;
 pub fn parse_file(file: FileId, text: &str) -> Result<ast::File, Diagnostic> {
     precheck(file, text)?;
     pest::set_error_detail(true);
-    let mut pairs = OctParser::parse(Rule::file, text).map_err(|e| errors::syntax_error(file, text, e))?;
-    let top = pairs.next().expect("grammar: file rule always yields one pair");
+    let mut pairs =
+        OctParser::parse(Rule::file, text).map_err(|e| errors::syntax_error(file, text, e))?;
+    let top = pairs
+        .next()
+        .expect("grammar: file rule always yields one pair");
     build::Builder { file }.file(top)
 }
 
