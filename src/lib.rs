@@ -2,9 +2,13 @@
 //!
 //! Octave Convolution networks (Chen et al. 2019, "Drop an Octave") that are checked before they run.
 //!
-//! This facade crate re-exports the spec language and checker ([`spec`]); the candle runtime and the
-//! `octnet!` macro join it as they land (see the workspace members `octconv-runtime` and
-//! `octconv-macros`). The `octconv` binary is the command-line interface.
+//! This facade crate re-exports the spec language and checker ([`spec`]), the candle runtime
+//! ([`runtime`]) and the exact `candle_core` / `candle_nn` versions it uses, so user code matches them.
+//! The `octnet!` macro joins it with issue #4. The `octconv` binary is the command-line interface.
 
+pub use candle_core;
+pub use candle_nn;
+pub use octconv_runtime as runtime;
+pub use octconv_runtime::{OctModel, OctValue};
 pub use octconv_spec as spec;
 pub use octconv_spec::{check, check_builtin, check_text, CheckRequest, Checked, SpecInput};

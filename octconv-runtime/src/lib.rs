@@ -1,5 +1,29 @@
-//! Octave layers and the spec interpreter on candle.
+//! # octconv-runtime
 //!
-//! Placeholder crate that fixes the workspace layout. The runtime is issue #3: it will build candle
-//! modules from the IR of [`octconv_spec`] (candle 0.11, CPU first, CUDA behind a feature). Nothing is
-//! exported yet.
+//! Octave layers on candle 0.11 and an interpreter that turns any checked `.oct` spec into a candle
+//! [`ModuleT`](candle_core::ModuleT).
+//!
+//! ```no_run
+//! use candle_core::{Device, DType, ModuleT, Tensor};
+//! let checked = octconv_spec::check_builtin("wrn(n = 1, k = 1, alpha = 0.25)");
+//! let ir = checked.model.expect("valid spec");
+//! let params = octconv_runtime::init::init_params(&ir, 42, DType::F32, &Device::Cpu)?;
+//! let vb = candle_nn::VarBuilder::from_tensors(params, DType::F32, &Device::Cpu);
+//! let model = octconv_runtime::OctModel::new(ir, vb)?;
+//! let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward_t(&x, false)?; // [2, 10]
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
+//! Parameter names are the IR layer names plus the suffixes documented in [`octconv_spec::params`]
+//! (`wide0.res0.octconv0.hh.weight`, `bn0.h.running_var`, …).
+
+pub mod init;
+pub mod layers;
+pub mod model;
+pub mod ops;
+pub mod value;
+pub mod weights;
+
+pub use model::OctModel;
+pub use value::OctValue;

@@ -35,6 +35,7 @@ pub mod eval;
 pub mod ir;
 pub mod layers;
 pub mod loader;
+pub mod params;
 pub mod report;
 pub mod shape;
 pub mod source;

@@ -183,3 +183,49 @@ fn mobilenet_width_multiplier() {
         .unwrap();
     assert_eq!(pooled.output, Shape::Flat { features: 512 });
 }
+
+#[test]
+fn parameter_list_agrees_with_the_cost_model_and_names_are_unique() {
+    for call in [
+        "wrn(n = 2, k = 4, alpha = 0.25)",
+        "wrn(n = 1, k = 1, alpha = 1)",
+        "resnet(depth = 26, alpha = 0.5)",
+        "mobilenet_v1(width = 0.25, alpha = 0.75)",
+        "wrn(n = 1, k = 2, alpha = 0)",
+    ] {
+        let m = checked(call);
+        let params = octconv_spec::params::model_params(&m);
+        let trainable: u64 = params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.numel())
+            .sum();
+        assert_eq!(trainable, m.params(), "{call}");
+        let mut names = std::collections::HashSet::new();
+        assert!(
+            params.iter().all(|p| names.insert(p.name.clone())),
+            "{call}: duplicate parameter names"
+        );
+    }
+    let m = checked("wrn(n = 1, k = 2, alpha = 0.25)");
+    let names: Vec<String> = octconv_spec::params::model_params(&m)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    for n in [
+        "octconv0.hh.weight",
+        "octconv0.hl.weight",
+        "wide0.res0.bn0.h.running_var",
+        "wide0.res0.octconv0.ll.weight",
+        "wide0.res0.shortcut.octconv0.lh.weight",
+        "bn0.l.bias",
+        "linear0.weight",
+        "linear0.bias",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} missing");
+    }
+    assert!(
+        !names.iter().any(|x| x == "octconv0.lh.weight"),
+        "the first layer has no low input"
+    );
+}

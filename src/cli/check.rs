@@ -1,19 +1,13 @@
 //! `octconv check SPEC [--model NAME] [--set name=value]… [--json]`
 
-use octconv_spec::{check, CheckRequest, SpecInput};
+use super::spec_args::SpecArgs;
 use std::process::ExitCode;
 
 /// Arguments of `octconv check`.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    /// A `.oct` file or a builtin call such as 'wrn(n = 4, k = 10, alpha = 0.25)'.
-    spec: String,
-    /// The model to check when a file defines several (a name or a call such as 'tiny(c = 16)').
-    #[arg(long)]
-    model: Option<String>,
-    /// Override a model parameter, e.g. --set alpha=0.5 (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -21,14 +15,7 @@ pub struct CheckArgs {
 
 /// Runs `check`: exit 0 and the report on stdout, or exit 1 and diagnostics on stderr.
 pub fn run(args: &CheckArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let checked = check(&CheckRequest {
-        spec: SpecInput::from_arg(&args.spec),
-        model: args.model.as_deref(),
-        sets: &args.sets,
-    });
-    if !checked.diagnostics.is_empty() {
-        eprint!("{}", checked.render_diagnostics(color));
-    }
+    let checked = args.spec.check(color);
     let Some(report) = checked.report().filter(|_| checked.ok()) else {
         return Ok(ExitCode::from(1));
     };

@@ -1,6 +1,9 @@
 //! Command-line parsing and dispatch; one module per subcommand.
 
 mod check;
+mod init;
+mod run;
+mod spec_args;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -40,6 +43,10 @@ impl Color {
 enum Command {
     /// Check a spec and print its per-layer shapes, parameters, MACs and activation memory.
     Check(check::CheckArgs),
+    /// Write deterministic initial weights of a spec to a safetensors file.
+    Init(init::InitArgs),
+    /// Run a spec in eval mode on the tensor `input` of a safetensors file.
+    Run(run::RunArgs),
     /// List the builtin models and layers.
     Builtins,
 }
@@ -48,6 +55,8 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(&args, cli.color.enabled()),
+        Command::Init(args) => init::run(&args, cli.color.enabled()),
+        Command::Run(args) => run::run(&args, cli.color.enabled()),
         Command::Builtins => {
             check::builtins();
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,54 @@
+//! `Conv2d`: a plain convolution on a single-frequency tensor.
+
+use crate::OctValue;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use octconv_spec::ir::ConvSpec;
+
+/// A plain 2-D convolution (`weight` `[out, in / groups, k, k]`, optional `bias` `[out]`).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    spec: ConvSpec,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias`) from `vb`.
+    pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(
+            (
+                spec.out_c,
+                spec.in_c / spec.groups,
+                spec.kernel,
+                spec.kernel,
+            ),
+            "weight",
+        )?;
+        let bias = spec.bias.then(|| vb.get(spec.out_c, "bias")).transpose()?;
+        Ok(Conv2d { spec, weight, bias })
+    }
+
+    /// Applies the convolution to `[N, C, H, W]`.
+    pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(
+            &self.weight,
+            self.spec.padding,
+            self.spec.stride,
+            1,
+            self.spec.groups,
+        )?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    /// Applies the convolution to a single-frequency value.
+    pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
+        match x {
+            OctValue::Single(t) => Ok(OctValue::Single(self.forward_tensor(t)?)),
+            _ => candle_core::bail!("conv needs a single-frequency tensor"),
+        }
+    }
+}

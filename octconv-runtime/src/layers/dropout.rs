@@ -1,0 +1,55 @@
+//! `Dropout` with masks from our own seeded RNG (candle's CPU RNG cannot be seeded).
+
+use crate::OctValue;
+use candle_core::{Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::{Arc, Mutex};
+
+/// Inverted dropout: in train mode each element is zeroed with probability `p` and the rest scaled by
+/// `1 / (1 − p)`; identity in eval mode. The masks come from a shared, seeded ChaCha8 stream so a run
+/// is reproducible.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: Arc<Mutex<ChaCha8Rng>>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, drawing masks from `rng`.
+    pub fn new(p: f64, rng: Arc<Mutex<ChaCha8Rng>>) -> Self {
+        Dropout { p, rng }
+    }
+
+    /// Dropout with its own RNG seeded with `seed`.
+    pub fn seeded(p: f64, seed: u64) -> Self {
+        Self::new(p, Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
+    }
+
+    fn mask(&self, t: &Tensor) -> Result<Tensor> {
+        let n = t.elem_count();
+        let keep = 1.0 - self.p;
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout RNG lock poisoned".into()))?;
+        let m: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(m, t.shape(), t.device())?.to_dtype(t.dtype())
+    }
+
+    /// Applies dropout in train mode, the identity otherwise.
+    pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        x.map(|t| t * self.mask(t)?)
+    }
+}

@@ -1,0 +1,21 @@
+//! Octave layers on candle, one module each. Every layer works on [`OctValue`]s and can be used on its
+//! own (build it from a [`VarBuilder`] with the parameter names of [`octconv_spec::params`]).
+//!
+//! [`OctValue`]: crate::OctValue
+//! [`VarBuilder`]: candle_nn::VarBuilder
+
+pub mod batch_norm;
+pub mod conv;
+pub mod dropout;
+pub mod head;
+pub mod octave;
+pub mod octconv;
+pub mod pool;
+
+pub use batch_norm::OctBatchNorm;
+pub use conv::Conv2d;
+pub use dropout::Dropout;
+pub use head::{flatten, global_avg_pool, Linear};
+pub use octave::{merge, split};
+pub use octconv::OctConv2d;
+pub use pool::{Pool, PoolKind};

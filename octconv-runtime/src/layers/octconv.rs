@@ -1,0 +1,139 @@
+//! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
+
+use crate::ops::{avg_pool2x2, upsample_nearest2x};
+use crate::OctValue;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use octconv_spec::ir::{OctConvSpec, Path};
+
+/// An octave convolution with explicit channel counts per branch.
+///
+/// Forward, as in the paper's code: with stride 2 the high input is average-pooled before H→H (and once
+/// more for H→L) and the low input before L→L; L→H is then not upsampled. With stride 1, H→L pools the
+/// high input once and L→H is upsampled ×2 (nearest). Padding is `kernel / 2`. Depthwise convolutions
+/// drop the cross-frequency paths. Each output branch gets its bias once.
+#[derive(Clone, Debug)]
+pub struct OctConv2d {
+    spec: OctConvSpec,
+    /// Weights of H→H, H→L, L→H, L→L (`None` for absent paths).
+    weights: [Option<Tensor>; 4],
+    bias_h: Option<Tensor>,
+    bias_l: Option<Tensor>,
+}
+
+impl OctConv2d {
+    /// Loads the weights `hh.weight` … `ll.weight`, `h.bias`, `l.bias` from `vb`.
+    pub fn new(spec: OctConvSpec, vb: VarBuilder) -> Result<Self> {
+        let k = spec.kernel;
+        let mut weights: [Option<Tensor>; 4] = Default::default();
+        for (i, p) in Path::ALL.into_iter().enumerate() {
+            if let Some((cin, cout)) = spec.path_channels(p) {
+                let per = if spec.depthwise { 1 } else { cin / spec.groups };
+                weights[i] = Some(vb.pp(p.as_str()).get((cout, per, k, k), "weight")?);
+            }
+        }
+        let bias = |c: usize, name: &str| -> Result<Option<Tensor>> {
+            (spec.bias && c > 0)
+                .then(|| vb.pp(name).get(c, "bias"))
+                .transpose()
+        };
+        Ok(OctConv2d {
+            bias_h: bias(spec.out_h, "h")?,
+            bias_l: bias(spec.out_l, "l")?,
+            spec,
+            weights,
+        })
+    }
+
+    /// Builds the layer from weight tensors in `Path::ALL` order and optional biases.
+    pub fn from_weights(
+        spec: OctConvSpec,
+        weights: [Option<Tensor>; 4],
+        bias_h: Option<Tensor>,
+        bias_l: Option<Tensor>,
+    ) -> Self {
+        OctConv2d {
+            spec,
+            weights,
+            bias_h,
+            bias_l,
+        }
+    }
+
+    /// The layer's geometry.
+    pub fn spec(&self) -> &OctConvSpec {
+        &self.spec
+    }
+
+    fn conv(&self, x: &Tensor, p: Path) -> Result<Option<Tensor>> {
+        let Some(w) = &self.weights[p as usize] else {
+            return Ok(None);
+        };
+        let groups = if self.spec.depthwise {
+            self.spec.path_channels(p).map_or(1, |(c, _)| c)
+        } else {
+            self.spec.groups
+        };
+        x.conv2d(w, self.spec.kernel / 2, 1, 1, groups).map(Some)
+    }
+
+    /// Applies the octave convolution.
+    pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
+        let (xh, xl) = x.branches();
+        let s2 = self.spec.stride == 2;
+        let xh = match xh {
+            Some(h) if s2 => Some(avg_pool2x2(h)?),
+            Some(h) => Some(h.clone()),
+            None => None,
+        };
+        let mut high: Option<Tensor> = None;
+        let mut low: Option<Tensor> = None;
+        let acc = |slot: &mut Option<Tensor>, t: Option<Tensor>| -> Result<()> {
+            if let Some(t) = t {
+                *slot = Some(match slot.take() {
+                    Some(s) => (s + t)?,
+                    None => t,
+                });
+            }
+            Ok(())
+        };
+        if let Some(h) = &xh {
+            acc(&mut high, self.conv(h, Path::HH)?)?;
+            if self.weights[Path::HL as usize].is_some() {
+                acc(&mut low, self.conv(&avg_pool2x2(h)?, Path::HL)?)?;
+            }
+        }
+        if let Some(l) = xl {
+            let lh = self.conv(l, Path::LH)?;
+            acc(
+                &mut high,
+                if s2 {
+                    lh
+                } else {
+                    lh.map(|t| upsample_nearest2x(&t)).transpose()?
+                },
+            )?;
+            if self.weights[Path::LL as usize].is_some() {
+                let l = if s2 { avg_pool2x2(l)? } else { l.clone() };
+                acc(&mut low, self.conv(&l, Path::LL)?)?;
+            }
+        }
+        let add_bias = |t: Option<Tensor>, b: &Option<Tensor>| -> Result<Option<Tensor>> {
+            match (t, b) {
+                (Some(t), Some(b)) => Ok(Some(t.broadcast_add(&b.reshape((1, (), 1, 1))?)?)),
+                (t, _) => Ok(t),
+            }
+        };
+        let high = add_bias(high, &self.bias_h)?;
+        let low = add_bias(low, &self.bias_l)?;
+        match (high, low) {
+            (Some(h), None) if self.spec.out_l == 0 => Ok(OctValue::Single(h)),
+            (high, Some(low)) => Ok(OctValue::Pair { high, low }),
+            _ => candle_core::bail!(
+                "octconv: input does not match the layer (expected high {} / low {} channels)",
+                self.spec.in_h,
+                self.spec.in_l
+            ),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The interpreter: builds a candle module from any checked spec's IR and runs it.
+
+use crate::layers::{self, Conv2d, Dropout, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind};
+use crate::OctValue;
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::VarBuilder;
+use octconv_spec::{Model, Op};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::{Arc, Mutex};
+
+/// One executable layer.
+#[derive(Clone, Debug)]
+enum Node {
+    Input,
+    Conv(Conv2d),
+    OctConv(OctConv2d),
+    BatchNorm(OctBatchNorm),
+    Relu,
+    Dropout(Dropout),
+    Pool(Pool),
+    Split(usize),
+    Merge,
+    GlobalAvgPool(bool),
+    Flatten,
+    Linear(Linear),
+    Add,
+}
+
+/// A model interpreted from the checker's IR: one node per IR layer, run in order. Parameter names are
+/// the IR layer names plus the suffixes of [`octconv_spec::params`].
+#[derive(Clone, Debug)]
+pub struct OctModel {
+    ir: Model,
+    nodes: Vec<Node>,
+    /// For each layer, the last layer that reads its output (its output is freed after that).
+    last_use: Vec<usize>,
+    dropout_rng: Arc<Mutex<ChaCha8Rng>>,
+}
+
+impl OctModel {
+    /// Builds the model, loading every parameter from `vb` (missing or mis-shaped ones are errors
+    /// naming the tensor).
+    pub fn new(ir: Model, vb: VarBuilder) -> Result<Self> {
+        let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(0)));
+        let mut nodes = Vec::with_capacity(ir.layers.len());
+        for layer in &ir.layers {
+            let vb = vb.pp(&layer.name);
+            let node = match layer.op {
+                Op::Input => Node::Input,
+                Op::Conv(spec) => Node::Conv(Conv2d::new(spec, vb)?),
+                Op::OctConv(spec) => Node::OctConv(OctConv2d::new(spec, vb)?),
+                Op::BatchNorm { eps, momentum } => {
+                    Node::BatchNorm(OctBatchNorm::new(&layer.input, eps, momentum, vb)?)
+                }
+                Op::Relu => Node::Relu,
+                Op::Dropout { p } => Node::Dropout(Dropout::new(p, dropout_rng.clone())),
+                Op::AvgPool(spec) => Node::Pool(Pool {
+                    kind: PoolKind::Avg,
+                    spec,
+                }),
+                Op::MaxPool(spec) => Node::Pool(Pool {
+                    kind: PoolKind::Max,
+                    spec,
+                }),
+                Op::Split { low } => Node::Split(low),
+                Op::Merge => Node::Merge,
+                Op::GlobalAvgPool { per_branch } => Node::GlobalAvgPool(per_branch),
+                Op::Flatten => Node::Flatten,
+                Op::Linear { in_f, out_f, bias } => {
+                    Node::Linear(Linear::new(in_f, out_f, bias, vb)?)
+                }
+                Op::Add => Node::Add,
+            };
+            nodes.push(node);
+        }
+        let mut last_use: Vec<usize> = (0..ir.layers.len()).collect();
+        for (j, l) in ir.layers.iter().enumerate() {
+            for &i in &l.inputs {
+                last_use[i] = last_use[i].max(j);
+            }
+        }
+        Ok(OctModel {
+            ir,
+            nodes,
+            last_use,
+            dropout_rng,
+        })
+    }
+
+    /// The IR the model was built from.
+    pub fn ir(&self) -> &Model {
+        &self.ir
+    }
+
+    /// Reseeds the dropout masks (every dropout layer shares one stream).
+    pub fn set_dropout_seed(&self, seed: u64) {
+        if let Ok(mut rng) = self.dropout_rng.lock() {
+            *rng = ChaCha8Rng::seed_from_u64(seed);
+        }
+    }
+
+    /// Checks that `x` is `[N, C, H, W]` with the spec's `[C, H, W]`.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let d = self.ir.input;
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != [d.c, d.h, d.w] {
+            candle_core::bail!(
+                "input of shape {:?} does not match model `{}`: expected [N, {}, {}, {}]",
+                dims,
+                self.ir.name,
+                d.c,
+                d.h,
+                d.w
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs the model and returns the final value (a tensor or a flat batch).
+    pub fn forward_value(&self, x: &Tensor, train: bool) -> Result<OctValue> {
+        self.check_input(x)?;
+        let n = self.nodes.len();
+        let mut outs: Vec<Option<OctValue>> = vec![None; n];
+        for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
+            let input = |k: usize| -> Result<&OctValue> {
+                layer
+                    .inputs
+                    .get(k)
+                    .and_then(|&i| outs[i].as_ref())
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "layer `{}`: input not available",
+                            layer.name
+                        ))
+                    })
+            };
+            let y = match node {
+                Node::Input => OctValue::Single(x.clone()),
+                Node::Conv(c) => c.forward(input(0)?)?,
+                Node::OctConv(c) => c.forward(input(0)?)?,
+                Node::BatchNorm(b) => b.forward_t(input(0)?, train)?,
+                Node::Relu => input(0)?.map(|t| t.relu())?,
+                Node::Dropout(d) => d.forward_t(input(0)?, train)?,
+                Node::Pool(p) => p.forward(input(0)?)?,
+                Node::Split(low) => layers::split(input(0)?, *low)?,
+                Node::Merge => layers::merge(input(0)?)?,
+                Node::GlobalAvgPool(per_branch) => layers::global_avg_pool(input(0)?, *per_branch)?,
+                Node::Flatten => layers::flatten(input(0)?)?,
+                Node::Linear(l) => l.forward(input(0)?)?,
+                Node::Add => input(0)?.add(input(1)?)?,
+            };
+            if y.shape() != layer.output {
+                candle_core::bail!(
+                    "internal error: layer `{}` produced {} but the checker expects {}",
+                    layer.name,
+                    y.shape(),
+                    layer.output
+                );
+            }
+            for &i in &layer.inputs {
+                if self.last_use[i] == j {
+                    outs[i] = None;
+                }
+            }
+            outs[j] = Some(y);
+        }
+        outs.pop()
+            .flatten()
+            .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+    }
+}
+
+impl ModuleT for OctModel {
+    /// Runs the model on `[N, C, H, W]`; returns `[N, F]` (or `[N, C, H, W]` for models without a
+    /// head). A wrong input shape is an error, not a panic.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_value(xs, train)?.into_tensor()
+    }
+}

@@ -1,0 +1,176 @@
+//! Gradients against central finite differences (f64): every OctConv path at stride 1 and 2, split,
+//! merge, and the ×2 upsampling (including the case candle's own upsample gets wrong).
+
+use candle_core::{DType, Device, Tensor, Var};
+use octconv_runtime::layers::{merge, split, OctConv2d};
+use octconv_runtime::ops::upsample_nearest2x;
+use octconv_runtime::OctValue;
+use octconv_spec::ir::OctConvSpec;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_scalar::<f64>().unwrap()
+}
+
+/// Compares autograd gradients of `f` at `inputs` with central differences on up to `samples`
+/// elements per input; returns the largest relative error.
+fn check_grad(inputs: &[Tensor], samples: usize, f: impl Fn(&[Tensor]) -> Tensor) -> f64 {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = f(&tensors).backward().unwrap();
+    let eps = 1e-6;
+    let mut worst: f64 = 0.0;
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    for (i, t) in inputs.iter().enumerate() {
+        let g = grads
+            .get(&tensors[i])
+            .expect("gradient exists")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for _ in 0..samples.min(base.len()) {
+            let k = rng.random_range(0..base.len());
+            let eval = |delta: f64| {
+                let mut v = base.clone();
+                v[k] += delta;
+                let mut args: Vec<Tensor> = inputs.to_vec();
+                args[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+                scalar(&f(&args))
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let err = (fd - g[k]).abs() / (1e-3 + fd.abs().max(g[k].abs()));
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+/// `Σ y ⊙ r` over both branches of a value: a loss whose gradient reaches every output element.
+fn probe(y: &OctValue, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut total = Tensor::new(0f64, &Device::Cpu).unwrap();
+    let (h, l) = y.branches();
+    for t in [h, l].into_iter().flatten() {
+        let r = rand_tensor(&mut rng, t.dims());
+        total = (total + (t * r).unwrap().sum_all().unwrap()).unwrap();
+    }
+    total
+}
+
+#[test]
+fn octconv_gradients_of_all_four_paths_match_finite_differences() {
+    for stride in [1, 2] {
+        let spec = OctConvSpec {
+            in_h: 3,
+            in_l: 3,
+            out_h: 4,
+            out_l: 2,
+            kernel: 3,
+            stride,
+            groups: 1,
+            depthwise: false,
+            bias: true,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(stride as u64);
+        let inputs = vec![
+            rand_tensor(&mut rng, &[2, 3, 8, 8]), // x_h
+            rand_tensor(&mut rng, &[2, 3, 4, 4]), // x_l
+            rand_tensor(&mut rng, &[4, 3, 3, 3]), // w_hh
+            rand_tensor(&mut rng, &[2, 3, 3, 3]), // w_hl
+            rand_tensor(&mut rng, &[4, 3, 3, 3]), // w_lh
+            rand_tensor(&mut rng, &[2, 3, 3, 3]), // w_ll
+            rand_tensor(&mut rng, &[4]),          // b_h
+            rand_tensor(&mut rng, &[2]),          // b_l
+        ];
+        let err = check_grad(&inputs, 12, |t| {
+            let layer = OctConv2d::from_weights(
+                spec,
+                [
+                    Some(t[2].clone()),
+                    Some(t[3].clone()),
+                    Some(t[4].clone()),
+                    Some(t[5].clone()),
+                ],
+                Some(t[6].clone()),
+                Some(t[7].clone()),
+            );
+            let y = layer
+                .forward(&OctValue::Pair {
+                    high: Some(t[0].clone()),
+                    low: t[1].clone(),
+                })
+                .unwrap();
+            probe(&y, 5)
+        });
+        assert!(err < 1e-6, "stride {stride}: relative error {err}");
+    }
+}
+
+#[test]
+fn split_and_merge_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let x = rand_tensor(&mut rng, &[2, 8, 6, 6]);
+    let err = check_grad(&[x], 40, |t| {
+        probe(&split(&OctValue::Single(t[0].clone()), 3).unwrap(), 1)
+    });
+    assert!(err < 1e-6, "split: {err}");
+    let h = rand_tensor(&mut rng, &[2, 5, 6, 6]);
+    let l = rand_tensor(&mut rng, &[2, 3, 3, 3]);
+    let err = check_grad(&[h, l], 40, |t| {
+        probe(
+            &merge(&OctValue::Pair {
+                high: Some(t[0].clone()),
+                low: t[1].clone(),
+            })
+            .unwrap(),
+            2,
+        )
+    });
+    assert!(err < 1e-6, "merge: {err}");
+}
+
+#[test]
+fn upsample_gradient_adds_to_other_uses_of_its_input() {
+    // d/dz [Σ up(z) + Σ z] = 4 + 1 = 5 for every element (candle's upsample_nearest2d gives 4).
+    let z =
+        Var::from_tensor(&Tensor::ones((1, 2, 3, 3), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let zt = z.as_tensor();
+    let loss =
+        (upsample_nearest2x(zt).unwrap().sum_all().unwrap() + zt.sum_all().unwrap()).unwrap();
+    let g = loss.backward().unwrap();
+    let g: Vec<f64> = g.get(zt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(g.iter().all(|&v| v == 5.0), "{g:?}");
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let x = rand_tensor(&mut rng, &[2, 3, 4, 5]);
+    let err = check_grad(&[x], 40, |t| {
+        probe(&OctValue::Single(upsample_nearest2x(&t[0]).unwrap()), 3)
+    });
+    assert!(err < 1e-6, "upsample: {err}");
+}
+
+#[test]
+fn upsample_is_exact_nearest_neighbour() {
+    let x = Tensor::new(&[[[[1f64, 2.0], [3.0, 4.0]]]], &Device::Cpu).unwrap();
+    let y: Vec<f64> = upsample_nearest2x(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(
+        y,
+        [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]
+    );
+}

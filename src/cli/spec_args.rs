@@ -1,0 +1,41 @@
+//! The spec arguments shared by every subcommand: `SPEC [--model NAME] [--set name=value]…`.
+
+use octconv_spec::{check, CheckRequest, Checked, Model, SpecInput};
+
+/// Which model to use.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// A `.oct` file or a builtin call such as 'wrn(n = 4, k = 10, alpha = 0.25)'.
+    pub spec: String,
+    /// The model to use when a file defines several (a name or a call such as 'tiny(c = 16)').
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override a model parameter, e.g. --set alpha=0.5 (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl SpecArgs {
+    /// Checks the spec; diagnostics go to stderr.
+    pub fn check(&self, color: bool) -> Checked {
+        let checked = check(&CheckRequest {
+            spec: SpecInput::from_arg(&self.spec),
+            model: self.model.as_deref(),
+            sets: &self.sets,
+        });
+        if !checked.diagnostics.is_empty() {
+            eprint!("{}", checked.render_diagnostics(color));
+        }
+        checked
+    }
+
+    /// The checked model, or `None` (diagnostics already printed) if the spec is invalid.
+    pub fn model(&self, color: bool) -> Option<Model> {
+        let checked = self.check(color);
+        if checked.ok() {
+            checked.model
+        } else {
+            None
+        }
+    }
+}
