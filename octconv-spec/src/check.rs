@@ -1,7 +1,7 @@
 //! The front door: load a spec (file, inline text or builtin call), pick the model, bind arguments and
 //! `--set` overrides, elaborate, and elaborate again with every α = 0 for the cost comparison.
 
-use crate::diag::{render_all, DiagKind, Diagnostic};
+use crate::diag::{render_all, DiagKind, Diagnostic, Diagnostics};
 use crate::elab::{elaborate, ModelRequest, Options};
 use crate::ir::Model;
 use crate::loader::Program;
@@ -61,8 +61,12 @@ pub struct Checked {
     pub model: Option<Model>,
     /// The same model with every α = 0, if that also checks.
     pub baseline: Option<Model>,
-    /// Errors and warnings.
+    /// Why the α = 0 baseline did not check (its first error), if it did not.
+    pub baseline_error: Option<String>,
+    /// Errors and warnings (at most [`MAX_DIAGNOSTICS`](crate::diag::MAX_DIAGNOSTICS)).
     pub diagnostics: Vec<Diagnostic>,
+    /// Further errors that were counted but not kept.
+    pub suppressed: usize,
 }
 
 impl Checked {
@@ -73,14 +77,16 @@ impl Checked {
 
     /// All diagnostics rendered rustc-style.
     pub fn render_diagnostics(&self, color: bool) -> String {
-        render_all(&self.diagnostics, &self.sources, color)
+        render_all(&self.diagnostics, self.suppressed, &self.sources, color)
     }
 
     /// The cost report of the checked model.
     pub fn report(&self) -> Option<Report> {
-        self.model
-            .as_ref()
-            .map(|m| Report::new(m, self.baseline.as_ref()))
+        self.model.as_ref().map(|m| {
+            let mut r = Report::new(m, self.baseline.as_ref());
+            r.baseline_error = self.baseline_error.clone();
+            r
+        })
     }
 
     /// Errors of a given kind (for tests and tools).
@@ -92,11 +98,52 @@ impl Checked {
     }
 }
 
-/// Checks a spec: never panics, reports every problem it can find.
+/// Stack for the checker's thread: parsing and elaboration recurse (bounded by the nesting limits),
+/// and callers such as test threads or proc macros may run on small stacks.
+const CHECK_STACK: usize = 256 << 20;
+
+/// Checks a spec: reports every problem it can find and never panics. The work runs on a thread with a
+/// large stack; if it panicked anyway (a bug), the panic becomes an internal-error diagnostic.
 pub fn check(req: &CheckRequest) -> Checked {
+    let outcome = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("octconv-check".into())
+            .stack_size(CHECK_STACK)
+            .spawn_scoped(scope, || check_here(req))
+            .map(|h| h.join())
+    });
+    match outcome {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(panic)) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            internal_error(format!(
+                "internal error: the checker panicked ({why}); please report this spec"
+            ))
+        }
+        // No thread could be started: check on this one.
+        Err(_) => check_here(req),
+    }
+}
+
+fn internal_error(message: String) -> Checked {
+    Checked {
+        sources: SourceMap::new(),
+        model: None,
+        baseline: None,
+        baseline_error: None,
+        diagnostics: vec![Diagnostic::error(DiagKind::Structure, None, message)],
+        suppressed: 0,
+    }
+}
+
+fn check_here(req: &CheckRequest) -> Checked {
     let mut program = Program::new();
     let mut call: Option<CallSpec> = None;
-    let mut early = Vec::new();
+    let mut diags = Diagnostics::default();
     let mut root = None;
     match req.spec {
         SpecInput::File(p) => {
@@ -112,17 +159,29 @@ pub fn check(req: &CheckRequest) -> Checked {
                 .add(Origin::Virtual("<command line>".into()), text);
             match parse_call_spec(id, text) {
                 Ok(c) => call = Some(c),
-                Err(d) => early.push(d.with_help(
+                Err(d) => diags.push(d.with_help(
                     "SPEC is a `.oct` file or a builtin call such as `wrn(n = 4, k = 10, alpha = 0.25)`",
                 )),
             }
+            if req.model.is_some() {
+                diags.push(
+                    Diagnostic::error(
+                        DiagKind::Argument,
+                        None,
+                        "`--model` applies to `.oct` files; a builtin call names its model itself",
+                    )
+                    .with_help(
+                        "remove `--model`, or write the call as SPEC, e.g. `resnet(depth = 26)`",
+                    ),
+                );
+            }
         }
     }
-    if let (Some(m), None) = (req.model, &call) {
+    if let (Some(m), None, false) = (req.model, &call, matches!(req.spec, SpecInput::Builtin(_))) {
         let id = program.sources.add(Origin::Virtual("<--model>".into()), m);
         match parse_call_spec(id, m) {
             Ok(c) => call = Some(c),
-            Err(d) => early.push(d),
+            Err(d) => diags.push(d),
         }
     }
     let mut overrides = Vec::new();
@@ -132,19 +191,21 @@ pub fn check(req: &CheckRequest) -> Checked {
             .add(Origin::Virtual(format!("<--set #{}>", i + 1)), s.as_str());
         match parse_set_spec(id, s) {
             Ok(a) => overrides.push(a),
-            Err(d) => early.push(d.with_help("write `--set name=value`, e.g. `--set alpha=0.5`")),
+            Err(d) => diags.push(d.with_help("write `--set name=value`, e.g. `--set alpha=0.5`")),
         }
     }
-    let mut diagnostics: Vec<Diagnostic> = program.diags.items().to_vec();
-    diagnostics.extend(early);
-    let done = |program: Program, diagnostics| Checked {
+    let mut all = program.diags.clone();
+    all.extend(diags.items().iter().cloned());
+    let done = |program: Program, all: Diagnostics| Checked {
         sources: program.sources,
         model: None,
         baseline: None,
-        diagnostics,
+        baseline_error: None,
+        suppressed: all.suppressed,
+        diagnostics: all.into_vec(),
     };
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return done(program, diagnostics);
+    if all.has_errors() {
+        return done(program, all);
     }
     let (name, name_span, args) = match &call {
         Some(c) => (c.name.name.clone(), Some(c.name.span), c.args.clone()),
@@ -164,14 +225,14 @@ pub fn check(req: &CheckRequest) -> Checked {
             match models.as_slice() {
                 [one] => (one.to_string(), None, Vec::new()),
                 [] => {
-                    diagnostics.push(
+                    all.push(
                         Diagnostic::error(DiagKind::Structure, None, "the spec defines no model")
                             .with_help("add `model name(…) { input [C, H, W]; … }`"),
                     );
-                    return done(program, diagnostics);
+                    return done(program, all);
                 }
                 many => {
-                    diagnostics.push(
+                    all.push(
                         Diagnostic::error(
                             DiagKind::Structure,
                             None,
@@ -179,7 +240,7 @@ pub fn check(req: &CheckRequest) -> Checked {
                         )
                         .with_help("choose one with `--model NAME`"),
                     );
-                    return done(program, diagnostics);
+                    return done(program, all);
                 }
             }
         }
@@ -190,16 +251,28 @@ pub fn check(req: &CheckRequest) -> Checked {
         args: &args,
         overrides: &overrides,
     };
-    let (model, diags) = elaborate(&program, &request, Options::default());
-    diagnostics.extend(diags.into_vec());
-    let baseline = model
-        .as_ref()
-        .and_then(|_| elaborate(&program, &request, Options { alpha_zero: true }).0);
+    let (model, elab_diags) = elaborate(&program, &request, Options::default());
+    all.absorb(elab_diags);
+    let (baseline, baseline_error) = match &model {
+        Some(_) => {
+            let (b, d) = elaborate(&program, &request, Options { alpha_zero: true });
+            let why = d.items().iter().find(|d| d.is_error()).map(|d| {
+                match d.location(&program.sources) {
+                    Some(loc) => format!("{} ({loc})", d.message),
+                    None => d.message.clone(),
+                }
+            });
+            (b, why)
+        }
+        None => (None, None),
+    };
     Checked {
         sources: program.sources,
         model,
         baseline,
-        diagnostics,
+        baseline_error,
+        suppressed: all.suppressed,
+        diagnostics: all.into_vec(),
     }
 }
 

@@ -220,7 +220,7 @@ impl Diagnostic {
                         let b = s.end.clamp(lo, hi) - lo;
                         // An empty span (end of input) still gets one caret.
                         let b = if b == a {
-                            (a + 1).min(text.len().max(a))
+                            a + text[a..].chars().next().map_or(0, char::len_utf8)
                         } else {
                             b
                         };
@@ -273,23 +273,30 @@ impl fmt::Display for Diagnostic {
 #[derive(Clone, Debug, Default)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
+    seen: std::collections::HashSet<(Option<Span>, String)>,
+    /// Errors not kept because [`MAX_DIAGNOSTICS`] were already reported.
+    pub suppressed: usize,
 }
+
+/// Most diagnostics kept for one check; later ones are only counted.
+pub const MAX_DIAGNOSTICS: usize = 100;
 
 impl Diagnostics {
     /// Adds a diagnostic unless the same message at the same place is already there.
     pub fn push(&mut self, d: Diagnostic) {
-        if !self
-            .items
-            .iter()
-            .any(|e| e.span == d.span && e.message == d.message)
-        {
+        if !self.seen.insert((d.span, d.message.clone())) {
+            return;
+        }
+        if self.items.len() >= MAX_DIAGNOSTICS {
+            self.suppressed += 1;
+        } else {
             self.items.push(d);
         }
     }
 
     /// Number of errors (warnings excluded).
     pub fn error_count(&self) -> usize {
-        self.items.iter().filter(|d| d.is_error()).count()
+        self.items.iter().filter(|d| d.is_error()).count() + self.suppressed
     }
 
     /// True if any error was reported.
@@ -307,6 +314,12 @@ impl Diagnostics {
         self.items
     }
 
+    /// Appends all of `other`, keeping its count of suppressed diagnostics.
+    pub fn absorb(&mut self, other: Diagnostics) {
+        self.suppressed += other.suppressed;
+        self.extend(other.items);
+    }
+
     /// Appends all of `other`.
     pub fn extend(&mut self, other: impl IntoIterator<Item = Diagnostic>) {
         for d in other {
@@ -315,14 +328,22 @@ impl Diagnostics {
     }
 }
 
-/// Renders all diagnostics followed by an `error: could not check … due to N previous errors` line.
-pub fn render_all(diags: &[Diagnostic], sources: &SourceMap, color: bool) -> String {
+/// Renders all diagnostics (and the number not kept) followed by an `error: could not check … due to N previous errors` line.
+pub fn render_all(
+    diags: &[Diagnostic],
+    suppressed: usize,
+    sources: &SourceMap,
+    color: bool,
+) -> String {
     let mut out = String::new();
     for d in diags {
         out.push_str(&d.render(sources, color));
         out.push_str("\n\n");
     }
-    let n = diags.iter().filter(|d| d.is_error()).count();
+    if suppressed > 0 {
+        out.push_str(&format!("note: {suppressed} more error(s) not shown\n"));
+    }
+    let n = diags.iter().filter(|d| d.is_error()).count() + suppressed;
     if n > 0 {
         let plural = if n == 1 { "" } else { "s" };
         out.push_str(&format!("error: spec is invalid: {n} error{plural}\n"));

@@ -15,7 +15,7 @@ use crate::shape::{Dims, Shape};
 use crate::source::Span;
 use crate::suggest;
 use crate::value::{Val, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// Most layers one model may elaborate to.
 pub const MAX_LAYERS: usize = 100_000;
@@ -25,8 +25,10 @@ pub const MAX_STEPS: usize = 2_000_000;
 pub const MAX_REPEAT: i64 = 100_000;
 /// Deepest nesting of block calls.
 pub const MAX_CALL_DEPTH: usize = 64;
-/// Largest input height or width.
+/// Largest height or width of any feature map.
 pub const MAX_SPATIAL: i64 = 1 << 16;
+/// Deepest dynamic nesting of bodies (block calls, `repeat` and `residual` bodies together).
+pub const MAX_DEPTH: usize = 256;
 
 /// How to elaborate.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,12 +62,15 @@ pub fn elaborate(
         opts,
         diags: Diagnostics::default(),
         layers: Vec::new(),
-        names: HashSet::new(),
+
         scopes: vec![Scope::default()],
         frames: Vec::new(),
         steps: 0,
+        depth: 0,
         aborted: false,
         reported_no_input: false,
+        name_spans: HashMap::new(),
+        labelled: false,
     };
     let model = e.model(req);
     (model, e.diags)
@@ -88,6 +93,8 @@ struct Frame {
 struct Cur {
     node: usize,
     shape: Option<Shape>,
+    /// The α that produced the current split (the default α_out of the next octconv); 0 without a pair.
+    alpha: f64,
 }
 
 const NO_INPUT: usize = usize::MAX;
@@ -106,12 +113,17 @@ struct Elab<'p> {
     opts: Options,
     diags: Diagnostics,
     layers: Vec<Layer>,
-    names: HashSet<String>,
+
     scopes: Vec<Scope>,
     frames: Vec<Frame>,
     steps: usize,
+    depth: usize,
     aborted: bool,
     reported_no_input: bool,
+    /// Where each layer name was given and whether by an `as` label (for "used twice" errors).
+    name_spans: HashMap<String, (Span, bool)>,
+    /// The layer being pushed was named by an `as` label.
+    labelled: bool,
 }
 
 fn sig_of(def: &Def) -> Vec<SigParam> {
@@ -226,6 +238,7 @@ impl<'p> Elab<'p> {
         let start = Cur {
             node: NO_INPUT,
             shape: None,
+            alpha: 0.0,
         };
         let out = self.exec(&def.body, &mut env, start, false);
         if self.layers.is_empty() && !self.aborted && !self.reported_no_input {
@@ -249,6 +262,34 @@ impl<'p> Elab<'p> {
                 .with_label("the output is still an octave pair")
                 .with_help("end the model with `merge();` (then e.g. `global_avg_pool(); linear(classes);`)"),
             );
+        }
+        let totals = self
+            .layers
+            .iter()
+            .try_fold((0u64, 0u64, 0u64), |(p, m, a), l| {
+                Some((
+                    p.checked_add(l.params)?,
+                    m.checked_add(l.macs)?,
+                    a.checked_add(l.activation_bytes)?,
+                ))
+            });
+        if totals.is_none() {
+            self.diags.push(Diagnostic::error(
+                DiagKind::Limit,
+                def.name.span,
+                format!(
+                    "the total cost of model `{}` overflows 64 bits",
+                    def.name.name
+                ),
+            ));
+        }
+        if !self.diags.has_errors() && (out.shape.is_none() || self.layers.is_empty()) {
+            // Every path to a poisoned value reports an error; this is a safety net.
+            self.diags.push(Diagnostic::error(
+                DiagKind::Structure,
+                def.name.span,
+                format!("internal error: model `{}` could not be elaborated, but no error was reported (please report this)", def.name.name),
+            ));
         }
         if self.diags.has_errors() {
             return None;
@@ -318,7 +359,13 @@ impl<'p> Elab<'p> {
     fn auto_name(&mut self, base: &str) -> String {
         let scope = self.scopes.last_mut().expect("root scope");
         let n = scope.counters.entry(base.to_string()).or_insert(0);
-        let name = format!("{}{base}{n}", scope.prefix);
+        // `b` #10 must not collide with `b1` #0: names ending in a digit or `_` get a `_` separator.
+        let sep = if base.ends_with(|c: char| c.is_ascii_alphabetic()) {
+            ""
+        } else {
+            "_"
+        };
+        let name = format!("{}{base}{sep}{n}", scope.prefix);
         *n += 1;
         name
     }
@@ -344,17 +391,31 @@ impl<'p> Elab<'p> {
             self.abort(span, format!("model has more than {MAX_LAYERS} layers"));
             return None;
         }
-        if !self.names.insert(name.clone()) {
+        let labelled = std::mem::take(&mut self.labelled);
+        if let Some(&(first, first_labelled)) = self.name_spans.get(&name) {
+            // Point at the label: an automatic name is never the one to change.
+            let (primary, other, other_msg) = if !labelled && first_labelled {
+                (first, span, "clashes with the automatic name of this layer")
+            } else {
+                (span, first, "first used here")
+            };
             self.report(
-                Diagnostic::error(
-                    DiagKind::Duplicate,
-                    span,
-                    format!("layer name `{name}` is used twice"),
-                )
-                .with_help("choose a different `as` label"),
+                Diagnostic::error(DiagKind::Duplicate, primary, format!("layer name `{name}` is used twice"))
+                    .with_label("this name")
+                    .with_secondary(other, other_msg)
+                    .with_help("`as` labels must differ from each other and from the automatic names (`<op><k>`); rename the label"),
             );
             return None;
         }
+        if !within_limits(&output) {
+            self.report(Diagnostic::error(
+                DiagKind::Limit,
+                span,
+                format!("the output {output} exceeds the checker's limits ({MAX_DIM} channels or features, {MAX_SPATIAL} pixels per side)"),
+            ));
+            return None;
+        }
+        self.name_spans.insert(name.clone(), (span, labelled));
         let costs = (
             cost::params(&op, &input),
             cost::macs(&op, &input, &output),
@@ -382,7 +443,26 @@ impl<'p> Elab<'p> {
         Some(self.layers.len() - 1)
     }
 
-    fn exec(&mut self, body: &[Stmt], env: &mut Env, mut cur: Cur, in_block: bool) -> Cur {
+    /// Runs `body`. `nested` is false only for a model's own top-level statements (where `input` goes).
+    fn exec(&mut self, body: &[Stmt], env: &mut Env, cur: Cur, nested: bool) -> Cur {
+        self.depth += 1;
+        let out = if self.depth > MAX_DEPTH {
+            let span = body.first().map(stmt_span).unwrap_or_default();
+            self.abort(
+                span,
+                format!(
+                    "blocks, `repeat` and `residual` bodies are nested deeper than {MAX_DEPTH}"
+                ),
+            );
+            cur.poisoned()
+        } else {
+            self.exec_body(body, env, cur, nested)
+        };
+        self.depth -= 1;
+        out
+    }
+
+    fn exec_body(&mut self, body: &[Stmt], env: &mut Env, mut cur: Cur, in_block: bool) -> Cur {
         for stmt in body {
             if self.aborted {
                 return cur.poisoned();
@@ -431,13 +511,12 @@ impl<'p> Elab<'p> {
                     *span,
                     env,
                     cur,
-                    in_block,
                 ),
                 Stmt::Residual {
                     body,
                     shortcut,
                     span,
-                } => self.residual(body, shortcut.as_deref(), *span, env, cur, in_block),
+                } => self.residual(body, shortcut.as_deref(), *span, env, cur),
                 Stmt::Call(call) => self.call(call, env, cur),
             };
         }
@@ -539,13 +618,18 @@ impl<'p> Elab<'p> {
                 Diagnostic::error(
                     DiagKind::Structure,
                     span,
-                    "`input` is only allowed in a model, not in a block",
+                    "`input` must be a top-level statement of a model, not inside a block, `repeat` or `residual`",
                 )
-                .with_help("a block takes its input from the statement before its call"),
+                .with_help("write `input [C, H, W];` as the model's first statement; a block takes its input from the statement before its call"),
             );
+            self.reported_no_input = true;
             return cur.poisoned();
         }
-        if cur.node != NO_INPUT || !self.layers.is_empty() || self.reported_no_input {
+        if self.reported_no_input && self.layers.is_empty() {
+            // A layer before `input` was already reported.
+            return cur.poisoned();
+        }
+        if cur.node != NO_INPUT || !self.layers.is_empty() {
             let mut d = Diagnostic::error(
                 DiagKind::Duplicate,
                 span,
@@ -579,12 +663,17 @@ impl<'p> Elab<'p> {
             Some(node) => Cur {
                 node,
                 shape: Some(shape),
+                alpha: 0.0,
             },
             None => cur.poisoned(),
         }
     }
 
     fn expect(&mut self, shape: &ExpectShape, span: Span, env: &Env, cur: Cur) {
+        if self.opts.alpha_zero && matches!(shape, ExpectShape::Pair(..)) {
+            // Statements about an octave split do not apply to the α = 0 baseline.
+            return;
+        }
         let expected = match shape {
             ExpectShape::Plain(d) => match d.len() {
                 3 => self
@@ -645,7 +734,6 @@ impl<'p> Elab<'p> {
         span: Span,
         env: &Env,
         mut cur: Cur,
-        in_block: bool,
     ) -> Cur {
         let int = |e: &Expr, this: &mut Self| -> Option<i64> {
             match eval(e, env) {
@@ -697,11 +785,21 @@ impl<'p> Elab<'p> {
             if self.aborted {
                 break;
             }
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                self.abort(
+                    span,
+                    format!(
+                        "elaboration executed more than {MAX_STEPS} statements and loop iterations"
+                    ),
+                );
+                return cur.poisoned();
+            }
             let mut inner = env.clone();
             if let Some(v) = var {
                 inner.set(v, Value::new(Val::Int(i), span));
             }
-            cur = self.exec(body, &mut inner, cur, in_block);
+            cur = self.exec(body, &mut inner, cur, true);
         }
         cur
     }
@@ -713,15 +811,14 @@ impl<'p> Elab<'p> {
         span: Span,
         env: &Env,
         cur: Cur,
-        in_block: bool,
     ) -> Cur {
         let name = self.auto_name("res");
         self.push_scope(&name);
-        let main = self.exec(body, &mut env.clone(), cur, in_block);
+        let main = self.exec(body, &mut env.clone(), cur, true);
         let sc = match shortcut {
             Some(sc) => {
                 self.push_scope(&format!("{name}.shortcut"));
-                let out = self.exec(sc, &mut env.clone(), cur, in_block);
+                let out = self.exec(sc, &mut env.clone(), cur, true);
                 self.scopes.pop();
                 out
             }
@@ -731,10 +828,7 @@ impl<'p> Elab<'p> {
             (Some(a), Some(b)) if a == b => {
                 let add = format!("{name}.add");
                 match self.push_layer(add, Op::Add, vec![main.node, sc.node], a, a, span) {
-                    Some(node) => Cur {
-                        node,
-                        shape: Some(a),
-                    },
+                    Some(node) => Cur { node, ..main },
                     None => main.poisoned(),
                 }
             }
@@ -812,6 +906,7 @@ impl<'p> Elab<'p> {
                     Some(node) => Cur {
                         node,
                         shape: Some(out),
+                        alpha: main.alpha,
                     },
                     None => input.poisoned(),
                 }
@@ -917,17 +1012,30 @@ impl<'p> Elab<'p> {
             values: slots.values,
             spans: slots.spans,
             alpha_zero: self.opts.alpha_zero,
+            input_alpha: cur.alpha,
         };
         match layers::apply(&args, &shape) {
             Ok((op, out)) => {
+                let alpha = match (&op, out) {
+                    (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
+                    (Op::OctConv(_), _) if !self.opts.alpha_zero => {
+                        args.float("alpha").unwrap_or(cur.alpha)
+                    }
+                    (Op::Split { .. }, _) if !self.opts.alpha_zero => {
+                        args.float("alpha").unwrap_or(0.0)
+                    }
+                    _ => cur.alpha,
+                };
                 let name = match &call.label {
                     Some(l) => format!("{}{}", self.scope().prefix, l.name),
                     None => self.auto_name(def.name),
                 };
+                self.labelled = call.label.is_some();
                 match self.push_layer(name, op, vec![cur.node], shape, out, call.span) {
                     Some(node) => Cur {
                         node,
                         shape: Some(out),
+                        alpha,
                     },
                     None => cur.poisoned(),
                 }
@@ -1016,5 +1124,16 @@ fn collect_vars(e: &Expr, out: &mut Vec<String>) {
             collect_vars(c, out);
         }
         _ => {}
+    }
+}
+
+/// True if every dimension of `s` is within the checker's limits (so sizes and costs fit in u64).
+fn within_limits(s: &Shape) -> bool {
+    let ok =
+        |d: Dims| d.c as i64 <= MAX_DIM && d.h as i64 <= MAX_SPATIAL && d.w as i64 <= MAX_SPATIAL;
+    match *s {
+        Shape::Single(d) => ok(d),
+        Shape::Pair { high, low } => ok(high) && ok(low),
+        Shape::Flat { features } => features as i64 <= MAX_DIM,
     }
 }

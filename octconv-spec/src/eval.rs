@@ -59,8 +59,10 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
         ExprKind::List(items) => {
             let vals = items.iter().map(|x| eval(x, env)).collect::<Result<Vec<_>, _>>()?;
             let elem_origins = vals.iter().map(|v| v.origin).collect();
+            let val = Val::list(vals.into_iter().map(|v| v.val).collect())
+                .map_err(|why| Diagnostic::error(DiagKind::Limit, e.span, why))?;
             return Ok(Value {
-                val: Val::List(vals.into_iter().map(|v| v.val).collect()),
+                val,
                 origin: e.span,
                 elem_origins,
             });
@@ -77,7 +79,7 @@ pub fn eval(e: &Expr, env: &Env) -> Result<Value, Diagnostic> {
                     d = d.with_help(h);
                 } else {
                     d = d.with_help(
-                        "blocks see only their own parameters, `let` bindings and loop indices; pass the value as an argument",
+                        "a block sees only its own parameters, `let` bindings and loop indices (pass the value as an argument); values given on the command line cannot refer to parameters",
                     );
                 }
                 d

@@ -298,17 +298,24 @@ pub struct Model {
 impl Model {
     /// Total trainable parameters.
     pub fn params(&self) -> u64 {
-        self.layers.iter().map(|l| l.params).sum()
+        self.layers
+            .iter()
+            .fold(0u64, |a, l| a.saturating_add(l.params))
     }
 
     /// Total MACs per sample.
     pub fn macs(&self) -> u64 {
-        self.layers.iter().map(|l| l.macs).sum()
+        self.layers
+            .iter()
+            .fold(0u64, |a, l| a.saturating_add(l.macs))
     }
 
     /// Sum of all layers' output activations per sample, in bytes (f32), input excluded.
     pub fn activation_bytes(&self) -> u64 {
-        self.layers.iter().skip(1).map(|l| l.activation_bytes).sum()
+        self.layers
+            .iter()
+            .skip(1)
+            .fold(0u64, |a, l| a.saturating_add(l.activation_bytes))
     }
 
     /// The call that produces this model, e.g. `wrn(n = 4, k = 10, alpha = 0.25, …)`.

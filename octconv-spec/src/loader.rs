@@ -46,6 +46,10 @@ impl Program {
 
     /// Loads a text (a file's contents, an inline spec) and everything it includes.
     pub fn load_text(&mut self, origin: Origin, text: impl Into<String>) -> FileId {
+        let mut text = text.into();
+        if text.starts_with('\u{feff}') {
+            text.drain(..3); // a UTF-8 byte-order mark is not part of the spec
+        }
         let id = self.sources.add(origin, text);
         let mut stack = vec![id];
         self.load_id(id, &mut stack);
@@ -143,7 +147,10 @@ impl Program {
             return;
         }
         match std::fs::read_to_string(&full) {
-            Ok(text) => {
+            Ok(mut text) => {
+                if text.starts_with('\u{feff}') {
+                    text.drain(..3);
+                }
                 let id = self.sources.add(Origin::File(full), text);
                 stack.push(id);
                 self.load_id(id, stack);
@@ -269,7 +276,8 @@ impl Program {
             let mut visited = std::collections::HashSet::new();
             while let Some((cur, path)) = stack.pop() {
                 for &(callee, span) in calls.get(cur).map(Vec::as_slice).unwrap_or(&[]) {
-                    if callee == start {
+                    // Report each cycle once: from its alphabetically first block.
+                    if callee == start && path.iter().all(|b| *b >= start) {
                         let mut chain = path.clone();
                         chain.push(callee);
                         found.push((span, chain.join(" → ")));

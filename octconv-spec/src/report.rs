@@ -54,6 +54,8 @@ pub struct Report {
     pub macs_ratio_vs_alpha0: Option<f64>,
     /// `activation_bytes / activation_bytes_alpha0`.
     pub memory_ratio_vs_alpha0: Option<f64>,
+    /// Why there are no α = 0 figures (the baseline's first error), if there are none.
+    pub baseline_error: Option<String>,
     /// Per-layer rows (the input node excluded).
     pub layers: Vec<LayerRow>,
 }
@@ -104,6 +106,7 @@ impl Report {
             activation_bytes_alpha0: base(Model::activation_bytes),
             macs_ratio_vs_alpha0: ratio(model.macs(), base(Model::macs)),
             memory_ratio_vs_alpha0: ratio(model.activation_bytes(), base(Model::activation_bytes)),
+            baseline_error: None,
             layers: model.layers.iter().skip(1).map(row).collect(),
         }
     }
@@ -202,10 +205,12 @@ impl Report {
                 );
             }
             _ => {
-                let _ = writeln!(
-                    out,
-                    "vs. alpha = 0     n/a (the network does not check with every α set to 0)"
-                );
+                let why = match (&self.baseline_error, self.macs_alpha0) {
+                    (Some(e), _) => format!("with every α set to 0 the spec does not check: {e}"),
+                    (None, Some(0)) => "the network has no MACs".to_string(),
+                    _ => "no baseline".to_string(),
+                };
+                let _ = writeln!(out, "vs. alpha = 0     n/a ({why})");
             }
         }
         out

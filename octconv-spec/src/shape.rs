@@ -23,7 +23,9 @@ impl Dims {
 
     /// Number of elements.
     pub fn numel(&self) -> u64 {
-        self.c as u64 * self.h as u64 * self.w as u64
+        (self.c as u64)
+            .saturating_mul(self.h as u64)
+            .saturating_mul(self.w as u64)
     }
 }
 
@@ -66,7 +68,7 @@ impl Shape {
     pub fn numel(&self) -> u64 {
         match self {
             Shape::Single(d) => d.numel(),
-            Shape::Pair { high, low } => high.numel() + low.numel(),
+            Shape::Pair { high, low } => high.numel().saturating_add(low.numel()),
             Shape::Flat { features } => *features as u64,
         }
     }

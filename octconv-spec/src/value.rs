@@ -3,6 +3,12 @@
 use crate::ast::Ty;
 use crate::source::Span;
 use std::fmt;
+use std::rc::Rc;
+
+/// Deepest nesting of list values.
+pub const MAX_VALUE_DEPTH: usize = 8;
+/// Most scalars one value may hold (lists of lists count all their elements).
+pub const MAX_VALUE_SIZE: usize = 4096;
 
 /// A value: `int`, `float`, `bool`, string (only in `require` messages) or a list.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,11 +21,44 @@ pub enum Val {
     Bool(bool),
     /// String.
     Str(String),
-    /// List.
-    List(Vec<Val>),
+    /// List (shared: copying a value is cheap).
+    List(Rc<Vec<Val>>),
 }
 
 impl Val {
+    /// A list value, or why it is too large or too deeply nested.
+    pub fn list(items: Vec<Val>) -> Result<Val, String> {
+        let depth = 1 + items.iter().map(Val::depth).max().unwrap_or(0);
+        let size: usize = items.iter().map(Val::size).sum();
+        if depth > MAX_VALUE_DEPTH {
+            return Err(format!(
+                "lists may be nested at most {MAX_VALUE_DEPTH} deep"
+            ));
+        }
+        if size > MAX_VALUE_SIZE {
+            return Err(format!(
+                "a list value may hold at most {MAX_VALUE_SIZE} numbers, this one holds {size}"
+            ));
+        }
+        Ok(Val::List(Rc::new(items)))
+    }
+
+    /// Nesting depth (0 for scalars).
+    pub fn depth(&self) -> usize {
+        match self {
+            Val::List(v) => 1 + v.iter().map(Val::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Number of scalars.
+    pub fn size(&self) -> usize {
+        match self {
+            Val::List(v) => v.iter().map(Val::size).sum(),
+            _ => 1,
+        }
+    }
+
     /// The type name for messages.
     pub fn type_name(&self) -> String {
         match self {
@@ -61,10 +100,10 @@ impl Val {
                     .iter()
                     .map(|x| x.coerce(elem))
                     .collect::<Result<Vec<_>, _>>()
-                    .map(Val::List)
+                    .map(|v| Val::List(Rc::new(v)))
             }
-            (Ty::Int, Val::Float(f)) => Err(format!(
-                "expected `int`, found `float` {f}; convert explicitly with `int(…)`"
+            (Ty::Int, Val::Float(_)) => Err(format!(
+                "expected `int`, found `float` {self}; convert explicitly with `int(…)`"
             )),
             _ => Err(format!("expected `{ty}`, found `{}`", self.type_name())),
         }

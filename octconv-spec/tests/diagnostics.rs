@@ -538,7 +538,7 @@ fn structural_errors_input_placement() {
         "block b() { input [3, 8, 8]; }\nmodel m() {\n    input [3, 8, 8];\n    b();\n}\n",
     );
     assert_eq!(kind, DiagKind::Structure);
-    assert_eq!(msg, "`input` is only allowed in a model, not in a block");
+    assert_eq!(msg, "`input` must be a top-level statement of a model, not inside a block, `repeat` or `residual`");
     let (kind, msg, ..) = one_error("model m() {\n    relu;\n}\n");
     assert_eq!(kind, DiagKind::Syntax, "{msg}");
     let (kind, msg, ..) = one_error("model m() { }\n");

@@ -155,6 +155,8 @@ pub(crate) struct Args<'a> {
     pub(crate) spans: Vec<Option<Span>>,
     /// The checker is computing the α = 0 baseline: every α is forced to 0.
     pub(crate) alpha_zero: bool,
+    /// The α that produced the input's split (the default α_out of an octconv).
+    pub(crate) input_alpha: f64,
 }
 
 impl Args<'_> {

@@ -170,8 +170,15 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 "stride 2 halves both branches; chain layers or pool for larger reductions",
             ));
     }
-    let alpha_out = a.alpha("alpha", alpha_in)?;
-    let (out_h, out_l) = channel_split(out, alpha_out);
+    // Without `alpha`, α_out is the α that produced the input split (not the realised ratio, which
+    // `floor` could shift), and a layer that keeps the channel count keeps the split exactly
+    // (depthwise layers always do).
+    let alpha_out = a.alpha("alpha", if a.alpha_zero { 0.0 } else { a.input_alpha })?;
+    let (out_h, out_l) = if a.get("alpha").is_none() && out == in_h + in_l {
+        (in_h, in_l)
+    } else {
+        channel_split(out, alpha_out)
+    };
     if alpha_out > 0.0 && alpha_out < 1.0 && (out_h == 0 || out_l == 0) {
         let empty = if out_l == 0 { "low" } else { "high" };
         let d = a

@@ -77,7 +77,8 @@ pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rul
             const OPERATORS: &[&str] = &[
                 "!=", "%", "&&", "*", "+", "-", "/", "<=", "<", "==", ">=", ">", "||", "!",
             ];
-            const COMMENTS: &[&str] = &["/*", "//", "///", "#"];
+            // Comment openers and the inner characters of number and string literals are noise.
+            const COMMENTS: &[&str] = &["/*", "//", "///", "#", ".", "e", "E", "_", "\"", "\\"];
             if COMMENTS.contains(&token.as_str()) {
                 continue;
             }

@@ -52,9 +52,23 @@ pub(crate) fn precheck(file: FileId, text: &str) -> Result<(), Diagnostic> {
     // A tiny lexer that skips strings and comments and tracks bracket depth.
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    // `if` expressions per statement: an `else if` chain nests without brackets.
+    let mut ifs = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
+            b';' => ifs = 0,
+            b'i' if bytes.get(i + 1) == Some(&b'f')
+                && !bytes
+                    .get(i + 2)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')) =>
+            {
+                ifs += 1;
+                if ifs > MAX_NESTING {
+                    return Err(too_deep(file, i, "`if`"));
+                }
+            }
             b'"' => {
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'"' {
