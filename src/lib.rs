@@ -8,6 +8,7 @@
 
 pub use candle_core;
 pub use candle_nn;
+pub use octconv_macros::octnet;
 pub use octconv_runtime as runtime;
 pub use octconv_runtime::{OctModel, OctValue};
 pub use octconv_spec as spec;

@@ -1,5 +1,37 @@
 //! `octnet!`: compile-time OctConv models from `.oct` specs.
 //!
-//! Placeholder crate that fixes the workspace layout. The macro itself is issue #4: it will parse and
-//! check specs with `octconv-spec` (the same grammar and checker as `octconv check`) and emit typed
-//! candle modules. Nothing is exported yet.
+//! ```ignore
+//! octconv::octnet! {
+//!     /// WRN-28-10, α = 0.25
+//!     pub struct Wrn28x10 = wrn(n = 4, k = 10, alpha = 0.25);
+//! }
+//! octconv::octnet! {
+//!     use "../specs/custom.oct";            // relative to this .rs file
+//!     pub struct Custom = custom(width = 32);
+//! }
+//! octconv::octnet! {
+//!     model tiny(c: int = 8, alpha: float = 0.5) {
+//!         input [3, 16, 16];
+//!         octconv(c, kernel = 3, alpha = alpha); bn(); relu();
+//!         merge(); global_avg_pool(); linear(10);
+//!     }
+//!     pub struct Tiny = tiny();
+//! }
+//! let net = octconv::octnet!(wrn(n = 1, k = 2, alpha = 0.25)).build(vb)?;
+//! ```
+//!
+//! The body is parsed and checked by `octconv-spec` (the grammar and checker of `octconv check`); every
+//! diagnostic becomes a compile error at the offending token (inline specs and calls) or at the
+//! `use "…"` literal (file specs, with `path:line:col` and a caret snippet in the message). The
+//! generated code is `octconv_spec::codegen`'s, the same that `octconv gen` writes.
+
+mod errors;
+mod input;
+
+use proc_macro::TokenStream;
+
+/// Turns `.oct` specs into typed candle modules; see the crate documentation for the forms.
+#[proc_macro]
+pub fn octnet(tokens: TokenStream) -> TokenStream {
+    input::expand(tokens.into()).into()
+}

@@ -26,4 +26,14 @@ pub mod value;
 pub mod weights;
 
 pub use model::OctModel;
+
+/// Panics with a clear message if `value` does not have the shape the checker computed; the code that
+/// `octnet!` generates calls it after every layer in debug builds.
+pub fn debug_assert_shape(value: &OctValue, layer: &str, expected: octconv_spec::Shape) {
+    let actual = value.shape();
+    assert!(
+        actual == expected,
+        "octnet: layer `{layer}` produced {actual}, but the spec says {expected}"
+    );
+}
 pub use value::OctValue;

@@ -1,13 +1,12 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
-use crate::layers::{self, Conv2d, Dropout, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind};
+use crate::layers::{
+    self, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind,
+};
 use crate::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::{Model, Op};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use std::sync::{Arc, Mutex};
 
 /// One executable layer.
 #[derive(Clone, Debug)]
@@ -35,14 +34,14 @@ pub struct OctModel {
     nodes: Vec<Node>,
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
-    dropout_rng: Arc<Mutex<ChaCha8Rng>>,
+    dropout_rng: DropoutRng,
 }
 
 impl OctModel {
     /// Builds the model, loading every parameter from `vb` (missing or mis-shaped ones are errors
     /// naming the tensor).
     pub fn new(ir: Model, vb: VarBuilder) -> Result<Self> {
-        let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(0)));
+        let dropout_rng = DropoutRng::new(0);
         let mut nodes = Vec::with_capacity(ir.layers.len());
         for layer in &ir.layers {
             let vb = vb.pp(&layer.name);
@@ -95,9 +94,7 @@ impl OctModel {
 
     /// Reseeds the dropout masks (every dropout layer shares one stream).
     pub fn set_dropout_seed(&self, seed: u64) {
-        if let Ok(mut rng) = self.dropout_rng.lock() {
-            *rng = ChaCha8Rng::seed_from_u64(seed);
-        }
+        self.dropout_rng.reseed(seed);
     }
 
     /// Checks that `x` is `[N, C, H, W]` with the spec's `[C, H, W]`.

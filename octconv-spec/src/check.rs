@@ -25,6 +25,15 @@ pub enum SpecInput<'a> {
         /// The spec.
         text: &'a str,
     },
+    /// Spec text whose `use` paths resolve against `dir` (an `octnet!` body).
+    Inline {
+        /// Name for diagnostics.
+        name: &'a str,
+        /// The spec (may be empty when only builtins are used).
+        text: &'a str,
+        /// Directory for relative `use` paths.
+        dir: &'a Path,
+    },
 }
 
 impl<'a> SpecInput<'a> {
@@ -152,6 +161,13 @@ fn check_here(req: &CheckRequest) -> Checked {
         SpecInput::Text { name, text } => {
             root = Some(program.load_text(Origin::Virtual(name.to_string()), text));
         }
+        SpecInput::Inline { name, text, dir } => {
+            let origin = Origin::Inline {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+            };
+            root = Some(program.load_text(origin, text));
+        }
         SpecInput::Builtin(text) => {
             program.load_builtins();
             let id = program
@@ -182,6 +198,12 @@ fn check_here(req: &CheckRequest) -> Checked {
         match parse_call_spec(id, m) {
             Ok(c) => call = Some(c),
             Err(d) => diags.push(d),
+        }
+    }
+    // A call of a model the spec does not define may name a builtin.
+    if let Some(c) = &call {
+        if program.def(&c.name.name).is_none() && !matches!(req.spec, SpecInput::Builtin(_)) {
+            program.load_builtins();
         }
     }
     let mut overrides = Vec::new();

@@ -28,6 +28,7 @@
 pub mod bind;
 pub mod builtins;
 pub mod check;
+pub mod codegen;
 pub mod cost;
 pub mod diag;
 pub mod elab;

@@ -46,6 +46,14 @@ pub enum Origin {
     Builtin(String),
     /// Text with no file: a command-line argument, an inline macro body, a test string.
     Virtual(String),
+    /// Text with no file whose `use` paths resolve against a directory (an `octnet!` body: the
+    /// directory of the Rust file that contains it).
+    Inline {
+        /// Name shown in diagnostics.
+        name: String,
+        /// Directory for relative `use` paths.
+        dir: PathBuf,
+    },
 }
 
 /// One loaded source text.
@@ -74,7 +82,7 @@ impl SourceFile {
         match &self.origin {
             Origin::File(p) => p.display().to_string(),
             Origin::Builtin(n) => format!("<builtin>/{n}.oct"),
-            Origin::Virtual(n) => n.clone(),
+            Origin::Virtual(n) | Origin::Inline { name: n, .. } => n.clone(),
         }
     }
 
@@ -108,6 +116,7 @@ impl SourceFile {
     pub fn base_dir(&self) -> Option<&Path> {
         match &self.origin {
             Origin::File(p) => p.parent(),
+            Origin::Inline { dir, .. } => Some(dir),
             _ => None,
         }
     }

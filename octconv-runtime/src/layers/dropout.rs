@@ -12,18 +12,37 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug)]
 pub struct Dropout {
     p: f64,
-    rng: Arc<Mutex<ChaCha8Rng>>,
+    rng: DropoutRng,
+}
+
+/// The seeded random stream that dropout layers draw their masks from; clones share the stream, so a
+/// model's dropout layers draw in execution order from one seed.
+#[derive(Clone, Debug)]
+pub struct DropoutRng(Arc<Mutex<ChaCha8Rng>>);
+
+impl DropoutRng {
+    /// A stream seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        DropoutRng(Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
+    }
+
+    /// Restarts the stream from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        if let Ok(mut rng) = self.0.lock() {
+            *rng = ChaCha8Rng::seed_from_u64(seed);
+        }
+    }
 }
 
 impl Dropout {
     /// Dropout with probability `p`, drawing masks from `rng`.
-    pub fn new(p: f64, rng: Arc<Mutex<ChaCha8Rng>>) -> Self {
+    pub fn new(p: f64, rng: DropoutRng) -> Self {
         Dropout { p, rng }
     }
 
-    /// Dropout with its own RNG seeded with `seed`.
+    /// Dropout with its own stream seeded with `seed`.
     pub fn seeded(p: f64, seed: u64) -> Self {
-        Self::new(p, Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))))
+        Self::new(p, DropoutRng::new(seed))
     }
 
     fn mask(&self, t: &Tensor) -> Result<Tensor> {
@@ -31,6 +50,7 @@ impl Dropout {
         let keep = 1.0 - self.p;
         let mut rng = self
             .rng
+            .0
             .lock()
             .map_err(|_| candle_core::Error::Msg("dropout RNG lock poisoned".into()))?;
         let m: Vec<f32> = (0..n)

@@ -14,7 +14,7 @@ pub mod pool;
 
 pub use batch_norm::OctBatchNorm;
 pub use conv::Conv2d;
-pub use dropout::Dropout;
+pub use dropout::{Dropout, DropoutRng};
 pub use head::{flatten, global_avg_pool, Linear};
 pub use octave::{merge, split};
 pub use octconv::OctConv2d;

@@ -89,7 +89,7 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
             }
             Path::LL => {
                 let l = low_in.expect("an L→L path implies a low input");
-                if l.h % s != 0 || l.w % s != 0 {
+                if !l.h.is_multiple_of(s) || !l.w.is_multiple_of(s) {
                     return Err(size_err("low branch", l.h, l.w, s, "stride-2 pooling"));
                 }
                 check_kernel(p, l.h / s, l.w / s)?;

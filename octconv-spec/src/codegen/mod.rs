@@ -1,0 +1,222 @@
+//! Code generation: the Rust source of a typed candle module for a checked model. The `octnet!` macro
+//! expands to it and `octconv gen` writes it (formatted). The generated code uses the runtime's layer
+//! types, so the macro model and the interpreted model compute the same thing with the same parameter
+//! names.
+//!
+//! Each op's field type, constructor and forward step are in [`layer`]; this module assembles the
+//! struct, its constants, `new` and the `ModuleT` impl.
+
+mod layer;
+
+use crate::ir::Model;
+use crate::shape::Shape;
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{format_ident, quote};
+
+/// How to name and decorate the generated struct.
+#[derive(Clone, Debug)]
+pub struct GenOptions {
+    /// Struct name.
+    pub name: Ident,
+    /// Visibility tokens (`pub`, `pub(crate)`, or empty).
+    pub vis: TokenStream,
+    /// Attributes and doc comments for the struct.
+    pub attrs: TokenStream,
+    /// Path of the facade crate in the generated code (`::octconv`).
+    pub krate: TokenStream,
+    /// The spec source recorded in `SPEC`.
+    pub spec_text: String,
+}
+
+impl GenOptions {
+    /// Options for a struct `name`, public, using `::octconv`.
+    pub fn new(name: &str, spec_text: &str) -> Self {
+        GenOptions {
+            name: Ident::new(name, Span::call_site()),
+            vis: quote!(pub),
+            attrs: TokenStream::new(),
+            krate: quote!(::octconv),
+            spec_text: spec_text.to_string(),
+        }
+    }
+}
+
+/// The tokens of a `Shape` value.
+pub(crate) fn shape_tokens(krate: &TokenStream, s: &Shape) -> TokenStream {
+    let dims = |d: crate::shape::Dims| {
+        let (c, h, w) = (d.c, d.h, d.w);
+        quote!(#krate::spec::Dims { c: #c, h: #h, w: #w })
+    };
+    match *s {
+        Shape::Single(d) => {
+            let d = dims(d);
+            quote!(#krate::spec::Shape::Single(#d))
+        }
+        Shape::Pair { high, low } => {
+            let (h, l) = (dims(high), dims(low));
+            quote!(#krate::spec::Shape::Pair { high: #h, low: #l })
+        }
+        Shape::Flat { features } => quote!(#krate::spec::Shape::Flat { features: #features }),
+    }
+}
+
+const RUST_KEYWORDS: &[&str] = &[
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
+    "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
+    "ref", "return", "self", "Self", "static", "struct", "super", "trait", "true", "type",
+    "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+/// A field name for a layer: dots become `__`, keywords get a trailing `_`, collisions an index.
+fn field_names(model: &Model) -> Vec<Ident> {
+    let mut seen = std::collections::HashSet::new();
+    model
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut n = l.name.replace('.', "__");
+            if RUST_KEYWORDS.contains(&n.as_str()) || n.starts_with(|c: char| c.is_ascii_digit()) {
+                n.push('_');
+            }
+            if !seen.insert(n.clone()) {
+                n = format!("{n}_{i}");
+                seen.insert(n.clone());
+            }
+            format_ident!("{}", n)
+        })
+        .collect()
+}
+
+/// The generated struct, its inherent impl and its `ModuleT` impl.
+pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
+    let GenOptions {
+        name,
+        vis,
+        attrs,
+        krate,
+        spec_text,
+    } = o;
+    let fields = field_names(model);
+    let values: Vec<Ident> = (0..model.layers.len())
+        .map(|i| format_ident!("x{}", i))
+        .collect();
+    let mut last_use: Vec<usize> = (0..model.layers.len()).collect();
+    for (j, l) in model.layers.iter().enumerate() {
+        for &i in &l.inputs {
+            last_use[i] = last_use[i].max(j);
+        }
+    }
+    let mut decls = Vec::new();
+    let mut inits = Vec::new();
+    let mut steps = Vec::new();
+    let uses_rng = model
+        .layers
+        .iter()
+        .any(|l| matches!(l.op, crate::ir::Op::Dropout { .. }));
+    for (j, l) in model.layers.iter().enumerate() {
+        let f = &fields[j];
+        let parts = layer::parts(krate, l, f);
+        if let Some((ty, init)) = parts.field {
+            decls.push(quote!(#f: #ty));
+            inits.push(quote!(#f: #init));
+        }
+        let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
+        let out = &values[j];
+        let expr = (parts.forward)(&ins);
+        let layer_name = &l.name;
+        let shape = shape_tokens(krate, &l.output);
+        steps.push(quote! {
+            let #out = #expr;
+            #[cfg(debug_assertions)]
+            #krate::runtime::debug_assert_shape(&#out, #layer_name, #shape);
+        });
+        for &i in &l.inputs {
+            if last_use[i] == j && i != j {
+                let v = &values[i];
+                steps.push(quote!(drop(#v);));
+            }
+        }
+    }
+    let last = values.last().expect("a model has an input layer");
+    let d = model.input;
+    let (c, h, w) = (d.c, d.h, d.w);
+    let output: Vec<usize> = match model.output {
+        Shape::Single(d) => vec![d.c, d.h, d.w],
+        Shape::Flat { features } => vec![features],
+        Shape::Pair { high, low } => vec![high.c + low.c, high.h, high.w],
+    };
+    let params = model.params();
+    let macs = model.macs();
+    let model_name = &model.name;
+    let call = model.call_string();
+    let doc_consts = format!(" Generated from `{call}`.");
+    let (rng_decl, rng_init, rng_field, rng_fn) = if uses_rng {
+        (
+            quote!(__dropout_rng: #krate::runtime::layers::DropoutRng,),
+            quote!(let __dropout_rng = #krate::runtime::layers::DropoutRng::new(0);),
+            quote!(__dropout_rng,),
+            quote! {
+                /// Restarts the stream every dropout layer draws its masks from.
+                pub fn set_dropout_seed(&self, seed: u64) {
+                    self.__dropout_rng.reseed(seed);
+                }
+            },
+        )
+    } else {
+        (quote!(), quote!(), quote!(), quote!())
+    };
+    quote! {
+        #attrs
+        #[doc = #doc_consts]
+        #[derive(Clone, Debug)]
+        #vis struct #name {
+            #(#decls,)*
+            #rng_decl
+        }
+
+        impl #name {
+            /// Input `[C, H, W]` per sample.
+            pub const INPUT: [usize; 3] = [#c, #h, #w];
+            /// Output per sample: `[F]`, or `[C, H, W]` for a model without a head.
+            pub const OUTPUT: &'static [usize] = &[#(#output),*];
+            /// Trainable parameters.
+            pub const PARAMS: u64 = #params;
+            /// Multiply-accumulates per sample.
+            pub const MACS: u64 = #macs;
+            /// The spec this struct was generated from.
+            pub const SPEC: &'static str = #spec_text;
+
+            /// Loads every parameter from `vb` (names as in `octconv_spec::params`).
+            pub fn new(vb: #krate::candle_nn::VarBuilder) -> #krate::candle_core::Result<Self> {
+                #rng_init
+                Ok(Self {
+                    #(#inits,)*
+                    #rng_field
+                })
+            }
+
+            #rng_fn
+        }
+
+        impl #krate::candle_core::ModuleT for #name {
+            fn forward_t(
+                &self,
+                xs: &#krate::candle_core::Tensor,
+                train: bool,
+            ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
+                let _ = train;
+                let dims = xs.dims();
+                if dims.len() != 4 || dims[1..] != Self::INPUT {
+                    #krate::candle_core::bail!(
+                        "input of shape {:?} does not match model `{}`: expected [N, {}, {}, {}]",
+                        dims, #model_name, #c, #h, #w
+                    );
+                }
+                #(#steps)*
+                #last.into_tensor()
+            }
+        }
+    }
+}
