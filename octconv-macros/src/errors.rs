@@ -63,9 +63,19 @@ pub(crate) fn locate(
                     .find_map(|l| token_span(checked, l.span, text, call));
                 let via_use = d.span.and_then(|s| use_literal(checked, s, text));
                 let span = via_label.or(via_use).unwrap_or(decl);
+                let rendered = d
+                    .render(&checked.sources, false)
+                    .replace("<--model>", "<octnet! call>");
+                let rendered = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+                let at = d
+                    .location(&checked.sources)
+                    .map(|l| format!(" (at {})", l.replace("<--model>", "<octnet! call>")));
+                let mut lines = rendered.splitn(2, '\n');
+                let first = lines.next().unwrap_or_default();
+                let rest = lines.next().unwrap_or_default();
                 Located {
                     span,
-                    message: d.render(&checked.sources, false),
+                    message: format!("{first}{}\n{rest}", at.unwrap_or_default()),
                 }
             }
         };

@@ -18,7 +18,11 @@ pub(crate) struct SpannedText {
 
 impl SpannedText {
     fn push(&mut self, s: &str, span: Span) {
-        if !self.text.is_empty() && !self.text.ends_with(' ') {
+        // Spaces between tokens, except inside brackets and before `,` / `;`, so the text (shown in
+        // diagnostics) reads like the source.
+        let tight_after = self.text.ends_with(['(', '[', ' ']);
+        let tight_before = matches!(s, ")" | "]" | "," | ";");
+        if !self.text.is_empty() && !tight_after && !tight_before {
             self.text.push(' ');
         }
         let start = self.text.len();

@@ -31,7 +31,16 @@ mod input;
 use proc_macro::TokenStream;
 
 /// Turns `.oct` specs into typed candle modules; see the crate documentation for the forms.
+/// Set `OCTCONV_MACRO_TIMING=1` while building to print each expansion's duration.
 #[proc_macro]
 pub fn octnet(tokens: TokenStream) -> TokenStream {
-    input::expand(tokens.into()).into()
+    let start = std::time::Instant::now();
+    let out = input::expand(tokens.into());
+    if std::env::var_os("OCTCONV_MACRO_TIMING").is_some() {
+        eprintln!(
+            "octnet!: expanded in {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    out.into()
 }

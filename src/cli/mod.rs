@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch; one module per subcommand.
 
 mod check;
+mod gen;
 mod init;
 mod run;
 mod spec_args;
@@ -47,6 +48,8 @@ enum Command {
     Init(init::InitArgs),
     /// Run a spec in eval mode on the tensor `input` of a safetensors file.
     Run(run::RunArgs),
+    /// Write the Rust code `octnet!` generates for a spec (formatted).
+    Gen(gen::GenArgs),
     /// List the builtin models and layers.
     Builtins,
 }
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(&args, cli.color.enabled()),
         Command::Init(args) => init::run(&args, cli.color.enabled()),
         Command::Run(args) => run::run(&args, cli.color.enabled()),
+        Command::Gen(args) => gen::run(&args, cli.color.enabled()),
         Command::Builtins => {
             check::builtins();
             Ok(ExitCode::SUCCESS)

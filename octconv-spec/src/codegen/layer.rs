@@ -4,6 +4,8 @@ use crate::ir::{Layer, Op};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
+use super::{fl, us};
+
 type Forward = Box<dyn Fn(&[&Ident]) -> TokenStream>;
 
 /// What one layer contributes to the generated code.
@@ -65,6 +67,7 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
             )
         }
         Op::BatchNorm { eps, momentum } => {
+            let (eps, momentum) = (fl(eps), fl(momentum));
             let shape = super::shape_tokens(k, &layer.input);
             method(
                 quote!(#l::OctBatchNorm),
@@ -74,20 +77,26 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
                 true,
             )
         }
-        Op::Dropout { p } => method(
-            quote!(#l::Dropout),
-            quote!(#l::Dropout::new(#p, __dropout_rng.clone())),
-            field,
-            quote!(forward_t),
-            true,
-        ),
-        Op::Linear { in_f, out_f, bias } => method(
-            quote!(#l::Linear),
-            quote!(#l::Linear::new(#in_f, #out_f, #bias, vb.pp(#name))?),
-            field,
-            quote!(forward),
-            false,
-        ),
+        Op::Dropout { p } => {
+            let p = fl(p);
+            method(
+                quote!(#l::Dropout),
+                quote!(#l::Dropout::new(#p, __dropout_rng.clone())),
+                field,
+                quote!(forward_t),
+                true,
+            )
+        }
+        Op::Linear { in_f, out_f, bias } => {
+            let (in_f, out_f) = (us(in_f), us(out_f));
+            method(
+                quote!(#l::Linear),
+                quote!(#l::Linear::new(#in_f, #out_f, #bias, vb.pp(#name))?),
+                field,
+                quote!(forward),
+                false,
+            )
+        }
         Op::Relu => stateless(|x| {
             let x = x[0];
             quote!(#x.map(|t| t.relu())?)
@@ -98,7 +107,7 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
             } else {
                 quote!(Max)
             };
-            let (kernel, stride, padding) = (p.kernel, p.stride, p.padding);
+            let (kernel, stride, padding) = (us(p.kernel), us(p.stride), us(p.padding));
             let pool = quote!(#l::Pool { kind: #l::PoolKind::#kind, spec: #k::spec::ir::PoolSpec { kernel: #kernel, stride: #stride, padding: #padding } });
             stateless(move |x| {
                 let x = x[0];
@@ -107,6 +116,7 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
         }
         Op::Split { low } => {
             let l = l.clone();
+            let low = us(low);
             stateless(move |x| {
                 let x = x[0];
                 quote!(#l::split(&#x, #low)?)

@@ -10,7 +10,7 @@ mod layer;
 
 use crate::ir::Model;
 use crate::shape::Shape;
-use proc_macro2::{Ident, Span, TokenStream};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
 /// How to name and decorate the generated struct.
@@ -41,10 +41,25 @@ impl GenOptions {
     }
 }
 
+/// An unsuffixed integer literal (`3`, not `3usize`).
+pub(crate) fn u(n: impl Into<u64>) -> Literal {
+    Literal::u64_unsuffixed(n.into())
+}
+
+/// An unsuffixed usize literal.
+pub(crate) fn us(n: usize) -> Literal {
+    Literal::u64_unsuffixed(n as u64)
+}
+
+/// An unsuffixed float literal.
+pub(crate) fn fl(x: f64) -> Literal {
+    Literal::f64_unsuffixed(x)
+}
+
 /// The tokens of a `Shape` value.
 pub(crate) fn shape_tokens(krate: &TokenStream, s: &Shape) -> TokenStream {
     let dims = |d: crate::shape::Dims| {
-        let (c, h, w) = (d.c, d.h, d.w);
+        let (c, h, w) = (us(d.c), us(d.h), us(d.w));
         quote!(#krate::spec::Dims { c: #c, h: #h, w: #w })
     };
     match *s {
@@ -56,7 +71,10 @@ pub(crate) fn shape_tokens(krate: &TokenStream, s: &Shape) -> TokenStream {
             let (h, l) = (dims(high), dims(low));
             quote!(#krate::spec::Shape::Pair { high: #h, low: #l })
         }
-        Shape::Flat { features } => quote!(#krate::spec::Shape::Flat { features: #features }),
+        Shape::Flat { features } => {
+            let f = us(features);
+            quote!(#krate::spec::Shape::Flat { features: #f })
+        }
     }
 }
 
@@ -68,7 +86,7 @@ const RUST_KEYWORDS: &[&str] = &[
     "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
 ];
 
-/// A field name for a layer: dots become `__`, keywords get a trailing `_`, collisions an index.
+/// A field name for a layer: dots become `_`, keywords get a trailing `_`, collisions an index.
 fn field_names(model: &Model) -> Vec<Ident> {
     let mut seen = std::collections::HashSet::new();
     model
@@ -76,7 +94,7 @@ fn field_names(model: &Model) -> Vec<Ident> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let mut n = l.name.replace('.', "__");
+            let mut n = l.name.replace('.', "_");
             if RUST_KEYWORDS.contains(&n.as_str()) || n.starts_with(|c: char| c.is_ascii_digit()) {
                 n.push('_');
             }
@@ -141,14 +159,15 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     }
     let last = values.last().expect("a model has an input layer");
     let d = model.input;
-    let (c, h, w) = (d.c, d.h, d.w);
+    let (c, h, w) = (us(d.c), us(d.h), us(d.w));
     let output: Vec<usize> = match model.output {
         Shape::Single(d) => vec![d.c, d.h, d.w],
         Shape::Flat { features } => vec![features],
         Shape::Pair { high, low } => vec![high.c + low.c, high.h, high.w],
     };
-    let params = model.params();
-    let macs = model.macs();
+    let output: Vec<Literal> = output.into_iter().map(us).collect();
+    let params = u(model.params());
+    let macs = u(model.macs());
     let model_name = &model.name;
     let call = model.call_string();
     let doc_consts = format!(" Generated from `{call}`.");
@@ -171,6 +190,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         #attrs
         #[doc = #doc_consts]
         #[derive(Clone, Debug)]
+        #[allow(non_snake_case)]
         #vis struct #name {
             #(#decls,)*
             #rng_decl

@@ -1,0 +1,6 @@
+octconv::octnet! {
+    use "bad_head.oct";
+    pub struct Bad = bad_head();
+}
+
+fn main() {}

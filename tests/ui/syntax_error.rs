@@ -1,0 +1,9 @@
+octconv::octnet! {
+    model bad() {
+        input [3, 8, 8]
+        relu();
+    }
+    pub struct Bad = bad();
+}
+
+fn main() {}
