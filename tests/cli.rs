@@ -1,23 +1,9 @@
 //! The `octconv` binary end to end: `check` on builtins and files, `--json`, `--set`, `--model`,
 //! exit codes and diagnostics on stderr.
 
-use std::process::{Command, Output};
+mod common;
 
-fn octconv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_octconv"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run octconv")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{octconv, stderr, stdout};
 
 #[test]
 fn check_builtin_wrn_prints_the_table_and_totals() {

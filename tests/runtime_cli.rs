@@ -3,19 +3,9 @@
 use octconv::candle_core::{DType, Device, ModuleT, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn octconv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_octconv"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run octconv")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{octconv, stderr};
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("octconv-rt-{name}-{}", std::process::id()));
