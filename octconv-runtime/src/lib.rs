@@ -18,10 +18,12 @@
 //! Parameter names are the IR layer names plus the suffixes documented in [`octconv_spec::params`]
 //! (`wide0.res0.octconv0.hh.weight`, `bn0.h.running_var`, …).
 
+pub mod data;
 pub mod init;
 pub mod layers;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod value;
 pub mod weights;
 
