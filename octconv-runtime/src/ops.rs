@@ -34,10 +34,67 @@ pub fn pad_spatial(x: &Tensor, p: usize, value: f64) -> Result<Tensor> {
 
 /// Average pooling; padding counts as zeros (PyTorch's `count_include_pad = True`).
 pub fn avg_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    pad_spatial(x, padding, 0.0)?.avg_pool2d_with_stride(kernel, stride)
+    let x = pad_spatial(x, padding, 0.0)?;
+    if kernel == stride {
+        return x.avg_pool2d_with_stride(kernel, stride);
+    }
+    let mut sum: Option<Tensor> = None;
+    for w in windows(&x, kernel, stride)? {
+        sum = Some(match sum {
+            Some(s) => (s + w)?,
+            None => w,
+        });
+    }
+    sum.expect("kernel >= 1") / (kernel * kernel) as f64
 }
 
 /// Max pooling; padding never wins (it is −∞).
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    pad_spatial(x, padding, f64::NEG_INFINITY)?.max_pool2d_with_stride(kernel, stride)
+    let x = pad_spatial(x, padding, f64::NEG_INFINITY)?;
+    if kernel == stride {
+        return x.max_pool2d_with_stride(kernel, stride);
+    }
+    let mut best: Option<Tensor> = None;
+    for w in windows(&x, kernel, stride)? {
+        best = Some(match best {
+            Some(b) => b.maximum(&w)?,
+            None => w,
+        });
+    }
+    Ok(best.expect("kernel >= 1"))
+}
+
+/// The `kernel²` shifted, strided views of `x` whose element-wise max or mean is the pooled map.
+///
+/// candle 0.11's pooling backward supports only `kernel == stride` (it bails otherwise, e.g. for the
+/// ResNet stem's 3×3 / 2 max pool); built from `narrow` and `reshape`, these views have exact
+/// gradients for any window.
+fn windows(x: &Tensor, kernel: usize, stride: usize) -> Result<Vec<Tensor>> {
+    let (n, c, h, w) = x.dims4()?;
+    if kernel > h || kernel > w {
+        candle_core::bail!("pooling window {kernel} is larger than the {h}×{w} map");
+    }
+    let (ho, wo) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    // Pad at the end so every shifted view spans `stride · out` rows and columns.
+    let (need_h, need_w) = (kernel - 1 + stride * ho, kernel - 1 + stride * wo);
+    let x = x
+        .pad_with_zeros(2, 0, need_h.saturating_sub(h))?
+        .pad_with_zeros(3, 0, need_w.saturating_sub(w))?;
+    let mut out = Vec::with_capacity(kernel * kernel);
+    for ky in 0..kernel {
+        let rows = x
+            .narrow(2, ky, stride * ho)?
+            .reshape((n, c, ho, stride, x.dim(3)?))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?;
+        for kx in 0..kernel {
+            let v = rows
+                .narrow(3, kx, stride * wo)?
+                .reshape((n, c, ho, wo, stride))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            out.push(v);
+        }
+    }
+    Ok(out)
 }

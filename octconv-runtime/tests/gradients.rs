@@ -174,3 +174,45 @@ fn upsample_is_exact_nearest_neighbour() {
         [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]
     );
 }
+
+#[test]
+fn overlapping_pools_match_candle_forward_and_have_correct_gradients() {
+    use octconv_runtime::ops::{avg_pool, max_pool};
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let x = rand_tensor(&mut rng, &[2, 3, 9, 8]);
+    for (k, s) in [(3, 2), (3, 1), (2, 1), (5, 3)] {
+        // Forward against candle's own pooling (which has no backward for kernel ≠ stride).
+        let ours = max_pool(&x, k, s, 0).unwrap();
+        let theirs = x.max_pool2d_with_stride(k, s).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let d: f64 = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "max k{k} s{s}");
+        let ours = avg_pool(&x, k, s, 0).unwrap();
+        let theirs = x.avg_pool2d_with_stride(k, s).unwrap();
+        let d: f64 = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-12, "avg k{k} s{s}: {d}");
+    }
+    // Gradients, including the ResNet stem's padded 3×3 / 2 max pool.
+    let err = check_grad(&[x.clone()], 40, |t| {
+        probe(&OctValue::Single(max_pool(&t[0], 3, 2, 1).unwrap()), 6)
+    });
+    assert!(err < 1e-6, "max pool: {err}");
+    let err = check_grad(&[x], 40, |t| {
+        probe(&OctValue::Single(avg_pool(&t[0], 3, 2, 1).unwrap()), 7)
+    });
+    assert!(err < 1e-6, "avg pool: {err}");
+}
