@@ -207,7 +207,7 @@ fn overlapping_pools_match_candle_forward_and_have_correct_gradients() {
         assert!(d < 1e-12, "avg k{k} s{s}: {d}");
     }
     // Gradients, including the ResNet stem's padded 3×3 / 2 max pool.
-    let err = check_grad(&[x.clone()], 40, |t| {
+    let err = check_grad(std::slice::from_ref(&x), 40, |t| {
         probe(&OctValue::Single(max_pool(&t[0], 3, 2, 1).unwrap()), 6)
     });
     assert!(err < 1e-6, "max pool: {err}");
