@@ -24,6 +24,7 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod train;
 pub mod value;
 pub mod weights;
 

@@ -55,9 +55,10 @@ pub fn check_weights(model: &Model, tensors: &HashMap<String, Tensor>) -> Result
             _ => {}
         }
     }
+    // `__…` tensors are run metadata (normalisation, optimiser state), not parameters.
     let mut extra: Vec<&String> = tensors
         .keys()
-        .filter(|k| !params.iter().any(|p| &p.name == *k))
+        .filter(|k| !k.starts_with("__") && !params.iter().any(|p| &p.name == *k))
         .collect();
     extra.sort();
     for k in extra {

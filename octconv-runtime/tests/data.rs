@@ -260,3 +260,28 @@ fn epoch_order_is_a_seeded_permutation() {
     assert_ne!(a, epoch_order(100, 1, 1));
     assert_ne!(a, epoch_order(100, 2, 0));
 }
+
+#[test]
+fn limits_sample_every_class_of_a_class_sorted_source() {
+    let mut ds = Dataset {
+        classes: (0..10).map(|c| c.to_string()).collect(),
+        shape: [1, 1, 1],
+        images: (0..1000).map(|i| (i / 100) as u8).collect(),
+        labels: (0..1000).map(|i| i / 100).collect(),
+    };
+    ds.truncate(100);
+    assert_eq!(ds.len(), 100);
+    for c in 0..10u32 {
+        assert!(
+            ds.labels.iter().filter(|&&l| l == c).count() >= 3,
+            "class {c} missing: {:?}",
+            ds.labels
+        );
+    }
+    // Images stay with their labels.
+    assert!(ds
+        .labels
+        .iter()
+        .enumerate()
+        .all(|(i, &l)| ds.image(i)[0] as u32 == l));
+}

@@ -1,10 +1,13 @@
 //! Command-line parsing and dispatch; one module per subcommand.
 
 mod check;
+mod eval;
 mod gen;
 mod init;
+mod plot;
 mod run;
 mod spec_args;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -16,6 +19,9 @@ use std::process::ExitCode;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for the computation (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     /// Colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
@@ -48,6 +54,12 @@ enum Command {
     Init(init::InitArgs),
     /// Run a spec in eval mode on the tensor `input` of a safetensors file.
     Run(run::RunArgs),
+    /// Train a spec on a dataset with SGD, checkpoints and metrics.
+    Train(train::TrainArgs),
+    /// Evaluate weights on a dataset's test split: accuracy, per-class accuracy, confusion matrix.
+    Eval(eval::EvalArgs),
+    /// Plot learning curves of one or more run directories (PNG or SVG).
+    Plot(plot::PlotArgs),
     /// Write the Rust code `octnet!` generates for a spec (formatted).
     Gen(gen::GenArgs),
     /// List the builtin models and layers.
@@ -56,11 +68,21 @@ enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        // candle's CPU kernels use rayon's global pool, sized from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     match cli.command {
         Command::Check(args) => check::run(&args, cli.color.enabled()),
         Command::Init(args) => init::run(&args, cli.color.enabled()),
         Command::Run(args) => run::run(&args, cli.color.enabled()),
         Command::Gen(args) => gen::run(&args, cli.color.enabled()),
+        Command::Train(args) => train::run(&args, cli.color.enabled()),
+        Command::Eval(args) => eval::run(&args, cli.color.enabled()),
+        Command::Plot(args) => plot::run(&args),
         Command::Builtins => {
             check::builtins();
             Ok(ExitCode::SUCCESS)

@@ -48,12 +48,22 @@ impl Dataset {
         &self.images[i * n..(i + 1) * n]
     }
 
-    /// Keeps the first `n` images (all if `n` is larger).
+    /// Keeps `n` images (all if `n` is larger): a fixed pseudo-random sample in the original order, so
+    /// a limit on a class-sorted source (a folder) still covers every class.
     pub fn truncate(&mut self, n: usize) {
-        if n < self.len() {
-            self.images.truncate(n * self.image_size());
-            self.labels.truncate(n);
+        if n >= self.len() {
+            return;
         }
+        let mut keep = batch::epoch_order(self.len(), 0x5eed, 0);
+        keep.truncate(n);
+        keep.sort_unstable();
+        let size = self.image_size();
+        let mut images = Vec::with_capacity(n * size);
+        for &i in &keep {
+            images.extend_from_slice(self.image(i));
+        }
+        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
+        self.images = images;
     }
 
     /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].

@@ -1,0 +1,522 @@
+//! The training loop: seeded mini-batch SGD with per-epoch evaluation, metrics in `metrics.jsonl`,
+//! atomic checkpoints that resume exactly (every batch's randomness is a function of the seed, the
+//! epoch and the batch index, so nothing but counters needs saving), best and final weights, a stop on
+//! non-finite loss, and a clean stop on request (Ctrl-C).
+
+use crate::data::{epoch_order, Batcher, Dataset, Split};
+use crate::init::init_params;
+use crate::optim::{Schedule, Sgd, SgdConfig};
+use crate::weights::{read_safetensors, write_safetensors_atomic};
+use crate::OctModel;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use octconv_spec::Model;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Hyper-parameters of a run (stored in `run.json`; a resumed run must use the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The model call (`wrn(n = 1, k = 2, …)`), for the record and the resume check.
+    pub model: String,
+    /// Data source as given.
+    pub data: String,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Step milestones (empty with `cosine`).
+    pub milestones: Vec<usize>,
+    /// Step factor.
+    pub gamma: f64,
+    /// Cosine schedule instead of steps.
+    pub cosine: bool,
+    /// Linear warm-up epochs.
+    pub warmup: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Also decay BN parameters and biases.
+    pub decay_bn_and_bias: bool,
+    /// Seed of initialisation, data order, augmentation and dropout.
+    pub seed: u64,
+    /// Standard augmentation (flip + 4-pixel pad-and-crop).
+    pub augment: bool,
+    /// Training images used (`None`: all).
+    pub train_limit: Option<usize>,
+    /// Test images used (`None`: all).
+    pub test_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    fn schedule(&self) -> Schedule {
+        if self.cosine {
+            Schedule::Cosine {
+                epochs: self.epochs,
+            }
+        } else {
+            Schedule::Step {
+                milestones: self.milestones.clone(),
+                gamma: self.gamma,
+            }
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (0–1, on augmented batches).
+    pub train_acc: f64,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test accuracy (0–1).
+    pub test_acc: f64,
+    /// Wall time of the training part of the epoch.
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_s: f64,
+}
+
+/// Progress reported to the caller.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A batch finished.
+    Batch {
+        /// 0-based epoch.
+        epoch: usize,
+        /// 0-based batch.
+        batch: usize,
+        /// Batches per epoch.
+        batches: usize,
+        /// Mean loss so far this epoch.
+        loss: f64,
+        /// Accuracy so far this epoch.
+        acc: f64,
+        /// Images per second so far this epoch.
+        images_per_s: f64,
+    },
+    /// An epoch finished (after evaluation).
+    Epoch(&'a EpochRecord),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// All epochs done.
+    Completed,
+    /// Stopped on request; a checkpoint at (epoch, batch) was written.
+    Interrupted {
+        /// 0-based epoch.
+        epoch: usize,
+        /// Next batch.
+        batch: usize,
+    },
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    Diverged {
+        /// 0-based epoch.
+        epoch: usize,
+        /// Batch.
+        batch: usize,
+    },
+}
+
+/// Test-set evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy (0–1).
+    pub accuracy: f64,
+    /// Accuracy per class (0–1; NaN-free: classes without images get 0).
+    pub per_class: Vec<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Runs `model` in eval mode over `ds` in batches.
+pub fn evaluate(
+    model: &OctModel,
+    ds: &Dataset,
+    batcher: &Batcher,
+    batch: usize,
+) -> Result<Evaluation> {
+    let k = ds.classes.len();
+    let mut confusion = vec![vec![0u64; k]; k];
+    let mut loss_sum = 0.0;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let plain = Batcher {
+        augment: false,
+        ..batcher.clone()
+    };
+    let order: Vec<usize> = (0..ds.len()).collect();
+    for idx in order.chunks(batch.max(1)) {
+        let (x, y) = plain.batch(ds, idx, &mut rng, &Device::Cpu)?;
+        let logits = model.forward_t(&x, false)?;
+        loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
+            * idx.len() as f64;
+        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        for (p, t) in pred.iter().zip(y.to_vec1::<u32>()?) {
+            confusion[t as usize][*p as usize] += 1;
+        }
+    }
+    let n = ds.len().max(1) as f64;
+    let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class = (0..k)
+        .map(|i| {
+            let total: u64 = confusion[i].iter().sum();
+            if total == 0 {
+                0.0
+            } else {
+                confusion[i][i] as f64 / total as f64
+            }
+        })
+        .collect();
+    Ok(Evaluation {
+        loss: loss_sum / n,
+        accuracy: correct as f64 / n,
+        per_class,
+        confusion,
+    })
+}
+
+/// Names of the tensors that are run state, not model parameters.
+const STATE: &str = "__state";
+const NORM_MEAN: &str = "__norm.mean";
+const NORM_STD: &str = "__norm.std";
+const OPT: &str = "__opt.";
+
+/// A training run in a directory.
+pub struct Trainer {
+    cfg: TrainConfig,
+    dir: PathBuf,
+    varmap: VarMap,
+    model: OctModel,
+    opt: Sgd,
+    batcher: Batcher,
+    /// (epoch, next batch, loss sum, correct, seen, seconds) of the epoch in progress.
+    pos: (usize, usize, f64, f64, f64, f64),
+    best: f64,
+}
+
+fn state_tensor(v: &[f64]) -> Result<Tensor> {
+    Ok(Tensor::new(v, &Device::Cpu)?)
+}
+
+impl Trainer {
+    /// Starts a run in `dir`, or resumes the checkpoint there with `resume`. The data decides the
+    /// normalisation statistics of a new run.
+    pub fn new(
+        ir: Model,
+        cfg: TrainConfig,
+        dir: &Path,
+        data: &Split,
+        resume: bool,
+    ) -> Result<Self> {
+        let checkpoint = dir.join("checkpoint.safetensors");
+        let run_json = dir.join("run.json");
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create run directory `{}`", dir.display()))?;
+        let varmap = VarMap::new();
+        let mut batcher = Batcher::new(&data.train, cfg.augment);
+        let mut pos = (0, 0, 0.0, 0.0, 0.0, 0.0);
+        let mut best = -1.0;
+        let mut buffers = HashMap::new();
+        let tensors = if resume {
+            if !checkpoint.exists() {
+                bail!(
+                    "nothing to resume: `{}` does not exist",
+                    checkpoint.display()
+                );
+            }
+            let saved: TrainConfig = serde_json::from_slice(
+                &std::fs::read(&run_json)
+                    .with_context(|| format!("cannot read `{}`", run_json.display()))?,
+            )
+            .with_context(|| format!("`{}` is not a run description", run_json.display()))?;
+            if saved != cfg {
+                bail!(
+                    "`{}` was started with different settings; resume with the same spec, data and flags\n  saved: {}\n  now:   {}",
+                    dir.display(),
+                    serde_json::to_string(&saved)?,
+                    serde_json::to_string(&cfg)?
+                );
+            }
+            let mut t = read_safetensors(&checkpoint, &Device::Cpu)?;
+            let s: Vec<f64> = t
+                .remove(STATE)
+                .context("checkpoint has no `__state`")?
+                .to_vec1()?;
+            if s.len() != 7 {
+                bail!(
+                    "checkpoint `{}` has a malformed `__state`",
+                    checkpoint.display()
+                );
+            }
+            pos = (s[0] as usize, s[1] as usize, s[2], s[3], s[4], s[5]);
+            best = s[6];
+            batcher.mean = t
+                .remove(NORM_MEAN)
+                .context("checkpoint has no normalisation")?
+                .to_vec1()?;
+            batcher.std = t
+                .remove(NORM_STD)
+                .context("checkpoint has no normalisation")?
+                .to_vec1()?;
+            let names: Vec<String> = t.keys().filter(|k| k.starts_with(OPT)).cloned().collect();
+            for n in names {
+                let v = t.remove(&n).expect("listed");
+                buffers.insert(n[OPT.len()..].to_string(), v);
+            }
+            crate::weights::check_weights(&ir, &t)?;
+            truncate_metrics(dir, pos.0)?;
+            t
+        } else {
+            if checkpoint.exists() {
+                bail!("`{}` already holds a run; pass --resume to continue it or choose another --run-dir", dir.display());
+            }
+            std::fs::write(&run_json, serde_json::to_vec_pretty(&cfg)?)?;
+            let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+            init_params(&ir, cfg.seed, DType::F32, &Device::Cpu)?
+        };
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| anyhow::anyhow!("var map poisoned"))?;
+            for (name, t) in tensors {
+                data.insert(name, Var::from_tensor(&t)?);
+            }
+        }
+        let model = OctModel::new(
+            ir,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )?;
+        let vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("var map poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut opt = Sgd::new(
+            vars,
+            SgdConfig {
+                momentum: cfg.momentum,
+                nesterov: cfg.nesterov,
+                weight_decay: cfg.weight_decay,
+                decay_bn_and_bias: cfg.decay_bn_and_bias,
+            },
+        );
+        opt.load_state(buffers);
+        Ok(Trainer {
+            cfg,
+            dir: dir.to_path_buf(),
+            varmap,
+            model,
+            opt,
+            batcher,
+            pos,
+            best,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &OctModel {
+        &self.model
+    }
+
+    /// All parameters and buffers plus the normalisation statistics: what `best` and `final` hold.
+    fn weights(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out: HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("var map poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        out.insert(
+            NORM_MEAN.into(),
+            Tensor::new(self.batcher.mean.as_slice(), &Device::Cpu)?,
+        );
+        out.insert(
+            NORM_STD.into(),
+            Tensor::new(self.batcher.std.as_slice(), &Device::Cpu)?,
+        );
+        Ok(out)
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let mut t = self.weights()?;
+        for (k, v) in self.opt.state() {
+            t.insert(format!("{OPT}{k}"), v.clone());
+        }
+        let p = self.pos;
+        t.insert(
+            STATE.into(),
+            state_tensor(&[p.0 as f64, p.1 as f64, p.2, p.3, p.4, p.5, self.best])?,
+        );
+        write_safetensors_atomic(&t, &self.dir.join("checkpoint.safetensors"))
+    }
+
+    /// Trains until done, diverged or `stop` is set; `on` sees every batch and epoch.
+    pub fn run(
+        &mut self,
+        data: &Split,
+        stop: &AtomicBool,
+        mut on: impl FnMut(Event),
+    ) -> Result<Finish> {
+        let n = data.train.len();
+        let batches = n.div_ceil(self.cfg.batch.max(1));
+        let schedule = self.cfg.schedule();
+        while self.pos.0 < self.cfg.epochs {
+            let epoch = self.pos.0;
+            let order = epoch_order(n, self.cfg.seed, epoch as u64);
+            let started = Instant::now();
+            let mut lr = self.cfg.lr;
+            for b in self.pos.1..batches {
+                if stop.load(Ordering::SeqCst) {
+                    self.pos.1 = b;
+                    self.save_checkpoint()?;
+                    return Ok(Finish::Interrupted { epoch, batch: b });
+                }
+                let idx = &order[b * self.cfg.batch..((b + 1) * self.cfg.batch).min(n)];
+                // Every batch's randomness depends only on (seed, epoch, batch): resumes are exact.
+                let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
+                rng.set_stream(((epoch as u64) << 32) | b as u64);
+                self.model.set_dropout_seed(
+                    self.cfg.seed
+                        ^ (((epoch as u64) << 32) | b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                let (x, y) = self
+                    .batcher
+                    .batch(&data.train, idx, &mut rng, &Device::Cpu)?;
+                let logits = self.model.forward_t(&x, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                let loss_v = loss.to_scalar::<f32>()? as f64;
+                if !loss_v.is_finite() {
+                    return Ok(Finish::Diverged { epoch, batch: b });
+                }
+                let grads = loss.backward()?;
+                let t = epoch as f64 + b as f64 / batches as f64;
+                lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
+                self.opt.step(&grads, lr)?;
+                let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+                let correct = pred
+                    .iter()
+                    .zip(y.to_vec1::<u32>()?)
+                    .filter(|(p, t)| **p == *t)
+                    .count();
+                self.pos.2 += loss_v * idx.len() as f64;
+                self.pos.3 += correct as f64;
+                self.pos.4 += idx.len() as f64;
+                let secs = self.pos.5 + started.elapsed().as_secs_f64();
+                on(Event::Batch {
+                    epoch,
+                    batch: b,
+                    batches,
+                    loss: self.pos.2 / self.pos.4,
+                    acc: self.pos.3 / self.pos.4,
+                    images_per_s: self.pos.4 / secs.max(1e-9),
+                });
+            }
+            let seconds = self.pos.5 + started.elapsed().as_secs_f64();
+            let eval = evaluate(&self.model, &data.test, &self.batcher, self.cfg.batch)?;
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                train_loss: self.pos.2 / self.pos.4.max(1.0),
+                train_acc: self.pos.3 / self.pos.4.max(1.0),
+                test_loss: eval.loss,
+                test_acc: eval.accuracy,
+                seconds,
+                images_per_s: self.pos.4 / seconds.max(1e-9),
+            };
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("metrics.jsonl"))?;
+            writeln!(f, "{}", serde_json::to_string(&record)?)?;
+            if eval.accuracy > self.best {
+                self.best = eval.accuracy;
+                write_safetensors_atomic(&self.weights()?, &self.dir.join("best.safetensors"))?;
+            }
+            self.pos = (epoch + 1, 0, 0.0, 0.0, 0.0, 0.0);
+            self.save_checkpoint()?;
+            on(Event::Epoch(&record));
+        }
+        write_safetensors_atomic(&self.weights()?, &self.dir.join("final.safetensors"))?;
+        Ok(Finish::Completed)
+    }
+}
+
+/// Drops metric lines of epochs after `epochs` (written before a crash, not checkpointed).
+fn truncate_metrics(dir: &Path, epochs: usize) -> Result<()> {
+    let path = dir.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<EpochRecord>(l)
+                .map(|r| r.epoch <= epochs)
+                .unwrap_or(false)
+        })
+        .collect();
+    std::fs::write(
+        &path,
+        kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )?;
+    Ok(())
+}
+
+/// Reads a run's `metrics.jsonl`.
+pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRecord>> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!("`{}` line {}: not a metrics record", path.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+/// Per-channel `(mean, std)` a run normalised its inputs with.
+pub type Normalisation = (Vec<f32>, Vec<f32>);
+
+/// Splits weights written by a run into model parameters and the normalisation statistics.
+pub fn split_run_weights(
+    mut t: HashMap<String, Tensor>,
+) -> Result<(HashMap<String, Tensor>, Option<Normalisation>)> {
+    let norm = match (t.remove(NORM_MEAN), t.remove(NORM_STD)) {
+        (Some(m), Some(s)) => Some((m.to_vec1()?, s.to_vec1()?)),
+        _ => None,
+    };
+    t.retain(|k, _| !k.starts_with("__"));
+    Ok((t, norm))
+}

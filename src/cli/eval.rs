@@ -1,0 +1,103 @@
+//! `octconv eval SPEC --weights W --data … [--test-limit N] [--json]`
+
+use super::spec_args::SpecArgs;
+use anyhow::{bail, Context};
+use candle_core::{DType, Device};
+use octconv_runtime::data::{Batcher, DataSource};
+use octconv_runtime::train::{evaluate, split_run_weights};
+use octconv_runtime::weights::{check_weights, read_safetensors};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `octconv eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Weights, e.g. RUN_DIR/best.safetensors or final.safetensors.
+    #[arg(long)]
+    weights: PathBuf,
+    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`.
+    #[arg(long)]
+    data: String,
+    /// Use only N test images.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Print one JSON object (`accuracy`, `per_class`, `confusion`, `loss`, `classes`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Evaluates on the test split.
+pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
+    let Some(model) = args.spec.model(color) else {
+        return Ok(ExitCode::from(1));
+    };
+    let mut data = DataSource::load(&args.data.parse()?)
+        .with_context(|| format!("loading `{}`", args.data))?;
+    if let Some(n) = args.test_limit {
+        data.test.truncate(n);
+    }
+    let d = model.input;
+    if data.test.shape != [d.c, d.h, d.w] {
+        bail!(
+            "model `{}` takes [{}, {}, {}] but `{}` has images of {:?}",
+            model.name,
+            d.c,
+            d.h,
+            d.w,
+            args.data,
+            data.test.shape
+        );
+    }
+    let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &Device::Cpu)?)?;
+    check_weights(&model, &weights)
+        .with_context(|| format!("weights file `{}`", args.weights.display()))?;
+    // A run's weights carry the training set's normalisation; other weights use this data's.
+    let mut batcher = Batcher::new(&data.train, false);
+    if let Some((mean, std)) = norm {
+        batcher.mean = mean;
+        batcher.std = std;
+    }
+    let net = octconv_runtime::OctModel::new(
+        model,
+        candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+    )?;
+    let e = evaluate(&net, &data.test, &batcher, args.batch)?;
+    let classes = &data.test.classes;
+    if args.json {
+        let mut v = serde_json::to_value(&e)?;
+        v["classes"] = serde_json::json!(classes);
+        v["images"] = serde_json::json!(data.test.len());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "accuracy {:.2}% on {} test images (loss {:.4})\n",
+        100.0 * e.accuracy,
+        data.test.len(),
+        e.loss
+    );
+    let w = classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
+    println!("{:<w$}  accuracy", "class");
+    for (c, a) in classes.iter().zip(&e.per_class) {
+        println!("{c:<w$}  {:>7.2}%", 100.0 * a);
+    }
+    println!("\nconfusion (rows: true class, columns: predicted)");
+    print!("{:<w$}", "");
+    for i in 0..classes.len() {
+        print!(" {i:>6}");
+    }
+    println!();
+    for (c, row) in classes.iter().zip(&e.confusion) {
+        print!("{c:<w$}");
+        for n in row {
+            print!(" {n:>6}");
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}

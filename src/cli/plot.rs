@@ -1,0 +1,157 @@
+//! `octconv plot RUN_DIR… -o curves.png|svg`: train/test loss and accuracy against epoch, one line
+//! per run (the seed's learning-curve figure).
+
+use anyhow::{bail, Context};
+use octconv_runtime::train::{read_metrics, EpochRecord};
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `octconv plot`.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    /// Run directories (each with metrics.jsonl).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Output file; `.png` or `.svg`.
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+    /// A TrueType font for the labels (default: DejaVu Sans from the system).
+    #[arg(long)]
+    font: Option<PathBuf>,
+}
+
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// plotters' pure-Rust text rendering needs a font file; we register one instead of linking fontconfig.
+fn register_font(explicit: Option<&Path>) -> anyhow::Result<()> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => FONTS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .context("no DejaVu Sans font found; install Debian's `fonts-dejavu-core` or pass --font FILE.ttf")?,
+    };
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read font `{}`", path.display()))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("`{}` is not a usable TrueType font", path.display()))?;
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    runs: &[(String, Vec<EpochRecord>)],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let panels = root.split_evenly((1, 2));
+    let max_epoch = runs
+        .iter()
+        .flat_map(|(_, m)| m.iter().map(|r| r.epoch))
+        .max()
+        .unwrap_or(1) as f64;
+    let max_loss = runs
+        .iter()
+        .flat_map(|(_, m)| m.iter().flat_map(|r| [r.train_loss, r.test_loss]))
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-3);
+    for (panel, (title, is_loss)) in panels.iter().zip([("loss", true), ("accuracy (%)", false)]) {
+        let y_max = if is_loss { max_loss * 1.05 } else { 100.0 };
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..max_epoch.max(1.0), 0.0..y_max)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (i, (name, m)) in runs.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let value = |r: &EpochRecord, train: bool| match (is_loss, train) {
+                (true, true) => r.train_loss,
+                (true, false) => r.test_loss,
+                (false, true) => 100.0 * r.train_acc,
+                (false, false) => 100.0 * r.test_acc,
+            };
+            for train in [false, true] {
+                let style = if train {
+                    color.mix(0.45).stroke_width(1)
+                } else {
+                    color.stroke_width(2)
+                };
+                let label = format!("{name} {}", if train { "train" } else { "test" });
+                chart
+                    .draw_series(LineSeries::new(
+                        m.iter().map(|r| (r.epoch as f64, value(r, train))),
+                        style,
+                    ))
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// Draws the curves of every run.
+pub fn run(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    let mut runs = Vec::new();
+    for dir in &args.runs {
+        let m = read_metrics(dir)?;
+        if m.is_empty() {
+            bail!("`{}` has no finished epochs yet", dir.display());
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        runs.push((name, m));
+    }
+    register_font(args.font.as_deref())?;
+    let ext = args
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => draw(
+            BitMapBackend::new(&args.out, (1200, 480)).into_drawing_area(),
+            &runs,
+        )?,
+        "svg" => draw(
+            SVGBackend::new(&args.out, (1200, 480)).into_drawing_area(),
+            &runs,
+        )?,
+        _ => bail!(
+            "`{}`: the output must end in .png or .svg",
+            args.out.display()
+        ),
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

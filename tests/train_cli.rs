@@ -1,0 +1,156 @@
+//! `octconv train` → `eval` → `plot` end to end on a tiny generated class-folder dataset.
+
+mod common;
+
+use common::{octconv, stderr, stdout};
+use std::path::Path;
+
+/// Two classes of 8×8 RGB images: bright top half or bright bottom half.
+fn dataset(root: &Path) {
+    for (split, n) in [("train", 24), ("test", 8)] {
+        for (class, top) in [("top", true), ("bottom", false)] {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                    let v = if (y < 4) == top { 200 } else { 40 } + ((i * 7 + x * 3) % 20) as u8;
+                    image::Rgb([v, v, v])
+                });
+                img.save(d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+const SPEC: &str = "model t(classes: int = 2) { input [3, 8, 8]; octconv(8, kernel = 3, alpha = 0.5); bn(); relu(); merge(); global_avg_pool(); linear(classes); }\n";
+
+#[test]
+fn train_eval_plot_end_to_end() {
+    let root = std::env::temp_dir().join(format!("octconv-train-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    dataset(&root.join("data"));
+    let spec = root.join("t.oct");
+    std::fs::write(&spec, SPEC).unwrap();
+    let (spec, data, run) = (
+        spec.to_str().unwrap(),
+        format!("folder:{}", root.join("data").display()),
+        root.join("run"),
+    );
+    let run_s = run.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            spec,
+            "--data",
+            &data,
+            "--run-dir",
+            run_s,
+            "--epochs",
+            "3",
+            "--batch",
+            "8",
+            "--lr",
+            "0.05",
+            "--no-augment",
+            "--threads",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        octconv(&a)
+    };
+    let o = train(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("epoch   3:") && err.contains("test loss"),
+        "{err}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    // Starting again over a finished run is refused; resuming a finished run does nothing more.
+    let o = train(&[]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--resume"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(train(&["--resume"]).status.success());
+    // eval: text and JSON.
+    let best = run.join("best.safetensors");
+    let o = octconv(&[
+        "eval",
+        spec,
+        "--weights",
+        best.to_str().unwrap(),
+        "--data",
+        &data,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("confusion (rows: true class"),
+        "{}",
+        stdout(&o)
+    );
+    let o = octconv(&[
+        "eval",
+        spec,
+        "--weights",
+        best.to_str().unwrap(),
+        "--data",
+        &data,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(v["per_class"].as_array().unwrap().len(), 2);
+    assert_eq!(v["confusion"].as_array().unwrap().len(), 2);
+    let total: u64 = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 16);
+    // The run's weights also load into `run` (the normalisation tensors are ignored there).
+    // plot: PNG and SVG.
+    for name in ["curves.png", "curves.svg"] {
+        let out = root.join(name);
+        let o = octconv(&["plot", run_s, "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::metadata(&out).unwrap().len() > 1000);
+    }
+    // A spec whose input does not fit the data is refused before training.
+    let bad = root.join("bad.oct");
+    std::fs::write(&bad, SPEC.replace("[3, 8, 8]", "[3, 16, 16]")).unwrap();
+    let o = octconv(&[
+        "train",
+        bad.to_str().unwrap(),
+        "--data",
+        &data,
+        "--run-dir",
+        root.join("bad").to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("takes [3, 16, 16]") && stderr(&o).contains("[3, 8, 8]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = octconv(&[
+        "train",
+        spec,
+        "--data",
+        "folder:/nonexistent/x.tar.gz",
+        "--run-dir",
+        root.join("x").to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("/nonexistent/x.tar.gz"),
+        "{}",
+        stderr(&o)
+    );
+}
