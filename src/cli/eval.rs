@@ -1,9 +1,9 @@
 //! `octconv eval SPEC --weights W --data … [--test-limit N] [--json]`
 
 use super::spec_args::SpecArgs;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use candle_core::{DType, Device};
-use octconv_runtime::data::{Batcher, DataSource};
+use octconv_runtime::data::Batcher;
 use octconv_runtime::train::{evaluate, split_run_weights};
 use octconv_runtime::weights::{check_weights, read_safetensors};
 use std::path::PathBuf;
@@ -36,23 +36,7 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
     let Some(model) = args.spec.model(color) else {
         return Ok(ExitCode::from(1));
     };
-    let mut data = DataSource::load(&args.data.parse()?)
-        .with_context(|| format!("loading `{}`", args.data))?;
-    if let Some(n) = args.test_limit {
-        data.test.truncate(n);
-    }
-    let d = model.input;
-    if data.test.shape != [d.c, d.h, d.w] {
-        bail!(
-            "model `{}` takes [{}, {}, {}] but `{}` has images of {:?}",
-            model.name,
-            d.c,
-            d.h,
-            d.w,
-            args.data,
-            data.test.shape
-        );
-    }
+    let data = super::spec_args::load_data(&model, &args.data, None, args.test_limit)?;
     let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &Device::Cpu)?)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;

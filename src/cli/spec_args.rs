@@ -39,3 +39,33 @@ impl SpecArgs {
         }
     }
 }
+
+/// Loads `data` (e.g. `folder:DIR`), applies the limits, and checks that its images fit `model`.
+pub fn load_data(
+    model: &Model,
+    data: &str,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+) -> anyhow::Result<octconv_runtime::data::Split> {
+    use anyhow::Context;
+    let src: octconv_runtime::data::DataSource = data.parse()?;
+    let mut split = src.load().with_context(|| format!("loading `{data}`"))?;
+    if let Some(n) = train_limit {
+        split.train.truncate(n);
+    }
+    if let Some(n) = test_limit {
+        split.test.truncate(n);
+    }
+    let d = model.input;
+    if split.train.shape != [d.c, d.h, d.w] {
+        anyhow::bail!(
+            "model `{}` takes [{}, {}, {}] but `{data}` has images of {:?}; change the spec's `input` or the data",
+            model.name,
+            d.c,
+            d.h,
+            d.w,
+            split.train.shape
+        );
+    }
+    Ok(split)
+}

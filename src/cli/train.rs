@@ -1,9 +1,8 @@
 //! `octconv train SPEC --data … --run-dir DIR [--epochs N] [--batch B] [--lr …] [--seed S] [--resume] …`
 
 use super::spec_args::SpecArgs;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use octconv_runtime::data::DataSource;
 use octconv_runtime::train::{Event, Finish, TrainConfig, Trainer};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,28 +75,7 @@ pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
     let Some(model) = args.spec.model(color) else {
         return Ok(ExitCode::from(1));
     };
-    let src: DataSource = args.data.parse()?;
-    let mut data = src
-        .load()
-        .with_context(|| format!("loading `{}`", args.data))?;
-    if let Some(n) = args.train_limit {
-        data.train.truncate(n);
-    }
-    if let Some(n) = args.test_limit {
-        data.test.truncate(n);
-    }
-    let d = model.input;
-    if data.train.shape != [d.c, d.h, d.w] {
-        bail!(
-            "model `{}` takes [{}, {}, {}] but `{}` has images of {:?}; change the spec's `input` or the data",
-            model.name,
-            d.c,
-            d.h,
-            d.w,
-            args.data,
-            data.train.shape
-        );
-    }
+    let data = super::spec_args::load_data(&model, &args.data, args.train_limit, args.test_limit)?;
     let classes = data.train.classes.len();
     if model.output != (octconv_spec::Shape::Flat { features: classes }) {
         bail!("model `{}` outputs {} but `{}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output, args.data);
