@@ -1,6 +1,9 @@
 //! `octconv gen` writes exactly the committed `tests/generated/gen_wrn.rs`; that file compiles (it is
 //! included below) and computes bit-identically to the `octnet!` expansion of the same spec.
 
+mod common;
+
+use common::values;
 use octconv::candle_core::{DType, Device, ModuleT, Tensor};
 use octconv::candle_nn::VarBuilder;
 use std::process::Command;
@@ -51,20 +54,8 @@ fn generated_file_matches_the_macro() {
         .map(|i| ((i % 29) as f32 - 14.0) / 14.0)
         .collect();
     let x = Tensor::from_vec(v, (3, 3, 32, 32), &Device::Cpu).unwrap();
-    let ya: Vec<f32> = a
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let yb: Vec<f32> = b
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let ya: Vec<f32> = values(&a.forward_t(&x, false).unwrap());
+    let yb: Vec<f32> = values(&b.forward_t(&x, false).unwrap());
     assert!(ya.iter().zip(&yb).all(|(p, q)| p.to_bits() == q.to_bits()));
 }
 

@@ -1,6 +1,9 @@
 //! `octnet!` in every form: the generated structs' constants, and outputs bit-identical to the
 //! interpreter's for the same weights and input.
 
+mod common;
+
+use common::values;
 use octconv::candle_core::{DType, Device, ModuleT, Tensor};
 use octconv::candle_nn::VarBuilder;
 use std::collections::HashMap;
@@ -67,20 +70,8 @@ fn assert_same<M: ModuleT>(
     .unwrap();
     let interp =
         octconv::OctModel::new(ir, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
-    let a: Vec<f32> = ours
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = interp
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let a: Vec<f32> = values(&ours.forward_t(&x, false).unwrap());
+    let b: Vec<f32> = values(&interp.forward_t(&x, false).unwrap());
     assert_eq!(a.len(), b.len());
     assert!(
         a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -140,23 +131,13 @@ fn inline_form_with_several_declarations() {
             VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu),
         )
         .unwrap();
-        let b: Vec<f32> = interp
-            .forward_t(&x, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let b: Vec<f32> = values(&interp.forward_t(&x, false).unwrap());
         let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
-        let a: Vec<f32> = if decl == "tiny()" {
+        let a = values(&if decl == "tiny()" {
             Tiny::new(vb).unwrap().forward_t(&x, false).unwrap()
         } else {
             TinyWide::new(vb).unwrap().forward_t(&x, false).unwrap()
-        }
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+        });
         assert!(
             a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "{decl}"
@@ -179,20 +160,8 @@ fn expression_forms_build_models() {
         .build(vb)
         .unwrap();
     let x = input(3, 32, 32);
-    let a: Vec<f32> = net
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = net2
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let a: Vec<f32> = values(&net.forward_t(&x, false).unwrap());
+    let b: Vec<f32> = values(&net2.forward_t(&x, false).unwrap());
     assert_eq!(a, b);
 }
 

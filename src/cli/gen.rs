@@ -61,9 +61,7 @@ pub fn run(args: &GenArgs, color: bool) -> anyhow::Result<ExitCode> {
     let code = source(model, spec_text, &name)?;
     match &args.out {
         Some(path) => {
-            if path.exists() && !args.force {
-                bail!("`{}` exists; pass --force to overwrite it", path.display());
-            }
+            super::spec_args::refuse_overwrite(path, args.force)?;
             let tmp = path.with_extension("rs.tmp");
             std::fs::write(&tmp, &code)
                 .with_context(|| format!("cannot write `{}`", tmp.display()))?;

@@ -1,7 +1,7 @@
 //! `octconv init SPEC [--set …] --seed S --out weights.safetensors [--force]`
 
 use super::spec_args::SpecArgs;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use octconv_runtime::{init::init_params, weights::write_safetensors_atomic};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,12 +27,7 @@ pub fn run(args: &InitArgs, color: bool) -> anyhow::Result<ExitCode> {
     let Some(model) = args.spec.model(color) else {
         return Ok(ExitCode::from(1));
     };
-    if args.out.exists() && !args.force {
-        bail!(
-            "`{}` exists; pass --force to overwrite it",
-            args.out.display()
-        );
-    }
+    super::spec_args::refuse_overwrite(&args.out, args.force)?;
     let device = candle_core::Device::Cpu;
     let params = init_params(&model, args.seed, candle_core::DType::F32, &device)
         .context("initialising the weights")?;

@@ -33,12 +33,7 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     let Some(model) = args.spec.model(color) else {
         return Ok(ExitCode::from(1));
     };
-    if args.output.exists() && !args.force {
-        bail!(
-            "`{}` exists; pass --force to overwrite it",
-            args.output.display()
-        );
-    }
+    super::spec_args::refuse_overwrite(&args.output, args.force)?;
     let device = Device::Cpu;
     let weights = read_safetensors(&args.weights, &device)?;
     check_weights(&model, &weights)

@@ -69,3 +69,11 @@ pub fn load_data(
     }
     Ok(split)
 }
+
+/// Errors if `path` exists and `force` is off: outputs never replace a user's file silently.
+pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!("`{}` exists; pass --force to overwrite it", path.display());
+    }
+    Ok(())
+}
