@@ -20,6 +20,7 @@
 
 pub mod data;
 pub mod init;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod ops;

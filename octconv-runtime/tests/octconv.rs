@@ -205,7 +205,8 @@ fn alpha_zero_equals_candle_conv2d() {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    assert_eq!(d, 0.0);
+    // Our kernels sum in a different order than candle's: equal up to f64 rounding.
+    assert!(d < 1e-12, "max abs difference {d:e}");
 }
 
 #[test]
@@ -233,7 +234,8 @@ fn alpha_one_equals_candle_conv2d_on_the_low_input() {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    assert_eq!(d, 0.0);
+    // Our kernels sum in a different order than candle's: equal up to f64 rounding.
+    assert!(d < 1e-12, "max abs difference {d:e}");
 }
 
 #[test]

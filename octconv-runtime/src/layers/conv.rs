@@ -1,5 +1,6 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
+use crate::kernels::{conv2d, ConvParams};
 use crate::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -31,12 +32,14 @@ impl Conv2d {
 
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(
+        let y = conv2d(
+            x,
             &self.weight,
-            self.spec.padding,
-            self.spec.stride,
-            1,
-            self.spec.groups,
+            ConvParams {
+                stride: self.spec.stride,
+                pad: self.spec.padding,
+                groups: self.spec.groups,
+            },
         )?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),

@@ -1,5 +1,6 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
+use crate::kernels::{conv2d, ConvParams};
 use crate::ops::{avg_pool2x2, upsample_nearest2x};
 use crate::OctValue;
 use candle_core::{Result, Tensor};
@@ -74,7 +75,16 @@ impl OctConv2d {
         } else {
             self.spec.groups
         };
-        x.conv2d(w, self.spec.kernel / 2, 1, 1, groups).map(Some)
+        conv2d(
+            x,
+            w,
+            ConvParams {
+                stride: 1,
+                pad: self.spec.kernel / 2,
+                groups,
+            },
+        )
+        .map(Some)
     }
 
     /// Applies the octave convolution.

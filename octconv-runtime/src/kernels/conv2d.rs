@@ -1,0 +1,527 @@
+//! The convolution as candle custom ops: forward, input gradient and weight gradient, each an unfold
+//! (im2col / col2im) plus one GEMM on the `gemm` crate per group of images.
+//!
+//! Why our own: candle 0.11's CPU convolution spends as long in its scalar im2col as in the GEMM, runs
+//! the input gradient through a direct-loop `conv_transpose2d` and the weight gradient as a convolution
+//! with an image-sized kernel (narrow GEMMs). Here every pass is one well-shaped GEMM:
+//!
+//! | pass | GEMM (per group of `nb` images) |
+//! |---|---|
+//! | forward | `Y (cout × nb·ohw) = W (cout × k) · col(X) (k × nb·ohw)` |
+//! | input gradient | `dcol (k × nb·ohw) = Wᵀ · dY`, then col2im |
+//! | weight gradient | `dW (cout × k) += dY · col(X)ᵀ`, summed over image groups |
+//!
+//! Small feature maps put several images side by side in one column matrix so the GEMM stays wide;
+//! images are spread over the rayon pool, and a batch too small to share out parallelises inside the
+//! GEMM instead.
+
+use super::geometry::ConvGeometry;
+use super::unfold::{col2im, im2col};
+use super::Element;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Stride, padding and groups of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Stride (both dimensions).
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Channel groups.
+    pub groups: usize,
+}
+
+/// `conv2d(x, weight)` through our kernels for f32 and f64 CPU tensors, with their backward;
+/// any other device or dtype goes to candle's own `conv2d` with the same semantics.
+pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
+    use candle_core::DType::{F32, F64};
+    if x.device().is_cpu() && x.dtype() == weight.dtype() && matches!(x.dtype(), F32 | F64) {
+        x.contiguous()?
+            .apply_op2(&weight.contiguous()?, Conv2dForward(p))
+    } else {
+        x.conv2d(weight, p.pad, p.stride, 1, p.groups)
+    }
+}
+
+/// Columns that make a GEMM wide enough to run near peak.
+const TARGET_COLUMNS: usize = 512;
+
+/// How many images share one column matrix: enough for [`TARGET_COLUMNS`], but never so many that
+/// the pool's threads run out of work.
+fn images_per_task(n: usize, out_pixels: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    TARGET_COLUMNS
+        .div_ceil(out_pixels.max(1))
+        .clamp(1, n.div_ceil(threads).max(1))
+}
+
+/// Parallelism inside each GEMM: none when the images already keep every thread busy.
+fn gemm_parallelism(tasks: usize) -> Parallelism {
+    let threads = rayon::current_num_threads().max(1);
+    if tasks >= threads {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    }
+}
+
+/// A row-major matrix view: base pointer, row stride and column stride (in elements).
+#[derive(Clone, Copy)]
+struct Mat<T> {
+    ptr: *const T,
+    rs: usize,
+    cs: usize,
+}
+
+/// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`.
+///
+/// # Safety
+/// Every index the three views reach for the given sizes must be in bounds of live, non-aliased
+/// buffers (`dst` writable).
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm<T: Element>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.ptr,
+        rhs.cs as isize,
+        rhs.rs as isize,
+        T::ONE,
+        T::ONE,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// Runs `f` on the contiguous data of a custom op's two arguments, which must share a float dtype.
+fn with_data(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f32_op: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64_op: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        bail!("conv2d kernel: arguments must be contiguous")
+    };
+    match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            Ok(CpuStorage::F32(f32_op(&a[a0..a1], &b[b0..b1])))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            Ok(CpuStorage::F64(f64_op(&a[a0..a1], &b[b0..b1])))
+        }
+        _ => bail!("conv2d kernel: both arguments must be f32 or both f64"),
+    }
+}
+
+/// Per-thread scratch: the column matrix and a staging matrix for batched outputs.
+struct Scratch<T> {
+    col: Vec<T>,
+    stage: Vec<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch {
+            col: Vec::new(),
+            stage: Vec::new(),
+        }
+    }
+}
+
+fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::ZERO);
+    }
+    &mut v[..len]
+}
+
+/// Forward convolution; its backward applies [`Conv2dBackwardData`] and [`Conv2dBackwardFilter`].
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dForward(pub ConvParams);
+
+impl CustomOp2 for Conv2dForward {
+    fn name(&self) -> &'static str {
+        "octconv-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeometry::new(
+            xl.shape().dims4()?,
+            wl.shape().dims4()?,
+            self.0.stride,
+            self.0.pad,
+            self.0.groups,
+        )?;
+        let out = with_data(
+            (xs, xl),
+            (ws, wl),
+            |x, w| forward(&g, x, w),
+            |x, w| forward(&g, x, w),
+        )?;
+        Ok((out, Shape::from((g.n, g.c_out, g.oh(), g.ow()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let dx = grad.apply_op2_no_bwd(
+            w,
+            &Conv2dBackwardData {
+                params: self.0,
+                input_hw: (h, wd),
+            },
+        )?;
+        let dw = x.apply_op2_no_bwd(
+            &grad,
+            &Conv2dBackwardFilter {
+                params: self.0,
+                kernel: (w.dim(2)?, w.dim(3)?),
+            },
+        )?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `y = conv2d(x, w)` on raw NCHW data.
+pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
+    let mut out = vec![T::ZERO; g.n * g.out_image()];
+    if out.is_empty() {
+        return out;
+    }
+    let nb = images_per_task(g.n, ohw);
+    let par = gemm_parallelism(g.n.div_ceil(nb));
+    out.par_chunks_mut(nb * g.out_image())
+        .enumerate()
+        .for_each_init(Scratch::default, |scratch, (t, out_chunk)| {
+            let i0 = t * nb;
+            let cnt = out_chunk.len() / g.out_image();
+            let ld = cnt * ohw;
+            for grp in 0..g.groups {
+                let wg = Mat {
+                    ptr: w[grp * cout_g * k..].as_ptr(),
+                    rs: k,
+                    cs: 1,
+                };
+                let direct = g.is_pointwise() && cnt == 1;
+                let col: &[T] = if direct {
+                    &x[i0 * g.in_image() + grp * k * ohw..][..k * ohw]
+                } else {
+                    let col = sized(&mut scratch.col, k * ld);
+                    for i in 0..cnt {
+                        im2col(
+                            g,
+                            &x[(i0 + i) * g.in_image()..],
+                            grp * g.cin_g(),
+                            col,
+                            ld,
+                            i * ohw,
+                        );
+                    }
+                    col
+                };
+                let rhs = Mat {
+                    ptr: col.as_ptr(),
+                    rs: ld,
+                    cs: 1,
+                };
+                if cnt == 1 {
+                    let dst = out_chunk[grp * cout_g * ohw..].as_mut_ptr();
+                    // SAFETY: wg is cout_g × k inside w, col is k × ohw, dst is cout_g × ohw inside
+                    // this image's output.
+                    unsafe { sgemm((cout_g, ohw, k), dst, ohw, false, wg, rhs, par) };
+                } else {
+                    let stage = sized(&mut scratch.stage, cout_g * ld);
+                    // SAFETY: stage is cout_g × ld, col is k × ld.
+                    unsafe { sgemm((cout_g, ld, k), stage.as_mut_ptr(), ld, false, wg, rhs, par) };
+                    for i in 0..cnt {
+                        let img = &mut out_chunk[i * g.out_image() + grp * cout_g * ohw..];
+                        for co in 0..cout_g {
+                            img[co * ohw..][..ohw]
+                                .copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// The input gradient: `dx = conv2d_backward_data(dy, w)` (arguments: output gradient, weight).
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dBackwardData {
+    /// The forward convolution's parameters.
+    pub params: ConvParams,
+    /// The forward input's height and width (not recoverable from the output with stride > 1).
+    pub input_hw: (usize, usize),
+}
+
+impl CustomOp2 for Conv2dBackwardData {
+    fn name(&self) -> &'static str {
+        "octconv-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dys: &CpuStorage,
+        dyl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c_out, oh, ow) = dyl.shape().dims4()?;
+        let wdims = wl.shape().dims4()?;
+        let p = self.params;
+        let (h, w) = self.input_hw;
+        let g = ConvGeometry::new(
+            (n, wdims.1 * p.groups, h, w),
+            wdims,
+            p.stride,
+            p.pad,
+            p.groups,
+        )?;
+        if (g.c_out, g.oh(), g.ow()) != (c_out, oh, ow) {
+            bail!("conv2d backward: output gradient [{n}, {c_out}, {oh}, {ow}] does not match the forward geometry")
+        }
+        let dx = with_data(
+            (dys, dyl),
+            (ws, wl),
+            |dy, w| backward_data(&g, dy, w),
+            |dy, w| backward_data(&g, dy, w),
+        )?;
+        Ok((dx, Shape::from((g.n, g.c_in, g.h, g.w))))
+    }
+}
+
+/// `dx` of `y = conv2d(x, w)` given `dy`, on raw NCHW data.
+pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
+    let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
+    let mut dx = vec![T::ZERO; g.n * g.in_image()];
+    if dx.is_empty() {
+        return dx;
+    }
+    let nb = images_per_task(g.n, ohw);
+    let par = gemm_parallelism(g.n.div_ceil(nb));
+    dx.par_chunks_mut(nb * g.in_image())
+        .enumerate()
+        .for_each_init(Scratch::default, |scratch, (t, dx_chunk)| {
+            let i0 = t * nb;
+            let cnt = dx_chunk.len() / g.in_image();
+            let ld = cnt * ohw;
+            for grp in 0..g.groups {
+                // Wᵀ: element (kidx, co) of group grp is w[(grp·cout_g + co)·k + kidx].
+                let wt = Mat {
+                    ptr: w[grp * cout_g * k..].as_ptr(),
+                    rs: 1,
+                    cs: k,
+                };
+                let dy_g: &[T] = if cnt == 1 {
+                    &dy[i0 * g.out_image() + grp * cout_g * ohw..][..cout_g * ohw]
+                } else {
+                    let stage = sized(&mut scratch.stage, cout_g * ld);
+                    for i in 0..cnt {
+                        let img = &dy[(i0 + i) * g.out_image() + grp * cout_g * ohw..];
+                        for co in 0..cout_g {
+                            stage[co * ld + i * ohw..][..ohw]
+                                .copy_from_slice(&img[co * ohw..][..ohw]);
+                        }
+                    }
+                    stage
+                };
+                let rhs = Mat {
+                    ptr: dy_g.as_ptr(),
+                    rs: ld,
+                    cs: 1,
+                };
+                if g.is_pointwise() && cnt == 1 {
+                    let dst = dx_chunk[grp * k * ohw..].as_mut_ptr();
+                    // SAFETY: dst is this group's k = cin_g channels of one image, k × ohw.
+                    unsafe { sgemm((k, ohw, cout_g), dst, ohw, false, wt, rhs, par) };
+                    continue;
+                }
+                let col = sized(&mut scratch.col, k * ld);
+                // SAFETY: col is k × ld; wt is k × cout_g inside w; rhs is cout_g × ld.
+                unsafe { sgemm((k, ld, cout_g), col.as_mut_ptr(), ld, false, wt, rhs, par) };
+                for i in 0..cnt {
+                    col2im(
+                        g,
+                        col,
+                        ld,
+                        i * ohw,
+                        &mut dx_chunk[i * g.in_image()..],
+                        grp * g.cin_g(),
+                    );
+                }
+            }
+        });
+    dx
+}
+
+/// The weight gradient: `dw = conv2d_backward_filter(x, dy)` (arguments: forward input, output gradient).
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dBackwardFilter {
+    /// The forward convolution's parameters.
+    pub params: ConvParams,
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+}
+
+impl CustomOp2 for Conv2dBackwardFilter {
+    fn name(&self) -> &'static str {
+        "octconv-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        dys: &CpuStorage,
+        dyl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xd = xl.shape().dims4()?;
+        let (_, c_out, oh, ow) = dyl.shape().dims4()?;
+        let p = self.params;
+        if p.groups == 0 || xd.1 % p.groups != 0 {
+            bail!(
+                "conv2d backward: {} input channels do not split into {} groups",
+                xd.1,
+                p.groups
+            )
+        }
+        let wdims = (c_out, xd.1 / p.groups, self.kernel.0, self.kernel.1);
+        let g = ConvGeometry::new(xd, wdims, p.stride, p.pad, p.groups)?;
+        if (g.oh(), g.ow()) != (oh, ow) {
+            bail!("conv2d backward: output gradient {oh}×{ow} does not match the forward geometry")
+        }
+        let dw = with_data(
+            (xs, xl),
+            (dys, dyl),
+            |x, dy| backward_filter(&g, x, dy),
+            |x, dy| backward_filter(&g, x, dy),
+        )?;
+        Ok((dw, Shape::from(wdims)))
+    }
+}
+
+/// `dw` of `y = conv2d(x, w)` given `dy`, on raw NCHW data.
+pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+    let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
+    let wlen = g.c_out * k;
+    if g.n == 0 || ohw == 0 {
+        return vec![T::ZERO; wlen];
+    }
+    let nb = images_per_task(g.n, ohw);
+    let par = gemm_parallelism(g.n.div_ceil(nb));
+    // Deterministic for a given thread count: each worker sums a fixed, contiguous range of image
+    // groups, and the partial sums are added in worker order (exact resume depends on it).
+    let tasks = g.n.div_ceil(nb);
+    let workers = rayon::current_num_threads().clamp(1, tasks);
+    let partials: Vec<Vec<T>> = (0..workers)
+        .into_par_iter()
+        .map(|j| {
+            let mut scratch = Scratch::default();
+            let mut dw = vec![T::ZERO; wlen];
+            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
+                let i0 = t * nb;
+                let cnt = nb.min(g.n - i0);
+                let ld = cnt * ohw;
+                for grp in 0..g.groups {
+                    let Scratch { col, stage } = &mut scratch;
+                    let dy_g: &[T] = if cnt == 1 {
+                        &dy[i0 * g.out_image() + grp * cout_g * ohw..][..cout_g * ohw]
+                    } else {
+                        let stage = sized(stage, cout_g * ld);
+                        for i in 0..cnt {
+                            let img = &dy[(i0 + i) * g.out_image() + grp * cout_g * ohw..];
+                            for co in 0..cout_g {
+                                stage[co * ld + i * ohw..][..ohw]
+                                    .copy_from_slice(&img[co * ohw..][..ohw]);
+                            }
+                        }
+                        stage
+                    };
+                    let colm: &[T] = if g.is_pointwise() && cnt == 1 {
+                        &x[i0 * g.in_image() + grp * k * ohw..][..k * ohw]
+                    } else {
+                        let col = sized(col, k * ld);
+                        for i in 0..cnt {
+                            im2col(
+                                g,
+                                &x[(i0 + i) * g.in_image()..],
+                                grp * g.cin_g(),
+                                col,
+                                ld,
+                                i * ohw,
+                            );
+                        }
+                        col
+                    };
+                    let lhs = Mat {
+                        ptr: dy_g.as_ptr(),
+                        rs: ld,
+                        cs: 1,
+                    };
+                    // col(X)ᵀ: element (pixel, kidx) is col[kidx·ld + pixel].
+                    let rhs = Mat {
+                        ptr: colm.as_ptr(),
+                        rs: 1,
+                        cs: ld,
+                    };
+                    let dst = dw[grp * cout_g * k..].as_mut_ptr();
+                    // SAFETY: dst is cout_g × k inside dw; lhs is cout_g × ld; rhs is ld × k.
+                    unsafe { sgemm((cout_g, k, ld), dst, k, true, lhs, rhs, par) };
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut total = vec![T::ZERO; wlen];
+    for part in &partials {
+        total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
+    }
+    total
+}

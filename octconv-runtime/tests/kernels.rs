@@ -1,0 +1,518 @@
+//! Our convolution kernels against two references on random shapes — odd sizes, padding, stride 2,
+//! groups, depthwise, 1×1, batches that do and do not fill the thread pool: a naive seven-loop
+//! convolution with hand-written adjoint loops for both gradients (f64), and candle's own `conv2d`
+//! (forward always; gradients where candle's backward works). Plus central finite differences.
+//!
+//! candle 0.11's conv backward fails ("shape mismatch in add") when `(h + 2·pad − k)` is not a
+//! multiple of the stride (e.g. a 1×1 stride-2 convolution of an even-sized map); ours handles it.
+
+use candle_core::{DType, Device, Tensor, Var};
+use octconv_runtime::kernels::{conv2d, ConvParams};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// One convolution case: input `[n, c_in, h, w]`, `c_out`, square kernel, stride, padding, groups.
+#[derive(Clone, Debug)]
+struct Case {
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+}
+
+/// Forward output, dL/dx and dL/dw for `L = Σ conv(x, w) ⊙ r`, by `f`.
+fn run(
+    case: &Case,
+    seed: u64,
+    dtype: DType,
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = Var::from_tensor(&rand_tensor(
+        &mut rng,
+        &[case.n, case.c_in, case.h, case.w],
+        dtype,
+    ))
+    .unwrap();
+    let w = Var::from_tensor(&rand_tensor(
+        &mut rng,
+        &[case.c_out, case.c_in / case.groups, case.k, case.k],
+        dtype,
+    ))
+    .unwrap();
+    let y = f(x.as_tensor(), w.as_tensor());
+    let r = rand_tensor(&mut rng, y.dims(), dtype);
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads.get(x.as_tensor()).unwrap().clone();
+    let dw = grads.get(w.as_tensor()).unwrap().clone();
+    (y, dx, dw)
+}
+
+fn ours(case: &Case) -> impl Fn(&Tensor, &Tensor) -> Tensor + '_ {
+    move |x, w| {
+        conv2d(
+            x,
+            w,
+            ConvParams {
+                stride: case.stride,
+                pad: case.pad,
+                groups: case.groups,
+            },
+        )
+        .unwrap()
+    }
+}
+
+fn candle(case: &Case) -> impl Fn(&Tensor, &Tensor) -> Tensor + '_ {
+    move |x, w| x.conv2d(w, case.pad, case.stride, 1, case.groups).unwrap()
+}
+
+/// Naive loops: `y = conv(x, w)`, and for `L = Σ y ⊙ r` the gradients `dx`, `dw`.
+fn naive(case: &Case, x: &[f64], w: &[f64], r: Option<&[f64]>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let Case {
+        n,
+        c_in,
+        c_out,
+        h,
+        w: wd,
+        k,
+        stride,
+        pad,
+        groups,
+    } = *case;
+    let (cig, cog) = (c_in / groups, c_out / groups);
+    let oh = (h + 2 * pad - k) / stride + 1;
+    let ow = (wd + 2 * pad - k) / stride + 1;
+    let mut y = vec![0.0; n * c_out * oh * ow];
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; w.len()];
+    for b in 0..n {
+        for co in 0..c_out {
+            let grp = co / cog;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((b * c_out + co) * oh + oy) * ow + ox;
+                    for ci in 0..cig {
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let (iy, ix) = (
+                                    (oy * stride + ki) as isize - pad as isize,
+                                    (ox * stride + kj) as isize - pad as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((b * c_in + grp * cig + ci) * h + iy as usize) * wd
+                                    + ix as usize;
+                                let wi = ((co * cig + ci) * k + ki) * k + kj;
+                                y[yi] += x[xi] * w[wi];
+                                if let Some(r) = r {
+                                    dx[xi] += r[yi] * w[wi];
+                                    dw[wi] += r[yi] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+fn assert_close(name: &str, a: &[f64], b: &[f64], tol: f64, case: &Case) {
+    assert_eq!(a.len(), b.len(), "{name}: length for {case:?}");
+    let scale = 1.0 + b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = a.iter().zip(b).fold(0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    assert!(
+        err < tol,
+        "{name} differs by {err:e} (relative) for {case:?}"
+    );
+}
+
+/// Forward, dx and dw of our kernels equal the naive loops (f64).
+fn assert_matches_naive(case: &Case, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = rand_tensor(&mut rng, &[case.n, case.c_in, case.h, case.w], DType::F64);
+    let w = rand_tensor(
+        &mut rng,
+        &[case.c_out, case.c_in / case.groups, case.k, case.k],
+        DType::F64,
+    );
+    let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+    let y = ours(case)(xv.as_tensor(), wv.as_tensor());
+    let r = rand_tensor(&mut rng, y.dims(), DType::F64);
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let (ny, ndx, ndw) = naive(case, &values(&x), &values(&w), Some(&values(&r)));
+    assert_close("y", &values(&y), &ny, 1e-12, case);
+    assert_close(
+        "dx",
+        &values(grads.get(xv.as_tensor()).unwrap()),
+        &ndx,
+        1e-12,
+        case,
+    );
+    assert_close(
+        "dw",
+        &values(grads.get(wv.as_tensor()).unwrap()),
+        &ndw,
+        1e-12,
+        case,
+    );
+}
+
+/// Whether candle 0.11's conv backward can handle the case (see the module docs).
+fn candle_backward_works(case: &Case) -> bool {
+    (case.h + 2 * case.pad - case.k) % case.stride == 0
+        && (case.w + 2 * case.pad - case.k) % case.stride == 0
+}
+
+/// Forward, dx and dw of our kernels equal candle's, within `tol` relative to the values' scale.
+fn assert_matches_candle(case: &Case, seed: u64, dtype: DType, tol: f64) {
+    if !candle_backward_works(case) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x = rand_tensor(&mut rng, &[case.n, case.c_in, case.h, case.w], dtype);
+        let w = rand_tensor(
+            &mut rng,
+            &[case.c_out, case.c_in / case.groups, case.k, case.k],
+            dtype,
+        );
+        assert_close(
+            "y",
+            &values(&ours(case)(&x, &w)),
+            &values(&candle(case)(&x, &w)),
+            tol,
+            case,
+        );
+        return;
+    }
+    let (y1, dx1, dw1) = run(case, seed, dtype, ours(case));
+    let (y2, dx2, dw2) = run(case, seed, dtype, candle(case));
+    for (name, a, b) in [("y", &y1, &y2), ("dx", &dx1, &dx2), ("dw", &dw1, &dw2)] {
+        let scale = 1.0 + max_abs_diff(b, &b.zeros_like().unwrap());
+        let err = max_abs_diff(a, b) / scale;
+        assert!(
+            err < tol,
+            "{name} differs by {err:e} (relative) for {case:?}"
+        );
+    }
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    (
+        1usize..5,
+        1usize..4,
+        1usize..4,
+        prop::sample::select(vec![1usize, 2, 3]),
+        1usize..9,
+        1usize..10,
+        prop::sample::select(vec![1usize, 3, 5]),
+        1usize..3,
+        0usize..3,
+    )
+        .prop_filter_map(
+            "kernel fits",
+            |(n, cig, cog, groups, h, w, k, stride, pad)| {
+                let case = Case {
+                    n,
+                    c_in: cig * groups,
+                    c_out: cog * groups,
+                    h,
+                    w,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                };
+                (h + 2 * pad >= k && w + 2 * pad >= k).then_some(case)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Random geometry: odd sizes, padding 0–2, stride 1–2, 1–3 groups, kernels 1/3/5.
+    #[test]
+    fn kernels_and_gradients_match_naive_loops_on_random_shapes(case in case_strategy(), seed in 0u64..1000) {
+        assert_matches_naive(&case, seed);
+    }
+
+    #[test]
+    fn kernels_match_candle_conv2d_on_random_shapes_f64(case in case_strategy(), seed in 0u64..1000) {
+        assert_matches_candle(&case, seed, DType::F64, 1e-12);
+    }
+}
+
+#[test]
+fn kernels_match_candle_in_f32_at_network_sizes() {
+    let cases = [
+        // The benchmark layer (reduced batch): wide GEMM, one image per task.
+        Case {
+            n: 3,
+            c_in: 16,
+            c_out: 24,
+            h: 32,
+            w: 32,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+        // Small maps: several images share one column matrix.
+        Case {
+            n: 9,
+            c_in: 8,
+            c_out: 8,
+            h: 4,
+            w: 4,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+        // 1×1 projection (no unfolding), single image and batched.
+        Case {
+            n: 1,
+            c_in: 12,
+            c_out: 5,
+            h: 7,
+            w: 7,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        },
+        Case {
+            n: 6,
+            c_in: 12,
+            c_out: 5,
+            h: 3,
+            w: 5,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        },
+        // Strided 1×1 and 3×3, odd input.
+        Case {
+            n: 2,
+            c_in: 6,
+            c_out: 4,
+            h: 9,
+            w: 7,
+            k: 1,
+            stride: 2,
+            pad: 0,
+            groups: 1,
+        },
+        Case {
+            n: 2,
+            c_in: 6,
+            c_out: 4,
+            h: 9,
+            w: 7,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 1,
+        },
+        // Depthwise and grouped.
+        Case {
+            n: 4,
+            c_in: 8,
+            c_out: 8,
+            h: 10,
+            w: 10,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 8,
+        },
+        Case {
+            n: 4,
+            c_in: 8,
+            c_out: 16,
+            h: 6,
+            w: 6,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 4,
+        },
+        // Stem-like: 3 channels, 7×7 stride 2 padding 3.
+        Case {
+            n: 2,
+            c_in: 3,
+            c_out: 8,
+            h: 15,
+            w: 15,
+            k: 7,
+            stride: 2,
+            pad: 3,
+            groups: 1,
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        assert_matches_candle(case, i as u64, DType::F32, 1e-4);
+        assert_matches_naive(case, i as u64);
+    }
+}
+
+/// Gradients of our kernels against central differences (f64), independent of candle's conv.
+#[test]
+fn kernel_gradients_match_finite_differences() {
+    let case = Case {
+        n: 2,
+        c_in: 4,
+        c_out: 6,
+        h: 5,
+        w: 6,
+        k: 3,
+        stride: 2,
+        pad: 1,
+        groups: 2,
+    };
+    let (_, dx, dw) = run(&case, 7, DType::F64, ours(&case));
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let x = rand_tensor(&mut rng, &[2, 4, 5, 6], DType::F64);
+    let w = rand_tensor(&mut rng, &[6, 2, 3, 3], DType::F64);
+    let p = ConvParams {
+        stride: 2,
+        pad: 1,
+        groups: 2,
+    };
+    let y = conv2d(&x, &w, p).unwrap();
+    let r = rand_tensor(&mut rng, y.dims(), DType::F64);
+    let loss = |x: &Tensor, w: &Tensor| -> f64 {
+        (conv2d(x, w, p).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let eps = 1e-6;
+    for (which, base, grad) in [("x", &x, &dx), ("w", &w, &dw)] {
+        let flat = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let g = grad.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for k in (0..flat.len()).step_by(5) {
+            let at = |d: f64| {
+                let mut v = flat.clone();
+                v[k] += d;
+                let t = Tensor::from_vec(v, base.shape(), &Device::Cpu).unwrap();
+                if which == "x" {
+                    loss(&t, &w)
+                } else {
+                    loss(&x, &t)
+                }
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "d{which}[{k}]: autograd {} vs FD {fd}",
+                g[k]
+            );
+        }
+    }
+}
+
+/// A hand-computed case: a 3×3 all-ones kernel over a 3×3 image with padding 1 sums each neighbourhood.
+#[test]
+fn ones_kernel_sums_neighbourhoods_by_hand() {
+    let x = Tensor::new(
+        &[[[[1f32, 2., 3.], [4., 5., 6.], [7., 8., 9.]]]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let w = Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let y = conv2d(
+        &x,
+        &w,
+        ConvParams {
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+    )
+    .unwrap();
+    let expected = [[12f32, 21., 16.], [27., 45., 33.], [24., 39., 28.]];
+    assert_eq!(
+        y.squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
+        expected
+    );
+}
+
+#[test]
+fn mismatched_channels_are_an_error_not_a_panic() {
+    let x = Tensor::zeros((1, 5, 4, 4), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((2, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    let err = conv2d(
+        &x,
+        &w,
+        ConvParams {
+            stride: 1,
+            pad: 1,
+            groups: 2,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("channels"), "{err}");
+    let w = Tensor::zeros((2, 5, 9, 9), DType::F32, &Device::Cpu).unwrap();
+    let err = conv2d(
+        &x,
+        &w,
+        ConvParams {
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("larger"), "{err}");
+}
