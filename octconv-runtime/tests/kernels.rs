@@ -203,8 +203,8 @@ fn assert_matches_naive(case: &Case, seed: u64) {
 
 /// Whether candle 0.11's conv backward can handle the case (see the module docs).
 fn candle_backward_works(case: &Case) -> bool {
-    (case.h + 2 * case.pad - case.k) % case.stride == 0
-        && (case.w + 2 * case.pad - case.k) % case.stride == 0
+    (case.h + 2 * case.pad - case.k).is_multiple_of(case.stride)
+        && (case.w + 2 * case.pad - case.k).is_multiple_of(case.stride)
 }
 
 /// Forward, dx and dw of our kernels equal candle's, within `tol` relative to the values' scale.
