@@ -15,9 +15,29 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         .reshape((n, c, 2 * h, 2 * w))
 }
 
+/// Whether our CPU kernels handle `t` (f32 or f64 on the CPU); other tensors use candle's ops.
+fn own_kernel(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
 /// 2×2 average pooling with stride 2 (the octave down-sampling).
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
-    x.avg_pool2d(2)
+    if own_kernel(x) {
+        x.contiguous()?
+            .apply_op1(crate::kernels::resample::AvgPool2x2)
+    } else {
+        x.avg_pool2d(2)
+    }
+}
+
+/// `high + upsample_nearest2x(low)`: the L→H merge, one pass on the CPU.
+pub fn add_upsampled(high: &Tensor, low: &Tensor) -> Result<Tensor> {
+    if own_kernel(high) && high.dtype() == low.dtype() {
+        high.contiguous()?
+            .apply_op2(&low.contiguous()?, crate::kernels::resample::AddUpsampled)
+    } else {
+        high + upsample_nearest2x(low)?
+    }
 }
 
 /// Pads the two spatial dimensions of `[N, C, H, W]` by `p` on each side with `value`.

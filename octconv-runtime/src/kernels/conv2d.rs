@@ -17,6 +17,7 @@
 
 use super::geometry::ConvGeometry;
 use super::unfold::{col2im, im2col};
+use super::winograd;
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -58,7 +59,7 @@ fn images_per_task(n: usize, out_pixels: usize) -> usize {
 }
 
 /// Parallelism inside each GEMM: none when the images already keep every thread busy.
-fn gemm_parallelism(tasks: usize) -> Parallelism {
+pub(super) fn gemm_parallelism(tasks: usize) -> Parallelism {
     let threads = rayon::current_num_threads().max(1);
     if tasks >= threads {
         Parallelism::None
@@ -69,10 +70,10 @@ fn gemm_parallelism(tasks: usize) -> Parallelism {
 
 /// A row-major matrix view: base pointer, row stride and column stride (in elements).
 #[derive(Clone, Copy)]
-struct Mat<T> {
-    ptr: *const T,
-    rs: usize,
-    cs: usize,
+pub(super) struct Mat<T> {
+    pub(super) ptr: *const T,
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 /// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`.
@@ -81,7 +82,7 @@ struct Mat<T> {
 /// Every index the three views reach for the given sizes must be in bounds of live, non-aliased
 /// buffers (`dst` writable).
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm<T: Element>(
+pub(super) unsafe fn sgemm<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     dst_rs: usize,
@@ -147,9 +148,9 @@ fn with_data(
 }
 
 /// Per-thread scratch: the column matrix and a staging matrix for batched outputs.
-struct Scratch<T> {
-    col: Vec<T>,
-    stage: Vec<T>,
+pub(super) struct Scratch<T> {
+    pub(super) col: Vec<T>,
+    pub(super) stage: Vec<T>,
 }
 
 impl<T> Default for Scratch<T> {
@@ -161,7 +162,7 @@ impl<T> Default for Scratch<T> {
     }
 }
 
-fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+pub(super) fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() < len {
         v.resize(len, T::ZERO);
     }
@@ -194,8 +195,8 @@ impl CustomOp2 for Conv2dForward {
         let out = with_data(
             (xs, xl),
             (ws, wl),
-            |x, w| forward(&g, x, w),
-            |x, w| forward(&g, x, w),
+            |x, w| dispatch_forward(&g, x, w),
+            |x, w| dispatch_forward(&g, x, w),
         )?;
         Ok((out, Shape::from((g.n, g.c_out, g.oh(), g.ow()))))
     }
@@ -227,7 +228,30 @@ impl CustomOp2 for Conv2dForward {
     }
 }
 
-/// `y = conv2d(x, w)` on raw NCHW data.
+/// Whether the Winograd path may be used (`OCTCONV_CONV=im2col` turns it off, for comparisons).
+fn winograd_enabled(g: &ConvGeometry) -> bool {
+    winograd::applies(g) && std::env::var("OCTCONV_CONV").as_deref() != Ok("im2col")
+}
+
+/// The forward pass by the fastest applicable algorithm: Winograd F(2×2, 3×3) or im2col + GEMM.
+pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    if winograd_enabled(g) {
+        winograd::forward(g, x, w)
+    } else {
+        forward(g, x, w)
+    }
+}
+
+/// The input gradient by the fastest applicable algorithm.
+pub fn dispatch_backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
+    if winograd_enabled(g) {
+        winograd::backward_data(g, dy, w)
+    } else {
+        backward_data(g, dy, w)
+    }
+}
+
+/// `y = conv2d(x, w)` on raw NCHW data by im2col + GEMM (any geometry).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
     let mut out = vec![T::ZERO; g.n * g.out_image()];
@@ -330,8 +354,8 @@ impl CustomOp2 for Conv2dBackwardData {
         let dx = with_data(
             (dys, dyl),
             (ws, wl),
-            |dy, w| backward_data(&g, dy, w),
-            |dy, w| backward_data(&g, dy, w),
+            |dy, w| dispatch_backward_data(&g, dy, w),
+            |dy, w| dispatch_backward_data(&g, dy, w),
         )?;
         Ok((dx, Shape::from((g.n, g.c_in, g.h, g.w))))
     }

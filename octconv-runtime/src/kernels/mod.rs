@@ -6,25 +6,48 @@
 
 pub mod conv2d;
 pub mod geometry;
+pub mod resample;
 pub mod unfold;
+pub mod winograd;
 
 pub use conv2d::{conv2d, ConvParams};
 pub use geometry::ConvGeometry;
 
 /// The element types our kernels run on (the `gemm` crate's real types).
-pub trait Element: Copy + Send + Sync + std::ops::AddAssign + 'static {
+pub trait Element:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
     /// Additive identity.
     const ZERO: Self;
     /// Multiplicative identity.
     const ONE: Self;
+    /// One half (Winograd's kernel transform).
+    const HALF: Self;
+    /// The nearest value of this type.
+    fn from_f64(v: f64) -> Self;
 }
 
 impl Element for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
 }
 
 impl Element for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
 }

@@ -1,7 +1,7 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
 use crate::kernels::{conv2d, ConvParams};
-use crate::ops::{avg_pool2x2, upsample_nearest2x};
+use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -66,6 +66,15 @@ impl OctConv2d {
         &self.spec
     }
 
+    /// Every path convolves with stride 1 (stride 2 pools first) and "same" padding.
+    fn conv_params(&self, groups: usize) -> ConvParams {
+        ConvParams {
+            stride: 1,
+            pad: self.spec.kernel / 2,
+            groups,
+        }
+    }
+
     fn conv(&self, x: &Tensor, p: Path) -> Result<Option<Tensor>> {
         let Some(w) = &self.weights[p as usize] else {
             return Ok(None);
@@ -75,16 +84,7 @@ impl OctConv2d {
         } else {
             self.spec.groups
         };
-        conv2d(
-            x,
-            w,
-            ConvParams {
-                stride: 1,
-                pad: self.spec.kernel / 2,
-                groups,
-            },
-        )
-        .map(Some)
+        conv2d(x, w, self.conv_params(groups)).map(Some)
     }
 
     /// Applies the octave convolution.
@@ -107,25 +107,49 @@ impl OctConv2d {
             }
             Ok(())
         };
+        // The low output's two paths share one convolution over concat(pool(X_H), X_L) with the
+        // weights concatenated along the input channels: one deeper GEMM, no separate add.
+        let fuse_low = self.spec.groups == 1
+            && !self.spec.depthwise
+            && self.weights[Path::HL as usize].is_some()
+            && self.weights[Path::LL as usize].is_some();
+        let pooled_h = match (&xh, self.weights[Path::HL as usize].is_some()) {
+            (Some(h), true) => Some(avg_pool2x2(h)?),
+            _ => None,
+        };
+        let low_in = match xl {
+            Some(l) if self.weights[Path::LL as usize].is_some() => {
+                Some(if s2 { avg_pool2x2(l)? } else { l.clone() })
+            }
+            _ => None,
+        };
         if let Some(h) = &xh {
             acc(&mut high, self.conv(h, Path::HH)?)?;
-            if self.weights[Path::HL as usize].is_some() {
-                acc(&mut low, self.conv(&avg_pool2x2(h)?, Path::HL)?)?;
-            }
         }
-        if let Some(l) = xl {
-            let lh = self.conv(l, Path::LH)?;
-            acc(
-                &mut high,
-                if s2 {
-                    lh
-                } else {
-                    lh.map(|t| upsample_nearest2x(&t)).transpose()?
-                },
-            )?;
-            if self.weights[Path::LL as usize].is_some() {
-                let l = if s2 { avg_pool2x2(l)? } else { l.clone() };
-                acc(&mut low, self.conv(&l, Path::LL)?)?;
+        if let Some(lh) = xl.map(|l| self.conv(l, Path::LH)).transpose()?.flatten() {
+            high = Some(match (high.take(), s2) {
+                (Some(hh), false) => add_upsampled(&hh, &lh)?,
+                (None, false) => upsample_nearest2x(&lh)?,
+                (Some(hh), true) => (hh + lh)?,
+                (None, true) => lh,
+            });
+        }
+        if let (true, Some(ph), Some(li)) = (fuse_low, &pooled_h, &low_in) {
+            let (Some(w_hl), Some(w_ll)) = (
+                &self.weights[Path::HL as usize],
+                &self.weights[Path::LL as usize],
+            ) else {
+                unreachable!("fuse_low checked both weights")
+            };
+            let x = Tensor::cat(&[ph, li], 1)?;
+            let w = Tensor::cat(&[w_hl, w_ll], 1)?;
+            low = Some(conv2d(&x, &w, self.conv_params(1))?);
+        } else {
+            if let Some(ph) = &pooled_h {
+                acc(&mut low, self.conv(ph, Path::HL)?)?;
+            }
+            if let Some(li) = &low_in {
+                acc(&mut low, self.conv(li, Path::LL)?)?;
             }
         }
         let add_bias = |t: Option<Tensor>, b: &Option<Tensor>| -> Result<Option<Tensor>> {

@@ -1,0 +1,221 @@
+//! The octave resampling steps as single memory passes: 2×2 average pooling, and "add the ×2 nearest
+//! upsampling of the low branch to the high branch" (the L→H merge) fused into one op.
+//!
+//! candle 0.11 pools with a scalar loop and upsamples through a strided copy (reshape → broadcast →
+//! reshape), then adds in a further pass: together about as long as a low-resolution convolution at
+//! α = .25. Each op here reads its inputs once and writes its output once, planes in parallel.
+
+use super::Element;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Planes (`n · c`) and spatial size of an NCHW layout, which must be contiguous.
+fn planes(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("resample kernel: argument must be contiguous")
+    };
+    debug_assert_eq!(end - start, n * c * h * w);
+    Ok((n * c, h, w, start, end))
+}
+
+/// `out[p] = scale · Σ over the 2×2 block of x` (odd trailing rows and columns are dropped).
+fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![T::ZERO; np * oh * ow];
+    if oh == 0 || ow == 0 {
+        return out;
+    }
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+        let plane = &x[p * h * w..][..h * w];
+        for oy in 0..oh {
+            let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+            for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
+                *v = scale * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
+            }
+        }
+    });
+    out
+}
+
+/// `out[y][x] = base[y][x] + scale · low[y / 2][x / 2]` over an `h × w` plane (`base` absent: 0); rows and
+/// columns beyond `2·lh`, `2·lw` get no low contribution.
+fn upsample_add<T: Element>(
+    base: Option<&[T]>,
+    low: &[T],
+    np: usize,
+    (h, w): (usize, usize),
+    (lh, lw): (usize, usize),
+    scale: T,
+) -> Vec<T> {
+    let mut out = match base {
+        Some(b) => b.to_vec(),
+        None => vec![T::ZERO; np * h * w],
+    };
+    if h * w == 0 {
+        return out;
+    }
+    out.par_chunks_mut(h * w).enumerate().for_each(|(p, o)| {
+        let lp = &low[p * lh * lw..][..lh * lw];
+        for y in 0..h.min(2 * lh) {
+            let lrow = &lp[(y / 2) * lw..][..lw];
+            let orow = &mut o[y * w..][..w];
+            for x in 0..w.min(2 * lw) {
+                orow[x] += scale * lrow[x / 2];
+            }
+        }
+    });
+    out
+}
+
+/// A one-input plane kernel, generic over the element type.
+trait PlaneKernel {
+    fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T>;
+}
+
+/// Runs `k` on the contiguous f32 or f64 data of a custom op's argument.
+fn map_planes(k: &impl PlaneKernel, s: &CpuStorage, l: &Layout) -> Result<CpuStorage> {
+    let (np, h, w, start, end) = planes(l)?;
+    match s {
+        CpuStorage::F32(v) => Ok(CpuStorage::F32(k.run(&v[start..end], np, h, w))),
+        CpuStorage::F64(v) => Ok(CpuStorage::F64(k.run(&v[start..end], np, h, w))),
+        _ => bail!("resample kernel: only f32 and f64 are supported"),
+    }
+}
+
+/// 2×2 average pooling with stride 2; backward spreads a quarter of each gradient over its block.
+#[derive(Clone, Copy, Debug)]
+pub struct AvgPool2x2;
+
+impl PlaneKernel for AvgPool2x2 {
+    fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T> {
+        pool(x, np, h, w, T::from_f64(0.25))
+    }
+}
+
+impl CustomOp1 for AvgPool2x2 {
+    fn name(&self) -> &'static str {
+        "octconv-avg-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        Ok((map_planes(self, s, l)?, Shape::from((n, c, h / 2, w / 2))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        grad.contiguous()?
+            .apply_op1_no_bwd(&Upsample2x {
+                scale: 0.25,
+                out_hw: (h, w),
+            })
+            .map(Some)
+    }
+}
+
+/// `scale ·` nearest ×2 upsampling into an `out_hw` plane (rows or columns past `2·h` are zero).
+#[derive(Clone, Copy, Debug)]
+pub struct Upsample2x {
+    /// Factor applied to every value.
+    pub scale: f64,
+    /// Output height and width.
+    pub out_hw: (usize, usize),
+}
+
+impl PlaneKernel for Upsample2x {
+    fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T> {
+        upsample_add(None, x, np, self.out_hw, (h, w), T::from_f64(self.scale))
+    }
+}
+
+impl CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "octconv-upsample-2x"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, _, _) = l.shape().dims4()?;
+        let (oh, ow) = self.out_hw;
+        Ok((map_planes(self, s, l)?, Shape::from((n, c, oh, ow))))
+    }
+}
+
+/// Sum over each 2×2 block (the adjoint of nearest ×2 upsampling).
+#[derive(Clone, Copy, Debug)]
+pub struct SumPool2x2;
+
+impl PlaneKernel for SumPool2x2 {
+    fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T> {
+        pool(x, np, h, w, T::ONE)
+    }
+}
+
+impl CustomOp1 for SumPool2x2 {
+    fn name(&self) -> &'static str {
+        "octconv-sum-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        Ok((map_planes(self, s, l)?, Shape::from((n, c, h / 2, w / 2))))
+    }
+}
+
+/// `high + upsample_nearest2x(low)` in one pass; `high` must be exactly twice `low`'s size.
+#[derive(Clone, Copy, Debug)]
+pub struct AddUpsampled;
+
+impl CustomOp2 for AddUpsampled {
+    fn name(&self) -> &'static str {
+        "octconv-add-upsampled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        ls: &CpuStorage,
+        ll: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = hl.shape().dims4()?;
+        let (n2, c2, lh, lw) = ll.shape().dims4()?;
+        if (n, c, h, w) != (n2, c2, 2 * lh, 2 * lw) {
+            bail!("add_upsampled: high [{n}, {c}, {h}, {w}] is not twice low [{n2}, {c2}, {lh}, {lw}]")
+        }
+        let (np, _, _, hs0, hs1) = planes(hl)?;
+        let (_, _, _, ls0, ls1) = planes(ll)?;
+        let out = match (hs, ls) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(upsample_add(
+                Some(&a[hs0..hs1]),
+                &b[ls0..ls1],
+                np,
+                (h, w),
+                (lh, lw),
+                1.0,
+            )),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(upsample_add(
+                Some(&a[hs0..hs1]),
+                &b[ls0..ls1],
+                np,
+                (h, w),
+                (lh, lw),
+                1.0,
+            )),
+            _ => bail!("add_upsampled: both branches must be f32 or both f64"),
+        };
+        Ok((out, Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        _high: &Tensor,
+        _low: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?;
+        let dlow = g.apply_op1_no_bwd(&SumPool2x2)?;
+        Ok((Some(g), Some(dlow)))
+    }
+}
