@@ -516,3 +516,117 @@ fn mismatched_channels_are_an_error_not_a_panic() {
     .unwrap_err();
     assert!(err.to_string().contains("larger"), "{err}");
 }
+
+/// The Winograd path (3×3, stride 1, padding 1, one group) on odd and even sizes, single images and
+/// batches that share a tile matrix: forward, dx and dw against the naive loops (f64), and the same
+/// case in f32 against candle.
+#[test]
+fn winograd_path_matches_naive_loops_on_odd_and_even_sizes() {
+    for (i, (n, c_in, c_out, h, w)) in [
+        (1, 1, 1, 1, 1),
+        (1, 2, 3, 2, 2),
+        (2, 3, 4, 5, 7),
+        (3, 5, 2, 8, 3),
+        (9, 4, 6, 4, 4),
+        (2, 7, 5, 13, 11),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = Case {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        };
+        assert_matches_naive(&case, 100 + i as u64);
+        assert_matches_candle(&case, 100 + i as u64, DType::F32, 1e-4);
+    }
+}
+
+/// The fused resampling ops against candle's pooling and the broadcast upsampling, with gradients
+/// against central differences.
+#[test]
+fn pool_and_add_upsampled_match_candle_and_finite_differences() {
+    use octconv_runtime::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (h, w) in [(4, 4), (6, 2), (5, 7)] {
+        let x = rand_tensor(&mut rng, &[2, 3, h, w], DType::F64);
+        assert_close(
+            "pool",
+            &values(&avg_pool2x2(&x).unwrap()),
+            &values(&x.avg_pool2d(2).unwrap()),
+            1e-14,
+            &Case {
+                n: 2,
+                c_in: 3,
+                c_out: 3,
+                h,
+                w,
+                k: 2,
+                stride: 2,
+                pad: 0,
+                groups: 1,
+            },
+        );
+    }
+    let hi = rand_tensor(&mut rng, &[2, 3, 6, 4], DType::F64);
+    let lo = rand_tensor(&mut rng, &[2, 3, 3, 2], DType::F64);
+    let fused = add_upsampled(&hi, &lo).unwrap();
+    let plain = (&hi + upsample_nearest2x(&lo).unwrap()).unwrap();
+    assert_eq!(values(&fused), values(&plain));
+    // Gradients: L = Σ r ⊙ (pool(a) + lo) + Σ s ⊙ add_upsampled(hi, lo).
+    let a = rand_tensor(&mut rng, &[2, 3, 6, 4], DType::F64);
+    let r = rand_tensor(&mut rng, &[2, 3, 3, 2], DType::F64);
+    let s = rand_tensor(&mut rng, &[2, 3, 6, 4], DType::F64);
+    let loss = |a: &Tensor, hi: &Tensor, lo: &Tensor| -> Tensor {
+        let p = ((avg_pool2x2(a).unwrap() + lo).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let q = (add_upsampled(hi, lo).unwrap() * &s)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        (p + q).unwrap()
+    };
+    let vars: Vec<Var> = [&a, &hi, &lo]
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let grads = loss(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+    )
+    .backward()
+    .unwrap();
+    let eps = 1e-6;
+    for (which, v) in vars.iter().enumerate() {
+        let base = values(v.as_tensor());
+        let g = values(grads.get(v.as_tensor()).unwrap());
+        for k in 0..base.len() {
+            let at = |d: f64| {
+                let mut b = base.clone();
+                b[k] += d;
+                let t = Tensor::from_vec(b, v.as_tensor().shape(), &Device::Cpu).unwrap();
+                let mut args = [a.clone(), hi.clone(), lo.clone()];
+                args[which] = t;
+                loss(&args[0], &args[1], &args[2])
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!(
+                (fd - g[k]).abs() < 1e-6,
+                "input {which}[{k}]: autograd {} vs FD {fd}",
+                g[k]
+            );
+        }
+    }
+}

@@ -251,6 +251,15 @@ pub fn dispatch_backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -
     }
 }
 
+/// The weight gradient by the fastest applicable algorithm.
+pub fn dispatch_backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+    if winograd_enabled(g) {
+        winograd::backward_filter(g, x, dy)
+    } else {
+        backward_filter(g, x, dy)
+    }
+}
+
 /// `y = conv2d(x, w)` on raw NCHW data by im2col + GEMM (any geometry).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
@@ -464,8 +473,8 @@ impl CustomOp2 for Conv2dBackwardFilter {
         let dw = with_data(
             (xs, xl),
             (dys, dyl),
-            |x, dy| backward_filter(&g, x, dy),
-            |x, dy| backward_filter(&g, x, dy),
+            |x, dy| dispatch_backward_filter(&g, x, dy),
+            |x, dy| dispatch_backward_filter(&g, x, dy),
         )?;
         Ok((dw, Shape::from(wdims)))
     }

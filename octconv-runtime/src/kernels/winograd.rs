@@ -66,6 +66,64 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     f
 }
 
+/// `V[ξ][ci][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` of the images in `x` (`cnt` whole
+/// images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix with row stride
+/// `ld`.
+fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+    let (cin, h, wd) = (g.c_in, g.h, g.w);
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let tiles = th * tw;
+    let cnt = x.len() / g.in_image();
+    // V[ξ][ci][tile], one row of tiles at a time so every write is a contiguous run.
+    let pw = 2 * tw + 2;
+    let mut prow = vec![T::ZERO; 4 * pw];
+    let mut trow = vec![T::ZERO; 4 * pw];
+    for i in 0..cnt {
+        let img = &x[i * g.in_image()..][..g.in_image()];
+        for ci in 0..cin {
+            let plane = &img[ci * h * wd..][..h * wd];
+            for ty in 0..th {
+                // The four padded input rows 2ty − 1 … 2ty + 2.
+                for r in 0..4 {
+                    let dst = &mut prow[r * pw..][..pw];
+                    match (2 * ty + r).checked_sub(1).filter(|&y| y < h) {
+                        Some(iy) => {
+                            dst[0] = T::ZERO;
+                            dst[1..1 + wd].copy_from_slice(&plane[iy * wd..][..wd]);
+                            dst[1 + wd..].fill(T::ZERO);
+                        }
+                        None => dst.fill(T::ZERO),
+                    }
+                }
+                // Bᵀ d over rows, for the whole row of tiles.
+                let (p0, rest) = prow.split_at(pw);
+                let (p1, rest) = rest.split_at(pw);
+                let (p2, p3) = rest.split_at(pw);
+                for c in 0..pw {
+                    trow[c] = p0[c] - p2[c];
+                    trow[pw + c] = p1[c] + p2[c];
+                    trow[2 * pw + c] = p2[c] - p1[c];
+                    trow[3 * pw + c] = p1[c] - p3[c];
+                }
+                // … then B over columns, writing tx-contiguous runs.
+                let col0 = i * tiles + ty * tw;
+                for r in 0..4 {
+                    let t = &trow[r * pw..][..pw];
+                    let base = |j: usize| ((r * 4 + j) * cin + ci) * ld + col0;
+                    let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
+                    for tx in 0..tw {
+                        let c = 2 * tx;
+                        v[b0 + tx] = t[c] - t[c + 2];
+                        v[b1 + tx] = t[c + 1] + t[c + 2];
+                        v[b2 + tx] = t[c + 2] - t[c + 1];
+                        v[b3 + tx] = t[c + 1] - t[c + 3];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `y = conv2d(x, w)` for a geometry where [`applies`] holds.
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     debug_assert!(applies(g));
@@ -88,55 +146,8 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
             let i0 = t * nb;
             let cnt = out_chunk.len() / g.out_image();
             let ld = cnt * tiles;
-            // V[ξ][ci][tile], one row of tiles at a time so every write is a contiguous run.
             let v = sized(&mut scratch.col, 16 * cin * ld);
-            let pw = 2 * tw + 2;
-            let mut prow = vec![T::ZERO; 4 * pw];
-            let mut trow = vec![T::ZERO; 4 * pw];
-            for i in 0..cnt {
-                let img = &x[(i0 + i) * g.in_image()..][..g.in_image()];
-                for ci in 0..cin {
-                    let plane = &img[ci * h * wd..][..h * wd];
-                    for ty in 0..th {
-                        // The four padded input rows 2ty − 1 … 2ty + 2.
-                        for r in 0..4 {
-                            let dst = &mut prow[r * pw..][..pw];
-                            match (2 * ty + r).checked_sub(1).filter(|&y| y < h) {
-                                Some(iy) => {
-                                    dst[0] = T::ZERO;
-                                    dst[1..1 + wd].copy_from_slice(&plane[iy * wd..][..wd]);
-                                    dst[1 + wd..].fill(T::ZERO);
-                                }
-                                None => dst.fill(T::ZERO),
-                            }
-                        }
-                        // Bᵀ d over rows, for the whole row of tiles.
-                        let (p0, rest) = prow.split_at(pw);
-                        let (p1, rest) = rest.split_at(pw);
-                        let (p2, p3) = rest.split_at(pw);
-                        for c in 0..pw {
-                            trow[c] = p0[c] - p2[c];
-                            trow[pw + c] = p1[c] + p2[c];
-                            trow[2 * pw + c] = p2[c] - p1[c];
-                            trow[3 * pw + c] = p1[c] - p3[c];
-                        }
-                        // … then B over columns, writing tx-contiguous runs.
-                        let col0 = i * tiles + ty * tw;
-                        for r in 0..4 {
-                            let t = &trow[r * pw..][..pw];
-                            let base = |j: usize| ((r * 4 + j) * cin + ci) * ld + col0;
-                            let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
-                            for tx in 0..tw {
-                                let c = 2 * tx;
-                                v[b0 + tx] = t[c] - t[c + 2];
-                                v[b1 + tx] = t[c + 1] + t[c + 2];
-                                v[b2 + tx] = t[c + 2] - t[c + 1];
-                                v[b3 + tx] = t[c + 1] - t[c + 3];
-                            }
-                        }
-                    }
-                }
-            }
+            transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
             // M[ξ] = U[ξ] · V[ξ]
             let m = sized(&mut scratch.stage, 16 * cout * ld);
             for xi in 0..16 {
@@ -206,4 +217,136 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
         ..*g
     };
     forward(&gt, dy, &flipped)
+}
+
+/// `D[ξ][co][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
+/// whole images; values beyond odd edges are zero), laid out like [`transform_input`].
+fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
+    let (cout, h, wd) = (g.c_out, g.h, g.w);
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let tiles = th * tw;
+    let cnt = dy.len() / g.out_image();
+    let pw = 2 * tw;
+    let mut rows = vec![T::ZERO; 2 * pw];
+    let mut s = vec![T::ZERO; 4 * pw];
+    for i in 0..cnt {
+        for co in 0..cout {
+            let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
+            for ty in 0..th {
+                for r in 0..2 {
+                    let dst = &mut rows[r * pw..][..pw];
+                    let y = 2 * ty + r;
+                    if y < h {
+                        dst[..wd].copy_from_slice(&plane[y * wd..][..wd]);
+                        dst[wd..].fill(T::ZERO);
+                    } else {
+                        dst.fill(T::ZERO);
+                    }
+                }
+                // A over rows: s0 = r0, s1 = r0 + r1, s2 = r0 − r1, s3 = −r1.
+                let (r0, r1) = rows.split_at(pw);
+                for c in 0..pw {
+                    s[c] = r0[c];
+                    s[pw + c] = r0[c] + r1[c];
+                    s[2 * pw + c] = r0[c] - r1[c];
+                    s[3 * pw + c] = T::ZERO - r1[c];
+                }
+                // … then over columns, tx-contiguous writes.
+                let col0 = i * tiles + ty * tw;
+                for r in 0..4 {
+                    let sr = &s[r * pw..][..pw];
+                    let base = |j: usize| ((r * 4 + j) * cout + co) * ld + col0;
+                    let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
+                    for tx in 0..tw {
+                        let (p, q) = (sr[2 * tx], sr[2 * tx + 1]);
+                        d[b0 + tx] = p;
+                        d[b1 + tx] = p + q;
+                        d[b2 + tx] = p - q;
+                        d[b3 + tx] = T::ZERO - q;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dw` of `y = conv2d(x, w)` given `dy`, for a geometry where [`applies`] holds:
+/// `dU[ξ] = Σ_tiles D[ξ] · V[ξ]ᵀ` (16 GEMMs over all tiles of the batch), then `dw = Gᵀ dU G`.
+pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+    debug_assert!(applies(g));
+    let (cin, cout) = (g.c_in, g.c_out);
+    let tiles = g.h.div_ceil(2) * g.w.div_ceil(2);
+    let ulen = 16 * cout * cin;
+    if g.n == 0 || tiles == 0 || ulen == 0 {
+        return vec![T::ZERO; cout * cin * 9];
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let nb = TARGET_TILES
+        .div_ceil(tiles)
+        .clamp(1, g.n.div_ceil(threads).max(1));
+    let tasks = g.n.div_ceil(nb);
+    let par = gemm_parallelism(tasks);
+    // Deterministic for a given thread count: fixed task ranges per worker, summed in worker order.
+    let workers = threads.clamp(1, tasks);
+    let partials: Vec<Vec<T>> = (0..workers)
+        .into_par_iter()
+        .map(|j| {
+            let mut scratch = Scratch::default();
+            let mut du = vec![T::ZERO; ulen];
+            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
+                let i0 = t * nb;
+                let cnt = nb.min(g.n - i0);
+                let ld = cnt * tiles;
+                let Scratch { col, stage } = &mut scratch;
+                let v = sized(col, 16 * cin * ld);
+                transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+                let d = sized(stage, 16 * cout * ld);
+                transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
+                for xi in 0..16 {
+                    let lhs = Mat {
+                        ptr: d[xi * cout * ld..].as_ptr(),
+                        rs: ld,
+                        cs: 1,
+                    };
+                    // V[ξ]ᵀ: element (tile, ci) is v[(ξ·cin + ci)·ld + tile].
+                    let rhs = Mat {
+                        ptr: v[xi * cin * ld..].as_ptr(),
+                        rs: 1,
+                        cs: ld,
+                    };
+                    let dst = du[xi * cout * cin..].as_mut_ptr();
+                    // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
+                    // inside v.
+                    unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
+                }
+            }
+            du
+        })
+        .collect();
+    let mut du = vec![T::ZERO; ulen];
+    for part in &partials {
+        du.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
+    }
+    // dw = Gᵀ dU G per (co, ci).
+    let h = T::HALF;
+    let mut dw = vec![T::ZERO; cout * cin * 9];
+    for co in 0..cout {
+        for ci in 0..cin {
+            let u = |i: usize, j: usize| du[((i * 4 + j) * cout + co) * cin + ci];
+            let mut t = [[T::ZERO; 4]; 3];
+            for j in 0..4 {
+                let (u0, u1, u2, u3) = (u(0, j), u(1, j), u(2, j), u(3, j));
+                t[0][j] = u0 + h * (u1 + u2);
+                t[1][j] = h * (u1 - u2);
+                t[2][j] = h * (u1 + u2) + u3;
+            }
+            let out = &mut dw[(co * cin + ci) * 9..][..9];
+            for (a, row) in t.iter().enumerate() {
+                out[a * 3] = row[0] + h * (row[1] + row[2]);
+                out[a * 3 + 1] = h * (row[1] - row[2]);
+                out[a * 3 + 2] = h * (row[1] + row[2]) + row[3];
+            }
+        }
+    }
+    dw
 }
