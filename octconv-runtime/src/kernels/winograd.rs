@@ -333,13 +333,12 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     for co in 0..cout {
         for ci in 0..cin {
             let u = |i: usize, j: usize| du[((i * 4 + j) * cout + co) * cin + ci];
-            let mut t = [[T::ZERO; 4]; 3];
-            for j in 0..4 {
+            let col = |j: usize| {
                 let (u0, u1, u2, u3) = (u(0, j), u(1, j), u(2, j), u(3, j));
-                t[0][j] = u0 + h * (u1 + u2);
-                t[1][j] = h * (u1 - u2);
-                t[2][j] = h * (u1 + u2) + u3;
-            }
+                [u0 + h * (u1 + u2), h * (u1 - u2), h * (u1 + u2) + u3]
+            };
+            let cols = [col(0), col(1), col(2), col(3)];
+            let t: [[T; 4]; 3] = std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
             let out = &mut dw[(co * cin + ci) * 9..][..9];
             for (a, row) in t.iter().enumerate() {
                 out[a * 3] = row[0] + h * (row[1] + row[2]);
