@@ -92,18 +92,18 @@ class Block(nn.Module):
 
     def forward(self, xh, xl):
         oh, ol = self.bn1(xh, xl)
-        sh, sl = (xh, xl) if self.proj is None else self.proj(oh, ol)
+        sh, sl = (xh, xl) if self.proj is None else self.proj(xh, xl)
         h, l = self.conv2(*self.bn2(*self.conv1(oh, ol)))
         return h + sh, (l + sl if l is not None else None)
 
 
 class OctWRN(nn.Module):
-    """WRN-(6n+4)-k with OctConv, merge-then-pool head."""
+    """WRN-(6n+4)-k with OctConv as in specs/wrn.oct: OctConv stem (α_in = 0), merge-then-pool head."""
 
     def __init__(self, n=2, k=4, alpha=0.25, classes=10):
         super().__init__()
         self.alpha = alpha
-        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.stem = OctConv(3, 16, 0.0, alpha)
         widths = [16, 16 * k, 32 * k, 64 * k]
         blocks = []
         for s in range(3):
@@ -114,15 +114,17 @@ class OctWRN(nn.Module):
         self.fc = nn.Linear(widths[3], classes)
 
     def forward(self, x):
-        x = self.stem(x)
-        hi, lo = split(x.shape[1], self.alpha)
-        xh, xl = (x[:, :hi], F.avg_pool2d(x[:, hi:], 2)) if lo else (x, None)
+        xh, xl = self.stem(x, None)
         for b in self.blocks:
             xh, xl = b(xh, xl)
         xh, xl = self.bn(xh, xl)
         if xl is not None:
             xh = torch.cat([xh, F.interpolate(xl, scale_factor=2, mode="nearest")], 1)
         return self.fc(F.adaptive_avg_pool2d(xh, 1).flatten(1))
+
+
+def params(alpha):
+    return sum(p.numel() for p in OctWRN(2, 4, alpha).parameters())
 
 
 def timed(fn, repeats):

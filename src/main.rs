@@ -5,7 +5,12 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// Counts heap bytes so that `octconv bench` can report measured activation memory.
+#[global_allocator]
+static ALLOC: cli::alloc::Counting = cli::alloc::Counting;
+
 fn main() -> ExitCode {
+    octconv_runtime::malloc::tune_for_tensors();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

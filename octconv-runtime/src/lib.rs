@@ -21,6 +21,7 @@
 pub mod data;
 pub mod init;
 pub mod kernels;
+pub mod malloc;
 pub mod layers;
 pub mod model;
 pub mod ops;

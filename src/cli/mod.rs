@@ -1,5 +1,7 @@
 //! Command-line parsing and dispatch; one module per subcommand.
 
+pub mod alloc;
+mod bench;
 mod check;
 mod eval;
 mod gen;
@@ -58,6 +60,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights on a dataset's test split: accuracy, per-class accuracy, confusion matrix.
     Eval(eval::EvalArgs),
+    /// Time inference or training steps at several α: the seed's table with FLOPs and memory theory.
+    Bench(bench::BenchArgs),
     /// Plot learning curves of one or more run directories (PNG or SVG).
     Plot(plot::PlotArgs),
     /// Write the Rust code `octnet!` generates for a spec (formatted).
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(&args, cli.color.enabled()),
         Command::Eval(args) => eval::run(&args, cli.color.enabled()),
         Command::Plot(args) => plot::run(&args),
+        Command::Bench(args) => bench::run(&args, cli.color.enabled()),
         Command::Builtins => {
             check::builtins();
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,271 @@
+//! `octconv bench SPEC [--alphas 0,0.25,0.5,0.75] [--batch 128] [--samples 256] [--repeats 20] [--train]
+//! [--json]`: the seed's timing table — inference (or training steps) on random input for each α.
+
+use super::alloc;
+use super::spec_args::SpecArgs;
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use octconv_runtime::init::init_params;
+use octconv_runtime::optim::{Sgd, SgdConfig};
+use octconv_runtime::OctModel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Arguments of `octconv bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Values of the spec's `alpha` parameter, one table row each.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.25, 0.5, 0.75])]
+    alphas: Vec<f64>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Images per timed repeat (processed in batches of --batch).
+    #[arg(long, default_value_t = 256)]
+    samples: usize,
+    /// Timed repeats per α (after one untimed warm-up).
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
+    /// Time training steps (forward, cross-entropy, backward, SGD update) instead of inference.
+    #[arg(long)]
+    train: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One row of the table.
+#[derive(Serialize, Debug)]
+struct Row {
+    alpha: f64,
+    /// Seconds per batch.
+    mean_s: f64,
+    median_s: f64,
+    std_s: f64,
+    per_sample_ms: f64,
+    /// Median time relative to the first row.
+    relative: f64,
+    /// The seed's per-layer FLOPs theory 1 − ¾α(2 − α).
+    theory: f64,
+    /// MACs per sample from the cost model, and relative to the first row.
+    macs: u64,
+    macs_relative: f64,
+    params: u64,
+    /// Measured peak heap growth during one forward pass (activations; in training mode, everything
+    /// the backward keeps).
+    peak_activation_bytes: u64,
+    memory_relative: f64,
+    /// The seed's memory theory 1 − ¾α.
+    memory_theory: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    spec: String,
+    mode: &'static str,
+    batch: usize,
+    samples: usize,
+    repeats: usize,
+    threads: usize,
+    rows: Vec<Row>,
+}
+
+/// Runs the benchmark and prints the table or JSON.
+pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 || args.samples == 0 || args.repeats == 0 {
+        bail!("--batch, --samples and --repeats must be at least 1");
+    }
+    if args.alphas.is_empty() {
+        bail!("--alphas needs at least one value");
+    }
+    if args.spec.sets.iter().any(|s| s.trim_start().starts_with("alpha")) {
+        bail!("`--set alpha=…` conflicts with --alphas; list the values in --alphas instead");
+    }
+    // Check every α first: a bad spec or α fails before any timing starts.
+    let mut models = Vec::new();
+    for &a in &args.alphas {
+        let mut spec = args.spec.clone();
+        spec.sets.push(format!("alpha={a}"));
+        let Some(model) = spec.model(color) else {
+            eprintln!("(while setting alpha = {a} for --alphas; the spec needs an `alpha` parameter)");
+            return Ok(ExitCode::from(1));
+        };
+        models.push((a, model));
+    }
+    let batches = args.samples.div_ceil(args.batch);
+    let bar = ProgressBar::new((models.len() * (args.repeats + 1) * batches) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {elapsed}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    for (a, model) in models {
+        bar.set_prefix(format!("α = {a}"));
+        let row = bench_one(args, a, model, batches, &bar)
+            .with_context(|| format!("benchmarking α = {a}"))?;
+        rows.push(row);
+    }
+    bar.finish_and_clear();
+    let (t0, m0, b0) = (rows[0].median_s, rows[0].macs, rows[0].peak_activation_bytes);
+    for r in &mut rows {
+        r.relative = r.median_s / t0;
+        r.macs_relative = r.macs as f64 / m0.max(1) as f64;
+        r.memory_relative = r.peak_activation_bytes as f64 / b0.max(1) as f64;
+    }
+    let report = Report {
+        spec: args.spec.spec.clone(),
+        mode: if args.train { "train" } else { "inference" },
+        batch: args.batch,
+        samples: args.samples,
+        repeats: args.repeats,
+        threads: rayon::current_num_threads(),
+        rows,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} of `{}`: batch {}, {} samples per repeat, {} repeats, {} threads; times per batch",
+        if r.mode == "train" { "Training steps" } else { "Inference" },
+        r.spec,
+        r.batch,
+        r.samples,
+        r.repeats,
+        r.threads
+    );
+    println!();
+    println!("| α | mean s | median s | std s | median ms / sample | relative | FLOPs theory | MACs (cost model) | peak activations | memory relative | memory theory |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &r.rows {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.3} | {:.0} % | {:.0} % | {:.0} % | {:.1} MiB | {:.0} % | {:.0} % |",
+            row.alpha,
+            row.mean_s,
+            row.median_s,
+            row.std_s,
+            row.per_sample_ms,
+            100.0 * row.relative,
+            100.0 * row.theory,
+            100.0 * row.macs_relative,
+            row.peak_activation_bytes as f64 / (1 << 20) as f64,
+            100.0 * row.memory_relative,
+            100.0 * row.memory_theory
+        );
+    }
+}
+
+fn random_images(n: usize, d: octconv_spec::Dims, seed: u64) -> anyhow::Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let len = n * d.c * d.h * d.w;
+    let v: Vec<f32> = (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Ok(Tensor::from_vec(v, (n, d.c, d.h, d.w), &Device::Cpu)?)
+}
+
+fn bench_one(
+    args: &BenchArgs,
+    alpha: f64,
+    model: octconv_spec::Model,
+    batches: usize,
+    bar: &ProgressBar,
+) -> anyhow::Result<Row> {
+    let (macs, params, d) = (model.macs(), model.params(), model.input);
+    let device = Device::Cpu;
+    let x_all = random_images(args.samples, d, 1)?;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("var map poisoned"))?;
+        for (name, t) in init_params(&model, 0, DType::F32, &device)? {
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let classes = net.forward_t(&x_all.narrow(0, 0, 1)?, false)?.dim(1)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let labels: Vec<u32> = (0..args.samples)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect();
+    let y_all = Tensor::from_vec(labels, args.samples, &device)?;
+    let vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("var map poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut opt = Sgd::new(vars, SgdConfig::default());
+    let batch_at = |b: usize| -> candle_core::Result<(Tensor, Tensor)> {
+        let start = b * args.batch;
+        let len = args.batch.min(args.samples - start);
+        Ok((x_all.narrow(0, start, len)?, y_all.narrow(0, start, len)?))
+    };
+    let mut step = |b: usize| -> anyhow::Result<()> {
+        let (x, y) = batch_at(b)?;
+        if args.train {
+            let logits = net.forward_t(&x, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let grads = loss.backward()?;
+            opt.step(&grads, 0.01)?;
+        } else {
+            net.forward_t(&x, false)?;
+        }
+        Ok(())
+    };
+    // Peak activation memory of one forward pass on the first batch.
+    let (x0, _) = batch_at(0)?;
+    alloc::reset_peak();
+    let base = alloc::current();
+    let out = net.forward_t(&x0, args.train)?;
+    let peak_activation_bytes = (alloc::peak() - base) as u64;
+    drop(out);
+    let mut times = Vec::with_capacity(args.repeats);
+    for rep in 0..=args.repeats {
+        let t = Instant::now();
+        for b in 0..batches {
+            step(b)?;
+            bar.inc(1);
+        }
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let per_batch: Vec<f64> = times.iter().map(|t| t / batches as f64).collect();
+    let mean = per_batch.iter().sum::<f64>() / per_batch.len() as f64;
+    let var = per_batch.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / per_batch.len() as f64;
+    let mut sorted = per_batch.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mut rep_sorted = times.clone();
+    rep_sorted.sort_by(f64::total_cmp);
+    Ok(Row {
+        alpha,
+        mean_s: mean,
+        median_s: median,
+        std_s: var.sqrt(),
+        per_sample_ms: rep_sorted[rep_sorted.len() / 2] / args.samples as f64 * 1e3,
+        relative: 1.0,
+        theory: 1.0 - 0.75 * alpha * (2.0 - alpha),
+        macs,
+        macs_relative: 1.0,
+        params,
+        peak_activation_bytes,
+        memory_relative: 1.0,
+        memory_theory: 1.0 - 0.75 * alpha,
+    })
+}
