@@ -21,8 +21,8 @@
 pub mod data;
 pub mod init;
 pub mod kernels;
-pub mod malloc;
 pub mod layers;
+pub mod malloc;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -85,7 +85,12 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
     if args.alphas.is_empty() {
         bail!("--alphas needs at least one value");
     }
-    if args.spec.sets.iter().any(|s| s.trim_start().starts_with("alpha")) {
+    if args
+        .spec
+        .sets
+        .iter()
+        .any(|s| s.trim_start().starts_with("alpha"))
+    {
         bail!("`--set alpha=…` conflicts with --alphas; list the values in --alphas instead");
     }
     // Check every α first: a bad spec or α fails before any timing starts.
@@ -94,7 +99,9 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         let mut spec = args.spec.clone();
         spec.sets.push(format!("alpha={a}"));
         let Some(model) = spec.model(color) else {
-            eprintln!("(while setting alpha = {a} for --alphas; the spec needs an `alpha` parameter)");
+            eprintln!(
+                "(while setting alpha = {a} for --alphas; the spec needs an `alpha` parameter)"
+            );
             return Ok(ExitCode::from(1));
         };
         models.push((a, model));
@@ -114,7 +121,11 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         rows.push(row);
     }
     bar.finish_and_clear();
-    let (t0, m0, b0) = (rows[0].median_s, rows[0].macs, rows[0].peak_activation_bytes);
+    let (t0, m0, b0) = (
+        rows[0].median_s,
+        rows[0].macs,
+        rows[0].peak_activation_bytes,
+    );
     for r in &mut rows {
         r.relative = r.median_s / t0;
         r.macs_relative = r.macs as f64 / m0.max(1) as f64;
@@ -140,7 +151,11 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
 fn print_table(r: &Report) {
     println!(
         "{} of `{}`: batch {}, {} samples per repeat, {} repeats, {} threads; times per batch",
-        if r.mode == "train" { "Training steps" } else { "Inference" },
+        if r.mode == "train" {
+            "Training steps"
+        } else {
+            "Inference"
+        },
         r.spec,
         r.batch,
         r.samples,

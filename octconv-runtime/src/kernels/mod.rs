@@ -4,6 +4,7 @@
 //! kernels keep candle's semantics and parameter layout, so a layer can switch between them and
 //! candle's ops (any device other than the CPU, any dtype other than f32 and f64) without changing its weights.
 
+pub mod batch_norm;
 pub mod conv2d;
 pub mod geometry;
 pub mod resample;

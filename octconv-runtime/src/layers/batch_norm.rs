@@ -1,32 +1,128 @@
 //! `OctBatchNorm`: batch normalisation with separate statistics per branch.
 
+use crate::kernels::batch_norm::{BatchNormTrain, BatchStats, ChannelAffine};
 use crate::OctValue;
-use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
 use octconv_spec::Shape;
+use std::sync::{Arc, Mutex};
+
+/// Batch normalisation of one tensor `[N, C, …]`: `weight`, `bias`, `running_mean`, `running_var`.
+///
+/// Train mode normalises with the batch statistics (biased variance) and updates the running ones as
+/// PyTorch does (`r ← (1 − m)·r + m·s`, with the unbiased variance). f32 tensors on the CPU use our
+/// kernels; anything else uses candle-nn's `BatchNorm` on the same variables.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// Loads (or, in a `VarMap`, creates) the parameters of `c` channels.
+    pub fn new(c: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
+        if eps < 0.0 {
+            candle_core::bail!("batch norm: eps must not be negative (got {eps})")
+        }
+        Ok(BatchNorm2d {
+            running_mean: Var::from_tensor(&vb.get_with_hints(
+                c,
+                "running_mean",
+                Init::Const(0.),
+            )?)?,
+            running_var: Var::from_tensor(&vb.get_with_hints(
+                c,
+                "running_var",
+                Init::Const(1.),
+            )?)?,
+            weight: vb.get_with_hints(c, "weight", Init::Const(1.))?,
+            bias: vb.get_with_hints(c, "bias", Init::Const(0.))?,
+            eps,
+            momentum,
+        })
+    }
+
+    fn fast_path(&self, x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+    }
+
+    /// Normalises `x`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !self.fast_path(x) {
+            let bn = candle_nn::BatchNorm::new_with_momentum(
+                self.weight.dim(0)?,
+                self.running_mean.as_tensor().clone(),
+                self.running_var.as_tensor().clone(),
+                self.weight.clone(),
+                self.bias.clone(),
+                self.eps,
+                self.momentum,
+            )?;
+            return bn.forward_t(x, train);
+        }
+        if !train {
+            let inv_std = (self.running_var.as_detached_tensor() + self.eps)?
+                .sqrt()?
+                .recip()?;
+            let a = (&self.weight * inv_std)?;
+            let b = (&self.bias - (self.running_mean.as_detached_tensor() * &a)?)?;
+            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine);
+        }
+        let op = BatchNormTrain {
+            eps: self.eps,
+            stats: Arc::new(Mutex::new(BatchStats::default())),
+        };
+        let stats = op.stats.clone();
+        let y =
+            x.contiguous()?
+                .apply_op3(&self.weight.contiguous()?, &self.bias.contiguous()?, op)?;
+        let st = stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("stats poisoned".into()))?;
+        let m = self.momentum;
+        let unbiased = if st.count > 1 {
+            st.count as f64 / (st.count - 1) as f64
+        } else {
+            1.0
+        };
+        let update = |var: &Var, batch: Vec<f64>| -> Result<()> {
+            let old: Vec<f32> = var.as_tensor().to_dtype(DType::F32)?.to_vec1()?;
+            let new: Vec<f32> = old
+                .iter()
+                .zip(batch)
+                .map(|(&r, s)| ((1.0 - m) * r as f64 + m * s) as f32)
+                .collect();
+            var.set(&Tensor::from_vec(new, old.len(), var.device())?.to_dtype(var.dtype())?)
+        };
+        update(&self.running_mean, st.mean.clone())?;
+        update(
+            &self.running_var,
+            st.var.iter().map(|v| v * unbiased).collect(),
+        )?;
+        Ok(y)
+    }
+}
 
 /// Batch normalisation of a tensor, a flat batch, or each branch of an octave pair (parameters under
 /// `h.` and `l.`). Train mode normalises with batch statistics and updates the running ones.
 #[derive(Clone, Debug)]
 pub struct OctBatchNorm {
     /// The tensor's (or high branch's) normalisation.
-    high: Option<BatchNorm>,
+    high: Option<BatchNorm2d>,
     /// The low branch's normalisation.
-    low: Option<BatchNorm>,
+    low: Option<BatchNorm2d>,
 }
 
 impl OctBatchNorm {
     /// Loads the parameters for inputs of shape `input` from `vb`.
     pub fn new(input: &Shape, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
-        let cfg = BatchNormConfig {
-            eps,
-            remove_mean: true,
-            affine: true,
-            momentum,
-        };
-        let bn = |c: usize, vb: VarBuilder| -> Result<Option<BatchNorm>> {
+        let bn = |c: usize, vb: VarBuilder| -> Result<Option<BatchNorm2d>> {
             (c > 0)
-                .then(|| candle_nn::batch_norm(c, cfg, vb))
+                .then(|| BatchNorm2d::new(c, eps, momentum, vb))
                 .transpose()
         };
         Ok(match input {
@@ -43,7 +139,7 @@ impl OctBatchNorm {
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).
     pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
-        let apply = |bn: &Option<BatchNorm>, t: &Tensor| -> Result<Tensor> {
+        let apply = |bn: &Option<BatchNorm2d>, t: &Tensor| -> Result<Tensor> {
             match bn {
                 Some(bn) => bn.forward_t(t, train),
                 None => candle_core::bail!("batch norm: unexpected branch"),
