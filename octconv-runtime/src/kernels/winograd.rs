@@ -66,7 +66,7 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     f
 }
 
-/// `V[ξ][ci][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` of the images in `x` (`cnt` whole
+/// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` of the images in `x` (`cnt` whole
 /// images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix with row stride
 /// `ld`.
 fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
@@ -74,7 +74,8 @@ fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
     let cnt = x.len() / g.in_image();
-    // V[ξ][ci][tile], one row of tiles at a time so every write is a contiguous run.
+    // One row of tiles at a time so every write is a contiguous run; a channel's 16 frequencies are
+    // adjacent (V[ci][ξ][tile]), which keeps the writes of one channel within a few cache pages.
     let pw = 2 * tw + 2;
     let mut prow = vec![T::ZERO; 4 * pw];
     let mut trow = vec![T::ZERO; 4 * pw];
@@ -109,7 +110,7 @@ fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize
                 let col0 = i * tiles + ty * tw;
                 for r in 0..4 {
                     let t = &trow[r * pw..][..pw];
-                    let base = |j: usize| ((r * 4 + j) * cin + ci) * ld + col0;
+                    let base = |j: usize| (ci * 16 + r * 4 + j) * ld + col0;
                     let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
                     for tx in 0..tw {
                         let c = 2 * tx;
@@ -157,14 +158,14 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                     cs: 1,
                 };
                 let rhs = Mat {
-                    ptr: v[xi * cin * ld..].as_ptr(),
-                    rs: ld,
+                    ptr: v[xi * ld..].as_ptr(),
+                    rs: 16 * ld,
                     cs: 1,
                 };
-                let dst = m[xi * cout * ld..].as_mut_ptr();
-                // SAFETY: lhs is cout × cin inside u, rhs is cin × ld inside v, dst is cout × ld
-                // inside m.
-                unsafe { sgemm((cout, ld, cin), dst, ld, false, lhs, rhs, par) };
+                let dst = m[xi * ld..].as_mut_ptr();
+                // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows 16·ld
+                // apart, inside v and m.
+                unsafe { sgemm((cout, ld, cin), dst, 16 * ld, false, lhs, rhs, par) };
             }
             // Y = Aᵀ M A, one row of tiles at a time (contiguous reads), clipped at odd edges.
             let plane_len = h * wd;
@@ -175,7 +176,7 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                     let y = &mut out_chunk[(i * cout + co) * plane_len..][..plane_len];
                     for ty in 0..th {
                         let col0 = i * tiles + ty * tw;
-                        let mrow = |xi: usize| &m[(xi * cout + co) * ld + col0..][..tw];
+                        let mrow = |xi: usize| &m[(co * 16 + xi) * ld + col0..][..tw];
                         // Aᵀ over rows: t[r][j] for r = 0, 1 and j = 0…3.
                         for j in 0..4 {
                             let (m0, m1, m2, m3) =
@@ -219,7 +220,7 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
     forward(&gt, dy, &flipped)
 }
 
-/// `D[ξ][co][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
+/// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
 /// whole images; values beyond odd edges are zero), laid out like [`transform_input`].
 fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
     let (cout, h, wd) = (g.c_out, g.h, g.w);
@@ -255,7 +256,7 @@ fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld
                 let col0 = i * tiles + ty * tw;
                 for r in 0..4 {
                     let sr = &s[r * pw..][..pw];
-                    let base = |j: usize| ((r * 4 + j) * cout + co) * ld + col0;
+                    let base = |j: usize| (co * 16 + r * 4 + j) * ld + col0;
                     let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
                     for tx in 0..tw {
                         let (p, q) = (sr[2 * tx], sr[2 * tx + 1]);
@@ -304,15 +305,15 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
                 transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
                 for xi in 0..16 {
                     let lhs = Mat {
-                        ptr: d[xi * cout * ld..].as_ptr(),
-                        rs: ld,
+                        ptr: d[xi * ld..].as_ptr(),
+                        rs: 16 * ld,
                         cs: 1,
                     };
-                    // V[ξ]ᵀ: element (tile, ci) is v[(ξ·cin + ci)·ld + tile].
+                    // V[ξ]ᵀ: element (tile, ci) is v[(ci·16 + ξ)·ld + tile].
                     let rhs = Mat {
-                        ptr: v[xi * cin * ld..].as_ptr(),
+                        ptr: v[xi * ld..].as_ptr(),
                         rs: 1,
-                        cs: ld,
+                        cs: 16 * ld,
                     };
                     let dst = du[xi * cout * cin..].as_mut_ptr();
                     // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
