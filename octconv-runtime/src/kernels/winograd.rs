@@ -74,50 +74,67 @@ fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
     let cnt = x.len() / g.in_image();
-    // One row of tiles at a time so every write is a contiguous run; a channel's 16 frequencies are
-    // adjacent (V[ci][ξ][tile]), which keeps the writes of one channel within a few cache pages.
-    let pw = 2 * tw + 2;
-    let mut prow = vec![T::ZERO; 4 * pw];
-    let mut trow = vec![T::ZERO; 4 * pw];
+    // The four input rows of a row of tiles, split into even and odd columns of the zero-padded row:
+    // e[k] = x[2k − 1], o[k] = x[2k]. Every step below is then an elementwise loop over contiguous
+    // slices, which the compiler vectorises; a channel's 16 frequencies are adjacent
+    // (V[ci][ξ][tile]), which keeps its writes within a few cache pages.
+    let n2 = tw + 1;
+    let mut e = vec![T::ZERO; 4 * n2];
+    let mut o = vec![T::ZERO; 4 * n2];
+    let mut te = vec![T::ZERO; 4 * n2];
+    let mut to = vec![T::ZERO; 4 * n2];
     for i in 0..cnt {
         let img = &x[i * g.in_image()..][..g.in_image()];
         for ci in 0..cin {
             let plane = &img[ci * h * wd..][..h * wd];
             for ty in 0..th {
-                // The four padded input rows 2ty − 1 … 2ty + 2.
                 for r in 0..4 {
-                    let dst = &mut prow[r * pw..][..pw];
-                    match (2 * ty + r).checked_sub(1).filter(|&y| y < h) {
-                        Some(iy) => {
-                            dst[0] = T::ZERO;
-                            dst[1..1 + wd].copy_from_slice(&plane[iy * wd..][..wd]);
-                            dst[1 + wd..].fill(T::ZERO);
+                    let er = &mut e[r * n2..][..n2];
+                    let or = &mut o[r * n2..][..n2];
+                    er.fill(T::ZERO);
+                    or.fill(T::ZERO);
+                    if let Some(iy) = (2 * ty + r).checked_sub(1).filter(|&y| y < h) {
+                        let row = &plane[iy * wd..][..wd];
+                        let pairs = row.chunks_exact(2);
+                        if let [last] = pairs.remainder() {
+                            or[wd / 2] = *last;
                         }
-                        None => dst.fill(T::ZERO),
+                        for ((p, oo), ee) in pairs.zip(or.iter_mut()).zip(er[1..].iter_mut()) {
+                            *oo = p[0];
+                            *ee = p[1];
+                        }
                     }
                 }
-                // Bᵀ d over rows, for the whole row of tiles.
-                let (p0, rest) = prow.split_at(pw);
-                let (p1, rest) = rest.split_at(pw);
-                let (p2, p3) = rest.split_at(pw);
-                for c in 0..pw {
-                    trow[c] = p0[c] - p2[c];
-                    trow[pw + c] = p1[c] + p2[c];
-                    trow[2 * pw + c] = p2[c] - p1[c];
-                    trow[3 * pw + c] = p1[c] - p3[c];
+                // Bᵀ over rows: t0 = d0 − d2, t1 = d1 + d2, t2 = d2 − d1, t3 = d1 − d3.
+                for (src, dst) in [(&e, &mut te), (&o, &mut to)] {
+                    let (d0, rest) = src.split_at(n2);
+                    let (d1, rest) = rest.split_at(n2);
+                    let (d2, d3) = rest.split_at(n2);
+                    let (t0, rest) = dst.split_at_mut(n2);
+                    let (t1, rest) = rest.split_at_mut(n2);
+                    let (t2, t3) = rest.split_at_mut(n2);
+                    for k in 0..n2 {
+                        t0[k] = d0[k] - d2[k];
+                        t1[k] = d1[k] + d2[k];
+                        t2[k] = d2[k] - d1[k];
+                        t3[k] = d1[k] - d3[k];
+                    }
                 }
-                // … then B over columns, writing tx-contiguous runs.
+                // … then B over columns: with tile columns 2tx − 1 … 2tx + 2 = e[tx], o[tx],
+                // e[tx + 1], o[tx + 1].
                 let col0 = i * tiles + ty * tw;
                 for r in 0..4 {
-                    let t = &trow[r * pw..][..pw];
-                    let base = |j: usize| (ci * 16 + r * 4 + j) * ld + col0;
-                    let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
+                    let (ter, tor) = (&te[r * n2..][..n2], &to[r * n2..][..n2]);
+                    let (e0, e1, o0, o1) = (&ter[..tw], &ter[1..], &tor[..tw], &tor[1..]);
+                    let base = (ci * 16 + r * 4) * ld + col0;
+                    let (v0, rest) = v[base..].split_at_mut(ld);
+                    let (v1, rest) = rest.split_at_mut(ld);
+                    let (v2, v3) = rest.split_at_mut(ld);
                     for tx in 0..tw {
-                        let c = 2 * tx;
-                        v[b0 + tx] = t[c] - t[c + 2];
-                        v[b1 + tx] = t[c + 1] + t[c + 2];
-                        v[b2 + tx] = t[c + 2] - t[c + 1];
-                        v[b3 + tx] = t[c + 1] - t[c + 3];
+                        v0[tx] = e0[tx] - e1[tx];
+                        v1[tx] = o0[tx] + e1[tx];
+                        v2[tx] = e1[tx] - o0[tx];
+                        v3[tx] = o0[tx] - o1[tx];
                     }
                 }
             }
