@@ -36,7 +36,7 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
     Ok((d[0], d[1], inner, start, end))
 }
 
-fn slice<'a>(s: &'a CpuStorage, start: usize, end: usize) -> Result<&'a [f32]> {
+fn slice(s: &CpuStorage, start: usize, end: usize) -> Result<&[f32]> {
     match s {
         CpuStorage::F32(v) => Ok(&v[start..end]),
         _ => bail!("batch norm kernel: only f32 is supported"),

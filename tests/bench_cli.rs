@@ -1,0 +1,129 @@
+//! `octconv bench`: the JSON rows and their invariants, the table, training mode, and its errors.
+
+mod common;
+use common::{octconv, stderr, stdout};
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = octconv(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("bench --json prints one JSON object")
+}
+
+#[test]
+fn bench_json_has_one_row_per_alpha_with_theory_and_measured_values() {
+    let v = json(&[
+        "bench",
+        "wrn(n = 1, k = 1)",
+        "--alphas",
+        "0,0.5",
+        "--batch",
+        "2",
+        "--samples",
+        "3",
+        "--repeats",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "inference");
+    assert_eq!(
+        (
+            v["batch"].as_u64(),
+            v["samples"].as_u64(),
+            v["repeats"].as_u64()
+        ),
+        (Some(2), Some(3), Some(2))
+    );
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+    for r in rows {
+        assert!(f(r, "median_s") > 0.0 && f(r, "mean_s") > 0.0 && f(r, "std_s") >= 0.0);
+        // 3 samples per repeat: per-sample time is the repeat (2 batches) over 3 images.
+        assert!(f(r, "per_sample_ms") > 0.0);
+        assert!(r["peak_activation_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(
+            r["params"], rows[0]["params"],
+            "OctConv keeps the parameter count across α"
+        );
+    }
+    assert_eq!(f(&rows[0], "relative"), 1.0);
+    assert_eq!(f(&rows[0], "theory"), 1.0);
+    assert_eq!(f(&rows[1], "theory"), 1.0 - 0.75 * 0.5 * 1.5);
+    assert_eq!(f(&rows[1], "memory_theory"), 1.0 - 0.75 * 0.5);
+    // The cost model's MACs fall with α (independently of any timing).
+    assert!(f(&rows[1], "macs_relative") < 0.6, "{}", rows[1]);
+    assert!(rows[1]["macs"].as_u64() < rows[0]["macs"].as_u64());
+}
+
+#[test]
+fn bench_train_mode_times_training_steps_and_prints_the_table() {
+    let o = octconv(&[
+        "bench",
+        "wrn(n = 1, k = 1)",
+        "--alphas",
+        "0.25",
+        "--batch",
+        "4",
+        "--samples",
+        "4",
+        "--repeats",
+        "1",
+        "--train",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("Training steps of `wrn(n = 1, k = 1)`"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "| α | mean s | median s | std s | median ms / sample | relative | FLOPs theory"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("| 0.25 |"), "{out}");
+}
+
+#[test]
+fn bench_rejects_specs_without_alpha_and_bad_flags() {
+    let dir = std::env::temp_dir().join(format!("octconv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("plain.oct");
+    std::fs::write(&spec, "model plain(c: int = 4) { input [3, 8, 8]; conv(c, kernel = 3); relu(); global_avg_pool(); linear(2); }\n").unwrap();
+    let o = octconv(&[
+        "bench",
+        spec.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--samples",
+        "1",
+        "--repeats",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("alpha"), "{}", stderr(&o));
+
+    let o = octconv(&["bench", "wrn(n = 1, k = 1)", "--set", "alpha=0.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("conflicts with --alphas"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = octconv(&["bench", "wrn(n = 1, k = 1)", "--batch", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+
+    let o = octconv(&[
+        "bench",
+        "wrn(n = 1, k = 1)",
+        "--alphas",
+        "1.5",
+        "--repeats",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
