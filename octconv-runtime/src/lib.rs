@@ -19,6 +19,7 @@
 //! (`wide0.res0.octconv0.hh.weight`, `bn0.h.running_var`, …).
 
 pub mod data;
+pub mod device;
 pub mod init;
 pub mod kernels;
 pub mod layers;

@@ -35,6 +35,7 @@ pub struct OctModel {
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
     dropout_rng: DropoutRng,
+    device: candle_core::Device,
 }
 
 impl OctModel {
@@ -42,6 +43,7 @@ impl OctModel {
     /// naming the tensor).
     pub fn new(ir: Model, vb: VarBuilder) -> Result<Self> {
         let dropout_rng = DropoutRng::new(0);
+        let device = vb.device().clone();
         let mut nodes = Vec::with_capacity(ir.layers.len());
         for layer in &ir.layers {
             let vb = vb.pp(&layer.name);
@@ -84,7 +86,13 @@ impl OctModel {
             nodes,
             last_use,
             dropout_rng,
+            device,
         })
+    }
+
+    /// The device the parameters live on (inputs must be on it too).
+    pub fn device(&self) -> &candle_core::Device {
+        &self.device
     }
 
     /// The IR the model was built from.

@@ -169,7 +169,7 @@ pub fn evaluate(
     };
     let order: Vec<usize> = (0..ds.len()).collect();
     for idx in order.chunks(batch.max(1)) {
-        let (x, y) = plain.batch(ds, idx, &mut rng, &Device::Cpu)?;
+        let (x, y) = plain.batch(ds, idx, &mut rng, model.device())?;
         let logits = model.forward_t(&x, false)?;
         loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
             * idx.len() as f64;
@@ -231,6 +231,19 @@ impl Trainer {
         data: &Split,
         resume: bool,
     ) -> Result<Self> {
+        Self::new_on(ir, cfg, dir, data, resume, &Device::Cpu)
+    }
+
+    /// [`Trainer::new`] on `device` (weights, batches and optimiser state live there; checkpoints are
+    /// the same files on every device, so a run may resume on another one).
+    pub fn new_on(
+        ir: Model,
+        cfg: TrainConfig,
+        dir: &Path,
+        data: &Split,
+        resume: bool,
+        device: &Device,
+    ) -> Result<Self> {
         let checkpoint = dir.join("checkpoint.safetensors");
         let run_json = dir.join("run.json");
         std::fs::create_dir_all(dir)
@@ -260,7 +273,7 @@ impl Trainer {
                     serde_json::to_string(&cfg)?
                 );
             }
-            let mut t = read_safetensors(&checkpoint, &Device::Cpu)?;
+            let mut t = read_safetensors(&checkpoint, device)?;
             let s: Vec<f64> = t
                 .remove(STATE)
                 .context("checkpoint has no `__state`")?
@@ -296,6 +309,9 @@ impl Trainer {
             std::fs::write(&run_json, serde_json::to_vec_pretty(&cfg)?)?;
             let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
             init_params(&ir, cfg.seed, DType::F32, &Device::Cpu)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, v.to_device(device)?)))
+                .collect::<Result<_>>()?
         };
         {
             let mut data = varmap
@@ -306,10 +322,7 @@ impl Trainer {
                 data.insert(name, Var::from_tensor(&t)?);
             }
         }
-        let model = OctModel::new(
-            ir,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
+        let model = OctModel::new(ir, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
         let vars: Vec<(String, Var)> = varmap
             .data()
             .lock()
@@ -409,7 +422,7 @@ impl Trainer {
                 );
                 let (x, y) = self
                     .batcher
-                    .batch(&data.train, idx, &mut rng, &Device::Cpu)?;
+                    .batch(&data.train, idx, &mut rng, self.model.device())?;
                 let logits = self.model.forward_t(&x, true)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
                 let loss_v = loss.to_scalar::<f32>()? as f64;

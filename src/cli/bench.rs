@@ -39,6 +39,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::spec_args::DeviceArgs,
 }
 
 /// One row of the table.
@@ -74,6 +76,7 @@ struct Report {
     samples: usize,
     repeats: usize,
     threads: usize,
+    device: String,
     rows: Vec<Row>,
 }
 
@@ -138,6 +141,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         samples: args.samples,
         repeats: args.repeats,
         threads: rayon::current_num_threads(),
+        device: args.device.device.clone(),
         rows,
     };
     if args.json {
@@ -150,13 +154,14 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
 
 fn print_table(r: &Report) {
     println!(
-        "{} of `{}`: batch {}, {} samples per repeat, {} repeats, {} threads; times per batch",
+        "{} of `{}` on {}: batch {}, {} samples per repeat, {} repeats, {} threads; times per batch",
         if r.mode == "train" {
             "Training steps"
         } else {
             "Inference"
         },
         r.spec,
+        r.device,
         r.batch,
         r.samples,
         r.repeats,
@@ -183,11 +188,16 @@ fn print_table(r: &Report) {
     }
 }
 
-fn random_images(n: usize, d: octconv_spec::Dims, seed: u64) -> anyhow::Result<Tensor> {
+fn random_images(
+    n: usize,
+    d: octconv_spec::Dims,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let len = n * d.c * d.h * d.w;
     let v: Vec<f32> = (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Ok(Tensor::from_vec(v, (n, d.c, d.h, d.w), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (n, d.c, d.h, d.w), device)?)
 }
 
 fn bench_one(
@@ -198,16 +208,16 @@ fn bench_one(
     bar: &ProgressBar,
 ) -> anyhow::Result<Row> {
     let (macs, params, d) = (model.macs(), model.params(), model.input);
-    let device = Device::Cpu;
-    let x_all = random_images(args.samples, d, 1)?;
+    let device = args.device.open()?;
+    let x_all = random_images(args.samples, d, 1, &device)?;
     let varmap = VarMap::new();
     {
         let mut data = varmap
             .data()
             .lock()
             .map_err(|_| anyhow::anyhow!("var map poisoned"))?;
-        for (name, t) in init_params(&model, 0, DType::F32, &device)? {
-            data.insert(name, Var::from_tensor(&t)?);
+        for (name, t) in init_params(&model, 0, DType::F32, &Device::Cpu)? {
+            data.insert(name, Var::from_tensor(&t.to_device(&device)?)?);
         }
     }
     let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
@@ -240,6 +250,8 @@ fn bench_one(
         } else {
             net.forward_t(&x, false)?;
         }
+        // GPU work is asynchronous: wait for it inside the timed region.
+        device.synchronize()?;
         Ok(())
     };
     // Peak activation memory of one forward pass on the first batch.

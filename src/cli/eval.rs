@@ -2,7 +2,7 @@
 
 use super::spec_args::SpecArgs;
 use anyhow::Context;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use octconv_runtime::data::Batcher;
 use octconv_runtime::train::{evaluate, split_run_weights};
 use octconv_runtime::weights::{check_weights, read_safetensors};
@@ -29,6 +29,8 @@ pub struct EvalArgs {
     /// Print one JSON object (`accuracy`, `per_class`, `confusion`, `loss`, `classes`).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::spec_args::DeviceArgs,
 }
 
 /// Evaluates on the test split.
@@ -36,8 +38,9 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
     let Some(model) = args.spec.model(color) else {
         return Ok(ExitCode::from(1));
     };
+    let device = args.device.open()?;
     let data = super::spec_args::load_data(&model, &args.data, None, args.test_limit)?;
-    let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &Device::Cpu)?)?;
+    let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &device)?)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;
     // A run's weights carry the training set's normalisation; other weights use this data's.
@@ -48,7 +51,7 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
     let net = octconv_runtime::OctModel::new(
         model,
-        candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device),
     )?;
     let e = evaluate(&net, &data.test, &batcher, args.batch)?;
     let classes = &data.test.classes;

@@ -2,7 +2,7 @@
 
 use super::spec_args::SpecArgs;
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, ModuleT};
+use candle_core::{DType, ModuleT};
 use octconv_runtime::weights::{check_weights, read_safetensors, write_safetensors_atomic};
 use octconv_runtime::OctModel;
 use std::collections::HashMap;
@@ -26,6 +26,8 @@ pub struct RunArgs {
     /// Overwrite `--output` if it exists.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    device: super::spec_args::DeviceArgs,
 }
 
 /// Runs the model in eval mode and writes `output`.
@@ -34,7 +36,7 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     super::spec_args::refuse_overwrite(&args.output, args.force)?;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let weights = read_safetensors(&args.weights, &device)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;

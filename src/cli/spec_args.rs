@@ -40,6 +40,21 @@ impl SpecArgs {
     }
 }
 
+/// `--device cpu|cuda|cuda:N`, shared by the subcommands that compute.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DeviceArgs {
+    /// Opens the device, or explains why it cannot.
+    pub fn open(&self) -> anyhow::Result<candle_core::Device> {
+        octconv_runtime::device::parse_device(&self.device)
+    }
+}
+
 /// Loads `data` (e.g. `folder:DIR`), applies the limits, and checks that its images fit `model`.
 pub fn load_data(
     model: &Model,

@@ -68,6 +68,8 @@ pub struct TrainArgs {
     /// Continue the run in --run-dir exactly where it stopped.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    device: super::spec_args::DeviceArgs,
 }
 
 /// Trains; Ctrl-C saves a checkpoint and exits with status 130.
@@ -113,7 +115,8 @@ pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
         cfg.batch,
         args.run_dir.display()
     );
-    let mut trainer = Trainer::new(model, cfg, &args.run_dir, &data, args.resume)?;
+    let device = args.device.open()?;
+    let mut trainer = Trainer::new_on(model, cfg, &args.run_dir, &data, args.resume, &device)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
