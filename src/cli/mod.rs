@@ -6,6 +6,7 @@ mod check;
 mod eval;
 mod gen;
 mod init;
+mod parity;
 mod plot;
 mod run;
 mod spec_args;
@@ -62,6 +63,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time inference or training steps at several α: the seed's table with FLOPs and memory theory.
     Bench(bench::BenchArgs),
+    /// Compare a device's output with the CPU's on the same seeded weights and input.
+    Parity(parity::ParityArgs),
     /// Plot learning curves of one or more run directories (PNG or SVG).
     Plot(plot::PlotArgs),
     /// Write the Rust code `octnet!` generates for a spec (formatted).
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(&args, cli.color.enabled()),
         Command::Plot(args) => plot::run(&args),
         Command::Bench(args) => bench::run(&args, cli.color.enabled()),
+        Command::Parity(args) => parity::run(&args, cli.color.enabled()),
         Command::Builtins => {
             check::builtins();
             Ok(ExitCode::SUCCESS)
