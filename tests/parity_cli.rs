@@ -5,7 +5,13 @@ use common::{octconv, stderr, stdout};
 
 #[test]
 fn parity_of_cpu_with_itself_is_exact() {
-    let o = octconv(&["parity", "wrn(n = 1, k = 1, alpha = 0.5)", "--device", "cpu", "--json"]);
+    let o = octconv(&[
+        "parity",
+        "wrn(n = 1, k = 1, alpha = 0.5)",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["max_abs_error"], 0.0);
