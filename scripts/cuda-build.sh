@@ -16,6 +16,7 @@ VENV="${CUDA_VENV:-target/cuda-venv}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 FEATURES="${FEATURES:-cuda}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
+# nvidia-cuda-cccl provides include/cccl (libcu++'s <nv/target>, which cuda_fp16.h includes).
 # cudarc 0.19 (candle 0.11's CUDA bindings) knows CUDA up to 13.4: use that toolkit and tell cudarc.
 CUDA_PIP_VERSION="${CUDA_PIP_VERSION:-13.4.*}"
 export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
@@ -25,8 +26,9 @@ step() { printf '\n== %s\n' "$*"; }
 step "CUDA toolkit from PyPI into $VENV"
 [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q \
-  "nvidia-cuda-nvcc==$CUDA_PIP_VERSION" "nvidia-cuda-runtime==$CUDA_PIP_VERSION" \
-  "nvidia-cuda-nvrtc==$CUDA_PIP_VERSION" "nvidia-cublas" "nvidia-curand"
+  "nvidia-cuda-nvcc==$CUDA_PIP_VERSION" "nvidia-nvvm==$CUDA_PIP_VERSION" "nvidia-cuda-crt==$CUDA_PIP_VERSION" \
+  "nvidia-cuda-runtime==$CUDA_PIP_VERSION" \
+  "nvidia-cuda-nvrtc==$CUDA_PIP_VERSION" "nvidia-cuda-cccl>=13.3" "nvidia-cublas" "nvidia-curand"
 if [ "$FEATURES" = cudnn ]; then "$VENV/bin/pip" install -q nvidia-cudnn-cu13; fi
 CU="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 [ -x "$CU/bin/nvcc" ] || { echo "error: no nvcc under $CU/bin" >&2; exit 1; }

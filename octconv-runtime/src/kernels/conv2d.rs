@@ -169,6 +169,83 @@ pub(super) fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
+/// Sums per-task contributions deterministically for a given thread count: each worker adds a fixed,
+/// contiguous range of tasks into its own buffer (with its own scratch), and the buffers are added in
+/// worker order. Exact resume of training depends on this.
+pub(super) fn sum_tasks<T: Element>(
+    tasks: usize,
+    len: usize,
+    task: impl Fn(usize, &mut Scratch<T>, &mut [T]) + Sync,
+) -> Vec<T> {
+    let workers = rayon::current_num_threads().clamp(1, tasks.max(1));
+    let partials: Vec<Vec<T>> = (0..workers)
+        .into_par_iter()
+        .map(|j| {
+            let mut scratch = Scratch::default();
+            let mut acc = vec![T::ZERO; len];
+            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
+                task(t, &mut scratch, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![T::ZERO; len];
+    for part in &partials {
+        total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
+    }
+    total
+}
+
+/// Copies group `grp`'s output rows (`cout_g` channels of `ohw` pixels) of images `i0 … i0 + cnt` of
+/// `y` side by side into `stage` (`cout_g × cnt·ohw`), or returns them in place for one image.
+fn gather_group<'a, T: Element>(
+    g: &ConvGeometry,
+    y: &'a [T],
+    (i0, cnt, grp): (usize, usize, usize),
+    stage: &'a mut Vec<T>,
+) -> &'a [T] {
+    let (ohw, cout_g) = (g.out_pixels(), g.cout_g());
+    if cnt == 1 {
+        return &y[i0 * g.out_image() + grp * cout_g * ohw..][..cout_g * ohw];
+    }
+    let ld = cnt * ohw;
+    let stage = sized(stage, cout_g * ld);
+    for i in 0..cnt {
+        let img = &y[(i0 + i) * g.out_image() + grp * cout_g * ohw..];
+        for co in 0..cout_g {
+            stage[co * ld + i * ohw..][..ohw].copy_from_slice(&img[co * ohw..][..ohw]);
+        }
+    }
+    stage
+}
+
+/// The column matrix of group `grp` for images `i0 … i0 + cnt` of `x` (`k × cnt·ohw`): unfolded into
+/// `col`, or the input itself for one image of a pointwise convolution.
+fn unfold_group<'a, T: Element>(
+    g: &ConvGeometry,
+    x: &'a [T],
+    (i0, cnt, grp): (usize, usize, usize),
+    col: &'a mut Vec<T>,
+) -> &'a [T] {
+    let (ohw, k) = (g.out_pixels(), g.k());
+    if g.is_pointwise() && cnt == 1 {
+        return &x[i0 * g.in_image() + grp * k * ohw..][..k * ohw];
+    }
+    let ld = cnt * ohw;
+    let col = sized(col, k * ld);
+    for i in 0..cnt {
+        im2col(
+            g,
+            &x[(i0 + i) * g.in_image()..],
+            grp * g.cin_g(),
+            col,
+            ld,
+            i * ohw,
+        );
+    }
+    col
+}
+
 /// Forward convolution; its backward applies [`Conv2dBackwardData`] and [`Conv2dBackwardFilter`].
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dForward(pub ConvParams);
@@ -281,23 +358,8 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                     rs: k,
                     cs: 1,
                 };
-                let direct = g.is_pointwise() && cnt == 1;
-                let col: &[T] = if direct {
-                    &x[i0 * g.in_image() + grp * k * ohw..][..k * ohw]
-                } else {
-                    let col = sized(&mut scratch.col, k * ld);
-                    for i in 0..cnt {
-                        im2col(
-                            g,
-                            &x[(i0 + i) * g.in_image()..],
-                            grp * g.cin_g(),
-                            col,
-                            ld,
-                            i * ohw,
-                        );
-                    }
-                    col
-                };
+                let Scratch { col, stage } = scratch;
+                let col = unfold_group(g, x, (i0, cnt, grp), col);
                 let rhs = Mat {
                     ptr: col.as_ptr(),
                     rs: ld,
@@ -309,7 +371,7 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                     // this image's output.
                     unsafe { sgemm((cout_g, ohw, k), dst, ohw, false, wg, rhs, par) };
                 } else {
-                    let stage = sized(&mut scratch.stage, cout_g * ld);
+                    let stage = sized(stage, cout_g * ld);
                     // SAFETY: stage is cout_g × ld, col is k × ld.
                     unsafe { sgemm((cout_g, ld, k), stage.as_mut_ptr(), ld, false, wg, rhs, par) };
                     for i in 0..cnt {
@@ -392,19 +454,8 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
                     rs: 1,
                     cs: k,
                 };
-                let dy_g: &[T] = if cnt == 1 {
-                    &dy[i0 * g.out_image() + grp * cout_g * ohw..][..cout_g * ohw]
-                } else {
-                    let stage = sized(&mut scratch.stage, cout_g * ld);
-                    for i in 0..cnt {
-                        let img = &dy[(i0 + i) * g.out_image() + grp * cout_g * ohw..];
-                        for co in 0..cout_g {
-                            stage[co * ld + i * ohw..][..ohw]
-                                .copy_from_slice(&img[co * ohw..][..ohw]);
-                        }
-                    }
-                    stage
-                };
+                let Scratch { col, stage } = scratch;
+                let dy_g = gather_group(g, dy, (i0, cnt, grp), stage);
                 let rhs = Mat {
                     ptr: dy_g.as_ptr(),
                     rs: ld,
@@ -416,7 +467,7 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
                     unsafe { sgemm((k, ohw, cout_g), dst, ohw, false, wt, rhs, par) };
                     continue;
                 }
-                let col = sized(&mut scratch.col, k * ld);
+                let col = sized(col, k * ld);
                 // SAFETY: col is k × ld; wt is k × cout_g inside w; rhs is cout_g × ld.
                 unsafe { sgemm((k, ld, cout_g), col.as_mut_ptr(), ld, false, wt, rhs, par) };
                 for i in 0..cnt {
@@ -489,72 +540,28 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     }
     let nb = images_per_task(g.n, ohw);
     let par = gemm_parallelism(g.n.div_ceil(nb));
-    // Deterministic for a given thread count: each worker sums a fixed, contiguous range of image
-    // groups, and the partial sums are added in worker order (exact resume depends on it).
-    let tasks = g.n.div_ceil(nb);
-    let workers = rayon::current_num_threads().clamp(1, tasks);
-    let partials: Vec<Vec<T>> = (0..workers)
-        .into_par_iter()
-        .map(|j| {
-            let mut scratch = Scratch::default();
-            let mut dw = vec![T::ZERO; wlen];
-            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
-                let i0 = t * nb;
-                let cnt = nb.min(g.n - i0);
-                let ld = cnt * ohw;
-                for grp in 0..g.groups {
-                    let Scratch { col, stage } = &mut scratch;
-                    let dy_g: &[T] = if cnt == 1 {
-                        &dy[i0 * g.out_image() + grp * cout_g * ohw..][..cout_g * ohw]
-                    } else {
-                        let stage = sized(stage, cout_g * ld);
-                        for i in 0..cnt {
-                            let img = &dy[(i0 + i) * g.out_image() + grp * cout_g * ohw..];
-                            for co in 0..cout_g {
-                                stage[co * ld + i * ohw..][..ohw]
-                                    .copy_from_slice(&img[co * ohw..][..ohw]);
-                            }
-                        }
-                        stage
-                    };
-                    let colm: &[T] = if g.is_pointwise() && cnt == 1 {
-                        &x[i0 * g.in_image() + grp * k * ohw..][..k * ohw]
-                    } else {
-                        let col = sized(col, k * ld);
-                        for i in 0..cnt {
-                            im2col(
-                                g,
-                                &x[(i0 + i) * g.in_image()..],
-                                grp * g.cin_g(),
-                                col,
-                                ld,
-                                i * ohw,
-                            );
-                        }
-                        col
-                    };
-                    let lhs = Mat {
-                        ptr: dy_g.as_ptr(),
-                        rs: ld,
-                        cs: 1,
-                    };
-                    // col(X)ᵀ: element (pixel, kidx) is col[kidx·ld + pixel].
-                    let rhs = Mat {
-                        ptr: colm.as_ptr(),
-                        rs: 1,
-                        cs: ld,
-                    };
-                    let dst = dw[grp * cout_g * k..].as_mut_ptr();
-                    // SAFETY: dst is cout_g × k inside dw; lhs is cout_g × ld; rhs is ld × k.
-                    unsafe { sgemm((cout_g, k, ld), dst, k, true, lhs, rhs, par) };
-                }
-            }
-            dw
-        })
-        .collect();
-    let mut total = vec![T::ZERO; wlen];
-    for part in &partials {
-        total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
-    }
-    total
+    sum_tasks(g.n.div_ceil(nb), wlen, |t, scratch, dw| {
+        let i0 = t * nb;
+        let cnt = nb.min(g.n - i0);
+        let ld = cnt * ohw;
+        for grp in 0..g.groups {
+            let Scratch { col, stage } = scratch;
+            let dy_g = gather_group(g, dy, (i0, cnt, grp), stage);
+            let colm = unfold_group(g, x, (i0, cnt, grp), col);
+            let lhs = Mat {
+                ptr: dy_g.as_ptr(),
+                rs: ld,
+                cs: 1,
+            };
+            // col(X)ᵀ: element (pixel, kidx) is col[kidx·ld + pixel].
+            let rhs = Mat {
+                ptr: colm.as_ptr(),
+                rs: 1,
+                cs: ld,
+            };
+            let dst = dw[grp * cout_g * k..].as_mut_ptr();
+            // SAFETY: dst is cout_g × k inside dw; lhs is cout_g × ld; rhs is ld × k.
+            unsafe { sgemm((cout_g, k, ld), dst, k, true, lhs, rhs, par) };
+        }
+    })
 }

@@ -8,7 +8,7 @@
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
 
-use super::conv2d::{gemm_parallelism, sgemm, sized, Mat, Scratch};
+use super::conv2d::{gemm_parallelism, sgemm, sized, sum_tasks, Mat, Scratch};
 use super::geometry::ConvGeometry;
 use super::Element;
 use rayon::prelude::*;
@@ -304,47 +304,33 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
         .clamp(1, g.n.div_ceil(threads).max(1));
     let tasks = g.n.div_ceil(nb);
     let par = gemm_parallelism(tasks);
-    // Deterministic for a given thread count: fixed task ranges per worker, summed in worker order.
-    let workers = threads.clamp(1, tasks);
-    let partials: Vec<Vec<T>> = (0..workers)
-        .into_par_iter()
-        .map(|j| {
-            let mut scratch = Scratch::default();
-            let mut du = vec![T::ZERO; ulen];
-            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
-                let i0 = t * nb;
-                let cnt = nb.min(g.n - i0);
-                let ld = cnt * tiles;
-                let Scratch { col, stage } = &mut scratch;
-                let v = sized(col, 16 * cin * ld);
-                transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-                let d = sized(stage, 16 * cout * ld);
-                transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
-                for xi in 0..16 {
-                    let lhs = Mat {
-                        ptr: d[xi * ld..].as_ptr(),
-                        rs: 16 * ld,
-                        cs: 1,
-                    };
-                    // V[ξ]ᵀ: element (tile, ci) is v[(ci·16 + ξ)·ld + tile].
-                    let rhs = Mat {
-                        ptr: v[xi * ld..].as_ptr(),
-                        rs: 1,
-                        cs: 16 * ld,
-                    };
-                    let dst = du[xi * cout * cin..].as_mut_ptr();
-                    // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
-                    // inside v.
-                    unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
-                }
-            }
-            du
-        })
-        .collect();
-    let mut du = vec![T::ZERO; ulen];
-    for part in &partials {
-        du.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
-    }
+    let du = sum_tasks(tasks, ulen, |t, scratch, du| {
+        let i0 = t * nb;
+        let cnt = nb.min(g.n - i0);
+        let ld = cnt * tiles;
+        let Scratch { col, stage } = scratch;
+        let v = sized(col, 16 * cin * ld);
+        transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+        let d = sized(stage, 16 * cout * ld);
+        transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
+        for xi in 0..16 {
+            let lhs = Mat {
+                ptr: d[xi * ld..].as_ptr(),
+                rs: 16 * ld,
+                cs: 1,
+            };
+            // V[ξ]ᵀ: element (tile, ci) is v[(ci·16 + ξ)·ld + tile].
+            let rhs = Mat {
+                ptr: v[xi * ld..].as_ptr(),
+                rs: 1,
+                cs: 16 * ld,
+            };
+            let dst = du[xi * cout * cin..].as_mut_ptr();
+            // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
+            // inside v.
+            unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
+        }
+    });
     // dw = Gᵀ dU G per (co, ci).
     let h = T::HALF;
     let mut dw = vec![T::ZERO; cout * cin * 9];
