@@ -24,7 +24,7 @@ fn own_kernel(t: &Tensor) -> bool {
 pub fn avg_pool2x2(x: &Tensor) -> Result<Tensor> {
     if own_kernel(x) {
         x.contiguous()?
-            .apply_op1(crate::kernels::resample::AvgPool2x2)
+            .apply_op1(crate::kernels::resample::Pool2x2::AVG)
     } else {
         x.avg_pool2d(2)
     }

@@ -23,20 +23,24 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// `(n, c, inner)` of a contiguous `[N, C, …]` layout and its data range.
-fn dims(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+/// `(n, c, inner)`: batch, channels, values per channel and image.
+type Dims3 = (usize, usize, usize);
+
+/// The [`Dims3`] of a contiguous f32 `[N, C, …]` argument, and its data.
+fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Dims3, &'a [f32])> {
     let d = l.shape().dims();
     if d.len() < 2 {
         bail!("batch norm: input must have at least 2 dimensions, got {d:?}")
     }
     let inner: usize = d[2..].iter().product();
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("batch norm kernel: input must be contiguous")
-    };
-    Ok((d[0], d[1], inner, start, end))
+    Ok(((d[0], d[1], inner), contiguous(s, l)?))
 }
 
-fn slice(s: &CpuStorage, start: usize, end: usize) -> Result<&[f32]> {
+/// The contiguous f32 data of an argument.
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("batch norm kernel: arguments must be contiguous")
+    };
     match s {
         CpuStorage::F32(v) => Ok(&v[start..end]),
         _ => bail!("batch norm kernel: only f32 is supported"),
@@ -44,16 +48,14 @@ fn slice(s: &CpuStorage, start: usize, end: usize) -> Result<&[f32]> {
 }
 
 fn vec1(s: &CpuStorage, l: &Layout, c: usize) -> Result<Vec<f64>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("batch norm kernel: parameters must be contiguous")
-    };
-    if end - start != c {
+    let v = contiguous(s, l)?;
+    if v.len() != c {
         bail!(
             "batch norm: parameter has {} values for {c} channels",
-            end - start
+            v.len()
         )
     }
-    Ok(slice(s, start, end)?.iter().map(|&v| v as f64).collect())
+    Ok(v.iter().map(|&v| v as f64).collect())
 }
 
 /// Per-channel `(Σ f(i, x_i), Σ g(i, x_i))` over `[n, c, inner]`, in f64, channels in parallel.
@@ -132,8 +134,7 @@ impl CustomOp3 for BatchNormTrain {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, inner, start, end) = dims(xl)?;
-        let x = slice(xs, start, end)?;
+        let ((n, c, inner), x) = data(xs, xl)?;
         let (gamma, beta) = (vec1(ws, wl, c)?, vec1(bs, bl, c)?);
         let count = n * inner;
         if count == 0 {
@@ -219,9 +220,8 @@ impl CustomOp2 for BatchNormGradSums {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, inner, xs0, xs1) = dims(xl)?;
-        let (_, _, _, gs0, gs1) = dims(gl)?;
-        let (x, g) = (slice(xs, xs0, xs1)?, slice(gs, gs0, gs1)?);
+        let ((n, c, inner), x) = data(xs, xl)?;
+        let (_, g) = data(gs, gl)?;
         let st = &self.stats;
         let sums = channel_sums(x, (n, c, inner), |ch, off, xv| {
             let (m, is) = (st.mean[ch], st.inv_std[ch]);
@@ -260,13 +260,9 @@ impl CustomOp3 for BatchNormGradInput {
         ss: &CpuStorage,
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, inner, xs0, xs1) = dims(xl)?;
-        let (_, _, _, gs0, gs1) = dims(gl)?;
-        let (x, g) = (slice(xs, xs0, xs1)?, slice(gs, gs0, gs1)?);
-        let Some((s0, s1)) = sl.contiguous_offsets() else {
-            bail!("batch norm kernel: sums must be contiguous")
-        };
-        let sums = slice(ss, s0, s1)?;
+        let ((_, c, inner), x) = data(xs, xl)?;
+        let (_, g) = data(gs, gl)?;
+        let sums = contiguous(ss, sl)?;
         let st = &self.stats;
         let m = st.count as f64;
         // dx = k·dy + a·x + b with k = γ·is, a = −k·is·Σ(dy x̂)/M, b = −k·Σdy/M − a·mean.
@@ -302,8 +298,7 @@ impl CustomOp3 for ChannelAffine {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, inner, start, end) = dims(xl)?;
-        let x = slice(xs, start, end)?;
+        let ((_, c, inner), x) = data(xs, xl)?;
         let (a, b) = (vec1(as_, al, c)?, vec1(bs, bl, c)?);
         Ok((
             CpuStorage::F32(affine(x, (c, inner), &a, &b, None)),

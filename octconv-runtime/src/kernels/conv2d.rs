@@ -49,12 +49,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
 /// Columns that make a GEMM wide enough to run near peak.
 const TARGET_COLUMNS: usize = 512;
 
-/// How many images share one column matrix: enough for [`TARGET_COLUMNS`], but never so many that
-/// the pool's threads run out of work.
-fn images_per_task(n: usize, out_pixels: usize) -> usize {
+/// How many of `n` images share one GEMM: enough for `target` columns (`per_image` each), but never
+/// so many that the pool's threads run out of work.
+pub(super) fn images_per_task(n: usize, per_image: usize, target: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    TARGET_COLUMNS
-        .div_ceil(out_pixels.max(1))
+    target
+        .div_ceil(per_image.max(1))
         .clamp(1, n.div_ceil(threads).max(1))
 }
 
@@ -307,7 +307,10 @@ impl CustomOp2 for Conv2dForward {
 
 /// Whether the Winograd path may be used (`OCTCONV_CONV=im2col` turns it off, for comparisons).
 fn winograd_enabled(g: &ConvGeometry) -> bool {
-    winograd::applies(g) && std::env::var("OCTCONV_CONV").as_deref() != Ok("im2col")
+    static IM2COL_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let im2col_only =
+        *IM2COL_ONLY.get_or_init(|| std::env::var("OCTCONV_CONV").as_deref() == Ok("im2col"));
+    winograd::applies(g) && !im2col_only
 }
 
 /// The forward pass by the fastest applicable algorithm: Winograd F(2×2, 3×3) or im2col + GEMM.
@@ -344,7 +347,7 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     if out.is_empty() {
         return out;
     }
-    let nb = images_per_task(g.n, ohw);
+    let nb = images_per_task(g.n, ohw, TARGET_COLUMNS);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out.par_chunks_mut(nb * g.out_image())
         .enumerate()
@@ -439,7 +442,7 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
     if dx.is_empty() {
         return dx;
     }
-    let nb = images_per_task(g.n, ohw);
+    let nb = images_per_task(g.n, ohw, TARGET_COLUMNS);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     dx.par_chunks_mut(nb * g.in_image())
         .enumerate()
@@ -538,7 +541,7 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     if g.n == 0 || ohw == 0 {
         return vec![T::ZERO; wlen];
     }
-    let nb = images_per_task(g.n, ohw);
+    let nb = images_per_task(g.n, ohw, TARGET_COLUMNS);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     sum_tasks(g.n.div_ceil(nb), wlen, |t, scratch, dw| {
         let i0 = t * nb;

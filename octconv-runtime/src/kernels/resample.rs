@@ -83,19 +83,31 @@ fn map_planes(k: &impl PlaneKernel, s: &CpuStorage, l: &Layout) -> Result<CpuSto
     }
 }
 
-/// 2×2 average pooling with stride 2; backward spreads a quarter of each gradient over its block.
+/// `scale ·` the sum over each 2×2 block, stride 2: `scale = 0.25` is average pooling (the octave
+/// down-sampling), `scale = 1` the adjoint of nearest ×2 upsampling. Backward spreads `scale ·` each
+/// gradient over its block.
 #[derive(Clone, Copy, Debug)]
-pub struct AvgPool2x2;
+pub struct Pool2x2 {
+    /// Factor applied to each block's sum.
+    pub scale: f64,
+}
 
-impl PlaneKernel for AvgPool2x2 {
+impl Pool2x2 {
+    /// 2×2 average pooling.
+    pub const AVG: Pool2x2 = Pool2x2 { scale: 0.25 };
+    /// 2×2 sum pooling.
+    pub const SUM: Pool2x2 = Pool2x2 { scale: 1.0 };
+}
+
+impl PlaneKernel for Pool2x2 {
     fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T> {
-        pool(x, np, h, w, T::from_f64(0.25))
+        pool(x, np, h, w, T::from_f64(self.scale))
     }
 }
 
-impl CustomOp1 for AvgPool2x2 {
+impl CustomOp1 for Pool2x2 {
     fn name(&self) -> &'static str {
-        "octconv-avg-pool-2x2"
+        "octconv-pool-2x2"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -107,7 +119,7 @@ impl CustomOp1 for AvgPool2x2 {
         let (_, _, h, w) = arg.dims4()?;
         grad.contiguous()?
             .apply_op1_no_bwd(&Upsample2x {
-                scale: 0.25,
+                scale: self.scale,
                 out_hw: (h, w),
             })
             .map(Some)
@@ -138,27 +150,6 @@ impl CustomOp1 for Upsample2x {
         let (n, c, _, _) = l.shape().dims4()?;
         let (oh, ow) = self.out_hw;
         Ok((map_planes(self, s, l)?, Shape::from((n, c, oh, ow))))
-    }
-}
-
-/// Sum over each 2×2 block (the adjoint of nearest ×2 upsampling).
-#[derive(Clone, Copy, Debug)]
-pub struct SumPool2x2;
-
-impl PlaneKernel for SumPool2x2 {
-    fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T> {
-        pool(x, np, h, w, T::ONE)
-    }
-}
-
-impl CustomOp1 for SumPool2x2 {
-    fn name(&self) -> &'static str {
-        "octconv-sum-pool-2x2"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        Ok((map_planes(self, s, l)?, Shape::from((n, c, h / 2, w / 2))))
     }
 }
 
@@ -215,7 +206,7 @@ impl CustomOp2 for AddUpsampled {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.contiguous()?;
-        let dlow = g.apply_op1_no_bwd(&SumPool2x2)?;
+        let dlow = g.apply_op1_no_bwd(&Pool2x2::SUM)?;
         Ok((Some(g), Some(dlow)))
     }
 }

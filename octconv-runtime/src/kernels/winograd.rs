@@ -8,7 +8,7 @@
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
 
-use super::conv2d::{gemm_parallelism, sgemm, sized, sum_tasks, Mat, Scratch};
+use super::conv2d::{gemm_parallelism, images_per_task, sgemm, sized, sum_tasks, Mat, Scratch};
 use super::geometry::ConvGeometry;
 use super::Element;
 use rayon::prelude::*;
@@ -153,10 +153,7 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
         return out;
     }
     let u = transform_weights(w, cout, cin);
-    let threads = rayon::current_num_threads().max(1);
-    let nb = TARGET_TILES
-        .div_ceil(tiles)
-        .clamp(1, g.n.div_ceil(threads).max(1));
+    let nb = images_per_task(g.n, tiles, TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out.par_chunks_mut(nb * g.out_image())
         .enumerate()
@@ -298,10 +295,7 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     if g.n == 0 || tiles == 0 || ulen == 0 {
         return vec![T::ZERO; cout * cin * 9];
     }
-    let threads = rayon::current_num_threads().max(1);
-    let nb = TARGET_TILES
-        .div_ceil(tiles)
-        .clamp(1, g.n.div_ceil(threads).max(1));
+    let nb = images_per_task(g.n, tiles, TARGET_TILES);
     let tasks = g.n.div_ceil(nb);
     let par = gemm_parallelism(tasks);
     let du = sum_tasks(tasks, ulen, |t, scratch, du| {
