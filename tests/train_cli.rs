@@ -2,25 +2,7 @@
 
 mod common;
 
-use common::{octconv, stderr, stdout};
-use std::path::Path;
-
-/// Two classes of 8×8 RGB images: bright top half or bright bottom half.
-fn dataset(root: &Path) {
-    for (split, n) in [("train", 24), ("test", 8)] {
-        for (class, top) in [("top", true), ("bottom", false)] {
-            let d = root.join(split).join(class);
-            std::fs::create_dir_all(&d).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(8, 8, |x, y| {
-                    let v = if (y < 4) == top { 200 } else { 40 } + ((i * 7 + x * 3) % 20) as u8;
-                    image::Rgb([v, v, v])
-                });
-                img.save(d.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
-}
+use common::{dataset, octconv, stderr, stdout};
 
 const SPEC: &str = "model t(classes: int = 2) { input [3, 8, 8]; octconv(8, kernel = 3, alpha = 0.5); bn(); relu(); merge(); global_avg_pool(); linear(classes); }\n";
 

@@ -44,28 +44,66 @@ pub struct BenchArgs {
 }
 
 /// One row of the table.
-#[derive(Serialize, Debug)]
-struct Row {
-    alpha: f64,
-    /// Seconds per batch.
-    mean_s: f64,
-    median_s: f64,
-    std_s: f64,
-    per_sample_ms: f64,
+#[derive(Serialize, Debug, Clone)]
+pub struct Row {
+    /// The α of this row.
+    pub alpha: f64,
+    /// Mean seconds per batch.
+    pub mean_s: f64,
+    /// Median seconds per batch.
+    pub median_s: f64,
+    /// Standard deviation of the seconds per batch.
+    pub std_s: f64,
+    /// Median milliseconds per sample.
+    pub per_sample_ms: f64,
     /// Median time relative to the first row.
-    relative: f64,
+    pub relative: f64,
     /// The seed's per-layer FLOPs theory 1 − ¾α(2 − α).
-    theory: f64,
-    /// MACs per sample from the cost model, and relative to the first row.
-    macs: u64,
-    macs_relative: f64,
-    params: u64,
+    pub theory: f64,
+    /// MACs per sample from the cost model.
+    pub macs: u64,
+    /// MACs relative to the first row.
+    pub macs_relative: f64,
+    /// Parameters.
+    pub params: u64,
     /// Measured peak heap growth during one forward pass (activations; in training mode, everything
     /// the backward keeps).
-    peak_activation_bytes: u64,
-    memory_relative: f64,
+    pub peak_activation_bytes: u64,
+    /// Peak activations relative to the first row.
+    pub memory_relative: f64,
     /// The seed's memory theory 1 − ¾α.
-    memory_theory: f64,
+    pub memory_theory: f64,
+}
+
+/// What to time: `samples` images in batches of `batch`, `repeats` times after one warm-up.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Images per batch.
+    pub batch: usize,
+    /// Images per timed repeat.
+    pub samples: usize,
+    /// Timed repeats.
+    pub repeats: usize,
+    /// Training steps instead of inference.
+    pub train: bool,
+}
+
+impl Timing {
+    /// Batches per repeat.
+    pub fn batches(&self) -> usize {
+        self.samples.div_ceil(self.batch)
+    }
+}
+
+/// Fills the `*_relative` fields against the first row.
+pub fn fill_relative(rows: &mut [Row]) {
+    let Some(first) = rows.first() else { return };
+    let (t0, m0, b0) = (first.median_s, first.macs, first.peak_activation_bytes);
+    for r in rows {
+        r.relative = r.median_s / t0;
+        r.macs_relative = r.macs as f64 / m0.max(1) as f64;
+        r.memory_relative = r.peak_activation_bytes as f64 / b0.max(1) as f64;
+    }
 }
 
 #[derive(Serialize)]
@@ -85,32 +123,17 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
     if args.batch == 0 || args.samples == 0 || args.repeats == 0 {
         bail!("--batch, --samples and --repeats must be at least 1");
     }
-    if args.alphas.is_empty() {
-        bail!("--alphas needs at least one value");
-    }
-    if args
-        .spec
-        .sets
-        .iter()
-        .any(|s| s.trim_start().starts_with("alpha"))
-    {
-        bail!("`--set alpha=…` conflicts with --alphas; list the values in --alphas instead");
-    }
-    // Check every α first: a bad spec or α fails before any timing starts.
-    let mut models = Vec::new();
-    for &a in &args.alphas {
-        let mut spec = args.spec.clone();
-        spec.sets.push(format!("alpha={a}"));
-        let Some(model) = spec.model(color) else {
-            eprintln!(
-                "(while setting alpha = {a} for --alphas; the spec needs an `alpha` parameter)"
-            );
-            return Ok(ExitCode::from(1));
-        };
-        models.push((a, model));
-    }
-    let batches = args.samples.div_ceil(args.batch);
-    let bar = ProgressBar::new((models.len() * (args.repeats + 1) * batches) as u64);
+    let Some(models) = args.spec.models_for_alphas(&args.alphas, color)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let timing = Timing {
+        batch: args.batch,
+        samples: args.samples,
+        repeats: args.repeats,
+        train: args.train,
+    };
+    let device = args.device.open()?;
+    let bar = ProgressBar::new((models.len() * (args.repeats + 1) * timing.batches()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches {elapsed}")
             .expect("static template")
@@ -119,21 +142,12 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<Row> = Vec::new();
     for (a, model) in models {
         bar.set_prefix(format!("α = {a}"));
-        let row = bench_one(args, a, model, batches, &bar)
+        let row = time_model(&timing, a, model, &device, &bar)
             .with_context(|| format!("benchmarking α = {a}"))?;
         rows.push(row);
     }
     bar.finish_and_clear();
-    let (t0, m0, b0) = (
-        rows[0].median_s,
-        rows[0].macs,
-        rows[0].peak_activation_bytes,
-    );
-    for r in &mut rows {
-        r.relative = r.median_s / t0;
-        r.macs_relative = r.macs as f64 / m0.max(1) as f64;
-        r.memory_relative = r.peak_activation_bytes as f64 / b0.max(1) as f64;
-    }
+    fill_relative(&mut rows);
     let report = Report {
         spec: args.spec.spec.clone(),
         mode: if args.train { "train" } else { "inference" },
@@ -200,15 +214,18 @@ fn random_images(
     Ok(Tensor::from_vec(v, (n, d.c, d.h, d.w), device)?)
 }
 
-fn bench_one(
-    args: &BenchArgs,
+/// Times `model` (seeded random weights and input) on `device`; the `*_relative` fields are left at 1
+/// for [`fill_relative`]. The bar advances once per batch.
+pub fn time_model(
+    args: &Timing,
     alpha: f64,
     model: octconv_spec::Model,
-    batches: usize,
+    device: &Device,
     bar: &ProgressBar,
 ) -> anyhow::Result<Row> {
+    let batches = args.batches();
     let (macs, params, d) = (model.macs(), model.params(), model.input);
-    let device = args.device.open()?;
+    let device = device.clone();
     let x_all = random_images(args.samples, d, 1, &device)?;
     let varmap = VarMap::new();
     {

@@ -10,6 +10,9 @@ mod parity;
 mod plot;
 mod run;
 mod spec_args;
+mod sweep;
+mod sweep_plot;
+mod sweep_report;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -63,6 +66,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time inference or training steps at several α: the seed's table with FLOPs and memory theory.
     Bench(bench::BenchArgs),
+    /// Train one model per α (same seed, data order and schedule) and report accuracy, cost and time.
+    Sweep(sweep::SweepArgs),
     /// Compare a device's output with the CPU's on the same seeded weights and input.
     Parity(parity::ParityArgs),
     /// Plot learning curves of one or more run directories (PNG or SVG).
@@ -91,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(&args, cli.color.enabled()),
         Command::Plot(args) => plot::run(&args),
         Command::Bench(args) => bench::run(&args, cli.color.enabled()),
+        Command::Sweep(args) => sweep::run(&args, cli.color.enabled()),
         Command::Parity(args) => parity::run(&args, cli.color.enabled()),
         Command::Builtins => {
             check::builtins();

@@ -28,7 +28,7 @@ const FONTS: &[&str] = &[
 ];
 
 /// plotters' pure-Rust text rendering needs a font file; we register one instead of linking fontconfig.
-fn register_font(explicit: Option<&Path>) -> anyhow::Result<()> {
+pub(super) fn register_font(explicit: Option<&Path>) -> anyhow::Result<()> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => FONTS
@@ -117,6 +117,23 @@ where
     Ok(())
 }
 
+/// Draws the curves of named runs into `out` (`.png` or `.svg`); the font must be registered.
+pub(super) fn save_curves(out: &Path, runs: &[(String, Vec<EpochRecord>)]) -> anyhow::Result<()> {
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => draw(
+            BitMapBackend::new(out, (1200, 480)).into_drawing_area(),
+            runs,
+        ),
+        "svg" => draw(SVGBackend::new(out, (1200, 480)).into_drawing_area(), runs),
+        _ => bail!("`{}`: the output must end in .png or .svg", out.display()),
+    }
+}
+
 /// Draws the curves of every run.
 pub fn run(args: &PlotArgs) -> anyhow::Result<ExitCode> {
     let mut runs = Vec::new();
@@ -132,26 +149,7 @@ pub fn run(args: &PlotArgs) -> anyhow::Result<ExitCode> {
         runs.push((name, m));
     }
     register_font(args.font.as_deref())?;
-    let ext = args
-        .out
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "png" => draw(
-            BitMapBackend::new(&args.out, (1200, 480)).into_drawing_area(),
-            &runs,
-        )?,
-        "svg" => draw(
-            SVGBackend::new(&args.out, (1200, 480)).into_drawing_area(),
-            &runs,
-        )?,
-        _ => bail!(
-            "`{}`: the output must end in .png or .svg",
-            args.out.display()
-        ),
-    }
+    save_curves(&args.out, &runs)?;
     eprintln!("wrote {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }

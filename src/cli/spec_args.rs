@@ -29,6 +29,40 @@ impl SpecArgs {
         checked
     }
 
+    /// One checked model per value of the spec's `alpha` parameter (`--alphas` of `bench` and
+    /// `sweep`), all checked before any work starts; `None` (diagnostics printed) if one is invalid.
+    pub fn models_for_alphas(
+        &self,
+        alphas: &[f64],
+        color: bool,
+    ) -> anyhow::Result<Option<Vec<(f64, Model)>>> {
+        if alphas.is_empty() {
+            anyhow::bail!("--alphas needs at least one value");
+        }
+        if self
+            .sets
+            .iter()
+            .any(|s| s.trim_start().starts_with("alpha"))
+        {
+            anyhow::bail!(
+                "`--set alpha=…` conflicts with --alphas; list the values in --alphas instead"
+            );
+        }
+        let mut models = Vec::new();
+        for &a in alphas {
+            let mut spec = self.clone();
+            spec.sets.push(format!("alpha={a}"));
+            let Some(model) = spec.model(color) else {
+                eprintln!(
+                    "(while setting alpha = {a} for --alphas; the spec needs an `alpha` parameter)"
+                );
+                return Ok(None);
+            };
+            models.push((a, model));
+        }
+        Ok(Some(models))
+    }
+
     /// The checked model, or `None` (diagnostics already printed) if the spec is invalid.
     pub fn model(&self, color: bool) -> Option<Model> {
         let checked = self.check(color);

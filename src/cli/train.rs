@@ -3,131 +3,155 @@
 use super::spec_args::SpecArgs;
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
+use octconv_runtime::data::Split;
 use octconv_runtime::train::{Event, Finish, TrainConfig, Trainer};
-use std::path::PathBuf;
+use octconv_spec::Model;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Arguments of `octconv train`.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
     spec: SpecArgs,
-    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`.
-    #[arg(long)]
-    data: String,
     /// Directory for run.json, metrics.jsonl, checkpoint, best and final weights.
     #[arg(long)]
     run_dir: PathBuf,
-    /// Epochs (the seed: 200).
-    #[arg(long, default_value_t = 200)]
-    epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 0.1)]
-    lr: f64,
-    /// Epochs at which the step schedule multiplies the rate by --gamma.
-    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 150])]
-    milestones: Vec<usize>,
-    /// Factor of the step schedule.
-    #[arg(long, default_value_t = 0.2)]
-    gamma: f64,
-    /// Cosine schedule over all epochs (the paper) instead of steps.
-    #[arg(long)]
-    cosine: bool,
-    /// Linear warm-up epochs.
-    #[arg(long, default_value_t = 0.0)]
-    warmup: f64,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Nesterov momentum.
-    #[arg(long)]
-    nesterov: bool,
-    /// Weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    /// Also decay BN parameters and biases.
-    #[arg(long)]
-    decay_bn_and_bias: bool,
-    /// Seed of initialisation, order, augmentation and dropout.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Turn off the standard augmentation (flip + 4-pixel pad-and-crop).
-    #[arg(long)]
-    no_augment: bool,
-    /// Use only the first N training images.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Use only the first N test images.
-    #[arg(long)]
-    test_limit: Option<usize>,
     /// Continue the run in --run-dir exactly where it stopped.
     #[arg(long)]
     resume: bool,
     #[command(flatten)]
-    device: super::spec_args::DeviceArgs,
+    flags: TrainFlags,
 }
 
-/// Trains; Ctrl-C saves a checkpoint and exits with status 130.
-pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let Some(model) = args.spec.model(color) else {
-        return Ok(ExitCode::from(1));
-    };
-    let data = super::spec_args::load_data(&model, &args.data, args.train_limit, args.test_limit)?;
-    let classes = data.train.classes.len();
-    if model.output != (octconv_spec::Shape::Flat { features: classes }) {
-        bail!("model `{}` outputs {} but `{}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output, args.data);
+/// The data, schedule and optimiser flags shared by `train` and `sweep`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`.
+    #[arg(long)]
+    pub data: String,
+    /// Epochs (the seed: 200).
+    #[arg(long, default_value_t = 200)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Epochs at which the step schedule multiplies the rate by --gamma.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 150])]
+    pub milestones: Vec<usize>,
+    /// Factor of the step schedule.
+    #[arg(long, default_value_t = 0.2)]
+    pub gamma: f64,
+    /// Cosine schedule over all epochs (the paper) instead of steps.
+    #[arg(long)]
+    pub cosine: bool,
+    /// Linear warm-up epochs.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Also decay BN parameters and biases.
+    #[arg(long)]
+    pub decay_bn_and_bias: bool,
+    /// Seed of initialisation, order, augmentation and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Turn off the standard augmentation (flip + 4-pixel pad-and-crop).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[command(flatten)]
+    pub device: super::spec_args::DeviceArgs,
+}
+
+impl TrainFlags {
+    /// The run description for `model` (what `run.json` stores and a resume must match).
+    pub fn config(&self, model: &Model) -> TrainConfig {
+        TrainConfig {
+            model: model.call_string(),
+            data: self.data.clone(),
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            milestones: if self.cosine {
+                Vec::new()
+            } else {
+                self.milestones.clone()
+            },
+            gamma: self.gamma,
+            cosine: self.cosine,
+            warmup: self.warmup,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            decay_bn_and_bias: self.decay_bn_and_bias,
+            seed: self.seed,
+            augment: !self.no_augment,
+            train_limit: self.train_limit,
+            test_limit: self.test_limit,
+        }
     }
-    let cfg = TrainConfig {
-        model: model.call_string(),
-        data: args.data.clone(),
-        epochs: args.epochs,
-        batch: args.batch,
-        lr: args.lr,
-        milestones: if args.cosine {
-            Vec::new()
-        } else {
-            args.milestones.clone()
-        },
-        gamma: args.gamma,
-        cosine: args.cosine,
-        warmup: args.warmup,
-        momentum: args.momentum,
-        nesterov: args.nesterov,
-        weight_decay: args.weight_decay,
-        decay_bn_and_bias: args.decay_bn_and_bias,
-        seed: args.seed,
-        augment: !args.no_augment,
-        train_limit: args.train_limit,
-        test_limit: args.test_limit,
-    };
-    eprintln!(
-        "training {} on {} ({} train / {} test images) for {} epochs, batch {}, run dir {}",
-        cfg.model,
-        args.data,
-        data.train.len(),
-        data.test.len(),
-        cfg.epochs,
-        cfg.batch,
-        args.run_dir.display()
-    );
-    let device = args.device.open()?;
-    let mut trainer = Trainer::new_on(model, cfg, &args.run_dir, &data, args.resume, &device)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
+
+    /// Loads the data for `model` and checks that its classes match the model's output.
+    pub fn load_data(&self, model: &Model) -> anyhow::Result<Split> {
+        let data =
+            super::spec_args::load_data(model, &self.data, self.train_limit, self.test_limit)?;
+        let classes = data.train.classes.len();
+        if model.output != (octconv_spec::Shape::Flat { features: classes }) {
+            bail!("model `{}` outputs {} but `{}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output, self.data);
+        }
+        Ok(data)
+    }
+}
+
+/// The Ctrl-C flag: set once per process (the handler can be installed only once), checked between
+/// batches so that an interrupted run saves its checkpoint first.
+pub fn stop_flag() -> Arc<AtomicBool> {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
         // A second Ctrl-C while saving is ignored: the checkpoint write must finish.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+        let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
+        stop
+    })
+    .clone()
+}
+
+/// Trains `model` in `run_dir` (resuming its checkpoint with `resume`) with a progress bar and one
+/// line per epoch on stderr.
+pub fn train_in_dir(
+    model: Model,
+    cfg: TrainConfig,
+    data: &Split,
+    run_dir: &Path,
+    resume: bool,
+    device: &candle_core::Device,
+) -> anyhow::Result<Finish> {
+    let mut trainer = Trainer::new_on(model, cfg, run_dir, data, resume, device)?;
+    let stop = stop_flag();
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
         .expect("valid template")
         .progress_chars("=> ");
     let mut bar: Option<ProgressBar> = None;
-    let finish = trainer.run(&data, &stop, |e| match e {
+    let finish = trainer.run(data, &stop, |e| match e {
         Event::Batch { epoch, batch, batches, loss, acc, images_per_s } => {
             let b = bar.get_or_insert_with(|| {
                 let b = ProgressBar::new(batches as u64).with_style(style.clone());
@@ -157,6 +181,28 @@ pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar.take() {
         b.finish_and_clear();
     }
+    Ok(finish)
+}
+
+/// Trains; Ctrl-C saves a checkpoint and exits with status 130.
+pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
+    let Some(model) = args.spec.model(color) else {
+        return Ok(ExitCode::from(1));
+    };
+    let data = args.flags.load_data(&model)?;
+    let cfg = args.flags.config(&model);
+    eprintln!(
+        "training {} on {} ({} train / {} test images) for {} epochs, batch {}, run dir {}",
+        cfg.model,
+        args.flags.data,
+        data.train.len(),
+        data.test.len(),
+        cfg.epochs,
+        cfg.batch,
+        args.run_dir.display()
+    );
+    let device = args.flags.device.open()?;
+    let finish = train_in_dir(model, cfg, &data, &args.run_dir, args.resume, &device)?;
     Ok(match finish {
         Finish::Completed => {
             eprintln!(

@@ -1,0 +1,198 @@
+//! `octconv sweep SPEC --alphas 0,0.25,0.5,0.75 --data … --run-dir DIR [train flags…]`: the seed's α
+//! experiment. One training run per α with the same seed, data order and schedule (in
+//! `DIR/alpha-<α>/`, resumed where a killed sweep stopped), then the inference time of each, and the
+//! report: `sweep.md`, `sweep.json` and three plots (see [`super::sweep_report`]).
+
+use super::bench::{fill_relative, time_model, Timing};
+use super::spec_args::SpecArgs;
+use super::sweep_report::{self, Inference, SweepReport, SweepRow};
+use super::train::{train_in_dir, TrainFlags};
+use anyhow::{bail, Context};
+use indicatif::ProgressBar;
+use octconv_runtime::train::{read_metrics, Finish};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `octconv sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Values of the spec's `alpha` parameter; the first is the baseline of the relative columns.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.25, 0.5, 0.75])]
+    alphas: Vec<f64>,
+    /// Sweep directory: one run directory `alpha-<α>` per α, then sweep.md, sweep.json and the plots.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Images per batch when timing inference.
+    #[arg(long, default_value_t = 128)]
+    bench_batch: usize,
+    /// Images per timed repeat when timing inference.
+    #[arg(long, default_value_t = 256)]
+    bench_samples: usize,
+    /// Timed repeats per α (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    bench_repeats: usize,
+    /// Do not time inference (the time columns stay empty).
+    #[arg(long)]
+    no_bench: bool,
+    /// A TrueType font for the plots' labels (default: DejaVu Sans from the system).
+    #[arg(long)]
+    font: Option<PathBuf>,
+    #[command(flatten)]
+    flags: TrainFlags,
+}
+
+/// Written next to a run whose loss became NaN, so that a rerun of the sweep reports it instead of
+/// training into the same divergence again (resumes are exact).
+#[derive(Serialize, Deserialize)]
+struct Diverged {
+    epoch: usize,
+    batch: usize,
+}
+
+const DIVERGED: &str = "diverged.json";
+
+/// The run directory of one α: `alpha-0`, `alpha-0.25`, ….
+pub fn alpha_dir(root: &Path, alpha: f64) -> PathBuf {
+    root.join(format!("alpha-{alpha}"))
+}
+
+/// Runs the sweep.
+pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
+    if args.alphas.iter().any(|a| !(0.0..1.0).contains(a)) {
+        bail!("every α in --alphas must be in [0, 1)");
+    }
+    if args.bench_batch == 0 || args.bench_samples == 0 || args.bench_repeats == 0 {
+        bail!("--bench-batch, --bench-samples and --bench-repeats must be at least 1");
+    }
+    let Some(models) = args.spec.models_for_alphas(&args.alphas, color)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let data = args.flags.load_data(&models[0].1)?;
+    if let Some((a, m)) = models.iter().find(|(_, m)| m.output != models[0].1.output) {
+        bail!(
+            "at α = {a} the model outputs {}, at α = {} it outputs {}",
+            m.output,
+            models[0].0,
+            models[0].1.output
+        );
+    }
+    let device = args.flags.device.open()?;
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("cannot create `{}`", args.run_dir.display()))?;
+    eprintln!(
+        "sweep of {} over α = {:?} on {} ({} train / {} test images), {} epochs each, in {}",
+        args.spec.spec,
+        args.alphas,
+        args.flags.data,
+        data.train.len(),
+        data.test.len(),
+        args.flags.epochs,
+        args.run_dir.display()
+    );
+    let mut statuses = Vec::new();
+    for (i, (a, model)) in models.iter().enumerate() {
+        let dir = alpha_dir(&args.run_dir, *a);
+        let tag = format!("α = {a} ({}/{})", i + 1, models.len());
+        if let Ok(text) = std::fs::read(dir.join(DIVERGED)) {
+            let d: Diverged = serde_json::from_slice(&text)
+                .with_context(|| format!("`{}` is malformed", dir.join(DIVERGED).display()))?;
+            eprintln!("{tag}: diverged before at epoch {}, batch {}; not trained again (delete {} to retry)", d.epoch + 1, d.batch, dir.display());
+            statuses.push(format!("diverged at epoch {}", d.epoch + 1));
+            continue;
+        }
+        let resume = dir.join("checkpoint.safetensors").exists();
+        eprintln!(
+            "{tag}: {} {}",
+            if resume { "resuming" } else { "training" },
+            dir.display()
+        );
+        let cfg = args.flags.config(model);
+        match train_in_dir(model.clone(), cfg, &data, &dir, resume, &device)
+            .with_context(|| format!("training α = {a} in `{}`", dir.display()))?
+        {
+            Finish::Completed => statuses.push("completed".to_string()),
+            Finish::Interrupted { epoch, batch } => {
+                eprintln!(
+                    "interrupted: α = {a} saved at epoch {} batch {batch}; run the same command again to continue the sweep",
+                    epoch + 1
+                );
+                return Ok(ExitCode::from(130));
+            }
+            Finish::Diverged { epoch, batch } => {
+                eprintln!("{tag}: the loss became NaN or infinite at epoch {} batch {batch}; recorded, going on with the next α", epoch + 1);
+                std::fs::write(
+                    dir.join(DIVERGED),
+                    serde_json::to_vec(&Diverged { epoch, batch })?,
+                )?;
+                statuses.push(format!("diverged at epoch {}", epoch + 1));
+            }
+        }
+    }
+    let timings = if args.no_bench {
+        None
+    } else {
+        let timing = Timing {
+            batch: args.bench_batch,
+            samples: args.bench_samples,
+            repeats: args.bench_repeats,
+            train: false,
+        };
+        eprintln!(
+            "timing inference: batch {}, {} samples, {} repeats per α",
+            timing.batch, timing.samples, timing.repeats
+        );
+        let bar = ProgressBar::hidden();
+        let mut rows = Vec::new();
+        for (a, model) in &models {
+            rows.push(
+                time_model(&timing, *a, model.clone(), &device, &bar)
+                    .with_context(|| format!("timing α = {a}"))?,
+            );
+        }
+        fill_relative(&mut rows);
+        Some(rows)
+    };
+    let mut rows = Vec::new();
+    for (i, ((a, model), status)) in models.iter().zip(statuses).enumerate() {
+        let dir = alpha_dir(&args.run_dir, *a);
+        let metrics = read_metrics(&dir).unwrap_or_default();
+        rows.push(SweepRow::new(
+            *a,
+            model,
+            &models[0].1,
+            status,
+            &metrics,
+            timings.as_ref().map(|t| Inference::from(&t[i])),
+        ));
+    }
+    let report = SweepReport {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        spec: args.spec.spec.clone(),
+        data: args.flags.data.clone(),
+        train_images: data.train.len(),
+        test_images: data.test.len(),
+        epochs: args.flags.epochs,
+        batch: args.flags.batch,
+        lr: args.flags.lr,
+        schedule: if args.flags.cosine {
+            "cosine".into()
+        } else {
+            format!("step ×{} at {:?}", args.flags.gamma, args.flags.milestones)
+        },
+        seed: args.flags.seed,
+        device: args.flags.device.device.clone(),
+        threads: rayon::current_num_threads(),
+        bench_batch: (!args.no_bench).then_some(args.bench_batch),
+        rows,
+    };
+    sweep_report::write_all(&report, &args.run_dir, args.font.as_deref())?;
+    print!("{}", sweep_report::markdown(&report));
+    eprintln!(
+        "wrote {}/sweep.md, sweep.json and the plots",
+        args.run_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
