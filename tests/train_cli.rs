@@ -103,6 +103,35 @@ fn train_eval_plot_end_to_end() {
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(std::fs::metadata(&out).unwrap().len() > 1000);
     }
+    // Legend labels: one per run, and the label shows in the SVG's text.
+    let out = root.join("labelled.svg");
+    let o = octconv(&[
+        "plot",
+        run_s,
+        "--label",
+        "merge-then-pool head",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("merge-then-pool head"));
+    let o = octconv(&[
+        "plot",
+        run_s,
+        "--label",
+        "a",
+        "--label",
+        "b",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("one per run"),
+        "{}",
+        stderr(&o)
+    );
     // A spec whose input does not fit the data is refused before training.
     let bad = root.join("bad.oct");
     std::fs::write(&bad, SPEC.replace("[3, 8, 8]", "[3, 16, 16]")).unwrap();

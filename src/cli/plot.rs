@@ -19,6 +19,9 @@ pub struct PlotArgs {
     /// A TrueType font for the labels (default: DejaVu Sans from the system).
     #[arg(long)]
     font: Option<PathBuf>,
+    /// Legend names of the runs, in order (default: each run directory's name).
+    #[arg(long = "label", value_name = "NAME")]
+    labels: Vec<String>,
 }
 
 const FONTS: &[&str] = &[
@@ -136,16 +139,26 @@ pub(super) fn save_curves(out: &Path, runs: &[(String, Vec<EpochRecord>)]) -> an
 
 /// Draws the curves of every run.
 pub fn run(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    if !args.labels.is_empty() && args.labels.len() != args.runs.len() {
+        bail!(
+            "{} --label values for {} run directories; give one per run or none",
+            args.labels.len(),
+            args.runs.len()
+        );
+    }
     let mut runs = Vec::new();
-    for dir in &args.runs {
+    for (i, dir) in args.runs.iter().enumerate() {
         let m = read_metrics(dir)?;
         if m.is_empty() {
             bail!("`{}` has no finished epochs yet", dir.display());
         }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
+        let name = match args.labels.get(i) {
+            Some(label) => label.clone(),
+            None => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+        };
         runs.push((name, m));
     }
     register_font(args.font.as_deref())?;
