@@ -409,6 +409,8 @@ impl Trainer {
             for b in self.pos.1..batches {
                 if stop.load(Ordering::SeqCst) {
                     self.pos.1 = b;
+                    // The epoch's seconds so far, so that a resumed epoch reports its whole time.
+                    self.pos.5 += started.elapsed().as_secs_f64();
                     self.save_checkpoint()?;
                     return Ok(Finish::Interrupted { epoch, batch: b });
                 }

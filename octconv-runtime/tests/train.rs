@@ -186,6 +186,38 @@ fn resume_equals_an_uninterrupted_run() {
 }
 
 #[test]
+fn an_interrupted_epoch_reports_the_time_before_and_after_the_interruption() {
+    let d = data(40);
+    let dir = tmp("seconds");
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer::new(model(), config(1), &dir, &d, false).unwrap();
+    // 0.3 s pass inside the epoch before the interruption; the rest of it takes milliseconds.
+    let fin = t
+        .run(&d, &stop, |e| {
+            if let Event::Batch { batch: 1, .. } = e {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                stop.store(true, Ordering::SeqCst)
+            }
+        })
+        .unwrap();
+    assert_eq!(fin, Finish::Interrupted { epoch: 0, batch: 2 });
+    drop(t);
+    let mut t = Trainer::new(model(), config(1), &dir, &d, true).unwrap();
+    assert_eq!(
+        t.run(&d, &AtomicBool::new(false), |_| {}).unwrap(),
+        Finish::Completed
+    );
+    let m = read_metrics(&dir).unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].seconds >= 0.3, "epoch seconds {}", m[0].seconds);
+    assert!(
+        (m[0].images_per_s * m[0].seconds - 40.0).abs() < 1e-6,
+        "{:?}",
+        m[0]
+    );
+}
+
+#[test]
 fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let d = data(32);
     let dir = tmp("nan");
