@@ -79,6 +79,51 @@ fn models_without_a_head_and_with_the_per_branch_head_run() {
     }
 }
 
+/// What the head experiment of `docs/reproduction.md` found: `merge()` upsamples the low branch by
+/// nearest ×2, and a global average of a nearest-upsampled map is the average of the map, so
+/// merge-then-pool and per-branch pooling give the same features in the same order, and the same
+/// logits for the same weights.
+#[test]
+fn merge_then_pool_equals_per_branch_pooling_with_nearest_upsampling() {
+    let body = "input [3, 16, 16]; octconv(12, kernel = 3, alpha = 0.25); bn(); relu(); octconv(16, kernel = 3, stride = 2, alpha = 0.25); bn(); relu();";
+    let text = format!(
+        "model merged() {{ {body} merge(); global_avg_pool(); linear(5); }}
+         model branches() {{ {body} global_avg_pool(per_branch = true); linear(5); }}"
+    );
+    let net = |name: &str| {
+        let c = check_text("t.oct", &text, Some(name));
+        assert!(c.ok(), "{}", c.render_diagnostics(false));
+        let m = c.model.unwrap();
+        (build(m.clone(), 7), input(&m, 3, 2))
+    };
+    let ((merged, x), (branches, _)) = (net("merged"), net("branches"));
+    for train in [false, true] {
+        let a: Vec<f32> = merged
+            .forward_t(&x, train)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = branches
+            .forward_t(&x, train)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a.len(), 15);
+        let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 1e-3, "logits must not be trivially zero: {a:?}");
+        for (p, q) in a.iter().zip(&b) {
+            assert!(
+                (p - q).abs() <= 1e-5 * (1.0 + p.abs()),
+                "train {train}: {a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn wrong_input_shape_is_an_error_not_a_panic() {
     let m = ir("wrn(n = 1, k = 1, alpha = 0.25)");
