@@ -98,20 +98,11 @@ fn merge_then_pool_equals_per_branch_pooling_with_nearest_upsampling() {
     };
     let ((merged, x), (branches, _)) = (net("merged"), net("branches"));
     for train in [false, true] {
-        let a: Vec<f32> = merged
-            .forward_t(&x, train)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = branches
-            .forward_t(&x, train)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let logits = |net: &OctModel| -> Vec<f32> {
+            let y = net.forward_t(&x, train).unwrap();
+            y.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (a, b) = (logits(&merged), logits(&branches));
         assert_eq!(a.len(), 15);
         let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(spread > 1e-3, "logits must not be trivially zero: {a:?}");
