@@ -111,6 +111,15 @@ fn sweep_trains_each_alpha_and_writes_table_json_and_plots() {
     assert!(md.contains("| α | params | MACs vs α₀"), "{md}");
     assert!(md.contains("\n| 0 | ") && md.contains("\n| 0.5 | "), "{md}");
     assert!(md.contains("Highest final test accuracy"), "{md}");
+    // The recorded command can be pasted back into a shell.
+    assert!(
+        r["command"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("octconv sweep {} --alphas 0,0.5 --data ", f.spec)),
+        "{}",
+        r["command"]
+    );
     for png in ["accuracy-vs-alpha.png", "time-vs-alpha.png", "curves.png"] {
         assert!(is_png(&dir.join(png)), "{png}");
     }

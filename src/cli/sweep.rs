@@ -59,6 +59,24 @@ pub fn alpha_dir(root: &Path, alpha: f64) -> PathBuf {
     root.join(format!("alpha-{alpha}"))
 }
 
+/// This process's command line as `octconv …`, quoted so that it can be pasted into a POSIX shell.
+fn command_line() -> String {
+    let quote = |a: String| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@%+".contains(c));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once("octconv".to_string())
+        .chain(std::env::args().skip(1).map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs the sweep.
 pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
     if args.alphas.iter().any(|a| !(0.0..1.0).contains(a)) {
@@ -169,7 +187,7 @@ pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
         ));
     }
     let report = SweepReport {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line(),
         spec: args.spec.spec.clone(),
         data: args.flags.data.clone(),
         train_images: data.train.len(),
