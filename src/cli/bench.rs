@@ -304,12 +304,12 @@ pub fn time_model(
         std_s: var.sqrt(),
         per_sample_ms: rep_sorted[rep_sorted.len() / 2] / args.samples as f64 * 1e3,
         relative: 1.0,
-        theory: 1.0 - 0.75 * alpha * (2.0 - alpha),
+        theory: octconv_spec::cost::theory_macs_ratio(alpha),
         macs,
         macs_relative: 1.0,
         params,
         peak_activation_bytes,
         memory_relative: 1.0,
-        memory_theory: 1.0 - 0.75 * alpha,
+        memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
     })
 }

@@ -1,8 +1,9 @@
 //! The plots of `octconv sweep`: test accuracy against α, relative time against α with the seed's
 //! FLOPs theory, and the overlaid learning curves of every α.
 
-use super::sweep_report::{flops_theory, SweepReport};
+use super::sweep_report::SweepReport;
 use octconv_runtime::train::read_metrics;
+use octconv_spec::cost::theory_macs_ratio;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -124,7 +125,7 @@ pub fn write_plots(r: &SweepReport, dir: &Path, font: Option<&Path>) -> anyhow::
             points: (0..=80)
                 .map(|i| {
                     let a = i as f64 / 100.0;
-                    (a, 100.0 * flops_theory(a))
+                    (a, 100.0 * theory_macs_ratio(a))
                 })
                 .collect(),
             color: BLACK.to_rgba(),

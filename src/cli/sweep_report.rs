@@ -3,20 +3,11 @@
 
 use super::bench::Row;
 use octconv_runtime::train::EpochRecord;
+use octconv_spec::cost::{theory_macs_ratio, theory_memory_ratio};
 use octconv_spec::Model;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// The seed's per-layer FLOPs theory, 1 − ¾α(2 − α).
-pub fn flops_theory(alpha: f64) -> f64 {
-    1.0 - 0.75 * alpha * (2.0 - alpha)
-}
-
-/// The seed's per-layer memory theory, 1 − ¾α.
-pub fn memory_theory(alpha: f64) -> f64 {
-    1.0 - 0.75 * alpha
-}
 
 /// Measured inference time of one α (seeded random weights; time does not depend on them).
 #[derive(Serialize, Debug, Clone)]
@@ -58,13 +49,13 @@ pub struct SweepRow {
     pub macs: u64,
     /// MACs relative to the first α.
     pub macs_relative: f64,
-    /// [`flops_theory`] of this α.
+    /// The seed's per-layer FLOPs theory at this α (`cost::theory_macs_ratio`).
     pub flops_theory: f64,
     /// Activation memory per image, all layer outputs in f32 (cost model).
     pub activation_bytes: u64,
     /// Activation memory relative to the first α.
     pub memory_relative: f64,
-    /// [`memory_theory`] of this α.
+    /// The seed's per-layer memory theory at this α (`cost::theory_memory_ratio`).
     pub memory_theory: f64,
     /// `completed` or `diverged at epoch N`.
     pub status: String,
@@ -105,11 +96,11 @@ impl SweepRow {
             params: model.params(),
             macs: model.macs(),
             macs_relative: model.macs() as f64 / baseline.macs().max(1) as f64,
-            flops_theory: flops_theory(alpha),
+            flops_theory: theory_macs_ratio(alpha),
             activation_bytes: model.activation_bytes(),
             memory_relative: model.activation_bytes() as f64
                 / baseline.activation_bytes().max(1) as f64,
-            memory_theory: memory_theory(alpha),
+            memory_theory: theory_memory_ratio(alpha),
             status,
             epochs: metrics.len(),
             final_test_acc: metrics.last().map(|r| r.test_acc),
