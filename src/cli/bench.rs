@@ -225,8 +225,7 @@ pub fn time_model(
 ) -> anyhow::Result<Row> {
     let batches = args.batches();
     let (macs, params, d) = (model.macs(), model.params(), model.input);
-    let device = device.clone();
-    let x_all = random_images(args.samples, d, 1, &device)?;
+    let x_all = random_images(args.samples, d, 1, device)?;
     let varmap = VarMap::new();
     {
         let mut data = varmap
@@ -234,16 +233,16 @@ pub fn time_model(
             .lock()
             .map_err(|_| anyhow::anyhow!("var map poisoned"))?;
         for (name, t) in init_params(&model, 0, DType::F32, &Device::Cpu)? {
-            data.insert(name, Var::from_tensor(&t.to_device(&device)?)?);
+            data.insert(name, Var::from_tensor(&t.to_device(device)?)?);
         }
     }
-    let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let classes = net.forward_t(&x_all.narrow(0, 0, 1)?, false)?.dim(1)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let labels: Vec<u32> = (0..args.samples)
         .map(|_| rng.random_range(0..classes as u32))
         .collect();
-    let y_all = Tensor::from_vec(labels, args.samples, &device)?;
+    let y_all = Tensor::from_vec(labels, args.samples, device)?;
     let vars: Vec<(String, Var)> = varmap
         .data()
         .lock()

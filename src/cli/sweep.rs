@@ -9,7 +9,7 @@ use super::sweep_report::{self, Inference, SweepReport, SweepRow};
 use super::train::{train_in_dir, TrainFlags};
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
-use octconv_runtime::train::{read_metrics, Finish};
+use octconv_runtime::train::{read_metrics, EpochRecord, Finish};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,7 +55,7 @@ struct Diverged {
 const DIVERGED: &str = "diverged.json";
 
 /// The run directory of one α: `alpha-0`, `alpha-0.25`, ….
-pub fn alpha_dir(root: &Path, alpha: f64) -> PathBuf {
+fn alpha_dir(root: &Path, alpha: f64) -> PathBuf {
     root.join(format!("alpha-{alpha}"))
 }
 
@@ -75,6 +75,16 @@ fn command_line() -> String {
         .chain(std::env::args().skip(1).map(quote))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The epochs a run has finished: none if it diverged before its first one (no `metrics.jsonl`); a
+/// file that exists but cannot be read is an error, not an empty row.
+fn finished_epochs(dir: &Path) -> anyhow::Result<Vec<EpochRecord>> {
+    if dir.join("metrics.jsonl").exists() {
+        read_metrics(dir)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// Runs the sweep.
@@ -173,10 +183,9 @@ pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
         fill_relative(&mut rows);
         Some(rows)
     };
-    let mut rows = Vec::new();
+    let (mut rows, mut curves) = (Vec::new(), Vec::new());
     for (i, ((a, model), status)) in models.iter().zip(statuses).enumerate() {
-        let dir = alpha_dir(&args.run_dir, *a);
-        let metrics = read_metrics(&dir).unwrap_or_default();
+        let metrics = finished_epochs(&alpha_dir(&args.run_dir, *a))?;
         rows.push(SweepRow::new(
             *a,
             model,
@@ -185,6 +194,9 @@ pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
             &metrics,
             timings.as_ref().map(|t| Inference::from(&t[i])),
         ));
+        if !metrics.is_empty() {
+            curves.push((format!("α = {a}"), metrics));
+        }
     }
     let report = SweepReport {
         command: command_line(),
@@ -206,8 +218,8 @@ pub fn run(args: &SweepArgs, color: bool) -> anyhow::Result<ExitCode> {
         bench_batch: (!args.no_bench).then_some(args.bench_batch),
         rows,
     };
-    sweep_report::write_all(&report, &args.run_dir, args.font.as_deref())?;
-    print!("{}", sweep_report::markdown(&report));
+    let md = sweep_report::write_all(&report, &curves, &args.run_dir, args.font.as_deref())?;
+    print!("{md}");
     eprintln!(
         "wrote {}/sweep.md, sweep.json and the plots",
         args.run_dir.display()

@@ -2,7 +2,7 @@
 //! FLOPs theory, and the overlaid learning curves of every α.
 
 use super::sweep_report::SweepReport;
-use octconv_runtime::train::read_metrics;
+use octconv_runtime::train::EpochRecord;
 use octconv_spec::cost::theory_macs_ratio;
 use plotters::prelude::*;
 use std::path::Path;
@@ -76,8 +76,14 @@ fn alpha_chart(
     Ok(())
 }
 
-/// Writes `accuracy-vs-alpha.png`, `time-vs-alpha.png` and `curves.png` into `dir`.
-pub fn write_plots(r: &SweepReport, dir: &Path, font: Option<&Path>) -> anyhow::Result<()> {
+/// Writes `accuracy-vs-alpha.png`, `time-vs-alpha.png` and `curves.png` (from `curves`: each
+/// finished α's name and epochs) into `dir`.
+pub fn write_plots(
+    r: &SweepReport,
+    curves: &[(String, Vec<EpochRecord>)],
+    dir: &Path,
+    font: Option<&Path>,
+) -> anyhow::Result<()> {
     super::plot::register_font(font)?;
     let pick = |i: usize| Palette99::pick(i).to_rgba();
     let acc = |f: fn(&super::sweep_report::SweepRow) -> Option<f64>| -> Vec<(f64, f64)> {
@@ -180,15 +186,8 @@ pub fn write_plots(r: &SweepReport, dir: &Path, font: Option<&Path>) -> anyhow::
         0.0..y_max,
         &time,
     )?;
-    let mut runs = Vec::new();
-    for row in &r.rows {
-        let m = read_metrics(&super::sweep::alpha_dir(dir, row.alpha)).unwrap_or_default();
-        if !m.is_empty() {
-            runs.push((format!("α = {}", row.alpha), m));
-        }
-    }
-    if !runs.is_empty() {
-        super::plot::save_curves(&dir.join("curves.png"), &runs)?;
+    if !curves.is_empty() {
+        super::plot::save_curves(&dir.join("curves.png"), curves)?;
     }
     Ok(())
 }

@@ -236,9 +236,17 @@ fn findings(rows: &[SweepRow]) -> String {
     s
 }
 
-/// Writes `sweep.json`, `sweep.md` and the plots into `dir`.
-pub fn write_all(r: &SweepReport, dir: &Path, font: Option<&Path>) -> anyhow::Result<()> {
+/// Writes `sweep.json`, `sweep.md` and the plots (`curves`: each finished α's name and epochs) into
+/// `dir`; returns the markdown.
+pub fn write_all(
+    r: &SweepReport,
+    curves: &[(String, Vec<EpochRecord>)],
+    dir: &Path,
+    font: Option<&Path>,
+) -> anyhow::Result<String> {
+    let md = markdown(r);
     std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(r)?)?;
-    std::fs::write(dir.join("sweep.md"), markdown(r))?;
-    super::sweep_plot::write_plots(r, dir, font)
+    std::fs::write(dir.join("sweep.md"), &md)?;
+    super::sweep_plot::write_plots(r, curves, dir, font)?;
+    Ok(md)
 }
