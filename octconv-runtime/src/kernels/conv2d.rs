@@ -16,6 +16,7 @@
 //! GEMM instead.
 
 use super::geometry::ConvGeometry;
+use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::unfold::{col2im, im2col};
 use super::winograd;
 use super::Element;
@@ -147,28 +148,6 @@ fn with_data(
     }
 }
 
-/// Per-thread scratch: the column matrix and a staging matrix for batched outputs.
-pub(super) struct Scratch<T> {
-    pub(super) col: Vec<T>,
-    pub(super) stage: Vec<T>,
-}
-
-impl<T> Default for Scratch<T> {
-    fn default() -> Self {
-        Scratch {
-            col: Vec::new(),
-            stage: Vec::new(),
-        }
-    }
-}
-
-pub(super) fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
-    if v.len() < len {
-        v.resize(len, T::ZERO);
-    }
-    &mut v[..len]
-}
-
 /// Sums per-task contributions deterministically for a given thread count: each worker adds a fixed,
 /// contiguous range of tasks into its own buffer (with its own scratch), and the buffers are added in
 /// worker order. Exact resume of training depends on this.
@@ -181,11 +160,12 @@ pub(super) fn sum_tasks<T: Element>(
     let partials: Vec<Vec<T>> = (0..workers)
         .into_par_iter()
         .map(|j| {
-            let mut scratch = Scratch::default();
             let mut acc = vec![T::ZERO; len];
-            for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
-                task(t, &mut scratch, &mut acc);
-            }
+            with_scratch(|scratch| {
+                for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
+                    task(t, scratch, &mut acc);
+                }
+            });
             acc
         })
         .collect();
@@ -343,7 +323,9 @@ pub fn dispatch_backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T])
 /// `y = conv2d(x, w)` on raw NCHW data by im2col + GEMM (any geometry).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
-    let mut out = vec![T::ZERO; g.n * g.out_image()];
+    // Every element is written below: by a GEMM without accumulation (which zero-fills when k = 0) or
+    // by the copy out of the staging matrix.
+    let mut out = output_vec(g.n * g.out_image());
     if out.is_empty() {
         return out;
     }
@@ -351,41 +333,45 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out.par_chunks_mut(nb * g.out_image())
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (t, out_chunk)| {
-            let i0 = t * nb;
-            let cnt = out_chunk.len() / g.out_image();
-            let ld = cnt * ohw;
-            for grp in 0..g.groups {
-                let wg = Mat {
-                    ptr: w[grp * cout_g * k..].as_ptr(),
-                    rs: k,
-                    cs: 1,
-                };
-                let Scratch { col, stage } = scratch;
-                let col = unfold_group(g, x, (i0, cnt, grp), col);
-                let rhs = Mat {
-                    ptr: col.as_ptr(),
-                    rs: ld,
-                    cs: 1,
-                };
-                if cnt == 1 {
-                    let dst = out_chunk[grp * cout_g * ohw..].as_mut_ptr();
-                    // SAFETY: wg is cout_g × k inside w, col is k × ohw, dst is cout_g × ohw inside
-                    // this image's output.
-                    unsafe { sgemm((cout_g, ohw, k), dst, ohw, false, wg, rhs, par) };
-                } else {
-                    let stage = sized(stage, cout_g * ld);
-                    // SAFETY: stage is cout_g × ld, col is k × ld.
-                    unsafe { sgemm((cout_g, ld, k), stage.as_mut_ptr(), ld, false, wg, rhs, par) };
-                    for i in 0..cnt {
-                        let img = &mut out_chunk[i * g.out_image() + grp * cout_g * ohw..];
-                        for co in 0..cout_g {
-                            img[co * ohw..][..ohw]
-                                .copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+        .for_each(|(t, out_chunk)| {
+            with_scratch(|scratch: &mut Scratch<T>| {
+                let i0 = t * nb;
+                let cnt = out_chunk.len() / g.out_image();
+                let ld = cnt * ohw;
+                for grp in 0..g.groups {
+                    let wg = Mat {
+                        ptr: w[grp * cout_g * k..].as_ptr(),
+                        rs: k,
+                        cs: 1,
+                    };
+                    let Scratch { col, stage, .. } = scratch;
+                    let col = unfold_group(g, x, (i0, cnt, grp), col);
+                    let rhs = Mat {
+                        ptr: col.as_ptr(),
+                        rs: ld,
+                        cs: 1,
+                    };
+                    if cnt == 1 {
+                        let dst = out_chunk[grp * cout_g * ohw..].as_mut_ptr();
+                        // SAFETY: wg is cout_g × k inside w, col is k × ohw, dst is cout_g × ohw inside
+                        // this image's output.
+                        unsafe { sgemm((cout_g, ohw, k), dst, ohw, false, wg, rhs, par) };
+                    } else {
+                        let stage = sized(stage, cout_g * ld);
+                        // SAFETY: stage is cout_g × ld, col is k × ld.
+                        unsafe {
+                            sgemm((cout_g, ld, k), stage.as_mut_ptr(), ld, false, wg, rhs, par)
+                        };
+                        for i in 0..cnt {
+                            let img = &mut out_chunk[i * g.out_image() + grp * cout_g * ohw..];
+                            for co in 0..cout_g {
+                                img[co * ohw..][..ohw]
+                                    .copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+                            }
                         }
                     }
                 }
-            }
+            })
         });
     out
 }
@@ -446,44 +432,46 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
     let par = gemm_parallelism(g.n.div_ceil(nb));
     dx.par_chunks_mut(nb * g.in_image())
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (t, dx_chunk)| {
-            let i0 = t * nb;
-            let cnt = dx_chunk.len() / g.in_image();
-            let ld = cnt * ohw;
-            for grp in 0..g.groups {
-                // Wᵀ: element (kidx, co) of group grp is w[(grp·cout_g + co)·k + kidx].
-                let wt = Mat {
-                    ptr: w[grp * cout_g * k..].as_ptr(),
-                    rs: 1,
-                    cs: k,
-                };
-                let Scratch { col, stage } = scratch;
-                let dy_g = gather_group(g, dy, (i0, cnt, grp), stage);
-                let rhs = Mat {
-                    ptr: dy_g.as_ptr(),
-                    rs: ld,
-                    cs: 1,
-                };
-                if g.is_pointwise() && cnt == 1 {
-                    let dst = dx_chunk[grp * k * ohw..].as_mut_ptr();
-                    // SAFETY: dst is this group's k = cin_g channels of one image, k × ohw.
-                    unsafe { sgemm((k, ohw, cout_g), dst, ohw, false, wt, rhs, par) };
-                    continue;
+        .for_each(|(t, dx_chunk)| {
+            with_scratch(|scratch: &mut Scratch<T>| {
+                let i0 = t * nb;
+                let cnt = dx_chunk.len() / g.in_image();
+                let ld = cnt * ohw;
+                for grp in 0..g.groups {
+                    // Wᵀ: element (kidx, co) of group grp is w[(grp·cout_g + co)·k + kidx].
+                    let wt = Mat {
+                        ptr: w[grp * cout_g * k..].as_ptr(),
+                        rs: 1,
+                        cs: k,
+                    };
+                    let Scratch { col, stage, .. } = scratch;
+                    let dy_g = gather_group(g, dy, (i0, cnt, grp), stage);
+                    let rhs = Mat {
+                        ptr: dy_g.as_ptr(),
+                        rs: ld,
+                        cs: 1,
+                    };
+                    if g.is_pointwise() && cnt == 1 {
+                        let dst = dx_chunk[grp * k * ohw..].as_mut_ptr();
+                        // SAFETY: dst is this group's k = cin_g channels of one image, k × ohw.
+                        unsafe { sgemm((k, ohw, cout_g), dst, ohw, false, wt, rhs, par) };
+                        continue;
+                    }
+                    let col = sized(col, k * ld);
+                    // SAFETY: col is k × ld; wt is k × cout_g inside w; rhs is cout_g × ld.
+                    unsafe { sgemm((k, ld, cout_g), col.as_mut_ptr(), ld, false, wt, rhs, par) };
+                    for i in 0..cnt {
+                        col2im(
+                            g,
+                            col,
+                            ld,
+                            i * ohw,
+                            &mut dx_chunk[i * g.in_image()..],
+                            grp * g.cin_g(),
+                        );
+                    }
                 }
-                let col = sized(col, k * ld);
-                // SAFETY: col is k × ld; wt is k × cout_g inside w; rhs is cout_g × ld.
-                unsafe { sgemm((k, ld, cout_g), col.as_mut_ptr(), ld, false, wt, rhs, par) };
-                for i in 0..cnt {
-                    col2im(
-                        g,
-                        col,
-                        ld,
-                        i * ohw,
-                        &mut dx_chunk[i * g.in_image()..],
-                        grp * g.cin_g(),
-                    );
-                }
-            }
+            })
         });
     dx
 }
@@ -548,7 +536,7 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
         let cnt = nb.min(g.n - i0);
         let ld = cnt * ohw;
         for grp in 0..g.groups {
-            let Scratch { col, stage } = scratch;
+            let Scratch { col, stage, .. } = scratch;
             let dy_g = gather_group(g, dy, (i0, cnt, grp), stage);
             let colm = unfold_group(g, x, (i0, cnt, grp), col);
             let lhs = Mat {

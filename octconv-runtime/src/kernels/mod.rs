@@ -7,7 +7,9 @@
 pub mod batch_norm;
 pub mod conv2d;
 pub mod geometry;
+pub mod octave;
 pub mod resample;
+pub mod scratch;
 pub mod unfold;
 pub mod winograd;
 
@@ -24,6 +26,7 @@ pub trait Element:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + scratch::ScratchPool
 {
     /// Additive identity.
     const ZERO: Self;

@@ -20,12 +20,13 @@ fn planes(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
 }
 
 /// `out[p] = scale · Σ over the 2×2 block of x` (odd trailing rows and columns are dropped).
-fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T) -> Vec<T> {
+pub(super) fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![T::ZERO; np * oh * ow];
     if oh == 0 || ow == 0 {
-        return out;
+        return vec![T::ZERO; np * oh * ow];
     }
+    // Every output element is written below.
+    let mut out = super::scratch::output_vec(np * oh * ow);
     out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
         let plane = &x[p * h * w..][..h * w];
         for oy in 0..oh {
@@ -40,7 +41,7 @@ fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T) -> Vec<T> 
 
 /// `out[y][x] = base[y][x] + scale · low[y / 2][x / 2]` over an `h × w` plane (`base` absent: 0); rows and
 /// columns beyond `2·lh`, `2·lw` get no low contribution.
-fn upsample_add<T: Element>(
+pub(super) fn upsample_add<T: Element>(
     base: Option<&[T]>,
     low: &[T],
     np: usize,

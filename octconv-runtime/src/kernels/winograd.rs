@@ -8,8 +8,9 @@
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
 
-use super::conv2d::{gemm_parallelism, images_per_task, sgemm, sized, sum_tasks, Mat, Scratch};
+use super::conv2d::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
+use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
 
@@ -19,10 +20,10 @@ pub fn applies(g: &ConvGeometry) -> bool {
 }
 
 /// Tiles that make the 16 GEMMs wide enough.
-const TARGET_TILES: usize = 512;
+pub(super) const TARGET_TILES: usize = 512;
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
-fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     let mut u = vec![T::ZERO; 16 * cout * cin];
     let h = T::HALF;
     for co in 0..cout {
@@ -69,7 +70,7 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
 /// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` of the images in `x` (`cnt` whole
 /// images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix with row stride
 /// `ld`.
-fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
     let (cin, h, wd) = (g.c_in, g.h, g.w);
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
@@ -148,79 +149,111 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
-    let mut out = vec![T::ZERO; g.n * g.out_image()];
-    if out.is_empty() || cin == 0 {
-        return out;
+    if g.n * g.out_image() == 0 || cin == 0 {
+        return vec![T::ZERO; g.n * g.out_image()];
     }
+    // Every output row is written by the output transform below (rows `oy < h`, all `wd` columns).
+    let mut out = output_vec(g.n * g.out_image());
     let u = transform_weights(w, cout, cin);
     let nb = images_per_task(g.n, tiles, TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out.par_chunks_mut(nb * g.out_image())
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (t, out_chunk)| {
-            let i0 = t * nb;
-            let cnt = out_chunk.len() / g.out_image();
-            let ld = cnt * tiles;
-            let v = sized(&mut scratch.col, 16 * cin * ld);
-            transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-            // M[ξ] = U[ξ] · V[ξ]
-            let m = sized(&mut scratch.stage, 16 * cout * ld);
-            for xi in 0..16 {
-                let lhs = Mat {
-                    ptr: u[xi * cout * cin..].as_ptr(),
-                    rs: cin,
-                    cs: 1,
-                };
-                let rhs = Mat {
-                    ptr: v[xi * ld..].as_ptr(),
-                    rs: 16 * ld,
-                    cs: 1,
-                };
-                let dst = m[xi * ld..].as_mut_ptr();
-                // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows 16·ld
-                // apart, inside v and m.
-                unsafe { sgemm((cout, ld, cin), dst, 16 * ld, false, lhs, rhs, par) };
-            }
-            // Y = Aᵀ M A, one row of tiles at a time (contiguous reads), clipped at odd edges.
-            let plane_len = h * wd;
-            let mut t = vec![T::ZERO; 8 * tw];
-            let mut yrow = vec![T::ZERO; 2 * 2 * tw];
-            for i in 0..cnt {
-                for co in 0..cout {
-                    let y = &mut out_chunk[(i * cout + co) * plane_len..][..plane_len];
-                    for ty in 0..th {
-                        let col0 = i * tiles + ty * tw;
-                        let mrow = |xi: usize| &m[(co * 16 + xi) * ld + col0..][..tw];
-                        // Aᵀ over rows: t[r][j] for r = 0, 1 and j = 0…3.
-                        for j in 0..4 {
-                            let (m0, m1, m2, m3) =
-                                (mrow(j), mrow(4 + j), mrow(8 + j), mrow(12 + j));
-                            for tx in 0..tw {
-                                t[j * tw + tx] = m0[tx] + m1[tx] + m2[tx];
-                                t[(4 + j) * tw + tx] = m1[tx] - m2[tx] - m3[tx];
-                            }
-                        }
-                        // A over columns: two output rows of 2·tw pixels.
-                        for r in 0..2 {
-                            let tr = |j: usize| &t[(r * 4 + j) * tw..][..tw];
-                            let (t0, t1, t2, t3) = (tr(0), tr(1), tr(2), tr(3));
-                            let out_row = &mut yrow[r * 2 * tw..][..2 * tw];
-                            for tx in 0..tw {
-                                out_row[2 * tx] = t0[tx] + t1[tx] + t2[tx];
-                                out_row[2 * tx + 1] = t1[tx] - t2[tx] - t3[tx];
-                            }
-                        }
-                        for r in 0..2 {
-                            let oy = 2 * ty + r;
-                            if oy < h {
-                                y[oy * wd..][..wd].copy_from_slice(&yrow[r * 2 * tw..][..wd]);
-                            }
-                        }
+        .for_each(|(t, out_chunk)| {
+            with_scratch(|scratch: &mut Scratch<T>| {
+                let i0 = t * nb;
+                let cnt = out_chunk.len() / g.out_image();
+                let ld = cnt * tiles;
+                let v = sized(&mut scratch.col, 16 * cin * ld);
+                transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+                let m = sized(&mut scratch.stage, 16 * cout * ld);
+                multiply(&u, (cout, cin), v, ld, m, par);
+                let plane_len = h * wd;
+                transform_output(m, ld, cout, (h, wd), cnt, |i, co, oy, row| {
+                    out_chunk[(i * cout + co) * plane_len + oy * wd..][..wd].copy_from_slice(row)
+                });
+            })
+        });
+    out
+}
+
+/// `M[ξ] = U[ξ] · V[ξ]` for the 16 frequencies: `U` is `[ξ][cout][cin]`, `V` holds `cin` channels
+/// laid out as [`transform_input`] writes them (`V[ci][ξ][tile]`, row stride `ld`), and `M` is written
+/// as `M[co][ξ][tile]` (no accumulation).
+pub(super) fn multiply<T: Element>(
+    u: &[T],
+    (cout, cin): (usize, usize),
+    v: &[T],
+    ld: usize,
+    m: &mut [T],
+    par: gemm::Parallelism,
+) {
+    assert!(u.len() >= 16 * cout * cin && v.len() >= 16 * cin * ld && m.len() >= 16 * cout * ld);
+    for xi in 0..16 {
+        let lhs = Mat {
+            ptr: u[xi * cout * cin..].as_ptr(),
+            rs: cin,
+            cs: 1,
+        };
+        let rhs = Mat {
+            ptr: v[xi * ld..].as_ptr(),
+            rs: 16 * ld,
+            cs: 1,
+        };
+        let dst = m[xi * ld..].as_mut_ptr();
+        // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows 16·ld apart,
+        // inside v and m (lengths asserted above).
+        unsafe { sgemm((cout, ld, cin), dst, 16 * ld, false, lhs, rhs, par) };
+    }
+}
+
+/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, one row of tiles at a time (contiguous reads),
+/// clipped at odd edges: `emit(image, channel, oy, row)` receives each of the `h` output rows of
+/// `wd` pixels once, so an epilogue (bias, an upsampled addend) costs no extra pass.
+pub(super) fn transform_output<T: Element>(
+    m: &[T],
+    ld: usize,
+    cout: usize,
+    (h, wd): (usize, usize),
+    cnt: usize,
+    mut emit: impl FnMut(usize, usize, usize, &[T]),
+) {
+    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
+    let tiles = th * tw;
+    let mut t = vec![T::ZERO; 8 * tw];
+    let mut yrow = vec![T::ZERO; 2 * 2 * tw];
+    for i in 0..cnt {
+        for co in 0..cout {
+            for ty in 0..th {
+                let col0 = i * tiles + ty * tw;
+                let mrow = |xi: usize| &m[(co * 16 + xi) * ld + col0..][..tw];
+                // Aᵀ over rows: t[r][j] for r = 0, 1 and j = 0…3.
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (mrow(j), mrow(4 + j), mrow(8 + j), mrow(12 + j));
+                    for tx in 0..tw {
+                        t[j * tw + tx] = m0[tx] + m1[tx] + m2[tx];
+                        t[(4 + j) * tw + tx] = m1[tx] - m2[tx] - m3[tx];
+                    }
+                }
+                // A over columns: two output rows of 2·tw pixels.
+                for r in 0..2 {
+                    let tr = |j: usize| &t[(r * 4 + j) * tw..][..tw];
+                    let (t0, t1, t2, t3) = (tr(0), tr(1), tr(2), tr(3));
+                    let out_row = &mut yrow[r * 2 * tw..][..2 * tw];
+                    for tx in 0..tw {
+                        out_row[2 * tx] = t0[tx] + t1[tx] + t2[tx];
+                        out_row[2 * tx + 1] = t1[tx] - t2[tx] - t3[tx];
+                    }
+                }
+                for r in 0..2 {
+                    let oy = 2 * ty + r;
+                    if oy < h {
+                        emit(i, co, oy, &yrow[r * 2 * tw..][..wd]);
                     }
                 }
             }
-        });
-    out
+        }
+    }
 }
 
 /// `dx` of `y = conv2d(x, w)` given `dy`, for a geometry where [`applies`] holds.
@@ -302,7 +335,7 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
         let i0 = t * nb;
         let cnt = nb.min(g.n - i0);
         let ld = cnt * tiles;
-        let Scratch { col, stage } = scratch;
+        let Scratch { col, stage, .. } = scratch;
         let v = sized(col, 16 * cin * ld);
         transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
         let d = sized(stage, 16 * cout * ld);

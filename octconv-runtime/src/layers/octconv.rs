@@ -1,5 +1,6 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
+use crate::kernels::octave::{octave_conv, OctaveGeometry};
 use crate::kernels::{conv2d, ConvParams};
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::OctValue;
@@ -20,6 +21,9 @@ pub struct OctConv2d {
     weights: [Option<Tensor>; 4],
     bias_h: Option<Tensor>,
     bias_l: Option<Tensor>,
+    /// Whether the CPU may run the fused kernel ([`crate::kernels::octave`]); off runs the per-path
+    /// ops, the reference the fused kernel is tested against.
+    fused: bool,
 }
 
 impl OctConv2d {
@@ -43,6 +47,7 @@ impl OctConv2d {
             bias_l: bias(spec.out_l, "l")?,
             spec,
             weights,
+            fused: true,
         })
     }
 
@@ -58,7 +63,55 @@ impl OctConv2d {
             weights,
             bias_h,
             bias_l,
+            fused: true,
         }
+    }
+
+    /// Allows (the default) or forbids the fused CPU kernel; forbidding it runs the per-path ops.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
+    /// Whether [`OctConv2d::forward`] runs the fused CPU kernel on `x`.
+    pub fn runs_fused(&self, x: &OctValue) -> bool {
+        matches!(x.branches(), (Some(h), Some(l)) if self.fused_geometry(h, l).is_some())
+    }
+
+    /// The fused kernel's geometry, when it handles this layer on these inputs: all four paths, 3×3,
+    /// stride 1, one group, f32 or f64 on the CPU, the low branch exactly half the high one.
+    fn fused_geometry(&self, xh: &Tensor, xl: &Tensor) -> Option<OctaveGeometry> {
+        use candle_core::DType::{F32, F64};
+        let s = &self.spec;
+        if !self.fused
+            || s.kernel != 3
+            || s.stride != 1
+            || s.groups != 1
+            || s.depthwise
+            || self.weights.iter().any(Option::is_none)
+            || !xh.device().is_cpu()
+            || !matches!(xh.dtype(), F32 | F64)
+            || xl.dtype() != xh.dtype()
+            || self
+                .weights
+                .iter()
+                .flatten()
+                .any(|w| w.dtype() != xh.dtype())
+        {
+            return None;
+        }
+        let (n, in_h, h, w) = xh.dims4().ok()?;
+        let (nl, in_l, hl, wl) = xl.dims4().ok()?;
+        let g = OctaveGeometry {
+            n,
+            in_h,
+            in_l,
+            out_h: s.out_h,
+            out_l: s.out_l,
+            h,
+            w,
+        };
+        let matches = nl == n && (in_h, in_l) == (s.in_h, s.in_l) && (2 * hl, 2 * wl) == (h, w);
+        (matches && g.applies()).then_some(g)
     }
 
     /// The layer's geometry.
@@ -87,8 +140,30 @@ impl OctConv2d {
         conv2d(x, w, self.conv_params(groups)).map(Some)
     }
 
-    /// Applies the octave convolution.
+    /// Applies the octave convolution: the fused CPU kernel where it applies, else the per-path ops.
     pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
+        if let (Some(xh), Some(xl)) = x.branches() {
+            if let Some(g) = self.fused_geometry(xh, xl) {
+                let w: Vec<&Tensor> = self.weights.iter().flatten().collect();
+                let (yh, yl) = octave_conv(g, xh, xl, [w[0], w[1], w[2], w[3]])?;
+                return Ok(OctValue::Pair {
+                    high: Some(self.add_bias(yh, &self.bias_h)?),
+                    low: self.add_bias(yl, &self.bias_l)?,
+                });
+            }
+        }
+        self.forward_unfused(x)
+    }
+
+    fn add_bias(&self, t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+        match b {
+            Some(b) => t.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(t),
+        }
+    }
+
+    /// The per-path forward: each path through its own convolution op, then the resampling ops.
+    pub fn forward_unfused(&self, x: &OctValue) -> Result<OctValue> {
         let (xh, xl) = x.branches();
         let s2 = self.spec.stride == 2;
         let xh = match xh {

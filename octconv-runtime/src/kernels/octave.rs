@@ -1,0 +1,510 @@
+//! The whole octave convolution (all four paths, 3×3, stride 1) as one kernel with one backward.
+//!
+//! The per-op layer runs eight passes over memory besides its four convolutions: pool the high input,
+//! concatenate it with the low input (and the weights), convolve L→H into its own tensor, read the
+//! H→H output back to add the upsampled L→H output, and the autograd nodes of each. Here, per group of
+//! images:
+//!
+//! 1. the high input is Winograd-transformed once (`V_h`);
+//! 2. its 2×2 average pool goes to scratch and is transformed together with the low input into one
+//!    low-resolution `V_l = [V(pool X_H); V(X_L)]`, read by both low-resolution products: the low
+//!    output `U_[HL|LL] · V_l` (one deeper GEMM) and L→H `U_LH · V_l[X_L rows]`;
+//! 3. L→H is output-transformed into scratch, and the H→H output transform adds it, upsampled ×2,
+//!    to each row as it writes the high output: no separate upsample-add pass, no zero-filled output.
+//!
+//! The backward runs the same building blocks (Winograd input gradients and weight gradients per path)
+//! on raw buffers, per output: two autograd nodes replace about ten.
+
+use super::conv2d::{
+    dispatch_backward_data, dispatch_backward_filter, gemm_parallelism, images_per_task,
+};
+use super::geometry::ConvGeometry;
+use super::resample::pool;
+use super::scratch::{output_vec, with_scratch, Scratch};
+use super::winograd::{multiply, transform_input, transform_output, transform_weights};
+use super::Element;
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Channel counts and the high branch's spatial size of a full octave convolution (all four paths,
+/// 3×3, stride 1, padding 1, one group); the low branch is `h / 2 × w / 2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OctaveGeometry {
+    /// Batch size.
+    pub n: usize,
+    /// High input channels.
+    pub in_h: usize,
+    /// Low input channels.
+    pub in_l: usize,
+    /// High output channels.
+    pub out_h: usize,
+    /// Low output channels.
+    pub out_l: usize,
+    /// High branch height (even).
+    pub h: usize,
+    /// High branch width (even).
+    pub w: usize,
+}
+
+/// Images per task: enough low-resolution tiles for wide GEMMs (the high ones are four times wider).
+const TARGET_LOW_TILES: usize = 256;
+
+impl OctaveGeometry {
+    /// Low branch height and width.
+    pub fn low_hw(&self) -> (usize, usize) {
+        (self.h / 2, self.w / 2)
+    }
+
+    /// Whether the fused kernel handles this layer: every channel count positive, an even size.
+    pub fn applies(&self) -> bool {
+        self.in_h > 0
+            && self.in_l > 0
+            && self.out_h > 0
+            && self.out_l > 0
+            && self.h >= 2
+            && self.w >= 2
+            && self.h.is_multiple_of(2)
+            && self.w.is_multiple_of(2)
+    }
+
+    /// One 3×3 "same" convolution of this layer: `c_in → c_out` at `(h, w)`.
+    fn conv(&self, c_in: usize, c_out: usize, (h, w): (usize, usize)) -> ConvGeometry {
+        ConvGeometry {
+            n: self.n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        }
+    }
+
+    fn hh(&self) -> ConvGeometry {
+        self.conv(self.in_h, self.out_h, (self.h, self.w))
+    }
+    fn hl(&self) -> ConvGeometry {
+        self.conv(self.in_h, self.out_l, self.low_hw())
+    }
+    fn lh(&self) -> ConvGeometry {
+        self.conv(self.in_l, self.out_h, self.low_hw())
+    }
+    fn ll(&self) -> ConvGeometry {
+        self.conv(self.in_l, self.out_l, self.low_hw())
+    }
+
+    /// Elements of the flat weight vector: H→H, H→L, L→H, L→L, each `[cout, cin, 3, 3]`.
+    pub fn weight_len(&self) -> usize {
+        9 * (self.in_h + self.in_l) * (self.out_h + self.out_l)
+    }
+
+    /// Elements of the high output (the flat output's first part).
+    pub fn high_out_len(&self) -> usize {
+        self.n * self.out_h * self.h * self.w
+    }
+
+    /// Elements of the low output (the flat output's second part).
+    pub fn low_out_len(&self) -> usize {
+        let (lh, lw) = self.low_hw();
+        self.n * self.out_l * lh * lw
+    }
+
+    /// The four weights' ranges in the flat weight vector.
+    fn weight_ranges(&self) -> [std::ops::Range<usize>; 4] {
+        let sizes = [
+            self.out_h * self.in_h,
+            self.out_l * self.in_h,
+            self.out_h * self.in_l,
+            self.out_l * self.in_l,
+        ];
+        let mut start = 0;
+        sizes.map(|s| {
+            let r = start..start + 9 * s;
+            start = r.end;
+            r
+        })
+    }
+}
+
+/// `[W_HL | W_LL]` concatenated along the input channels: `[out_l, in_h + in_l, 3, 3]`.
+fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> {
+    let mut w = Vec::with_capacity(9 * g.out_l * (g.in_h + g.in_l));
+    for co in 0..g.out_l {
+        w.extend_from_slice(&w_hl[co * g.in_h * 9..][..g.in_h * 9]);
+        w.extend_from_slice(&w_ll[co * g.in_l * 9..][..g.in_l * 9]);
+    }
+    w
+}
+
+/// The fused forward pass on raw NCHW buffers: returns `high ++ low` (flat).
+pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
+    let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
+    let u_hh = transform_weights(&w[r_hh], g.out_h, g.in_h);
+    let u_lh = transform_weights(&w[r_lh], g.out_h, g.in_l);
+    let c_low = g.in_h + g.in_l;
+    let u_low = transform_weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
+    let hh = g.hh();
+    let (lhh, lww) = g.low_hw();
+    let (tiles_h, tiles_l) = (g.h / 2 * (g.w / 2), lhh.div_ceil(2) * lww.div_ceil(2));
+    let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
+    let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
+    // Every element of both outputs is written by the output transforms below.
+    let mut out = output_vec(g.high_out_len() + g.low_out_len());
+    let (out_h, out_l) = out.split_at_mut(g.high_out_len());
+    let nb = images_per_task(g.n, tiles_l, TARGET_LOW_TILES);
+    let par = gemm_parallelism(g.n.div_ceil(nb));
+    out_h
+        .par_chunks_mut(nb * img_h)
+        .zip(out_l.par_chunks_mut(nb * img_l))
+        .enumerate()
+        .for_each(|(t, (yh, yl))| {
+            with_scratch(|s: &mut Scratch<T>| {
+                let (i0, cnt) = (t * nb, yh.len() / img_h);
+                let xh = &xh[i0 * in_img_h..][..cnt * in_img_h];
+                let xl = &xl[i0 * in_img_l..][..cnt * in_img_l];
+                let (ld_h, ld_l) = (cnt * tiles_h, cnt * tiles_l);
+                let [v_h, m_h, v_l, m_l, pooled, lh] = s.many([
+                    16 * g.in_h * ld_h,
+                    16 * g.out_h * ld_h,
+                    16 * c_low * ld_l,
+                    16 * g.out_h.max(g.out_l) * ld_l,
+                    cnt * g.in_h * lhh * lww,
+                    cnt * g.out_h * lhh * lww,
+                ]);
+                // The low-resolution input [pool(X_H); X_L], transformed channel block by block.
+                pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w));
+                let (v_ph, v_xl) = v_l.split_at_mut(16 * g.in_h * ld_l);
+                transform_input(&g.hl(), pooled, v_ph, ld_l);
+                transform_input(&g.ll(), xl, v_xl, ld_l);
+                // Low output.
+                multiply(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
+                transform_output(m_l, ld_l, g.out_l, (lhh, lww), cnt, |i, co, oy, row| {
+                    yl[(i * g.out_l + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
+                });
+                // L→H at low resolution, into scratch.
+                let v_xl = &v_l[16 * g.in_h * ld_l..];
+                multiply(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
+                transform_output(m_l, ld_l, g.out_h, (lhh, lww), cnt, |i, co, oy, row| {
+                    lh[(i * g.out_h + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
+                });
+                // H→H, with L→H added (nearest ×2) as each high row is written.
+                transform_input(&hh, xh, v_h, ld_h);
+                multiply(&u_hh, (g.out_h, g.in_h), v_h, ld_h, m_h, par);
+                let (hh_h, hh_w) = (g.h, g.w);
+                transform_output(m_h, ld_h, g.out_h, (hh_h, hh_w), cnt, |i, co, oy, row| {
+                    let plane = i * g.out_h + co;
+                    let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];
+                    let dst = &mut yh[plane * hh_h * hh_w + oy * hh_w..][..hh_w];
+                    for ((d, pair), u) in dst.chunks_exact_mut(2).zip(row.chunks_exact(2)).zip(up) {
+                        d[0] = pair[0] + *u;
+                        d[1] = pair[1] + *u;
+                    }
+                });
+            })
+        });
+    out
+}
+
+/// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst`.
+fn pool_into<T: Element>(x: &[T], dst: &mut [T], planes: usize, (h, w): (usize, usize)) {
+    let (oh, ow) = (h / 2, w / 2);
+    let q = T::from_f64(0.25);
+    for p in 0..planes {
+        let plane = &x[p * h * w..][..h * w];
+        let o = &mut dst[p * oh * ow..][..oh * ow];
+        for oy in 0..oh {
+            let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+            for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
+                *v = q * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
+            }
+        }
+    }
+}
+
+/// Gradients through the high output: `(dX_H, dX_L, dW)` from `dY_H` via H→H and L→H; `dW` is flat
+/// with zeros in the H→L and L→L parts.
+pub fn backward_high<T: Element>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+    dyh: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let [r_hh, _, r_lh, _] = g.weight_ranges();
+    // L→H was upsampled ×2 (nearest): its output gradient is the 2×2 block sum of dY_H.
+    let dsum = pool(dyh, g.n * g.out_h, g.h, g.w, T::ONE);
+    let dxh = dispatch_backward_data(&g.hh(), dyh, &w[r_hh.clone()]);
+    let dxl = dispatch_backward_data(&g.lh(), &dsum, &w[r_lh.clone()]);
+    let mut dw = vec![T::ZERO; g.weight_len()];
+    dw[r_hh].copy_from_slice(&dispatch_backward_filter(&g.hh(), xh, dyh));
+    dw[r_lh].copy_from_slice(&dispatch_backward_filter(&g.lh(), xl, &dsum));
+    (dxh, dxl, dw)
+}
+
+/// Gradients through the low output: `(dX_H, dX_L, dW)` from `dY_L` via one convolution over
+/// `[pool(X_H); X_L]` (H→L and L→L together); `dW` is flat with zeros in the H→H and L→H parts.
+pub fn backward_low<T: Element>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+    dyl: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let [_, r_hl, _, r_ll] = g.weight_ranges();
+    let (lhh, lww) = g.low_hw();
+    let low_px = lhh * lww;
+    let c_low = g.in_h + g.in_l;
+    let lo = g.conv(c_low, g.out_l, (lhh, lww));
+    // [pool(X_H); X_L] per image.
+    let pooled = pool(xh, g.n * g.in_h, g.h, g.w, T::from_f64(0.25));
+    let mut xcat = output_vec(g.n * c_low * low_px);
+    for i in 0..g.n {
+        let dst = &mut xcat[i * c_low * low_px..][..c_low * low_px];
+        let (d_h, d_l) = dst.split_at_mut(g.in_h * low_px);
+        d_h.copy_from_slice(&pooled[i * g.in_h * low_px..][..g.in_h * low_px]);
+        d_l.copy_from_slice(&xl[i * g.in_l * low_px..][..g.in_l * low_px]);
+    }
+    let w_low = low_weight(g, &w[r_hl.clone()], &w[r_ll.clone()]);
+    let dxcat = dispatch_backward_data(&lo, dyl, &w_low);
+    // The pooled part spreads ¼ over each 2×2 block of X_H; the rest is dX_L.
+    let mut dxh = output_vec(g.n * g.in_h * g.h * g.w);
+    let mut dxl = output_vec(g.n * g.in_l * low_px);
+    dxh.par_chunks_mut(g.in_h * g.h * g.w)
+        .zip(dxl.par_chunks_mut(g.in_l * low_px))
+        .enumerate()
+        .for_each(|(i, (oh, ol))| {
+            let src = &dxcat[i * c_low * low_px..][..c_low * low_px];
+            let (s_h, s_l) = src.split_at(g.in_h * low_px);
+            ol.copy_from_slice(s_l);
+            spread_quarter(oh, s_h, g.in_h, (g.h, g.w), (lhh, lww));
+        });
+    let dw_low = dispatch_backward_filter(&lo, &xcat, dyl);
+    let mut dw = vec![T::ZERO; g.weight_len()];
+    for co in 0..g.out_l {
+        let row = &dw_low[co * c_low * 9..][..c_low * 9];
+        dw[r_hl.start + co * g.in_h * 9..][..g.in_h * 9].copy_from_slice(&row[..g.in_h * 9]);
+        dw[r_ll.start + co * g.in_l * 9..][..g.in_l * 9].copy_from_slice(&row[g.in_h * 9..]);
+    }
+    (dxh, dxl, dw)
+}
+
+/// `dst = ¼ · upsample_nearest2x(low)` for `planes` planes (`dst` `h × w`, `low` `lh × lw`, `h = 2·lh`).
+fn spread_quarter<T: Element>(
+    dst: &mut [T],
+    low: &[T],
+    planes: usize,
+    (h, w): (usize, usize),
+    (lh, lw): (usize, usize),
+) {
+    let q = T::from_f64(0.25);
+    for p in 0..planes {
+        let l = &low[p * lh * lw..][..lh * lw];
+        let o = &mut dst[p * h * w..][..h * w];
+        for y in 0..h {
+            let lrow = &l[(y / 2) * lw..][..lw];
+            for (pair, v) in o[y * w..][..w].chunks_exact_mut(2).zip(lrow) {
+                pair[0] = q * *v;
+                pair[1] = q * *v;
+            }
+        }
+    }
+}
+
+/// The contiguous data of one argument.
+fn data<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((o0, o1)) => Ok(&s[o0..o1]),
+        None => bail!("octave conv kernel: arguments must be contiguous"),
+    }
+}
+
+/// Which output of the fused convolution an op yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Branch {
+    High,
+    Low,
+}
+
+/// One output of the fused octave convolution as a candle op: arguments `X_H [n, in_h, h, w]`,
+/// `X_L [n, in_l, h/2, w/2]` and the flat weights (H→H, H→L, L→H, L→L).
+///
+/// candle's custom ops have one result, and cutting a flat two-part result into views would cost the
+/// backward several passes (`narrow`'s gradient pads with zeros and concatenates). So the high op runs
+/// the whole fused forward and leaves the low output in `stash`, where the low op, applied right
+/// after it on the same arguments, picks it up (it computes it itself if the stash is empty). Each op's
+/// backward covers the paths into its own output; candle adds the two contributions to each argument.
+#[derive(Clone, Debug)]
+struct OctaveOutput {
+    geometry: OctaveGeometry,
+    branch: Branch,
+    stash: Arc<Mutex<Option<CpuStorage>>>,
+}
+
+impl OctaveOutput {
+    fn check(&self, lh: &Layout, ll: &Layout, lw: &Layout) -> Result<()> {
+        let g = &self.geometry;
+        let (lhh, lww) = g.low_hw();
+        if lh.shape().dims() != [g.n, g.in_h, g.h, g.w]
+            || ll.shape().dims() != [g.n, g.in_l, lhh, lww]
+            || lw.shape().elem_count() != g.weight_len()
+        {
+            bail!(
+                "octave conv kernel: arguments {:?}, {:?}, {:?} do not match {:?}",
+                lh.shape().dims(),
+                ll.shape().dims(),
+                lw.shape().dims(),
+                g
+            )
+        }
+        Ok(())
+    }
+
+    /// Splits a flat `high ++ low` result, stashing the part this op does not return.
+    fn split<T: Element>(
+        &self,
+        mut both: Vec<T>,
+        wrap: fn(Vec<T>) -> CpuStorage,
+    ) -> Result<CpuStorage> {
+        let low = both.split_off(self.geometry.high_out_len());
+        let (mine, other) = match self.branch {
+            Branch::High => (both, low),
+            Branch::Low => (low, both),
+        };
+        if self.branch == Branch::High {
+            *self
+                .stash
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("stash poisoned".into()))? = Some(wrap(other));
+        }
+        Ok(wrap(mine))
+    }
+}
+
+impl CustomOp3 for OctaveOutput {
+    fn name(&self) -> &'static str {
+        match self.branch {
+            Branch::High => "octconv-octave-conv-high",
+            Branch::Low => "octconv-octave-conv-low",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sl: &CpuStorage,
+        ll: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.check(lh, ll, lw)?;
+        let g = &self.geometry;
+        let (lhh, lww) = g.low_hw();
+        let shape = match self.branch {
+            Branch::High => Shape::from((g.n, g.out_h, g.h, g.w)),
+            Branch::Low => Shape::from((g.n, g.out_l, lhh, lww)),
+        };
+        if self.branch == Branch::Low {
+            let stashed = self
+                .stash
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("stash poisoned".into()))?
+                .take();
+            if let Some(low) = stashed {
+                return Ok((low, shape));
+            }
+        }
+        let out = match (sh, sl, sw) {
+            (CpuStorage::F32(h), CpuStorage::F32(l), CpuStorage::F32(w)) => self.split(
+                forward(g, data(h, lh)?, data(l, ll)?, data(w, lw)?),
+                CpuStorage::F32,
+            )?,
+            (CpuStorage::F64(h), CpuStorage::F64(l), CpuStorage::F64(w)) => self.split(
+                forward(g, data(h, lh)?, data(l, ll)?, data(w, lw)?),
+                CpuStorage::F64,
+            )?,
+            _ => bail!("octave conv kernel: all arguments must be f32 or all f64"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        xh: &Tensor,
+        xl: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry;
+        let grad = grad.contiguous()?;
+        let dev = xh.device();
+        let (xh, xl, w) = (xh.contiguous()?, xl.contiguous()?, w.contiguous()?);
+        let (sh, lh) = xh.storage_and_layout();
+        let (sl, ll) = xl.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (sd, ld) = grad.storage_and_layout();
+        let branch = self.branch;
+        macro_rules! run {
+            ($h:expr, $l:expr, $w:expr, $d:expr) => {{
+                let args = (data($h, lh)?, data($l, ll)?, data($w, lw)?, data($d, ld)?);
+                let (dh, dl, dw) = match branch {
+                    Branch::High => backward_high(&g, args.0, args.1, args.2, args.3),
+                    Branch::Low => backward_low(&g, args.0, args.1, args.2, args.3),
+                };
+                (
+                    Tensor::from_vec(dh, xh.shape(), dev)?,
+                    Tensor::from_vec(dl, xl.shape(), dev)?,
+                    Tensor::from_vec(dw, w.shape(), dev)?,
+                )
+            }};
+        }
+        use candle_core::Storage::Cpu;
+        let (dh, dl, dw) = match (&*sh, &*sl, &*sw, &*sd) {
+            (
+                Cpu(CpuStorage::F32(h)),
+                Cpu(CpuStorage::F32(l)),
+                Cpu(CpuStorage::F32(w)),
+                Cpu(CpuStorage::F32(d)),
+            ) => run!(h, l, w, d),
+            (
+                Cpu(CpuStorage::F64(h)),
+                Cpu(CpuStorage::F64(l)),
+                Cpu(CpuStorage::F64(w)),
+                Cpu(CpuStorage::F64(d)),
+            ) => run!(h, l, w, d),
+            _ => bail!("octave conv kernel: all arguments must be f32 or all f64 CPU tensors"),
+        };
+        Ok((Some(dh), Some(dl), Some(dw)))
+    }
+}
+
+/// Runs the fused octave convolution on `X_H`, `X_L` with the four weights `[cout, cin, 3, 3]`
+/// (H→H, H→L, L→H, L→L); returns `(Y_H, Y_L)`. Callers check [`OctaveGeometry::applies`] and that
+/// the tensors are f32 or f64 on the CPU.
+pub fn octave_conv(
+    g: OctaveGeometry,
+    xh: &Tensor,
+    xl: &Tensor,
+    weights: [&Tensor; 4],
+) -> Result<(Tensor, Tensor)> {
+    let flat: Vec<Tensor> = weights
+        .iter()
+        .map(|w| w.flatten_all())
+        .collect::<Result<_>>()?;
+    let w = Tensor::cat(&flat, 0)?;
+    let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
+    let stash = Arc::new(Mutex::new(None));
+    let op = |branch| OctaveOutput {
+        geometry: g,
+        branch,
+        stash: stash.clone(),
+    };
+    let yh = xh.apply_op3(&xl, &w, op(Branch::High))?;
+    let yl = xh.apply_op3(&xl, &w, op(Branch::Low))?;
+    Ok((yh, yl))
+}
