@@ -127,3 +127,38 @@ fn bench_rejects_specs_without_alpha_and_bad_flags() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_train_times_a_spec_without_a_class_output_with_the_surrogate_loss() {
+    // One octave layer, merged: its output is a feature map, not a class vector.
+    let dir = std::env::temp_dir().join(format!("octconv-bench-layer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("layer.oct");
+    std::fs::write(
+        &spec,
+        "model layer(alpha: float = 0.25) { input [8, 8, 8]; split(alpha = alpha); \
+         octconv(8, kernel = 3, alpha = alpha); merge(); }",
+    )
+    .unwrap();
+    let v = json(&[
+        "bench",
+        spec.to_str().unwrap(),
+        "--alphas",
+        "0,0.5",
+        "--batch",
+        "2",
+        "--samples",
+        "2",
+        "--repeats",
+        "1",
+        "--train",
+        "--json",
+    ]);
+    assert_eq!(v["mode"], "train");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

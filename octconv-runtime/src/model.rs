@@ -100,6 +100,25 @@ impl OctModel {
         &self.ir
     }
 
+    /// Allows (the default) or forbids the fused CPU octave-convolution kernel in every layer; forbidding
+    /// it runs the per-path ops, the reference the fused path is tested against.
+    pub fn set_fused(&mut self, fused: bool) {
+        for node in &mut self.nodes {
+            if let Node::OctConv(c) = node {
+                c.set_fused(fused);
+            }
+        }
+    }
+
+    /// How many octave convolutions have the shape the fused CPU kernel handles (all four paths, 3×3,
+    /// stride 1, one group).
+    pub fn fusable_layers(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n, Node::OctConv(c) if c.fusable()))
+            .count()
+    }
+
     /// Reseeds the dropout masks (every dropout layer shares one stream).
     pub fn set_dropout_seed(&self, seed: u64) {
         self.dropout_rng.reseed(seed);

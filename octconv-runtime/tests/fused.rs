@@ -171,7 +171,7 @@ fn fused_gradients_match_finite_differences() {
         let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         // A few coordinates per tensor, spread over it.
         for j in (0..base.len()).step_by(base.len().div_ceil(5)) {
-            let mut probe = |d: f64| {
+            let probe = |d: f64| {
                 let mut p = base.clone();
                 p[j] += d;
                 v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap())

@@ -33,7 +33,8 @@ pub struct BenchArgs {
     /// Timed repeats per α (after one untimed warm-up).
     #[arg(long, default_value_t = 20)]
     repeats: usize,
-    /// Time training steps (forward, cross-entropy, backward, SGD update) instead of inference.
+    /// Time training steps (forward, loss, backward, SGD update) instead of inference. The loss is
+    /// cross-entropy for a class-vector output and the surrogate mean(y²) for any other output.
     #[arg(long)]
     train: bool,
     /// Print one JSON object instead of the table.
@@ -237,10 +238,13 @@ pub fn time_model(
         }
     }
     let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let classes = net.forward_t(&x_all.narrow(0, 0, 1)?, false)?.dim(1)?;
+    // A class vector trains with cross-entropy against random labels; any other output (a feature
+    // map, a pair merged or not) with the surrogate loss mean(y²), so any spec can be timed training.
+    let probe = net.forward_t(&x_all.narrow(0, 0, 1)?, false)?;
+    let classes = (probe.rank() == 2).then(|| probe.dim(1)).transpose()?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let labels: Vec<u32> = (0..args.samples)
-        .map(|_| rng.random_range(0..classes as u32))
+        .map(|_| classes.map_or(0, |c| rng.random_range(0..c as u32)))
         .collect();
     let y_all = Tensor::from_vec(labels, args.samples, device)?;
     let vars: Vec<(String, Var)> = varmap
@@ -259,8 +263,11 @@ pub fn time_model(
     let mut step = |b: usize| -> anyhow::Result<()> {
         let (x, y) = batch_at(b)?;
         if args.train {
-            let logits = net.forward_t(&x, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let out = net.forward_t(&x, true)?;
+            let loss = match classes {
+                Some(_) => candle_nn::loss::cross_entropy(&out, &y)?,
+                None => out.sqr()?.mean_all()?,
+            };
             let grads = loss.backward()?;
             opt.step(&grads, 0.01)?;
         } else {

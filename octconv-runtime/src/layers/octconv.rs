@@ -72,6 +72,17 @@ impl OctConv2d {
         self.fused = fused;
     }
 
+    /// Whether the layer has the shape the fused kernel handles: all four paths, 3×3, stride 1, one
+    /// group (it then runs fused on f32 or f64 CPU inputs with an even-sized high branch).
+    pub fn fusable(&self) -> bool {
+        let s = &self.spec;
+        s.kernel == 3
+            && s.stride == 1
+            && s.groups == 1
+            && !s.depthwise
+            && self.weights.iter().all(Option::is_some)
+    }
+
     /// Whether [`OctConv2d::forward`] runs the fused CPU kernel on `x`.
     pub fn runs_fused(&self, x: &OctValue) -> bool {
         matches!(x.branches(), (Some(h), Some(l)) if self.fused_geometry(h, l).is_some())
@@ -83,11 +94,7 @@ impl OctConv2d {
         use candle_core::DType::{F32, F64};
         let s = &self.spec;
         if !self.fused
-            || s.kernel != 3
-            || s.stride != 1
-            || s.groups != 1
-            || s.depthwise
-            || self.weights.iter().any(Option::is_none)
+            || !self.fusable()
             || !xh.device().is_cpu()
             || !matches!(xh.dtype(), F32 | F64)
             || xl.dtype() != xh.dtype()
