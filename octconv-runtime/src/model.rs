@@ -34,6 +34,11 @@ pub struct OctModel {
     nodes: Vec<Node>,
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
+    /// For each layer: a batch norm whose only reader is the ReLU right after it, which it then
+    /// applies itself in the same pass (that ReLU passes its input on).
+    bn_relu: Vec<bool>,
+    /// Whether fused CPU kernels may run (BN + ReLU here, the octave convolution in its layers).
+    fused: bool,
     dropout_rng: DropoutRng,
     device: candle_core::Device,
 }
@@ -81,10 +86,20 @@ impl OctModel {
                 last_use[i] = last_use[i].max(j);
             }
         }
+        let bn_relu = (0..ir.layers.len())
+            .map(|j| {
+                matches!(nodes[j], Node::BatchNorm(_))
+                    && matches!(nodes.get(j + 1), Some(Node::Relu))
+                    && ir.layers[j + 1].inputs == [j]
+                    && last_use[j] == j + 1
+            })
+            .collect();
         Ok(OctModel {
             ir,
             nodes,
             last_use,
+            bn_relu,
+            fused: crate::layers::octconv::fused_by_default(),
             dropout_rng,
             device,
         })
@@ -103,6 +118,7 @@ impl OctModel {
     /// Allows (the default) or forbids the fused CPU octave-convolution kernel in every layer; forbidding
     /// it runs the per-path ops, the reference the fused path is tested against.
     pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
         for node in &mut self.nodes {
             if let Node::OctConv(c) = node {
                 c.set_fused(fused);
@@ -163,7 +179,10 @@ impl OctModel {
                 Node::Input => OctValue::Single(x.clone()),
                 Node::Conv(c) => c.forward(input(0)?)?,
                 Node::OctConv(c) => c.forward(input(0)?)?,
-                Node::BatchNorm(b) => b.forward_t(input(0)?, train)?,
+                Node::BatchNorm(b) => {
+                    b.forward_relu_t(input(0)?, train, self.fused && self.bn_relu[j])?
+                }
+                Node::Relu if self.fused && j > 0 && self.bn_relu[j - 1] => input(0)?.clone(),
                 Node::Relu => input(0)?.map(|t| t.relu())?,
                 Node::Dropout(d) => d.forward_t(input(0)?, train)?,
                 Node::Pool(p) => p.forward(input(0)?)?,

@@ -79,13 +79,15 @@ fn channel_sums(
         .collect()
 }
 
-/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (+ `extra` per element if given), planes in parallel.
+/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (+ `extra` per element if given; then `max(0, ·)` if
+/// `relu`, as candle's `relu` computes it), planes in parallel.
 fn affine(
     x: &[f32],
     (c, inner): (usize, usize),
     a: &[f64],
     b: &[f64],
     extra: Option<&(dyn Fn(usize, usize) -> f32 + Sync)>,
+    relu: bool,
 ) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     if inner == 0 {
@@ -98,8 +100,13 @@ fn affine(
             let ch = p % c;
             let (a, b) = (a[ch] as f32, b[ch] as f32);
             match extra {
+                None if relu => o
+                    .iter_mut()
+                    .zip(xs)
+                    .for_each(|(o, &x)| *o = (a * x + b).max(0f32)),
                 None => o.iter_mut().zip(xs).for_each(|(o, &x)| *o = a * x + b),
                 Some(e) => {
+                    debug_assert!(!relu, "the backward pass applies no ReLU");
                     let base = p * inner;
                     for (i, (o, &x)) in o.iter_mut().zip(xs).enumerate() {
                         *o = a * x + b + e(p, base + i);
@@ -118,6 +125,8 @@ pub struct BatchNormTrain {
     pub eps: f64,
     /// Filled by the forward pass.
     pub stats: Arc<Mutex<BatchStats>>,
+    /// Apply ReLU to the output (BN + ReLU in one pass; the backward masks the gradient).
+    pub relu: bool,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -161,7 +170,7 @@ impl CustomOp3 for BatchNormTrain {
         }
         let a: Vec<f64> = (0..c).map(|ch| gamma[ch] * st.inv_std[ch]).collect();
         let b: Vec<f64> = (0..c).map(|ch| beta[ch] - st.mean[ch] * a[ch]).collect();
-        let y = affine(x, (c, inner), &a, &b, None);
+        let y = affine(x, (c, inner), &a, &b, None, self.relu);
         *self
             .stats
             .lock()
@@ -174,10 +183,10 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = relu_masked(grad, res, self.relu)?;
         let stats = self
             .stats
             .lock()
@@ -274,15 +283,61 @@ impl CustomOp3 for BatchNormGradInput {
             .map(|ch| -k[ch] * sums[ch] as f64 / m - a[ch] * st.mean[ch])
             .collect();
         let dy = |p: usize, i: usize| (k[p % c] as f32) * g[i];
-        let dx = affine(x, (c, inner), &a, &b, Some(&dy));
+        let dx = affine(x, (c, inner), &a, &b, Some(&dy), false);
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
 
 /// Inference-mode batch norm as `y = a[c] · x + b[c]` (`a`, `b` computed by the caller from the
-/// running statistics, so gradients reach the parameters through candle's autograd).
+/// running statistics, so gradients reach the parameters through candle's autograd), followed by
+/// ReLU if `relu`.
 #[derive(Clone, Copy, Debug)]
-pub struct ChannelAffine;
+pub struct ChannelAffine {
+    /// Apply ReLU to the output.
+    pub relu: bool,
+}
+
+/// `grad` where the ReLU output `res` is positive, else 0 (ReLU's backward; with `relu = false`,
+/// `grad` itself). At a pre-activation of exactly 0 the gradient is 0 here and 1 in candle's `relu`.
+fn relu_masked(grad: &Tensor, res: &Tensor, relu: bool) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    if !relu {
+        return Ok(grad);
+    }
+    grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)
+}
+
+/// `(grad, res) → grad · [res > 0]` in one pass.
+#[derive(Clone, Copy, Debug)]
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "octconv-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, r) = (contiguous(gs, gl)?, contiguous(rs, rl)?);
+        if g.len() != r.len() {
+            bail!("relu mask: {} gradients for {} outputs", g.len(), r.len())
+        }
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
+            .for_each(|(o, (g, r))| {
+                for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
+                    *o = if r > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
 
 impl CustomOp3 for ChannelAffine {
     fn name(&self) -> &'static str {
@@ -301,7 +356,7 @@ impl CustomOp3 for ChannelAffine {
         let ((_, c, inner), x) = data(xs, xl)?;
         let (a, b) = (vec1(as_, al, c)?, vec1(bs, bl, c)?);
         Ok((
-            CpuStorage::F32(affine(x, (c, inner), &a, &b, None)),
+            CpuStorage::F32(affine(x, (c, inner), &a, &b, None, self.relu)),
             xl.shape().clone(),
         ))
     }
@@ -311,13 +366,13 @@ impl CustomOp3 for ChannelAffine {
         x: &Tensor,
         a: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = relu_masked(grad, res, self.relu)?;
         let c = a.dim(0)?;
         let zeros = Tensor::zeros(c, grad.dtype(), grad.device())?;
-        let dx = grad.apply_op3_no_bwd(a, &zeros, &ChannelAffine)?;
+        let dx = grad.apply_op3_no_bwd(a, &zeros, &ChannelAffine { relu: false })?;
         let identity = BatchStats {
             mean: vec![0.0; c],
             var: vec![1.0; c],

@@ -18,8 +18,8 @@
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::unfold::{col2im, im2col};
-use super::winograd;
 use super::Element;
+use super::{winograd, winograd4};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -285,38 +285,66 @@ impl CustomOp2 for Conv2dForward {
     }
 }
 
-/// Whether the Winograd path may be used (`OCTCONV_CONV=im2col` turns it off, for comparisons).
-fn winograd_enabled(g: &ConvGeometry) -> bool {
-    static IM2COL_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let im2col_only =
-        *IM2COL_ONLY.get_or_init(|| std::env::var("OCTCONV_CONV").as_deref() == Ok("im2col"));
-    winograd::applies(g) && !im2col_only
+/// How a convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// im2col + GEMM: any geometry.
+    Im2col,
+    /// Winograd F(2×2, 3×3).
+    WinogradF2,
+    /// Winograd F(4×4, 3×3).
+    WinogradF4,
 }
 
-/// The forward pass by the fastest applicable algorithm: Winograd F(2×2, 3×3) or im2col + GEMM.
+/// The algorithm for a geometry: Winograd F(4×4, 3×3) wherever [`winograd::applies`] (3×3, stride 1,
+/// padding 1, one group), else im2col. `OCTCONV_CONV=f2` uses F(2×2, 3×3) instead of F(4×4) and
+/// `OCTCONV_CONV=im2col` no Winograd at all, for comparisons (read once).
+pub fn algorithm(g: &ConvGeometry) -> Algorithm {
+    static CHOICE: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
+    let forced = *CHOICE.get_or_init(|| match std::env::var("OCTCONV_CONV").as_deref() {
+        Ok("im2col") => Some(Algorithm::Im2col),
+        Ok("f2") => Some(Algorithm::WinogradF2),
+        _ => None,
+    });
+    if !winograd::applies(g) {
+        return Algorithm::Im2col;
+    }
+    forced.unwrap_or(Algorithm::WinogradF4)
+}
+
+/// The forward pass by the algorithm [`algorithm`] picks.
 pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
-    if winograd_enabled(g) {
-        winograd::forward(g, x, w)
-    } else {
-        forward(g, x, w)
+    match algorithm(g) {
+        Algorithm::WinogradF4 => winograd4::forward(g, x, w),
+        Algorithm::WinogradF2 => winograd::forward(g, x, w),
+        Algorithm::Im2col => forward(g, x, w),
     }
 }
 
-/// The input gradient by the fastest applicable algorithm.
+/// The input gradient by the algorithm [`algorithm`] picks for the forward pass (a 3×3 "same"
+/// convolution's input gradient is the same convolution with the flipped, transposed kernel).
 pub fn dispatch_backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
-    if winograd_enabled(g) {
-        winograd::backward_data(g, dy, w)
-    } else {
-        backward_data(g, dy, w)
+    match algorithm(g) {
+        Algorithm::WinogradF4 => {
+            let flipped = winograd::flip_transpose(w, g.c_out, g.c_in);
+            let gt = ConvGeometry {
+                c_in: g.c_out,
+                c_out: g.c_in,
+                ..*g
+            };
+            winograd4::forward(&gt, dy, &flipped)
+        }
+        Algorithm::WinogradF2 => winograd::backward_data(g, dy, w),
+        Algorithm::Im2col => backward_data(g, dy, w),
     }
 }
 
-/// The weight gradient by the fastest applicable algorithm.
+/// The weight gradient by the algorithm [`algorithm`] picks.
 pub fn dispatch_backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    if winograd_enabled(g) {
-        winograd::backward_filter(g, x, dy)
-    } else {
-        backward_filter(g, x, dy)
+    match algorithm(g) {
+        Algorithm::WinogradF4 => winograd4::backward_filter(g, x, dy),
+        Algorithm::WinogradF2 => winograd::backward_filter(g, x, dy),
+        Algorithm::Im2col => backward_filter(g, x, dy),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod resample;
 pub mod scratch;
 pub mod unfold;
 pub mod winograd;
+pub mod winograd4;
 
 pub use conv2d::{conv2d, ConvParams};
 pub use geometry::ConvGeometry;

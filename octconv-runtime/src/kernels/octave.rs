@@ -5,7 +5,7 @@
 //! H→H output back to add the upsampled L→H output, and the autograd nodes of each. Here, per group of
 //! images:
 //!
-//! 1. the high input is Winograd-transformed once (`V_h`);
+//! 1. the high input is Winograd-transformed once (`V_h`; F(4×4, 3×3), or F(2×2, 3×3) on request);
 //! 2. its 2×2 average pool goes to scratch and is transformed together with the low input into one
 //!    low-resolution `V_l = [V(pool X_H); V(X_L)]`, read by both low-resolution products: the low
 //!    output `U_[HL|LL] · V_l` (one deeper GEMM) and L→H `U_LH · V_l[X_L rows]`;
@@ -15,14 +15,15 @@
 //! The backward runs the same building blocks (Winograd input gradients and weight gradients per path)
 //! on raw buffers, per output: two autograd nodes replace about ten.
 
+use super::conv2d::{algorithm, Algorithm};
 use super::conv2d::{
     dispatch_backward_data, dispatch_backward_filter, gemm_parallelism, images_per_task,
 };
 use super::geometry::ConvGeometry;
 use super::resample::pool;
 use super::scratch::{output_vec, with_scratch, Scratch};
-use super::winograd::{multiply, transform_input, transform_output, transform_weights};
 use super::Element;
+use super::{winograd, winograd4};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -47,8 +48,107 @@ pub struct OctaveGeometry {
     pub w: usize,
 }
 
-/// Images per task: enough low-resolution tiles for wide GEMMs (the high ones are four times wider).
-const TARGET_LOW_TILES: usize = 256;
+/// One Winograd variant's building blocks, so that the fused kernel runs F(2×2, 3×3) or F(4×4, 3×3).
+trait Tiling {
+    /// Output tile side.
+    const TILE: usize;
+    /// Transformed values per tile.
+    const FREQS: usize;
+    /// Images per task: enough low-resolution tiles for wide GEMMs (the high ones are four times
+    /// wider).
+    const TARGET_LOW_TILES: usize;
+    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
+    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize);
+    fn multiply<T: Element>(
+        u: &[T],
+        co_ci: (usize, usize),
+        v: &[T],
+        ld: usize,
+        m: &mut [T],
+        par: gemm::Parallelism,
+    );
+    fn output<T: Element>(
+        m: &[T],
+        ld: usize,
+        cout: usize,
+        hw: (usize, usize),
+        cnt: usize,
+        emit: impl FnMut(usize, usize, usize, &[T]),
+    );
+    /// Tiles of an `h × w` map.
+    fn tiles(h: usize, w: usize) -> usize {
+        h.div_ceil(Self::TILE) * w.div_ceil(Self::TILE)
+    }
+}
+
+/// Winograd F(2×2, 3×3) ([`winograd`]).
+struct F2;
+/// Winograd F(4×4, 3×3) ([`winograd4`]).
+struct F4;
+
+impl Tiling for F2 {
+    const TILE: usize = 2;
+    const FREQS: usize = 16;
+    const TARGET_LOW_TILES: usize = 256;
+    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+        winograd::transform_weights(w, cout, cin)
+    }
+    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+        winograd::transform_input(g, x, v, ld)
+    }
+    fn multiply<T: Element>(
+        u: &[T],
+        co_ci: (usize, usize),
+        v: &[T],
+        ld: usize,
+        m: &mut [T],
+        par: gemm::Parallelism,
+    ) {
+        winograd::multiply(u, co_ci, v, ld, m, par)
+    }
+    fn output<T: Element>(
+        m: &[T],
+        ld: usize,
+        cout: usize,
+        hw: (usize, usize),
+        cnt: usize,
+        emit: impl FnMut(usize, usize, usize, &[T]),
+    ) {
+        winograd::transform_output(m, ld, cout, hw, cnt, emit)
+    }
+}
+
+impl Tiling for F4 {
+    const TILE: usize = 4;
+    const FREQS: usize = winograd4::FREQS;
+    const TARGET_LOW_TILES: usize = 16;
+    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+        winograd4::transform_weights(w, cout, cin)
+    }
+    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+        winograd4::transform_input(g, x, v, ld)
+    }
+    fn multiply<T: Element>(
+        u: &[T],
+        co_ci: (usize, usize),
+        v: &[T],
+        ld: usize,
+        m: &mut [T],
+        par: gemm::Parallelism,
+    ) {
+        winograd4::multiply(u, co_ci, v, ld, m, par)
+    }
+    fn output<T: Element>(
+        m: &[T],
+        ld: usize,
+        cout: usize,
+        hw: (usize, usize),
+        cnt: usize,
+        emit: impl FnMut(usize, usize, usize, &[T]),
+    ) {
+        winograd4::transform_output(m, ld, cout, hw, cnt, emit)
+    }
+}
 
 impl OctaveGeometry {
     /// Low branch height and width.
@@ -140,22 +240,30 @@ fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> 
     w
 }
 
-/// The fused forward pass on raw NCHW buffers: returns `high ++ low` (flat).
+/// The fused forward pass on raw NCHW buffers: returns `high ++ low` (flat). It runs the Winograd
+/// variant that [`algorithm`] picks for the H→H convolution (F(2×2) when `OCTCONV_CONV=f2`).
 pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
+    match algorithm(&g.hh()) {
+        Algorithm::WinogradF2 => forward_with::<T, F2>(g, xh, xl, w),
+        _ => forward_with::<T, F4>(g, xh, xl, w),
+    }
+}
+
+fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
     let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
-    let u_hh = transform_weights(&w[r_hh], g.out_h, g.in_h);
-    let u_lh = transform_weights(&w[r_lh], g.out_h, g.in_l);
+    let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
+    let u_lh = A::weights(&w[r_lh], g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
-    let u_low = transform_weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
+    let u_low = A::weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
-    let (tiles_h, tiles_l) = (g.h / 2 * (g.w / 2), lhh.div_ceil(2) * lww.div_ceil(2));
+    let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), A::tiles(lhh, lww));
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
     // Every element of both outputs is written by the output transforms below.
     let mut out = output_vec(g.high_out_len() + g.low_out_len());
     let (out_h, out_l) = out.split_at_mut(g.high_out_len());
-    let nb = images_per_task(g.n, tiles_l, TARGET_LOW_TILES);
+    let nb = images_per_task(g.n, tiles_l, A::TARGET_LOW_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out_h
         .par_chunks_mut(nb * img_h)
@@ -168,34 +276,34 @@ pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> V
                 let xl = &xl[i0 * in_img_l..][..cnt * in_img_l];
                 let (ld_h, ld_l) = (cnt * tiles_h, cnt * tiles_l);
                 let [v_h, m_h, v_l, m_l, pooled, lh] = s.many([
-                    16 * g.in_h * ld_h,
-                    16 * g.out_h * ld_h,
-                    16 * c_low * ld_l,
-                    16 * g.out_h.max(g.out_l) * ld_l,
+                    A::FREQS * g.in_h * ld_h,
+                    A::FREQS * g.out_h * ld_h,
+                    A::FREQS * c_low * ld_l,
+                    A::FREQS * g.out_h.max(g.out_l) * ld_l,
                     cnt * g.in_h * lhh * lww,
                     cnt * g.out_h * lhh * lww,
                 ]);
                 // The low-resolution input [pool(X_H); X_L], transformed channel block by block.
                 pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w));
-                let (v_ph, v_xl) = v_l.split_at_mut(16 * g.in_h * ld_l);
-                transform_input(&g.hl(), pooled, v_ph, ld_l);
-                transform_input(&g.ll(), xl, v_xl, ld_l);
+                let (v_ph, v_xl) = v_l.split_at_mut(A::FREQS * g.in_h * ld_l);
+                A::input(&g.hl(), pooled, v_ph, ld_l);
+                A::input(&g.ll(), xl, v_xl, ld_l);
                 // Low output.
-                multiply(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
-                transform_output(m_l, ld_l, g.out_l, (lhh, lww), cnt, |i, co, oy, row| {
+                A::multiply(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
+                A::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, |i, co, oy, row| {
                     yl[(i * g.out_l + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
                 });
                 // L→H at low resolution, into scratch.
-                let v_xl = &v_l[16 * g.in_h * ld_l..];
-                multiply(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
-                transform_output(m_l, ld_l, g.out_h, (lhh, lww), cnt, |i, co, oy, row| {
+                let v_xl = &v_l[A::FREQS * g.in_h * ld_l..];
+                A::multiply(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
+                A::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, |i, co, oy, row| {
                     lh[(i * g.out_h + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
                 });
                 // H→H, with L→H added (nearest ×2) as each high row is written.
-                transform_input(&hh, xh, v_h, ld_h);
-                multiply(&u_hh, (g.out_h, g.in_h), v_h, ld_h, m_h, par);
+                A::input(&hh, xh, v_h, ld_h);
+                A::multiply(&u_hh, (g.out_h, g.in_h), v_h, ld_h, m_h, par);
                 let (hh_h, hh_w) = (g.h, g.w);
-                transform_output(m_h, ld_h, g.out_h, (hh_h, hh_w), cnt, |i, co, oy, row| {
+                A::output(m_h, ld_h, g.out_h, (hh_h, hh_w), cnt, |i, co, oy, row| {
                     let plane = i * g.out_h + co;
                     let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];
                     let dst = &mut yh[plane * hh_h * hh_w + oy * hh_w..][..hh_w];

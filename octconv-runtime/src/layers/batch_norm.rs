@@ -52,6 +52,11 @@ impl BatchNorm2d {
 
     /// Normalises `x`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_relu_t(x, train, false)
+    }
+
+    /// Normalises `x`, then applies ReLU if `relu` (in the same pass on the CPU).
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !self.fast_path(x) {
             let bn = candle_nn::BatchNorm::new_with_momentum(
                 self.weight.dim(0)?,
@@ -62,7 +67,8 @@ impl BatchNorm2d {
                 self.eps,
                 self.momentum,
             )?;
-            return bn.forward_t(x, train);
+            let y = bn.forward_t(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         if !train {
             let inv_std = (self.running_var.as_detached_tensor() + self.eps)?
@@ -70,11 +76,12 @@ impl BatchNorm2d {
                 .recip()?;
             let a = (&self.weight * inv_std)?;
             let b = (&self.bias - (self.running_mean.as_detached_tensor() * &a)?)?;
-            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine);
+            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine { relu });
         }
         let op = BatchNormTrain {
             eps: self.eps,
             stats: Arc::new(Mutex::new(BatchStats::default())),
+            relu,
         };
         let stats = op.stats.clone();
         let y =
@@ -139,9 +146,14 @@ impl OctBatchNorm {
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).
     pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
+        self.forward_relu_t(x, train, false)
+    }
+
+    /// Normalises `x`, then applies ReLU to every branch if `relu` (one pass per branch on the CPU).
+    pub fn forward_relu_t(&self, x: &OctValue, train: bool, relu: bool) -> Result<OctValue> {
         let apply = |bn: &Option<BatchNorm2d>, t: &Tensor| -> Result<Tensor> {
             match bn {
-                Some(bn) => bn.forward_t(t, train),
+                Some(bn) => bn.forward_relu_t(t, train, relu),
                 None => candle_core::bail!("batch norm: unexpected branch"),
             }
         };

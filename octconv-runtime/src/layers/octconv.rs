@@ -8,6 +8,13 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};
 
+/// Whether new layers may use the fused kernel: yes unless `OCTCONV_FUSED=0` (read once), which runs
+/// the per-path ops instead, for A/B timings of whole commands.
+pub(crate) fn fused_by_default() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("OCTCONV_FUSED").as_deref() != Ok("0"))
+}
+
 /// An octave convolution with explicit channel counts per branch.
 ///
 /// Forward, as in the paper's code: with stride 2 the high input is average-pooled before H→H (and once
@@ -47,7 +54,7 @@ impl OctConv2d {
             bias_l: bias(spec.out_l, "l")?,
             spec,
             weights,
-            fused: true,
+            fused: fused_by_default(),
         })
     }
 
@@ -63,7 +70,7 @@ impl OctConv2d {
             weights,
             bias_h,
             bias_l,
-            fused: true,
+            fused: fused_by_default(),
         }
     }
 
