@@ -15,13 +15,13 @@
 //! images are spread over the rayon pool, and a batch too small to share out parallelises inside the
 //! GEMM instead.
 
+use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::unfold::{col2im, im2col};
 use super::Element;
 use super::{winograd, winograd4};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Stride, padding and groups of one convolution.
@@ -50,82 +50,6 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
 /// Columns that make a GEMM wide enough to run near peak.
 const TARGET_COLUMNS: usize = 512;
 
-/// How many of `n` images share one GEMM: enough for `target` columns (`per_image` each), but never
-/// so many that the pool's threads run out of work.
-pub(super) fn images_per_task(n: usize, per_image: usize, target: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    target
-        .div_ceil(per_image.max(1))
-        .clamp(1, n.div_ceil(threads).max(1))
-}
-
-/// Parallelism inside each GEMM: none when the images already keep every thread busy.
-pub(super) fn gemm_parallelism(tasks: usize) -> Parallelism {
-    let threads = rayon::current_num_threads().max(1);
-    if tasks >= threads {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
-    }
-}
-
-/// A row-major matrix view: base pointer, row stride and column stride (in elements).
-#[derive(Clone, Copy)]
-pub(super) struct Mat<T> {
-    pub(super) ptr: *const T,
-    pub(super) rs: usize,
-    pub(super) cs: usize,
-}
-
-/// `dst (m × n, row stride dst_rs) = [dst +] lhs (m × k) · rhs (k × n)`.
-///
-/// # Safety
-/// Every index the three views reach for the given sizes must be in bounds of live, non-aliased
-/// buffers (`dst` writable).
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn sgemm<T: Element>(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut T,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<T>,
-    rhs: Mat<T>,
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(T::ZERO);
-            }
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs as isize,
-        lhs.rs as isize,
-        rhs.ptr,
-        rhs.cs as isize,
-        rhs.rs as isize,
-        T::ONE,
-        T::ONE,
-        false,
-        false,
-        false,
-        par,
-    )
-}
-
 /// Runs `f` on the contiguous data of a custom op's two arguments, which must share a float dtype.
 fn with_data(
     (s1, l1): (&CpuStorage, &Layout),
@@ -146,34 +70,6 @@ fn with_data(
         }
         _ => bail!("conv2d kernel: both arguments must be f32 or both f64"),
     }
-}
-
-/// Sums per-task contributions deterministically for a given thread count: each worker adds a fixed,
-/// contiguous range of tasks into its own buffer (with its own scratch), and the buffers are added in
-/// worker order. Exact resume of training depends on this.
-pub(super) fn sum_tasks<T: Element>(
-    tasks: usize,
-    len: usize,
-    task: impl Fn(usize, &mut Scratch<T>, &mut [T]) + Sync,
-) -> Vec<T> {
-    let workers = rayon::current_num_threads().clamp(1, tasks.max(1));
-    let partials: Vec<Vec<T>> = (0..workers)
-        .into_par_iter()
-        .map(|j| {
-            let mut acc = vec![T::ZERO; len];
-            with_scratch(|scratch| {
-                for t in (j * tasks / workers)..((j + 1) * tasks / workers) {
-                    task(t, scratch, &mut acc);
-                }
-            });
-            acc
-        })
-        .collect();
-    let mut total = vec![T::ZERO; len];
-    for part in &partials {
-        total.iter_mut().zip(part).for_each(|(a, b)| *a += *b);
-    }
-    total
 }
 
 /// Copies group `grp`'s output rows (`cout_g` channels of `ohw` pixels) of images `i0 … i0 + cnt` of

@@ -16,9 +16,8 @@
 //! on raw buffers, per output: two autograd nodes replace about ten.
 
 use super::conv2d::{algorithm, Algorithm};
-use super::conv2d::{
-    dispatch_backward_data, dispatch_backward_filter, gemm_parallelism, images_per_task,
-};
+use super::conv2d::{dispatch_backward_data, dispatch_backward_filter};
+use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
 use super::resample::pool;
 use super::scratch::{output_vec, with_scratch, Scratch};

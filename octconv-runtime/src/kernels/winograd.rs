@@ -8,7 +8,7 @@
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
 
-use super::conv2d::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
+use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;

@@ -8,7 +8,7 @@
 //! In f32 the results differ from direct summation by a few 1e-6 relative (tested against the naive
 //! loops at network sizes).
 
-use super::conv2d::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
+use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
