@@ -159,6 +159,18 @@ impl OctModel {
 
     /// Runs the model and returns the final value (a tensor or a flat batch).
     pub fn forward_value(&self, x: &Tensor, train: bool) -> Result<OctValue> {
+        self.run(x, train, false)
+    }
+
+    /// Inference without an autograd graph: eval-mode batch norm, and each layer's output detached,
+    /// so an activation is freed as soon as its last reader has run (with [`ModuleT::forward_t`] the
+    /// graph keeps every activation alive until the output is dropped). The values equal
+    /// `forward_t(x, false)`; the result has no gradient.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false, true)?.into_tensor()
+    }
+
+    fn run(&self, x: &Tensor, train: bool, detach: bool) -> Result<OctValue> {
         self.check_input(x)?;
         let n = self.nodes.len();
         let mut outs: Vec<Option<OctValue>> = vec![None; n];
@@ -192,6 +204,14 @@ impl OctModel {
                 Node::Flatten => layers::flatten(input(0)?)?,
                 Node::Linear(l) => l.forward(input(0)?)?,
                 Node::Add => input(0)?.add(input(1)?)?,
+            };
+            // `infer`: cut each output loose from the autograd graph. Weights are variables, so every
+            // output would otherwise keep its inputs alive through the graph until the last layer,
+            // and one inference pass would hold every activation at once.
+            let y = if detach {
+                y.map(|t| Ok(t.detach()))?
+            } else {
+                y
             };
             if y.shape() != layer.output {
                 candle_core::bail!(

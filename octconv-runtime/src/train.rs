@@ -170,7 +170,7 @@ pub fn evaluate(
     let order: Vec<usize> = (0..ds.len()).collect();
     for idx in order.chunks(batch.max(1)) {
         let (x, y) = plain.batch(ds, idx, &mut rng, model.device())?;
-        let logits = model.forward_t(&x, false)?;
+        let logits = model.infer(&x)?;
         loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
             * idx.len() as f64;
         let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;

@@ -271,7 +271,7 @@ pub fn time_model(
             let grads = loss.backward()?;
             opt.step(&grads, 0.01)?;
         } else {
-            net.forward_t(&x, false)?;
+            net.infer(&x)?;
         }
         // GPU work is asynchronous: wait for it inside the timed region.
         device.synchronize()?;
@@ -281,7 +281,11 @@ pub fn time_model(
     let (x0, _) = batch_at(0)?;
     alloc::reset_peak();
     let base = alloc::current();
-    let out = net.forward_t(&x0, args.train)?;
+    let out = if args.train {
+        net.forward_t(&x0, true)?
+    } else {
+        net.infer(&x0)?
+    };
     let peak_activation_bytes = (alloc::peak() - base) as u64;
     drop(out);
     let mut times = Vec::with_capacity(args.repeats);

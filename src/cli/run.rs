@@ -2,7 +2,7 @@
 
 use super::spec_args::SpecArgs;
 use anyhow::{bail, Context};
-use candle_core::{DType, ModuleT};
+use candle_core::DType;
 use octconv_runtime::weights::{check_weights, read_safetensors, write_safetensors_atomic};
 use octconv_runtime::OctModel;
 use std::collections::HashMap;
@@ -75,7 +75,7 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     }
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device);
     let net = OctModel::new(model, vb).context("building the model")?;
-    let y = net.forward_t(x, false).context("running the model")?;
+    let y = net.infer(x).context("running the model")?;
     let mut out = HashMap::new();
     out.insert("output".to_string(), y.clone());
     write_safetensors_atomic(&out, &args.output)?;

@@ -53,9 +53,9 @@ trait Tiling {
     const TILE: usize;
     /// Transformed values per tile.
     const FREQS: usize;
-    /// Images per task: enough low-resolution tiles for wide GEMMs (the high ones are four times
-    /// wider).
-    const TARGET_LOW_TILES: usize;
+    /// Tiles (GEMM columns) that make a GEMM wide enough: the low branch takes this many per task,
+    /// the high branch this many per step.
+    const TARGET_TILES: usize;
     fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
     fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize);
     fn multiply<T: Element>(
@@ -88,7 +88,7 @@ struct F4;
 impl Tiling for F2 {
     const TILE: usize = 2;
     const FREQS: usize = 16;
-    const TARGET_LOW_TILES: usize = 256;
+    const TARGET_TILES: usize = 256;
     fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
         winograd::transform_weights(w, cout, cin)
     }
@@ -120,7 +120,7 @@ impl Tiling for F2 {
 impl Tiling for F4 {
     const TILE: usize = 4;
     const FREQS: usize = winograd4::FREQS;
-    const TARGET_LOW_TILES: usize = 16;
+    const TARGET_TILES: usize = 64;
     fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
         winograd4::transform_weights(w, cout, cin)
     }
@@ -262,7 +262,7 @@ fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w
     // Every element of both outputs is written by the output transforms below.
     let mut out = output_vec(g.high_out_len() + g.low_out_len());
     let (out_h, out_l) = out.split_at_mut(g.high_out_len());
-    let nb = images_per_task(g.n, tiles_l, A::TARGET_LOW_TILES);
+    let nb = images_per_task(g.n, tiles_l, A::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out_h
         .par_chunks_mut(nb * img_h)
@@ -273,7 +273,10 @@ fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w
                 let (i0, cnt) = (t * nb, yh.len() / img_h);
                 let xh = &xh[i0 * in_img_h..][..cnt * in_img_h];
                 let xl = &xl[i0 * in_img_l..][..cnt * in_img_l];
-                let (ld_h, ld_l) = (cnt * tiles_h, cnt * tiles_l);
+                // The low branch runs over all `cnt` images of the task (GEMMs `cnt · tiles_l`
+                // wide), the high branch over `nh` images at a time (`nh · tiles_h` wide).
+                let nh = A::TARGET_TILES.div_ceil(tiles_h).clamp(1, cnt);
+                let (ld_h, ld_l) = (nh * tiles_h, cnt * tiles_l);
                 let [v_h, m_h, v_l, m_l, pooled, lh] = s.many([
                     A::FREQS * g.in_h * ld_h,
                     A::FREQS * g.out_h * ld_h,
@@ -299,18 +302,24 @@ fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w
                     lh[(i * g.out_h + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
                 });
                 // H→H, with L→H added (nearest ×2) as each high row is written.
-                A::input(&hh, xh, v_h, ld_h);
-                A::multiply(&u_hh, (g.out_h, g.in_h), v_h, ld_h, m_h, par);
                 let (hh_h, hh_w) = (g.h, g.w);
-                A::output(m_h, ld_h, g.out_h, (hh_h, hh_w), cnt, |i, co, oy, row| {
-                    let plane = i * g.out_h + co;
-                    let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];
-                    let dst = &mut yh[plane * hh_h * hh_w + oy * hh_w..][..hh_w];
-                    for ((d, pair), u) in dst.chunks_exact_mut(2).zip(row.chunks_exact(2)).zip(up) {
-                        d[0] = pair[0] + *u;
-                        d[1] = pair[1] + *u;
-                    }
-                });
+                for j0 in (0..cnt).step_by(nh) {
+                    let k = nh.min(cnt - j0);
+                    let ld = k * tiles_h;
+                    A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld);
+                    A::multiply(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
+                    A::output(m_h, ld, g.out_h, (hh_h, hh_w), k, |i, co, oy, row| {
+                        let plane = (j0 + i) * g.out_h + co;
+                        let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];
+                        let dst = &mut yh[plane * hh_h * hh_w + oy * hh_w..][..hh_w];
+                        for ((d, pair), u) in
+                            dst.chunks_exact_mut(2).zip(row.chunks_exact(2)).zip(up)
+                        {
+                            d[0] = pair[0] + *u;
+                            d[1] = pair[1] + *u;
+                        }
+                    });
+                }
             })
         });
     out

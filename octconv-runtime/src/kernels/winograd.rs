@@ -22,33 +22,63 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// Tiles that make the 16 GEMMs wide enough.
 pub(super) const TARGET_TILES: usize = 512;
 
-/// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
-pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
-    let mut u = vec![T::ZERO; 16 * cout * cin];
-    let h = T::HALF;
-    for co in 0..cout {
-        for ci in 0..cin {
-            let g = &w[(co * cin + ci) * 9..][..9];
-            // t = G g (4×3)
-            let mut t = [T::ZERO; 12];
-            for j in 0..3 {
-                let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-                t[j] = g0;
-                t[3 + j] = h * (g0 + g1 + g2);
-                t[6 + j] = h * (g0 - g1 + g2);
-                t[9 + j] = g2;
-            }
-            // U = t Gᵀ (4×4)
-            for i in 0..4 {
-                let (t0, t1, t2) = (t[i * 3], t[i * 3 + 1], t[i * 3 + 2]);
-                let row = [t0, h * (t0 + t1 + t2), h * (t0 - t1 + t2), t2];
-                for (j, v) in row.into_iter().enumerate() {
-                    u[((i * 4 + j) * cout + co) * cin + ci] = v;
+/// `U[ξ][co][ci] = f(w[co][ci])[ξ]` for `w` `[cout, cin, 3, 3]`: a Winograd kernel transform `f` applied to
+/// every 3×3 kernel, output channels in parallel (a serial, scattered transform was a visible share of
+/// a small network's inference), then laid out frequency-major for the GEMMs.
+pub(super) fn transform_kernels<T: Element, const F: usize>(
+    w: &[T],
+    cout: usize,
+    cin: usize,
+    f: impl Fn(&[T]) -> [T; F] + Sync,
+) -> Vec<T> {
+    if cout * cin == 0 {
+        return Vec::new();
+    }
+    // Every element of both buffers is written below: tmp[co][ξ][ci] for every (co, ξ, ci), then
+    // u[ξ][co][ci] row by row.
+    let mut tmp = output_vec(F * cout * cin);
+    tmp.par_chunks_mut(F * cin)
+        .enumerate()
+        .for_each(|(co, blk)| {
+            for ci in 0..cin {
+                let vals = f(&w[(co * cin + ci) * 9..][..9]);
+                for (xi, v) in vals.into_iter().enumerate() {
+                    blk[xi * cin + ci] = v;
                 }
             }
-        }
-    }
+        });
+    let mut u = output_vec(F * cout * cin);
+    u.par_chunks_mut(cout * cin)
+        .enumerate()
+        .for_each(|(xi, dst)| {
+            for co in 0..cout {
+                dst[co * cin..][..cin].copy_from_slice(&tmp[(co * F + xi) * cin..][..cin]);
+            }
+        });
     u
+}
+
+/// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
+pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+    let h = T::HALF;
+    transform_kernels::<T, 16>(w, cout, cin, |g| {
+        // t = G g (4×3)
+        let mut t = [T::ZERO; 12];
+        for j in 0..3 {
+            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+            t[j] = g0;
+            t[3 + j] = h * (g0 + g1 + g2);
+            t[6 + j] = h * (g0 - g1 + g2);
+            t[9 + j] = g2;
+        }
+        // U = t Gᵀ (4×4)
+        let mut u = [T::ZERO; 16];
+        for i in 0..4 {
+            let (t0, t1, t2) = (t[i * 3], t[i * 3 + 1], t[i * 3 + 2]);
+            u[i * 4..i * 4 + 4].copy_from_slice(&[t0, h * (t0 + t1 + t2), h * (t0 - t1 + t2), t2]);
+        }
+        u
+    })
 }
 
 /// `[cin, cout, 3, 3]` from `[cout, cin, 3, 3]`, each kernel rotated by 180°: the weight whose

@@ -36,28 +36,23 @@ fn g_matrix<T: Element>() -> [[T; 3]; 6] {
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     let gm = g_matrix::<T>();
-    // Every element is written below (36 frequencies of every (co, ci) pair).
-    let mut u = output_vec(FREQS * cout * cin);
-    for co in 0..cout {
-        for ci in 0..cin {
-            let g = &w[(co * cin + ci) * 9..][..9];
-            // t = G g (6×3)
-            let mut t = [[T::ZERO; 3]; 6];
-            for (i, row) in gm.iter().enumerate() {
-                for j in 0..3 {
-                    t[i][j] = row[0] * g[j] + row[1] * g[3 + j] + row[2] * g[6 + j];
-                }
-            }
-            // U = t Gᵀ (6×6)
-            for i in 0..6 {
-                for (j, row) in gm.iter().enumerate() {
-                    let v = t[i][0] * row[0] + t[i][1] * row[1] + t[i][2] * row[2];
-                    u[((i * 6 + j) * cout + co) * cin + ci] = v;
-                }
+    super::winograd::transform_kernels::<T, FREQS>(w, cout, cin, |g| {
+        // t = G g (6×3)
+        let mut t = [[T::ZERO; 3]; 6];
+        for (i, row) in gm.iter().enumerate() {
+            for j in 0..3 {
+                t[i][j] = row[0] * g[j] + row[1] * g[3 + j] + row[2] * g[6 + j];
             }
         }
-    }
-    u
+        // U = t Gᵀ (6×6)
+        let mut u = [T::ZERO; FREQS];
+        for i in 0..6 {
+            for (j, row) in gm.iter().enumerate() {
+                u[i * 6 + j] = t[i][0] * row[0] + t[i][1] * row[1] + t[i][2] * row[2];
+            }
+        }
+        u
+    })
 }
 
 /// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 6×6 input tile `d` (stride 4, padding 1) of the `cnt`
