@@ -85,15 +85,20 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
 /// convolution of the output gradient is the input gradient.
 pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     let mut f = vec![T::ZERO; w.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            let src = &w[(co * cin + ci) * 9..][..9];
-            let dst = &mut f[(ci * cout + co) * 9..][..9];
-            for (i, v) in src.iter().enumerate() {
-                dst[8 - i] = *v;
-            }
-        }
+    if cout == 0 {
+        return f;
     }
+    f.par_chunks_mut(cout * 9)
+        .enumerate()
+        .for_each(|(ci, f_ci)| {
+            for co in 0..cout {
+                let src = &w[(co * cin + ci) * 9..][..9];
+                let dst = &mut f_ci[co * 9..][..9];
+                for (i, v) in src.iter().enumerate() {
+                    dst[8 - i] = *v;
+                }
+            }
+        });
     f
 }
 
@@ -391,22 +396,25 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     // dw = Gᵀ dU G per (co, ci).
     let h = T::HALF;
     let mut dw = vec![T::ZERO; cout * cin * 9];
-    for co in 0..cout {
-        for ci in 0..cin {
-            let u = |i: usize, j: usize| du[((i * 4 + j) * cout + co) * cin + ci];
-            let col = |j: usize| {
-                let (u0, u1, u2, u3) = (u(0, j), u(1, j), u(2, j), u(3, j));
-                [u0 + h * (u1 + u2), h * (u1 - u2), h * (u1 + u2) + u3]
-            };
-            let cols = [col(0), col(1), col(2), col(3)];
-            let t: [[T; 4]; 3] = std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
-            let out = &mut dw[(co * cin + ci) * 9..][..9];
-            for (a, row) in t.iter().enumerate() {
-                out[a * 3] = row[0] + h * (row[1] + row[2]);
-                out[a * 3 + 1] = h * (row[1] - row[2]);
-                out[a * 3 + 2] = h * (row[1] + row[2]) + row[3];
+    // Output channels in parallel.
+    dw.par_chunks_mut(cin * 9)
+        .enumerate()
+        .for_each(|(co, dw_co)| {
+            for ci in 0..cin {
+                let u = |i: usize, j: usize| du[((i * 4 + j) * cout + co) * cin + ci];
+                let col = |j: usize| {
+                    let (u0, u1, u2, u3) = (u(0, j), u(1, j), u(2, j), u(3, j));
+                    [u0 + h * (u1 + u2), h * (u1 - u2), h * (u1 + u2) + u3]
+                };
+                let cols = [col(0), col(1), col(2), col(3)];
+                let t: [[T; 4]; 3] = std::array::from_fn(|a| std::array::from_fn(|j| cols[j][a]));
+                let out = &mut dw_co[ci * 9..][..9];
+                for (a, row) in t.iter().enumerate() {
+                    out[a * 3] = row[0] + h * (row[1] + row[2]);
+                    out[a * 3 + 1] = h * (row[1] - row[2]);
+                    out[a * 3 + 2] = h * (row[1] + row[2]) + row[3];
+                }
             }
-        }
-    }
+        });
     dw
 }

@@ -396,31 +396,34 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     // dw = Gᵀ dU G per (co, ci).
     let gm = g_matrix::<T>();
     let mut dw = vec![T::ZERO; cout * cin * 9];
-    for co in 0..cout {
-        for ci in 0..cin {
-            let u = |i: usize, j: usize| du[((i * 6 + j) * cout + co) * cin + ci];
-            // s = dU G (6×3)
-            let mut s = [[T::ZERO; 3]; 6];
-            for (i, srow) in s.iter_mut().enumerate() {
-                for (b, sv) in srow.iter_mut().enumerate() {
-                    let mut acc = T::ZERO;
-                    for (j, grow) in gm.iter().enumerate() {
-                        acc += u(i, j) * grow[b];
+    // Output channels in parallel: done serially, this was a visible share of a training step.
+    dw.par_chunks_mut(cin * 9)
+        .enumerate()
+        .for_each(|(co, dw_co)| {
+            for ci in 0..cin {
+                let u = |i: usize, j: usize| du[((i * 6 + j) * cout + co) * cin + ci];
+                // s = dU G (6×3)
+                let mut s = [[T::ZERO; 3]; 6];
+                for (i, srow) in s.iter_mut().enumerate() {
+                    for (b, sv) in srow.iter_mut().enumerate() {
+                        let mut acc = T::ZERO;
+                        for (j, grow) in gm.iter().enumerate() {
+                            acc += u(i, j) * grow[b];
+                        }
+                        *sv = acc;
                     }
-                    *sv = acc;
+                }
+                let out = &mut dw_co[ci * 9..][..9];
+                for a in 0..3 {
+                    for b in 0..3 {
+                        let mut acc = T::ZERO;
+                        for (i, grow) in gm.iter().enumerate() {
+                            acc += grow[a] * s[i][b];
+                        }
+                        out[a * 3 + b] = acc;
+                    }
                 }
             }
-            let out = &mut dw[(co * cin + ci) * 9..][..9];
-            for a in 0..3 {
-                for b in 0..3 {
-                    let mut acc = T::ZERO;
-                    for (i, grow) in gm.iter().enumerate() {
-                        acc += grow[a] * s[i][b];
-                    }
-                    out[a * 3 + b] = acc;
-                }
-            }
-        }
-    }
+        });
     dw
 }
