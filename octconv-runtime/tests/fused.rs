@@ -191,3 +191,85 @@ fn fused_gradients_match_finite_differences() {
         }
     }
 }
+
+/// The fused kernel's two Winograd variants against direct summation of the four paths (f64, raw
+/// buffers): `Y_H = conv(X_H, W_HH) + up(conv(X_L, W_LH))`, `Y_L = conv(pool(X_H), W_HL) + conv(X_L,
+/// W_LL)`, computed here with plain loops.
+#[test]
+fn fused_kernel_f2_and_f4_equal_direct_summation() {
+    use octconv_runtime::kernels::conv2d::Algorithm;
+    use octconv_runtime::kernels::octave::{forward_with, OctaveGeometry};
+    let (n, ih, il, oh, ol, h, w) = (2usize, 3usize, 2usize, 4usize, 3usize, 10usize, 6usize);
+    let g = OctaveGeometry {
+        n,
+        in_h: ih,
+        in_l: il,
+        out_h: oh,
+        out_l: ol,
+        h,
+        w,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut rnd =
+        |len: usize| -> Vec<f64> { (0..len).map(|_| rng.random::<f64>() - 0.5).collect() };
+    let (lh, lw) = (h / 2, w / 2);
+    let xh = rnd(n * ih * h * w);
+    let xl = rnd(n * il * lh * lw);
+    let wts = rnd(g.weight_len());
+    let (w_hh, rest) = wts.split_at(9 * oh * ih);
+    let (w_hl, rest) = rest.split_at(9 * ol * ih);
+    let (w_lh, w_ll) = rest.split_at(9 * oh * il);
+    // Direct 3×3 "same" convolution of `x` [n, ci, hh, ww] with `k` [co, ci, 3, 3].
+    let conv = |x: &[f64], k: &[f64], ci: usize, co: usize, hh: usize, ww: usize| -> Vec<f64> {
+        let mut y = vec![0.0; n * co * hh * ww];
+        for b in 0..n {
+            for o in 0..co {
+                for yy in 0..hh {
+                    for xx in 0..ww {
+                        let mut acc = 0.0;
+                        for c in 0..ci {
+                            for dy in 0..3 {
+                                for dx in 0..3 {
+                                    let (sy, sx) = (yy + dy, xx + dx);
+                                    if sy >= 1 && sy <= hh && sx >= 1 && sx <= ww {
+                                        acc += x[((b * ci + c) * hh + sy - 1) * ww + sx - 1]
+                                            * k[((o * ci + c) * 3 + dy) * 3 + dx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * co + o) * hh + yy) * ww + xx] = acc;
+                    }
+                }
+            }
+        }
+        y
+    };
+    let pooled: Vec<f64> = (0..n * ih * lh * lw)
+        .map(|i| {
+            let (p, yy, xx) = (i / (lh * lw), i / lw % lh, i % lw);
+            let at = |dy: usize, dx: usize| xh[(p * h + 2 * yy + dy) * w + 2 * xx + dx];
+            0.25 * (at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1))
+        })
+        .collect();
+    let hh_out = conv(&xh, w_hh, ih, oh, h, w);
+    let lh_out = conv(&xl, w_lh, il, oh, lh, lw);
+    let hl_out = conv(&pooled, w_hl, ih, ol, lh, lw);
+    let ll_out = conv(&xl, w_ll, il, ol, lh, lw);
+    let mut expected: Vec<f64> = (0..hh_out.len())
+        .map(|i| {
+            let (p, yy, xx) = (i / (h * w), i / w % h, i % w);
+            hh_out[i] + lh_out[(p * lh + yy / 2) * lw + xx / 2]
+        })
+        .collect();
+    expected.extend(hl_out.iter().zip(&ll_out).map(|(a, b)| a + b));
+    for alg in [Algorithm::WinogradF2, Algorithm::WinogradF4] {
+        let got = forward_with(alg, &g, &xh, &xl, &wts);
+        assert_eq!(got.len(), expected.len());
+        let err = got
+            .iter()
+            .zip(&expected)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-12, "{alg:?}: max error {err:e}");
+    }
+}

@@ -557,6 +557,57 @@ fn winograd_path_matches_naive_loops_on_odd_and_even_sizes() {
     }
 }
 
+/// Every convolution algorithm (im2col, Winograd F(2×2) and F(4×4)) run directly on raw buffers, on
+/// odd and even sizes: forward, dx and dw against the naive loops (f64). `OCTCONV_CONV` picks one per
+/// process; this covers all of them in one.
+#[test]
+fn every_algorithm_matches_naive_loops_on_raw_buffers() {
+    use octconv_runtime::kernels::conv2d::{
+        backward_data_with, backward_filter_with, forward_with, Algorithm,
+    };
+    use octconv_runtime::kernels::ConvGeometry;
+    for (i, (n, c_in, c_out, h, w)) in [
+        (1, 1, 1, 1, 1),
+        (2, 3, 4, 5, 7),
+        (3, 5, 2, 8, 3),
+        (2, 4, 6, 9, 12),
+        (1, 7, 5, 13, 11),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = Case {
+            n,
+            c_in,
+            c_out,
+            h,
+            w,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(300 + i as u64);
+        let x = values(&rand_tensor(&mut rng, &[n, c_in, h, w], DType::F64));
+        let wt = values(&rand_tensor(&mut rng, &[c_out, c_in, 3, 3], DType::F64));
+        let r = values(&rand_tensor(&mut rng, &[n, c_out, h, w], DType::F64));
+        let (ny, ndx, ndw) = naive(&case, &x, &wt, Some(&r));
+        let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, 3, 3), 1, 1, 1).unwrap();
+        for alg in [
+            Algorithm::Im2col,
+            Algorithm::WinogradF2,
+            Algorithm::WinogradF4,
+        ] {
+            let y = forward_with(alg, &g, &x, &wt);
+            assert_close(&format!("{alg:?} y"), &y, &ny, 1e-12, &case);
+            let dx = backward_data_with(alg, &g, &r, &wt);
+            assert_close(&format!("{alg:?} dx"), &dx, &ndx, 1e-12, &case);
+            let dw = backward_filter_with(alg, &g, &x, &r);
+            assert_close(&format!("{alg:?} dw"), &dw, &ndw, 1e-12, &case);
+        }
+    }
+}
+
 /// The fused resampling ops against candle's pooling and the broadcast upsampling, with gradients
 /// against central differences.
 #[test]

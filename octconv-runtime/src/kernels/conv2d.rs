@@ -18,9 +18,10 @@
 use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
+use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
+use super::winograd;
 use super::Element;
-use super::{winograd, winograd4};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -210,9 +211,14 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
 
 /// The forward pass by the algorithm [`algorithm`] picks.
 pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
-    match algorithm(g) {
-        Algorithm::WinogradF4 => winograd4::forward(g, x, w),
-        Algorithm::WinogradF2 => winograd::forward(g, x, w),
+    forward_with(algorithm(g), g, x, w)
+}
+
+/// The forward pass by `alg` (a Winograd variant needs a geometry where [`winograd::applies`]).
+pub fn forward_with<T: Element>(alg: Algorithm, g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    match alg {
+        Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w),
+        Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w),
         Algorithm::Im2col => forward(g, x, w),
     }
 }
@@ -220,26 +226,38 @@ pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T
 /// The input gradient by the algorithm [`algorithm`] picks for the forward pass (a 3×3 "same"
 /// convolution's input gradient is the same convolution with the flipped, transposed kernel).
 pub fn dispatch_backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
-    match algorithm(g) {
-        Algorithm::WinogradF4 => {
-            let flipped = winograd::flip_transpose(w, g.c_out, g.c_in);
-            let gt = ConvGeometry {
-                c_in: g.c_out,
-                c_out: g.c_in,
-                ..*g
-            };
-            winograd4::forward(&gt, dy, &flipped)
-        }
-        Algorithm::WinogradF2 => winograd::backward_data(g, dy, w),
+    backward_data_with(algorithm(g), g, dy, w)
+}
+
+/// The input gradient by `alg`.
+pub fn backward_data_with<T: Element>(
+    alg: Algorithm,
+    g: &ConvGeometry,
+    dy: &[T],
+    w: &[T],
+) -> Vec<T> {
+    match alg {
+        Algorithm::WinogradF4 => tiling::backward_data::<T, F4>(g, dy, w),
+        Algorithm::WinogradF2 => tiling::backward_data::<T, F2>(g, dy, w),
         Algorithm::Im2col => backward_data(g, dy, w),
     }
 }
 
 /// The weight gradient by the algorithm [`algorithm`] picks.
 pub fn dispatch_backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    match algorithm(g) {
-        Algorithm::WinogradF4 => winograd4::backward_filter(g, x, dy),
-        Algorithm::WinogradF2 => winograd::backward_filter(g, x, dy),
+    backward_filter_with(algorithm(g), g, x, dy)
+}
+
+/// The weight gradient by `alg`.
+pub fn backward_filter_with<T: Element>(
+    alg: Algorithm,
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+) -> Vec<T> {
+    match alg {
+        Algorithm::WinogradF4 => tiling::backward_filter::<T, F4>(g, x, dy),
+        Algorithm::WinogradF2 => tiling::backward_filter::<T, F2>(g, x, dy),
         Algorithm::Im2col => backward_filter(g, x, dy),
     }
 }

@@ -11,6 +11,7 @@ pub mod geometry;
 pub mod octave;
 pub mod resample;
 pub mod scratch;
+pub mod tiling;
 pub mod unfold;
 pub mod winograd;
 pub mod winograd4;

@@ -21,8 +21,8 @@ use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
 use super::resample::pool;
 use super::scratch::{output_vec, with_scratch, Scratch};
+use super::tiling::{multiply, Tiling, F2, F4};
 use super::Element;
-use super::{winograd, winograd4};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -45,108 +45,6 @@ pub struct OctaveGeometry {
     pub h: usize,
     /// High branch width (even).
     pub w: usize,
-}
-
-/// One Winograd variant's building blocks, so that the fused kernel runs F(2×2, 3×3) or F(4×4, 3×3).
-trait Tiling {
-    /// Output tile side.
-    const TILE: usize;
-    /// Transformed values per tile.
-    const FREQS: usize;
-    /// Tiles (GEMM columns) that make a GEMM wide enough: the low branch takes this many per task,
-    /// the high branch this many per step.
-    const TARGET_TILES: usize;
-    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
-    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize);
-    fn multiply<T: Element>(
-        u: &[T],
-        co_ci: (usize, usize),
-        v: &[T],
-        ld: usize,
-        m: &mut [T],
-        par: gemm::Parallelism,
-    );
-    fn output<T: Element>(
-        m: &[T],
-        ld: usize,
-        cout: usize,
-        hw: (usize, usize),
-        cnt: usize,
-        emit: impl FnMut(usize, usize, usize, &[T]),
-    );
-    /// Tiles of an `h × w` map.
-    fn tiles(h: usize, w: usize) -> usize {
-        h.div_ceil(Self::TILE) * w.div_ceil(Self::TILE)
-    }
-}
-
-/// Winograd F(2×2, 3×3) ([`winograd`]).
-struct F2;
-/// Winograd F(4×4, 3×3) ([`winograd4`]).
-struct F4;
-
-impl Tiling for F2 {
-    const TILE: usize = 2;
-    const FREQS: usize = 16;
-    const TARGET_TILES: usize = 256;
-    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
-        winograd::transform_weights(w, cout, cin)
-    }
-    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
-        winograd::transform_input(g, x, v, ld)
-    }
-    fn multiply<T: Element>(
-        u: &[T],
-        co_ci: (usize, usize),
-        v: &[T],
-        ld: usize,
-        m: &mut [T],
-        par: gemm::Parallelism,
-    ) {
-        winograd::multiply(u, co_ci, v, ld, m, par)
-    }
-    fn output<T: Element>(
-        m: &[T],
-        ld: usize,
-        cout: usize,
-        hw: (usize, usize),
-        cnt: usize,
-        emit: impl FnMut(usize, usize, usize, &[T]),
-    ) {
-        winograd::transform_output(m, ld, cout, hw, cnt, emit)
-    }
-}
-
-impl Tiling for F4 {
-    const TILE: usize = 4;
-    const FREQS: usize = winograd4::FREQS;
-    const TARGET_TILES: usize = 64;
-    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
-        winograd4::transform_weights(w, cout, cin)
-    }
-    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
-        winograd4::transform_input(g, x, v, ld)
-    }
-    fn multiply<T: Element>(
-        u: &[T],
-        co_ci: (usize, usize),
-        v: &[T],
-        ld: usize,
-        m: &mut [T],
-        par: gemm::Parallelism,
-    ) {
-        winograd4::multiply(u, co_ci, v, ld, m, par)
-    }
-    fn output<T: Element>(
-        m: &[T],
-        ld: usize,
-        cout: usize,
-        hw: (usize, usize),
-        cnt: usize,
-        emit: impl FnMut(usize, usize, usize, &[T]),
-    ) {
-        winograd4::transform_output(m, ld, cout, hw, cnt, emit)
-    }
 }
 
 impl OctaveGeometry {
@@ -242,13 +140,24 @@ fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> 
 /// The fused forward pass on raw NCHW buffers: returns `high ++ low` (flat). It runs the Winograd
 /// variant that [`algorithm`] picks for the H→H convolution (F(2×2) when `OCTCONV_CONV=f2`).
 pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
-    match algorithm(&g.hh()) {
-        Algorithm::WinogradF2 => forward_with::<T, F2>(g, xh, xl, w),
-        _ => forward_with::<T, F4>(g, xh, xl, w),
+    forward_with(algorithm(&g.hh()), g, xh, xl, w)
+}
+
+/// [`forward`] with the Winograd variant given: [`Algorithm::WinogradF2`], or F(4×4) for anything else.
+pub fn forward_with<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+) -> Vec<T> {
+    match alg {
+        Algorithm::WinogradF2 => forward_tiled::<T, F2>(g, xh, xl, w),
+        _ => forward_tiled::<T, F4>(g, xh, xl, w),
     }
 }
 
-fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
+fn forward_tiled<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
     let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
     let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
     let u_lh = A::weights(&w[r_lh], g.out_h, g.in_l);
@@ -291,13 +200,13 @@ fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w
                 A::input(&g.hl(), pooled, v_ph, ld_l);
                 A::input(&g.ll(), xl, v_xl, ld_l);
                 // Low output.
-                A::multiply(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
+                multiply::<T, A>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
                 A::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, |i, co, oy, row| {
                     yl[(i * g.out_l + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
                 });
                 // L→H at low resolution, into scratch.
                 let v_xl = &v_l[A::FREQS * g.in_h * ld_l..];
-                A::multiply(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
+                multiply::<T, A>(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
                 A::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, |i, co, oy, row| {
                     lh[(i * g.out_h + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
                 });
@@ -307,7 +216,7 @@ fn forward_with<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w
                     let k = nh.min(cnt - j0);
                     let ld = k * tiles_h;
                     A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld);
-                    A::multiply(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
+                    multiply::<T, A>(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
                     A::output(m_h, ld, g.out_h, (hh_h, hh_w), k, |i, co, oy, row| {
                         let plane = (j0 + i) * g.out_h + co;
                         let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];

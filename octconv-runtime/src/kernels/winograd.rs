@@ -7,10 +7,12 @@
 //! tile is `Aᵀ M A` (Lavin & Gray 2016). The input gradient of such a convolution is the same convolution
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
+//!
+//! This file holds the transforms; the forward, input-gradient and weight-gradient drivers that run
+//! them are shared with the other variant in [`super::tiling`].
 
-use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
-use super::scratch::{output_vec, sized, with_scratch, Scratch};
+use super::scratch::output_vec;
 use super::Element;
 use rayon::prelude::*;
 
@@ -18,9 +20,6 @@ use rayon::prelude::*;
 pub fn applies(g: &ConvGeometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.groups == 1
 }
-
-/// Tiles that make the 16 GEMMs wide enough.
-pub(super) const TARGET_TILES: usize = 512;
 
 /// `U[ξ][co][ci] = f(w[co][ci])[ξ]` for `w` `[cout, cin, 3, 3]`: a Winograd kernel transform `f` applied to
 /// every 3×3 kernel, output channels in parallel (a serial, scattered transform was a visible share of
@@ -79,6 +78,27 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
         }
         u
     })
+}
+
+/// Copies rows `y0, y0 + 1, …` of an `h × wd` plane into the `rows.len() / pw` rows of `rows` (row
+/// stride `pw ≥ wd`), zero-filling columns past `wd` and rows past `h`: one tile row of an
+/// output-gradient transform.
+pub(super) fn load_rows<T: Element>(
+    plane: &[T],
+    (h, wd): (usize, usize),
+    y0: usize,
+    rows: &mut [T],
+    pw: usize,
+) {
+    for (r, dst) in rows.chunks_exact_mut(pw).enumerate() {
+        let y = y0 + r;
+        if y < h {
+            dst[..wd].copy_from_slice(&plane[y * wd..][..wd]);
+            dst[wd..].fill(T::ZERO);
+        } else {
+            dst.fill(T::ZERO);
+        }
+    }
 }
 
 /// `[cin, cout, 3, 3]` from `[cout, cin, 3, 3]`, each kernel rotated by 180°: the weight whose
@@ -178,70 +198,6 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
     }
 }
 
-/// `y = conv2d(x, w)` for a geometry where [`applies`] holds.
-pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
-    debug_assert!(applies(g));
-    let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let tiles = th * tw;
-    if g.n * g.out_image() == 0 || cin == 0 {
-        return vec![T::ZERO; g.n * g.out_image()];
-    }
-    // Every output row is written by the output transform below (rows `oy < h`, all `wd` columns).
-    let mut out = output_vec(g.n * g.out_image());
-    let u = transform_weights(w, cout, cin);
-    let nb = images_per_task(g.n, tiles, TARGET_TILES);
-    let par = gemm_parallelism(g.n.div_ceil(nb));
-    out.par_chunks_mut(nb * g.out_image())
-        .enumerate()
-        .for_each(|(t, out_chunk)| {
-            with_scratch(|scratch: &mut Scratch<T>| {
-                let i0 = t * nb;
-                let cnt = out_chunk.len() / g.out_image();
-                let ld = cnt * tiles;
-                let v = sized(&mut scratch.col, 16 * cin * ld);
-                transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-                let m = sized(&mut scratch.stage, 16 * cout * ld);
-                multiply(&u, (cout, cin), v, ld, m, par);
-                let plane_len = h * wd;
-                transform_output(m, ld, cout, (h, wd), cnt, |i, co, oy, row| {
-                    out_chunk[(i * cout + co) * plane_len + oy * wd..][..wd].copy_from_slice(row)
-                });
-            })
-        });
-    out
-}
-
-/// `M[ξ] = U[ξ] · V[ξ]` for the 16 frequencies: `U` is `[ξ][cout][cin]`, `V` holds `cin` channels
-/// laid out as [`transform_input`] writes them (`V[ci][ξ][tile]`, row stride `ld`), and `M` is written
-/// as `M[co][ξ][tile]` (no accumulation).
-pub(super) fn multiply<T: Element>(
-    u: &[T],
-    (cout, cin): (usize, usize),
-    v: &[T],
-    ld: usize,
-    m: &mut [T],
-    par: gemm::Parallelism,
-) {
-    assert!(u.len() >= 16 * cout * cin && v.len() >= 16 * cin * ld && m.len() >= 16 * cout * ld);
-    for xi in 0..16 {
-        let lhs = Mat {
-            ptr: u[xi * cout * cin..].as_ptr(),
-            rs: cin,
-            cs: 1,
-        };
-        let rhs = Mat {
-            ptr: v[xi * ld..].as_ptr(),
-            rs: 16 * ld,
-            cs: 1,
-        };
-        let dst = m[xi * ld..].as_mut_ptr();
-        // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows 16·ld apart,
-        // inside v and m (lengths asserted above).
-        unsafe { sgemm((cout, ld, cin), dst, 16 * ld, false, lhs, rhs, par) };
-    }
-}
-
 /// `Y = Aᵀ M A` for `cnt` images of `cout` channels, one row of tiles at a time (contiguous reads),
 /// clipped at odd edges: `emit(image, channel, oy, row)` receives each of the `h` output rows of
 /// `wd` pixels once, so an epilogue (bias, an upsampled addend) costs no extra pass.
@@ -291,20 +247,14 @@ pub(super) fn transform_output<T: Element>(
     }
 }
 
-/// `dx` of `y = conv2d(x, w)` given `dy`, for a geometry where [`applies`] holds.
-pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
-    let flipped = flip_transpose(w, g.c_out, g.c_in);
-    let gt = ConvGeometry {
-        c_in: g.c_out,
-        c_out: g.c_in,
-        ..*g
-    };
-    forward(&gt, dy, &flipped)
-}
-
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
 /// whole images; values beyond odd edges are zero), laid out like [`transform_input`].
-fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
+pub(super) fn transform_output_grad<T: Element>(
+    g: &ConvGeometry,
+    dy: &[T],
+    d: &mut [T],
+    ld: usize,
+) {
     let (cout, h, wd) = (g.c_out, g.h, g.w);
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
@@ -316,16 +266,7 @@ fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld
         for co in 0..cout {
             let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
             for ty in 0..th {
-                for r in 0..2 {
-                    let dst = &mut rows[r * pw..][..pw];
-                    let y = 2 * ty + r;
-                    if y < h {
-                        dst[..wd].copy_from_slice(&plane[y * wd..][..wd]);
-                        dst[wd..].fill(T::ZERO);
-                    } else {
-                        dst.fill(T::ZERO);
-                    }
-                }
+                load_rows(plane, (h, wd), 2 * ty, &mut rows, pw);
                 // A over rows: s0 = r0, s1 = r0 + r1, s2 = r0 − r1, s3 = −r1.
                 let (r0, r1) = rows.split_at(pw);
                 for c in 0..pw {
@@ -353,46 +294,8 @@ fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld
     }
 }
 
-/// `dw` of `y = conv2d(x, w)` given `dy`, for a geometry where [`applies`] holds:
-/// `dU[ξ] = Σ_tiles D[ξ] · V[ξ]ᵀ` (16 GEMMs over all tiles of the batch), then `dw = Gᵀ dU G`.
-pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    debug_assert!(applies(g));
-    let (cin, cout) = (g.c_in, g.c_out);
-    let tiles = g.h.div_ceil(2) * g.w.div_ceil(2);
-    let ulen = 16 * cout * cin;
-    if g.n == 0 || tiles == 0 || ulen == 0 {
-        return vec![T::ZERO; cout * cin * 9];
-    }
-    let nb = images_per_task(g.n, tiles, TARGET_TILES);
-    let tasks = g.n.div_ceil(nb);
-    let par = gemm_parallelism(tasks);
-    let du = sum_tasks(tasks, ulen, |t, scratch, du| {
-        let i0 = t * nb;
-        let cnt = nb.min(g.n - i0);
-        let ld = cnt * tiles;
-        let Scratch { col, stage, .. } = scratch;
-        let v = sized(col, 16 * cin * ld);
-        transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-        let d = sized(stage, 16 * cout * ld);
-        transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
-        for xi in 0..16 {
-            let lhs = Mat {
-                ptr: d[xi * ld..].as_ptr(),
-                rs: 16 * ld,
-                cs: 1,
-            };
-            // V[ξ]ᵀ: element (tile, ci) is v[(ci·16 + ξ)·ld + tile].
-            let rhs = Mat {
-                ptr: v[xi * ld..].as_ptr(),
-                rs: 1,
-                cs: 16 * ld,
-            };
-            let dst = du[xi * cout * cin..].as_mut_ptr();
-            // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
-            // inside v.
-            unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
-        }
-    });
+/// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).
+pub(super) fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T> {
     // dw = Gᵀ dU G per (co, ci).
     let h = T::HALF;
     let mut dw = vec![T::ZERO; cout * cin * 9];

@@ -7,18 +7,16 @@
 //! points 0, ±1, ±2, ∞ of Lavin & Gray (2016). The weight gradient is `Gᵀ (Σ_tiles (A dY Aᵀ) ⊙ V) G`.
 //! In f32 the results differ from direct summation by a few 1e-6 relative (tested against the naive
 //! loops at network sizes).
+//!
+//! This file holds the transforms; the forward, input-gradient and weight-gradient drivers that run
+//! them are shared with the other variant in [`super::tiling`].
 
-use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
-use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
 
 /// Frequencies per tile.
 pub const FREQS: usize = 36;
-
-/// Tiles that make the 36 GEMMs wide enough.
-pub(super) const TARGET_TILES: usize = 64;
 
 /// `G` (6×3).
 fn g_matrix<T: Element>() -> [[T; 3]; 6] {
@@ -154,38 +152,6 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
     }
 }
 
-/// `M[ξ] = U[ξ] · V[ξ]` for the 36 frequencies (layouts as in [`super::winograd::multiply`]).
-pub(super) fn multiply<T: Element>(
-    u: &[T],
-    (cout, cin): (usize, usize),
-    v: &[T],
-    ld: usize,
-    m: &mut [T],
-    par: gemm::Parallelism,
-) {
-    assert!(
-        u.len() >= FREQS * cout * cin
-            && v.len() >= FREQS * cin * ld
-            && m.len() >= FREQS * cout * ld
-    );
-    for xi in 0..FREQS {
-        let lhs = Mat {
-            ptr: u[xi * cout * cin..].as_ptr(),
-            rs: cin,
-            cs: 1,
-        };
-        let rhs = Mat {
-            ptr: v[xi * ld..].as_ptr(),
-            rs: FREQS * ld,
-            cs: 1,
-        };
-        let dst = m[xi * ld..].as_mut_ptr();
-        // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows 36·ld apart,
-        // inside v and m (lengths asserted above).
-        unsafe { sgemm((cout, ld, cin), dst, FREQS * ld, false, lhs, rhs, par) };
-    }
-}
-
 /// `Y = Aᵀ M A` for `cnt` images of `cout` channels; `emit(image, channel, oy, row)` receives each of
 /// the `h` output rows of `wd` pixels once (clipped at edges that are not multiples of 4).
 pub(super) fn transform_output<T: Element>(
@@ -267,41 +233,14 @@ pub(super) fn transform_output<T: Element>(
     }
 }
 
-/// `y = conv2d(x, w)` for a geometry where [`super::winograd::applies`] holds.
-pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
-    let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
-    let tiles = h.div_ceil(4) * wd.div_ceil(4);
-    if g.n * g.out_image() == 0 || cin == 0 {
-        return vec![T::ZERO; g.n * g.out_image()];
-    }
-    // Every output row is written by the output transform below (rows `oy < h`, all `wd` columns).
-    let mut out = output_vec(g.n * g.out_image());
-    let u = transform_weights(w, cout, cin);
-    let nb = images_per_task(g.n, tiles, TARGET_TILES);
-    let par = gemm_parallelism(g.n.div_ceil(nb));
-    out.par_chunks_mut(nb * g.out_image())
-        .enumerate()
-        .for_each(|(t, out_chunk)| {
-            with_scratch(|scratch: &mut Scratch<T>| {
-                let i0 = t * nb;
-                let cnt = out_chunk.len() / g.out_image();
-                let ld = cnt * tiles;
-                let v = sized(&mut scratch.col, FREQS * cin * ld);
-                transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-                let m = sized(&mut scratch.stage, FREQS * cout * ld);
-                multiply(&u, (cout, cin), v, ld, m, par);
-                let plane_len = h * wd;
-                transform_output(m, ld, cout, (h, wd), cnt, |i, co, oy, row| {
-                    out_chunk[(i * cout + co) * plane_len + oy * wd..][..wd].copy_from_slice(row)
-                });
-            })
-        });
-    out
-}
-
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 4×4 output-gradient tile (zero beyond the edges),
 /// laid out like [`transform_input`].
-fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
+pub(super) fn transform_output_grad<T: Element>(
+    g: &ConvGeometry,
+    dy: &[T],
+    d: &mut [T],
+    ld: usize,
+) {
     let (cout, h, wd) = (g.c_out, g.h, g.w);
     let (th, tw) = (h.div_ceil(4), wd.div_ceil(4));
     let tiles = th * tw;
@@ -321,16 +260,7 @@ fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld
         for co in 0..cout {
             let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
             for ty in 0..th {
-                for r in 0..4 {
-                    let dst = &mut rows[r * pw..][..pw];
-                    let y = 4 * ty + r;
-                    if y < h {
-                        dst[..wd].copy_from_slice(&plane[y * wd..][..wd]);
-                        dst[wd..].fill(T::ZERO);
-                    } else {
-                        dst.fill(T::ZERO);
-                    }
-                }
+                super::winograd::load_rows(plane, (h, wd), 4 * ty, &mut rows, pw);
                 // A over rows …
                 for c in 0..pw {
                     let col = a(std::array::from_fn(|r| rows[r * pw + c]));
@@ -354,45 +284,8 @@ fn transform_output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld
     }
 }
 
-/// `dw` of `y = conv2d(x, w)` given `dy`: `dU[ξ] = Σ_tiles D[ξ] · V[ξ]ᵀ` (36 GEMMs over the tiles
-/// of the batch, summed deterministically), then `dw = Gᵀ dU G`.
-pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    let (cin, cout) = (g.c_in, g.c_out);
-    let tiles = g.h.div_ceil(4) * g.w.div_ceil(4);
-    let ulen = FREQS * cout * cin;
-    if g.n == 0 || tiles == 0 || ulen == 0 {
-        return vec![T::ZERO; cout * cin * 9];
-    }
-    let nb = images_per_task(g.n, tiles, TARGET_TILES);
-    let tasks = g.n.div_ceil(nb);
-    let par = gemm_parallelism(tasks);
-    let du = sum_tasks(tasks, ulen, |t, scratch, du| {
-        let i0 = t * nb;
-        let cnt = nb.min(g.n - i0);
-        let ld = cnt * tiles;
-        let Scratch { col, stage, .. } = scratch;
-        let v = sized(col, FREQS * cin * ld);
-        transform_input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
-        let d = sized(stage, FREQS * cout * ld);
-        transform_output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
-        for xi in 0..FREQS {
-            let lhs = Mat {
-                ptr: d[xi * ld..].as_ptr(),
-                rs: FREQS * ld,
-                cs: 1,
-            };
-            // V[ξ]ᵀ: element (tile, ci) is v[(ci·36 + ξ)·ld + tile].
-            let rhs = Mat {
-                ptr: v[xi * ld..].as_ptr(),
-                rs: 1,
-                cs: FREQS * ld,
-            };
-            let dst = du[xi * cout * cin..].as_mut_ptr();
-            // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
-            // inside v.
-            unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
-        }
-    });
+/// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).
+pub(super) fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T> {
     // dw = Gᵀ dU G per (co, ci).
     let gm = g_matrix::<T>();
     let mut dw = vec![T::ZERO; cout * cin * 9];

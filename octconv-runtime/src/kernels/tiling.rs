@@ -1,0 +1,216 @@
+//! The two Winograd variants behind one trait, and the drivers they share: the forward convolution,
+//! its input gradient (the same convolution with the flipped, transposed kernel) and its weight
+//! gradient. [`super::winograd`] (F(2×2, 3×3)) and [`super::winograd4`] (F(4×4, 3×3)) hold only their
+//! transforms; the fused octave kernel ([`super::octave`]) runs on the same trait.
+//!
+//! Layouts: `U[ξ][co][ci]` (weights), `V[ci][ξ][tile]` (inputs) and `M[co][ξ][tile]` (products), with
+//! `ld` tiles per row; tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx`.
+
+use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
+use super::geometry::ConvGeometry;
+use super::scratch::{output_vec, sized, with_scratch, Scratch};
+use super::{winograd, winograd4, Element};
+use rayon::prelude::*;
+
+/// One Winograd variant: its tile, its transforms, and the GEMM width it wants.
+pub(super) trait Tiling {
+    /// Output tile side.
+    const TILE: usize;
+    /// Transformed values per tile.
+    const FREQS: usize;
+    /// Tiles (GEMM columns) per task that make the `FREQS` GEMMs wide enough.
+    const TARGET_TILES: usize;
+    /// `U = G g Gᵀ` for every kernel of `w` `[cout, cin, 3, 3]`.
+    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
+    /// `V = Bᵀ d B` for every input tile of the whole images in `x`.
+    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize);
+    /// `Y = Aᵀ M A`, each output row handed to `emit(image, channel, oy, row)` once.
+    fn output<T: Element>(
+        m: &[T],
+        ld: usize,
+        cout: usize,
+        hw: (usize, usize),
+        cnt: usize,
+        emit: impl FnMut(usize, usize, usize, &[T]),
+    );
+    /// `D = A dY Aᵀ` for every output-gradient tile.
+    fn output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize);
+    /// `dw = Gᵀ dU G` for every kernel.
+    fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T>;
+    /// Tiles of an `h × w` map.
+    fn tiles(h: usize, w: usize) -> usize {
+        h.div_ceil(Self::TILE) * w.div_ceil(Self::TILE)
+    }
+}
+
+/// Winograd F(2×2, 3×3) ([`winograd`]).
+pub(super) struct F2;
+/// Winograd F(4×4, 3×3) ([`winograd4`]).
+pub(super) struct F4;
+
+/// Implements [`Tiling`] by delegating to a variant's module.
+macro_rules! tiling {
+    ($ty:ident, $module:ident, tile = $tile:expr, freqs = $freqs:expr, target = $target:expr) => {
+        impl Tiling for $ty {
+            const TILE: usize = $tile;
+            const FREQS: usize = $freqs;
+            const TARGET_TILES: usize = $target;
+            fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+                $module::transform_weights(w, cout, cin)
+            }
+            fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+                $module::transform_input(g, x, v, ld)
+            }
+            fn output<T: Element>(
+                m: &[T],
+                ld: usize,
+                cout: usize,
+                hw: (usize, usize),
+                cnt: usize,
+                emit: impl FnMut(usize, usize, usize, &[T]),
+            ) {
+                $module::transform_output(m, ld, cout, hw, cnt, emit)
+            }
+            fn output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
+                $module::transform_output_grad(g, dy, d, ld)
+            }
+            fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T> {
+                $module::kernel_grads(du, cout, cin)
+            }
+        }
+    };
+}
+
+// Target widths measured on the 160-channel 32×32 layer (examples/layer_bench): F(4×4) runs best with
+// narrow tasks (its M then stays in cache for the output transform), F(2×2) with wide ones.
+tiling!(F2, winograd, tile = 2, freqs = 16, target = 512);
+tiling!(
+    F4,
+    winograd4,
+    tile = 4,
+    freqs = winograd4::FREQS,
+    target = 64
+);
+
+/// `M[ξ] = U[ξ] · V[ξ]` for the `A::FREQS` frequencies: `U` is `[ξ][cout][cin]`, `V` holds `cin`
+/// channels (`V[ci][ξ][tile]`, row stride `ld`), and `M` is written as `M[co][ξ][tile]` (no
+/// accumulation).
+pub(super) fn multiply<T: Element, A: Tiling>(
+    u: &[T],
+    (cout, cin): (usize, usize),
+    v: &[T],
+    ld: usize,
+    m: &mut [T],
+    par: gemm::Parallelism,
+) {
+    let f = A::FREQS;
+    assert!(u.len() >= f * cout * cin && v.len() >= f * cin * ld && m.len() >= f * cout * ld);
+    for xi in 0..f {
+        let lhs = Mat {
+            ptr: u[xi * cout * cin..].as_ptr(),
+            rs: cin,
+            cs: 1,
+        };
+        let rhs = Mat {
+            ptr: v[xi * ld..].as_ptr(),
+            rs: f * ld,
+            cs: 1,
+        };
+        let dst = m[xi * ld..].as_mut_ptr();
+        // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows FREQS·ld apart,
+        // inside v and m (lengths asserted above).
+        unsafe { sgemm((cout, ld, cin), dst, f * ld, false, lhs, rhs, par) };
+    }
+}
+
+/// `y = conv2d(x, w)` for a geometry where [`winograd::applies`] holds.
+pub(super) fn forward<T: Element, A: Tiling>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    debug_assert!(winograd::applies(g));
+    let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
+    let tiles = A::tiles(h, wd);
+    if g.n * g.out_image() == 0 || cin == 0 {
+        return vec![T::ZERO; g.n * g.out_image()];
+    }
+    // Every output row is written by the output transform below (rows `oy < h`, all `wd` columns).
+    let mut out = output_vec(g.n * g.out_image());
+    let u = A::weights(w, cout, cin);
+    let nb = images_per_task(g.n, tiles, A::TARGET_TILES);
+    let par = gemm_parallelism(g.n.div_ceil(nb));
+    out.par_chunks_mut(nb * g.out_image())
+        .enumerate()
+        .for_each(|(t, out_chunk)| {
+            with_scratch(|scratch: &mut Scratch<T>| {
+                let i0 = t * nb;
+                let cnt = out_chunk.len() / g.out_image();
+                let ld = cnt * tiles;
+                let v = sized(&mut scratch.col, A::FREQS * cin * ld);
+                A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+                let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
+                multiply::<T, A>(&u, (cout, cin), v, ld, m, par);
+                let plane_len = h * wd;
+                A::output(m, ld, cout, (h, wd), cnt, |i, co, oy, row| {
+                    out_chunk[(i * cout + co) * plane_len + oy * wd..][..wd].copy_from_slice(row)
+                });
+            })
+        });
+    out
+}
+
+/// `dx` of `y = conv2d(x, w)` given `dy`: the same convolution of `dy` with the flipped, transposed
+/// kernel.
+pub(super) fn backward_data<T: Element, A: Tiling>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
+    let flipped = winograd::flip_transpose(w, g.c_out, g.c_in);
+    let gt = ConvGeometry {
+        c_in: g.c_out,
+        c_out: g.c_in,
+        ..*g
+    };
+    forward::<T, A>(&gt, dy, &flipped)
+}
+
+/// `dw` of `y = conv2d(x, w)` given `dy`: `dU[ξ] = Σ_tiles D[ξ] · V[ξ]ᵀ` (`FREQS` GEMMs over all tiles
+/// of the batch, summed deterministically), then `dw = Gᵀ dU G`.
+pub(super) fn backward_filter<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+) -> Vec<T> {
+    debug_assert!(winograd::applies(g));
+    let (cin, cout, f) = (g.c_in, g.c_out, A::FREQS);
+    let tiles = A::tiles(g.h, g.w);
+    let ulen = f * cout * cin;
+    if g.n == 0 || tiles == 0 || ulen == 0 {
+        return vec![T::ZERO; cout * cin * 9];
+    }
+    let nb = images_per_task(g.n, tiles, A::TARGET_TILES);
+    let tasks = g.n.div_ceil(nb);
+    let par = gemm_parallelism(tasks);
+    let du = sum_tasks(tasks, ulen, |t, scratch, du| {
+        let i0 = t * nb;
+        let cnt = nb.min(g.n - i0);
+        let ld = cnt * tiles;
+        let Scratch { col, stage, .. } = scratch;
+        let v = sized(col, f * cin * ld);
+        A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+        let d = sized(stage, f * cout * ld);
+        A::output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
+        for xi in 0..f {
+            let lhs = Mat {
+                ptr: d[xi * ld..].as_ptr(),
+                rs: f * ld,
+                cs: 1,
+            };
+            // V[ξ]ᵀ: element (tile, ci) is v[(ci·FREQS + ξ)·ld + tile].
+            let rhs = Mat {
+                ptr: v[xi * ld..].as_ptr(),
+                rs: 1,
+                cs: f * ld,
+            };
+            let dst = du[xi * cout * cin..].as_mut_ptr();
+            // SAFETY: dst is cout × cin inside du; lhs is cout × ld inside d; rhs is ld × cin
+            // inside v.
+            unsafe { sgemm((cout, cin, ld), dst, cin, true, lhs, rhs, par) };
+        }
+    });
+    A::kernel_grads(&du, cout, cin)
+}
