@@ -1,4 +1,5 @@
-//! The whole octave convolution (all four paths, 3×3, stride 1) as one kernel with one backward.
+//! The whole octave convolution (all four paths, 3×3, stride 1) as one forward kernel, with a backward
+//! per output branch.
 //!
 //! The per-op layer runs eight passes over memory besides its four convolutions: pool the high input,
 //! concatenate it with the low input (and the weights), convolve L→H into its own tensor, read the
