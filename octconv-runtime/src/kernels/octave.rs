@@ -138,9 +138,10 @@ fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> 
     w
 }
 
-/// The fused forward pass on raw NCHW buffers: returns `high ++ low` (flat). It runs the Winograd
-/// variant that [`algorithm`] picks for the H→H convolution (F(2×2) when `OCTCONV_CONV=f2`).
-pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
+/// The fused forward pass on raw NCHW buffers: returns `(Y_H, Y_L)`, each in its own allocation. It
+/// runs the Winograd variant that [`algorithm`] picks for the H→H convolution (F(2×2) when
+/// `OCTCONV_CONV=f2`).
+pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> (Vec<T>, Vec<T>) {
     forward_with(algorithm(&g.hh()), g, xh, xl, w)
 }
 
@@ -151,14 +152,19 @@ pub fn forward_with<T: Element>(
     xh: &[T],
     xl: &[T],
     w: &[T],
-) -> Vec<T> {
+) -> (Vec<T>, Vec<T>) {
     match alg {
         Algorithm::WinogradF2 => forward_tiled::<T, F2>(g, xh, xl, w),
         _ => forward_tiled::<T, F4>(g, xh, xl, w),
     }
 }
 
-fn forward_tiled<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> Vec<T> {
+fn forward_tiled<T: Element, A: Tiling>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+) -> (Vec<T>, Vec<T>) {
     let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
     let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
     let u_lh = A::weights(&w[r_lh], g.out_h, g.in_l);
@@ -170,8 +176,8 @@ fn forward_tiled<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], 
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
     // Every element of both outputs is written by the output transforms below.
-    let mut out = output_vec(g.high_out_len() + g.low_out_len());
-    let (out_h, out_l) = out.split_at_mut(g.high_out_len());
+    let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
+    let (out_h, out_l) = (&mut y_h[..], &mut y_l[..]);
     let nb = images_per_task(g.n, tiles_l, A::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out_h
@@ -232,7 +238,7 @@ fn forward_tiled<T: Element, A: Tiling>(g: &OctaveGeometry, xh: &[T], xl: &[T], 
                 }
             })
         });
-    out
+    (y_h, y_l)
 }
 
 /// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst`.
@@ -389,16 +395,15 @@ impl OctaveOutput {
         Ok(())
     }
 
-    /// Splits a flat `high ++ low` result, stashing the part this op does not return.
+    /// Returns this op's output of `(high, low)`, stashing the other one for the low op.
     fn split<T: Element>(
         &self,
-        mut both: Vec<T>,
+        (high, low): (Vec<T>, Vec<T>),
         wrap: fn(Vec<T>) -> CpuStorage,
     ) -> Result<CpuStorage> {
-        let low = both.split_off(self.geometry.high_out_len());
         let (mine, other) = match self.branch {
-            Branch::High => (both, low),
-            Branch::Low => (low, both),
+            Branch::High => (high, low),
+            Branch::Low => (low, high),
         };
         if self.branch == Branch::High {
             *self
