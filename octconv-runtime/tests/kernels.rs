@@ -525,6 +525,21 @@ fn mismatched_channels_are_an_error_not_a_panic() {
     assert!(err.to_string().contains("larger"), "{err}");
 }
 
+/// A 3×3, stride 1, padding 1, one-group convolution: the shape every Winograd variant handles.
+fn same_3x3(n: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> Case {
+    Case {
+        n,
+        c_in,
+        c_out,
+        h,
+        w,
+        k: 3,
+        stride: 1,
+        pad: 1,
+        groups: 1,
+    }
+}
+
 /// The Winograd path (3×3, stride 1, padding 1, one group) on odd and even sizes, single images and
 /// batches that share a tile matrix: forward, dx and dw against the naive loops (f64), and the same
 /// case in f32 against candle.
@@ -541,17 +556,7 @@ fn winograd_path_matches_naive_loops_on_odd_and_even_sizes() {
     .into_iter()
     .enumerate()
     {
-        let case = Case {
-            n,
-            c_in,
-            c_out,
-            h,
-            w,
-            k: 3,
-            stride: 1,
-            pad: 1,
-            groups: 1,
-        };
+        let case = same_3x3(n, c_in, c_out, h, w);
         assert_matches_naive(&case, 100 + i as u64);
         assert_matches_candle(&case, 100 + i as u64, DType::F32, 1e-4);
     }
@@ -576,17 +581,7 @@ fn every_algorithm_matches_naive_loops_on_raw_buffers() {
     .into_iter()
     .enumerate()
     {
-        let case = Case {
-            n,
-            c_in,
-            c_out,
-            h,
-            w,
-            k: 3,
-            stride: 1,
-            pad: 1,
-            groups: 1,
-        };
+        let case = same_3x3(n, c_in, c_out, h, w);
         let mut rng = ChaCha8Rng::seed_from_u64(300 + i as u64);
         let x = values(&rand_tensor(&mut rng, &[n, c_in, h, w], DType::F64));
         let wt = values(&rand_tensor(&mut rng, &[c_out, c_in, 3, 3], DType::F64));

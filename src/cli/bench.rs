@@ -240,7 +240,7 @@ pub fn time_model(
     let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     // A class vector trains with cross-entropy against random labels; any other output (a feature
     // map, a pair merged or not) with the surrogate loss mean(y²), so any spec can be timed training.
-    let probe = net.forward_t(&x_all.narrow(0, 0, 1)?, false)?;
+    let probe = net.infer(&x_all.narrow(0, 0, 1)?)?;
     let classes = (probe.rank() == 2).then(|| probe.dim(1)).transpose()?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let labels: Vec<u32> = (0..args.samples)

@@ -20,7 +20,7 @@ use super::conv2d::{algorithm, Algorithm};
 use super::conv2d::{dispatch_backward_data, dispatch_backward_filter};
 use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
-use super::resample::pool;
+use super::resample::{pool, pool_plane};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::tiling::{multiply, Tiling, F2, F4};
 use super::Element;
@@ -241,19 +241,15 @@ fn forward_tiled<T: Element, A: Tiling>(
     (y_h, y_l)
 }
 
-/// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst`.
+/// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per task).
 fn pool_into<T: Element>(x: &[T], dst: &mut [T], planes: usize, (h, w): (usize, usize)) {
-    let (oh, ow) = (h / 2, w / 2);
     let q = T::from_f64(0.25);
-    for p in 0..planes {
-        let plane = &x[p * h * w..][..h * w];
-        let o = &mut dst[p * oh * ow..][..oh * ow];
-        for oy in 0..oh {
-            let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
-            for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
-                *v = q * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
-            }
-        }
+    for (plane, o) in x
+        .chunks_exact(h * w)
+        .zip(dst.chunks_exact_mut(h * w / 4))
+        .take(planes)
+    {
+        pool_plane(plane, o, (h, w), q);
     }
 }
 

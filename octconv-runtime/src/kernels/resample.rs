@@ -27,16 +27,21 @@ pub(super) fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T)
     }
     // Every output element is written below.
     let mut out = super::scratch::output_vec(np * oh * ow);
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
-        let plane = &x[p * h * w..][..h * w];
-        for oy in 0..oh {
-            let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
-            for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
-                *v = scale * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
-            }
-        }
-    });
+    out.par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(p, o)| pool_plane(&x[p * h * w..][..h * w], o, (h, w), scale));
     out
+}
+
+/// `o = scale · Σ over each 2×2 block` of one `h × w` plane (`o` is `h/2 × w/2`).
+pub(super) fn pool_plane<T: Element>(plane: &[T], o: &mut [T], (h, w): (usize, usize), scale: T) {
+    let (oh, ow) = (h / 2, w / 2);
+    for oy in 0..oh {
+        let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+        for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
+            *v = scale * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
+        }
+    }
 }
 
 /// `out[y][x] = base[y][x] + scale · low[y / 2][x / 2]` over an `h × w` plane (`base` absent: 0); rows and

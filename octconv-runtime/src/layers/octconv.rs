@@ -241,14 +241,8 @@ impl OctConv2d {
                 acc(&mut low, self.conv(li, Path::LL)?)?;
             }
         }
-        let add_bias = |t: Option<Tensor>, b: &Option<Tensor>| -> Result<Option<Tensor>> {
-            match (t, b) {
-                (Some(t), Some(b)) => Ok(Some(t.broadcast_add(&b.reshape((1, (), 1, 1))?)?)),
-                (t, _) => Ok(t),
-            }
-        };
-        let high = add_bias(high, &self.bias_h)?;
-        let low = add_bias(low, &self.bias_l)?;
+        let high = high.map(|t| self.add_bias(t, &self.bias_h)).transpose()?;
+        let low = low.map(|t| self.add_bias(t, &self.bias_l)).transpose()?;
         match (high, low) {
             (Some(h), None) if self.spec.out_l == 0 => Ok(OctValue::Single(h)),
             (high, Some(low)) => Ok(OctValue::Pair { high, low }),
