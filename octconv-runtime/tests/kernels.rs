@@ -577,6 +577,10 @@ fn every_algorithm_matches_naive_loops_on_raw_buffers() {
         (3, 5, 2, 8, 3),
         (2, 4, 6, 9, 12),
         (1, 7, 5, 13, 11),
+        // At least eight tiles per row: F(4×4)'s along-the-row transforms (the cases above take
+        // the small-map ones).
+        (2, 3, 2, 6, 32),
+        (1, 2, 3, 9, 35),
     ]
     .into_iter()
     .enumerate()
