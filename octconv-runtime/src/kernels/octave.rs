@@ -22,7 +22,7 @@ use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
 use super::resample::{pool, pool_plane};
 use super::scratch::{output_vec, with_scratch, Scratch};
-use super::tiling::{multiply, Tiling, F2, F4};
+use super::tiling::{multiply, Planes, Tiling, F2, F4};
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -208,33 +208,31 @@ fn forward_tiled<T: Element, A: Tiling>(
                 A::input(&g.ll(), xl, v_xl, ld_l);
                 // Low output.
                 multiply::<T, A>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
-                A::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, |i, co, oy, row| {
-                    yl[(i * g.out_l + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
-                });
+                let out = Planes {
+                    out: yl,
+                    add_up: None,
+                };
+                A::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
                 // L→H at low resolution, into scratch.
                 let v_xl = &v_l[A::FREQS * g.in_h * ld_l..];
                 multiply::<T, A>(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
-                A::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, |i, co, oy, row| {
-                    lh[(i * g.out_h + co) * lhh * lww + oy * lww..][..lww].copy_from_slice(row)
-                });
+                let out = Planes {
+                    out: &mut *lh,
+                    add_up: None,
+                };
+                A::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
                 // H→H, with L→H added (nearest ×2) as each high row is written.
-                let (hh_h, hh_w) = (g.h, g.w);
+                let lh_img = g.out_h * lhh * lww;
                 for j0 in (0..cnt).step_by(nh) {
                     let k = nh.min(cnt - j0);
                     let ld = k * tiles_h;
                     A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld);
                     multiply::<T, A>(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
-                    A::output(m_h, ld, g.out_h, (hh_h, hh_w), k, |i, co, oy, row| {
-                        let plane = (j0 + i) * g.out_h + co;
-                        let up = &lh[plane * lhh * lww + (oy / 2) * lww..][..lww];
-                        let dst = &mut yh[plane * hh_h * hh_w + oy * hh_w..][..hh_w];
-                        for ((d, pair), u) in
-                            dst.chunks_exact_mut(2).zip(row.chunks_exact(2)).zip(up)
-                        {
-                            d[0] = pair[0] + *u;
-                            d[1] = pair[1] + *u;
-                        }
-                    });
+                    let out = Planes {
+                        out: &mut yh[j0 * img_h..][..k * img_h],
+                        add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),
+                    };
+                    A::output(m_h, ld, g.out_h, (g.h, g.w), k, out);
                 }
             })
         });

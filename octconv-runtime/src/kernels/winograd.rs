@@ -13,6 +13,7 @@
 
 use super::geometry::ConvGeometry;
 use super::scratch::output_vec;
+use super::tiling::Planes;
 use super::Element;
 use rayon::prelude::*;
 
@@ -199,15 +200,14 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
 }
 
 /// `Y = Aᵀ M A` for `cnt` images of `cout` channels, one row of tiles at a time (contiguous reads),
-/// clipped at odd edges: `emit(image, channel, oy, row)` receives each of the `h` output rows of
-/// `wd` pixels once, so an epilogue (bias, an upsampled addend) costs no extra pass.
+/// clipped at odd edges, into `out` (each of the `h` output rows of `wd` pixels once).
 pub(super) fn transform_output<T: Element>(
     m: &[T],
     ld: usize,
     cout: usize,
     (h, wd): (usize, usize),
     cnt: usize,
-    mut emit: impl FnMut(usize, usize, usize, &[T]),
+    mut out: Planes<'_, T>,
 ) {
     let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
     let tiles = th * tw;
@@ -239,7 +239,7 @@ pub(super) fn transform_output<T: Element>(
                 for r in 0..2 {
                     let oy = 2 * ty + r;
                     if oy < h {
-                        emit(i, co, oy, &yrow[r * 2 * tw..][..wd]);
+                        out.put_row(i * cout + co, oy, (h, wd), &yrow[r * 2 * tw..][..wd]);
                     }
                 }
             }

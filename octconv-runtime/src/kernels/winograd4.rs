@@ -22,6 +22,8 @@
 //! faster as well; at 56×56 and 112×112 (64 channels) no slower.
 
 use super::geometry::ConvGeometry;
+use super::scratch::{with_scratch, Scratch};
+use super::tiling::Planes;
 use super::Element;
 use rayon::prelude::*;
 
@@ -147,7 +149,9 @@ fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
 /// Gathers the `side × side` tiles (stride 4, starting `pad` pixels before the map) of one plane
 /// into `d[(r·side + c)·nt + t0 + tile]`, with zeros outside the map. `prow` is scratch of at least
 /// `4·⌈wd / 4⌉ + 2` values: each input row is copied there once, padded, so that the copies below
-/// are plain strided loads.
+/// are plain strided loads. (This is the first read of the layer's input, so its cost is mostly
+/// memory traffic: copying whole 6-value windows per tile, or clipping at the edges instead of
+/// padding, measured slower.)
 fn gather<T: Element>(
     plane: &[T],
     (h, wd): (usize, usize),
@@ -191,75 +195,75 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
     let tiles = h.div_ceil(4) * wd.div_ceil(4);
     let cnt = x.len() / g.in_image();
     let nt = cnt * tiles;
-    let mut d = vec![T::ZERO; FREQS * nt];
-    let mut s = vec![T::ZERO; FREQS * nt];
-    let mut prow = vec![T::ZERO; 4 * wd.div_ceil(4) + 2];
-    for ci in 0..cin {
-        for i in 0..cnt {
-            let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-            gather(plane, (h, wd), (6, 1), &mut d, (nt, i * tiles), &mut prow);
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [d, s, prow] = scratch.many([FREQS * nt, FREQS * nt, 4 * wd.div_ceil(4) + 2]);
+        for ci in 0..cin {
+            for i in 0..cnt {
+                let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
+                gather(plane, (h, wd), (6, 1), d, (nt, i * tiles), prow);
+            }
+            // Bᵀ over the rows of each column c: s[(k·6 + c)] …
+            for c in 0..6 {
+                b_transpose(rows(d, c * nt, 6 * nt, nt), rows_mut(s, c * nt, 6 * nt, nt));
+            }
+            // … then B over the columns, straight into V[ci][k·6 + j].
+            for k in 0..6 {
+                b_transpose(
+                    rows(s, k * 6 * nt, nt, nt),
+                    rows_mut(v, (ci * FREQS + k * 6) * ld, ld, nt),
+                );
+            }
         }
-        // Bᵀ over the rows of each column c: s[(k·6 + c)] …
-        for c in 0..6 {
-            b_transpose(
-                rows(&d, c * nt, 6 * nt, nt),
-                rows_mut(&mut s, c * nt, 6 * nt, nt),
-            );
-        }
-        // … then B over the columns, straight into V[ci][k·6 + j].
-        for k in 0..6 {
-            b_transpose(
-                rows(&s, k * 6 * nt, nt, nt),
-                rows_mut(v, (ci * FREQS + k * 6) * ld, ld, nt),
-            );
-        }
-    }
+    })
 }
 
-/// `Y = Aᵀ M A` for `cnt` images of `cout` channels; `emit(image, channel, oy, row)` receives each of
-/// the `h` output rows of `wd` pixels once (clipped at edges that are not multiples of 4).
+/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at edges that are not
+/// multiples of 4).
 pub(super) fn transform_output<T: Element>(
     m: &[T],
     ld: usize,
     cout: usize,
     (h, wd): (usize, usize),
     cnt: usize,
-    mut emit: impl FnMut(usize, usize, usize, &[T]),
+    mut out: Planes<'_, T>,
 ) {
     let (th, tw) = (h.div_ceil(4), wd.div_ceil(4));
     let tiles = th * tw;
     let nt = cnt * tiles;
-    let mut t = vec![T::ZERO; 24 * nt];
-    let mut y = vec![T::ZERO; 16 * nt];
-    let mut row = vec![T::ZERO; wd];
-    for co in 0..cout {
-        // Aᵀ over the rows of each frequency column b: t[(r·6 + b)] …
-        for b in 0..6 {
-            a_transpose(
-                rows(m, (co * FREQS + b) * ld, 6 * ld, nt),
-                rows_mut(&mut t, b * nt, 6 * nt, nt),
-            );
-        }
-        // … then A over the columns: y[(r·4 + c)][tile] is pixel (4ty + r, 4tx + c) of the tile.
-        for r in 0..4 {
-            a_transpose(
-                rows(&t, r * 6 * nt, nt, nt),
-                rows_mut(&mut y, r * 4 * nt, nt, nt),
-            );
-        }
-        for i in 0..cnt {
-            for oy in 0..h {
-                let base = ((oy % 4) * 4) * nt + i * tiles + (oy / 4) * tw;
-                for c in 0..4.min(wd) {
-                    let src = &y[base + c * nt..][..tw];
-                    for (o, &val) in row[c..].iter_mut().step_by(4).zip(src) {
-                        *o = val;
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [t, y] = scratch.many([24 * nt, 16 * nt]);
+        for co in 0..cout {
+            // Aᵀ over the rows of each frequency column b: t[(r·6 + b)] …
+            for b in 0..6 {
+                a_transpose(
+                    rows(m, (co * FREQS + b) * ld, 6 * ld, nt),
+                    rows_mut(t, b * nt, 6 * nt, nt),
+                );
+            }
+            // … then A over the columns: y[(r·4 + c)][tile] is pixel (4ty + r, 4tx + c).
+            for r in 0..4 {
+                a_transpose(rows(t, r * 6 * nt, nt, nt), rows_mut(y, r * 4 * nt, nt, nt));
+            }
+            // Each output row, straight into place: pixel x of row oy is tile x / 4's value
+            // (oy % 4, x % 4); a row's `wd` pixels are the first `wd` of the `4·tw` its tiles cover.
+            for i in 0..cnt {
+                let plane = i * cout + co;
+                for oy in 0..h {
+                    let base = ((oy % 4) * 4) * nt + i * tiles + (oy / 4) * tw;
+                    let row = out.row(plane, oy, (h, wd));
+                    for c in 0..4.min(wd) {
+                        let src = &y[base + c * nt..][..tw];
+                        for (o, &val) in row[c..].iter_mut().step_by(4).zip(src) {
+                            *o = val;
+                        }
                     }
+                    out.add_upsampled(plane, oy, (h, wd));
                 }
-                emit(i, co, oy, &row);
             }
         }
-    }
+    })
 }
 
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 4×4 output-gradient tile (zero beyond the edges),
@@ -274,29 +278,27 @@ pub(super) fn transform_output_grad<T: Element>(
     let tiles = h.div_ceil(4) * wd.div_ceil(4);
     let cnt = dy.len() / g.out_image();
     let nt = cnt * tiles;
-    let mut q = vec![T::ZERO; 16 * nt];
-    let mut s = vec![T::ZERO; 24 * nt];
-    let mut prow = vec![T::ZERO; 4 * wd.div_ceil(4) + 2];
-    for co in 0..cout {
-        for i in 0..cnt {
-            let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-            gather(plane, (h, wd), (4, 0), &mut q, (nt, i * tiles), &mut prow);
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [q, s, prow] = scratch.many([16 * nt, 24 * nt, 4 * wd.div_ceil(4) + 2]);
+        for co in 0..cout {
+            for i in 0..cnt {
+                let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
+                gather(plane, (h, wd), (4, 0), q, (nt, i * tiles), prow);
+            }
+            // A over the rows of each column c: s[(k·4 + c)], k < 6 …
+            for c in 0..4 {
+                a_apply(rows(q, c * nt, 4 * nt, nt), rows_mut(s, c * nt, 4 * nt, nt));
+            }
+            // … then over the columns, into D[co][k·6 + j].
+            for k in 0..6 {
+                a_apply(
+                    rows(s, k * 4 * nt, nt, nt),
+                    rows_mut(d, (co * FREQS + k * 6) * ld, ld, nt),
+                );
+            }
         }
-        // A over the rows of each column c: s[(k·4 + c)], k < 6 …
-        for c in 0..4 {
-            a_apply(
-                rows(&q, c * nt, 4 * nt, nt),
-                rows_mut(&mut s, c * nt, 4 * nt, nt),
-            );
-        }
-        // … then over the columns, into D[co][k·6 + j].
-        for k in 0..6 {
-            a_apply(
-                rows(&s, k * 4 * nt, nt, nt),
-                rows_mut(d, (co * FREQS + k * 6) * ld, ld, nt),
-            );
-        }
-    }
+    })
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).
