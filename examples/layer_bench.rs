@@ -70,6 +70,7 @@ fn random(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize)) -> anyhow::
 
 fn main() -> anyhow::Result<()> {
     octconv::runtime::malloc::tune_for_tensors();
+    octconv::runtime::threads::tune_candle_pool();
     let a = parse()?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (b, c, s) = (a.batch, a.channels, a.size);

@@ -11,6 +11,7 @@ static ALLOC: cli::alloc::Counting = cli::alloc::Counting;
 
 fn main() -> ExitCode {
     octconv_runtime::malloc::tune_for_tensors();
+    octconv_runtime::threads::tune_candle_pool();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

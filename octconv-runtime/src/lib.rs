@@ -27,6 +27,7 @@ pub mod malloc;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod threads;
 pub mod train;
 pub mod value;
 pub mod weights;
