@@ -192,14 +192,21 @@ fn fused_gradients_match_finite_differences() {
     }
 }
 
-/// The fused kernel's two Winograd variants against direct summation of the four paths (f64, raw
+/// The fused kernel's Winograd variants against direct summation of the four paths (f64, raw
 /// buffers): `Y_H = conv(X_H, W_HH) + up(conv(X_L, W_LH))`, `Y_L = conv(pool(X_H), W_HL) + conv(X_L,
-/// W_LL)`, computed here with plain loops.
+/// W_LL)`, computed here with plain loops. F(2×2) throughout, F(4×4) throughout (10×6: the low
+/// branch is 5×3), and F(4×4) with F(2×2) for a low branch of at most 4×4 (8×6 and 8×8).
 #[test]
-fn fused_kernel_f2_and_f4_equal_direct_summation() {
+fn fused_kernel_f2_f4_and_mixed_equal_direct_summation() {
+    for (h, w) in [(10, 6), (8, 6), (8, 8)] {
+        fused_kernel_equals_direct_summation(h, w);
+    }
+}
+
+fn fused_kernel_equals_direct_summation(h: usize, w: usize) {
     use octconv_runtime::kernels::conv2d::Algorithm;
     use octconv_runtime::kernels::octave::{forward_with, OctaveGeometry};
-    let (n, ih, il, oh, ol, h, w) = (2usize, 3usize, 2usize, 4usize, 3usize, 10usize, 6usize);
+    let (n, ih, il, oh, ol) = (2usize, 3usize, 2usize, 4usize, 3usize);
     let g = OctaveGeometry {
         n,
         in_h: ih,
@@ -271,6 +278,6 @@ fn fused_kernel_f2_and_f4_equal_direct_summation() {
             .iter()
             .zip(&expected)
             .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err < 1e-12, "{alg:?}: max error {err:e}");
+        assert!(err < 1e-12, "{alg:?} at {h}×{w}: max error {err:e}");
     }
 }

@@ -138,14 +138,16 @@ fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> 
     w
 }
 
-/// The fused forward pass on raw NCHW buffers: returns `(Y_H, Y_L)`, each in its own allocation. It
-/// runs the Winograd variant that [`algorithm`] picks for the H→H convolution (F(2×2) when
-/// `OCTCONV_CONV=f2`).
+/// The fused forward pass on raw NCHW buffers: returns `(Y_H, Y_L)`, each in its own allocation. The
+/// high branch runs the Winograd variant that [`algorithm`] picks for H→H, the low branch the one it
+/// picks at the low resolution (F(2×2) for low maps of at most 4×4).
 pub fn forward<T: Element>(g: &OctaveGeometry, xh: &[T], xl: &[T], w: &[T]) -> (Vec<T>, Vec<T>) {
     forward_with(algorithm(&g.hh()), g, xh, xl, w)
 }
 
-/// [`forward`] with the Winograd variant given: [`Algorithm::WinogradF2`], or F(4×4) for anything else.
+/// [`forward`] with the high branch's Winograd variant given: [`Algorithm::WinogradF2`] runs F(2×2)
+/// throughout; anything else runs F(4×4) for the high branch and [`algorithm`]'s choice for the
+/// low one.
 pub fn forward_with<T: Element>(
     alg: Algorithm,
     g: &OctaveGeometry,
@@ -153,13 +155,17 @@ pub fn forward_with<T: Element>(
     xl: &[T],
     w: &[T],
 ) -> (Vec<T>, Vec<T>) {
-    match alg {
-        Algorithm::WinogradF2 => forward_tiled::<T, F2>(g, xh, xl, w),
-        _ => forward_tiled::<T, F4>(g, xh, xl, w),
+    let low_f2 = algorithm(&g.ll()) == Algorithm::WinogradF2;
+    match (alg, low_f2) {
+        (Algorithm::WinogradF2, _) => forward_tiled::<T, F2, F2>(g, xh, xl, w),
+        (_, true) => forward_tiled::<T, F4, F2>(g, xh, xl, w),
+        (_, false) => forward_tiled::<T, F4, F4>(g, xh, xl, w),
     }
 }
 
-fn forward_tiled<T: Element, A: Tiling>(
+/// The fused forward with tiling `A` for the high branch (H→H) and `B` for the low-resolution
+/// products (H→L, L→L and L→H before its upsampling).
+fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
@@ -167,18 +173,18 @@ fn forward_tiled<T: Element, A: Tiling>(
 ) -> (Vec<T>, Vec<T>) {
     let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
     let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
-    let u_lh = A::weights(&w[r_lh], g.out_h, g.in_l);
+    let u_lh = B::weights(&w[r_lh], g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
-    let u_low = A::weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
+    let u_low = B::weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
-    let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), A::tiles(lhh, lww));
+    let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
     // Every element of both outputs is written by the output transforms below.
     let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
     let (out_h, out_l) = (&mut y_h[..], &mut y_l[..]);
-    let nb = images_per_task(g.n, tiles_l, A::TARGET_TILES);
+    let nb = images_per_task(g.n, tiles_l, B::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out_h
         .par_chunks_mut(nb * img_h)
@@ -196,31 +202,31 @@ fn forward_tiled<T: Element, A: Tiling>(
                 let [v_h, m_h, v_l, m_l, pooled, lh] = s.many([
                     A::FREQS * g.in_h * ld_h,
                     A::FREQS * g.out_h * ld_h,
-                    A::FREQS * c_low * ld_l,
-                    A::FREQS * g.out_h.max(g.out_l) * ld_l,
+                    B::FREQS * c_low * ld_l,
+                    B::FREQS * g.out_h.max(g.out_l) * ld_l,
                     cnt * g.in_h * lhh * lww,
                     cnt * g.out_h * lhh * lww,
                 ]);
                 // The low-resolution input [pool(X_H); X_L], transformed channel block by block.
                 pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w));
-                let (v_ph, v_xl) = v_l.split_at_mut(A::FREQS * g.in_h * ld_l);
-                A::input(&g.hl(), pooled, v_ph, ld_l);
-                A::input(&g.ll(), xl, v_xl, ld_l);
+                let (v_ph, v_xl) = v_l.split_at_mut(B::FREQS * g.in_h * ld_l);
+                B::input(&g.hl(), pooled, v_ph, ld_l);
+                B::input(&g.ll(), xl, v_xl, ld_l);
                 // Low output.
-                multiply::<T, A>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
+                multiply::<T, B>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
                 let out = Planes {
                     out: yl,
                     add_up: None,
                 };
-                A::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
+                B::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
                 // L→H at low resolution, into scratch.
-                let v_xl = &v_l[A::FREQS * g.in_h * ld_l..];
-                multiply::<T, A>(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
+                let v_xl = &v_l[B::FREQS * g.in_h * ld_l..];
+                multiply::<T, B>(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
                 let out = Planes {
                     out: &mut *lh,
                     add_up: None,
                 };
-                A::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
+                B::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
                 // H→H, with L→H added (nearest ×2) as each high row is written.
                 let lh_img = g.out_h * lhh * lww;
                 for j0 in (0..cnt).step_by(nh) {
