@@ -198,10 +198,11 @@ pub enum Algorithm {
 /// 36 GEMMs are then only as wide as the batch, while F(2×2)'s 16 are four times wider); else
 /// im2col. `OCTCONV_CONV=f2`, `=f4` or `=im2col` forces one, for comparisons (read once).
 ///
-/// Measured with `examples/layer_bench --alphas 0 --size 4 --batch 32` (AMD EPYC, AVX-512, 2 threads):
-/// 192 channels 2.8–3.0 ms with F(4×4), 1.5–2.1 with F(2×2), 1.8 with im2col; 256 channels 3.8,
-/// 2.1–2.3 and 3.5–4.2 ms. At 8×8 and 16×16 F(4×4) wins (256 channels: 5.7–6.3 against 8.6–8.9 ms,
-/// and 13.4–14.1 against 23.2–23.6 ms).
+/// Measured with `examples/layer_bench --alphas 0 --size 4 --batch 32` (AMD EPYC, AVX-512, 2 threads,
+/// both variants with their transforms across all tiles): 192 channels 2.3–2.4 ms with F(4×4),
+/// 1.0–1.2 with F(2×2) (im2col 1.8 before that change); 256 channels 2.9–3.4 against 1.6–2.3 ms.
+/// At 8×8 they tie (256 channels: 4.5–4.6 against 4.5–5.0 ms), and at 16×16 F(4×4) wins (13.4–14.1
+/// against 23.2–23.6 ms).
 pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     static CHOICE: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
     let forced = *CHOICE.get_or_init(|| match std::env::var("OCTCONV_CONV").as_deref() {

@@ -12,8 +12,8 @@
 //! them are shared with the other variant in [`super::tiling`].
 
 use super::geometry::ConvGeometry;
-use super::scratch::output_vec;
-use super::tiling::Planes;
+use super::scratch::{output_vec, with_scratch, Scratch};
+use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -81,27 +81,6 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
     })
 }
 
-/// Copies rows `y0, y0 + 1, …` of an `h × wd` plane into the `rows.len() / pw` rows of `rows` (row
-/// stride `pw ≥ wd`), zero-filling columns past `wd` and rows past `h`: one tile row of an
-/// output-gradient transform.
-pub(super) fn load_rows<T: Element>(
-    plane: &[T],
-    (h, wd): (usize, usize),
-    y0: usize,
-    rows: &mut [T],
-    pw: usize,
-) {
-    for (r, dst) in rows.chunks_exact_mut(pw).enumerate() {
-        let y = y0 + r;
-        if y < h {
-            dst[..wd].copy_from_slice(&plane[y * wd..][..wd]);
-            dst[wd..].fill(T::ZERO);
-        } else {
-            dst.fill(T::ZERO);
-        }
-    }
-}
-
 /// `[cin, cout, 3, 3]` from `[cout, cin, 3, 3]`, each kernel rotated by 180°: the weight whose
 /// convolution of the output gradient is the input gradient.
 pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
@@ -123,84 +102,80 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     f
 }
 
-/// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` of the images in `x` (`cnt` whole
-/// images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix with row stride
-/// `ld`.
-pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
-    let (cin, h, wd) = (g.c_in, g.h, g.w);
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let tiles = th * tw;
-    let cnt = x.len() / g.in_image();
-    // The four input rows of a row of tiles, split into even and odd columns of the zero-padded row:
-    // e[k] = x[2k − 1], o[k] = x[2k]. Every step below is then an elementwise loop over contiguous
-    // slices, which the compiler vectorises; a channel's 16 frequencies are adjacent
-    // (V[ci][ξ][tile]), which keeps its writes within a few cache pages.
-    let n2 = tw + 1;
-    let mut e = vec![T::ZERO; 4 * n2];
-    let mut o = vec![T::ZERO; 4 * n2];
-    let mut te = vec![T::ZERO; 4 * n2];
-    let mut to = vec![T::ZERO; 4 * n2];
-    for i in 0..cnt {
-        let img = &x[i * g.in_image()..][..g.in_image()];
-        for ci in 0..cin {
-            let plane = &img[ci * h * wd..][..h * wd];
-            for ty in 0..th {
-                for r in 0..4 {
-                    let er = &mut e[r * n2..][..n2];
-                    let or = &mut o[r * n2..][..n2];
-                    er.fill(T::ZERO);
-                    or.fill(T::ZERO);
-                    if let Some(iy) = (2 * ty + r).checked_sub(1).filter(|&y| y < h) {
-                        let row = &plane[iy * wd..][..wd];
-                        let pairs = row.chunks_exact(2);
-                        if let [last] = pairs.remainder() {
-                            or[wd / 2] = *last;
-                        }
-                        for ((p, oo), ee) in pairs.zip(or.iter_mut()).zip(er[1..].iter_mut()) {
-                            *oo = p[0];
-                            *ee = p[1];
-                        }
-                    }
-                }
-                // Bᵀ over rows: t0 = d0 − d2, t1 = d1 + d2, t2 = d2 − d1, t3 = d1 − d3.
-                for (src, dst) in [(&e, &mut te), (&o, &mut to)] {
-                    let (d0, rest) = src.split_at(n2);
-                    let (d1, rest) = rest.split_at(n2);
-                    let (d2, d3) = rest.split_at(n2);
-                    let (t0, rest) = dst.split_at_mut(n2);
-                    let (t1, rest) = rest.split_at_mut(n2);
-                    let (t2, t3) = rest.split_at_mut(n2);
-                    for k in 0..n2 {
-                        t0[k] = d0[k] - d2[k];
-                        t1[k] = d1[k] + d2[k];
-                        t2[k] = d2[k] - d1[k];
-                        t3[k] = d1[k] - d3[k];
-                    }
-                }
-                // … then B over columns: with tile columns 2tx − 1 … 2tx + 2 = e[tx], o[tx],
-                // e[tx + 1], o[tx + 1].
-                let col0 = i * tiles + ty * tw;
-                for r in 0..4 {
-                    let (ter, tor) = (&te[r * n2..][..n2], &to[r * n2..][..n2]);
-                    let (e0, e1, o0, o1) = (&ter[..tw], &ter[1..], &tor[..tw], &tor[1..]);
-                    let base = (ci * 16 + r * 4) * ld + col0;
-                    let (v0, rest) = v[base..].split_at_mut(ld);
-                    let (v1, rest) = rest.split_at_mut(ld);
-                    let (v2, v3) = rest.split_at_mut(ld);
-                    for tx in 0..tw {
-                        v0[tx] = e0[tx] - e1[tx];
-                        v1[tx] = o0[tx] + e1[tx];
-                        v2[tx] = e1[tx] - o0[tx];
-                        v3[tx] = o0[tx] - o1[tx];
-                    }
-                }
-            }
-        }
+/// `out = Bᵀ · d` element-wise over four rows (`Bᵀ` of F(2×2, 3×3)).
+fn b_transpose<T: Element>(d: [&[T]; 4], out: [&mut [T]; 4]) {
+    let n = out[0].len();
+    let [d0s, d1s, d2s, d3s] = d.map(|r| &r[..n]);
+    let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
+    for q in 0..n {
+        let (d0, d1, d2, d3) = (d0s[q], d1s[q], d2s[q], d3s[q]);
+        t0[q] = d0 - d2;
+        t1[q] = d1 + d2;
+        t2[q] = d2 - d1;
+        t3[q] = d1 - d3;
     }
 }
 
-/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, one row of tiles at a time (contiguous reads),
-/// clipped at odd edges, into `out` (each of the `h` output rows of `wd` pixels once).
+/// `out = Aᵀ · m` element-wise over four rows (two results).
+fn a_transpose<T: Element>(m: [&[T]; 4], out: [&mut [T]; 2]) {
+    let n = out[0].len();
+    let [m0s, m1s, m2s, m3s] = m.map(|r| &r[..n]);
+    let [t0, t1] = out.map(|r| &mut r[..n]);
+    for q in 0..n {
+        let (m0, m1, m2, m3) = (m0s[q], m1s[q], m2s[q], m3s[q]);
+        t0[q] = m0 + m1 + m2;
+        t1[q] = m1 - m2 - m3;
+    }
+}
+
+/// `out = A · v` element-wise over two rows (four results): the output-gradient transform.
+fn a_apply<T: Element>(v: [&[T]; 2], out: [&mut [T]; 4]) {
+    let n = out[0].len();
+    let [v0s, v1s] = v.map(|r| &r[..n]);
+    let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
+    for q in 0..n {
+        let (v0, v1) = (v0s[q], v1s[q]);
+        t0[q] = v0;
+        t1[q] = v0 + v1;
+        t2[q] = v0 - v1;
+        t3[q] = T::ZERO - v1;
+    }
+}
+
+/// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` (stride 2, padding 1) of the images
+/// in `x` (`cnt` whole images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a
+/// matrix with row stride `ld`. Like F(4×4)'s transforms, these run across every tile of a channel
+/// (gather, then element-wise loops over all tiles): F(2×2) runs the maps of at most 4×4, where
+/// loops along one tile row have one or two lanes.
+pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+    let (cin, h, wd) = (g.c_in, g.h, g.w);
+    let tiles = h.div_ceil(2) * wd.div_ceil(2);
+    let cnt = x.len() / g.in_image();
+    let nt = cnt * tiles;
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [d, s] = scratch.many([16 * nt, 16 * nt]);
+        for ci in 0..cin {
+            for i in 0..cnt {
+                let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
+                gather::<T, 4, 2>(plane, (h, wd), 1, d, (nt, i * tiles));
+            }
+            // Bᵀ over the rows of each column c: s[(k·4 + c)] …
+            for c in 0..4 {
+                b_transpose(rows(d, c * nt, 4 * nt, nt), rows_mut(s, c * nt, 4 * nt, nt));
+            }
+            // … then B over the columns, straight into V[ci][k·4 + j].
+            for k in 0..4 {
+                b_transpose(
+                    rows(s, k * 4 * nt, nt, nt),
+                    rows_mut(v, (ci * 16 + k * 4) * ld, ld, nt),
+                );
+            }
+        }
+    })
+}
+
+/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at odd edges).
 pub(super) fn transform_output<T: Element>(
     m: &[T],
     ld: usize,
@@ -209,42 +184,25 @@ pub(super) fn transform_output<T: Element>(
     cnt: usize,
     mut out: Planes<'_, T>,
 ) {
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let tiles = th * tw;
-    let mut t = vec![T::ZERO; 8 * tw];
-    let mut yrow = vec![T::ZERO; 2 * 2 * tw];
-    for i in 0..cnt {
+    let nt = cnt * h.div_ceil(2) * wd.div_ceil(2);
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [t, y] = scratch.many([8 * nt, 4 * nt]);
         for co in 0..cout {
-            for ty in 0..th {
-                let col0 = i * tiles + ty * tw;
-                let mrow = |xi: usize| &m[(co * 16 + xi) * ld + col0..][..tw];
-                // Aᵀ over rows: t[r][j] for r = 0, 1 and j = 0…3.
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (mrow(j), mrow(4 + j), mrow(8 + j), mrow(12 + j));
-                    for tx in 0..tw {
-                        t[j * tw + tx] = m0[tx] + m1[tx] + m2[tx];
-                        t[(4 + j) * tw + tx] = m1[tx] - m2[tx] - m3[tx];
-                    }
-                }
-                // A over columns: two output rows of 2·tw pixels.
-                for r in 0..2 {
-                    let tr = |j: usize| &t[(r * 4 + j) * tw..][..tw];
-                    let (t0, t1, t2, t3) = (tr(0), tr(1), tr(2), tr(3));
-                    let out_row = &mut yrow[r * 2 * tw..][..2 * tw];
-                    for tx in 0..tw {
-                        out_row[2 * tx] = t0[tx] + t1[tx] + t2[tx];
-                        out_row[2 * tx + 1] = t1[tx] - t2[tx] - t3[tx];
-                    }
-                }
-                for r in 0..2 {
-                    let oy = 2 * ty + r;
-                    if oy < h {
-                        out.put_row(i * cout + co, oy, (h, wd), &yrow[r * 2 * tw..][..wd]);
-                    }
-                }
+            // Aᵀ over the rows of each frequency column b: t[(r·4 + b)] …
+            for b in 0..4 {
+                a_transpose(
+                    rows(m, (co * 16 + b) * ld, 4 * ld, nt),
+                    rows_mut(t, b * nt, 4 * nt, nt),
+                );
             }
+            // … then A over the columns: y[(r·2 + c)][tile] is pixel (2ty + r, 2tx + c).
+            for r in 0..2 {
+                a_transpose(rows(t, r * 4 * nt, nt, nt), rows_mut(y, r * 2 * nt, nt, nt));
+            }
+            put_tiles::<T, 2>(y, nt, (cnt, cout, co), (h, wd), &mut out);
         }
-    }
+    })
 }
 
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
@@ -256,42 +214,30 @@ pub(super) fn transform_output_grad<T: Element>(
     ld: usize,
 ) {
     let (cout, h, wd) = (g.c_out, g.h, g.w);
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let tiles = th * tw;
+    let tiles = h.div_ceil(2) * wd.div_ceil(2);
     let cnt = dy.len() / g.out_image();
-    let pw = 2 * tw;
-    let mut rows = vec![T::ZERO; 2 * pw];
-    let mut s = vec![T::ZERO; 4 * pw];
-    for i in 0..cnt {
+    let nt = cnt * tiles;
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [q, s] = scratch.many([4 * nt, 8 * nt]);
         for co in 0..cout {
-            let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-            for ty in 0..th {
-                load_rows(plane, (h, wd), 2 * ty, &mut rows, pw);
-                // A over rows: s0 = r0, s1 = r0 + r1, s2 = r0 − r1, s3 = −r1.
-                let (r0, r1) = rows.split_at(pw);
-                for c in 0..pw {
-                    s[c] = r0[c];
-                    s[pw + c] = r0[c] + r1[c];
-                    s[2 * pw + c] = r0[c] - r1[c];
-                    s[3 * pw + c] = T::ZERO - r1[c];
-                }
-                // … then over columns, tx-contiguous writes.
-                let col0 = i * tiles + ty * tw;
-                for r in 0..4 {
-                    let sr = &s[r * pw..][..pw];
-                    let base = |j: usize| (co * 16 + r * 4 + j) * ld + col0;
-                    let (b0, b1, b2, b3) = (base(0), base(1), base(2), base(3));
-                    for tx in 0..tw {
-                        let (p, q) = (sr[2 * tx], sr[2 * tx + 1]);
-                        d[b0 + tx] = p;
-                        d[b1 + tx] = p + q;
-                        d[b2 + tx] = p - q;
-                        d[b3 + tx] = T::ZERO - q;
-                    }
-                }
+            for i in 0..cnt {
+                let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
+                gather::<T, 2, 2>(plane, (h, wd), 0, q, (nt, i * tiles));
+            }
+            // A over the rows of each column c: s[(k·2 + c)], k < 4 …
+            for c in 0..2 {
+                a_apply(rows(q, c * nt, 2 * nt, nt), rows_mut(s, c * nt, 2 * nt, nt));
+            }
+            // … then over the columns, into D[co][k·4 + j].
+            for k in 0..4 {
+                a_apply(
+                    rows(s, k * 2 * nt, nt, nt),
+                    rows_mut(d, (co * 16 + k * 4) * ld, ld, nt),
+                );
             }
         }
-    }
+    })
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).

@@ -23,7 +23,7 @@
 
 use super::geometry::ConvGeometry;
 use super::scratch::{with_scratch, Scratch};
-use super::tiling::Planes;
+use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -63,32 +63,6 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
         }
         u
     })
-}
-
-/// `[buf[start..][..len], buf[start + stride..][..len], …]`: `K` disjoint rows of a buffer.
-fn rows_mut<T, const K: usize>(
-    buf: &mut [T],
-    start: usize,
-    stride: usize,
-    len: usize,
-) -> [&mut [T]; K] {
-    assert!(len <= stride || K <= 1);
-    let mut rest = &mut buf[start..];
-    std::array::from_fn(|k| {
-        let taken = std::mem::take(&mut rest);
-        let (row, tail) = if k + 1 < K {
-            taken.split_at_mut(stride)
-        } else {
-            taken.split_at_mut(len)
-        };
-        rest = tail;
-        &mut row[..len]
-    })
-}
-
-/// `K` rows of `len` values, `stride` apart.
-fn rows<T, const K: usize>(buf: &[T], start: usize, stride: usize, len: usize) -> [&[T]; K] {
-    std::array::from_fn(|k| &buf[start + k * stride..][..len])
 }
 
 /// `out = Bᵀ · d` element-wise over six rows (`Bᵀ` of F(4×4, 3×3), points 0, ±1, ±2, ∞).
@@ -146,60 +120,6 @@ fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
     }
 }
 
-/// Gathers the `S × S` tiles (stride 4, starting `pad ≤ 1` pixels before the map) of one plane
-/// into `d[(r·S + c)·nt + t0 + tile]`, with zeros outside the map.
-fn gather<T: Element, const S: usize>(
-    plane: &[T],
-    (h, wd): (usize, usize),
-    pad: usize,
-    d: &mut [T],
-    (nt, t0): (usize, usize),
-) {
-    let (th, tw) = (h.div_ceil(4), wd.div_ceil(4));
-    for ty in 0..th {
-        for r in 0..S {
-            let base = r * S * nt + t0 + ty * tw;
-            let out = rows_mut::<T, S>(d, base, nt, tw);
-            let y = (4 * ty + r).wrapping_sub(pad);
-            if y < h {
-                gather_row(out, &plane[y * wd..][..wd], pad);
-            } else {
-                out.into_iter().for_each(|o| o.fill(T::ZERO));
-            }
-        }
-    }
-}
-
-/// `out[c][tx] = row[4·tx + c − pad]` (zero outside the row) for the `out[0].len()` tiles of one
-/// input row. Interior tiles copy a fixed-size window of the row; only the tiles at the edges are
-/// assembled value by value. (Copying each row into a padded buffer first cost a `memcpy` call per
-/// row, 7 % of WRN-16-4 inference at α = .75 with its 4- and 8-pixel rows; a `step_by(4)` loop per
-/// column took about ten instructions per value.)
-fn gather_row<T: Element, const S: usize>(out: [&mut [T]; S], row: &[T], pad: usize) {
-    let (tw, wd) = (out[0].len(), row.len());
-    let mut out = out.map(|o| &mut o[..tw]);
-    // Tile tx's window is inside the row for lo ≤ tx < hi.
-    let lo = usize::from(pad > 0).min(tw);
-    let hi = match (wd + pad).checked_sub(S) {
-        Some(room) => (room / 4 + 1).clamp(lo, tw),
-        None => lo,
-    };
-    for tx in (0..lo).chain(hi..tw) {
-        for (c, o) in out.iter_mut().enumerate() {
-            let x = (4 * tx + c).wrapping_sub(pad);
-            o[tx] = if x < wd { row[x] } else { T::ZERO };
-        }
-    }
-    for tx in lo..hi {
-        let w: &[T; S] = row[4 * tx - pad..][..S]
-            .try_into()
-            .expect("a slice of S values");
-        for (o, &v) in out.iter_mut().zip(w) {
-            o[tx] = v;
-        }
-    }
-}
-
 /// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 6×6 input tile `d` (stride 4, padding 1) of the `cnt`
 /// whole images in `x`; tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix
 /// with row stride `ld`.
@@ -214,7 +134,7 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
         for ci in 0..cin {
             for i in 0..cnt {
                 let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-                gather::<T, 6>(plane, (h, wd), 1, d, (nt, i * tiles));
+                gather::<T, 6, 4>(plane, (h, wd), 1, d, (nt, i * tiles));
             }
             // Bᵀ over the rows of each column c: s[(k·6 + c)] …
             for c in 0..6 {
@@ -259,22 +179,7 @@ pub(super) fn transform_output<T: Element>(
             for r in 0..4 {
                 a_transpose(rows(t, r * 6 * nt, nt, nt), rows_mut(y, r * 4 * nt, nt, nt));
             }
-            // Each output row, straight into place: pixel x of row oy is tile x / 4's value
-            // (oy % 4, x % 4); a row's `wd` pixels are the first `wd` of the `4·tw` its tiles cover.
-            for i in 0..cnt {
-                let plane = i * cout + co;
-                for oy in 0..h {
-                    let base = ((oy % 4) * 4) * nt + i * tiles + (oy / 4) * tw;
-                    let row = out.row(plane, oy, (h, wd));
-                    for c in 0..4.min(wd) {
-                        let src = &y[base + c * nt..][..tw];
-                        for (o, &val) in row[c..].iter_mut().step_by(4).zip(src) {
-                            *o = val;
-                        }
-                    }
-                    out.add_upsampled(plane, oy, (h, wd));
-                }
-            }
+            put_tiles::<T, 4>(y, nt, (cnt, cout, co), (h, wd), &mut out);
         }
     })
 }
@@ -297,7 +202,7 @@ pub(super) fn transform_output_grad<T: Element>(
         for co in 0..cout {
             for i in 0..cnt {
                 let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-                gather::<T, 4>(plane, (h, wd), 0, q, (nt, i * tiles));
+                gather::<T, 4, 4>(plane, (h, wd), 0, q, (nt, i * tiles));
             }
             // A over the rows of each column c: s[(k·4 + c)], k < 6 …
             for c in 0..4 {
