@@ -37,6 +37,12 @@ pub struct OctModel {
     /// For each layer: a batch norm whose only reader is the ReLU right after it, which it then
     /// applies itself in the same pass (that ReLU passes its input on).
     bn_relu: Vec<bool>,
+    /// For each layer: in `infer`, the batch norm whose map (with the ReLU after it) this
+    /// convolution applies as it reads its input ([`OctModel::prologue_layers`]).
+    prologue_of: Vec<Option<usize>>,
+    /// For each layer: in `infer`, a batch norm, ReLU or dropout that passes its input on unchanged
+    /// because the convolution it feeds applies it ([`OctModel::prologue_of`]).
+    deferred: Vec<bool>,
     /// Whether fused CPU kernels may run (BN + ReLU here, the octave convolution in its layers).
     fused: bool,
     dropout_rng: DropoutRng,
@@ -86,7 +92,7 @@ impl OctModel {
                 last_use[i] = last_use[i].max(j);
             }
         }
-        let bn_relu = (0..ir.layers.len())
+        let bn_relu: Vec<bool> = (0..ir.layers.len())
             .map(|j| {
                 matches!(nodes[j], Node::BatchNorm(_))
                     && matches!(nodes.get(j + 1), Some(Node::Relu))
@@ -94,11 +100,14 @@ impl OctModel {
                     && last_use[j] == j + 1
             })
             .collect();
+        let (prologue_of, deferred) = plan_prologues(&ir, &nodes, &last_use, &bn_relu);
         Ok(OctModel {
             ir,
             nodes,
             last_use,
             bn_relu,
+            prologue_of,
+            deferred,
             fused: crate::layers::octconv::fused_by_default(),
             dropout_rng,
             device,
@@ -133,6 +142,12 @@ impl OctModel {
             .iter()
             .filter(|n| matches!(n, Node::OctConv(c) if c.fusable()))
             .count()
+    }
+
+    /// How many convolutions apply the batch norm and ReLU before them as they read their input in
+    /// [`OctModel::infer`] (BN → ReLU → [dropout] → octconv chains where each value has one reader).
+    pub fn prologue_layers(&self) -> usize {
+        self.prologue_of.iter().flatten().count()
     }
 
     /// Reseeds the dropout masks (every dropout layer shares one stream).
@@ -187,7 +202,24 @@ impl OctModel {
                         ))
                     })
             };
+            let prologue = detach && !train && self.fused;
             let y = match node {
+                _ if prologue && self.deferred[j] => input(0)?.clone(),
+                Node::OctConv(c) if prologue && self.prologue_of[j].is_some() => {
+                    let Some(Node::BatchNorm(bn)) = self.prologue_of[j].map(|b| &self.nodes[b])
+                    else {
+                        candle_core::bail!("internal error: prologue of `{}`", layer.name)
+                    };
+                    let x = input(0)?;
+                    let done = match bn.input_map(true)? {
+                        Some(map) => c.forward_prologue(x, &map)?,
+                        None => None,
+                    };
+                    match done {
+                        Some(y) => y,
+                        None => c.forward(&bn.forward_relu_t(x, false, true)?)?,
+                    }
+                }
                 Node::Input => OctValue::Single(x.clone()),
                 Node::Conv(c) => c.forward(input(0)?)?,
                 Node::OctConv(c) => c.forward(input(0)?)?,
@@ -232,6 +264,38 @@ impl OctModel {
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
     }
+}
+
+/// Finds the BN → ReLU → [dropout …] → octconv chains whose values each have one reader: in
+/// inference the convolution can apply the batch norm's map and the ReLU as it reads (dropout is the
+/// identity there). Returns, per layer, the batch norm a convolution applies, and whether a layer is
+/// passed over.
+fn plan_prologues(
+    ir: &Model,
+    nodes: &[Node],
+    last_use: &[usize],
+    bn_relu: &[bool],
+) -> (Vec<Option<usize>>, Vec<bool>) {
+    let n = nodes.len();
+    let (mut prologue_of, mut deferred) = (vec![None; n], vec![false; n]);
+    let only_reader =
+        |from: usize, to: usize| ir.layers[to].inputs == [from] && last_use[from] == to;
+    for j in 0..n {
+        if !bn_relu[j] {
+            continue;
+        }
+        let mut m = j + 1;
+        while m + 1 < n && matches!(nodes[m + 1], Node::Dropout(_)) && only_reader(m, m + 1) {
+            m += 1;
+        }
+        let k = m + 1;
+        let takes = matches!(&nodes.get(k), Some(Node::OctConv(c)) if c.takes_prologue());
+        if takes && only_reader(m, k) {
+            prologue_of[k] = Some(j);
+            deferred[j..=m].iter_mut().for_each(|d| *d = true);
+        }
+    }
+    (prologue_of, deferred)
 }
 
 impl ModuleT for OctModel {

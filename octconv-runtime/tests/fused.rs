@@ -205,7 +205,8 @@ fn fused_kernel_f2_f4_and_mixed_equal_direct_summation() {
 
 fn fused_kernel_equals_direct_summation(h: usize, w: usize) {
     use octconv_runtime::kernels::conv2d::Algorithm;
-    use octconv_runtime::kernels::octave::{forward_with, OctaveGeometry};
+    use octconv_runtime::kernels::octave::{forward_prologue_with, forward_with, OctaveGeometry};
+    use octconv_runtime::kernels::prologue::Prologue;
     let (n, ih, il, oh, ol) = (2usize, 3usize, 2usize, 4usize, 3usize);
     let g = OctaveGeometry {
         n,
@@ -279,5 +280,37 @@ fn fused_kernel_equals_direct_summation(h: usize, w: usize) {
             .zip(&expected)
             .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 1e-12, "{alg:?} at {h}×{w}: max error {err:e}");
+        // Input maps applied as the kernel reads (the high one also before the H→L pool) equal
+        // the kernel on mapped inputs.
+        let map = |c: usize| -> (Vec<f64>, Vec<f64>) {
+            (0..c)
+                .map(|i| (0.7 + 0.2 * i as f64, 0.1 - 0.15 * i as f64))
+                .unzip()
+        };
+        let ((sh, th), (sl, tl)) = (map(ih), map(il));
+        let pro = |scale, shift| Prologue {
+            scale,
+            shift,
+            relu: true,
+        };
+        let (ph, pl) = (pro(&sh[..], &th[..]), pro(&sl[..], &tl[..]));
+        let (mut got, low) = forward_prologue_with(alg, &g, &xh, &xl, &wts, [Some(ph), Some(pl)]);
+        got.extend(low);
+        let (mut want, low) = forward_with(
+            alg,
+            &g,
+            &ph.apply(&xh, h * w),
+            &pl.apply(&xl, lh * lw),
+            &wts,
+        );
+        want.extend(low);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err < 1e-12,
+            "{alg:?} at {h}×{w} with prologues: max error {err:e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Every builtin at α ∈ {0, .25, .5, .75}: the model with the fused CPU octave convolution against the
 //! same model on the per-path ops (f32, train mode, so batch norm uses batch statistics): logits and
-//! the gradient of every parameter agree to 1e-4 relative.
+//! the gradient of every parameter agree to 1e-4 relative; and `infer`, where convolutions apply the
+//! batch norm and ReLU before them as they read, against the per-op eval forward.
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -111,6 +112,92 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
                 let e = rel_err(a, b);
                 assert!(e <= 1e-4, "{spec}: gradient of {name} differs by {e:e}");
             }
+        }
+    }
+}
+
+/// Deterministic values in `[lo, hi)` for parameter `name`.
+fn spread(name: &str, len: usize, (lo, hi): (f32, f32)) -> Vec<f32> {
+    let seed = name
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    (0..len as u64)
+        .map(|i| {
+            let v = (seed.wrapping_add(i).wrapping_mul(2654435761) % 1000) as f32 / 1000.0;
+            lo + (hi - lo) * v
+        })
+        .collect()
+}
+
+#[test]
+fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_four_alphas() {
+    for (call, has_prologues) in [
+        ("wrn(n = 1, k = 1, classes = 10", true),
+        ("resnet(depth = 26, classes = 5", true),
+        ("mobilenet_v1(width = 0.25, classes = 5", false),
+    ] {
+        for alpha in ["0", "0.25", "0.5", "0.75"] {
+            let spec = format!("{call}, alpha = {alpha})");
+            let m = ir(&spec);
+            // Batch norms far from the identity, so that a prologue applied wrongly shows.
+            let params: HashMap<String, Tensor> = init_params(&m, 5, DType::F32, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| {
+                    let range = if k.ends_with("running_var") {
+                        Some((0.5, 2.0))
+                    } else if t.rank() == 1 {
+                        Some((-0.5, 1.5))
+                    } else {
+                        None
+                    };
+                    let t = match range {
+                        Some(r) => {
+                            Tensor::new(spread(&k, t.elem_count(), r), &Device::Cpu).unwrap()
+                        }
+                        None => t,
+                    };
+                    (k, t)
+                })
+                .collect();
+            let net = |fused: bool| {
+                let vb = VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu);
+                let mut net = OctModel::new(m.clone(), vb).unwrap();
+                net.set_fused(fused);
+                net
+            };
+            let (fast, reference) = (net(true), net(false));
+            assert_eq!(
+                fast.prologue_layers() > 0,
+                has_prologues,
+                "{spec}: {} prologue layers",
+                fast.prologue_layers()
+            );
+            let d = m.input;
+            let count = 3 * d.c * d.h * d.w;
+            let x: Vec<f32> = (0..count)
+                .map(|i| (((i as u64 * 40503) % 997) as f32 / 498.5) - 1.0)
+                .collect();
+            let x = Tensor::from_vec(x, (3, d.c, d.h, d.w), &Device::Cpu).unwrap();
+            let got: Vec<f32> = fast
+                .infer(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want: Vec<f32> = reference
+                .forward_t(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let e = rel_err(&got, &want);
+            assert!(
+                e <= 1e-4,
+                "{spec}: infer differs from the per-op eval forward by {e:e}"
+            );
         }
     }
 }

@@ -568,8 +568,9 @@ fn winograd_path_matches_naive_loops_on_odd_and_even_sizes() {
 #[test]
 fn every_algorithm_matches_naive_loops_on_raw_buffers() {
     use octconv_runtime::kernels::conv2d::{
-        backward_data_with, backward_filter_with, forward_with, Algorithm,
+        backward_data_with, backward_filter_with, forward_prologue_with, forward_with, Algorithm,
     };
+    use octconv_runtime::kernels::prologue::Prologue;
     use octconv_runtime::kernels::ConvGeometry;
     for (i, (n, c_in, c_out, h, w)) in [
         (1, 1, 1, 1, 1),
@@ -603,6 +604,21 @@ fn every_algorithm_matches_naive_loops_on_raw_buffers() {
             assert_close(&format!("{alg:?} dx"), &dx, &ndx, 1e-12, &case);
             let dw = backward_filter_with(alg, &g, &x, &r);
             assert_close(&format!("{alg:?} dw"), &dw, &ndw, 1e-12, &case);
+            // A batch norm + ReLU map applied as the kernel reads its input equals the same
+            // convolution of the mapped input.
+            let (scale, shift): (Vec<f64>, Vec<f64>) = (0..c_in)
+                .map(|c| (0.5 + 0.3 * c as f64, 0.2 * c as f64 - 0.3))
+                .unzip();
+            for relu in [false, true] {
+                let pro = Prologue {
+                    scale: &scale,
+                    shift: &shift,
+                    relu,
+                };
+                let got = forward_prologue_with(alg, &g, &x, &wt, pro);
+                let want = forward_with(alg, &g, &pro.apply(&x, h * w), &wt);
+                assert_close(&format!("{alg:?} prologue"), &got, &want, 1e-12, &case);
+            }
         }
     }
 }

@@ -17,6 +17,7 @@
 
 use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
+use super::prologue::Prologue;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
@@ -229,9 +230,36 @@ pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T
 /// The forward pass by `alg` (a Winograd variant needs a geometry where [`winograd::applies`]).
 pub fn forward_with<T: Element>(alg: Algorithm, g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     match alg {
-        Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w),
-        Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w),
+        Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w, None),
+        Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, None),
         Algorithm::Im2col => forward(g, x, w),
+    }
+}
+
+/// The forward pass of `conv2d(map(x), w)` by the algorithm [`algorithm`] picks, where `map` is
+/// `pro`'s per-channel map (inference: a batch norm and ReLU folded into the convolution's input).
+pub fn dispatch_forward_prologue<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    pro: Prologue<'_, T>,
+) -> Vec<T> {
+    forward_prologue_with(algorithm(g), g, x, w, pro)
+}
+
+/// [`dispatch_forward_prologue`] by `alg`: the Winograd variants map each value as their input
+/// gather reads it; im2col maps the whole input first.
+pub fn forward_prologue_with<T: Element>(
+    alg: Algorithm,
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    pro: Prologue<'_, T>,
+) -> Vec<T> {
+    match alg {
+        Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w, Some(pro)),
+        Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, Some(pro)),
+        Algorithm::Im2col => forward(g, &pro.apply(x, g.h * g.w), w),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod conv2d;
 pub mod gemm;
 pub mod geometry;
 pub mod octave;
+pub mod prologue;
 pub mod resample;
 pub mod scratch;
 pub mod tiling;
@@ -29,6 +30,7 @@ pub trait Element:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + PartialOrd
     + scratch::ScratchPool
 {
     /// Additive identity.

@@ -20,7 +20,8 @@ use super::conv2d::{algorithm, Algorithm};
 use super::conv2d::{dispatch_backward_data, dispatch_backward_filter};
 use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
-use super::resample::{pool, pool_plane};
+use super::prologue::Prologue;
+use super::resample::{pool, pool_plane, pool_plane_map};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::tiling::{multiply, Planes, Tiling, F2, F4};
 use super::Element;
@@ -155,21 +156,47 @@ pub fn forward_with<T: Element>(
     xl: &[T],
     w: &[T],
 ) -> (Vec<T>, Vec<T>) {
+    forward_prologue_with(alg, g, xh, xl, w, [None, None])
+}
+
+/// [`forward`] of the inputs mapped by their prologues `[high, low]` (inference: the batch norm and
+/// ReLU before the convolution, applied as the kernel reads its inputs).
+pub fn forward_prologue<T: Element>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+    pros: [Option<Prologue<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
+    forward_prologue_with(algorithm(&g.hh()), g, xh, xl, w, pros)
+}
+
+/// [`forward_prologue`] with the high branch's Winograd variant given (as in [`forward_with`]).
+pub fn forward_prologue_with<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &[T],
+    pros: [Option<Prologue<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
     let low_f2 = algorithm(&g.ll()) == Algorithm::WinogradF2;
     match (alg, low_f2) {
-        (Algorithm::WinogradF2, _) => forward_tiled::<T, F2, F2>(g, xh, xl, w),
-        (_, true) => forward_tiled::<T, F4, F2>(g, xh, xl, w),
-        (_, false) => forward_tiled::<T, F4, F4>(g, xh, xl, w),
+        (Algorithm::WinogradF2, _) => forward_tiled::<T, F2, F2>(g, xh, xl, w, pros),
+        (_, true) => forward_tiled::<T, F4, F2>(g, xh, xl, w, pros),
+        (_, false) => forward_tiled::<T, F4, F4>(g, xh, xl, w, pros),
     }
 }
 
 /// The fused forward with tiling `A` for the high branch (H→H) and `B` for the low-resolution
-/// products (H→L, L→L and L→H before its upsampling).
+/// products (H→L, L→L and L→H before its upsampling); `pro_h`, `pro_l` map the inputs as they are
+/// read (the H→L pool reads the mapped high input).
 fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
     w: &[T],
+    [pro_h, pro_l]: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
     let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
     let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
@@ -208,10 +235,10 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                     cnt * g.out_h * lhh * lww,
                 ]);
                 // The low-resolution input [pool(X_H); X_L], transformed channel block by block.
-                pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w));
+                pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w), pro_h);
                 let (v_ph, v_xl) = v_l.split_at_mut(B::FREQS * g.in_h * ld_l);
-                B::input(&g.hl(), pooled, v_ph, ld_l);
-                B::input(&g.ll(), xl, v_xl, ld_l);
+                B::input(&g.hl(), pooled, v_ph, ld_l, None);
+                B::input(&g.ll(), xl, v_xl, ld_l, pro_l);
                 // Low output.
                 multiply::<T, B>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
                 let out = Planes {
@@ -232,7 +259,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 for j0 in (0..cnt).step_by(nh) {
                     let k = nh.min(cnt - j0);
                     let ld = k * tiles_h;
-                    A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld);
+                    A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld, pro_h);
                     multiply::<T, A>(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
                     let out = Planes {
                         out: &mut yh[j0 * img_h..][..k * img_h],
@@ -245,15 +272,25 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     (y_h, y_l)
 }
 
-/// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per task).
-fn pool_into<T: Element>(x: &[T], dst: &mut [T], planes: usize, (h, w): (usize, usize)) {
+/// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per
+/// task), each value mapped by its channel's `pro` map first (plane `p` is channel `p mod c`).
+fn pool_into<T: Element>(
+    x: &[T],
+    dst: &mut [T],
+    planes: usize,
+    (h, w): (usize, usize),
+    pro: Option<Prologue<'_, T>>,
+) {
     let q = T::from_f64(0.25);
-    for (plane, o) in x
-        .chunks_exact(h * w)
-        .zip(dst.chunks_exact_mut(h * w / 4))
-        .take(planes)
-    {
-        pool_plane(plane, o, (h, w), q);
+    let pairs = x.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w / 4));
+    for (p, (plane, o)) in pairs.take(planes).enumerate() {
+        match pro {
+            Some(pro) => {
+                let act = pro.channel(p % pro.scale.len());
+                pool_plane_map(plane, o, (h, w), q, |v| act.apply(v))
+            }
+            None => pool_plane(plane, o, (h, w), q),
+        }
     }
 }
 

@@ -34,12 +34,24 @@ pub(super) fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T)
 }
 
 /// `o = scale · Σ over each 2×2 block` of one `h × w` plane (`o` is `h/2 × w/2`).
-pub(super) fn pool_plane<T: Element>(plane: &[T], o: &mut [T], (h, w): (usize, usize), scale: T) {
+pub(super) fn pool_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize), scale: T) {
+    pool_plane_map(plane, o, hw, scale, |v| v)
+}
+
+/// [`pool_plane`] of the plane's values mapped by `f` (a batch norm's inference map, say).
+pub(super) fn pool_plane_map<T: Element>(
+    plane: &[T],
+    o: &mut [T],
+    (h, w): (usize, usize),
+    scale: T,
+    f: impl Fn(T) -> T,
+) {
     let (oh, ow) = (h / 2, w / 2);
     for oy in 0..oh {
         let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
         for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
-            *v = scale * (r0[2 * ox] + r0[2 * ox + 1] + r1[2 * ox] + r1[2 * ox + 1]);
+            let (a, b) = (f(r0[2 * ox]), f(r0[2 * ox + 1]));
+            *v = scale * (a + b + f(r1[2 * ox]) + f(r1[2 * ox + 1]));
         }
     }
 }

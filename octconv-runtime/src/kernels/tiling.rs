@@ -8,6 +8,7 @@
 
 use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
+use super::prologue::Prologue;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::{winograd, winograd4, Element};
 use rayon::prelude::*;
@@ -22,8 +23,15 @@ pub(super) trait Tiling {
     const TARGET_TILES: usize;
     /// `U = G g Gᵀ` for every kernel of `w` `[cout, cin, 3, 3]`.
     fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
-    /// `V = Bᵀ d B` for every input tile of the whole images in `x`.
-    fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize);
+    /// `V = Bᵀ d B` for every input tile of the whole images in `x`, each value of channel `c`
+    /// mapped by `pro`'s channel `c` as it is read.
+    fn input<T: Element>(
+        g: &ConvGeometry,
+        x: &[T],
+        v: &mut [T],
+        ld: usize,
+        pro: Option<Prologue<'_, T>>,
+    );
     /// `Y = Aᵀ M A` for `cnt` images of `cout` channels of `hw`, written into `out`.
     fn output<T: Element>(
         m: &[T],
@@ -108,13 +116,15 @@ pub(super) fn rows<T, const K: usize>(
 
 /// Gathers the `S × S` input windows of the `TILE × TILE` output tiles (stride `TILE`, starting
 /// `pad ≤ 1` pixels before the map) of one plane into `d[(r·S + c)·nt + t0 + tile]`, with zeros
-/// outside the map: the first step of the transforms, which then run element-wise over all tiles.
+/// outside the map, each value read mapped by `f` (the identity, or a [`Prologue`]'s channel map):
+/// the first step of the transforms, which then run element-wise over all tiles.
 pub(super) fn gather<T: Element, const S: usize, const TILE: usize>(
     plane: &[T],
     (h, wd): (usize, usize),
     pad: usize,
     d: &mut [T],
     (nt, t0): (usize, usize),
+    f: impl Fn(T) -> T + Copy,
 ) {
     let (th, tw) = (h.div_ceil(TILE), wd.div_ceil(TILE));
     for ty in 0..th {
@@ -123,7 +133,7 @@ pub(super) fn gather<T: Element, const S: usize, const TILE: usize>(
             let out = rows_mut::<T, S>(d, base, nt, tw);
             let y = (TILE * ty + r).wrapping_sub(pad);
             if y < h {
-                gather_row::<T, S, TILE>(out, &plane[y * wd..][..wd], pad);
+                gather_row::<T, S, TILE>(out, &plane[y * wd..][..wd], pad, f);
             } else {
                 out.into_iter().for_each(|o| o.fill(T::ZERO));
             }
@@ -140,6 +150,7 @@ fn gather_row<T: Element, const S: usize, const TILE: usize>(
     out: [&mut [T]; S],
     row: &[T],
     pad: usize,
+    f: impl Fn(T) -> T,
 ) {
     let (tw, wd) = (out[0].len(), row.len());
     let mut out = out.map(|o| &mut o[..tw]);
@@ -152,7 +163,7 @@ fn gather_row<T: Element, const S: usize, const TILE: usize>(
     for tx in (0..lo).chain(hi..tw) {
         for (c, o) in out.iter_mut().enumerate() {
             let x = (TILE * tx + c).wrapping_sub(pad);
-            o[tx] = if x < wd { row[x] } else { T::ZERO };
+            o[tx] = if x < wd { f(row[x]) } else { T::ZERO };
         }
     }
     for tx in lo..hi {
@@ -160,7 +171,7 @@ fn gather_row<T: Element, const S: usize, const TILE: usize>(
             .try_into()
             .expect("a slice of S values");
         for (o, &v) in out.iter_mut().zip(w) {
-            o[tx] = v;
+            o[tx] = f(v);
         }
     }
 }
@@ -208,8 +219,14 @@ macro_rules! tiling {
             fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
                 $module::transform_weights(w, cout, cin)
             }
-            fn input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
-                $module::transform_input(g, x, v, ld)
+            fn input<T: Element>(
+                g: &ConvGeometry,
+                x: &[T],
+                v: &mut [T],
+                ld: usize,
+                pro: Option<Prologue<'_, T>>,
+            ) {
+                $module::transform_input(g, x, v, ld, pro)
             }
             fn output<T: Element>(
                 m: &[T],
@@ -273,8 +290,14 @@ pub(super) fn multiply<T: Element, A: Tiling>(
     }
 }
 
-/// `y = conv2d(x, w)` for a geometry where [`winograd::applies`] holds.
-pub(super) fn forward<T: Element, A: Tiling>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+/// `y = conv2d(x, w)` for a geometry where [`winograd::applies`] holds, the input mapped by `pro`
+/// as it is read.
+pub(super) fn forward<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    pro: Option<Prologue<'_, T>>,
+) -> Vec<T> {
     debug_assert!(winograd::applies(g));
     let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
     let tiles = A::tiles(h, wd);
@@ -294,7 +317,7 @@ pub(super) fn forward<T: Element, A: Tiling>(g: &ConvGeometry, x: &[T], w: &[T])
                 let cnt = out_chunk.len() / g.out_image();
                 let ld = cnt * tiles;
                 let v = sized(&mut scratch.col, A::FREQS * cin * ld);
-                A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+                A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld, pro);
                 let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
                 multiply::<T, A>(&u, (cout, cin), v, ld, m, par);
                 let out = Planes {
@@ -316,7 +339,7 @@ pub(super) fn backward_data<T: Element, A: Tiling>(g: &ConvGeometry, dy: &[T], w
         c_out: g.c_in,
         ..*g
     };
-    forward::<T, A>(&gt, dy, &flipped)
+    forward::<T, A>(&gt, dy, &flipped, None)
 }
 
 /// `dw` of `y = conv2d(x, w)` given `dy`: `dU[ξ] = Σ_tiles D[ξ] · V[ξ]ᵀ` (`FREQS` GEMMs over all tiles
@@ -342,7 +365,13 @@ pub(super) fn backward_filter<T: Element, A: Tiling>(
         let ld = cnt * tiles;
         let Scratch { col, stage, .. } = scratch;
         let v = sized(col, f * cin * ld);
-        A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld);
+        A::input(
+            g,
+            &x[i0 * g.in_image()..][..cnt * g.in_image()],
+            v,
+            ld,
+            None,
+        );
         let d = sized(stage, f * cout * ld);
         A::output_grad(g, &dy[i0 * g.out_image()..][..cnt * g.out_image()], d, ld);
         for xi in 0..f {

@@ -12,6 +12,7 @@
 //! them are shared with the other variant in [`super::tiling`].
 
 use super::geometry::ConvGeometry;
+use super::prologue::Prologue;
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
 use super::Element;
@@ -147,7 +148,13 @@ fn a_apply<T: Element>(v: [&[T]; 2], out: [&mut [T]; 4]) {
 /// matrix with row stride `ld`. Like F(4×4)'s transforms, these run across every tile of a channel
 /// (gather, then element-wise loops over all tiles): F(2×2) runs the maps of at most 4×4, where
 /// loops along one tile row have one or two lanes.
-pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+pub(super) fn transform_input<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    v: &mut [T],
+    ld: usize,
+    pro: Option<Prologue<'_, T>>,
+) {
     let (cin, h, wd) = (g.c_in, g.h, g.w);
     let tiles = h.div_ceil(2) * wd.div_ceil(2);
     let cnt = x.len() / g.in_image();
@@ -158,7 +165,11 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
         for ci in 0..cin {
             for i in 0..cnt {
                 let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-                gather::<T, 4, 2>(plane, (h, wd), 1, d, (nt, i * tiles));
+                let at = (nt, i * tiles);
+                match pro.map(|p| p.channel(ci)) {
+                    Some(act) => gather::<T, 4, 2>(plane, (h, wd), 1, d, at, |v| act.apply(v)),
+                    None => gather::<T, 4, 2>(plane, (h, wd), 1, d, at, |v| v),
+                }
             }
             // Bᵀ over the rows of each column c: s[(k·4 + c)] …
             for c in 0..4 {
@@ -223,7 +234,7 @@ pub(super) fn transform_output_grad<T: Element>(
         for co in 0..cout {
             for i in 0..cnt {
                 let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-                gather::<T, 2, 2>(plane, (h, wd), 0, q, (nt, i * tiles));
+                gather::<T, 2, 2>(plane, (h, wd), 0, q, (nt, i * tiles), |v| v);
             }
             // A over the rows of each column c: s[(k·2 + c)], k < 4 …
             for c in 0..2 {

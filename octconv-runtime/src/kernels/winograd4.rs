@@ -22,6 +22,7 @@
 //! faster as well; at 56×56 and 112×112 (64 channels) no slower.
 
 use super::geometry::ConvGeometry;
+use super::prologue::Prologue;
 use super::scratch::{with_scratch, Scratch};
 use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
 use super::Element;
@@ -123,7 +124,13 @@ fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
 /// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 6×6 input tile `d` (stride 4, padding 1) of the `cnt`
 /// whole images in `x`; tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix
 /// with row stride `ld`.
-pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T], ld: usize) {
+pub(super) fn transform_input<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    v: &mut [T],
+    ld: usize,
+    pro: Option<Prologue<'_, T>>,
+) {
     let (cin, h, wd) = (g.c_in, g.h, g.w);
     let tiles = h.div_ceil(4) * wd.div_ceil(4);
     let cnt = x.len() / g.in_image();
@@ -134,7 +141,11 @@ pub(super) fn transform_input<T: Element>(g: &ConvGeometry, x: &[T], v: &mut [T]
         for ci in 0..cin {
             for i in 0..cnt {
                 let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-                gather::<T, 6, 4>(plane, (h, wd), 1, d, (nt, i * tiles));
+                let at = (nt, i * tiles);
+                match pro.map(|p| p.channel(ci)) {
+                    Some(act) => gather::<T, 6, 4>(plane, (h, wd), 1, d, at, |v| act.apply(v)),
+                    None => gather::<T, 6, 4>(plane, (h, wd), 1, d, at, |v| v),
+                }
             }
             // Bᵀ over the rows of each column c: s[(k·6 + c)] …
             for c in 0..6 {
@@ -202,7 +213,7 @@ pub(super) fn transform_output_grad<T: Element>(
         for co in 0..cout {
             for i in 0..cnt {
                 let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-                gather::<T, 4, 4>(plane, (h, wd), 0, q, (nt, i * tiles));
+                gather::<T, 4, 4>(plane, (h, wd), 0, q, (nt, i * tiles), |v| v);
             }
             // A over the rows of each column c: s[(k·4 + c)], k < 6 …
             for c in 0..4 {

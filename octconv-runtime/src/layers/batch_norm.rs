@@ -1,6 +1,7 @@
 //! `OctBatchNorm`: batch normalisation with separate statistics per branch.
 
 use crate::kernels::batch_norm::{BatchNormTrain, BatchStats, ChannelAffine};
+use crate::kernels::prologue::Prologue;
 use crate::OctValue;
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -46,6 +47,17 @@ impl BatchNorm2d {
         })
     }
 
+    /// The inference map `y = a·x + b` per channel: `a = weight / √(running_var + eps)`,
+    /// `b = bias − running_mean · a`.
+    pub fn inference_affine(&self) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_detached_tensor() + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let a = (&self.weight * inv_std)?;
+        let b = (&self.bias - (self.running_mean.as_detached_tensor() * &a)?)?;
+        Ok((a, b))
+    }
+
     fn fast_path(&self, x: &Tensor) -> bool {
         x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
     }
@@ -71,11 +83,7 @@ impl BatchNorm2d {
             return if relu { y.relu() } else { Ok(y) };
         }
         if !train {
-            let inv_std = (self.running_var.as_detached_tensor() + self.eps)?
-                .sqrt()?
-                .recip()?;
-            let a = (&self.weight * inv_std)?;
-            let b = (&self.bias - (self.running_mean.as_detached_tensor() * &a)?)?;
+            let (a, b) = self.inference_affine()?;
             return x.contiguous()?.apply_op3(&a, &b, ChannelAffine { relu });
         }
         let op = BatchNormTrain {
@@ -114,6 +122,31 @@ impl BatchNorm2d {
     }
 }
 
+/// A batch norm's inference map per branch (`scale`, `shift` per channel), and whether a ReLU
+/// follows: what a convolution applies to its input as it reads it, instead of reading a normalised
+/// copy (see [`crate::kernels::prologue`]).
+#[derive(Clone, Debug)]
+pub struct InputMap {
+    /// The tensor's (or high branch's) map.
+    pub high: Option<(Vec<f32>, Vec<f32>)>,
+    /// The low branch's map.
+    pub low: Option<(Vec<f32>, Vec<f32>)>,
+    /// Whether a ReLU follows the affine map.
+    pub relu: bool,
+}
+
+impl InputMap {
+    /// The kernel prologue of one branch's map.
+    pub fn prologue(&self, high: bool) -> Option<Prologue<'_, f32>> {
+        let branch = if high { &self.high } else { &self.low };
+        branch.as_ref().map(|(scale, shift)| Prologue {
+            scale,
+            shift,
+            relu: self.relu,
+        })
+    }
+}
+
 /// Batch normalisation of a tensor, a flat batch, or each branch of an octave pair (parameters under
 /// `h.` and `l.`). Train mode normalises with batch statistics and updates the running ones.
 #[derive(Clone, Debug)]
@@ -142,6 +175,32 @@ impl OctBatchNorm {
                 low: None,
             },
         })
+    }
+
+    /// The inference map of each branch as f32 vectors (`None` for a branch without channels), for a
+    /// convolution that applies it as it reads its input ([`crate::layers::OctConv2d::forward_prologue`]);
+    /// `relu` adds the ReLU that follows. `None` unless the parameters are f32.
+    pub fn input_map(&self, relu: bool) -> Result<Option<InputMap>> {
+        let affine = |bn: &Option<BatchNorm2d>| -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+            bn.as_ref()
+                .map(|bn| {
+                    let (a, b) = bn.inference_affine()?;
+                    Ok((a.to_vec1::<f32>()?, b.to_vec1::<f32>()?))
+                })
+                .transpose()
+        };
+        let f32_params = [&self.high, &self.low]
+            .into_iter()
+            .flatten()
+            .all(|bn| bn.weight.dtype() == DType::F32);
+        if !f32_params {
+            return Ok(None);
+        }
+        Ok(Some(InputMap {
+            high: affine(&self.high)?,
+            low: affine(&self.low)?,
+            relu,
+        }))
     }
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).

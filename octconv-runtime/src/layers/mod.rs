@@ -12,7 +12,7 @@ pub mod octave;
 pub mod octconv;
 pub mod pool;
 
-pub use batch_norm::{BatchNorm2d, OctBatchNorm};
+pub use batch_norm::{BatchNorm2d, InputMap, OctBatchNorm};
 pub use conv::Conv2d;
 pub use dropout::{Dropout, DropoutRng};
 pub use head::{flatten, global_avg_pool, Linear};

@@ -1,7 +1,21 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
-use crate::kernels::octave::{octave_conv, OctaveGeometry};
+use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::{conv2d, ConvParams};
+use crate::kernels::{winograd, ConvGeometry};
+use crate::layers::batch_norm::InputMap;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(f(&v[a..b]))
+        }
+        _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
+    }
+}
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::OctValue;
 use candle_core::{Result, Tensor};
@@ -90,6 +104,15 @@ impl OctConv2d {
             && self.weights.iter().all(Option::is_some)
     }
 
+    /// Whether the layer's kernels can apply an input map as they read ([`OctConv2d::forward_prologue`]
+    /// on f32 CPU inputs): the fused octave convolution, or a lone H→H 3×3, stride 1, one group.
+    pub fn takes_prologue(&self) -> bool {
+        let s = &self.spec;
+        let lone_hh = matches!(self.weights, [Some(_), None, None, None]);
+        self.fusable()
+            || (lone_hh && s.kernel == 3 && s.stride == 1 && s.groups == 1 && !s.depthwise)
+    }
+
     /// Whether [`OctConv2d::forward`] runs the fused CPU kernel on `x`.
     pub fn runs_fused(&self, x: &OctValue) -> bool {
         matches!(x.branches(), (Some(h), Some(l)) if self.fused_geometry(h, l).is_some())
@@ -167,6 +190,76 @@ impl OctConv2d {
             }
         }
         self.forward_unfused(x)
+    }
+
+    /// Inference of `self(map(x))`, where `map` is the batch norm (and ReLU) before this layer,
+    /// applied by the kernel as it reads `x` ([`crate::kernels::prologue`]): the fused octave kernel,
+    /// or a one-path 3×3 convolution (α = 0). `Ok(None)` when this layer and input take no prologue
+    /// (other shapes, not f32 on the CPU, fused kernels switched off); the caller then applies the
+    /// map itself. The result carries no gradient.
+    pub fn forward_prologue(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {
+        if !self.fused || !self.fusable_inputs_f32(x) {
+            return Ok(None);
+        }
+        match x.branches() {
+            (Some(xh), Some(xl)) => {
+                let Some(g) = self.fused_geometry(xh, xl) else {
+                    return Ok(None);
+                };
+                let flat: Vec<Tensor> = self
+                    .weights
+                    .iter()
+                    .flatten()
+                    .map(|w| w.flatten_all())
+                    .collect::<Result<_>>()?;
+                let w = Tensor::cat(&flat, 0)?;
+                let (yh, yl) = with_f32(xh, |h| {
+                    with_f32(xl, |l| {
+                        with_f32(&w, |w| {
+                            let pros = [map.prologue(true), map.prologue(false)];
+                            octave::forward_prologue(&g, h, l, w, pros)
+                        })
+                    })
+                })???;
+                let (lh, lw) = g.low_hw();
+                let dev = xh.device();
+                let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
+                let yl = Tensor::from_vec(yl, (g.n, g.out_l, lh, lw), dev)?;
+                Ok(Some(OctValue::Pair {
+                    high: Some(self.add_bias(yh, &self.bias_h)?),
+                    low: self.add_bias(yl, &self.bias_l)?,
+                }))
+            }
+            (Some(x1), None) => {
+                let s = &self.spec;
+                let [Some(w), None, None, None] = &self.weights else {
+                    return Ok(None);
+                };
+                let (n, c, h, wd) = x1.dims4()?;
+                let Ok(g) = ConvGeometry::new((n, c, h, wd), w.dims4()?, 1, s.kernel / 2, 1) else {
+                    return Ok(None);
+                };
+                if s.stride != 1 || s.groups != 1 || s.depthwise || !winograd::applies(&g) {
+                    return Ok(None);
+                }
+                let Some(pro) = map.prologue(true) else {
+                    return Ok(None);
+                };
+                let y = with_f32(x1, |x| {
+                    with_f32(w, |w| conv2d::dispatch_forward_prologue(&g, x, w, pro))
+                })??;
+                let y = Tensor::from_vec(y, (n, g.c_out, h, wd), x1.device())?;
+                Ok(Some(OctValue::Single(self.add_bias(y, &self.bias_h)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether every input branch and weight is an f32 CPU tensor.
+    fn fusable_inputs_f32(&self, x: &OctValue) -> bool {
+        let (h, l) = x.branches();
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        h.into_iter().chain(l).all(f32_cpu) && self.weights.iter().flatten().all(f32_cpu)
     }
 
     fn add_bias(&self, t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
