@@ -4,7 +4,8 @@
 //!
 //! This facade crate re-exports the spec language and checker ([`spec`]), the candle runtime
 //! ([`runtime`]) and the exact `candle_core` / `candle_nn` versions it uses, so user code matches them.
-//! The `octnet!` macro joins it with issue #4. The `octconv` binary is the command-line interface.
+//! The `octnet!` macro turns a spec into a candle module at compile time. The `octconv` binary is the
+//! command-line interface.
 
 pub use candle_core;
 pub use candle_nn;

@@ -102,7 +102,15 @@ fn bench_rejects_specs_without_alpha_and_bad_flags() {
         "1",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("alpha"), "{}", stderr(&o));
+    // The whole message: what (no `alpha` parameter), where (the --alphas setting), and the fix.
+    let err = stderr(&o);
+    for line in [
+        "error: model `plain` has no parameter `alpha`",
+        "= note: parameters: c",
+        "(while setting alpha = 0 for --alphas; the spec needs an `alpha` parameter)",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
 
     let o = octconv(&["bench", "wrn(n = 1, k = 1)", "--set", "alpha=0.5"]);
     assert_eq!(o.status.code(), Some(2));

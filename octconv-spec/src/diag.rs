@@ -1,7 +1,7 @@
 //! Diagnostics: what is wrong, where, and how to fix it — collected, never first-only.
 //!
 //! A [`Diagnostic`] holds byte spans, not rendered text, so the CLI renders it rustc-style with
-//! `annotate-snippets` and the proc macro (issue #4) turns the same spans into compile errors.
+//! `annotate-snippets` and the `octnet!` proc macro turns the same spans into compile errors.
 
 use crate::source::{SourceMap, Span};
 use annotate_snippets::{Level, Renderer, Snippet};

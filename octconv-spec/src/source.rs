@@ -1,7 +1,7 @@
 //! Source files and byte spans.
 //!
 //! Every AST node carries a [`Span`]: a file id and a byte range into that file's text. Diagnostics turn
-//! spans into `path:line:col` and caret snippets; the proc macro (issue #4) maps the same byte ranges
+//! spans into `path:line:col` and caret snippets; the `octnet!` proc macro maps the same byte ranges
 //! back to token spans.
 
 use std::path::{Path, PathBuf};
