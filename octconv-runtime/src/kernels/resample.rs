@@ -49,9 +49,9 @@ pub(super) fn pool_plane_map<T: Element>(
     let (oh, ow) = (h / 2, w / 2);
     for oy in 0..oh {
         let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
-        for (ox, v) in o[oy * ow..][..ow].iter_mut().enumerate() {
-            let (a, b) = (f(r0[2 * ox]), f(r0[2 * ox + 1]));
-            *v = scale * (a + b + f(r1[2 * ox]) + f(r1[2 * ox + 1]));
+        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        for (v, (a, b)) in o[oy * ow..][..ow].iter_mut().zip(pairs) {
+            *v = scale * (f(a[0]) + f(a[1]) + f(b[0]) + f(b[1]));
         }
     }
 }
