@@ -213,6 +213,77 @@ pub(super) fn put_tiles<T: Element, const TILE: usize>(
     }
 }
 
+/// The two-stage transform both variants run on each channel's tiles: gather the `S × S` input
+/// windows of every tile of the task (stride `TILE`, `pad` before the map; values mapped by `pro`),
+/// apply `stage` (`S` values in, `K` out, element-wise over all tiles) down each column, then along
+/// each row, writing frequency `k·K + j` of channel `ch` to row `ch·K² + k·K + j` of `v` (row stride
+/// `ld`). `Bᵀ d B` (input, `S = K`) and `A dY Aᵀ` (output gradient, `S < K`) of both variants.
+pub(super) fn transform_tiles<T: Element, const S: usize, const K: usize, const TILE: usize>(
+    (channels, (h, wd)): (usize, (usize, usize)),
+    x: &[T],
+    (v, ld): (&mut [T], usize),
+    (pad, pro): (usize, Option<Prologue<'_, T>>),
+    stage: impl Fn([&[T]; S], [&mut [T]; K]),
+) {
+    let tiles = h.div_ceil(TILE) * wd.div_ceil(TILE);
+    let cnt = x.len() / (channels * h * wd).max(1);
+    let nt = cnt * tiles;
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [d, s] = scratch.many([S * S * nt, K * S * nt]);
+        for ch in 0..channels {
+            for i in 0..cnt {
+                let plane = &x[(i * channels + ch) * h * wd..][..h * wd];
+                let at = (nt, i * tiles);
+                match pro.map(|p| p.channel(ch)) {
+                    Some(act) => gather::<T, S, TILE>(plane, (h, wd), pad, d, at, |x| act.apply(x)),
+                    None => gather::<T, S, TILE>(plane, (h, wd), pad, d, at, |x| x),
+                }
+            }
+            // Down the columns: s[(k·S + c)] from d[(r·S + c)] …
+            for c in 0..S {
+                stage(rows(d, c * nt, S * nt, nt), rows_mut(s, c * nt, S * nt, nt));
+            }
+            // … then along the rows, into the channel's K² frequency rows.
+            for k in 0..K {
+                let out = rows_mut(v, (ch * K * K + k * K) * ld, ld, nt);
+                stage(rows(s, k * S * nt, nt, nt), out);
+            }
+        }
+    })
+}
+
+/// The output transform both variants run: for each of the `cout` channels, `stage` (`K` values
+/// in, `TILE` out) down each frequency column of `M` and then along each row gives the
+/// `TILE × TILE` output tile of every tile of the task, which [`put_tiles`] writes into `out`.
+pub(super) fn output_tiles<T: Element, const K: usize, const TILE: usize>(
+    (m, ld): (&[T], usize),
+    cout: usize,
+    (h, wd): (usize, usize),
+    cnt: usize,
+    mut out: Planes<'_, T>,
+    stage: impl Fn([&[T]; K], [&mut [T]; TILE]),
+) {
+    let nt = cnt * h.div_ceil(TILE) * wd.div_ceil(TILE);
+    // Each buffer is written in full before it is read, for every channel.
+    with_scratch(|scratch: &mut Scratch<T>| {
+        let [t, y] = scratch.many([TILE * K * nt, TILE * TILE * nt]);
+        for co in 0..cout {
+            // Down each frequency column b: t[(r·K + b)] …
+            for b in 0..K {
+                let col = rows(m, (co * K * K + b) * ld, K * ld, nt);
+                stage(col, rows_mut(t, b * nt, K * nt, nt));
+            }
+            // … then along the rows: y[(r·TILE + c)][tile] is pixel (TILE·ty + r, TILE·tx + c).
+            for r in 0..TILE {
+                let out_rows = rows_mut(y, r * TILE * nt, nt, nt);
+                stage(rows(t, r * K * nt, nt, nt), out_rows);
+            }
+            put_tiles::<T, TILE>(y, nt, (cnt, cout, co), (h, wd), &mut out);
+        }
+    })
+}
+
 /// Winograd F(2×2, 3×3) ([`winograd`]).
 pub(super) struct F2;
 /// Winograd F(4×4, 3×3) ([`winograd4`]).

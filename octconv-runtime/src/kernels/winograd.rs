@@ -13,8 +13,8 @@
 
 use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
-use super::scratch::{output_vec, with_scratch, Scratch};
-use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
+use super::scratch::output_vec;
+use super::tiling::{output_tiles, transform_tiles, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -155,35 +155,8 @@ pub(super) fn transform_input<T: Element>(
     ld: usize,
     pro: Option<Prologue<'_, T>>,
 ) {
-    let (cin, h, wd) = (g.c_in, g.h, g.w);
-    let tiles = h.div_ceil(2) * wd.div_ceil(2);
-    let cnt = x.len() / g.in_image();
-    let nt = cnt * tiles;
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [d, s] = scratch.many([16 * nt, 16 * nt]);
-        for ci in 0..cin {
-            for i in 0..cnt {
-                let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-                let at = (nt, i * tiles);
-                match pro.map(|p| p.channel(ci)) {
-                    Some(act) => gather::<T, 4, 2>(plane, (h, wd), 1, d, at, |v| act.apply(v)),
-                    None => gather::<T, 4, 2>(plane, (h, wd), 1, d, at, |v| v),
-                }
-            }
-            // Bᵀ over the rows of each column c: s[(k·4 + c)] …
-            for c in 0..4 {
-                b_transpose(rows(d, c * nt, 4 * nt, nt), rows_mut(s, c * nt, 4 * nt, nt));
-            }
-            // … then B over the columns, straight into V[ci][k·4 + j].
-            for k in 0..4 {
-                b_transpose(
-                    rows(s, k * 4 * nt, nt, nt),
-                    rows_mut(v, (ci * 16 + k * 4) * ld, ld, nt),
-                );
-            }
-        }
-    })
+    let shape = (g.c_in, (g.h, g.w));
+    transform_tiles::<T, 4, 4, 2>(shape, x, (v, ld), (1, pro), b_transpose);
 }
 
 /// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at odd edges).
@@ -191,29 +164,11 @@ pub(super) fn transform_output<T: Element>(
     m: &[T],
     ld: usize,
     cout: usize,
-    (h, wd): (usize, usize),
+    hw: (usize, usize),
     cnt: usize,
-    mut out: Planes<'_, T>,
+    out: Planes<'_, T>,
 ) {
-    let nt = cnt * h.div_ceil(2) * wd.div_ceil(2);
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [t, y] = scratch.many([8 * nt, 4 * nt]);
-        for co in 0..cout {
-            // Aᵀ over the rows of each frequency column b: t[(r·4 + b)] …
-            for b in 0..4 {
-                a_transpose(
-                    rows(m, (co * 16 + b) * ld, 4 * ld, nt),
-                    rows_mut(t, b * nt, 4 * nt, nt),
-                );
-            }
-            // … then A over the columns: y[(r·2 + c)][tile] is pixel (2ty + r, 2tx + c).
-            for r in 0..2 {
-                a_transpose(rows(t, r * 4 * nt, nt, nt), rows_mut(y, r * 2 * nt, nt, nt));
-            }
-            put_tiles::<T, 2>(y, nt, (cnt, cout, co), (h, wd), &mut out);
-        }
-    })
+    output_tiles::<T, 4, 2>((m, ld), cout, hw, cnt, out, a_transpose);
 }
 
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
@@ -224,31 +179,8 @@ pub(super) fn transform_output_grad<T: Element>(
     d: &mut [T],
     ld: usize,
 ) {
-    let (cout, h, wd) = (g.c_out, g.h, g.w);
-    let tiles = h.div_ceil(2) * wd.div_ceil(2);
-    let cnt = dy.len() / g.out_image();
-    let nt = cnt * tiles;
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [q, s] = scratch.many([4 * nt, 8 * nt]);
-        for co in 0..cout {
-            for i in 0..cnt {
-                let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-                gather::<T, 2, 2>(plane, (h, wd), 0, q, (nt, i * tiles), |v| v);
-            }
-            // A over the rows of each column c: s[(k·2 + c)], k < 4 …
-            for c in 0..2 {
-                a_apply(rows(q, c * nt, 2 * nt, nt), rows_mut(s, c * nt, 2 * nt, nt));
-            }
-            // … then over the columns, into D[co][k·4 + j].
-            for k in 0..4 {
-                a_apply(
-                    rows(s, k * 2 * nt, nt, nt),
-                    rows_mut(d, (co * 16 + k * 4) * ld, ld, nt),
-                );
-            }
-        }
-    })
+    let shape = (g.c_out, (g.h, g.w));
+    transform_tiles::<T, 2, 4, 2>(shape, dy, (d, ld), (0, None), a_apply);
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).

@@ -23,8 +23,7 @@
 
 use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
-use super::scratch::{with_scratch, Scratch};
-use super::tiling::{gather, put_tiles, rows, rows_mut, Planes};
+use super::tiling::{output_tiles, transform_tiles, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -131,35 +130,8 @@ pub(super) fn transform_input<T: Element>(
     ld: usize,
     pro: Option<Prologue<'_, T>>,
 ) {
-    let (cin, h, wd) = (g.c_in, g.h, g.w);
-    let tiles = h.div_ceil(4) * wd.div_ceil(4);
-    let cnt = x.len() / g.in_image();
-    let nt = cnt * tiles;
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [d, s] = scratch.many([FREQS * nt, FREQS * nt]);
-        for ci in 0..cin {
-            for i in 0..cnt {
-                let plane = &x[(i * cin + ci) * h * wd..][..h * wd];
-                let at = (nt, i * tiles);
-                match pro.map(|p| p.channel(ci)) {
-                    Some(act) => gather::<T, 6, 4>(plane, (h, wd), 1, d, at, |v| act.apply(v)),
-                    None => gather::<T, 6, 4>(plane, (h, wd), 1, d, at, |v| v),
-                }
-            }
-            // Bᵀ over the rows of each column c: s[(k·6 + c)] …
-            for c in 0..6 {
-                b_transpose(rows(d, c * nt, 6 * nt, nt), rows_mut(s, c * nt, 6 * nt, nt));
-            }
-            // … then B over the columns, straight into V[ci][k·6 + j].
-            for k in 0..6 {
-                b_transpose(
-                    rows(s, k * 6 * nt, nt, nt),
-                    rows_mut(v, (ci * FREQS + k * 6) * ld, ld, nt),
-                );
-            }
-        }
-    })
+    let shape = (g.c_in, (g.h, g.w));
+    transform_tiles::<T, 6, 6, 4>(shape, x, (v, ld), (1, pro), b_transpose);
 }
 
 /// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at edges that are not
@@ -168,31 +140,11 @@ pub(super) fn transform_output<T: Element>(
     m: &[T],
     ld: usize,
     cout: usize,
-    (h, wd): (usize, usize),
+    hw: (usize, usize),
     cnt: usize,
-    mut out: Planes<'_, T>,
+    out: Planes<'_, T>,
 ) {
-    let (th, tw) = (h.div_ceil(4), wd.div_ceil(4));
-    let tiles = th * tw;
-    let nt = cnt * tiles;
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [t, y] = scratch.many([24 * nt, 16 * nt]);
-        for co in 0..cout {
-            // Aᵀ over the rows of each frequency column b: t[(r·6 + b)] …
-            for b in 0..6 {
-                a_transpose(
-                    rows(m, (co * FREQS + b) * ld, 6 * ld, nt),
-                    rows_mut(t, b * nt, 6 * nt, nt),
-                );
-            }
-            // … then A over the columns: y[(r·4 + c)][tile] is pixel (4ty + r, 4tx + c).
-            for r in 0..4 {
-                a_transpose(rows(t, r * 6 * nt, nt, nt), rows_mut(y, r * 4 * nt, nt, nt));
-            }
-            put_tiles::<T, 4>(y, nt, (cnt, cout, co), (h, wd), &mut out);
-        }
-    })
+    output_tiles::<T, 6, 4>((m, ld), cout, hw, cnt, out, a_transpose);
 }
 
 /// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 4×4 output-gradient tile (zero beyond the edges),
@@ -203,31 +155,8 @@ pub(super) fn transform_output_grad<T: Element>(
     d: &mut [T],
     ld: usize,
 ) {
-    let (cout, h, wd) = (g.c_out, g.h, g.w);
-    let tiles = h.div_ceil(4) * wd.div_ceil(4);
-    let cnt = dy.len() / g.out_image();
-    let nt = cnt * tiles;
-    // Each buffer is written in full before it is read, for every channel.
-    with_scratch(|scratch: &mut Scratch<T>| {
-        let [q, s] = scratch.many([16 * nt, 24 * nt]);
-        for co in 0..cout {
-            for i in 0..cnt {
-                let plane = &dy[(i * cout + co) * h * wd..][..h * wd];
-                gather::<T, 4, 4>(plane, (h, wd), 0, q, (nt, i * tiles), |v| v);
-            }
-            // A over the rows of each column c: s[(k·4 + c)], k < 6 …
-            for c in 0..4 {
-                a_apply(rows(q, c * nt, 4 * nt, nt), rows_mut(s, c * nt, 4 * nt, nt));
-            }
-            // … then over the columns, into D[co][k·6 + j].
-            for k in 0..6 {
-                a_apply(
-                    rows(s, k * 4 * nt, nt, nt),
-                    rows_mut(d, (co * FREQS + k * 6) * ld, ld, nt),
-                );
-            }
-        }
-    })
+    let shape = (g.c_out, (g.h, g.w));
+    transform_tiles::<T, 4, 6, 4>(shape, dy, (d, ld), (0, None), a_apply);
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).
