@@ -10,6 +10,20 @@ use octconv_runtime::OctModel;
 use octconv_spec::{check_builtin, Model};
 use std::collections::HashMap;
 
+/// Every builtin (its call without the closing parenthesis, so that `alpha` can be appended) and
+/// whether it has 3×3 stride-1 octave convolutions: where the fused kernel and the BN + ReLU
+/// prologues apply. MobileNet has depthwise and 1×1 ones only.
+const BUILTINS: [(&str, bool); 3] = [
+    ("wrn(n = 1, k = 1, classes = 10", true),
+    ("resnet(depth = 26, classes = 5", true),
+    ("mobilenet_v1(width = 0.25, classes = 5", false),
+];
+
+/// A tensor's values, flattened.
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 fn ir(call: &str) -> Model {
     let c = check_builtin(call);
     assert!(c.ok(), "{}", c.render_diagnostics(false));
@@ -54,10 +68,10 @@ fn logits_and_grads(
             let t = grads
                 .get(vars[k].as_tensor())
                 .unwrap_or_else(|| panic!("{k}: no gradient"));
-            (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap())
+            (k.clone(), values(t))
         })
         .collect();
-    (y.flatten_all().unwrap().to_vec1().unwrap(), g)
+    (values(&y), g)
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -71,12 +85,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
-    for (call, fusable_at_alpha) in [
-        ("wrn(n = 1, k = 1, classes = 10", true),
-        ("resnet(depth = 26, classes = 5", true),
-        // Depthwise and 1×1 octave convolutions only: the fused kernel never applies.
-        ("mobilenet_v1(width = 0.25, classes = 5", false),
-    ] {
+    for (call, fusable_at_alpha) in BUILTINS {
         for alpha in ["0", "0.25", "0.5", "0.75"] {
             let spec = format!("{call}, alpha = {alpha})");
             let m = ir(&spec);
@@ -131,11 +140,7 @@ fn spread(name: &str, len: usize, (lo, hi): (f32, f32)) -> Vec<f32> {
 
 #[test]
 fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_four_alphas() {
-    for (call, has_prologues) in [
-        ("wrn(n = 1, k = 1, classes = 10", true),
-        ("resnet(depth = 26, classes = 5", true),
-        ("mobilenet_v1(width = 0.25, classes = 5", false),
-    ] {
+    for (call, has_prologues) in BUILTINS {
         for alpha in ["0", "0.25", "0.5", "0.75"] {
             let spec = format!("{call}, alpha = {alpha})");
             let m = ir(&spec);
@@ -179,20 +184,8 @@ fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_
                 .map(|i| (((i as u64 * 40503) % 997) as f32 / 498.5) - 1.0)
                 .collect();
             let x = Tensor::from_vec(x, (3, d.c, d.h, d.w), &Device::Cpu).unwrap();
-            let got: Vec<f32> = fast
-                .infer(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let want: Vec<f32> = reference
-                .forward_t(&x, false)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let got = values(&fast.infer(&x).unwrap());
+            let want = values(&reference.forward_t(&x, false).unwrap());
             let e = rel_err(&got, &want);
             assert!(
                 e <= 1e-4,
