@@ -54,7 +54,14 @@ fn generated_file_matches_the_macro() {
         &Device::Cpu,
     ))
     .unwrap();
-    let b = MacroWrn::new(VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
+    let b = MacroWrn::new(VarBuilder::from_tensors(
+        w.clone(),
+        DType::F32,
+        &Device::Cpu,
+    ))
+    .unwrap();
+    let interp =
+        octconv::OctModel::new(ir, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
     let v: Vec<f32> = (0..3 * 3 * 32 * 32)
         .map(|i| ((i % 29) as f32 - 14.0) / 14.0)
         .collect();
@@ -64,6 +71,20 @@ fn generated_file_matches_the_macro() {
     // Equal lengths and equal bits (an empty output would not pass; a mismatch shows the diff).
     assert!(!ya.is_empty());
     assert_eq!(bits(&ya), bits(&yb));
+    // `infer` (graph-free, BN + ReLU applied inside the convolutions): the generated code, the
+    // macro and the interpreter agree bit for bit, and with `forward_t` to rounding.
+    let ia = values(&a.infer(&x).unwrap());
+    let ib = values(&b.infer(&x).unwrap());
+    let ic = values(&interp.infer(&x).unwrap());
+    assert_eq!(bits(&ia), bits(&ib));
+    assert_eq!(bits(&ia), bits(&ic));
+    let scale = ya.iter().fold(1e-30f32, |m, v| m.max(v.abs()));
+    let err = ia
+        .iter()
+        .zip(&ya)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+        / scale;
+    assert!(err <= 1e-4, "infer differs from forward_t by {err:e}");
 }
 
 #[test]

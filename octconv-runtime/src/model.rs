@@ -6,6 +6,7 @@ use crate::layers::{
 use crate::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
+use octconv_spec::plan::InputMaps;
 use octconv_spec::{Model, Op};
 
 /// One executable layer.
@@ -86,12 +87,7 @@ impl OctModel {
             };
             nodes.push(node);
         }
-        let mut last_use: Vec<usize> = (0..ir.layers.len()).collect();
-        for (j, l) in ir.layers.iter().enumerate() {
-            for &i in &l.inputs {
-                last_use[i] = last_use[i].max(j);
-            }
-        }
+        let last_use = octconv_spec::plan::last_use(&ir);
         let bn_relu: Vec<bool> = (0..ir.layers.len())
             .map(|j| {
                 matches!(nodes[j], Node::BatchNorm(_))
@@ -100,7 +96,10 @@ impl OctModel {
                     && last_use[j] == j + 1
             })
             .collect();
-        let (prologue_of, deferred) = plan_prologues(&ir, &nodes, &last_use, &bn_relu);
+        let InputMaps {
+            applies: prologue_of,
+            passed_over: deferred,
+        } = InputMaps::plan(&ir);
         Ok(OctModel {
             ir,
             nodes,
@@ -210,15 +209,7 @@ impl OctModel {
                     else {
                         candle_core::bail!("internal error: prologue of `{}`", layer.name)
                     };
-                    let x = input(0)?;
-                    let done = match bn.input_map(true)? {
-                        Some(map) => c.forward_prologue(x, &map)?,
-                        None => None,
-                    };
-                    match done {
-                        Some(y) => y,
-                        None => c.forward(&bn.forward_relu_t(x, false, true)?)?,
-                    }
+                    c.infer_after_bn_relu(bn, input(0)?)?
                 }
                 Node::Input => OctValue::Single(x.clone()),
                 Node::Conv(c) => c.forward(input(0)?)?,
@@ -264,38 +255,6 @@ impl OctModel {
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
     }
-}
-
-/// Finds the BN → ReLU → [dropout …] → octconv chains whose values each have one reader: in
-/// inference the convolution can apply the batch norm's map and the ReLU as it reads (dropout is the
-/// identity there). Returns, per layer, the batch norm a convolution applies, and whether a layer is
-/// passed over.
-fn plan_prologues(
-    ir: &Model,
-    nodes: &[Node],
-    last_use: &[usize],
-    bn_relu: &[bool],
-) -> (Vec<Option<usize>>, Vec<bool>) {
-    let n = nodes.len();
-    let (mut prologue_of, mut deferred) = (vec![None; n], vec![false; n]);
-    let only_reader =
-        |from: usize, to: usize| ir.layers[to].inputs == [from] && last_use[from] == to;
-    for j in 0..n {
-        if !bn_relu[j] {
-            continue;
-        }
-        let mut m = j + 1;
-        while m + 1 < n && matches!(nodes[m + 1], Node::Dropout(_)) && only_reader(m, m + 1) {
-            m += 1;
-        }
-        let k = m + 1;
-        let takes = matches!(&nodes.get(k), Some(Node::OctConv(c)) if c.takes_prologue());
-        if takes && only_reader(m, k) {
-            prologue_of[k] = Some(j);
-            deferred[j..=m].iter_mut().for_each(|d| *d = true);
-        }
-    }
-    (prologue_of, deferred)
 }
 
 impl ModuleT for OctModel {

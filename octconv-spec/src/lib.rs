@@ -37,6 +37,7 @@ pub mod ir;
 pub mod layers;
 pub mod loader;
 pub mod params;
+pub mod plan;
 pub mod report;
 pub mod shape;
 pub mod source;

@@ -313,6 +313,638 @@ impl GenWrn {
     pub fn set_dropout_seed(&self, seed: u64) {
         self.__dropout_rng.reseed(seed);
     }
+    /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
+    /// eval-mode batch norm, each output detached (freed after its last reader), and each
+    /// BN → ReLU → octconv chain run as one convolution that applies the batch norm and
+    /// ReLU as it reads. The values equal `forward_t(xs, false)` to rounding.
+    pub fn infer(
+        &self,
+        xs: &::octconv::candle_core::Tensor,
+    ) -> ::octconv::candle_core::Result<::octconv::candle_core::Tensor> {
+        let train = false;
+        let _ = train;
+        let dims = xs.dims();
+        if dims.len() != 4 || dims[1..] != Self::INPUT {
+            ::octconv::candle_core::bail!(
+                "input of shape {:?} does not match model `{}`: expected [N, {}, {}, {}]",
+                dims, "wrn", 3, 32, 32
+            );
+        }
+        let x0 = ::octconv::OctValue::Single(xs.clone()).map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x0,
+            "input",
+            ::octconv::spec::Shape::Single(::octconv::spec::Dims {
+                c: 3,
+                h: 32,
+                w: 32,
+            }),
+        );
+        let x1 = self.octconv0.forward(&x0)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x1,
+            "octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x0);
+        let x2 = x1.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x2,
+            "wide0.res0.bn0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        let x3 = x2.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x3,
+            "wide0.res0.relu0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x2);
+        let x4 = self
+            .wide0_res0_octconv0
+            .infer_after_bn_relu(&self.wide0_res0_bn0, &x3)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x4,
+            "wide0.res0.octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x3);
+        let x5 = x4.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x5,
+            "wide0.res0.bn1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x4);
+        let x6 = x5.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x6,
+            "wide0.res0.relu1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x5);
+        let x7 = x6.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x7,
+            "wide0.res0.dropout0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x6);
+        let x8 = self
+            .wide0_res0_octconv1
+            .infer_after_bn_relu(&self.wide0_res0_bn1, &x7)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x8,
+            "wide0.res0.octconv1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x7);
+        let x9 = x8.add(&x1)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x9,
+            "wide0.res0.add",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x8);
+        drop(x1);
+        let x10 = self.wide1_res0_bn0.forward_t(&x9, train)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x10,
+            "wide1.res0.bn0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        let x11 = x10.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x11,
+            "wide1.res0.relu0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 12,
+                    h: 32,
+                    w: 32,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 4,
+                    h: 16,
+                    w: 16,
+                },
+            },
+        );
+        drop(x10);
+        let x12 = self.wide1_res0_octconv0.forward(&x11)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x12,
+            "wide1.res0.octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x11);
+        let x13 = x12.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x13,
+            "wide1.res0.bn1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x12);
+        let x14 = x13.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x14,
+            "wide1.res0.relu1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x13);
+        let x15 = x14.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x15,
+            "wide1.res0.dropout0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x14);
+        let x16 = self
+            .wide1_res0_octconv1
+            .infer_after_bn_relu(&self.wide1_res0_bn1, &x15)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x16,
+            "wide1.res0.octconv1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x15);
+        let x17 = self
+            .wide1_res0_shortcut_octconv0
+            .forward(&x9)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x17,
+            "wide1.res0.shortcut.octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x9);
+        let x18 = x16.add(&x17)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x18,
+            "wide1.res0.add",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x16);
+        drop(x17);
+        let x19 = self.wide2_res0_bn0.forward_t(&x18, train)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x19,
+            "wide2.res0.bn0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        let x20 = x19.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x20,
+            "wide2.res0.relu0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 24,
+                    h: 16,
+                    w: 16,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 8,
+                    h: 8,
+                    w: 8,
+                },
+            },
+        );
+        drop(x19);
+        let x21 = self.wide2_res0_octconv0.forward(&x20)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x21,
+            "wide2.res0.octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x20);
+        let x22 = x21.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x22,
+            "wide2.res0.bn1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x21);
+        let x23 = x22.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x23,
+            "wide2.res0.relu1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x22);
+        let x24 = x23.clone().map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x24,
+            "wide2.res0.dropout0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x23);
+        let x25 = self
+            .wide2_res0_octconv1
+            .infer_after_bn_relu(&self.wide2_res0_bn1, &x24)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x25,
+            "wide2.res0.octconv1",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x24);
+        let x26 = self
+            .wide2_res0_shortcut_octconv0
+            .forward(&x18)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x26,
+            "wide2.res0.shortcut.octconv0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x18);
+        let x27 = x25.add(&x26)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x27,
+            "wide2.res0.add",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x25);
+        drop(x26);
+        let x28 = self.bn0.forward_t(&x27, train)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x28,
+            "bn0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x27);
+        let x29 = x28.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x29,
+            "relu0",
+            ::octconv::spec::Shape::Pair {
+                high: ::octconv::spec::Dims {
+                    c: 48,
+                    h: 8,
+                    w: 8,
+                },
+                low: ::octconv::spec::Dims {
+                    c: 16,
+                    h: 4,
+                    w: 4,
+                },
+            },
+        );
+        drop(x28);
+        let x30 = ::octconv::runtime::layers::merge(&x29)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x30,
+            "merge0",
+            ::octconv::spec::Shape::Single(::octconv::spec::Dims {
+                c: 64,
+                h: 8,
+                w: 8,
+            }),
+        );
+        drop(x29);
+        let x31 = ::octconv::runtime::layers::global_avg_pool(&x30, false)?
+            .map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x31,
+            "global_avg_pool0",
+            ::octconv::spec::Shape::Flat {
+                features: 64,
+            },
+        );
+        drop(x30);
+        let x32 = self.linear0.forward(&x31)?.map(|t| Ok(t.detach()))?;
+        #[cfg(debug_assertions)]
+        ::octconv::runtime::debug_assert_shape(
+            &x32,
+            "linear0",
+            ::octconv::spec::Shape::Flat {
+                features: 10,
+            },
+        );
+        drop(x31);
+        x32.into_tensor()
+    }
 }
 impl ::octconv::candle_core::ModuleT for GenWrn {
     fn forward_t(

@@ -3,7 +3,7 @@
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{winograd, ConvGeometry};
-use crate::layers::batch_norm::InputMap;
+use crate::layers::batch_norm::{InputMap, OctBatchNorm};
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -107,10 +107,7 @@ impl OctConv2d {
     /// Whether the layer's kernels can apply an input map as they read ([`OctConv2d::forward_prologue`]
     /// on f32 CPU inputs): the fused octave convolution, or a lone H→H 3×3, stride 1, one group.
     pub fn takes_prologue(&self) -> bool {
-        let s = &self.spec;
-        let lone_hh = matches!(self.weights, [Some(_), None, None, None]);
-        self.fusable()
-            || (lone_hh && s.kernel == 3 && s.stride == 1 && s.groups == 1 && !s.depthwise)
+        octconv_spec::plan::takes_input_map(&self.spec)
     }
 
     /// Whether [`OctConv2d::forward`] runs the fused CPU kernel on `x`.
@@ -252,6 +249,20 @@ impl OctConv2d {
                 Ok(Some(OctValue::Single(self.add_bias(y, &self.bias_h)?)))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Inference of `self(relu(bn(x)))` (eval-mode batch norm), with the batch norm and ReLU applied
+    /// inside this layer's kernels where they take an input map ([`OctConv2d::forward_prologue`]),
+    /// else op by op. The interpreter's `infer` and the generated `infer` of `octnet!` both run it.
+    pub fn infer_after_bn_relu(&self, bn: &OctBatchNorm, x: &OctValue) -> Result<OctValue> {
+        let done = match bn.input_map(true)? {
+            Some(map) => self.forward_prologue(x, &map)?,
+            None => None,
+        };
+        match done {
+            Some(y) => Ok(y),
+            None => self.forward(&bn.forward_relu_t(x, false, true)?),
         }
     }
 

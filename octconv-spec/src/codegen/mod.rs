@@ -120,12 +120,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     let values: Vec<Ident> = (0..model.layers.len())
         .map(|i| format_ident!("x{}", i))
         .collect();
-    let mut last_use: Vec<usize> = (0..model.layers.len()).collect();
-    for (j, l) in model.layers.iter().enumerate() {
-        for &i in &l.inputs {
-            last_use[i] = last_use[i].max(j);
-        }
-    }
+    let last_use = crate::plan::last_use(model);
     let mut decls = Vec::new();
     let mut inits = Vec::new();
     let mut steps = Vec::new();
@@ -133,6 +128,10 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         .layers
         .iter()
         .any(|l| matches!(l.op, crate::ir::Op::Dropout { .. }));
+    // `infer`: as the interpreter's, each output detached, and BN → ReLU → [dropout] → octconv
+    // chains run as one convolution that applies the batch norm and ReLU (crate::plan).
+    let maps = crate::plan::InputMaps::plan(model);
+    let mut infer_steps = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
         let parts = layer::parts(krate, l, f);
@@ -145,15 +144,34 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         let expr = (parts.forward)(&ins);
         let layer_name = &l.name;
         let shape = shape_tokens(krate, &l.output);
-        steps.push(quote! {
-            let #out = #expr;
+        let check = quote! {
             #[cfg(debug_assertions)]
             #krate::runtime::debug_assert_shape(&#out, #layer_name, #shape);
+        };
+        steps.push(quote! {
+            let #out = #expr;
+            #check
+        });
+        let infer_expr = match (maps.passed_over[j], maps.applies[j]) {
+            (true, _) => {
+                let x = ins[0];
+                quote!(#x.clone())
+            }
+            (false, Some(b)) => {
+                let (x, bn) = (ins[0], &fields[b]);
+                quote!(self.#f.infer_after_bn_relu(&self.#bn, &#x)?)
+            }
+            (false, None) => expr,
+        };
+        infer_steps.push(quote! {
+            let #out = #infer_expr.map(|t| Ok(t.detach()))?;
+            #check
         });
         for &i in &l.inputs {
             if last_use[i] == j && i != j {
                 let v = &values[i];
                 steps.push(quote!(drop(#v);));
+                infer_steps.push(quote!(drop(#v);));
             }
         }
     }
@@ -185,6 +203,15 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         )
     } else {
         (quote!(), quote!(), quote!(), quote!())
+    };
+    let input_check = quote! {
+        let dims = xs.dims();
+        if dims.len() != 4 || dims[1..] != Self::INPUT {
+            #krate::candle_core::bail!(
+                "input of shape {:?} does not match model `{}`: expected [N, {}, {}, {}]",
+                dims, #model_name, #c, #h, #w
+            );
+        }
     };
     quote! {
         #attrs
@@ -218,6 +245,21 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             }
 
             #rng_fn
+
+            /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
+            /// eval-mode batch norm, each output detached (freed after its last reader), and each
+            /// BN → ReLU → octconv chain run as one convolution that applies the batch norm and
+            /// ReLU as it reads. The values equal `forward_t(xs, false)` to rounding.
+            pub fn infer(
+                &self,
+                xs: &#krate::candle_core::Tensor,
+            ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
+                let train = false;
+                let _ = train;
+                #input_check
+                #(#infer_steps)*
+                #last.into_tensor()
+            }
         }
 
         impl #krate::candle_core::ModuleT for #name {
@@ -227,13 +269,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 train: bool,
             ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
                 let _ = train;
-                let dims = xs.dims();
-                if dims.len() != 4 || dims[1..] != Self::INPUT {
-                    #krate::candle_core::bail!(
-                        "input of shape {:?} does not match model `{}`: expected [N, {}, {}, {}]",
-                        dims, #model_name, #c, #h, #w
-                    );
-                }
+                #input_check
                 #(#steps)*
                 #last.into_tensor()
             }

@@ -1,0 +1,65 @@
+//! `plan::InputMaps`: which convolutions apply the batch norm and ReLU before them in inference.
+
+use octconv_spec::check_builtin;
+use octconv_spec::plan::InputMaps;
+
+#[test]
+fn wrn_input_maps_cover_the_stride_1_convolutions_after_bn_relu() {
+    let m = check_builtin("wrn(n = 1, k = 1, alpha = 0.25)")
+        .model
+        .unwrap();
+    let plan = InputMaps::plan(&m);
+    let name = |i: usize| m.layers[i].name.as_str();
+    let applied: Vec<(&str, &str)> = plan
+        .applies
+        .iter()
+        .enumerate()
+        .filter_map(|(k, b)| b.map(|b| (name(k), name(b))))
+        .collect();
+    // The first convolution of wide1 and wide2 has stride 2 (no input map), and the shortcut reads
+    // the block input before its batch norm.
+    assert_eq!(
+        applied,
+        [
+            ("wide0.res0.octconv0", "wide0.res0.bn0"),
+            ("wide0.res0.octconv1", "wide0.res0.bn1"),
+            ("wide1.res0.octconv1", "wide1.res0.bn1"),
+            ("wide2.res0.octconv1", "wide2.res0.bn1"),
+        ]
+    );
+    let passed: Vec<&str> = (0..m.layers.len())
+        .filter(|&i| plan.passed_over[i])
+        .map(name)
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            "wide0.res0.bn0",
+            "wide0.res0.relu0",
+            "wide0.res0.bn1",
+            "wide0.res0.relu1",
+            "wide0.res0.dropout0",
+            "wide1.res0.bn1",
+            "wide1.res0.relu1",
+            "wide1.res0.dropout0",
+            "wide2.res0.bn1",
+            "wide2.res0.relu1",
+            "wide2.res0.dropout0",
+        ]
+    );
+    assert_eq!(plan.count(), 4);
+}
+
+#[test]
+fn mobilenet_has_no_input_maps_its_convolutions_are_depthwise_and_1x1() {
+    let m = check_builtin("mobilenet_v1(width = 0.25, alpha = 0.25)")
+        .model
+        .unwrap();
+    let plan = InputMaps::plan(&m);
+    assert_eq!(
+        plan.count(),
+        0,
+        "depthwise and 1×1 convolutions take no input map"
+    );
+    assert!(plan.passed_over.iter().all(|p| !p));
+}
