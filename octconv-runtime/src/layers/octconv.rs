@@ -266,6 +266,43 @@ impl OctConv2d {
         }
     }
 
+    /// Stride 2 with all four paths, one group: [`OctConv2d::forward_strided`] applies.
+    fn strided_pair(&self) -> bool {
+        let s = &self.spec;
+        s.stride == 2 && s.groups == 1 && !s.depthwise && self.weights.iter().all(Option::is_some)
+    }
+
+    /// A stride-2 octave convolution as two convolutions. With stride 2 both high-output paths
+    /// read half-resolution inputs (`pool(X_H)` and `X_L`, which L→H does not upsample), and both
+    /// low-output paths quarter-resolution ones, so each output is one convolution over the
+    /// concatenated inputs with the weights concatenated along the input channels: no H→H and
+    /// L→H outputs held side by side and then added (3 high-branch-sized tensors at once, the peak
+    /// of a WRN-28-10 inference pass at α = .25).
+    fn forward_strided(&self, xh: &Tensor, xl: &Tensor) -> Result<OctValue> {
+        let [Some(w_hh), Some(w_hl), Some(w_lh), Some(w_ll)] = &self.weights else {
+            candle_core::bail!("internal error: a strided octconv without all four paths")
+        };
+        let half = avg_pool2x2(xh)?;
+        let low_in = Tensor::cat(&[&avg_pool2x2(&half)?, &avg_pool2x2(xl)?], 1)?;
+        let high_in = Tensor::cat(&[&half, xl], 1)?;
+        drop(half);
+        let high = conv2d(
+            &high_in,
+            &Tensor::cat(&[w_hh, w_lh], 1)?,
+            self.conv_params(1),
+        )?;
+        drop(high_in);
+        let low = conv2d(
+            &low_in,
+            &Tensor::cat(&[w_hl, w_ll], 1)?,
+            self.conv_params(1),
+        )?;
+        Ok(OctValue::Pair {
+            high: Some(self.add_bias(high, &self.bias_h)?),
+            low: self.add_bias(low, &self.bias_l)?,
+        })
+    }
+
     /// Whether every input branch and weight is an f32 CPU tensor.
     fn fusable_inputs_f32(&self, x: &OctValue) -> bool {
         let (h, l) = x.branches();
@@ -282,6 +319,9 @@ impl OctConv2d {
 
     /// The per-path forward: each path through its own convolution op, then the resampling ops.
     pub fn forward_unfused(&self, x: &OctValue) -> Result<OctValue> {
+        if let (Some(xh), Some(xl), true) = (x.branches().0, x.branches().1, self.strided_pair()) {
+            return self.forward_strided(xh, xl);
+        }
         let (xh, xl) = x.branches();
         let s2 = self.spec.stride == 2;
         let xh = match xh {
