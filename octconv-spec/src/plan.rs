@@ -70,11 +70,13 @@ impl InputMaps {
     }
 }
 
-/// Whether the runtime's kernels can apply an input map as they read this convolution's input:
-/// 3×3, stride 1, one group, not depthwise, with all four paths (the fused octave kernel) or H→H
-/// alone (a plain Winograd convolution).
+/// Whether the runtime's kernels can apply an input map as they read this convolution's input: one
+/// group, not depthwise, all four paths (the octave kernel) or H→H alone, and either 3×3 stride 1
+/// (the Winograd gather maps each value) or stride 2 of any kernel (the pooling that stride 2
+/// starts with maps each value).
 pub fn takes_input_map(s: &OctConvSpec) -> bool {
     let all_four = s.in_h > 0 && s.in_l > 0 && s.out_h > 0 && s.out_l > 0;
     let lone_hh = s.in_h > 0 && s.out_h > 0 && s.in_l == 0 && s.out_l == 0;
-    s.kernel == 3 && s.stride == 1 && s.groups == 1 && !s.depthwise && (all_four || lone_hh)
+    let reads = (s.stride == 1 && s.kernel == 3) || s.stride == 2;
+    reads && s.groups == 1 && !s.depthwise && (all_four || lone_hh)
 }

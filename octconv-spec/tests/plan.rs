@@ -4,7 +4,7 @@ use octconv_spec::check_builtin;
 use octconv_spec::plan::InputMaps;
 
 #[test]
-fn wrn_input_maps_cover_the_stride_1_convolutions_after_bn_relu() {
+fn wrn_input_maps_cover_every_convolution_after_bn_relu_but_not_the_shortcuts() {
     let m = check_builtin("wrn(n = 1, k = 1, alpha = 0.25)")
         .model
         .unwrap();
@@ -16,14 +16,16 @@ fn wrn_input_maps_cover_the_stride_1_convolutions_after_bn_relu() {
         .enumerate()
         .filter_map(|(k, b)| b.map(|b| (name(k), name(b))))
         .collect();
-    // The first convolution of wide1 and wide2 has stride 2 (no input map), and the shortcut reads
-    // the block input before its batch norm.
+    // Stride 2 (the first convolution of wide1 and wide2) applies the map as it pools; the
+    // shortcut projections read the block input before its batch norm, so they get none.
     assert_eq!(
         applied,
         [
             ("wide0.res0.octconv0", "wide0.res0.bn0"),
             ("wide0.res0.octconv1", "wide0.res0.bn1"),
+            ("wide1.res0.octconv0", "wide1.res0.bn0"),
             ("wide1.res0.octconv1", "wide1.res0.bn1"),
+            ("wide2.res0.octconv0", "wide2.res0.bn0"),
             ("wide2.res0.octconv1", "wide2.res0.bn1"),
         ]
     );
@@ -31,23 +33,22 @@ fn wrn_input_maps_cover_the_stride_1_convolutions_after_bn_relu() {
         .filter(|&i| plan.passed_over[i])
         .map(name)
         .collect();
-    assert_eq!(
-        passed,
-        [
-            "wide0.res0.bn0",
-            "wide0.res0.relu0",
-            "wide0.res0.bn1",
-            "wide0.res0.relu1",
-            "wide0.res0.dropout0",
-            "wide1.res0.bn1",
-            "wide1.res0.relu1",
-            "wide1.res0.dropout0",
-            "wide2.res0.bn1",
-            "wide2.res0.relu1",
-            "wide2.res0.dropout0",
-        ]
-    );
-    assert_eq!(plan.count(), 4);
+    let chain = |b: &str, d: bool| {
+        let mut v = vec![
+            format!("{b}.bn{}", u8::from(d)),
+            format!("{b}.relu{}", u8::from(d)),
+        ];
+        if d {
+            v.push(format!("{b}.dropout0"));
+        }
+        v
+    };
+    let want: Vec<String> = ["wide0.res0", "wide1.res0", "wide2.res0"]
+        .into_iter()
+        .flat_map(|b| [chain(b, false), chain(b, true)].concat())
+        .collect();
+    assert_eq!(passed, want);
+    assert_eq!(plan.count(), 6);
 }
 
 #[test]

@@ -518,7 +518,7 @@ impl GenWrn {
         );
         drop(x8);
         drop(x1);
-        let x10 = self.wide1_res0_bn0.forward_t(&x9, train)?.map(|t| Ok(t.detach()))?;
+        let x10 = x9.clone().map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x10,
@@ -536,7 +536,7 @@ impl GenWrn {
                 },
             },
         );
-        let x11 = x10.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        let x11 = x10.clone().map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x11,
@@ -555,7 +555,10 @@ impl GenWrn {
             },
         );
         drop(x10);
-        let x12 = self.wide1_res0_octconv0.forward(&x11)?.map(|t| Ok(t.detach()))?;
+        let x12 = self
+            .wide1_res0_octconv0
+            .infer_after_bn_relu(&self.wide1_res0_bn0, &x11)?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x12,
@@ -695,7 +698,7 @@ impl GenWrn {
         );
         drop(x16);
         drop(x17);
-        let x19 = self.wide2_res0_bn0.forward_t(&x18, train)?.map(|t| Ok(t.detach()))?;
+        let x19 = x18.clone().map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x19,
@@ -713,7 +716,7 @@ impl GenWrn {
                 },
             },
         );
-        let x20 = x19.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        let x20 = x19.clone().map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x20,
@@ -732,7 +735,10 @@ impl GenWrn {
             },
         );
         drop(x19);
-        let x21 = self.wide2_res0_octconv0.forward(&x20)?.map(|t| Ok(t.detach()))?;
+        let x21 = self
+            .wide2_res0_octconv0
+            .infer_after_bn_relu(&self.wide2_res0_bn0, &x20)?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x21,

@@ -5,6 +5,7 @@
 //! reshape), then adds in a further pass: together about as long as a low-resolution convolution at
 //! α = .25. Each op here reads its inputs once and writes its output once, planes in parallel.
 
+use super::prologue::Prologue;
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -30,6 +31,31 @@ pub(super) fn pool<T: Element>(x: &[T], np: usize, h: usize, w: usize, scale: T)
     out.par_chunks_mut(oh * ow)
         .enumerate()
         .for_each(|(p, o)| pool_plane(&x[p * h * w..][..h * w], o, (h, w), scale));
+    out
+}
+
+/// 2×2 average pooling of the mapped input: `out[p] = ¼ · Σ over the 2×2 block of map(x)`, plane `p`
+/// mapped by `pro`'s channel `p mod c` (inference: the batch norm and ReLU before a stride-2 octave
+/// convolution, which pools its inputs first). Odd trailing rows and columns are dropped, as in
+/// [`pool`].
+pub fn pool_mapped<T: Element>(
+    x: &[T],
+    np: usize,
+    (h, w): (usize, usize),
+    pro: Prologue<'_, T>,
+) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    if oh == 0 || ow == 0 {
+        return vec![T::ZERO; np * oh * ow];
+    }
+    let c = pro.scale.len().max(1);
+    // Every output element is written below.
+    let mut out = super::scratch::output_vec(np * oh * ow);
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(p, o)| {
+        let act = pro.channel(p % c);
+        let plane = &x[p * h * w..][..h * w];
+        pool_plane_map(plane, o, (h, w), T::from_f64(0.25), |v| act.apply(v))
+    });
     out
 }
 

@@ -2,7 +2,7 @@
 
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::{conv2d, ConvParams};
-use crate::kernels::{winograd, ConvGeometry};
+use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::layers::batch_norm::{InputMap, OctBatchNorm};
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
@@ -198,6 +198,9 @@ impl OctConv2d {
         if !self.fused || !self.fusable_inputs_f32(x) {
             return Ok(None);
         }
+        if self.spec.stride == 2 {
+            return self.forward_prologue_strided(x, map);
+        }
         match x.branches() {
             (Some(xh), Some(xl)) => {
                 let Some(g) = self.fused_geometry(xh, xl) else {
@@ -266,6 +269,44 @@ impl OctConv2d {
         }
     }
 
+    /// [`OctConv2d::forward_prologue`] at stride 2, where every path reads pooled inputs: the map
+    /// is applied as the high input (and, for the low-output paths, the low input) is pooled, and
+    /// L→H reads the mapped low input.
+    fn forward_prologue_strided(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {
+        let s = &self.spec;
+        if s.groups != 1 || s.depthwise {
+            return Ok(None);
+        }
+        // pool(map(t)) of one branch.
+        let pooled = |t: &Tensor, high: bool| -> Result<Option<Tensor>> {
+            let Some(pro) = map.prologue(high) else {
+                return Ok(None);
+            };
+            let (n, c, h, w) = t.dims4()?;
+            let v = with_f32(t, |d| resample::pool_mapped(d, n * c, (h, w), pro))?;
+            Ok(Some(Tensor::from_vec(v, (n, c, h / 2, w / 2), t.device())?))
+        };
+        match (x.branches(), &self.weights) {
+            ((Some(xh), Some(xl)), [Some(_), Some(_), Some(_), Some(_)]) => {
+                let (Some(half), Some(pro_l)) = (pooled(xh, true)?, map.prologue(false)) else {
+                    return Ok(None);
+                };
+                let (n, c, h, w) = xl.dims4()?;
+                let mapped = with_f32(xl, |d| pro_l.apply(d, h * w))?;
+                let xl = Tensor::from_vec(mapped, (n, c, h, w), xl.device())?;
+                self.strided_from_half(half, &xl).map(Some)
+            }
+            ((Some(x1), None), [Some(w), None, None, None]) => {
+                let Some(half) = pooled(x1, true)? else {
+                    return Ok(None);
+                };
+                let y = conv2d(&half, w, self.conv_params(1))?;
+                Ok(Some(OctValue::Single(self.add_bias(y, &self.bias_h)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Stride 2 with all four paths, one group: [`OctConv2d::forward_strided`] applies.
     fn strided_pair(&self) -> bool {
         let s = &self.spec;
@@ -279,10 +320,14 @@ impl OctConv2d {
     /// L→H outputs held side by side and then added (3 high-branch-sized tensors at once, the peak
     /// of a WRN-28-10 inference pass at α = .25).
     fn forward_strided(&self, xh: &Tensor, xl: &Tensor) -> Result<OctValue> {
+        self.strided_from_half(avg_pool2x2(xh)?, xl)
+    }
+
+    /// [`OctConv2d::forward_strided`] from the pooled high input `half`.
+    fn strided_from_half(&self, half: Tensor, xl: &Tensor) -> Result<OctValue> {
         let [Some(w_hh), Some(w_hl), Some(w_lh), Some(w_ll)] = &self.weights else {
             candle_core::bail!("internal error: a strided octconv without all four paths")
         };
-        let half = avg_pool2x2(xh)?;
         let low_in = Tensor::cat(&[&avg_pool2x2(&half)?, &avg_pool2x2(xl)?], 1)?;
         let high_in = Tensor::cat(&[&half, xl], 1)?;
         drop(half);
