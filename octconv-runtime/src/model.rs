@@ -89,12 +89,7 @@ impl OctModel {
         }
         let last_use = octconv_spec::plan::last_use(&ir);
         let bn_relu: Vec<bool> = (0..ir.layers.len())
-            .map(|j| {
-                matches!(nodes[j], Node::BatchNorm(_))
-                    && matches!(nodes.get(j + 1), Some(Node::Relu))
-                    && ir.layers[j + 1].inputs == [j]
-                    && last_use[j] == j + 1
-            })
+            .map(|j| octconv_spec::plan::bn_then_relu(&ir, &last_use, j))
             .collect();
         let InputMaps {
             applies: prologue_of,

@@ -16,6 +16,16 @@ pub fn last_use(model: &Model) -> Vec<usize> {
     last
 }
 
+/// Whether layer `j` is a batch norm whose only reader is the ReLU right after it (`last` from
+/// [`last_use`]): the two can run as one pass, or inside the convolution that reads the ReLU.
+pub fn bn_then_relu(model: &Model, last: &[usize], j: usize) -> bool {
+    let layers = &model.layers;
+    matches!(layers[j].op, Op::BatchNorm { .. })
+        && matches!(layers.get(j + 1).map(|l| &l.op), Some(Op::Relu))
+        && layers[j + 1].inputs == [j]
+        && last[j] == j + 1
+}
+
 /// Where inference applies a batch norm (and the ReLU after it) inside the convolution that reads
 /// it, instead of writing the normalised tensor out: BN → ReLU → [dropout …] → octconv chains in
 /// which each value has one reader and the convolution [takes an input map](takes_input_map).
@@ -40,10 +50,7 @@ impl InputMaps {
             passed_over: vec![false; n],
         };
         for j in 0..n.saturating_sub(2) {
-            let bn_relu = matches!(layers[j].op, Op::BatchNorm { .. })
-                && matches!(layers[j + 1].op, Op::Relu)
-                && only_reader(j, j + 1);
-            if !bn_relu {
+            if !bn_then_relu(model, &last, j) {
                 continue;
             }
             let mut m = j + 1;

@@ -551,6 +551,15 @@ impl CustomOp3 for OctaveOutput {
     }
 }
 
+/// The four weights `[cout, cin, 3, 3]` (H→H, H→L, L→H, L→L) as the kernel's one flat vector.
+pub fn flat_weights(weights: [&Tensor; 4]) -> Result<Tensor> {
+    let flat: Vec<Tensor> = weights
+        .iter()
+        .map(|w| w.flatten_all())
+        .collect::<Result<_>>()?;
+    Tensor::cat(&flat, 0)
+}
+
 /// Runs the fused octave convolution on `X_H`, `X_L` with the four weights `[cout, cin, 3, 3]`
 /// (H→H, H→L, L→H, L→L); returns `(Y_H, Y_L)`. Callers check [`OctaveGeometry::applies`] and that
 /// the tensors are f32 or f64 on the CPU.
@@ -560,11 +569,7 @@ pub fn octave_conv(
     xl: &Tensor,
     weights: [&Tensor; 4],
 ) -> Result<(Tensor, Tensor)> {
-    let flat: Vec<Tensor> = weights
-        .iter()
-        .map(|w| w.flatten_all())
-        .collect::<Result<_>>()?;
-    let w = Tensor::cat(&flat, 0)?;
+    let w = flat_weights(weights)?;
     let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
     let stash = Arc::new(Mutex::new(None));
     let op = |branch| OctaveOutput {

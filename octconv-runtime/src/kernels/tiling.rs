@@ -291,10 +291,10 @@ pub(super) struct F4;
 
 /// Implements [`Tiling`] by delegating to a variant's module.
 macro_rules! tiling {
-    ($ty:ident, $module:ident, tile = $tile:expr, freqs = $freqs:expr, target = $target:expr) => {
+    ($ty:ident, $module:ident, tile = $tile:literal, side = $side:literal, target = $target:expr) => {
         impl Tiling for $ty {
             const TILE: usize = $tile;
-            const FREQS: usize = $freqs;
+            const FREQS: usize = $side * $side;
             const TARGET_TILES: usize = $target;
             fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
                 $module::transform_weights(w, cout, cin)
@@ -306,7 +306,15 @@ macro_rules! tiling {
                 ld: usize,
                 pro: Option<Prologue<'_, T>>,
             ) {
-                $module::transform_input(g, x, v, ld, pro)
+                // Windows of `side` pixels, padding 1: `Bᵀ d B`, `side` values in and out.
+                let shape = (g.c_in, (g.h, g.w));
+                transform_tiles::<T, $side, $side, $tile>(
+                    shape,
+                    x,
+                    (v, ld),
+                    (1, pro),
+                    $module::b_transpose,
+                )
             }
             fn output<T: Element>(
                 m: &[T],
@@ -316,10 +324,18 @@ macro_rules! tiling {
                 cnt: usize,
                 out: Planes<'_, T>,
             ) {
-                $module::transform_output(m, ld, cout, hw, cnt, out)
+                output_tiles::<T, $side, $tile>((m, ld), cout, hw, cnt, out, $module::a_transpose)
             }
             fn output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
-                $module::transform_output_grad(g, dy, d, ld)
+                // `tile × tile` output-gradient tiles, no padding: `A`, `tile` values in, `side` out.
+                let shape = (g.c_out, (g.h, g.w));
+                transform_tiles::<T, $tile, $side, $tile>(
+                    shape,
+                    dy,
+                    (d, ld),
+                    (0, None),
+                    $module::a_apply,
+                )
             }
             fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T> {
                 $module::kernel_grads(du, cout, cin)
@@ -330,14 +346,8 @@ macro_rules! tiling {
 
 // Target widths measured on the 160-channel 32×32 layer (examples/layer_bench): F(4×4) runs best with
 // narrow tasks (its M then stays in cache for the output transform), F(2×2) with wide ones.
-tiling!(F2, winograd, tile = 2, freqs = 16, target = 512);
-tiling!(
-    F4,
-    winograd4,
-    tile = 4,
-    freqs = winograd4::FREQS,
-    target = 64
-);
+tiling!(F2, winograd, tile = 2, side = 4, target = 512);
+tiling!(F4, winograd4, tile = 4, side = 6, target = 64);
 
 /// `M[ξ] = U[ξ] · V[ξ]` for the `A::FREQS` frequencies: `U` is `[ξ][cout][cin]`, `V` holds `cin`
 /// channels (`V[ci][ξ][tile]`, row stride `ld`), and `M` is written as `M[co][ξ][tile]` (no

@@ -8,13 +8,13 @@
 //! of the output gradient with the flipped, transposed kernel, so it runs through here too.
 //! In f32 the results differ from direct summation by rounding only (≈ 1e-6 relative; tested).
 //!
-//! This file holds the transforms; the forward, input-gradient and weight-gradient drivers that run
-//! them are shared with the other variant in [`super::tiling`].
+//! This file holds the transforms as element-wise stages (`b_transpose`, `a_transpose`, `a_apply`)
+//! and the kernel transforms; the drivers that gather tiles and run the stages, and the forward,
+//! input-gradient and weight-gradient drivers, are shared with the other variant in
+//! [`super::tiling`].
 
 use super::geometry::ConvGeometry;
-use super::prologue::Prologue;
 use super::scratch::output_vec;
-use super::tiling::{output_tiles, transform_tiles, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -104,7 +104,7 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
 }
 
 /// `out = Bᵀ · d` element-wise over four rows (`Bᵀ` of F(2×2, 3×3)).
-fn b_transpose<T: Element>(d: [&[T]; 4], out: [&mut [T]; 4]) {
+pub(super) fn b_transpose<T: Element>(d: [&[T]; 4], out: [&mut [T]; 4]) {
     let n = out[0].len();
     let [d0s, d1s, d2s, d3s] = d.map(|r| &r[..n]);
     let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
@@ -118,7 +118,7 @@ fn b_transpose<T: Element>(d: [&[T]; 4], out: [&mut [T]; 4]) {
 }
 
 /// `out = Aᵀ · m` element-wise over four rows (two results).
-fn a_transpose<T: Element>(m: [&[T]; 4], out: [&mut [T]; 2]) {
+pub(super) fn a_transpose<T: Element>(m: [&[T]; 4], out: [&mut [T]; 2]) {
     let n = out[0].len();
     let [m0s, m1s, m2s, m3s] = m.map(|r| &r[..n]);
     let [t0, t1] = out.map(|r| &mut r[..n]);
@@ -130,7 +130,7 @@ fn a_transpose<T: Element>(m: [&[T]; 4], out: [&mut [T]; 2]) {
 }
 
 /// `out = A · v` element-wise over two rows (four results): the output-gradient transform.
-fn a_apply<T: Element>(v: [&[T]; 2], out: [&mut [T]; 4]) {
+pub(super) fn a_apply<T: Element>(v: [&[T]; 2], out: [&mut [T]; 4]) {
     let n = out[0].len();
     let [v0s, v1s] = v.map(|r| &r[..n]);
     let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
@@ -141,46 +141,6 @@ fn a_apply<T: Element>(v: [&[T]; 2], out: [&mut [T]; 4]) {
         t2[q] = v0 - v1;
         t3[q] = T::ZERO - v1;
     }
-}
-
-/// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 4×4 input tile `d` (stride 2, padding 1) of the images
-/// in `x` (`cnt` whole images); tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a
-/// matrix with row stride `ld`. Like F(4×4)'s transforms, these run across every tile of a channel
-/// (gather, then element-wise loops over all tiles): F(2×2) runs the maps of at most 4×4, where
-/// loops along one tile row have one or two lanes.
-pub(super) fn transform_input<T: Element>(
-    g: &ConvGeometry,
-    x: &[T],
-    v: &mut [T],
-    ld: usize,
-    pro: Option<Prologue<'_, T>>,
-) {
-    let shape = (g.c_in, (g.h, g.w));
-    transform_tiles::<T, 4, 4, 2>(shape, x, (v, ld), (1, pro), b_transpose);
-}
-
-/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at odd edges).
-pub(super) fn transform_output<T: Element>(
-    m: &[T],
-    ld: usize,
-    cout: usize,
-    hw: (usize, usize),
-    cnt: usize,
-    out: Planes<'_, T>,
-) {
-    output_tiles::<T, 4, 2>((m, ld), cout, hw, cnt, out, a_transpose);
-}
-
-/// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 2×2 output-gradient tile of the images in `dy` (`cnt`
-/// whole images; values beyond odd edges are zero), laid out like [`transform_input`].
-pub(super) fn transform_output_grad<T: Element>(
-    g: &ConvGeometry,
-    dy: &[T],
-    d: &mut [T],
-    ld: usize,
-) {
-    let shape = (g.c_out, (g.h, g.w));
-    transform_tiles::<T, 2, 4, 2>(shape, dy, (d, ld), (0, None), a_apply);
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).

@@ -8,8 +8,10 @@
 //! In f32 the results differ from direct summation by a few 1e-6 relative (tested against the naive
 //! loops at network sizes).
 //!
-//! This file holds the transforms; the forward, input-gradient and weight-gradient drivers that run
-//! them are shared with the other variant in [`super::tiling`].
+//! This file holds the transforms as element-wise stages (`b_transpose`, `a_transpose`, `a_apply`)
+//! and the kernel transforms; the drivers that gather tiles and run the stages, and the forward,
+//! input-gradient and weight-gradient drivers, are shared with the other variant in
+//! [`super::tiling`].
 //!
 //! The input, output and output-gradient transforms are vectorised across every tile of a channel
 //! (all images of the task): each channel's tiles are first gathered into `D[36][tiles]`, and both
@@ -21,9 +23,6 @@
 //! AMD EPYC with AVX-512, 2 threads): 16×16 10.1 → 8.4 ms, 8×8 4.9 → 4.0 ms, and 32×32 about 12 %
 //! faster as well; at 56×56 and 112×112 (64 channels) no slower.
 
-use super::geometry::ConvGeometry;
-use super::prologue::Prologue;
-use super::tiling::{output_tiles, transform_tiles, Planes};
 use super::Element;
 use rayon::prelude::*;
 
@@ -66,7 +65,7 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
 }
 
 /// `out = Bᵀ · d` element-wise over six rows (`Bᵀ` of F(4×4, 3×3), points 0, ±1, ±2, ∞).
-fn b_transpose<T: Element>(d: [&[T]; 6], out: [&mut [T]; 6]) {
+pub(super) fn b_transpose<T: Element>(d: [&[T]; 6], out: [&mut [T]; 6]) {
     let f = T::from_f64;
     let (two, four, five) = (f(2.0), f(4.0), f(5.0));
     let n = out[0].len();
@@ -84,7 +83,7 @@ fn b_transpose<T: Element>(d: [&[T]; 6], out: [&mut [T]; 6]) {
 }
 
 /// `out = Aᵀ · m` element-wise over six rows (four results).
-fn a_transpose<T: Element>(m: [&[T]; 6], out: [&mut [T]; 4]) {
+pub(super) fn a_transpose<T: Element>(m: [&[T]; 6], out: [&mut [T]; 4]) {
     let f = T::from_f64;
     let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
     let n = out[0].len();
@@ -101,7 +100,7 @@ fn a_transpose<T: Element>(m: [&[T]; 6], out: [&mut [T]; 4]) {
 }
 
 /// `out = A · v` element-wise over four rows (six results): the output-gradient transform.
-fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
+pub(super) fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
     let f = T::from_f64;
     let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
     let n = out[0].len();
@@ -118,45 +117,6 @@ fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
         t4[q] = e - o;
         t5[q] = v3;
     }
-}
-
-/// `V[ci][ξ][tile] = (Bᵀ d B)[ξ]` for every 6×6 input tile `d` (stride 4, padding 1) of the `cnt`
-/// whole images in `x`; tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx` of a matrix
-/// with row stride `ld`.
-pub(super) fn transform_input<T: Element>(
-    g: &ConvGeometry,
-    x: &[T],
-    v: &mut [T],
-    ld: usize,
-    pro: Option<Prologue<'_, T>>,
-) {
-    let shape = (g.c_in, (g.h, g.w));
-    transform_tiles::<T, 6, 6, 4>(shape, x, (v, ld), (1, pro), b_transpose);
-}
-
-/// `Y = Aᵀ M A` for `cnt` images of `cout` channels, into `out` (clipped at edges that are not
-/// multiples of 4).
-pub(super) fn transform_output<T: Element>(
-    m: &[T],
-    ld: usize,
-    cout: usize,
-    hw: (usize, usize),
-    cnt: usize,
-    out: Planes<'_, T>,
-) {
-    output_tiles::<T, 6, 4>((m, ld), cout, hw, cnt, out, a_transpose);
-}
-
-/// `D[co][ξ][tile] = (A dy Aᵀ)[ξ]` for every 4×4 output-gradient tile (zero beyond the edges),
-/// laid out like [`transform_input`].
-pub(super) fn transform_output_grad<T: Element>(
-    g: &ConvGeometry,
-    dy: &[T],
-    d: &mut [T],
-    ld: usize,
-) {
-    let shape = (g.c_out, (g.h, g.w));
-    transform_tiles::<T, 4, 6, 4>(shape, dy, (d, ld), (0, None), a_apply);
 }
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).

@@ -206,13 +206,10 @@ impl OctConv2d {
                 let Some(g) = self.fused_geometry(xh, xl) else {
                     return Ok(None);
                 };
-                let flat: Vec<Tensor> = self
-                    .weights
-                    .iter()
-                    .flatten()
-                    .map(|w| w.flatten_all())
-                    .collect::<Result<_>>()?;
-                let w = Tensor::cat(&flat, 0)?;
+                let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
+                    return Ok(None);
+                };
+                let w = octave::flat_weights([hh, hl, lh, ll])?;
                 let (yh, yl) = with_f32(xh, |h| {
                     with_f32(xl, |l| {
                         with_f32(&w, |w| {
