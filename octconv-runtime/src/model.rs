@@ -1,7 +1,7 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
 use crate::layers::{
-    self, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind,
+    self, Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind,
 };
 use crate::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
@@ -25,6 +25,11 @@ enum Node {
     Flatten,
     Linear(Linear),
     Add,
+    Concat,
+    Scale,
+    Upsample(usize),
+    Activation(Activation),
+    MergeLow,
 }
 
 /// A model interpreted from the checker's IR: one node per IR layer, run in order. Parameter names are
@@ -84,6 +89,13 @@ impl OctModel {
                     Node::Linear(Linear::new(in_f, out_f, bias, vb)?)
                 }
                 Op::Add => Node::Add,
+                Op::Concat => Node::Concat,
+                Op::Scale => Node::Scale,
+                Op::Upsample { scale } => Node::Upsample(scale),
+                Op::Sigmoid => Node::Activation(Activation::Sigmoid),
+                Op::Relu6 => Node::Activation(Activation::Relu6),
+                Op::HardSwish => Node::Activation(Activation::HardSwish),
+                Op::MergeLow => Node::MergeLow,
             };
             nodes.push(node);
         }
@@ -196,6 +208,7 @@ impl OctModel {
                         ))
                     })
             };
+            let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
             let prologue = detach && !train && self.fused;
             let y = match node {
                 _ if prologue && self.deferred[j] => input(0)?.clone(),
@@ -221,7 +234,12 @@ impl OctModel {
                 Node::GlobalAvgPool(per_branch) => layers::global_avg_pool(input(0)?, *per_branch)?,
                 Node::Flatten => layers::flatten(input(0)?)?,
                 Node::Linear(l) => l.forward(input(0)?)?,
-                Node::Add => input(0)?.add(input(1)?)?,
+                Node::Add => layers::add(&all()?)?,
+                Node::Concat => layers::concat(&all()?)?,
+                Node::Scale => layers::scale(input(0)?, input(1)?)?,
+                Node::Upsample(s) => layers::upsample(input(0)?, *s)?,
+                Node::Activation(a) => a.forward(input(0)?)?,
+                Node::MergeLow => layers::merge_low(input(0)?)?,
             };
             // `infer`: cut each output loose from the autograd graph. Weights are variables, so every
             // output would otherwise keep its inputs alive through the graph until the last layer,

@@ -10,10 +10,15 @@ use candle_core::{Result, Tensor};
 /// low input is also used elsewhere; the broadcast formulation is exact, its gradient (a sum over each
 /// 2×2 block) is correct, and it is faster.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    upsample_nearest(x, 2)
+}
+
+/// Nearest-neighbour upsampling of `[N, C, H, W]` by `s` per side, as [`upsample_nearest2x`].
+pub fn upsample_nearest(x: &Tensor, s: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     x.reshape((n, c, h, 1, w, 1))?
-        .broadcast_as((n, c, h, 2, w, 2))?
-        .reshape((n, c, 2 * h, 2 * w))
+        .broadcast_as((n, c, h, s, w, s))?
+        .reshape((n, c, s * h, s * w))
 }
 
 /// Whether our CPU kernels handle `t` (f32 or f64 on the CPU); other tensors use candle's ops.

@@ -122,7 +122,7 @@ pub fn bind(
             ok = false;
             continue;
         }
-        match eval(&arg.value, env) {
+        match word_or_eval(&arg.value, &params[idx].ty, env) {
             Ok(v) => match v.val.coerce(&params[idx].ty) {
                 Ok(val) => {
                     slots.values[idx] = Some(v.with_val(val));
@@ -150,6 +150,17 @@ pub fn bind(
         }
     }
     ok.then_some(slots)
+}
+
+/// Evaluates an argument. A string option may be written as a bare word (`mode = nearest`): a name
+/// that is not a variable in scope is then the string itself.
+fn word_or_eval(e: &crate::ast::Expr, ty: &Ty, env: &Env) -> Result<Value, Diagnostic> {
+    match &e.kind {
+        crate::ast::ExprKind::Var(name) if *ty == Ty::Str && env.get(name).is_none() => {
+            Ok(Value::new(crate::value::Val::Str(name.clone()), e.span))
+        }
+        _ => eval(e, env),
+    }
 }
 
 /// Reports required parameters that no argument filled; returns `false` if any is missing.

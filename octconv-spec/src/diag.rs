@@ -37,6 +37,12 @@ pub enum DiagKind {
     KernelTooLarge,
     /// The two sides of a residual connection disagree.
     ResidualMismatch,
+    /// The values joined by `concat`, `add`, `scale` or `branches` do not fit together (kinds,
+    /// spatial sizes, shapes or channel counts).
+    JoinMismatch,
+    /// A value name (`as enc1`) that exists but is not visible where it is used: bound inside a
+    /// block, a `residual` or another branch.
+    NotVisible,
     /// An `expect` statement that does not hold.
     Expect,
     /// A `require` statement that does not hold.

@@ -2,8 +2,9 @@
 //! name, its inputs, shapes, parameter count, MACs and output activation size.
 //!
 //! Layer 0 is always the `input` node. Every other layer reads the layers listed in `inputs` (indices
-//! of earlier layers): one for ordinary layers, two for a residual `add` (main branch, shortcut). The
-//! runtime interpreter and the code generator walk this list in order.
+//! of earlier layers): one for ordinary layers, two or more for `add` and `concat` (a residual's main
+//! branch first, then its shortcut), the map and then the gates for `scale`. The layers form a DAG in
+//! topological order; the runtime interpreter and the code generator walk this list in order.
 
 use crate::shape::{Dims, Shape};
 use crate::source::Span;
@@ -184,8 +185,27 @@ pub enum Op {
         /// Whether a bias is added.
         bias: bool,
     },
-    /// Residual sum of `inputs[0]` (main branch) and `inputs[1]` (shortcut).
+    /// Element-wise sum of all inputs: a residual (main branch, shortcut), an `add(…)` skip or the
+    /// join of `branches add`.
     Add,
+    /// Concatenation of all inputs along channels, in order; on pairs high with high and low with low.
+    Concat,
+    /// `inputs[0]` (a map or pair) multiplied per channel by `inputs[1]`, a flat vector with one gate
+    /// per channel (high channels first): the end of a squeeze-and-excitation block.
+    Scale,
+    /// Nearest-neighbour upsampling of every branch by an integer factor.
+    Upsample {
+        /// Factor per side.
+        scale: usize,
+    },
+    /// Logistic sigmoid.
+    Sigmoid,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x · relu6(x + 3) / 6` (MobileNet v3).
+    HardSwish,
+    /// Pair → single-frequency at the low resolution: `concat([avg_pool_2x2(high), low])`.
+    MergeLow,
 }
 
 impl Op {
@@ -206,6 +226,13 @@ impl Op {
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",
             Op::Add => "add",
+            Op::Concat => "concat",
+            Op::Scale => "scale",
+            Op::Upsample { .. } => "upsample",
+            Op::Sigmoid => "sigmoid",
+            Op::Relu6 => "relu6",
+            Op::HardSwish => "hardswish",
+            Op::MergeLow => "merge",
         }
     }
 }
@@ -240,6 +267,8 @@ impl fmt::Display for Op {
                 write!(f, "{} {k}x{k} s{}", self.kind(), p.stride, k = p.kernel)
             }
             Op::GlobalAvgPool { per_branch: true } => write!(f, "global_avg_pool per-branch"),
+            Op::Upsample { scale } => write!(f, "upsample x{scale}"),
+            Op::MergeLow => write!(f, "merge to low"),
             _ => write!(f, "{}", self.kind()),
         }
     }

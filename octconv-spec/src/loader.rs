@@ -314,6 +314,7 @@ fn collect_calls<'a>(body: &'a [Stmt], out: &mut Vec<(&'a str, Span)>) {
                     collect_calls(sc, out);
                 }
             }
+            Stmt::Branches { bodies, .. } => bodies.iter().for_each(|b| collect_calls(b, out)),
             _ => {}
         }
     }

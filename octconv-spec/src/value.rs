@@ -85,9 +85,10 @@ impl Val {
     /// Converts to the declared type `ty` (widening ints to floats), or says why not.
     pub fn coerce(&self, ty: &Ty) -> Result<Val, String> {
         match (ty, self) {
-            (Ty::Int, Val::Int(_)) | (Ty::Float, Val::Float(_)) | (Ty::Bool, Val::Bool(_)) => {
-                Ok(self.clone())
-            }
+            (Ty::Int, Val::Int(_))
+            | (Ty::Float, Val::Float(_))
+            | (Ty::Bool, Val::Bool(_))
+            | (Ty::Str, Val::Str(_)) => Ok(self.clone()),
             (Ty::Float, Val::Int(i)) => Ok(Val::Float(*i as f64)),
             (Ty::List(elem, n), Val::List(items)) => {
                 if items.len() != *n {

@@ -4,18 +4,22 @@
 //! [`OctValue`]: crate::OctValue
 //! [`VarBuilder`]: candle_nn::VarBuilder
 
+pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod dropout;
+pub mod graph;
 pub mod head;
 pub mod octave;
 pub mod octconv;
 pub mod pool;
 
+pub use activation::Activation;
 pub use batch_norm::{BatchNorm2d, InputMap, OctBatchNorm};
 pub use conv::Conv2d;
 pub use dropout::{Dropout, DropoutRng};
+pub use graph::{add, concat, scale};
 pub use head::{flatten, global_avg_pool, Linear};
-pub use octave::{merge, split};
+pub use octave::{merge, merge_low, split, upsample};
 pub use octconv::OctConv2d;
 pub use pool::{Pool, PoolKind};

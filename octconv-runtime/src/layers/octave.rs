@@ -34,3 +34,23 @@ pub fn merge(x: &OctValue) -> Result<OctValue> {
         OctValue::Flat(_) => candle_core::bail!("merge needs an octave pair"),
     }
 }
+
+/// Pair → `concat([avg_pool_2x2(high), low])` at the low resolution, high first.
+pub fn merge_low(x: &OctValue) -> Result<OctValue> {
+    match x {
+        OctValue::Pair { high, low } => Ok(OctValue::Single(match high {
+            Some(h) => Tensor::cat(&[&avg_pool2x2(h)?, low], 1)?,
+            None => low.clone(),
+        })),
+        OctValue::Single(_) => Ok(x.clone()),
+        OctValue::Flat(_) => candle_core::bail!("merge needs an octave pair"),
+    }
+}
+
+/// Nearest-neighbour upsampling of every branch by `scale` per side.
+pub fn upsample(x: &OctValue, scale: usize) -> Result<OctValue> {
+    match x {
+        OctValue::Flat(_) => candle_core::bail!("upsample needs a feature map"),
+        _ => x.map(|t| crate::ops::upsample_nearest(t, scale)),
+    }
+}

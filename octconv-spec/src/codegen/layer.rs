@@ -143,10 +143,49 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
                 quote!(#l::flatten(&#x)?)
             })
         }
-        Op::Add => stateless(|x| {
-            let (a, b) = (x[0], x[1]);
-            quote!(#a.add(&#b)?)
-        }),
+        Op::Add | Op::Concat => {
+            let l = l.clone();
+            let f = if matches!(layer.op, Op::Add) {
+                quote!(add)
+            } else {
+                quote!(concat)
+            };
+            stateless(move |x| quote!(#l::#f(&[#(&#x),*])?))
+        }
+        Op::Scale => {
+            let l = l.clone();
+            stateless(move |x| {
+                let (v, g) = (x[0], x[1]);
+                quote!(#l::scale(&#v, &#g)?)
+            })
+        }
+        Op::Upsample { scale } => {
+            let l = l.clone();
+            let scale = us(scale);
+            stateless(move |x| {
+                let x = x[0];
+                quote!(#l::upsample(&#x, #scale)?)
+            })
+        }
+        Op::Sigmoid | Op::Relu6 | Op::HardSwish => {
+            let l = l.clone();
+            let a = match layer.op {
+                Op::Sigmoid => quote!(Sigmoid),
+                Op::Relu6 => quote!(Relu6),
+                _ => quote!(HardSwish),
+            };
+            stateless(move |x| {
+                let x = x[0];
+                quote!(#l::Activation::#a.forward(&#x)?)
+            })
+        }
+        Op::MergeLow => {
+            let l = l.clone();
+            stateless(move |x| {
+                let x = x[0];
+                quote!(#l::merge_low(&#x)?)
+            })
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 //! or a diagnostic. The cost of the resulting op is computed in [`crate::cost`], never here.
 
 mod conv;
+pub(crate) mod graph;
 mod head;
 mod norm;
 mod octave;
 pub(crate) mod octconv;
 mod pool;
+mod resample;
 
 use crate::ast::{Call, Ty};
 use crate::bind::SigParam;
@@ -27,6 +29,7 @@ enum PTy {
     Int,
     Float,
     Bool,
+    Str,
 }
 
 /// A builtin layer's parameter: name, type, required.
@@ -39,6 +42,8 @@ pub struct LayerDef {
     params: &'static [P],
     /// What it does.
     pub summary: &'static str,
+    /// Its positional arguments name values to read besides the current one (`concat(enc1)`).
+    pub reads_values: bool,
 }
 
 impl LayerDef {
@@ -52,6 +57,7 @@ impl LayerDef {
                     PTy::Int => Ty::Int,
                     PTy::Float => Ty::Float,
                     PTy::Bool => Ty::Bool,
+                    PTy::Str => Ty::Str,
                 },
                 required: *r,
             })
@@ -59,7 +65,7 @@ impl LayerDef {
     }
 }
 
-use PTy::{Bool, Float, Int};
+use PTy::{Bool, Float, Int, Str};
 
 /// Every builtin layer. Optional parameters' defaults are documented in `summary` and applied by the
 /// op modules.
@@ -77,6 +83,7 @@ pub const LAYERS: &[LayerDef] = &[
             ("bias", Bool, false),
         ],
         summary: "octave convolution; out (required unless depthwise, which keeps the input channels), stride 1|2 (default 1), alpha = α_out (default α_in), alpha_in checks the input split, groups = 1, depthwise = false, bias = false; same padding, odd kernels",
+        reads_values: false,
     },
     LayerDef {
         name: "conv",
@@ -89,56 +96,109 @@ pub const LAYERS: &[LayerDef] = &[
             ("bias", Bool, false),
         ],
         summary: "plain convolution on a single-frequency tensor; stride = 1, padding = kernel / 2, groups = 1, bias = false",
+        reads_values: false,
     },
     LayerDef {
         name: "bn",
         params: &[("eps", Float, false), ("momentum", Float, false)],
         summary: "batch normalisation, separate statistics per branch; eps = 1e-5, momentum = 0.1",
+        reads_values: false,
     },
     LayerDef {
         name: "relu",
         params: &[],
         summary: "ReLU on every branch",
+        reads_values: false,
     },
     LayerDef {
         name: "dropout",
         params: &[("p", Float, false)],
         summary: "dropout with probability p = 0.5 (0 ≤ p < 1), every branch",
+        reads_values: false,
     },
     LayerDef {
         name: "avg_pool",
         params: &[("kernel", Int, false), ("stride", Int, false), ("padding", Int, false)],
         summary: "average pooling per branch; kernel = 2, stride = kernel, padding = 0",
+        reads_values: false,
     },
     LayerDef {
         name: "max_pool",
         params: &[("kernel", Int, false), ("stride", Int, false), ("padding", Int, false)],
         summary: "max pooling per branch; kernel = 2, stride = kernel, padding = 0",
+        reads_values: false,
     },
     LayerDef {
         name: "split",
         params: &[("alpha", Float, true)],
         summary: "single-frequency → octave pair: the last floor(α·C) channels, average-pooled 2×2, become the low branch",
+        reads_values: false,
     },
     LayerDef {
         name: "merge",
-        params: &[],
-        summary: "octave pair → single-frequency: concat([high, upsample_nearest_x2(low)]); a no-op on a single-frequency tensor (α = 0)",
+        params: &[("to", Str, false)],
+        summary: "octave pair → single-frequency; to = high (default): concat([high, upsample_nearest_x2(low)]); to = low: concat([avg_pool_2x2(high), low]) at the low resolution; a no-op on a single-frequency tensor (α = 0)",
+        reads_values: false,
     },
     LayerDef {
         name: "global_avg_pool",
         params: &[("per_branch", Bool, false)],
         summary: "[C, H, W] → [C]; per_branch = true pools each branch of a pair and concatenates (opt-in)",
+        reads_values: false,
     },
     LayerDef {
         name: "flatten",
         params: &[],
         summary: "[C, H, W] → [C·H·W]",
+        reads_values: false,
     },
     LayerDef {
         name: "linear",
         params: &[("out", Int, true), ("bias", Bool, false)],
         summary: "fully connected layer on a flat vector; bias = true",
+        reads_values: false,
+    },
+    LayerDef {
+        name: "concat",
+        params: &[],
+        summary: "concat(a, …): the current value and the named values joined along channels, in that order; on octave pairs high with high and low with low",
+        reads_values: true,
+    },
+    LayerDef {
+        name: "add",
+        params: &[],
+        summary: "add(a, …): element-wise sum of the current value and the named values, which must have its shape",
+        reads_values: true,
+    },
+    LayerDef {
+        name: "scale",
+        params: &[],
+        summary: "scale(x): the named map or pair x multiplied per channel by the current value, a flat vector with one gate per channel of x (high channels first): squeeze-and-excitation",
+        reads_values: true,
+    },
+    LayerDef {
+        name: "upsample",
+        params: &[("scale", Int, false), ("mode", Str, false)],
+        summary: "nearest-neighbour upsampling of every branch; scale = 2, mode = nearest",
+        reads_values: false,
+    },
+    LayerDef {
+        name: "sigmoid",
+        params: &[],
+        summary: "logistic sigmoid on every branch",
+        reads_values: false,
+    },
+    LayerDef {
+        name: "relu6",
+        params: &[],
+        summary: "min(max(x, 0), 6) on every branch",
+        reads_values: false,
+    },
+    LayerDef {
+        name: "hardswish",
+        params: &[],
+        summary: "x · relu6(x + 3) / 6 on every branch",
+        reads_values: false,
     },
 ];
 
@@ -269,6 +329,10 @@ pub(crate) fn apply(args: &Args, input: &Shape) -> Result<(Op, Shape), Diagnosti
         "conv" => conv::apply(args, input),
         "bn" => norm::bn(args, input),
         "relu" => Ok((Op::Relu, *input)),
+        "sigmoid" => Ok((Op::Sigmoid, *input)),
+        "relu6" => Ok((Op::Relu6, *input)),
+        "hardswish" => Ok((Op::HardSwish, *input)),
+        "upsample" => resample::upsample(args, input),
         "dropout" => norm::dropout(args, input),
         "avg_pool" | "max_pool" => pool::apply(args, input),
         "split" => octave::split(args, input),
@@ -276,6 +340,6 @@ pub(crate) fn apply(args: &Args, input: &Shape) -> Result<(Op, Shape), Diagnosti
         "global_avg_pool" => head::global_avg_pool(args, input),
         "flatten" => head::flatten(args, input),
         "linear" => head::linear(args, input),
-        other => unreachable!("layer `{other}` is in LAYERS but has no rule"),
+        other => unreachable!("layer `{other}` is in LAYERS but has no single-input rule"),
     }
 }

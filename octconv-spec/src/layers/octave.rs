@@ -46,9 +46,41 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     Ok((Op::Split { low }, Shape::pair(high, low, d.h, d.w)))
 }
 
-/// `merge()`: pair → `[Ch + Cl, H, W]`; identity on a single-frequency tensor (α = 0).
+/// `merge(to = high)`: pair → `[Ch + Cl, H, W]`; `merge(to = low)`: pair → `[Ch + Cl, H/2, W/2]`, the
+/// high branch average-pooled 2×2. The identity on a single-frequency tensor (α = 0).
 pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let to = match a.get("to").map(|v| &v.val) {
+        Some(crate::value::Val::Str(t)) => t.as_str(),
+        _ => "high",
+    };
+    let low = match to {
+        "high" => false,
+        "low" => true,
+        other => {
+            return Err(a
+                .error(
+                    DiagKind::Argument,
+                    "to",
+                    format!("`merge` cannot merge to `{other}`: write `to = high` (the default) or `to = low`"),
+                )
+                .with_label("not `high` or `low`"))
+        }
+    };
     match input {
+        Shape::Pair { high, low: l } if low => {
+            if high.c > 0 && (high.h / 2 != l.h || high.w / 2 != l.w) {
+                return Err(a
+                    .call_error(
+                        DiagKind::Divisibility,
+                        format!("merge(to = low) pools the high branch 2×2 to the low branch's size, but {input} does not halve to it"),
+                    )
+                    .with_label("sizes do not match"));
+            }
+            Ok((
+                Op::MergeLow,
+                Shape::Single(Dims::new(high.c + l.c, l.h, l.w)),
+            ))
+        }
         Shape::Pair { high, low } => Ok((
             Op::Merge,
             Shape::Single(Dims::new(high.c + low.c, high.h, high.w)),

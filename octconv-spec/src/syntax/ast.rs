@@ -101,6 +101,8 @@ pub enum Ty {
     Float,
     /// `bool`
     Bool,
+    /// A string; only builtin layers' options have it (`upsample(mode = nearest)`).
+    Str,
     /// `[T; N]`, a fixed-size list.
     List(Box<Ty>, usize),
 }
@@ -111,6 +113,7 @@ impl std::fmt::Display for Ty {
             Ty::Int => write!(f, "int"),
             Ty::Float => write!(f, "float"),
             Ty::Bool => write!(f, "bool"),
+            Ty::Str => write!(f, "string"),
             Ty::List(t, n) => write!(f, "[{t}; {n}]"),
         }
     }
@@ -168,7 +171,20 @@ pub enum Stmt {
         body: Vec<Stmt>,
         /// Explicit shortcut branch; `None` means identity or automatic projection.
         shortcut: Option<Vec<Stmt>>,
+        /// `as name`: names the residual's scope and binds its output.
+        label: Option<Label>,
         /// Span of the `residual` keyword (where mismatches point).
+        span: Span,
+    },
+    /// `branches concat { { … }, { … } } as name;`: parallel bodies from one input, joined.
+    Branches {
+        /// `concat` or `add`, as written.
+        join: Ident,
+        /// One body per branch.
+        bodies: Vec<Vec<Stmt>>,
+        /// `as name`: names the construct's scope and binds its output.
+        label: Option<Label>,
+        /// From `branches` to the join's name.
         span: Span,
     },
     /// A layer or block call: `octconv(64, kernel = 3) as conv1;`
@@ -192,12 +208,23 @@ pub struct Call {
     /// Arguments in order.
     pub args: Vec<Arg>,
     /// `as label`: overrides the automatic layer name.
-    pub label: Option<Ident>,
+    pub label: Option<Label>,
     /// Whole call.
     pub span: Span,
 }
 
 /// One argument: positional (`64`) or named (`kernel = 3`).
+/// `as name` or `as name[index]` after a call, `residual` or `branches`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    /// The name.
+    pub name: Ident,
+    /// The index expression of `name[index]`.
+    pub index: Option<Expr>,
+    /// From `name` to the closing `]`.
+    pub span: Span,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arg {
     /// The name of a named argument.

@@ -267,14 +267,41 @@ impl Builder {
             Rule::residual_stmt => {
                 let kw = Span::new(self.file, span.start, span.start + "residual".len());
                 let body = self.body(it.next().expect("residual body"))?;
-                let shortcut = it
-                    .next()
-                    .map(|sc| self.body(sc.into_inner().next().expect("shortcut body")))
-                    .transpose()?;
+                let mut shortcut = None;
+                let mut label = None;
+                for p in it {
+                    match p.as_rule() {
+                        Rule::shortcut => {
+                            shortcut =
+                                Some(self.body(p.into_inner().next().expect("shortcut body"))?)
+                        }
+                        _ => label = Some(self.label(p)?),
+                    }
+                }
                 Stmt::Residual {
                     body,
                     shortcut,
+                    label,
                     span: kw,
+                }
+            }
+            Rule::branches_stmt => {
+                let kw = it.next().expect("branches keyword");
+                let join = self.ident(it.next().expect("join"));
+                let span = self.span(&kw).to(join.span);
+                let mut bodies = Vec::new();
+                let mut label = None;
+                for p in it {
+                    match p.as_rule() {
+                        Rule::body => bodies.push(self.body(p)?),
+                        _ => label = Some(self.label(p)?),
+                    }
+                }
+                Stmt::Branches {
+                    join,
+                    bodies,
+                    label,
+                    span,
                 }
             }
             _ => Stmt::Call(self.call(span, it)?),
@@ -293,13 +320,22 @@ impl Builder {
             }
             _ => Vec::new(),
         };
-        let label = it.next().map(|l| self.ident(l));
+        let label = it.next().map(|l| self.label(l)).transpose()?;
         Ok(Call {
             name,
             args,
             label,
             span,
         })
+    }
+
+    fn label(&self, p: Pair<Rule>) -> Res<Label> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().expect("label name"));
+        let index = it.next().map(|e| self.expr(e)).transpose()?;
+        let span = Span::new(self.file, name.span.start, span.end);
+        Ok(Label { name, index, span })
     }
 
     fn args(&self, p: Pair<Rule>) -> Res<Vec<Arg>> {

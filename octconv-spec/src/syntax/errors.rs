@@ -27,7 +27,10 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
         | Rule::let_stmt
         | Rule::repeat_stmt
         | Rule::residual_stmt
+        | Rule::branches_stmt
+        | Rule::branches_kw
         | Rule::call_stmt => "statement",
+        Rule::label => "`as`",
         Rule::ty | Rule::ty_name | Rule::ty_list => "type (`int`, `float`, `bool` or `[T; N]`)",
         Rule::param => "parameter",
         Rule::arg | Rule::named_arg => "argument",

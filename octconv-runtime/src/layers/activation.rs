@@ -1,0 +1,36 @@
+//! Element-wise activations beyond ReLU, on every branch: `sigmoid`, `relu6`, `hardswish`.
+
+use crate::OctValue;
+use candle_core::{Result, Tensor};
+
+/// Which activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `1 / (1 + e^−x)`.
+    Sigmoid,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x · relu6(x + 3) / 6`.
+    HardSwish,
+}
+
+/// `min(max(x, 0), 6)` as `relu(x) − relu(x − 6)`: exact, with ReLU's gradient.
+fn relu6(t: &Tensor) -> Result<Tensor> {
+    t.relu()? - (t - 6.0)?.relu()?
+}
+
+impl Activation {
+    /// Applies the activation to one tensor.
+    pub fn tensor(self, t: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Sigmoid => candle_nn::ops::sigmoid(t),
+            Activation::Relu6 => relu6(t),
+            Activation::HardSwish => t.mul(&(relu6(&(t + 3.0)?)? / 6.0)?),
+        }
+    }
+
+    /// Applies the activation to every branch.
+    pub fn forward(self, x: &OctValue) -> Result<OctValue> {
+        x.map(|t| self.tensor(t))
+    }
+}

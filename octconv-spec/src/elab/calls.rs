@@ -1,0 +1,202 @@
+//! Calls: builtin layers and user blocks.
+
+use super::*;
+
+impl<'p> Elab<'p> {
+    pub(super) fn call(&mut self, call: &Call, env: &Env, cur: Cur) -> Cur {
+        if let Some(def) = layers::layer(&call.name.name) {
+            return self.call_layer(def, call, env, cur);
+        }
+        let program = self.program;
+        match program.def(&call.name.name) {
+            Some(def) if def.kind == DefKind::Block => self.call_block(def, call, env, cur),
+            Some(def) => {
+                self.report(
+                    Diagnostic::error(
+                        DiagKind::Structure,
+                        call.name.span,
+                        format!("`{}` is a model; models cannot be called", call.name.name),
+                    )
+                    .with_secondary(def.name.span, "model defined here")
+                    .with_help(format!(
+                        "turn the reusable part of `{}` into a `block`",
+                        call.name.name
+                    )),
+                );
+                cur.poisoned()
+            }
+            None => {
+                let mut candidates: Vec<&str> = layers::LAYERS.iter().map(|l| l.name).collect();
+                candidates.extend(
+                    program
+                        .defs
+                        .iter()
+                        .filter(|d| d.kind == DefKind::Block)
+                        .map(|d| d.name.name.as_str()),
+                );
+                let mut d = Diagnostic::error(
+                    DiagKind::UnknownName,
+                    call.name.span,
+                    format!("unknown layer or block `{}`", call.name.name),
+                )
+                .with_label("not a builtin layer or a block in scope");
+                match suggest::help(&call.name.name, candidates.iter().copied()) {
+                    Some(h) => d = d.with_help(h),
+                    None => {
+                        d = d.with_note(format!(
+                            "builtin layers: {}",
+                            layers::LAYERS
+                                .iter()
+                                .map(|l| l.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    }
+                }
+                self.report(d);
+                cur.poisoned()
+            }
+        }
+    }
+
+    /// Whether the model has its input yet; reports (once) a layer before `input`.
+    pub(super) fn has_input(&mut self, def: &LayerDef, call: &Call, cur: Cur) -> bool {
+        if cur.node != NO_INPUT {
+            return true;
+        }
+        if !self.reported_no_input {
+            self.reported_no_input = true;
+            self.report(
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    call.span,
+                    format!("layer `{}` comes before the model's `input`", def.name),
+                )
+                .with_help("start the model with `input [C, H, W];`"),
+            );
+        }
+        false
+    }
+
+    pub(super) fn call_layer(
+        &mut self,
+        def: &'static LayerDef,
+        call: &Call,
+        env: &Env,
+        cur: Cur,
+    ) -> Cur {
+        if def.reads_values {
+            return self.call_join(def, call, env, cur);
+        }
+        let sig = def.sig();
+        let mut diags = Diagnostics::default();
+        let slots = bind::bind(def.name, &sig, &call.args, env, &mut diags);
+        let slots = slots.filter(|s| bind::missing(def.name, &sig, s, call.span, &mut diags));
+        for d in diags.into_vec() {
+            self.report(d);
+        }
+        let Some(slots) = slots else {
+            return cur.poisoned();
+        };
+        if !self.has_input(def, call, cur) {
+            return cur.poisoned();
+        }
+        let Some(shape) = cur.shape else {
+            return cur;
+        };
+        let args = Args {
+            call,
+            def,
+            values: slots.values,
+            spans: slots.spans,
+            alpha_zero: self.opts.alpha_zero,
+            input_alpha: cur.alpha,
+        };
+        match layers::apply(&args, &shape) {
+            Ok((op, out)) => {
+                let alpha = match (&op, out) {
+                    (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
+                    (Op::OctConv(_), _) if !self.opts.alpha_zero => {
+                        args.float("alpha").unwrap_or(cur.alpha)
+                    }
+                    (Op::Split { .. }, _) if !self.opts.alpha_zero => {
+                        args.float("alpha").unwrap_or(0.0)
+                    }
+                    _ => cur.alpha,
+                };
+                let (name, key) = self.name_for(call.label.as_ref(), def.name, env);
+                self.labelled = call.label.is_some();
+                let out = match self.push_layer(name, op, vec![cur.node], shape, out, call.span) {
+                    Some(node) => Cur {
+                        node,
+                        shape: Some(out),
+                        alpha,
+                    },
+                    None => cur.poisoned(),
+                };
+                if let (Some(key), Some(l)) = (key, &call.label) {
+                    self.bind_value(key, l.span, out);
+                }
+                out
+            }
+            Err(d) => {
+                self.report(d);
+                // Layers that keep the shape pass it on, so later layers are still checked.
+                if matches!(def.name, "bn" | "relu" | "dropout") {
+                    cur
+                } else {
+                    cur.poisoned()
+                }
+            }
+        }
+    }
+
+    pub(super) fn call_block(&mut self, def: &'p Def, call: &Call, env: &Env, cur: Cur) -> Cur {
+        if self.frames.iter().any(|f| f.block == def.name.name) {
+            // Also reported statically by the loader; this guard stops the elaborator.
+            self.report(Diagnostic::error(
+                DiagKind::Recursion,
+                call.name.span,
+                format!("recursive block: `{}` calls itself", def.name.name),
+            ));
+            return cur.poisoned();
+        }
+        if self.frames.len() >= MAX_CALL_DEPTH {
+            self.abort(
+                call.span,
+                format!("block calls are nested deeper than {MAX_CALL_DEPTH}"),
+            );
+            return cur.poisoned();
+        }
+        let sig = sig_of(def);
+        let mut diags = Diagnostics::default();
+        let slots = bind::bind(&def.name.name, &sig, &call.args, env, &mut diags);
+        for d in diags.into_vec() {
+            self.report(d);
+        }
+        let Some(slots) = slots else {
+            return cur.poisoned();
+        };
+        let Some(mut inner) = self.bind_params(def, &sig, slots, call.span) else {
+            return cur.poisoned();
+        };
+        let (name, key) = self.name_for(call.label.as_ref(), &def.name.name, env);
+        self.push_scope(&name);
+        self.frames.push(Frame {
+            block: def.name.name.clone(),
+            call_span: call.span,
+        });
+        self.open_names(
+            format!("block `{}` (called as `{name}`)", def.name.name),
+            true,
+        );
+        let out = self.exec(&def.body, &mut inner, cur, true);
+        self.close_names();
+        self.frames.pop();
+        self.scopes.pop();
+        if let (Some(key), Some(l)) = (key, &call.label) {
+            self.bind_value(key, l.span, out);
+        }
+        out
+    }
+}
