@@ -1,7 +1,8 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
 use crate::layers::{
-    self, Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, Pool, PoolKind,
+    self, Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d,
+    OctConvTranspose2d, Pool, PoolKind,
 };
 use crate::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
@@ -15,6 +16,7 @@ enum Node {
     Input,
     Conv(Conv2d),
     OctConv(OctConv2d),
+    OctConvTranspose(OctConvTranspose2d),
     BatchNorm(OctBatchNorm),
     Relu,
     Dropout(Dropout),
@@ -68,6 +70,9 @@ impl OctModel {
                 Op::Input => Node::Input,
                 Op::Conv(spec) => Node::Conv(Conv2d::new(spec, vb)?),
                 Op::OctConv(spec) => Node::OctConv(OctConv2d::new(spec, vb)?),
+                Op::OctConvTranspose(spec) => {
+                    Node::OctConvTranspose(OctConvTranspose2d::new(spec, vb)?)
+                }
                 Op::BatchNorm { eps, momentum } => {
                     Node::BatchNorm(OctBatchNorm::new(&layer.input, eps, momentum, vb)?)
                 }
@@ -222,6 +227,7 @@ impl OctModel {
                 Node::Input => OctValue::Single(x.clone()),
                 Node::Conv(c) => c.forward(input(0)?)?,
                 Node::OctConv(c) => c.forward(input(0)?)?,
+                Node::OctConvTranspose(c) => c.forward(input(0)?)?,
                 Node::BatchNorm(b) => {
                     b.forward_relu_t(input(0)?, train, self.fused && self.bn_relu[j])?
                 }

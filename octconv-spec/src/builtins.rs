@@ -5,6 +5,11 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
     ("wrn", include_str!("../../specs/wrn.oct")),
     ("resnet", include_str!("../../specs/resnet.oct")),
     ("mobilenet_v1", include_str!("../../specs/mobilenet_v1.oct")),
+    ("mobilenet_v2", include_str!("../../specs/mobilenet_v2.oct")),
+    ("resnext", include_str!("../../specs/resnext.oct")),
+    ("se_resnet", include_str!("../../specs/se_resnet.oct")),
+    ("densenet", include_str!("../../specs/densenet.oct")),
+    ("unet", include_str!("../../specs/unet.oct")),
 ];
 
 /// The source of builtin file `name` (`"wrn"`, `"wrn.oct"`).

@@ -29,7 +29,7 @@ pub fn params(op: &Op, input: &Shape) -> Option<u64> {
             ])?;
             w.checked_add(if c.bias { c.out_c as u64 } else { 0 })
         }
-        Op::OctConv(o) => {
+        Op::OctConv(o) | Op::OctConvTranspose(o) => {
             let k2 = (o.kernel * o.kernel) as u64;
             let mut total = 0u64;
             for p in o.paths() {
@@ -83,6 +83,23 @@ pub fn macs(op: &Op, input: &Shape, output: &Shape) -> Option<u64> {
                     (i / o.groups) as u64
                 };
                 total = total.checked_add(product(&[out as u64, per_out, k2, at])?)?;
+            }
+            Some(total)
+        }
+        // Every input pixel of a path meets k² weights per output channel.
+        Op::OctConvTranspose(o) => {
+            let k2 = (o.kernel * o.kernel) as u64;
+            let high_in = input.high()?;
+            let half = |d: crate::shape::Dims| (d.h / 2) as u64 * (d.w / 2) as u64;
+            let mut total = 0u64;
+            for p in o.paths() {
+                let (i, out) = o.path_channels(p)?;
+                let at = match p {
+                    Path::HH => hw(high_in),
+                    Path::HL => half(high_in),
+                    Path::LH | Path::LL => hw(input.low()?),
+                };
+                total = total.checked_add(product(&[out as u64, i as u64, k2, at])?)?;
             }
             Some(total)
         }

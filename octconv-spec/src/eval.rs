@@ -9,7 +9,17 @@ use std::collections::HashMap;
 
 /// Functions callable in expressions, for messages and suggestions.
 pub const FUNCTIONS: &[&str] = &[
-    "int", "float", "min", "max", "abs", "floor", "ceil", "round", "len",
+    "int",
+    "float",
+    "min",
+    "max",
+    "abs",
+    "floor",
+    "ceil",
+    "round",
+    "len",
+    "pow",
+    "make_divisible",
 ];
 
 /// Variables in scope: a block's or model's parameters, `let` bindings and loop indices.
@@ -302,6 +312,42 @@ fn call(e: &Expr, name: &str, args: &[Expr], env: &Env) -> Result<Val, Diagnosti
                     format!("`len` needs a list, found `{}`", v.type_name()),
                 )),
             }
+        }
+        // `pow(b, e)`: integer power (checked), or float power if either is a float.
+        "pow" => {
+            arity(2)?;
+            match (&vals[0], &vals[1]) {
+                (Val::Int(b), Val::Int(x)) => {
+                    let x = u32::try_from(*x).map_err(|_| {
+                        type_err(
+                            e,
+                            format!("`pow`: the exponent must be a non-negative `int`, found {x}"),
+                        )
+                    })?;
+                    b.checked_pow(x)
+                        .map(Val::Int)
+                        .ok_or_else(|| type_err(e, "integer overflow in `pow`"))
+                }
+                (b, x) => Ok(Val::Float(num(b)?.powf(num(x)?))),
+            }
+        }
+        // `make_divisible(v, d)`: torchvision's and TensorFlow's width rounding for MobileNets: the
+        // nearest multiple of `d` (at least `d`), raised by `d` if rounding lost more than 10 %.
+        "make_divisible" => {
+            arity(2)?;
+            let (v, d) = (num(&vals[0])?, num(&vals[1])?);
+            if !(d >= 1.0 && v.is_finite() && v.abs() < 1e15) {
+                return Err(type_err(
+                    e,
+                    format!("`make_divisible`: needs a finite value and a divisor ≥ 1, found ({v}, {d})"),
+                ));
+            }
+            let d = d.trunc();
+            let mut r = (((v + d / 2.0) / d).trunc() * d).max(d);
+            if r < 0.9 * v {
+                r += d;
+            }
+            to_int(r)
         }
         "min" | "max" => {
             if vals.is_empty() {

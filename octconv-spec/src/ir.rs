@@ -144,6 +144,9 @@ pub enum Op {
     Conv(ConvSpec),
     /// Octave convolution.
     OctConv(OctConvSpec),
+    /// Transposed octave convolution, stride 2: every path doubles its input's size (kernel 2, or
+    /// kernel 3 with padding 1 and output padding 1). Weights are `[in, out, k, k]` per path.
+    OctConvTranspose(OctConvSpec),
     /// Batch normalisation; separate statistics per branch of a pair.
     BatchNorm {
         /// Added to the variance.
@@ -215,6 +218,7 @@ impl Op {
             Op::Input => "input",
             Op::Conv(_) => "conv",
             Op::OctConv(_) => "octconv",
+            Op::OctConvTranspose(_) => "octconv_transpose",
             Op::BatchNorm { .. } => "bn",
             Op::Relu => "relu",
             Op::Dropout { .. } => "dropout",
@@ -262,6 +266,13 @@ impl fmt::Display for Op {
                 }
                 write!(f, " α {:.3}→{:.3}", o.alpha_in(), o.alpha_out())
             }
+            Op::OctConvTranspose(o) => write!(
+                f,
+                "octconv_t {k}x{k} s2 α {:.3}→{:.3}",
+                o.alpha_in(),
+                o.alpha_out(),
+                k = o.kernel
+            ),
             Op::Dropout { p } => write!(f, "dropout {p}"),
             Op::AvgPool(p) | Op::MaxPool(p) => {
                 write!(f, "{} {k}x{k} s{}", self.kind(), p.stride, k = p.kernel)

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `conv` | `weight` `[out, in / groups, k, k]`, `bias` `[out]` |
 //! | `octconv` | `hh.weight`, `hl.weight`, `lh.weight`, `ll.weight` `[out_p, in_p / groups, k, k]` (depthwise: `[c, 1, k, k]`) for the paths that exist; `h.bias` `[out_h]`, `l.bias` `[out_l]` |
+//! | `octconv_transpose` | the same names, weights `[in_p, out_p, k, k]` (PyTorch's `ConvTranspose2d` layout) |
 //! | `bn` on a tensor or flat vector | `weight`, `bias`, `running_mean`, `running_var` `[C]` |
 //! | `bn` on an octave pair | `h.weight`, `h.bias`, `h.running_mean`, `h.running_var` `[Ch]` and the same under `l.` |
 //! | `linear` | `weight` `[out, in]`, `bias` `[out]` |
@@ -118,16 +119,23 @@ pub fn layer_params(layer: &Layer) -> Vec<ParamInfo> {
                 ));
             }
         }
-        Op::OctConv(o) => {
+        Op::OctConv(o) | Op::OctConvTranspose(o) => {
+            let transposed = matches!(layer.op, Op::OctConvTranspose(_));
             for p in o.paths() {
                 let (i, oc) = o.path_channels(p).expect("paths() yields existing paths");
                 let per = if o.depthwise { 1 } else { i / o.groups };
+                let k2 = o.kernel * o.kernel;
+                let (shape, fan_in) = if transposed {
+                    // `[in, out, k, k]` as PyTorch's ConvTranspose2d; with stride 2 an output pixel
+                    // meets about in · k² / 4 weights.
+                    (vec![i, oc, o.kernel, o.kernel], (i * k2 / 4).max(1))
+                } else {
+                    (vec![oc, per, o.kernel, o.kernel], per * k2)
+                };
                 out.push(ParamInfo::new(
                     format!("{n}.{}.weight", p.as_str()),
-                    vec![oc, per, o.kernel, o.kernel],
-                    Init::KaimingNormal {
-                        fan_in: per * o.kernel * o.kernel,
-                    },
+                    shape,
+                    Init::KaimingNormal { fan_in },
                     true,
                 ));
             }

@@ -47,6 +47,22 @@ fn every_builtin_checks_at_every_alpha_with_constant_parameters() {
         ("wrn(n = 4, k = 10, alpha = {a})", 10, 36_479_194u64), // WRN-28-10: 36.5 M (Zagoruyko & Komodakis)
         ("resnet(depth = 50, alpha = {a})", 1000, 25_557_032),  // ResNet-50 (torchvision)
         ("mobilenet_v1(alpha = {a})", 1000, 4_231_976), // MobileNet v1 1.0 (Keras, trainable)
+        (
+            "resnext(depth = 50, groups = 32, width = 4, alpha = {a})",
+            1000,
+            25_028_904,
+        ), // torchvision
+        (
+            "se_resnet(depth = 50, reduction = 16, alpha = {a})",
+            1000,
+            28_088_024,
+        ), // timm / pretrainedmodels
+        ("mobilenet_v2(width = 1.0, alpha = {a})", 1000, 3_504_872), // torchvision
+        (
+            "densenet(depth = 121, growth = 32, alpha = {a})",
+            1000,
+            7_978_856,
+        ), // torchvision
     ] {
         for a in ALPHAS {
             let m = checked(&call.replace("{a}", &a.to_string()));
@@ -54,6 +70,23 @@ fn every_builtin_checks_at_every_alpha_with_constant_parameters() {
             assert_eq!(m.params(), params, "{call} at α = {a}");
             assert_well_formed(&m);
         }
+    }
+}
+
+#[test]
+fn unet_checks_at_every_alpha_with_the_published_parameter_count() {
+    // U-Net with base 64, depth 4, 3 → 2 channels: 31 037 698 parameters (the common PyTorch
+    // implementation with transposed-convolution upsampling and BN).
+    for a in ALPHAS {
+        let m = checked(&format!(
+            "unet(base = 64, depth = 4, in_channels = 3, classes = 2, alpha = {a})"
+        ));
+        assert_eq!(m.params(), 31_037_698, "α = {a}");
+        assert_eq!(
+            m.output,
+            Shape::Single(octconv_spec::Dims::new(2, 256, 256))
+        );
+        assert_well_formed(&m);
     }
 }
 

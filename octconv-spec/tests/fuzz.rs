@@ -47,6 +47,19 @@ const TOKENS: &[&str] = &[
     "global_avg_pool",
     "flatten",
     "linear",
+    "branches",
+    "concat",
+    "add",
+    "scale",
+    "upsample",
+    "sigmoid",
+    "relu6",
+    "hardswish",
+    "octconv_transpose",
+    "to",
+    "mode",
+    "nearest",
+    "enc",
     "wide",
     "wrn",
     "alpha",
@@ -115,12 +128,19 @@ const SMALL: &[&str] = &[
     "model m(x: [float; 3] = [0.25, 0.5, 0.75]) { input [3, 64, 64]; let w = if x[0] > 0.1 { 8 } else { 4 }; repeat i in 0..3 { octconv(w * 4, kernel = 3, stride = 2, alpha = x[i]); } octconv(8, kernel = 1, alpha = 0); max_pool(kernel = 3, stride = 2, padding = 1); global_avg_pool(); }",
 ];
 
+/// Graph specs: names, indexed names, joins, branches, upsampling and transposed convolutions.
+const GRAPH: &[&str] = &[
+    "block d(c: int, s: int = 1) { octconv(c, kernel = 3); bn(); relu(); }\nmodel u(a: float = 0.25) { input [3, 32, 32]; d(8) as enc[0]; repeat i in 1..3 { max_pool(); d(8 * pow(2, i)) as enc[i]; } repeat i in 0..2 { let l = 1 - i; octconv_transpose(8 * pow(2, l), kernel = 2 + i, alpha = a); concat(enc[l]); d(8 * pow(2, l)); } merge(); conv(2, kernel = 1, bias = true); }",
+    "model g() { input [8, 16, 16]; split(alpha = 0.5) as x; branches concat { { }, { octconv(4, kernel = 1); relu6(); }, { avg_pool(); upsample(scale = 2, mode = nearest); } } as b; residual { octconv(16, kernel = 3); } as r; add(r); branches scale { { }, { global_avg_pool(per_branch = true); linear(4); relu(); linear(16); sigmoid(); } }; merge(to = low); hardswish(); global_avg_pool(); linear(3); }",
+];
+
 fn corpus() -> Vec<&'static str> {
     let mut c: Vec<&str> = octconv_spec::builtins::BUILTIN_FILES
         .iter()
         .map(|(_, t)| *t)
         .collect();
     c.extend(SMALL);
+    c.extend(GRAPH);
     c
 }
 

@@ -498,7 +498,7 @@ impl GenWrn {
             },
         );
         drop(x7);
-        let x9 = x8.add(&x1)?.map(|t| Ok(t.detach()))?;
+        let x9 = ::octconv::runtime::layers::add(&[&x8, &x1])?.map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x9,
@@ -678,7 +678,8 @@ impl GenWrn {
             },
         );
         drop(x9);
-        let x18 = x16.add(&x17)?.map(|t| Ok(t.detach()))?;
+        let x18 = ::octconv::runtime::layers::add(&[&x16, &x17])?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x18,
@@ -858,7 +859,8 @@ impl GenWrn {
             },
         );
         drop(x18);
-        let x27 = x25.add(&x26)?.map(|t| Ok(t.detach()))?;
+        let x27 = ::octconv::runtime::layers::add(&[&x25, &x26])?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x27,
@@ -1128,7 +1130,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x7);
-        let x9 = x8.add(&x1)?;
+        let x9 = ::octconv::runtime::layers::add(&[&x8, &x1])?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x9,
@@ -1299,7 +1301,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x9);
-        let x18 = x16.add(&x17)?;
+        let x18 = ::octconv::runtime::layers::add(&[&x16, &x17])?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x18,
@@ -1470,7 +1472,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x18);
-        let x27 = x25.add(&x26)?;
+        let x27 = ::octconv::runtime::layers::add(&[&x25, &x26])?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x27,

@@ -13,6 +13,7 @@ pub mod head;
 pub mod octave;
 pub mod octconv;
 pub mod pool;
+pub mod transpose;
 
 pub use activation::Activation;
 pub use batch_norm::{BatchNorm2d, InputMap, OctBatchNorm};
@@ -23,3 +24,4 @@ pub use head::{flatten, global_avg_pool, Linear};
 pub use octave::{merge, merge_low, split, upsample};
 pub use octconv::OctConv2d;
 pub use pool::{Pool, PoolKind};
+pub use transpose::OctConvTranspose2d;

@@ -45,7 +45,7 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
                 false,
             )
         }
-        Op::OctConv(o) => {
+        Op::OctConv(o) | Op::OctConvTranspose(o) => {
             let (in_h, in_l, out_h, out_l, kernel, stride, groups, depthwise, bias) = (
                 o.in_h,
                 o.in_l,
@@ -58,9 +58,14 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
                 o.bias,
             );
             let spec = quote!(#k::spec::ir::OctConvSpec { in_h: #in_h, in_l: #in_l, out_h: #out_h, out_l: #out_l, kernel: #kernel, stride: #stride, groups: #groups, depthwise: #depthwise, bias: #bias });
+            let ty = if matches!(layer.op, Op::OctConv(_)) {
+                quote!(#l::OctConv2d)
+            } else {
+                quote!(#l::OctConvTranspose2d)
+            };
             method(
-                quote!(#l::OctConv2d),
-                quote!(#l::OctConv2d::new(#spec, vb.pp(#name))?),
+                ty.clone(),
+                quote!(#ty::new(#spec, vb.pp(#name))?),
                 field,
                 quote!(forward),
                 false,

@@ -152,10 +152,10 @@ impl Elab<'_> {
             let mut d = Diagnostic::error(
                 DiagKind::Argument,
                 join.span,
-                format!("`branches` cannot join with `{}`: write `branches concat {{ … }}` or `branches add {{ … }}`", join.name),
+                format!("`branches` cannot join with `{}`: write `branches concat {{ … }}`, `branches add {{ … }}` or `branches scale {{ … }}`", join.name),
             )
             .with_label("not a join");
-            if let Some(h) = suggest::help(&join.name, ["concat", "add"]) {
+            if let Some(h) = suggest::help(&join.name, ["concat", "add", "scale"]) {
                 d = d.with_help(h);
             }
             self.report(d);
@@ -233,12 +233,13 @@ impl Elab<'_> {
         let op = match how {
             Join::Concat => Op::Concat,
             Join::Add => Op::Add,
+            Join::Scale => Op::Scale,
         };
         // After a concat the split is whatever the channel counts give.
         let alpha = match (how, shape.split_channels()) {
             (Join::Concat, Some((h, l))) => crate::shape::split_alpha(h, l),
             (Join::Concat, None) => 0.0,
-            (Join::Add, _) => first.alpha,
+            (Join::Add | Join::Scale, _) => first.alpha,
         };
         match self.push_layer(name, op, inputs, parts[0].shape, shape, span) {
             Some(node) => Cur {

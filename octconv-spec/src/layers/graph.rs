@@ -23,6 +23,8 @@ pub(crate) enum Join {
     Concat,
     /// Element-wise sum.
     Add,
+    /// The first value scaled per channel by the second, a vector of gates (`branches scale`).
+    Scale,
 }
 
 impl Join {
@@ -31,6 +33,7 @@ impl Join {
         match name {
             "concat" => Some(Join::Concat),
             "add" => Some(Join::Add),
+            "scale" => Some(Join::Scale),
             _ => None,
         }
     }
@@ -39,6 +42,7 @@ impl Join {
         match self {
             Join::Concat => "concat",
             Join::Add => "add",
+            Join::Scale => "scale",
         }
     }
 }
@@ -66,6 +70,20 @@ fn mismatch(at: Span, msg: String, a: &Part, b: &Part) -> Diagnostic {
 /// The shape of `parts` joined by `join`, or which two parts do not fit and why.
 pub(crate) fn join(join: Join, parts: &[Part], at: Span) -> Result<Shape, Diagnostic> {
     let first = &parts[0];
+    if join == Join::Scale {
+        return match parts {
+            [x, gates] => scale(x, gates, at),
+            _ => Err(Diagnostic::error(
+                DiagKind::Structure,
+                at,
+                format!(
+                    "a scale join takes two values (the map, then its gates), found {}",
+                    parts.len()
+                ),
+            )
+            .with_help("write `branches scale { { }, { …gates… } }`")),
+        };
+    }
     let verb = join.name();
     for p in &parts[1..] {
         if std::mem::discriminant(&p.shape) != std::mem::discriminant(&first.shape) {

@@ -11,6 +11,7 @@ mod octave;
 pub(crate) mod octconv;
 mod pool;
 mod resample;
+mod transpose;
 
 use crate::ast::{Call, Ty};
 use crate::bind::SigParam;
@@ -83,6 +84,18 @@ pub const LAYERS: &[LayerDef] = &[
             ("bias", Bool, false),
         ],
         summary: "octave convolution; out (required unless depthwise, which keeps the input channels), stride 1|2 (default 1), alpha = α_out (default α_in), alpha_in checks the input split, groups = 1, depthwise = false, bias = false; same padding, odd kernels",
+        reads_values: false,
+    },
+    LayerDef {
+        name: "octconv_transpose",
+        params: &[
+            ("out", Int, true),
+            ("kernel", Int, false),
+            ("stride", Int, false),
+            ("alpha", Float, false),
+            ("bias", Bool, false),
+        ],
+        summary: "transposed octave convolution doubling both branches (decoders); kernel = 2 (or 3: padding 1, output padding 1), stride = 2, alpha = α_out (default α_in), bias = true",
         reads_values: false,
     },
     LayerDef {
@@ -333,6 +346,7 @@ pub(crate) fn apply(args: &Args, input: &Shape) -> Result<(Op, Shape), Diagnosti
         "relu6" => Ok((Op::Relu6, *input)),
         "hardswish" => Ok((Op::HardSwish, *input)),
         "upsample" => resample::upsample(args, input),
+        "octconv_transpose" => transpose::apply(args, input),
         "dropout" => norm::dropout(args, input),
         "avg_pool" | "max_pool" => pool::apply(args, input),
         "split" => octave::split(args, input),

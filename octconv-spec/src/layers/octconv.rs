@@ -170,29 +170,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 "stride 2 halves both branches; chain layers or pool for larger reductions",
             ));
     }
-    // Without `alpha`, α_out is the α that produced the input split (not the realised ratio, which
-    // `floor` could shift), and a layer that keeps the channel count keeps the split exactly
-    // (depthwise layers always do).
-    let alpha_out = a.alpha("alpha", if a.alpha_zero { 0.0 } else { a.input_alpha })?;
-    let (out_h, out_l) = if a.get("alpha").is_none() && out == in_h + in_l {
-        (in_h, in_l)
-    } else {
-        channel_split(out, alpha_out)
-    };
-    if alpha_out > 0.0 && alpha_out < 1.0 && (out_h == 0 || out_l == 0) {
-        let empty = if out_l == 0 { "low" } else { "high" };
-        let d = a
-            .error(
-                DiagKind::EmptyBranch,
-                "alpha",
-                format!(
-                    "empty branch: alpha = {alpha_out} leaves the {empty} branch of octconv({out}) with no channels (high {out_h} / low {out_l})"
-                ),
-            )
-            .with_label(format!("floor({alpha_out} · {out}) = {out_l}"))
-            .with_help("use more channels, a different α, or alpha = 0 / 1 if one branch is meant to be absent");
-        return Err(a.with_origin(d, "alpha", "α comes from here"));
-    }
+    let (out_h, out_l) = out_split(a, in_h, in_l, out)?;
     let groups = a.dim("groups", 1, 1)?;
     if depthwise {
         if groups != 1 {
@@ -241,4 +219,38 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let output =
         infer(&spec, input).map_err(|(kind, msg, help)| a.call_error(kind, msg).with_help(help))?;
     Ok((Op::OctConv(spec), output))
+}
+
+/// The output split of an octave layer with `out` channels reading a `in_h` / `in_l` split: α_out is
+/// `alpha`, or without it the α that produced the input split (not the realised ratio, which `floor`
+/// could shift); a layer that keeps the channel count keeps the split exactly (depthwise layers
+/// always do). An α strictly between 0 and 1 that empties a branch is an error.
+pub(super) fn out_split(
+    a: &Args,
+    in_h: usize,
+    in_l: usize,
+    out: usize,
+) -> Result<(usize, usize), Diagnostic> {
+    let alpha_out = a.alpha("alpha", if a.alpha_zero { 0.0 } else { a.input_alpha })?;
+    let (out_h, out_l) = if a.get("alpha").is_none() && out == in_h + in_l {
+        (in_h, in_l)
+    } else {
+        channel_split(out, alpha_out)
+    };
+    if alpha_out > 0.0 && alpha_out < 1.0 && (out_h == 0 || out_l == 0) {
+        let empty = if out_l == 0 { "low" } else { "high" };
+        let d = a
+            .error(
+                DiagKind::EmptyBranch,
+                "alpha",
+                format!(
+                    "empty branch: alpha = {alpha_out} leaves the {empty} branch of {}({out}) with no channels (high {out_h} / low {out_l})",
+                    a.def.name
+                ),
+            )
+            .with_label(format!("floor({alpha_out} · {out}) = {out_l}"))
+            .with_help("use more channels, a different α, or alpha = 0 / 1 if one branch is meant to be absent");
+        return Err(a.with_origin(d, "alpha", "α comes from here"));
+    }
+    Ok((out_h, out_l))
 }

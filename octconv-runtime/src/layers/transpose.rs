@@ -1,0 +1,148 @@
+//! `octconv_transpose`: the transposed octave convolution of decoders (stride 2). See
+//! `octconv_spec::layers` for the geometry: every path doubles its input's size; H→L reads the high
+//! input pooled 2×2 and L→H is upsampled ×2 after its convolution.
+
+use crate::kernels::{conv2d, ConvParams};
+use crate::ops::{avg_pool2x2, upsample_nearest2x};
+use crate::OctValue;
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+use octconv_spec::ir::{OctConvSpec, Path};
+
+/// The transposed convolution of `[N, Ci, H, W]` with `w` `[Ci, Co, k, k]`, stride 2, to
+/// `[N, Co, 2H, 2W]`: PyTorch's `ConvTranspose2d` with kernel 2 (no padding) or kernel 3 (padding 1,
+/// output padding 1).
+///
+/// Kernel 2 is a matrix product and a pixel shuffle (each input pixel writes its own 2×2 block).
+/// Kernel 3 inserts zeros between the pixels and runs a stride-1 convolution with the flipped kernel.
+/// Both are built from candle ops whose gradients are exact; candle's own `conv_transpose2d` is a
+/// direct loop on the CPU.
+pub fn conv_transpose_x2(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, ci, h, wd) = x.dims4()?;
+    let (wi, co, k, k2) = w.dims4()?;
+    if wi != ci || k != k2 {
+        candle_core::bail!(
+            "conv_transpose: input has {ci} channels, weight is {:?}",
+            w.dims()
+        );
+    }
+    match k {
+        2 => {
+            let rows = x.permute((0, 2, 3, 1))?.reshape((n * h * wd, ci))?;
+            let y = rows.matmul(&w.reshape((ci, co * 4))?)?;
+            y.reshape((n, h, wd, co, 2, 2))?
+                .permute((0, 3, 1, 4, 2, 5))?
+                .reshape((n, co, 2 * h, 2 * wd))
+        }
+        3 => {
+            // x at even positions, zeros at odd ones: [N, C, 2H, 2W].
+            let z = x.reshape((n, ci, h, 1, wd, 1))?;
+            let z = Tensor::cat(&[&z, &z.zeros_like()?], 5)?;
+            let z = Tensor::cat(&[&z, &z.zeros_like()?], 3)?.reshape((n, ci, 2 * h, 2 * wd))?;
+            // Padding k − 1 − p = 1 before; 1 + output padding after, of which the zero row and
+            // column after the last pixel are already there.
+            let z = z.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+            let rev = Tensor::new(&[2u32, 1, 0], x.device())?;
+            let flipped = w
+                .index_select(&rev, 2)?
+                .index_select(&rev, 3)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            conv2d(
+                &z,
+                &flipped,
+                ConvParams {
+                    stride: 1,
+                    pad: 0,
+                    groups: 1,
+                },
+            )
+        }
+        _ => candle_core::bail!("conv_transpose supports kernel 2 or 3, found {k}"),
+    }
+}
+
+/// A transposed octave convolution with its per-path weights and per-branch biases.
+#[derive(Clone, Debug)]
+pub struct OctConvTranspose2d {
+    spec: OctConvSpec,
+    /// Weights of H→H, H→L, L→H, L→L (`None` for absent paths), `[in, out, k, k]`.
+    weights: [Option<Tensor>; 4],
+    bias_h: Option<Tensor>,
+    bias_l: Option<Tensor>,
+}
+
+impl OctConvTranspose2d {
+    /// Loads `hh.weight` … `ll.weight`, `h.bias`, `l.bias` from `vb`.
+    pub fn new(spec: OctConvSpec, vb: VarBuilder) -> Result<Self> {
+        let k = spec.kernel;
+        let mut weights: [Option<Tensor>; 4] = Default::default();
+        for (i, p) in Path::ALL.into_iter().enumerate() {
+            if let Some((cin, cout)) = spec.path_channels(p) {
+                weights[i] = Some(vb.pp(p.as_str()).get((cin, cout, k, k), "weight")?);
+            }
+        }
+        let bias = |c: usize, name: &str| -> Result<Option<Tensor>> {
+            (spec.bias && c > 0)
+                .then(|| vb.pp(name).get(c, "bias"))
+                .transpose()
+        };
+        Ok(OctConvTranspose2d {
+            bias_h: bias(spec.out_h, "h")?,
+            bias_l: bias(spec.out_l, "l")?,
+            spec,
+            weights,
+        })
+    }
+
+    /// Builds the layer from weight tensors (`[in, out, k, k]`) in `Path::ALL` order and biases.
+    pub fn from_weights(
+        spec: OctConvSpec,
+        weights: [Option<Tensor>; 4],
+        bias_h: Option<Tensor>,
+        bias_l: Option<Tensor>,
+    ) -> Self {
+        OctConvTranspose2d {
+            spec,
+            weights,
+            bias_h,
+            bias_l,
+        }
+    }
+
+    /// Applies the layer to a tensor or a pair.
+    pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
+        let (xh, xl) = x.branches();
+        let [hh, hl, lh, ll] = &self.weights;
+        let path = |w: &Option<Tensor>, x: Option<&Tensor>| -> Result<Option<Tensor>> {
+            match (w, x) {
+                (Some(w), Some(x)) => conv_transpose_x2(x, w).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let pooled = match (hl, xh) {
+            (Some(_), Some(h)) => Some(avg_pool2x2(h)?),
+            _ => None,
+        };
+        let lh = path(lh, xl)?.map(|t| upsample_nearest2x(&t)).transpose()?;
+        let high = sum(path(hh, xh)?, lh, &self.bias_h)?;
+        let low = sum(path(hl, pooled.as_ref())?, path(ll, xl)?, &self.bias_l)?;
+        match (high, low) {
+            (Some(h), None) if self.spec.out_l == 0 => Ok(OctValue::Single(h)),
+            (high, Some(low)) => Ok(OctValue::Pair { high, low }),
+            _ => candle_core::bail!("octconv_transpose: no path produces the output"),
+        }
+    }
+}
+
+/// `a + b + bias` over the parts that exist.
+fn sum(a: Option<Tensor>, b: Option<Tensor>, bias: &Option<Tensor>) -> Result<Option<Tensor>> {
+    let s = match (a, b) {
+        (Some(a), Some(b)) => Some((a + b)?),
+        (a, b) => a.or(b),
+    };
+    match (s, bias) {
+        (Some(s), Some(bias)) => Ok(Some(s.broadcast_add(&bias.reshape((1, (), 1, 1))?)?)),
+        (s, _) => Ok(s),
+    }
+}

@@ -1,0 +1,303 @@
+//! The graph layers against independent references: gradients of concat, add, scale, upsample,
+//! merge to low, sigmoid / relu6 / hardswish and the transposed octave convolution against central
+//! finite differences (f64), and the transposed convolution's forward pass against a plain
+//! scatter loop written from PyTorch's definition.
+
+use candle_core::{Device, Tensor, Var};
+use octconv_runtime::layers::transpose::conv_transpose_x2;
+use octconv_runtime::layers::{self, Activation, OctConvTranspose2d};
+use octconv_runtime::OctValue;
+use octconv_spec::ir::OctConvSpec;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Largest relative error between autograd and central differences of `f` over up to `samples`
+/// elements of each input.
+fn check_grad(inputs: &[Tensor], samples: usize, f: impl Fn(&[Tensor]) -> Tensor) -> f64 {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = f(&tensors).backward().unwrap();
+    let eps = 1e-6;
+    let mut worst: f64 = 0.0;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (i, t) in inputs.iter().enumerate() {
+        let g = grads
+            .get(&tensors[i])
+            .expect("every input gets a gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for _ in 0..samples.min(base.len()) {
+            let k = rng.random_range(0..base.len());
+            let eval = |delta: f64| {
+                let mut v = base.clone();
+                v[k] += delta;
+                let mut args = inputs.to_vec();
+                args[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
+                f(&args).to_scalar::<f64>().unwrap()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            worst = worst.max((fd - g[k]).abs() / (1e-3 + fd.abs().max(g[k].abs())));
+        }
+    }
+    worst
+}
+
+/// `Σ y ⊙ r` over every tensor of a value (flat batches included).
+fn probe(y: &OctValue) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let ts: Vec<&Tensor> = match y {
+        OctValue::Single(t) | OctValue::Flat(t) => vec![t],
+        OctValue::Pair { high, low } => high.iter().chain([low]).collect(),
+    };
+    let mut total = Tensor::new(0f64, &Device::Cpu).unwrap();
+    for t in ts {
+        let r = rand_tensor(&mut rng, t.dims(), 1.0);
+        total = (total + (t * r).unwrap().sum_all().unwrap()).unwrap();
+    }
+    total
+}
+
+fn pair(t: &[Tensor]) -> OctValue {
+    OctValue::Pair {
+        high: Some(t[0].clone()),
+        low: t[1].clone(),
+    }
+}
+
+#[test]
+fn concat_add_and_scale_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let shapes: [&[usize]; 6] = [
+        &[2, 3, 4, 4],
+        &[2, 1, 2, 2],
+        &[2, 2, 4, 4],
+        &[2, 3, 2, 2],
+        &[2, 4],
+        &[2, 3, 4, 4],
+    ];
+    let xs: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| rand_tensor(&mut rng, s, 1.0))
+        .collect();
+    // concat of two pairs: high 3 + 2, low 1 + 3.
+    let e = check_grad(&xs[..4], 40, |t| {
+        let y = layers::concat(&[&pair(&t[0..2]), &pair(&t[2..4])]).unwrap();
+        assert_eq!(y.shape().split_channels(), Some((5, 4)));
+        probe(&y)
+    });
+    assert!(e < 1e-6, "concat: {e}");
+    // add of three single tensors.
+    let e = check_grad(&[xs[0].clone(), xs[5].clone(), xs[5].clone()], 30, |t| {
+        probe(
+            &layers::add(&[
+                &OctValue::Single(t[0].clone()),
+                &OctValue::Single(t[1].clone()),
+                &OctValue::Single(t[2].clone()),
+            ])
+            .unwrap(),
+        )
+    });
+    assert!(e < 1e-6, "add: {e}");
+    // scale of a pair (high 3, low 1) by 4 gates.
+    let e = check_grad(&[xs[0].clone(), xs[1].clone(), xs[4].clone()], 40, |t| {
+        probe(&layers::scale(&pair(&t[0..2]), &OctValue::Flat(t[2].clone())).unwrap())
+    });
+    assert!(e < 1e-6, "scale: {e}");
+}
+
+#[test]
+fn scale_multiplies_each_branch_by_its_own_gates() {
+    let dev = Device::Cpu;
+    let high = Tensor::ones((1, 2, 2, 2), candle_core::DType::F64, &dev).unwrap();
+    let low = Tensor::ones((1, 1, 1, 1), candle_core::DType::F64, &dev).unwrap();
+    let gates = Tensor::new(&[[2.0f64, 3.0, 5.0]], &dev).unwrap();
+    let y = layers::scale(
+        &OctValue::Pair {
+            high: Some(high),
+            low,
+        },
+        &OctValue::Flat(gates),
+    )
+    .unwrap();
+    let (h, l) = y.branches();
+    let h = h.unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(h, [2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]);
+    assert_eq!(
+        l.unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        [5.0]
+    );
+}
+
+#[test]
+fn upsample_merge_low_and_activation_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let xs = [
+        rand_tensor(&mut rng, &[2, 2, 4, 4], 4.0),
+        rand_tensor(&mut rng, &[2, 3, 2, 2], 4.0),
+    ];
+    for s in [2, 3] {
+        let e = check_grad(&xs, 30, |t| probe(&layers::upsample(&pair(t), s).unwrap()));
+        assert!(e < 1e-6, "upsample ×{s}: {e}");
+    }
+    let e = check_grad(&xs, 30, |t| probe(&layers::merge_low(&pair(t)).unwrap()));
+    assert!(e < 1e-6, "merge to low: {e}");
+    // Values in (−4, 4) around the kinks at −3, 0 and 3 (hardswish) and 0 (relu6); values in (6, 8)
+    // for relu6's upper kink.
+    let above = (rand_tensor(&mut rng, &[2, 2, 4, 4], 1.0) + 7.0).unwrap();
+    for a in [
+        Activation::Sigmoid,
+        Activation::Relu6,
+        Activation::HardSwish,
+    ] {
+        let e = check_grad(&xs, 40, |t| probe(&a.forward(&pair(t)).unwrap()));
+        assert!(e < 1e-6, "{a:?}: {e}");
+        let e = check_grad(std::slice::from_ref(&above), 20, |t| {
+            probe(&a.forward(&OctValue::Single(t[0].clone())).unwrap())
+        });
+        assert!(e < 1e-6, "{a:?} above 6: {e}");
+    }
+}
+
+#[test]
+fn activations_equal_their_definitions() {
+    let x = Tensor::new(
+        &[-7.0f64, -3.0, -1.5, 0.0, 2.0, 3.0, 6.0, 9.0],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let v = |a: Activation| a.tensor(&x).unwrap().to_vec1::<f64>().unwrap();
+    let xs = x.to_vec1::<f64>().unwrap();
+    let relu6 = |x: f64| x.clamp(0.0, 6.0);
+    for (got, x) in v(Activation::Relu6).iter().zip(&xs) {
+        assert_eq!(*got, relu6(*x));
+    }
+    for (got, x) in v(Activation::HardSwish).iter().zip(&xs) {
+        assert!((got - x * relu6(x + 3.0) / 6.0).abs() < 1e-12);
+    }
+    for (got, x) in v(Activation::Sigmoid).iter().zip(&xs) {
+        assert!((got - 1.0 / (1.0 + (-x).exp())).abs() < 1e-12);
+    }
+}
+
+/// PyTorch's `ConvTranspose2d` (stride 2, padding p, output padding op) as a scatter loop:
+/// `y[o, 2i − p + a, 2j − p + b] += x[c, i, j] · w[c, o, a, b]`.
+fn naive_transpose(
+    x: &[f64],
+    w: &[f64],
+    (n, ci, h, wd): (usize, usize, usize, usize),
+    co: usize,
+    k: usize,
+) -> Vec<f64> {
+    let (p, op) = if k == 2 { (0, 0) } else { (1, 1) };
+    let (oh, ow) = ((h - 1) * 2 - 2 * p + k + op, (wd - 1) * 2 - 2 * p + k + op);
+    let mut y = vec![0.0; n * co * oh * ow];
+    for b in 0..n {
+        for c in 0..ci {
+            for i in 0..h {
+                for j in 0..wd {
+                    let xv = x[((b * ci + c) * h + i) * wd + j];
+                    for o in 0..co {
+                        for u in 0..k {
+                            for v in 0..k {
+                                let (r, s) = (
+                                    (2 * i + u) as isize - p as isize,
+                                    (2 * j + v) as isize - p as isize,
+                                );
+                                if r >= 0 && s >= 0 && (r as usize) < oh && (s as usize) < ow {
+                                    y[((b * co + o) * oh + r as usize) * ow + s as usize] +=
+                                        xv * w[((c * co + o) * k + u) * k + v];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv_transpose_equals_the_scatter_definition_for_kernels_2_and_3() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for k in [2, 3] {
+        let dims = (2, 3, 3, 5);
+        let x = rand_tensor(&mut rng, &[2, 3, 3, 5], 1.0);
+        let w = rand_tensor(&mut rng, &[3, 4, k, k], 1.0);
+        let y = conv_transpose_x2(&x, &w).unwrap();
+        assert_eq!(y.dims(), [2, 4, 6, 10]);
+        let want = naive_transpose(
+            &x.flatten_all().unwrap().to_vec1().unwrap(),
+            &w.flatten_all().unwrap().to_vec1().unwrap(),
+            dims,
+            4,
+            k,
+        );
+        let got = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-12, "kernel {k}: {err}");
+    }
+}
+
+#[test]
+fn transposed_octconv_gradients_of_all_four_paths_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for k in [2, 3] {
+        let spec = OctConvSpec {
+            in_h: 3,
+            in_l: 2,
+            out_h: 2,
+            out_l: 3,
+            kernel: k,
+            stride: 2,
+            groups: 1,
+            depthwise: false,
+            bias: true,
+        };
+        let inputs = vec![
+            rand_tensor(&mut rng, &[2, 3, 4, 4], 1.0),
+            rand_tensor(&mut rng, &[2, 2, 2, 2], 1.0),
+            rand_tensor(&mut rng, &[3, 2, k, k], 1.0),
+            rand_tensor(&mut rng, &[3, 3, k, k], 1.0),
+            rand_tensor(&mut rng, &[2, 2, k, k], 1.0),
+            rand_tensor(&mut rng, &[2, 3, k, k], 1.0),
+            rand_tensor(&mut rng, &[2], 1.0),
+            rand_tensor(&mut rng, &[3], 1.0),
+        ];
+        let e = check_grad(&inputs, 25, |t| {
+            let layer = OctConvTranspose2d::from_weights(
+                spec,
+                [
+                    Some(t[2].clone()),
+                    Some(t[3].clone()),
+                    Some(t[4].clone()),
+                    Some(t[5].clone()),
+                ],
+                Some(t[6].clone()),
+                Some(t[7].clone()),
+            );
+            let y = layer.forward(&pair(&t[0..2])).unwrap();
+            assert_eq!(y.shape(), octconv_spec::Shape::pair(2, 3, 8, 8));
+            probe(&y)
+        });
+        assert!(e < 1e-6, "kernel {k}: {e}");
+    }
+}

@@ -1,0 +1,77 @@
+//! `octconv_transpose`: the transposed octave convolution of encoder-decoders, stride 2.
+//!
+//! Every path is a transposed convolution that doubles its input's size (kernel 2 without padding,
+//! or kernel 3 with padding 1 and output padding 1, as PyTorch's `ConvTranspose2d`): H→H on the
+//! high input, L→L on the low input, H→L on the high input average-pooled 2×2, and L→H on the low
+//! input followed by nearest ×2 upsampling. Both output branches are twice the input's size.
+
+use super::Args;
+use crate::diag::{DiagKind, Diagnostic};
+use crate::ir::{OctConvSpec, Op};
+use crate::shape::{Dims, Shape};
+
+/// `octconv_transpose(out, kernel = 2, stride = 2, alpha, bias = true)`.
+pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let (Some(high), Some((in_h, in_l))) = (input.high(), input.split_channels()) else {
+        return Err(a
+            .call_error(
+                DiagKind::LayerInput,
+                format!("octconv_transpose needs a feature map, but its input is {input}"),
+            )
+            .with_label("input is flat"));
+    };
+    let out = a.dim("out", 0, 1)?;
+    let kernel = a.dim("kernel", 2, 1)?;
+    if kernel != 2 && kernel != 3 {
+        return Err(a
+            .error(
+                DiagKind::Structure,
+                "kernel",
+                format!("octconv_transpose supports kernel 2 or 3, found {kernel}"),
+            )
+            .with_label("unsupported kernel")
+            .with_help("kernel = 2 (no padding) or kernel = 3 (padding 1, output padding 1) both double the size"));
+    }
+    let stride = a.dim("stride", 2, 1)?;
+    if stride != 2 {
+        return Err(a
+            .error(
+                DiagKind::Structure,
+                "stride",
+                format!("octconv_transpose upsamples by stride 2, found {stride}"),
+            )
+            .with_label("unsupported stride")
+            .with_help("use `octconv` for stride 1, and chain layers for ×4"));
+    }
+    let (out_h, out_l) = super::octconv::out_split(a, in_h, in_l, out)?;
+    let spec = OctConvSpec {
+        in_h,
+        in_l,
+        out_h,
+        out_l,
+        kernel,
+        stride,
+        groups: 1,
+        depthwise: false,
+        bias: a.bool("bias").unwrap_or(true),
+    };
+    if spec.path_channels(crate::ir::Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
+        return Err(a
+            .call_error(
+                DiagKind::Divisibility,
+                format!(
+                    "octconv_transpose's H→L path pools the high branch 2×2, but it is {}×{}",
+                    high.h, high.w
+                ),
+            )
+            .with_label("odd size")
+            .with_help("set alpha = 0 for this layer, or resize so the high branch is even"));
+    }
+    let (h, w) = (2 * high.h, 2 * high.w);
+    let output = if out_l == 0 {
+        Shape::Single(Dims::new(out_h, h, w))
+    } else {
+        Shape::pair(out_h, out_l, h, w)
+    };
+    Ok((Op::OctConvTranspose(spec), output))
+}
