@@ -12,11 +12,19 @@ use std::collections::HashMap;
 
 /// Every builtin (its call without the closing parenthesis, so that `alpha` can be appended) and
 /// whether it has 3×3 stride-1 octave convolutions: where the fused kernel and the BN + ReLU
-/// prologues apply. MobileNet has depthwise and 1×1 ones only.
-const BUILTINS: [(&str, bool); 3] = [
+/// prologues apply. MobileNets have depthwise and 1×1 ones only, and ResNeXt's 3×3 ones are grouped.
+const BUILTINS: [(&str, bool); 8] = [
     ("wrn(n = 1, k = 1, classes = 10", true),
     ("resnet(depth = 26, classes = 5", true),
     ("mobilenet_v1(width = 0.25, classes = 5", false),
+    (
+        "resnext(depth = 50, groups = 8, width = 4, classes = 5",
+        false,
+    ),
+    ("se_resnet(depth = 50, reduction = 16, classes = 5", true),
+    ("mobilenet_v2(width = 0.35, classes = 5", false),
+    ("densenet(depth = 121, growth = 8, classes = 5", true),
+    ("unet(base = 8, depth = 2, size = 32, classes = 2", true),
 ];
 
 /// A tensor's values, flattened.
