@@ -14,8 +14,7 @@
 //!
 //! Branches or paths with no channels (α = 0 or 1) have no parameters.
 
-use crate::ir::{Layer, Model, Op};
-use crate::shape::Shape;
+use crate::ir::{Layer, Model};
 
 /// How a parameter is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,7 +49,7 @@ pub struct ParamInfo {
 }
 
 impl ParamInfo {
-    fn new(name: String, shape: Vec<usize>, init: Init, trainable: bool) -> Self {
+    pub(crate) fn new(name: String, shape: Vec<usize>, init: Init, trainable: bool) -> Self {
         ParamInfo {
             name,
             shape,
@@ -65,7 +64,8 @@ impl ParamInfo {
     }
 }
 
-fn bn_params(out: &mut Vec<ParamInfo>, prefix: &str, c: usize) {
+/// BN weight, bias and running statistics of `c` channels under `prefix`.
+pub(crate) fn bn_params(out: &mut Vec<ParamInfo>, prefix: &str, c: usize) {
     if c == 0 {
         return;
     }
@@ -95,89 +95,10 @@ fn bn_params(out: &mut Vec<ParamInfo>, prefix: &str, c: usize) {
     ));
 }
 
-/// The parameters of one layer, in a fixed order.
+/// The parameters of one layer, in a fixed order (each op's rule is in its module of
+/// [`crate::layers`]).
 pub fn layer_params(layer: &Layer) -> Vec<ParamInfo> {
-    let n = &layer.name;
-    let mut out = Vec::new();
-    match &layer.op {
-        Op::Conv(c) => {
-            let per = c.in_c / c.groups;
-            out.push(ParamInfo::new(
-                format!("{n}.weight"),
-                vec![c.out_c, per, c.kernel, c.kernel],
-                Init::KaimingNormal {
-                    fan_in: per * c.kernel * c.kernel,
-                },
-                true,
-            ));
-            if c.bias {
-                out.push(ParamInfo::new(
-                    format!("{n}.bias"),
-                    vec![c.out_c],
-                    Init::Zeros,
-                    true,
-                ));
-            }
-        }
-        Op::OctConv(o) | Op::OctConvTranspose(o) => {
-            let transposed = matches!(layer.op, Op::OctConvTranspose(_));
-            for p in o.paths() {
-                let (i, oc) = o.path_channels(p).expect("paths() yields existing paths");
-                let per = if o.depthwise { 1 } else { i / o.groups };
-                let k2 = o.kernel * o.kernel;
-                let (shape, fan_in) = if transposed {
-                    // `[in, out, k, k]` as PyTorch's ConvTranspose2d; with stride 2 an output pixel
-                    // meets about in · k² / 4 weights.
-                    (vec![i, oc, o.kernel, o.kernel], (i * k2 / 4).max(1))
-                } else {
-                    (vec![oc, per, o.kernel, o.kernel], per * k2)
-                };
-                out.push(ParamInfo::new(
-                    format!("{n}.{}.weight", p.as_str()),
-                    shape,
-                    Init::KaimingNormal { fan_in },
-                    true,
-                ));
-            }
-            if o.bias {
-                for (branch, c) in [("h", o.out_h), ("l", o.out_l)] {
-                    if c > 0 {
-                        out.push(ParamInfo::new(
-                            format!("{n}.{branch}.bias"),
-                            vec![c],
-                            Init::Zeros,
-                            true,
-                        ));
-                    }
-                }
-            }
-        }
-        Op::BatchNorm { .. } => match layer.input {
-            Shape::Pair { high, low } => {
-                bn_params(&mut out, &format!("{n}.h."), high.c);
-                bn_params(&mut out, &format!("{n}.l."), low.c);
-            }
-            other => bn_params(&mut out, &format!("{n}."), other.channels()),
-        },
-        Op::Linear { in_f, out_f, bias } => {
-            out.push(ParamInfo::new(
-                format!("{n}.weight"),
-                vec![*out_f, *in_f],
-                Init::LecunNormal { fan_in: *in_f },
-                true,
-            ));
-            if *bias {
-                out.push(ParamInfo::new(
-                    format!("{n}.bias"),
-                    vec![*out_f],
-                    Init::Zeros,
-                    true,
-                ));
-            }
-        }
-        _ => {}
-    }
-    out
+    crate::layers::def_of(&layer.op).map_or_else(Vec::new, |d| (d.costs.weights)(layer))
 }
 
 /// All parameters and buffers of a model, in layer order.

@@ -56,6 +56,7 @@ pub fn builtins() {
     }
     println!("\nlayers:");
     for l in octconv_spec::layers::LAYERS {
-        println!("  {:<16} {}", l.name, l.summary);
+        println!("  {}", l.signature());
+        println!("      {}", l.summary);
     }
 }

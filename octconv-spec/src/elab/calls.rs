@@ -85,7 +85,7 @@ impl<'p> Elab<'p> {
         env: &Env,
         cur: Cur,
     ) -> Cur {
-        if def.reads_values {
+        if def.reads_values() {
             return self.call_join(def, call, env, cur);
         }
         let sig = def.sig();

@@ -1,8 +1,10 @@
 //! `conv`: a plain convolution on a single-frequency tensor.
 
 use super::Args;
+use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{ConvSpec, Op};
+use crate::ir::{ConvSpec, Layer, Op};
+use crate::params::{Init, ParamInfo};
 use crate::shape::{Dims, Shape};
 
 /// `conv(out, kernel, stride = 1, padding = kernel / 2, groups = 1, bias = false)`.
@@ -27,11 +29,11 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_label("input is flat"))
         }
     };
-    let out = a.dim("out", 0, 1)?;
-    let kernel = a.dim("kernel", 0, 1)?;
-    let stride = a.dim("stride", 1, 1)?;
-    let padding = a.dim("padding", (kernel / 2) as i64, 0)?;
-    let groups = a.dim("groups", 1, 1)?;
+    let out = a.dim("out", 1)?;
+    let kernel = a.dim("kernel", 1)?;
+    let stride = a.dim("stride", 1)?;
+    let padding = a.dim_or("padding", (kernel / 2) as i64, 0)?;
+    let groups = a.dim("groups", 1)?;
     if d.c % groups != 0 || out % groups != 0 {
         return Err(a
             .error(
@@ -59,7 +61,58 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         padding,
         groups,
-        bias: a.bool("bias").unwrap_or(false),
+        bias: a.flag("bias")?,
     };
     Ok((Op::Conv(spec), Shape::Single(out_dims)))
+}
+
+/// Trainable parameters: `out · in / groups · k²` weights, plus `out` biases.
+pub(super) fn params(op: &Op, _input: &Shape) -> Option<u64> {
+    let Op::Conv(c) = op else { return Some(0) };
+    let w = product(&[
+        c.out_c as u64,
+        (c.in_c / c.groups) as u64,
+        c.kernel as u64,
+        c.kernel as u64,
+    ])?;
+    w.checked_add(if c.bias { c.out_c as u64 } else { 0 })
+}
+
+/// MACs: every output pixel meets `in / groups · k²` weights per output channel.
+pub(super) fn macs(op: &Op, _input: &Shape, output: &Shape) -> Option<u64> {
+    let Op::Conv(c) = op else { return Some(0) };
+    let out = output.high()?;
+    product(&[
+        c.out_c as u64,
+        (c.in_c / c.groups) as u64,
+        (c.kernel * c.kernel) as u64,
+        hw(out),
+    ])
+}
+
+/// `weight` `[out, in / groups, k, k]`, `bias` `[out]`.
+pub(super) fn weights(layer: &Layer) -> Vec<ParamInfo> {
+    let Op::Conv(c) = &layer.op else {
+        return Vec::new();
+    };
+    let n = &layer.name;
+    let mut out = Vec::new();
+    let per = c.in_c / c.groups;
+    out.push(ParamInfo::new(
+        format!("{n}.weight"),
+        vec![c.out_c, per, c.kernel, c.kernel],
+        Init::KaimingNormal {
+            fan_in: per * c.kernel * c.kernel,
+        },
+        true,
+    ));
+    if c.bias {
+        out.push(ParamInfo::new(
+            format!("{n}.bias"),
+            vec![c.out_c],
+            Init::Zeros,
+            true,
+        ));
+    }
+    out
 }

@@ -3,8 +3,10 @@
 //! unless opted into with `global_avg_pool(per_branch = true)`.
 
 use super::Args;
+use crate::cost::product;
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::Op;
+use crate::ir::{Layer, Op};
+use crate::params::{Init, ParamInfo};
 use crate::shape::Shape;
 
 fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
@@ -21,7 +23,7 @@ fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
 
 /// `global_avg_pool(per_branch = false)`: `[C, H, W]` → `[C]`.
 pub(crate) fn global_avg_pool(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let per_branch = a.bool("per_branch").unwrap_or(false);
+    let per_branch = a.flag("per_branch")?;
     let op = Op::GlobalAvgPool { per_branch };
     match input {
         Shape::Single(d) => Ok((op, Shape::Flat { features: d.c })),
@@ -62,8 +64,8 @@ pub(crate) fn flatten(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic
 
 /// `linear(out, bias = true)` on a flat vector.
 pub(crate) fn linear(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let out = a.dim("out", 0, 1)?;
-    let bias = a.bool("bias").unwrap_or(true);
+    let out = a.dim("out", 1)?;
+    let bias = a.flag("bias")?;
     match input {
         Shape::Flat { features } => Ok((
             Op::Linear {
@@ -87,4 +89,44 @@ pub(crate) fn linear(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic>
             "insert `merge();` and `global_avg_pool();` before `linear`",
         )),
     }
+}
+
+/// Trainable parameters of `linear`: `in · out` weights plus `out` biases.
+pub(super) fn linear_params(op: &Op, _input: &Shape) -> Option<u64> {
+    let Op::Linear { in_f, out_f, bias } = op else {
+        return Some(0);
+    };
+    product(&[*in_f as u64, *out_f as u64])?.checked_add(if *bias { *out_f as u64 } else { 0 })
+}
+
+/// MACs of `linear`: `in · out`.
+pub(super) fn linear_macs(op: &Op, _input: &Shape, _output: &Shape) -> Option<u64> {
+    let Op::Linear { in_f, out_f, .. } = op else {
+        return Some(0);
+    };
+    product(&[*in_f as u64, *out_f as u64])
+}
+
+/// `weight` `[out, in]`, `bias` `[out]`.
+pub(super) fn linear_weights(layer: &Layer) -> Vec<ParamInfo> {
+    let Op::Linear { in_f, out_f, bias } = &layer.op else {
+        return Vec::new();
+    };
+    let n = &layer.name;
+    let mut out = Vec::new();
+    out.push(ParamInfo::new(
+        format!("{n}.weight"),
+        vec![*out_f, *in_f],
+        Init::LecunNormal { fan_in: *in_f },
+        true,
+    ));
+    if *bias {
+        out.push(ParamInfo::new(
+            format!("{n}.bias"),
+            vec![*out_f],
+            Init::Zeros,
+            true,
+        ));
+    }
+    out
 }

@@ -16,7 +16,8 @@ mod transpose;
 use crate::ast::{Call, Ty};
 use crate::bind::SigParam;
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::Op;
+use crate::ir::{Layer, Op};
+use crate::params::ParamInfo;
 use crate::shape::Shape;
 use crate::source::Span;
 use crate::value::{Val, Value};
@@ -33,18 +34,76 @@ enum PTy {
     Str,
 }
 
-/// A builtin layer's parameter: name, type, required.
-type P = (&'static str, PTy, bool);
+/// What a parameter is when the call does not give it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DefaultValue {
+    /// It must be given.
+    Required,
+    /// This integer.
+    Int(i64),
+    /// This number.
+    Float(f64),
+    /// This flag.
+    Bool(bool),
+    /// This word.
+    Str(&'static str),
+    /// Computed by the layer's rule from other arguments or the input, as described.
+    Derived(&'static str),
+}
 
-/// A builtin layer: name, parameters, one-line description.
+impl std::fmt::Display for DefaultValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultValue::Required => Ok(()),
+            DefaultValue::Int(i) => write!(f, "{i}"),
+            DefaultValue::Float(x) => write!(f, "{x}"),
+            DefaultValue::Bool(b) => write!(f, "{b}"),
+            DefaultValue::Str(w) | DefaultValue::Derived(w) => write!(f, "{w}"),
+        }
+    }
+}
+
+/// A builtin layer's parameter: name, type, default.
+type P = (&'static str, PTy, DefaultValue);
+
+/// How a layer's op and output shape are found.
+#[derive(Clone, Copy)]
+pub(crate) enum Rule {
+    /// From the bound arguments and the one input.
+    Map(fn(&Args, &Shape) -> Result<(Op, Shape), Diagnostic>),
+    /// From the current value and the values its positional arguments name (`concat`, `add`,
+    /// `scale`): [`graph`], called by the elaborator, which resolves the names.
+    Join,
+}
+
+/// An op's trainable parameters, MACs per sample, and parameter names and shapes.
+#[derive(Clone, Copy)]
+pub(crate) struct Costs {
+    /// Trainable parameters of the op on its (first) input.
+    pub(crate) params: fn(&Op, &Shape) -> Option<u64>,
+    /// Multiply-accumulates per sample, from input to output.
+    pub(crate) macs: fn(&Op, &Shape, &Shape) -> Option<u64>,
+    /// Its parameters and buffers, named `<layer>.<suffix>` ([`crate::params`]).
+    pub(crate) weights: fn(&Layer) -> Vec<ParamInfo>,
+}
+
+/// The costs of a layer without parameters or MACs.
+const FREE: Costs = Costs {
+    params: |_, _| Some(0),
+    macs: |_, _, _| Some(0),
+    weights: |_| Vec::new(),
+};
+
+/// A builtin layer: everything the checker, the cost model and the parameter names know about it.
+/// Adding a layer is one entry here, its rules in one module, its IR variant, and its runtime layer.
 pub struct LayerDef {
     /// Name as written in specs.
     pub name: &'static str,
     params: &'static [P],
     /// What it does.
     pub summary: &'static str,
-    /// Its positional arguments name values to read besides the current one (`concat(enc1)`).
-    pub reads_values: bool,
+    rule: Rule,
+    pub(crate) costs: Costs,
 }
 
 impl LayerDef {
@@ -52,7 +111,7 @@ impl LayerDef {
     pub fn sig(&self) -> Vec<SigParam> {
         self.params
             .iter()
-            .map(|(n, t, r)| SigParam {
+            .map(|(n, t, d)| SigParam {
                 name: n.to_string(),
                 ty: match t {
                     PTy::Int => Ty::Int,
@@ -60,164 +119,249 @@ impl LayerDef {
                     PTy::Bool => Ty::Bool,
                     PTy::Str => Ty::Str,
                 },
-                required: *r,
+                required: *d == DefaultValue::Required,
             })
             .collect()
     }
+
+    /// Whether its positional arguments name values to read besides the current one
+    /// (`concat(enc1)`).
+    pub fn reads_values(&self) -> bool {
+        matches!(self.rule, Rule::Join)
+    }
+
+    /// The call with every parameter and its default: `octconv(out, kernel, stride = 1, …)`.
+    pub fn signature(&self) -> String {
+        let ps: Vec<String> = self
+            .params
+            .iter()
+            .map(|(n, _, d)| match d {
+                DefaultValue::Required => n.to_string(),
+                d => format!("{n} = {d}"),
+            })
+            .collect();
+        let values = if self.reads_values() { "a, …" } else { "" };
+        let sep = if !values.is_empty() && !ps.is_empty() {
+            ", "
+        } else {
+            ""
+        };
+        format!("{}({values}{sep}{})", self.name, ps.join(", "))
+    }
+
+    fn default_of(&self, name: &str) -> DefaultValue {
+        self.params
+            .iter()
+            .find(|p| p.0 == name)
+            .map_or(DefaultValue::Required, |p| p.2)
+    }
 }
 
+use DefaultValue::{Bool as B, Derived, Float as F, Int as I, Required, Str as S};
 use PTy::{Bool, Float, Int, Str};
 
-/// Every builtin layer. Optional parameters' defaults are documented in `summary` and applied by the
-/// op modules.
+/// Every builtin layer.
 pub const LAYERS: &[LayerDef] = &[
     LayerDef {
         name: "octconv",
         params: &[
-            ("out", Int, false),
-            ("kernel", Int, true),
-            ("stride", Int, false),
-            ("alpha", Float, false),
-            ("alpha_in", Float, false),
-            ("groups", Int, false),
-            ("depthwise", Bool, false),
-            ("bias", Bool, false),
+            ("out", Int, Derived("input channels if depthwise")),
+            ("kernel", Int, Required),
+            ("stride", Int, I(1)),
+            ("alpha", Float, Derived("α_in")),
+            ("alpha_in", Float, Derived("input split")),
+            ("groups", Int, I(1)),
+            ("depthwise", Bool, B(false)),
+            ("bias", Bool, B(false)),
         ],
-        summary: "octave convolution; out (required unless depthwise, which keeps the input channels), stride 1|2 (default 1), alpha = α_out (default α_in), alpha_in checks the input split, groups = 1, depthwise = false, bias = false; same padding, odd kernels",
-        reads_values: false,
+        summary: "octave convolution, same padding, odd kernels; stride 1 or 2; alpha = α_out; depthwise keeps each branch's channels",
+        rule: Rule::Map(octconv::apply),
+        costs: Costs {
+            params: octconv::params,
+            macs: octconv::macs,
+            weights: octconv::weights,
+        },
     },
     LayerDef {
         name: "octconv_transpose",
         params: &[
-            ("out", Int, true),
-            ("kernel", Int, false),
-            ("stride", Int, false),
-            ("alpha", Float, false),
-            ("bias", Bool, false),
+            ("out", Int, Required),
+            ("kernel", Int, I(2)),
+            ("stride", Int, I(2)),
+            ("alpha", Float, Derived("α_in")),
+            ("bias", Bool, B(true)),
         ],
-        summary: "transposed octave convolution doubling both branches (decoders); kernel = 2 (or 3: padding 1, output padding 1), stride = 2, alpha = α_out (default α_in), bias = true",
-        reads_values: false,
+        summary: "transposed octave convolution doubling both branches (decoders); kernel 2, or 3 with padding 1 and output padding 1; alpha = α_out",
+        rule: Rule::Map(transpose::apply),
+        costs: Costs {
+            params: octconv::params,
+            macs: transpose::macs,
+            weights: octconv::weights,
+        },
     },
     LayerDef {
         name: "conv",
         params: &[
-            ("out", Int, true),
-            ("kernel", Int, true),
-            ("stride", Int, false),
-            ("padding", Int, false),
-            ("groups", Int, false),
-            ("bias", Bool, false),
+            ("out", Int, Required),
+            ("kernel", Int, Required),
+            ("stride", Int, I(1)),
+            ("padding", Int, Derived("kernel / 2")),
+            ("groups", Int, I(1)),
+            ("bias", Bool, B(false)),
         ],
-        summary: "plain convolution on a single-frequency tensor; stride = 1, padding = kernel / 2, groups = 1, bias = false",
-        reads_values: false,
+        summary: "plain convolution on a single-frequency tensor",
+        rule: Rule::Map(conv::apply),
+        costs: Costs {
+            params: conv::params,
+            macs: conv::macs,
+            weights: conv::weights,
+        },
     },
     LayerDef {
         name: "bn",
-        params: &[("eps", Float, false), ("momentum", Float, false)],
-        summary: "batch normalisation, separate statistics per branch; eps = 1e-5, momentum = 0.1",
-        reads_values: false,
+        params: &[("eps", Float, F(1e-5)), ("momentum", Float, F(0.1))],
+        summary: "batch normalisation, separate statistics per branch",
+        rule: Rule::Map(norm::bn),
+        costs: Costs {
+            params: norm::bn_param_count,
+            macs: FREE.macs,
+            weights: norm::bn_weights,
+        },
     },
     LayerDef {
         name: "relu",
         params: &[],
         summary: "ReLU on every branch",
-        reads_values: false,
+        rule: Rule::Map(|_, input| Ok((Op::Relu, *input))),
+        costs: FREE,
     },
     LayerDef {
         name: "dropout",
-        params: &[("p", Float, false)],
-        summary: "dropout with probability p = 0.5 (0 ≤ p < 1), every branch",
-        reads_values: false,
+        params: &[("p", Float, F(0.5))],
+        summary: "dropout with probability p (0 ≤ p < 1) on every branch; the identity in eval mode",
+        rule: Rule::Map(norm::dropout),
+        costs: FREE,
     },
     LayerDef {
         name: "avg_pool",
-        params: &[("kernel", Int, false), ("stride", Int, false), ("padding", Int, false)],
-        summary: "average pooling per branch; kernel = 2, stride = kernel, padding = 0",
-        reads_values: false,
+        params: &[
+            ("kernel", Int, I(2)),
+            ("stride", Int, Derived("kernel")),
+            ("padding", Int, I(0)),
+        ],
+        summary: "average pooling per branch",
+        rule: Rule::Map(pool::apply),
+        costs: FREE,
     },
     LayerDef {
         name: "max_pool",
-        params: &[("kernel", Int, false), ("stride", Int, false), ("padding", Int, false)],
-        summary: "max pooling per branch; kernel = 2, stride = kernel, padding = 0",
-        reads_values: false,
+        params: &[
+            ("kernel", Int, I(2)),
+            ("stride", Int, Derived("kernel")),
+            ("padding", Int, I(0)),
+        ],
+        summary: "max pooling per branch",
+        rule: Rule::Map(pool::apply),
+        costs: FREE,
     },
     LayerDef {
         name: "split",
-        params: &[("alpha", Float, true)],
+        params: &[("alpha", Float, Required)],
         summary: "single-frequency → octave pair: the last floor(α·C) channels, average-pooled 2×2, become the low branch",
-        reads_values: false,
+        rule: Rule::Map(octave::split),
+        costs: FREE,
     },
     LayerDef {
         name: "merge",
-        params: &[("to", Str, false)],
-        summary: "octave pair → single-frequency; to = high (default): concat([high, upsample_nearest_x2(low)]); to = low: concat([avg_pool_2x2(high), low]) at the low resolution; a no-op on a single-frequency tensor (α = 0)",
-        reads_values: false,
+        params: &[("to", Str, S("high"))],
+        summary: "octave pair → single-frequency; to = high: concat([high, upsample_nearest_x2(low)]); to = low: concat([avg_pool_2x2(high), low]); the identity on a single-frequency tensor",
+        rule: Rule::Map(octave::merge),
+        costs: FREE,
     },
     LayerDef {
         name: "global_avg_pool",
-        params: &[("per_branch", Bool, false)],
+        params: &[("per_branch", Bool, B(false))],
         summary: "[C, H, W] → [C]; per_branch = true pools each branch of a pair and concatenates (opt-in)",
-        reads_values: false,
+        rule: Rule::Map(head::global_avg_pool),
+        costs: FREE,
     },
     LayerDef {
         name: "flatten",
         params: &[],
         summary: "[C, H, W] → [C·H·W]",
-        reads_values: false,
+        rule: Rule::Map(head::flatten),
+        costs: FREE,
     },
     LayerDef {
         name: "linear",
-        params: &[("out", Int, true), ("bias", Bool, false)],
-        summary: "fully connected layer on a flat vector; bias = true",
-        reads_values: false,
+        params: &[("out", Int, Required), ("bias", Bool, B(true))],
+        summary: "fully connected layer on a flat vector",
+        rule: Rule::Map(head::linear),
+        costs: Costs {
+            params: head::linear_params,
+            macs: head::linear_macs,
+            weights: head::linear_weights,
+        },
     },
     LayerDef {
         name: "concat",
         params: &[],
-        summary: "concat(a, …): the current value and the named values joined along channels, in that order; on octave pairs high with high and low with low",
-        reads_values: true,
+        summary: "the current value and the named values joined along channels, in that order; on octave pairs high with high and low with low",
+        rule: Rule::Join,
+        costs: FREE,
     },
     LayerDef {
         name: "add",
         params: &[],
-        summary: "add(a, …): element-wise sum of the current value and the named values, which must have its shape",
-        reads_values: true,
+        summary: "element-wise sum of the current value and the named values, which must have its shape",
+        rule: Rule::Join,
+        costs: FREE,
     },
     LayerDef {
         name: "scale",
         params: &[],
         summary: "scale(x): the named map or pair x multiplied per channel by the current value, a flat vector with one gate per channel of x (high channels first): squeeze-and-excitation",
-        reads_values: true,
+        rule: Rule::Join,
+        costs: FREE,
     },
     LayerDef {
         name: "upsample",
-        params: &[("scale", Int, false), ("mode", Str, false)],
-        summary: "nearest-neighbour upsampling of every branch; scale = 2, mode = nearest",
-        reads_values: false,
+        params: &[("scale", Int, I(2)), ("mode", Str, S("nearest"))],
+        summary: "nearest-neighbour upsampling of every branch",
+        rule: Rule::Map(resample::upsample),
+        costs: FREE,
     },
     LayerDef {
         name: "sigmoid",
         params: &[],
         summary: "logistic sigmoid on every branch",
-        reads_values: false,
+        rule: Rule::Map(|_, input| Ok((Op::Sigmoid, *input))),
+        costs: FREE,
     },
     LayerDef {
         name: "relu6",
         params: &[],
         summary: "min(max(x, 0), 6) on every branch",
-        reads_values: false,
+        rule: Rule::Map(|_, input| Ok((Op::Relu6, *input))),
+        costs: FREE,
     },
     LayerDef {
         name: "hardswish",
         params: &[],
         summary: "x · relu6(x + 3) / 6 on every branch",
-        reads_values: false,
+        rule: Rule::Map(|_, input| Ok((Op::HardSwish, *input))),
+        costs: FREE,
     },
 ];
 
 /// The builtin layer called `name`.
 pub fn layer(name: &str) -> Option<&'static LayerDef> {
     LAYERS.iter().find(|l| l.name == name)
+}
+
+/// The builtin layer that produced `op` (`None` for the model input).
+pub(crate) fn def_of(op: &Op) -> Option<&'static LayerDef> {
+    layer(op.kind())
 }
 
 /// Bound arguments of one builtin layer call, with typed accessors that produce diagnostics.
@@ -241,8 +385,14 @@ impl Args<'_> {
             .unwrap_or_else(|| panic!("layer `{}` has no parameter `{name}`", self.def.name))
     }
 
+    /// The argument as given (`None` when the default applies).
     pub(crate) fn get(&self, name: &str) -> Option<&Value> {
         self.values[self.index(name)].as_ref()
+    }
+
+    /// The parameter's default from the layer table.
+    fn default(&self, name: &str) -> DefaultValue {
+        self.def.default_of(name)
     }
 
     /// The argument's span, or the call's name when the default was used.
@@ -250,27 +400,88 @@ impl Args<'_> {
         self.spans[self.index(name)].unwrap_or(self.call.name.span)
     }
 
+    /// The integer argument, or its default; `None` for a derived default not given.
     pub(crate) fn int(&self, name: &str) -> Option<i64> {
-        match self.get(name)?.val {
-            Val::Int(i) => Some(i),
+        match (self.get(name).map(|v| &v.val), self.default(name)) {
+            (Some(Val::Int(i)), _) => Some(*i),
+            (None, DefaultValue::Int(i)) => Some(i),
             _ => None,
         }
     }
 
+    /// The number argument, or its default; `None` for a derived default not given.
     pub(crate) fn float(&self, name: &str) -> Option<f64> {
-        self.get(name)?.val.as_f64()
-    }
-
-    pub(crate) fn bool(&self, name: &str) -> Option<bool> {
-        match self.get(name)?.val {
-            Val::Bool(b) => Some(b),
+        match (self.get(name), self.default(name)) {
+            (Some(v), _) => v.val.as_f64(),
+            (None, DefaultValue::Float(x)) => Some(x),
             _ => None,
         }
     }
 
-    /// An integer size argument in `min..=MAX_DIM`, or `default` when not given.
-    pub(crate) fn dim(&self, name: &str, default: i64, min: i64) -> Result<usize, Diagnostic> {
-        let v = self.int(name).unwrap_or(default);
+    /// The flag argument, or its default.
+    pub(crate) fn bool(&self, name: &str) -> Option<bool> {
+        match (self.get(name).map(|v| &v.val), self.default(name)) {
+            (Some(Val::Bool(b)), _) => Some(*b),
+            (None, DefaultValue::Bool(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The word argument, or its default.
+    pub(crate) fn word(&self, name: &str) -> Option<&str> {
+        match (self.get(name).map(|v| &v.val), self.default(name)) {
+            (Some(Val::Str(w)), _) => Some(w),
+            (None, DefaultValue::Str(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Why a parameter has no value: its default is derived, and the rule did not derive it. A bug in
+    /// the rule, reported as a diagnostic rather than a panic.
+    fn no_value(&self, name: &str) -> Diagnostic {
+        self.call_error(
+            DiagKind::Structure,
+            format!(
+                "internal error: `{name}` of `{}` has no value and no default (please report this)",
+                self.def.name
+            ),
+        )
+    }
+
+    /// The integer argument or its default.
+    pub(crate) fn integer(&self, name: &str) -> Result<i64, Diagnostic> {
+        self.int(name).ok_or_else(|| self.no_value(name))
+    }
+
+    /// The number argument or its default.
+    pub(crate) fn number(&self, name: &str) -> Result<f64, Diagnostic> {
+        self.float(name).ok_or_else(|| self.no_value(name))
+    }
+
+    /// The flag argument or its default.
+    pub(crate) fn flag(&self, name: &str) -> Result<bool, Diagnostic> {
+        self.bool(name).ok_or_else(|| self.no_value(name))
+    }
+
+    /// The word argument (`mode = nearest`) or its default.
+    pub(crate) fn text(&self, name: &str) -> Result<&str, Diagnostic> {
+        self.word(name).ok_or_else(|| self.no_value(name))
+    }
+
+    /// An integer size argument in `min..=MAX_DIM`, or its default from the table.
+    pub(crate) fn dim(&self, name: &str, min: i64) -> Result<usize, Diagnostic> {
+        let v = self.integer(name)?;
+        self.dim_checked(name, v, min)
+    }
+
+    /// An integer size argument whose default is derived (`padding = kernel / 2`): `derived` when not
+    /// given.
+    pub(crate) fn dim_or(&self, name: &str, derived: i64, min: i64) -> Result<usize, Diagnostic> {
+        let v = self.int(name).unwrap_or(derived);
+        self.dim_checked(name, v, min)
+    }
+
+    fn dim_checked(&self, name: &str, v: i64, min: i64) -> Result<usize, Diagnostic> {
         if v < min || v > MAX_DIM {
             let kind = if v > MAX_DIM {
                 DiagKind::Limit
@@ -337,23 +548,46 @@ fn contains(outer: Span, inner: Span) -> bool {
 
 /// Applies builtin layer `args.def` to `input`: the op and its output shape, or why not.
 pub(crate) fn apply(args: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    match args.def.name {
-        "octconv" => octconv::apply(args, input),
-        "conv" => conv::apply(args, input),
-        "bn" => norm::bn(args, input),
-        "relu" => Ok((Op::Relu, *input)),
-        "sigmoid" => Ok((Op::Sigmoid, *input)),
-        "relu6" => Ok((Op::Relu6, *input)),
-        "hardswish" => Ok((Op::HardSwish, *input)),
-        "upsample" => resample::upsample(args, input),
-        "octconv_transpose" => transpose::apply(args, input),
-        "dropout" => norm::dropout(args, input),
-        "avg_pool" | "max_pool" => pool::apply(args, input),
-        "split" => octave::split(args, input),
-        "merge" => octave::merge(args, input),
-        "global_avg_pool" => head::global_avg_pool(args, input),
-        "flatten" => head::flatten(args, input),
-        "linear" => head::linear(args, input),
-        other => unreachable!("layer `{other}` is in LAYERS but has no single-input rule"),
+    match args.def.rule {
+        Rule::Map(rule) => rule(args, input),
+        Rule::Join => unreachable!(
+            "`{}` reads named values: the elaborator joins them",
+            args.def.name
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_in_the_layer_table_has_its_parameters_type() {
+        for l in LAYERS {
+            for (name, ty, d) in l.params {
+                let ok = matches!(
+                    (ty, d),
+                    (_, DefaultValue::Required | DefaultValue::Derived(_))
+                        | (PTy::Int, DefaultValue::Int(_))
+                        | (PTy::Float, DefaultValue::Float(_))
+                        | (PTy::Bool, DefaultValue::Bool(_))
+                        | (PTy::Str, DefaultValue::Str(_))
+                );
+                assert!(
+                    ok,
+                    "`{name}` of `{}`: default {d:?} is not a {ty:?}",
+                    l.name
+                );
+            }
+        }
+        assert_eq!(
+            layer("octconv").unwrap().signature(),
+            "octconv(out = input channels if depthwise, kernel, stride = 1, alpha = α_in, alpha_in = input split, groups = 1, depthwise = false, bias = false)"
+        );
+        assert_eq!(layer("concat").unwrap().signature(), "concat(a, …)");
+        assert_eq!(
+            layer("upsample").unwrap().signature(),
+            "upsample(scale = 2, mode = nearest)"
+        );
     }
 }

@@ -2,12 +2,13 @@
 
 use super::Args;
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::Op;
+use crate::ir::{Layer, Op};
+use crate::params::{bn_params, ParamInfo};
 use crate::shape::Shape;
 
 /// `bn(eps = 1e-5, momentum = 0.1)`.
 pub(crate) fn bn(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let eps = a.float("eps").unwrap_or(1e-5);
+    let eps = a.number("eps")?;
     if eps <= 0.0 {
         return Err(a.error(
             DiagKind::Structure,
@@ -15,7 +16,7 @@ pub(crate) fn bn(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
             format!("`eps` of `bn` must be positive, found {eps}"),
         ));
     }
-    let momentum = a.float("momentum").unwrap_or(0.1);
+    let momentum = a.number("momentum")?;
     if !(0.0..=1.0).contains(&momentum) {
         return Err(a.error(
             DiagKind::Structure,
@@ -28,7 +29,7 @@ pub(crate) fn bn(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
 
 /// `dropout(p = 0.5)`.
 pub(crate) fn dropout(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let p = a.float("p").unwrap_or(0.5);
+    let p = a.number("p")?;
     if !(0.0..1.0).contains(&p) {
         let d = a
             .error(
@@ -40,4 +41,23 @@ pub(crate) fn dropout(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic
         return Err(a.with_origin(d, "p", "p comes from here"));
     }
     Ok((Op::Dropout { p }, *input))
+}
+
+/// Trainable parameters of `bn`: a weight and a bias per channel (running statistics are buffers).
+pub(super) fn bn_param_count(_op: &Op, input: &Shape) -> Option<u64> {
+    Some(2 * input.channels() as u64)
+}
+
+/// `weight`, `bias`, `running_mean`, `running_var` per channel; on a pair under `h.` and `l.`.
+pub(super) fn bn_weights(layer: &Layer) -> Vec<ParamInfo> {
+    let n = &layer.name;
+    let mut out = Vec::new();
+    match layer.input {
+        Shape::Pair { high, low } => {
+            bn_params(&mut out, &format!("{n}.h."), high.c);
+            bn_params(&mut out, &format!("{n}.l."), low.c);
+        }
+        other => bn_params(&mut out, &format!("{n}."), other.channels()),
+    }
+    out
 }

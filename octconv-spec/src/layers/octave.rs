@@ -49,10 +49,7 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
 /// `merge(to = high)`: pair → `[Ch + Cl, H, W]`; `merge(to = low)`: pair → `[Ch + Cl, H/2, W/2]`, the
 /// high branch average-pooled 2×2. The identity on a single-frequency tensor (α = 0).
 pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let to = match a.get("to").map(|v| &v.val) {
-        Some(crate::value::Val::Str(t)) => t.as_str(),
-        _ => "high",
-    };
+    let to = a.text("to")?;
     let low = match to {
         "high" => false,
         "low" => true,

@@ -5,8 +5,10 @@
 //! H→L pools the high input once and L→H upsamples ×2 (nearest). Padding is `kernel / 2`.
 
 use super::Args;
+use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{OctConvSpec, Op, Path};
+use crate::ir::{Layer, OctConvSpec, Op, Path};
+use crate::params::{Init, ParamInfo};
 use crate::shape::{channel_split, split_alpha, Dims, Shape};
 
 /// Why an OctConv geometry is invalid: kind, message, help.
@@ -132,9 +134,9 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_help("α_in is taken from the input; remove `alpha_in` or fix the layer before"));
         }
     }
-    let depthwise = a.bool("depthwise").unwrap_or(false);
+    let depthwise = a.flag("depthwise")?;
     let out = match (a.get("out"), depthwise) {
-        (Some(_), _) => a.dim("out", 0, 1)?,
+        (Some(_), _) => a.dim("out", 1)?,
         (None, true) => in_h + in_l,
         (None, false) => {
             return Err(a
@@ -146,7 +148,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_note("`out` may be left out only with `depthwise = true`"))
         }
     };
-    let kernel = a.dim("kernel", 0, 1)?;
+    let kernel = a.dim("kernel", 1)?;
     if kernel % 2 == 0 {
         return Err(a
             .error(
@@ -157,7 +159,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_label("even kernel")
             .with_help("use kernel = 1, 3, 5 or 7"));
     }
-    let stride = a.dim("stride", 1, 1)?;
+    let stride = a.dim("stride", 1)?;
     if stride > 2 {
         return Err(a
             .error(
@@ -171,7 +173,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             ));
     }
     let (out_h, out_l) = out_split(a, in_h, in_l, out)?;
-    let groups = a.dim("groups", 1, 1)?;
+    let groups = a.dim("groups", 1)?;
     if depthwise {
         if groups != 1 {
             return Err(a.error(DiagKind::Structure, "groups", "`groups` and `depthwise = true` cannot be combined: depthwise uses one group per channel".into()));
@@ -196,7 +198,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         groups,
         depthwise,
-        bias: a.bool("bias").unwrap_or(false),
+        bias: a.flag("bias")?,
     };
     if !depthwise && groups > 1 {
         for p in spec.paths() {
@@ -253,4 +255,92 @@ pub(super) fn out_split(
         return Err(a.with_origin(d, "alpha", "α comes from here"));
     }
     Ok((out_h, out_l))
+}
+
+/// Trainable parameters of an octave convolution (or its transpose): `out_p · in_p / groups · k²` per
+/// path (1 · k² per channel when depthwise), plus a bias per output channel.
+pub(super) fn params(op: &Op, _input: &Shape) -> Option<u64> {
+    let (Op::OctConv(o) | Op::OctConvTranspose(o)) = op else {
+        return Some(0);
+    };
+    let k2 = (o.kernel * o.kernel) as u64;
+    let mut total = 0u64;
+    for p in o.paths() {
+        let (i, out) = o.path_channels(p)?;
+        let per_out = if o.depthwise {
+            1
+        } else {
+            (i / o.groups) as u64
+        };
+        total = total.checked_add(product(&[out as u64, per_out, k2])?)?;
+    }
+    if o.bias {
+        total = total.checked_add((o.out_h + o.out_l) as u64)?;
+    }
+    Some(total)
+}
+
+/// MACs: each path at the resolution its convolution runs at.
+pub(super) fn macs(op: &Op, input: &Shape, output: &Shape) -> Option<u64> {
+    let Op::OctConv(o) = op else { return Some(0) };
+    let k2 = (o.kernel * o.kernel) as u64;
+    let out_high = output.high()?;
+    let mut total = 0u64;
+    for p in o.paths() {
+        let (i, out) = o.path_channels(p)?;
+        let at = match p {
+            Path::HH => hw(out_high),
+            Path::HL | Path::LL => hw(output.low()?),
+            Path::LH => hw(input.low()?),
+        };
+        let per_out = if o.depthwise {
+            1
+        } else {
+            (i / o.groups) as u64
+        };
+        total = total.checked_add(product(&[out as u64, per_out, k2, at])?)?;
+    }
+    Some(total)
+}
+
+/// `hh.weight` … `ll.weight` for the paths that exist (`[out_p, in_p / groups, k, k]`, or `[in_p,
+/// out_p, k, k]` transposed), `h.bias`, `l.bias`.
+pub(super) fn weights(layer: &Layer) -> Vec<ParamInfo> {
+    let (Op::OctConv(o) | Op::OctConvTranspose(o)) = &layer.op else {
+        return Vec::new();
+    };
+    let n = &layer.name;
+    let mut out = Vec::new();
+    let transposed = matches!(layer.op, Op::OctConvTranspose(_));
+    for p in o.paths() {
+        let (i, oc) = o.path_channels(p).expect("paths() yields existing paths");
+        let per = if o.depthwise { 1 } else { i / o.groups };
+        let k2 = o.kernel * o.kernel;
+        let (shape, fan_in) = if transposed {
+            // `[in, out, k, k]` as PyTorch's ConvTranspose2d; with stride 2 an output pixel
+            // meets about in · k² / 4 weights.
+            (vec![i, oc, o.kernel, o.kernel], (i * k2 / 4).max(1))
+        } else {
+            (vec![oc, per, o.kernel, o.kernel], per * k2)
+        };
+        out.push(ParamInfo::new(
+            format!("{n}.{}.weight", p.as_str()),
+            shape,
+            Init::KaimingNormal { fan_in },
+            true,
+        ));
+    }
+    if o.bias {
+        for (branch, c) in [("h", o.out_h), ("l", o.out_l)] {
+            if c > 0 {
+                out.push(ParamInfo::new(
+                    format!("{n}.{branch}.bias"),
+                    vec![c],
+                    Init::Zeros,
+                    true,
+                ));
+            }
+        }
+    }
+    out
 }

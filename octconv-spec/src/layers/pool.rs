@@ -20,9 +20,9 @@ fn pooled(p: &PoolSpec, d: Dims) -> Option<Dims> {
 /// `avg_pool` / `max_pool (kernel = 2, stride = kernel, padding = 0)`.
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     let name = a.def.name;
-    let kernel = a.dim("kernel", 2, 1)?;
-    let stride = a.dim("stride", kernel as i64, 1)?;
-    let padding = a.dim("padding", 0, 0)?;
+    let kernel = a.dim("kernel", 1)?;
+    let stride = a.dim_or("stride", kernel as i64, 1)?;
+    let padding = a.dim("padding", 0)?;
     if 2 * padding > kernel {
         return Err(a.error(
             DiagKind::Structure,

@@ -10,10 +10,7 @@ pub const MAX_UPSAMPLE: i64 = 16;
 
 /// `upsample(scale = 2, mode = nearest)`: `[C, H, W]` → `[C, s·H, s·W]`, each branch of a pair.
 pub(crate) fn upsample(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let mode = match a.get("mode").map(|v| &v.val) {
-        Some(crate::value::Val::Str(m)) => m.as_str(),
-        _ => "nearest",
-    };
+    let mode = a.text("mode")?;
     if mode != "nearest" {
         return Err(a
             .error(
@@ -24,7 +21,7 @@ pub(crate) fn upsample(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnosti
             .with_label("unknown mode")
             .with_help("write `mode = nearest`, or leave `mode` out"));
     }
-    let scale = a.int("scale").unwrap_or(2);
+    let scale = a.integer("scale")?;
     if !(1..=MAX_UPSAMPLE).contains(&scale) {
         return Err(a
             .error(

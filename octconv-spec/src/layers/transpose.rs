@@ -6,8 +6,9 @@
 //! input followed by nearest ×2 upsampling. Both output branches are twice the input's size.
 
 use super::Args;
+use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{OctConvSpec, Op};
+use crate::ir::{OctConvSpec, Op, Path};
 use crate::shape::{Dims, Shape};
 
 /// `octconv_transpose(out, kernel = 2, stride = 2, alpha, bias = true)`.
@@ -20,8 +21,8 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             )
             .with_label("input is flat"));
     };
-    let out = a.dim("out", 0, 1)?;
-    let kernel = a.dim("kernel", 2, 1)?;
+    let out = a.dim("out", 1)?;
+    let kernel = a.dim("kernel", 1)?;
     if kernel != 2 && kernel != 3 {
         return Err(a
             .error(
@@ -32,7 +33,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_label("unsupported kernel")
             .with_help("kernel = 2 (no padding) or kernel = 3 (padding 1, output padding 1) both double the size"));
     }
-    let stride = a.dim("stride", 2, 1)?;
+    let stride = a.dim("stride", 1)?;
     if stride != 2 {
         return Err(a
             .error(
@@ -53,9 +54,9 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         groups: 1,
         depthwise: false,
-        bias: a.bool("bias").unwrap_or(true),
+        bias: a.flag("bias")?,
     };
-    if spec.path_channels(crate::ir::Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
+    if spec.path_channels(Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
         return Err(a
             .call_error(
                 DiagKind::Divisibility,
@@ -74,4 +75,26 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         Shape::pair(out_h, out_l, h, w)
     };
     Ok((Op::OctConvTranspose(spec), output))
+}
+
+/// MACs: every input pixel of a path meets k² weights per output channel (H→L reads the high input
+/// pooled 2×2).
+pub(super) fn macs(op: &Op, input: &Shape, _output: &Shape) -> Option<u64> {
+    let Op::OctConvTranspose(o) = op else {
+        return Some(0);
+    };
+    let k2 = (o.kernel * o.kernel) as u64;
+    let high_in = input.high()?;
+    let half = |d: Dims| (d.h / 2) as u64 * (d.w / 2) as u64;
+    let mut total = 0u64;
+    for p in o.paths() {
+        let (i, out) = o.path_channels(p)?;
+        let at = match p {
+            Path::HH => hw(high_in),
+            Path::HL => half(high_in),
+            Path::LH | Path::LL => hw(input.low()?),
+        };
+        total = total.checked_add(product(&[out as u64, i as u64, k2, at])?)?;
+    }
+    Some(total)
 }
