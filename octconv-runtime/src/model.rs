@@ -1,45 +1,19 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
-use crate::layers::{
-    self, Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d,
-    OctConvTranspose2d, Pool, PoolKind,
-};
+use crate::layers::{self, DropoutRng, OctBatchNorm, OctConv2d, OctLayer};
 use crate::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::plan::InputMaps;
 use octconv_spec::{Model, Op};
 
-/// One executable layer.
-#[derive(Clone, Debug)]
-enum Node {
-    Input,
-    Conv(Conv2d),
-    OctConv(OctConv2d),
-    OctConvTranspose(OctConvTranspose2d),
-    BatchNorm(OctBatchNorm),
-    Relu,
-    Dropout(Dropout),
-    Pool(Pool),
-    Split(usize),
-    Merge,
-    GlobalAvgPool(bool),
-    Flatten,
-    Linear(Linear),
-    Add,
-    Concat,
-    Scale,
-    Upsample(usize),
-    Activation(Activation),
-    MergeLow,
-}
-
 /// A model interpreted from the checker's IR: one node per IR layer, run in order. Parameter names are
 /// the IR layer names plus the suffixes of [`octconv_spec::params`].
 #[derive(Clone, Debug)]
 pub struct OctModel {
     ir: Model,
-    nodes: Vec<Node>,
+    /// One runtime layer per IR layer ([`layers::build`]); `None` for the input.
+    nodes: Vec<Option<Box<dyn OctLayer>>>,
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
     /// For each layer: a batch norm whose only reader is the ReLU right after it, which it then
@@ -63,47 +37,11 @@ impl OctModel {
     pub fn new(ir: Model, vb: VarBuilder) -> Result<Self> {
         let dropout_rng = DropoutRng::new(0);
         let device = vb.device().clone();
-        let mut nodes = Vec::with_capacity(ir.layers.len());
-        for layer in &ir.layers {
-            let vb = vb.pp(&layer.name);
-            let node = match layer.op {
-                Op::Input => Node::Input,
-                Op::Conv(spec) => Node::Conv(Conv2d::new(spec, vb)?),
-                Op::OctConv(spec) => Node::OctConv(OctConv2d::new(spec, vb)?),
-                Op::OctConvTranspose(spec) => {
-                    Node::OctConvTranspose(OctConvTranspose2d::new(spec, vb)?)
-                }
-                Op::BatchNorm { eps, momentum } => {
-                    Node::BatchNorm(OctBatchNorm::new(&layer.input, eps, momentum, vb)?)
-                }
-                Op::Relu => Node::Relu,
-                Op::Dropout { p } => Node::Dropout(Dropout::new(p, dropout_rng.clone())),
-                Op::AvgPool(spec) => Node::Pool(Pool {
-                    kind: PoolKind::Avg,
-                    spec,
-                }),
-                Op::MaxPool(spec) => Node::Pool(Pool {
-                    kind: PoolKind::Max,
-                    spec,
-                }),
-                Op::Split { low } => Node::Split(low),
-                Op::Merge => Node::Merge,
-                Op::GlobalAvgPool { per_branch } => Node::GlobalAvgPool(per_branch),
-                Op::Flatten => Node::Flatten,
-                Op::Linear { in_f, out_f, bias } => {
-                    Node::Linear(Linear::new(in_f, out_f, bias, vb)?)
-                }
-                Op::Add => Node::Add,
-                Op::Concat => Node::Concat,
-                Op::Scale => Node::Scale,
-                Op::Upsample { scale } => Node::Upsample(scale),
-                Op::Sigmoid => Node::Activation(Activation::Sigmoid),
-                Op::Relu6 => Node::Activation(Activation::Relu6),
-                Op::HardSwish => Node::Activation(Activation::HardSwish),
-                Op::MergeLow => Node::MergeLow,
-            };
-            nodes.push(node);
-        }
+        let nodes = ir
+            .layers
+            .iter()
+            .map(|layer| layers::build(layer, vb.pp(&layer.name), &dropout_rng))
+            .collect::<Result<Vec<_>>>()?;
         let last_use = octconv_spec::plan::last_use(&ir);
         let bn_relu: Vec<bool> = (0..ir.layers.len())
             .map(|j| octconv_spec::plan::bn_then_relu(&ir, &last_use, j))
@@ -139,19 +77,16 @@ impl OctModel {
     /// it runs the per-path ops, the reference the fused path is tested against.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
-        for node in &mut self.nodes {
-            if let Node::OctConv(c) = node {
-                c.set_fused(fused);
-            }
+        for node in self.nodes.iter_mut().flatten() {
+            node.set_fused(fused);
         }
     }
 
     /// How many octave convolutions have the shape the fused CPU kernel handles (all four paths, 3×3,
     /// stride 1, one group).
     pub fn fusable_layers(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| matches!(n, Node::OctConv(c) if c.fusable()))
+        (0..self.nodes.len())
+            .filter(|&j| self.concrete::<OctConv2d>(j).is_some_and(|c| c.fusable()))
             .count()
     }
 
@@ -159,6 +94,11 @@ impl OctModel {
     /// [`OctModel::infer`] (BN → ReLU → [dropout] → octconv chains where each value has one reader).
     pub fn prologue_layers(&self) -> usize {
         self.prologue_of.iter().flatten().count()
+    }
+
+    /// Layer `j` as its concrete runtime type, if it is one.
+    fn concrete<T: 'static>(&self, j: usize) -> Option<&T> {
+        self.nodes[j].as_ref()?.as_any().downcast_ref::<T>()
     }
 
     /// Reseeds the dropout masks (every dropout layer shares one stream).
@@ -215,37 +155,28 @@ impl OctModel {
             };
             let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
             let prologue = detach && !train && self.fused;
+            let relu_after_bn = matches!(layer.op, Op::Relu) && j > 0 && self.bn_relu[j - 1];
             let y = match node {
-                _ if prologue && self.deferred[j] => input(0)?.clone(),
-                Node::OctConv(c) if prologue && self.prologue_of[j].is_some() => {
-                    let Some(Node::BatchNorm(bn)) = self.prologue_of[j].map(|b| &self.nodes[b])
-                    else {
+                None => OctValue::Single(x.clone()),
+                // Fused paths: BN + ReLU in one pass, and in `infer` BN + ReLU inside the
+                // convolution that reads them.
+                Some(_) if prologue && self.deferred[j] => input(0)?.clone(),
+                Some(_) if self.fused && relu_after_bn => input(0)?.clone(),
+                Some(_) if prologue && self.prologue_of[j].is_some() => {
+                    let conv = self.concrete::<OctConv2d>(j);
+                    let bn = self.prologue_of[j].and_then(|b| self.concrete::<OctBatchNorm>(b));
+                    let (Some(conv), Some(bn)) = (conv, bn) else {
                         candle_core::bail!("internal error: prologue of `{}`", layer.name)
                     };
-                    c.infer_after_bn_relu(bn, input(0)?)?
+                    conv.infer_after_bn_relu(bn, input(0)?)?
                 }
-                Node::Input => OctValue::Single(x.clone()),
-                Node::Conv(c) => c.forward(input(0)?)?,
-                Node::OctConv(c) => c.forward(input(0)?)?,
-                Node::OctConvTranspose(c) => c.forward(input(0)?)?,
-                Node::BatchNorm(b) => {
-                    b.forward_relu_t(input(0)?, train, self.fused && self.bn_relu[j])?
+                Some(_) if self.fused && self.bn_relu[j] => {
+                    let Some(bn) = self.concrete::<OctBatchNorm>(j) else {
+                        candle_core::bail!("internal error: `{}` is not a batch norm", layer.name)
+                    };
+                    bn.forward_relu_t(input(0)?, train, true)?
                 }
-                Node::Relu if self.fused && j > 0 && self.bn_relu[j - 1] => input(0)?.clone(),
-                Node::Relu => input(0)?.map(|t| t.relu())?,
-                Node::Dropout(d) => d.forward_t(input(0)?, train)?,
-                Node::Pool(p) => p.forward(input(0)?)?,
-                Node::Split(low) => layers::split(input(0)?, *low)?,
-                Node::Merge => layers::merge(input(0)?)?,
-                Node::GlobalAvgPool(per_branch) => layers::global_avg_pool(input(0)?, *per_branch)?,
-                Node::Flatten => layers::flatten(input(0)?)?,
-                Node::Linear(l) => l.forward(input(0)?)?,
-                Node::Add => layers::add(&all()?)?,
-                Node::Concat => layers::concat(&all()?)?,
-                Node::Scale => layers::scale(input(0)?, input(1)?)?,
-                Node::Upsample(s) => layers::upsample(input(0)?, *s)?,
-                Node::Activation(a) => a.forward(input(0)?)?,
-                Node::MergeLow => layers::merge_low(input(0)?)?,
+                Some(node) => node.apply(&all()?, train)?,
             };
             // `infer`: cut each output loose from the autograd graph. Weights are variables, so every
             // output would otherwise keep its inputs alive through the graph until the last layer,

@@ -341,7 +341,12 @@ impl GenWrn {
                 w: 32,
             }),
         );
-        let x1 = self.octconv0.forward(&x0)?.map(|t| Ok(t.detach()))?;
+        let x1 = ::octconv::runtime::layers::OctLayer::apply(
+                &self.octconv0,
+                &[&x0],
+                train,
+            )?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x1,
@@ -498,7 +503,12 @@ impl GenWrn {
             },
         );
         drop(x7);
-        let x9 = ::octconv::runtime::layers::add(&[&x8, &x1])?.map(|t| Ok(t.detach()))?;
+        let x9 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::layer::Add,
+                &[&x8, &x1],
+                train,
+            )?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x9,
@@ -656,9 +666,11 @@ impl GenWrn {
             },
         );
         drop(x15);
-        let x17 = self
-            .wide1_res0_shortcut_octconv0
-            .forward(&x9)?
+        let x17 = ::octconv::runtime::layers::OctLayer::apply(
+                &self.wide1_res0_shortcut_octconv0,
+                &[&x9],
+                train,
+            )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -678,7 +690,11 @@ impl GenWrn {
             },
         );
         drop(x9);
-        let x18 = ::octconv::runtime::layers::add(&[&x16, &x17])?
+        let x18 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::layer::Add,
+                &[&x16, &x17],
+                train,
+            )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -837,9 +853,11 @@ impl GenWrn {
             },
         );
         drop(x24);
-        let x26 = self
-            .wide2_res0_shortcut_octconv0
-            .forward(&x18)?
+        let x26 = ::octconv::runtime::layers::OctLayer::apply(
+                &self.wide2_res0_shortcut_octconv0,
+                &[&x18],
+                train,
+            )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -859,7 +877,11 @@ impl GenWrn {
             },
         );
         drop(x18);
-        let x27 = ::octconv::runtime::layers::add(&[&x25, &x26])?
+        let x27 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::layer::Add,
+                &[&x25, &x26],
+                train,
+            )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -880,7 +902,8 @@ impl GenWrn {
         );
         drop(x25);
         drop(x26);
-        let x28 = self.bn0.forward_t(&x27, train)?.map(|t| Ok(t.detach()))?;
+        let x28 = ::octconv::runtime::layers::OctLayer::apply(&self.bn0, &[&x27], train)?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x28,
@@ -899,7 +922,12 @@ impl GenWrn {
             },
         );
         drop(x27);
-        let x29 = x28.map(|t| t.relu())?.map(|t| Ok(t.detach()))?;
+        let x29 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::Activation::Relu,
+                &[&x28],
+                train,
+            )?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x29,
@@ -918,7 +946,14 @@ impl GenWrn {
             },
         );
         drop(x28);
-        let x30 = ::octconv::runtime::layers::merge(&x29)?.map(|t| Ok(t.detach()))?;
+        let x30 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::layer::Merge {
+                    to_low: false,
+                },
+                &[&x29],
+                train,
+            )?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x30,
@@ -930,7 +965,13 @@ impl GenWrn {
             }),
         );
         drop(x29);
-        let x31 = ::octconv::runtime::layers::global_avg_pool(&x30, false)?
+        let x31 = ::octconv::runtime::layers::OctLayer::apply(
+                &::octconv::runtime::layers::layer::GlobalAvgPool {
+                    per_branch: false,
+                },
+                &[&x30],
+                train,
+            )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -941,7 +982,12 @@ impl GenWrn {
             },
         );
         drop(x30);
-        let x32 = self.linear0.forward(&x31)?.map(|t| Ok(t.detach()))?;
+        let x32 = ::octconv::runtime::layers::OctLayer::apply(
+                &self.linear0,
+                &[&x31],
+                train,
+            )?
+            .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x32,
@@ -979,7 +1025,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
                 w: 32,
             }),
         );
-        let x1 = self.octconv0.forward(&x0)?;
+        let x1 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.octconv0,
+            &[&x0],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x1,
@@ -998,7 +1048,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x0);
-        let x2 = self.wide0_res0_bn0.forward_t(&x1, train)?;
+        let x2 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide0_res0_bn0,
+            &[&x1],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x2,
@@ -1016,7 +1070,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
                 },
             },
         );
-        let x3 = x2.map(|t| t.relu())?;
+        let x3 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x2],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x3,
@@ -1035,7 +1093,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x2);
-        let x4 = self.wide0_res0_octconv0.forward(&x3)?;
+        let x4 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide0_res0_octconv0,
+            &[&x3],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x4,
@@ -1054,7 +1116,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x3);
-        let x5 = self.wide0_res0_bn1.forward_t(&x4, train)?;
+        let x5 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide0_res0_bn1,
+            &[&x4],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x5,
@@ -1073,7 +1139,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x4);
-        let x6 = x5.map(|t| t.relu())?;
+        let x6 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x5],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x6,
@@ -1092,7 +1162,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x5);
-        let x7 = self.wide0_res0_dropout0.forward_t(&x6, train)?;
+        let x7 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide0_res0_dropout0,
+            &[&x6],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x7,
@@ -1111,7 +1185,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x6);
-        let x8 = self.wide0_res0_octconv1.forward(&x7)?;
+        let x8 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide0_res0_octconv1,
+            &[&x7],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x8,
@@ -1130,7 +1208,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x7);
-        let x9 = ::octconv::runtime::layers::add(&[&x8, &x1])?;
+        let x9 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::layer::Add,
+            &[&x8, &x1],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x9,
@@ -1150,7 +1232,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x8);
         drop(x1);
-        let x10 = self.wide1_res0_bn0.forward_t(&x9, train)?;
+        let x10 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_bn0,
+            &[&x9],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x10,
@@ -1168,7 +1254,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
                 },
             },
         );
-        let x11 = x10.map(|t| t.relu())?;
+        let x11 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x10],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x11,
@@ -1187,7 +1277,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x10);
-        let x12 = self.wide1_res0_octconv0.forward(&x11)?;
+        let x12 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_octconv0,
+            &[&x11],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x12,
@@ -1206,7 +1300,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x11);
-        let x13 = self.wide1_res0_bn1.forward_t(&x12, train)?;
+        let x13 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_bn1,
+            &[&x12],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x13,
@@ -1225,7 +1323,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x12);
-        let x14 = x13.map(|t| t.relu())?;
+        let x14 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x13],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x14,
@@ -1244,7 +1346,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x13);
-        let x15 = self.wide1_res0_dropout0.forward_t(&x14, train)?;
+        let x15 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_dropout0,
+            &[&x14],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x15,
@@ -1263,7 +1369,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x14);
-        let x16 = self.wide1_res0_octconv1.forward(&x15)?;
+        let x16 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_octconv1,
+            &[&x15],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x16,
@@ -1282,7 +1392,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x15);
-        let x17 = self.wide1_res0_shortcut_octconv0.forward(&x9)?;
+        let x17 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide1_res0_shortcut_octconv0,
+            &[&x9],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x17,
@@ -1301,7 +1415,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x9);
-        let x18 = ::octconv::runtime::layers::add(&[&x16, &x17])?;
+        let x18 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::layer::Add,
+            &[&x16, &x17],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x18,
@@ -1321,7 +1439,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x16);
         drop(x17);
-        let x19 = self.wide2_res0_bn0.forward_t(&x18, train)?;
+        let x19 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_bn0,
+            &[&x18],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x19,
@@ -1339,7 +1461,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
                 },
             },
         );
-        let x20 = x19.map(|t| t.relu())?;
+        let x20 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x19],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x20,
@@ -1358,7 +1484,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x19);
-        let x21 = self.wide2_res0_octconv0.forward(&x20)?;
+        let x21 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_octconv0,
+            &[&x20],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x21,
@@ -1377,7 +1507,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x20);
-        let x22 = self.wide2_res0_bn1.forward_t(&x21, train)?;
+        let x22 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_bn1,
+            &[&x21],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x22,
@@ -1396,7 +1530,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x21);
-        let x23 = x22.map(|t| t.relu())?;
+        let x23 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x22],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x23,
@@ -1415,7 +1553,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x22);
-        let x24 = self.wide2_res0_dropout0.forward_t(&x23, train)?;
+        let x24 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_dropout0,
+            &[&x23],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x24,
@@ -1434,7 +1576,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x23);
-        let x25 = self.wide2_res0_octconv1.forward(&x24)?;
+        let x25 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_octconv1,
+            &[&x24],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x25,
@@ -1453,7 +1599,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x24);
-        let x26 = self.wide2_res0_shortcut_octconv0.forward(&x18)?;
+        let x26 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.wide2_res0_shortcut_octconv0,
+            &[&x18],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x26,
@@ -1472,7 +1622,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x18);
-        let x27 = ::octconv::runtime::layers::add(&[&x25, &x26])?;
+        let x27 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::layer::Add,
+            &[&x25, &x26],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x27,
@@ -1492,7 +1646,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x25);
         drop(x26);
-        let x28 = self.bn0.forward_t(&x27, train)?;
+        let x28 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.bn0,
+            &[&x27],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x28,
@@ -1511,7 +1669,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x27);
-        let x29 = x28.map(|t| t.relu())?;
+        let x29 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::Activation::Relu,
+            &[&x28],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x29,
@@ -1530,7 +1692,13 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x28);
-        let x30 = ::octconv::runtime::layers::merge(&x29)?;
+        let x30 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::layer::Merge {
+                to_low: false,
+            },
+            &[&x29],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x30,
@@ -1542,7 +1710,13 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             }),
         );
         drop(x29);
-        let x31 = ::octconv::runtime::layers::global_avg_pool(&x30, false)?;
+        let x31 = ::octconv::runtime::layers::OctLayer::apply(
+            &::octconv::runtime::layers::layer::GlobalAvgPool {
+                per_branch: false,
+            },
+            &[&x30],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x31,
@@ -1552,7 +1726,11 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         drop(x30);
-        let x32 = self.linear0.forward(&x31)?;
+        let x32 = ::octconv::runtime::layers::OctLayer::apply(
+            &self.linear0,
+            &[&x31],
+            train,
+        )?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
             &x32,

@@ -1,4 +1,4 @@
-//! Element-wise activations beyond ReLU, on every branch: `sigmoid`, `relu6`, `hardswish`.
+//! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`.
 
 use crate::OctValue;
 use candle_core::{Result, Tensor};
@@ -6,6 +6,8 @@ use candle_core::{Result, Tensor};
 /// Which activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
     /// `1 / (1 + e^−x)`.
     Sigmoid,
     /// `min(max(x, 0), 6)`.
@@ -23,6 +25,7 @@ impl Activation {
     /// Applies the activation to one tensor.
     pub fn tensor(self, t: &Tensor) -> Result<Tensor> {
         match self {
+            Activation::Relu => t.relu(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(t),
             Activation::Relu6 => relu6(t),
             Activation::HardSwish => t.mul(&(relu6(&(t + 3.0)?)? / 6.0)?),

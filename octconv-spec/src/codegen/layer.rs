@@ -1,48 +1,38 @@
-//! Per-op code: the field a layer needs (type and constructor) and its forward step.
+//! Per-op code: how the generated struct builds each layer's runtime value. Every layer then runs
+//! through the runtime's one interface, `OctLayer::apply(&layer, &[inputs…], train)`, as in the
+//! interpreter: the generated code does not dispatch on the op.
 
 use crate::ir::{Layer, Op};
-use proc_macro2::{Ident, TokenStream};
+use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{fl, us};
 
-type Forward = Box<dyn Fn(&[&Ident]) -> TokenStream>;
-
-/// What one layer contributes to the generated code.
-pub(crate) struct Parts {
-    /// `(type, constructor)` of its field, for layers with parameters or state.
-    pub field: Option<(TokenStream, TokenStream)>,
-    /// Builds the expression computing its output from its inputs' variables.
-    pub forward: Forward,
+/// How one layer's runtime value is made.
+pub(crate) enum Built {
+    /// A field of the generated struct: its type and its constructor (which may use `vb`).
+    Field(TokenStream, TokenStream),
+    /// A parameter-free value written inline where the layer runs.
+    Inline(TokenStream),
+    /// The model input.
+    Input,
 }
 
-fn stateless(forward: impl Fn(&[&Ident]) -> TokenStream + 'static) -> Parts {
-    Parts {
-        field: None,
-        forward: Box::new(forward),
-    }
-}
-
-/// The field and forward step of `layer`, whose field is named `field`.
-pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
+/// The runtime value of `layer` (parameters under `vb.pp(layer.name)`).
+pub(crate) fn built(k: &TokenStream, layer: &Layer) -> Built {
     let name = &layer.name;
     let l = quote!(#k::runtime::layers);
+    let field = |ty: TokenStream, init: TokenStream| Built::Field(ty, init);
     match layer.op {
-        Op::Input => stateless({
-            let k = k.clone();
-            move |_| quote!(#k::OctValue::Single(xs.clone()))
-        }),
+        Op::Input => Built::Input,
         Op::Conv(c) => {
             let (in_c, out_c, kernel, stride, padding, groups, bias) = (
                 c.in_c, c.out_c, c.kernel, c.stride, c.padding, c.groups, c.bias,
             );
             let spec = quote!(#k::spec::ir::ConvSpec { in_c: #in_c, out_c: #out_c, kernel: #kernel, stride: #stride, padding: #padding, groups: #groups, bias: #bias });
-            method(
+            field(
                 quote!(#l::Conv2d),
                 quote!(#l::Conv2d::new(#spec, vb.pp(#name))?),
-                field,
-                quote!(forward),
-                false,
             )
         }
         Op::OctConv(o) | Op::OctConvTranspose(o) => {
@@ -63,49 +53,30 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
             } else {
                 quote!(#l::OctConvTranspose2d)
             };
-            method(
-                ty.clone(),
-                quote!(#ty::new(#spec, vb.pp(#name))?),
-                field,
-                quote!(forward),
-                false,
-            )
+            field(ty.clone(), quote!(#ty::new(#spec, vb.pp(#name))?))
         }
         Op::BatchNorm { eps, momentum } => {
             let (eps, momentum) = (fl(eps), fl(momentum));
             let shape = super::shape_tokens(k, &layer.input);
-            method(
+            field(
                 quote!(#l::OctBatchNorm),
                 quote!(#l::OctBatchNorm::new(&#shape, #eps, #momentum, vb.pp(#name))?),
-                field,
-                quote!(forward_t),
-                true,
             )
         }
         Op::Dropout { p } => {
             let p = fl(p);
-            method(
+            field(
                 quote!(#l::Dropout),
                 quote!(#l::Dropout::new(#p, __dropout_rng.clone())),
-                field,
-                quote!(forward_t),
-                true,
             )
         }
         Op::Linear { in_f, out_f, bias } => {
             let (in_f, out_f) = (us(in_f), us(out_f));
-            method(
+            field(
                 quote!(#l::Linear),
                 quote!(#l::Linear::new(#in_f, #out_f, #bias, vb.pp(#name))?),
-                field,
-                quote!(forward),
-                false,
             )
         }
-        Op::Relu => stateless(|x| {
-            let x = x[0];
-            quote!(#x.map(|t| t.relu())?)
-        }),
         Op::AvgPool(p) | Op::MaxPool(p) => {
             let kind = if matches!(layer.op, Op::AvgPool(_)) {
                 quote!(Avg)
@@ -113,105 +84,30 @@ pub(crate) fn parts(k: &TokenStream, layer: &Layer, field: &Ident) -> Parts {
                 quote!(Max)
             };
             let (kernel, stride, padding) = (us(p.kernel), us(p.stride), us(p.padding));
-            let pool = quote!(#l::Pool { kind: #l::PoolKind::#kind, spec: #k::spec::ir::PoolSpec { kernel: #kernel, stride: #stride, padding: #padding } });
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#pool.forward(&#x)?)
-            })
+            Built::Inline(
+                quote!(#l::Pool { kind: #l::PoolKind::#kind, spec: #k::spec::ir::PoolSpec { kernel: #kernel, stride: #stride, padding: #padding } }),
+            )
         }
+        Op::Relu => Built::Inline(quote!(#l::Activation::Relu)),
+        Op::Sigmoid => Built::Inline(quote!(#l::Activation::Sigmoid)),
+        Op::Relu6 => Built::Inline(quote!(#l::Activation::Relu6)),
+        Op::HardSwish => Built::Inline(quote!(#l::Activation::HardSwish)),
         Op::Split { low } => {
-            let l = l.clone();
             let low = us(low);
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::split(&#x, #low)?)
-            })
+            Built::Inline(quote!(#l::layer::Split { low: #low }))
         }
-        Op::Merge => {
-            let l = l.clone();
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::merge(&#x)?)
-            })
+        Op::Merge => Built::Inline(quote!(#l::layer::Merge { to_low: false })),
+        Op::MergeLow => Built::Inline(quote!(#l::layer::Merge { to_low: true })),
+        Op::Upsample { scale } => {
+            let scale = us(scale);
+            Built::Inline(quote!(#l::layer::Upsample { scale: #scale }))
         }
         Op::GlobalAvgPool { per_branch } => {
-            let l = l.clone();
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::global_avg_pool(&#x, #per_branch)?)
-            })
+            Built::Inline(quote!(#l::layer::GlobalAvgPool { per_branch: #per_branch }))
         }
-        Op::Flatten => {
-            let l = l.clone();
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::flatten(&#x)?)
-            })
-        }
-        Op::Add | Op::Concat => {
-            let l = l.clone();
-            let f = if matches!(layer.op, Op::Add) {
-                quote!(add)
-            } else {
-                quote!(concat)
-            };
-            stateless(move |x| quote!(#l::#f(&[#(&#x),*])?))
-        }
-        Op::Scale => {
-            let l = l.clone();
-            stateless(move |x| {
-                let (v, g) = (x[0], x[1]);
-                quote!(#l::scale(&#v, &#g)?)
-            })
-        }
-        Op::Upsample { scale } => {
-            let l = l.clone();
-            let scale = us(scale);
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::upsample(&#x, #scale)?)
-            })
-        }
-        Op::Sigmoid | Op::Relu6 | Op::HardSwish => {
-            let l = l.clone();
-            let a = match layer.op {
-                Op::Sigmoid => quote!(Sigmoid),
-                Op::Relu6 => quote!(Relu6),
-                _ => quote!(HardSwish),
-            };
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::Activation::#a.forward(&#x)?)
-            })
-        }
-        Op::MergeLow => {
-            let l = l.clone();
-            stateless(move |x| {
-                let x = x[0];
-                quote!(#l::merge_low(&#x)?)
-            })
-        }
-    }
-}
-
-/// A layer with a field whose method (`forward(&x)` or `forward_t(&x, train)`) computes the output.
-fn method(
-    ty: TokenStream,
-    init: TokenStream,
-    field: &Ident,
-    call: TokenStream,
-    train: bool,
-) -> Parts {
-    let f = field.clone();
-    Parts {
-        field: Some((ty, init)),
-        forward: Box::new(move |x| {
-            let x = x[0];
-            if train {
-                quote!(self.#f.#call(&#x, train)?)
-            } else {
-                quote!(self.#f.#call(&#x)?)
-            }
-        }),
+        Op::Flatten => Built::Inline(quote!(#l::layer::Flatten)),
+        Op::Add => Built::Inline(quote!(#l::layer::Add)),
+        Op::Concat => Built::Inline(quote!(#l::layer::Concat)),
+        Op::Scale => Built::Inline(quote!(#l::layer::Scale)),
     }
 }

@@ -3,8 +3,9 @@
 //! types, so the macro model and the interpreted model compute the same thing with the same parameter
 //! names.
 //!
-//! Each op's field type, constructor and forward step are in [`layer`]; this module assembles the
-//! struct, its constants, `new` and the `ModuleT` impl.
+//! How each op's runtime value is built is in [`layer`]; every layer runs through the runtime's
+//! `OctLayer::apply`. This module assembles the struct, its constants, `new`, `infer` and the
+//! `ModuleT` impl.
 
 mod layer;
 
@@ -134,14 +135,18 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     let mut infer_steps = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
-        let parts = layer::parts(krate, l, f);
-        if let Some((ty, init)) = parts.field {
-            decls.push(quote!(#f: #ty));
-            inits.push(quote!(#f: #init));
-        }
         let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
         let out = &values[j];
-        let expr = (parts.forward)(&ins);
+        let runs = |value: TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
+        let expr = match layer::built(krate, l) {
+            layer::Built::Input => quote!(#krate::OctValue::Single(xs.clone())),
+            layer::Built::Field(ty, init) => {
+                decls.push(quote!(#f: #ty));
+                inits.push(quote!(#f: #init));
+                runs(quote!(self.#f))
+            }
+            layer::Built::Inline(value) => runs(value),
+        };
         let layer_name = &l.name;
         let shape = shape_tokens(krate, &l.output);
         let check = quote! {

@@ -66,11 +66,14 @@ impl std::fmt::Display for DefaultValue {
 /// A builtin layer's parameter: name, type, default.
 type P = (&'static str, PTy, DefaultValue);
 
+/// A shape rule: the op and its output shape for bound arguments and an input, or why not.
+pub(crate) type ShapeRule = fn(&Args, &Shape) -> Result<(Op, Shape), Diagnostic>;
+
 /// How a layer's op and output shape are found.
 #[derive(Clone, Copy)]
 pub(crate) enum Rule {
     /// From the bound arguments and the one input.
-    Map(fn(&Args, &Shape) -> Result<(Op, Shape), Diagnostic>),
+    Map(ShapeRule),
     /// From the current value and the values its positional arguments name (`concat`, `add`,
     /// `scale`): [`graph`], called by the elaborator, which resolves the names.
     Join,

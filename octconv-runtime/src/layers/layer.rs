@@ -1,0 +1,199 @@
+//! [`OctLayer`], the one interface every runtime layer implements, and [`build`], the one place that
+//! turns an IR layer into its runtime layer. The interpreter ([`crate::OctModel`]) and the code that
+//! `octnet!` and `octconv gen` generate both run layers through [`OctLayer::apply`].
+
+use super::{
+    Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, OctConvTranspose2d,
+    Pool, PoolKind,
+};
+use crate::OctValue;
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use octconv_spec::ir::{Layer, Op};
+use std::any::Any;
+use std::fmt::Debug;
+
+/// A layer of an octave network: computes its output from its inputs (in the IR's order: one for most
+/// layers, several for `add` and `concat`, the map and then its gates for `scale`).
+pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
+    /// The output for `xs`, in train (`true`) or eval mode.
+    fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue>;
+
+    /// Allows or forbids fused CPU kernels where the layer has them (octave convolutions); a no-op
+    /// elsewhere.
+    fn set_fused(&mut self, _fused: bool) {}
+
+    /// The layer as [`Any`], for the interpreter's fused paths that need its concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Cloning boxed layers (an [`crate::OctModel`] is `Clone`).
+pub trait LayerClone {
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn OctLayer>;
+}
+
+impl<T: OctLayer + Clone> LayerClone for T {
+    fn clone_box(&self) -> Box<dyn OctLayer> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn OctLayer> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// The first input, or an error naming the layer kind.
+fn one<'a>(xs: &[&'a OctValue], what: &str) -> Result<&'a OctValue> {
+    xs.first()
+        .copied()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no input")))
+}
+
+/// Implements [`OctLayer`] for a type from an expression over `self`, the inputs `xs` and `train`.
+macro_rules! oct_layer {
+    ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr) => {
+        oct_layer!($ty, |$s, $xs, $train| $body, fused = |_s, _f| {});
+    };
+    ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr, fused = |$fs:ident, $f:ident| $set:expr) => {
+        impl OctLayer for $ty {
+            fn apply(&self, $xs: &[&OctValue], $train: bool) -> Result<OctValue> {
+                let $s = self;
+                let _ = $train;
+                $body
+            }
+            fn set_fused(&mut self, $f: bool) {
+                let $fs = self;
+                let _ = (&$fs, $f);
+                $set
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+    };
+}
+
+oct_layer!(Conv2d, |s, xs, train| s.forward(one(xs, "conv")?));
+oct_layer!(
+    OctConv2d,
+    |s, xs, train| s.forward(one(xs, "octconv")?),
+    fused = |s, f| OctConv2d::set_fused(s, f)
+);
+oct_layer!(OctConvTranspose2d, |s, xs, train| s
+    .forward(one(xs, "octconv_transpose")?));
+oct_layer!(OctBatchNorm, |s, xs, train| s
+    .forward_t(one(xs, "bn")?, train));
+oct_layer!(Dropout, |s, xs, train| s
+    .forward_t(one(xs, "dropout")?, train));
+oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?));
+oct_layer!(Linear, |s, xs, train| s.forward(one(xs, "linear")?));
+oct_layer!(Activation, |s, xs, train| s.forward(one(xs, "activation")?));
+
+/// `split(alpha)`: moves the last `low` channels, pooled, to the low branch.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    /// Channels moved to the low branch.
+    pub low: usize,
+}
+oct_layer!(Split, |s, xs, train| super::split(one(xs, "split")?, s.low));
+
+/// `merge()` (to the high resolution) or `merge(to = low)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Merge {
+    /// Merge at the low resolution.
+    pub to_low: bool,
+}
+oct_layer!(Merge, |s, xs, train| if s.to_low {
+    super::merge_low(one(xs, "merge")?)
+} else {
+    super::merge(one(xs, "merge")?)
+});
+
+/// `upsample(scale)`, nearest-neighbour, every branch.
+#[derive(Clone, Copy, Debug)]
+pub struct Upsample {
+    /// Factor per side.
+    pub scale: usize,
+}
+oct_layer!(Upsample, |s, xs, train| super::upsample(
+    one(xs, "upsample")?,
+    s.scale
+));
+
+/// `global_avg_pool(per_branch)`.
+#[derive(Clone, Copy, Debug)]
+pub struct GlobalAvgPool {
+    /// Pool each branch of a pair and concatenate.
+    pub per_branch: bool,
+}
+oct_layer!(GlobalAvgPool, |s, xs, train| super::global_avg_pool(
+    one(xs, "global_avg_pool")?,
+    s.per_branch
+));
+
+/// `flatten()`.
+#[derive(Clone, Copy, Debug)]
+pub struct Flatten;
+oct_layer!(Flatten, |_s, xs, train| super::flatten(one(xs, "flatten")?));
+
+/// `add(…)` and residual sums.
+#[derive(Clone, Copy, Debug)]
+pub struct Add;
+oct_layer!(Add, |_s, xs, train| super::add(xs));
+
+/// `concat(…)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Concat;
+oct_layer!(Concat, |_s, xs, train| super::concat(xs));
+
+/// `scale(x)`: the first input scaled per channel by the second.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale;
+oct_layer!(Scale, |_s, xs, train| match xs {
+    [x, gates] => super::scale(x, gates),
+    _ => candle_core::bail!(
+        "scale takes a value and its gates, found {} inputs",
+        xs.len()
+    ),
+});
+
+/// The runtime layer of IR layer `layer`, loading its parameters from `vb` (already prefixed with
+/// the layer's name); dropout layers draw from `rng`. `None` for the model input.
+pub fn build(layer: &Layer, vb: VarBuilder, rng: &DropoutRng) -> Result<Option<Box<dyn OctLayer>>> {
+    let boxed: Box<dyn OctLayer> = match layer.op {
+        Op::Input => return Ok(None),
+        Op::Conv(spec) => Box::new(Conv2d::new(spec, vb)?),
+        Op::OctConv(spec) => Box::new(OctConv2d::new(spec, vb)?),
+        Op::OctConvTranspose(spec) => Box::new(OctConvTranspose2d::new(spec, vb)?),
+        Op::BatchNorm { eps, momentum } => {
+            Box::new(OctBatchNorm::new(&layer.input, eps, momentum, vb)?)
+        }
+        Op::Relu => Box::new(Activation::Relu),
+        Op::Sigmoid => Box::new(Activation::Sigmoid),
+        Op::Relu6 => Box::new(Activation::Relu6),
+        Op::HardSwish => Box::new(Activation::HardSwish),
+        Op::Dropout { p } => Box::new(Dropout::new(p, rng.clone())),
+        Op::AvgPool(spec) => Box::new(Pool {
+            kind: PoolKind::Avg,
+            spec,
+        }),
+        Op::MaxPool(spec) => Box::new(Pool {
+            kind: PoolKind::Max,
+            spec,
+        }),
+        Op::Split { low } => Box::new(Split { low }),
+        Op::Merge => Box::new(Merge { to_low: false }),
+        Op::MergeLow => Box::new(Merge { to_low: true }),
+        Op::Upsample { scale } => Box::new(Upsample { scale }),
+        Op::GlobalAvgPool { per_branch } => Box::new(GlobalAvgPool { per_branch }),
+        Op::Flatten => Box::new(Flatten),
+        Op::Linear { in_f, out_f, bias } => Box::new(Linear::new(in_f, out_f, bias, vb)?),
+        Op::Add => Box::new(Add),
+        Op::Concat => Box::new(Concat),
+        Op::Scale => Box::new(Scale),
+    };
+    Ok(Some(boxed))
+}
