@@ -194,7 +194,7 @@ fn scale_needs_one_gate_per_channel() {
 
 #[test]
 fn malformed_graph_statements_are_errors_at_the_token() {
-    let cases: [(&str, DiagKind, &str, (usize, usize)); 8] = [
+    let cases: [(&str, DiagKind, &str, (usize, usize)); 12] = [
         ("branches cat { { }, { } }", DiagKind::Argument, "`branches` cannot join with `cat`: write `branches concat { … }`, `branches add { … }` or `branches scale { … }`", (3, 12)),
         ("branches concat { { } }", DiagKind::Structure, "`branches` needs at least two bodies, found 1", (3, 3)),
         ("concat();", DiagKind::Argument, "`concat` needs the names of the values it reads: `concat(enc1)`", (3, 3)),
@@ -203,6 +203,10 @@ fn malformed_graph_statements_are_errors_at_the_token() {
         ("upsample(mode = bilinear);", DiagKind::Argument, "`upsample` has no mode `bilinear`; the one mode is `nearest`", (3, 12)),
         ("upsample(scale = 0);", DiagKind::Structure, "`scale` of `upsample` must be between 1 and 16, found 0", (3, 12)),
         ("split(alpha = 0.5); merge(to = middle);", DiagKind::Argument, "`merge` cannot merge to `middle`: write `to = high` (the default) or `to = low`", (3, 29)),
+        ("relu() as a; relu() as b; scale(a, b);", DiagKind::Argument, "`scale` scales one value, but 2 were named", (3, 38)),
+        ("octconv_transpose(4, kernel = 5);", DiagKind::Structure, "octconv_transpose supports kernel 2 or 3, found 5", (3, 24)),
+        ("octconv_transpose(4, stride = 1);", DiagKind::Structure, "octconv_transpose upsamples by stride 2, found 1", (3, 24)),
+        ("avg_pool(kernel = 2, stride = 1); octconv_transpose(4, alpha = 0.5);", DiagKind::Divisibility, "octconv_transpose's H→L path pools the high branch 2×2, but it is 7×7", (3, 37)),
     ];
     for (stmt, kind, msg, at) in cases {
         let text = format!("model m() {{\n  input [4, 8, 8];\n  {stmt}\n}}\n");

@@ -116,7 +116,7 @@ impl<'p> Elab<'p> {
             Ok((op, out)) => {
                 let alpha = match (&op, out) {
                     (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
-                    (Op::OctConv(_), _) if !self.opts.alpha_zero => {
+                    (Op::OctConv(_) | Op::OctConvTranspose(_), _) if !self.opts.alpha_zero => {
                         args.float("alpha").unwrap_or(cur.alpha)
                     }
                     (Op::Split { .. }, _) if !self.opts.alpha_zero => {

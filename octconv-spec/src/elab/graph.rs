@@ -273,12 +273,11 @@ impl Elab<'_> {
         }
         let refs: Vec<&Arg> = call.args.iter().filter(|a| a.name.is_none()).collect();
         if refs.is_empty() {
-            let example = if def.name == "scale" {
-                "scale(x)"
-            } else {
-                "concat(enc1)"
-            }
-            .replace("concat", def.name);
+            let example = match def.name {
+                "scale" => "scale(x)",
+                "add" => "add(x)",
+                _ => "concat(enc1)",
+            };
             self.report(
                 Diagnostic::error(
                     DiagKind::Argument,
