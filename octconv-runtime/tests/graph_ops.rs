@@ -3,58 +3,16 @@
 //! finite differences (f64), and the transposed convolution's forward pass against a plain
 //! scatter loop written from PyTorch's definition.
 
-use candle_core::{Device, Tensor, Var};
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{check_grad, rand_tensor};
 use octconv_runtime::layers::transpose::conv_transpose_x2;
 use octconv_runtime::layers::{self, Activation, OctConvTranspose2d};
 use octconv_runtime::OctValue;
 use octconv_spec::ir::OctConvSpec;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn rand_tensor(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-/// Largest relative error between autograd and central differences of `f` over up to `samples`
-/// elements of each input.
-fn check_grad(inputs: &[Tensor], samples: usize, f: impl Fn(&[Tensor]) -> Tensor) -> f64 {
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|t| Var::from_tensor(t).unwrap())
-        .collect();
-    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let grads = f(&tensors).backward().unwrap();
-    let eps = 1e-6;
-    let mut worst: f64 = 0.0;
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for (i, t) in inputs.iter().enumerate() {
-        let g = grads
-            .get(&tensors[i])
-            .expect("every input gets a gradient")
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for _ in 0..samples.min(base.len()) {
-            let k = rng.random_range(0..base.len());
-            let eval = |delta: f64| {
-                let mut v = base.clone();
-                v[k] += delta;
-                let mut args = inputs.to_vec();
-                args[i] = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                f(&args).to_scalar::<f64>().unwrap()
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            worst = worst.max((fd - g[k]).abs() / (1e-3 + fd.abs().max(g[k].abs())));
-        }
-    }
-    worst
-}
 
 /// `Σ y ⊙ r` over every tensor of a value (flat batches included).
 fn probe(y: &OctValue) -> Tensor {
@@ -65,7 +23,7 @@ fn probe(y: &OctValue) -> Tensor {
     };
     let mut total = Tensor::new(0f64, &Device::Cpu).unwrap();
     for t in ts {
-        let r = rand_tensor(&mut rng, t.dims(), 1.0);
+        let r = rand_tensor(&mut rng, t.dims());
         total = (total + (t * r).unwrap().sum_all().unwrap()).unwrap();
     }
     total
@@ -89,10 +47,7 @@ fn concat_add_and_scale_gradients_match_finite_differences() {
         &[2, 4],
         &[2, 3, 4, 4],
     ];
-    let xs: Vec<Tensor> = shapes
-        .iter()
-        .map(|s| rand_tensor(&mut rng, s, 1.0))
-        .collect();
+    let xs: Vec<Tensor> = shapes.iter().map(|s| rand_tensor(&mut rng, s)).collect();
     // concat of two pairs: high 3 + 2, low 1 + 3.
     let e = check_grad(&xs[..4], 40, |t| {
         let y = layers::concat(&[&pair(&t[0..2]), &pair(&t[2..4])]).unwrap();
@@ -146,8 +101,8 @@ fn scale_multiplies_each_branch_by_its_own_gates() {
 fn upsample_merge_low_and_activation_gradients_match_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let xs = [
-        rand_tensor(&mut rng, &[2, 2, 4, 4], 4.0),
-        rand_tensor(&mut rng, &[2, 3, 2, 2], 4.0),
+        (rand_tensor(&mut rng, &[2, 2, 4, 4]) * 4.0).unwrap(),
+        (rand_tensor(&mut rng, &[2, 3, 2, 2]) * 4.0).unwrap(),
     ];
     for s in [2, 3] {
         let e = check_grad(&xs, 30, |t| probe(&layers::upsample(&pair(t), s).unwrap()));
@@ -157,7 +112,7 @@ fn upsample_merge_low_and_activation_gradients_match_finite_differences() {
     assert!(e < 1e-6, "merge to low: {e}");
     // Values in (−4, 4) around the kinks at −3, 0 and 3 (hardswish) and 0 (relu6); values in (6, 8)
     // for relu6's upper kink.
-    let above = (rand_tensor(&mut rng, &[2, 2, 4, 4], 1.0) + 7.0).unwrap();
+    let above = (rand_tensor(&mut rng, &[2, 2, 4, 4]) + 7.0).unwrap();
     for a in [
         Activation::Sigmoid,
         Activation::Relu6,
@@ -236,8 +191,8 @@ fn conv_transpose_equals_the_scatter_definition_for_kernels_2_and_3() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for k in [2, 3] {
         let dims = (2, 3, 3, 5);
-        let x = rand_tensor(&mut rng, &[2, 3, 3, 5], 1.0);
-        let w = rand_tensor(&mut rng, &[3, 4, k, k], 1.0);
+        let x = rand_tensor(&mut rng, &[2, 3, 3, 5]);
+        let w = rand_tensor(&mut rng, &[3, 4, k, k]);
         let y = conv_transpose_x2(&x, &w).unwrap();
         assert_eq!(y.dims(), [2, 4, 6, 10]);
         let want = naive_transpose(
@@ -273,14 +228,14 @@ fn transposed_octconv_gradients_of_all_four_paths_match_finite_differences() {
             bias: true,
         };
         let inputs = vec![
-            rand_tensor(&mut rng, &[2, 3, 4, 4], 1.0),
-            rand_tensor(&mut rng, &[2, 2, 2, 2], 1.0),
-            rand_tensor(&mut rng, &[3, 2, k, k], 1.0),
-            rand_tensor(&mut rng, &[3, 3, k, k], 1.0),
-            rand_tensor(&mut rng, &[2, 2, k, k], 1.0),
-            rand_tensor(&mut rng, &[2, 3, k, k], 1.0),
-            rand_tensor(&mut rng, &[2], 1.0),
-            rand_tensor(&mut rng, &[3], 1.0),
+            rand_tensor(&mut rng, &[2, 3, 4, 4]),
+            rand_tensor(&mut rng, &[2, 2, 2, 2]),
+            rand_tensor(&mut rng, &[3, 2, k, k]),
+            rand_tensor(&mut rng, &[3, 3, k, k]),
+            rand_tensor(&mut rng, &[2, 2, k, k]),
+            rand_tensor(&mut rng, &[2, 3, k, k]),
+            rand_tensor(&mut rng, &[2]),
+            rand_tensor(&mut rng, &[3]),
         ];
         let e = check_grad(&inputs, 25, |t| {
             let layer = OctConvTranspose2d::from_weights(

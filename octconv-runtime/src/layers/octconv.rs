@@ -51,21 +51,12 @@ impl OctConv2d {
     /// Loads the weights `hh.weight` … `ll.weight`, `h.bias`, `l.bias` from `vb`.
     pub fn new(spec: OctConvSpec, vb: VarBuilder) -> Result<Self> {
         let k = spec.kernel;
-        let mut weights: [Option<Tensor>; 4] = Default::default();
-        for (i, p) in Path::ALL.into_iter().enumerate() {
-            if let Some((cin, cout)) = spec.path_channels(p) {
-                let per = if spec.depthwise { 1 } else { cin / spec.groups };
-                weights[i] = Some(vb.pp(p.as_str()).get((cout, per, k, k), "weight")?);
-            }
-        }
-        let bias = |c: usize, name: &str| -> Result<Option<Tensor>> {
-            (spec.bias && c > 0)
-                .then(|| vb.pp(name).get(c, "bias"))
-                .transpose()
-        };
+        let per = |cin: usize| if spec.depthwise { 1 } else { cin / spec.groups };
+        let (weights, bias_h, bias_l) =
+            load_octave(&spec, &vb, |cin, cout| (cout, per(cin), k, k))?;
         Ok(OctConv2d {
-            bias_h: bias(spec.out_h, "h")?,
-            bias_l: bias(spec.out_l, "l")?,
+            bias_h,
+            bias_l,
             spec,
             weights,
             fused: fused_by_default(),
@@ -439,4 +430,28 @@ impl OctConv2d {
             ),
         }
     }
+}
+
+/// The weights and biases of an octave layer, in `Path::ALL` order and high, low.
+pub(crate) type OctaveParams = ([Option<Tensor>; 4], Option<Tensor>, Option<Tensor>);
+
+/// Loads `hh.weight` … `ll.weight` (of shape `shape(in, out)`) for the paths `spec` has, and `h.bias`,
+/// `l.bias` if it has biases: the parameters of octave convolutions and their transposes.
+pub(crate) fn load_octave(
+    spec: &OctConvSpec,
+    vb: &VarBuilder,
+    shape: impl Fn(usize, usize) -> (usize, usize, usize, usize),
+) -> Result<OctaveParams> {
+    let mut weights: [Option<Tensor>; 4] = Default::default();
+    for (i, p) in Path::ALL.into_iter().enumerate() {
+        if let Some((cin, cout)) = spec.path_channels(p) {
+            weights[i] = Some(vb.pp(p.as_str()).get(shape(cin, cout), "weight")?);
+        }
+    }
+    let bias = |c: usize, name: &str| -> Result<Option<Tensor>> {
+        (spec.bias && c > 0)
+            .then(|| vb.pp(name).get(c, "bias"))
+            .transpose()
+    };
+    Ok((weights, bias(spec.out_h, "h")?, bias(spec.out_l, "l")?))
 }

@@ -7,7 +7,7 @@ use crate::ops::{avg_pool2x2, upsample_nearest2x};
 use crate::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use octconv_spec::ir::{OctConvSpec, Path};
+use octconv_spec::ir::OctConvSpec;
 
 /// The transposed convolution of `[N, Ci, H, W]` with `w` `[Ci, Co, k, k]`, stride 2, to
 /// `[N, Co, 2H, 2W]`: PyTorch's `ConvTranspose2d` with kernel 2 (no padding) or kernel 3 (padding 1,
@@ -76,22 +76,13 @@ impl OctConvTranspose2d {
     /// Loads `hh.weight` … `ll.weight`, `h.bias`, `l.bias` from `vb`.
     pub fn new(spec: OctConvSpec, vb: VarBuilder) -> Result<Self> {
         let k = spec.kernel;
-        let mut weights: [Option<Tensor>; 4] = Default::default();
-        for (i, p) in Path::ALL.into_iter().enumerate() {
-            if let Some((cin, cout)) = spec.path_channels(p) {
-                weights[i] = Some(vb.pp(p.as_str()).get((cin, cout, k, k), "weight")?);
-            }
-        }
-        let bias = |c: usize, name: &str| -> Result<Option<Tensor>> {
-            (spec.bias && c > 0)
-                .then(|| vb.pp(name).get(c, "bias"))
-                .transpose()
-        };
+        let (weights, bias_h, bias_l) =
+            super::octconv::load_octave(&spec, &vb, |cin, cout| (cin, cout, k, k))?;
         Ok(OctConvTranspose2d {
-            bias_h: bias(spec.out_h, "h")?,
-            bias_l: bias(spec.out_l, "l")?,
             spec,
             weights,
+            bias_h,
+            bias_l,
         })
     }
 

@@ -78,6 +78,25 @@ impl<'p> Elab<'p> {
         false
     }
 
+    /// Binds `args` to the parameters of layer `def`, reporting every problem (missing required
+    /// ones included); `None` if there was one.
+    pub(super) fn bind_layer(
+        &mut self,
+        def: &LayerDef,
+        args: &[Arg],
+        span: Span,
+        env: &Env,
+    ) -> Option<Slots> {
+        let sig = def.sig();
+        let mut diags = Diagnostics::default();
+        let slots = bind::bind(def.name, &sig, args, env, &mut diags);
+        let slots = slots.filter(|s| bind::missing(def.name, &sig, s, span, &mut diags));
+        for d in diags.into_vec() {
+            self.report(d);
+        }
+        slots
+    }
+
     pub(super) fn call_layer(
         &mut self,
         def: &'static LayerDef,
@@ -88,14 +107,7 @@ impl<'p> Elab<'p> {
         if def.reads_values() {
             return self.call_join(def, call, env, cur);
         }
-        let sig = def.sig();
-        let mut diags = Diagnostics::default();
-        let slots = bind::bind(def.name, &sig, &call.args, env, &mut diags);
-        let slots = slots.filter(|s| bind::missing(def.name, &sig, s, call.span, &mut diags));
-        for d in diags.into_vec() {
-            self.report(d);
-        }
-        let Some(slots) = slots else {
+        let Some(slots) = self.bind_layer(def, &call.args, call.span, env) else {
             return cur.poisoned();
         };
         if !self.has_input(def, call, cur) {

@@ -265,12 +265,7 @@ impl Elab<'_> {
             .filter(|a| a.name.is_some())
             .cloned()
             .collect();
-        let sig = def.sig();
-        let mut diags = Diagnostics::default();
-        let slots = bind::bind(def.name, &sig, &named, env, &mut diags);
-        for d in diags.into_vec() {
-            self.report(d);
-        }
+        let slots = self.bind_layer(def, &named, call.span, env);
         let refs: Vec<&Arg> = call.args.iter().filter(|a| a.name.is_none()).collect();
         if refs.is_empty() {
             let example = match def.name {
