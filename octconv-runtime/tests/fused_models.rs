@@ -13,7 +13,7 @@ use std::collections::HashMap;
 /// Every builtin (its call without the closing parenthesis, so that `alpha` can be appended) and
 /// whether it has 3×3 stride-1 octave convolutions: where the fused kernel and the BN + ReLU
 /// prologues apply. MobileNets have depthwise and 1×1 ones only, and ResNeXt's 3×3 ones are grouped.
-const BUILTINS: [(&str, bool); 8] = [
+const BUILTINS: [(&str, bool); 9] = [
     ("wrn(n = 1, k = 1, classes = 10", true),
     ("resnet(depth = 26, classes = 5", true),
     ("mobilenet_v1(width = 0.25, classes = 5", false),
@@ -25,6 +25,7 @@ const BUILTINS: [(&str, bool); 8] = [
     ("mobilenet_v2(width = 0.35, classes = 5", false),
     ("densenet(depth = 121, growth = 8, classes = 5", true),
     ("unet(base = 8, depth = 2, size = 32, classes = 2", true),
+    ("seed_wrn(n = 2, k = 1, classes = 10", true),
 ];
 
 /// A tensor's values, flattened.

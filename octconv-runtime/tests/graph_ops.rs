@@ -1,5 +1,5 @@
 //! The graph layers against independent references: gradients of concat, add, scale, upsample,
-//! merge to low, sigmoid / relu6 / hardswish and the transposed octave convolution against central
+//! merge to low, pyramid, sigmoid / relu6 / hardswish and the transposed octave convolution against central
 //! finite differences (f64), and the transposed convolution's forward pass against a plain
 //! scatter loop written from PyTorch's definition.
 
@@ -110,6 +110,18 @@ fn upsample_merge_low_and_activation_gradients_match_finite_differences() {
     }
     let e = check_grad(&xs, 30, |t| probe(&layers::merge_low(&pair(t)).unwrap()));
     assert!(e < 1e-6, "merge to low: {e}");
+    let e = check_grad(&xs[..1], 30, |t| {
+        let y = layers::pyramid(&OctValue::Single(t[0].clone())).unwrap();
+        assert_eq!(
+            y.shape(),
+            octconv_spec::Shape::Pair {
+                high: octconv_spec::Dims::new(2, 4, 4),
+                low: octconv_spec::Dims::new(2, 2, 2)
+            }
+        );
+        probe(&y)
+    });
+    assert!(e < 1e-6, "pyramid: {e}");
     // Values in (−4, 4) around the kinks at −3, 0 and 3 (hardswish) and 0 (relu6); values in (6, 8)
     // for relu6's upper kink.
     let above = (rand_tensor(&mut rng, &[2, 2, 4, 4]) + 7.0).unwrap();

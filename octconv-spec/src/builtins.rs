@@ -10,6 +10,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
     ("se_resnet", include_str!("../../specs/se_resnet.oct")),
     ("densenet", include_str!("../../specs/densenet.oct")),
     ("unet", include_str!("../../specs/unet.oct")),
+    ("seed_wrn", include_str!("../../specs/seed_wrn.oct")),
 ];
 
 /// The source of builtin file `name` (`"wrn"`, `"wrn.oct"`).

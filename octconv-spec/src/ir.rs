@@ -172,6 +172,9 @@ pub enum Op {
     },
     /// Pair → single-frequency: `concat([high, upsample_nearest_x2(low)])`, high channels first.
     Merge,
+    /// Single-frequency → pair with every channel in both branches: high = x, low = x average-pooled
+    /// 2×2 (the seed's octave input).
+    Pyramid,
     /// `[C, H, W]` → `[C]`; with `per_branch`, a pair → `[Ch + Cl]` (the head the paper warns against).
     GlobalAvgPool {
         /// Pool each branch of a pair separately and concatenate (explicit opt-in).
@@ -226,6 +229,7 @@ impl Op {
             Op::MaxPool(_) => "max_pool",
             Op::Split { .. } => "split",
             Op::Merge => "merge",
+            Op::Pyramid => "pyramid",
             Op::GlobalAvgPool { .. } => "global_avg_pool",
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",

@@ -91,6 +91,39 @@ fn unet_checks_at_every_alpha_with_the_published_parameter_count() {
 }
 
 #[test]
+fn seed_wrn_has_the_parameter_counts_of_the_seeds_code() {
+    // Counted from the seed's Keras code (issue #15): the plain network (convolutions with bias), the
+    // octave network with the mixing head, and with the per-branch head; any α > 0 gives the same.
+    for (n, k, plain, mix, per_branch) in [
+        (4, 10, 31_368_650u64, 31_776_650u64, 31_365_130u64),
+        (4, 2, 1_260_234, 1_276_298, 1_259_530),
+    ] {
+        let count = |alpha: f64, mix: bool| {
+            let m = checked(&format!(
+                "seed_wrn(n = {n}, k = {k}, alpha = {alpha}, mix = {mix})"
+            ));
+            assert_eq!(m.output, Shape::Flat { features: 10 });
+            assert_well_formed(&m);
+            m.params()
+        };
+        assert_eq!(count(0.0, true), plain, "n = {n}, k = {k}, α = 0");
+        assert_eq!(
+            count(0.0, false),
+            plain,
+            "n = {n}, k = {k}, α = 0, mix = false"
+        );
+        for a in [0.25, 0.5, 0.75] {
+            assert_eq!(count(a, true), mix, "n = {n}, k = {k}, α = {a}, mix");
+            assert_eq!(
+                count(a, false),
+                per_branch,
+                "n = {n}, k = {k}, α = {a}, per branch"
+            );
+        }
+    }
+}
+
+#[test]
 fn macs_fall_with_alpha_and_match_published_alpha0_figures() {
     let macs = |call: &str| checked(call).macs();
     // Published α = 0 figures: ResNet-50 4.09 GMACs (torchvision), MobileNet v1 569 M mult-adds

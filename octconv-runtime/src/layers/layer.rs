@@ -112,6 +112,11 @@ oct_layer!(Merge, |s, xs, train| if s.to_low {
     super::merge(one(xs, "merge")?)
 });
 
+/// `pyramid()`: every channel in both branches, the low one pooled.
+#[derive(Clone, Copy, Debug)]
+pub struct Pyramid;
+oct_layer!(Pyramid, |_s, xs, train| super::pyramid(one(xs, "pyramid")?));
+
 /// `upsample(scale)`, nearest-neighbour, every branch.
 #[derive(Clone, Copy, Debug)]
 pub struct Upsample {
@@ -187,6 +192,7 @@ pub fn build(layer: &Layer, vb: VarBuilder, rng: &DropoutRng) -> Result<Option<B
         Op::Split { low } => Box::new(Split { low }),
         Op::Merge => Box::new(Merge { to_low: false }),
         Op::MergeLow => Box::new(Merge { to_low: true }),
+        Op::Pyramid => Box::new(Pyramid),
         Op::Upsample { scale } => Box::new(Upsample { scale }),
         Op::GlobalAvgPool { per_branch } => Box::new(GlobalAvgPool { per_branch }),
         Op::Flatten => Box::new(Flatten),

@@ -23,7 +23,7 @@ pub use dropout::{Dropout, DropoutRng};
 pub use graph::{add, concat, scale};
 pub use head::{flatten, global_avg_pool, Linear};
 pub use layer::{build, OctLayer};
-pub use octave::{merge, merge_low, split, upsample};
+pub use octave::{merge, merge_low, pyramid, split, upsample};
 pub use octconv::OctConv2d;
 pub use pool::{Pool, PoolKind};
 pub use transpose::OctConvTranspose2d;

@@ -35,6 +35,17 @@ pub fn merge(x: &OctValue) -> Result<OctValue> {
     }
 }
 
+/// `[N, C, H, W]` → pair with high = x and low = x average-pooled 2×2 (every channel in both).
+pub fn pyramid(x: &OctValue) -> Result<OctValue> {
+    let OctValue::Single(t) = x else {
+        candle_core::bail!("pyramid needs a single-frequency tensor");
+    };
+    Ok(OctValue::Pair {
+        high: Some(t.clone()),
+        low: avg_pool2x2(t)?,
+    })
+}
+
 /// Pair → `concat([avg_pool_2x2(high), low])` at the low resolution, high first.
 pub fn merge_low(x: &OctValue) -> Result<OctValue> {
     match x {

@@ -97,6 +97,7 @@ pub(crate) fn built(k: &TokenStream, layer: &Layer) -> Built {
             Built::Inline(quote!(#l::layer::Split { low: #low }))
         }
         Op::Merge => Built::Inline(quote!(#l::layer::Merge { to_low: false })),
+        Op::Pyramid => Built::Inline(quote!(#l::layer::Pyramid)),
         Op::MergeLow => Built::Inline(quote!(#l::layer::Merge { to_low: true })),
         Op::Upsample { scale } => {
             let scale = us(scale);

@@ -275,6 +275,13 @@ pub const LAYERS: &[LayerDef] = &[
         costs: FREE,
     },
     LayerDef {
+        name: "pyramid",
+        params: &[],
+        summary: "single-frequency → octave pair with every channel in both branches: high = x, low = x average-pooled 2×2 (the seed's octave input; not a channel split)",
+        rule: Rule::Map(octave::pyramid),
+        costs: FREE,
+    },
+    LayerDef {
         name: "merge",
         params: &[("to", Str, S("high"))],
         summary: "octave pair → single-frequency; to = high: concat([high, upsample_nearest_x2(low)]); to = low: concat([avg_pool_2x2(high), low]); the identity on a single-frequency tensor",

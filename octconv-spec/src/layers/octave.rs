@@ -46,6 +46,31 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     Ok((Op::Split { low }, Shape::pair(high, low, d.h, d.w)))
 }
 
+/// `pyramid()`: `[C, H, W]` → high `[C, H, W]`, low `[C, H/2, W/2]` (every channel in both branches).
+pub(crate) fn pyramid(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
+    let Shape::Single(d) = *input else {
+        return Err(a
+            .call_error(
+                DiagKind::LayerInput,
+                format!("pyramid needs a single-frequency tensor, but its input is {input}"),
+            )
+            .with_label("not a single-frequency tensor"));
+    };
+    if d.h % 2 != 0 || d.w % 2 != 0 {
+        return Err(a
+            .call_error(DiagKind::Divisibility, format!("pyramid needs an even spatial size to halve the low branch, but the input is {}×{}", d.h, d.w))
+            .with_label("odd size")
+            .with_help("pad or crop the input to an even size"));
+    }
+    Ok((
+        Op::Pyramid,
+        Shape::Pair {
+            high: d,
+            low: Dims::new(d.c, d.h / 2, d.w / 2),
+        },
+    ))
+}
+
 /// `merge(to = high)`: pair → `[Ch + Cl, H, W]`; `merge(to = low)`: pair → `[Ch + Cl, H/2, W/2]`, the
 /// high branch average-pooled 2×2. The identity on a single-frequency tensor (α = 0).
 pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
