@@ -115,6 +115,43 @@ fn merge_then_pool_equals_per_branch_pooling_with_nearest_upsampling() {
     }
 }
 
+/// The seed's mixing head (`merge(to = low)`, 1×1 conv, BN, ReLU, then pooling) is not per-branch
+/// pooling in disguise: per-branch pooling followed by `linear` is affine in its input, so
+/// `f(a + b) + f(0) = f(a) + f(b)`; the mixing head's ReLU breaks that on random weights.
+#[test]
+fn the_mixing_head_is_not_affine_like_per_branch_pooling() {
+    let text = "model per_branch() { input [6, 8, 8]; pyramid(); global_avg_pool(per_branch = true); linear(4); }
+         model mixing() { input [6, 8, 8]; pyramid(); merge(to = low); conv(12, kernel = 1, bias = true); bn(); relu(); global_avg_pool(); linear(4); }";
+    let defect = |name: &str| -> f32 {
+        let c = check_text("t.oct", text, Some(name));
+        assert!(c.ok(), "{}", c.render_diagnostics(false));
+        let m = c.model.unwrap();
+        let net = build(m.clone(), 11);
+        let (a, b) = (input(&m, 6, 1), input(&m, 6, 2));
+        let zero = a.zeros_like().unwrap();
+        let ab = (&a + &b).unwrap();
+        let f = |x: &Tensor| -> Vec<f32> {
+            let y = net.forward_t(x, false).unwrap();
+            y.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (fa, fb, fab, f0) = (f(&a), f(&b), f(&ab), f(&zero));
+        (0..fa.len())
+            .map(|i| (fab[i] + f0[i] - fa[i] - fb[i]).abs())
+            .fold(0.0, f32::max)
+    };
+    let per_branch = defect("per_branch");
+    let mixing = defect("mixing");
+    assert!(
+        per_branch < 1e-5,
+        "per-branch pooling is affine: {per_branch}"
+    );
+    // Rounding alone gives about 1e-7 here (the per-branch figure).
+    assert!(
+        mixing > 1e-3 && mixing > 100.0 * per_branch,
+        "the mixing head must not be affine: {mixing} (per-branch {per_branch})"
+    );
+}
+
 #[test]
 fn wrong_input_shape_is_an_error_not_a_panic() {
     let m = ir("wrn(n = 1, k = 1, alpha = 0.25)");
