@@ -55,19 +55,11 @@ fn one<'a>(xs: &[&'a OctValue], what: &str) -> Result<&'a OctValue> {
 /// Implements [`OctLayer`] for a type from an expression over `self`, the inputs `xs` and `train`.
 macro_rules! oct_layer {
     ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr) => {
-        oct_layer!($ty, |$s, $xs, $train| $body, fused = |_s, _f| {});
-    };
-    ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr, fused = |$fs:ident, $f:ident| $set:expr) => {
         impl OctLayer for $ty {
             fn apply(&self, $xs: &[&OctValue], $train: bool) -> Result<OctValue> {
                 let $s = self;
                 let _ = $train;
                 $body
-            }
-            fn set_fused(&mut self, $f: bool) {
-                let $fs = self;
-                let _ = (&$fs, $f);
-                $set
             }
             fn as_any(&self) -> &dyn Any {
                 self
@@ -77,11 +69,17 @@ macro_rules! oct_layer {
 }
 
 oct_layer!(Conv2d, |s, xs, train| s.forward(one(xs, "conv")?));
-oct_layer!(
-    OctConv2d,
-    |s, xs, train| s.forward(one(xs, "octconv")?),
-    fused = |s, f| OctConv2d::set_fused(s, f)
-);
+impl OctLayer for OctConv2d {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "octconv")?)
+    }
+    fn set_fused(&mut self, fused: bool) {
+        OctConv2d::set_fused(self, fused);
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 oct_layer!(OctConvTranspose2d, |s, xs, train| s
     .forward(one(xs, "octconv_transpose")?));
 oct_layer!(OctBatchNorm, |s, xs, train| s

@@ -172,8 +172,8 @@ impl OctConv2d {
                 let w: Vec<&Tensor> = self.weights.iter().flatten().collect();
                 let (yh, yl) = octave_conv(g, xh, xl, [w[0], w[1], w[2], w[3]])?;
                 return Ok(OctValue::Pair {
-                    high: Some(self.add_bias(yh, &self.bias_h)?),
-                    low: self.add_bias(yl, &self.bias_l)?,
+                    high: Some(add_bias(yh, &self.bias_h)?),
+                    low: add_bias(yl, &self.bias_l)?,
                 });
             }
         }
@@ -214,8 +214,8 @@ impl OctConv2d {
                 let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
                 let yl = Tensor::from_vec(yl, (g.n, g.out_l, lh, lw), dev)?;
                 Ok(Some(OctValue::Pair {
-                    high: Some(self.add_bias(yh, &self.bias_h)?),
-                    low: self.add_bias(yl, &self.bias_l)?,
+                    high: Some(add_bias(yh, &self.bias_h)?),
+                    low: add_bias(yl, &self.bias_l)?,
                 }))
             }
             (Some(x1), None) => {
@@ -237,7 +237,7 @@ impl OctConv2d {
                     with_f32(w, |w| conv2d::dispatch_forward_prologue(&g, x, w, pro))
                 })??;
                 let y = Tensor::from_vec(y, (n, g.c_out, h, wd), x1.device())?;
-                Ok(Some(OctValue::Single(self.add_bias(y, &self.bias_h)?)))
+                Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)))
             }
             _ => Ok(None),
         }
@@ -289,7 +289,7 @@ impl OctConv2d {
                     return Ok(None);
                 };
                 let y = conv2d(&half, w, self.conv_params(1))?;
-                Ok(Some(OctValue::Single(self.add_bias(y, &self.bias_h)?)))
+                Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)))
             }
             _ => Ok(None),
         }
@@ -331,8 +331,8 @@ impl OctConv2d {
             self.conv_params(1),
         )?;
         Ok(OctValue::Pair {
-            high: Some(self.add_bias(high, &self.bias_h)?),
-            low: self.add_bias(low, &self.bias_l)?,
+            high: Some(add_bias(high, &self.bias_h)?),
+            low: add_bias(low, &self.bias_l)?,
         })
     }
 
@@ -341,13 +341,6 @@ impl OctConv2d {
         let (h, l) = x.branches();
         let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
         h.into_iter().chain(l).all(f32_cpu) && self.weights.iter().flatten().all(f32_cpu)
-    }
-
-    fn add_bias(&self, t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
-        match b {
-            Some(b) => t.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(t),
-        }
     }
 
     /// The per-path forward: each path through its own convolution op, then the resampling ops.
@@ -418,8 +411,8 @@ impl OctConv2d {
                 acc(&mut low, self.conv(li, Path::LL)?)?;
             }
         }
-        let high = high.map(|t| self.add_bias(t, &self.bias_h)).transpose()?;
-        let low = low.map(|t| self.add_bias(t, &self.bias_l)).transpose()?;
+        let high = high.map(|t| add_bias(t, &self.bias_h)).transpose()?;
+        let low = low.map(|t| add_bias(t, &self.bias_l)).transpose()?;
         match (high, low) {
             (Some(h), None) if self.spec.out_l == 0 => Ok(OctValue::Single(h)),
             (high, Some(low)) => Ok(OctValue::Pair { high, low }),
@@ -454,4 +447,12 @@ pub(crate) fn load_octave(
             .transpose()
     };
     Ok((weights, bias(spec.out_h, "h")?, bias(spec.out_l, "l")?))
+}
+
+/// `t` plus a per-channel bias, if there is one.
+pub(crate) fn add_bias(t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    match b {
+        Some(b) => t.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(t),
+    }
 }

@@ -132,8 +132,5 @@ fn sum(a: Option<Tensor>, b: Option<Tensor>, bias: &Option<Tensor>) -> Result<Op
         (Some(a), Some(b)) => Some((a + b)?),
         (a, b) => a.or(b),
     };
-    match (s, bias) {
-        (Some(s), Some(bias)) => Ok(Some(s.broadcast_add(&bias.reshape((1, (), 1, 1))?)?)),
-        (s, _) => Ok(s),
-    }
+    s.map(|s| super::octconv::add_bias(s, bias)).transpose()
 }

@@ -331,28 +331,13 @@ impl Elab<'_> {
         }
         let (name, key) = self.name_for(call.label.as_ref(), def.name, env);
         self.labelled = call.label.is_some();
-        let out = if def.name == "scale" {
-            match rules::scale(&parts[1], &parts[0], call.span) {
-                Ok(out) => {
-                    let x = read[0].0;
-                    let inputs = vec![x.node, cur.node];
-                    match self.push_layer(name, Op::Scale, inputs, parts[1].shape, out, call.span) {
-                        Some(node) => Cur {
-                            node,
-                            shape: Some(out),
-                            alpha: x.alpha,
-                        },
-                        None => cur.poisoned(),
-                    }
-                }
-                Err(d) => {
-                    self.labelled = false;
-                    self.report(d);
-                    cur.poisoned()
-                }
-            }
+        let how = Join::named(def.name).expect("concat, add and scale are joins");
+        let out = if how == Join::Scale {
+            // `scale(x)` reads `x` first and the gates (the current value) second.
+            let x = read[0].0;
+            let parts = [parts[1].clone(), parts[0].clone()];
+            self.join_layer(how, &parts, vec![x.node, cur.node], name, call.span, x)
         } else {
-            let how = Join::named(def.name).expect("concat and add are joins");
             let inputs = std::iter::once(cur.node)
                 .chain(read.iter().map(|r| r.0.node))
                 .collect();
