@@ -1,38 +1,60 @@
 //! Checker diagnostics as compile errors at the right tokens.
 
-use crate::input::SpannedText;
+use crate::spanned::SpannedText;
 use octconv_spec::source::{Origin, Span as SrcSpan};
 use octconv_spec::Checked;
 use proc_macro2::{Span, TokenStream};
 use quote::quote_spanned;
+use std::collections::HashSet;
+
+/// Where an error is attached, as something comparable (token spans are not): a byte offset of the
+/// spec text all declarations share, of one declaration's call, or one declaration itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Anchor {
+    Spec(usize),
+    Call { decl: usize, pos: usize },
+    Decl(usize),
+}
 
 /// A compile error and where it goes.
 pub(crate) struct Located {
+    anchor: Anchor,
     span: Span,
     message: String,
 }
 
-/// The span of a source span that lies in the inline text or the call, if it does.
+/// The declaration whose check produced the diagnostics.
+pub(crate) struct Decl<'a> {
+    /// Its position among the macro's declarations.
+    pub index: usize,
+    /// Its model call.
+    pub call: &'a SpannedText,
+    /// Its tokens, where errors with no better place go.
+    pub span: Span,
+}
+
+/// The anchor and token span of a source span that lies in the inline text or the call, if it does.
 fn token_span(
     checked: &Checked,
     s: SrcSpan,
     text: &SpannedText,
-    call: &SpannedText,
-) -> Option<Span> {
+    decl: &Decl,
+) -> Option<(Anchor, Span)> {
     match &checked.sources.get(s.file).origin {
-        Origin::Inline { .. } => text.span_at(s.start),
-        Origin::Virtual(n) if n == "<--model>" => call.span_at(s.start),
+        Origin::Inline { .. } => Some((Anchor::Spec(s.start), text.span_at(s.start)?)),
+        Origin::ModelFlag => Some((
+            Anchor::Call {
+                decl: decl.index,
+                pos: s.start,
+            },
+            decl.call.span_at(s.start)?,
+        )),
         _ => None,
     }
 }
 
 /// Where each error of `checked` belongs, and its message.
-pub(crate) fn locate(
-    checked: &Checked,
-    text: &SpannedText,
-    call: &SpannedText,
-    decl: Span,
-) -> Vec<Located> {
+pub(crate) fn locate(checked: &Checked, text: &SpannedText, decl: Decl) -> Vec<Located> {
     let mut out = Vec::new();
     for d in checked.diagnostics.iter().filter(|d| d.is_error()) {
         let mut short = d.message.clone();
@@ -47,9 +69,10 @@ pub(crate) fn locate(
         for n in &d.notes {
             short.push_str(&format!("\n  = note: {n}"));
         }
-        let direct = d.span.and_then(|s| token_span(checked, s, text, call));
+        let direct = d.span.and_then(|s| token_span(checked, s, text, &decl));
         let located = match direct {
-            Some(span) => Located {
+            Some((anchor, span)) => Located {
+                anchor,
                 span,
                 message: short,
             },
@@ -60,9 +83,14 @@ pub(crate) fn locate(
                 let via_label = d
                     .secondary
                     .iter()
-                    .find_map(|l| token_span(checked, l.span, text, call));
-                let via_use = d.span.and_then(|s| use_literal(checked, s, text));
-                let span = via_label.or(via_use).unwrap_or(decl);
+                    .find_map(|l| token_span(checked, l.span, text, &decl));
+                let via_use = d
+                    .span
+                    .and_then(|s| use_literal(checked, s))
+                    .and_then(|s| token_span(checked, s, text, &decl));
+                let (anchor, span) = via_label
+                    .or(via_use)
+                    .unwrap_or((Anchor::Decl(decl.index), decl.span));
                 let rendered = d
                     .render(&checked.sources, false)
                     .replace("<--model>", "<octnet! call>");
@@ -74,6 +102,7 @@ pub(crate) fn locate(
                 let first = lines.next().unwrap_or_default();
                 let rest = lines.next().unwrap_or_default();
                 Located {
+                    anchor,
                     span,
                     message: format!("{first}{}\n{rest}", at.unwrap_or_default()),
                 }
@@ -83,28 +112,40 @@ pub(crate) fn locate(
     }
     if checked.suppressed > 0 {
         out.push(Located {
-            span: decl,
+            anchor: Anchor::Decl(decl.index),
+            span: decl.span,
             message: format!("{} more error(s) not shown", checked.suppressed),
         });
     }
     out
 }
 
-/// The span of the `use "…"` literal in the inline text (the first one, for nested includes).
-fn use_literal(checked: &Checked, s: SrcSpan, text: &SpannedText) -> Option<Span> {
-    if !matches!(checked.sources.get(s.file).origin, Origin::File(_)) {
-        return None;
+/// The `use "…"` path literal in the root text through which the file of `s` was included: follows
+/// the chain of includes (a file included by a file included by the inline text) up to the root.
+fn use_literal(checked: &Checked, s: SrcSpan) -> Option<SrcSpan> {
+    let mut file = s.file;
+    let mut steps = 0;
+    loop {
+        let at = checked.sources.get(file).included_at?;
+        if matches!(checked.sources.get(at.file).origin, Origin::Inline { .. }) {
+            return Some(at);
+        }
+        file = at.file;
+        steps += 1;
+        // Include cycles are refused by the loader; this only guards the walk.
+        if steps > checked.sources.ids().count() {
+            return None;
+        }
     }
-    let pos = text.text.find("use \"")?;
-    text.span_at(pos + 4)
 }
 
-/// All errors as `compile_error!` invocations (de-duplicated: several declarations may share a spec).
+/// All errors as `compile_error!` invocations, each (place, message) once: declarations that share
+/// a spec report its errors once.
 pub(crate) fn compile_errors(errors: Vec<Located>) -> TokenStream {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut out = TokenStream::new();
     for e in errors {
-        if !seen.insert((format!("{:?}", e.span), e.message.clone())) {
+        if !seen.insert((e.anchor, e.message.clone())) {
             continue;
         }
         let msg = e.message;

@@ -2,105 +2,13 @@
 //! back to token spans, then checking and generating each declaration.
 
 use crate::errors::{compile_errors, Located};
+use crate::spanned::SpannedText;
 use octconv_spec::codegen::{generate, GenOptions};
 use octconv_spec::source::Origin;
 use octconv_spec::{check, CheckRequest, SpecInput};
 use proc_macro2::{Delimiter, Ident, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
 use std::path::PathBuf;
-
-/// Text rebuilt from tokens, with the span of the token at each byte range.
-#[derive(Default)]
-pub(crate) struct SpannedText {
-    pub text: String,
-    pub map: Vec<(usize, usize, Span)>,
-}
-
-impl SpannedText {
-    fn push(&mut self, s: &str, span: Span) {
-        // Spaces between tokens, except inside brackets and before `,` / `;`, so the text (shown in
-        // diagnostics) reads like the source.
-        let tight_after = self.text.ends_with(['(', '[', ' ']);
-        let tight_before = matches!(s, ")" | "]" | "," | ";");
-        if !self.text.is_empty() && !tight_after && !tight_before {
-            self.text.push(' ');
-        }
-        let start = self.text.len();
-        self.text.push_str(s);
-        self.map.push((start, self.text.len(), span));
-    }
-
-    fn push_joint(&mut self, s: &str, span: Span) {
-        let start = self.text.len();
-        self.text.push_str(s);
-        self.map.push((start, self.text.len(), span));
-    }
-
-    /// Appends tokens as spec text (`///` docs arrive as `#[doc = "…"]`, which the grammar accepts).
-    fn extend(&mut self, tokens: &[TokenTree]) {
-        let mut joint = false;
-        for t in tokens {
-            match t {
-                TokenTree::Group(g) => {
-                    let (open, close) = match g.delimiter() {
-                        Delimiter::Parenthesis => ("(", ")"),
-                        Delimiter::Brace => ("{", "}"),
-                        Delimiter::Bracket => ("[", "]"),
-                        Delimiter::None => ("", ""),
-                    };
-                    self.push(open, g.span_open());
-                    let inner: Vec<TokenTree> = g.stream().into_iter().collect();
-                    self.extend(&inner);
-                    self.push(close, g.span_close());
-                    joint = false;
-                }
-                TokenTree::Punct(p) => {
-                    let s = p.as_char().to_string();
-                    if joint {
-                        self.push_joint(&s, p.span());
-                    } else {
-                        self.push(&s, p.span());
-                    }
-                    joint = p.spacing() == proc_macro2::Spacing::Joint;
-                    if joint {
-                        // No space before the next character of a multi-character operator.
-                        continue;
-                    }
-                }
-                TokenTree::Ident(i) => {
-                    self.push(&i.to_string(), i.span());
-                    joint = false;
-                }
-                TokenTree::Literal(l) => {
-                    let s = l.to_string();
-                    self.push(&normal_string(&s).unwrap_or(s), l.span());
-                    joint = false;
-                }
-            }
-        }
-    }
-
-    /// The span of the token covering byte `pos` (or the nearest one before it).
-    pub fn span_at(&self, pos: usize) -> Option<Span> {
-        self.map
-            .iter()
-            .rev()
-            .find(|(a, _, _)| *a <= pos)
-            .map(|(_, _, s)| *s)
-            .or_else(|| self.map.first().map(|m| m.2))
-    }
-}
-
-/// A raw string literal (`r"…"`, as doc comments may arrive) rewritten as a plain one.
-fn normal_string(lit: &str) -> Option<String> {
-    let rest = lit.strip_prefix('r')?;
-    let hashes = rest.len() - rest.trim_start_matches('#').len();
-    let body = rest.get(hashes + 1..rest.len() - hashes - 1)?;
-    Some(format!(
-        "\"{}\"",
-        body.replace('\\', "\\\\").replace('"', "\\\"")
-    ))
-}
 
 /// `[attrs] vis struct Name = call;`
 struct Decl {
@@ -308,7 +216,7 @@ fn expand_decls(spec: &[TokenTree], decls: &[Decl]) -> Result<TokenStream, Token
     let dir = caller_dir();
     let mut out = TokenStream::new();
     let mut errors: Vec<Located> = Vec::new();
-    for d in decls {
+    for (i, d) in decls.iter().enumerate() {
         let checked = check(&CheckRequest {
             spec: SpecInput::Inline {
                 name: "<octnet!>",
@@ -319,7 +227,15 @@ fn expand_decls(spec: &[TokenTree], decls: &[Decl]) -> Result<TokenStream, Token
             sets: &[],
         });
         if !checked.ok() {
-            errors.extend(crate::errors::locate(&checked, &text, &d.call, d.span));
+            errors.extend(crate::errors::locate(
+                &checked,
+                &text,
+                crate::errors::Decl {
+                    index: i,
+                    call: &d.call,
+                    span: d.span,
+                },
+            ));
             continue;
         }
         let model = checked.model.as_ref().expect("ok() implies a model");

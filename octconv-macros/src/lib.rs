@@ -27,6 +27,7 @@
 
 mod errors;
 mod input;
+mod spanned;
 
 use proc_macro::TokenStream;
 

@@ -25,6 +25,7 @@ pub mod kernels;
 pub mod layers;
 pub mod malloc;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod threads;

@@ -204,21 +204,147 @@ const NORM_MEAN: &str = "__norm.mean";
 const NORM_STD: &str = "__norm.std";
 const OPT: &str = "__opt.";
 
+/// The files of a run directory, named in one place (the trainer, `sweep`, `plot` and the tests use
+/// these).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    /// The run directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunDir(path.into())
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `run.json`: the settings ([`TrainConfig`]); a resume must match them.
+    pub fn settings(&self) -> PathBuf {
+        self.0.join("run.json")
+    }
+
+    /// `metrics.jsonl`: one [`EpochRecord`] per finished epoch.
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+
+    /// `checkpoint.safetensors`: weights, BN statistics, momentum buffers and [`Progress`].
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+
+    /// `best.safetensors`: the weights of the epoch with the best test accuracy.
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.safetensors")
+    }
+
+    /// `final.safetensors`: the weights after the last epoch.
+    pub fn final_weights(&self) -> PathBuf {
+        self.0.join("final.safetensors")
+    }
+}
+
+/// Where a run stands: the epoch in progress, its next batch and running sums, and the best test
+/// accuracy so far. Saved in checkpoints as the tensor `__state`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Progress {
+    /// Epoch in progress (0-based); equal to the epoch count when the run is done.
+    epoch: usize,
+    /// Next batch of that epoch.
+    batch: usize,
+    /// Sum of per-image training losses of the epoch so far.
+    loss_sum: f64,
+    /// Correctly classified training images of the epoch so far.
+    correct: f64,
+    /// Training images of the epoch so far.
+    seen: f64,
+    /// Seconds spent in the epoch before the last interruption.
+    seconds: f64,
+    /// Best test accuracy of a finished epoch (−1 before the first).
+    best: f64,
+}
+
+impl Progress {
+    /// Number of values in the `__state` tensor.
+    const LEN: usize = 7;
+
+    /// A new run.
+    fn start() -> Self {
+        Progress {
+            epoch: 0,
+            batch: 0,
+            loss_sum: 0.0,
+            correct: 0.0,
+            seen: 0.0,
+            seconds: 0.0,
+            best: -1.0,
+        }
+    }
+
+    /// The start of the epoch after this one (the best accuracy carries over).
+    fn next_epoch(self) -> Self {
+        Progress {
+            epoch: self.epoch + 1,
+            best: self.best,
+            ..Progress::start()
+        }
+    }
+
+    /// The `__state` tensor.
+    fn to_state(self) -> Result<Tensor> {
+        let v = [
+            self.epoch as f64,
+            self.batch as f64,
+            self.loss_sum,
+            self.correct,
+            self.seen,
+            self.seconds,
+            self.best,
+        ];
+        Ok(Tensor::new(&v, &Device::Cpu)?)
+    }
+
+    /// Reads the `__state` values of checkpoint `path`.
+    fn from_state(v: &[f64], path: &Path) -> Result<Self> {
+        let [epoch, batch, loss_sum, correct, seen, seconds, best] = v else {
+            bail!(
+                "checkpoint `{}` has a malformed `__state` ({} values, expected {})",
+                path.display(),
+                v.len(),
+                Self::LEN
+            );
+        };
+        Ok(Progress {
+            epoch: *epoch as usize,
+            batch: *batch as usize,
+            loss_sum: *loss_sum,
+            correct: *correct,
+            seen: *seen,
+            seconds: *seconds,
+            best: *best,
+        })
+    }
+}
+
+/// What a checkpoint restores besides the parameters.
+struct Restored {
+    params: HashMap<String, Tensor>,
+    progress: Progress,
+    norm: Normalisation,
+    momentum: HashMap<String, Tensor>,
+}
+
 /// A training run in a directory.
 pub struct Trainer {
     cfg: TrainConfig,
-    dir: PathBuf,
+    dir: RunDir,
     varmap: VarMap,
     model: OctModel,
     opt: Sgd,
     batcher: Batcher,
-    /// (epoch, next batch, loss sum, correct, seen, seconds) of the epoch in progress.
-    pos: (usize, usize, f64, f64, f64, f64),
-    best: f64,
-}
-
-fn state_tensor(v: &[f64]) -> Result<Tensor> {
-    Ok(Tensor::new(v, &Device::Cpu)?)
+    progress: Progress,
 }
 
 impl Trainer {
@@ -244,81 +370,28 @@ impl Trainer {
         resume: bool,
         device: &Device,
     ) -> Result<Self> {
-        let checkpoint = dir.join("checkpoint.safetensors");
-        let run_json = dir.join("run.json");
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create run directory `{}`", dir.display()))?;
-        let varmap = VarMap::new();
+        let dir = RunDir::new(dir);
+        std::fs::create_dir_all(dir.path())
+            .with_context(|| format!("cannot create run directory `{}`", dir.path().display()))?;
         let mut batcher = Batcher::new(&data.train, cfg.augment);
-        let mut pos = (0, 0, 0.0, 0.0, 0.0, 0.0);
-        let mut best = -1.0;
-        let mut buffers = HashMap::new();
-        let tensors = if resume {
-            if !checkpoint.exists() {
-                bail!(
-                    "nothing to resume: `{}` does not exist",
-                    checkpoint.display()
-                );
-            }
-            let saved: TrainConfig = serde_json::from_slice(
-                &std::fs::read(&run_json)
-                    .with_context(|| format!("cannot read `{}`", run_json.display()))?,
-            )
-            .with_context(|| format!("`{}` is not a run description", run_json.display()))?;
-            if saved != cfg {
-                bail!(
-                    "`{}` was started with different settings; resume with the same spec, data and flags\n  saved: {}\n  now:   {}",
-                    dir.display(),
-                    serde_json::to_string(&saved)?,
-                    serde_json::to_string(&cfg)?
-                );
-            }
-            let mut t = read_safetensors(&checkpoint, device)?;
-            let s: Vec<f64> = t
-                .remove(STATE)
-                .context("checkpoint has no `__state`")?
-                .to_vec1()?;
-            if s.len() != 7 {
-                bail!(
-                    "checkpoint `{}` has a malformed `__state`",
-                    checkpoint.display()
-                );
-            }
-            pos = (s[0] as usize, s[1] as usize, s[2], s[3], s[4], s[5]);
-            best = s[6];
-            batcher.mean = t
-                .remove(NORM_MEAN)
-                .context("checkpoint has no normalisation")?
-                .to_vec1()?;
-            batcher.std = t
-                .remove(NORM_STD)
-                .context("checkpoint has no normalisation")?
-                .to_vec1()?;
-            let names: Vec<String> = t.keys().filter(|k| k.starts_with(OPT)).cloned().collect();
-            for n in names {
-                let v = t.remove(&n).expect("listed");
-                buffers.insert(n[OPT.len()..].to_string(), v);
-            }
-            crate::weights::check_weights(&ir, &t)?;
-            truncate_metrics(dir, pos.0)?;
-            t
+        let (params, progress, momentum) = if resume {
+            let r = restore(&ir, &cfg, &dir, device)?;
+            (batcher.mean, batcher.std) = r.norm;
+            (r.params, r.progress, r.momentum)
         } else {
-            if checkpoint.exists() {
-                bail!("`{}` already holds a run; pass --resume to continue it or choose another --run-dir", dir.display());
-            }
-            std::fs::write(&run_json, serde_json::to_vec_pretty(&cfg)?)?;
-            let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
-            init_params(&ir, cfg.seed, DType::F32, &Device::Cpu)?
-                .into_iter()
-                .map(|(k, v)| Ok((k, v.to_device(device)?)))
-                .collect::<Result<_>>()?
+            (
+                start(&ir, &cfg, &dir, device)?,
+                Progress::start(),
+                HashMap::new(),
+            )
         };
+        let varmap = VarMap::new();
         {
             let mut data = varmap
                 .data()
                 .lock()
                 .map_err(|_| anyhow::anyhow!("var map poisoned"))?;
-            for (name, t) in tensors {
+            for (name, t) in params {
                 data.insert(name, Var::from_tensor(&t)?);
             }
         }
@@ -339,16 +412,15 @@ impl Trainer {
                 decay_bn_and_bias: cfg.decay_bn_and_bias,
             },
         );
-        opt.load_state(buffers);
+        opt.load_state(momentum);
         Ok(Trainer {
             cfg,
-            dir: dir.to_path_buf(),
+            dir,
             varmap,
             model,
             opt,
             batcher,
-            pos,
-            best,
+            progress,
         })
     }
 
@@ -383,12 +455,8 @@ impl Trainer {
         for (k, v) in self.opt.state() {
             t.insert(format!("{OPT}{k}"), v.clone());
         }
-        let p = self.pos;
-        t.insert(
-            STATE.into(),
-            state_tensor(&[p.0 as f64, p.1 as f64, p.2, p.3, p.4, p.5, self.best])?,
-        );
-        write_safetensors_atomic(&t, &self.dir.join("checkpoint.safetensors"))
+        t.insert(STATE.into(), self.progress.to_state()?);
+        write_safetensors_atomic(&t, &self.dir.checkpoint())
     }
 
     /// Trains until done, diverged or `stop` is set; `on` sees every batch and epoch.
@@ -401,16 +469,16 @@ impl Trainer {
         let n = data.train.len();
         let batches = n.div_ceil(self.cfg.batch.max(1));
         let schedule = self.cfg.schedule();
-        while self.pos.0 < self.cfg.epochs {
-            let epoch = self.pos.0;
+        while self.progress.epoch < self.cfg.epochs {
+            let epoch = self.progress.epoch;
             let order = epoch_order(n, self.cfg.seed, epoch as u64);
             let started = Instant::now();
             let mut lr = self.cfg.lr;
-            for b in self.pos.1..batches {
+            for b in self.progress.batch..batches {
                 if stop.load(Ordering::SeqCst) {
-                    self.pos.1 = b;
+                    self.progress.batch = b;
                     // The epoch's seconds so far, so that a resumed epoch reports its whole time.
-                    self.pos.5 += started.elapsed().as_secs_f64();
+                    self.progress.seconds += started.elapsed().as_secs_f64();
                     self.save_checkpoint()?;
                     return Ok(Finish::Interrupted { epoch, batch: b });
                 }
@@ -441,52 +509,128 @@ impl Trainer {
                     .zip(y.to_vec1::<u32>()?)
                     .filter(|(p, t)| **p == *t)
                     .count();
-                self.pos.2 += loss_v * idx.len() as f64;
-                self.pos.3 += correct as f64;
-                self.pos.4 += idx.len() as f64;
-                let secs = self.pos.5 + started.elapsed().as_secs_f64();
+                self.progress.loss_sum += loss_v * idx.len() as f64;
+                self.progress.correct += correct as f64;
+                self.progress.seen += idx.len() as f64;
+                let secs = self.progress.seconds + started.elapsed().as_secs_f64();
                 on(Event::Batch {
                     epoch,
                     batch: b,
                     batches,
-                    loss: self.pos.2 / self.pos.4,
-                    acc: self.pos.3 / self.pos.4,
-                    images_per_s: self.pos.4 / secs.max(1e-9),
+                    loss: self.progress.loss_sum / self.progress.seen,
+                    acc: self.progress.correct / self.progress.seen,
+                    images_per_s: self.progress.seen / secs.max(1e-9),
                 });
             }
-            let seconds = self.pos.5 + started.elapsed().as_secs_f64();
+            let seconds = self.progress.seconds + started.elapsed().as_secs_f64();
             let eval = evaluate(&self.model, &data.test, &self.batcher, self.cfg.batch)?;
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,
-                train_loss: self.pos.2 / self.pos.4.max(1.0),
-                train_acc: self.pos.3 / self.pos.4.max(1.0),
+                train_loss: self.progress.loss_sum / self.progress.seen.max(1.0),
+                train_acc: self.progress.correct / self.progress.seen.max(1.0),
                 test_loss: eval.loss,
                 test_acc: eval.accuracy,
                 seconds,
-                images_per_s: self.pos.4 / seconds.max(1e-9),
+                images_per_s: self.progress.seen / seconds.max(1e-9),
             };
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.join("metrics.jsonl"))?;
+                .open(self.dir.metrics())?;
             writeln!(f, "{}", serde_json::to_string(&record)?)?;
-            if eval.accuracy > self.best {
-                self.best = eval.accuracy;
-                write_safetensors_atomic(&self.weights()?, &self.dir.join("best.safetensors"))?;
+            if eval.accuracy > self.progress.best {
+                self.progress.best = eval.accuracy;
+                write_safetensors_atomic(&self.weights()?, &self.dir.best())?;
             }
-            self.pos = (epoch + 1, 0, 0.0, 0.0, 0.0, 0.0);
+            self.progress = self.progress.next_epoch();
             self.save_checkpoint()?;
             on(Event::Epoch(&record));
         }
-        write_safetensors_atomic(&self.weights()?, &self.dir.join("final.safetensors"))?;
+        write_safetensors_atomic(&self.weights()?, &self.dir.final_weights())?;
         Ok(Finish::Completed)
     }
 }
 
+/// Reads the checkpoint of `dir` to resume it: the settings must be `cfg`, and the weights must fit
+/// `ir`; metric lines past the checkpoint are dropped.
+fn restore(ir: &Model, cfg: &TrainConfig, dir: &RunDir, device: &Device) -> Result<Restored> {
+    let checkpoint = dir.checkpoint();
+    if !checkpoint.exists() {
+        bail!(
+            "nothing to resume: `{}` does not exist",
+            checkpoint.display()
+        );
+    }
+    let settings = dir.settings();
+    let saved: TrainConfig = serde_json::from_slice(
+        &std::fs::read(&settings)
+            .with_context(|| format!("cannot read `{}`", settings.display()))?,
+    )
+    .with_context(|| format!("`{}` is not a run description", settings.display()))?;
+    if saved != *cfg {
+        bail!(
+            "`{}` was started with different settings; resume with the same spec, data and flags\n  saved: {}\n  now:   {}",
+            dir.path().display(),
+            serde_json::to_string(&saved)?,
+            serde_json::to_string(cfg)?
+        );
+    }
+    let mut t = read_safetensors(&checkpoint, device)?;
+    let state: Vec<f64> = t
+        .remove(STATE)
+        .context("checkpoint has no `__state`")?
+        .to_vec1()?;
+    let progress = Progress::from_state(&state, &checkpoint)?;
+    let mean: Vec<f32> = t
+        .remove(NORM_MEAN)
+        .context("checkpoint has no normalisation")?
+        .to_vec1()?;
+    let std: Vec<f32> = t
+        .remove(NORM_STD)
+        .context("checkpoint has no normalisation")?
+        .to_vec1()?;
+    let names: Vec<String> = t.keys().filter(|k| k.starts_with(OPT)).cloned().collect();
+    let mut momentum = HashMap::new();
+    for n in names {
+        let v = t.remove(&n).expect("listed");
+        momentum.insert(n[OPT.len()..].to_string(), v);
+    }
+    crate::weights::check_weights(ir, &t)?;
+    truncate_metrics(dir, progress.epoch)?;
+    Ok(Restored {
+        params: t,
+        progress,
+        norm: (mean, std),
+        momentum,
+    })
+}
+
+/// Starts a new run in `dir` (refused if it holds one): writes the settings, clears old metrics and
+/// returns the seeded initial parameters on `device`.
+fn start(
+    ir: &Model,
+    cfg: &TrainConfig,
+    dir: &RunDir,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    if dir.checkpoint().exists() {
+        bail!(
+            "`{}` already holds a run; pass --resume to continue it or choose another --run-dir",
+            dir.path().display()
+        );
+    }
+    std::fs::write(dir.settings(), serde_json::to_vec_pretty(cfg)?)?;
+    let _ = std::fs::remove_file(dir.metrics());
+    init_params(ir, cfg.seed, DType::F32, &Device::Cpu)?
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_device(device)?)))
+        .collect()
+}
+
 /// Drops metric lines of epochs after `epochs` (written before a crash, not checkpointed).
-fn truncate_metrics(dir: &Path, epochs: usize) -> Result<()> {
-    let path = dir.join("metrics.jsonl");
+fn truncate_metrics(dir: &RunDir, epochs: usize) -> Result<()> {
+    let path = dir.metrics();
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
     };
@@ -507,7 +651,7 @@ fn truncate_metrics(dir: &Path, epochs: usize) -> Result<()> {
 
 /// Reads a run's `metrics.jsonl`.
 pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRecord>> {
-    let path = dir.join("metrics.jsonl");
+    let path = RunDir::new(dir).metrics();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read `{}`", path.display()))?;
     text.lines()

@@ -79,10 +79,31 @@ pub fn read_safetensors(path: &Path, device: &Device) -> anyhow::Result<HashMap<
         .map_err(|e| anyhow::anyhow!("cannot read safetensors file `{}`: {e}", path.display()))
 }
 
-/// Writes `tensors` to `path` through a temporary file in the same directory and a rename.
+/// Writes `tensors` to `path` atomically: to a temporary file in the same directory, then renamed
+/// over `path`, so a crash never leaves a truncated file and an existing one stays intact on error.
 pub fn write_safetensors_atomic(
     tensors: &HashMap<String, Tensor>,
     path: &Path,
+) -> anyhow::Result<()> {
+    write_atomic(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", tmp.display()))
+    })
+}
+
+/// Writes `bytes` to `path` atomically, like [`write_safetensors_atomic`].
+pub fn write_bytes_atomic(bytes: &[u8], path: &Path) -> anyhow::Result<()> {
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, bytes)
+            .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", tmp.display()))
+    })
+}
+
+/// Runs `write` on a temporary path next to `path`, then renames it into place (removing it if
+/// either step fails).
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let dir = path
         .parent()
@@ -96,8 +117,10 @@ pub fn write_safetensors_atomic(
         name.to_string_lossy(),
         std::process::id()
     ));
-    candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", tmp.display()))?;
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         anyhow::anyhow!(

@@ -7,37 +7,13 @@ use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::VarBuilder;
 use octconv_runtime::init::init_params;
 use octconv_runtime::OctModel;
-use octconv_spec::{check_builtin, Model};
+use octconv_spec::Model;
 use std::collections::HashMap;
 
-/// Every builtin (its call without the closing parenthesis, so that `alpha` can be appended) and
-/// whether it has 3×3 stride-1 octave convolutions: where the fused kernel and the BN + ReLU
-/// prologues apply. MobileNets have depthwise and 1×1 ones only, and ResNeXt's 3×3 ones are grouped.
-const BUILTINS: [(&str, bool); 9] = [
-    ("wrn(n = 1, k = 1, classes = 10", true),
-    ("resnet(depth = 26, classes = 5", true),
-    ("mobilenet_v1(width = 0.25, classes = 5", false),
-    (
-        "resnext(depth = 50, groups = 8, width = 4, classes = 5",
-        false,
-    ),
-    ("se_resnet(depth = 50, reduction = 16, classes = 5", true),
-    ("mobilenet_v2(width = 0.35, classes = 5", false),
-    ("densenet(depth = 121, growth = 8, classes = 5", true),
-    ("unet(base = 8, depth = 2, size = 32, classes = 2", true),
-    ("seed_wrn(n = 2, k = 1, classes = 10", true),
-];
+#[path = "common/models.rs"]
+mod models;
 
-/// A tensor's values, flattened.
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
-}
-
-fn ir(call: &str) -> Model {
-    let c = check_builtin(call);
-    assert!(c.ok(), "{}", c.render_diagnostics(false));
-    c.model.unwrap()
-}
+use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS};
 
 /// Logits and every parameter's gradient (by name) of `sum(logits · r)`.
 fn logits_and_grads(
@@ -83,19 +59,10 @@ fn logits_and_grads(
     (values(&y), g)
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs() as f64));
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64))
-        / scale
-}
-
 #[test]
 fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
     for (call, fusable_at_alpha) in BUILTINS {
-        for alpha in ["0", "0.25", "0.5", "0.75"] {
+        for alpha in ALPHAS {
             let spec = format!("{call}, alpha = {alpha})");
             let m = ir(&spec);
             let params = init_params(&m, 3, DType::F32, &Device::Cpu).unwrap();
@@ -134,46 +101,14 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
     }
 }
 
-/// Deterministic values in `[lo, hi)` for parameter `name`.
-fn spread(name: &str, len: usize, (lo, hi): (f32, f32)) -> Vec<f32> {
-    let seed = name
-        .bytes()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-    (0..len as u64)
-        .map(|i| {
-            let v = (seed.wrapping_add(i).wrapping_mul(2654435761) % 1000) as f32 / 1000.0;
-            lo + (hi - lo) * v
-        })
-        .collect()
-}
-
 #[test]
 fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_four_alphas() {
     for (call, has_prologues) in BUILTINS {
-        for alpha in ["0", "0.25", "0.5", "0.75"] {
+        for alpha in ALPHAS {
             let spec = format!("{call}, alpha = {alpha})");
             let m = ir(&spec);
             // Batch norms far from the identity, so that a prologue applied wrongly shows.
-            let params: HashMap<String, Tensor> = init_params(&m, 5, DType::F32, &Device::Cpu)
-                .unwrap()
-                .into_iter()
-                .map(|(k, t)| {
-                    let range = if k.ends_with("running_var") {
-                        Some((0.5, 2.0))
-                    } else if t.rank() == 1 {
-                        Some((-0.5, 1.5))
-                    } else {
-                        None
-                    };
-                    let t = match range {
-                        Some(r) => {
-                            Tensor::new(spread(&k, t.elem_count(), r), &Device::Cpu).unwrap()
-                        }
-                        None => t,
-                    };
-                    (k, t)
-                })
-                .collect();
+            let params = weights_far_from_identity(&m, 5);
             let net = |fused: bool| {
                 let vb = VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu);
                 let mut net = OctModel::new(m.clone(), vb).unwrap();
@@ -187,12 +122,7 @@ fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_
                 "{spec}: {} prologue layers",
                 fast.prologue_layers()
             );
-            let d = m.input;
-            let count = 3 * d.c * d.h * d.w;
-            let x: Vec<f32> = (0..count)
-                .map(|i| (((i as u64 * 40503) % 997) as f32 / 498.5) - 1.0)
-                .collect();
-            let x = Tensor::from_vec(x, (3, d.c, d.h, d.w), &Device::Cpu).unwrap();
+            let x = input(&m, 3);
             let got = values(&fast.infer(&x).unwrap());
             let want = values(&reference.forward_t(&x, false).unwrap());
             let e = rel_err(&got, &want);

@@ -1,12 +1,13 @@
 //! The front door: load a spec (file, inline text or builtin call), pick the model, bind arguments and
 //! `--set` overrides, elaborate, and elaborate again with every α = 0 for the cost comparison.
 
+use crate::ast::Arg;
 use crate::diag::{render_all, DiagKind, Diagnostic, Diagnostics};
 use crate::elab::{elaborate, ModelRequest, Options};
 use crate::ir::Model;
 use crate::loader::Program;
 use crate::report::Report;
-use crate::source::{Origin, SourceMap};
+use crate::source::{FileId, Origin, SourceMap, Span};
 use crate::syntax::{parse_call_spec, parse_set_spec, CallSpec};
 use std::path::Path;
 
@@ -149,30 +150,82 @@ fn internal_error(message: String) -> Checked {
     }
 }
 
+/// The phases of one check, in order: load the spec (and parse a builtin or `--model` call), parse
+/// the `--set` overrides, pick the model, elaborate it and its α = 0 baseline.
 fn check_here(req: &CheckRequest) -> Checked {
     let mut program = Program::new();
-    let mut call: Option<CallSpec> = None;
     let mut diags = Diagnostics::default();
-    let mut root = None;
-    match req.spec {
-        SpecInput::File(p) => {
-            root = program.load_file(p);
+    let (root, call) = load(req, &mut program, &mut diags);
+    let overrides = parse_sets(req.sets, &mut program, &mut diags);
+    let mut all = program.diags.clone();
+    all.absorb(diags);
+    let picked = if all.has_errors() {
+        None
+    } else {
+        match pick_model(&program, root, call.as_ref()) {
+            Ok(p) => Some(p),
+            Err(d) => {
+                all.push(d);
+                None
+            }
         }
+    };
+    let Some((name, name_span, args)) = picked else {
+        return Checked {
+            sources: program.sources,
+            model: None,
+            baseline: None,
+            baseline_error: None,
+            suppressed: all.suppressed,
+            diagnostics: all.into_vec(),
+        };
+    };
+    let request = ModelRequest {
+        name: &name,
+        name_span,
+        args: &args,
+        overrides: &overrides,
+    };
+    let (model, elab_diags) = elaborate(&program, &request, Options::default());
+    all.absorb(elab_diags);
+    let (baseline, baseline_error) = match &model {
+        Some(_) => baseline(&program, &request),
+        None => (None, None),
+    };
+    Checked {
+        sources: program.sources,
+        model,
+        baseline,
+        baseline_error,
+        suppressed: all.suppressed,
+        diagnostics: all.into_vec(),
+    }
+}
+
+/// Loads the spec into `program`: a file, a text or a builtin call (with the builtins). Returns the
+/// root file (none for a builtin call) and the model call (a builtin call or `--model`), if any.
+fn load(
+    req: &CheckRequest,
+    program: &mut Program,
+    diags: &mut Diagnostics,
+) -> (Option<FileId>, Option<CallSpec>) {
+    let builtin_call = matches!(req.spec, SpecInput::Builtin(_));
+    let mut call = None;
+    let root = match req.spec {
+        SpecInput::File(p) => program.load_file(p),
         SpecInput::Text { name, text } => {
-            root = Some(program.load_text(Origin::Virtual(name.to_string()), text));
+            Some(program.load_text(Origin::Virtual(name.to_string()), text))
         }
         SpecInput::Inline { name, text, dir } => {
             let origin = Origin::Inline {
                 name: name.to_string(),
                 dir: dir.to_path_buf(),
             };
-            root = Some(program.load_text(origin, text));
+            Some(program.load_text(origin, text))
         }
         SpecInput::Builtin(text) => {
             program.load_builtins();
-            let id = program
-                .sources
-                .add(Origin::Virtual("<command line>".into()), text);
+            let id = program.sources.add(Origin::CommandLine, text);
             match parse_call_spec(id, text) {
                 Ok(c) => call = Some(c),
                 Err(d) => diags.push(d.with_help(
@@ -191,10 +244,11 @@ fn check_here(req: &CheckRequest) -> Checked {
                     ),
                 );
             }
+            None
         }
-    }
-    if let (Some(m), None, false) = (req.model, &call, matches!(req.spec, SpecInput::Builtin(_))) {
-        let id = program.sources.add(Origin::Virtual("<--model>".into()), m);
+    };
+    if let (Some(m), false) = (req.model, builtin_call) {
+        let id = program.sources.add(Origin::ModelFlag, m);
         match parse_call_spec(id, m) {
             Ok(c) => call = Some(c),
             Err(d) => diags.push(d),
@@ -202,100 +256,75 @@ fn check_here(req: &CheckRequest) -> Checked {
     }
     // A call of a model the spec does not define may name a builtin.
     if let Some(c) = &call {
-        if program.def(&c.name.name).is_none() && !matches!(req.spec, SpecInput::Builtin(_)) {
+        if program.def(&c.name.name).is_none() && !builtin_call {
             program.load_builtins();
         }
     }
+    (root, call)
+}
+
+/// Parses every `--set name=value`, each as its own source.
+fn parse_sets(sets: &[String], program: &mut Program, diags: &mut Diagnostics) -> Vec<Arg> {
     let mut overrides = Vec::new();
-    for (i, s) in req.sets.iter().enumerate() {
-        let id = program
-            .sources
-            .add(Origin::Virtual(format!("<--set #{}>", i + 1)), s.as_str());
+    for (i, s) in sets.iter().enumerate() {
+        let id = program.sources.add(Origin::SetFlag(i + 1), s.as_str());
         match parse_set_spec(id, s) {
             Ok(a) => overrides.push(a),
             Err(d) => diags.push(d.with_help("write `--set name=value`, e.g. `--set alpha=0.5`")),
         }
     }
-    let mut all = program.diags.clone();
-    all.extend(diags.items().iter().cloned());
-    let done = |program: Program, all: Diagnostics| Checked {
-        sources: program.sources,
-        model: None,
-        baseline: None,
-        baseline_error: None,
-        suppressed: all.suppressed,
-        diagnostics: all.into_vec(),
-    };
-    if all.has_errors() {
-        return done(program, all);
+    overrides
+}
+
+/// The model to elaborate: the call's, or the only model of the root file (else of all files).
+fn pick_model(
+    program: &Program,
+    root: Option<FileId>,
+    call: Option<&CallSpec>,
+) -> Result<(String, Option<Span>, Vec<Arg>), Diagnostic> {
+    if let Some(c) = call {
+        return Ok((c.name.name.clone(), Some(c.name.span), c.args.clone()));
     }
-    let (name, name_span, args) = match &call {
-        Some(c) => (c.name.name.clone(), Some(c.name.span), c.args.clone()),
-        None => {
-            // Models written in the root file win over models its includes bring in.
-            let own: Vec<&str> = program
-                .defs
-                .iter()
-                .filter(|d| d.kind == crate::ast::DefKind::Model && Some(d.name.span.file) == root)
-                .map(|d| d.name.name.as_str())
-                .collect();
-            let models = if own.is_empty() {
-                program.model_names()
-            } else {
-                own
-            };
-            match models.as_slice() {
-                [one] => (one.to_string(), None, Vec::new()),
-                [] => {
-                    all.push(
-                        Diagnostic::error(DiagKind::Structure, None, "the spec defines no model")
-                            .with_help("add `model name(…) { input [C, H, W]; … }`"),
-                    );
-                    return done(program, all);
-                }
-                many => {
-                    all.push(
-                        Diagnostic::error(
-                            DiagKind::Structure,
-                            None,
-                            format!("the spec defines several models: {}", many.join(", ")),
-                        )
-                        .with_help("choose one with `--model NAME`"),
-                    );
-                    return done(program, all);
-                }
-            }
-        }
+    // Models written in the root file win over models its includes bring in.
+    let own: Vec<&str> = program
+        .defs
+        .iter()
+        .filter(|d| d.kind == crate::ast::DefKind::Model && Some(d.name.span.file) == root)
+        .map(|d| d.name.name.as_str())
+        .collect();
+    let models = if own.is_empty() {
+        program.model_names()
+    } else {
+        own
     };
-    let request = ModelRequest {
-        name: &name,
-        name_span,
-        args: &args,
-        overrides: &overrides,
-    };
-    let (model, elab_diags) = elaborate(&program, &request, Options::default());
-    all.absorb(elab_diags);
-    let (baseline, baseline_error) = match &model {
-        Some(_) => {
-            let (b, d) = elaborate(&program, &request, Options { alpha_zero: true });
-            let why = d.items().iter().find(|d| d.is_error()).map(|d| {
-                match d.location(&program.sources) {
-                    Some(loc) => format!("{} ({loc})", d.message),
-                    None => d.message.clone(),
-                }
-            });
-            (b, why)
-        }
-        None => (None, None),
-    };
-    Checked {
-        sources: program.sources,
-        model,
-        baseline,
-        baseline_error,
-        suppressed: all.suppressed,
-        diagnostics: all.into_vec(),
+    match models.as_slice() {
+        [one] => Ok((one.to_string(), None, Vec::new())),
+        [] => Err(
+            Diagnostic::error(DiagKind::Structure, None, "the spec defines no model")
+                .with_help("add `model name(…) { input [C, H, W]; … }`"),
+        ),
+        many => Err(Diagnostic::error(
+            DiagKind::Structure,
+            None,
+            format!("the spec defines several models: {}", many.join(", ")),
+        )
+        .with_help("choose one with `--model NAME`")),
     }
+}
+
+/// The same network with every α forced to 0 (the cost ratios' reference), or why it does not
+/// elaborate.
+fn baseline(program: &Program, request: &ModelRequest) -> (Option<Model>, Option<String>) {
+    let (b, d) = elaborate(program, request, Options { alpha_zero: true });
+    let why = d
+        .items()
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| match d.location(&program.sources) {
+            Some(loc) => format!("{} ({loc})", d.message),
+            None => d.message.clone(),
+        });
+    (b, why)
 }
 
 /// Checks inline spec text (tests, the macro): `model` picks the model (name or call).

@@ -36,6 +36,12 @@ pub fn activation_bytes(output: &Shape) -> Option<u64> {
     output.numel().checked_mul(4)
 }
 
+/// `value / baseline` for two costs of the same kind (MACs, bytes, seconds as counts); `None` when the
+/// baseline is 0 and no ratio exists. The one place cost ratios are computed (`check`, `bench`, `sweep`).
+pub fn relative(value: u64, baseline: u64) -> Option<f64> {
+    (baseline > 0).then(|| value as f64 / baseline as f64)
+}
+
 /// The paper's per-layer FLOPs ratio of an OctConv with α_in = α_out = α: `1 − ¾α(2 − α)`.
 pub fn theory_macs_ratio(alpha: f64) -> f64 {
     1.0 - 0.75 * alpha * (2.0 - alpha)

@@ -334,7 +334,8 @@ impl Diagnostics {
     }
 }
 
-/// Renders all diagnostics (and the number not kept) followed by an `error: could not check … due to N previous errors` line.
+/// Renders all diagnostics, then `note: N more error(s) not shown` when some were not kept, then
+/// `error: spec is invalid: N error(s)` counting every error (kept or not).
 pub fn render_all(
     diags: &[Diagnostic],
     suppressed: usize,

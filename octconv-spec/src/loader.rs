@@ -121,6 +121,9 @@ impl Program {
                 return;
             }
             self.load_builtin(name, Some(stack));
+            if let Some(id) = self.sources.find(&origin) {
+                self.sources.set_included_at(id, span);
+            }
             return;
         }
         let base = self
@@ -152,6 +155,7 @@ impl Program {
                     text.drain(..3);
                 }
                 let id = self.sources.add(Origin::File(full), text);
+                self.sources.set_included_at(id, span);
                 stack.push(id);
                 self.load_id(id, stack);
                 stack.pop();

@@ -86,7 +86,7 @@ fn row(l: &Layer) -> LayerRow {
 }
 
 fn ratio(a: u64, b: Option<u64>) -> Option<f64> {
-    b.filter(|&b| b > 0).map(|b| a as f64 / b as f64)
+    b.and_then(|b| crate::cost::relative(a, b))
 }
 
 impl Report {

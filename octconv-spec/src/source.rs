@@ -44,8 +44,14 @@ pub enum Origin {
     File(PathBuf),
     /// A builtin spec compiled into the library (`specs/<name>.oct`).
     Builtin(String),
-    /// Text with no file: a command-line argument, an inline macro body, a test string.
+    /// Text with no file, under a name: a spec given as text, a test string.
     Virtual(String),
+    /// The command line's spec text (`octconv check 'model m() { … }'`).
+    CommandLine,
+    /// The model call of `--model` (or of an `octnet!` declaration).
+    ModelFlag,
+    /// The `n`-th `--set name=value` (from 1).
+    SetFlag(usize),
     /// Text with no file whose `use` paths resolve against a directory (an `octnet!` body: the
     /// directory of the Rust file that contains it).
     Inline {
@@ -63,6 +69,8 @@ pub struct SourceFile {
     pub origin: Origin,
     /// The full text.
     pub text: String,
+    /// The `use "…"` path literal that brought this file in (`None` for a root text).
+    pub included_at: Option<Span>,
     line_starts: Vec<usize>,
 }
 
@@ -73,6 +81,7 @@ impl SourceFile {
         SourceFile {
             origin,
             text,
+            included_at: None,
             line_starts,
         }
     }
@@ -83,6 +92,9 @@ impl SourceFile {
             Origin::File(p) => p.display().to_string(),
             Origin::Builtin(n) => format!("<builtin>/{n}.oct"),
             Origin::Virtual(n) | Origin::Inline { name: n, .. } => n.clone(),
+            Origin::CommandLine => "<command line>".to_string(),
+            Origin::ModelFlag => "<--model>".to_string(),
+            Origin::SetFlag(n) => format!("<--set #{n}>"),
         }
     }
 
@@ -143,6 +155,11 @@ impl SourceMap {
     /// The file with id `id`.
     pub fn get(&self, id: FileId) -> &SourceFile {
         &self.files[id.0 as usize]
+    }
+
+    /// Records that file `id` was brought in by the `use` path literal at `at`.
+    pub fn set_included_at(&mut self, id: FileId, at: Span) {
+        self.files[id.0 as usize].included_at = Some(at);
     }
 
     /// The id of an already loaded file with this origin.

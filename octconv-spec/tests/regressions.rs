@@ -72,7 +72,7 @@ fn deep_dynamic_nesting_is_a_limit_error() {
         ));
     }
     text.push_str("model m() { input [3, 8, 8]; b0(); global_avg_pool(); }\n");
-    assert!(kinds(&text).contains(&DiagKind::Limit));
+    assert_eq!(kinds(&text), [DiagKind::Limit]);
 }
 
 #[test]
@@ -109,6 +109,26 @@ fn many_errors_are_capped_and_deduplicated_quickly() {
     assert!(c
         .render_diagnostics(false)
         .contains("more error(s) not shown"));
+}
+
+#[test]
+fn more_than_the_cap_of_set_errors_are_counted_in_the_more_line_and_the_total() {
+    // `--set` errors are merged with the program's diagnostics; the merge once dropped the count of
+    // those beyond the cap.
+    let sets: Vec<String> = (0..150).map(|i| format!("{i} = oops")).collect();
+    let c = check(&CheckRequest {
+        spec: SpecInput::from_arg("wrn(n = 1, k = 1)"),
+        model: None,
+        sets: &sets,
+    });
+    assert_eq!(c.diagnostics.len(), octconv_spec::diag::MAX_DIAGNOSTICS);
+    assert_eq!(c.suppressed, 50);
+    let text = c.render_diagnostics(false);
+    assert!(
+        text.contains("note: 50 more error(s) not shown\nerror: spec is invalid: 150 errors\n"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
 }
 
 #[test]

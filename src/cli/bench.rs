@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use octconv_runtime::init::init_params;
 use octconv_runtime::optim::{Sgd, SgdConfig};
 use octconv_runtime::OctModel;
+use octconv_spec::cost::relative;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -96,14 +97,15 @@ impl Timing {
     }
 }
 
-/// Fills the `*_relative` fields against the first row.
+/// Fills the `*_relative` fields against the first row. The rows are one spec at several α, so a
+/// zero baseline (a spec without convolutions) means zero everywhere: relative 1.
 pub fn fill_relative(rows: &mut [Row]) {
     let Some(first) = rows.first() else { return };
     let (t0, m0, b0) = (first.median_s, first.macs, first.peak_activation_bytes);
     for r in rows {
         r.relative = r.median_s / t0;
-        r.macs_relative = r.macs as f64 / m0.max(1) as f64;
-        r.memory_relative = r.peak_activation_bytes as f64 / b0.max(1) as f64;
+        r.macs_relative = relative(r.macs, m0).unwrap_or(1.0);
+        r.memory_relative = relative(r.peak_activation_bytes, b0).unwrap_or(1.0);
     }
 }
 

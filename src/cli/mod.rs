@@ -4,6 +4,7 @@ pub mod alloc;
 mod bench;
 mod check;
 mod eval;
+mod export;
 mod gen;
 mod init;
 mod parity;
@@ -74,6 +75,8 @@ enum Command {
     Plot(plot::PlotArgs),
     /// Write the Rust code `octnet!` generates for a spec (formatted).
     Gen(gen::GenArgs),
+    /// Write a spec and its weights as an ONNX model of standard operators.
+    Export(export::ExportArgs),
     /// List the builtin models and layers.
     Builtins,
 }
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => init::run(&args, cli.color.enabled()),
         Command::Run(args) => run::run(&args, cli.color.enabled()),
         Command::Gen(args) => gen::run(&args, cli.color.enabled()),
+        Command::Export(args) => export::run(&args, cli.color.enabled()),
         Command::Train(args) => train::run(&args, cli.color.enabled()),
         Command::Eval(args) => eval::run(&args, cli.color.enabled()),
         Command::Plot(args) => plot::run(&args),

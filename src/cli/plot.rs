@@ -7,6 +7,12 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// A plotters error (its backend error type differs per backend) as an `anyhow` error; every
+/// drawing call of `plot` and `sweep_plot` maps its error through this.
+pub(super) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e:?}")
+}
+
 /// Arguments of `octconv plot`.
 #[derive(clap::Args, Debug)]
 pub struct PlotArgs {
@@ -55,7 +61,7 @@ fn draw<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.fill(&WHITE).map_err(plot_err)?;
     let panels = root.split_evenly((1, 2));
     let max_epoch = runs
         .iter()
@@ -76,13 +82,13 @@ where
             .x_label_area_size(36)
             .y_label_area_size(48)
             .build_cartesian_2d(0.0..max_epoch.max(1.0), 0.0..y_max)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(plot_err)?;
         chart
             .configure_mesh()
             .x_desc("epoch")
             .label_style(("sans-serif", 14))
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(plot_err)?;
         for (i, (name, m)) in runs.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let value = |r: &EpochRecord, train: bool| match (is_loss, train) {
@@ -103,7 +109,7 @@ where
                         m.iter().map(|r| (r.epoch as f64, value(r, train))),
                         style,
                     ))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .map_err(plot_err)?
                     .label(label)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
             }
@@ -120,9 +126,9 @@ where
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(plot_err)?;
     }
-    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }
 

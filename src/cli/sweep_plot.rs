@@ -1,6 +1,7 @@
 //! The plots of `octconv sweep`: test accuracy against α, relative time against α with the seed's
 //! FLOPs theory, and the overlaid learning curves of every α.
 
+use super::plot::plot_err;
 use super::sweep_report::SweepReport;
 use octconv_runtime::train::EpochRecord;
 use octconv_spec::cost::theory_macs_ratio;
@@ -16,10 +17,6 @@ struct Series {
     marks: bool,
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting: {e:?}")
-}
-
 /// Draws `series` against α into a PNG at `out`.
 fn alpha_chart(
     out: &Path,
@@ -29,7 +26,7 @@ fn alpha_chart(
     series: &[Series],
 ) -> anyhow::Result<()> {
     let root = BitMapBackend::new(out, (720, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(plot_err)?;
     let x_max = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -42,26 +39,26 @@ fn alpha_chart(
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(-0.02..x_max, y_range)
-        .map_err(err)?;
+        .map_err(plot_err)?;
     chart
         .configure_mesh()
         .x_desc("α (fraction of channels in the low-frequency branch)")
         .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .draw()
-        .map_err(err)?;
+        .map_err(plot_err)?;
     for s in series {
         let style = s.color.stroke_width(if s.marks { 2 } else { 1 });
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), style))
-            .map_err(err)?
+            .map_err(plot_err)?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         if s.marks {
             let c = s.color;
             chart
                 .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
-                .map_err(err)?;
+                .map_err(plot_err)?;
         }
     }
     chart
@@ -71,8 +68,8 @@ fn alpha_chart(
         .border_style(BLACK)
         .label_font(("sans-serif", 13))
         .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! The report of `octconv sweep`: one row per α (cost model, accuracy, training and inference time),
-//! written as `sweep.json` and `sweep.md` next to the plots of [`super::sweep_plot`].
+//! written as `sweep.json` and `sweep.md` (the plots next to them are `super::sweep_plot`'s).
 
 use super::bench::Row;
 use octconv_runtime::train::EpochRecord;
-use octconv_spec::cost::{theory_macs_ratio, theory_memory_ratio};
+use octconv_spec::cost::{relative, theory_macs_ratio, theory_memory_ratio};
 use octconv_spec::Model;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -95,11 +95,12 @@ impl SweepRow {
             model: model.call_string(),
             params: model.params(),
             macs: model.macs(),
-            macs_relative: model.macs() as f64 / baseline.macs().max(1) as f64,
+            // One spec at several α: a zero baseline means zero everywhere (relative 1).
+            macs_relative: relative(model.macs(), baseline.macs()).unwrap_or(1.0),
             flops_theory: theory_macs_ratio(alpha),
             activation_bytes: model.activation_bytes(),
-            memory_relative: model.activation_bytes() as f64
-                / baseline.activation_bytes().max(1) as f64,
+            memory_relative: relative(model.activation_bytes(), baseline.activation_bytes())
+                .unwrap_or(1.0),
             memory_theory: theory_memory_ratio(alpha),
             status,
             epochs: metrics.len(),
@@ -236,17 +237,11 @@ fn findings(rows: &[SweepRow]) -> String {
     s
 }
 
-/// Writes `sweep.json`, `sweep.md` and the plots (`curves`: each finished α's name and epochs) into
-/// `dir`; returns the markdown.
-pub fn write_all(
-    r: &SweepReport,
-    curves: &[(String, Vec<EpochRecord>)],
-    dir: &Path,
-    font: Option<&Path>,
-) -> anyhow::Result<String> {
+/// Writes `sweep.json` and `sweep.md` into `dir`; returns the markdown (the plots are
+/// `sweep_plot::write_plots`).
+pub fn write_files(r: &SweepReport, dir: &Path) -> anyhow::Result<String> {
     let md = markdown(r);
     std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(r)?)?;
     std::fs::write(dir.join("sweep.md"), &md)?;
-    super::sweep_plot::write_plots(r, curves, dir, font)?;
     Ok(md)
 }

@@ -129,10 +129,10 @@ impl<'p> Elab<'p> {
                 let alpha = match (&op, out) {
                     (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
                     (Op::OctConv(_) | Op::OctConvTranspose(_), _) if !self.opts.alpha_zero => {
-                        args.float("alpha").unwrap_or(cur.alpha)
+                        args.alpha_out().unwrap_or(cur.alpha)
                     }
                     (Op::Split { .. }, _) if !self.opts.alpha_zero => {
-                        args.float("alpha").unwrap_or(0.0)
+                        args.alpha_out().unwrap_or(0.0)
                     }
                     _ => cur.alpha,
                 };
@@ -154,7 +154,7 @@ impl<'p> Elab<'p> {
             Err(d) => {
                 self.report(d);
                 // Layers that keep the shape pass it on, so later layers are still checked.
-                if matches!(def.name, "bn" | "relu" | "dropout") {
+                if def.keeps_shape {
                     cur
                 } else {
                     cur.poisoned()

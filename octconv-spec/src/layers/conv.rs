@@ -1,11 +1,29 @@
 //! `conv`: a plain convolution on a single-frequency tensor.
 
-use super::Args;
+use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
+use super::PTy::{Bool, Int};
+use super::{Args, Param};
 use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{ConvSpec, Layer, Op};
 use crate::params::{Init, ParamInfo};
 use crate::shape::{Dims, Shape};
+
+/// `out`.
+pub(super) const OUT: Param = Param::new("out", Int, Required);
+/// `kernel`.
+pub(super) const KERNEL: Param = Param::new("kernel", Int, Required);
+/// `stride`.
+pub(super) const STRIDE: Param = Param::new("stride", Int, I(1));
+/// `padding`.
+pub(super) const PADDING: Param = Param::new("padding", Int, Derived("kernel / 2"));
+/// `groups`.
+pub(super) const GROUPS: Param = Param::new("groups", Int, I(1));
+/// `bias`.
+pub(super) const BIAS: Param = Param::new("bias", Bool, B(false));
+
+/// The parameters, in signature order.
+pub(super) const PARAMS: &[Param] = &[OUT, KERNEL, STRIDE, PADDING, GROUPS, BIAS];
 
 /// `conv(out, kernel, stride = 1, padding = kernel / 2, groups = 1, bias = false)`.
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
@@ -29,16 +47,16 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_label("input is flat"))
         }
     };
-    let out = a.dim("out", 1)?;
-    let kernel = a.dim("kernel", 1)?;
-    let stride = a.dim("stride", 1)?;
-    let padding = a.dim_or("padding", (kernel / 2) as i64, 0)?;
-    let groups = a.dim("groups", 1)?;
+    let out = a.dim(OUT, 1)?;
+    let kernel = a.dim(KERNEL, 1)?;
+    let stride = a.dim(STRIDE, 1)?;
+    let padding = a.dim_or(PADDING, (kernel / 2) as i64, 0)?;
+    let groups = a.dim(GROUPS, 1)?;
     if d.c % groups != 0 || out % groups != 0 {
         return Err(a
             .error(
                 DiagKind::Structure,
-                "groups",
+                GROUPS,
                 format!(
                     "groups = {groups} must divide the input channels ({}) and `out` ({out})",
                     d.c
@@ -49,7 +67,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let (ph, pw) = (d.h + 2 * padding, d.w + 2 * padding);
     if kernel > ph || kernel > pw {
         return Err(a
-            .error(DiagKind::KernelTooLarge, "kernel", format!("kernel {kernel}×{kernel} is larger than the {}×{} feature map (padded to {ph}×{pw})", d.h, d.w))
+            .error(DiagKind::KernelTooLarge, KERNEL, format!("kernel {kernel}×{kernel} is larger than the {}×{} feature map (padded to {ph}×{pw})", d.h, d.w))
             .with_label("kernel too large")
             .with_help("use a smaller kernel or apply the layer before the map is reduced"));
     }
@@ -61,7 +79,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         padding,
         groups,
-        bias: a.flag("bias")?,
+        bias: a.flag(BIAS)?,
     };
     Ok((Op::Conv(spec), Shape::Single(out_dims)))
 }

@@ -2,12 +2,27 @@
 //! invalid head: the user must say how the branches meet (`merge()`, or the seed's mixing head), unless
 //! opted into with `global_avg_pool(per_branch = true)`.
 
-use super::Args;
+use super::DefaultValue::{Bool as B, Required};
+use super::PTy::{Bool, Int};
+use super::{Args, Param};
 use crate::cost::product;
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, Op};
 use crate::params::{Init, ParamInfo};
 use crate::shape::Shape;
+
+/// `per_branch`.
+pub(super) const PER_BRANCH: Param = Param::new("per_branch", Bool, B(false));
+/// `out`.
+pub(super) const OUT: Param = Param::new("out", Int, Required);
+/// `bias`.
+pub(super) const BIAS: Param = Param::new("bias", Bool, B(true));
+
+/// The parameters, in signature order.
+pub(super) const GAP_PARAMS: &[Param] = &[PER_BRANCH];
+
+/// The parameters, in signature order.
+pub(super) const LINEAR_PARAMS: &[Param] = &[OUT, BIAS];
 
 fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
     a.call_error(
@@ -23,7 +38,7 @@ fn invalid_head(a: &Args, what: &str, input: &Shape, help: &str) -> Diagnostic {
 
 /// `global_avg_pool(per_branch = false)`: `[C, H, W]` → `[C]`.
 pub(crate) fn global_avg_pool(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let per_branch = a.flag("per_branch")?;
+    let per_branch = a.flag(PER_BRANCH)?;
     let op = Op::GlobalAvgPool { per_branch };
     match input {
         Shape::Single(d) => Ok((op, Shape::Flat { features: d.c })),
@@ -65,8 +80,8 @@ pub(crate) fn flatten(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic
 
 /// `linear(out, bias = true)` on a flat vector.
 pub(crate) fn linear(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let out = a.dim("out", 1)?;
-    let bias = a.flag("bias")?;
+    let out = a.dim(OUT, 1)?;
+    let bias = a.flag(BIAS)?;
     match input {
         Shape::Flat { features } => Ok((
             Op::Linear {

@@ -27,7 +27,7 @@ pub const MAX_DIM: i64 = 1 << 24;
 
 /// Parameter type of a builtin layer.
 #[derive(Clone, Copy, Debug)]
-enum PTy {
+pub(crate) enum PTy {
     Int,
     Float,
     Bool,
@@ -63,8 +63,22 @@ impl std::fmt::Display for DefaultValue {
     }
 }
 
-/// A builtin layer's parameter: name, type, default.
-type P = (&'static str, PTy, DefaultValue);
+/// A builtin layer's parameter: name, type, default. Each layer module declares its parameters as
+/// constants (`conv::KERNEL`) and its rule reads arguments through them (`a.dim(KERNEL, 1)`), so a
+/// misspelt parameter does not compile; the name is written once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Param {
+    name: &'static str,
+    ty: PTy,
+    default: DefaultValue,
+}
+
+impl Param {
+    /// A parameter called `name` of type `ty`.
+    pub(crate) const fn new(name: &'static str, ty: PTy, default: DefaultValue) -> Self {
+        Param { name, ty, default }
+    }
+}
 
 /// A shape rule: the op and its output shape for bound arguments and an input, or why not.
 pub(crate) type ShapeRule = fn(&Args, &Shape) -> Result<(Op, Shape), Diagnostic>;
@@ -102,11 +116,14 @@ const FREE: Costs = Costs {
 pub struct LayerDef {
     /// Name as written in specs.
     pub name: &'static str,
-    params: &'static [P],
+    params: &'static [Param],
     /// What it does.
     pub summary: &'static str,
     rule: Rule,
     pub(crate) costs: Costs,
+    /// Its output always has its input's shape (`bn`, `relu`, …): after an error in its arguments the
+    /// checker passes the input on, so the layers after it are still checked.
+    pub(crate) keeps_shape: bool,
 }
 
 impl LayerDef {
@@ -114,15 +131,15 @@ impl LayerDef {
     pub fn sig(&self) -> Vec<SigParam> {
         self.params
             .iter()
-            .map(|(n, t, d)| SigParam {
-                name: n.to_string(),
-                ty: match t {
+            .map(|p| SigParam {
+                name: p.name.to_string(),
+                ty: match p.ty {
                     PTy::Int => Ty::Int,
                     PTy::Float => Ty::Float,
                     PTy::Bool => Ty::Bool,
                     PTy::Str => Ty::Str,
                 },
-                required: *d == DefaultValue::Required,
+                required: p.default == DefaultValue::Required,
             })
             .collect()
     }
@@ -138,9 +155,9 @@ impl LayerDef {
         let ps: Vec<String> = self
             .params
             .iter()
-            .map(|(n, _, d)| match d {
-                DefaultValue::Required => n.to_string(),
-                d => format!("{n} = {d}"),
+            .map(|p| match p.default {
+                DefaultValue::Required => p.name.to_string(),
+                d => format!("{} = {d}", p.name),
             })
             .collect();
         let values = if self.reads_values() { "a, …" } else { "" };
@@ -151,32 +168,13 @@ impl LayerDef {
         };
         format!("{}({values}{sep}{})", self.name, ps.join(", "))
     }
-
-    fn default_of(&self, name: &str) -> DefaultValue {
-        self.params
-            .iter()
-            .find(|p| p.0 == name)
-            .map_or(DefaultValue::Required, |p| p.2)
-    }
 }
-
-use DefaultValue::{Bool as B, Derived, Float as F, Int as I, Required, Str as S};
-use PTy::{Bool, Float, Int, Str};
 
 /// Every builtin layer.
 pub const LAYERS: &[LayerDef] = &[
     LayerDef {
         name: "octconv",
-        params: &[
-            ("out", Int, Derived("input channels if depthwise")),
-            ("kernel", Int, Required),
-            ("stride", Int, I(1)),
-            ("alpha", Float, Derived("α_in")),
-            ("alpha_in", Float, Derived("input split")),
-            ("groups", Int, I(1)),
-            ("depthwise", Bool, B(false)),
-            ("bias", Bool, B(false)),
-        ],
+        params: octconv::PARAMS,
         summary: "octave convolution, same padding, odd kernels; stride 1 or 2; alpha = α_out; depthwise keeps each branch's channels",
         rule: Rule::Map(octconv::apply),
         costs: Costs {
@@ -184,16 +182,11 @@ pub const LAYERS: &[LayerDef] = &[
             macs: octconv::macs,
             weights: octconv::weights,
         },
+        keeps_shape: false,
     },
     LayerDef {
         name: "octconv_transpose",
-        params: &[
-            ("out", Int, Required),
-            ("kernel", Int, I(2)),
-            ("stride", Int, I(2)),
-            ("alpha", Float, Derived("α_in")),
-            ("bias", Bool, B(true)),
-        ],
+        params: transpose::PARAMS,
         summary: "transposed octave convolution doubling both branches (decoders); kernel 2, or 3 with padding 1 and output padding 1; alpha = α_out",
         rule: Rule::Map(transpose::apply),
         costs: Costs {
@@ -201,17 +194,11 @@ pub const LAYERS: &[LayerDef] = &[
             macs: transpose::macs,
             weights: octconv::weights,
         },
+        keeps_shape: false,
     },
     LayerDef {
         name: "conv",
-        params: &[
-            ("out", Int, Required),
-            ("kernel", Int, Required),
-            ("stride", Int, I(1)),
-            ("padding", Int, Derived("kernel / 2")),
-            ("groups", Int, I(1)),
-            ("bias", Bool, B(false)),
-        ],
+        params: conv::PARAMS,
         summary: "plain convolution on a single-frequency tensor",
         rule: Rule::Map(conv::apply),
         costs: Costs {
@@ -219,10 +206,11 @@ pub const LAYERS: &[LayerDef] = &[
             macs: conv::macs,
             weights: conv::weights,
         },
+        keeps_shape: false,
     },
     LayerDef {
         name: "bn",
-        params: &[("eps", Float, F(1e-5)), ("momentum", Float, F(0.1))],
+        params: norm::BN_PARAMS,
         summary: "batch normalisation, separate statistics per branch",
         rule: Rule::Map(norm::bn),
         costs: Costs {
@@ -230,6 +218,7 @@ pub const LAYERS: &[LayerDef] = &[
             macs: FREE.macs,
             weights: norm::bn_weights,
         },
+        keeps_shape: true,
     },
     LayerDef {
         name: "relu",
@@ -237,42 +226,39 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "ReLU on every branch",
         rule: Rule::Map(|_, input| Ok((Op::Relu, *input))),
         costs: FREE,
+        keeps_shape: true,
     },
     LayerDef {
         name: "dropout",
-        params: &[("p", Float, F(0.5))],
+        params: norm::DROPOUT_PARAMS,
         summary: "dropout with probability p (0 ≤ p < 1) on every branch; the identity in eval mode",
         rule: Rule::Map(norm::dropout),
         costs: FREE,
+        keeps_shape: true,
     },
     LayerDef {
         name: "avg_pool",
-        params: &[
-            ("kernel", Int, I(2)),
-            ("stride", Int, Derived("kernel")),
-            ("padding", Int, I(0)),
-        ],
+        params: pool::PARAMS,
         summary: "average pooling per branch",
         rule: Rule::Map(pool::apply),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "max_pool",
-        params: &[
-            ("kernel", Int, I(2)),
-            ("stride", Int, Derived("kernel")),
-            ("padding", Int, I(0)),
-        ],
+        params: pool::PARAMS,
         summary: "max pooling per branch",
         rule: Rule::Map(pool::apply),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "split",
-        params: &[("alpha", Float, Required)],
+        params: octave::SPLIT_PARAMS,
         summary: "single-frequency → octave pair: the last floor(α·C) channels, average-pooled 2×2, become the low branch",
         rule: Rule::Map(octave::split),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "pyramid",
@@ -280,20 +266,23 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "single-frequency → octave pair with every channel in both branches: high = x, low = x average-pooled 2×2 (the seed's octave input; not a channel split)",
         rule: Rule::Map(octave::pyramid),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "merge",
-        params: &[("to", Str, S("high"))],
+        params: octave::MERGE_PARAMS,
         summary: "octave pair → single-frequency; to = high: concat([high, upsample_nearest_x2(low)]); to = low: concat([avg_pool_2x2(high), low]); the identity on a single-frequency tensor",
         rule: Rule::Map(octave::merge),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "global_avg_pool",
-        params: &[("per_branch", Bool, B(false))],
+        params: head::GAP_PARAMS,
         summary: "[C, H, W] → [C]; per_branch = true pools each branch of a pair and concatenates (opt-in)",
         rule: Rule::Map(head::global_avg_pool),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "flatten",
@@ -301,10 +290,11 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "[C, H, W] → [C·H·W]",
         rule: Rule::Map(head::flatten),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "linear",
-        params: &[("out", Int, Required), ("bias", Bool, B(true))],
+        params: head::LINEAR_PARAMS,
         summary: "fully connected layer on a flat vector",
         rule: Rule::Map(head::linear),
         costs: Costs {
@@ -312,6 +302,7 @@ pub const LAYERS: &[LayerDef] = &[
             macs: head::linear_macs,
             weights: head::linear_weights,
         },
+        keeps_shape: false,
     },
     LayerDef {
         name: "concat",
@@ -319,6 +310,7 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "the current value and the named values joined along channels, in that order; on octave pairs high with high and low with low",
         rule: Rule::Join,
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "add",
@@ -326,6 +318,7 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "element-wise sum of the current value and the named values, which must have its shape",
         rule: Rule::Join,
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "scale",
@@ -333,13 +326,15 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "scale(x): the named map or pair x multiplied per channel by the current value, a flat vector with one gate per channel of x (high channels first): squeeze-and-excitation",
         rule: Rule::Join,
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "upsample",
-        params: &[("scale", Int, I(2)), ("mode", Str, S("nearest"))],
+        params: resample::PARAMS,
         summary: "nearest-neighbour upsampling of every branch",
         rule: Rule::Map(resample::upsample),
         costs: FREE,
+        keeps_shape: false,
     },
     LayerDef {
         name: "sigmoid",
@@ -347,6 +342,7 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "logistic sigmoid on every branch",
         rule: Rule::Map(|_, input| Ok((Op::Sigmoid, *input))),
         costs: FREE,
+        keeps_shape: true,
     },
     LayerDef {
         name: "relu6",
@@ -354,6 +350,7 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "min(max(x, 0), 6) on every branch",
         rule: Rule::Map(|_, input| Ok((Op::Relu6, *input))),
         costs: FREE,
+        keeps_shape: true,
     },
     LayerDef {
         name: "hardswish",
@@ -361,6 +358,7 @@ pub const LAYERS: &[LayerDef] = &[
         summary: "x · relu6(x + 3) / 6 on every branch",
         rule: Rule::Map(|_, input| Ok((Op::HardSwish, *input))),
         costs: FREE,
+        keeps_shape: true,
     },
 ];
 
@@ -387,32 +385,39 @@ pub(crate) struct Args<'a> {
 }
 
 impl Args<'_> {
-    fn index(&self, name: &str) -> usize {
-        self.def
-            .params
-            .iter()
-            .position(|p| p.0 == name)
-            .unwrap_or_else(|| panic!("layer `{}` has no parameter `{name}`", self.def.name))
+    /// The position of `p` in this layer's signature; `None` if `p` is another layer's parameter (a
+    /// bug in a rule: its value is then missing, which [`Args::no_value`] reports).
+    fn index(&self, p: Param) -> Option<usize> {
+        self.def.params.iter().position(|q| q.name == p.name)
     }
 
     /// The argument as given (`None` when the default applies).
-    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
-        self.values[self.index(name)].as_ref()
+    pub(crate) fn get(&self, p: Param) -> Option<&Value> {
+        self.index(p).and_then(|i| self.values[i].as_ref())
     }
 
     /// The parameter's default from the layer table.
-    fn default(&self, name: &str) -> DefaultValue {
-        self.def.default_of(name)
+    fn default(&self, p: Param) -> DefaultValue {
+        self.index(p)
+            .map_or(DefaultValue::Required, |i| self.def.params[i].default)
     }
 
     /// The argument's span, or the call's name when the default was used.
-    pub(crate) fn span(&self, name: &str) -> Span {
-        self.spans[self.index(name)].unwrap_or(self.call.name.span)
+    pub(crate) fn span(&self, p: Param) -> Span {
+        self.index(p)
+            .and_then(|i| self.spans[i])
+            .unwrap_or(self.call.name.span)
+    }
+
+    /// The `alpha` argument of `octconv`, `octconv_transpose` or `split` (α of the output), if given
+    /// or defaulted to a number.
+    pub(crate) fn alpha_out(&self) -> Option<f64> {
+        self.float(octconv::ALPHA)
     }
 
     /// The integer argument, or its default; `None` for a derived default not given.
-    pub(crate) fn int(&self, name: &str) -> Option<i64> {
-        match (self.get(name).map(|v| &v.val), self.default(name)) {
+    pub(crate) fn int(&self, p: Param) -> Option<i64> {
+        match (self.get(p).map(|v| &v.val), self.default(p)) {
             (Some(Val::Int(i)), _) => Some(*i),
             (None, DefaultValue::Int(i)) => Some(i),
             _ => None,
@@ -420,8 +425,8 @@ impl Args<'_> {
     }
 
     /// The number argument, or its default; `None` for a derived default not given.
-    pub(crate) fn float(&self, name: &str) -> Option<f64> {
-        match (self.get(name), self.default(name)) {
+    pub(crate) fn float(&self, p: Param) -> Option<f64> {
+        match (self.get(p), self.default(p)) {
             (Some(v), _) => v.val.as_f64(),
             (None, DefaultValue::Float(x)) => Some(x),
             _ => None,
@@ -429,8 +434,8 @@ impl Args<'_> {
     }
 
     /// The flag argument, or its default.
-    pub(crate) fn bool(&self, name: &str) -> Option<bool> {
-        match (self.get(name).map(|v| &v.val), self.default(name)) {
+    pub(crate) fn bool(&self, p: Param) -> Option<bool> {
+        match (self.get(p).map(|v| &v.val), self.default(p)) {
             (Some(Val::Bool(b)), _) => Some(*b),
             (None, DefaultValue::Bool(b)) => Some(b),
             _ => None,
@@ -438,8 +443,8 @@ impl Args<'_> {
     }
 
     /// The word argument, or its default.
-    pub(crate) fn word(&self, name: &str) -> Option<&str> {
-        match (self.get(name).map(|v| &v.val), self.default(name)) {
+    pub(crate) fn word(&self, p: Param) -> Option<&str> {
+        match (self.get(p).map(|v| &v.val), self.default(p)) {
             (Some(Val::Str(w)), _) => Some(w),
             (None, DefaultValue::Str(w)) => Some(w),
             _ => None,
@@ -448,7 +453,8 @@ impl Args<'_> {
 
     /// Why a parameter has no value: its default is derived, and the rule did not derive it. A bug in
     /// the rule, reported as a diagnostic rather than a panic.
-    fn no_value(&self, name: &str) -> Diagnostic {
+    fn no_value(&self, p: Param) -> Diagnostic {
+        let name = p.name;
         self.call_error(
             DiagKind::Structure,
             format!(
@@ -459,39 +465,40 @@ impl Args<'_> {
     }
 
     /// The integer argument or its default.
-    pub(crate) fn integer(&self, name: &str) -> Result<i64, Diagnostic> {
-        self.int(name).ok_or_else(|| self.no_value(name))
+    pub(crate) fn integer(&self, p: Param) -> Result<i64, Diagnostic> {
+        self.int(p).ok_or_else(|| self.no_value(p))
     }
 
     /// The number argument or its default.
-    pub(crate) fn number(&self, name: &str) -> Result<f64, Diagnostic> {
-        self.float(name).ok_or_else(|| self.no_value(name))
+    pub(crate) fn number(&self, p: Param) -> Result<f64, Diagnostic> {
+        self.float(p).ok_or_else(|| self.no_value(p))
     }
 
     /// The flag argument or its default.
-    pub(crate) fn flag(&self, name: &str) -> Result<bool, Diagnostic> {
-        self.bool(name).ok_or_else(|| self.no_value(name))
+    pub(crate) fn flag(&self, p: Param) -> Result<bool, Diagnostic> {
+        self.bool(p).ok_or_else(|| self.no_value(p))
     }
 
     /// The word argument (`mode = nearest`) or its default.
-    pub(crate) fn text(&self, name: &str) -> Result<&str, Diagnostic> {
-        self.word(name).ok_or_else(|| self.no_value(name))
+    pub(crate) fn text(&self, p: Param) -> Result<&str, Diagnostic> {
+        self.word(p).ok_or_else(|| self.no_value(p))
     }
 
     /// An integer size argument in `min..=MAX_DIM`, or its default from the table.
-    pub(crate) fn dim(&self, name: &str, min: i64) -> Result<usize, Diagnostic> {
-        let v = self.integer(name)?;
-        self.dim_checked(name, v, min)
+    pub(crate) fn dim(&self, p: Param, min: i64) -> Result<usize, Diagnostic> {
+        let v = self.integer(p)?;
+        self.dim_checked(p, v, min)
     }
 
     /// An integer size argument whose default is derived (`padding = kernel / 2`): `derived` when not
     /// given.
-    pub(crate) fn dim_or(&self, name: &str, derived: i64, min: i64) -> Result<usize, Diagnostic> {
-        let v = self.int(name).unwrap_or(derived);
-        self.dim_checked(name, v, min)
+    pub(crate) fn dim_or(&self, p: Param, derived: i64, min: i64) -> Result<usize, Diagnostic> {
+        let v = self.int(p).unwrap_or(derived);
+        self.dim_checked(p, v, min)
     }
 
-    fn dim_checked(&self, name: &str, v: i64, min: i64) -> Result<usize, Diagnostic> {
+    fn dim_checked(&self, p: Param, v: i64, min: i64) -> Result<usize, Diagnostic> {
+        let name = p.name;
         if v < min || v > MAX_DIM {
             let kind = if v > MAX_DIM {
                 DiagKind::Limit
@@ -501,7 +508,7 @@ impl Args<'_> {
             return Err(self
                 .error(
                     kind,
-                    name,
+                    p,
                     format!(
                         "`{name}` of `{}` must be between {min} and {MAX_DIM}, found {v}",
                         self.def.name
@@ -513,29 +520,30 @@ impl Args<'_> {
     }
 
     /// An α argument (or `default`), checked to lie in [0, 1]. The baseline forces it to 0.
-    pub(crate) fn alpha(&self, name: &str, default: f64) -> Result<f64, Diagnostic> {
+    pub(crate) fn alpha(&self, p: Param, default: f64) -> Result<f64, Diagnostic> {
+        let name = p.name;
         if self.alpha_zero {
             return Ok(0.0);
         }
-        let a = self.float(name).unwrap_or(default);
+        let a = self.float(p).unwrap_or(default);
         if !(0.0..=1.0).contains(&a) {
             let mut d = self
                 .error(
                     DiagKind::AlphaRange,
-                    name,
+                    p,
                     format!("α out of range: `{name}` of `{}` is {a}, but α must lie in [0, 1]", self.def.name),
                 )
                 .with_label(format!("{name} = {a}"))
                 .with_help("α is the fraction of channels in the low-frequency branch: use a value in [0, 1] (the paper uses 0.125 to 0.5)");
-            d = self.with_origin(d, name, &format!("{name} = {a} comes from here"));
+            d = self.with_origin(d, p, &format!("{name} = {a} comes from here"));
             return Err(d);
         }
         Ok(a)
     }
 
-    /// An error pointing at argument `name` (or the call).
-    pub(crate) fn error(&self, kind: DiagKind, name: &str, msg: String) -> Diagnostic {
-        Diagnostic::error(kind, self.span(name), msg)
+    /// An error pointing at argument `p` (or the call).
+    pub(crate) fn error(&self, kind: DiagKind, p: Param, msg: String) -> Diagnostic {
+        Diagnostic::error(kind, self.span(p), msg)
     }
 
     /// An error pointing at the call.
@@ -544,9 +552,9 @@ impl Args<'_> {
     }
 
     /// Adds a "comes from here" label where the argument's value was written, if elsewhere.
-    pub(crate) fn with_origin(&self, d: Diagnostic, name: &str, msg: &str) -> Diagnostic {
-        match self.get(name) {
-            Some(v) if !contains(self.span(name), v.origin) => d.with_secondary(v.origin, msg),
+    pub(crate) fn with_origin(&self, d: Diagnostic, p: Param, msg: &str) -> Diagnostic {
+        match self.get(p) {
+            Some(v) if !contains(self.span(p), v.origin) => d.with_secondary(v.origin, msg),
             _ => d,
         }
     }
@@ -574,7 +582,12 @@ mod tests {
     #[test]
     fn every_default_in_the_layer_table_has_its_parameters_type() {
         for l in LAYERS {
-            for (name, ty, d) in l.params {
+            for Param {
+                name,
+                ty,
+                default: d,
+            } in l.params
+            {
                 let ok = matches!(
                     (ty, d),
                     (_, DefaultValue::Required | DefaultValue::Derived(_))

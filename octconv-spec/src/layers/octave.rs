@@ -1,9 +1,22 @@
 //! `split` and `merge`: moving between single-frequency tensors and octave pairs.
 
-use super::Args;
+use super::DefaultValue::{Required, Str as S};
+use super::PTy::{Float, Str};
+use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::Op;
 use crate::shape::{channel_split, Dims, Shape};
+
+/// `alpha`.
+pub(super) const ALPHA: Param = Param::new("alpha", Float, Required);
+/// `to`.
+pub(super) const TO: Param = Param::new("to", Str, S("high"));
+
+/// The parameters, in signature order.
+pub(super) const SPLIT_PARAMS: &[Param] = &[ALPHA];
+
+/// The parameters, in signature order.
+pub(super) const MERGE_PARAMS: &[Param] = &[TO];
 
 /// `split(alpha)`: `[C, H, W]` → high `[C − low, H, W]`, low `[low, H/2, W/2]`, `low = floor(α·C)`.
 /// At α = 0 it is the identity (an α = 0 network has no low branch).
@@ -24,7 +37,7 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 }))
         }
     };
-    let alpha = a.alpha("alpha", 0.0)?;
+    let alpha = a.alpha(ALPHA, 0.0)?;
     if alpha == 0.0 {
         return Ok((Op::Split { low: 0 }, *input));
     }
@@ -32,10 +45,10 @@ pub(crate) fn split(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     if alpha < 1.0 && (high == 0 || low == 0) {
         let empty = if low == 0 { "low" } else { "high" };
         let e = a
-            .error(DiagKind::EmptyBranch, "alpha", format!("empty branch: split(alpha = {alpha}) of {} channels leaves the {empty} branch empty (high {high} / low {low})", d.c))
+            .error(DiagKind::EmptyBranch, ALPHA, format!("empty branch: split(alpha = {alpha}) of {} channels leaves the {empty} branch empty (high {high} / low {low})", d.c))
             .with_label(format!("floor({alpha} · {}) = {low}", d.c))
             .with_help("use a larger α or more channels");
-        return Err(a.with_origin(e, "alpha", "α comes from here"));
+        return Err(a.with_origin(e, ALPHA, "α comes from here"));
     }
     if d.h % 2 != 0 || d.w % 2 != 0 {
         return Err(a
@@ -74,7 +87,7 @@ pub(crate) fn pyramid(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic
 /// `merge(to = high)`: pair → `[Ch + Cl, H, W]`; `merge(to = low)`: pair → `[Ch + Cl, H/2, W/2]`, the
 /// high branch average-pooled 2×2. The identity on a single-frequency tensor (α = 0).
 pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
-    let to = a.text("to")?;
+    let to = a.text(TO)?;
     let low = match to {
         "high" => false,
         "low" => true,
@@ -82,7 +95,7 @@ pub(crate) fn merge(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             return Err(a
                 .error(
                     DiagKind::Argument,
-                    "to",
+                    TO,
                     format!("`merge` cannot merge to `{other}`: write `to = high` (the default) or `to = low`"),
                 )
                 .with_label("not `high` or `low`"))

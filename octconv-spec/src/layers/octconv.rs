@@ -4,12 +4,36 @@
 //! pooled again for H→L, the low input is pooled before L→L, and L→H is not upsampled. With stride 1,
 //! H→L pools the high input once and L→H upsamples ×2 (nearest). Padding is `kernel / 2`.
 
-use super::Args;
+use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
+use super::PTy::{Bool, Float, Int};
+use super::{Args, Param};
 use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, OctConvSpec, Op, Path};
 use crate::params::{Init, ParamInfo};
 use crate::shape::{channel_split, split_alpha, Dims, Shape};
+
+/// `out`.
+pub(super) const OUT: Param = Param::new("out", Int, Derived("input channels if depthwise"));
+/// `kernel`.
+pub(super) const KERNEL: Param = Param::new("kernel", Int, Required);
+/// `stride`.
+pub(super) const STRIDE: Param = Param::new("stride", Int, I(1));
+/// `alpha`.
+pub(super) const ALPHA: Param = Param::new("alpha", Float, Derived("α_in"));
+/// `alpha_in`.
+pub(super) const ALPHA_IN: Param = Param::new("alpha_in", Float, Derived("input split"));
+/// `groups`.
+pub(super) const GROUPS: Param = Param::new("groups", Int, I(1));
+/// `depthwise`.
+pub(super) const DEPTHWISE: Param = Param::new("depthwise", Bool, B(false));
+/// `bias`.
+pub(super) const BIAS: Param = Param::new("bias", Bool, B(false));
+
+/// The parameters, in signature order.
+pub(super) const PARAMS: &[Param] = &[
+    OUT, KERNEL, STRIDE, ALPHA, ALPHA_IN, GROUPS, DEPTHWISE, BIAS,
+];
 
 /// Why an OctConv geometry is invalid: kind, message, help.
 pub(crate) type GeoError = (DiagKind, String, String);
@@ -118,14 +142,14 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_help("octconv belongs before `global_avg_pool()` / `flatten()`"));
     };
     let alpha_in = split_alpha(in_h, in_l);
-    if a.get("alpha_in").is_some() && !a.alpha_zero {
-        let declared = a.alpha("alpha_in", alpha_in)?;
+    if a.get(ALPHA_IN).is_some() && !a.alpha_zero {
+        let declared = a.alpha(ALPHA_IN, alpha_in)?;
         if channel_split(in_h + in_l, declared) != (in_h, in_l) {
             let (eh, el) = channel_split(in_h + in_l, declared);
             return Err(a
                 .error(
                     DiagKind::AlphaMismatch,
-                    "alpha_in",
+                    ALPHA_IN,
                     format!(
                         "α_in mismatch: octconv declares alpha_in = {declared} (high {eh} / low {el}), but its input is split high {in_h} / low {in_l} (α = {alpha_in:.4})"
                     ),
@@ -134,9 +158,9 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_help("α_in is taken from the input; remove `alpha_in` or fix the layer before"));
         }
     }
-    let depthwise = a.flag("depthwise")?;
-    let out = match (a.get("out"), depthwise) {
-        (Some(_), _) => a.dim("out", 1)?,
+    let depthwise = a.flag(DEPTHWISE)?;
+    let out = match (a.get(OUT), depthwise) {
+        (Some(_), _) => a.dim(OUT, 1)?,
         (None, true) => in_h + in_l,
         (None, false) => {
             return Err(a
@@ -148,23 +172,23 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_note("`out` may be left out only with `depthwise = true`"))
         }
     };
-    let kernel = a.dim("kernel", 1)?;
+    let kernel = a.dim(KERNEL, 1)?;
     if kernel % 2 == 0 {
         return Err(a
             .error(
                 DiagKind::Structure,
-                "kernel",
+                KERNEL,
                 format!("octconv uses same padding and needs an odd kernel, found {kernel}"),
             )
             .with_label("even kernel")
             .with_help("use kernel = 1, 3, 5 or 7"));
     }
-    let stride = a.dim("stride", 1)?;
+    let stride = a.dim(STRIDE, 1)?;
     if stride > 2 {
         return Err(a
             .error(
                 DiagKind::Structure,
-                "stride",
+                STRIDE,
                 format!("octconv supports stride 1 or 2, found {stride}"),
             )
             .with_label("unsupported stride")
@@ -173,10 +197,10 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             ));
     }
     let (out_h, out_l) = out_split(a, in_h, in_l, out)?;
-    let groups = a.dim("groups", 1)?;
+    let groups = a.dim(GROUPS, 1)?;
     if depthwise {
         if groups != 1 {
-            return Err(a.error(DiagKind::Structure, "groups", "`groups` and `depthwise = true` cannot be combined: depthwise uses one group per channel".into()));
+            return Err(a.error(DiagKind::Structure, GROUPS, "`groups` and `depthwise = true` cannot be combined: depthwise uses one group per channel".into()));
         }
         if (out_h, out_l) != (in_h, in_l) {
             return Err(a
@@ -198,7 +222,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         groups,
         depthwise,
-        bias: a.flag("bias")?,
+        bias: a.flag(BIAS)?,
     };
     if !depthwise && groups > 1 {
         for p in spec.paths() {
@@ -207,7 +231,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 return Err(a
                     .error(
                         DiagKind::Structure,
-                        "groups",
+                        GROUPS,
                         format!(
                             "groups = {groups} must divide the channels of every path, but path {} has {i} → {o}",
                             p.arrow()
@@ -233,8 +257,8 @@ pub(super) fn out_split(
     in_l: usize,
     out: usize,
 ) -> Result<(usize, usize), Diagnostic> {
-    let alpha_out = a.alpha("alpha", if a.alpha_zero { 0.0 } else { a.input_alpha })?;
-    let (out_h, out_l) = if a.get("alpha").is_none() && out == in_h + in_l {
+    let alpha_out = a.alpha(ALPHA, if a.alpha_zero { 0.0 } else { a.input_alpha })?;
+    let (out_h, out_l) = if a.get(ALPHA).is_none() && out == in_h + in_l {
         (in_h, in_l)
     } else {
         channel_split(out, alpha_out)
@@ -244,7 +268,7 @@ pub(super) fn out_split(
         let d = a
             .error(
                 DiagKind::EmptyBranch,
-                "alpha",
+                ALPHA,
                 format!(
                     "empty branch: alpha = {alpha_out} leaves the {empty} branch of {}({out}) with no channels (high {out_h} / low {out_l})",
                     a.def.name
@@ -252,7 +276,7 @@ pub(super) fn out_split(
             )
             .with_label(format!("floor({alpha_out} · {out}) = {out_l}"))
             .with_help("use more channels, a different α, or alpha = 0 / 1 if one branch is meant to be absent");
-        return Err(a.with_origin(d, "alpha", "α comes from here"));
+        return Err(a.with_origin(d, ALPHA, "α comes from here"));
     }
     Ok((out_h, out_l))
 }

@@ -1,10 +1,22 @@
 //! `avg_pool` and `max_pool`: pooling applied to each branch; on a pair the low branch must stay at
 //! exactly half the high branch's size.
 
-use super::Args;
+use super::DefaultValue::{Derived, Int as I};
+use super::PTy::Int;
+use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Op, PoolSpec};
 use crate::shape::{Dims, Shape};
+
+/// `kernel`.
+pub(super) const KERNEL: Param = Param::new("kernel", Int, I(2));
+/// `stride`.
+pub(super) const STRIDE: Param = Param::new("stride", Int, Derived("kernel"));
+/// `padding`.
+pub(super) const PADDING: Param = Param::new("padding", Int, I(0));
+
+/// The parameters, in signature order.
+pub(super) const PARAMS: &[Param] = &[KERNEL, STRIDE, PADDING];
 
 fn pooled(p: &PoolSpec, d: Dims) -> Option<Dims> {
     let (h, w) = (d.h + 2 * p.padding, d.w + 2 * p.padding);
@@ -20,13 +32,13 @@ fn pooled(p: &PoolSpec, d: Dims) -> Option<Dims> {
 /// `avg_pool` / `max_pool (kernel = 2, stride = kernel, padding = 0)`.
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     let name = a.def.name;
-    let kernel = a.dim("kernel", 1)?;
-    let stride = a.dim_or("stride", kernel as i64, 1)?;
-    let padding = a.dim("padding", 0)?;
+    let kernel = a.dim(KERNEL, 1)?;
+    let stride = a.dim_or(STRIDE, kernel as i64, 1)?;
+    let padding = a.dim(PADDING, 0)?;
     if 2 * padding > kernel {
         return Err(a.error(
             DiagKind::Structure,
-            "padding",
+            PADDING,
             format!(
                 "`padding` of `{name}` must be at most kernel / 2 = {}, found {padding}",
                 kernel / 2
@@ -46,7 +58,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let too_large = |d: Dims, branch: &str| {
         a.error(
             DiagKind::KernelTooLarge,
-            "kernel",
+            KERNEL,
             format!(
                 "{name} window {kernel}×{kernel} is larger than the {}×{} feature map{branch}",
                 d.h, d.w

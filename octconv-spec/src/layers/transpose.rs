@@ -5,11 +5,27 @@
 //! high input, L→L on the low input, H→L on the high input average-pooled 2×2, and L→H on the low
 //! input followed by nearest ×2 upsampling. Both output branches are twice the input's size.
 
-use super::Args;
+use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
+use super::PTy::{Bool, Float, Int};
+use super::{Args, Param};
 use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{OctConvSpec, Op, Path};
 use crate::shape::{Dims, Shape};
+
+/// `out`.
+pub(super) const OUT: Param = Param::new("out", Int, Required);
+/// `kernel`.
+pub(super) const KERNEL: Param = Param::new("kernel", Int, I(2));
+/// `stride`.
+pub(super) const STRIDE: Param = Param::new("stride", Int, I(2));
+/// `alpha`.
+pub(super) const ALPHA: Param = Param::new("alpha", Float, Derived("α_in"));
+/// `bias`.
+pub(super) const BIAS: Param = Param::new("bias", Bool, B(true));
+
+/// The parameters, in signature order.
+pub(super) const PARAMS: &[Param] = &[OUT, KERNEL, STRIDE, ALPHA, BIAS];
 
 /// `octconv_transpose(out, kernel = 2, stride = 2, alpha, bias = true)`.
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
@@ -21,24 +37,24 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             )
             .with_label("input is flat"));
     };
-    let out = a.dim("out", 1)?;
-    let kernel = a.dim("kernel", 1)?;
+    let out = a.dim(OUT, 1)?;
+    let kernel = a.dim(KERNEL, 1)?;
     if kernel != 2 && kernel != 3 {
         return Err(a
             .error(
                 DiagKind::Structure,
-                "kernel",
+                KERNEL,
                 format!("octconv_transpose supports kernel 2 or 3, found {kernel}"),
             )
             .with_label("unsupported kernel")
             .with_help("kernel = 2 (no padding) or kernel = 3 (padding 1, output padding 1) both double the size"));
     }
-    let stride = a.dim("stride", 1)?;
+    let stride = a.dim(STRIDE, 1)?;
     if stride != 2 {
         return Err(a
             .error(
                 DiagKind::Structure,
-                "stride",
+                STRIDE,
                 format!("octconv_transpose upsamples by stride 2, found {stride}"),
             )
             .with_label("unsupported stride")
@@ -54,7 +70,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         stride,
         groups: 1,
         depthwise: false,
-        bias: a.flag("bias")?,
+        bias: a.flag(BIAS)?,
     };
     if spec.path_channels(Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
         return Err(a
