@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from machine import cpu_model
+
 ALPHAS = [0.0, 0.25, 0.5, 0.75]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYER_BIN = os.path.join(ROOT, "target/release/examples/layer_bench")
@@ -235,17 +237,6 @@ def main():
                     mode = "train step" if train else "inference"
                 print(f"| {alpha} | {theory:.0%} | {mode} | {om * 1e3:.1f} | {tm * 1e3:.1f} | {om / tm:.2f} | {om / b[0]:.0%} | {tm / b[1]:.0%} |", flush=True)
         print()
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model, simd
+
 import numpy as np
 import onnxruntime as ort
 
@@ -81,17 +83,6 @@ def ours_median(call, alpha, batch, repeats, threads):
     return json.loads(out.stdout)["rows"][0]["median_s"]
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -100,11 +91,9 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--models", default="wrn16,seed,unet")
     args = ap.parse_args()
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    simd = "AVX-512" if " avx512f" in flags else ("AVX2 + FMA" if " avx2" in flags else "no AVX2")
     print(f"# octconv export vs ONNX Runtime {ort.__version__}, {args.threads} threads, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"# machine: {cpu_model()} ({simd}), {os.cpu_count()} logical CPUs, {platform.machine()}")
+    print(f"# machine: {cpu_model()} ({simd()}), {os.cpu_count()} logical CPUs, {platform.machine()}")
     print(f"# batch {args.batch}; medians over {args.rounds} alternating rounds of {args.repeats} timed runs\n")
     tmp = tempfile.mkdtemp(prefix="octconv-ort-")
     for key in args.models.split(","):

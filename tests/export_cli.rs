@@ -3,7 +3,7 @@
 //! errors (exit status 2, as every runtime error) that write nothing. (Numerical parity with an independent engine is
 //! `octconv-runtime/tests/onnx_tract.rs`.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 mod common;
 
 use common::{octconv, stderr};
@@ -23,15 +23,8 @@ fn export_writes_a_model_and_keeps_an_existing_file_without_force() {
     let (w, out) = (d.join("w.safetensors"), d.join("m.onnx"));
     let o = octconv(&["init", SPEC, "--seed", "3", "--out", w.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let args = [
-        "export",
-        SPEC,
-        "--weights",
-        w.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--dynamic-batch",
-    ];
+    let mut args = export_args(&w, &out);
+    args.push("--dynamic-batch");
     let o = octconv(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = std::fs::read(&out).unwrap();
@@ -59,7 +52,7 @@ fn export_writes_a_model_and_keeps_an_existing_file_without_force() {
         stderr(&o)
     );
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
-    let mut forced = args.to_vec();
+    let mut forced = args.clone();
     forced.extend(["--force", "--upsample", "expand", "--fold-bn"]);
     let o = octconv(&forced);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -83,61 +76,49 @@ fn export_errors_name_the_problem_and_write_nothing() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Weights of another width: the same named errors as `run`.
-    let o = octconv(&[
+    let err = refused(&w, &out, &[]);
+    assert!(
+        err.contains("the weights do not fit the model")
+            && err.contains("  - tensor `wide0.res0.octconv0.hh.weight` has shape [24, 12, 3, 3], the model needs [12, 12, 3, 3]\n"),
+        "{err}"
+    );
+    let w2 = d.join("w2.safetensors");
+    assert!(octconv(&["init", SPEC, "--out", w2.to_str().unwrap()])
+        .status
+        .success());
+    // An opset we do not write.
+    let err = refused(&w2, &out, &["--opset", "11"]);
+    assert!(
+        err.contains("opset 11 is not supported: the exporter writes opsets 14 to 21"),
+        "{err}"
+    );
+    // --batch and --dynamic-batch together.
+    let err = refused(&w2, &out, &["--batch", "4", "--dynamic-batch"]);
+    assert!(
+        err.contains("'--batch <BATCH>' cannot be used with '--dynamic-batch'"),
+        "{err}"
+    );
+}
+
+/// `export SPEC --weights w -o out`.
+fn export_args<'a>(w: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
         "export",
         SPEC,
         "--weights",
         w.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ]
+}
+
+/// Exports `SPEC` with weights `w` to `out` and `extra` flags, expecting a refusal (exit status 2)
+/// that writes nothing; returns the error text.
+fn refused(w: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = export_args(w, out);
+    args.extend_from_slice(extra);
+    let o = octconv(&args);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("the weights do not fit the model")
-            && err.contains("  - tensor `wide0.res0.octconv0.hh.weight` has shape [24, 12, 3, 3], the model needs [12, 12, 3, 3]\n"),
-        "{err}"
-    );
     assert!(!out.exists());
-    // An opset we do not write.
-    let w2 = d.join("w2.safetensors");
-    assert!(octconv(&["init", SPEC, "--out", w2.to_str().unwrap()])
-        .status
-        .success());
-    let o = octconv(&[
-        "export",
-        SPEC,
-        "--weights",
-        w2.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--opset",
-        "11",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("opset 11 is not supported: the exporter writes opsets 14 to 21"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!out.exists());
-    // --batch and --dynamic-batch together.
-    let o = octconv(&[
-        "export",
-        SPEC,
-        "--weights",
-        w2.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--batch",
-        "4",
-        "--dynamic-batch",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("'--batch <BATCH>' cannot be used with '--dynamic-batch'"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!out.exists());
+    stderr(&o)
 }

@@ -9,16 +9,6 @@
 use crate::ir::Op;
 use crate::shape::Shape;
 
-/// Multiplies, returning `None` on u64 overflow.
-pub(crate) fn product(xs: &[u64]) -> Option<u64> {
-    xs.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x))
-}
-
-/// Pixels of a map.
-pub(crate) fn hw(d: crate::shape::Dims) -> u64 {
-    d.h as u64 * d.w as u64
-}
-
 /// Trainable parameters of `op` on an input of shape `input` (BN running statistics excluded). Each
 /// op's rule is in its module of [`crate::layers`].
 pub fn params(op: &Op, input: &Shape) -> Option<u64> {

@@ -36,6 +36,7 @@ pub mod eval;
 pub mod ir;
 pub mod layers;
 pub mod loader;
+pub mod param_info;
 pub mod params;
 pub mod plan;
 pub mod report;

@@ -145,6 +145,16 @@ pub fn split_alpha(high: usize, low: usize) -> f64 {
     }
 }
 
+/// Multiplies, returning `None` on u64 overflow.
+pub(crate) fn product(xs: &[u64]) -> Option<u64> {
+    xs.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x))
+}
+
+/// Pixels of a map.
+pub(crate) fn hw(d: Dims) -> u64 {
+    d.h as u64 * d.w as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,30 +81,45 @@ pub(super) enum Attr<'a> {
 
 impl Attr<'_> {
     fn proto(&self) -> AttributeProto {
-        let mut a = AttributeProto::default();
-        match self {
-            Attr::Int(n, v) => {
-                a.name = n.to_string();
-                a.r#type = attribute_type::INT;
-                a.i = *v;
-            }
-            Attr::Ints(n, v) => {
-                a.name = n.to_string();
-                a.r#type = attribute_type::INTS;
-                a.ints = v.clone();
-            }
-            Attr::Float(n, v) => {
-                a.name = n.to_string();
-                a.r#type = attribute_type::FLOAT;
-                a.f = *v;
-            }
-            Attr::Str(n, v) => {
-                a.name = n.to_string();
-                a.r#type = attribute_type::STRING;
-                a.s = v.as_bytes().to_vec();
-            }
+        let blank = AttributeProto::default;
+        let (name, a) = match self {
+            Attr::Int(n, i) => (
+                n,
+                AttributeProto {
+                    r#type: attribute_type::INT,
+                    i: *i,
+                    ..blank()
+                },
+            ),
+            Attr::Ints(n, v) => (
+                n,
+                AttributeProto {
+                    r#type: attribute_type::INTS,
+                    ints: v.clone(),
+                    ..blank()
+                },
+            ),
+            Attr::Float(n, f) => (
+                n,
+                AttributeProto {
+                    r#type: attribute_type::FLOAT,
+                    f: *f,
+                    ..blank()
+                },
+            ),
+            Attr::Str(n, v) => (
+                n,
+                AttributeProto {
+                    r#type: attribute_type::STRING,
+                    s: v.as_bytes().to_vec(),
+                    ..blank()
+                },
+            ),
+        };
+        AttributeProto {
+            name: name.to_string(),
+            ..a
         }
-        a
     }
 }
 

@@ -3,11 +3,10 @@
 use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
 use super::PTy::{Bool, Int};
 use super::{Args, Param};
-use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{ConvSpec, Layer, Op};
-use crate::params::{Init, ParamInfo};
-use crate::shape::{Dims, Shape};
+use crate::param_info::{Init, ParamInfo};
+use crate::shape::{hw, product, Dims, Shape};
 
 /// `out`.
 pub(super) const OUT: Param = Param::new("out", Int, Required);

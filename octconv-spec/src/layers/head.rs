@@ -5,11 +5,10 @@
 use super::DefaultValue::{Bool as B, Required};
 use super::PTy::{Bool, Int};
 use super::{Args, Param};
-use crate::cost::product;
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, Op};
-use crate::params::{Init, ParamInfo};
-use crate::shape::Shape;
+use crate::param_info::{Init, ParamInfo};
+use crate::shape::{product, Shape};
 
 /// `per_branch`.
 pub(super) const PER_BRANCH: Param = Param::new("per_branch", Bool, B(false));

@@ -17,7 +17,7 @@ use crate::ast::{Call, Ty};
 use crate::bind::SigParam;
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, Op};
-use crate::params::ParamInfo;
+use crate::param_info::ParamInfo;
 use crate::shape::Shape;
 use crate::source::Span;
 use crate::value::{Val, Value};

@@ -5,7 +5,7 @@ use super::PTy::Float;
 use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, Op};
-use crate::params::{bn_params, ParamInfo};
+use crate::param_info::{bn_params, ParamInfo};
 use crate::shape::Shape;
 
 /// `eps`.

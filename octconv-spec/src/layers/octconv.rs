@@ -7,11 +7,10 @@
 use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
 use super::PTy::{Bool, Float, Int};
 use super::{Args, Param};
-use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, OctConvSpec, Op, Path};
-use crate::params::{Init, ParamInfo};
-use crate::shape::{channel_split, split_alpha, Dims, Shape};
+use crate::param_info::{Init, ParamInfo};
+use crate::shape::{channel_split, hw, product, split_alpha, Dims, Shape};
 
 /// `out`.
 pub(super) const OUT: Param = Param::new("out", Int, Derived("input channels if depthwise"));

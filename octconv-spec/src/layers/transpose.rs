@@ -8,10 +8,9 @@
 use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
 use super::PTy::{Bool, Float, Int};
 use super::{Args, Param};
-use crate::cost::{hw, product};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{OctConvSpec, Op, Path};
-use crate::shape::{Dims, Shape};
+use crate::shape::{hw, product, Dims, Shape};
 
 /// `out`.
 pub(super) const OUT: Param = Param::new("out", Int, Required);
