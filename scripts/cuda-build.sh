@@ -8,18 +8,22 @@
 #   FEATURES=cudnn scripts/cuda-build.sh  # also cuDNN (needs nvidia-cudnn-cu13 on the GPU machine)
 #
 # Output: target/cuda/release/octconv (its own target directory, so the CPU build is untouched), a
-# stripped copy in target/cuda-dist/octconv and the libraries it needs in target/cuda-dist/libs.txt.
+# stripped copy in target/cuda-dist/octconv (octconv-cudnn for FEATURES=cudnn), its xz archive for the
+# trip to the GPU machine, and the libraries it needs in target/cuda-dist/libs.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV="${CUDA_VENV:-target/cuda-venv}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 FEATURES="${FEATURES:-cuda}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
 # nvidia-cuda-cccl provides include/cccl (libcu++'s <nv/target>, which cuda_fp16.h includes).
-# cudarc 0.19 (candle 0.11's CUDA bindings) knows CUDA up to 13.4: use that toolkit and tell cudarc.
-CUDA_PIP_VERSION="${CUDA_PIP_VERSION:-13.4.*}"
-export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13040}"
+# The toolkit must not be newer than the GPU machine's driver: the H200 machines run driver 580
+# (CUDA 13.0), which refuses PTX from a newer nvcc ("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided
+# PTX was compiled with an unsupported toolchain", seen there with 13.4 on 2026-12-04). candle's
+# kernels travel as PTX, so build with CUDA 13.0 and tell cudarc 0.19 (which knows 13.0 to 13.4).
+CUDA_PIP_VERSION="${CUDA_PIP_VERSION:-13.0.*}"
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+VENV="$(realpath -m "${CUDA_VENV:-target/cuda-venv-${CUDA_PIP_VERSION%.\*}}")"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -28,7 +32,7 @@ step "CUDA toolkit from PyPI into $VENV"
 "$VENV/bin/pip" install -q \
   "nvidia-cuda-nvcc==$CUDA_PIP_VERSION" "nvidia-nvvm==$CUDA_PIP_VERSION" "nvidia-cuda-crt==$CUDA_PIP_VERSION" \
   "nvidia-cuda-runtime==$CUDA_PIP_VERSION" \
-  "nvidia-cuda-nvrtc==$CUDA_PIP_VERSION" "nvidia-cuda-cccl>=13.3" "nvidia-cublas" "nvidia-curand"
+  "nvidia-cuda-nvrtc==$CUDA_PIP_VERSION" "nvidia-cuda-cccl==$CUDA_PIP_VERSION" "nvidia-cublas" "nvidia-curand"
 if [ "$FEATURES" = cudnn ]; then "$VENV/bin/pip" install -q nvidia-cudnn-cu13; fi
 CU="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 [ -x "$CU/bin/nvcc" ] || { echo "error: no nvcc under $CU/bin" >&2; exit 1; }
@@ -66,9 +70,11 @@ cargo build --release --bin octconv --features "$FEATURES"
 echo "built in $(( $(date +%s) - start )) s"
 
 step "result"
+NAME=octconv; [ "$FEATURES" = cudnn ] && NAME=octconv-cudnn
 mkdir -p target/cuda-dist
-cp "$CARGO_TARGET_DIR/release/octconv" target/cuda-dist/octconv
-strip target/cuda-dist/octconv
-ls -l target/cuda-dist/octconv
-readelf -d target/cuda-dist/octconv | grep NEEDED | tee target/cuda-dist/libs.txt
+cp "$CARGO_TARGET_DIR/release/octconv" "target/cuda-dist/$NAME"
+strip "target/cuda-dist/$NAME"
+xz -T2 -6 -kf "target/cuda-dist/$NAME"
+ls -l "target/cuda-dist/$NAME" "target/cuda-dist/$NAME.xz"
+readelf -d "target/cuda-dist/$NAME" | grep NEEDED | tee "target/cuda-dist/libs-$NAME.txt"
 echo "run it on a GPU machine with scripts/gpu-check.sh (LD_LIBRARY_PATH must reach the CUDA 13 libraries)"

@@ -23,7 +23,8 @@ pub fn upsample_nearest(x: &Tensor, s: usize) -> Result<Tensor> {
 
 /// Whether our CPU kernels handle `t` (f32 or f64 on the CPU); other tensors use candle's ops.
 fn own_kernel(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    crate::kernels::serves(t.device())
+        && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
 /// 2×2 average pooling with stride 2 (the octave down-sampling).

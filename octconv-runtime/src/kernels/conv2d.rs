@@ -41,7 +41,7 @@ pub struct ConvParams {
 /// any other device or dtype goes to candle's own `conv2d` with the same semantics.
 pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
     use candle_core::DType::{F32, F64};
-    if x.device().is_cpu() && x.dtype() == weight.dtype() && matches!(x.dtype(), F32 | F64) {
+    if super::serves(x.device()) && x.dtype() == weight.dtype() && matches!(x.dtype(), F32 | F64) {
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, Conv2dForward(p))
     } else {

@@ -20,6 +20,45 @@ pub mod winograd4;
 pub use conv2d::{conv2d, ConvParams};
 pub use geometry::ConvGeometry;
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not decided yet (read `OCTCONV_KERNELS` on first use), 1: our kernels on, 2: off.
+static OWN_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether our CPU kernels may run at all in this process: yes unless `OCTCONV_KERNELS=candle`
+/// (read once) or [`set_enabled`]`(false)`. Off, every layer on the CPU runs exactly the candle ops
+/// that every other device (CUDA) runs, which makes that path testable without a GPU
+/// (`octconv parity --device cpu`, `tests/candle_path.rs`).
+pub fn enabled() -> bool {
+    match OWN_KERNELS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("OCTCONV_KERNELS").as_deref() != Ok("candle");
+            // A concurrent `set_enabled` wins over the environment.
+            let _ = OWN_KERNELS.compare_exchange(
+                0,
+                if on { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            OWN_KERNELS.load(Ordering::Relaxed) == 1
+        }
+    }
+}
+
+/// Switches our CPU kernels on or off for the whole process (see [`enabled`]). Models already built
+/// follow the switch at their next call.
+pub fn set_enabled(on: bool) {
+    OWN_KERNELS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether our kernels serve a tensor on `device`: the CPU, with the kernels [`enabled`]. The dtype
+/// checks stay with each caller (some kernels take f32 and f64, some f32 only).
+pub fn serves(device: &candle_core::Device) -> bool {
+    device.is_cpu() && enabled()
+}
+
 /// The element types our kernels run on (the `gemm` crate's real types).
 pub trait Element:
     Copy

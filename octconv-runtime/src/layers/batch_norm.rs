@@ -59,7 +59,9 @@ impl BatchNorm2d {
     }
 
     fn fast_path(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+        crate::kernels::serves(x.device())
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
     }
 
     /// Normalises `x`.

@@ -113,7 +113,7 @@ impl OctConv2d {
         let s = &self.spec;
         if !self.fused
             || !self.fusable()
-            || !xh.device().is_cpu()
+            || !crate::kernels::serves(xh.device())
             || !matches!(xh.dtype(), F32 | F64)
             || xl.dtype() != xh.dtype()
             || self
@@ -247,7 +247,14 @@ impl OctConv2d {
     /// inside this layer's kernels where they take an input map ([`OctConv2d::forward_prologue`]),
     /// else op by op. The interpreter's `infer` and the generated `infer` of `octnet!` both run it.
     pub fn infer_after_bn_relu(&self, bn: &OctBatchNorm, x: &OctValue) -> Result<OctValue> {
-        let done = match bn.input_map(true)? {
+        // The map is read back from the batch norm's parameters: only worth it (and, on a GPU, only
+        // a needless device-to-host copy otherwise) where our kernels can apply it.
+        let map = if self.fused && self.fusable_inputs_f32(x) {
+            bn.input_map(true)?
+        } else {
+            None
+        };
+        let done = match map {
             Some(map) => self.forward_prologue(x, &map)?,
             None => None,
         };
@@ -339,7 +346,8 @@ impl OctConv2d {
     /// Whether every input branch and weight is an f32 CPU tensor.
     fn fusable_inputs_f32(&self, x: &OctValue) -> bool {
         let (h, l) = x.branches();
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+        let f32_cpu =
+            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
         h.into_iter().chain(l).all(f32_cpu) && self.weights.iter().flatten().all(f32_cpu)
     }
 
