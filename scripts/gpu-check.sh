@@ -12,6 +12,7 @@
 #            eval-mode outputs and one training step's loss and gradients (relative, --tol 1e-3)
 #   compare  WRN-28-10, batch 128, inference and training: `octconv bench --device cuda` alternating
 #            with PyTorch (bench/gpu_compare.py) — the seed's GPU table and ours / PyTorch
+#   abconv   one WRN-28-10 training step with candle's own convolution backward (A/B of device_conv.rs)
 #   train    `octconv train` WRN-10-2 on the CIFAR-10 archive, 2 epochs, interrupted (SIGINT) after
 #            TRAIN_FIRST_S seconds and resumed
 #   cudnn    the cuDNN binary: parity of every builtin at α = .25 and the WRN-28-10 table
@@ -25,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/gpu-check.sh OUT_DIR [PHASE …]}"
 shift
-PHASES="${*:-info parity compare train cudnn profile}"
+PHASES="${*:-info parity compare train abconv cudnn profile}"
 # DEADLINE_S: phases not started by then are skipped, so the run ends with results, not a kill.
 mkdir -p "$OUT"
 LOG="$OUT/gpu.md"
@@ -135,6 +136,10 @@ for phase in $PHASES; do
     section "WRN-28-10 on CUDA against PyTorch, batch 128 (seed's GPU table: 100 / 104 / 80 / 57 %)"
     limited "${COMPARE_S:-200}" python3 bench/gpu_compare.py --octconv "$BIN" --rounds "${ROUNDS:-2}" \
       --device "$DEVICE" --json "$OUT/compare.json" ${COMPARE_ARGS:-} ;;
+  abconv)
+    section "Training step with candle's own convolution backward (OCTCONV_DEVICE_CONV_BWD=candle), for comparison"
+    OCTCONV_DEVICE_CONV_BWD=candle limited "${ABCONV_S:-60}" "$BIN" bench 'wrn(n = 4, k = 10)' --device "$DEVICE" \
+      --alphas 0,0.25 --batch 128 --samples 128 --repeats 2 --train ;;
   train)
     section "Training WRN-10-2 (α = .25) on CIFAR-10 for 2 epochs, interrupted and resumed"
     RUN=/tmp/gpu-train-run; rm -rf "$RUN"

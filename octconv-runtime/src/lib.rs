@@ -20,6 +20,7 @@
 
 pub mod data;
 pub mod device;
+pub mod device_conv;
 pub mod init;
 pub mod kernels;
 pub mod layers;

@@ -38,14 +38,15 @@ pub struct ConvParams {
 }
 
 /// `conv2d(x, weight)` through our kernels for f32 and f64 CPU tensors, with their backward;
-/// any other device or dtype goes to candle's own `conv2d` with the same semantics.
+/// any other device or dtype goes to candle's own `conv2d` with the same semantics (with the backward
+/// of [`crate::device_conv`]).
 pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
     use candle_core::DType::{F32, F64};
     if super::serves(x.device()) && x.dtype() == weight.dtype() && matches!(x.dtype(), F32 | F64) {
         x.contiguous()?
             .apply_op2(&weight.contiguous()?, Conv2dForward(p))
     } else {
-        x.conv2d(weight, p.pad, p.stride, 1, p.groups)
+        crate::device_conv::conv2d(x, weight, p.pad, p.stride, p.groups)
     }
 }
 
