@@ -26,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/gpu-check.sh OUT_DIR [PHASE …]}"
 shift
-PHASES="${*:-info parity compare train abconv cudnn profile}"
+PHASES="${*:-info parity compare train abconv profile cudnn}"
 # DEADLINE_S: phases not started by then are skipped, so the run ends with results, not a kill.
 mkdir -p "$OUT"
 LOG="$OUT/gpu.md"
@@ -77,13 +77,13 @@ BUILTINS=(
 # PARITY_SPECS (one call per line) replaces the list, e.g. for a dry run at small sizes.
 [ -n "${PARITY_SPECS:-}" ] && mapfile -t BUILTINS <<< "$PARITY_SPECS"
 
-# parity BIN JSONL ALPHAS: every builtin, three at a time, each process with a share of the cores.
+# parity BIN JSONL ALPHAS DTYPES: every builtin, three at a time, each process with a share of the cores.
 parity() {
-  local bin=$1 jsonl=$2 alphas=$3 tmp i=0
+  local bin=$1 jsonl=$2 alphas=$3 dtypes=$4 tmp i=0
   tmp=$(mktemp -d)
   for spec in "${BUILTINS[@]}"; do
     RAYON_NUM_THREADS=$(( ($(nproc) + 2) / 3 )) timeout -k 5 "${PARITY_S:-150}" "$bin" parity "$spec" --device "$DEVICE" \
-      --alphas "$alphas" --train --batch 2 --dtype f32,f64 --reference f64 --json > "$tmp/$i.jsonl" 2> "$tmp/$i.err" &
+      --alphas "$alphas" --train --batch 2 --dtype "$dtypes" --reference f64 --json > "$tmp/$i.jsonl" 2> "$tmp/$i.err" &
     i=$((i + 1))
     (( i % 3 == 0 )) && wait
   done
@@ -131,7 +131,7 @@ for phase in $PHASES; do
       echo '```'; } 2>&1 | say ;;
   parity)
     section "Parity: CPU (our kernels) against CUDA (candle's ops), every builtin, batch 2"
-    parity "$BIN" "$OUT/parity.jsonl" 0,0.25,0.5,0.75 ;;
+    parity "$BIN" "$OUT/parity.jsonl" 0,0.25,0.5,0.75 f32,f64 ;;
   compare)
     section "WRN-28-10 on CUDA against PyTorch, batch 128 (seed's GPU table: 100 / 104 / 80 / 57 %)"
     limited "${COMPARE_S:-200}" python3 bench/gpu_compare.py --octconv "$BIN" --rounds "${ROUNDS:-2}" \
@@ -171,8 +171,8 @@ for phase in $PHASES; do
       | python3 -c 'import json,sys; d=json.load(sys.stdin); print("eval of final.safetensors on CUDA: accuracy", d["accuracy"])' ;;
   cudnn)
     [ -x "$BIN_CUDNN" ] || { echo "no cuDNN binary at $BIN_CUDNN: phase skipped" | say; continue; }
-    section "cuDNN build: parity at α = .25, every builtin"
-    parity "$BIN_CUDNN" "$OUT/parity-cudnn.jsonl" 0.25
+    section "cuDNN build: parity at α = .25, every builtin (f32 against the CPU's f64)"
+    parity "$BIN_CUDNN" "$OUT/parity-cudnn.jsonl" 0.25 f32
     section "cuDNN build: WRN-28-10 inference and training, batch 128"
     for flag in "" --train; do
       limited 60 "$BIN_CUDNN" bench 'wrn(n = 4, k = 10)' --device "$DEVICE" --batch 128 --samples 256 --repeats 5 $flag
