@@ -40,7 +40,19 @@ fn bench_json_has_one_row_per_alpha_with_theory_and_measured_values() {
         assert!(f(r, "median_s") > 0.0 && f(r, "mean_s") > 0.0 && f(r, "std_s") >= 0.0);
         // 3 samples per repeat: per-sample time is the repeat (2 batches) over 3 images.
         assert!(f(r, "per_sample_ms") > 0.0);
-        assert!(r["peak_activation_bytes"].as_u64().unwrap() > 0);
+        let peak = r["peak_bytes"].as_u64().unwrap();
+        assert!(peak > 0);
+        assert_eq!(
+            r["peak_activation_bytes"].as_u64().unwrap()
+                + r["peak_scratch_bytes"].as_u64().unwrap(),
+            peak,
+            "the peak splits into activations and scratch"
+        );
+        assert!(
+            r["peak_layer"].as_str().unwrap().starts_with("wide")
+                || r["peak_layer"].as_str().unwrap().contains("conv"),
+            "{r}"
+        );
         assert_eq!(
             r["params"], rows[0]["params"],
             "OctConv keeps the parameter count across α"
@@ -53,6 +65,54 @@ fn bench_json_has_one_row_per_alpha_with_theory_and_measured_values() {
     // The cost model's MACs fall with α (independently of any timing).
     assert!(f(&rows[1], "macs_relative") < 0.6, "{}", rows[1]);
     assert!(rows[1]["macs"].as_u64() < rows[0]["macs"].as_u64());
+}
+
+/// `peak_bytes` of each α in `bench --alphas LIST` (inference and training mode), by α.
+fn peaks(list: &str, train: bool) -> Vec<(f64, u64)> {
+    let mut args = vec![
+        "bench",
+        "wrn(n = 2, k = 2)",
+        "--alphas",
+        list,
+        "--batch",
+        "8",
+        "--samples",
+        "8",
+        "--repeats",
+        "1",
+        "--json",
+    ];
+    if train {
+        args.push("--train");
+    }
+    json(&args)["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["alpha"].as_f64().unwrap(),
+                r["peak_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Issue #29: scratch pools and one-time allocations used to be charged to whichever α ran first.
+#[test]
+fn bench_peak_memory_of_an_alpha_does_not_depend_on_what_ran_before() {
+    for train in [false, true] {
+        let alone = peaks("0.25", train)[0].1;
+        let first = peaks("0.25,0.75,0", train)[0].1;
+        let last = peaks("0,0.75,0.25", train)[2].1;
+        for (what, other) in [("first", first), ("last", last)] {
+            let d = (other as f64 - alone as f64).abs() / alone as f64;
+            assert!(
+                d <= 0.02,
+                "train = {train}: α = .25 {what} in the list peaks at {other} bytes, alone at {alone} ({d:.3})"
+            );
+        }
+    }
 }
 
 #[test]

@@ -125,7 +125,7 @@ impl OctModel {
 
     /// Runs the model and returns the final value (a tensor or a flat batch).
     pub fn forward_value(&self, x: &Tensor, train: bool) -> Result<OctValue> {
-        self.run(x, train, false)
+        self.run(x, train, false, &mut |_| ())
     }
 
     /// Inference without an autograd graph: eval-mode batch norm, and each layer's output detached,
@@ -133,14 +133,34 @@ impl OctModel {
     /// graph keeps every activation alive until the output is dropped). The values equal
     /// `forward_t(x, false)`; the result has no gradient.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, false, true)?.into_tensor()
+        self.run(x, false, true, &mut |_| ())?.into_tensor()
     }
 
-    fn run(&self, x: &Tensor, train: bool, detach: bool) -> Result<OctValue> {
+    /// [`OctModel::infer`], or with `train` the training-mode forward of [`ModuleT::forward_t`],
+    /// calling `at_layer(j)` just before layer `j` runs and `at_layer(n)` after the last of the `n`
+    /// layers, so that between two calls exactly one layer ran (`octconv bench` uses it to find the
+    /// layer at which memory peaks).
+    pub fn run_observed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        at_layer: &mut dyn FnMut(usize),
+    ) -> Result<Tensor> {
+        self.run(x, train, !train, at_layer)?.into_tensor()
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        train: bool,
+        detach: bool,
+        at_layer: &mut dyn FnMut(usize),
+    ) -> Result<OctValue> {
         self.check_input(x)?;
         let n = self.nodes.len();
         let mut outs: Vec<Option<OctValue>> = vec![None; n];
         for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
+            at_layer(j);
             let input = |k: usize| -> Result<&OctValue> {
                 layer
                     .inputs
@@ -201,6 +221,7 @@ impl OctModel {
             }
             outs[j] = Some(y);
         }
+        at_layer(n);
         outs.pop()
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))

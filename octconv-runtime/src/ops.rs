@@ -77,8 +77,19 @@ pub fn avg_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Res
 
 /// Max pooling; padding never wins (it is −∞).
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if own_kernel(x) {
+        let op = crate::kernels::max_pool::MaxPool {
+            kernel,
+            stride,
+            padding,
+        };
+        return x.contiguous()?.apply_op1(op);
+    }
     let x = pad_spatial(x, padding, f64::NEG_INFINITY)?;
-    if kernel == stride {
+    // candle 0.11's max-pool backward multiplies each gradient by (number of maxima) / kernel²
+    // instead of dividing it by the number of maxima (a 2×2 pool passed back a quarter of the
+    // gradient: the U-Net's down-sampling on every device but the CPU); its forward is right.
+    if kernel == stride && !x.track_op() {
         return x.max_pool2d_with_stride(kernel, stride);
     }
     let mut best: Option<Tensor> = None;

@@ -166,6 +166,12 @@ fn overlapping_pools_match_candle_forward_and_have_correct_gradients() {
         probe(&OctValue::Single(max_pool(&t[0], 3, 2, 1).unwrap()), 6)
     });
     assert!(err < 1e-6, "max pool: {err}");
+    // And the 2×2 / 2 one (the U-Net's), where candle 0.11's own backward passes back a quarter of
+    // each gradient (the generic path of other devices is checked against this one in max_pool.rs).
+    let err = check_grad(std::slice::from_ref(&x), 40, |t| {
+        probe(&OctValue::Single(max_pool(&t[0], 2, 2, 0).unwrap()), 8)
+    });
+    assert!(err < 1e-6, "2×2 max pool: {err}");
     let err = check_grad(&[x], 40, |t| {
         probe(&OctValue::Single(avg_pool(&t[0], 3, 2, 1).unwrap()), 7)
     });

@@ -1,7 +1,6 @@
 //! `octconv bench SPEC [--alphas 0,0.25,0.5,0.75] [--batch 128] [--samples 256] [--repeats 20] [--train]
 //! [--json]`: the seed's timing table — inference (or training steps) on random input for each α.
 
-use super::alloc;
 use super::spec_args::SpecArgs;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
@@ -68,10 +67,16 @@ pub struct Row {
     pub macs_relative: f64,
     /// Parameters.
     pub params: u64,
-    /// Measured peak heap growth during one forward pass (activations; in training mode, everything
-    /// the backward keeps).
+    /// Measured peak memory of one forward pass ([`super::bench_memory`]): activations (in
+    /// training mode, everything the backward keeps) plus kernel scratch.
+    pub peak_bytes: u64,
+    /// The activations' part of `peak_bytes`.
     pub peak_activation_bytes: u64,
-    /// Peak activations relative to the first row.
+    /// The kernel scratch's part of `peak_bytes`.
+    pub peak_scratch_bytes: u64,
+    /// The layer during which the peak occurs.
+    pub peak_layer: String,
+    /// Peak memory relative to the first row.
     pub memory_relative: f64,
     /// The seed's memory theory 1 − ¾α.
     pub memory_theory: f64,
@@ -101,11 +106,11 @@ impl Timing {
 /// zero baseline (a spec without convolutions) means zero everywhere: relative 1.
 pub fn fill_relative(rows: &mut [Row]) {
     let Some(first) = rows.first() else { return };
-    let (t0, m0, b0) = (first.median_s, first.macs, first.peak_activation_bytes);
+    let (t0, m0, b0) = (first.median_s, first.macs, first.peak_bytes);
     for r in rows {
         r.relative = r.median_s / t0;
         r.macs_relative = relative(r.macs, m0).unwrap_or(1.0);
-        r.memory_relative = relative(r.peak_activation_bytes, b0).unwrap_or(1.0);
+        r.memory_relative = relative(r.peak_bytes, b0).unwrap_or(1.0);
     }
 }
 
@@ -185,11 +190,11 @@ fn print_table(r: &Report) {
         r.threads
     );
     println!();
-    println!("| α | mean s | median s | std s | median ms / sample | relative | FLOPs theory | MACs (cost model) | peak activations | memory relative | memory theory |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| α | mean s | median s | std s | median ms / sample | relative | FLOPs theory | MACs (cost model) | peak memory | of it scratch | peak at layer | memory relative | memory theory |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &r.rows {
         println!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.3} | {:.0} % | {:.0} % | {:.0} % | {:.1} MiB | {:.0} % | {:.0} % |",
+            "| {} | {:.4} | {:.4} | {:.4} | {:.3} | {:.0} % | {:.0} % | {:.0} % | {:.1} MiB | {:.1} MiB | `{}` | {:.0} % | {:.0} % |",
             row.alpha,
             row.mean_s,
             row.median_s,
@@ -198,7 +203,9 @@ fn print_table(r: &Report) {
             100.0 * row.relative,
             100.0 * row.theory,
             100.0 * row.macs_relative,
-            row.peak_activation_bytes as f64 / (1 << 20) as f64,
+            row.peak_bytes as f64 / (1 << 20) as f64,
+            row.peak_scratch_bytes as f64 / (1 << 20) as f64,
+            row.peak_layer,
             100.0 * row.memory_relative,
             100.0 * row.memory_theory
         );
@@ -279,17 +286,8 @@ pub fn time_model(
         device.synchronize()?;
         Ok(())
     };
-    // Peak activation memory of one forward pass on the first batch.
-    let (x0, _) = batch_at(0)?;
-    alloc::reset_peak();
-    let base = alloc::current();
-    let out = if args.train {
-        net.forward_t(&x0, true)?
-    } else {
-        net.infer(&x0)?
-    };
-    let peak_activation_bytes = (alloc::peak() - base) as u64;
-    drop(out);
+    // Peak memory of one pass on the first batch.
+    let peak = super::bench_memory::measure(&net, &batch_at(0)?.0, args.train)?;
     let mut times = Vec::with_capacity(args.repeats);
     for rep in 0..=args.repeats {
         let t = Instant::now();
@@ -320,7 +318,10 @@ pub fn time_model(
         macs,
         macs_relative: 1.0,
         params,
-        peak_activation_bytes,
+        peak_bytes: peak.total(),
+        peak_activation_bytes: peak.activations,
+        peak_scratch_bytes: peak.scratch,
+        peak_layer: peak.layer,
         memory_relative: 1.0,
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
     })

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 mod bench;
+mod bench_memory;
 mod check;
 mod eval;
 mod export;

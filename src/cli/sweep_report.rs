@@ -18,8 +18,8 @@ pub struct Inference {
     pub median_batch_s: f64,
     /// Median time relative to the first α.
     pub relative: f64,
-    /// Measured peak heap growth of one forward pass of a batch.
-    pub peak_activation_bytes: u64,
+    /// Measured peak memory of one forward pass of a batch (`bench`'s `peak_bytes`).
+    pub peak_bytes: u64,
     /// That peak relative to the first α.
     pub peak_relative: f64,
 }
@@ -30,7 +30,7 @@ impl From<&Row> for Inference {
             per_sample_ms: r.per_sample_ms,
             median_batch_s: r.median_s,
             relative: r.relative,
-            peak_activation_bytes: r.peak_activation_bytes,
+            peak_bytes: r.peak_bytes,
             peak_relative: r.memory_relative,
         }
     }

@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod conv2d;
 pub mod gemm;
 pub mod geometry;
+pub mod max_pool;
 pub mod octave;
 pub mod prologue;
 pub mod resample;

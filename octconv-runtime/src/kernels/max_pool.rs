@@ -1,0 +1,193 @@
+//! Max pooling with any square window, stride and padding, one pass per plane, forward and backward.
+//!
+//! candle 0.11's pooling backward handles only window == stride, so the generic path
+//! ([`crate::ops::max_pool`]) builds each window position as a shifted, strided copy of the padded
+//! map and takes their element-wise maximum. At the stem of the ImageNet ResNets (3×3 / 2 with
+//! padding 1 over 64 × 112 × 112) those copies were the whole network's memory peak: 185 of
+//! 199 MiB at batch 8, the same at every α (`octconv bench`, issue #29). Here each output is the
+//! maximum of its window, read in place. The backward gives each output's gradient to the first
+//! maximum of its window in row-major order, as PyTorch does (on ties candle's `maximum` shares it
+//! instead; either is a valid subgradient).
+
+use super::Element;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Max pooling: `kernel × kernel` windows, `stride`, `padding` on every side (padding never wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool {
+    /// Window side.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Padding on each side.
+    pub padding: usize,
+}
+
+impl MaxPool {
+    /// Output side for an input side `n` (floor mode), or an error if the window does not fit.
+    pub fn out_len(&self, n: usize) -> Result<usize> {
+        let padded = n + 2 * self.padding;
+        if self.kernel == 0 || self.stride == 0 || padded < self.kernel {
+            bail!(
+                "max pool: window {} (stride {}, padding {}) does not fit a side of {n}",
+                self.kernel,
+                self.stride,
+                self.padding
+            )
+        }
+        Ok((padded - self.kernel) / self.stride + 1)
+    }
+
+    /// Index in the plane of the first maximum of output `(oy, ox)`'s window, if any input is in it.
+    fn argmax<T: Element>(
+        &self,
+        plane: &[T],
+        (h, w): (usize, usize),
+        oy: usize,
+        ox: usize,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, T)> = None;
+        for ky in 0..self.kernel {
+            let Some(iy) = (oy * self.stride + ky)
+                .checked_sub(self.padding)
+                .filter(|&y| y < h)
+            else {
+                continue;
+            };
+            for kx in 0..self.kernel {
+                let Some(ix) = (ox * self.stride + kx)
+                    .checked_sub(self.padding)
+                    .filter(|&x| x < w)
+                else {
+                    continue;
+                };
+                let i = iy * w + ix;
+                if best.is_none_or(|(_, b)| plane[i] > b) {
+                    best = Some((i, plane[i]));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn forward<T: Element>(
+        &self,
+        x: &[T],
+        np: usize,
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Vec<T> {
+        let mut out = super::scratch::output_vec(np * oh * ow);
+        // Every output element is written: a window with no input in it is −∞.
+        out.par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .for_each(|(p, o)| {
+                let plane = &x[p * h * w..][..h * w];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        o[oy * ow + ox] = self
+                            .argmax(plane, (h, w), oy, ox)
+                            .map_or(T::from_f64(f64::NEG_INFINITY), |i| plane[i]);
+                    }
+                }
+            });
+        out
+    }
+
+    fn backward<T: Element>(
+        &self,
+        x: &[T],
+        g: &[T],
+        np: usize,
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Vec<T> {
+        let mut dx = vec![T::ZERO; np * h * w];
+        dx.par_chunks_mut((h * w).max(1))
+            .enumerate()
+            .for_each(|(p, d)| {
+                let plane = &x[p * h * w..][..h * w];
+                let gp = &g[p * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        if let Some(i) = self.argmax(plane, (h, w), oy, ox) {
+                            d[i] += gp[oy * ow + ox];
+                        }
+                    }
+                }
+            });
+        dx
+    }
+}
+
+/// The contiguous slice of a custom op argument, and its `[N·C, H, W]` geometry.
+fn planes(l: &Layout) -> Result<(usize, (usize, usize), usize, usize)> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("max pool: argument must be contiguous")
+    };
+    Ok((n * c, (h, w), start, end))
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "octconv-max-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (np, hw, a, b) = planes(l)?;
+        let ohw = (self.out_len(h)?, self.out_len(w)?);
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.forward(&v[a..b], np, hw, ohw)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.forward(&v[a..b], np, hw, ohw)),
+            _ => bail!("max pool: only f32 and f64 are supported"),
+        };
+        Ok((out, Shape::from((n, c, ohw.0, ohw.1))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        arg.contiguous()?
+            .apply_op2_no_bwd(&grad.contiguous()?, &MaxPoolGrad(*self))
+            .map(Some)
+    }
+}
+
+/// The input gradient of [`MaxPool`]: arguments `x` and the output gradient.
+#[derive(Clone, Copy, Debug)]
+struct MaxPoolGrad(MaxPool);
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "octconv-max-pool-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (np, hw, a, b) = planes(xl)?;
+        let (gnp, ohw, ga, gb) = planes(gl)?;
+        if gnp != np || ohw != (self.0.out_len(hw.0)?, self.0.out_len(hw.1)?) {
+            bail!(
+                "max pool backward: gradient {:?} does not match input {:?}",
+                gl.shape(),
+                xl.shape()
+            )
+        }
+        let dx = match (xs, gs) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(self.0.backward(&x[a..b], &g[ga..gb], np, hw, ohw))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(self.0.backward(&x[a..b], &g[ga..gb], np, hw, ohw))
+            }
+            _ => bail!("max pool backward: input and gradient must both be f32 or f64"),
+        };
+        Ok((dx, xl.shape().clone()))
+    }
+}

@@ -1,0 +1,70 @@
+//! The peak memory of one pass, as `octconv bench` reports it: activations plus kernel scratch, and
+//! the layer at which it peaks.
+//!
+//! Definitions, chosen so that the figure of an α does not depend on what ran before it in the
+//! process, nor on how rayon happened to schedule the kernels' tasks (tested in
+//! `tests/bench_cli.rs`):
+//! - **scratch**: kernel working memory (column matrices, Winograd tiles) is kept in per-thread
+//!   pools across passes. It is reported as the most scratch one kernel task of this α asks for,
+//!   times the number of threads: what the pools hold once every thread has served the largest
+//!   task. The pools are emptied before each α, so an α is never charged for another's scratch.
+//!   (The bytes the pools really hold vary from run to run by up to ±25 % with scheduling: which
+//!   thread serves which task, and tasks that start inside another's GEMM.)
+//! - **activations**: the highest heap growth (counted by the binary's allocator,
+//!   [`super::alloc`]) during one pass, less the growth of the scratch pools in that pass. Two
+//!   untimed passes run first, so one-time allocations of the process (gemm's per-thread packing
+//!   buffers, rayon's workers) and this α's pools exist before it is measured.
+//! - **peak** = activations + scratch; **layer**: the layer during which the activations peak.
+
+use super::alloc;
+use candle_core::Tensor;
+use octconv_runtime::kernels::scratch;
+use octconv_runtime::OctModel;
+
+/// The peak of one pass.
+#[derive(Clone, Debug, Default)]
+pub struct PeakMemory {
+    /// The activations' peak, in bytes (with `--train`, everything the backward keeps).
+    pub activations: u64,
+    /// Kernel scratch, in bytes (see the module docs).
+    pub scratch: u64,
+    /// The layer during which the activations peak (its IR name).
+    pub layer: String,
+}
+
+impl PeakMemory {
+    /// Activations plus scratch.
+    pub fn total(&self) -> u64 {
+        self.activations + self.scratch
+    }
+}
+
+/// Measures one pass of `net` on `x` (inference, or the training-mode forward with `train`).
+pub fn measure(net: &OctModel, x: &Tensor, train: bool) -> anyhow::Result<PeakMemory> {
+    scratch::release_pools();
+    for _ in 0..2 {
+        drop(net.run_observed(x, train, &mut |_| ())?);
+    }
+    let scratch_before = scratch::scratch_bytes();
+    let base = alloc::current();
+    alloc::reset_peak();
+    let mut activations = 0u64;
+    let mut layer = None;
+    let out = net.run_observed(x, train, &mut |j| {
+        let grown = scratch::scratch_bytes().saturating_sub(scratch_before);
+        let peak = alloc::peak().saturating_sub(base).saturating_sub(grown) as u64;
+        if j > 0 && peak > activations {
+            activations = peak;
+            layer = Some(j - 1);
+        }
+        alloc::reset_peak();
+    })?;
+    drop(out);
+    Ok(PeakMemory {
+        activations,
+        scratch: (scratch::largest_task_bytes() * rayon::current_num_threads()) as u64,
+        layer: layer
+            .and_then(|j| net.ir().layers.get(j))
+            .map_or_else(String::new, |l| l.name.clone()),
+    })
+}
