@@ -86,6 +86,7 @@ fn batch_norm_fallback_agrees_with_the_kernel() {
             .unwrap()
     };
     let (a, b) = (run(DType::F32), run(DType::F64));
+    assert_eq!((a.len(), b.len()), (4 * 3 * 5 * 5, 4 * 3 * 5 * 5));
     let d = a
         .iter()
         .zip(&b)

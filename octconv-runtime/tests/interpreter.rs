@@ -292,6 +292,7 @@ fn dropout_is_identity_in_eval_and_reproducible_in_training() {
         .unwrap()
         .to_vec1()
         .unwrap();
+    assert_eq!(eval.len(), 2 * 4 * 8 * 8);
     assert!(eval.iter().all(|&v| v == 1.0));
     net.set_dropout_seed(11);
     let a: Vec<f32> = net

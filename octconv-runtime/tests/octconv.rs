@@ -1,6 +1,7 @@
 //! `OctConv2d` against candle's conv2d at α = 0 and α = 1, and against the direct-loop reference for
 //! every path, stride 1 and 2, all α, groups and depthwise.
 
+#[path = "common/reference.rs"]
 mod reference;
 
 use candle_core::{DType, Device, Tensor};

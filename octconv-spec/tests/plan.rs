@@ -62,5 +62,9 @@ fn mobilenet_has_no_input_maps_its_convolutions_are_depthwise_and_1x1() {
         0,
         "depthwise and 1×1 convolutions take no input map"
     );
+    // One entry per layer (an empty plan would pass the check below vacuously).
+    assert_eq!(plan.passed_over.len(), m.layers.len());
+    assert_eq!(plan.applies.len(), m.layers.len());
+    assert!(m.layers.len() > 10);
     assert!(plan.passed_over.iter().all(|p| !p));
 }

@@ -1,4 +1,7 @@
-//! Octave layers on candle, one module each. Every layer works on [`OctValue`]s and can be used on its
+//! Octave layers on candle: the layers with parameters or kernels in a module each (`octconv`,
+//! `transpose`, `batch_norm`, `conv`, `pool`, `activation`, `dropout`, `head`), the parameter-free
+//! graph layers (`Split`, `Merge`, `Add`, `Concat`, …) together in `layer`, with the [`OctLayer`]
+//! trait and the one IR-to-runtime dispatch. Every layer works on [`OctValue`]s and can be used on its
 //! own (build it from a [`VarBuilder`] with the parameter names of [`octconv_spec::params`]).
 //!
 //! [`OctValue`]: crate::OctValue

@@ -1,7 +1,8 @@
 //! Builtin layers: their signatures and their shape rules, one module per family.
 //!
 //! Each op module turns bound arguments and the incoming [`Shape`] into an [`Op`] and an output shape,
-//! or a diagnostic. The cost of the resulting op is computed in [`crate::cost`], never here.
+//! or a diagnostic, and gives the op's cost rules (parameters, MACs, parameter names) as the
+//! [`Costs`] of its [`LayerDef`]; [`crate::cost`] sums them over a model.
 
 mod conv;
 pub(crate) mod graph;
