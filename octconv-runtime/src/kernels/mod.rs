@@ -5,6 +5,7 @@
 //! candle's ops (any device other than the CPU, any dtype other than f32 and f64) without changing its weights.
 
 pub mod batch_norm;
+pub mod clamp;
 pub mod conv2d;
 pub mod gemm;
 pub mod geometry;

@@ -1,7 +1,7 @@
 //! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`.
 
 use crate::OctValue;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Which activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,8 +16,13 @@ pub enum Activation {
     HardSwish,
 }
 
-/// `min(max(x, 0), 6)` as `relu(x) − relu(x − 6)`: exact, with ReLU's gradient.
+/// `min(max(x, 0), 6)`: one pass on the CPU ([`crate::kernels::clamp`]), elsewhere as
+/// `relu(x) − relu(x − 6)` (exact, with ReLU's gradient).
 fn relu6(t: &Tensor) -> Result<Tensor> {
+    let f = t.dtype();
+    if crate::kernels::serves(t.device()) && matches!(f, DType::F32 | DType::F64) {
+        return t.contiguous()?.apply_op1(crate::kernels::clamp::Relu6);
+    }
     t.relu()? - (t - 6.0)?.relu()?
 }
 
