@@ -128,12 +128,11 @@ impl<'p> Elab<'p> {
             Ok((op, out)) => {
                 let alpha = match (&op, out) {
                     (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
-                    (Op::OctConv(_) | Op::OctConvTranspose(_), _) if !self.opts.alpha_zero => {
+                    // `alpha_out` is 0 in the baseline.
+                    (Op::OctConv(_) | Op::OctConvTranspose(_), _) => {
                         args.alpha_out().unwrap_or(cur.alpha)
                     }
-                    (Op::Split { .. }, _) if !self.opts.alpha_zero => {
-                        args.alpha_out().unwrap_or(0.0)
-                    }
+                    (Op::Split { .. }, _) => args.alpha_out().unwrap_or(0.0),
                     _ => cur.alpha,
                 };
                 let (name, key) = self.name_for(call.label.as_ref(), def.name, env);

@@ -411,8 +411,12 @@ impl Args<'_> {
     }
 
     /// The `alpha` argument of `octconv`, `octconv_transpose` or `split` (α of the output), if given
-    /// or defaulted to a number.
+    /// or defaulted to a number; 0 in the α = 0 baseline, as [`Args::alpha`] (the one place of the
+    /// baseline rule for α arguments).
     pub(crate) fn alpha_out(&self) -> Option<f64> {
+        if self.alpha_zero {
+            return Some(0.0);
+        }
         self.float(octconv::ALPHA)
     }
 

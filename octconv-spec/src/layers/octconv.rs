@@ -141,6 +141,8 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_help("octconv belongs before `global_avg_pool()` / `flatten()`"));
     };
     let alpha_in = split_alpha(in_h, in_l);
+    // Not in the baseline: there a declared α_in reads as 0, but a `pyramid()` pair still has
+    // low channels, and that is no mismatch of the user's.
     if a.get(ALPHA_IN).is_some() && !a.alpha_zero {
         let declared = a.alpha(ALPHA_IN, alpha_in)?;
         if channel_split(in_h + in_l, declared) != (in_h, in_l) {
@@ -256,7 +258,8 @@ pub(super) fn out_split(
     in_l: usize,
     out: usize,
 ) -> Result<(usize, usize), Diagnostic> {
-    let alpha_out = a.alpha(ALPHA, if a.alpha_zero { 0.0 } else { a.input_alpha })?;
+    // In the baseline `Args::alpha` gives 0 whatever the default.
+    let alpha_out = a.alpha(ALPHA, a.input_alpha)?;
     let (out_h, out_l) = if a.get(ALPHA).is_none() && out == in_h + in_l {
         (in_h, in_l)
     } else {
