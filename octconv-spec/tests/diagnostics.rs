@@ -658,3 +658,20 @@ error: invalid head: global_avg_pool needs a single-frequency tensor, but its in
 ";
     assert!(out.starts_with(expected), "got:\n{out}");
 }
+
+/// The α = 0 baseline reads every α argument as 0, but a `pyramid()` pair keeps its low channels
+/// there: a declared `alpha_in` after it must not be reported as a mismatch of the baseline.
+#[test]
+fn declared_alpha_in_after_a_pyramid_checks_in_the_alpha_zero_baseline() {
+    let c = check_text(
+        "t.oct",
+        "model m(alpha: float = 0.5) { input [4, 8, 8]; pyramid(); octconv(8, kernel = 3, alpha_in = 0.5, alpha = alpha); merge(); }",
+        None,
+    );
+    assert!(c.ok(), "{}", c.render_diagnostics(false));
+    assert!(
+        c.baseline.is_some(),
+        "baseline error: {:?}",
+        c.baseline_error
+    );
+}
