@@ -1,7 +1,7 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
 use crate::layers::{self, DropoutRng, OctBatchNorm, OctConv2d, OctLayer};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::plan::InputMaps;

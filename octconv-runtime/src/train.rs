@@ -5,9 +5,9 @@
 
 use crate::data::{epoch_order, Batcher, Dataset, Split};
 use crate::init::init_params;
+use crate::model::OctModel;
 use crate::optim::{Schedule, Sgd, SgdConfig};
 use crate::weights::{read_safetensors, write_safetensors_atomic};
-use crate::OctModel;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};

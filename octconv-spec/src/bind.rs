@@ -2,11 +2,11 @@
 //! positional arguments first, then named ones; unknown, repeated, surplus and ill-typed arguments are
 //! errors (all reported); missing required arguments are reported by [`missing`].
 
-use crate::ast::{Arg, Ty};
 use crate::diag::{DiagKind, Diagnostic, Diagnostics};
 use crate::eval::{eval, Env};
 use crate::source::Span;
 use crate::suggest;
+use crate::syntax::ast::{Arg, Ty};
 use crate::value::Value;
 
 /// One parameter of a callee.
@@ -154,9 +154,9 @@ pub fn bind(
 
 /// Evaluates an argument. A string option may be written as a bare word (`mode = nearest`): a name
 /// that is not a variable in scope is then the string itself.
-fn word_or_eval(e: &crate::ast::Expr, ty: &Ty, env: &Env) -> Result<Value, Diagnostic> {
+fn word_or_eval(e: &crate::syntax::ast::Expr, ty: &Ty, env: &Env) -> Result<Value, Diagnostic> {
     match &e.kind {
-        crate::ast::ExprKind::Var(name) if *ty == Ty::Str && env.get(name).is_none() => {
+        crate::syntax::ast::ExprKind::Var(name) if *ty == Ty::Str && env.get(name).is_none() => {
             Ok(Value::new(crate::value::Val::Str(name.clone()), e.span))
         }
         _ => eval(e, env),

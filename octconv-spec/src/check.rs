@@ -1,13 +1,13 @@
 //! The front door: load a spec (file, inline text or builtin call), pick the model, bind arguments and
 //! `--set` overrides, elaborate, and elaborate again with every α = 0 for the cost comparison.
 
-use crate::ast::Arg;
 use crate::diag::{render_all, DiagKind, Diagnostic, Diagnostics};
 use crate::elab::{elaborate, ModelRequest, Options};
 use crate::ir::Model;
 use crate::loader::Program;
 use crate::report::Report;
 use crate::source::{FileId, Origin, SourceMap, Span};
+use crate::syntax::ast::Arg;
 use crate::syntax::{parse_call_spec, parse_set_spec, CallSpec};
 use std::path::Path;
 
@@ -289,7 +289,7 @@ fn pick_model(
     let own: Vec<&str> = program
         .defs
         .iter()
-        .filter(|d| d.kind == crate::ast::DefKind::Model && Some(d.name.span.file) == root)
+        .filter(|d| d.kind == crate::syntax::ast::DefKind::Model && Some(d.name.span.file) == root)
         .map(|d| d.name.name.as_str())
         .collect();
     let models = if own.is_empty() {

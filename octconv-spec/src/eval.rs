@@ -1,9 +1,9 @@
 //! Evaluation of expressions: integer arithmetic is checked (overflow is an error, not a wrap or a panic),
 //! `int / int` truncates like Rust, mixed arithmetic widens to float.
 
-use crate::ast::{BinOp, Expr, ExprKind, UnOp};
 use crate::diag::{DiagKind, Diagnostic};
 use crate::suggest;
+use crate::syntax::ast::{BinOp, Expr, ExprKind, UnOp};
 use crate::value::{Val, Value};
 use std::collections::HashMap;
 

@@ -1,10 +1,10 @@
 //! Loading a program: a root text, its `use "…"` includes (relative to the including file; cycles and
 //! missing files are errors), duplicate definitions, and block recursion found statically.
 
-use crate::ast::{Def, DefKind, Item, Stmt};
 use crate::builtins;
 use crate::diag::{DiagKind, Diagnostic, Diagnostics};
 use crate::source::{FileId, Origin, SourceMap, Span};
+use crate::syntax::ast::{Def, DefKind, Item, Stmt};
 use crate::syntax::parse_file;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Values of the spec's expression language and their types.
 
-use crate::ast::Ty;
 use crate::source::Span;
+use crate::syntax::ast::Ty;
 use std::fmt;
 use std::rc::Rc;
 

@@ -1,6 +1,6 @@
 //! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`.
 
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor};
 
 /// Which activation.

@@ -2,7 +2,7 @@
 
 use crate::kernels::batch_norm::{BatchNormTrain, BatchStats, ChannelAffine};
 use crate::kernels::prologue::Prologue;
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use octconv_spec::Shape;

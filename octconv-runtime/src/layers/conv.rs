@@ -1,7 +1,7 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
 use crate::kernels::{conv2d, ConvParams};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::ConvSpec;

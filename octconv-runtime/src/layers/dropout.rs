@@ -1,6 +1,6 @@
 //! `Dropout` with masks from our own seeded RNG (candle's CPU RNG cannot be seeded).
 
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

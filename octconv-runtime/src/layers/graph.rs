@@ -1,7 +1,7 @@
 //! Where values meet: `concat`, `add` and `scale` (squeeze-and-excitation), on tensors, octave pairs
 //! and flat batches. Shapes were checked by the spec checker; these functions only compute.
 
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 
 /// The tensors of one branch (high or low) of every value, skipping empty (`None`) high branches.

@@ -1,6 +1,6 @@
 //! The head: global average pooling, flattening and the linear classifier.
 
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 

@@ -1,12 +1,12 @@
 //! [`OctLayer`], the one interface every runtime layer implements, and [`build`], the one place that
-//! turns an IR layer into its runtime layer. The interpreter ([`crate::OctModel`]) and the code that
+//! turns an IR layer into its runtime layer. The interpreter ([`crate::model::OctModel`]) and the code that
 //! `octnet!` and `octconv gen` generate both run layers through [`OctLayer::apply`].
 
 use super::{
     Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, OctConvTranspose2d,
     Pool, PoolKind,
 };
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{Layer, Op};
@@ -27,7 +27,7 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
     fn as_any(&self) -> &dyn Any;
 }
 
-/// Cloning boxed layers (an [`crate::OctModel`] is `Clone`).
+/// Cloning boxed layers (an [`crate::model::OctModel`] is `Clone`).
 pub trait LayerClone {
     /// A boxed copy.
     fn clone_box(&self) -> Box<dyn OctLayer>;

@@ -4,7 +4,7 @@
 //! trait and the one IR-to-runtime dispatch. Every layer works on [`OctValue`]s and can be used on its
 //! own (build it from a [`VarBuilder`] with the parameter names of [`octconv_spec::params`]).
 //!
-//! [`OctValue`]: crate::OctValue
+//! [`OctValue`]: crate::value::OctValue
 //! [`VarBuilder`]: candle_nn::VarBuilder
 
 pub mod activation;

@@ -1,7 +1,7 @@
 //! `split` and `merge`: between single-frequency tensors and octave pairs.
 
 use crate::ops::{avg_pool2x2, upsample_nearest2x};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 
 /// `[N, C, H, W]` → pair: the first `C − low` channels are the high branch, the last `low` channels,

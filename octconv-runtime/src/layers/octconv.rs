@@ -17,7 +17,7 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};

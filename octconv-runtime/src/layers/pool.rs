@@ -1,7 +1,7 @@
 //! Average and max pooling, applied to each branch of an octave pair.
 
 use crate::ops::{avg_pool, max_pool};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::Result;
 use octconv_spec::ir::PoolSpec;
 

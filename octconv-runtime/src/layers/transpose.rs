@@ -4,7 +4,7 @@
 
 use crate::kernels::{conv2d, ConvParams};
 use crate::ops::{avg_pool2x2, upsample_nearest2x};
-use crate::OctValue;
+use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::OctConvSpec;

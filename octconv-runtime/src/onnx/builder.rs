@@ -19,7 +19,7 @@ pub(super) struct Map {
     pub dims: Dims,
 }
 
-/// A layer's output in the graph, shaped like [`crate::OctValue`].
+/// A layer's output in the graph, shaped like [`crate::value::OctValue`].
 #[derive(Clone, Debug)]
 pub(super) enum Val {
     /// `[N, C, H, W]`.

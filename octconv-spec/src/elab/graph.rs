@@ -2,8 +2,8 @@
 //! value-reading layers `concat`, `add` and `scale`. The shape rules are in [`crate::layers::graph`].
 
 use super::*;
-use crate::ast::{Ident, Label};
 use crate::layers::graph::{self as rules, Join, Part};
+use crate::syntax::ast::{Ident, Label};
 
 impl Elab<'_> {
     pub(super) fn residual(

@@ -3,7 +3,6 @@
 //! and produce the flat [`Model`] IR. Errors are collected; after an error the value is "poisoned" so
 //! later layers do not report follow-on errors.
 
-use crate::ast::{Arg, Call, Def, DefKind, ExpectShape, Expr, ExprKind, Stmt};
 use crate::bind::{self, SigParam, Slots};
 use crate::cost;
 use crate::diag::{DiagKind, Diagnostic, Diagnostics};
@@ -14,6 +13,7 @@ use crate::loader::Program;
 use crate::shape::{Dims, Shape};
 use crate::source::Span;
 use crate::suggest;
+use crate::syntax::ast::{Arg, Call, Def, DefKind, ExpectShape, Expr, ExprKind, Stmt};
 use crate::value::{Val, Value};
 use std::collections::HashMap;
 

@@ -12,7 +12,7 @@
 //! - a name cannot be bound twice where it is visible: there is no shadowing.
 
 use super::*;
-use crate::ast::Label;
+use crate::syntax::ast::Label;
 
 /// The value names of one level of nesting.
 pub(super) struct Names {

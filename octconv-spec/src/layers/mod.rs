@@ -14,13 +14,13 @@ mod pool;
 mod resample;
 mod transpose;
 
-use crate::ast::{Call, Ty};
 use crate::bind::SigParam;
 use crate::diag::{DiagKind, Diagnostic};
 use crate::ir::{Layer, Op};
 use crate::param_info::ParamInfo;
 use crate::shape::Shape;
 use crate::source::Span;
+use crate::syntax::ast::{Call, Ty};
 use crate::value::{Val, Value};
 
 /// Largest channel count, spatial size, kernel or feature count the checker accepts.
