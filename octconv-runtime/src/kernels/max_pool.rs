@@ -9,6 +9,7 @@
 //! maximum of its window in row-major order, as PyTorch does (on ties candle's `maximum` shares it
 //! instead; either is a valid subgradient).
 
+use super::resample::planes;
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -121,23 +122,15 @@ impl MaxPool {
     }
 }
 
-/// The contiguous slice of a custom op argument, and its `[N·C, H, W]` geometry.
-fn planes(l: &Layout) -> Result<(usize, (usize, usize), usize, usize)> {
-    let (n, c, h, w) = l.shape().dims4()?;
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("max pool: argument must be contiguous")
-    };
-    Ok((n * c, (h, w), start, end))
-}
-
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
         "octconv-max-pool"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        let (np, hw, a, b) = planes(l)?;
+        let (n, c, _, _) = l.shape().dims4()?;
+        let (np, h, w, a, b) = planes(l)?;
+        let hw = (h, w);
         let ohw = (self.out_len(h)?, self.out_len(w)?);
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(self.forward(&v[a..b], np, hw, ohw)),
@@ -170,8 +163,9 @@ impl CustomOp2 for MaxPoolGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (np, hw, a, b) = planes(xl)?;
-        let (gnp, ohw, ga, gb) = planes(gl)?;
+        let (np, h, w, a, b) = planes(xl)?;
+        let (gnp, oh, ow, ga, gb) = planes(gl)?;
+        let (hw, ohw) = ((h, w), (oh, ow));
         if gnp != np || ohw != (self.0.out_len(hw.0)?, self.0.out_len(hw.1)?) {
             bail!(
                 "max pool backward: gradient {:?} does not match input {:?}",

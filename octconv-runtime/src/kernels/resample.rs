@@ -11,10 +11,10 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use rayon::prelude::*;
 
 /// Planes (`n · c`) and spatial size of an NCHW layout, which must be contiguous.
-fn planes(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
+pub(super) fn planes(l: &Layout) -> Result<(usize, usize, usize, usize, usize)> {
     let (n, c, h, w) = l.shape().dims4()?;
     let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("resample kernel: argument must be contiguous")
+        bail!("kernel argument must be contiguous")
     };
     debug_assert_eq!(end - start, n * c * h * w);
     Ok((n * c, h, w, start, end))
