@@ -1,10 +1,10 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
-use crate::layers::{self, DropoutRng, OctBatchNorm, OctConv2d, OctLayer};
+use crate::layers::{self, Activation, DropoutRng, OctBatchNorm, OctConv2d, OctLayer};
 use crate::value::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use octconv_spec::plan::InputMaps;
+use octconv_spec::plan::{InputMaps, OutputMaps};
 use octconv_spec::{Model, Op};
 
 /// A model interpreted from the checker's IR: one node per IR layer, run in order. Parameter names are
@@ -25,6 +25,12 @@ pub struct OctModel {
     /// For each layer: in `infer`, a batch norm, ReLU or dropout that passes its input on unchanged
     /// because the convolution it feeds applies it ([`OctModel::prologue_of`]).
     deferred: Vec<bool>,
+    /// For each layer: in `infer`, the batch norm (and activation) this convolution applies to its
+    /// output in place ([`octconv_spec::plan::OutputMaps`]).
+    epilogue_of: Vec<Option<(Option<usize>, Option<Activation>)>>,
+    /// For each layer: in `infer`, a batch norm or activation that passes its input on because the
+    /// convolution before it applied it ([`OctModel::epilogue_of`]).
+    applied_before: Vec<bool>,
     /// Whether fused CPU kernels may run (BN + ReLU here, the octave convolution in its layers).
     fused: bool,
     dropout_rng: DropoutRng,
@@ -50,7 +56,24 @@ impl OctModel {
             applies: prologue_of,
             passed_over: deferred,
         } = InputMaps::plan(&ir);
+        let outputs = OutputMaps::plan(&ir, &InputMaps::plan(&ir));
+        let epilogue_of = outputs
+            .applies
+            .iter()
+            .map(|m| {
+                m.map(|m| {
+                    let act = m.act.and_then(|a| match ir.layers[a].op {
+                        Op::Relu => Some(Activation::Relu),
+                        Op::Relu6 => Some(Activation::Relu6),
+                        _ => None,
+                    });
+                    (m.bn, act)
+                })
+            })
+            .collect();
         Ok(OctModel {
+            epilogue_of,
+            applied_before: outputs.passed_over,
             ir,
             nodes,
             last_use,
@@ -94,6 +117,12 @@ impl OctModel {
     /// [`OctModel::infer`] (BN → ReLU → [dropout] → octconv chains where each value has one reader).
     pub fn prologue_layers(&self) -> usize {
         self.prologue_of.iter().flatten().count()
+    }
+
+    /// How many convolutions apply the batch norm (and ReLU or ReLU6) after them to their output in
+    /// place in [`OctModel::infer`].
+    pub fn epilogue_layers(&self) -> usize {
+        self.epilogue_of.iter().flatten().count()
     }
 
     /// Layer `j` as its concrete runtime type, if it is one.
@@ -180,7 +209,9 @@ impl OctModel {
                 None => OctValue::Single(x.clone()),
                 // Fused paths: BN + ReLU in one pass, and in `infer` BN + ReLU inside the
                 // convolution that reads them.
-                Some(_) if prologue && self.deferred[j] => input(0)?.clone(),
+                Some(_) if prologue && (self.deferred[j] || self.applied_before[j]) => {
+                    input(0)?.clone()
+                }
                 Some(_) if self.fused && relu_after_bn => input(0)?.clone(),
                 Some(_) if prologue && self.prologue_of[j].is_some() => {
                     let conv = self.concrete::<OctConv2d>(j);
@@ -197,6 +228,20 @@ impl OctModel {
                     bn.forward_relu_t(input(0)?, train, true)?
                 }
                 Some(node) => node.apply(&all()?, train)?,
+            };
+            // `infer`: the batch norm (and activation) after a convolution, applied to its fresh
+            // output in place.
+            let y = match self.epilogue_of[j] {
+                Some((Some(b), act)) if prologue => {
+                    let Some(bn) = self.concrete::<OctBatchNorm>(b) else {
+                        candle_core::bail!("internal error: epilogue of `{}`", layer.name)
+                    };
+                    bn.infer_in_place(y.map(|t| Ok(t.detach()))?, act)?
+                }
+                Some((None, Some(act))) if prologue => {
+                    act.infer_in_place(y.map(|t| Ok(t.detach()))?)?
+                }
+                _ => y,
             };
             // `infer`: cut each output loose from the autograd graph. Weights are variables, so every
             // output would otherwise keep its inputs alive through the graph until the last layer,

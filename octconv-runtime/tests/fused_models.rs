@@ -102,7 +102,8 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
 }
 
 #[test]
-fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_four_alphas() {
+fn every_builtin_planned_infer_with_prologues_and_epilogues_equals_the_per_op_eval_forward_at_four_alphas(
+) {
     for (call, has_prologues) in BUILTINS {
         for alpha in ALPHAS {
             let spec = format!("{call}, alpha = {alpha})");
@@ -121,6 +122,15 @@ fn every_builtin_infer_with_bn_relu_prologues_equals_the_per_op_eval_forward_at_
                 has_prologues,
                 "{spec}: {} prologue layers",
                 fast.prologue_layers()
+            );
+            // Every family but the pre-activation WRN has conv → BN [→ act] or add → act chains
+            // (DenseNet: its stem) whose maps are applied to the fresh output in place.
+            let pre_activation = call.starts_with("wrn");
+            assert_eq!(
+                fast.epilogue_layers() == 0,
+                pre_activation,
+                "{spec}: {} epilogue layers",
+                fast.epilogue_layers()
             );
             let x = input(&m, 3);
             let got = values(&fast.infer(&x).unwrap());

@@ -87,3 +87,82 @@ pub fn takes_input_map(s: &OctConvSpec) -> bool {
     let reads = (s.stride == 1 && s.kernel == 3) || s.stride == 2;
     reads && s.groups == 1 && !s.depthwise && (all_four || lone_hh)
 }
+
+/// A batch norm and/or the activation after it, that inference applies to a freshly computed value
+/// in place ([`OutputMaps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputMap {
+    /// A batch norm that is the producer's only reader (convolutions only).
+    pub bn: Option<usize>,
+    /// A `relu` or `relu6` that is the only reader of the batch norm (or of the producer).
+    pub act: Option<usize>,
+}
+
+/// Where inference applies a batch norm and/or a ReLU or ReLU6 to a freshly computed value in place,
+/// instead of writing a normalised copy and an activated copy: conv → BN → [relu | relu6] and
+/// conv → relu chains, and add → relu (the residual join of post-activation networks: ResNet,
+/// ResNeXt, MobileNet, U-Net), in which each value has one reader. Batch norms and ReLUs that a
+/// convolution already applies to its input ([`InputMaps`]) are left to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputMaps {
+    /// For each layer: the map this convolution or add applies to its output.
+    pub applies: Vec<Option<OutputMap>>,
+    /// For each layer: a batch norm or activation of such a chain, which passes its input on.
+    pub passed_over: Vec<bool>,
+}
+
+impl OutputMaps {
+    /// Finds the chains of `model`, leaving out the layers that `inputs` passes over.
+    pub fn plan(model: &Model, inputs: &InputMaps) -> Self {
+        let layers = &model.layers;
+        let n = layers.len();
+        let last = last_use(model);
+        // The layer that reads `from` as its only input and is `from`'s only reader, unless an
+        // input map already takes it.
+        let reader = |from: usize| -> Option<usize> {
+            let to = last[from];
+            (to != from && layers[to].inputs == [from] && !inputs.passed_over[to]).then_some(to)
+        };
+        let act_after =
+            |from: usize| reader(from).filter(|&a| matches!(layers[a].op, Op::Relu | Op::Relu6));
+        let mut plan = OutputMaps {
+            applies: vec![None; n],
+            passed_over: vec![false; n],
+        };
+        for (j, layer) in layers.iter().enumerate() {
+            let map = match layer.op {
+                Op::Conv(_) | Op::OctConv(_) | Op::OctConvTranspose(_) => {
+                    match reader(j).filter(|&b| matches!(layers[b].op, Op::BatchNorm { .. })) {
+                        Some(bn) => OutputMap {
+                            bn: Some(bn),
+                            act: act_after(bn),
+                        },
+                        None => OutputMap {
+                            bn: None,
+                            act: act_after(j),
+                        },
+                    }
+                }
+                // An add of one value would be that value itself, not a fresh one.
+                Op::Add if layer.inputs.len() >= 2 => OutputMap {
+                    bn: None,
+                    act: act_after(j),
+                },
+                _ => continue,
+            };
+            if map.bn.is_none() && map.act.is_none() {
+                continue;
+            }
+            plan.applies[j] = Some(map);
+            for k in map.bn.into_iter().chain(map.act) {
+                plan.passed_over[k] = true;
+            }
+        }
+        plan
+    }
+
+    /// How many layers apply an output map.
+    pub fn count(&self) -> usize {
+        self.applies.iter().flatten().count()
+    }
+}

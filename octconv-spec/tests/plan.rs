@@ -1,7 +1,9 @@
-//! `plan::InputMaps`: which convolutions apply the batch norm and ReLU before them in inference.
+//! `plan::InputMaps` and `plan::OutputMaps`: which convolutions apply the batch norm and ReLU before
+//! them in inference, and which convolutions and adds apply the batch norm and activation after them
+//! to their output in place.
 
-use octconv_spec::check_builtin;
-use octconv_spec::plan::InputMaps;
+use octconv_spec::plan::{InputMaps, OutputMap, OutputMaps};
+use octconv_spec::{check_builtin, check_text};
 
 #[test]
 fn wrn_input_maps_cover_every_convolution_after_bn_relu_but_not_the_shortcuts() {
@@ -67,4 +69,57 @@ fn mobilenet_has_no_input_maps_its_convolutions_are_depthwise_and_1x1() {
     assert_eq!(plan.applies.len(), m.layers.len());
     assert!(m.layers.len() > 10);
     assert!(plan.passed_over.iter().all(|p| !p));
+}
+
+#[test]
+fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_and_adds() {
+    let text = "model t() {
+        input [3, 8, 8];
+        conv(8, kernel = 3); bn(); relu6();
+        octconv(8, kernel = 1) as y;
+        bn(); relu();
+        octconv(8, kernel = 3); bn();
+        add(y); relu();
+        octconv(8, kernel = 3) as z;
+        relu();
+        add(z);
+        bn(); relu(); octconv(8, kernel = 3);
+        global_avg_pool(); linear(4);
+    }";
+    let m = check_text("t.oct", text, None).model.unwrap();
+    let names: Vec<&str> = m.layers.iter().map(|l| l.name.as_str()).collect();
+    let at = |n: &str| names.iter().position(|&x| x == n).unwrap();
+    let inputs = InputMaps::plan(&m);
+    let plan = OutputMaps::plan(&m, &inputs);
+    let applied: Vec<(&str, Option<&str>, Option<&str>)> = plan
+        .applies
+        .iter()
+        .enumerate()
+        .filter_map(|(j, o)| o.map(|o| (names[j], o.bn.map(|b| names[b]), o.act.map(|a| names[a]))))
+        .collect();
+    // conv0 → bn0 → relu6_0: the whole chain. `y` and `z` have two readers each: nothing. bn1 →
+    // relu0 belong to octconv0's input map. octconv0 → bn2 is read by an add: the BN alone. add0 →
+    // relu1: the ReLU alone. add1 → bn3 → relu3: an input map again.
+    assert_eq!(
+        applied,
+        [
+            ("conv0", Some("bn0"), Some("relu6_0")),
+            ("octconv0", Some("bn2"), None),
+            ("add0", None, Some("relu1")),
+        ]
+    );
+    assert_eq!(inputs.applies[at("octconv0")], Some(at("bn1")));
+    let passed: Vec<&str> = (0..names.len())
+        .filter(|&i| plan.passed_over[i])
+        .map(|i| names[i])
+        .collect();
+    assert_eq!(passed, ["bn0", "relu6_0", "bn2", "relu1"]);
+    assert_eq!(plan.count(), 3);
+    assert_eq!(
+        plan.applies[at("conv0")],
+        Some(OutputMap {
+            bn: Some(at("bn0")),
+            act: Some(at("relu6_0"))
+        })
+    );
 }

@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also time every layer of inference passes and report the time per kernel class (convolutions
+    /// by kernel, stride and grouping; other layers by kind) against its share of the MACs.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     device: super::spec_args::DeviceArgs,
 }
@@ -80,6 +84,9 @@ pub struct Row {
     pub memory_relative: f64,
     /// The seed's memory theory 1 − ¾α.
     pub memory_theory: f64,
+    /// With `--profile`: the time per kernel class of an inference pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<super::bench_profile::ClassTime>>,
 }
 
 /// What to time: `samples` images in batches of `batch`, `repeats` times after one warm-up.
@@ -93,6 +100,8 @@ pub struct Timing {
     pub repeats: usize,
     /// Training steps instead of inference.
     pub train: bool,
+    /// Also profile inference by kernel class ([`super::bench_profile`]).
+    pub profile: bool,
 }
 
 impl Timing {
@@ -139,6 +148,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         samples: args.samples,
         repeats: args.repeats,
         train: args.train,
+        profile: args.profile,
     };
     let device = args.device.open()?;
     let bar = ProgressBar::new((models.len() * (args.repeats + 1) * timing.batches()) as u64);
@@ -170,6 +180,11 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+        for row in &report.rows {
+            if let Some(p) = &row.profile {
+                super::bench_profile::print(row.alpha, p);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -305,6 +320,10 @@ pub fn time_model(
     let mut sorted = per_batch.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
+    let profile = args
+        .profile
+        .then(|| super::bench_profile::profile(&net, &batch_at(0)?.0, args.repeats, device))
+        .transpose()?;
     let mut rep_sorted = times.clone();
     rep_sorted.sort_by(f64::total_cmp);
     Ok(Row {
@@ -324,5 +343,6 @@ pub fn time_model(
         peak_layer: peak.layer,
         memory_relative: 1.0,
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
+        profile,
     })
 }

@@ -3,6 +3,7 @@
 pub mod alloc;
 mod bench;
 mod bench_memory;
+mod bench_profile;
 mod check;
 mod eval;
 mod export;

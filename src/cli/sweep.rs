@@ -223,6 +223,7 @@ fn time_all(
         samples: args.bench_samples,
         repeats: args.bench_repeats,
         train: false,
+        profile: false,
     };
     eprintln!(
         "timing inference: batch {}, {} samples, {} repeats per α",

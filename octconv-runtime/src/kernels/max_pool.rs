@@ -81,15 +81,32 @@ impl MaxPool {
     ) -> Vec<T> {
         let mut out = super::scratch::output_vec(np * oh * ow);
         // Every output element is written: a window with no input in it is −∞.
+        // The window's input rows and columns, clipped to the map, for each output row / column.
+        let (s, pd, k) = (self.stride, self.padding, self.kernel);
+        let clip = |o: usize, n: usize| {
+            (o * s).saturating_sub(pd)..(o * s + k).min(n + pd).saturating_sub(pd)
+        };
+        let cols: Vec<_> = (0..ow).map(|ox| clip(ox, w)).collect();
+        // The same value as `argmax` picks (the first maximum), found with selects instead of
+        // branches.
         out.par_chunks_mut((oh * ow).max(1))
             .enumerate()
             .for_each(|(p, o)| {
                 let plane = &x[p * h * w..][..h * w];
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        o[oy * ow + ox] = self
-                            .argmax(plane, (h, w), oy, ox)
-                            .map_or(T::from_f64(f64::NEG_INFINITY), |i| plane[i]);
+                for (oy, orow) in o.chunks_mut(ow.max(1)).enumerate() {
+                    let rows = clip(oy, h);
+                    for (out, cs) in orow.iter_mut().zip(&cols) {
+                        if rows.is_empty() || cs.is_empty() {
+                            *out = T::from_f64(f64::NEG_INFINITY);
+                            continue;
+                        }
+                        let mut m = plane[rows.start * w + cs.start];
+                        for iy in rows.clone() {
+                            for &v in &plane[iy * w..][cs.clone()] {
+                                m = if v > m { v } else { m };
+                            }
+                        }
+                        *out = m;
                     }
                 }
             });

@@ -7,6 +7,7 @@
 pub mod batch_norm;
 pub mod clamp;
 pub mod conv2d;
+pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
 pub mod max_pool;

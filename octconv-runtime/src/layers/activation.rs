@@ -1,5 +1,6 @@
 //! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`.
 
+use crate::kernels::epilogue::{Clamp, InPlaceClamp};
 use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor};
 
@@ -40,5 +41,31 @@ impl Activation {
     /// Applies the activation to every branch.
     pub fn forward(self, x: &OctValue) -> Result<OctValue> {
         x.map(|t| self.tensor(t))
+    }
+
+    /// Inference of `self(y)` where `y` is a freshly computed value that nothing else holds: a
+    /// ReLU or ReLU6 on f32 CPU tensors is applied in place
+    /// ([`crate::kernels::epilogue::InPlaceClamp`]), anything else as [`Activation::forward`].
+    pub fn infer_in_place(self, y: OctValue) -> Result<OctValue> {
+        let clamp = match self {
+            Activation::Relu => Clamp::Relu,
+            Activation::Relu6 => Clamp::Relu6,
+            _ => return self.forward(&y),
+        };
+        let fast = |t: &Tensor| {
+            crate::kernels::serves(t.device()) && t.dtype() == DType::F32 && t.is_contiguous()
+        };
+        let (h, l) = y.branches();
+        let tensors: Vec<&Tensor> = match &y {
+            OctValue::Single(t) | OctValue::Flat(t) => vec![t],
+            OctValue::Pair { .. } => h.into_iter().chain(l).collect(),
+        };
+        if !tensors.iter().all(|t| fast(t)) {
+            return self.forward(&y);
+        }
+        for t in tensors {
+            t.inplace_op1(&InPlaceClamp(clamp))?;
+        }
+        Ok(y)
     }
 }

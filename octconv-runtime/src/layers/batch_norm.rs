@@ -1,7 +1,9 @@
 //! `OctBatchNorm`: batch normalisation with separate statistics per branch.
 
 use crate::kernels::batch_norm::{BatchNormTrain, BatchStats, ChannelAffine};
+use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
 use crate::kernels::prologue::Prologue;
+use crate::layers::Activation;
 use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -203,6 +205,56 @@ impl OctBatchNorm {
             low: affine(&self.low)?,
             relu,
         }))
+    }
+
+    /// Inference of `act(self(y))` where `y` is a convolution's fresh output that nothing else
+    /// holds: on f32 CPU tensors the map is applied to `y` in place, one pass per branch and no
+    /// allocation ([`crate::kernels::epilogue`]); elsewhere op by op. `act` is `None`,
+    /// [`Activation::Relu`] or [`Activation::Relu6`] (what [`octconv_spec::plan::OutputMaps`] plans).
+    pub fn infer_in_place(&self, y: OctValue, act: Option<Activation>) -> Result<OctValue> {
+        let clamp = match act {
+            None => Some(Clamp::Identity),
+            Some(Activation::Relu) => Some(Clamp::Relu),
+            Some(Activation::Relu6) => Some(Clamp::Relu6),
+            Some(_) => None,
+        };
+        let fast = |bn: &Option<BatchNorm2d>, t: &Tensor| {
+            bn.as_ref().is_some_and(|bn| bn.fast_path(t)) && t.is_contiguous()
+        };
+        let all_fast = match &y {
+            OctValue::Single(t) | OctValue::Flat(t) => fast(&self.high, t),
+            OctValue::Pair { high, low } => {
+                high.as_ref().is_none_or(|h| fast(&self.high, h)) && fast(&self.low, low)
+            }
+        };
+        let Some(clamp) = clamp.filter(|_| all_fast) else {
+            let y = self.forward_t(&y, false)?;
+            return match act {
+                Some(a) => a.forward(&y),
+                None => Ok(y),
+            };
+        };
+        let apply = |bn: &Option<BatchNorm2d>, t: &Tensor| -> Result<()> {
+            let Some(bn) = bn else {
+                candle_core::bail!("batch norm: unexpected branch")
+            };
+            let (a, b) = bn.inference_affine()?;
+            t.inplace_op1(&ChannelEpilogue {
+                scale: a.to_vec1()?,
+                shift: b.to_vec1()?,
+                clamp,
+            })
+        };
+        match &y {
+            OctValue::Single(t) | OctValue::Flat(t) => apply(&self.high, t)?,
+            OctValue::Pair { high, low } => {
+                if let Some(h) = high {
+                    apply(&self.high, h)?;
+                }
+                apply(&self.low, low)?;
+            }
+        }
+        Ok(y)
     }
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).

@@ -129,9 +129,11 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         .layers
         .iter()
         .any(|l| matches!(l.op, crate::ir::Op::Dropout { .. }));
-    // `infer`: as the interpreter's, each output detached, and BN → ReLU → [dropout] → octconv
-    // chains run as one convolution that applies the batch norm and ReLU (crate::plan).
+    // `infer`: as the interpreter's, each output detached, BN → ReLU → [dropout] → octconv chains
+    // run as one convolution that applies the batch norm and ReLU, and conv → BN → act and
+    // add → act chains apply the map to the fresh output in place (crate::plan).
     let maps = crate::plan::InputMaps::plan(model);
+    let outputs = crate::plan::OutputMaps::plan(model, &maps);
     let mut infer_steps = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
@@ -157,7 +159,10 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             let #out = #expr;
             #check
         });
-        let infer_expr = match (maps.passed_over[j], maps.applies[j]) {
+        let infer_expr = match (
+            maps.passed_over[j] || outputs.passed_over[j],
+            maps.applies[j],
+        ) {
             (true, _) => {
                 let x = ins[0];
                 quote!(#x.clone())
@@ -167,6 +172,30 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 quote!(self.#f.infer_after_bn_relu(&self.#bn, &#x)?)
             }
             (false, None) => expr,
+        };
+        let infer_expr = match outputs.applies[j] {
+            Some(m) => {
+                let act = match m.act.map(|a| &model.layers[a].op) {
+                    Some(crate::ir::Op::Relu) => {
+                        Some(quote!(#krate::runtime::layers::Activation::Relu))
+                    }
+                    Some(crate::ir::Op::Relu6) => {
+                        Some(quote!(#krate::runtime::layers::Activation::Relu6))
+                    }
+                    _ => None,
+                };
+                let fresh = quote!(#infer_expr.map(|t| Ok(t.detach()))?);
+                match (m.bn, act) {
+                    (Some(b), act) => {
+                        let bn = &fields[b];
+                        let act = act.map_or_else(|| quote!(None), |a| quote!(Some(#a)));
+                        quote!(self.#bn.infer_in_place(#fresh, #act)?)
+                    }
+                    (None, Some(act)) => quote!(#act.infer_in_place(#fresh)?),
+                    (None, None) => fresh,
+                }
+            }
+            None => infer_expr,
         };
         infer_steps.push(quote! {
             let #out = #infer_expr.map(|t| Ok(t.detach()))?;

@@ -1,0 +1,157 @@
+//! `octconv bench --profile`: where one inference pass spends its time, by kernel class.
+//!
+//! Each layer is timed between two calls of [`OctModel::run_observed`]'s hook and charged to its
+//! class ([`class_of`]): convolutions by kernel size, stride, grouping and whether they are octave
+//! (two-branch) ones; every other layer by its kind. A batch norm or ReLU that the next convolution
+//! applies as it reads its input costs (almost) nothing here, and its time is in the convolution's
+//! class. The figure of a class is the median over repeats of its summed time per pass.
+
+use candle_core::{Device, Tensor};
+use octconv_runtime::OctModel;
+use octconv_spec::{Layer, Op};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One kernel class of a profile.
+#[derive(Serialize, Debug, Clone)]
+pub struct ClassTime {
+    /// The class ([`class_of`]).
+    pub class: String,
+    /// Layers in the class.
+    pub layers: usize,
+    /// Median milliseconds per pass.
+    pub ms: f64,
+    /// Share of the pass's time.
+    pub time_share: f64,
+    /// Share of the model's MACs.
+    pub macs_share: f64,
+    /// Multiply-accumulates per second (10⁹), 0 for classes without MACs.
+    pub gmacs_per_s: f64,
+}
+
+/// The class a layer's time is charged to, e.g. `octconv 1×1 s1 dense octave`,
+/// `octconv 3×3 s2 depthwise single`, `conv 7×7 s2 dense`, `bn`.
+pub fn class_of(layer: &Layer) -> String {
+    let grouping = |groups: usize, depthwise: bool| {
+        if depthwise {
+            "depthwise"
+        } else if groups > 1 {
+            "grouped"
+        } else {
+            "dense"
+        }
+    };
+    match &layer.op {
+        Op::OctConv(s) | Op::OctConvTranspose(s) => format!(
+            "{} {k}×{k} s{} {} {}",
+            layer.op.kind(),
+            s.stride,
+            grouping(s.groups, s.depthwise),
+            if s.in_l > 0 || s.out_l > 0 {
+                "octave"
+            } else {
+                "single"
+            },
+            k = s.kernel
+        ),
+        Op::Conv(s) => format!(
+            "conv {k}×{k} s{} {}",
+            s.stride,
+            grouping(s.groups, false),
+            k = s.kernel
+        ),
+        op => op.kind().to_string(),
+    }
+}
+
+/// Profiles `repeats` inference passes of `net` on `x` (after one untimed pass), classes sorted by
+/// time, largest first.
+pub fn profile(
+    net: &OctModel,
+    x: &Tensor,
+    repeats: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<ClassTime>> {
+    let layers = &net.ir().layers;
+    let classes: Vec<String> = layers.iter().map(class_of).collect();
+    let mut per_class: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for rep in 0..=repeats {
+        let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut last: Option<(usize, Instant)> = None;
+        let mut sync_err = None;
+        let out = net.run_observed(x, false, &mut |j| {
+            // GPU work is asynchronous: a layer's time ends when the device has finished it.
+            if let Err(e) = device.synchronize() {
+                sync_err.get_or_insert(e);
+            }
+            let now = Instant::now();
+            if let Some((i, t)) = last {
+                *sums.entry(classes[i].as_str()).or_default() += (now - t).as_secs_f64();
+            }
+            last = Some((j, now));
+        })?;
+        drop(out);
+        if let Some(e) = sync_err {
+            return Err(e.into());
+        }
+        if rep > 0 {
+            for (c, s) in sums {
+                per_class.entry(c).or_default().push(s);
+            }
+        }
+    }
+    let total_macs: u64 = layers.iter().map(|l| l.macs).sum();
+    let mut rows: Vec<ClassTime> = per_class
+        .into_iter()
+        .map(|(class, mut times)| {
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            let in_class = || layers.iter().zip(&classes).filter(|(_, c)| c == &class);
+            let macs: u64 =
+                in_class().map(|(l, _)| l.macs).sum::<u64>() * x.dim(0).unwrap_or(1) as u64;
+            ClassTime {
+                class: class.to_string(),
+                layers: in_class().count(),
+                ms: median * 1e3,
+                time_share: 0.0,
+                macs_share: if total_macs == 0 {
+                    0.0
+                } else {
+                    macs as f64 / (total_macs * x.dim(0).unwrap_or(1) as u64) as f64
+                },
+                gmacs_per_s: if median > 0.0 {
+                    macs as f64 / median / 1e9
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    for r in &mut rows {
+        r.time_share = if total > 0.0 { r.ms / total } else { 0.0 };
+    }
+    rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(rows)
+}
+
+/// Prints one α's profile as a Markdown table.
+pub fn print(alpha: f64, rows: &[ClassTime]) {
+    println!();
+    println!("Where an inference pass spends its time at α = {alpha}:");
+    println!();
+    println!("| class | layers | ms per batch | time | MACs | GMAC/s |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.1} % | {:.1} % | {:.1} |",
+            r.class,
+            r.layers,
+            r.ms,
+            100.0 * r.time_share,
+            100.0 * r.macs_share,
+            r.gmacs_per_s
+        );
+    }
+}
