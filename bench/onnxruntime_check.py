@@ -10,7 +10,8 @@ For each model and α ∈ {0, .25, .5, .75}:
           ours is `octconv bench --json` (median of its repeats); ORT is the median of `repeats` session
           runs after one warm-up. Every figure is the median over rounds.
 
-Usage: bench/onnxruntime_check.sh [--rounds 3] [--repeats 5] [--threads 2] [--batch 32] [--models wrn16,…]
+Usage: bench/onnxruntime_check.sh [--rounds 3] [--repeats 5] [--threads 2] [--batch N] [--models resnext,…]
+       [--alphas 0,0.25,0.5,0.75] [--variants plain,folded,expand]
 Needs: pip install onnxruntime numpy.
 """
 import argparse
@@ -29,14 +30,21 @@ from machine import cpu_model, simd
 import numpy as np
 import onnxruntime as ort
 
-ALPHAS = [0.0, 0.25, 0.5, 0.75]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OCTCONV = os.path.join(ROOT, "target/release/octconv")
+# key: (builtin call, title, batch): the seven families of issue #23 at their batch sizes, and the
+# small U-Net the export was first checked on.
 MODELS = {
-    "wrn16": ("wrn(n = 2, k = 4)", "WRN-16-4"),
-    "seed": ("seed_wrn(n = 2, k = 2)", "the seed's WRN, n = 2, k = 2 (mixing head)"),
-    "unet": ("unet(base = 16, depth = 3, size = 64, classes = 2)", "U-Net, base 16, depth 3, 64×64"),
+    "resnext": ("resnext(depth = 50, groups = 32, width = 4)", "ResNeXt-50 (32×4d)", 8),
+    "se_resnet": ("se_resnet(depth = 50, reduction = 16)", "SE-ResNet-50", 8),
+    "mobilenet_v2": ("mobilenet_v2(width = 1.0)", "MobileNet v2 (1.0)", 8),
+    "densenet": ("densenet(depth = 121, growth = 32)", "DenseNet-121", 8),
+    "unet128": ("unet(base = 32, depth = 4, size = 128)", "U-Net, base 32, depth 4, 128×128", 4),
+    "wrn16": ("wrn(n = 2, k = 4)", "WRN-16-4", 32),
+    "seed": ("seed_wrn(n = 2, k = 2)", "the seed's WRN, n = 2, k = 2 (mixing head)", 32),
+    "unet": ("unet(base = 16, depth = 3, size = 64, classes = 2)", "U-Net, base 16, depth 3, 64×64", 32),
 }
+FAMILIES = "resnext,se_resnet,mobilenet_v2,densenet,unet128,wrn16,seed"
 
 
 def octconv(*args):
@@ -88,47 +96,55 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--models", default="wrn16,seed,unet")
+    ap.add_argument("--batch", type=int, default=None, help="default: each model's own (MODELS)")
+    ap.add_argument("--models", default=FAMILIES)
+    ap.add_argument("--alphas", default="0,0.25,0.5,0.75")
+    ap.add_argument("--variants", default="plain,folded,expand",
+                    help="ORT exports to time: plain (Resize), folded (--fold-bn), expand")
     args = ap.parse_args()
     print(f"# octconv export vs ONNX Runtime {ort.__version__}, {args.threads} threads, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# machine: {cpu_model()} ({simd()}), {os.cpu_count()} logical CPUs, {platform.machine()}")
-    print(f"# batch {args.batch}; medians over {args.rounds} alternating rounds of {args.repeats} timed runs\n")
+    print(f"# medians over {args.rounds} alternating rounds of {args.repeats} timed runs\n")
     tmp = tempfile.mkdtemp(prefix="octconv-ort-")
     for key in args.models.split(","):
-        call, title = MODELS[key]
-        print(f"## {title}: `{call}`\n")
-        print("| α | max rel err plain | folded | expand | file MiB plain / folded | ours ms | ORT ms plain | folded | expand | ours / ORT plain |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for alpha in ALPHAS:
+        call, title, batch = MODELS[key]
+        batch = args.batch or batch
+        wanted = args.variants.split(",")
+        print(f"## {title}: `{call}`, batch {batch}\n")
+        print("| α | max rel err " + " | ".join(wanted) + " | ours ms | ORT ms " + " | ".join(wanted)
+              + " | ours / ORT " + wanted[0] + " | ours / best ORT |")
+        print("|---|" + "---|" * (2 * len(wanted) + 3))
+        for alpha in [float(a) for a in args.alphas.split(",")]:
             spec = call[:-1] + f", alpha = {alpha})"
             w, xin, yout = (os.path.join(tmp, n) for n in ("w.safetensors", "x.safetensors", "y.safetensors"))
             octconv("init", spec, "--seed", "1", "--out", w, "--force")
             rng = np.random.default_rng(7)
             c, h, wd = json.loads(octconv("check", spec, "--json").stdout)["input"]
-            x = rng.uniform(-1, 1, size=[args.batch, c, h, wd]).astype(np.float32)
+            x = rng.uniform(-1, 1, size=[batch, c, h, wd]).astype(np.float32)
             write_safetensors(xin, "input", x)
             octconv("run", spec, "--weights", w, "--input", xin, "--output", yout, "--force")
             want = read_safetensors(yout, "output")
             variants = {"plain": [], "folded": ["--fold-bn"], "expand": ["--upsample", "expand"]}
+            variants = {k: variants[k] for k in wanted}
             sessions, errs, sizes = {}, {}, {}
             for name, extra in variants.items():
                 path = os.path.join(tmp, f"{key}-{alpha}-{name}.onnx")
-                octconv("export", spec, "--weights", w, "-o", path, "--batch", str(args.batch), "--force", *extra)
+                octconv("export", spec, "--weights", w, "-o", path, "--batch", str(batch), "--force", *extra)
                 sizes[name] = os.path.getsize(path) / 2**20
                 sessions[name] = session(path, args.threads)
                 got = sessions[name].run(None, {"input": x})[0]
                 errs[name] = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             times = {"ours": [], **{n: [] for n in variants}}
             for _ in range(args.rounds):
-                times["ours"].append(ours_median(spec, alpha, args.batch, args.repeats, args.threads))
+                times["ours"].append(ours_median(spec, alpha, batch, args.repeats, args.threads))
                 for name in variants:
                     times[name].append(ort_median(sessions[name], x, args.repeats))
             med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-            print(f"| {alpha} | {errs['plain']:.1e} | {errs['folded']:.1e} | {errs['expand']:.1e} | "
-                  f"{sizes['plain']:.2f} / {sizes['folded']:.2f} | {med['ours']:.1f} | {med['plain']:.1f} | "
-                  f"{med['folded']:.1f} | {med['expand']:.1f} | {med['ours'] / med['plain']:.2f} |", flush=True)
+            best = min(med[n] for n in variants)
+            print(f"| {alpha} | " + " | ".join(f"{errs[n]:.1e}" for n in variants) + f" | {med['ours']:.1f} | "
+                  + " | ".join(f"{med[n]:.1f}" for n in variants)
+                  + f" | {med['ours'] / med[wanted[0]]:.2f} | {med['ours'] / best:.2f} |", flush=True)
         print()
 
 

@@ -227,6 +227,7 @@ impl OctModel {
                     };
                     bn.forward_relu_t(input(0)?, train, true)?
                 }
+                Some(node) if prologue => node.infer(&all()?)?,
                 Some(node) => node.apply(&all()?, train)?,
             };
             // `infer`: the batch norm (and activation) after a convolution, applied to its fresh

@@ -711,3 +711,66 @@ fn pool_and_add_upsampled_match_candle_and_finite_differences() {
         }
     }
 }
+
+#[test]
+fn depthwise_kernel_matches_naive_loops_at_every_stride_padding_and_the_smallest_maps() {
+    use octconv_runtime::kernels::conv2d::{algorithm, Algorithm};
+    use octconv_runtime::kernels::{depthwise, ConvGeometry};
+    let mut i = 0u64;
+    // Channels (odd counts), multiplier, map sides down to 1×1, kernels 1/3/5/7, stride 1–3,
+    // padding 0 to k / 2 + 1.
+    for (c, mult) in [(1, 1), (3, 1), (5, 2), (7, 1)] {
+        for (h, w) in [(1, 1), (2, 2), (2, 3), (5, 4), (9, 7), (14, 14)] {
+            for k in [1, 3, 5, 7] {
+                for stride in 1..=3 {
+                    for pad in 0..=k / 2 + 1 {
+                        if h + 2 * pad < k || w + 2 * pad < k {
+                            continue;
+                        }
+                        i += 1;
+                        let case = Case {
+                            n: 2,
+                            c_in: c,
+                            c_out: c * mult,
+                            h,
+                            w,
+                            k,
+                            stride,
+                            pad,
+                            groups: c,
+                        };
+                        let g =
+                            ConvGeometry::new((2, c, h, w), (c * mult, 1, k, k), stride, pad, c)
+                                .unwrap();
+                        assert!(depthwise::applies(&g));
+                        // One channel, 3×3 "same" stride 1 is a dense convolution: Winograd.
+                        if c > 1 {
+                            assert_eq!(algorithm(&g), Algorithm::Depthwise);
+                        }
+                        let mut rng = ChaCha8Rng::seed_from_u64(900 + i);
+                        let x = values(&rand_tensor(&mut rng, &[2, c, h, w], DType::F64));
+                        let wt = values(&rand_tensor(&mut rng, &[c * mult, 1, k, k], DType::F64));
+                        let r = values(&rand_tensor(
+                            &mut rng,
+                            &[2, c * mult, g.oh(), g.ow()],
+                            DType::F64,
+                        ));
+                        let (ny, ndx, ndw) = naive(&case, &x, &wt, Some(&r));
+                        assert_close(
+                            "depthwise y",
+                            &depthwise::forward(&g, &x, &wt),
+                            &ny,
+                            1e-12,
+                            &case,
+                        );
+                        let dx = depthwise::backward_data(&g, &r, &wt);
+                        assert_close("depthwise dx", &dx, &ndx, 1e-12, &case);
+                        let dw = depthwise::backward_filter(&g, &x, &r);
+                        assert_close("depthwise dw", &dw, &ndw, 1e-12, &case);
+                    }
+                }
+            }
+        }
+    }
+    assert!(i > 300, "{i} cases");
+}

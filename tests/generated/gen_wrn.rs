@@ -341,11 +341,7 @@ impl GenWrn {
                 w: 32,
             }),
         );
-        let x1 = ::octconv::runtime::layers::OctLayer::apply(
-                &self.octconv0,
-                &[&x0],
-                train,
-            )?
+        let x1 = ::octconv::runtime::layers::OctLayer::infer(&self.octconv0, &[&x0])?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -503,10 +499,9 @@ impl GenWrn {
             },
         );
         drop(x7);
-        let x9 = ::octconv::runtime::layers::OctLayer::apply(
+        let x9 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::layer::Add,
                 &[&x8, &x1],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -666,10 +661,9 @@ impl GenWrn {
             },
         );
         drop(x15);
-        let x17 = ::octconv::runtime::layers::OctLayer::apply(
+        let x17 = ::octconv::runtime::layers::OctLayer::infer(
                 &self.wide1_res0_shortcut_octconv0,
                 &[&x9],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -690,10 +684,9 @@ impl GenWrn {
             },
         );
         drop(x9);
-        let x18 = ::octconv::runtime::layers::OctLayer::apply(
+        let x18 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::layer::Add,
                 &[&x16, &x17],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -853,10 +846,9 @@ impl GenWrn {
             },
         );
         drop(x24);
-        let x26 = ::octconv::runtime::layers::OctLayer::apply(
+        let x26 = ::octconv::runtime::layers::OctLayer::infer(
                 &self.wide2_res0_shortcut_octconv0,
                 &[&x18],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -877,10 +869,9 @@ impl GenWrn {
             },
         );
         drop(x18);
-        let x27 = ::octconv::runtime::layers::OctLayer::apply(
+        let x27 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::layer::Add,
                 &[&x25, &x26],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -902,7 +893,7 @@ impl GenWrn {
         );
         drop(x25);
         drop(x26);
-        let x28 = ::octconv::runtime::layers::OctLayer::apply(&self.bn0, &[&x27], train)?
+        let x28 = ::octconv::runtime::layers::OctLayer::infer(&self.bn0, &[&x27])?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(
@@ -922,10 +913,9 @@ impl GenWrn {
             },
         );
         drop(x27);
-        let x29 = ::octconv::runtime::layers::OctLayer::apply(
+        let x29 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::Activation::Relu,
                 &[&x28],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -946,12 +936,11 @@ impl GenWrn {
             },
         );
         drop(x28);
-        let x30 = ::octconv::runtime::layers::OctLayer::apply(
+        let x30 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::layer::Merge {
                     to_low: false,
                 },
                 &[&x29],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -965,12 +954,11 @@ impl GenWrn {
             }),
         );
         drop(x29);
-        let x31 = ::octconv::runtime::layers::OctLayer::apply(
+        let x31 = ::octconv::runtime::layers::OctLayer::infer(
                 &::octconv::runtime::layers::layer::GlobalAvgPool {
                     per_branch: false,
                 },
                 &[&x30],
-                train,
             )?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
@@ -982,11 +970,7 @@ impl GenWrn {
             },
         );
         drop(x30);
-        let x32 = ::octconv::runtime::layers::OctLayer::apply(
-                &self.linear0,
-                &[&x31],
-                train,
-            )?
+        let x32 = ::octconv::runtime::layers::OctLayer::infer(&self.linear0, &[&x31])?
             .map(|t| Ok(t.detach()))?;
         #[cfg(debug_assertions)]
         ::octconv::runtime::debug_assert_shape(

@@ -21,8 +21,8 @@ use super::prologue::Prologue;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
-use super::winograd;
 use super::Element;
+use super::{depthwise, winograd};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -193,11 +193,14 @@ pub enum Algorithm {
     WinogradF2,
     /// Winograd F(4×4, 3×3).
     WinogradF4,
+    /// The direct depthwise kernel ([`super::depthwise`]): one input channel per group.
+    Depthwise,
 }
 
 /// The algorithm for a geometry: where [`winograd::applies`] (3×3, stride 1, padding 1, one group),
 /// Winograd F(4×4, 3×3), or F(2×2, 3×3) for maps of at most 4×4 (one F(4×4) tile per image: its
 /// 36 GEMMs are then only as wide as the batch, while F(2×2)'s 16 are four times wider); else
+/// the direct depthwise kernel where one input channel makes a group ([`depthwise::applies`]); else
 /// im2col. `OCTCONV_CONV=f2`, `=f4` or `=im2col` forces one, for comparisons (read once).
 ///
 /// Measured with `examples/layer_bench --alphas 0 --size 4 --batch 32` (AMD EPYC, AVX-512, 2 threads,
@@ -211,10 +214,14 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
         Ok("im2col") => Some(Algorithm::Im2col),
         Ok("f2") => Some(Algorithm::WinogradF2),
         Ok("f4") => Some(Algorithm::WinogradF4),
+        Ok("depthwise") => Some(Algorithm::Depthwise),
         _ => None,
     });
     if !winograd::applies(g) {
-        return Algorithm::Im2col;
+        return match forced {
+            None | Some(Algorithm::Depthwise) if depthwise::applies(g) => Algorithm::Depthwise,
+            _ => Algorithm::Im2col,
+        };
     }
     forced.unwrap_or(if g.h <= 4 && g.w <= 4 {
         Algorithm::WinogradF2
@@ -234,6 +241,7 @@ pub fn forward_with<T: Element>(alg: Algorithm, g: &ConvGeometry, x: &[T], w: &[
         Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w, None),
         Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, None),
         Algorithm::Im2col => forward(g, x, w),
+        Algorithm::Depthwise => depthwise::forward(g, x, w),
     }
 }
 
@@ -261,6 +269,7 @@ pub fn forward_prologue_with<T: Element>(
         Algorithm::WinogradF4 => tiling::forward::<T, F4>(g, x, w, Some(pro)),
         Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, Some(pro)),
         Algorithm::Im2col => forward(g, &pro.apply(x, g.h * g.w), w),
+        Algorithm::Depthwise => depthwise::forward(g, &pro.apply(x, g.h * g.w), w),
     }
 }
 
@@ -281,6 +290,7 @@ pub fn backward_data_with<T: Element>(
         Algorithm::WinogradF4 => tiling::backward_data::<T, F4>(g, dy, w),
         Algorithm::WinogradF2 => tiling::backward_data::<T, F2>(g, dy, w),
         Algorithm::Im2col => backward_data(g, dy, w),
+        Algorithm::Depthwise => depthwise::backward_data(g, dy, w),
     }
 }
 
@@ -300,6 +310,7 @@ pub fn backward_filter_with<T: Element>(
         Algorithm::WinogradF4 => tiling::backward_filter::<T, F4>(g, x, dy),
         Algorithm::WinogradF2 => tiling::backward_filter::<T, F2>(g, x, dy),
         Algorithm::Im2col => backward_filter(g, x, dy),
+        Algorithm::Depthwise => depthwise::backward_filter(g, x, dy),
     }
 }
 

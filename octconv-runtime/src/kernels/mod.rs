@@ -7,11 +7,13 @@
 pub mod batch_norm;
 pub mod clamp;
 pub mod conv2d;
+pub mod depthwise;
 pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
 pub mod max_pool;
 pub mod octave;
+pub mod pointwise;
 pub mod prologue;
 pub mod resample;
 pub mod scratch;

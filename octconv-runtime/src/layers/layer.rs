@@ -19,6 +19,13 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
     /// The output for `xs`, in train (`true`) or eval mode.
     fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue>;
 
+    /// Inference of [`OctLayer::apply`] in eval mode, where the result needs no gradient: layers with
+    /// faster inference-only kernels (the 1×1 octave convolution) use them. The values agree with
+    /// `apply(xs, false)` to rounding.
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        self.apply(xs, false)
+    }
+
     /// Allows or forbids fused CPU kernels where the layer has them (octave convolutions); a no-op
     /// elsewhere.
     fn set_fused(&mut self, _fused: bool) {}
@@ -72,6 +79,9 @@ oct_layer!(Conv2d, |s, xs, train| s.forward(one(xs, "conv")?));
 impl OctLayer for OctConv2d {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "octconv")?)
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        OctConv2d::infer(self, one(xs, "octconv")?)
     }
     fn set_fused(&mut self, fused: bool) {
         OctConv2d::set_fused(self, fused);

@@ -1,20 +1,37 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
+use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::layers::batch_norm::{InputMap, OctBatchNorm};
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-            Ok(f(&v[a..b]))
+    with_f32_all([t], |[v]| f(v))
+}
+
+/// Runs `f` on the contiguous f32 data of `K` CPU tensors at once.
+fn with_f32_all<const K: usize, R>(
+    ts: [&Tensor; K],
+    f: impl FnOnce([&[f32]; K]) -> R,
+) -> Result<R> {
+    let ts = ts.map(|t| t.contiguous());
+    let ts = ts.into_iter().collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(K);
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+                slices.push(&v[a..b])
+            }
+            _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
         }
-        _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
     }
+    let Ok(slices) = <[&[f32]; K]>::try_from(slices) else {
+        candle_core::bail!("internal error: {K} tensors expected")
+    };
+    Ok(f(slices))
 }
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::value::OctValue;
@@ -180,6 +197,60 @@ impl OctConv2d {
         self.forward_unfused(x)
     }
 
+    /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) where it
+    /// applies, else [`OctConv2d::forward`].
+    pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
+        match self.infer_pointwise(x)? {
+            Some(y) => Ok(y),
+            None => self.forward(x),
+        }
+    }
+
+    /// The four-path 1×1 octave convolution by [`crate::kernels::pointwise`], on f32 CPU inputs
+    /// with the fused kernels allowed; `Ok(None)` for any other layer or input.
+    fn infer_pointwise(&self, x: &OctValue) -> Result<Option<OctValue>> {
+        let s = &self.spec;
+        let (Some(xh), Some(xl)) = x.branches() else {
+            return Ok(None);
+        };
+        let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
+            return Ok(None);
+        };
+        if !self.fused
+            || s.kernel != 1
+            || s.groups != 1
+            || s.depthwise
+            || !self.fusable_inputs_f32(x)
+        {
+            return Ok(None);
+        }
+        let (n, in_h, h, w) = xh.dims4()?;
+        let g = PointwiseOctave {
+            n,
+            in_h,
+            in_l: s.in_l,
+            out_h: s.out_h,
+            out_l: s.out_l,
+            h,
+            w,
+            stride: s.stride,
+        };
+        if !g.applies() || in_h != s.in_h || xl.dims4()? != (n, s.in_l, h / 2, w / 2) {
+            return Ok(None);
+        }
+        let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[xh, xl, hh, hl, lh, ll]| {
+            pointwise::forward(&g, xh, xl, PathWeights { hh, hl, lh, ll })
+        })?;
+        let dev = xh.device();
+        let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
+        let yh = Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?;
+        let yl = Tensor::from_vec(yl, (n, s.out_l, lh, lw), dev)?;
+        Ok(Some(OctValue::Pair {
+            high: Some(add_bias(yh, &self.bias_h)?),
+            low: add_bias(yl, &self.bias_l)?,
+        }))
+    }
+
     /// Inference of `self(map(x))`, where `map` is the batch norm (and ReLU) before this layer,
     /// applied by the kernel as it reads `x` ([`crate::kernels::prologue`]): the fused octave kernel,
     /// or a one-path 3×3 convolution (α = 0). `Ok(None)` when this layer and input take no prologue
@@ -201,14 +272,10 @@ impl OctConv2d {
                     return Ok(None);
                 };
                 let w = octave::flat_weights([hh, hl, lh, ll])?;
-                let (yh, yl) = with_f32(xh, |h| {
-                    with_f32(xl, |l| {
-                        with_f32(&w, |w| {
-                            let pros = [map.prologue(true), map.prologue(false)];
-                            octave::forward_prologue(&g, h, l, w, pros)
-                        })
-                    })
-                })???;
+                let (yh, yl) = with_f32_all([xh, xl, &w], |[h, l, w]| {
+                    let pros = [map.prologue(true), map.prologue(false)];
+                    octave::forward_prologue(&g, h, l, w, pros)
+                })?;
                 let (lh, lw) = g.low_hw();
                 let dev = xh.device();
                 let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
@@ -233,9 +300,9 @@ impl OctConv2d {
                 let Some(pro) = map.prologue(true) else {
                     return Ok(None);
                 };
-                let y = with_f32(x1, |x| {
-                    with_f32(w, |w| conv2d::dispatch_forward_prologue(&g, x, w, pro))
-                })??;
+                let y = with_f32_all([x1, w], |[x, w]| {
+                    conv2d::dispatch_forward_prologue(&g, x, w, pro)
+                })?;
                 let y = Tensor::from_vec(y, (n, g.c_out, h, wd), x1.device())?;
                 Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)))
             }

@@ -139,15 +139,20 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         let f = &fields[j];
         let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
         let out = &values[j];
-        let runs = |value: TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
-        let expr = match layer::built(krate, l) {
-            layer::Built::Input => quote!(#krate::OctValue::Single(xs.clone())),
+        let runs = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
+        let infers = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::infer(&#value, &[#(&#ins),*])?);
+        let (expr, infer_run) = match layer::built(krate, l) {
+            layer::Built::Input => {
+                let input = quote!(#krate::OctValue::Single(xs.clone()));
+                (input.clone(), input)
+            }
             layer::Built::Field(ty, init) => {
                 decls.push(quote!(#f: #ty));
                 inits.push(quote!(#f: #init));
-                runs(quote!(self.#f))
+                let value = quote!(self.#f);
+                (runs(&value), infers(&value))
             }
-            layer::Built::Inline(value) => runs(value),
+            layer::Built::Inline(value) => (runs(&value), infers(&value)),
         };
         let layer_name = &l.name;
         let shape = shape_tokens(krate, &l.output);
@@ -171,7 +176,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 let (x, bn) = (ins[0], &fields[b]);
                 quote!(self.#f.infer_after_bn_relu(&self.#bn, &#x)?)
             }
-            (false, None) => expr,
+            (false, None) => infer_run,
         };
         let infer_expr = match outputs.applies[j] {
             Some(m) => {
