@@ -1,6 +1,6 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
-use crate::layers::{self, Activation, DropoutRng, OctBatchNorm, OctConv2d, OctLayer};
+use crate::layers::{self, Activation, DropoutRng, OctBatchNorm, OctConv2d, OctLayer, OutputStage};
 use crate::value::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -205,6 +205,23 @@ impl OctModel {
             let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
             let prologue = detach && !train && self.fused;
             let relu_after_bn = matches!(layer.op, Op::Relu) && j > 0 && self.bn_relu[j - 1];
+            // `infer`: the batch norm and activation the plan applies to this layer's output.
+            let stage = match self.epilogue_of[j] {
+                Some((b, act)) if prologue => {
+                    let bn = match b {
+                        Some(b) => match self.concrete::<OctBatchNorm>(b) {
+                            Some(bn) => Some(bn),
+                            None => {
+                                candle_core::bail!("internal error: epilogue of `{}`", layer.name)
+                            }
+                        },
+                        None => None,
+                    };
+                    Some(OutputStage { bn, act })
+                }
+                _ => None,
+            };
+            let mut staged = false;
             let y = match node {
                 None => OctValue::Single(x.clone()),
                 // Fused paths: BN + ReLU in one pass, and in `infer` BN + ReLU inside the
@@ -227,21 +244,18 @@ impl OctModel {
                     };
                     bn.forward_relu_t(input(0)?, train, true)?
                 }
-                Some(node) if prologue => node.infer(&all()?)?,
+                Some(node) if prologue => match &stage {
+                    Some(st) => {
+                        staged = true;
+                        node.infer_then(&all()?, st)?
+                    }
+                    None => node.infer(&all()?)?,
+                },
                 Some(node) => node.apply(&all()?, train)?,
             };
-            // `infer`: the batch norm (and activation) after a convolution, applied to its fresh
-            // output in place.
-            let y = match self.epilogue_of[j] {
-                Some((Some(b), act)) if prologue => {
-                    let Some(bn) = self.concrete::<OctBatchNorm>(b) else {
-                        candle_core::bail!("internal error: epilogue of `{}`", layer.name)
-                    };
-                    bn.infer_in_place(y.map(|t| Ok(t.detach()))?, act)?
-                }
-                Some((None, Some(act))) if prologue => {
-                    act.infer_in_place(y.map(|t| Ok(t.detach()))?)?
-                }
+            // A convolution with an input map applies its output map after it, in place.
+            let y = match stage {
+                Some(st) if !staged => st.apply(y.map(|t| Ok(t.detach()))?)?,
                 _ => y,
             };
             // `infer`: cut each output loose from the autograd graph. Weights are variables, so every

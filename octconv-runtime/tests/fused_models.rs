@@ -15,19 +15,28 @@ mod models;
 
 use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS};
 
-/// Logits and every parameter's gradient (by name) of `sum(logits · r)`.
+/// Logits and every parameter's gradient (by name) of `sum(logits · r)`, computed in `dtype` (the
+/// parameters `vars` converted to it) and returned as f32.
 fn logits_and_grads(
     m: &Model,
     vars: &HashMap<String, Var>,
     fused: bool,
+    dtype: DType,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let vars: HashMap<String, Var> = vars
+        .iter()
+        .map(|(k, v)| {
+            let t = v.as_tensor().to_dtype(dtype).unwrap();
+            (k.clone(), Var::from_tensor(&t).unwrap())
+        })
+        .collect();
     let tensors: HashMap<String, Tensor> = vars
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
     let mut net = OctModel::new(
         m.clone(),
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        VarBuilder::from_tensors(tensors, dtype, &Device::Cpu),
     )
     .unwrap();
     net.set_fused(fused);
@@ -37,12 +46,18 @@ fn logits_and_grads(
     let x: Vec<f32> = (0..count)
         .map(|i| (((i as u64 * 2654435761) % 1000) as f32 / 500.0) - 1.0)
         .collect();
-    let x = Tensor::from_vec(x, (n, d.c, d.h, d.w), &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(x, (n, d.c, d.h, d.w), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
     let y = net.forward_t(&x, true).unwrap();
     let r: Vec<f32> = (0..y.elem_count())
         .map(|i| ((i * 7 % 11) as f32) - 5.0)
         .collect();
-    let r = Tensor::from_vec(r, y.shape(), &Device::Cpu).unwrap();
+    let r = Tensor::from_vec(r, y.shape(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
@@ -53,10 +68,10 @@ fn logits_and_grads(
             let t = grads
                 .get(vars[k].as_tensor())
                 .unwrap_or_else(|| panic!("{k}: no gradient"));
-            (k.clone(), values(t))
+            (k.clone(), values(&t.to_dtype(DType::F32).unwrap()))
         })
         .collect();
-    (values(&y), g)
+    (values(&y.to_dtype(DType::F32).unwrap()), g)
 }
 
 #[test]
@@ -87,15 +102,24 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
                 fusable_at_alpha && alpha != "0",
                 "{spec}: {fusable} fusable layers"
             );
-            let (y_f, g_f) = logits_and_grads(&m, &vars, true);
-            let (y_u, g_u) = logits_and_grads(&m, &vars, false);
+            let (y_f, g_f) = logits_and_grads(&m, &vars, true, DType::F32);
+            let (y_u, g_u) = logits_and_grads(&m, &vars, false, DType::F32);
             let e = rel_err(&y_f, &y_u);
             assert!(e <= 1e-4, "{spec}: logits differ by {e:e}");
             assert_eq!(g_f.len(), g_u.len());
             assert!(!g_f.is_empty());
-            for ((name, a), (_, b)) in g_f.iter().zip(&g_u) {
+            // The per-path ops in f64: the exact gradient to compare the f32 noise floor against.
+            let (_, g_exact) = logits_and_grads(&m, &vars, false, DType::F64);
+            for (((name, a), (_, b)), (_, exact)) in g_f.iter().zip(&g_u).zip(&g_exact) {
+                // At most 1e-4 relative, or, where f32 itself cannot resolve a gradient to that
+                // (deep networks in train mode at batch 2: SE-ResNet-50's stem BN bias at α = .75
+                // is 1.3 % off the f64 value by either path), within twice the per-path error.
                 let e = rel_err(a, b);
-                assert!(e <= 1e-4, "{spec}: gradient of {name} differs by {e:e}");
+                let floor = rel_err(b, exact);
+                assert!(
+                    e <= 1e-4_f64.max(2.0 * floor),
+                    "{spec}: gradient of {name} differs by {e:e} (the per-path f32 gradient is {floor:e} off f64)"
+                );
             }
         }
     }

@@ -190,11 +190,14 @@ fn initialisation_is_deterministic_per_seed_and_per_parameter() {
         "octconv0.hh.weight",
     )[0];
     assert_eq!(first.to_bits(), again.to_bits());
-    // Kaiming normal: std ≈ sqrt(2 / fan_in) for a large layer.
+    // Kaiming normal: std ≈ sqrt(2 / fan_in) for a large layer, where the fan-in counts both
+    // paths into the output branch (H→H from 384 high channels, L→H from 128 low ones), as for the
+    // plain convolution of 512 channels that the octave one replaces.
     let big = ir("wrn(n = 1, k = 8, alpha = 0.25)");
     let p = init_params(&big, 1, DType::F32, &Device::Cpu).unwrap();
     let w = get(&p, "wide2.res0.octconv1.hh.weight");
-    let fan_in: f64 = 384.0 * 9.0;
+    assert_eq!(w.len(), 384 * 384 * 9);
+    let fan_in: f64 = (384.0 + 128.0) * 9.0;
     let std = (w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
     assert!(
         (std / (2.0 / fan_in).sqrt() - 1.0).abs() < 0.02,

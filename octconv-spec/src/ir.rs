@@ -48,6 +48,11 @@ impl Path {
     /// All paths in parameter order.
     pub const ALL: [Path; 4] = [Path::HH, Path::HL, Path::LH, Path::LL];
 
+    /// Whether the path writes the high output (H→H, L→H).
+    pub fn to_high(self) -> bool {
+        matches!(self, Path::HH | Path::LH)
+    }
+
     /// `H→H`, `H→L`, `L→H` or `L→L`, for messages.
     pub fn arrow(self) -> &'static str {
         match self {

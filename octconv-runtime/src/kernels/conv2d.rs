@@ -50,6 +50,37 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
     }
 }
 
+/// Inference of `epi(conv2d(x, weight))` on f32 CPU tensors where the algorithm [`algorithm`] picks
+/// is im2col or the depthwise kernel, which apply the epilogue to each output row while it is in
+/// cache; `Ok(None)` elsewhere (Winograd, other dtypes or devices), for the caller to map the
+/// output itself. The result carries no gradient.
+pub fn infer_post(
+    x: &Tensor,
+    weight: &Tensor,
+    p: ConvParams,
+    epi: &super::epilogue::ChannelEpilogue,
+) -> Result<Option<Tensor>> {
+    use candle_core::DType::F32;
+    if !super::serves(x.device()) || x.dtype() != F32 || weight.dtype() != F32 {
+        return Ok(None);
+    }
+    let g = ConvGeometry::new(x.dims4()?, weight.dims4()?, p.stride, p.pad, p.groups)?;
+    let alg = algorithm(&g);
+    if !matches!(alg, Algorithm::Im2col | Algorithm::Depthwise) || epi.scale.len() != g.c_out {
+        return Ok(None);
+    }
+    let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
+    let y = super::with_f32_all([x, weight], |[x, w]| match alg {
+        Algorithm::Depthwise => depthwise::forward_post(&g, x, w, Some(&post)),
+        _ => forward_post(&g, x, w, Some(&post)),
+    })?;
+    Ok(Some(Tensor::from_vec(
+        y,
+        (g.n, g.c_out, g.oh(), g.ow()),
+        x.device(),
+    )?))
+}
+
 /// Columns that make a GEMM wide enough to run near peak.
 const TARGET_COLUMNS: usize = 512;
 
@@ -314,8 +345,24 @@ pub fn backward_filter_with<T: Element>(
     }
 }
 
+/// What an inference kernel applies to each output row right after computing it, while the row is
+/// in cache: `post(channel, row)` (a batch norm and activation, [`super::epilogue`]).
+pub type RowMap<'a, T> = &'a (dyn Fn(usize, &mut [T]) + Sync);
+
 /// `y = conv2d(x, w)` on raw NCHW data by im2col + GEMM (any geometry).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    forward_post(g, x, w, None)
+}
+
+/// [`forward`], applying `post` to every output row (one channel of one image, or a column block of
+/// it) right after the GEMM that wrote it. With `post`, a one-image GEMM runs in column blocks of
+/// about 256 KiB of output, so each block is still in cache when it is mapped.
+pub fn forward_post<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    post: Option<RowMap<'_, T>>,
+) -> Vec<T> {
     let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
     // Every element is written below: by a GEMM without accumulation (which zero-fills when k = 0) or
     // by the copy out of the staging matrix.
@@ -346,10 +393,29 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                         cs: 1,
                     };
                     if cnt == 1 {
-                        let dst = out_chunk[grp * cout_g * ohw..].as_mut_ptr();
-                        // SAFETY: wg is cout_g × k inside w, col is k × ohw, dst is cout_g × ohw inside
-                        // this image's output.
-                        unsafe { sgemm((cout_g, ohw, k), dst, ohw, false, wg, rhs, par) };
+                        let block = match post {
+                            Some(_) => ((64 << 10) / cout_g.max(1)).next_multiple_of(64).max(256),
+                            None => ohw,
+                        };
+                        for c0 in (0..ohw).step_by(block.max(1)) {
+                            let bw = block.min(ohw - c0);
+                            let plane0 = grp * cout_g * ohw;
+                            let dst = out_chunk[plane0 + c0..].as_mut_ptr();
+                            let rhs = Mat {
+                                ptr: col[c0..].as_ptr(),
+                                ..rhs
+                            };
+                            // SAFETY: wg is cout_g × k inside w, col is k × ohw (columns c0 … c0 + bw
+                            // read), dst is cout_g × ohw inside this image's output (the same
+                            // columns written).
+                            unsafe { sgemm((cout_g, bw, k), dst, ohw, false, wg, rhs, par) };
+                            if let Some(post) = post {
+                                for co in 0..cout_g {
+                                    let row = &mut out_chunk[plane0 + co * ohw + c0..][..bw];
+                                    post(grp * cout_g + co, row);
+                                }
+                            }
+                        }
                     } else {
                         let stage = sized(stage, cout_g * ld);
                         // SAFETY: stage is cout_g × ld, col is k × ld.
@@ -359,8 +425,11 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                         for i in 0..cnt {
                             let img = &mut out_chunk[i * g.out_image() + grp * cout_g * ohw..];
                             for co in 0..cout_g {
-                                img[co * ohw..][..ohw]
-                                    .copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+                                let row = &mut img[co * ohw..][..ohw];
+                                row.copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+                                if let Some(post) = post {
+                                    post(grp * cout_g + co, row);
+                                }
                             }
                         }
                     }

@@ -9,6 +9,7 @@
 //! each output row is `k²` shifted multiply-adds of a zero-padded input row, which the compiler
 //! vectorises (stride 1), with every value read once from cache.
 
+use super::conv2d::RowMap;
 use super::geometry::ConvGeometry;
 use super::scratch::output_vec;
 use super::Element;
@@ -37,6 +38,16 @@ fn input_row(g: &ConvGeometry, oy: usize, ky: usize) -> Option<usize> {
 
 /// `y = conv2d(x, w)` for a depthwise geometry ([`applies`]).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    forward_post(g, x, w, None)
+}
+
+/// [`forward`], applying `post(channel, row)` to each output row as soon as it is computed.
+pub fn forward_post<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    post: Option<RowMap<'_, T>>,
+) -> Vec<T> {
     let (oh, ow, kk) = (g.oh(), g.ow(), g.kh * g.kw);
     let mut out = output_vec(g.n * g.out_image());
     if out.is_empty() {
@@ -61,17 +72,20 @@ pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                     [&rows[..pw], &rows[pw..2 * pw], &rows[2 * pw..3 * pw]],
                     wk,
                 );
-                continue;
-            }
-            orow.fill(T::ZERO);
-            for ky in 0..g.kh {
-                let row = &rows[ky * pw..][..pw];
-                for kx in 0..g.kw {
-                    let wv = wk[ky * g.kw + kx];
-                    for (o, &v) in orow.iter_mut().zip(row[kx..].iter().step_by(g.stride)) {
-                        *o += wv * v;
+            } else {
+                orow.fill(T::ZERO);
+                for ky in 0..g.kh {
+                    let row = &rows[ky * pw..][..pw];
+                    for kx in 0..g.kw {
+                        let wv = wk[ky * g.kw + kx];
+                        for (o, &v) in orow.iter_mut().zip(row[kx..].iter().step_by(g.stride)) {
+                            *o += wv * v;
+                        }
                     }
                 }
+            }
+            if let Some(post) = post {
+                post(co, orow);
             }
         }
     });

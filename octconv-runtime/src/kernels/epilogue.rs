@@ -90,6 +90,16 @@ impl ChannelEpilogue {
             });
     }
 
+    /// Applies channel `ch`'s map to `row` (a kernel's [`super::conv2d::RowMap`]).
+    pub fn apply_row(&self, ch: usize, row: &mut [f32]) {
+        let (a, b) = (self.scale[ch], self.shift[ch]);
+        match self.clamp {
+            Clamp::Identity => map_row(row, a, b, identity),
+            Clamp::Relu => map_row(row, a, b, relu),
+            Clamp::Relu6 => map_row(row, a, b, relu6),
+        }
+    }
+
     /// The same map as a kernel prologue would apply it (for `Clamp::Identity` and `Clamp::Relu`),
     /// which tests compare against.
     pub fn as_prologue(&self) -> Option<Prologue<'_, f32>> {
@@ -164,4 +174,11 @@ fn clamp_all(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
             *v = f(*v);
         }
     });
+}
+
+#[inline(always)]
+fn map_row(row: &mut [f32], a: f32, b: f32, f: impl Fn(f32) -> f32) {
+    for v in row.iter_mut() {
+        *v = f(a * *v + b);
+    }
 }

@@ -25,6 +25,7 @@ pub mod winograd4;
 pub use conv2d::{conv2d, ConvParams};
 pub use geometry::ConvGeometry;
 
+use candle_core::{Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// 0: not decided yet (read `OCTCONV_KERNELS` on first use), 1: our kernels on, 2: off.
@@ -62,6 +63,34 @@ pub fn set_enabled(on: bool) {
 /// checks stay with each caller (some kernels take f32 and f64, some f32 only).
 pub fn serves(device: &candle_core::Device) -> bool {
     device.is_cpu() && enabled()
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    with_f32_all([t], |[v]| f(v))
+}
+
+/// Runs `f` on the contiguous f32 data of `K` CPU tensors at once.
+pub(crate) fn with_f32_all<const K: usize, R>(
+    ts: [&Tensor; K],
+    f: impl FnOnce([&[f32]; K]) -> R,
+) -> Result<R> {
+    let ts = ts.map(|t| t.contiguous());
+    let ts = ts.into_iter().collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(K);
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+                slices.push(&v[a..b])
+            }
+            _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
+        }
+    }
+    let Ok(slices) = <[&[f32]; K]>::try_from(slices) else {
+        candle_core::bail!("internal error: {K} tensors expected")
+    };
+    Ok(f(slices))
 }
 
 /// The element types our kernels run on (the `gemm` crate's real types).

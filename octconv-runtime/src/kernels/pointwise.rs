@@ -15,6 +15,7 @@
 //! | 1 | `W_HH·X_H + up(W_LH·X_L)` | `W_HL·pool(X_H) + W_LL·X_L` |
 //! | 2 | `W_HH·pool(X_H) + W_LH·X_L` | `W_HL·pool²(X_H) + W_LL·pool(X_L)` |
 
+use super::conv2d::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::resample::pool_plane;
 use super::scratch::{output_vec, with_scratch, Scratch};
@@ -138,6 +139,18 @@ pub fn forward<T: Element>(
     xl: &[T],
     wt: PathWeights<'_, T>,
 ) -> (Vec<T>, Vec<T>) {
+    forward_post(g, xh, xl, wt, [None, None])
+}
+
+/// [`forward`], applying `post[0]` to every plane of the high output and `post[1]` to every plane of
+/// the low one (`post(channel, plane)`) as soon as the image's outputs are complete.
+pub fn forward_post<T: Element>(
+    g: &PointwiseOctave,
+    xh: &[T],
+    xl: &[T],
+    wt: PathWeights<'_, T>,
+    post: [Option<RowMap<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
     let (hw, lhw) = (g.h * g.w, g.h * g.w / 4);
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
@@ -182,7 +195,14 @@ pub fn forward<T: Element>(
                         gemm_into((g.out_l, out_lhw, g.in_l), yl, true, wt.ll, pl, par);
                     }
                 }
-            })
+            });
+            for (post, y, plane) in [(post[0], yh, out_hw), (post[1], yl, out_lhw)] {
+                if let Some(post) = post {
+                    for (c, p) in y.chunks_mut(plane.max(1)).enumerate() {
+                        post(c, p);
+                    }
+                }
+            }
         });
     (yh, yl)
 }

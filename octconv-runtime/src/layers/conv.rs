@@ -1,6 +1,7 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
 use crate::kernels::{conv2d, ConvParams};
+use crate::layers::OutputStage;
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -45,6 +46,24 @@ impl Conv2d {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
+    }
+
+    /// Inference of the convolution followed by `stage`, which the im2col and depthwise kernels
+    /// apply to each output row while it is in cache (without bias); else in one pass afterwards.
+    pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        if let (OctValue::Single(t), None) = (x, &self.bias) {
+            if let Some(e) = stage.epilogue(true, self.spec.out_c)? {
+                let p = ConvParams {
+                    stride: self.spec.stride,
+                    pad: self.spec.padding,
+                    groups: self.spec.groups,
+                };
+                if let Some(y) = crate::kernels::conv2d::infer_post(t, &self.weight, p, &e)? {
+                    return Ok(OctValue::Single(y));
+                }
+            }
+        }
+        stage.apply(self.forward(x)?)
     }
 
     /// Applies the convolution to a single-frequency value.

@@ -4,7 +4,7 @@
 
 use super::{
     Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, OctConvTranspose2d,
-    Pool, PoolKind,
+    OutputStage, Pool, PoolKind,
 };
 use crate::value::OctValue;
 use candle_core::Result;
@@ -24,6 +24,13 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
     /// `apply(xs, false)` to rounding.
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         self.apply(xs, false)
+    }
+
+    /// [`OctLayer::infer`] followed by `stage` (the batch norm and activation the plan puts after
+    /// this layer) on its fresh output: convolutions with kernels that map each output row while it
+    /// is in cache do so; any other layer maps its output in one pass afterwards.
+    fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
+        stage.apply(self.infer(xs)?)
     }
 
     /// Allows or forbids fused CPU kernels where the layer has them (octave convolutions); a no-op
@@ -75,13 +82,26 @@ macro_rules! oct_layer {
     };
 }
 
-oct_layer!(Conv2d, |s, xs, train| s.forward(one(xs, "conv")?));
+impl OctLayer for Conv2d {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "conv")?)
+    }
+    fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
+        Conv2d::infer_then(self, one(xs, "conv")?, stage)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 impl OctLayer for OctConv2d {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "octconv")?)
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         OctConv2d::infer(self, one(xs, "octconv")?)
+    }
+    fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
+        OctConv2d::infer_then(self, one(xs, "octconv")?, stage)
     }
     fn set_fused(&mut self, fused: bool) {
         OctConv2d::set_fused(self, fused);

@@ -16,6 +16,7 @@ pub mod head;
 pub mod layer;
 pub mod octave;
 pub mod octconv;
+pub mod output_stage;
 pub mod pool;
 pub mod transpose;
 
@@ -28,5 +29,6 @@ pub use head::{flatten, global_avg_pool, Linear};
 pub use layer::{build, OctLayer};
 pub use octave::{merge, merge_low, pyramid, split, upsample};
 pub use octconv::OctConv2d;
+pub use output_stage::OutputStage;
 pub use pool::{Pool, PoolKind};
 pub use transpose::OctConvTranspose2d;

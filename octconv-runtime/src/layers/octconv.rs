@@ -1,38 +1,15 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
+use crate::kernels::conv2d::RowMap;
+use crate::kernels::epilogue::ChannelEpilogue;
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
+use crate::kernels::{with_f32, with_f32_all};
 use crate::layers::batch_norm::{InputMap, OctBatchNorm};
+use crate::layers::OutputStage;
 
-/// Runs `f` on the contiguous f32 data of a CPU tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    with_f32_all([t], |[v]| f(v))
-}
-
-/// Runs `f` on the contiguous f32 data of `K` CPU tensors at once.
-fn with_f32_all<const K: usize, R>(
-    ts: [&Tensor; K],
-    f: impl FnOnce([&[f32]; K]) -> R,
-) -> Result<R> {
-    let ts = ts.map(|t| t.contiguous());
-    let ts = ts.into_iter().collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: Vec<&[f32]> = Vec::with_capacity(K);
-    for (storage, layout) in &guards {
-        match (&**storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-                slices.push(&v[a..b])
-            }
-            _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
-        }
-    }
-    let Ok(slices) = <[&[f32]; K]>::try_from(slices) else {
-        candle_core::bail!("internal error: {K} tensors expected")
-    };
-    Ok(f(slices))
-}
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
@@ -200,15 +177,53 @@ impl OctConv2d {
     /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) where it
     /// applies, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
-        match self.infer_pointwise(x)? {
+        match self.infer_pointwise(x, [None, None])? {
             Some(y) => Ok(y),
             None => self.forward(x),
         }
     }
 
+    /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
+    /// is in cache where they can (the four-path 1×1 kernel, and a one-path convolution by im2col or
+    /// the depthwise kernel, without bias); else in one pass afterwards.
+    pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
+        if no_bias && self.fused && self.fusable_inputs_f32(x) {
+            let s = &self.spec;
+            let epi = |high: bool| stage.epilogue(high, if high { s.out_h } else { s.out_l });
+            if s.out_l > 0 && s.out_h > 0 {
+                if let (Some(h), Some(l)) = (epi(true)?, epi(false)?) {
+                    if let Some(y) = self.infer_pointwise(x, [Some(&h), Some(&l)])? {
+                        return Ok(y);
+                    }
+                }
+            } else if let (Some(xs), None, [Some(w), None, None, None]) =
+                (x.branches().0, x.branches().1, &self.weights)
+            {
+                if let Some(e) = epi(true)? {
+                    let xs = if s.stride == 2 {
+                        avg_pool2x2(xs)?
+                    } else {
+                        xs.clone()
+                    };
+                    let groups = if s.depthwise { s.in_h } else { s.groups };
+                    if let Some(y) = conv2d::infer_post(&xs, w, self.conv_params(groups), &e)? {
+                        return Ok(OctValue::Single(y));
+                    }
+                }
+            }
+        }
+        stage.apply(self.infer(x)?)
+    }
+
     /// The four-path 1×1 octave convolution by [`crate::kernels::pointwise`], on f32 CPU inputs
-    /// with the fused kernels allowed; `Ok(None)` for any other layer or input.
-    fn infer_pointwise(&self, x: &OctValue) -> Result<Option<OctValue>> {
+    /// with the fused kernels allowed, each output branch mapped by its epilogue if given; `Ok(None)`
+    /// for any other layer or input.
+    fn infer_pointwise(
+        &self,
+        x: &OctValue,
+        epilogues: [Option<&ChannelEpilogue>; 2],
+    ) -> Result<Option<OctValue>> {
         let s = &self.spec;
         let (Some(xh), Some(xl)) = x.branches() else {
             return Ok(None);
@@ -238,8 +253,15 @@ impl OctConv2d {
         if !g.applies() || in_h != s.in_h || xl.dims4()? != (n, s.in_l, h / 2, w / 2) {
             return Ok(None);
         }
+        let posts =
+            epilogues.map(|e| e.map(|e| move |c: usize, row: &mut [f32]| e.apply_row(c, row)));
+        let [ph, pl] = &posts;
+        let post = [
+            ph.as_ref().map(|f| f as RowMap<'_, f32>),
+            pl.as_ref().map(|f| f as RowMap<'_, f32>),
+        ];
         let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[xh, xl, hh, hl, lh, ll]| {
-            pointwise::forward(&g, xh, xl, PathWeights { hh, hl, lh, ll })
+            pointwise::forward_post(&g, xh, xl, PathWeights { hh, hl, lh, ll }, post)
         })?;
         let dev = xh.device();
         let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());

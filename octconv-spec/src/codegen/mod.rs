@@ -141,18 +141,18 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         let out = &values[j];
         let runs = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
         let infers = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::infer(&#value, &[#(&#ins),*])?);
-        let (expr, infer_run) = match layer::built(krate, l) {
+        let (expr, infer_run, layer_value) = match layer::built(krate, l) {
             layer::Built::Input => {
                 let input = quote!(#krate::OctValue::Single(xs.clone()));
-                (input.clone(), input)
+                (input.clone(), input, None)
             }
             layer::Built::Field(ty, init) => {
                 decls.push(quote!(#f: #ty));
                 inits.push(quote!(#f: #init));
                 let value = quote!(self.#f);
-                (runs(&value), infers(&value))
+                (runs(&value), infers(&value), Some(value))
             }
-            layer::Built::Inline(value) => (runs(&value), infers(&value)),
+            layer::Built::Inline(value) => (runs(&value), infers(&value), Some(value)),
         };
         let layer_name = &l.name;
         let shape = shape_tokens(krate, &l.output);
@@ -178,26 +178,32 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             }
             (false, None) => infer_run,
         };
+        // The output map: through the layer's `infer_then` (its kernels may map rows in cache),
+        // or after a convolution that applied an input map, as the interpreter does.
         let infer_expr = match outputs.applies[j] {
             Some(m) => {
                 let act = match m.act.map(|a| &model.layers[a].op) {
                     Some(crate::ir::Op::Relu) => {
-                        Some(quote!(#krate::runtime::layers::Activation::Relu))
+                        quote!(Some(#krate::runtime::layers::Activation::Relu))
                     }
                     Some(crate::ir::Op::Relu6) => {
-                        Some(quote!(#krate::runtime::layers::Activation::Relu6))
+                        quote!(Some(#krate::runtime::layers::Activation::Relu6))
                     }
-                    _ => None,
+                    _ => quote!(None),
                 };
-                let fresh = quote!(#infer_expr.map(|t| Ok(t.detach()))?);
-                match (m.bn, act) {
-                    (Some(b), act) => {
+                let bn = match m.bn {
+                    Some(b) => {
                         let bn = &fields[b];
-                        let act = act.map_or_else(|| quote!(None), |a| quote!(Some(#a)));
-                        quote!(self.#bn.infer_in_place(#fresh, #act)?)
+                        quote!(Some(&self.#bn))
                     }
-                    (None, Some(act)) => quote!(#act.infer_in_place(#fresh)?),
-                    (None, None) => fresh,
+                    None => quote!(None),
+                };
+                let stage = quote!(#krate::runtime::layers::OutputStage { bn: #bn, act: #act });
+                match (&layer_value, maps.applies[j]) {
+                    (Some(value), None) => quote!(#krate::runtime::layers::OctLayer::infer_then(
+                        &#value, &[#(&#ins),*], &#stage
+                    )?),
+                    _ => quote!(#stage.apply(#infer_expr.map(|t| Ok(t.detach()))?)?),
                 }
             }
             None => infer_expr,

@@ -1,0 +1,62 @@
+//! [`OutputStage`]: what inference applies to a layer's fresh output in place — the batch norm and
+//! activation that follow a convolution or an add ([`octconv_spec::plan::OutputMaps`]). Layers whose
+//! kernels can map each output row while it is in cache take it through
+//! [`crate::layers::OctLayer::infer_then`]; any other layer's output is mapped in one pass after it.
+
+use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
+use crate::layers::{Activation, OctBatchNorm};
+use crate::value::OctValue;
+use candle_core::Result;
+
+/// The batch norm and/or activation applied to a layer's output in inference.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputStage<'a> {
+    /// The batch norm, if any.
+    pub bn: Option<&'a OctBatchNorm>,
+    /// The activation after it, if any (the plan admits ReLU and ReLU6).
+    pub act: Option<Activation>,
+}
+
+impl OutputStage<'_> {
+    /// Applies the stage to `y`, a fresh value nothing else holds, in place where our kernels serve
+    /// it ([`OctBatchNorm::infer_in_place`], [`Activation::infer_in_place`]).
+    pub fn apply(&self, y: OctValue) -> Result<OctValue> {
+        match (self.bn, self.act) {
+            (Some(bn), act) => bn.infer_in_place(y, act),
+            (None, Some(act)) => act.infer_in_place(y),
+            (None, None) => Ok(y),
+        }
+    }
+
+    /// The stage of one output branch (`high`, or the low one) of `channels` channels as a kernel
+    /// epilogue, or `None` where it is not one (another activation, parameters that are not f32).
+    pub fn epilogue(&self, high: bool, channels: usize) -> Result<Option<ChannelEpilogue>> {
+        let clamp = match self.act {
+            None => Clamp::Identity,
+            Some(Activation::Relu) => Clamp::Relu,
+            Some(Activation::Relu6) => Clamp::Relu6,
+            Some(_) => return Ok(None),
+        };
+        let (scale, shift) = match self.bn {
+            Some(bn) => {
+                let Some(map) = bn.input_map(false)? else {
+                    return Ok(None);
+                };
+                match if high { map.high } else { map.low } {
+                    Some(affine) => affine,
+                    None => return Ok(None),
+                }
+            }
+            // 1·y + 0 is y exactly, so an activation alone maps like the in-place pass.
+            None => (vec![1.0; channels], vec![0.0; channels]),
+        };
+        if scale.len() != channels {
+            return Ok(None);
+        }
+        Ok(Some(ChannelEpilogue {
+            scale,
+            shift,
+            clamp,
+        }))
+    }
+}
