@@ -111,14 +111,16 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
             // The per-path ops in f64: the exact gradient to compare the f32 noise floor against.
             let (_, g_exact) = logits_and_grads(&m, &vars, false, DType::F64);
             for (((name, a), (_, b)), (_, exact)) in g_f.iter().zip(&g_u).zip(&g_exact) {
-                // At most 1e-4 relative, or, where f32 itself cannot resolve a gradient to that
-                // (deep networks in train mode at batch 2: SE-ResNet-50's stem BN bias at α = .75
-                // is 1.3 % off the f64 value by either path), within twice the per-path error.
+                // At most 1e-4 relative to the per-path gradient; where f32 itself cannot resolve a
+                // gradient to that (deep networks in train mode at batch 2: SE-ResNet-50's stem BN
+                // bias at α = .75 is 1.3 % off the f64 value by either path), the fused gradient's
+                // error against f64 at most 4× the per-path one's (the rule of `octconv parity`).
                 let e = rel_err(a, b);
-                let floor = rel_err(b, exact);
+                let (fused_err, floor) = (rel_err(a, exact), rel_err(b, exact));
                 assert!(
-                    e <= 1e-4_f64.max(2.0 * floor),
-                    "{spec}: gradient of {name} differs by {e:e} (the per-path f32 gradient is {floor:e} off f64)"
+                    e <= 1e-4 || fused_err <= 4.0 * floor,
+                    "{spec}: gradient of {name} differs by {e:e}; against f64 the fused one is \
+                     {fused_err:e} off, the per-path one {floor:e}"
                 );
             }
         }

@@ -215,6 +215,13 @@ impl CustomOp2 for Conv2dForward {
     }
 }
 
+/// The fewest 4×4 tiles in a batch for which [`algorithm`] picks Winograd F(4×4).
+pub const F4_TILES: usize = 256;
+
+/// The fewest 2×2 tiles in a batch for which [`algorithm`] picks Winograd F(2×2) (when F(4×4)
+/// has too few).
+pub const F2_TILES: usize = 128;
+
 /// How a convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -228,17 +235,19 @@ pub enum Algorithm {
     Depthwise,
 }
 
-/// The algorithm for a geometry: where [`winograd::applies`] (3×3, stride 1, padding 1, one group),
-/// Winograd F(4×4, 3×3), or F(2×2, 3×3) for maps of at most 4×4 (one F(4×4) tile per image: its
-/// 36 GEMMs are then only as wide as the batch, while F(2×2)'s 16 are four times wider); else
-/// the direct depthwise kernel where one input channel makes a group ([`depthwise::applies`]); else
-/// im2col. `OCTCONV_CONV=f2`, `=f4` or `=im2col` forces one, for comparisons (read once).
+/// The algorithm for a geometry. Where [`winograd::applies`] (3×3, stride 1, padding 1, one group) it
+/// goes by the width of the GEMMs each would run, which is the number of tiles in the whole batch:
+/// Winograd F(4×4, 3×3) where it has at least [`F4_TILES`] tiles of 4×4, else F(2×2, 3×3) where it
+/// has at least [`F2_TILES`] tiles of 2×2, else im2col (one GEMM `9·c_in` deep over every pixel of
+/// the batch). Elsewhere, the direct depthwise kernel where one input channel makes a group
+/// ([`depthwise::applies`]), else im2col. `OCTCONV_CONV=f2`, `=f4`, `=depthwise` or `=im2col`
+/// forces one where it applies, for comparisons (read once).
 ///
-/// Measured with `examples/layer_bench --alphas 0 --size 4 --batch 32` (AMD EPYC, AVX-512, 2 threads,
-/// both variants with their transforms across all tiles): 192 channels 2.3–2.4 ms with F(4×4),
-/// 1.0–1.2 with F(2×2) (im2col 1.8 before that change); 256 channels 2.9–3.4 against 1.6–2.3 ms.
-/// At 8×8 they tie (256 channels: 4.5–4.6 against 4.5–5.0 ms), and at 16×16 F(4×4) wins (13.4–14.1
-/// against 23.2–23.6 ms).
+/// Measured on the U-Net of issue #23 at batch 4 (AMD EPYC, AVX-512, 2 threads, `octconv bench
+/// --profile`, milliseconds of one layer by F4 / F2 / im2col): 32 channels at 128×128 (4 096 F4
+/// tiles) 10.5 / 14.1 / 19.3; 256 at 16×16 (64 F4, 256 F2 tiles) 8.4 / 5.2 / 7.3; 512 at 8×8
+/// (16 F4, 64 F2 tiles) 21.5 / 8.4 / 6.2. Earlier, at batch 32 (`examples/layer_bench`): F2 won at
+/// 4×4 (128 F2 tiles), they tied at 8×8 (128 F4, 512 F2 tiles) and F4 won at 16×16 (512 F4 tiles).
 pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     static CHOICE: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
     let forced = *CHOICE.get_or_init(|| match std::env::var("OCTCONV_CONV").as_deref() {
@@ -254,11 +263,17 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
             _ => Algorithm::Im2col,
         };
     }
-    forced.unwrap_or(if g.h <= 4 && g.w <= 4 {
+    if let Some(alg) = forced.filter(|&a| a != Algorithm::Depthwise) {
+        return alg;
+    }
+    let tiles = |t: usize| g.n * g.h.div_ceil(t) * g.w.div_ceil(t);
+    if tiles(4) >= F4_TILES {
+        Algorithm::WinogradF4
+    } else if tiles(2) >= F2_TILES {
         Algorithm::WinogradF2
     } else {
-        Algorithm::WinogradF4
-    })
+        Algorithm::Im2col
+    }
 }
 
 /// The forward pass by the algorithm [`algorithm`] picks.

@@ -177,10 +177,18 @@ impl OctConv2d {
     /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) where it
     /// applies, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
-        match self.infer_pointwise(x, [None, None])? {
-            Some(y) => Ok(y),
-            None => self.forward(x),
+        if let Some(y) = self.infer_pointwise(x, [None, None])? {
+            return Ok(y);
         }
+        if let (Some(xh), Some(xl)) = x.branches() {
+            if self
+                .fused_geometry(xh, xl)
+                .is_some_and(|g| g.prefers_per_path())
+            {
+                return self.forward_unfused(x);
+            }
+        }
+        self.forward(x)
     }
 
     /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
@@ -287,7 +295,10 @@ impl OctConv2d {
         }
         match x.branches() {
             (Some(xh), Some(xl)) => {
-                let Some(g) = self.fused_geometry(xh, xl) else {
+                let Some(g) = self
+                    .fused_geometry(xh, xl)
+                    .filter(|g| !g.prefers_per_path())
+                else {
                     return Ok(None);
                 };
                 let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
@@ -349,7 +360,7 @@ impl OctConv2d {
         };
         match done {
             Some(y) => Ok(y),
-            None => self.forward(&bn.forward_relu_t(x, false, true)?),
+            None => self.infer(&bn.forward_relu_t(x, false, true)?),
         }
     }
 
