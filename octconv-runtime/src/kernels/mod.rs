@@ -18,6 +18,7 @@ pub mod prologue;
 pub mod resample;
 pub mod scratch;
 pub mod tiling;
+pub mod transpose;
 pub mod unfold;
 pub mod winograd;
 pub mod winograd4;

@@ -110,8 +110,17 @@ impl OctLayer for OctConv2d {
         self
     }
 }
-oct_layer!(OctConvTranspose2d, |s, xs, train| s
-    .forward(one(xs, "octconv_transpose")?));
+impl OctLayer for OctConvTranspose2d {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "octconv_transpose")?)
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        OctConvTranspose2d::infer(self, one(xs, "octconv_transpose")?)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 oct_layer!(OctBatchNorm, |s, xs, train| s
     .forward_t(one(xs, "bn")?, train));
 oct_layer!(Dropout, |s, xs, train| s

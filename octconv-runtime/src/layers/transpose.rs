@@ -101,6 +101,68 @@ impl OctConvTranspose2d {
         }
     }
 
+    /// Inference (no gradient): kernel 2 on f32 CPU tensors with one path or all four runs
+    /// [`crate::kernels::transpose`]; anything else [`OctConvTranspose2d::forward`].
+    pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
+        use crate::kernels::transpose::{self, OctaveTranspose};
+        let f32_cpu =
+            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        let s = &self.spec;
+        let all_f32 = {
+            let (h, l) = x.branches();
+            h.into_iter()
+                .chain(l)
+                .chain(self.weights.iter().flatten())
+                .all(f32_cpu)
+        };
+        if s.kernel != 2 || !all_f32 {
+            return self.forward(x);
+        }
+        let dev = match x.branches() {
+            (Some(t), _) | (None, Some(t)) => t.device().clone(),
+            _ => return self.forward(x),
+        };
+        match (x.branches(), &self.weights) {
+            ((Some(xs), None), [Some(w), None, None, None]) => {
+                let (n, ci, h, wd) = xs.dims4()?;
+                let y = crate::kernels::with_f32_all([xs, w], |[x, w]| {
+                    transpose::forward(x, w, (n, ci, h, wd), s.out_h)
+                })?;
+                let y = Tensor::from_vec(y, (n, s.out_h, 2 * h, 2 * wd), &dev)?;
+                Ok(OctValue::Single(super::octconv::add_bias(y, &self.bias_h)?))
+            }
+            ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) => {
+                let (n, in_h, h, w) = xh.dims4()?;
+                let g = OctaveTranspose {
+                    n,
+                    in_h,
+                    in_l: s.in_l,
+                    out_h: s.out_h,
+                    out_l: s.out_l,
+                    h,
+                    w,
+                };
+                let even = h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0;
+                if !even || in_h != s.in_h || xl.dims4()? != (n, s.in_l, h / 2, w / 2) {
+                    return self.forward(x);
+                }
+                let (yh, yl) = crate::kernels::with_f32_all(
+                    [xh, xl, hh, hl, lh, ll],
+                    |[xh, xl, hh, hl, lh, ll]| {
+                        transpose::forward_octave(&g, xh, xl, [hh, hl, lh, ll])
+                    },
+                )?;
+                let yh = Tensor::from_vec(yh, (n, s.out_h, 2 * h, 2 * w), &dev)?;
+                let yl = Tensor::from_vec(yl, (n, s.out_l, h, w), &dev)?;
+                Ok(OctValue::Pair {
+                    high: Some(super::octconv::add_bias(yh, &self.bias_h)?),
+                    low: super::octconv::add_bias(yl, &self.bias_l)?,
+                })
+            }
+            _ => self.forward(x),
+        }
+    }
+
     /// Applies the layer to a tensor or a pair.
     pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
         let (xh, xl) = x.branches();
