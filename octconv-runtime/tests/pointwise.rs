@@ -1,6 +1,6 @@
-//! The four-path 1×1 octave kernel (`kernels::pointwise`) against direct summation in f64: odd
-//! channel counts, stride 1 and 2, batches of one and several images, and the smallest maps each
-//! stride takes (2×2 and 4×4).
+//! The four-path 1×1 octave kernel (`kernels::pointwise`) and the linear layer's kernel
+//! (`kernels::gemm::linear`) against direct summation in f64: odd channel counts, stride 1 and 2,
+//! batches of one and several images, the smallest maps each stride takes (2×2 and 4×4).
 
 use octconv_runtime::kernels::pointwise::{forward, PathWeights, PointwiseOctave};
 use rand::{Rng, SeedableRng};
@@ -157,4 +157,37 @@ fn pointwise_octave_kernel_refuses_maps_a_path_would_pool_unevenly() {
         ..g(4, 4, 1)
     };
     assert!(!no_low.applies(), "all four paths");
+}
+
+#[test]
+fn linear_kernel_matches_direct_summation_for_few_rows_and_many() {
+    use octconv_runtime::kernels::gemm::{linear, DOT_ROWS};
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let mut cases = 0;
+    // Rows on both sides of the dot-product / GEMM switch, odd and lane-sized input widths.
+    for n in [1, 3, DOT_ROWS, DOT_ROWS + 1, 40] {
+        for (inp, out) in [(1, 1), (37, 5), (64, 70), (100, 129)] {
+            for bias in [false, true] {
+                cases += 1;
+                let x = random(&mut rng, n * inp);
+                let w = random(&mut rng, out * inp);
+                let b = random(&mut rng, out);
+                let y = linear(&x, &w, bias.then_some(&b[..]), (n, inp, out));
+                let want: Vec<f64> = (0..n * out)
+                    .map(|k| {
+                        let (i, o) = (k / out, k % out);
+                        let s: f64 = (0..inp).map(|c| x[i * inp + c] * w[o * inp + c]).sum();
+                        s + if bias { b[o] } else { 0.0 }
+                    })
+                    .collect();
+                assert_eq!(y.len(), want.len());
+                let err = y
+                    .iter()
+                    .zip(&want)
+                    .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(err < 1e-12, "n {n}, {inp} → {out}, bias {bias}: {err:e}");
+            }
+        }
+    }
+    assert_eq!(cases, 40);
 }

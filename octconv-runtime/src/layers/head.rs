@@ -39,6 +39,34 @@ impl Linear {
         Ok(Linear(candle_nn::Linear::new(w, b)))
     }
 
+    /// Inference of [`Linear::forward`]: one GEMM of our kernels on f32 CPU tensors
+    /// ([`crate::kernels::gemm::linear`]), else candle's.
+    pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
+        let OctValue::Flat(t) = x else {
+            return self.forward(x);
+        };
+        let (w, b) = (self.0.weight(), self.0.bias());
+        let f32_cpu =
+            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        if t.rank() != 2 || !f32_cpu(t) || !f32_cpu(w) || !b.is_none_or(f32_cpu) {
+            return self.forward(x);
+        }
+        let (n, inp) = t.dims2()?;
+        let (out, w_in) = w.dims2()?;
+        if w_in != inp {
+            return self.forward(x);
+        }
+        let y = match b {
+            Some(b) => crate::kernels::with_f32_all([t, w, b], |[x, w, b]| {
+                crate::kernels::gemm::linear(x, w, Some(b), (n, inp, out))
+            })?,
+            None => crate::kernels::with_f32_all([t, w], |[x, w]| {
+                crate::kernels::gemm::linear(x, w, None, (n, inp, out))
+            })?,
+        };
+        Ok(OctValue::Flat(Tensor::from_vec(y, (n, out), t.device())?))
+    }
+
     /// Applies the layer to a flat batch.
     pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
         match x {

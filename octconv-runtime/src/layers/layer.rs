@@ -126,7 +126,17 @@ oct_layer!(OctBatchNorm, |s, xs, train| s
 oct_layer!(Dropout, |s, xs, train| s
     .forward_t(one(xs, "dropout")?, train));
 oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?));
-oct_layer!(Linear, |s, xs, train| s.forward(one(xs, "linear")?));
+impl OctLayer for Linear {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "linear")?)
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        Linear::infer(self, one(xs, "linear")?)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 oct_layer!(Activation, |s, xs, train| s.forward(one(xs, "activation")?));
 
 /// `split(alpha)`: moves the last `low` channels, pooled, to the low branch.
