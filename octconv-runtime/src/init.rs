@@ -1,5 +1,6 @@
-//! Deterministic initialisation from a seed: Kaiming-normal (fan-in) convolution weights per OctConv
-//! path, LeCun-normal classifier weights, zero biases, BN weight 1 and bias 0, running mean 0 and
+//! Deterministic initialisation from a seed: Kaiming-normal convolution weights (for an OctConv path
+//! the fan-in counts both paths into its output branch, as for the plain convolution it replaces),
+//! LeCun-normal classifier weights, zero biases, BN weight 1 and bias 0, running mean 0 and
 //! variance 1.
 //!
 //! Every parameter draws from its own ChaCha8 stream (the seed, with the stream chosen by a hash of the
