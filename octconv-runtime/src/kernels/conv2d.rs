@@ -216,7 +216,7 @@ impl CustomOp2 for Conv2dForward {
 }
 
 /// The fewest 4×4 tiles in a batch for which [`algorithm`] picks Winograd F(4×4).
-pub const F4_TILES: usize = 256;
+pub const F4_TILES: usize = 128;
 
 /// The fewest 2×2 tiles in a batch for which [`algorithm`] picks Winograd F(2×2) (when F(4×4)
 /// has too few).
@@ -248,6 +248,9 @@ pub enum Algorithm {
 /// tiles) 10.5 / 14.1 / 19.3; 256 at 16×16 (64 F4, 256 F2 tiles) 8.4 / 5.2 / 7.3; 512 at 8×8
 /// (16 F4, 64 F2 tiles) 21.5 / 8.4 / 6.2. Earlier, at batch 32 (`examples/layer_bench`): F2 won at
 /// 4×4 (128 F2 tiles), they tied at 8×8 (128 F4, 512 F2 tiles) and F4 won at 16×16 (512 F4 tiles).
+/// With 256 F4 tiles as the bar, the fused octave kernel of WRN-16-4 at batch 32, α = .5 took F(2×2)
+/// at its 8×8 maps and the whole pass ran 8 % slower (`farm-bench`, 10 alternating pairs); at 128
+/// it is 4 % faster than before the rule.
 pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     static CHOICE: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
     let forced = *CHOICE.get_or_init(|| match std::env::var("OCTCONV_CONV").as_deref() {
