@@ -230,3 +230,49 @@ fn bench_train_times_a_spec_without_a_class_output_with_the_surrogate_loss() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_profile_charges_every_layer_to_a_kernel_class_with_its_share_of_macs() {
+    let v = json(&[
+        "bench",
+        "wrn(n = 1, k = 1)",
+        "--alphas",
+        "0,0.5",
+        "--batch",
+        "2",
+        "--samples",
+        "2",
+        "--repeats",
+        "2",
+        "--json",
+        "--profile",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let ir = octconv::check_builtin("wrn(n = 1, k = 1, alpha = 0.5)")
+        .model
+        .unwrap();
+    for (r, octave) in rows.iter().zip([false, true]) {
+        let p = r["profile"].as_array().expect("a profile per row");
+        assert!(!p.is_empty());
+        let f = |c: &serde_json::Value, k: &str| c[k].as_f64().unwrap();
+        // Shares of time and of MACs each sum to one; classes are sorted by time.
+        let time: f64 = p.iter().map(|c| f(c, "time_share")).sum();
+        let macs: f64 = p.iter().map(|c| f(c, "macs_share")).sum();
+        assert!(
+            (time - 1.0).abs() < 1e-9 && (macs - 1.0).abs() < 1e-9,
+            "{time} {macs}"
+        );
+        assert!(p.windows(2).all(|w| f(&w[0], "ms") >= f(&w[1], "ms")));
+        // Every layer is in exactly one class.
+        let layers: u64 = p.iter().map(|c| c["layers"].as_u64().unwrap()).sum();
+        assert_eq!(layers as usize, ir.layers.len());
+        let classes: Vec<&str> = p.iter().map(|c| c["class"].as_str().unwrap()).collect();
+        assert_eq!(
+            classes.contains(&"octconv 3×3 s1 dense octave"),
+            octave,
+            "{classes:?}"
+        );
+        assert!(classes.contains(&"bn") && classes.contains(&"linear"));
+    }
+}
