@@ -2,6 +2,7 @@
 //! (`kernels::gemm::linear`) against direct summation in f64: odd channel counts, stride 1 and 2,
 //! batches of one and several images, the smallest maps each stride takes (2×2 and 4×4).
 
+use octconv_runtime::kernels::octave::OctaveGeometry;
 use octconv_runtime::kernels::pointwise::{forward, PathWeights, PointwiseOctave};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -66,13 +67,15 @@ fn pointwise_octave_kernel_matches_direct_summation_at_both_strides_and_the_smal
             {
                 cases += 1;
                 let g = PointwiseOctave {
-                    n,
-                    in_h,
-                    in_l,
-                    out_h,
-                    out_l,
-                    h,
-                    w,
+                    octave: OctaveGeometry {
+                        n,
+                        in_h,
+                        in_l,
+                        out_h,
+                        out_l,
+                        h,
+                        w,
+                    },
                     stride,
                 };
                 assert!(g.applies(), "{g:?}");
@@ -137,13 +140,15 @@ fn pointwise_octave_kernel_matches_direct_summation_at_both_strides_and_the_smal
 #[test]
 fn pointwise_octave_kernel_refuses_maps_a_path_would_pool_unevenly() {
     let g = |h: usize, w: usize, stride: usize| PointwiseOctave {
-        n: 1,
-        in_h: 2,
-        in_l: 2,
-        out_h: 2,
-        out_l: 2,
-        h,
-        w,
+        octave: OctaveGeometry {
+            n: 1,
+            in_h: 2,
+            in_l: 2,
+            out_h: 2,
+            out_l: 2,
+            h,
+            w,
+        },
         stride,
     };
     assert!(g(2, 2, 1).applies());
@@ -152,9 +157,13 @@ fn pointwise_octave_kernel_refuses_maps_a_path_would_pool_unevenly() {
     assert!(g(4, 8, 2).applies());
     assert!(!g(6, 4, 2).applies());
     assert!(!g(4, 4, 3).applies());
+    let base = g(4, 4, 1);
     let no_low = PointwiseOctave {
-        out_l: 0,
-        ..g(4, 4, 1)
+        octave: OctaveGeometry {
+            out_l: 0,
+            ..base.octave
+        },
+        ..base
     };
     assert!(!no_low.applies(), "all four paths");
 }

@@ -29,8 +29,10 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Channel counts and the high branch's spatial size of a full octave convolution (all four paths,
-/// 3×3, stride 1, padding 1, one group); the low branch is `h / 2 × w / 2`.
+/// Channel counts and the high input's spatial size of an octave layer with all four paths; the low
+/// input is `h / 2 × w / 2`. The fused 3×3 kernel here (stride 1, padding 1, one group), the 1×1
+/// kernel ([`super::pointwise`], with a stride) and the kernel-2 transposed one
+/// ([`super::transpose`]) share it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OctaveGeometry {
     /// Batch size.

@@ -17,28 +17,17 @@
 
 use super::conv2d::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
+use super::octave::OctaveGeometry;
 use super::resample::pool_plane;
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
 
-/// Sizes of one 1×1 octave convolution: batch, channels per branch, the high input's map, stride.
+/// Sizes of one 1×1 octave convolution: the layer's channels and high input map, and its stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PointwiseOctave {
-    /// Batch size.
-    pub n: usize,
-    /// High input channels.
-    pub in_h: usize,
-    /// Low input channels.
-    pub in_l: usize,
-    /// High output channels.
-    pub out_h: usize,
-    /// Low output channels.
-    pub out_l: usize,
-    /// High input height (the low input is half of it).
-    pub h: usize,
-    /// High input width.
-    pub w: usize,
+    /// Batch, channels per branch and the high input's height and width.
+    pub octave: OctaveGeometry,
     /// 1, or 2 (every path pools its input first).
     pub stride: usize,
 }
@@ -49,23 +38,31 @@ impl PointwiseOctave {
     pub fn applies(&self) -> bool {
         let halvings = if self.stride == 2 { 4 } else { 2 };
         matches!(self.stride, 1 | 2)
-            && [self.in_h, self.in_l, self.out_h, self.out_l]
-                .iter()
-                .all(|&c| c > 0)
-            && self.h.is_multiple_of(halvings)
-            && self.w.is_multiple_of(halvings)
-            && self.h > 0
-            && self.w > 0
+            && [
+                self.octave.in_h,
+                self.octave.in_l,
+                self.octave.out_h,
+                self.octave.out_l,
+            ]
+            .iter()
+            .all(|&c| c > 0)
+            && self.octave.h.is_multiple_of(halvings)
+            && self.octave.w.is_multiple_of(halvings)
+            && self.octave.h > 0
+            && self.octave.w > 0
     }
 
     /// The high output's height and width.
     pub fn out_high_hw(&self) -> (usize, usize) {
-        (self.h / self.stride, self.w / self.stride)
+        (self.octave.h / self.stride, self.octave.w / self.stride)
     }
 
     /// The low output's height and width.
     pub fn out_low_hw(&self) -> (usize, usize) {
-        (self.h / (2 * self.stride), self.w / (2 * self.stride))
+        (
+            self.octave.h / (2 * self.stride),
+            self.octave.w / (2 * self.stride),
+        )
     }
 }
 
@@ -151,48 +148,108 @@ pub fn forward_post<T: Element>(
     wt: PathWeights<'_, T>,
     post: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    let (hw, lhw) = (g.h * g.w, g.h * g.w / 4);
+    let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
     let (out_hw, out_lhw) = (oh * ow, ol * owl);
     // Every output element is written by a GEMM without accumulation, then accumulated into.
-    let mut yh = output_vec(g.n * g.out_h * out_hw);
-    let mut yl = output_vec(g.n * g.out_l * out_lhw);
-    if g.n == 0 {
+    let mut yh = output_vec(g.octave.n * g.octave.out_h * out_hw);
+    let mut yl = output_vec(g.octave.n * g.octave.out_l * out_lhw);
+    if g.octave.n == 0 {
         return (yh, yl);
     }
-    let par = gemm_parallelism(g.n);
-    yh.par_chunks_mut((g.out_h * out_hw).max(1))
-        .zip(yl.par_chunks_mut((g.out_l * out_lhw).max(1)))
+    let par = gemm_parallelism(g.octave.n);
+    yh.par_chunks_mut((g.octave.out_h * out_hw).max(1))
+        .zip(yl.par_chunks_mut((g.octave.out_l * out_lhw).max(1)))
         .enumerate()
         .for_each(|(i, (yh, yl))| {
-            let xh = &xh[i * g.in_h * hw..][..g.in_h * hw];
-            let xl = &xl[i * g.in_l * lhw..][..g.in_l * lhw];
+            let xh = &xh[i * g.octave.in_h * hw..][..g.octave.in_h * hw];
+            let xl = &xl[i * g.octave.in_l * lhw..][..g.octave.in_l * lhw];
             with_scratch(|s: &mut Scratch<T>| {
                 // SAFETY (every GEMM below): the weights are `c_out × c_in` of the path, the inputs
                 // `c_in` planes of the size multiplied, the outputs `c_out` planes of it.
                 if g.stride == 1 {
-                    let [t, p] = s.many([g.out_h * lhw, g.in_h * lhw]);
+                    let [t, p] = s.many([g.octave.out_h * lhw, g.octave.in_h * lhw]);
                     unsafe {
-                        gemm_into((g.out_h, hw, g.in_h), yh, false, wt.hh, xh, par);
-                        gemm_into((g.out_h, lhw, g.in_l), t, false, wt.lh, xl, par);
+                        gemm_into(
+                            (g.octave.out_h, hw, g.octave.in_h),
+                            yh,
+                            false,
+                            wt.hh,
+                            xh,
+                            par,
+                        );
+                        gemm_into(
+                            (g.octave.out_h, lhw, g.octave.in_l),
+                            t,
+                            false,
+                            wt.lh,
+                            xl,
+                            par,
+                        );
                     }
-                    add_upsampled(yh, t, g.out_h, (g.h, g.w));
-                    pool_planes(xh, g.in_h, (g.h, g.w), p);
+                    add_upsampled(yh, t, g.octave.out_h, (g.octave.h, g.octave.w));
+                    pool_planes(xh, g.octave.in_h, (g.octave.h, g.octave.w), p);
                     unsafe {
-                        gemm_into((g.out_l, lhw, g.in_h), yl, false, wt.hl, p, par);
-                        gemm_into((g.out_l, lhw, g.in_l), yl, true, wt.ll, xl, par);
+                        gemm_into(
+                            (g.octave.out_l, lhw, g.octave.in_h),
+                            yl,
+                            false,
+                            wt.hl,
+                            p,
+                            par,
+                        );
+                        gemm_into(
+                            (g.octave.out_l, lhw, g.octave.in_l),
+                            yl,
+                            true,
+                            wt.ll,
+                            xl,
+                            par,
+                        );
                     }
                 } else {
-                    let [p, p2, pl] = s.many([g.in_h * lhw, g.in_h * lhw / 4, g.in_l * lhw / 4]);
-                    pool_planes(xh, g.in_h, (g.h, g.w), p);
-                    pool_planes(p, g.in_h, (g.h / 2, g.w / 2), p2);
-                    pool_planes(xl, g.in_l, (g.h / 2, g.w / 2), pl);
+                    let [p, p2, pl] = s.many([
+                        g.octave.in_h * lhw,
+                        g.octave.in_h * lhw / 4,
+                        g.octave.in_l * lhw / 4,
+                    ]);
+                    pool_planes(xh, g.octave.in_h, (g.octave.h, g.octave.w), p);
+                    pool_planes(p, g.octave.in_h, (g.octave.h / 2, g.octave.w / 2), p2);
+                    pool_planes(xl, g.octave.in_l, (g.octave.h / 2, g.octave.w / 2), pl);
                     unsafe {
-                        gemm_into((g.out_h, out_hw, g.in_h), yh, false, wt.hh, p, par);
-                        gemm_into((g.out_h, out_hw, g.in_l), yh, true, wt.lh, xl, par);
-                        gemm_into((g.out_l, out_lhw, g.in_h), yl, false, wt.hl, p2, par);
-                        gemm_into((g.out_l, out_lhw, g.in_l), yl, true, wt.ll, pl, par);
+                        gemm_into(
+                            (g.octave.out_h, out_hw, g.octave.in_h),
+                            yh,
+                            false,
+                            wt.hh,
+                            p,
+                            par,
+                        );
+                        gemm_into(
+                            (g.octave.out_h, out_hw, g.octave.in_l),
+                            yh,
+                            true,
+                            wt.lh,
+                            xl,
+                            par,
+                        );
+                        gemm_into(
+                            (g.octave.out_l, out_lhw, g.octave.in_h),
+                            yl,
+                            false,
+                            wt.hl,
+                            p2,
+                            par,
+                        );
+                        gemm_into(
+                            (g.octave.out_l, out_lhw, g.octave.in_l),
+                            yl,
+                            true,
+                            wt.ll,
+                            pl,
+                            par,
+                        );
                     }
                 }
             });

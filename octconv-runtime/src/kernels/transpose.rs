@@ -107,23 +107,7 @@ pub fn forward<T: Element>(
 
 /// Channels and sizes of a four-path transposed octave convolution: `xh` `[n, in_h, h, w]`, `xl`
 /// `[n, in_l, h/2, w/2]` → `yh` `[n, out_h, 2h, 2w]`, `yl` `[n, out_l, h, w]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OctaveTranspose {
-    /// Batch size.
-    pub n: usize,
-    /// High input channels.
-    pub in_h: usize,
-    /// Low input channels.
-    pub in_l: usize,
-    /// High output channels.
-    pub out_h: usize,
-    /// Low output channels.
-    pub out_l: usize,
-    /// High input height (even).
-    pub h: usize,
-    /// High input width (even).
-    pub w: usize,
-}
+pub type OctaveTranspose = super::octave::OctaveGeometry;
 
 /// The four paths' weights, each `[c_in, c_out, 2, 2]`: H→H, H→L, L→H, L→L.
 pub type TransposeWeights<'a, T> = [&'a [T]; 4];

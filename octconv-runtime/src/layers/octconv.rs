@@ -249,13 +249,15 @@ impl OctConv2d {
         }
         let (n, in_h, h, w) = xh.dims4()?;
         let g = PointwiseOctave {
-            n,
-            in_h,
-            in_l: s.in_l,
-            out_h: s.out_h,
-            out_l: s.out_l,
-            h,
-            w,
+            octave: OctaveGeometry {
+                n,
+                in_h,
+                in_l: s.in_l,
+                out_h: s.out_h,
+                out_l: s.out_l,
+                h,
+                w,
+            },
             stride: s.stride,
         };
         if !g.applies() || in_h != s.in_h || xl.dims4()? != (n, s.in_l, h / 2, w / 2) {
