@@ -237,7 +237,8 @@ pub enum Algorithm {
 
 /// The algorithm for a geometry. Where [`winograd::applies`] (3×3, stride 1, padding 1, one group) it
 /// goes by the width of the GEMMs each would run, which is the number of tiles in the whole batch:
-/// Winograd F(4×4, 3×3) where it has at least [`F4_TILES`] tiles of 4×4, else F(2×2, 3×3) where it
+/// Winograd F(4×4, 3×3) where it has at least [`F4_TILES`] tiles of 4×4 and more than one per image,
+/// else F(2×2, 3×3) where it
 /// has at least [`F2_TILES`] tiles of 2×2, else im2col (one GEMM `9·c_in` deep over every pixel of
 /// the batch). Elsewhere, the direct depthwise kernel where one input channel makes a group
 /// ([`depthwise::applies`]), else im2col. `OCTCONV_CONV=f2`, `=f4`, `=depthwise` or `=im2col`
@@ -250,7 +251,8 @@ pub enum Algorithm {
 /// 4×4 (128 F2 tiles), they tied at 8×8 (128 F4, 512 F2 tiles) and F4 won at 16×16 (512 F4 tiles).
 /// With 256 F4 tiles as the bar, the fused octave kernel of WRN-16-4 at batch 32, α = .5 took F(2×2)
 /// at its 8×8 maps and the whole pass ran 8 % slower (`farm-bench`, 10 alternating pairs); at 128
-/// it is 4 % faster than before the rule.
+/// it is 4 % faster than before the rule. With F(4×4) at 4×4 maps (one tile per image, 128 at batch
+/// 128), WRN-28-10's α = .75 inference peaked at 177 instead of 152 MiB.
 pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     static CHOICE: std::sync::OnceLock<Option<Algorithm>> = std::sync::OnceLock::new();
     let forced = *CHOICE.get_or_init(|| match std::env::var("OCTCONV_CONV").as_deref() {
@@ -270,7 +272,8 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
         return alg;
     }
     let tiles = |t: usize| g.n * g.h.div_ceil(t) * g.w.div_ceil(t);
-    if tiles(4) >= F4_TILES {
+    // One F(4×4) tile per image (maps of at most 4×4) keeps F(2×2): its GEMMs are four times wider.
+    if tiles(4) >= F4_TILES && (g.h > 4 || g.w > 4) {
         Algorithm::WinogradF4
     } else if tiles(2) >= F2_TILES {
         Algorithm::WinogradF2
