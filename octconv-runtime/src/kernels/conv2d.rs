@@ -22,6 +22,7 @@ use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
 use super::Element;
+use super::epilogue::RowMap;
 use super::{depthwise, winograd};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -365,10 +366,6 @@ pub fn backward_filter_with<T: Element>(
         Algorithm::Depthwise => depthwise::backward_filter(g, x, dy),
     }
 }
-
-/// What an inference kernel applies to each output row right after computing it, while the row is
-/// in cache: `post(channel, row)` (a batch norm and activation, [`super::epilogue`]).
-pub type RowMap<'a, T> = &'a (dyn Fn(usize, &mut [T]) + Sync);
 
 /// `y = conv2d(x, w)` on raw NCHW data by im2col + GEMM (any geometry).
 pub fn forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {

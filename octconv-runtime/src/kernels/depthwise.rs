@@ -9,7 +9,7 @@
 //! each output row is `k²` shifted multiply-adds of a zero-padded input row, which the compiler
 //! vectorises (stride 1), with every value read once from cache.
 
-use super::conv2d::RowMap;
+use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::scratch::output_vec;
 use super::Element;

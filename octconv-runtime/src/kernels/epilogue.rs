@@ -12,6 +12,10 @@ use super::prologue::Prologue;
 use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result};
 use rayon::prelude::*;
 
+/// What an inference kernel applies to each output row right after computing it, while the row is
+/// in cache: `post(channel, row)` (for example [`ChannelEpilogue::apply_row`]).
+pub type RowMap<'a, T> = &'a (dyn Fn(usize, &mut [T]) + Sync);
+
 /// The activation after the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clamp {
@@ -90,7 +94,7 @@ impl ChannelEpilogue {
             });
     }
 
-    /// Applies channel `ch`'s map to `row` (a kernel's [`super::conv2d::RowMap`]).
+    /// Applies channel `ch`'s map to `row` (a kernel's [`RowMap`]).
     pub fn apply_row(&self, ch: usize, row: &mut [f32]) {
         let (a, b) = (self.scale[ch], self.shift[ch]);
         match self.clamp {

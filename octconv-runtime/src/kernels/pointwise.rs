@@ -15,7 +15,7 @@
 //! | 1 | `W_HH·X_H + up(W_LH·X_L)` | `W_HL·pool(X_H) + W_LL·X_L` |
 //! | 2 | `W_HH·pool(X_H) + W_LH·X_L` | `W_HL·pool²(X_H) + W_LL·pool(X_L)` |
 
-use super::conv2d::RowMap;
+use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::octave::OctaveGeometry;
 use super::resample::pool_plane;

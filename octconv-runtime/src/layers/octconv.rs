@@ -1,7 +1,6 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
-use crate::kernels::conv2d::RowMap;
-use crate::kernels::epilogue::ChannelEpilogue;
+use crate::kernels::epilogue::{ChannelEpilogue, RowMap};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::{conv2d, ConvParams};
