@@ -15,6 +15,7 @@
 //! images are spread over the rayon pool, and a batch too small to share out parallelises inside the
 //! GEMM instead.
 
+use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
@@ -22,7 +23,6 @@ use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
 use super::Element;
-use super::epilogue::RowMap;
 use super::{depthwise, winograd};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
