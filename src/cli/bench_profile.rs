@@ -101,27 +101,33 @@ pub fn profile(
             }
         }
     }
+    // MACs per sample (the cost model's); a pass does `batch` times as many.
     let total_macs: u64 = layers.iter().map(|l| l.macs).sum();
+    let batch = x.dim(0)? as f64;
     let mut rows: Vec<ClassTime> = per_class
         .into_iter()
         .map(|(class, mut times)| {
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
-            let in_class = || layers.iter().zip(&classes).filter(|(_, c)| c == &class);
-            let macs: u64 =
-                in_class().map(|(l, _)| l.macs).sum::<u64>() * x.dim(0).unwrap_or(1) as u64;
+            let in_class: Vec<&Layer> = layers
+                .iter()
+                .zip(&classes)
+                .filter(|(_, c)| c.as_str() == class)
+                .map(|(l, _)| l)
+                .collect();
+            let macs: u64 = in_class.iter().map(|l| l.macs).sum();
             ClassTime {
                 class: class.to_string(),
-                layers: in_class().count(),
+                layers: in_class.len(),
                 ms: median * 1e3,
                 time_share: 0.0,
                 macs_share: if total_macs == 0 {
                     0.0
                 } else {
-                    macs as f64 / (total_macs * x.dim(0).unwrap_or(1) as u64) as f64
+                    macs as f64 / total_macs as f64
                 },
                 gmacs_per_s: if median > 0.0 {
-                    macs as f64 / median / 1e9
+                    macs as f64 * batch / median / 1e9
                 } else {
                     0.0
                 },

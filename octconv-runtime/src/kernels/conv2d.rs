@@ -51,6 +51,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
     }
 }
 
+/// Whether the algorithm [`algorithm`] picks for `g` applies an output map row by row
+/// ([`infer_post`]): im2col and the depthwise kernel do, Winograd does not.
+pub fn maps_rows(g: &ConvGeometry) -> bool {
+    matches!(algorithm(g), Algorithm::Im2col | Algorithm::Depthwise)
+}
+
 /// Inference of `epi(conv2d(x, weight))` on f32 CPU tensors where the algorithm [`algorithm`] picks
 /// is im2col or the depthwise kernel, which apply the epilogue to each output row while it is in
 /// cache; `Ok(None)` elsewhere (Winograd, other dtypes or devices), for the caller to map the
@@ -67,7 +73,7 @@ pub fn infer_post(
     }
     let g = ConvGeometry::new(x.dims4()?, weight.dims4()?, p.stride, p.pad, p.groups)?;
     let alg = algorithm(&g);
-    if !matches!(alg, Algorithm::Im2col | Algorithm::Depthwise) || epi.scale.len() != g.c_out {
+    if !maps_rows(&g) || epi.scale.len() != g.c_out {
         return Ok(None);
     }
     let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);

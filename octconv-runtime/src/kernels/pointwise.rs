@@ -18,7 +18,7 @@
 use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::octave::OctaveGeometry;
-use super::resample::pool_plane;
+use super::resample::{add_upsampled_planes, pool_planes};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
@@ -105,29 +105,6 @@ unsafe fn gemm_into<T: Element>(
     sgemm((m, n, k), dst.as_mut_ptr(), n, accumulate, lhs, rhs, par)
 }
 
-/// 2×2 average pooling of `c` planes of `h × w` into `out` (`c` planes of `h/2 × w/2`).
-fn pool_planes<T: Element>(x: &[T], c: usize, (h, w): (usize, usize), out: &mut [T]) {
-    let quarter = (h / 2) * (w / 2);
-    for (p, o) in out[..c * quarter].chunks_mut(quarter.max(1)).enumerate() {
-        pool_plane(&x[p * h * w..][..h * w], o, (h, w), T::from_f64(0.25));
-    }
-}
-
-/// `y[c][y][x] += t[c][y / 2][x / 2]` for `c` planes of `h × w` (even sides).
-fn add_upsampled<T: Element>(y: &mut [T], t: &[T], c: usize, (h, w): (usize, usize)) {
-    let (lh, lw) = (h / 2, w / 2);
-    for (p, plane) in y[..c * h * w].chunks_mut(h * w).enumerate() {
-        let low = &t[p * lh * lw..][..lh * lw];
-        for (yy, row) in plane.chunks_mut(w).enumerate() {
-            let lrow = &low[(yy / 2) * lw..][..lw];
-            for (pair, &v) in row.chunks_exact_mut(2).zip(lrow) {
-                pair[0] += v;
-                pair[1] += v;
-            }
-        }
-    }
-}
-
 /// The four-path 1×1 octave convolution of `xh` (`[n, in_h, h, w]`) and `xl` (`[n, in_l, h/2, w/2]`):
 /// the high and low outputs, NCHW, without bias. `g` must [apply](PointwiseOctave::applies).
 pub fn forward<T: Element>(
@@ -188,7 +165,7 @@ pub fn forward_post<T: Element>(
                             par,
                         );
                     }
-                    add_upsampled(yh, t, g.octave.out_h, (g.octave.h, g.octave.w));
+                    add_upsampled_planes(yh, t, g.octave.out_h, (g.octave.h, g.octave.w));
                     pool_planes(xh, g.octave.in_h, (g.octave.h, g.octave.w), p);
                     unsafe {
                         gemm_into(

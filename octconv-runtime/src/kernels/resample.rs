@@ -112,6 +112,35 @@ pub(super) fn upsample_add<T: Element>(
     out
 }
 
+/// 2×2 average pooling of `c` planes of `h × w` into `out` (`c` planes of `h/2 × w/2`).
+pub(super) fn pool_planes<T: Element>(x: &[T], c: usize, (h, w): (usize, usize), out: &mut [T]) {
+    let quarter = (h / 2) * (w / 2);
+    for (p, o) in out[..c * quarter].chunks_mut(quarter.max(1)).enumerate() {
+        pool_plane(&x[p * h * w..][..h * w], o, (h, w), T::from_f64(0.25));
+    }
+}
+
+/// `y[c][y][x] += t[c][y / 2][x / 2]` for `c` planes of `y`, each `h × w` (even sides), in place (the
+/// L→H join of the fused 1×1 and transposed kernels).
+pub(super) fn add_upsampled_planes<T: Element>(
+    y: &mut [T],
+    t: &[T],
+    c: usize,
+    (h, w): (usize, usize),
+) {
+    let (lh, lw) = (h / 2, w / 2);
+    for (p, plane) in y[..c * h * w].chunks_mut(h * w).enumerate() {
+        let low = &t[p * lh * lw..][..lh * lw];
+        for (yy, row) in plane.chunks_mut(w).enumerate() {
+            let lrow = &low[(yy / 2) * lw..][..lw];
+            for (pair, &v) in row.chunks_exact_mut(2).zip(lrow) {
+                pair[0] += v;
+                pair[1] += v;
+            }
+        }
+    }
+}
+
 /// A one-input plane kernel, generic over the element type.
 trait PlaneKernel {
     fn run<T: Element>(&self, x: &[T], np: usize, h: usize, w: usize) -> Vec<T>;

@@ -10,7 +10,7 @@
 //! than at α = 0 (`octconv bench --profile`).
 
 use super::gemm::{gemm_parallelism, sgemm, Mat};
-use super::resample::pool_plane;
+use super::resample::{add_upsampled_planes, pool_planes};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
@@ -61,20 +61,6 @@ fn shuffle<T: Element>(p: &[T], y: &mut [T], co: usize, (h, w): (usize, usize)) 
             for ((pair, &v0), &v1) in row.chunks_exact_mut(2).zip(r0).zip(r1) {
                 pair[0] = v0;
                 pair[1] = v1;
-            }
-        }
-    }
-}
-
-/// `y += up(s)`: `co` planes of `s` (`h × w`) added, each value to its 2×2 block of `y` (`2h × 2w`).
-fn add_upsampled<T: Element>(y: &mut [T], s: &[T], co: usize, (h, w): (usize, usize)) {
-    let hw = h * w;
-    for (c, plane) in y[..co * 4 * hw].chunks_mut(4 * hw).enumerate() {
-        for (yy, row) in plane.chunks_mut(2 * w).enumerate() {
-            let src = &s[c * hw + (yy / 2) * w..][..w];
-            for (pair, &v) in row.chunks_exact_mut(2).zip(src) {
-                pair[0] += v;
-                pair[1] += v;
             }
         }
     }
@@ -149,11 +135,9 @@ pub fn forward_octave<T: Element>(
                 // L→H at the high input's resolution, then added upsampled ×2.
                 unsafe { products((g.in_l, g.out_h, lhw), q, false, w_lh, xl, par) };
                 shuffle(q, lh_up, g.out_h, (lh, lw));
-                add_upsampled(yh, lh_up, g.out_h, (g.h, g.w));
+                add_upsampled_planes(yh, lh_up, g.out_h, (2 * g.h, 2 * g.w));
                 // H→L from the pooled high input and L→L: one sum of two products.
-                for (c, o) in pooled.chunks_mut(lhw.max(1)).enumerate() {
-                    pool_plane(&xh[c * hw..][..hw], o, (g.h, g.w), T::from_f64(0.25));
-                }
+                pool_planes(xh, g.in_h, (g.h, g.w), pooled);
                 unsafe {
                     products((g.in_h, g.out_l, lhw), q, false, w_hl, pooled, par);
                     products((g.in_l, g.out_l, lhw), q, true, w_ll, xl, par);

@@ -43,14 +43,22 @@ impl Activation {
         x.map(|t| self.tensor(t))
     }
 
+    /// The activation as an in-place clamp of our kernels ([`crate::kernels::epilogue`]): ReLU and
+    /// ReLU6; `None` for the others.
+    pub fn clamp(self) -> Option<Clamp> {
+        match self {
+            Activation::Relu => Some(Clamp::Relu),
+            Activation::Relu6 => Some(Clamp::Relu6),
+            Activation::Sigmoid | Activation::HardSwish => None,
+        }
+    }
+
     /// Inference of `self(y)` where `y` is a freshly computed value that nothing else holds: a
     /// ReLU or ReLU6 on f32 CPU tensors is applied in place
     /// ([`crate::kernels::epilogue::InPlaceClamp`]), anything else as [`Activation::forward`].
     pub fn infer_in_place(self, y: OctValue) -> Result<OctValue> {
-        let clamp = match self {
-            Activation::Relu => Clamp::Relu,
-            Activation::Relu6 => Clamp::Relu6,
-            _ => return self.forward(&y),
+        let Some(clamp) = self.clamp() else {
+            return self.forward(&y);
         };
         let fast = |t: &Tensor| {
             crate::kernels::serves(t.device()) && t.dtype() == DType::F32 && t.is_contiguous()

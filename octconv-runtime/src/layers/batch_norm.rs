@@ -212,12 +212,7 @@ impl OctBatchNorm {
     /// allocation ([`crate::kernels::epilogue`]); elsewhere op by op. `act` is `None`,
     /// [`Activation::Relu`] or [`Activation::Relu6`] (what [`octconv_spec::plan::OutputMaps`] plans).
     pub fn infer_in_place(&self, y: OctValue, act: Option<Activation>) -> Result<OctValue> {
-        let clamp = match act {
-            None => Some(Clamp::Identity),
-            Some(Activation::Relu) => Some(Clamp::Relu),
-            Some(Activation::Relu6) => Some(Clamp::Relu6),
-            Some(_) => None,
-        };
+        let clamp = act.map_or(Some(Clamp::Identity), Activation::clamp);
         let fast = |bn: &Option<BatchNorm2d>, t: &Tensor| {
             bn.as_ref().is_some_and(|bn| bn.fast_path(t)) && t.is_contiguous()
         };

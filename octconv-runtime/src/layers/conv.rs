@@ -1,6 +1,6 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
-use crate::kernels::{conv2d, ConvParams};
+use crate::kernels::{conv2d, ConvGeometry, ConvParams};
 use crate::layers::OutputStage;
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
@@ -31,17 +31,18 @@ impl Conv2d {
         Ok(Conv2d { spec, weight, bias })
     }
 
+    /// Stride, padding and groups of the convolution.
+    fn params(&self) -> ConvParams {
+        ConvParams {
+            stride: self.spec.stride,
+            pad: self.spec.padding,
+            groups: self.spec.groups,
+        }
+    }
+
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(
-            x,
-            &self.weight,
-            ConvParams {
-                stride: self.spec.stride,
-                pad: self.spec.padding,
-                groups: self.spec.groups,
-            },
-        )?;
+        let y = conv2d(x, &self.weight, self.params())?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -52,13 +53,12 @@ impl Conv2d {
     /// apply to each output row while it is in cache (without bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         if let (OctValue::Single(t), None) = (x, &self.bias) {
-            if let Some(e) = stage.epilogue(true, self.spec.out_c)? {
-                let p = ConvParams {
-                    stride: self.spec.stride,
-                    pad: self.spec.padding,
-                    groups: self.spec.groups,
-                };
-                if let Some(y) = crate::kernels::conv2d::infer_post(t, &self.weight, p, &e)? {
+            let p = self.params();
+            let maps =
+                ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)
+                    .is_ok_and(|g| conv2d::maps_rows(&g));
+            if let (true, Some(e)) = (maps, stage.epilogue(true, self.spec.out_c)?) {
+                if let Some(y) = conv2d::infer_post(t, &self.weight, p, &e)? {
                     return Ok(OctValue::Single(y));
                 }
             }

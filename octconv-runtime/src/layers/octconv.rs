@@ -176,8 +176,8 @@ impl OctConv2d {
     /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) where it
     /// applies, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
-        if let Some(y) = self.infer_pointwise(x, [None, None])? {
-            return Ok(y);
+        if let Some(g) = self.pointwise_geometry(x)? {
+            return self.infer_pointwise(x, g, [None, None]);
         }
         if let (Some(xh), Some(xl)) = x.branches() {
             if self
@@ -194,27 +194,33 @@ impl OctConv2d {
     /// is in cache where they can (the four-path 1×1 kernel, and a one-path convolution by im2col or
     /// the depthwise kernel, without bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        // The epilogues are built (the batch norm's parameters read back) only where a kernel that
+        // maps rows will run.
         let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
         if no_bias && self.fused && self.fusable_inputs_f32(x) {
             let s = &self.spec;
             let epi = |high: bool| stage.epilogue(high, if high { s.out_h } else { s.out_l });
-            if s.out_l > 0 && s.out_h > 0 {
+            if let Some(g) = self.pointwise_geometry(x)? {
                 if let (Some(h), Some(l)) = (epi(true)?, epi(false)?) {
-                    if let Some(y) = self.infer_pointwise(x, [Some(&h), Some(&l)])? {
-                        return Ok(y);
-                    }
+                    return self.infer_pointwise(x, g, [Some(&h), Some(&l)]);
                 }
             } else if let (Some(xs), None, [Some(w), None, None, None]) =
                 (x.branches().0, x.branches().1, &self.weights)
             {
-                if let Some(e) = epi(true)? {
+                // Stride 2 pools first, then convolves with stride 1.
+                let groups = if s.depthwise { s.in_h } else { s.groups };
+                let p = self.conv_params(groups);
+                let (n, c, h, wd) = xs.dims4()?;
+                let pooled = (n, c, h / s.stride, wd / s.stride);
+                let maps = ConvGeometry::new(pooled, w.dims4()?, p.stride, p.pad, p.groups)
+                    .is_ok_and(|g| conv2d::maps_rows(&g));
+                if let (true, Some(e)) = (maps, epi(true)?) {
                     let xs = if s.stride == 2 {
                         avg_pool2x2(xs)?
                     } else {
                         xs.clone()
                     };
-                    let groups = if s.depthwise { s.in_h } else { s.groups };
-                    if let Some(y) = conv2d::infer_post(&xs, w, self.conv_params(groups), &e)? {
+                    if let Some(y) = conv2d::infer_post(&xs, w, p, &e)? {
                         return Ok(OctValue::Single(y));
                     }
                 }
@@ -223,25 +229,19 @@ impl OctConv2d {
         stage.apply(self.infer(x)?)
     }
 
-    /// The four-path 1×1 octave convolution by [`crate::kernels::pointwise`], on f32 CPU inputs
-    /// with the fused kernels allowed, each output branch mapped by its epilogue if given; `Ok(None)`
-    /// for any other layer or input.
-    fn infer_pointwise(
-        &self,
-        x: &OctValue,
-        epilogues: [Option<&ChannelEpilogue>; 2],
-    ) -> Result<Option<OctValue>> {
+    /// The geometry of the four-path 1×1 kernel ([`crate::kernels::pointwise`]) for this layer and
+    /// input, if it runs them: all four paths, 1×1, one group, f32 CPU inputs, the fused kernels
+    /// allowed, maps it [applies](PointwiseOctave::applies) to.
+    fn pointwise_geometry(&self, x: &OctValue) -> Result<Option<PointwiseOctave>> {
         let s = &self.spec;
         let (Some(xh), Some(xl)) = x.branches() else {
-            return Ok(None);
-        };
-        let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
             return Ok(None);
         };
         if !self.fused
             || s.kernel != 1
             || s.groups != 1
             || s.depthwise
+            || !self.weights.iter().all(Option::is_some)
             || !self.fusable_inputs_f32(x)
         {
             return Ok(None);
@@ -259,9 +259,27 @@ impl OctConv2d {
             },
             stride: s.stride,
         };
-        if !g.applies() || in_h != s.in_h || xl.dims4()? != (n, s.in_l, h / 2, w / 2) {
-            return Ok(None);
-        }
+        let fits = g.applies() && in_h == s.in_h && xl.dims4()? == (n, s.in_l, h / 2, w / 2);
+        Ok(fits.then_some(g))
+    }
+
+    /// The four-path 1×1 octave convolution of `x` by [`crate::kernels::pointwise`] with the
+    /// geometry [`OctConv2d::pointwise_geometry`] found, each output branch mapped by its epilogue
+    /// if given.
+    fn infer_pointwise(
+        &self,
+        x: &OctValue,
+        g: PointwiseOctave,
+        epilogues: [Option<&ChannelEpilogue>; 2],
+    ) -> Result<OctValue> {
+        let (s, n) = (&self.spec, g.octave.n);
+        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
+            (x.branches(), &self.weights)
+        else {
+            candle_core::bail!(
+                "internal error: the 1×1 octave kernel without a pair and four paths"
+            )
+        };
         let posts =
             epilogues.map(|e| e.map(|e| move |c: usize, row: &mut [f32]| e.apply_row(c, row)));
         let [ph, pl] = &posts;
@@ -276,10 +294,10 @@ impl OctConv2d {
         let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
         let yh = Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?;
         let yl = Tensor::from_vec(yl, (n, s.out_l, lh, lw), dev)?;
-        Ok(Some(OctValue::Pair {
+        Ok(OctValue::Pair {
             high: Some(add_bias(yh, &self.bias_h)?),
             low: add_bias(yl, &self.bias_l)?,
-        }))
+        })
     }
 
     /// Inference of `self(map(x))`, where `map` is the batch norm (and ReLU) before this layer,

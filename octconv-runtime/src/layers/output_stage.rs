@@ -31,11 +31,8 @@ impl OutputStage<'_> {
     /// The stage of one output branch (`high`, or the low one) of `channels` channels as a kernel
     /// epilogue, or `None` where it is not one (another activation, parameters that are not f32).
     pub fn epilogue(&self, high: bool, channels: usize) -> Result<Option<ChannelEpilogue>> {
-        let clamp = match self.act {
-            None => Clamp::Identity,
-            Some(Activation::Relu) => Clamp::Relu,
-            Some(Activation::Relu6) => Clamp::Relu6,
-            Some(_) => return Ok(None),
+        let Some(clamp) = self.act.map_or(Some(Clamp::Identity), Activation::clamp) else {
+            return Ok(None);
         };
         let (scale, shift) = match self.bn {
             Some(bn) => {
