@@ -276,3 +276,49 @@ fn bench_profile_charges_every_layer_to_a_kernel_class_with_its_share_of_macs() 
         assert!(classes.contains(&"bn") && classes.contains(&"linear"));
     }
 }
+
+#[test]
+fn bench_train_profile_reports_forward_backward_and_update_kernels_and_the_rest() {
+    let v = json(&[
+        "bench",
+        "wrn(n = 1, k = 1)",
+        "--alphas",
+        "0,0.5",
+        "--batch",
+        "4",
+        "--samples",
+        "8",
+        "--repeats",
+        "2",
+        "--json",
+        "--train",
+        "--profile",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (r, octave) in rows.iter().zip([false, true]) {
+        assert!(
+            r.get("profile").is_none(),
+            "no inference profile in a training bench"
+        );
+        let k = r["train_kernels"]
+            .as_array()
+            .expect("a kernel table per row");
+        let names: Vec<&str> = k.iter().map(|c| c["kernel"].as_str().unwrap()).collect();
+        for want in [
+            "batch norm forward (train)",
+            "batch norm backward",
+            "SGD update",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert_eq!(names.contains(&"octave forward"), octave, "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("conv dW")), "{names:?}");
+        assert_eq!(names.last(), Some(&"rest"));
+        // The SGD update runs once per step; the shares (reported + rest) make the step.
+        let sgd = k.iter().find(|c| c["kernel"] == "SGD update").unwrap();
+        assert!((sgd["calls"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{sgd}");
+        let share: f64 = k.iter().map(|c| c["time_share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 0.05, "shares sum to {share}");
+    }
+}

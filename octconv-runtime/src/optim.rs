@@ -2,8 +2,9 @@
 //! learning-rate schedules of the paper and the seed: step, cosine, linear warm-up.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, Var};
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Hyper-parameters of [`Sgd`].
 #[derive(Clone, Debug, PartialEq)]
@@ -31,10 +32,18 @@ impl Default for SgdConfig {
 
 /// Stochastic gradient descent as PyTorch defines it:
 /// `d = g + wd·p; b = μ·b + d (b = d at the first step); d = d + μ·b (Nesterov) or b; p -= lr·d`.
+///
+/// An f32 parameter on the CPU is updated in one pass over it, its gradient and its momentum buffer
+/// (kept as a plain vector), in place ([`FusedStep`]); as tensor ops the update was six passes, each
+/// allocating a full-size result, 3–4 % of a WRN-16-4 training step. Other parameters (CUDA, f64)
+/// take the tensor ops.
 pub struct Sgd {
     vars: Vec<(String, Var)>,
     config: SgdConfig,
+    /// Momentum buffers of the tensor-op path.
     buffers: HashMap<String, Tensor>,
+    /// Momentum buffers of the fused path.
+    host: HashMap<String, Vec<f32>>,
 }
 
 /// True for parameters exempt from weight decay by default: biases and BN weights.
@@ -54,7 +63,13 @@ impl Sgd {
             vars,
             config,
             buffers: HashMap::new(),
+            host: HashMap::new(),
         }
+    }
+
+    /// Whether `var` takes the fused update.
+    fn fused(var: &Var) -> bool {
+        matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 && var.is_contiguous()
     }
 
     /// One step with learning rate `lr`.
@@ -64,8 +79,32 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let decay = if c.decay_bn_and_bias || !exempt(name, var) {
+                c.weight_decay
+            } else {
+                0.0
+            };
+            if Self::fused(var) && g.dtype() == DType::F32 {
+                let first = !self.host.contains_key(name);
+                let mut none = Vec::new();
+                let buffer = if c.momentum != 0.0 {
+                    self.host.entry(name.clone()).or_default()
+                } else {
+                    &mut none
+                };
+                let op = FusedStep {
+                    buffer: Mutex::new(buffer),
+                    first,
+                    lr: lr as f32,
+                    momentum: c.momentum as f32,
+                    nesterov: c.nesterov,
+                    decay: decay as f32,
+                };
+                var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                continue;
+            }
             let mut d = g.clone();
-            if c.weight_decay != 0.0 && (c.decay_bn_and_bias || !exempt(name, var)) {
+            if decay != 0.0 {
                 d = (d + (var.as_tensor() * c.weight_decay)?)?;
             }
             if c.momentum != 0.0 {
@@ -86,13 +125,106 @@ impl Sgd {
     }
 
     /// The momentum buffers, for checkpoints (names are the parameters').
-    pub fn state(&self) -> &HashMap<String, Tensor> {
-        &self.buffers
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = self.buffers.clone();
+        for (name, var) in &self.vars {
+            if let Some(b) = self.host.get(name) {
+                out.insert(
+                    name.clone(),
+                    Tensor::from_slice(b, var.shape(), var.device())?,
+                );
+            }
+        }
+        Ok(out)
     }
 
-    /// Restores momentum buffers saved by [`Sgd::state`].
-    pub fn load_state(&mut self, buffers: HashMap<String, Tensor>) {
-        self.buffers = buffers;
+    /// Restores momentum buffers saved by [`Sgd::state`]. A buffer whose shape is not its
+    /// parameter's is an error naming it.
+    pub fn load_state(&mut self, buffers: HashMap<String, Tensor>) -> Result<()> {
+        self.buffers.clear();
+        self.host.clear();
+        for (name, b) in buffers {
+            match self.vars.iter().find(|(n, _)| *n == name) {
+                Some((_, var)) if var.shape() != b.shape() => bail!(
+                    "momentum buffer `{name}` has shape {:?}, its parameter {:?}",
+                    b.dims(),
+                    var.dims()
+                ),
+                Some((_, var)) if Self::fused(var) => {
+                    let v = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    self.host.insert(name, v);
+                }
+                _ => {
+                    self.buffers.insert(name, b);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One SGD step of an f32 parameter in place, in one pass over it, its gradient (the second
+/// argument) and its momentum buffer: the formula of [`Sgd`], element by element, in f32.
+struct FusedStep<'a> {
+    buffer: Mutex<&'a mut Vec<f32>>,
+    /// No buffer yet: it starts as `d`.
+    first: bool,
+    lr: f32,
+    momentum: f32,
+    nesterov: bool,
+    decay: f32,
+}
+
+impl InplaceOp2 for FusedStep<'_> {
+    fn name(&self) -> &'static str {
+        "octconv-sgd-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &mut CpuStorage,
+        pl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (ps, gs) else {
+            bail!("fused SGD step: parameter and gradient must be f32")
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (pl.contiguous_offsets(), gl.contiguous_offsets())
+        else {
+            bail!("fused SGD step: parameter and gradient must be contiguous")
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        if p.len() != g.len() {
+            bail!(
+                "fused SGD step: {} gradients for {} values",
+                g.len(),
+                p.len()
+            )
+        }
+        let (lr, mu, wd) = (self.lr, self.momentum, self.decay);
+        if mu == 0.0 {
+            for (p, &g) in p.iter_mut().zip(g) {
+                *p -= lr * (g + wd * *p);
+            }
+            return Ok(());
+        }
+        let mut buf = self
+            .buffer
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("momentum buffer poisoned".into()))?;
+        if self.first || buf.len() != p.len() {
+            buf.clear();
+            buf.resize(p.len(), 0.0);
+        }
+        let first = self.first;
+        for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+            let d = g + wd * *p;
+            *b = if first { d } else { mu * *b + d };
+            let step = if self.nesterov { d + mu * *b } else { *b };
+            *p -= lr * step;
+        }
+        Ok(())
     }
 }
 

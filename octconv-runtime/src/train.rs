@@ -412,7 +412,7 @@ impl Trainer {
                 decay_bn_and_bias: cfg.decay_bn_and_bias,
             },
         );
-        opt.load_state(momentum);
+        opt.load_state(momentum)?;
         Ok(Trainer {
             cfg,
             dir,
@@ -452,8 +452,8 @@ impl Trainer {
 
     fn save_checkpoint(&self) -> Result<()> {
         let mut t = self.weights()?;
-        for (k, v) in self.opt.state() {
-            t.insert(format!("{OPT}{k}"), v.clone());
+        for (k, v) in self.opt.state()? {
+            t.insert(format!("{OPT}{k}"), v);
         }
         t.insert(STATE.into(), self.progress.to_state()?);
         write_safetensors_atomic(&t, &self.dir.checkpoint())

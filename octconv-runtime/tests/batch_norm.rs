@@ -1,6 +1,6 @@
-//! Our batch-norm kernels against candle-nn's `BatchNorm` (composed of plain tensor ops): outputs,
-//! gradients of input, weight and bias, running statistics, in train and eval mode, for feature maps
-//! and flat batches.
+//! Our batch-norm kernels (f32) against candle-nn's `BatchNorm` (composed of plain tensor ops, run in
+//! f64): outputs, gradients of input, weight and bias, running statistics, in train and eval mode,
+//! for feature maps and flat batches, with and without the ReLU our kernels fuse.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
@@ -30,9 +30,25 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Both implementations over the same variables: returns (y, dx, dγ, dβ, running mean, running var).
 fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
+    run_with(shape, train, ours, seed, false, (2.0, 0.7))
+}
+
+/// [`run`] with a ReLU after the batch norm (ours: fused into its forward and backward kernels) and
+/// the input drawn uniformly from `shift ± scale`.
+fn run_with(
+    shape: &[usize],
+    train: bool,
+    ours: bool,
+    seed: u64,
+    relu: bool,
+    (scale, shift): (f32, f32),
+) -> Vec<Tensor> {
     let c = shape[1];
+    // candle-nn, the reference, in f64 (ours is f32 only).
+    let dtype = if ours { DType::F32 } else { DType::F64 };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let x = Var::from_tensor(&rand_tensor(&mut rng, shape, 2.0, 0.7)).unwrap();
+    let x = rand_tensor(&mut rng, shape, scale, shift);
+    let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
     let mut init = HashMap::new();
     init.insert("weight".to_string(), rand_tensor(&mut rng, &[c], 0.5, 1.0));
     init.insert("bias".to_string(), rand_tensor(&mut rng, &[c], 0.5, 0.0));
@@ -44,19 +60,21 @@ fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
         "running_var".to_string(),
         rand_tensor(&mut rng, &[c], 0.3, 1.0),
     );
-    let r = rand_tensor(&mut rng, shape, 1.0, 0.0);
+    let r = rand_tensor(&mut rng, shape, 1.0, 0.0)
+        .to_dtype(dtype)
+        .unwrap();
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().unwrap();
         for (k, t) in init {
-            data.insert(k, Var::from_tensor(&t).unwrap());
+            data.insert(k, Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap());
         }
     }
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     let y = if ours {
         BatchNorm2d::new(c, 1e-5, 0.1, vb.clone())
             .unwrap()
-            .forward_t(x.as_tensor(), train)
+            .forward_relu_t(x.as_tensor(), train, relu)
             .unwrap()
     } else {
         let bn = candle_nn::batch_norm(
@@ -71,6 +89,7 @@ fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
         )
         .unwrap();
         let y = bn.forward_t(x.as_tensor(), train).unwrap();
+        let y = if relu { y.relu().unwrap() } else { y };
         // candle-nn's BatchNorm holds its own copies of the running statistics.
         let mut data = varmap.data().lock().unwrap();
         data.insert(
@@ -86,7 +105,7 @@ fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let data = varmap.data().lock().unwrap();
     let get = |k: &str| data.get(k).unwrap().as_tensor().clone();
-    vec![
+    [
         y.clone(),
         grads.get(x.as_tensor()).unwrap().clone(),
         grads.get(&get("weight")).unwrap().clone(),
@@ -94,6 +113,9 @@ fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
         get("running_mean"),
         get("running_var"),
     ]
+    .into_iter()
+    .map(|t| t.to_dtype(DType::F32).unwrap())
+    .collect()
 }
 
 #[test]
@@ -122,6 +144,35 @@ fn batch_norm_matches_candle_nn_in_train_and_eval_mode() {
                     "{name} differs by {d:e} for {shape:?} (train = {train})"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn fused_batch_norm_relu_backward_matches_candle_nn_then_relu() {
+    // Planes of 99 values cross the kernels' 64-value summation blocks with a remainder; a mean of
+    // 40 against a spread of 0.5 would cancel in a variance taken as E[x²] − mean².
+    for (i, (shape, scale, shift)) in [
+        (vec![3, 4, 9, 11], 2.0, 0.3),
+        (vec![2, 6, 8, 8], 1.0, -0.2),
+        (vec![4, 3, 5, 6], 0.5, 40.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ours = run_with(&shape, true, true, 10 + i as u64, true, (scale, shift));
+        let theirs = run_with(&shape, true, false, 10 + i as u64, true, (scale, shift));
+        for (name, a, b) in ["y", "dx", "dweight", "dbias", "running_mean", "running_var"]
+            .iter()
+            .zip(&ours)
+            .zip(&theirs)
+            .map(|((n, a), b)| (n, a, b))
+        {
+            let d = max_rel_diff(a, b);
+            assert!(
+                d < 2e-5,
+                "{name} differs by {d:e} for {shape:?} ± {scale} at {shift}"
+            );
         }
     }
 }

@@ -41,7 +41,9 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also time every layer of inference passes and report the time per kernel class (convolutions
-    /// by kernel, stride and grouping; other layers by kind) against its share of the MACs.
+    /// by kernel, stride and grouping; other layers by kind) against its share of the MACs. With
+    /// `--train`: the time per kernel of a training step (forward and backward kernels, the SGD
+    /// update, and the rest: candle's own ops and autograd bookkeeping).
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
@@ -87,6 +89,9 @@ pub struct Row {
     /// With `--profile`: the time per kernel class of an inference pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<super::bench_profile::ClassTime>>,
+    /// With `--train --profile`: the time per kernel of a training step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_kernels: Option<Vec<super::bench_profile::KernelTime>>,
 }
 
 /// What to time: `samples` images in batches of `batch`, `repeats` times after one warm-up.
@@ -183,6 +188,9 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         for row in &report.rows {
             if let Some(p) = &row.profile {
                 super::bench_profile::print(row.alpha, p);
+            }
+            if let Some(k) = &row.train_kernels {
+                super::bench_profile::print_train(row.alpha, k);
             }
         }
     }
@@ -293,6 +301,7 @@ pub fn time_model(
                 None => out.sqr()?.mean_all()?,
             };
             let grads = loss.backward()?;
+            let _t = octconv_runtime::kernels::timing::span("SGD update");
             opt.step(&grads, 0.01)?;
         } else {
             net.infer(&x)?;
@@ -304,7 +313,12 @@ pub fn time_model(
     // Peak memory of one pass on the first batch.
     let peak = super::bench_memory::measure(&net, &batch_at(0)?.0, args.train)?;
     let mut times = Vec::with_capacity(args.repeats);
+    let kernel_profile = args.profile && args.train;
     for rep in 0..=args.repeats {
+        // `--train --profile`: the kernels of the timed repeats report their time.
+        if kernel_profile && rep == 1 {
+            octconv_runtime::kernels::timing::collect(true);
+        }
         let t = Instant::now();
         for b in 0..batches {
             step(b)?;
@@ -314,14 +328,22 @@ pub fn time_model(
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    octconv_runtime::kernels::timing::collect(false);
     let per_batch: Vec<f64> = times.iter().map(|t| t / batches as f64).collect();
     let mean = per_batch.iter().sum::<f64>() / per_batch.len() as f64;
     let var = per_batch.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / per_batch.len() as f64;
     let mut sorted = per_batch.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let profile = args
-        .profile
+    let steps = args.repeats * batches;
+    let train_kernels = kernel_profile.then(|| {
+        super::bench_profile::train_kernels(
+            &octconv_runtime::kernels::timing::totals(),
+            steps,
+            times.iter().sum::<f64>() / steps as f64,
+        )
+    });
+    let profile = (args.profile && !args.train)
         .then(|| super::bench_profile::profile(&net, &batch_at(0)?.0, args.repeats, device))
         .transpose()?;
     let mut rep_sorted = times.clone();
@@ -344,5 +366,6 @@ pub fn time_model(
         memory_relative: 1.0,
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
         profile,
+        train_kernels,
     })
 }

@@ -1,4 +1,5 @@
-//! `octconv bench --profile`: where one inference pass spends its time, by kernel class.
+//! `octconv bench --profile`: where one inference pass spends its time, by kernel class; with
+//! `--train`, where a training step spends it, by kernel ([`train_kernels`]).
 //!
 //! Each layer is timed between two calls of [`OctModel::run_observed`]'s hook and charged to its
 //! class ([`class_of`]): convolutions by kernel size, stride, grouping and whether they are octave
@@ -158,6 +159,63 @@ pub fn print(alpha: f64, rows: &[ClassTime]) {
             100.0 * r.time_share,
             100.0 * r.macs_share,
             r.gmacs_per_s
+        );
+    }
+}
+
+/// One kernel of a training-step profile.
+#[derive(Serialize, Debug, Clone)]
+pub struct KernelTime {
+    /// The kernel, as it reports itself ([`octconv_runtime::kernels::timing`]), or `rest` for the
+    /// time no kernel reported: candle's own ops (loss, additions of gradients, views) and the
+    /// autograd walk.
+    pub kernel: String,
+    /// Calls per step.
+    pub calls: f64,
+    /// Milliseconds per step (kernels that run on both threads at once count their wall time).
+    pub ms: f64,
+    /// Share of the step.
+    pub time_share: f64,
+}
+
+/// The per-kernel totals of `steps` timed training steps of mean length `step_s`, slowest first,
+/// with the unreported rest last.
+pub fn train_kernels(totals: &[(&str, f64, u64)], steps: usize, step_s: f64) -> Vec<KernelTime> {
+    let steps = steps.max(1) as f64;
+    let mut rows: Vec<KernelTime> = totals
+        .iter()
+        .map(|&(k, s, c)| KernelTime {
+            kernel: k.to_string(),
+            calls: c as f64 / steps,
+            ms: s / steps * 1e3,
+            time_share: s / steps / step_s,
+        })
+        .collect();
+    let reported: f64 = rows.iter().map(|r| r.ms).sum();
+    let rest = (step_s * 1e3 - reported).max(0.0);
+    rows.push(KernelTime {
+        kernel: "rest".into(),
+        calls: 0.0,
+        ms: rest,
+        time_share: rest / (step_s * 1e3),
+    });
+    rows
+}
+
+/// Prints a training-step profile as a Markdown table.
+pub fn print_train(alpha: f64, rows: &[KernelTime]) {
+    println!();
+    println!("Where a training step spends its time at α = {alpha}:");
+    println!();
+    println!("| kernel | calls per step | ms per step | time |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} % |",
+            r.kernel,
+            r.calls,
+            r.ms,
+            100.0 * r.time_share
         );
     }
 }

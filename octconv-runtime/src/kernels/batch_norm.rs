@@ -1,11 +1,18 @@
 //! Batch normalisation over `[N, C, …]` as custom ops: training forward in two passes (per-channel
-//! statistics, then `a·x + b`), backward in two (per-channel sums, then `dx`), and inference as one
-//! per-channel affine pass.
+//! statistics, then `a·x + b`), backward in one op of two passes (per-channel sums, then `dx`, the
+//! ReLU's mask applied as the gradient is read), and inference as one per-channel affine pass.
+//!
+//! Sums run in f64, in 8 independent lanes: one chain of dependent f64 additions per value was most of
+//! the time of these memory-bound passes. (f32 lanes were faster still, but a deep network at batch 2
+//! has batch norms so ill-conditioned that DenseNet's gradients then moved 2 % from the f64 ones.) The
+//! statistics sum `x − x₀` (`x₀` the channel's first value), so the variance does not cancel when the
+//! mean is large against the spread.
 //!
 //! candle-nn's BatchNorm transposes and copies the input, then runs about ten separate tensor ops
 //! (each allocating a full-size result) forward and more backward; on a small wide ResNet that was
 //! a larger share of a training step than the convolutions.
 
+use super::simd::wide_fn;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -58,7 +65,8 @@ fn vec1(s: &CpuStorage, l: &Layout, c: usize) -> Result<Vec<f64>> {
     Ok(v.iter().map(|&v| v as f64).collect())
 }
 
-/// Per-channel `(Σ f(i, x_i), Σ g(i, x_i))` over `[n, c, inner]`, in f64, channels in parallel.
+/// Per-channel sums of two quantities, channels in parallel: `f(ch, off, plane)` sums one plane (the
+/// values of channel `ch` in one image, starting at `off`).
 fn channel_sums(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
@@ -79,16 +87,124 @@ fn channel_sums(
         .collect()
 }
 
-/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (+ `extra` per element if given; then `max(0, ·)` if
-/// `relu`, as candle's `relu` computes it), planes in parallel.
-fn affine(
-    x: &[f32],
-    (c, inner): (usize, usize),
-    a: &[f64],
-    b: &[f64],
-    extra: Option<&(dyn Fn(usize, usize) -> f32 + Sync)>,
-    relu: bool,
-) -> Vec<f32> {
+/// Values summed in f32 lanes before the lanes are added to the f64 totals: each of the 16 lanes
+/// sums 4 values, so the f32 rounding stays at a few units in the last place.
+const BLOCK: usize = 64;
+
+/// `Σ_i (u_i, v_i)` for `(u_i, v_i) = f([c[i] for c in cols])` over equally long columns: 16 f32
+/// lanes per [`BLOCK`] values, totals in f64.
+#[inline(always)]
+fn lane_sums<const K: usize>(cols: [&[f32]; K], f: impl Fn([f32; K]) -> (f32, f32)) -> (f64, f64) {
+    let len = cols.iter().map(|c| c.len()).min().unwrap_or(0);
+    let (mut s, mut q) = (0f64, 0f64);
+    let full = len / BLOCK * BLOCK;
+    for base in (0..full).step_by(BLOCK) {
+        let chunk: [&[f32; BLOCK]; K] =
+            cols.map(|c| c[base..base + BLOCK].try_into().expect("a block"));
+        let (mut ls, mut lq) = ([0f32; 16], [0f32; 16]);
+        for i in 0..BLOCK {
+            let (u, v) = f(chunk.map(|c| c[i]));
+            ls[i % 16] += u;
+            lq[i % 16] += v;
+        }
+        s += ls.iter().map(|&v| v as f64).sum::<f64>();
+        q += lq.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    for i in full..len {
+        let (u, v) = f(cols.map(|c| c[i]));
+        s += u as f64;
+        q += v as f64;
+    }
+    (s, q)
+}
+
+/// 1 where the ReLU output `y` is positive (its gradient passes), else 0: a product instead of a
+/// branch, which mispredicted on every other value of a ReLU's random mask.
+#[inline(always)]
+fn pass(y: f32) -> f32 {
+    f32::from(u8::from(y > 0.0))
+}
+
+wide_fn! {
+    /// `(Σ (x − shift), Σ (x − shift)²)` over a plane.
+    fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
+        // In f64 throughout: the variance of an ill-conditioned batch norm (a deep network at batch 2)
+        // moved its gradients by 1 % in f32 lanes. Four independent chains.
+        let shift = shift as f64;
+        let (mut s, mut q) = ([0f64; 4], [0f64; 4]);
+        let mut chunks = x.chunks_exact(4);
+        for c in &mut chunks {
+            for l in 0..4 {
+                let d = c[l] as f64 - shift;
+                s[l] += d;
+                q[l] += d * d;
+            }
+        }
+        for &v in chunks.remainder() {
+            let d = v as f64 - shift;
+            s[0] += d;
+            q[0] += d * d;
+        }
+        (s.iter().sum(), q.iter().sum())
+    }
+}
+
+wide_fn! {
+    /// `(Σ dy', Σ dy' · (x − mean))` over a plane, `dy' = dy` where `mask > 0` (the ReLU after the
+    /// batch norm let the value through) or everywhere without a mask.
+    fn grad_sums(x: &[f32], dy: &[f32], mask: Option<&[f32]>, mean: f32) -> (f64, f64) {
+        let dy = &dy[..x.len()];
+        match mask {
+            Some(m) => lane_sums([x, dy, m], |[x, dy, m]| {
+                let g = dy * pass(m);
+                (g, g * (x - mean))
+            }),
+            None => lane_sums([x, dy], |[x, dy]| (dy, dy * (x - mean))),
+        }
+    }
+}
+
+wide_fn! {
+    /// `o = a · x + b` (then `max(0, ·)` if `relu`) over a plane.
+    fn affine_plane(o: &mut [f32], x: &[f32], a: f32, b: f32, relu: bool) {
+        if relu {
+            o.iter_mut()
+                .zip(x)
+                .for_each(|(o, &x)| *o = (a * x + b).max(0f32));
+        } else {
+            o.iter_mut().zip(x).for_each(|(o, &x)| *o = a * x + b);
+        }
+    }
+}
+
+wide_fn! {
+    /// `dx = k · dy' + a · x + b` over a plane (`dy'` as in [`grad_sums`]).
+    fn grad_input_plane(
+        dx: &mut [f32],
+        x: &[f32],
+        dy: &[f32],
+        mask: Option<&[f32]>,
+        kab: (f32, f32, f32),
+    ) {
+        let (k, a, b) = kab;
+        match mask {
+            Some(m) => {
+                for (((o, &x), &g), &m) in dx.iter_mut().zip(x).zip(dy).zip(m) {
+                    *o = k * (g * pass(m)) + a * x + b;
+                }
+            }
+            None => {
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *o = k * g + a * x + b;
+                }
+            }
+        }
+    }
+}
+
+/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (then `max(0, ·)` if `relu`, as candle's `relu`
+/// computes it), planes in parallel.
+fn affine(x: &[f32], (c, inner): (usize, usize), a: &[f64], b: &[f64], relu: bool) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     if inner == 0 {
         return out;
@@ -98,21 +214,7 @@ fn affine(
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let ch = p % c;
-            let (a, b) = (a[ch] as f32, b[ch] as f32);
-            match extra {
-                None if relu => o
-                    .iter_mut()
-                    .zip(xs)
-                    .for_each(|(o, &x)| *o = (a * x + b).max(0f32)),
-                None => o.iter_mut().zip(xs).for_each(|(o, &x)| *o = a * x + b),
-                Some(e) => {
-                    debug_assert!(!relu, "the backward pass applies no ReLU");
-                    let base = p * inner;
-                    for (i, (o, &x)) in o.iter_mut().zip(xs).enumerate() {
-                        *o = a * x + b + e(p, base + i);
-                    }
-                }
-            }
+            affine_plane(o, xs, a[ch] as f32, b[ch] as f32, relu);
         });
     out
 }
@@ -143,6 +245,7 @@ impl CustomOp3 for BatchNormTrain {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("batch norm forward (train)");
         let ((n, c, inner), x) = data(xs, xl)?;
         let (gamma, beta) = (vec1(ws, wl, c)?, vec1(bs, bl, c)?);
         let count = n * inner;
@@ -152,25 +255,24 @@ impl CustomOp3 for BatchNormTrain {
                 xl.shape().dims()
             )
         }
-        let sums = channel_sums(x, (n, c, inner), |_, _, v| {
-            v.iter().fold((0.0, 0.0), |(s, q), &x| {
-                (s + x as f64, q + (x as f64) * (x as f64))
-            })
-        });
+        // Sums of x − x₀ per channel (x₀: the channel's first value).
+        let shift = |ch: usize| x[ch * inner];
+        let sums = channel_sums(x, (n, c, inner), |ch, _, v| shifted_sums(v, shift(ch)));
         let mut st = BatchStats {
             count,
             ..Default::default()
         };
-        for (s, q) in sums {
-            let mean = s / count as f64;
-            let var = (q / count as f64 - mean * mean).max(0.0);
+        for (ch, (s, q)) in sums.into_iter().enumerate() {
+            let d = s / count as f64;
+            let mean = shift(ch) as f64 + d;
+            let var = (q / count as f64 - d * d).max(0.0);
             st.mean.push(mean);
             st.var.push(var);
             st.inv_std.push(1.0 / (var + self.eps).sqrt());
         }
         let a: Vec<f64> = (0..c).map(|ch| gamma[ch] * st.inv_std[ch]).collect();
         let b: Vec<f64> = (0..c).map(|ch| beta[ch] - st.mean[ch] * a[ch]).collect();
-        let y = affine(x, (c, inner), &a, &b, None, self.relu);
+        let y = affine(x, (c, inner), &a, &b, self.relu);
         *self
             .stats
             .lock()
@@ -186,28 +288,105 @@ impl CustomOp3 for BatchNormTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = relu_masked(grad, res, self.relu)?;
         let stats = self
             .stats
             .lock()
             .map_err(|_| candle_core::Error::Msg("stats poisoned".into()))?
             .clone();
-        let sums = x.apply_op2_no_bwd(
-            &grad,
-            &BatchNormGradSums {
-                stats: stats.clone(),
-            },
-        )?;
-        let (dbeta, dgamma) = (sums.get(0)?, sums.get(1)?);
-        let dx = x.apply_op3_no_bwd(
-            &grad,
-            &sums,
-            &BatchNormGradInput {
-                stats,
-                gamma: weight.to_dtype(candle_core::DType::F64)?.to_vec1()?,
-            },
-        )?;
+        let sums = Arc::new(Mutex::new(Vec::new()));
+        let op = BatchNormBackward {
+            stats,
+            gamma: weight.to_dtype(candle_core::DType::F64)?.to_vec1()?,
+            relu: self.relu,
+            sums: sums.clone(),
+        };
+        let grad = grad.contiguous()?;
+        // Without a ReLU the mask argument is unused: the gradient stands in for it.
+        let mask = if self.relu { res } else { &grad };
+        let dx = x.apply_op3_no_bwd(&grad, mask, &op)?;
+        let sums = std::mem::take(
+            &mut *sums
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("sums poisoned".into()))?,
+        );
+        let c = sums.len() / 2;
+        let dbeta = Tensor::from_slice(&sums[..c], c, x.device())?;
+        let dgamma = Tensor::from_slice(&sums[c..], c, x.device())?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The whole training-mode backward `(x, dy, y) → dx` of a batch norm (with the ReLU after it when
+/// `relu`: `dy` counts where `y > 0`), leaving `[Σ dy, Σ dy · x̂]` (the gradients of β and γ) in
+/// `sums`. Two passes: the per-channel sums, then `dx = γ · inv_std · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)`;
+/// the masked gradient is never written.
+#[derive(Clone, Debug)]
+struct BatchNormBackward {
+    stats: BatchStats,
+    gamma: Vec<f64>,
+    relu: bool,
+    sums: Arc<Mutex<Vec<f32>>>,
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "octconv-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("batch norm backward");
+        let ((n, c, inner), x) = data(xs, xl)?;
+        let (g, y) = (contiguous(gs, gl)?, contiguous(ys, yl)?);
+        if g.len() != x.len() || y.len() != x.len() {
+            bail!(
+                "batch norm backward: {} inputs, {} gradients, {} outputs",
+                x.len(),
+                g.len(),
+                y.len()
+            )
+        }
+        let st = &self.stats;
+        let mask = |off: usize, len: usize| self.relu.then(|| &y[off..off + len]);
+        let sums = channel_sums(x, (n, c, inner), |ch, off, xv| {
+            grad_sums(xv, &g[off..], mask(off, xv.len()), st.mean[ch] as f32)
+        });
+        // Σ dy and Σ dy · x̂ = inv_std · Σ dy · (x − mean).
+        let sum_dy: Vec<f64> = sums.iter().map(|s| s.0).collect();
+        let sum_dyx: Vec<f64> = (0..c).map(|ch| sums[ch].1 * st.inv_std[ch]).collect();
+        let m = st.count as f64;
+        // dx = k·dy' + a·x + b with k = γ·is, a = −k·is·Σ(dy x̂)/M, b = −k·Σdy/M − a·mean.
+        let k: Vec<f64> = (0..c).map(|ch| self.gamma[ch] * st.inv_std[ch]).collect();
+        let a: Vec<f64> = (0..c)
+            .map(|ch| -k[ch] * st.inv_std[ch] * sum_dyx[ch] / m)
+            .collect();
+        let b: Vec<f64> = (0..c)
+            .map(|ch| -k[ch] * sum_dy[ch] / m - a[ch] * st.mean[ch])
+            .collect();
+        let mut dx = vec![0f32; x.len()];
+        if inner > 0 {
+            dx.par_chunks_mut(inner).enumerate().for_each(|(p, o)| {
+                let ch = p % c;
+                let (k, a, b) = (k[ch] as f32, a[ch] as f32, b[ch] as f32);
+                let off = p * inner;
+                let (xv, gv) = (&x[off..off + inner], &g[off..off + inner]);
+                grad_input_plane(o, xv, gv, mask(off, inner), (k, a, b));
+            });
+        }
+        let mut out: Vec<f32> = sum_dy.iter().map(|&v| v as f32).collect();
+        out.extend(sum_dyx.iter().map(|&v| v as f32));
+        *self
+            .sums
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("sums poisoned".into()))? = out;
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
 
@@ -229,15 +408,20 @@ impl CustomOp2 for BatchNormGradSums {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("batch norm gradient sums");
         let ((n, c, inner), x) = data(xs, xl)?;
         let (_, g) = data(gs, gl)?;
+        if g.len() != x.len() {
+            bail!(
+                "batch norm gradient: {} gradients for {} inputs",
+                g.len(),
+                x.len()
+            )
+        }
         let st = &self.stats;
         let sums = channel_sums(x, (n, c, inner), |ch, off, xv| {
-            let (m, is) = (st.mean[ch], st.inv_std[ch]);
-            let gv = &g[off..off + xv.len()];
-            xv.iter().zip(gv).fold((0.0, 0.0), |(s, q), (&x, &dy)| {
-                (s + dy as f64, q + dy as f64 * (x as f64 - m) * is)
-            })
+            let (s, q) = grad_sums(xv, &g[off..], None, st.mean[ch] as f32);
+            (s, q * st.inv_std[ch])
         });
         let mut out = vec![0f32; 2 * c];
         for (ch, (s, q)) in sums.into_iter().enumerate() {
@@ -245,46 +429,6 @@ impl CustomOp2 for BatchNormGradSums {
             out[c + ch] = q as f32;
         }
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
-    }
-}
-
-/// `dx = γ · inv_std · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)`.
-#[derive(Clone, Debug)]
-struct BatchNormGradInput {
-    stats: BatchStats,
-    gamma: Vec<f64>,
-}
-
-impl CustomOp3 for BatchNormGradInput {
-    fn name(&self) -> &'static str {
-        "octconv-batch-norm-grad-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ss: &CpuStorage,
-        sl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let ((_, c, inner), x) = data(xs, xl)?;
-        let (_, g) = data(gs, gl)?;
-        let sums = contiguous(ss, sl)?;
-        let st = &self.stats;
-        let m = st.count as f64;
-        // dx = k·dy + a·x + b with k = γ·is, a = −k·is·Σ(dy x̂)/M, b = −k·Σdy/M − a·mean.
-        let k: Vec<f64> = (0..c).map(|ch| self.gamma[ch] * st.inv_std[ch]).collect();
-        let a: Vec<f64> = (0..c)
-            .map(|ch| -k[ch] * st.inv_std[ch] * sums[c + ch] as f64 / m)
-            .collect();
-        let b: Vec<f64> = (0..c)
-            .map(|ch| -k[ch] * sums[ch] as f64 / m - a[ch] * st.mean[ch])
-            .collect();
-        let dy = |p: usize, i: usize| (k[p % c] as f32) * g[i];
-        let dx = affine(x, (c, inner), &a, &b, Some(&dy), false);
-        Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }
 
@@ -323,6 +467,7 @@ impl CustomOp2 for ReluMask {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("relu mask");
         let (g, r) = (contiguous(gs, gl)?, contiguous(rs, rl)?);
         if g.len() != r.len() {
             bail!("relu mask: {} gradients for {} outputs", g.len(), r.len())
@@ -353,10 +498,11 @@ impl CustomOp3 for ChannelAffine {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("batch norm (eval)");
         let ((_, c, inner), x) = data(xs, xl)?;
         let (a, b) = (vec1(as_, al, c)?, vec1(bs, bl, c)?);
         Ok((
-            CpuStorage::F32(affine(x, (c, inner), &a, &b, None, self.relu)),
+            CpuStorage::F32(affine(x, (c, inner), &a, &b, self.relu)),
             xl.shape().clone(),
         ))
     }

@@ -186,6 +186,7 @@ impl CustomOp2 for Conv2dForward {
             self.0.pad,
             self.0.groups,
         )?;
+        let _t = super::timing::span("conv forward");
         let out = with_data(
             (xs, xl),
             (ws, wl),
@@ -345,6 +346,12 @@ pub fn backward_data_with<T: Element>(
     dy: &[T],
     w: &[T],
 ) -> Vec<T> {
+    let _t = super::timing::span(match alg {
+        Algorithm::WinogradF4 => "conv dX winograd F4",
+        Algorithm::WinogradF2 => "conv dX winograd F2",
+        Algorithm::Im2col => "conv dX im2col",
+        Algorithm::Depthwise => "conv dX depthwise",
+    });
     match alg {
         Algorithm::WinogradF4 => tiling::backward_data::<T, F4>(g, dy, w),
         Algorithm::WinogradF2 => tiling::backward_data::<T, F2>(g, dy, w),
@@ -365,6 +372,12 @@ pub fn backward_filter_with<T: Element>(
     x: &[T],
     dy: &[T],
 ) -> Vec<T> {
+    let _t = super::timing::span(match alg {
+        Algorithm::WinogradF4 => "conv dW winograd F4",
+        Algorithm::WinogradF2 => "conv dW winograd F2",
+        Algorithm::Im2col => "conv dW im2col",
+        Algorithm::Depthwise => "conv dW depthwise",
+    });
     match alg {
         Algorithm::WinogradF4 => tiling::backward_filter::<T, F4>(g, x, dy),
         Algorithm::WinogradF2 => tiling::backward_filter::<T, F2>(g, x, dy),

@@ -59,7 +59,7 @@ pub fn forward_post<T: Element>(
         let plane = &x[(img * g.c_in + co / g.cout_g()) * g.h * g.w..][..g.h * g.w];
         let wk = &w[co * kk..][..kk];
         #[cfg(target_arch = "x86_64")]
-        if avx2() {
+        if super::simd::has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
             unsafe { forward_plane_avx2(g, plane, wk, o, co, post) };
             return;
@@ -67,13 +67,6 @@ pub fn forward_post<T: Element>(
         forward_plane(g, plane, wk, o, co, post)
     });
     out
-}
-
-/// Whether this CPU has AVX2 and FMA (detected once; the portable path serves every other CPU).
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 /// [`forward_plane`] compiled for AVX2 (8 lanes instead of SSE2's 4; the same operations in the same

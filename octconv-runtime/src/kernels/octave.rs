@@ -317,7 +317,10 @@ pub fn backward_high<T: Element>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let [r_hh, _, r_lh, _] = g.weight_ranges();
     // L→H was upsampled ×2 (nearest): its output gradient is the 2×2 block sum of dY_H.
-    let dsum = pool(dyh, g.n * g.out_h, g.h, g.w, T::ONE);
+    let dsum = {
+        let _t = super::timing::span("octave backward: pools, concatenations, spreads");
+        pool(dyh, g.n * g.out_h, g.h, g.w, T::ONE)
+    };
     let dxh = dispatch_backward_data(&g.hh(), dyh, &w[r_hh.clone()]);
     let dxl = dispatch_backward_data(&g.lh(), &dsum, &w[r_lh.clone()]);
     let mut dw = vec![T::ZERO; g.weight_len()];
@@ -341,6 +344,7 @@ pub fn backward_low<T: Element>(
     let c_low = g.in_h + g.in_l;
     let lo = g.conv(c_low, g.out_l, (lhh, lww));
     // [pool(X_H); X_L] per image.
+    let t = super::timing::span("octave backward: pools, concatenations, spreads");
     let pooled = pool(xh, g.n * g.in_h, g.h, g.w, T::from_f64(0.25));
     let mut xcat = output_vec(g.n * c_low * low_px);
     for i in 0..g.n {
@@ -350,8 +354,10 @@ pub fn backward_low<T: Element>(
         d_l.copy_from_slice(&xl[i * g.in_l * low_px..][..g.in_l * low_px]);
     }
     let w_low = low_weight(g, &w[r_hl.clone()], &w[r_ll.clone()]);
+    drop(t);
     let dxcat = dispatch_backward_data(&lo, dyl, &w_low);
     // The pooled part spreads ¼ over each 2×2 block of X_H; the rest is dX_L.
+    let t = super::timing::span("octave backward: pools, concatenations, spreads");
     let mut dxh = output_vec(g.n * g.in_h * g.h * g.w);
     let mut dxl = output_vec(g.n * g.in_l * low_px);
     dxh.par_chunks_mut(g.in_h * g.h * g.w)
@@ -363,6 +369,7 @@ pub fn backward_low<T: Element>(
             ol.copy_from_slice(s_l);
             spread_quarter(oh, s_h, g.in_h, (g.h, g.w), (lhh, lww));
         });
+    drop(t);
     let dw_low = dispatch_backward_filter(&lo, &xcat, dyl);
     let mut dw = vec![T::ZERO; g.weight_len()];
     for co in 0..g.out_l {
@@ -482,6 +489,7 @@ impl CustomOp3 for OctaveOutput {
         lw: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         self.check(lh, ll, lw)?;
+        let _t = super::timing::span("octave forward");
         let g = &self.geometry;
         let (lhh, lww) = g.low_hw();
         let shape = match self.branch {

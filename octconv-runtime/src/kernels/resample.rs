@@ -184,6 +184,7 @@ impl CustomOp1 for Pool2x2 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("pool2x2");
         let (n, c, h, w) = l.shape().dims4()?;
         Ok((map_planes(self, s, l)?, Shape::from((n, c, h / 2, w / 2))))
     }
@@ -220,6 +221,7 @@ impl CustomOp1 for Upsample2x {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("upsample2x");
         let (n, c, _, _) = l.shape().dims4()?;
         let (oh, ow) = self.out_hw;
         Ok((map_planes(self, s, l)?, Shape::from((n, c, oh, ow))))
@@ -242,6 +244,7 @@ impl CustomOp2 for AddUpsampled {
         ls: &CpuStorage,
         ll: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("add upsampled");
         let (n, c, h, w) = hl.shape().dims4()?;
         let (n2, c2, lh, lw) = ll.shape().dims4()?;
         if (n, c, h, w) != (n2, c2, 2 * lh, 2 * lw) {

@@ -24,7 +24,6 @@
 //! faster as well; at 56×56 and 112×112 (64 channels) no slower.
 
 use super::Element;
-use rayon::prelude::*;
 
 /// Frequencies per tile.
 pub const FREQS: usize = 36;
@@ -121,37 +120,5 @@ pub(super) fn a_apply<T: Element>(v: [&[T]; 4], out: [&mut [T]; 6]) {
 
 /// `dw = Gᵀ dU G` for every `(co, ci)` of `dU` `[ξ][cout][ci]` (the weight gradient's last step).
 pub(super) fn kernel_grads<T: Element>(du: &[T], cout: usize, cin: usize) -> Vec<T> {
-    // dw = Gᵀ dU G per (co, ci).
-    let gm = g_matrix::<T>();
-    let mut dw = vec![T::ZERO; cout * cin * 9];
-    // Output channels in parallel: done serially, this was a visible share of a training step.
-    dw.par_chunks_mut(cin * 9)
-        .enumerate()
-        .for_each(|(co, dw_co)| {
-            for ci in 0..cin {
-                let u = |i: usize, j: usize| du[((i * 6 + j) * cout + co) * cin + ci];
-                // s = dU G (6×3)
-                let mut s = [[T::ZERO; 3]; 6];
-                for (i, srow) in s.iter_mut().enumerate() {
-                    for (b, sv) in srow.iter_mut().enumerate() {
-                        let mut acc = T::ZERO;
-                        for (j, grow) in gm.iter().enumerate() {
-                            acc += u(i, j) * grow[b];
-                        }
-                        *sv = acc;
-                    }
-                }
-                let out = &mut dw_co[ci * 9..][..9];
-                for a in 0..3 {
-                    for b in 0..3 {
-                        let mut acc = T::ZERO;
-                        for (i, grow) in gm.iter().enumerate() {
-                            acc += grow[a] * s[i][b];
-                        }
-                        out[a * 3 + b] = acc;
-                    }
-                }
-            }
-        });
-    dw
+    super::winograd::kernel_grads_by(du, cout, cin, &g_matrix::<T>())
 }

@@ -1,0 +1,39 @@
+//! Run-time choice of the AVX2 + FMA build of a loop. The crate is compiled for the portable x86-64
+//! baseline (SSE2), where a loop that converts f32 to f64 or selects by a mask stays scalar; machines
+//! of the same kind differ (AVX-512 on some, AVX2 + FMA on others), so the wider build is chosen at
+//! run time and the portable one serves every other CPU. Both builds run the same operations in the
+//! same order (Rust never contracts `a * b + c` into an FMA by itself), so their values agree bit for
+//! bit.
+
+/// Whether this CPU has AVX2 and FMA (detected once).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Defines a function whose body is compiled twice, for the portable baseline and for AVX2 + FMA,
+/// and which runs the AVX2 build where the CPU has it ([`has_avx2_fma`]). Helpers the body calls are
+/// compiled for AVX2 only where they are inlined: mark them `#[inline(always)]`. (A generic
+/// `wide(|| …)` wrapper does not do: LLVM did not inline the closure into the AVX2 function.)
+macro_rules! wide_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) $(-> $r)? {
+                body($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::simd::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                return unsafe { avx2($($a),*) };
+            }
+            body($($a),*)
+        }
+    };
+}
+pub(crate) use wide_fn;
