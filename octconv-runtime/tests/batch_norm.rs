@@ -118,6 +118,15 @@ fn run_with(
     .collect()
 }
 
+/// Every output of [`run`] within 2e-5 (relative to the largest value) of the reference's.
+fn assert_outputs_close(ours: &[Tensor], theirs: &[Tensor], case: &str) {
+    let names = ["y", "dx", "dweight", "dbias", "running_mean", "running_var"];
+    for ((name, a), b) in names.iter().zip(ours).zip(theirs) {
+        let d = max_rel_diff(a, b);
+        assert!(d < 2e-5, "{name} differs by {d:e} for {case}");
+    }
+}
+
 #[test]
 fn batch_norm_matches_candle_nn_in_train_and_eval_mode() {
     for (i, shape) in [
@@ -132,18 +141,7 @@ fn batch_norm_matches_candle_nn_in_train_and_eval_mode() {
         for train in [true, false] {
             let ours = run(&shape, train, true, i as u64);
             let theirs = run(&shape, train, false, i as u64);
-            for (name, a, b) in ["y", "dx", "dweight", "dbias", "running_mean", "running_var"]
-                .iter()
-                .zip(&ours)
-                .zip(&theirs)
-                .map(|((n, a), b)| (n, a, b))
-            {
-                let d = max_rel_diff(a, b);
-                assert!(
-                    d < 2e-5,
-                    "{name} differs by {d:e} for {shape:?} (train = {train})"
-                );
-            }
+            assert_outputs_close(&ours, &theirs, &format!("{shape:?} (train = {train})"));
         }
     }
 }
@@ -162,18 +160,7 @@ fn fused_batch_norm_relu_backward_matches_candle_nn_then_relu() {
     {
         let ours = run_with(&shape, true, true, 10 + i as u64, true, (scale, shift));
         let theirs = run_with(&shape, true, false, 10 + i as u64, true, (scale, shift));
-        for (name, a, b) in ["y", "dx", "dweight", "dbias", "running_mean", "running_var"]
-            .iter()
-            .zip(&ours)
-            .zip(&theirs)
-            .map(|((n, a), b)| (n, a, b))
-        {
-            let d = max_rel_diff(a, b);
-            assert!(
-                d < 2e-5,
-                "{name} differs by {d:e} for {shape:?} ± {scale} at {shift}"
-            );
-        }
+        assert_outputs_close(&ours, &theirs, &format!("{shape:?} ± {scale} at {shift}"));
     }
 }
 
