@@ -474,53 +474,77 @@ impl Trainer {
             let order = epoch_order(n, self.cfg.seed, epoch as u64);
             let started = Instant::now();
             let mut lr = self.cfg.lr;
-            for b in self.progress.batch..batches {
-                if stop.load(Ordering::SeqCst) {
-                    self.progress.batch = b;
-                    // The epoch's seconds so far, so that a resumed epoch reports its whole time.
-                    self.progress.seconds += started.elapsed().as_secs_f64();
-                    self.save_checkpoint()?;
-                    return Ok(Finish::Interrupted { epoch, batch: b });
-                }
-                let idx = &order[b * self.cfg.batch..((b + 1) * self.cfg.batch).min(n)];
-                // Every batch's randomness depends only on (seed, epoch, batch): resumes are exact.
-                let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
-                rng.set_stream(((epoch as u64) << 32) | b as u64);
-                self.model.set_dropout_seed(
-                    self.cfg.seed
-                        ^ (((epoch as u64) << 32) | b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                );
-                let (x, y) = self
-                    .batcher
-                    .batch(&data.train, idx, &mut rng, self.model.device())?;
-                let logits = self.model.forward_t(&x, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                let loss_v = loss.to_scalar::<f32>()? as f64;
-                if !loss_v.is_finite() {
-                    return Ok(Finish::Diverged { epoch, batch: b });
-                }
-                let grads = loss.backward()?;
-                let t = epoch as f64 + b as f64 / batches as f64;
-                lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
-                self.opt.step(&grads, lr)?;
-                let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-                let correct = pred
-                    .iter()
-                    .zip(y.to_vec1::<u32>()?)
-                    .filter(|(p, t)| **p == *t)
-                    .count();
-                self.progress.loss_sum += loss_v * idx.len() as f64;
-                self.progress.correct += correct as f64;
-                self.progress.seen += idx.len() as f64;
-                let secs = self.progress.seconds + started.elapsed().as_secs_f64();
-                on(Event::Batch {
-                    epoch,
-                    batch: b,
-                    batches,
-                    loss: self.progress.loss_sum / self.progress.seen,
-                    acc: self.progress.correct / self.progress.seen,
-                    images_per_s: self.progress.seen / secs.max(1e-9),
+            let first = self.progress.batch;
+            let (batch, seed) = (self.cfg.batch, self.cfg.seed);
+            let batcher = self.batcher.clone();
+            let (order, train) = (&order, &data.train);
+            // A loader thread decodes and augments the next batches (at most two ahead) while the
+            // step runs. Every batch's randomness depends only on (seed, epoch, batch), so the
+            // batches, and resumes, are those of a serial loop.
+            let interrupted = std::thread::scope(|scope| -> Result<Option<Finish>> {
+                let (send, batches_ahead) = std::sync::mpsc::sync_channel(2);
+                scope.spawn(move || {
+                    for b in first..batches {
+                        let idx = &order[b * batch..((b + 1) * batch).min(n)];
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        rng.set_stream(((epoch as u64) << 32) | b as u64);
+                        // The receiver is gone when the step loop stopped early.
+                        if send.send(batcher.batch_host(train, idx, &mut rng)).is_err() {
+                            return;
+                        }
+                    }
                 });
+                for b in first..batches {
+                    if stop.load(Ordering::SeqCst) {
+                        self.progress.batch = b;
+                        // The epoch's seconds so far, so that a resumed epoch reports its whole time.
+                        self.progress.seconds += started.elapsed().as_secs_f64();
+                        self.save_checkpoint()?;
+                        return Ok(Some(Finish::Interrupted { epoch, batch: b }));
+                    }
+                    let host = batches_ahead
+                        .recv()
+                        .context("the batch loader thread stopped")?;
+                    let len = host.y.len();
+                    self.model.set_dropout_seed(
+                        self.cfg.seed
+                            ^ (((epoch as u64) << 32) | b as u64)
+                                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    );
+                    let (x, y) = host.to_tensors(self.model.device())?;
+                    let logits = self.model.forward_t(&x, true)?;
+                    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                    let loss_v = loss.to_scalar::<f32>()? as f64;
+                    if !loss_v.is_finite() {
+                        return Ok(Some(Finish::Diverged { epoch, batch: b }));
+                    }
+                    let grads = loss.backward()?;
+                    let t = epoch as f64 + b as f64 / batches as f64;
+                    lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
+                    self.opt.step(&grads, lr)?;
+                    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+                    let correct = pred
+                        .iter()
+                        .zip(y.to_vec1::<u32>()?)
+                        .filter(|(p, t)| **p == *t)
+                        .count();
+                    self.progress.loss_sum += loss_v * len as f64;
+                    self.progress.correct += correct as f64;
+                    self.progress.seen += len as f64;
+                    let secs = self.progress.seconds + started.elapsed().as_secs_f64();
+                    on(Event::Batch {
+                        epoch,
+                        batch: b,
+                        batches,
+                        loss: self.progress.loss_sum / self.progress.seen,
+                        acc: self.progress.correct / self.progress.seen,
+                        images_per_s: self.progress.seen / secs.max(1e-9),
+                    });
+                }
+                Ok(None)
+            })?;
+            if let Some(finish) = interrupted {
+                return Ok(finish);
             }
             let seconds = self.progress.seconds + started.elapsed().as_secs_f64();
             let eval = evaluate(&self.model, &data.test, &self.batcher, self.cfg.batch)?;

@@ -53,6 +53,12 @@ impl Batcher {
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        self.batch_host(ds, indices, rng).to_tensors(device)
+    }
+
+    /// [`Batcher::batch`] in host memory, without a device: what a loader thread prepares ahead of
+    /// the training step.
+    pub fn batch_host(&self, ds: &Dataset, indices: &[usize], rng: &mut ChaCha8Rng) -> HostBatch {
         let [c, h, w] = ds.shape;
         let mut x = Vec::with_capacity(indices.len() * c * h * w);
         let mut y = Vec::with_capacity(indices.len());
@@ -88,10 +94,32 @@ impl Batcher {
             }
             y.push(ds.labels[i]);
         }
-        let n = indices.len();
+        HostBatch {
+            shape: [indices.len(), c, h, w],
+            x,
+            y,
+        }
+    }
+}
+
+/// A normalised (and augmented) batch in host memory: images `[B, C, H, W]` and labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    /// `[B, C, H, W]`.
+    pub shape: [usize; 4],
+    /// The pixels, row-major.
+    pub x: Vec<f32>,
+    /// The labels.
+    pub y: Vec<u32>,
+}
+
+impl HostBatch {
+    /// The images as `[B, C, H, W]` and the labels as `[B]` (u32) on `device`.
+    pub fn to_tensors(self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let n = self.shape[0];
         Ok((
-            Tensor::from_vec(x, (n, c, h, w), device)?,
-            Tensor::from_vec(y, n, device)?,
+            Tensor::from_vec(self.x, self.shape.to_vec(), device)?,
+            Tensor::from_vec(self.y, n, device)?,
         ))
     }
 }

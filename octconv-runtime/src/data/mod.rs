@@ -7,7 +7,7 @@ mod cifar;
 mod folder;
 mod idx;
 
-pub use batch::{epoch_order, Batcher};
+pub use batch::{epoch_order, Batcher, HostBatch};
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
