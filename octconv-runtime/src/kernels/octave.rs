@@ -139,6 +139,41 @@ impl OctaveGeometry {
     }
 }
 
+/// The four weights `[cout, cin, 3, 3]` of an octave layer as slices: from the flat vector
+/// (H→H, H→L, L→H, L→L), or from the two branches' vectors `[H→H; L→H]` (into the high output) and
+/// `[H→L; L→L]` (into the low one), as the training ops hold them.
+#[derive(Clone, Copy, Debug)]
+pub struct OctaveWeights<'a, T> {
+    /// H→H.
+    pub hh: &'a [T],
+    /// H→L.
+    pub hl: &'a [T],
+    /// L→H.
+    pub lh: &'a [T],
+    /// L→L.
+    pub ll: &'a [T],
+}
+
+impl<'a, T> OctaveWeights<'a, T> {
+    /// The four parts of the flat vector of [`OctaveGeometry::weight_len`] values.
+    pub fn from_flat(g: &OctaveGeometry, w: &'a [T]) -> Self {
+        let [hh, hl, lh, ll] = g.weight_ranges();
+        OctaveWeights {
+            hh: &w[hh],
+            hl: &w[hl],
+            lh: &w[lh],
+            ll: &w[ll],
+        }
+    }
+
+    /// The parts of the branch vectors `high = [H→H; L→H]` and `low = [H→L; L→L]`.
+    pub fn from_branches(g: &OctaveGeometry, high: &'a [T], low: &'a [T]) -> Self {
+        let (hh, lh) = high.split_at(9 * g.out_h * g.in_h);
+        let (hl, ll) = low.split_at(9 * g.out_l * g.in_h);
+        OctaveWeights { hh, hl, lh, ll }
+    }
+}
+
 /// `[W_HL | W_LL]` concatenated along the input channels: `[out_l, in_h + in_l, 3, 3]`.
 fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> {
     let mut w = Vec::with_capacity(9 * g.out_l * (g.in_h + g.in_l));
@@ -190,6 +225,18 @@ pub fn forward_prologue_with<T: Element>(
     w: &[T],
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
+    forward_weights(alg, g, xh, xl, OctaveWeights::from_flat(g, w), pros)
+}
+
+/// [`forward_prologue_with`] on the four weights as slices.
+fn forward_weights<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: OctaveWeights<'_, T>,
+    pros: [Option<Prologue<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
     // The kernel is Winograd throughout: where `algorithm` would pick im2col (too few tiles for
     // either variant), F(2×2), the narrower of the two, serves.
     let low_f4 = algorithm(&g.ll()) == Algorithm::WinogradF4;
@@ -207,14 +254,13 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
-    w: &[T],
+    w: OctaveWeights<'_, T>,
     [pro_h, pro_l]: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    let [r_hh, r_hl, r_lh, r_ll] = g.weight_ranges();
-    let u_hh = A::weights(&w[r_hh], g.out_h, g.in_h);
-    let u_lh = B::weights(&w[r_lh], g.out_h, g.in_l);
+    let u_hh = A::weights(w.hh, g.out_h, g.in_h);
+    let u_lh = B::weights(w.lh, g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
-    let u_low = B::weights(&low_weight(g, &w[r_hl], &w[r_ll]), g.out_l, c_low);
+    let u_low = B::weights(&low_weight(g, w.hl, w.ll), g.out_l, c_low);
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
     let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
@@ -306,39 +352,36 @@ fn pool_into<T: Element>(
     }
 }
 
-/// Gradients through the high output: `(dX_H, dX_L, dW)` from `dY_H` via H→H and L→H; `dW` is flat
-/// with zeros in the H→L and L→L parts.
+/// Gradients through the high output: `(dX_H, dX_L, dW)` from `dY_H` via H→H and L→H; `dW` is the
+/// high branch's `[dW_HH; dW_LH]`.
 pub fn backward_high<T: Element>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
-    w: &[T],
+    w: &OctaveWeights<'_, T>,
     dyh: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let [r_hh, _, r_lh, _] = g.weight_ranges();
     // L→H was upsampled ×2 (nearest): its output gradient is the 2×2 block sum of dY_H.
     let dsum = {
         let _t = super::timing::span("octave backward: pools, concatenations, spreads");
         pool(dyh, g.n * g.out_h, g.h, g.w, T::ONE)
     };
-    let dxh = dispatch_backward_data(&g.hh(), dyh, &w[r_hh.clone()]);
-    let dxl = dispatch_backward_data(&g.lh(), &dsum, &w[r_lh.clone()]);
-    let mut dw = vec![T::ZERO; g.weight_len()];
-    dw[r_hh].copy_from_slice(&dispatch_backward_filter(&g.hh(), xh, dyh));
-    dw[r_lh].copy_from_slice(&dispatch_backward_filter(&g.lh(), xl, &dsum));
+    let dxh = dispatch_backward_data(&g.hh(), dyh, w.hh);
+    let dxl = dispatch_backward_data(&g.lh(), &dsum, w.lh);
+    let mut dw = dispatch_backward_filter(&g.hh(), xh, dyh);
+    dw.extend_from_slice(&dispatch_backward_filter(&g.lh(), xl, &dsum));
     (dxh, dxl, dw)
 }
 
 /// Gradients through the low output: `(dX_H, dX_L, dW)` from `dY_L` via one convolution over
-/// `[pool(X_H); X_L]` (H→L and L→L together); `dW` is flat with zeros in the H→H and L→H parts.
+/// `[pool(X_H); X_L]` (H→L and L→L together); `dW` is the low branch's `[dW_HL; dW_LL]`.
 pub fn backward_low<T: Element>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
-    w: &[T],
+    w: &OctaveWeights<'_, T>,
     dyl: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let [_, r_hl, _, r_ll] = g.weight_ranges();
     let (lhh, lww) = g.low_hw();
     let low_px = lhh * lww;
     let c_low = g.in_h + g.in_l;
@@ -353,7 +396,7 @@ pub fn backward_low<T: Element>(
         d_h.copy_from_slice(&pooled[i * g.in_h * low_px..][..g.in_h * low_px]);
         d_l.copy_from_slice(&xl[i * g.in_l * low_px..][..g.in_l * low_px]);
     }
-    let w_low = low_weight(g, &w[r_hl.clone()], &w[r_ll.clone()]);
+    let w_low = low_weight(g, w.hl, w.ll);
     drop(t);
     let dxcat = dispatch_backward_data(&lo, dyl, &w_low);
     // The pooled part spreads ¼ over each 2×2 block of X_H; the rest is dX_L.
@@ -371,11 +414,14 @@ pub fn backward_low<T: Element>(
         });
     drop(t);
     let dw_low = dispatch_backward_filter(&lo, &xcat, dyl);
-    let mut dw = vec![T::ZERO; g.weight_len()];
+    // [dW_HL; dW_LL] from the rows [dW_HL[co] | dW_LL[co]] of the concatenated convolution.
+    let hl_len = 9 * g.out_l * g.in_h;
+    let mut dw = output_vec(hl_len + 9 * g.out_l * g.in_l);
+    let (dw_hl, dw_ll) = dw.split_at_mut(hl_len);
     for co in 0..g.out_l {
         let row = &dw_low[co * c_low * 9..][..c_low * 9];
-        dw[r_hl.start + co * g.in_h * 9..][..g.in_h * 9].copy_from_slice(&row[..g.in_h * 9]);
-        dw[r_ll.start + co * g.in_l * 9..][..g.in_l * 9].copy_from_slice(&row[g.in_h * 9..]);
+        dw_hl[co * g.in_h * 9..][..g.in_h * 9].copy_from_slice(&row[..g.in_h * 9]);
+        dw_ll[co * g.in_l * 9..][..g.in_l * 9].copy_from_slice(&row[g.in_h * 9..]);
     }
     (dxh, dxl, dw)
 }
@@ -417,19 +463,80 @@ enum Branch {
     Low,
 }
 
+impl Branch {
+    fn other(self) -> Branch {
+        match self {
+            Branch::High => Branch::Low,
+            Branch::Low => Branch::High,
+        }
+    }
+
+    /// Elements of the weights of the paths into this output.
+    fn weight_len(self, g: &OctaveGeometry) -> usize {
+        let out = match self {
+            Branch::High => g.out_h,
+            Branch::Low => g.out_l,
+        };
+        9 * out * (g.in_h + g.in_l)
+    }
+
+    /// This branch's two weights from its vector `own`; the other two are empty.
+    fn own_weights<'a, T>(self, g: &OctaveGeometry, own: &'a [T]) -> OctaveWeights<'a, T> {
+        match self {
+            Branch::High => {
+                let (hh, lh) = own.split_at(9 * g.out_h * g.in_h);
+                OctaveWeights {
+                    hh,
+                    hl: &[],
+                    lh,
+                    ll: &[],
+                }
+            }
+            Branch::Low => {
+                let (hl, ll) = own.split_at(9 * g.out_l * g.in_h);
+                OctaveWeights {
+                    hh: &[],
+                    hl,
+                    lh: &[],
+                    ll,
+                }
+            }
+        }
+    }
+
+    /// The four weights from this branch's vector `own` and the other branch's `other`.
+    fn weights<'a, T>(
+        self,
+        g: &OctaveGeometry,
+        own: &'a [T],
+        other: &'a [T],
+    ) -> OctaveWeights<'a, T> {
+        match self {
+            Branch::High => OctaveWeights::from_branches(g, own, other),
+            Branch::Low => OctaveWeights::from_branches(g, other, own),
+        }
+    }
+}
+
 /// One output of the fused octave convolution as a candle op: arguments `X_H [n, in_h, h, w]`,
-/// `X_L [n, in_l, h/2, w/2]` and the flat weights (H→H, H→L, L→H, L→L).
+/// `X_L [n, in_l, h/2, w/2]` and the weights of the paths into this output (the high op: `[W_HH;
+/// W_LH]`, the low op: `[W_HL; W_LL]`, each flat); the op holds the other branch's weights too, for
+/// the forward, which needs all four.
 ///
 /// candle's custom ops have one result, and cutting a flat two-part result into views would cost the
 /// backward several passes (`narrow`'s gradient pads with zeros and concatenates). So the high op runs
 /// the whole fused forward and leaves the low output in `stash`, where the low op, applied right
 /// after it on the same arguments, picks it up (it computes it itself if the stash is empty). Each op's
-/// backward covers the paths into its own output; candle adds the two contributions to each argument.
+/// backward covers the paths into its own output, and its weight gradient is that of its own weight
+/// argument: with all four weights as one argument of both ops, each weight gradient was a full-size
+/// vector half of zeros, and candle added the two (issue #24).
 #[derive(Clone, Debug)]
 struct OctaveOutput {
     geometry: OctaveGeometry,
     branch: Branch,
     stash: Arc<Mutex<Option<CpuStorage>>>,
+    /// The other branch's weights (read by the forward only).
+    other: Tensor,
 }
 
 impl OctaveOutput {
@@ -438,7 +545,8 @@ impl OctaveOutput {
         let (lhh, lww) = g.low_hw();
         if lh.shape().dims() != [g.n, g.in_h, g.h, g.w]
             || ll.shape().dims() != [g.n, g.in_l, lhh, lww]
-            || lw.shape().elem_count() != g.weight_len()
+            || lw.shape().elem_count() != self.branch.weight_len(g)
+            || self.other.elem_count() != self.branch.other().weight_len(g)
         {
             bail!(
                 "octave conv kernel: arguments {:?}, {:?}, {:?} do not match {:?}",
@@ -506,16 +614,31 @@ impl CustomOp3 for OctaveOutput {
                 return Ok((low, shape));
             }
         }
-        let out = match (sh, sl, sw) {
-            (CpuStorage::F32(h), CpuStorage::F32(l), CpuStorage::F32(w)) => self.split(
-                forward(g, data(h, lh)?, data(l, ll)?, data(w, lw)?),
-                CpuStorage::F32,
-            )?,
-            (CpuStorage::F64(h), CpuStorage::F64(l), CpuStorage::F64(w)) => self.split(
-                forward(g, data(h, lh)?, data(l, ll)?, data(w, lw)?),
-                CpuStorage::F64,
-            )?,
-            _ => bail!("octave conv kernel: all arguments must be f32 or all f64"),
+        let other = self.other.contiguous()?;
+        let (so, lo) = other.storage_and_layout();
+        let alg = algorithm(&g.hh());
+        let out = match (sh, sl, sw, &*so) {
+            (
+                CpuStorage::F32(h),
+                CpuStorage::F32(l),
+                CpuStorage::F32(w),
+                candle_core::Storage::Cpu(CpuStorage::F32(o)),
+            ) => {
+                let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
+                let y = forward_weights(alg, g, data(h, lh)?, data(l, ll)?, w, [None, None]);
+                self.split(y, CpuStorage::F32)?
+            }
+            (
+                CpuStorage::F64(h),
+                CpuStorage::F64(l),
+                CpuStorage::F64(w),
+                candle_core::Storage::Cpu(CpuStorage::F64(o)),
+            ) => {
+                let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
+                let y = forward_weights(alg, g, data(h, lh)?, data(l, ll)?, w, [None, None]);
+                self.split(y, CpuStorage::F64)?
+            }
+            _ => bail!("octave conv kernel: all arguments must be f32 or all f64 CPU tensors"),
         };
         Ok((out, shape))
     }
@@ -540,9 +663,11 @@ impl CustomOp3 for OctaveOutput {
         macro_rules! run {
             ($h:expr, $l:expr, $w:expr, $d:expr) => {{
                 let args = (data($h, lh)?, data($l, ll)?, data($w, lw)?, data($d, ld)?);
+                // The paths into this output read this branch's weights only.
+                let wts = branch.own_weights(&g, args.2);
                 let (dh, dl, dw) = match branch {
-                    Branch::High => backward_high(&g, args.0, args.1, args.2, args.3),
-                    Branch::Low => backward_low(&g, args.0, args.1, args.2, args.3),
+                    Branch::High => backward_high(&g, args.0, args.1, &wts, args.3),
+                    Branch::Low => backward_low(&g, args.0, args.1, &wts, args.3),
                 };
                 (
                     Tensor::from_vec(dh, xh.shape(), dev)?,
@@ -589,15 +714,18 @@ pub fn octave_conv(
     xl: &Tensor,
     weights: [&Tensor; 4],
 ) -> Result<(Tensor, Tensor)> {
-    let w = flat_weights(weights)?;
+    let [hh, hl, lh, ll] = weights;
+    let w_high = Tensor::cat(&[hh.flatten_all()?, lh.flatten_all()?], 0)?;
+    let w_low = Tensor::cat(&[hl.flatten_all()?, ll.flatten_all()?], 0)?;
     let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
     let stash = Arc::new(Mutex::new(None));
-    let op = |branch| OctaveOutput {
+    let op = |branch, other: &Tensor| OctaveOutput {
         geometry: g,
         branch,
         stash: stash.clone(),
+        other: other.detach(),
     };
-    let yh = xh.apply_op3(&xl, &w, op(Branch::High))?;
-    let yl = xh.apply_op3(&xl, &w, op(Branch::Low))?;
+    let yh = xh.apply_op3(&xl, &w_high, op(Branch::High, &w_low))?;
+    let yl = xh.apply_op3(&xl, &w_low, op(Branch::Low, &w_high))?;
     Ok((yh, yl))
 }
