@@ -46,8 +46,15 @@ fn backward<T: Element>(x: &[T], g: &[T]) -> Vec<T> {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| {
+            // A 0/1 factor from both comparisons (`&`, not `&&`): the branch per value this was
+            // mispredicted on ReLU6's random mask and took 21 % of a MobileNet v2 training step.
             for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                *o = if v > T::ZERO && v <= six { gv } else { T::ZERO };
+                let pass = if (v > T::ZERO) & (v <= six) {
+                    T::ONE
+                } else {
+                    T::ZERO
+                };
+                *o = gv * pass;
             }
         });
     out
@@ -59,6 +66,7 @@ impl CustomOp1 for Relu6 {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("relu6 forward");
         let out = match s {
             CpuStorage::F32(v) => CpuStorage::F32(forward(slice(v, l)?)),
             CpuStorage::F64(v) => CpuStorage::F64(forward(slice(v, l)?)),
@@ -90,6 +98,7 @@ impl CustomOp2 for Relu6Grad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("relu6 backward");
         if xl.shape() != gl.shape() {
             bail!(
                 "relu6 backward: gradient {:?} for input {:?}",

@@ -145,6 +145,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("max pool forward");
         let (n, c, _, _) = l.shape().dims4()?;
         let (np, h, w, a, b) = planes(l)?;
         let hw = (h, w);
@@ -180,6 +181,7 @@ impl CustomOp2 for MaxPoolGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _t = super::timing::span("max pool backward");
         let (np, h, w, a, b) = planes(xl)?;
         let (gnp, oh, ow, ga, gb) = planes(gl)?;
         let (hw, ohw) = ((h, w), (oh, ow));
