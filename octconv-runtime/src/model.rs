@@ -16,9 +16,10 @@ pub struct OctModel {
     nodes: Vec<Option<Box<dyn OctLayer>>>,
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
-    /// For each layer: a batch norm whose only reader is the ReLU right after it, which it then
-    /// applies itself in the same pass (that ReLU passes its input on).
-    bn_relu: Vec<bool>,
+    /// For each layer: a batch norm whose only reader is the ReLU or ReLU6 right after it, which it
+    /// then applies itself in the same pass, forward and backward (that activation passes its input
+    /// on).
+    bn_act: Vec<Option<Activation>>,
     /// For each layer: in `infer`, the batch norm whose map (with the ReLU after it) this
     /// convolution applies as it reads its input ([`OctModel::prologue_layers`]).
     prologue_of: Vec<Option<usize>>,
@@ -31,7 +32,8 @@ pub struct OctModel {
     /// For each layer: in `infer`, a batch norm or activation that passes its input on because the
     /// convolution before it applied it ([`OctModel::epilogue_of`]).
     applied_before: Vec<bool>,
-    /// Whether fused CPU kernels may run (BN + ReLU here, the octave convolution in its layers).
+    /// Whether fused CPU kernels may run (BN + ReLU or ReLU6 here, the octave convolution in its
+    /// layers).
     fused: bool,
     dropout_rng: DropoutRng,
     device: candle_core::Device,
@@ -49,8 +51,16 @@ impl OctModel {
             .map(|layer| layers::build(layer, vb.pp(&layer.name), &dropout_rng))
             .collect::<Result<Vec<_>>>()?;
         let last_use = octconv_spec::plan::last_use(&ir);
-        let bn_relu: Vec<bool> = (0..ir.layers.len())
-            .map(|j| octconv_spec::plan::bn_then_relu(&ir, &last_use, j))
+        let bn_act: Vec<Option<Activation>> = (0..ir.layers.len())
+            .map(|j| {
+                if !octconv_spec::plan::bn_then_clamp(&ir, &last_use, j) {
+                    return None;
+                }
+                match ir.layers[j + 1].op {
+                    Op::Relu6 => Some(Activation::Relu6),
+                    _ => Some(Activation::Relu),
+                }
+            })
             .collect();
         let InputMaps {
             applies: prologue_of,
@@ -77,7 +87,7 @@ impl OctModel {
             ir,
             nodes,
             last_use,
-            bn_relu,
+            bn_act,
             prologue_of,
             deferred,
             fused: crate::layers::octconv::fused_by_default(),
@@ -204,7 +214,8 @@ impl OctModel {
             };
             let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
             let prologue = detach && !train && self.fused;
-            let relu_after_bn = matches!(layer.op, Op::Relu) && j > 0 && self.bn_relu[j - 1];
+            let act_after_bn =
+                matches!(layer.op, Op::Relu | Op::Relu6) && j > 0 && self.bn_act[j - 1].is_some();
             // `infer`: the batch norm and activation the plan applies to this layer's output.
             let stage = match self.epilogue_of[j] {
                 Some((b, act)) if prologue => {
@@ -229,7 +240,7 @@ impl OctModel {
                 Some(_) if prologue && (self.deferred[j] || self.applied_before[j]) => {
                     input(0)?.clone()
                 }
-                Some(_) if self.fused && relu_after_bn => input(0)?.clone(),
+                Some(_) if self.fused && act_after_bn => input(0)?.clone(),
                 Some(_) if prologue && self.prologue_of[j].is_some() => {
                     let conv = self.concrete::<OctConv2d>(j);
                     let bn = self.prologue_of[j].and_then(|b| self.concrete::<OctBatchNorm>(b));
@@ -238,11 +249,11 @@ impl OctModel {
                     };
                     conv.infer_after_bn_relu(bn, input(0)?)?
                 }
-                Some(_) if self.fused && self.bn_relu[j] => {
+                Some(_) if self.fused && self.bn_act[j].is_some() => {
                     let Some(bn) = self.concrete::<OctBatchNorm>(j) else {
                         candle_core::bail!("internal error: `{}` is not a batch norm", layer.name)
                     };
-                    bn.forward_relu_t(input(0)?, train, true)?
+                    bn.forward_act_t(input(0)?, train, self.bn_act[j])?
                 }
                 Some(node) if prologue => match &stage {
                     Some(st) => {

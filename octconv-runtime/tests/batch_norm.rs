@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
-use octconv_runtime::layers::BatchNorm2d;
+use octconv_runtime::layers::{Activation, BatchNorm2d};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -30,17 +30,18 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Both implementations over the same variables: returns (y, dx, dγ, dβ, running mean, running var).
 fn run(shape: &[usize], train: bool, ours: bool, seed: u64) -> Vec<Tensor> {
-    run_with(shape, train, ours, seed, false, (2.0, 0.7))
+    run_with(shape, train, ours, seed, None, (2.0, 0.7))
 }
 
-/// [`run`] with a ReLU after the batch norm (ours: fused into its forward and backward kernels) and
-/// the input drawn uniformly from `shift ± scale`.
+/// [`run`] with an activation after the batch norm (ours: fused into its forward and backward
+/// kernels; the reference: `relu(y)`, or `relu(y) − relu(y − 6)` for ReLU6) and the input drawn
+/// uniformly from `shift ± scale`. With ReLU6, γ is about 4, so that outputs reach the cap.
 fn run_with(
     shape: &[usize],
     train: bool,
     ours: bool,
     seed: u64,
-    relu: bool,
+    act: Option<Activation>,
     (scale, shift): (f32, f32),
 ) -> Vec<Tensor> {
     let c = shape[1];
@@ -50,7 +51,15 @@ fn run_with(
     let x = rand_tensor(&mut rng, shape, scale, shift);
     let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
     let mut init = HashMap::new();
-    init.insert("weight".to_string(), rand_tensor(&mut rng, &[c], 0.5, 1.0));
+    let gamma = if act == Some(Activation::Relu6) {
+        4.0
+    } else {
+        1.0
+    };
+    init.insert(
+        "weight".to_string(),
+        rand_tensor(&mut rng, &[c], 0.5, gamma),
+    );
     init.insert("bias".to_string(), rand_tensor(&mut rng, &[c], 0.5, 0.0));
     init.insert(
         "running_mean".to_string(),
@@ -74,7 +83,7 @@ fn run_with(
     let y = if ours {
         BatchNorm2d::new(c, 1e-5, 0.1, vb.clone())
             .unwrap()
-            .forward_relu_t(x.as_tensor(), train, relu)
+            .forward_act_t(x.as_tensor(), train, act)
             .unwrap()
     } else {
         let bn = candle_nn::batch_norm(
@@ -89,7 +98,14 @@ fn run_with(
         )
         .unwrap();
         let y = bn.forward_t(x.as_tensor(), train).unwrap();
-        let y = if relu { y.relu().unwrap() } else { y };
+        let y = match act {
+            None => y,
+            Some(Activation::Relu) => y.relu().unwrap(),
+            Some(Activation::Relu6) => {
+                (y.relu().unwrap() - (&y - 6.0).unwrap().relu().unwrap()).unwrap()
+            }
+            Some(a) => panic!("no reference for {a:?}"),
+        };
         // candle-nn's BatchNorm holds its own copies of the running statistics.
         let mut data = varmap.data().lock().unwrap();
         data.insert(
@@ -148,6 +164,15 @@ fn batch_norm_matches_candle_nn_in_train_and_eval_mode() {
 
 #[test]
 fn fused_batch_norm_relu_backward_matches_candle_nn_then_relu() {
+    fused_batch_norm_matches_candle_nn_then(Activation::Relu);
+}
+
+#[test]
+fn fused_batch_norm_relu6_backward_matches_candle_nn_then_relu6() {
+    fused_batch_norm_matches_candle_nn_then(Activation::Relu6);
+}
+
+fn fused_batch_norm_matches_candle_nn_then(act: Activation) {
     // Planes of 99 values cross the kernels' 64-value summation blocks with a remainder; a mean of
     // 40 against a spread of 0.5 would cancel in a variance taken as E[x²] − mean².
     for (i, (shape, scale, shift)) in [
@@ -158,8 +183,15 @@ fn fused_batch_norm_relu_backward_matches_candle_nn_then_relu() {
     .into_iter()
     .enumerate()
     {
-        let ours = run_with(&shape, true, true, 10 + i as u64, true, (scale, shift));
-        let theirs = run_with(&shape, true, false, 10 + i as u64, true, (scale, shift));
+        let ours = run_with(&shape, true, true, 10 + i as u64, Some(act), (scale, shift));
+        let theirs = run_with(
+            &shape,
+            true,
+            false,
+            10 + i as u64,
+            Some(act),
+            (scale, shift),
+        );
         assert_outputs_close(&ours, &theirs, &format!("{shape:?} ± {scale} at {shift}"));
     }
 }

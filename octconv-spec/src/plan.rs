@@ -26,6 +26,17 @@ pub fn bn_then_relu(model: &Model, last: &[usize], j: usize) -> bool {
         && last[j] == j + 1
 }
 
+/// Whether layer `j` is a batch norm whose only reader is the ReLU or ReLU6 right after it: the two
+/// run as one pass, forward and backward (a ReLU after a batch norm can also go inside the
+/// convolution that reads it, [`bn_then_relu`]).
+pub fn bn_then_clamp(model: &Model, last: &[usize], j: usize) -> bool {
+    let layers = &model.layers;
+    matches!(layers[j].op, Op::BatchNorm { .. })
+        && matches!(layers.get(j + 1).map(|l| &l.op), Some(Op::Relu | Op::Relu6))
+        && layers[j + 1].inputs == [j]
+        && last[j] == j + 1
+}
+
 /// Where inference applies a batch norm (and the ReLU after it) inside the convolution that reads
 /// it, instead of writing the normalised tensor out: BN → ReLU → [dropout …] → octconv chains in
 /// which each value has one reader and the convolution [takes an input map](takes_input_map).

@@ -12,6 +12,7 @@
 //! (each allocating a full-size result) forward and more backward; on a small wide ResNet that was
 //! a larger share of a training step than the convolutions.
 
+use super::epilogue::Clamp;
 use super::simd::wide_fn;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -118,11 +119,23 @@ fn lane_sums<const K: usize>(cols: [&[f32]; K], f: impl Fn([f32; K]) -> (f32, f3
     (s, q)
 }
 
-/// 1 where the ReLU output `y` is positive (its gradient passes), else 0: a product instead of a
-/// branch, which mispredicted on every other value of a ReLU's random mask.
+/// The activation a batch-norm kernel applies to its output, `min(max(y, 0), cap)`, as its cap:
+/// ∞ for ReLU, 6 for ReLU6, `None` for no activation.
+pub fn cap_of(act: Clamp) -> Option<f32> {
+    match act {
+        Clamp::Identity => None,
+        Clamp::Relu => Some(f32::INFINITY),
+        Clamp::Relu6 => Some(6.0),
+    }
+}
+
+/// 1 where the activation's output `y` is strictly between 0 and `cap` (its gradient passes), else
+/// 0: a product instead of a branch, which mispredicted on every other value of a ReLU's random
+/// mask. At a pre-activation of exactly 0 (or 6) the gradient is 0 here; candle's `relu` passes it at
+/// 0, and [`super::clamp`]'s ReLU6 at 6.
 #[inline(always)]
-fn pass(y: f32) -> f32 {
-    f32::from(u8::from(y > 0.0))
+fn pass(y: f32, cap: f32) -> f32 {
+    f32::from(u8::from((y > 0.0) & (y < cap)))
 }
 
 wide_fn! {
@@ -150,13 +163,14 @@ wide_fn! {
 }
 
 wide_fn! {
-    /// `(Σ dy', Σ dy' · (x − mean))` over a plane, `dy' = dy` where `mask > 0` (the ReLU after the
-    /// batch norm let the value through) or everywhere without a mask.
-    fn grad_sums(x: &[f32], dy: &[f32], mask: Option<&[f32]>, mean: f32) -> (f64, f64) {
+    /// `(Σ dy', Σ dy' · (x − mean))` over a plane, `dy' = dy` where the activation's output `mask`
+    /// is in `(0, cap)` (the activation after the batch norm let the value through), or everywhere
+    /// without a mask.
+    fn grad_sums(x: &[f32], dy: &[f32], mask: Option<(&[f32], f32)>, mean: f32) -> (f64, f64) {
         let dy = &dy[..x.len()];
         match mask {
-            Some(m) => lane_sums([x, dy, m], |[x, dy, m]| {
-                let g = dy * pass(m);
+            Some((m, cap)) => lane_sums([x, dy, m], |[x, dy, m]| {
+                let g = dy * pass(m, cap);
                 (g, g * (x - mean))
             }),
             None => lane_sums([x, dy], |[x, dy]| (dy, dy * (x - mean))),
@@ -165,14 +179,14 @@ wide_fn! {
 }
 
 wide_fn! {
-    /// `o = a · x + b` (then `max(0, ·)` if `relu`) over a plane.
-    fn affine_plane(o: &mut [f32], x: &[f32], a: f32, b: f32, relu: bool) {
-        if relu {
-            o.iter_mut()
+    /// `o = a · x + b` (then `min(max(·, 0), cap)` with a cap) over a plane.
+    fn affine_plane(o: &mut [f32], x: &[f32], a: f32, b: f32, cap: Option<f32>) {
+        match cap {
+            Some(cap) => o
+                .iter_mut()
                 .zip(x)
-                .for_each(|(o, &x)| *o = (a * x + b).max(0f32));
-        } else {
-            o.iter_mut().zip(x).for_each(|(o, &x)| *o = a * x + b);
+                .for_each(|(o, &x)| *o = (a * x + b).max(0f32).min(cap)),
+            None => o.iter_mut().zip(x).for_each(|(o, &x)| *o = a * x + b),
         }
     }
 }
@@ -183,14 +197,14 @@ wide_fn! {
         dx: &mut [f32],
         x: &[f32],
         dy: &[f32],
-        mask: Option<&[f32]>,
+        mask: Option<(&[f32], f32)>,
         kab: (f32, f32, f32),
     ) {
         let (k, a, b) = kab;
         match mask {
-            Some(m) => {
+            Some((m, cap)) => {
                 for (((o, &x), &g), &m) in dx.iter_mut().zip(x).zip(dy).zip(m) {
-                    *o = k * (g * pass(m)) + a * x + b;
+                    *o = k * (g * pass(m, cap)) + a * x + b;
                 }
             }
             None => {
@@ -202,9 +216,15 @@ wide_fn! {
     }
 }
 
-/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (then `max(0, ·)` if `relu`, as candle's `relu`
-/// computes it), planes in parallel.
-fn affine(x: &[f32], (c, inner): (usize, usize), a: &[f64], b: &[f64], relu: bool) -> Vec<f32> {
+/// `out[b, ch, i] = a[ch] · x[b, ch, i] + b[ch]` (then `min(max(·, 0), cap)` with a cap), planes in
+/// parallel.
+fn affine(
+    x: &[f32],
+    (c, inner): (usize, usize),
+    a: &[f64],
+    b: &[f64],
+    cap: Option<f32>,
+) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     if inner == 0 {
         return out;
@@ -214,7 +234,7 @@ fn affine(x: &[f32], (c, inner): (usize, usize), a: &[f64], b: &[f64], relu: boo
         .enumerate()
         .for_each(|(p, (o, xs))| {
             let ch = p % c;
-            affine_plane(o, xs, a[ch] as f32, b[ch] as f32, relu);
+            affine_plane(o, xs, a[ch] as f32, b[ch] as f32, cap);
         });
     out
 }
@@ -227,8 +247,9 @@ pub struct BatchNormTrain {
     pub eps: f64,
     /// Filled by the forward pass.
     pub stats: Arc<Mutex<BatchStats>>,
-    /// Apply ReLU to the output (BN + ReLU in one pass; the backward masks the gradient).
-    pub relu: bool,
+    /// The activation applied to the output ([`cap_of`]; BN + ReLU or ReLU6 in one pass, the
+    /// backward masks the gradient).
+    pub cap: Option<f32>,
 }
 
 impl CustomOp3 for BatchNormTrain {
@@ -272,7 +293,7 @@ impl CustomOp3 for BatchNormTrain {
         }
         let a: Vec<f64> = (0..c).map(|ch| gamma[ch] * st.inv_std[ch]).collect();
         let b: Vec<f64> = (0..c).map(|ch| beta[ch] - st.mean[ch] * a[ch]).collect();
-        let y = affine(x, (c, inner), &a, &b, self.relu);
+        let y = affine(x, (c, inner), &a, &b, self.cap);
         *self
             .stats
             .lock()
@@ -297,12 +318,12 @@ impl CustomOp3 for BatchNormTrain {
         let op = BatchNormBackward {
             stats,
             gamma: weight.to_dtype(candle_core::DType::F64)?.to_vec1()?,
-            relu: self.relu,
+            cap: self.cap,
             sums: sums.clone(),
         };
         let grad = grad.contiguous()?;
-        // Without a ReLU the mask argument is unused: the gradient stands in for it.
-        let mask = if self.relu { res } else { &grad };
+        // Without an activation the mask argument is unused: the gradient stands in for it.
+        let mask = if self.cap.is_some() { res } else { &grad };
         let dx = x.apply_op3_no_bwd(&grad, mask, &op)?;
         let sums = std::mem::take(
             &mut *sums
@@ -316,15 +337,15 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// The whole training-mode backward `(x, dy, y) → dx` of a batch norm (with the ReLU after it when
-/// `relu`: `dy` counts where `y > 0`), leaving `[Σ dy, Σ dy · x̂]` (the gradients of β and γ) in
+/// The whole training-mode backward `(x, dy, y) → dx` of a batch norm (with the activation after it
+/// when `cap` is set: `dy` counts where `0 < y < cap`), leaving `[Σ dy, Σ dy · x̂]` (the gradients of β and γ) in
 /// `sums`. Two passes: the per-channel sums, then `dx = γ · inv_std · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)`;
 /// the masked gradient is never written.
 #[derive(Clone, Debug)]
 struct BatchNormBackward {
     stats: BatchStats,
     gamma: Vec<f64>,
-    relu: bool,
+    cap: Option<f32>,
     sums: Arc<Mutex<Vec<f32>>>,
 }
 
@@ -354,7 +375,7 @@ impl CustomOp3 for BatchNormBackward {
             )
         }
         let st = &self.stats;
-        let mask = |off: usize, len: usize| self.relu.then(|| &y[off..off + len]);
+        let mask = |off: usize, len: usize| self.cap.map(|cap| (&y[off..off + len], cap));
         let sums = channel_sums(x, (n, c, inner), |ch, off, xv| {
             grad_sums(xv, &g[off..], mask(off, xv.len()), st.mean[ch] as f32)
         });
@@ -434,30 +455,32 @@ impl CustomOp2 for BatchNormGradSums {
 
 /// Inference-mode batch norm as `y = a[c] · x + b[c]` (`a`, `b` computed by the caller from the
 /// running statistics, so gradients reach the parameters through candle's autograd), followed by
-/// ReLU if `relu`.
+/// the activation of `cap` ([`cap_of`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ChannelAffine {
-    /// Apply ReLU to the output.
-    pub relu: bool,
+    /// The activation applied to the output.
+    pub cap: Option<f32>,
 }
 
-/// `grad` where the ReLU output `res` is positive, else 0 (ReLU's backward; with `relu = false`,
-/// `grad` itself). At a pre-activation of exactly 0 the gradient is 0 here and 1 in candle's `relu`.
-fn relu_masked(grad: &Tensor, res: &Tensor, relu: bool) -> Result<Tensor> {
+/// `grad` where the activation's output `res` is in `(0, cap)`, else 0 (the activation's backward;
+/// without a cap, `grad` itself).
+fn masked(grad: &Tensor, res: &Tensor, cap: Option<f32>) -> Result<Tensor> {
     let grad = grad.contiguous()?;
-    if !relu {
-        return Ok(grad);
+    match cap {
+        None => Ok(grad),
+        Some(cap) => grad.apply_op2_no_bwd(&res.contiguous()?, &ActivationMask { cap }),
     }
-    grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)
 }
 
-/// `(grad, res) → grad · [res > 0]` in one pass.
+/// `(grad, res) → grad · [0 < res < cap]` in one pass.
 #[derive(Clone, Copy, Debug)]
-struct ReluMask;
+struct ActivationMask {
+    cap: f32,
+}
 
-impl CustomOp2 for ReluMask {
+impl CustomOp2 for ActivationMask {
     fn name(&self) -> &'static str {
-        "octconv-relu-mask"
+        "octconv-activation-mask"
     }
 
     fn cpu_fwd(
@@ -467,17 +490,21 @@ impl CustomOp2 for ReluMask {
         rs: &CpuStorage,
         rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let _t = super::timing::span("relu mask");
+        let _t = super::timing::span("activation mask");
         let (g, r) = (contiguous(gs, gl)?, contiguous(rs, rl)?);
         if g.len() != r.len() {
-            bail!("relu mask: {} gradients for {} outputs", g.len(), r.len())
+            bail!(
+                "activation mask: {} gradients for {} outputs",
+                g.len(),
+                r.len()
+            )
         }
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(1 << 14)
             .zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
             .for_each(|(o, (g, r))| {
                 for ((o, &g), &r) in o.iter_mut().zip(g).zip(r) {
-                    *o = if r > 0.0 { g } else { 0.0 };
+                    *o = g * pass(r, self.cap);
                 }
             });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
@@ -502,7 +529,7 @@ impl CustomOp3 for ChannelAffine {
         let ((_, c, inner), x) = data(xs, xl)?;
         let (a, b) = (vec1(as_, al, c)?, vec1(bs, bl, c)?);
         Ok((
-            CpuStorage::F32(affine(x, (c, inner), &a, &b, self.relu)),
+            CpuStorage::F32(affine(x, (c, inner), &a, &b, self.cap)),
             xl.shape().clone(),
         ))
     }
@@ -515,10 +542,10 @@ impl CustomOp3 for ChannelAffine {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = relu_masked(grad, res, self.relu)?;
+        let grad = masked(grad, res, self.cap)?;
         let c = a.dim(0)?;
         let zeros = Tensor::zeros(c, grad.dtype(), grad.device())?;
-        let dx = grad.apply_op3_no_bwd(a, &zeros, &ChannelAffine { relu: false })?;
+        let dx = grad.apply_op3_no_bwd(a, &zeros, &ChannelAffine { cap: None })?;
         let identity = BatchStats {
             mean: vec![0.0; c],
             var: vec![1.0; c],

@@ -1,6 +1,6 @@
 //! `OctBatchNorm`: batch normalisation with separate statistics per branch.
 
-use crate::kernels::batch_norm::{BatchNormTrain, BatchStats, ChannelAffine};
+use crate::kernels::batch_norm::{cap_of, BatchNormTrain, BatchStats, ChannelAffine};
 use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
 use crate::kernels::prologue::Prologue;
 use crate::layers::Activation;
@@ -68,11 +68,25 @@ impl BatchNorm2d {
 
     /// Normalises `x`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_relu_t(x, train, false)
+        self.forward_act_t(x, train, None)
     }
 
-    /// Normalises `x`, then applies ReLU if `relu` (in the same pass on the CPU).
-    pub fn forward_relu_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    /// Normalises `x`, then applies `act` (ReLU and ReLU6 in the same pass on the CPU, forward and
+    /// backward).
+    pub fn forward_act_t(
+        &self,
+        x: &Tensor,
+        train: bool,
+        act: Option<Activation>,
+    ) -> Result<Tensor> {
+        let cap = match act {
+            Some(a) => match a.clamp() {
+                Some(c) => cap_of(c),
+                // An activation our kernel does not apply runs after it.
+                None => return a.tensor(&self.forward_act_t(x, train, None)?),
+            },
+            None => None,
+        };
         if !self.fast_path(x) {
             let bn = candle_nn::BatchNorm::new_with_momentum(
                 self.weight.dim(0)?,
@@ -84,16 +98,19 @@ impl BatchNorm2d {
                 self.momentum,
             )?;
             let y = bn.forward_t(x, train)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return match act {
+                Some(a) => a.tensor(&y),
+                None => Ok(y),
+            };
         }
         if !train {
             let (a, b) = self.inference_affine()?;
-            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine { relu });
+            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine { cap });
         }
         let op = BatchNormTrain {
             eps: self.eps,
             stats: Arc::new(Mutex::new(BatchStats::default())),
-            relu,
+            cap,
         };
         let stats = op.stats.clone();
         let y =
@@ -254,14 +271,20 @@ impl OctBatchNorm {
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).
     pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
-        self.forward_relu_t(x, train, false)
+        self.forward_act_t(x, train, None)
     }
 
-    /// Normalises `x`, then applies ReLU to every branch if `relu` (one pass per branch on the CPU).
-    pub fn forward_relu_t(&self, x: &OctValue, train: bool, relu: bool) -> Result<OctValue> {
+    /// Normalises `x`, then applies `act` to every branch (ReLU and ReLU6 in one pass per branch on
+    /// the CPU).
+    pub fn forward_act_t(
+        &self,
+        x: &OctValue,
+        train: bool,
+        act: Option<Activation>,
+    ) -> Result<OctValue> {
         let apply = |bn: &Option<BatchNorm2d>, t: &Tensor| -> Result<Tensor> {
             match bn {
-                Some(bn) => bn.forward_relu_t(t, train, relu),
+                Some(bn) => bn.forward_act_t(t, train, act),
                 None => candle_core::bail!("batch norm: unexpected branch"),
             }
         };

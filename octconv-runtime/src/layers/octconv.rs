@@ -379,7 +379,9 @@ impl OctConv2d {
         };
         match done {
             Some(y) => Ok(y),
-            None => self.infer(&bn.forward_relu_t(x, false, true)?),
+            None => {
+                self.infer(&bn.forward_act_t(x, false, Some(crate::layers::Activation::Relu))?)
+            }
         }
     }
 
