@@ -29,6 +29,9 @@ pub struct BatchStats {
     pub inv_std: Vec<f64>,
     /// Values per channel (`N · H · W`).
     pub count: usize,
+    /// The forward's map `y = a · x + b` per channel, `(a, b)` as it applied them in f32: the backward
+    /// recomputes from `x` where the activation let a value through, instead of reading `y`.
+    pub map: Vec<(f32, f32)>,
 }
 
 /// `(n, c, inner)`: batch, channels, values per channel and image.
@@ -93,20 +96,25 @@ fn channel_sums(
 const BLOCK: usize = 64;
 
 /// `Σ_i (u_i, v_i)` for `(u_i, v_i) = f([c[i] for c in cols])` over equally long columns: 16 f32
-/// lanes per [`BLOCK`] values, totals in f64.
+/// lanes per [`BLOCK`] values, totals in f64. The lanes are filled 16 values at a time from
+/// fixed-size windows, which the compiler keeps in vector registers (indexing the lanes by `i % 16`
+/// kept them on the stack, one scalar at a time).
 #[inline(always)]
 fn lane_sums<const K: usize>(cols: [&[f32]; K], f: impl Fn([f32; K]) -> (f32, f32)) -> (f64, f64) {
+    const L: usize = 16;
     let len = cols.iter().map(|c| c.len()).min().unwrap_or(0);
     let (mut s, mut q) = (0f64, 0f64);
     let full = len / BLOCK * BLOCK;
     for base in (0..full).step_by(BLOCK) {
-        let chunk: [&[f32; BLOCK]; K] =
-            cols.map(|c| c[base..base + BLOCK].try_into().expect("a block"));
-        let (mut ls, mut lq) = ([0f32; 16], [0f32; 16]);
-        for i in 0..BLOCK {
-            let (u, v) = f(chunk.map(|c| c[i]));
-            ls[i % 16] += u;
-            lq[i % 16] += v;
+        let (mut ls, mut lq) = ([0f32; L], [0f32; L]);
+        for start in (base..base + BLOCK).step_by(L) {
+            let w: [&[f32; L]; K] =
+                cols.map(|c| c[start..start + L].try_into().expect("16 values"));
+            for l in 0..L {
+                let (u, v) = f(w.map(|c| c[l]));
+                ls[l] += u;
+                lq[l] += v;
+            }
         }
         s += ls.iter().map(|&v| v as f64).sum::<f64>();
         q += lq.iter().map(|&v| v as f64).sum::<f64>();
@@ -129,48 +137,102 @@ pub fn cap_of(act: Clamp) -> Option<f32> {
     }
 }
 
-/// 1 where the activation's output `y` is strictly between 0 and `cap` (its gradient passes), else
-/// 0: a product instead of a branch, which mispredicted on every other value of a ReLU's random
-/// mask. At a pre-activation of exactly 0 (or 6) the gradient is 0 here; candle's `relu` passes it at
-/// 0, and [`super::clamp`]'s ReLU6 at 6.
+/// 1 where the activation's output `y` (or its input: the same test) is strictly between 0 and
+/// `cap` (its gradient passes), else 0: a product instead of a branch, which mispredicted on every
+/// other value of a ReLU's random mask. At a pre-activation of exactly 0 (or 6) the gradient is 0
+/// here; candle's `relu` passes it at 0, and [`super::clamp`]'s ReLU6 at 6.
 #[inline(always)]
 fn pass(y: f32, cap: f32) -> f32 {
     f32::from(u8::from((y > 0.0) & (y < cap)))
 }
 
-wide_fn! {
-    /// `(Σ (x − shift), Σ (x − shift)²)` over a plane.
-    fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
-        // In f64 throughout: the variance of an ill-conditioned batch norm (a deep network at batch 2)
-        // moved its gradients by 1 % in f32 lanes. Four independent chains.
-        let shift = shift as f64;
-        let (mut s, mut q) = ([0f64; 4], [0f64; 4]);
-        let mut chunks = x.chunks_exact(4);
-        for c in &mut chunks {
-            for l in 0..4 {
-                let d = c[l] as f64 - shift;
-                s[l] += d;
-                q[l] += d * d;
-            }
-        }
-        for &v in chunks.remainder() {
-            let d = v as f64 - shift;
-            s[0] += d;
-            q[0] += d * d;
-        }
-        (s.iter().sum(), q.iter().sum())
+/// The activation after a training batch norm as its backward tests it: `(a, b, cap)`, the value
+/// `a · x + b` passing where it is in `(0, cap)`.
+type Gate = (f32, f32, f32);
+
+/// `(Σ (x − shift), Σ (x − shift)²)` over a plane, in f64 throughout (the variance of an
+/// ill-conditioned batch norm, a deep network at batch 2, moved its gradients by 1 % in f32 lanes):
+/// eight lanes, value `i` in lane `i mod 8`, the lanes added in order at the end. The AVX2 build
+/// converts eight values at a time with intrinsics (the compiler left the portable loop's f32 → f64
+/// conversions scalar); both run the same operations in the same order, so they agree bit for bit.
+fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        return unsafe { shifted_sums_avx2(x, shift) };
     }
+    shifted_sums_portable(x, shift)
+}
+
+/// [`shifted_sums`] on any CPU.
+fn shifted_sums_portable(x: &[f32], shift: f32) -> (f64, f64) {
+    const L: usize = 8;
+    let shift = shift as f64;
+    let (mut s, mut q) = ([0f64; L], [0f64; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for l in 0..L {
+            let d = c[l] as f64 - shift;
+            s[l] += d;
+            q[l] += d * d;
+        }
+    }
+    for &v in chunks.remainder() {
+        let d = v as f64 - shift;
+        s[0] += d;
+        q[0] += d * d;
+    }
+    (s.iter().sum(), q.iter().sum())
+}
+
+/// [`shifted_sums`] with AVX2 intrinsics.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn shifted_sums_avx2(x: &[f32], shift: f32) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    let sh = _mm256_set1_pd(shift as f64);
+    let (mut s_lo, mut s_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut q_lo, mut q_hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 8 values; unaligned loads.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        // Lanes 0–3 and 4–7 of the portable loop.
+        let d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), sh);
+        let d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)), sh);
+        s_lo = _mm256_add_pd(s_lo, d_lo);
+        s_hi = _mm256_add_pd(s_hi, d_hi);
+        q_lo = _mm256_add_pd(q_lo, _mm256_mul_pd(d_lo, d_lo));
+        q_hi = _mm256_add_pd(q_hi, _mm256_mul_pd(d_hi, d_hi));
+    }
+    let (mut s, mut q) = ([0f64; 8], [0f64; 8]);
+    // SAFETY: each array holds 8 values; unaligned stores of 4 at offsets 0 and 4.
+    unsafe {
+        _mm256_storeu_pd(s.as_mut_ptr(), s_lo);
+        _mm256_storeu_pd(s.as_mut_ptr().add(4), s_hi);
+        _mm256_storeu_pd(q.as_mut_ptr(), q_lo);
+        _mm256_storeu_pd(q.as_mut_ptr().add(4), q_hi);
+    }
+    let shift = shift as f64;
+    for &v in chunks.remainder() {
+        let d = v as f64 - shift;
+        s[0] += d;
+        q[0] += d * d;
+    }
+    (s.iter().sum(), q.iter().sum())
 }
 
 wide_fn! {
-    /// `(Σ dy', Σ dy' · (x − mean))` over a plane, `dy' = dy` where the activation's output `mask`
-    /// is in `(0, cap)` (the activation after the batch norm let the value through), or everywhere
-    /// without a mask.
-    fn grad_sums(x: &[f32], dy: &[f32], mask: Option<(&[f32], f32)>, mean: f32) -> (f64, f64) {
+    /// `(Σ dy', Σ dy' · (x − mean))` over a plane, `dy' = dy` where the activation after the batch
+    /// norm let the value through ([`Gate`]), or everywhere without one.
+    fn grad_sums(x: &[f32], dy: &[f32], gate: Option<Gate>, mean: f32) -> (f64, f64) {
         let dy = &dy[..x.len()];
-        match mask {
-            Some((m, cap)) => lane_sums([x, dy, m], |[x, dy, m]| {
-                let g = dy * pass(m, cap);
+        match gate {
+            Some((a, b, cap)) => lane_sums([x, dy], |[x, dy]| {
+                let g = dy * pass(a * x + b, cap);
                 (g, g * (x - mean))
             }),
             None => lane_sums([x, dy], |[x, dy]| (dy, dy * (x - mean))),
@@ -197,14 +259,14 @@ wide_fn! {
         dx: &mut [f32],
         x: &[f32],
         dy: &[f32],
-        mask: Option<(&[f32], f32)>,
+        gate: Option<Gate>,
         kab: (f32, f32, f32),
     ) {
         let (k, a, b) = kab;
-        match mask {
-            Some((m, cap)) => {
-                for (((o, &x), &g), &m) in dx.iter_mut().zip(x).zip(dy).zip(m) {
-                    *o = k * (g * pass(m, cap)) + a * x + b;
+        match gate {
+            Some((ga, gb, cap)) => {
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *o = k * (g * pass(ga * x + gb, cap)) + a * x + b;
                 }
             }
             None => {
@@ -225,7 +287,8 @@ fn affine(
     b: &[f64],
     cap: Option<f32>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    // Every element is written: the planes cover the output.
+    let mut out = super::scratch::output_vec(x.len());
     if inner == 0 {
         return out;
     }
@@ -294,6 +357,11 @@ impl CustomOp3 for BatchNormTrain {
         let a: Vec<f64> = (0..c).map(|ch| gamma[ch] * st.inv_std[ch]).collect();
         let b: Vec<f64> = (0..c).map(|ch| beta[ch] - st.mean[ch] * a[ch]).collect();
         let y = affine(x, (c, inner), &a, &b, self.cap);
+        st.map = a
+            .iter()
+            .zip(&b)
+            .map(|(&a, &b)| (a as f32, b as f32))
+            .collect();
         *self
             .stats
             .lock()
@@ -306,7 +374,7 @@ impl CustomOp3 for BatchNormTrain {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self
@@ -321,10 +389,7 @@ impl CustomOp3 for BatchNormTrain {
             cap: self.cap,
             sums: sums.clone(),
         };
-        let grad = grad.contiguous()?;
-        // Without an activation the mask argument is unused: the gradient stands in for it.
-        let mask = if self.cap.is_some() { res } else { &grad };
-        let dx = x.apply_op3_no_bwd(&grad, mask, &op)?;
+        let dx = x.apply_op2_no_bwd(&grad.contiguous()?, &op)?;
         let sums = std::mem::take(
             &mut *sums
                 .lock()
@@ -337,8 +402,9 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
-/// The whole training-mode backward `(x, dy, y) → dx` of a batch norm (with the activation after it
-/// when `cap` is set: `dy` counts where `0 < y < cap`), leaving `[Σ dy, Σ dy · x̂]` (the gradients of β and γ) in
+/// The whole training-mode backward `(x, dy) → dx` of a batch norm (with the activation after it
+/// when `cap` is set: `dy` counts where `0 < y < cap`, `y` recomputed from `x` by the forward's map
+/// rather than read), leaving `[Σ dy, Σ dy · x̂]` (the gradients of β and γ) in
 /// `sums`. Two passes: the per-channel sums, then `dx = γ · inv_std · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)`;
 /// the masked gradient is never written.
 #[derive(Clone, Debug)]
@@ -349,7 +415,7 @@ struct BatchNormBackward {
     sums: Arc<Mutex<Vec<f32>>>,
 }
 
-impl CustomOp3 for BatchNormBackward {
+impl CustomOp2 for BatchNormBackward {
     fn name(&self) -> &'static str {
         "octconv-batch-norm-backward"
     }
@@ -360,24 +426,21 @@ impl CustomOp3 for BatchNormBackward {
         xl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
-        ys: &CpuStorage,
-        yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _t = super::timing::span("batch norm backward");
         let ((n, c, inner), x) = data(xs, xl)?;
-        let (g, y) = (contiguous(gs, gl)?, contiguous(ys, yl)?);
-        if g.len() != x.len() || y.len() != x.len() {
+        let g = contiguous(gs, gl)?;
+        let st = &self.stats;
+        if g.len() != x.len() || (self.cap.is_some() && st.map.len() != c) {
             bail!(
-                "batch norm backward: {} inputs, {} gradients, {} outputs",
-                x.len(),
+                "batch norm backward: {} gradients for {} inputs of {c} channels",
                 g.len(),
-                y.len()
+                x.len()
             )
         }
-        let st = &self.stats;
-        let mask = |off: usize, len: usize| self.cap.map(|cap| (&y[off..off + len], cap));
+        let gate = |ch: usize| self.cap.map(|cap| (st.map[ch].0, st.map[ch].1, cap));
         let sums = channel_sums(x, (n, c, inner), |ch, off, xv| {
-            grad_sums(xv, &g[off..], mask(off, xv.len()), st.mean[ch] as f32)
+            grad_sums(xv, &g[off..], gate(ch), st.mean[ch] as f32)
         });
         // Σ dy and Σ dy · x̂ = inv_std · Σ dy · (x − mean).
         let sum_dy: Vec<f64> = sums.iter().map(|s| s.0).collect();
@@ -391,14 +454,15 @@ impl CustomOp3 for BatchNormBackward {
         let b: Vec<f64> = (0..c)
             .map(|ch| -k[ch] * sum_dy[ch] / m - a[ch] * st.mean[ch])
             .collect();
-        let mut dx = vec![0f32; x.len()];
+        // Every element is written: the planes cover `dx`.
+        let mut dx = super::scratch::output_vec(x.len());
         if inner > 0 {
             dx.par_chunks_mut(inner).enumerate().for_each(|(p, o)| {
                 let ch = p % c;
                 let (k, a, b) = (k[ch] as f32, a[ch] as f32, b[ch] as f32);
                 let off = p * inner;
                 let (xv, gv) = (&x[off..off + inner], &g[off..off + inner]);
-                grad_input_plane(o, xv, gv, mask(off, inner), (k, a, b));
+                grad_input_plane(o, xv, gv, gate(ch), (k, a, b));
             });
         }
         let mut out: Vec<f32> = sum_dy.iter().map(|&v| v as f32).collect();
@@ -499,7 +563,8 @@ impl CustomOp2 for ActivationMask {
                 r.len()
             )
         }
-        let mut out = vec![0f32; g.len()];
+        // Every element is written, chunk by chunk.
+        let mut out = super::scratch::output_vec(g.len());
         out.par_chunks_mut(1 << 14)
             .zip(g.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
             .for_each(|(o, (g, r))| {
@@ -551,8 +616,36 @@ impl CustomOp3 for ChannelAffine {
             var: vec![1.0; c],
             inv_std: vec![1.0; c],
             count: 1,
+            map: Vec::new(),
         };
         let sums = x.apply_op2_no_bwd(&grad, &BatchNormGradSums { stats: identity })?;
         Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The AVX2 build of the statistics sums agrees with the portable one bit for bit (lengths with
+    /// and without a remainder; skipped on a CPU without AVX2).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn shifted_sums_avx2_equals_portable_bit_for_bit() {
+        if !super::super::simd::has_avx2_fma() {
+            return;
+        }
+        for len in [0, 1, 7, 8, 9, 64, 1001] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 37.0)
+                .collect();
+            let portable = super::shifted_sums_portable(&x, 0.3);
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let wide = unsafe { super::shifted_sums_avx2(&x, 0.3) };
+            assert_eq!(portable.0.to_bits(), wide.0.to_bits(), "sum, {len} values");
+            assert_eq!(
+                portable.1.to_bits(),
+                wide.1.to_bits(),
+                "squares, {len} values"
+            );
+        }
     }
 }
