@@ -20,15 +20,6 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.cin_g() == 1
 }
 
-/// Copies input row `iy` of `plane` (width `w`) into the middle of `padded` (`pad` zeros either
-/// side), or zeros for a row outside the map.
-fn padded_row<T: Element>(plane: &[T], iy: Option<usize>, w: usize, pad: usize, padded: &mut [T]) {
-    padded.fill(T::ZERO);
-    if let Some(iy) = iy {
-        padded[pad..pad + w].copy_from_slice(&plane[iy * w..][..w]);
-    }
-}
-
 /// The input row read by output row `oy` at kernel row `ky`, if it is inside the map.
 fn input_row(g: &ConvGeometry, oy: usize, ky: usize) -> Option<usize> {
     (oy * g.stride + ky)
@@ -148,82 +139,160 @@ fn row3x3<T: Element>(orow: &mut [T], rows: [&[T]; 3], wk: &[T]) {
 
 /// `dx` of `y = conv2d(x, w)` given `dy`, for a depthwise geometry.
 pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
-    let (oh, ow, kk, m) = (g.oh(), g.ow(), g.kh * g.kw, g.cout_g());
-    let mut dx = vec![T::ZERO; g.n * g.in_image()];
+    // Every plane is written in full (its rows copied from the accumulated padded rows).
+    let mut dx = output_vec(g.n * g.in_image());
     if dx.is_empty() {
         return dx;
     }
-    let padded_w = g.w + 2 * g.pad + g.stride * ow;
     dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, d)| {
-        let (img, ci) = (p / g.c_in, p % g.c_in);
-        // A padded row of dx per input row, accumulated from every output row that reads it.
-        let mut rows = vec![T::ZERO; g.h * padded_w];
-        for co in ci * m..(ci + 1) * m {
-            let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
-            let wk = &w[co * kk..][..kk];
-            for (oy, grow) in gp.chunks(ow).enumerate() {
-                for ky in 0..g.kh {
-                    let Some(iy) = input_row(g, oy, ky) else {
-                        continue;
-                    };
-                    let row = &mut rows[iy * padded_w..][..padded_w];
-                    for kx in 0..g.kw {
-                        let wv = wk[ky * g.kw + kx];
-                        if g.stride == 1 {
-                            for (r, &gv) in row[kx..kx + ow].iter_mut().zip(grow) {
-                                *r += wv * gv;
-                            }
-                        } else {
-                            for (ox, &gv) in grow.iter().enumerate() {
-                                row[ox * g.stride + kx] += wv * gv;
-                            }
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            unsafe { data_plane_avx2(g, dy, w, p, d) };
+            return;
+        }
+        data_plane(g, dy, w, p, d)
+    });
+    dx
+}
+
+/// [`data_plane`] compiled for AVX2 (the same operations in the same order).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn data_plane_avx2<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T], p: usize, d: &mut [T]) {
+    data_plane(g, dy, w, p, d)
+}
+
+/// Input-gradient plane `p` (image · channels + channel) into `d`.
+#[inline(always)]
+fn data_plane<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T], p: usize, d: &mut [T]) {
+    let (oh, ow, kk, m) = (g.oh(), g.ow(), g.kh * g.kw, g.cout_g());
+    let padded_w = g.w + 2 * g.pad + g.stride * ow;
+    let (img, ci) = (p / g.c_in, p % g.c_in);
+    // A padded row of dx per input row, accumulated from every output row that reads it.
+    let mut rows = vec![T::ZERO; g.h * padded_w];
+    for co in ci * m..(ci + 1) * m {
+        let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
+        let wk = &w[co * kk..][..kk];
+        for (oy, grow) in gp.chunks(ow).enumerate() {
+            for ky in 0..g.kh {
+                let Some(iy) = input_row(g, oy, ky) else {
+                    continue;
+                };
+                let row = &mut rows[iy * padded_w..][..padded_w];
+                for kx in 0..g.kw {
+                    let wv = wk[ky * g.kw + kx];
+                    if g.stride == 1 {
+                        for (r, &gv) in row[kx..kx + ow].iter_mut().zip(grow) {
+                            *r += wv * gv;
+                        }
+                    } else {
+                        for (ox, &gv) in grow.iter().enumerate() {
+                            row[ox * g.stride + kx] += wv * gv;
                         }
                     }
                 }
             }
         }
-        for (iy, drow) in d.chunks_mut(g.w).enumerate() {
-            drow.copy_from_slice(&rows[iy * padded_w + g.pad..][..g.w]);
-        }
-    });
-    dx
+    }
+    for (iy, drow) in d.chunks_mut(g.w).enumerate() {
+        drow.copy_from_slice(&rows[iy * padded_w + g.pad..][..g.w]);
+    }
 }
 
 /// `dw` of `y = conv2d(x, w)` given `dy`, for a depthwise geometry: per output channel, summed over
 /// the batch in a fixed order (deterministic).
 pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    let (oh, ow, kk, m) = (g.oh(), g.ow(), g.kh * g.kw, g.cout_g());
+    let kk = g.kh * g.kw;
     let mut dw = vec![T::ZERO; g.c_out * kk];
-    let padded_w = g.w + 2 * g.pad + g.stride * ow;
     dw.par_chunks_mut(kk.max(1))
         .enumerate()
         .for_each(|(co, dwk)| {
-            let mut padded = vec![T::ZERO; padded_w];
-            for img in 0..g.n {
-                let plane = &x[(img * g.c_in + co / m) * g.h * g.w..][..g.h * g.w];
-                let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
-                for (oy, grow) in gp.chunks(ow).enumerate() {
-                    for ky in 0..g.kh {
-                        let Some(iy) = input_row(g, oy, ky) else {
-                            continue;
-                        };
-                        padded_row(plane, Some(iy), g.w, g.pad, &mut padded[..g.w + 2 * g.pad]);
-                        for kx in 0..g.kw {
-                            let mut acc = T::ZERO;
-                            if g.stride == 1 {
-                                for (&v, &gv) in padded[kx..kx + ow].iter().zip(grow) {
-                                    acc += v * gv;
-                                }
-                            } else {
-                                for (v, &gv) in padded[kx..].iter().step_by(g.stride).zip(grow) {
-                                    acc += *v * gv;
-                                }
-                            }
-                            dwk[ky * g.kw + kx] += acc;
-                        }
-                    }
-                }
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                unsafe { filter_channel_avx2(g, x, dy, co, dwk) };
+                return;
             }
+            filter_channel(g, x, dy, co, dwk)
         });
     dw
+}
+
+/// [`filter_channel`] compiled for AVX2 (the same operations in the same order).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn filter_channel_avx2<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+    co: usize,
+    dwk: &mut [T],
+) {
+    filter_channel(g, x, dy, co, dwk)
+}
+
+/// The weight gradient `dwk` of output channel `co`: for every tap, the dot product of the output
+/// gradient with the input it read, over the batch. The input plane is zero-padded once per image
+/// (not one row per output row and tap), and each dot product runs in 8 lanes ([`dot`]): one chain of
+/// dependent additions per tap took 12 % of a MobileNet v2 training step.
+#[inline(always)]
+fn filter_channel<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T], co: usize, dwk: &mut [T]) {
+    let (oh, ow, m) = (g.oh(), g.ow(), g.cout_g());
+    let pw = g.w + 2 * g.pad + g.stride * ow;
+    let ph = g.h + 2 * g.pad;
+    // Zero borders; the interior is overwritten for every image.
+    let mut padded = vec![T::ZERO; ph * pw];
+    for img in 0..g.n {
+        let plane = &x[(img * g.c_in + co / m) * g.h * g.w..][..g.h * g.w];
+        for (iy, row) in plane.chunks_exact(g.w.max(1)).enumerate().take(g.h) {
+            padded[(iy + g.pad) * pw + g.pad..][..g.w].copy_from_slice(row);
+        }
+        let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
+        for (oy, grow) in gp.chunks(ow.max(1)).enumerate() {
+            for ky in 0..g.kh {
+                // Padded row `oy·stride + ky` (< ph: the output size fits the padded input).
+                let prow = &padded[(oy * g.stride + ky) * pw..][..pw];
+                for kx in 0..g.kw {
+                    let acc = if g.stride == 1 {
+                        dot(&prow[kx..kx + ow], grow)
+                    } else {
+                        let mut acc = T::ZERO;
+                        for (v, &gv) in prow[kx..].iter().step_by(g.stride).zip(grow) {
+                            acc += *v * gv;
+                        }
+                        acc
+                    };
+                    dwk[ky * g.kw + kx] += acc;
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a_i · b_i` in 8 lanes (value `i` in lane `i mod 8`, lanes added in order, then the rest).
+#[inline(always)]
+fn dot<T: Element>(a: &[T], b: &[T]) -> T {
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    let mut lanes = [T::ZERO; 8];
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = T::ZERO;
+    for v in lanes {
+        sum += v;
+    }
+    for (&x, &y) in ar.iter().zip(br) {
+        sum += x * y;
+    }
+    sum
 }
