@@ -75,6 +75,13 @@ fn max_pool_kernel_matches_hand_values_and_the_generic_path() {
         assert_eq!(ours.2, generic.2, "case {i}: input gradients");
     }
 
+    // Ties: the gradient goes to the first maximum of the window in row-major order (PyTorch's rule).
+    let x = Tensor::from_vec(vec![2.0f64, 7.0, 7.0, 7.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+    let (y, _, dx) = run(&x, (2, 1, 0));
+    assert_eq!(y, [7.0]);
+    assert_eq!(dx.iter().filter(|&&v| v != 0.0).count(), 1, "{dx:?}");
+    assert_ne!(dx[1], 0.0, "{dx:?}");
+
     let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
     let e = max_pool(&x, 5, 1, 1).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
