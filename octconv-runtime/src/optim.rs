@@ -85,7 +85,6 @@ impl Sgd {
                 0.0
             };
             if Self::fused(var) && g.dtype() == DType::F32 {
-                let first = !self.host.contains_key(name);
                 let mut none = Vec::new();
                 let buffer = if c.momentum != 0.0 {
                     self.host.entry(name.clone()).or_default()
@@ -94,7 +93,6 @@ impl Sgd {
                 };
                 let op = FusedStep {
                     buffer: Mutex::new(buffer),
-                    first,
                     lr: lr as f32,
                     momentum: c.momentum as f32,
                     nesterov: c.nesterov,
@@ -166,9 +164,8 @@ impl Sgd {
 /// One SGD step of an f32 parameter in place, in one pass over it, its gradient (the second
 /// argument) and its momentum buffer: the formula of [`Sgd`], element by element, in f32.
 struct FusedStep<'a> {
+    /// The momentum buffer; empty before the first step (it then starts as `d`).
     buffer: Mutex<&'a mut Vec<f32>>,
-    /// No buffer yet: it starts as `d`.
-    first: bool,
     lr: f32,
     momentum: f32,
     nesterov: bool,
@@ -213,11 +210,12 @@ impl InplaceOp2 for FusedStep<'_> {
             .buffer
             .lock()
             .map_err(|_| candle_core::Error::Msg("momentum buffer poisoned".into()))?;
-        if self.first || buf.len() != p.len() {
+        // No buffer yet (`load_state` refuses one of another length).
+        let first = buf.len() != p.len();
+        if first {
             buf.clear();
             buf.resize(p.len(), 0.0);
         }
-        let first = self.first;
         for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
             let d = g + wd * *p;
             *b = if first { d } else { mu * *b + d };

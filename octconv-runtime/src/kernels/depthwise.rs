@@ -12,6 +12,7 @@
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::scratch::output_vec;
+use super::simd::wide_fn;
 use super::Element;
 use rayon::prelude::*;
 
@@ -49,73 +50,51 @@ pub fn forward_post<T: Element>(
         let (img, co) = (p / g.c_out, p % g.c_out);
         let plane = &x[(img * g.c_in + co / g.cout_g()) * g.h * g.w..][..g.h * g.w];
         let wk = &w[co * kk..][..kk];
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            unsafe { forward_plane_avx2(g, plane, wk, o, co, post) };
-            return;
-        }
         forward_plane(g, plane, wk, o, co, post)
     });
     out
 }
 
-/// [`forward_plane`] compiled for AVX2 (8 lanes instead of SSE2's 4; the same operations in the same
-/// order, so the values are those of the portable path bit for bit).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_plane_avx2<T: Element>(
-    g: &ConvGeometry,
-    plane: &[T],
-    wk: &[T],
-    o: &mut [T],
-    co: usize,
-    post: Option<RowMap<'_, T>>,
-) {
-    forward_plane(g, plane, wk, o, co, post)
-}
-
-/// One output plane `o` (channel `co`) from its input `plane` and kernel `wk`.
-#[inline(always)]
-fn forward_plane<T: Element>(
-    g: &ConvGeometry,
-    plane: &[T],
-    wk: &[T],
-    o: &mut [T],
-    co: usize,
-    post: Option<RowMap<'_, T>>,
-) {
-    let (ph, pw, ow) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.ow());
-    // The zero-padded plane, so that every window reads whole rows.
-    let mut padded = vec![T::ZERO; ph * pw];
-    for iy in 0..g.h {
-        padded[(iy + g.pad) * pw + g.pad..][..g.w].copy_from_slice(&plane[iy * g.w..][..g.w]);
-    }
-    for (oy, orow) in o.chunks_mut(ow).enumerate() {
-        let rows = &padded[oy * g.stride * pw..];
-        if g.kh == 3 && g.kw == 3 && g.stride == 1 {
-            row3x3(
-                orow,
-                [&rows[..pw], &rows[pw..2 * pw], &rows[2 * pw..3 * pw]],
-                wk,
-            );
-        } else {
-            orow.fill(T::ZERO);
-            for ky in 0..g.kh {
-                let row = &rows[ky * pw..][..pw];
-                for kx in 0..g.kw {
-                    let wv = wk[ky * g.kw + kx];
-                    for (o, &v) in orow.iter_mut().zip(row[kx..].iter().step_by(g.stride)) {
-                        *o += wv * v;
+wide_fn! {
+    /// One output plane `o` (channel `co`) from its input `plane` and kernel `wk`.
+    /// Compiled for AVX2 too ([`wide_fn!`]), the build chosen at run time.
+    fn forward_plane<T: Element>(
+        g: &ConvGeometry,
+        plane: &[T],
+        wk: &[T],
+        o: &mut [T],
+        co: usize,
+        post: Option<RowMap<'_, T>>,
+    ) {
+        let (ph, pw, ow) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.ow());
+        // The zero-padded plane, so that every window reads whole rows.
+        let mut padded = vec![T::ZERO; ph * pw];
+        for iy in 0..g.h {
+            padded[(iy + g.pad) * pw + g.pad..][..g.w].copy_from_slice(&plane[iy * g.w..][..g.w]);
+        }
+        for (oy, orow) in o.chunks_mut(ow).enumerate() {
+            let rows = &padded[oy * g.stride * pw..];
+            if g.kh == 3 && g.kw == 3 && g.stride == 1 {
+                row3x3(
+                    orow,
+                    [&rows[..pw], &rows[pw..2 * pw], &rows[2 * pw..3 * pw]],
+                    wk,
+                );
+            } else {
+                orow.fill(T::ZERO);
+                for ky in 0..g.kh {
+                    let row = &rows[ky * pw..][..pw];
+                    for kx in 0..g.kw {
+                        let wv = wk[ky * g.kw + kx];
+                        for (o, &v) in orow.iter_mut().zip(row[kx..].iter().step_by(g.stride)) {
+                            *o += wv * v;
+                        }
                     }
                 }
             }
-        }
-        if let Some(post) = post {
-            post(co, orow);
+            if let Some(post) = post {
+                post(co, orow);
+            }
         }
     }
 }
@@ -144,62 +123,48 @@ pub fn backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> 
     if dx.is_empty() {
         return dx;
     }
-    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, d)| {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            unsafe { data_plane_avx2(g, dy, w, p, d) };
-            return;
-        }
-        data_plane(g, dy, w, p, d)
-    });
+    dx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(p, d)| data_plane(g, dy, w, p, d));
     dx
 }
 
-/// [`data_plane`] compiled for AVX2 (the same operations in the same order).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn data_plane_avx2<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T], p: usize, d: &mut [T]) {
-    data_plane(g, dy, w, p, d)
-}
-
-/// Input-gradient plane `p` (image · channels + channel) into `d`.
-#[inline(always)]
-fn data_plane<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T], p: usize, d: &mut [T]) {
-    let (oh, ow, kk, m) = (g.oh(), g.ow(), g.kh * g.kw, g.cout_g());
-    let padded_w = g.w + 2 * g.pad + g.stride * ow;
-    let (img, ci) = (p / g.c_in, p % g.c_in);
-    // A padded row of dx per input row, accumulated from every output row that reads it.
-    let mut rows = vec![T::ZERO; g.h * padded_w];
-    for co in ci * m..(ci + 1) * m {
-        let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
-        let wk = &w[co * kk..][..kk];
-        for (oy, grow) in gp.chunks(ow).enumerate() {
-            for ky in 0..g.kh {
-                let Some(iy) = input_row(g, oy, ky) else {
-                    continue;
-                };
-                let row = &mut rows[iy * padded_w..][..padded_w];
-                for kx in 0..g.kw {
-                    let wv = wk[ky * g.kw + kx];
-                    if g.stride == 1 {
-                        for (r, &gv) in row[kx..kx + ow].iter_mut().zip(grow) {
-                            *r += wv * gv;
-                        }
-                    } else {
-                        for (ox, &gv) in grow.iter().enumerate() {
-                            row[ox * g.stride + kx] += wv * gv;
+wide_fn! {
+    /// Input-gradient plane `p` (image · channels + channel) into `d`.
+    /// Compiled for AVX2 too ([`wide_fn!`]), the build chosen at run time.
+    fn data_plane<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T], p: usize, d: &mut [T]) {
+        let (oh, ow, kk, m) = (g.oh(), g.ow(), g.kh * g.kw, g.cout_g());
+        let padded_w = g.w + 2 * g.pad + g.stride * ow;
+        let (img, ci) = (p / g.c_in, p % g.c_in);
+        // A padded row of dx per input row, accumulated from every output row that reads it.
+        let mut rows = vec![T::ZERO; g.h * padded_w];
+        for co in ci * m..(ci + 1) * m {
+            let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
+            let wk = &w[co * kk..][..kk];
+            for (oy, grow) in gp.chunks(ow).enumerate() {
+                for ky in 0..g.kh {
+                    let Some(iy) = input_row(g, oy, ky) else {
+                        continue;
+                    };
+                    let row = &mut rows[iy * padded_w..][..padded_w];
+                    for kx in 0..g.kw {
+                        let wv = wk[ky * g.kw + kx];
+                        if g.stride == 1 {
+                            for (r, &gv) in row[kx..kx + ow].iter_mut().zip(grow) {
+                                *r += wv * gv;
+                            }
+                        } else {
+                            for (ox, &gv) in grow.iter().enumerate() {
+                                row[ox * g.stride + kx] += wv * gv;
+                            }
                         }
                     }
                 }
             }
         }
-    }
-    for (iy, drow) in d.chunks_mut(g.w).enumerate() {
-        drow.copy_from_slice(&rows[iy * padded_w + g.pad..][..g.w]);
+        for (iy, drow) in d.chunks_mut(g.w).enumerate() {
+            drow.copy_from_slice(&rows[iy * padded_w + g.pad..][..g.w]);
+        }
     }
 }
 
@@ -210,66 +175,44 @@ pub fn backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T
     let mut dw = vec![T::ZERO; g.c_out * kk];
     dw.par_chunks_mut(kk.max(1))
         .enumerate()
-        .for_each(|(co, dwk)| {
-            #[cfg(target_arch = "x86_64")]
-            if super::simd::has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                unsafe { filter_channel_avx2(g, x, dy, co, dwk) };
-                return;
-            }
-            filter_channel(g, x, dy, co, dwk)
-        });
+        .for_each(|(co, dwk)| filter_channel(g, x, dy, co, dwk));
     dw
 }
 
-/// [`filter_channel`] compiled for AVX2 (the same operations in the same order).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn filter_channel_avx2<T: Element>(
-    g: &ConvGeometry,
-    x: &[T],
-    dy: &[T],
-    co: usize,
-    dwk: &mut [T],
-) {
-    filter_channel(g, x, dy, co, dwk)
-}
-
-/// The weight gradient `dwk` of output channel `co`: for every tap, the dot product of the output
-/// gradient with the input it read, over the batch. The input plane is zero-padded once per image
-/// (not one row per output row and tap), and each dot product runs in 8 lanes ([`dot`]): one chain of
-/// dependent additions per tap took 12 % of a MobileNet v2 training step.
-#[inline(always)]
-fn filter_channel<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T], co: usize, dwk: &mut [T]) {
-    let (oh, ow, m) = (g.oh(), g.ow(), g.cout_g());
-    let pw = g.w + 2 * g.pad + g.stride * ow;
-    let ph = g.h + 2 * g.pad;
-    // Zero borders; the interior is overwritten for every image.
-    let mut padded = vec![T::ZERO; ph * pw];
-    for img in 0..g.n {
-        let plane = &x[(img * g.c_in + co / m) * g.h * g.w..][..g.h * g.w];
-        for (iy, row) in plane.chunks_exact(g.w.max(1)).enumerate().take(g.h) {
-            padded[(iy + g.pad) * pw + g.pad..][..g.w].copy_from_slice(row);
-        }
-        let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
-        for (oy, grow) in gp.chunks(ow.max(1)).enumerate() {
-            for ky in 0..g.kh {
-                // Padded row `oy·stride + ky` (< ph: the output size fits the padded input).
-                let prow = &padded[(oy * g.stride + ky) * pw..][..pw];
-                for kx in 0..g.kw {
-                    let acc = if g.stride == 1 {
-                        dot(&prow[kx..kx + ow], grow)
-                    } else {
-                        let mut acc = T::ZERO;
-                        for (v, &gv) in prow[kx..].iter().step_by(g.stride).zip(grow) {
-                            acc += *v * gv;
-                        }
-                        acc
-                    };
-                    dwk[ky * g.kw + kx] += acc;
+wide_fn! {
+    /// The weight gradient `dwk` of output channel `co`: for every tap, the dot product of the output
+    /// gradient with the input it read, over the batch. The input plane is zero-padded once per image
+    /// (not one row per output row and tap), and each dot product runs in 8 lanes ([`dot`]): one chain of
+    /// dependent additions per tap took 12 % of a MobileNet v2 training step.
+    /// Compiled for AVX2 too ([`wide_fn!`]), the build chosen at run time.
+    fn filter_channel<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T], co: usize, dwk: &mut [T]) {
+        let (oh, ow, m) = (g.oh(), g.ow(), g.cout_g());
+        let pw = g.w + 2 * g.pad + g.stride * ow;
+        let ph = g.h + 2 * g.pad;
+        // Zero borders; the interior is overwritten for every image.
+        let mut padded = vec![T::ZERO; ph * pw];
+        for img in 0..g.n {
+            let plane = &x[(img * g.c_in + co / m) * g.h * g.w..][..g.h * g.w];
+            for (iy, row) in plane.chunks_exact(g.w.max(1)).enumerate().take(g.h) {
+                padded[(iy + g.pad) * pw + g.pad..][..g.w].copy_from_slice(row);
+            }
+            let gp = &dy[(img * g.c_out + co) * oh * ow..][..oh * ow];
+            for (oy, grow) in gp.chunks(ow.max(1)).enumerate() {
+                for ky in 0..g.kh {
+                    // Padded row `oy·stride + ky` (< ph: the output size fits the padded input).
+                    let prow = &padded[(oy * g.stride + ky) * pw..][..pw];
+                    for kx in 0..g.kw {
+                        let acc = if g.stride == 1 {
+                            dot(&prow[kx..kx + ow], grow)
+                        } else {
+                            let mut acc = T::ZERO;
+                            for (v, &gv) in prow[kx..].iter().step_by(g.stride).zip(grow) {
+                                acc += *v * gv;
+                            }
+                            acc
+                        };
+                        dwk[ky * g.kw + kx] += acc;
+                    }
                 }
             }
         }

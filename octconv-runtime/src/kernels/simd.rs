@@ -12,19 +12,20 @@ pub fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// Defines a function whose body is compiled twice, for the portable baseline and for AVX2 + FMA,
+/// Defines a function (with at most one type parameter) whose body is compiled twice, for the portable baseline and for AVX2 + FMA,
 /// and which runs the AVX2 build where the CPU has it ([`has_avx2_fma`]). Helpers the body calls are
 /// compiled for AVX2 only where they are inlined: mark them `#[inline(always)]`. (A generic
 /// `wide(|| …)` wrapper does not do: LLVM did not inline the closure into the AVX2 function.)
 macro_rules! wide_fn {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $(<$g:ident: $bound:path>)?
+        ($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        $vis fn $name($($a: $t),*) $(-> $r)? {
+        $vis fn $name $(<$g: $bound>)? ($($a: $t),*) $(-> $r)? {
             #[inline(always)]
-            fn body($($a: $t),*) $(-> $r)? $body
+            fn body $(<$g: $bound>)? ($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($a: $t),*) $(-> $r)? {
+            unsafe fn avx2 $(<$g: $bound>)? ($($a: $t),*) $(-> $r)? {
                 body($($a),*)
             }
             #[cfg(target_arch = "x86_64")]
