@@ -3,7 +3,7 @@
 //! epoch and the batch index, so nothing but counters needs saving), best and final weights, a stop on
 //! non-finite loss, and a clean stop on request (Ctrl-C).
 
-use crate::data::{epoch_order, Batcher, Dataset, Split};
+use crate::data::{epoch_order, Batcher, Dataset, Norm, Split};
 use crate::init::init_params;
 use crate::model::OctModel;
 use crate::optim::{Schedule, Sgd, SgdConfig};
@@ -52,8 +52,12 @@ pub struct TrainConfig {
     pub decay_bn_and_bias: bool,
     /// Seed of initialisation, data order, augmentation and dropout.
     pub seed: u64,
-    /// Standard augmentation (flip + 4-pixel pad-and-crop).
+    /// Augmentation: flip + 4-pixel pad-and-crop for inputs up to 64 × 64, RandomResizedCrop +
+    /// flip for larger ones (`data::Crop::for_input`).
     pub augment: bool,
+    /// Where the normalisation statistics come from (runs older than this field measured them).
+    #[serde(default)]
+    pub norm: Norm,
     /// Training images used (`None`: all).
     pub train_limit: Option<usize>,
     /// Test images used (`None`: all).
@@ -200,8 +204,10 @@ pub fn evaluate(
 
 /// Names of the tensors that are run state, not model parameters.
 const STATE: &str = "__state";
-const NORM_MEAN: &str = "__norm.mean";
-const NORM_STD: &str = "__norm.std";
+/// Name of the per-channel input mean in a weights file (runs and imports write it; `eval` reads it).
+pub const NORM_MEAN: &str = "__norm.mean";
+/// Name of the per-channel input standard deviation in a weights file (as [`NORM_MEAN`]).
+pub const NORM_STD: &str = "__norm.std";
 const OPT: &str = "__opt.";
 
 /// The files of a run directory, named in one place (the trainer, `sweep`, `plot` and the tests use
@@ -371,19 +377,27 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         let dir = RunDir::new(dir);
+        // A new run measures its normalisation before anything is written: a bad image stops it
+        // with nothing written.
+        let fresh = match resume {
+            false => Some(Batcher::new(&data.train, cfg.augment, cfg.norm)?),
+            true => None,
+        };
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("cannot create run directory `{}`", dir.path().display()))?;
-        let mut batcher = Batcher::new(&data.train, cfg.augment);
-        let (params, progress, momentum) = if resume {
-            let r = restore(&ir, &cfg, &dir, device)?;
-            (batcher.mean, batcher.std) = r.norm;
-            (r.params, r.progress, r.momentum)
-        } else {
-            (
+        let (params, progress, momentum, batcher) = match fresh {
+            None => {
+                let r = restore(&ir, &cfg, &dir, device)?;
+                let (mean, std) = r.norm;
+                let batcher = Batcher::with_stats(&data.train, cfg.augment, mean, std);
+                (r.params, r.progress, r.momentum, batcher)
+            }
+            Some(batcher) => (
                 start(&ir, &cfg, &dir, device)?,
                 Progress::start(),
                 HashMap::new(),
-            )
+                batcher,
+            ),
         };
         let varmap = VarMap::new();
         {
@@ -422,6 +436,13 @@ impl Trainer {
             batcher,
             progress,
         })
+    }
+
+    /// Decodes and augments each batch's images on `threads` worker threads (the default is the
+    /// global pool, shared with the computation).
+    pub fn with_data_threads(mut self, threads: usize) -> Result<Self> {
+        self.batcher = self.batcher.with_threads(threads)?;
+        Ok(self)
     }
 
     /// The model being trained.
@@ -489,7 +510,10 @@ impl Trainer {
                         let mut rng = ChaCha8Rng::seed_from_u64(seed);
                         rng.set_stream(((epoch as u64) << 32) | b as u64);
                         // The receiver is gone when the step loop stopped early.
-                        if send.send(batcher.batch_host(train, idx, &mut rng)).is_err() {
+                        // An error (a file that does not decode) ends the stream after it is sent.
+                        let host = batcher.batch_host(train, idx, &mut rng);
+                        let failed = host.is_err();
+                        if send.send(host).is_err() || failed {
                             return;
                         }
                     }
@@ -504,7 +528,8 @@ impl Trainer {
                     }
                     let host = batches_ahead
                         .recv()
-                        .context("the batch loader thread stopped")?;
+                        .context("the batch loader thread stopped")?
+                        .with_context(|| format!("epoch {} batch {b}: the checkpoint on disk is that of the last finished epoch or interruption", epoch + 1))?;
                     let len = host.y.len();
                     self.model.set_dropout_seed(
                         self.cfg.seed

@@ -1,7 +1,7 @@
 //! Dataset readers on generated files: CIFAR-10 batches, class folders (directory and .tar.gz), IDX;
 //! their errors name the file; batching is seeded, normalised and augmented as documented.
 
-use octconv_runtime::data::{epoch_order, Batcher, DataSource, Dataset};
+use octconv_runtime::data::{epoch_order, Batcher, Crop, DataSource, Dataset, Images, Norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::io::Write;
@@ -40,8 +40,11 @@ fn cifar10_batches_are_read_and_bad_files_are_named() {
         (10, 1, [3, 32, 32])
     );
     assert_eq!(s.train.labels[..4], [1, 0, 2, 0]);
-    assert!(s.train.image(2).iter().all(|&p| p == 20));
+    assert!(s.train.image(2).unwrap().iter().all(|&p| p == 20));
     assert_eq!(s.test.classes[9], "truck");
+    // Decoded sets are not resized: another input shape is an error naming both.
+    let e = s.clone().fit_to([3, 16, 16]).unwrap_err().to_string();
+    assert!(e.contains("takes [3, 16, 16]") && e.contains("[3, 32, 32]"), "{e}");
     // Truncated file.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -83,24 +86,31 @@ fn folder_layout(root: &Path) {
     }
 }
 
+/// The eval-mode batch of every training image, unnormalised (pixels / 255).
+fn pixels(split: &mut octconv_runtime::data::Split, shape: [usize; 3]) -> Vec<f32> {
+    split.fit_to(shape).unwrap();
+    let b = Batcher::with_stats(
+        &split.train,
+        false,
+        vec![0.0; shape[0]],
+        vec![1.0; shape[0]],
+    );
+    let all: Vec<usize> = (0..split.train.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    b.batch_host(&split.train, &all, &mut rng).unwrap().x
+}
+
 #[test]
-fn folder_and_tar_gz_give_the_same_dataset() {
+fn folder_and_tar_gz_give_the_same_images() {
     let root = dir("folder");
     folder_layout(&root);
-    let from_dir = DataSource::Folder(root.clone()).load().unwrap();
+    let mut from_dir = DataSource::Folder(root.clone()).load().unwrap();
     assert_eq!(from_dir.train.classes, ["cat", "dog"]);
-    assert_eq!(
-        (
-            from_dir.train.len(),
-            from_dir.test.len(),
-            from_dir.train.shape
-        ),
-        (6, 2, [3, 6, 8])
-    );
+    assert_eq!((from_dir.train.len(), from_dir.test.len()), (6, 2));
     assert_eq!(from_dir.train.labels, [0, 0, 0, 1, 1, 1]);
-    // Planar CHW: the red plane of a cat is 200 everywhere, its green plane 0.
-    let cat = from_dir.train.image(0);
-    assert!(cat[..48].iter().all(|&p| p == 200) && cat[48..96].iter().all(|&p| p == 0));
+    // Planar CHW at the images' own size: the red plane of a cat is 200 everywhere, its green 0.
+    let cat = pixels(&mut from_dir, [3, 6, 8]);
+    assert!(cat[..48].iter().all(|&p| p == 200.0 / 255.0) && cat[48..96].iter().all(|&p| p == 0.0));
     let tgz = root.with_extension("tar.gz");
     let file = std::fs::File::create(&tgz).unwrap();
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -109,28 +119,77 @@ fn folder_and_tar_gz_give_the_same_dataset() {
     ));
     tar.append_dir_all("data", &root).unwrap();
     tar.into_inner().unwrap().finish().unwrap();
-    let from_tar = DataSource::Folder(tgz).load().unwrap();
-    assert_eq!(from_tar, from_dir);
+    let mut from_tar = DataSource::Folder(tgz).load().unwrap();
+    assert_eq!(from_tar.train.labels, from_dir.train.labels);
+    assert_eq!(pixels(&mut from_tar, [3, 6, 8]), cat);
+    // Another input size: the images are resized (a flat colour stays that colour).
+    let small = pixels(&mut from_dir, [3, 4, 4]);
+    assert_eq!(small.len(), 6 * 3 * 16);
+    assert!(
+        small[..16]
+            .iter()
+            .all(|&p| (p - 200.0 / 255.0).abs() < 1e-6),
+        "{:?}",
+        &small[..16]
+    );
+    // Grey input: one channel per image.
+    assert_eq!(pixels(&mut from_dir, [1, 6, 8]).len(), 6 * 48);
 }
 
 #[test]
-fn corrupt_or_mismatched_images_are_errors_naming_the_file() {
+fn bad_files_and_folders_are_errors_naming_them() {
     let root = dir("corrupt");
     folder_layout(&root);
+    let load = |root: &Path| {
+        format!(
+            "{:#}",
+            DataSource::Folder(root.to_path_buf()).load().unwrap_err()
+        )
+    };
     std::fs::write(root.join("train/dog/1.png"), b"not a png").unwrap();
-    let e = format!("{:#}", DataSource::Folder(root.clone()).load().unwrap_err());
+    let e = load(&root);
     assert!(
-        e.contains("train/dog/1.png") && e.contains("not a readable image"),
+        e.contains("train/dog/1.png") && e.contains("is not an image"),
         "{e}"
     );
-    write_png(&root.join("train/dog/1.png"), [1, 2, 3], 9, 6);
-    let e = format!("{:#}", DataSource::Folder(root.clone()).load().unwrap_err());
-    assert!(e.contains("train/dog/1.png") && e.contains("3×6×9"), "{e}");
-    write_png(&root.join("train/dog/1.png"), [1, 2, 3], 8, 6);
+    std::fs::write(root.join("train/dog/1.png"), b"").unwrap();
+    let e = load(&root);
+    assert!(
+        e.contains("train/dog/1.png") && e.contains("is empty (0 bytes)"),
+        "{e}"
+    );
+    let png = std::fs::read(root.join("train/dog/0.png")).unwrap();
+    std::fs::write(root.join("train/dog/1.png"), &png[..png.len() - 20]).unwrap();
+    let e = load(&root);
+    assert!(
+        e.contains("train/dog/1.png") && e.contains("truncated"),
+        "{e}"
+    );
+    std::fs::write(root.join("train/dog/1.png"), &png).unwrap();
+    // Images of another size are fine now.
+    write_png(&root.join("train/dog/2.png"), [1, 2, 3], 9, 7);
+    assert!(DataSource::Folder(root.clone()).load().is_ok());
     std::fs::create_dir_all(root.join("test/bird")).unwrap();
     write_png(&root.join("test/bird/0.png"), [1, 2, 3], 8, 6);
-    let e = format!("{:#}", DataSource::Folder(root).load().unwrap_err());
-    assert!(e.contains("test class `bird`"), "{e}");
+    let e = load(&root);
+    assert!(
+        e.contains("test class `bird` does not exist in train/"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(root.join("test/bird")).unwrap();
+    std::fs::create_dir_all(root.join("train/empty")).unwrap();
+    let e = load(&root);
+    assert!(e.contains("`train/empty` has no JPEG or PNG images"), "{e}");
+    std::fs::remove_dir_all(root.join("train/empty")).unwrap();
+    std::fs::rename(root.join("test"), root.join("val")).unwrap();
+    assert_eq!(
+        DataSource::Folder(root.clone()).load().unwrap().test.len(),
+        2
+    );
+    std::fs::create_dir_all(root.join("test/cat")).unwrap();
+    write_png(&root.join("test/cat/0.png"), [1, 2, 3], 8, 6);
+    let e = load(&root);
+    assert!(e.contains("both `val/` and `test/`"), "{e}");
 }
 
 fn idx(path: &Path, dims: &[u32], data: &[u8], gzip: bool) {
@@ -194,7 +253,7 @@ fn tiny() -> Dataset {
     Dataset {
         classes: vec!["a".into(), "b".into()],
         shape: [1, 2, 3],
-        images: (0..6u8).chain(250..=255).collect(),
+        images: Images::Pixels((0..6u8).chain(250..=255).collect()),
         labels: vec![0, 1],
     }
 }
@@ -203,10 +262,8 @@ fn tiny() -> Dataset {
 fn batches_are_normalised_and_augmentation_is_seeded() {
     let ds = tiny();
     let plain = Batcher {
-        mean: vec![0.0],
-        std: vec![1.0],
-        augment: false,
-        pad: 1,
+        crop: Crop::Pad { pad: 1 },
+        ..Batcher::with_stats(&ds, false, vec![0.0], vec![1.0])
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (x, y) = plain
@@ -216,7 +273,7 @@ fn batches_are_normalised_and_augmentation_is_seeded() {
     assert_eq!(y.to_vec1::<u32>().unwrap(), [1, 0]);
     let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     assert!((v[0] - 250.0 / 255.0).abs() < 1e-6 && v[6] == 0.0);
-    let stats = Batcher::new(&ds, false);
+    let stats = Batcher::new(&ds, false, Norm::Data).unwrap();
     let (x, _) = stats
         .batch(&ds, &[0, 1], &mut rng, &candle_core::Device::Cpu)
         .unwrap();
@@ -229,10 +286,8 @@ fn batches_are_normalised_and_augmentation_is_seeded() {
     );
     // Augmented batches: reproducible from the seed, and every output is a flipped/shifted copy.
     let aug = Batcher {
-        mean: vec![0.0],
-        std: vec![1.0],
-        augment: true,
-        pad: 1,
+        crop: Crop::Pad { pad: 1 },
+        ..Batcher::with_stats(&ds, true, vec![0.0], vec![1.0])
     };
     let draw = |seed| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -266,7 +321,7 @@ fn limits_sample_every_class_of_a_class_sorted_source() {
     let mut ds = Dataset {
         classes: (0..10).map(|c| c.to_string()).collect(),
         shape: [1, 1, 1],
-        images: (0..1000).map(|i| (i / 100) as u8).collect(),
+        images: Images::Pixels((0..1000).map(|i| (i / 100) as u8).collect()),
         labels: (0..1000).map(|i| i / 100).collect(),
     };
     ds.truncate(100);
@@ -283,5 +338,5 @@ fn limits_sample_every_class_of_a_class_sorted_source() {
         .labels
         .iter()
         .enumerate()
-        .all(|(i, &l)| ds.image(i)[0] as u32 == l));
+        .all(|(i, &l)| ds.image(i).unwrap()[0] as u32 == l));
 }

@@ -1,7 +1,7 @@
 //! Training on a tiny generated dataset: the loss falls, and a run interrupted and resumed ends with
 //! exactly the weights of an uninterrupted run.
 
-use octconv_runtime::data::{Dataset, Split};
+use octconv_runtime::data::{Dataset, Images, Split};
 use octconv_runtime::train::{read_metrics, Event, Finish, TrainConfig, Trainer};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,7 +30,7 @@ fn data(n: usize) -> Split {
         Dataset {
             classes: vec!["top".into(), "bottom".into()],
             shape: [3, 8, 8],
-            images,
+            images: Images::Pixels(images),
             labels,
         }
     };
@@ -66,6 +66,7 @@ fn config(epochs: usize) -> TrainConfig {
         decay_bn_and_bias: false,
         seed: 3,
         augment: true,
+        norm: Default::default(),
         train_limit: None,
         test_limit: None,
     }
@@ -228,4 +229,77 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let fin = t.run(&d, &AtomicBool::new(false), |_| {}).unwrap();
     assert!(matches!(fin, Finish::Diverged { .. }), "{fin:?}");
     assert!(!dir.join("final.safetensors").exists());
+}
+
+/// `train/` and `val/` folders of PNGs of several sizes (two classes told apart by brightness).
+fn image_folder(root: &std::path::Path) -> Split {
+    for (split, n) in [("train", 16u32), ("val", 4)] {
+        for (c, class) in ["dark", "light"].iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                let (w, h) = (80 + 13 * (i % 4), 100 - 7 * (i % 3));
+                image::RgbImage::from_fn(w, h, |x, y| {
+                    let v = (60 + 120 * c as u32 + (x * 3 + y * 5 + i * 11) % 50) as u8;
+                    image::Rgb([v, v / 2, 255 - v])
+                })
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+    let mut split = octconv_runtime::data::DataSource::Folder(root.to_path_buf())
+        .load()
+        .unwrap();
+    split.fit_to([3, 72, 72]).unwrap();
+    split
+}
+
+#[test]
+fn resume_on_streamed_images_with_resized_crops_equals_an_uninterrupted_run() {
+    let root = tmp("folder-data");
+    let d = image_folder(&root);
+    let ir = octconv_spec::check_text(
+        "t.oct",
+        "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }",
+        None,
+    )
+    .model
+    .expect("valid");
+    let cfg = TrainConfig {
+        norm: octconv_runtime::data::Norm::Imagenet,
+        ..config(2)
+    };
+    let whole = tmp("folder-whole");
+    Trainer::new(ir.clone(), cfg.clone(), &whole, &d, false)
+        .unwrap()
+        .with_data_threads(1)
+        .unwrap()
+        .run(&d, &AtomicBool::new(false), |_| {})
+        .unwrap();
+    // Interrupted in epoch 2, resumed with another number of data threads.
+    let parts = tmp("folder-parts");
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer::new(ir.clone(), cfg.clone(), &parts, &d, false)
+        .unwrap()
+        .with_data_threads(3)
+        .unwrap();
+    let fin = t
+        .run(&d, &stop, |e| {
+            if let Event::Batch {
+                epoch: 1, batch: 0, ..
+            } = e
+            {
+                stop.store(true, Ordering::SeqCst)
+            }
+        })
+        .unwrap();
+    assert_eq!(fin, Finish::Interrupted { epoch: 1, batch: 1 });
+    drop(t);
+    let mut t = Trainer::new(ir, cfg, &parts, &d, true).unwrap();
+    assert_eq!(
+        t.run(&d, &AtomicBool::new(false), |_| {}).unwrap(),
+        Finish::Completed
+    );
+    assert_eq!(final_weights(&whole), final_weights(&parts));
 }

@@ -17,9 +17,16 @@ pub struct EvalArgs {
     /// Weights, e.g. RUN_DIR/best.safetensors or final.safetensors.
     #[arg(long)]
     weights: PathBuf,
-    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`.
+    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` (evaluates `val/` or `test/`) or `fashion-mnist[:DIR]`.
     #[arg(long)]
     data: String,
+    /// Normalisation when the weights carry none: `data` (measured on the training set) or
+    /// `imagenet` (ImageNet's mean and std).
+    #[arg(long, default_value = "data")]
+    norm: octconv_runtime::data::Norm,
+    /// Worker threads that decode images (default: the shared pool).
+    #[arg(long)]
+    data_threads: Option<usize>,
     /// Use only N test images.
     #[arg(long)]
     test_limit: Option<usize>,
@@ -43,12 +50,15 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
     let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &device)?)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;
-    // A run's weights carry the training set's normalisation; other weights use this data's.
-    let mut batcher = Batcher::new(&data.train, false);
-    if let Some((mean, std)) = norm {
-        batcher.mean = mean;
-        batcher.std = std;
-    }
+    // A run's weights carry the training set's normalisation; other weights use --norm.
+    let batcher = match norm {
+        Some((mean, std)) => Batcher::with_stats(&data.train, false, mean, std),
+        None => Batcher::new(&data.train, false, args.norm)?,
+    };
+    let batcher = match args.data_threads {
+        Some(n) => batcher.with_threads(n)?,
+        None => batcher,
+    };
     let net = octconv_runtime::OctModel::new(
         model,
         candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device),

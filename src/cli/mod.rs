@@ -5,9 +5,11 @@ mod bench;
 mod bench_memory;
 mod bench_profile;
 mod check;
+mod data_bench;
 mod eval;
 mod export;
 mod gen;
+mod import;
 mod init;
 mod parity;
 mod plot;
@@ -67,6 +69,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights on a dataset's test split: accuracy, per-class accuracy, confusion matrix.
     Eval(eval::EvalArgs),
+    /// Time the image pipeline on a dataset: decoded and augmented images per second.
+    DataBench(data_bench::DataBenchArgs),
     /// Time inference or training steps at several α: the seed's table with FLOPs and memory theory.
     Bench(bench::BenchArgs),
     /// Train one model per α (same seed, data order and schedule) and report accuracy, cost and time.
@@ -79,6 +83,8 @@ enum Command {
     Gen(gen::GenArgs),
     /// Write a spec and its weights as an ONNX model of standard operators.
     Export(export::ExportArgs),
+    /// Rename a PyTorch state dict (torchvision, octconv.pytorch) onto a builtin's parameters.
+    Import(import::ImportArgs),
     /// List the builtin models and layers.
     Builtins,
 }
@@ -98,8 +104,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args, cli.color.enabled()),
         Command::Gen(args) => gen::run(&args, cli.color.enabled()),
         Command::Export(args) => export::run(&args, cli.color.enabled()),
+        Command::Import(args) => import::run(&args, cli.color.enabled()),
         Command::Train(args) => train::run(&args, cli.color.enabled()),
         Command::Eval(args) => eval::run(&args, cli.color.enabled()),
+        Command::DataBench(args) => data_bench::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Bench(args) => bench::run(&args, cli.color.enabled()),
         Command::Sweep(args) => sweep::run(&args, cli.color.enabled()),

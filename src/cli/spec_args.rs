@@ -89,7 +89,8 @@ impl DeviceArgs {
     }
 }
 
-/// Loads `data` (e.g. `folder:DIR`), applies the limits, and checks that its images fit `model`.
+/// Loads `data` (e.g. `folder:DIR`), applies the limits, and fits its images to `model`'s input
+/// (folders are resized to it; decoded sets must have its shape).
 pub fn load_data(
     model: &Model,
     data: &str,
@@ -106,16 +107,9 @@ pub fn load_data(
         split.test.truncate(n);
     }
     let d = model.input;
-    if split.train.shape != [d.c, d.h, d.w] {
-        anyhow::bail!(
-            "model `{}` takes [{}, {}, {}] but `{data}` has images of {:?}; change the spec's `input` or the data",
-            model.name,
-            d.c,
-            d.h,
-            d.w,
-            split.train.shape
-        );
-    }
+    split
+        .fit_to([d.c, d.h, d.w])
+        .with_context(|| format!("model `{}` and data `{data}`", model.name))?;
     Ok(split)
 }
 

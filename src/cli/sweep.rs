@@ -188,8 +188,16 @@ fn train_all(
             dir.path().display()
         );
         let cfg = args.flags.config(model);
-        match train_in_dir(model.clone(), cfg, data, dir.path(), resume, device)
-            .with_context(|| format!("training α = {a} in `{}`", dir.path().display()))?
+        match train_in_dir(
+            model.clone(),
+            cfg,
+            data,
+            dir.path(),
+            resume,
+            args.flags.data_threads,
+            device,
+        )
+        .with_context(|| format!("training α = {a} in `{}`", dir.path().display()))?
         {
             Finish::Completed => statuses.push(RunStatus::Completed),
             Finish::Interrupted { epoch, batch } => {

@@ -29,7 +29,8 @@ pub struct TrainArgs {
 /// The data, schedule and optimiser flags shared by `train` and `sweep`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainFlags {
-    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`.
+    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` (`train/<class>/*` and `val/` or `test/`; JPEG or PNG
+    /// of any size) or `fashion-mnist[:DIR]`.
     #[arg(long)]
     pub data: String,
     /// Epochs (the seed: 200).
@@ -68,9 +69,17 @@ pub struct TrainFlags {
     /// Seed of initialisation, order, augmentation and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Turn off the standard augmentation (flip + 4-pixel pad-and-crop).
+    /// Turn off augmentation (flip + 4-pixel pad-and-crop up to 64 × 64 inputs, RandomResizedCrop +
+    /// flip above).
     #[arg(long)]
     pub no_augment: bool,
+    /// Normalisation statistics: `data` (measured on the training set) or `imagenet` (ImageNet's
+    /// mean and std).
+    #[arg(long, default_value = "data")]
+    pub norm: octconv_runtime::data::Norm,
+    /// Worker threads that decode and augment images ahead of the step (default: the shared pool).
+    #[arg(long)]
+    pub data_threads: Option<usize>,
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -104,6 +113,7 @@ impl TrainFlags {
             decay_bn_and_bias: self.decay_bn_and_bias,
             seed: self.seed,
             augment: !self.no_augment,
+            norm: self.norm,
             train_limit: self.train_limit,
             test_limit: self.test_limit,
         }
@@ -143,9 +153,13 @@ pub fn train_in_dir(
     data: &Split,
     run_dir: &Path,
     resume: bool,
+    data_threads: Option<usize>,
     device: &candle_core::Device,
 ) -> anyhow::Result<Finish> {
     let mut trainer = Trainer::new_on(model, cfg, run_dir, data, resume, device)?;
+    if let Some(n) = data_threads {
+        trainer = trainer.with_data_threads(n)?;
+    }
     let stop = stop_flag();
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
         .expect("valid template")
@@ -202,7 +216,15 @@ pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
         args.run_dir.display()
     );
     let device = args.flags.device.open()?;
-    let finish = train_in_dir(model, cfg, &data, &args.run_dir, args.resume, &device)?;
+    let finish = train_in_dir(
+        model,
+        cfg,
+        &data,
+        &args.run_dir,
+        args.resume,
+        args.flags.data_threads,
+        &device,
+    )?;
     Ok(match finish {
         Finish::Completed => {
             eprintln!(

@@ -1,6 +1,6 @@
 //! CIFAR-10 binary batches: records of one label byte and 3 072 pixel bytes (R, G, B planes of 32×32).
 
-use super::{Dataset, Split};
+use super::{Dataset, Images, Split};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -38,7 +38,9 @@ fn read_batch(path: &Path, ds: &mut Dataset) -> Result<()> {
             );
         }
         ds.labels.push(rec[0] as u32);
-        ds.images.extend_from_slice(&rec[1..]);
+        if let Images::Pixels(p) = &mut ds.images {
+            p.extend_from_slice(&rec[1..]);
+        }
     }
     Ok(())
 }
@@ -47,7 +49,7 @@ fn empty() -> Dataset {
     Dataset {
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
         shape: [3, 32, 32],
-        images: Vec::new(),
+        images: Images::Pixels(Vec::new()),
         labels: Vec::new(),
     }
 }

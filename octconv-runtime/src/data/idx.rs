@@ -1,6 +1,6 @@
 //! IDX files (MNIST, Fashion-MNIST), gzipped or not.
 
-use super::{Dataset, Split};
+use super::{Dataset, Images, Split};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,7 @@ fn load_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     Ok(Dataset {
         classes: CLASSES.iter().map(|s| s.to_string()).collect(),
         shape: [1, idims[1], idims[2]],
-        images: pixels,
+        images: Images::Pixels(pixels),
         labels: labels.into_iter().map(u32::from).collect(),
     })
 }

@@ -1,27 +1,43 @@
-//! Image classification datasets read by our own small readers: CIFAR-10 binary batches,
-//! class-per-folder images (a directory or a `.tar.gz`), and IDX files (Fashion-MNIST). Truncated,
-//! corrupt or mislabelled files are errors naming the file, never panics.
+//! Image classification datasets: CIFAR-10 binary batches and IDX files (Fashion-MNIST) decoded into
+//! memory by our own small readers, and class-per-folder JPEG/PNG images of any size (a directory or
+//! a `.tar.gz`) streamed: listed and probed up front, decoded, cropped and resized on worker threads
+//! when a batch needs them. Truncated, corrupt or mislabelled files are errors naming the file,
+//! never panics.
 
 mod batch;
 mod cifar;
+pub mod decode;
 mod folder;
 mod idx;
+pub mod transform;
 
-pub use batch::{epoch_order, Batcher, HostBatch};
+pub use batch::{epoch_order, Batcher, Crop, HostBatch, Norm, IMAGENET_MEAN, IMAGENET_STD};
+pub use decode::{Decoder, ImageFile};
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
-/// Labelled images of one size, stored as bytes `[N, C, H, W]`.
+/// Where a dataset's pixels are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Images {
+    /// Decoded in memory, all of the dataset's `shape`: image after image, channel-major bytes.
+    Pixels(Vec<u8>),
+    /// Encoded files of any size, decoded (and resized to `shape`) when a batch needs them.
+    Files(Arc<Vec<ImageFile>>),
+}
+
+/// Labelled images; a batch holds them as `[N, C, H, W]` of `shape`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// Class names, index = label.
     pub classes: Vec<String>,
-    /// `[C, H, W]` of every image.
+    /// `[C, H, W]` of every image in a batch (for files: the model's input, set by
+    /// [`Split::fit_to`]).
     pub shape: [usize; 3],
-    /// Pixels, image after image, channel-major.
-    pub images: Vec<u8>,
+    /// The pixels or the files.
+    pub images: Images,
     /// One label per image.
     pub labels: Vec<u32>,
 }
@@ -37,15 +53,18 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Bytes per image.
+    /// Bytes per image of `shape`.
     pub fn image_size(&self) -> usize {
         self.shape.iter().product()
     }
 
-    /// The pixels of image `i`.
-    pub fn image(&self, i: usize) -> &[u8] {
+    /// The decoded pixels of image `i` (`[C, H, W]` bytes); `None` for a dataset of files.
+    pub fn image(&self, i: usize) -> Option<&[u8]> {
         let n = self.image_size();
-        &self.images[i * n..(i + 1) * n]
+        match &self.images {
+            Images::Pixels(p) => p.get(i * n..(i + 1) * n),
+            Images::Files(_) => None,
+        }
     }
 
     /// Keeps `n` images (all if `n` is larger): a fixed pseudo-random sample in the original order, so
@@ -57,46 +76,32 @@ impl Dataset {
         let mut keep = batch::epoch_order(self.len(), 0x5eed, 0);
         keep.truncate(n);
         keep.sort_unstable();
-        let size = self.image_size();
-        let mut images = Vec::with_capacity(n * size);
-        for &i in &keep {
-            images.extend_from_slice(self.image(i));
-        }
-        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
-        self.images = images;
-    }
-
-    /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
-    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
-        let [c, h, w] = self.shape;
-        let hw = h * w;
-        let mut sum = vec![0f64; c];
-        let mut sq = vec![0f64; c];
-        for img in self.images.chunks_exact(self.image_size().max(1)) {
-            for ch in 0..c {
-                for &p in &img[ch * hw..(ch + 1) * hw] {
-                    let v = p as f64 / 255.0;
-                    sum[ch] += v;
-                    sq[ch] += v * v;
-                }
+        self.images = match &self.images {
+            Images::Pixels(p) => {
+                let size = self.image_size();
+                Images::Pixels(
+                    keep.iter()
+                        .flat_map(|&i| &p[i * size..(i + 1) * size])
+                        .copied()
+                        .collect(),
+                )
             }
-        }
-        let n = (self.len() * hw).max(1) as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let std = sq
-            .iter()
-            .zip(&mean)
-            .map(|(s, m)| ((s / n - m * m).max(1e-12)).sqrt() as f32)
-            .collect();
-        (mean.into_iter().map(|m| m as f32).collect(), std)
+            Images::Files(f) => {
+                Images::Files(Arc::new(keep.iter().map(|&i| f[i].clone()).collect()))
+            }
+        };
+        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
     }
 
-    /// Checks that `labels` index `classes` and `images` has one image per label.
+    /// Checks that `labels` index `classes` and that there is one image per label.
     fn validate(&self, what: &str) -> Result<()> {
-        if self.images.len() != self.len() * self.image_size() {
+        let count = match &self.images {
+            Images::Pixels(p) => p.len(),
+            Images::Files(f) => f.len() * self.image_size(),
+        };
+        if count != self.len() * self.image_size() {
             bail!(
-                "{what}: {} bytes of pixels for {} images of {:?}",
-                self.images.len(),
+                "{what}: {count} bytes of pixels for {} images of {:?}",
                 self.len(),
                 self.shape
             );
@@ -125,12 +130,39 @@ pub struct Split {
     pub test: Dataset,
 }
 
+impl Split {
+    /// Makes the images fit a model's input `[C, H, W]`: files are decoded to `C` channels (1: grey,
+    /// 3: RGB) and cropped/resized to `H × W`; decoded datasets must already have that shape.
+    pub fn fit_to(&mut self, input: [usize; 3]) -> Result<()> {
+        for ds in [&mut self.train, &mut self.test] {
+            match ds.images {
+                Images::Files(_) => {
+                    if input[0] != 1 && input[0] != 3 {
+                        bail!(
+                            "the model takes {} channels, but images are read as 1 (grey) or 3 (RGB)",
+                            input[0]
+                        );
+                    }
+                    ds.shape = input;
+                }
+                Images::Pixels(_) if ds.shape != input => bail!(
+                    "the model takes {input:?} but the data has images of {:?}; change the spec's `input` or the data",
+                    ds.shape
+                ),
+                Images::Pixels(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a dataset comes from, as written on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataSource {
     /// `cifar10:DIR`: `data_batch_1..5.bin` and `test_batch.bin`.
     Cifar10(PathBuf),
-    /// `folder:PATH`: `train/<class>/*.jpg|png` and `test/<class>/…`, a directory or a `.tar.gz`.
+    /// `folder:PATH`: `train/<class>/*.jpg|png` and `val/<class>/…` (or `test/`), a directory or a
+    /// `.tar.gz`; images of any size.
     Folder(PathBuf),
     /// `fashion-mnist[:DIR]`: IDX files, gzipped or not.
     FashionMnist(PathBuf),
@@ -160,7 +192,8 @@ impl FromStr for DataSource {
 }
 
 impl DataSource {
-    /// Reads the training and test sets.
+    /// Reads the training and test sets (a folder: lists and probes its files; their `shape` is set
+    /// by [`Split::fit_to`]).
     pub fn load(&self) -> Result<Split> {
         let split = match self {
             DataSource::Cifar10(dir) => cifar::load(dir)?,

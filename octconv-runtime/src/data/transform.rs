@@ -1,0 +1,136 @@
+//! The per-image geometry of the pipeline, as torchvision defines it so that recipes carry over:
+//! `RandomResizedCrop` and the eval `Resize` + `CenterCrop` choose a box of the source image, which
+//! one antialiased bilinear resize (`fast_image_resize`, like PIL's) turns into the output size.
+
+use super::decode::Decoded;
+use anyhow::{Context, Result};
+use fast_image_resize::{
+    images::{Image, ImageRef},
+    FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+};
+use rand::Rng;
+
+/// A box of the source image, in source pixels (fractional for the eval crop).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CropBox {
+    /// Left edge.
+    pub left: f64,
+    /// Top edge.
+    pub top: f64,
+    /// Width.
+    pub width: f64,
+    /// Height.
+    pub height: f64,
+}
+
+impl CropBox {
+    /// The whole `w × h` image.
+    pub fn full(w: usize, h: usize) -> Self {
+        CropBox {
+            left: 0.0,
+            top: 0.0,
+            width: w as f64,
+            height: h as f64,
+        }
+    }
+}
+
+/// Python rounds halves to even; so do these functions, to give torchvision's boxes.
+///
+/// torchvision's `RandomResizedCrop.get_params`: ten tries at a box of `scale` × the area and an
+/// aspect ratio log-uniform in `ratio`, else the central crop clamped to `ratio`.
+pub fn random_resized_crop(
+    w: usize,
+    h: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut impl Rng,
+) -> CropBox {
+    let area = (w * h) as f64;
+    let (lo, hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(lo..=hi).exp();
+        let cw = (target * aspect).sqrt().round_ties_even() as usize;
+        let ch = (target / aspect).sqrt().round_ties_even() as usize;
+        if 0 < cw && cw <= w && 0 < ch && ch <= h {
+            let top = rng.random_range(0..=h - ch);
+            let left = rng.random_range(0..=w - cw);
+            return CropBox {
+                left: left as f64,
+                top: top as f64,
+                width: cw as f64,
+                height: ch as f64,
+            };
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio.0 {
+        (
+            w,
+            ((w as f64 / ratio.0).round_ties_even() as usize).clamp(1, h),
+        )
+    } else if in_ratio > ratio.1 {
+        (
+            ((h as f64 * ratio.1).round_ties_even() as usize).clamp(1, w),
+            h,
+        )
+    } else {
+        (w, h)
+    };
+    CropBox {
+        left: ((w - cw) / 2) as f64,
+        top: ((h - ch) / 2) as f64,
+        width: cw as f64,
+        height: ch as f64,
+    }
+}
+
+/// torchvision's `Resize(short)` then `CenterCrop(out_h, out_w)`, as the box of the source that the
+/// crop covers: the short side is scaled to `short` (the long side to `int(short · long / short)`),
+/// and the crop's top-left corner is `round((resized − out) / 2)`.
+pub fn resize_center_crop(w: usize, h: usize, short: usize, out_w: usize, out_h: usize) -> CropBox {
+    let (rw, rh) = if w <= h {
+        (short, (short as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((short as f64 * w as f64 / h as f64) as usize, short)
+    };
+    let (sx, sy) = (rw as f64 / w as f64, rh as f64 / h as f64);
+    let left = ((rw as f64 - out_w as f64) / 2.0).round_ties_even();
+    let top = ((rh as f64 - out_h as f64) / 2.0).round_ties_even();
+    CropBox {
+        left: left / sx,
+        top: top / sy,
+        width: out_w as f64 / sx,
+        height: out_h as f64 / sy,
+    }
+}
+
+/// The pixels of `crop` of `img` resized to `out_w × out_h` (interleaved, like `img`); the image
+/// itself when the crop is the whole image at the output size.
+pub fn crop_resize(
+    img: &Decoded,
+    crop: CropBox,
+    out_w: usize,
+    out_h: usize,
+    resizer: &mut Resizer,
+) -> Result<Vec<u8>> {
+    if crop == CropBox::full(out_w, out_h) && (img.width, img.height) == (out_w, out_h) {
+        return Ok(img.pixels.clone());
+    }
+    let kind = if img.channels == 1 {
+        PixelType::U8
+    } else {
+        PixelType::U8x3
+    };
+    let src = ImageRef::new(img.width as u32, img.height as u32, &img.pixels, kind)
+        .context("image buffer does not match its size")?;
+    let mut dst = Image::new(out_w as u32, out_h as u32, kind);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(crop.left, crop.top, crop.width, crop.height);
+    resizer
+        .resize(&src, &mut dst, &options)
+        .context("resizing failed")?;
+    Ok(dst.into_vec())
+}

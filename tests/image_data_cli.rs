@@ -1,0 +1,114 @@
+//! The streaming image pipeline from the command line: `octconv data-bench`, and `octconv train`
+//! refusing a bad image by name before it writes anything.
+
+mod common;
+
+use common::{octconv, stderr, stdout};
+use std::path::Path;
+
+/// ImageNet's layout: `train/<class>/*.jpg` and `val/<class>/*.jpg`, JPEGs of several sizes.
+fn imagenet_layout(root: &Path) {
+    for (split, n) in [("train", 6u32), ("val", 2)] {
+        for (c, class) in ["n01", "n02"].iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..n {
+                image::RgbImage::from_fn(90 + 11 * i, 70 + 9 * i, |x, y| {
+                    image::Rgb([(x + 60 * c as u32) as u8, y as u8, 128])
+                })
+                .save(d.join(format!("{i}.JPEG")))
+                .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn data_bench_reports_decoded_and_augmented_images_per_second() {
+    let root = std::env::temp_dir().join(format!("octconv-data-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    imagenet_layout(&root);
+    let data = format!("folder:{}", root.display());
+    let o = octconv(&[
+        "data-bench",
+        &data,
+        "--size",
+        "64",
+        "--threads",
+        "2",
+        "--images",
+        "12",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["train_images"], 12);
+    assert_eq!(v["eval_images"], 4);
+    assert_eq!(v["timed_images"], 12);
+    assert!(v["decode_images_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["pipeline_images_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    let o = octconv(&["data-bench", &data, "--size", "64", "--images", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("decode + crop + normalise"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn train_refuses_a_bad_image_by_name_and_writes_nothing() {
+    let root = std::env::temp_dir().join(format!("octconv-bad-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    imagenet_layout(&root.join("data"));
+    std::fs::write(root.join("data/train/n02/3.JPEG"), b"").unwrap();
+    let spec = "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }";
+    let spec_path = root.join("t.oct");
+    std::fs::write(&spec_path, spec).unwrap();
+    let run = root.join("run");
+    let o = octconv(&[
+        "train",
+        spec_path.to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", root.join("data").display()),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("train/n02/3.JPEG") && e.contains("is empty (0 bytes)"),
+        "{e}"
+    );
+    assert!(!run.exists(), "the run directory was created");
+    // With the file repaired the same command trains and evaluates on val/.
+    image::RgbImage::from_pixel(64, 80, image::Rgb([10, 20, 30]))
+        .save(root.join("data/train/n02/3.JPEG"))
+        .unwrap();
+    let o = octconv(&[
+        "train",
+        spec_path.to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", root.join("data").display()),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--norm",
+        "imagenet",
+        "--data-threads",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("12 train / 4 test images"),
+        "{}",
+        stderr(&o)
+    );
+}
