@@ -8,17 +8,21 @@ running statistics randomised, eval mode; its state dict saved with `torch.save`
 --input x.safetensors` (the tensor `input`, already normalised: `run` does not normalise) and the
 logits compared: max |Δ| and max |Δ| / max |logit|, and whether each image's top class agrees.
 
-Our octave convolutions with stride 2 pool 2×2 and then convolve with stride 1, also at α = 0, where
-torchvision convolves with stride 2 (see docs/import.md). So each torchvision model is compared
-twice: as torchvision builds it, and with each of its stride-2 convolutions that maps onto one of
-our octave convolutions rewritten as AvgPool2d(2) → the same convolution at stride 1 (same weights).
-The second figure checks the import itself (names, layouts, BN statistics); the first says how far
-the imported model is from the original.
+By default our octave convolutions with stride 2 pool 2×2 and then convolve with stride 1 (the
+OctConv paper's rule), also at α = 0, where torchvision convolves with stride 2; `octconv import`
+refuses such a model, and the ResNet, ResNeXt and MobileNet v2 specs here are built with
+`strided = true`, whose stride-2 layers convolve with stride 2 as torchvision's do (see
+docs/import.md). The default run compares each as torchvision builds it.
 
 Usage: python bench/check_import.py [--models resnet50,resnext50_32x4d,mobilenet_v2,densenet121]
-       [--batch 2] [--threads 2] [--octconv-pytorch DIR]
+       [--batch 2] [--threads 2] [--pool-rule] [--octconv-pytorch DIR]
+  --pool-rule: also runs the same imported weights in the pooling-rule model (the spec without
+  `strided = true`) against torchvision as built and against torchvision with each of its stride-2
+  convolutions that maps onto one of our octave convolutions rewritten as AvgPool2d(2) → the same
+  convolution at stride 1: the size of the difference the option removes, and (the second row) the
+  import checked independently of the stride-2 geometry.
   --octconv-pytorch DIR: a checkout of github.com/d-li14/octconv.pytorch; adds oct_resnet50 (α = 0.5)
-  imported with --map octconv-pytorch (its stride 2 pools as ours does: one comparison).
+  imported with --map octconv-pytorch (its stride 2 pools as ours does by default: one comparison).
 Needs: pip install torch torchvision safetensors; `cargo build --release` first.
 """
 import argparse
@@ -35,14 +39,18 @@ from safetensors.torch import load_file, save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OCTCONV_BIN = os.path.join(ROOT, "target/release/octconv")
 
-# torchvision constructor → (our spec, names of stride-2 convolutions that stay plain strided
-# convolutions in ours: the 7×7 stems are our `conv` layers).
+# torchvision constructor → (our spec, names of stride-2 convolutions that are plain strided
+# convolutions in ours whatever the option: the 7×7 stems are our `conv` layers).
 MODELS = {
-    "resnet50": ("resnet(depth = 50, alpha = 0)", {"conv1"}),
-    "resnext50_32x4d": ("resnext(depth = 50, groups = 32, width = 4, alpha = 0)", {"conv1"}),
-    "mobilenet_v2": ("mobilenet_v2(width = 1.0, alpha = 0)", set()),
+    "resnet50": ("resnet(depth = 50, alpha = 0, strided = true)", {"conv1"}),
+    "resnext50_32x4d": (
+        "resnext(depth = 50, groups = 32, width = 4, alpha = 0, strided = true)", {"conv1"}),
+    "mobilenet_v2": ("mobilenet_v2(width = 1.0, alpha = 0, strided = true)", set()),
     "densenet121": ("densenet(depth = 121, growth = 32, alpha = 0)", {"features.conv0"}),
 }
+
+# The option that makes our stride-2 octave convolutions convolve with stride 2.
+STRIDED = ", strided = true"
 
 
 def randomise_bn(model, gen):
@@ -76,15 +84,19 @@ def octconv(*args):
     return r.stderr
 
 
-def ours(spec, state, x, work, mapping):
-    """Imports `state` (saved as .pth) onto `spec` and runs it on `x`; returns the logits."""
+def ours(spec, state, x, work, mapping, also=()):
+    """Imports `state` (saved as .pth) onto `spec` and runs it on `x`; returns the logits, and those
+    of each spec in `also` run on the same imported weights."""
     pth, weights = os.path.join(work, "model.pth"), os.path.join(work, "weights.safetensors")
     inp, out = os.path.join(work, "x.safetensors"), os.path.join(work, "y.safetensors")
     torch.save(state, pth)
     save_file({"input": x.contiguous()}, inp)
     octconv("import", spec, "--from", pth, "--map", mapping, "-o", weights, "--force")
-    octconv("run", spec, "--weights", weights, "--input", inp, "--output", out, "--force")
-    return load_file(out)["output"]
+    logits = []
+    for s in (spec, *also):
+        octconv("run", s, "--weights", weights, "--input", inp, "--output", out, "--force")
+        logits.append(load_file(out)["output"])
+    return logits
 
 
 def compare(name, reference, y):
@@ -95,7 +107,7 @@ def compare(name, reference, y):
     print(f"| {name} | {diff:.3g} | {diff / scale:.3g} | {scale:.3g} | {agree}/{len(y)} |", flush=True)
 
 
-def check_torchvision(name, batch, work):
+def check_torchvision(name, batch, work, pool_rule):
     spec, keep = MODELS[name]
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -103,12 +115,17 @@ def check_torchvision(name, batch, work):
     randomise_bn(model, gen)
     model.eval()
     x = torch.randn(batch, 3, 224, 224, generator=gen)
-    y = ours(spec, model.state_dict(), x, work, "torchvision")
+    pooling = spec.replace(STRIDED, "")
+    also = (pooling,) if pool_rule and pooling != spec else ()
+    y, *y_pool = ours(spec, model.state_dict(), x, work, "torchvision", also)
     with torch.no_grad():
         compare(f"{name} → `{spec}`, torchvision as built", model(x), y)
-        rewritten = pool_strides(model, keep)
-        if rewritten:
-            compare(f"{name}, its {rewritten} stride-2 convs as pool → stride 1", model(x), y)
+        if y_pool:
+            compare(f"{name}, same weights in `{pooling}` (pooling rule), torchvision as built",
+                    model(x), y_pool[0])
+            rewritten = pool_strides(model, keep)
+            compare(f"{name}, `{pooling}` vs torchvision with its {rewritten} stride-2 convs as "
+                    "pool → stride 1", model(x), y_pool[0])
 
 
 def check_oct_resnet(repo, batch, work):
@@ -121,7 +138,7 @@ def check_oct_resnet(repo, batch, work):
     model.eval()
     x = torch.randn(batch, 3, 224, 224, generator=gen)
     spec = "resnet(depth = 50, alpha = 0.5)"
-    y = ours(spec, model.state_dict(), x, work, "octconv-pytorch")
+    (y,) = ours(spec, model.state_dict(), x, work, "octconv-pytorch")
     with torch.no_grad():
         compare(f"octconv.pytorch oct_resnet50 → `{spec}`", model(x), y)
 
@@ -131,6 +148,8 @@ def main():
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pool-rule", action="store_true",
+                   help="also run the imported weights in the pooling-rule model (see above)")
     p.add_argument("--octconv-pytorch", default=None, metavar="DIR")
     args = p.parse_args()
     if args.threads:
@@ -142,7 +161,7 @@ def main():
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in filter(None, args.models.split(",")):
-            check_torchvision(name, args.batch, work)
+            check_torchvision(name, args.batch, work, args.pool_rule)
         if args.octconv_pytorch:
             check_oct_resnet(args.octconv_pytorch, args.batch, work)
 

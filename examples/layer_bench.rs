@@ -87,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             groups: 1,
             depthwise: false,
             bias: false,
+            downsample: Default::default(),
         };
         let mut weights: [Option<Tensor>; 4] = Default::default();
         let mut vars = Vec::new();

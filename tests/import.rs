@@ -84,7 +84,7 @@ fn assert_maps_exactly(fixture: &str, call: &str, mapping: Mapping) -> usize {
 fn torchvision_resnet50_maps_onto_resnet_50() {
     let n = assert_maps_exactly(
         "torchvision/resnet50.txt",
-        "resnet(depth = 50, alpha = 0)",
+        "resnet(depth = 50, alpha = 0, strided = true)",
         Mapping::Torchvision,
     );
     assert_eq!(n, 267);
@@ -94,7 +94,7 @@ fn torchvision_resnet50_maps_onto_resnet_50() {
 fn torchvision_resnext50_32x4d_maps_onto_resnext() {
     let n = assert_maps_exactly(
         "torchvision/resnext50_32x4d.txt",
-        "resnext(depth = 50, groups = 32, width = 4, alpha = 0)",
+        "resnext(depth = 50, groups = 32, width = 4, alpha = 0, strided = true)",
         Mapping::Torchvision,
     );
     assert_eq!(n, 267);
@@ -104,7 +104,7 @@ fn torchvision_resnext50_32x4d_maps_onto_resnext() {
 fn torchvision_mobilenet_v2_maps_onto_mobilenet_v2() {
     let n = assert_maps_exactly(
         "torchvision/mobilenet_v2.txt",
-        "mobilenet_v2(width = 1.0, alpha = 0)",
+        "mobilenet_v2(width = 1.0, alpha = 0, strided = true)",
         Mapping::Torchvision,
     );
     assert_eq!(n, 262);
@@ -135,7 +135,7 @@ fn octconv_pytorch_oct_resnet50_maps_onto_resnet_at_half() {
 fn a_checkpoint_of_another_depth_lists_what_does_not_fit() {
     let source = keys("torchvision/resnet50.txt");
     let e = import::plan(
-        &model("resnet(depth = 101, alpha = 0)"),
+        &model("resnet(depth = 101, alpha = 0, strided = true)"),
         Mapping::Torchvision,
         &source,
     )
@@ -177,6 +177,38 @@ fn families_and_alphas_without_rules_are_refused_with_the_fix() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("stem"), "{e}");
+    // torchvision convolves with stride 2: a model whose stride-2 octave convolutions pool first
+    // (the default) is refused with the option that fixes it, for each family that has them; the
+    // same names with `strided = true` map (above), and DenseNet has nothing to refuse.
+    for (call, layers, first) in [
+        (
+            "resnet(depth = 50, alpha = 0)",
+            6,
+            "bottleneck_down1.res0.bottleneck_branch0.octconv1",
+        ),
+        (
+            "resnext(depth = 50, groups = 32, width = 4, alpha = 0)",
+            6,
+            "resnext_stage1.res0.resnext_branch0.octconv1",
+        ),
+        ("mobilenet_v2(width = 1.0, alpha = 0)", 5, "octconv0"),
+    ] {
+        let e = import::plan(&model(call), Mapping::Torchvision, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--set strided=true"), "{e}");
+        assert!(
+            e.contains("average-pools 2×2 and then convolves with stride 1"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("{layers} such layer(s), the first `{first}`")),
+            "{e}"
+        );
+    }
+    assert!(Mapping::Torchvision
+        .rule(&model("densenet(depth = 121, growth = 32, alpha = 0)"))
+        .is_ok());
     assert_eq!(
         "octconv-pytorch".parse::<Mapping>(),
         Ok(Mapping::OctconvPytorch)
@@ -224,8 +256,8 @@ fn pth_state_dicts_are_read_through_the_pickle_reader() {
 }
 
 /// The small model the binary tests import onto (torchvision's `mobilenet_v2(width_mult=0.25,
-/// num_classes=2)` has these shapes).
-const SMALL: &str = "mobilenet_v2(width = 0.25, alpha = 0, classes = 2)";
+/// num_classes=2)` has these shapes and computes its function: stride-2 convolutions).
+const SMALL: &str = "mobilenet_v2(width = 0.25, alpha = 0, classes = 2, strided = true)";
 
 /// A synthetic torchvision state dict for [`SMALL`]: torchvision's mobilenet_v2 keys, shapes from
 /// the name rule, values `k + i / 1000` for the k-th key (f64, so the import converts them), and
@@ -279,6 +311,8 @@ fn safetensors_import_puts_each_value_under_its_name_and_runs() {
     save(&source, &src);
     let o = octconv(&import_args(&src, &out));
     assert!(o.status.success(), "{}", stderr(&o));
+    // Nothing computes differently: no note.
+    assert!(!stderr(&o).contains("note"), "{}", stderr(&o));
     let ours = load(&out);
     let rule = Mapping::Torchvision.rule(&model(SMALL)).unwrap();
     let mut checked = 0;
@@ -405,6 +439,16 @@ fn bad_paths_maps_and_families_are_explained() {
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("no name rules for model family `wrn`"),
+        "{}",
+        stderr(&o)
+    );
+    // The same MobileNet with the pooling rule is refused before the checkpoint is read (this
+    // one is no MobileNet), with the fix.
+    let pooling = SMALL.replace(", strided = true", "");
+    let o = octconv(&["import", &pooling, "--from", p, "-o", w]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("import with --set strided=true") && !stderr(&o).contains("unexpected"),
         "{}",
         stderr(&o)
     );

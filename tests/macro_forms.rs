@@ -32,6 +32,17 @@ octconv::octnet! {
     struct TinyWide = tiny(c = 16, alpha = 0.25);
 }
 
+octconv::octnet! {
+    model strided_tiny() {
+        input [3, 15, 15];
+        octconv(8, kernel = 3, stride = 2, downsample = "stride"); bn(); relu();
+        octconv(kernel = 3, stride = 2, depthwise = true, downsample = stride); bn(); relu6();
+        octconv(16, kernel = 1, stride = 2, groups = 2, downsample = stride); bn(); relu();
+        global_avg_pool(); linear(4);
+    }
+    pub struct StridedTiny = strided_tiny();
+}
+
 fn weights(ir: &octconv::spec::Model, seed: u64) -> HashMap<String, Tensor> {
     octconv::runtime::init::init_params(ir, seed, DType::F32, &Device::Cpu).unwrap()
 }
@@ -143,6 +154,38 @@ fn inline_form_with_several_declarations() {
         assert!(!a.is_empty(), "{decl}: no output");
         assert_eq!(bits(&a), bits(&b), "{decl}");
     }
+}
+
+/// `downsample = stride` reaches the generated layers: odd input sizes halve as a stride-2
+/// convolution does (15 → 8 → 4 → 2), and `forward_t` and `infer` equal the interpreter's bit for
+/// bit.
+#[test]
+fn strided_downsample_passes_through_the_macro() {
+    let text = StridedTiny::SPEC;
+    let checked = octconv::check_text("t.oct", text, Some("strided_tiny()"));
+    assert!(checked.ok(), "{}", checked.render_diagnostics(false));
+    let ir = checked.model.unwrap();
+    assert_eq!(StridedTiny::MACS, ir.macs());
+    assert_eq!(
+        ir.layers
+            .iter()
+            .map(|l| l.op.to_string())
+            .filter(|o| o.contains("strided"))
+            .count(),
+        3
+    );
+    let w = weights(&ir, 7);
+    let x = input(3, 15, 15);
+    let vb = || VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    let interp = octconv::OctModel::new(ir, vb()).unwrap();
+    let ours = StridedTiny::new(vb()).unwrap();
+    let a = values(&ours.forward_t(&x, false).unwrap());
+    let b = values(&interp.forward_t(&x, false).unwrap());
+    assert_eq!(a.len(), 2 * 4);
+    assert_eq!(bits(&a), bits(&b));
+    let a = values(&ours.infer(&x).unwrap());
+    let b = values(&interp.infer(&x).unwrap());
+    assert_eq!(bits(&a), bits(&b));
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub mod model;
 pub mod onnx;
 pub mod ops;
 pub mod optim;
+pub mod segment;
 pub mod threads;
 pub mod train;
 pub mod value;

@@ -7,6 +7,7 @@ use crate::data::{epoch_order, Batcher, Dataset, Norm, Split};
 use crate::init::init_params;
 use crate::model::OctModel;
 use crate::optim::{Schedule, Sgd, SgdConfig};
+use crate::segment::{predict, Confusion, SegLoss};
 use crate::weights::{read_safetensors, write_safetensors_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, ModuleT, Tensor, Var, D};
@@ -58,10 +59,17 @@ pub struct TrainConfig {
     /// Where the normalisation statistics come from (runs older than this field measured them).
     #[serde(default)]
     pub norm: Norm,
+    /// The loss of segmentation data (`seg:`): class weights and Dice (unused for classification).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seg_loss: SegLoss,
     /// Training images used (`None`: all).
     pub train_limit: Option<usize>,
     /// Test images used (`None`: all).
     pub test_limit: Option<usize>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl TrainConfig {
@@ -88,12 +96,15 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Mean training loss.
     pub train_loss: f64,
-    /// Training accuracy (0–1, on augmented batches).
+    /// Training accuracy (0–1, on augmented batches; segmentation: pixel accuracy per image, averaged).
     pub train_acc: f64,
     /// Test loss.
     pub test_loss: f64,
-    /// Test accuracy (0–1).
+    /// Test accuracy (0–1; segmentation: pixel accuracy).
     pub test_acc: f64,
+    /// Segmentation: mean IoU on the test set (0–1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_miou: Option<f64>,
     /// Wall time of the training part of the epoch.
     pub seconds: f64,
     /// Training images per second.
@@ -152,19 +163,37 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Accuracy per class (0–1; NaN-free: classes without images get 0).
     pub per_class: Vec<f64>,
-    /// `confusion[true][predicted]` counts.
+    /// `confusion[true][predicted]` counts (segmentation: of pixels).
     pub confusion: Vec<Vec<u64>>,
+    /// Segmentation: per-class IoU (`None`: the class neither occurs nor is predicted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iou: Option<Vec<Option<f64>>>,
+    /// Segmentation: mean of the defined per-class IoUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_iou: Option<f64>,
 }
 
-/// Runs `model` in eval mode over `ds` in batches.
+/// Runs `model` in eval mode over `ds` in batches (segmentation sets: with the plain per-pixel
+/// cross-entropy; [`evaluate_with`] takes the training loss).
 pub fn evaluate(
     model: &OctModel,
     ds: &Dataset,
     batcher: &Batcher,
     batch: usize,
 ) -> Result<Evaluation> {
+    evaluate_with(model, ds, batcher, batch, &SegLoss::default())
+}
+
+/// [`evaluate`] with `seg_loss` as the loss of a segmentation set.
+pub fn evaluate_with(
+    model: &OctModel,
+    ds: &Dataset,
+    batcher: &Batcher,
+    batch: usize,
+    seg_loss: &SegLoss,
+) -> Result<Evaluation> {
     let k = ds.classes.len();
-    let mut confusion = vec![vec![0u64; k]; k];
+    let mut confusion = Confusion::new(k);
     let mut loss_sum = 0.0;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let plain = Batcher {
@@ -175,31 +204,44 @@ pub fn evaluate(
     for idx in order.chunks(batch.max(1)) {
         let (x, y) = plain.batch(ds, idx, &mut rng, model.device())?;
         let logits = model.infer(&x)?;
-        loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64
-            * idx.len() as f64;
-        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-        for (p, t) in pred.iter().zip(y.to_vec1::<u32>()?) {
-            confusion[t as usize][*p as usize] += 1;
-        }
+        let loss = task_loss(&logits, &y, seg_loss)?;
+        loss_sum += loss.to_scalar::<f32>()? as f64 * idx.len() as f64;
+        confusion.add(&predictions(&logits)?, &y.flatten_all()?.to_vec1::<u32>()?);
     }
-    let n = ds.len().max(1) as f64;
-    let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
-    let per_class = (0..k)
-        .map(|i| {
-            let total: u64 = confusion[i].iter().sum();
-            if total == 0 {
-                0.0
-            } else {
-                confusion[i][i] as f64 / total as f64
-            }
-        })
+    let rows = confusion.rows();
+    let per_class = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r[i] as f64 / r.iter().sum::<u64>().max(1) as f64)
         .collect();
+    let seg = ds.masks.is_some();
     Ok(Evaluation {
-        loss: loss_sum / n,
-        accuracy: correct as f64 / n,
+        loss: loss_sum / ds.len().max(1) as f64,
+        accuracy: confusion.pixel_accuracy(),
         per_class,
-        confusion,
+        confusion: rows,
+        iou: seg.then(|| confusion.iou()),
+        mean_iou: seg.then(|| confusion.mean_iou()),
     })
+}
+
+/// Cross-entropy of class logits `[B, K]` against labels `[B]`, or the segmentation loss of
+/// `[B, K, H, W]` against masks `[B, H, W]`.
+fn task_loss(logits: &Tensor, y: &Tensor, seg_loss: &SegLoss) -> Result<Tensor> {
+    if y.rank() == 3 {
+        seg_loss.loss(logits, y)
+    } else {
+        Ok(candle_nn::loss::cross_entropy(logits, y)?)
+    }
+}
+
+/// The predicted class of each image (`[B, K]` logits) or pixel (`[B, K, H, W]`).
+fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
+    if logits.rank() == 4 {
+        predict(logits)
+    } else {
+        Ok(logits.argmax(D::Minus1)?.to_vec1()?)
+    }
 }
 
 /// Names of the tensors that are run state, not model parameters.
@@ -530,7 +572,7 @@ impl Trainer {
                         .recv()
                         .context("the batch loader thread stopped")?
                         .with_context(|| format!("epoch {} batch {b}: the checkpoint on disk is that of the last finished epoch or interruption", epoch + 1))?;
-                    let len = host.y.len();
+                    let len = host.shape[0];
                     self.model.set_dropout_seed(
                         self.cfg.seed
                             ^ (((epoch as u64) << 32) | b as u64)
@@ -538,7 +580,7 @@ impl Trainer {
                     );
                     let (x, y) = host.to_tensors(self.model.device())?;
                     let logits = self.model.forward_t(&x, true)?;
-                    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                    let loss = task_loss(&logits, &y, &self.cfg.seg_loss)?;
                     let loss_v = loss.to_scalar::<f32>()? as f64;
                     if !loss_v.is_finite() {
                         return Ok(Some(Finish::Diverged { epoch, batch: b }));
@@ -547,14 +589,11 @@ impl Trainer {
                     let t = epoch as f64 + b as f64 / batches as f64;
                     lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
                     self.opt.step(&grads, lr)?;
-                    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-                    let correct = pred
-                        .iter()
-                        .zip(y.to_vec1::<u32>()?)
-                        .filter(|(p, t)| **p == *t)
-                        .count();
+                    // Correct images, or correct pixels of the counted ones scaled to images.
+                    let mut c = Confusion::new(logits.dim(1)?);
+                    c.add(&predictions(&logits)?, &y.flatten_all()?.to_vec1::<u32>()?);
                     self.progress.loss_sum += loss_v * len as f64;
-                    self.progress.correct += correct as f64;
+                    self.progress.correct += c.pixel_accuracy() * len as f64;
                     self.progress.seen += len as f64;
                     let secs = self.progress.seconds + started.elapsed().as_secs_f64();
                     on(Event::Batch {
@@ -572,7 +611,13 @@ impl Trainer {
                 return Ok(finish);
             }
             let seconds = self.progress.seconds + started.elapsed().as_secs_f64();
-            let eval = evaluate(&self.model, &data.test, &self.batcher, self.cfg.batch)?;
+            let eval = evaluate_with(
+                &self.model,
+                &data.test,
+                &self.batcher,
+                self.cfg.batch,
+                &self.cfg.seg_loss,
+            )?;
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,
@@ -580,6 +625,7 @@ impl Trainer {
                 train_acc: self.progress.correct / self.progress.seen.max(1.0),
                 test_loss: eval.loss,
                 test_acc: eval.accuracy,
+                test_miou: eval.mean_iou,
                 seconds,
                 images_per_s: self.progress.seen / seconds.max(1e-9),
             };
@@ -588,8 +634,10 @@ impl Trainer {
                 .append(true)
                 .open(self.dir.metrics())?;
             writeln!(f, "{}", serde_json::to_string(&record)?)?;
-            if eval.accuracy > self.progress.best {
-                self.progress.best = eval.accuracy;
+            // The best epoch: highest test accuracy, or mean IoU for segmentation.
+            let score = eval.mean_iou.unwrap_or(eval.accuracy);
+            if score > self.progress.best {
+                self.progress.best = score;
                 write_safetensors_atomic(&self.weights()?, &self.dir.best())?;
             }
             self.progress = self.progress.next_epoch();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 #[path = "common/models.rs"]
 mod models;
 
-use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS};
+use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS, STRIDED};
 
 /// The eval output and, with `grads`, every parameter's gradient (sorted by name) of `sum(y · r)`
 /// in train mode, in the dtype of `params`.
@@ -100,32 +100,33 @@ fn with_kernels<R>(on: bool, f: impl FnOnce() -> R) -> R {
 #[test]
 fn every_builtin_on_candle_ops_equals_our_kernels_eval_and_gradients_at_four_alphas() {
     the_switch_runs_candles_convolution();
-    for (call, _) in BUILTINS {
-        for alpha in ALPHAS {
-            let spec = format!("{call}, alpha = {alpha})");
-            let m = ir(&spec);
-            let params = weights_far_from_identity(&m, 11);
-            let (y_ours, _) = with_kernels(true, || outputs(&m, &params, false));
-            let (y_candle, _) = with_kernels(false, || outputs(&m, &params, false));
-            let e = rel_err64(&y_candle, &y_ours, 0.0);
-            assert!(e <= 1e-5, "{spec}: f32 eval outputs differ by {e:e}");
-            let params: HashMap<String, Tensor> = params
-                .into_iter()
-                .map(|(k, t)| (k, t.to_dtype(DType::F64).unwrap()))
-                .collect();
-            let (y_ours, g_ours) = with_kernels(true, || outputs(&m, &params, true));
-            let (y_candle, g_candle) = with_kernels(false, || outputs(&m, &params, true));
-            let e = rel_err64(&y_candle, &y_ours, 0.0);
-            assert!(e <= 1e-9, "{spec}: f64 eval outputs differ by {e:e}");
-            assert!(!g_ours.is_empty());
-            assert_eq!(g_ours.len(), g_candle.len());
-            // A gradient that vanishes in exact arithmetic (a bias followed by a batch norm) is
-            // measured against a thousandth of the model's largest gradient, not its own noise.
-            let floor = 1e-3 * g_ours.iter().map(|(_, g)| max_abs(g)).fold(0f64, f64::max);
-            for ((name, a), (_, b)) in g_candle.iter().zip(&g_ours) {
-                let e = rel_err64(a, b, floor);
-                assert!(e <= 1e-9, "{spec}: f64 gradient of {name} differs by {e:e}");
-            }
+    // And the builtins whose stride-2 layers convolve with stride 2 (`strided = true`, α = 0).
+    let calls = (BUILTINS.iter())
+        .flat_map(|(call, _)| ALPHAS.map(|alpha| format!("{call}, alpha = {alpha})")))
+        .chain(STRIDED.map(String::from));
+    for spec in calls {
+        let m = ir(&spec);
+        let params = weights_far_from_identity(&m, 11);
+        let (y_ours, _) = with_kernels(true, || outputs(&m, &params, false));
+        let (y_candle, _) = with_kernels(false, || outputs(&m, &params, false));
+        let e = rel_err64(&y_candle, &y_ours, 0.0);
+        assert!(e <= 1e-5, "{spec}: f32 eval outputs differ by {e:e}");
+        let params: HashMap<String, Tensor> = params
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(DType::F64).unwrap()))
+            .collect();
+        let (y_ours, g_ours) = with_kernels(true, || outputs(&m, &params, true));
+        let (y_candle, g_candle) = with_kernels(false, || outputs(&m, &params, true));
+        let e = rel_err64(&y_candle, &y_ours, 0.0);
+        assert!(e <= 1e-9, "{spec}: f64 eval outputs differ by {e:e}");
+        assert!(!g_ours.is_empty());
+        assert_eq!(g_ours.len(), g_candle.len());
+        // A gradient that vanishes in exact arithmetic (a bias followed by a batch norm) is
+        // measured against a thousandth of the model's largest gradient, not its own noise.
+        let floor = 1e-3 * g_ours.iter().map(|(_, g)| max_abs(g)).fold(0f64, f64::max);
+        for ((name, a), (_, b)) in g_candle.iter().zip(&g_ours) {
+            let e = rel_err64(a, b, floor);
+            assert!(e <= 1e-9, "{spec}: f64 gradient of {name} differs by {e:e}");
         }
     }
 }

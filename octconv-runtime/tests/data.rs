@@ -44,7 +44,10 @@ fn cifar10_batches_are_read_and_bad_files_are_named() {
     assert_eq!(s.test.classes[9], "truck");
     // Decoded sets are not resized: another input shape is an error naming both.
     let e = s.clone().fit_to([3, 16, 16]).unwrap_err().to_string();
-    assert!(e.contains("takes [3, 16, 16]") && e.contains("[3, 32, 32]"), "{e}");
+    assert!(
+        e.contains("takes [3, 16, 16]") && e.contains("[3, 32, 32]"),
+        "{e}"
+    );
     // Truncated file.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -255,6 +258,7 @@ fn tiny() -> Dataset {
         shape: [1, 2, 3],
         images: Images::Pixels((0..6u8).chain(250..=255).collect()),
         labels: vec![0, 1],
+        masks: None,
     }
 }
 
@@ -323,6 +327,7 @@ fn limits_sample_every_class_of_a_class_sorted_source() {
         shape: [1, 1, 1],
         images: Images::Pixels((0..1000).map(|i| (i / 100) as u8).collect()),
         labels: (0..1000).map(|i| i / 100).collect(),
+        masks: None,
     };
     ds.truncate(100);
     assert_eq!(ds.len(), 100);

@@ -44,6 +44,7 @@ fn case(dims: (usize, usize, usize, usize, usize, usize, usize), seed: u64, dtyp
         groups: 1,
         depthwise: false,
         bias: false,
+        downsample: Default::default(),
     };
     let mut weights = Vec::new();
     let mut ts: [Option<Tensor>; 4] = Default::default();

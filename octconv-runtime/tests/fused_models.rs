@@ -13,7 +13,7 @@ use std::collections::HashMap;
 #[path = "common/models.rs"]
 mod models;
 
-use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS};
+use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS, STRIDED};
 
 /// Logits and every parameter's gradient (by name) of `sum(logits · r)`, computed in `dtype` (the
 /// parameters `vars` converted to it) and returned as f32.
@@ -167,5 +167,60 @@ fn every_builtin_planned_infer_with_prologues_and_epilogues_equals_the_per_op_ev
                 "{spec}: infer differs from the per-op eval forward by {e:e}"
             );
         }
+    }
+}
+
+/// The builtins with `strided = true` (α = 0: stride-2 convolutions instead of pooling first): in
+/// train mode the model with our fused kernels allowed equals the per-path one (logits and every
+/// gradient, against f64 as above); `infer`, whose plan gives a stride-2 convolution no BN + ReLU
+/// prologue but may map its output in the im2col / depthwise kernels, equals the per-op eval forward;
+/// and the same weights in the pooling variant compute something else.
+#[test]
+fn strided_builtins_fused_and_planned_paths_equal_the_per_op_ones() {
+    for spec in STRIDED {
+        let m = ir(spec);
+        let params = init_params(&m, 3, DType::F32, &Device::Cpu).unwrap();
+        let vars: HashMap<String, Var> = params
+            .into_iter()
+            .map(|(k, t)| (k, Var::from_tensor(&t).unwrap()))
+            .collect();
+        let (y_f, g_f) = logits_and_grads(&m, &vars, true, DType::F32);
+        let (y_u, g_u) = logits_and_grads(&m, &vars, false, DType::F32);
+        let e = rel_err(&y_f, &y_u);
+        assert!(e <= 1e-4, "{spec}: logits differ by {e:e}");
+        let (_, g_exact) = logits_and_grads(&m, &vars, false, DType::F64);
+        assert!(!g_f.is_empty());
+        for (((name, a), (_, b)), (_, exact)) in g_f.iter().zip(&g_u).zip(&g_exact) {
+            let e = rel_err(a, b);
+            let (fused_err, floor) = (rel_err(a, exact), rel_err(b, exact));
+            assert!(
+                e <= 1e-4 || fused_err <= 4.0 * floor,
+                "{spec}: gradient of {name} differs by {e:e} (against f64 {fused_err:e} / {floor:e})"
+            );
+        }
+        let weights = weights_far_from_identity(&m, 5);
+        let net = |m: &Model, fused: bool| {
+            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+            let mut net = OctModel::new(m.clone(), vb).unwrap();
+            net.set_fused(fused);
+            net
+        };
+        let (fast, reference) = (net(&m, true), net(&m, false));
+        assert!(fast.epilogue_layers() > 0, "{spec}");
+        let x = input(&m, 3);
+        let got = values(&fast.infer(&x).unwrap());
+        let want = values(&reference.forward_t(&x, false).unwrap());
+        let e = rel_err(&got, &want);
+        assert!(
+            e <= 1e-4,
+            "{spec}: infer differs from the per-op eval forward by {e:e}"
+        );
+        let pooling = ir(&spec.replace(", strided = true", ""));
+        let other = values(&net(&pooling, true).infer(&x).unwrap());
+        let e = rel_err(&other, &want);
+        assert!(
+            e > 1e-2,
+            "{spec}: the pooling variant gives the same output ({e:e})"
+        );
     }
 }

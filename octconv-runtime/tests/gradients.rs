@@ -37,6 +37,7 @@ fn octconv_gradients_of_all_four_paths_match_finite_differences() {
             groups: 1,
             depthwise: false,
             bias: true,
+            downsample: Default::default(),
         };
         let mut rng = ChaCha8Rng::seed_from_u64(stride as u64);
         let inputs = vec![
@@ -70,6 +71,53 @@ fn octconv_gradients_of_all_four_paths_match_finite_differences() {
             probe(&y, 5)
         });
         assert!(err < 1e-6, "stride {stride}: relative error {err}");
+    }
+}
+
+/// A single-branch stride-2 octave convolution with `downsample = stride` (the stride-2 convolution
+/// and its backward, odd and even sizes, grouped and depthwise, with a bias).
+#[test]
+fn strided_downsample_gradients_match_finite_differences() {
+    for (k, size, c_in, c_out, groups, depthwise) in [
+        (3, 8, 3, 4, 1, false),
+        (3, 7, 4, 6, 2, false),
+        (1, 9, 3, 5, 1, false),
+        (3, 9, 4, 4, 1, true),
+    ] {
+        let spec = OctConvSpec {
+            in_h: c_in,
+            in_l: 0,
+            out_h: c_out,
+            out_l: 0,
+            kernel: k,
+            stride: 2,
+            groups,
+            depthwise,
+            bias: true,
+            downsample: octconv_spec::ir::Downsample::Stride,
+        };
+        let per = if depthwise { 1 } else { c_in / groups };
+        let mut rng = ChaCha8Rng::seed_from_u64(size as u64 * 10 + k as u64);
+        let inputs = vec![
+            rand_tensor(&mut rng, &[2, c_in, size, size]),
+            rand_tensor(&mut rng, &[c_out, per, k, k]),
+            rand_tensor(&mut rng, &[c_out]),
+        ];
+        let err = check_grad(&inputs, 12, |t| {
+            let layer = OctConv2d::from_weights(
+                spec,
+                [Some(t[1].clone()), None, None, None],
+                Some(t[2].clone()),
+                None,
+            );
+            let y = layer.forward(&OctValue::Single(t[0].clone())).unwrap();
+            assert_eq!(y.branches().0.unwrap().dims()[2], (size - 1) / 2 + 1);
+            probe(&y, 6)
+        });
+        assert!(
+            err < 1e-6,
+            "k {k}, size {size}, groups {groups}, depthwise {depthwise}: relative error {err}"
+        );
     }
 }
 

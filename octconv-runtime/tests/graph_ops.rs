@@ -242,6 +242,7 @@ fn transposed_octconv_gradients_of_all_four_paths_match_finite_differences() {
             groups: 1,
             depthwise: false,
             bias: true,
+            downsample: Default::default(),
         };
         let inputs = vec![
             rand_tensor(&mut rng, &[2, 3, 4, 4]),

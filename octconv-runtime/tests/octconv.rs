@@ -115,6 +115,7 @@ fn spec(
         groups,
         depthwise,
         bias: false,
+        downsample: Default::default(),
     }
 }
 
@@ -251,6 +252,7 @@ fn bias_is_added_once_per_output_branch() {
         groups: 1,
         depthwise: false,
         bias: true,
+        downsample: Default::default(),
     };
     let zero =
         |o: usize, i: usize| Some(Tensor::zeros((o, i, 1, 1), DType::F64, &Device::Cpu).unwrap());
@@ -272,4 +274,134 @@ fn bias_is_added_once_per_output_branch() {
     let l: Vec<f64> = l.unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert!(h[..16].iter().all(|&v| v == 1.0) && h[16..].iter().all(|&v| v == 2.0));
     assert!(l[..4].iter().all(|&v| v == 3.0) && l[4..].iter().all(|&v| v == 4.0));
+}
+
+/// Largest absolute difference of `a` from `b` relative to the largest magnitude of `b`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a: Vec<f64> = a
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// A single-branch (α = 0) stride-2 octave convolution with `downsample = stride` is candle's plain
+/// `conv2d` with stride 2 and padding k / 2 (torchvision's `Conv2d(stride = 2, padding = k // 2)`),
+/// through `forward`, the per-path `forward_unfused` and `infer`, in f32 (our CPU kernels) and f64,
+/// for kernels 1 and 3, odd and even sizes, groups and depthwise, with a bias; with the default
+/// (`pool`) the same weights give avg-pool 2×2 + stride-1 conv.
+#[test]
+fn strided_downsample_equals_candle_conv2d_with_stride_2_and_pool_equals_pool_then_conv() {
+    use octconv_spec::ir::Downsample;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut cases = 0;
+    for dtype in [DType::F32, DType::F64] {
+        for k in [1, 3] {
+            for size in [6, 7, 8, 9, 15, 16] {
+                for (c_in, c_out, groups, depthwise) in
+                    [(6, 10, 1, false), (8, 12, 2, false), (6, 6, 1, true)]
+                {
+                    let t = |v: Vec<f64>, shape: (usize, usize, usize, usize)| {
+                        Tensor::from_vec(v, shape, &Device::Cpu)
+                            .unwrap()
+                            .to_dtype(dtype)
+                            .unwrap()
+                    };
+                    let per = if depthwise { 1 } else { c_in / groups };
+                    let g = if depthwise { c_in } else { groups };
+                    let x = t(
+                        random(&mut rng, 2 * c_in * size * size),
+                        (2, c_in, size, size),
+                    );
+                    let w = t(random(&mut rng, c_out * per * k * k), (c_out, per, k, k));
+                    let b = Tensor::from_vec(random(&mut rng, c_out), c_out, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    let with_bias = |y: Tensor| y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap());
+                    let mut s = spec(c_in, 0.0, c_out, 0.0, k, 2, groups, depthwise);
+                    s.bias = true;
+                    let layer = |downsample| {
+                        let s = OctConvSpec { downsample, ..s };
+                        OctConv2d::from_weights(
+                            s,
+                            [Some(w.clone()), None, None, None],
+                            Some(b.clone()),
+                            None,
+                        )
+                    };
+                    let what =
+                        format!("{dtype:?} k {k} size {size} groups {g} depthwise {depthwise}");
+                    let xv = OctValue::Single(x.clone());
+                    let strided = layer(Downsample::Stride);
+                    let want = with_bias(x.conv2d(&w, k / 2, 2, 1, g).unwrap()).unwrap();
+                    assert_eq!(want.dims4().unwrap().2, (size - 1) / 2 + 1);
+                    for (how, y) in [
+                        ("forward", strided.forward(&xv)),
+                        ("forward_unfused", strided.forward_unfused(&xv)),
+                        ("infer", strided.infer(&xv)),
+                    ] {
+                        let y = y.unwrap().into_tensor().unwrap();
+                        let e = rel_diff(&y, &want);
+                        assert!(
+                            e <= 1e-5,
+                            "{what}, {how}: {e:e} from candle's stride-2 conv2d"
+                        );
+                    }
+                    if size % 2 == 0 {
+                        let pooled = x.avg_pool2d(2).unwrap();
+                        let want = with_bias(pooled.conv2d(&w, k / 2, 1, 1, g).unwrap()).unwrap();
+                        let y = layer(Downsample::Pool)
+                            .forward(&xv)
+                            .unwrap()
+                            .into_tensor()
+                            .unwrap();
+                        let e = rel_diff(&y, &want);
+                        assert!(
+                            e <= 1e-5,
+                            "{what}, pool: {e:e} from avg-pool + stride-1 conv2d"
+                        );
+                        // And the two differ: the option changes the computation.
+                        let strided_y = strided.forward(&xv).unwrap().into_tensor().unwrap();
+                        assert!(rel_diff(&strided_y, &y) > 1e-2, "{what}: pool = stride?");
+                    }
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 72);
+}
+
+/// A stride-2 layer with a low branch and `downsample = stride` (which the checker refuses) is an
+/// error at run time too, not a silent pooling.
+#[test]
+fn strided_downsample_with_a_low_branch_is_refused_at_run_time() {
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let s = OctConvSpec {
+        downsample: octconv_spec::ir::Downsample::Stride,
+        ..spec(8, 0.5, 8, 0.5, 3, 2, 1, false)
+    };
+    let (layer, _) = layers(s, &mut rng);
+    let (x, ..) = input(&s, 1, 8, &mut rng);
+    let e = layer.forward(&x).unwrap_err().to_string();
+    assert!(
+        e.contains("downsample = stride needs a single-branch layer"),
+        "{e}"
+    );
 }

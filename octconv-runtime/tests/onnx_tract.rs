@@ -10,7 +10,7 @@ mod models;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS};
+use models::{input, ir, rel_err, values, weights_far_from_identity, ALPHAS, BUILTINS, STRIDED};
 use octconv_runtime::onnx::{self, Batch, ExportOptions, Upsample};
 use octconv_runtime::OctModel;
 use octconv_spec::Model;
@@ -168,6 +168,42 @@ fn layers_no_builtin_uses_export_and_run_in_tract_like_octconv_run_at_four_alpha
         for m in extras(alpha) {
             check_in_tract(&m, alpha);
         }
+    }
+}
+
+/// `strided = true` builtins: every stride-2 octave convolution is one `Conv` with strides 2 and no
+/// `AveragePool` before it (the graph has none at all), and the export runs in tract like ours.
+#[test]
+fn strided_builtins_export_stride_2_convs_without_pooling_and_run_in_tract() {
+    for call in STRIDED {
+        let m = ir(call);
+        check_in_tract(&m, "0");
+        let proto = onnx::export(
+            &m,
+            &weights_far_from_identity(&m, 11),
+            &ExportOptions::default(),
+        )
+        .unwrap();
+        let nodes = proto.graph.unwrap().node;
+        assert!(
+            nodes.iter().all(|n| n.op_type != "AveragePool"),
+            "{call}: an AveragePool node"
+        );
+        let stride2 = |n: &&onnx::proto::NodeProto| {
+            n.op_type == "Conv"
+                && n.attribute
+                    .iter()
+                    .any(|a| a.name == "strides" && a.ints == [2, 2])
+        };
+        let want = (m.layers.iter())
+            .filter(|l| match &l.op {
+                octconv_spec::Op::OctConv(o) => o.strided_conv(),
+                octconv_spec::Op::Conv(c) => c.stride == 2,
+                _ => false,
+            })
+            .count();
+        assert!(want >= 5, "{call}: {want} stride-2 convolutions");
+        assert_eq!(nodes.iter().filter(stride2).count(), want, "{call}");
     }
 }
 

@@ -32,6 +32,7 @@ fn data(n: usize) -> Split {
             shape: [3, 8, 8],
             images: Images::Pixels(images),
             labels,
+            masks: None,
         }
     };
     Split {
@@ -67,6 +68,7 @@ fn config(epochs: usize) -> TrainConfig {
         seed: 3,
         augment: true,
         norm: Default::default(),
+        seg_loss: Default::default(),
         train_limit: None,
         test_limit: None,
     }

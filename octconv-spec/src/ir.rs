@@ -87,7 +87,8 @@ pub struct OctConvSpec {
     pub out_l: usize,
     /// Square, odd kernel size; padding is `kernel / 2` ("same").
     pub kernel: usize,
-    /// 1 or 2. Stride 2 average-pools before the convolutions, as in the paper's code.
+    /// 1 or 2. Stride 2 average-pools before the convolutions, as in the paper's code, unless
+    /// `downsample` is [`Downsample::Stride`].
     pub stride: usize,
     /// Groups per path.
     pub groups: usize,
@@ -95,6 +96,33 @@ pub struct OctConvSpec {
     pub depthwise: bool,
     /// Whether each output branch gets a bias (added once per branch).
     pub bias: bool,
+    /// How stride 2 halves the map: [`Downsample::Pool`] (the paper's rule) except on single-branch
+    /// layers that asked for [`Downsample::Stride`]; always `Pool` at stride 1 and in transposed
+    /// convolutions.
+    pub downsample: Downsample,
+}
+
+/// How a stride-2 octave convolution halves its input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Downsample {
+    /// Average-pool 2×2, then convolve with stride 1 (the OctConv paper's rule, on every path).
+    #[default]
+    Pool,
+    /// Convolve with stride 2 directly, padding `kernel / 2` (torchvision's `Conv2d(stride = 2,
+    /// padding = k // 2)`); single-branch layers (α_in = α_out = 0) only. An odd side `n` gives
+    /// `(n + 1) / 2`.
+    Stride,
+}
+
+impl Downsample {
+    /// The word the `downsample` argument takes: `pool`, `stride`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Downsample::Pool => "pool",
+            Downsample::Stride => "stride",
+        }
+    }
 }
 
 impl OctConvSpec {
@@ -125,6 +153,12 @@ impl OctConvSpec {
     /// α of the output split.
     pub fn alpha_out(&self) -> f64 {
         crate::shape::split_alpha(self.out_h, self.out_l)
+    }
+
+    /// Whether the layer halves its input by a stride-2 convolution rather than by pooling first
+    /// (stride 2 and [`Downsample::Stride`]).
+    pub fn strided_conv(&self) -> bool {
+        self.stride == 2 && self.downsample == Downsample::Stride
     }
 }
 
@@ -267,6 +301,9 @@ impl fmt::Display for Op {
                 write!(f, "octconv {k}x{k}", k = o.kernel)?;
                 if o.stride != 1 {
                     write!(f, " s{}", o.stride)?;
+                }
+                if o.strided_conv() {
+                    write!(f, " strided")?;
                 }
                 if o.depthwise {
                     write!(f, " dw")?;

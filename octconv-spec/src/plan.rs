@@ -91,11 +91,11 @@ impl InputMaps {
 /// Whether the runtime's kernels can apply an input map as they read this convolution's input: one
 /// group, not depthwise, all four paths (the octave kernel) or H→H alone, and either 3×3 stride 1
 /// (the Winograd gather maps each value) or stride 2 of any kernel (the pooling that stride 2
-/// starts with maps each value).
+/// starts with maps each value; not with `downsample = stride`, which does not pool).
 pub fn takes_input_map(s: &OctConvSpec) -> bool {
     let all_four = s.in_h > 0 && s.in_l > 0 && s.out_h > 0 && s.out_l > 0;
     let lone_hh = s.in_h > 0 && s.out_h > 0 && s.in_l == 0 && s.out_l == 0;
-    let reads = (s.stride == 1 && s.kernel == 3) || s.stride == 2;
+    let reads = (s.stride == 1 && s.kernel == 3) || (s.stride == 2 && !s.strided_conv());
     reads && s.groups == 1 && !s.depthwise && (all_four || lone_hh)
 }
 

@@ -295,3 +295,54 @@ fn parameter_list_agrees_with_the_cost_model_and_names_are_unique() {
         "the first layer has no low input"
     );
 }
+
+/// `strided = true` (α = 0) turns every stride-2 octave convolution of the five ImageNet families
+/// into a stride-2 convolution and changes nothing else: the same layers, names, shapes,
+/// parameters and MACs. The default keeps the pooling rule; with α > 0 the `require` refuses it.
+#[test]
+fn strided_builtins_differ_from_the_pooling_ones_only_in_downsample() {
+    use octconv_spec::ir::Downsample;
+    for call in [
+        "resnet(depth = 50, alpha = 0{s})",
+        "resnext(depth = 50, groups = 32, width = 4, alpha = 0{s})",
+        "mobilenet_v2(width = 1.0, alpha = 0{s})",
+        "se_resnet(depth = 50, alpha = 0{s})",
+        "mobilenet_v1(alpha = 0{s})",
+    ] {
+        let pool = checked(&call.replace("{s}", ""));
+        let strided = checked(&call.replace("{s}", ", strided = true"));
+        assert_eq!(pool.params(), strided.params(), "{call}");
+        assert_eq!(pool.macs(), strided.macs(), "{call}");
+        assert_eq!(pool.layers.len(), strided.layers.len(), "{call}");
+        let mut changed = 0;
+        for (p, s) in pool.layers.iter().zip(&strided.layers) {
+            assert_eq!((&p.name, p.input, p.output), (&s.name, s.input, s.output));
+            match (p.op, s.op) {
+                (Op::OctConv(po), Op::OctConv(so)) if po.stride == 2 => {
+                    assert_eq!(po.downsample, Downsample::Pool, "{call}: {}", p.name);
+                    assert_eq!(so.downsample, Downsample::Stride, "{call}: {}", s.name);
+                    assert_eq!(
+                        Op::OctConv(po),
+                        Op::OctConv(octconv_spec::ir::OctConvSpec {
+                            downsample: Downsample::Pool,
+                            ..so
+                        })
+                    );
+                    changed += 1;
+                }
+                _ => assert_eq!(p.op, s.op, "{call}: {}", p.name),
+            }
+        }
+        // ResNet / SE-ResNet / ResNeXt: 3 stages × (3×3 + shortcut); MobileNet v2: the stem and 4
+        // depthwise; v1: the stem and 4 depthwise.
+        let want = if call.starts_with("mobilenet") { 5 } else { 6 };
+        assert_eq!(changed, want, "{call}");
+        let c = check_builtin(&call.replace("alpha = 0{s}", "alpha = 0.25, strided = true"));
+        assert!(!c.ok());
+        let out = c.render_diagnostics(false);
+        assert!(
+            out.contains("strided = true needs alpha = 0: a layer with a low branch always pools"),
+            "{call}: {out}"
+        );
+    }
+}

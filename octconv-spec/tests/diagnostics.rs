@@ -1,6 +1,8 @@
 //! Every diagnostic class: the message, the kind and the line:column it points at.
 
-use octconv_spec::{check, check_text, CheckRequest, Checked, DiagKind, SpecInput};
+use octconv_spec::{
+    check, check_text, CheckRequest, Checked, DiagKind, Dims, Op, Shape, SpecInput,
+};
 use std::path::Path;
 
 /// (kind, message, line, column) of every error.
@@ -674,4 +676,103 @@ fn declared_alpha_in_after_a_pyramid_checks_in_the_alpha_zero_baseline() {
         "baseline error: {:?}",
         c.baseline_error
     );
+}
+
+/// `downsample = stride` on a layer with a low branch: a structure error at the argument, with the
+/// fix; the default (`pool`) and single-branch layers check.
+#[test]
+fn downsample_stride_on_a_two_branch_octconv_is_an_error_at_the_argument() {
+    // The output has a low branch (α_out = 0.25).
+    let text = "model m() {\n    input [3, 32, 32];\n    octconv(16, kernel = 3, stride = 2, alpha = 0.25, downsample = \"stride\");\n    merge();\n}\n";
+    let (kind, msg, line, col) = one_error(text);
+    assert_eq!(kind, DiagKind::Structure);
+    assert_eq!(
+        msg,
+        "downsample = stride needs a single-branch octconv, but this one reads high 3 / low 0 and writes high 12 / low 4 channels"
+    );
+    assert_eq!((line, col), (3, 55));
+    let out = rendered(text);
+    assert!(out.contains("only at α = 0"), "{out}");
+    assert!(
+        out.contains("help: a layer with a low branch always pools before its stride-2 paths"),
+        "{out}"
+    );
+    // The input has a low branch (α_in = 0.25, α_out = 0), with stride 1 too.
+    let text = "model m() {\n    input [3, 32, 32];\n    octconv(16, kernel = 3, alpha = 0.25);\n    octconv(16, kernel = 1, alpha = 0, downsample = stride);\n}\n";
+    let (kind, msg, line, col) = one_error(text);
+    assert_eq!(kind, DiagKind::Structure);
+    assert!(
+        msg.contains("reads high 12 / low 4 and writes high 16 / low 0"),
+        "{msg}"
+    );
+    assert_eq!((line, col), (4, 40));
+    // Where the word comes from a parameter, that place is shown too.
+    let text = "block b(strided: bool) {\n    let down = if strided { \"stride\" } else { \"pool\" };\n    octconv(16, kernel = 3, stride = 2, alpha = 0.5, downsample = down);\n}\nmodel m() {\n    input [3, 32, 32];\n    b(true);\n    merge();\n}\n";
+    let (kind, ..) = one_error(text);
+    assert_eq!(kind, DiagKind::Structure);
+    let out = rendered(text);
+    assert!(out.contains("downsample = stride comes from here"), "{out}");
+}
+
+#[test]
+fn downsample_takes_pool_or_stride() {
+    let text = "model m() {\n    input [3, 32, 32];\n    octconv(16, kernel = 3, stride = 2, alpha = 0, downsample = conv);\n}\n";
+    let (kind, msg, line, col) = one_error(text);
+    assert_eq!(kind, DiagKind::Argument);
+    assert_eq!(
+        msg,
+        "`octconv` has no downsample `conv`; use `pool` or `stride`"
+    );
+    assert_eq!((line, col), (3, 52));
+}
+
+/// The default pools (the IR records `pool`); `stride` records `stride` at stride 2 only, and a
+/// stride-2 convolution halves odd sides too ((n − 1) / 2 + 1), as torchvision's.
+#[test]
+fn downsample_default_pools_and_stride_convolves_odd_sizes() {
+    use octconv_spec::ir::Downsample;
+    let spec = |text: &str| {
+        let c = check_text("t.oct", text, None);
+        assert!(c.ok(), "{text}: {}", c.render_diagnostics(false));
+        let m = c.model.unwrap();
+        let l = m.layers.last().unwrap().clone();
+        let Op::OctConv(o) = l.op else {
+            panic!("{:?}", l.op)
+        };
+        (o, l.output)
+    };
+    let (o, out) = spec("model m() { input [3, 32, 32]; octconv(16, kernel = 3, stride = 2); }");
+    assert_eq!(o.downsample, Downsample::Pool);
+    assert_eq!(out, Shape::Single(Dims::new(16, 16, 16)));
+    let (o, out) = spec(
+        "model m() { input [3, 32, 32]; octconv(16, kernel = 3, stride = 2, downsample = pool); }",
+    );
+    assert_eq!(o.downsample, Downsample::Pool);
+    assert_eq!(out, Shape::Single(Dims::new(16, 16, 16)));
+    let (o, out) = spec(
+        "model m() { input [3, 32, 32]; octconv(16, kernel = 3, stride = 2, downsample = stride); }",
+    );
+    assert_eq!(o.downsample, Downsample::Stride);
+    assert!(o.strided_conv());
+    assert_eq!(out, Shape::Single(Dims::new(16, 16, 16)));
+    // Odd sides: pooling cannot halve them, a stride-2 convolution can.
+    let (o, out) = spec(
+        "model m() { input [3, 7, 9]; octconv(8, kernel = 1, stride = 2, downsample = \"stride\"); }",
+    );
+    assert!(o.strided_conv());
+    assert_eq!(out, Shape::Single(Dims::new(8, 4, 5)));
+    let (kind, ..) =
+        one_error("model m() { input [3, 7, 7]; octconv(8, kernel = 1, stride = 2); }");
+    assert_eq!(kind, DiagKind::Divisibility);
+    // Stride 1: accepted, and nothing to halve.
+    let (o, out) =
+        spec("model m() { input [3, 7, 7]; octconv(8, kernel = 3, downsample = stride); }");
+    assert_eq!(o.downsample, Downsample::Pool);
+    assert_eq!(out, Shape::Single(Dims::new(8, 7, 7)));
+    // Depthwise and grouped layers may stride.
+    let (o, out) = spec(
+        "model m() { input [8, 9, 9]; octconv(kernel = 3, stride = 2, depthwise = true, downsample = stride); }",
+    );
+    assert!(o.strided_conv() && o.depthwise);
+    assert_eq!(out, Shape::Single(Dims::new(8, 5, 5)));
 }

@@ -27,6 +27,9 @@ pub struct EvalArgs {
     /// Worker threads that decode images (default: the shared pool).
     #[arg(long)]
     data_threads: Option<usize>,
+    /// Segmentation: the number of classes (default: the model's output channels).
+    #[arg(long)]
+    classes: Option<usize>,
     /// Use only N test images.
     #[arg(long)]
     test_limit: Option<usize>,
@@ -46,7 +49,10 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let device = args.device.open()?;
-    let data = super::spec_args::load_data(&model, &args.data, None, args.test_limit)?;
+    let mut data = super::spec_args::load_data(&model, &args.data, None, args.test_limit)?;
+    if data.is_segmentation() {
+        super::spec_args::check_segmentation(&model, &mut data, args.classes)?;
+    }
     let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &device)?)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;
@@ -72,16 +78,32 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "accuracy {:.2}% on {} test images (loss {:.4})\n",
-        100.0 * e.accuracy,
-        data.test.len(),
-        e.loss
-    );
     let w = classes.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
-    println!("{:<w$}  accuracy", "class");
-    for (c, a) in classes.iter().zip(&e.per_class) {
-        println!("{c:<w$}  {:>7.2}%", 100.0 * a);
+    if let (Some(iou), Some(miou)) = (&e.iou, e.mean_iou) {
+        println!(
+            "mean IoU {:.2}%, pixel accuracy {:.2}% on {} test images (loss {:.4})\n",
+            100.0 * miou,
+            100.0 * e.accuracy,
+            data.test.len(),
+            e.loss
+        );
+        println!("{:<w$}       IoU  pixel accuracy", "class");
+        for ((c, i), a) in classes.iter().zip(iou).zip(&e.per_class) {
+            let i = i.map_or("      –".to_string(), |v| format!("{:>7.2}%", 100.0 * v));
+            println!("{c:<w$}  {i}  {:>13.2}%", 100.0 * a);
+        }
+        println!("\n(–: the class neither occurs nor is predicted; the mean leaves it out)");
+    } else {
+        println!(
+            "accuracy {:.2}% on {} test images (loss {:.4})\n",
+            100.0 * e.accuracy,
+            data.test.len(),
+            e.loss
+        );
+        println!("{:<w$}  accuracy", "class");
+        for (c, a) in classes.iter().zip(&e.per_class) {
+            println!("{c:<w$}  {:>7.2}%", 100.0 * a);
+        }
     }
     println!("\nconfusion (rows: true class, columns: predicted)");
     print!("{:<w$}", "");

@@ -66,8 +66,5 @@ pub fn run(args: &ImportArgs, color: bool) -> anyhow::Result<ExitCode> {
         model.call_string(),
         args.out.display()
     );
-    if let Some(note) = args.map.note(&model) {
-        eprintln!("note: {note}");
-    }
     Ok(ExitCode::SUCCESS)
 }

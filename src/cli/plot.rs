@@ -74,7 +74,16 @@ where
         .filter(|x| x.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-3);
-    for (panel, (title, is_loss)) in panels.iter().zip([("loss", true), ("accuracy (%)", false)]) {
+    // Segmentation runs also draw their test mean IoU in the accuracy panel.
+    let seg = runs
+        .iter()
+        .any(|(_, m)| m.iter().any(|r| r.test_miou.is_some()));
+    let acc_title = if seg {
+        "pixel accuracy, mean IoU (%)"
+    } else {
+        "accuracy (%)"
+    };
+    for (panel, (title, is_loss)) in panels.iter().zip([("loss", true), (acc_title, false)]) {
         let y_max = if is_loss { max_loss * 1.05 } else { 100.0 };
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 22))
@@ -112,6 +121,20 @@ where
                     .map_err(plot_err)?
                     .label(label)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            }
+            let miou: Vec<(f64, f64)> = m
+                .iter()
+                .filter_map(|r| r.test_miou.map(|v| (r.epoch as f64, 100.0 * v)))
+                .collect();
+            if !is_loss && !miou.is_empty() {
+                let style = color.stroke_width(2);
+                chart
+                    .draw_series(DashedLineSeries::new(miou, 6, 4, style))
+                    .map_err(plot_err)?
+                    .label(format!("{name} test mIoU"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 6, y), (x + 10, y), (x + 18, y)], style)
+                    });
             }
         }
         // Losses fall and accuracies rise: those corners stay free of curves.

@@ -1,13 +1,21 @@
-//! `octconv run SPEC [--set …] --weights W --input X --output Y [--force]`
+//! `octconv run SPEC [--set …] --weights W (--input X.safetensors | --image PHOTO) --output
+//! Y.safetensors|Y.png [--force]`
 
 use super::spec_args::SpecArgs;
 use anyhow::{bail, Context};
-use candle_core::DType;
+use candle_core::{DType, Device, Tensor};
+use octconv_runtime::data::decode::{probe, ImageFile, Source};
+use octconv_runtime::data::{Batcher, Crop, Dataset, Images};
+use octconv_runtime::train::split_run_weights;
 use octconv_runtime::weights::{check_weights, read_safetensors, write_safetensors_atomic};
 use octconv_runtime::OctModel;
+use octconv_spec::Model;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Arguments of `octconv run`.
 #[derive(clap::Args, Debug)]
@@ -18,9 +26,16 @@ pub struct RunArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Safetensors file with an f32 tensor named `input` of shape [N, C, H, W].
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    input: Option<PathBuf>,
+    /// A JPEG or PNG image instead of `--input`: resized to the model's input (the whole image for
+    /// a segmentation model, the evaluation crop otherwise) and normalised with the statistics the
+    /// weights carry.
     #[arg(long)]
-    input: PathBuf,
-    /// Where to write the tensor `output`.
+    image: Option<PathBuf>,
+    /// Where to write the tensor `output` (safetensors). For a model whose output is a map of class
+    /// scores, a `.png` path writes the class map (a palette PNG of class indices, one file per image:
+    /// `NAME-<i>.png` for a batch) and the scores next to it as `NAME.safetensors`.
     #[arg(long)]
     output: PathBuf,
     /// Overwrite `--output` if it exists.
@@ -37,16 +52,72 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     };
     super::spec_args::refuse_overwrite(&args.output, args.force)?;
     let device = args.device.open()?;
-    let weights = read_safetensors(&args.weights, &device)?;
+    let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &device)?)?;
     check_weights(&model, &weights)
         .with_context(|| format!("weights file `{}`", args.weights.display()))?;
-    let inputs = read_safetensors(&args.input, &device)?;
+    let png = args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let scores = args.output.with_extension("safetensors");
+    if png {
+        if !matches!(model.output, octconv_spec::Shape::Single(_)) {
+            bail!(
+                "model `{}` outputs {}, not a map of class scores: write `--output` as .safetensors",
+                model.name,
+                model.output
+            );
+        }
+        super::spec_args::refuse_overwrite(&scores, args.force)?;
+    }
+    let x = match (&args.input, &args.image) {
+        (Some(input), _) => read_input(&model, input, &device)?,
+        (None, Some(image)) => {
+            let Some((mean, std)) = norm else {
+                bail!(
+                    "`{}` carries no normalisation statistics (weights from a run or an import do); prepare the tensor yourself and pass --input",
+                    args.weights.display()
+                );
+            };
+            image_input(&model, image, mean, std, &device)?
+        }
+        (None, None) => bail!("give --input or --image"),
+    };
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device);
+    let net = OctModel::new(model, vb).context("building the model")?;
+    let y = net.infer(&x).context("running the model")?;
+    let mut out = HashMap::new();
+    out.insert("output".to_string(), y.clone());
+    if png {
+        write_safetensors_atomic(&out, &scores)?;
+        let paths = write_class_maps(&y, &args.output)?;
+        eprintln!(
+            "wrote the class map{} {} and `output` {:?} to {}",
+            if paths.len() > 1 { "s" } else { "" },
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            y.dims(),
+            scores.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    write_safetensors_atomic(&out, &args.output)?;
+    eprintln!("wrote `output` {:?} to {}", y.dims(), args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The tensor `input` of a safetensors file, checked against the model's input.
+fn read_input(model: &Model, path: &Path, device: &Device) -> anyhow::Result<Tensor> {
+    let inputs = read_safetensors(path, device)?;
     let Some(x) = inputs.get("input") else {
         let mut names: Vec<_> = inputs.keys().map(|k| format!("`{k}`")).collect();
         names.sort();
         bail!(
             "`{}` has no tensor named `input` (it has {})",
-            args.input.display(),
+            path.display(),
             if names.is_empty() {
                 "none".to_string()
             } else {
@@ -57,7 +128,7 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     if x.dtype() != DType::F32 {
         bail!(
             "tensor `input` in `{}` has dtype {:?}; expected f32",
-            args.input.display(),
+            path.display(),
             x.dtype()
         );
     }
@@ -65,7 +136,7 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     if x.rank() != 4 || x.dims()[1..] != [d.c, d.h, d.w] {
         bail!(
             "tensor `input` in `{}` has shape {:?}; model `{}` expects [N, {}, {}, {}]",
-            args.input.display(),
+            path.display(),
             x.dims(),
             model.name,
             d.c,
@@ -73,12 +144,82 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             d.w
         );
     }
-    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device);
-    let net = OctModel::new(model, vb).context("building the model")?;
-    let y = net.infer(x).context("running the model")?;
-    let mut out = HashMap::new();
-    out.insert("output".to_string(), y.clone());
-    write_safetensors_atomic(&out, &args.output)?;
-    eprintln!("wrote `output` {:?} to {}", y.dims(), args.output.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(x.clone())
+}
+
+/// One image file as a `[1, C, H, W]` input, through the evaluation transform of the pipeline.
+fn image_input(
+    model: &Model,
+    path: &Path,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    let d = model.input;
+    let file = ImageFile {
+        name: path.display().to_string(),
+        source: Source::Path(path.to_path_buf()),
+    };
+    probe(&file)?;
+    let ds = Dataset {
+        classes: Vec::new(),
+        shape: [d.c, d.h, d.w],
+        images: Images::Files(Arc::new(vec![file])),
+        labels: vec![0],
+        masks: None,
+    };
+    let mut batcher = Batcher::with_stats(&ds, false, mean, std);
+    if matches!(model.output, octconv_spec::Shape::Single(_)) {
+        // A segmentation model sees the whole image, as in evaluation.
+        batcher.crop = Crop::JOINT;
+    }
+    let (x, _) = batcher.batch(&ds, &[0], &mut ChaCha8Rng::seed_from_u64(0), device)?;
+    Ok(x)
+}
+
+/// Writes the argmax class of every pixel of `scores` `[N, K, H, W]` as palette PNGs of class
+/// indices (Pascal VOC's colour map, so that the classes are visible too).
+fn write_class_maps(scores: &Tensor, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (n, _, h, w) = scores.dims4()?;
+    let classes: Vec<u32> = scores.argmax(1)?.flatten_all()?.to_vec1()?;
+    let mut paths = Vec::new();
+    for (i, map) in classes.chunks(h * w).enumerate() {
+        let p = if n == 1 {
+            path.to_path_buf()
+        } else {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            path.with_file_name(format!("{stem}-{i}.png"))
+        };
+        let indices: Vec<u8> = map.iter().map(|&c| c.min(255) as u8).collect();
+        let tmp = p.with_extension("png.tmp");
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_palette(voc_palette());
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&indices)?;
+        writer.finish()?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("cannot write `{}`", p.display()))?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+/// Pascal VOC's colour map: class `c`'s colour spreads the bits of `c` over R, G and B.
+fn voc_palette() -> Vec<u8> {
+    (0..256u32)
+        .flat_map(|c| {
+            let mut rgb = [0u8; 3];
+            let mut v = c;
+            for bit in 0..8 {
+                for (ch, x) in rgb.iter_mut().enumerate() {
+                    *x |= (((v >> ch) & 1) as u8) << (7 - bit);
+                }
+                v >>= 3;
+            }
+            rgb
+        })
+        .collect()
 }

@@ -113,6 +113,48 @@ pub fn load_data(
     Ok(split)
 }
 
+/// Checks that `model` scores segmentation `data`: its output is a map `[K, H, W]` of the input's
+/// size (masks are resized to the input) with at least `classes` channels (default `K`), and no mask
+/// holds an index of `classes` or more. Returns `K`.
+pub fn check_segmentation(
+    model: &Model,
+    data: &mut octconv_runtime::data::Split,
+    classes: Option<usize>,
+) -> anyhow::Result<usize> {
+    let input = model.input;
+    let octconv_spec::Shape::Single(out) = model.output else {
+        anyhow::bail!(
+            "model `{}` outputs {}, but segmentation needs one map of class scores [classes, {}, {}] (end the spec with `merge()` and a 1×1 `conv(classes)`)",
+            model.name,
+            model.output,
+            input.h,
+            input.w
+        );
+    };
+    if (out.h, out.w) != (input.h, input.w) {
+        anyhow::bail!(
+            "model `{}` outputs a {}×{} map, but masks are resized with the image to its input, {}×{}: the output map must have the input's size",
+            model.name,
+            out.h,
+            out.w,
+            input.h,
+            input.w
+        );
+    }
+    let classes = classes.unwrap_or(out.c);
+    if out.c < classes {
+        anyhow::bail!(
+            "model `{}` scores {} classes but there are {classes} (--classes): it needs one output channel per class (e.g. `--set classes={classes}`)",
+            model.name,
+            out.c
+        );
+    }
+    data.set_classes(classes)?;
+    // Metrics count every output channel: a prediction of an extra channel is a wrong pixel.
+    data.set_classes(out.c)?;
+    Ok(out.c)
+}
+
 /// Errors if `path` exists and `force` is off: outputs never replace a user's file silently.
 pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {

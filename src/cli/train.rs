@@ -30,7 +30,7 @@ pub struct TrainArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainFlags {
     /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` (`train/<class>/*` and `val/` or `test/`; JPEG or PNG
-    /// of any size) or `fashion-mnist[:DIR]`.
+    /// of any size), `fashion-mnist[:DIR]` or `seg:DIR` (`train/images/*` + `train/masks/*.png`).
     #[arg(long)]
     pub data: String,
     /// Epochs (the seed: 200).
@@ -80,6 +80,16 @@ pub struct TrainFlags {
     /// Worker threads that decode and augment images ahead of the step (default: the shared pool).
     #[arg(long)]
     pub data_threads: Option<usize>,
+    /// Segmentation: the number of classes (default: the model's output channels); a mask index
+    /// at or above it is an error naming the mask.
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Segmentation: per-class weights of the cross-entropy, e.g. `0.5,1,1`.
+    #[arg(long, value_delimiter = ',')]
+    pub class_weights: Option<Vec<f32>>,
+    /// Segmentation: weight of the soft Dice loss added to the cross-entropy (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub dice: f64,
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -114,15 +124,36 @@ impl TrainFlags {
             seed: self.seed,
             augment: !self.no_augment,
             norm: self.norm,
+            seg_loss: octconv_runtime::segment::SegLoss {
+                class_weights: self.class_weights.clone(),
+                dice: self.dice,
+            },
             train_limit: self.train_limit,
             test_limit: self.test_limit,
         }
     }
 
-    /// Loads the data for `model` and checks that its classes match the model's output.
+    /// Loads the data for `model` and checks that its classes match the model's output (a class
+    /// vector, or a map of class scores for `seg:` data).
     pub fn load_data(&self, model: &Model) -> anyhow::Result<Split> {
-        let data =
+        let mut data =
             super::spec_args::load_data(model, &self.data, self.train_limit, self.test_limit)?;
+        if data.is_segmentation() {
+            let k = super::spec_args::check_segmentation(model, &mut data, self.classes)?;
+            if let Some(w) = &self.class_weights {
+                if w.len() != k {
+                    bail!(
+                        "--class-weights has {} values but model `{}` scores {k} classes; give one weight per class",
+                        w.len(),
+                        model.name
+                    );
+                }
+            }
+            return Ok(data);
+        }
+        if self.classes.is_some() || self.class_weights.is_some() || self.dice != 0.0 {
+            bail!("--classes, --class-weights and --dice are for segmentation data (`seg:DIR`); `{}` is labelled by class", self.data);
+        }
         let classes = data.train.classes.len();
         if model.output != (octconv_spec::Shape::Flat { features: classes }) {
             bail!("model `{}` outputs {} but `{}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output, self.data);
@@ -179,8 +210,9 @@ pub fn train_in_dir(
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
+            let miou = r.test_miou.map_or(String::new(), |m| format!(" mIoU {:.2}%", 100.0 * m));
             eprintln!(
-                "epoch {:>3}: lr {:.4}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.0} s, {:.0} img/s",
+                "epoch {:>3}: lr {:.4}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%{miou}  {:.0} s, {:.0} img/s",
                 r.epoch,
                 r.lr,
                 r.train_loss,

@@ -4,9 +4,12 @@
 //! generator before the work is shared out, so a batch does not depend on the thread count.
 
 use super::decode::{Decoded, Decoder};
-use super::transform::{crop_resize, random_resized_crop, resize_center_crop, CropBox};
+use super::seg::{decode_mask, Masks};
+use super::transform::{
+    crop_resize, crop_resize_nearest, random_resized_crop, resize_center_crop, scale_crop, CropBox,
+};
 use super::{Dataset, Images};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,6 +83,14 @@ pub enum Crop {
         /// The center crop's share of the resized short side (0.875 = 224 / 256).
         eval_fraction: f64,
     },
+    /// Segmentation's joint augmentation: image and mask scaled by one random factor from `scale`
+    /// times the size at which they cover the input, cropped at one random place and flipped
+    /// together (image bilinear, mask nearest). Evaluation resizes the whole image and mask to the
+    /// input (the aspect ratio is not kept; every pixel is counted).
+    Joint {
+        /// Range of the scale factor (1–2).
+        scale: (f64, f64),
+    },
 }
 
 impl Crop {
@@ -99,11 +110,15 @@ impl Crop {
         }
     }
 
+    /// Segmentation's recipe.
+    pub const JOINT: Crop = Crop::Joint { scale: (1.0, 2.0) };
+
     /// The evaluation box of a `w × h` image for an `out_w × out_h` input.
     fn eval_box(&self, w: usize, h: usize, out_w: usize, out_h: usize) -> CropBox {
         let fraction = match *self {
             Crop::Pad { .. } => 1.0,
             Crop::Resized { eval_fraction, .. } => eval_fraction,
+            Crop::Joint { .. } => return CropBox::full(w, h),
         };
         let short = (out_w.max(out_h) as f64 / fraction).round_ties_even() as usize;
         if (w, h) == (out_w, out_h) && fraction == 1.0 {
@@ -161,7 +176,10 @@ impl Batcher {
             mean,
             std,
             augment,
-            crop: Crop::for_input(ds.shape),
+            crop: match ds.masks {
+                Some(_) => Crop::JOINT,
+                None => Crop::for_input(ds.shape),
+            },
             decoder: Decoder::default(),
             pool: None,
         }
@@ -253,23 +271,95 @@ impl Batcher {
             .map(|_| if self.augment { rng.random() } else { 0 })
             .collect();
         let mut x = vec![0f32; indices.len() * size];
-        let work = |x: &mut [f32]| {
+        // A class label per image, or a mask per image (segmentation).
+        let per = if ds.masks.is_some() { h * w } else { 1 };
+        let mut y = vec![0u32; indices.len() * per];
+        let work = |x: &mut [f32], y: &mut [u32]| {
             x.par_chunks_mut(size)
+                .zip(y.par_chunks_mut(per))
                 .zip(indices.par_iter().zip(&seeds))
                 .try_for_each_init(
                     fast_image_resize::Resizer::new,
-                    |resizer, (out, (&i, &seed))| self.image_into(ds, i, seed, out, resizer),
+                    |resizer, ((xo, yo), (&i, &seed))| match &ds.masks {
+                        Some(masks) => self.pair_into(ds, masks, i, seed, xo, yo, resizer),
+                        None => {
+                            yo[0] = ds.labels[i];
+                            self.image_into(ds, i, seed, xo, resizer)
+                        }
+                    },
                 )
         };
         match &self.pool {
-            Some(pool) => pool.install(|| work(&mut x))?,
-            None => work(&mut x)?,
+            Some(pool) => pool.install(|| work(&mut x, &mut y))?,
+            None => work(&mut x, &mut y)?,
         }
         Ok(HostBatch {
             shape: [indices.len(), c, h, w],
             x,
-            y: indices.iter().map(|&i| ds.labels[i]).collect(),
+            y_shape: if per == 1 {
+                vec![indices.len()]
+            } else {
+                vec![indices.len(), h, w]
+            },
+            y,
         })
+    }
+
+    /// Writes image `i` of a segmentation set and its mask, jointly transformed, into `out`
+    /// (`[C, H, W]`, normalised) and `target` (`[H, W]` class indices, 255 = ignore).
+    #[allow(clippy::too_many_arguments)]
+    fn pair_into(
+        &self,
+        ds: &Dataset,
+        masks: &Masks,
+        i: usize,
+        seed: u64,
+        out: &mut [f32],
+        target: &mut [u32],
+        resizer: &mut fast_image_resize::Resizer,
+    ) -> Result<()> {
+        let [c, h, w] = ds.shape;
+        let Images::Files(files) = &ds.images else {
+            bail!("segmentation images are files");
+        };
+        let img = files[i].decode(c, self.decoder)?;
+        let file = &masks.files[i];
+        let mask = decode_mask(&file.bytes()?).with_context(|| format!("`{}`", file.name))?;
+        if (img.width, img.height) != (mask.width, mask.height) {
+            bail!(
+                "`{}` is {}×{} but its mask `{}` is {}×{}",
+                files[i].name,
+                img.width,
+                img.height,
+                file.name,
+                mask.width,
+                mask.height
+            );
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (crop, flip) = match (self.augment, self.crop) {
+            (true, Crop::Joint { scale }) => {
+                let b = scale_crop(img.width, img.height, w, h, scale, &mut rng);
+                (b, rng.random::<bool>())
+            }
+            _ => (CropBox::full(img.width, img.height), false),
+        };
+        let pixels = crop_resize(&img, crop, w, h, resizer)?;
+        let indices =
+            crop_resize_nearest(&mask.indices, mask.width, mask.height, crop, w, h, resizer)?;
+        let src = Layout {
+            data: &pixels,
+            width: w,
+            height: h,
+            strides: [1, w * c, c],
+        };
+        self.emit(&src, flip, 0, 0, out);
+        for (row, t) in indices.chunks_exact(w).zip(target.chunks_exact_mut(w)) {
+            for (x, t) in t.iter_mut().enumerate() {
+                *t = row[if flip { w - 1 - x } else { x }] as u32;
+            }
+        }
+        Ok(())
     }
 
     /// Writes image `i` of `ds`, transformed and normalised, into `out` (`[C, H, W]`).
@@ -325,7 +415,7 @@ impl Batcher {
                     rng.random_range(-p..=p),
                 )
             }
-            (true, Crop::Resized { .. }) => (rng.random::<bool>(), 0, 0),
+            (true, Crop::Resized { .. } | Crop::Joint { .. }) => (rng.random::<bool>(), 0, 0),
         };
         self.emit(&src, flip, dy, dx, out);
         Ok(())
@@ -374,24 +464,26 @@ fn interleave(planar: &[u8], c: usize, h: usize, w: usize) -> Decoded {
     }
 }
 
-/// A normalised (and augmented) batch in host memory: images `[B, C, H, W]` and labels.
+/// A normalised (and augmented) batch in host memory: images `[B, C, H, W]` and labels `[B]` or
+/// masks `[B, H, W]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostBatch {
     /// `[B, C, H, W]`.
     pub shape: [usize; 4],
     /// The pixels, row-major.
     pub x: Vec<f32>,
-    /// The labels.
+    /// The labels, or the masks' class indices (255 = ignore).
     pub y: Vec<u32>,
+    /// `[B]` for labels, `[B, H, W]` for masks.
+    pub y_shape: Vec<usize>,
 }
 
 impl HostBatch {
     /// The images as `[B, C, H, W]` and the labels as `[B]` (u32) on `device`.
     pub fn to_tensors(self, device: &Device) -> Result<(Tensor, Tensor)> {
-        let n = self.shape[0];
         Ok((
             Tensor::from_vec(self.x, self.shape.to_vec(), device)?,
-            Tensor::from_vec(self.y, n, device)?,
+            Tensor::from_vec(self.y, self.y_shape, device)?,
         ))
     }
 }

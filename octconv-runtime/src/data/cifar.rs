@@ -51,6 +51,7 @@ fn empty() -> Dataset {
         shape: [3, 32, 32],
         images: Images::Pixels(Vec::new()),
         labels: Vec::new(),
+        masks: None,
     }
 }
 

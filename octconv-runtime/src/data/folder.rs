@@ -137,6 +137,7 @@ fn split_of(files: &mut Listing, split: &str, classes: &[String]) -> Dataset {
         shape: [0, 0, 0],
         images: Images::Files(Arc::new(list)),
         labels,
+        masks: None,
     }
 }
 

@@ -101,6 +101,7 @@ fn load_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
         shape: [1, idims[1], idims[2]],
         images: Images::Pixels(pixels),
         labels: labels.into_iter().map(u32::from).collect(),
+        masks: None,
     })
 }
 

@@ -9,6 +9,8 @@ mod cifar;
 pub mod decode;
 mod folder;
 mod idx;
+pub mod seg;
+pub mod synthetic;
 pub mod transform;
 
 pub use batch::{epoch_order, Batcher, Crop, HostBatch, Norm, IMAGENET_MEAN, IMAGENET_STD};
@@ -38,8 +40,10 @@ pub struct Dataset {
     pub shape: [usize; 3],
     /// The pixels or the files.
     pub images: Images,
-    /// One label per image.
+    /// One label per image (all 0 in a segmentation set, whose targets are `masks`).
     pub labels: Vec<u32>,
+    /// Segmentation masks, one per image (`seg:` data); `None` for classification.
+    pub masks: Option<Arc<seg::Masks>>,
 }
 
 impl Dataset {
@@ -91,6 +95,9 @@ impl Dataset {
             }
         };
         self.labels = keep.iter().map(|&i| self.labels[i]).collect();
+        if let Some(m) = &self.masks {
+            self.masks = Some(Arc::new(m.select(&keep)));
+        }
     }
 
     /// Checks that `labels` index `classes` and that there is one image per label.
@@ -131,6 +138,30 @@ pub struct Split {
 }
 
 impl Split {
+    /// True for segmentation data (masks as targets).
+    pub fn is_segmentation(&self) -> bool {
+        self.train.masks.is_some()
+    }
+
+    /// Segmentation: checks that no mask holds an index of `classes` or more (naming the first
+    /// that does) and names the classes `0 … classes − 1` where the data named fewer.
+    pub fn set_classes(&mut self, classes: usize) -> Result<()> {
+        for ds in [&mut self.train, &mut self.test] {
+            if let Some((file, index)) = ds.masks.as_ref().and_then(|m| m.beyond(classes)) {
+                bail!(
+                    "mask `{}` holds class index {index}, but there are {classes} classes (indices 0–{}, {} = ignore); raise --classes or fix the mask",
+                    file.name,
+                    classes.saturating_sub(1),
+                    seg::IGNORE
+                );
+            }
+            while ds.classes.len() < classes {
+                ds.classes.push(ds.classes.len().to_string());
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the images fit a model's input `[C, H, W]`: files are decoded to `C` channels (1: grey,
     /// 3: RGB) and cropped/resized to `H × W`; decoded datasets must already have that shape.
     pub fn fit_to(&mut self, input: [usize; 3]) -> Result<()> {
@@ -166,6 +197,8 @@ pub enum DataSource {
     Folder(PathBuf),
     /// `fashion-mnist[:DIR]`: IDX files, gzipped or not.
     FashionMnist(PathBuf),
+    /// `seg:DIR`: `train/images/*` with `train/masks/<stem>.png`, and `val/` (or `test/`).
+    Seg(PathBuf),
 }
 
 /// Where Debian's `dataset-fashion-mnist` puts its files.
@@ -186,7 +219,8 @@ impl FromStr for DataSource {
             "cifar10" => DataSource::Cifar10(need("DIR")?),
             "folder" => DataSource::Folder(need("DIR_OR_TAR_GZ")?),
             "fashion-mnist" => DataSource::FashionMnist(if path.is_empty() { PathBuf::from(FASHION_MNIST_DIR) } else { PathBuf::from(path) }),
-            other => bail!("unknown data source `{other}`: use `cifar10:DIR`, `folder:DIR|FILE.tar.gz` or `fashion-mnist[:DIR]`"),
+            "seg" => DataSource::Seg(need("DIR")?),
+            other => bail!("unknown data source `{other}`: use `cifar10:DIR`, `folder:DIR|FILE.tar.gz`, `fashion-mnist[:DIR]` or `seg:DIR`"),
         })
     }
 }
@@ -199,6 +233,7 @@ impl DataSource {
             DataSource::Cifar10(dir) => cifar::load(dir)?,
             DataSource::Folder(path) => folder::load(path)?,
             DataSource::FashionMnist(dir) => idx::load_fashion_mnist(dir)?,
+            DataSource::Seg(dir) => seg::load(dir)?,
         };
         split.train.validate("training set")?;
         split.test.validate("test set")?;

@@ -86,6 +86,31 @@ pub fn random_resized_crop(
     }
 }
 
+/// The joint crop of segmentation: the image scaled so that it just covers `out_w × out_h`, then by
+/// a factor drawn from `scale` (≥ 1), and an `out_w × out_h` crop at a random place, as a box of
+/// the source (which therefore always lies inside the image).
+pub fn scale_crop(
+    w: usize,
+    h: usize,
+    out_w: usize,
+    out_h: usize,
+    scale: (f64, f64),
+    rng: &mut impl Rng,
+) -> CropBox {
+    let cover = (out_w as f64 / w as f64).max(out_h as f64 / h as f64);
+    let s = cover * rng.random_range(scale.0.max(1.0)..=scale.1.max(1.0));
+    let (bw, bh) = (
+        (out_w as f64 / s).min(w as f64),
+        (out_h as f64 / s).min(h as f64),
+    );
+    CropBox {
+        left: rng.random_range(0.0..=w as f64 - bw),
+        top: rng.random_range(0.0..=h as f64 - bh),
+        width: bw,
+        height: bh,
+    }
+}
+
 /// torchvision's `Resize(short)` then `CenterCrop(out_h, out_w)`, as the box of the source that the
 /// crop covers: the short side is scaled to `short` (the long side to `int(short · long / short)`),
 /// and the crop's top-left corner is `round((resized − out) / 2)`.
@@ -104,6 +129,35 @@ pub fn resize_center_crop(w: usize, h: usize, short: usize, out_w: usize, out_h:
         width: out_w as f64 / sx,
         height: out_h as f64 / sy,
     }
+}
+
+/// The class indices of `crop` of a `w × h` mask resized to `out_w × out_h` by nearest neighbour,
+/// so that indices are never blended: every output value is a value of the input.
+pub fn crop_resize_nearest(
+    indices: &[u8],
+    w: usize,
+    h: usize,
+    crop: CropBox,
+    out_w: usize,
+    out_h: usize,
+    resizer: &mut Resizer,
+) -> Result<Vec<u8>> {
+    if crop == CropBox::full(out_w, out_h) && (w, h) == (out_w, out_h) {
+        return Ok(indices.to_vec());
+    }
+    let src = ImageRef::new(w as u32, h as u32, indices, PixelType::U8)
+        .context("mask buffer does not match its size")?;
+    let mut dst = Image::new(out_w as u32, out_h as u32, PixelType::U8);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest).crop(
+        crop.left,
+        crop.top,
+        crop.width,
+        crop.height,
+    );
+    resizer
+        .resize(&src, &mut dst, &options)
+        .context("resizing the mask failed")?;
+    Ok(dst.into_vec())
 }
 
 /// The pixels of `crop` of `img` resized to `out_w × out_h` (interleaved, like `img`); the image

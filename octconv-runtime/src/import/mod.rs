@@ -55,15 +55,6 @@ impl Mapping {
             Mapping::OctconvPytorch => octconv_pytorch::rule(model),
         }
     }
-
-    /// How a model imported from this source computes differently from the source model, if it
-    /// does (printed as a warning; the import itself is exact).
-    pub fn note(self, model: &Model) -> Option<&'static str> {
-        match self {
-            Mapping::Torchvision => torchvision::note(model),
-            Mapping::OctconvPytorch => None,
-        }
-    }
 }
 
 impl fmt::Display for Mapping {

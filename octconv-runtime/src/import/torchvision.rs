@@ -3,26 +3,39 @@
 //! `densenet121/161/169/201` onto `densenet`.
 //!
 //! The builtins follow torchvision's layouts, so every tensor has exactly one counterpart of the
-//! same shape. One computation differs (see `docs/import.md`): our convolutions with stride 2 pool
-//! 2×2 and then convolve with stride 1 (the octave convolution's rule, also at α = 0), where
-//! torchvision convolves with stride 2, so [`STRIDE_NOTE`] applies to the ResNet, ResNeXt and
-//! MobileNet v2 families; DenseNet has no such convolution.
+//! same shape. The computation matches too only where our stride-2 convolutions convolve with
+//! stride 2 as torchvision's do: by default an octave convolution (also at α = 0) average-pools 2×2
+//! and then convolves with stride 1 (the OctConv paper's rule), so [`require_strided`] refuses a
+//! ResNet, ResNeXt or MobileNet v2 built that way and asks for `--set strided=true` (see
+//! `docs/import.md`); DenseNet has no such convolution.
 
 use super::{indexed, is_bn_param, model_arg, require_alpha, Mapping, NameRule, Unsupported};
+use octconv_spec::ir::Op;
 use octconv_spec::Model;
 
 /// The families this mapping fills.
 pub const FAMILIES: [&str; 4] = ["resnet", "resnext", "mobilenet_v2", "densenet"];
 
-/// What differs in computation after importing a torchvision ResNet, ResNeXt or MobileNet v2.
-pub const STRIDE_NOTE: &str = "torchvision convolves with stride 2 where our octave convolutions \
-    (also at α = 0) average-pool 2×2 and then convolve with stride 1, so the imported model's \
-    outputs differ from torchvision's after each stride-2 layer (the weights are carried over \
-    exactly; figures in docs/import.md)";
-
-/// The note on how an imported model of this family computes differently, if it does.
-pub fn note(model: &Model) -> Option<&'static str> {
-    matches!(model.name.as_str(), "resnet" | "resnext" | "mobilenet_v2").then_some(STRIDE_NOTE)
+/// Errors if any stride-2 octave convolution of `model` pools 2×2 before convolving (the default
+/// `downsample = pool`), which torchvision's models never do: imported weights would then compute
+/// another function. The builtins' `strided = true` makes them convolve with stride 2.
+pub fn require_strided(model: &Model) -> Result<(), Unsupported> {
+    let pooling: Vec<&str> = (model.layers.iter())
+        .filter(|l| matches!(&l.op, Op::OctConv(o) if o.stride == 2 && !o.strided_conv()))
+        .map(|l| l.name.as_str())
+        .collect();
+    let Some(first) = pooling.first() else {
+        return Ok(());
+    };
+    Err(Unsupported::new(format!(
+        "torchvision's {} convolves with stride 2 where {} average-pools 2×2 and then convolves \
+         with stride 1 (the OctConv paper's rule; {} such layer(s), the first `{first}`), so the \
+         imported weights would compute something else; import with --set strided=true, which \
+         builds the model with torchvision's stride-2 convolutions",
+        model.name,
+        model.call_string(),
+        pooling.len(),
+    )))
 }
 
 /// The name rule of `model`'s family.
@@ -31,6 +44,7 @@ pub fn rule(model: &Model) -> Result<NameRule, Unsupported> {
         return Err(Unsupported::family(Mapping::Torchvision, model, &FAMILIES));
     }
     require_alpha(model, 0.0, "torchvision's models (one frequency)")?;
+    require_strided(model)?;
     match model.name.as_str() {
         "resnet" => {
             let blocks = resnet_blocks(model)?;
@@ -129,7 +143,7 @@ fn stage_block(name: &str) -> Option<(usize, usize, &str)> {
         .then_some((s - 1, b.parse().ok()?, rest))
 }
 
-/// torchvision `resnet50` → `resnet(depth = 50, alpha = 0)`; blocks named by [`resnet_block`].
+/// torchvision `resnet50` → `resnet(depth = 50, alpha = 0, strided = true)`; blocks named by [`resnet_block`].
 pub fn resnet(name: &str, blocks: &[usize; 4]) -> Option<String> {
     if let Some(ours) = resnet_stem_and_head(name) {
         return Some(ours);
@@ -144,7 +158,8 @@ pub fn resnet(name: &str, blocks: &[usize; 4]) -> Option<String> {
     bottleneck(rest, &branch, &shortcut)
 }
 
-/// torchvision `resnext50_32x4d` → `resnext(depth = 50, groups = 32, width = 4, alpha = 0)`: block
+/// torchvision `resnext50_32x4d` → `resnext(depth = 50, groups = 32, width = 4, alpha = 0,
+/// strided = true)`: block
 /// `b` of stage `s` is `resnext_stage{s}.res{b}`.
 pub fn resnext(name: &str) -> Option<String> {
     if let Some(ours) = resnet_stem_and_head(name) {
@@ -201,7 +216,7 @@ fn inverted_residual(i: usize, rest: &str) -> Option<String> {
     }
 }
 
-/// torchvision `mobilenet_v2` → `mobilenet_v2(width = 1.0, alpha = 0)`: the stem `features.0` is
+/// torchvision `mobilenet_v2` → `mobilenet_v2(width = 1.0, alpha = 0, strided = true)`: the stem `features.0` is
 /// our `octconv0`/`bn0`, the last 1×1 `features.18` our `conv0`/`bn1`, `classifier.1` our `linear0`.
 pub fn mobilenet_v2(name: &str) -> Option<String> {
     if let Some(p) = name.strip_prefix("classifier.1.") {

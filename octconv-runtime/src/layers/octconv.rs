@@ -28,6 +28,10 @@ pub(crate) fn fused_by_default() -> bool {
 /// more for H→L) and the low input before L→L; L→H is then not upsampled. With stride 1, H→L pools the
 /// high input once and L→H is upsampled ×2 (nearest). Padding is `kernel / 2`. Depthwise convolutions
 /// drop the cross-frequency paths. Each output branch gets its bias once.
+///
+/// With [`Downsample::Stride`](octconv_spec::ir::Downsample) (single-branch layers only) stride 2
+/// convolves with stride 2 directly, as `torch.nn.Conv2d(stride = 2, padding = k // 2)`; none of the
+/// pooling fast paths below is taken for it (the one-path im2col / depthwise kernels run it).
 #[derive(Clone, Debug)]
 pub struct OctConv2d {
     spec: OctConvSpec,
@@ -137,10 +141,11 @@ impl OctConv2d {
         &self.spec
     }
 
-    /// Every path convolves with stride 1 (stride 2 pools first) and "same" padding.
+    /// Every path convolves with stride 1 (stride 2 pools first) and "same" padding; with
+    /// `downsample = stride` the one path convolves with the layer's stride.
     fn conv_params(&self, groups: usize) -> ConvParams {
         ConvParams {
-            stride: 1,
+            stride: if self.spec.strided_conv() { 2 } else { 1 },
             pad: self.spec.kernel / 2,
             groups,
         }
@@ -207,15 +212,21 @@ impl OctConv2d {
             } else if let (Some(xs), None, [Some(w), None, None, None]) =
                 (x.branches().0, x.branches().1, &self.weights)
             {
-                // Stride 2 pools first, then convolves with stride 1.
+                // Stride 2 pools first, then convolves with stride 1 (or, with `downsample =
+                // stride`, convolves with stride 2).
                 let groups = if s.depthwise { s.in_h } else { s.groups };
                 let p = self.conv_params(groups);
                 let (n, c, h, wd) = xs.dims4()?;
-                let pooled = (n, c, h / s.stride, wd / s.stride);
-                let maps = ConvGeometry::new(pooled, w.dims4()?, p.stride, p.pad, p.groups)
+                let pool_first = s.stride == 2 && !s.strided_conv();
+                let read = if pool_first {
+                    (n, c, h / 2, wd / 2)
+                } else {
+                    (n, c, h, wd)
+                };
+                let maps = ConvGeometry::new(read, w.dims4()?, p.stride, p.pad, p.groups)
                     .is_ok_and(|g| conv2d::maps_rows(&g));
                 if let (true, Some(e)) = (maps, epi(true)?) {
-                    let xs = if s.stride == 2 {
+                    let xs = if pool_first {
                         avg_pool2x2(xs)?
                     } else {
                         xs.clone()
@@ -306,7 +317,8 @@ impl OctConv2d {
     /// (other shapes, not f32 on the CPU, fused kernels switched off); the caller then applies the
     /// map itself. The result carries no gradient.
     pub fn forward_prologue(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {
-        if !self.fused || !self.fusable_inputs_f32(x) {
+        // A stride-2 convolution maps no value as it reads (no pooling, no Winograd gather).
+        if !self.fused || !self.fusable_inputs_f32(x) || self.spec.strided_conv() {
             return Ok(None);
         }
         if self.spec.stride == 2 {
@@ -423,10 +435,15 @@ impl OctConv2d {
         }
     }
 
-    /// Stride 2 with all four paths, one group: [`OctConv2d::forward_strided`] applies.
+    /// Stride 2 (pooling first) with all four paths, one group: [`OctConv2d::forward_strided`]
+    /// applies.
     fn strided_pair(&self) -> bool {
         let s = &self.spec;
-        s.stride == 2 && s.groups == 1 && !s.depthwise && self.weights.iter().all(Option::is_some)
+        s.stride == 2
+            && !s.strided_conv()
+            && s.groups == 1
+            && !s.depthwise
+            && self.weights.iter().all(Option::is_some)
     }
 
     /// A stride-2 octave convolution as two convolutions. With stride 2 both high-output paths
@@ -473,14 +490,25 @@ impl OctConv2d {
     }
 
     /// The per-path forward: each path through its own convolution op, then the resampling ops.
+    /// With `downsample = stride` the one path (H→H) convolves with stride 2.
     pub fn forward_unfused(&self, x: &OctValue) -> Result<OctValue> {
         if let (Some(xh), Some(xl), true) = (x.branches().0, x.branches().1, self.strided_pair()) {
             return self.forward_strided(xh, xl);
         }
+        let s = &self.spec;
+        if s.strided_conv() && (s.in_l > 0 || s.out_l > 0) {
+            candle_core::bail!(
+                "octconv: downsample = stride needs a single-branch layer, but this one has high {} / low {} inputs and high {} / low {} outputs",
+                s.in_h,
+                s.in_l,
+                s.out_h,
+                s.out_l
+            )
+        }
         let (xh, xl) = x.branches();
         let s2 = self.spec.stride == 2;
         let xh = match xh {
-            Some(h) if s2 => Some(avg_pool2x2(h)?),
+            Some(h) if s2 && !s.strided_conv() => Some(avg_pool2x2(h)?),
             Some(h) => Some(h.clone()),
             None => None,
         };

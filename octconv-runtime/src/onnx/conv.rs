@@ -114,7 +114,8 @@ pub(super) fn conv(
 /// An octave convolution (or its transposed form), one node per path, as the runtime computes it:
 /// with stride 2 the high input is pooled before H→H and once more for H→L, the low input before L→L,
 /// and L→H is not upsampled; with stride 1, H→L pools the high input once and L→H is upsampled ×2.
-/// The transposed form doubles every path's size, pools the high input for H→L and upsamples L→H.
+/// With `downsample = stride` (single-branch layers) the one path is a `Conv` with strides 2 and no
+/// pooling. The transposed form doubles every path's size, pools the high input for H→L and upsamples L→H.
 /// Each output branch's bias rides on the first convolution of that branch.
 pub(super) fn octconv(
     b: &mut Builder,
@@ -126,8 +127,12 @@ pub(super) fn octconv(
 ) -> Result<Val> {
     let (xh, xl) = x.branches()?;
     let s2 = s.stride == 2 && !transposed;
+    let strided = s.strided_conv() && !transposed;
+    if strided && (s.in_l > 0 || s.out_l > 0) {
+        bail!("internal error: `{name}` convolves with stride 2 but has a low branch");
+    }
     let xh = match xh {
-        Some(h) if s2 => Some(b.pool2(&format!("{name}.h.pool"), h)),
+        Some(h) if s2 && !strided => Some(b.pool2(&format!("{name}.h.pool"), h)),
         other => other.cloned(),
     };
     let mut high: Vec<Map> = Vec::new();
@@ -163,7 +168,7 @@ pub(super) fn octconv(
         let branch_fold = fold.map(|f| f.branch(branch, first)).transpose()?;
         let g = Geometry {
             kernel: s.kernel,
-            stride: if transposed { 2 } else { 1 },
+            stride: if transposed || strided { 2 } else { 1 },
             padding: if transposed {
                 usize::from(s.kernel == 3)
             } else {

@@ -3,7 +3,7 @@
 //!
 //! | layer | ONNX |
 //! |---|---|
-//! | `conv`, each path of `octconv` | `Conv` (the branch bias on the branch's first path) |
+//! | `conv`, each path of `octconv` | `Conv` (the branch bias on the branch's first path; strides 2 for `downsample = stride`) |
 //! | each path of `octconv_transpose` | `ConvTranspose` |
 //! | H→L and stride-2 pooling, `split`'s low branch, `pyramid`, `merge(to = low)` | `AveragePool` 2×2 |
 //! | L→H, `merge`, `upsample` | `Resize` (nearest, asymmetric, floor) or reshape → `Expand` → reshape ([`Upsample`]) |

@@ -24,6 +24,16 @@ pub const BUILTINS: [(&str, bool); 9] = [
     ("seed_wrn(n = 2, k = 1, classes = 10", true),
 ];
 
+/// The builtins with stride-2 octave convolutions, at α = 0 with `strided = true` (they convolve
+/// with stride 2, as torchvision's models, instead of pooling 2×2 first): complete calls.
+pub const STRIDED: [&str; 5] = [
+    "resnet(depth = 26, classes = 5, alpha = 0, strided = true)",
+    "mobilenet_v1(width = 0.25, classes = 5, alpha = 0, strided = true)",
+    "resnext(depth = 50, groups = 8, width = 4, classes = 5, alpha = 0, strided = true)",
+    "se_resnet(depth = 50, reduction = 16, classes = 5, alpha = 0, strided = true)",
+    "mobilenet_v2(width = 0.35, classes = 5, alpha = 0, strided = true)",
+];
+
 /// The α values every whole-model test covers.
 pub const ALPHAS: [&str; 4] = ["0", "0.25", "0.5", "0.75"];
 

@@ -2,7 +2,7 @@
 //! through the runtime's one interface, `OctLayer::apply(&layer, &[inputs…], train)`, as in the
 //! interpreter: the generated code does not dispatch on the op.
 
-use crate::ir::{Layer, Op};
+use crate::ir::{Downsample, Layer, Op};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -47,7 +47,11 @@ pub(crate) fn built(k: &TokenStream, layer: &Layer) -> Built {
                 o.depthwise,
                 o.bias,
             );
-            let spec = quote!(#k::spec::ir::OctConvSpec { in_h: #in_h, in_l: #in_l, out_h: #out_h, out_l: #out_l, kernel: #kernel, stride: #stride, groups: #groups, depthwise: #depthwise, bias: #bias });
+            let downsample = match o.downsample {
+                Downsample::Pool => quote!(#k::spec::ir::Downsample::Pool),
+                Downsample::Stride => quote!(#k::spec::ir::Downsample::Stride),
+            };
+            let spec = quote!(#k::spec::ir::OctConvSpec { in_h: #in_h, in_l: #in_l, out_h: #out_h, out_l: #out_l, kernel: #kernel, stride: #stride, groups: #groups, depthwise: #depthwise, bias: #bias, downsample: #downsample });
             let ty = if matches!(layer.op, Op::OctConv(_)) {
                 quote!(#l::OctConv2d)
             } else {

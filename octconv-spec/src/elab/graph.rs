@@ -114,6 +114,7 @@ impl Elab<'_> {
             groups: 1,
             depthwise: false,
             bias: false,
+            downsample: crate::ir::Downsample::Pool,
         };
         match octconv::infer(&spec, &from) {
             Ok(out) if out == to => {

@@ -176,7 +176,7 @@ pub const LAYERS: &[LayerDef] = &[
     LayerDef {
         name: "octconv",
         params: octconv::PARAMS,
-        summary: "octave convolution, same padding, odd kernels; stride 1 or 2; alpha = α_out; depthwise keeps each branch's channels",
+        summary: "octave convolution, same padding, odd kernels; stride 1 or 2 (downsample = pool: average-pool 2×2, then convolve, as the paper; downsample = stride: convolve with stride 2, as torchvision, single-branch layers only); alpha = α_out; depthwise keeps each branch's channels",
         rule: Rule::Map(octconv::apply),
         costs: Costs {
             params: octconv::params,
@@ -610,7 +610,7 @@ mod tests {
         }
         assert_eq!(
             layer("octconv").unwrap().signature(),
-            "octconv(out = input channels if depthwise, kernel, stride = 1, alpha = α_in, alpha_in = input split, groups = 1, depthwise = false, bias = false)"
+            "octconv(out = input channels if depthwise, kernel, stride = 1, alpha = α_in, alpha_in = input split, groups = 1, depthwise = false, bias = false, downsample = pool)"
         );
         assert_eq!(layer("concat").unwrap().signature(), "concat(a, …)");
         assert_eq!(

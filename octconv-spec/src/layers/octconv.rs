@@ -3,12 +3,19 @@
 //! Geometry (as in the paper's code): with stride 2 the high input is average-pooled before H→H and
 //! pooled again for H→L, the low input is pooled before L→L, and L→H is not upsampled. With stride 1,
 //! H→L pools the high input once and L→H upsamples ×2 (nearest). Padding is `kernel / 2`.
+//!
+//! `downsample = stride` (single-branch layers only: α_in = α_out = 0) convolves with stride 2
+//! directly instead, as torchvision's `Conv2d(stride = 2, padding = k // 2)`: a side `n` becomes
+//! `(n − 1) / 2 + 1`, so odd sizes are allowed. Parameters and MACs are those of pooling (the
+//! convolution runs at the output resolution either way; pooling's adds are not counted). With
+//! stride 1 it changes nothing and is accepted silently (blocks pass it to convolutions whose stride
+//! is a parameter); the IR then records `pool`.
 
-use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
-use super::PTy::{Bool, Float, Int};
+use super::DefaultValue::{Bool as B, Derived, Int as I, Required, Str as S};
+use super::PTy::{Bool, Float, Int, Str};
 use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{Layer, OctConvSpec, Op, Path};
+use crate::ir::{Downsample, Layer, OctConvSpec, Op, Path};
 use crate::param_info::{Init, ParamInfo};
 use crate::shape::{channel_split, hw, product, split_alpha, Dims, Shape};
 
@@ -28,10 +35,12 @@ pub(super) const GROUPS: Param = Param::new("groups", Int, I(1));
 pub(super) const DEPTHWISE: Param = Param::new("depthwise", Bool, B(false));
 /// `bias`.
 pub(super) const BIAS: Param = Param::new("bias", Bool, B(false));
+/// `downsample`: `pool` or `stride`.
+pub(super) const DOWNSAMPLE: Param = Param::new("downsample", Str, S("pool"));
 
 /// The parameters, in signature order.
 pub(super) const PARAMS: &[Param] = &[
-    OUT, KERNEL, STRIDE, ALPHA, ALPHA_IN, GROUPS, DEPTHWISE, BIAS,
+    OUT, KERNEL, STRIDE, ALPHA, ALPHA_IN, GROUPS, DEPTHWISE, BIAS, DOWNSAMPLE,
 ];
 
 /// Why an OctConv geometry is invalid: kind, message, help.
@@ -82,6 +91,21 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
             Ok(())
         }
     };
+    if spec.strided_conv() {
+        // One path (H→H), convolved with stride 2 and padding k / 2: every size works.
+        if spec.paths().any(|p| p != Path::HH) {
+            return Err((
+                DiagKind::Structure,
+                "octconv with downsample = stride needs a single-branch layer (α_in = α_out = 0)"
+                    .into(),
+                "remove `downsample = stride`, or set alpha = 0 for this layer and the one before"
+                    .into(),
+            ));
+        }
+        check_kernel(Path::HH, high.h, high.w)?;
+        let (oh, ow) = ((high.h - 1) / 2 + 1, (high.w - 1) / 2 + 1);
+        return Ok(Shape::Single(Dims::new(spec.out_h, oh, ow)));
+    }
     for p in spec.paths() {
         match p {
             Path::HH => {
@@ -129,7 +153,7 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
     })
 }
 
-/// `octconv(out, kernel, stride, alpha, alpha_in, groups, depthwise, bias)`.
+/// `octconv(out, kernel, stride, alpha, alpha_in, groups, depthwise, bias, downsample)`.
 pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> {
     let Some((in_h, in_l)) = input.split_channels() else {
         return Err(a
@@ -214,6 +238,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
                 .with_help("give `out` equal to the input channels and leave `alpha` at the input's α"));
         }
     }
+    let downsample = downsample(a, stride, (in_h, in_l), (out_h, out_l))?;
     let spec = OctConvSpec {
         in_h,
         in_l,
@@ -224,6 +249,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         groups,
         depthwise,
         bias: a.flag(BIAS)?,
+        downsample,
     };
     if !depthwise && groups > 1 {
         for p in spec.paths() {
@@ -246,6 +272,45 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     let output =
         infer(&spec, input).map_err(|(kind, msg, help)| a.call_error(kind, msg).with_help(help))?;
     Ok((Op::OctConv(spec), output))
+}
+
+/// The `downsample` argument: `pool` (the default) or `stride`, the latter only on a layer with no low
+/// branch in or out. At stride 1 either is accepted and the IR records `pool` (nothing is halved).
+fn downsample(
+    a: &Args,
+    stride: usize,
+    (in_h, in_l): (usize, usize),
+    (out_h, out_l): (usize, usize),
+) -> Result<Downsample, Diagnostic> {
+    let word = a.text(DOWNSAMPLE)?;
+    let mode = match word {
+        "pool" => Downsample::Pool,
+        "stride" => Downsample::Stride,
+        _ => {
+            return Err(a
+                .error(
+                    DiagKind::Argument,
+                    DOWNSAMPLE,
+                    format!("`octconv` has no downsample `{word}`; use `pool` or `stride`"),
+                )
+                .with_label("unknown downsample")
+                .with_help("`pool` average-pools 2×2 before a stride-1 convolution (the OctConv paper); `stride` convolves with stride 2 (torchvision)"))
+        }
+    };
+    if mode == Downsample::Stride && (in_l > 0 || out_l > 0) {
+        let d = a
+            .error(
+                DiagKind::Structure,
+                DOWNSAMPLE,
+                format!(
+                    "downsample = stride needs a single-branch octconv, but this one reads high {in_h} / low {in_l} and writes high {out_h} / low {out_l} channels"
+                ),
+            )
+            .with_label("only at α = 0")
+            .with_help("a layer with a low branch always pools before its stride-2 paths (the OctConv paper's geometry); remove `downsample = stride`, or give this layer and its input α = 0");
+        return Err(a.with_origin(d, DOWNSAMPLE, "downsample = stride comes from here"));
+    }
+    Ok(if stride == 2 { mode } else { Downsample::Pool })
 }
 
 /// The output split of an octave layer with `out` channels reading a `in_h` / `in_l` split: α_out is

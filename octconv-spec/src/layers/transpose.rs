@@ -9,7 +9,7 @@ use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
 use super::PTy::{Bool, Float, Int};
 use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{OctConvSpec, Op, Path};
+use crate::ir::{Downsample, OctConvSpec, Op, Path};
 use crate::shape::{hw, product, Dims, Shape};
 
 /// `out`.
@@ -70,6 +70,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
         groups: 1,
         depthwise: false,
         bias: a.flag(BIAS)?,
+        downsample: Downsample::Pool,
     };
     if spec.path_channels(Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
         return Err(a
