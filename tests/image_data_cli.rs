@@ -111,4 +111,50 @@ fn train_refuses_a_bad_image_by_name_and_writes_nothing() {
         "{}",
         stderr(&o)
     );
+    // A model with more outputs than the data has classes is refused by eval too.
+    let three = root.join("three.oct");
+    std::fs::write(&three, spec.replace("linear(2)", "linear(3)")).unwrap();
+    let o = octconv(&[
+        "eval",
+        three.to_str().unwrap(),
+        "--weights",
+        run.join("best.safetensors").to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", root.join("data").display()),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("has 2 classes"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_corrupt_image_that_passes_the_probe_stops_train_before_it_writes() {
+    let root = std::env::temp_dir().join(format!("octconv-corrupt-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    imagenet_layout(&root.join("data"));
+    // JPEG start and end markers around garbage: the probe passes, decoding fails while `train`
+    // measures the normalisation, before the run directory exists.
+    let mut garbage = vec![0xff, 0xd8, 0xff, 0xe0];
+    garbage.extend((0..300u32).map(|i| (i * 37 % 251) as u8));
+    garbage.extend([0xff, 0xd9]);
+    std::fs::write(root.join("data/train/n01/2.JPEG"), garbage).unwrap();
+    let spec_path = root.join("t.oct");
+    std::fs::write(&spec_path, "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }").unwrap();
+    let run = root.join("run");
+    let o = octconv(&[
+        "train",
+        spec_path.to_str().unwrap(),
+        "--data",
+        &format!("folder:{}", root.join("data").display()),
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("train/n01/2.JPEG") && e.contains("corrupt"),
+        "{e}"
+    );
+    assert!(!run.exists(), "the run directory was created");
 }

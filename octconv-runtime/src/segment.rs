@@ -78,6 +78,8 @@ impl SegLoss {
 pub struct Confusion {
     classes: usize,
     counts: Vec<u64>,
+    /// Per true class, predictions of a class `classes` or above (wrong, and outside the matrix).
+    outside: Vec<u64>,
 }
 
 impl Confusion {
@@ -86,21 +88,27 @@ impl Confusion {
         Confusion {
             classes,
             counts: vec![0; classes * classes],
+            outside: vec![0; classes],
         }
     }
 
-    /// Counts `pred` against `target` pixel by pixel; pixels whose target is 255 are skipped, as
-    /// are targets or predictions of `classes` or more (a model with extra output channels).
+    /// Counts `pred` against `target` pixel by pixel (or image by image); pixels whose target is
+    /// 255 or beyond the classes are skipped; a prediction beyond the classes counts as wrong.
     pub fn add(&mut self, pred: &[u32], target: &[u32]) {
         let k = self.classes as u32;
         for (&p, &t) in pred.iter().zip(target) {
-            if t != IGNORE as u32 && t < k && p < k {
+            if t == IGNORE as u32 || t >= k {
+                continue;
+            }
+            if p < k {
                 self.counts[(t * k + p) as usize] += 1;
+            } else {
+                self.outside[t as usize] += 1;
             }
         }
     }
 
-    /// `[true][predicted]` counts as rows.
+    /// `[true][predicted]` counts as rows (predictions beyond the classes are not in them).
     pub fn rows(&self) -> Vec<Vec<u64>> {
         self.counts
             .chunks(self.classes.max(1))
@@ -114,7 +122,7 @@ impl Confusion {
 
     /// Correct pixels over counted pixels (0 if none).
     pub fn pixel_accuracy(&self) -> f64 {
-        let total: u64 = self.counts.iter().sum();
+        let total: u64 = self.counts.iter().sum::<u64>() + self.outside.iter().sum::<u64>();
         let correct: u64 = (0..self.classes).map(|c| self.at(c, c)).sum();
         correct as f64 / total.max(1) as f64
     }
@@ -125,7 +133,8 @@ impl Confusion {
         (0..self.classes)
             .map(|c| {
                 let tp = self.at(c, c);
-                let truth: u64 = (0..self.classes).map(|p| self.at(c, p)).sum();
+                let truth: u64 =
+                    (0..self.classes).map(|p| self.at(c, p)).sum::<u64>() + self.outside[c];
                 let predicted: u64 = (0..self.classes).map(|t| self.at(t, c)).sum();
                 let union = truth + predicted - tp;
                 (union > 0).then(|| tp as f64 / union as f64)

@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// Where the normalisation statistics come from (runs older than this field measured them).
     #[serde(default)]
     pub norm: Norm,
+    /// Fine-tuning: the weights file the run starts from instead of the seeded initialisation
+    /// ([`fine_tune_params`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// The loss of segmentation data (`seg:`): class weights and Dice (unused for classification).
     #[serde(default, skip_serializing_if = "is_default")]
     pub seg_loss: SegLoss,
@@ -96,7 +100,8 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Mean training loss.
     pub train_loss: f64,
-    /// Training accuracy (0–1, on augmented batches; segmentation: pixel accuracy per image, averaged).
+    /// Training accuracy (0–1, on augmented batches; segmentation: each batch's pixel accuracy,
+    /// weighted by its number of images).
     pub train_acc: f64,
     /// Test loss.
     pub test_loss: f64,
@@ -109,6 +114,14 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_s: f64,
+}
+
+impl EpochRecord {
+    /// What "best" means for a run: the test mean IoU for segmentation, else the test accuracy
+    /// (`best.safetensors` is the epoch with the highest score).
+    pub fn score(&self) -> f64 {
+        self.test_miou.unwrap_or(self.test_acc)
+    }
 }
 
 /// Progress reported to the caller.
@@ -304,13 +317,14 @@ struct Progress {
     batch: usize,
     /// Sum of per-image training losses of the epoch so far.
     loss_sum: f64,
-    /// Correctly classified training images of the epoch so far.
+    /// Correctly classified training images of the epoch so far (segmentation: each batch's pixel
+    /// accuracy times its images).
     correct: f64,
     /// Training images of the epoch so far.
     seen: f64,
     /// Seconds spent in the epoch before the last interruption.
     seconds: f64,
-    /// Best test accuracy of a finished epoch (−1 before the first).
+    /// Best [`EpochRecord::score`] of a finished epoch (−1 before the first).
     best: f64,
 }
 
@@ -393,6 +407,7 @@ pub struct Trainer {
     opt: Sgd,
     batcher: Batcher,
     progress: Progress,
+    replaced_on_init: Vec<String>,
 }
 
 impl Trainer {
@@ -425,6 +440,7 @@ impl Trainer {
             false => Some(Batcher::new(&data.train, cfg.augment, cfg.norm)?),
             true => None,
         };
+        let mut replaced_on_init = Vec::new();
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("cannot create run directory `{}`", dir.path().display()))?;
         let (params, progress, momentum, batcher) = match fresh {
@@ -434,12 +450,11 @@ impl Trainer {
                 let batcher = Batcher::with_stats(&data.train, cfg.augment, mean, std);
                 (r.params, r.progress, r.momentum, batcher)
             }
-            Some(batcher) => (
-                start(&ir, &cfg, &dir, device)?,
-                Progress::start(),
-                HashMap::new(),
-                batcher,
-            ),
+            Some(batcher) => {
+                let (params, replaced) = start(&ir, &cfg, &dir, device)?;
+                replaced_on_init = replaced;
+                (params, Progress::start(), HashMap::new(), batcher)
+            }
         };
         let varmap = VarMap::new();
         {
@@ -477,6 +492,7 @@ impl Trainer {
             opt,
             batcher,
             progress,
+            replaced_on_init,
         })
     }
 
@@ -485,6 +501,12 @@ impl Trainer {
     pub fn with_data_threads(mut self, threads: usize) -> Result<Self> {
         self.batcher = self.batcher.with_threads(threads)?;
         Ok(self)
+    }
+
+    /// Fine-tuning: the classifier tensors a new run initialised itself because `--init`'s file
+    /// lacked them or held another shape (`name [ours] (file: …)`); empty otherwise.
+    pub fn replaced_on_init(&self) -> &[String] {
+        &self.replaced_on_init
     }
 
     /// The model being trained.
@@ -634,8 +656,7 @@ impl Trainer {
                 .append(true)
                 .open(self.dir.metrics())?;
             writeln!(f, "{}", serde_json::to_string(&record)?)?;
-            // The best epoch: highest test accuracy, or mean IoU for segmentation.
-            let score = eval.mean_iou.unwrap_or(eval.accuracy);
+            let score = record.score();
             if score > self.progress.best {
                 self.progress.best = score;
                 write_safetensors_atomic(&self.weights()?, &self.dir.best())?;
@@ -710,19 +731,85 @@ fn start(
     cfg: &TrainConfig,
     dir: &RunDir,
     device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
     if dir.checkpoint().exists() {
         bail!(
             "`{}` already holds a run; pass --resume to continue it or choose another --run-dir",
             dir.path().display()
         );
     }
+    let fresh = init_params(ir, cfg.seed, DType::F32, &Device::Cpu)?;
+    // Read before anything is written: a file that does not fit stops the run with nothing written.
+    let (params, replaced) = match &cfg.init {
+        Some(path) => fine_tune_params(ir, fresh, path)?,
+        None => (fresh, Vec::new()),
+    };
     std::fs::write(dir.settings(), serde_json::to_vec_pretty(cfg)?)?;
     let _ = std::fs::remove_file(dir.metrics());
-    init_params(ir, cfg.seed, DType::F32, &Device::Cpu)?
+    let params = params
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(device)?)))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((params, replaced))
+}
+
+/// The parameters of `ir` for fine-tuning from the weights file `path` (e.g. `octconv import`'s
+/// output): every tensor is taken from the file, except those of the model's last layer with
+/// parameters (the classifier) that the file lacks or holds with another shape, which keep their
+/// seeded initialisation from `fresh` and are listed (`name [ours] (file: [theirs])`). Any other
+/// missing or mis-shaped tensor, and any tensor of the file that the model does not have, is an
+/// error listing them all. The file's `__`-prefixed entries (normalisation) are ignored.
+pub fn fine_tune_params(
+    ir: &Model,
+    mut fresh: HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+    let (mut file, _) = split_run_weights(read_safetensors(path, &Device::Cpu)?)
+        .with_context(|| format!("initial weights `{}`", path.display()))?;
+    let head = ir
+        .layers
+        .iter()
+        .rev()
+        .find(|l| !octconv_spec::params::layer_params(l).is_empty())
+        .map(|l| format!("{}.", l.name));
+    let in_head = |name: &str| head.as_ref().is_some_and(|h| name.starts_with(h.as_str()));
+    let mut replaced = Vec::new();
+    let mut problems = Vec::new();
+    let mut names: Vec<String> = fresh.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let ours = fresh[&name].dims().to_vec();
+        match file.remove(&name) {
+            Some(t) if t.dims() == ours.as_slice() => {
+                fresh.insert(name, t.to_dtype(DType::F32)?);
+            }
+            Some(t) if in_head(&name) => {
+                replaced.push(format!("{name} {ours:?} (file: {:?})", t.dims()))
+            }
+            None if in_head(&name) => replaced.push(format!("{name} {ours:?} (not in the file)")),
+            Some(t) => problems.push(format!(
+                "`{name}` is {:?} in the file but {ours:?} in the model",
+                t.dims()
+            )),
+            None => problems.push(format!("`{name}` {ours:?} is missing from the file")),
+        }
+    }
+    let mut extra: Vec<String> = file.into_keys().collect();
+    extra.sort();
+    problems.extend(
+        extra
+            .into_iter()
+            .map(|n| format!("`{n}` is in the file but not in the model")),
+    );
+    if !problems.is_empty() {
+        bail!(
+            "`{}` does not fit model `{}` (only its last layer, the classifier, may differ):\n  {}",
+            path.display(),
+            ir.name,
+            problems.join("\n  ")
+        );
+    }
+    Ok((fresh, replaced))
 }
 
 /// Drops metric lines of epochs after `epochs` (written before a crash, not checkpointed).

@@ -59,8 +59,28 @@ fn grey_and_cmyk_jpegs_decode_to_the_rgb_that_pillow_reads() {
             }
         }
     }
-    let grey = decode(&fixture("cmyk.jpg"), 1, Decoder::Zune).unwrap();
-    assert_eq!(grey.pixels.len(), 24 * 16);
+    // One grey conversion for every format and decoder: ITU-R 601 luma of (200, 100, 50) is
+    // 0.299·200 + 0.587·100 + 0.114·50 = 124.2 → 124.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(24, 16, image::Rgb([200, 100, 50]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let exact = decode(png.get_ref(), 1, Decoder::Zune).unwrap();
+    assert_eq!(exact.pixels.len(), 24 * 16);
+    assert!(
+        exact.pixels.iter().all(|&v| v == 124),
+        "{:?}",
+        &exact.pixels[..4]
+    );
+    for decoder in [Decoder::Zune, Decoder::Image] {
+        let grey = decode(&fixture("cmyk.jpg"), 1, decoder).unwrap();
+        assert_eq!(grey.pixels.len(), 24 * 16);
+        assert!(
+            (grey.pixels[5 * 24 + 5] as i32 - 124).abs() <= 3,
+            "{decoder:?}: {}",
+            grey.pixels[5 * 24 + 5]
+        );
+    }
 }
 
 #[test]
@@ -112,6 +132,37 @@ fn resize_and_center_crop_box_is_torchvisions() {
     ] {
         assert!((g - w).abs() < 1e-9, "{b:?} vs {want:?}");
     }
+}
+
+#[test]
+fn eval_crop_boxes_stay_inside_images_of_awkward_sizes() {
+    // A short side resized exactly to the crop (CIFAR inputs) can overshoot the image by an ulp in
+    // float arithmetic; the box must stay inside, and a 49 × 49 image must batch at 32 × 32.
+    for w in 20..130 {
+        for h in [w, w + 7, 2 * w + 1] {
+            for out in [28, 32, 224] {
+                let b = resize_center_crop(w, h, out, out, out);
+                assert!(b.left >= 0.0 && b.top >= 0.0, "{w}×{h} → {out}: {b:?}");
+                assert!(
+                    b.left + b.width <= w as f64 && b.top + b.height <= h as f64,
+                    "{w}×{h} → {out}: {b:?}"
+                );
+            }
+        }
+    }
+    let root = dir("awkward");
+    for split in ["train", "val"] {
+        let d = root.join(split).join("x");
+        std::fs::create_dir_all(&d).unwrap();
+        image::RgbImage::from_pixel(49, 49, image::Rgb([9, 9, 9]))
+            .save(d.join("0.png"))
+            .unwrap();
+    }
+    let mut split = DataSource::Folder(root).load().unwrap();
+    split.fit_to([3, 32, 32]).unwrap();
+    let b = Batcher::new(&split.train, true, Norm::Data).unwrap();
+    b.batch_host(&split.train, &[0], &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
 }
 
 #[test]

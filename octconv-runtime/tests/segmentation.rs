@@ -342,6 +342,7 @@ fn a_short_unet_run_beats_the_best_constant_predictor() {
         seed: 1,
         augment: true,
         norm: Norm::Data,
+        init: None,
         seg_loss: SegLoss {
             class_weights: None,
             dice: 0.5,

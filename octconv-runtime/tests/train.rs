@@ -68,6 +68,7 @@ fn config(epochs: usize) -> TrainConfig {
         seed: 3,
         augment: true,
         norm: Default::default(),
+        init: None,
         seg_loss: Default::default(),
         train_limit: None,
         test_limit: None,
@@ -304,4 +305,73 @@ fn resume_on_streamed_images_with_resized_crops_equals_an_uninterrupted_run() {
         Finish::Completed
     );
     assert_eq!(final_weights(&whole), final_weights(&parts));
+}
+
+fn model_with(body: usize, classes: usize) -> octconv_spec::Model {
+    octconv_spec::check_text(
+        "t.oct",
+        &format!("model t() {{ input [3, 8, 8]; octconv({body}, kernel = 3, alpha = 0.5); bn(); relu(); merge(); global_avg_pool(); linear({classes}); }}"),
+        None,
+    )
+    .model
+    .expect("valid")
+}
+
+#[test]
+fn fine_tuning_takes_the_body_from_the_file_and_replaces_only_a_different_classifier() {
+    use octconv_runtime::train::fine_tune_params;
+    let d = data(16);
+    let dir = tmp("fine-tune-source");
+    Trainer::new(model(), config(1), &dir, &d, false)
+        .unwrap()
+        .run(&d, &AtomicBool::new(false), |_| {})
+        .unwrap();
+    let file = dir.join("final.safetensors");
+    let saved =
+        octconv_runtime::weights::read_safetensors(&file, &candle_core::Device::Cpu).unwrap();
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let fresh = |m: &octconv_spec::Model| {
+        octconv_runtime::init::init_params(m, 9, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    // The same model: every tensor from the file, nothing replaced.
+    let same = model_with(8, 2);
+    let (p, replaced) = fine_tune_params(&same, fresh(&same), &file).unwrap();
+    assert!(replaced.is_empty(), "{replaced:?}");
+    assert_eq!(
+        p.len(),
+        saved.len() - 2,
+        "all but the two normalisation entries"
+    );
+    for (k, v) in &p {
+        assert_eq!(values(v), values(&saved[k]), "{k}");
+    }
+    // Five classes: the classifier starts from the seeded initialisation, the body from the file.
+    let five = model_with(8, 5);
+    let init = fresh(&five);
+    let (p, replaced) = fine_tune_params(&five, init.clone(), &file).unwrap();
+    assert_eq!(replaced.len(), 2, "{replaced:?}");
+    assert!(
+        replaced
+            .iter()
+            .any(|r| r.starts_with("linear0.weight [5, 8] (file: [2, 8])")),
+        "{replaced:?}"
+    );
+    assert_eq!(
+        values(&p["linear0.weight"]),
+        values(&init["linear0.weight"])
+    );
+    assert_eq!(
+        values(&p["octconv0.hh.weight"]),
+        values(&saved["octconv0.hh.weight"])
+    );
+    // Another body is refused, naming the tensors.
+    let wide = model_with(16, 2);
+    let e = fine_tune_params(&wide, fresh(&wide), &file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("octconv0.hh.weight") && e.contains("only its last layer"),
+        "{e}"
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 /// Arguments of `octconv data-bench`.
 #[derive(clap::Args, Debug)]
 pub struct DataBenchArgs {
-    /// `folder:DIR|FILE.tar.gz`, `cifar10:DIR` or `fashion-mnist[:DIR]`.
+    /// `folder:DIR|FILE.tar.gz`, `seg:DIR`, `cifar10:DIR` or `fashion-mnist[:DIR]`.
     data: String,
     /// Output height and width of the images (a model's input size).
     #[arg(long, default_value_t = 224)]
@@ -46,6 +46,9 @@ pub fn run(args: &DataBenchArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || args.size == 0 {
+        anyhow::bail!("--threads and --size must be at least 1");
+    }
     let t = Instant::now();
     let src: DataSource = args.data.parse()?;
     let mut split = src

@@ -17,7 +17,8 @@ pub struct EvalArgs {
     /// Weights, e.g. RUN_DIR/best.safetensors or final.safetensors.
     #[arg(long)]
     weights: PathBuf,
-    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` (evaluates `val/` or `test/`) or `fashion-mnist[:DIR]`.
+    /// `cifar10:DIR`, `folder:DIR|FILE.tar.gz` (evaluates `val/` or `test/`), `fashion-mnist[:DIR]`
+    /// or `seg:DIR`.
     #[arg(long)]
     data: String,
     /// Normalisation when the weights carry none: `data` (measured on the training set) or
@@ -36,7 +37,8 @@ pub struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// Print one JSON object (`accuracy`, `per_class`, `confusion`, `loss`, `classes`).
+    /// Print one JSON object (`accuracy`, `per_class`, `confusion`, `loss`, `classes`, `images`; for
+    /// segmentation also `iou` and `mean_iou`; its loss is the plain per-pixel cross-entropy).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -52,6 +54,8 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut data = super::spec_args::load_data(&model, &args.data, None, args.test_limit)?;
     if data.is_segmentation() {
         super::spec_args::check_segmentation(&model, &mut data, args.classes)?;
+    } else {
+        super::spec_args::check_classification(&model, &data, &args.data)?;
     }
     let (weights, norm) = split_run_weights(read_safetensors(&args.weights, &device)?)?;
     check_weights(&model, &weights)

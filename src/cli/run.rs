@@ -60,15 +60,12 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     let scores = args.output.with_extension("safetensors");
-    if png {
-        if !matches!(model.output, octconv_spec::Shape::Single(_)) {
-            bail!(
-                "model `{}` outputs {}, not a map of class scores: write `--output` as .safetensors",
-                model.name,
-                model.output
-            );
-        }
-        super::spec_args::refuse_overwrite(&scores, args.force)?;
+    if png && !matches!(model.output, octconv_spec::Shape::Single(_)) {
+        bail!(
+            "model `{}` outputs {}, not a map of class scores: write `--output` as .safetensors",
+            model.name,
+            model.output
+        );
     }
     let x = match (&args.input, &args.image) {
         (Some(input), _) => read_input(&model, input, &device)?,
@@ -89,8 +86,13 @@ pub fn run(args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut out = HashMap::new();
     out.insert("output".to_string(), y.clone());
     if png {
+        // Every output is checked before any is written; the maps go first, the scores last.
+        let paths = class_map_paths(&args.output, y.dim(0)?);
+        for p in paths.iter().chain([&scores]) {
+            super::spec_args::refuse_overwrite(p, args.force)?;
+        }
+        write_class_maps(&y, &paths)?;
         write_safetensors_atomic(&out, &scores)?;
-        let paths = write_class_maps(&y, &args.output)?;
         eprintln!(
             "wrote the class map{} {} and `output` {:?} to {}",
             if paths.len() > 1 { "s" } else { "" },
@@ -177,34 +179,46 @@ fn image_input(
     Ok(x)
 }
 
-/// Writes the argmax class of every pixel of `scores` `[N, K, H, W]` as palette PNGs of class
-/// indices (Pascal VOC's colour map, so that the classes are visible too).
-fn write_class_maps(scores: &Tensor, path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let (n, _, h, w) = scores.dims4()?;
+/// Where the class maps of a batch of `n` go: `path` for one image, `NAME-<i>.png` for more.
+fn class_map_paths(path: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![path.to_path_buf()];
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    (0..n)
+        .map(|i| path.with_file_name(format!("{stem}-{i}.png")))
+        .collect()
+}
+
+/// Writes the argmax class of every pixel of `scores` `[N, K, H, W]` to `paths` (one per image) as
+/// palette PNGs of class indices (Pascal VOC's colour map, so that the classes are visible too),
+/// each through a temporary file that is removed if writing fails.
+fn write_class_maps(scores: &Tensor, paths: &[PathBuf]) -> anyhow::Result<()> {
+    let (_, _, h, w) = scores.dims4()?;
     let classes: Vec<u32> = scores.argmax(1)?.flatten_all()?.to_vec1()?;
-    let mut paths = Vec::new();
-    for (i, map) in classes.chunks(h * w).enumerate() {
-        let p = if n == 1 {
-            path.to_path_buf()
-        } else {
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-            path.with_file_name(format!("{stem}-{i}.png"))
-        };
+    for (map, p) in classes.chunks(h * w).zip(paths) {
         let indices: Vec<u8> = map.iter().map(|&c| c.min(255) as u8).collect();
         let tmp = p.with_extension("png.tmp");
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-        enc.set_color(png::ColorType::Indexed);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_palette(voc_palette());
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&indices)?;
-        writer.finish()?;
-        std::fs::rename(&tmp, &p).with_context(|| format!("cannot write `{}`", p.display()))?;
-        paths.push(p);
+        let written = write_png(&tmp, &indices, w, h)
+            .and_then(|()| std::fs::rename(&tmp, p).map_err(Into::into));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write `{}`", p.display()));
+        }
     }
-    Ok(paths)
+    Ok(())
+}
+
+fn write_png(path: &Path, indices: &[u8], w: usize, h: usize) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_palette(voc_palette());
+    let mut writer = enc.write_header()?;
+    writer.write_image_data(indices)?;
+    writer.finish()?;
+    Ok(())
 }
 
 /// Pascal VOC's colour map: class `c`'s colour spreads the bits of `c` over R, G and B.

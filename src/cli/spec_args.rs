@@ -113,6 +113,19 @@ pub fn load_data(
     Ok(split)
 }
 
+/// Checks that `model` classifies `data`: its output is a vector of one score per class.
+pub fn check_classification(
+    model: &Model,
+    data: &octconv_runtime::data::Split,
+    source: &str,
+) -> anyhow::Result<()> {
+    let classes = data.train.classes.len();
+    if model.output != (octconv_spec::Shape::Flat { features: classes }) {
+        anyhow::bail!("model `{}` outputs {} but `{source}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output);
+    }
+    Ok(())
+}
+
 /// Checks that `model` scores segmentation `data`: its output is a map `[K, H, W]` of the input's
 /// size (masks are resized to the input) with at least `classes` channels (default `K`), and no mask
 /// holds an index of `classes` or more. Returns `K`.

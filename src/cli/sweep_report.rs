@@ -63,7 +63,8 @@ pub struct SweepRow {
     pub epochs: usize,
     /// Test accuracy after the last finished epoch.
     pub final_test_acc: Option<f64>,
-    /// Best test accuracy over the epochs, and its epoch.
+    /// Test accuracy of the best epoch (the best [`EpochRecord::score`]: accuracy, or mean IoU for
+    /// segmentation, whose weights `best.safetensors` holds).
     pub best_test_acc: Option<f64>,
     /// The epoch of `best_test_acc`.
     pub best_epoch: Option<usize>,
@@ -87,7 +88,7 @@ impl SweepRow {
     ) -> Self {
         let best = metrics
             .iter()
-            .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc));
+            .max_by(|a, b| a.score().total_cmp(&b.score()));
         let train_seconds: f64 = metrics.iter().map(|r| r.seconds).sum();
         let images: f64 = metrics.iter().map(|r| r.images_per_s * r.seconds).sum();
         SweepRow {

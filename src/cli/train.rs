@@ -80,8 +80,14 @@ pub struct TrainFlags {
     /// Worker threads that decode and augment images ahead of the step (default: the shared pool).
     #[arg(long)]
     pub data_threads: Option<usize>,
-    /// Segmentation: the number of classes (default: the model's output channels); a mask index
-    /// at or above it is an error naming the mask.
+    /// Fine-tune: start from these weights (e.g. `octconv import`'s output) instead of the seeded
+    /// initialisation. The model's last layer (the classifier) is initialised afresh where the file's
+    /// differs, e.g. after `--set classes=N`; the replaced tensors are listed.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// The number of classes: for classification the spec's `classes` parameter (`--set classes=N`),
+    /// for segmentation checked against the masks (default: the model's output channels; a mask
+    /// index at or above it is an error naming the mask).
     #[arg(long)]
     pub classes: Option<usize>,
     /// Segmentation: per-class weights of the cross-entropy, e.g. `0.5,1,1`.
@@ -124,6 +130,7 @@ impl TrainFlags {
             seed: self.seed,
             augment: !self.no_augment,
             norm: self.norm,
+            init: self.init.clone(),
             seg_loss: octconv_runtime::segment::SegLoss {
                 class_weights: self.class_weights.clone(),
                 dice: self.dice,
@@ -131,6 +138,26 @@ impl TrainFlags {
             train_limit: self.train_limit,
             test_limit: self.test_limit,
         }
+    }
+
+    /// The spec with `--classes N` applied as `--set classes=N` for classification data (the
+    /// classifier then has N outputs; with `--init` it starts afresh). Segmentation data checks
+    /// `--classes` against the masks instead.
+    pub fn spec_with_classes(
+        &self,
+        spec: &super::spec_args::SpecArgs,
+    ) -> super::spec_args::SpecArgs {
+        let mut spec = spec.clone();
+        if let (Some(n), false) = (self.classes, self.data.starts_with("seg:")) {
+            if !spec
+                .sets
+                .iter()
+                .any(|s| s.trim_start().starts_with("classes"))
+            {
+                spec.sets.push(format!("classes={n}"));
+            }
+        }
+        spec
     }
 
     /// Loads the data for `model` and checks that its classes match the model's output (a class
@@ -151,13 +178,10 @@ impl TrainFlags {
             }
             return Ok(data);
         }
-        if self.classes.is_some() || self.class_weights.is_some() || self.dice != 0.0 {
-            bail!("--classes, --class-weights and --dice are for segmentation data (`seg:DIR`); `{}` is labelled by class", self.data);
+        if self.class_weights.is_some() || self.dice != 0.0 {
+            bail!("--class-weights and --dice are for segmentation data (`seg:DIR`); `{}` is labelled by class", self.data);
         }
-        let classes = data.train.classes.len();
-        if model.output != (octconv_spec::Shape::Flat { features: classes }) {
-            bail!("model `{}` outputs {} but `{}` has {classes} classes (set e.g. `--set classes={classes}`)", model.name, model.output, self.data);
-        }
+        super::spec_args::check_classification(model, &data, &self.data)?;
         Ok(data)
     }
 }
@@ -188,6 +212,9 @@ pub fn train_in_dir(
     device: &candle_core::Device,
 ) -> anyhow::Result<Finish> {
     let mut trainer = Trainer::new_on(model, cfg, run_dir, data, resume, device)?;
+    for t in trainer.replaced_on_init() {
+        eprintln!("--init: the classifier tensor {t} starts from the seeded initialisation");
+    }
     if let Some(n) = data_threads {
         trainer = trainer.with_data_threads(n)?;
     }
@@ -232,7 +259,7 @@ pub fn train_in_dir(
 
 /// Trains; Ctrl-C saves a checkpoint and exits with status 130.
 pub fn run(args: &TrainArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let Some(model) = args.spec.model(color) else {
+    let Some(model) = args.flags.spec_with_classes(&args.spec).model(color) else {
         return Ok(ExitCode::from(1));
     };
     let data = args.flags.load_data(&model)?;

@@ -209,7 +209,7 @@ impl Batcher {
         };
         let mut sample: Vec<usize> = match ds.images {
             Images::Pixels(_) => (0..ds.len()).collect(),
-            Images::Files(_) => epoch_order(ds.len(), 0x5eed, 0),
+            Images::Files(_) => epoch_order(ds.len(), super::SAMPLE_SEED, 0),
         };
         if matches!(ds.images, Images::Files(_)) {
             sample.truncate(STATS_PIXELS.div_ceil(hw.max(1)));

@@ -116,7 +116,9 @@ pub fn probe(file: &ImageFile) -> Result<()> {
             &head[..head.len().min(4)]
         );
     };
-    if !is_complete(format, &tail) {
+    // Some writers append data after the end marker (motion photos, vendor trailers): a file whose
+    // tail lacks the marker is refused only if it does not decode either.
+    if !is_complete(format, &tail) && file.decode(3, Decoder::Zune).is_err() {
         bail!(
             "`{}` is truncated: its {} end marker is missing ({len} bytes); re-copy or delete it",
             file.name,
@@ -206,7 +208,8 @@ fn decode_jpeg(bytes: &[u8], channels: usize) -> Result<Decoded> {
     })
 }
 
-/// ITU-R 601 luma of interleaved RGB, rounded, as `image` and Pillow compute it.
+/// ITU-R 601 luma of interleaved RGB, rounded (Pillow's `convert("L")` weights; `image` would use
+/// Rec. 709's and truncate): the one grey conversion of every decoder and format.
 fn luma(rgb: &[u8]) -> Vec<u8> {
     rgb.chunks_exact(3)
         .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8)
@@ -216,11 +219,9 @@ fn luma(rgb: &[u8]) -> Vec<u8> {
 fn decode_with_image(bytes: &[u8], channels: usize) -> Result<Decoded> {
     let img = image::load_from_memory(bytes).context("corrupt or truncated image")?;
     let (width, height) = (img.width() as usize, img.height() as usize);
-    let pixels = if channels == 1 {
-        img.into_luma8().into_raw()
-    } else {
-        img.into_rgb8().into_raw()
-    };
+    // RGB first, then our one grey conversion: the same picture gives the same grey as PNG or JPEG.
+    let rgb = img.into_rgb8().into_raw();
+    let pixels = if channels == 1 { luma(&rgb) } else { rgb };
     Ok(Decoded {
         width,
         height,

@@ -21,10 +21,11 @@ use std::sync::Arc;
 /// empty list, so that it can be named.
 type Listing = BTreeMap<(String, String), Vec<ImageFile>>;
 
-/// The evaluation split's folder names, in order of preference.
-const EVAL_SPLITS: [&str; 2] = ["val", "test"];
+/// The evaluation split's folder names (one of them, not both).
+pub(super) const EVAL_SPLITS: [&str; 2] = ["val", "test"];
 
-fn is_image(name: &str) -> bool {
+/// True for the names the readers take as images: `.jpg`, `.jpeg`, `.png` in any case.
+pub(super) fn is_image(name: &str) -> bool {
     let l = name.to_ascii_lowercase();
     l.ends_with(".jpg") || l.ends_with(".jpeg") || l.ends_with(".png")
 }
@@ -65,7 +66,8 @@ fn from_dir(root: &Path) -> Result<Listing> {
         })?;
         for class in classes {
             let class = class?;
-            if !class.file_type()?.is_dir() {
+            // `path().is_dir()` follows symbolic links (a linked class folder counts).
+            if !class.path().is_dir() {
                 continue;
             }
             let name = class.file_name().to_string_lossy().into_owned();
@@ -142,7 +144,7 @@ fn split_of(files: &mut Listing, split: &str, classes: &[String]) -> Dataset {
 }
 
 /// Lists a class-per-folder dataset from a directory or a `.tar.gz` and probes every file. The
-/// datasets' `shape` is left `[0, 0, 0]`: the model's input decides it ([`Dataset::fit_to`]).
+/// datasets' `shape` is left `[0, 0, 0]`: the model's input decides it ([`Split::fit_to`](super::Split::fit_to)).
 pub(super) fn load(path: &Path) -> Result<Split> {
     let name = path.to_string_lossy();
     let mut files = if name.ends_with(".tar.gz") || name.ends_with(".tgz") {

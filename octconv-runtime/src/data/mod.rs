@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+/// The seed of the fixed pseudo-random samples (`--train-limit`, measured statistics): the same
+/// images on every machine and run.
+pub const SAMPLE_SEED: u64 = 0x5eed;
+
 /// Where a dataset's pixels are.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Images {
@@ -77,7 +81,7 @@ impl Dataset {
         if n >= self.len() {
             return;
         }
-        let mut keep = batch::epoch_order(self.len(), 0x5eed, 0);
+        let mut keep = batch::epoch_order(self.len(), SAMPLE_SEED, 0);
         keep.truncate(n);
         keep.sort_unstable();
         self.images = match &self.images {
@@ -102,16 +106,22 @@ impl Dataset {
 
     /// Checks that `labels` index `classes` and that there is one image per label.
     fn validate(&self, what: &str) -> Result<()> {
-        let count = match &self.images {
-            Images::Pixels(p) => p.len(),
-            Images::Files(f) => f.len() * self.image_size(),
-        };
-        if count != self.len() * self.image_size() {
-            bail!(
-                "{what}: {count} bytes of pixels for {} images of {:?}",
+        match &self.images {
+            Images::Pixels(p) if p.len() != self.len() * self.image_size() => bail!(
+                "{what}: {} bytes of pixels for {} images of {:?}",
+                p.len(),
                 self.len(),
                 self.shape
-            );
+            ),
+            Images::Files(f) if f.len() != self.len() => {
+                bail!("{what}: {} files for {} labels", f.len(), self.len())
+            }
+            _ => {}
+        }
+        if let Some(m) = &self.masks {
+            if m.files.len() != self.len() {
+                bail!("{what}: {} masks for {} images", m.files.len(), self.len());
+            }
         }
         if let Some((i, l)) = self
             .labels

@@ -9,6 +9,7 @@
 //! anything runs. Pixels are decoded when a batch needs them.
 
 use super::decode::{probe, ImageFile, Source};
+use super::folder::{is_image, EVAL_SPLITS};
 use super::{Dataset, Images, Split};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -84,20 +85,20 @@ fn dimensions(file: &ImageFile) -> Result<(u32, u32)> {
         .with_context(|| format!("`{}`: cannot read the image size", file.name))
 }
 
-fn is_image(name: &str) -> bool {
-    let l = name.to_ascii_lowercase();
-    l.ends_with(".jpg") || l.ends_with(".jpeg") || l.ends_with(".png")
-}
-
-/// `DIR/<split>/<kind>/*` by file stem.
-fn list(dir: &Path) -> Result<BTreeMap<String, ImageFile>> {
+/// `DIR/<split>/<kind>/*` by file stem: images, or (`masks_only`) PNGs.
+fn list(dir: &Path, masks_only: bool) -> Result<BTreeMap<String, ImageFile>> {
     let mut out = BTreeMap::new();
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read `{}`", dir.display()))?;
     for e in entries {
         let path = e?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if !path.is_file() || !is_image(&name) {
+        let wanted = if masks_only {
+            name.to_ascii_lowercase().ends_with(".png")
+        } else {
+            is_image(&name)
+        };
+        if !path.is_file() || !wanted {
             continue;
         }
         let stem = path
@@ -150,8 +151,8 @@ impl Masks {
 /// One split: image–mask pairs sorted by stem; checks pairing, files and sizes, and reads every
 /// mask's largest class index.
 fn split(root: &Path, split: &str) -> Result<(Vec<ImageFile>, Masks)> {
-    let images = list(&root.join(split).join("images"))?;
-    let masks = list(&root.join(split).join("masks"))?;
+    let images = list(&root.join(split).join("images"), false)?;
+    let masks = list(&root.join(split).join("masks"), true)?;
     if let Some((stem, img)) = images.iter().find(|(s, _)| !masks.contains_key(*s)) {
         bail!(
             "`{}` has no mask: expected `{}`",
@@ -210,10 +211,18 @@ fn split(root: &Path, split: &str) -> Result<(Vec<ImageFile>, Masks)> {
 /// (named by `DIR/classes.txt`, one per line, if it exists). [`Split::set_classes`] checks a model's
 /// class count against the masks.
 pub(super) fn load(root: &Path) -> Result<Split> {
-    let eval = ["val", "test"]
+    let present: Vec<&str> = EVAL_SPLITS
         .into_iter()
-        .find(|s| root.join(s).is_dir())
-        .with_context(|| format!("`{}` has no `val/` (or `test/`) folder", root.display()))?;
+        .filter(|s| root.join(s).is_dir())
+        .collect();
+    let eval = match present[..] {
+        [one] => one,
+        [] => bail!("`{}` has no `val/` (or `test/`) folder", root.display()),
+        _ => bail!(
+            "`{}` has both `val/` and `test/`; keep one evaluation split",
+            root.display()
+        ),
+    };
     let (train_images, train_masks) = split(root, "train")?;
     let (test_images, test_masks) = split(root, eval)?;
     let largest = train_masks

@@ -12,6 +12,9 @@ use std::path::Path;
 /// Writes `DIR/{train,val}/{images,masks}/NNNN.png` (`train` and `val` images of `size × size`) and
 /// `DIR/classes.txt`; the same `seed` writes the same files.
 pub fn shapes(dir: &Path, train: usize, val: usize, size: u32, seed: u64) -> Result<()> {
+    if size < 16 {
+        anyhow::bail!("shapes need images of at least 16 × 16 pixels, not {size}");
+    }
     for (split, n, stream) in [("train", train, 0), ("val", val, 1)] {
         let images = dir.join(split).join("images");
         let masks = dir.join(split).join("masks");

@@ -24,6 +24,20 @@ pub struct CropBox {
 }
 
 impl CropBox {
+    /// The box moved and shrunk into a `w × h` image: the float arithmetic of a box that just fits
+    /// can overshoot the edge by an ulp, which the resizer refuses.
+    pub fn inside(self, w: usize, h: usize) -> Self {
+        let (w, h) = (w as f64, h as f64);
+        let left = self.left.clamp(0.0, w);
+        let top = self.top.clamp(0.0, h);
+        CropBox {
+            left,
+            top,
+            width: self.width.min(w - left),
+            height: self.height.min(h - top),
+        }
+    }
+
     /// The whole `w × h` image.
     pub fn full(w: usize, h: usize) -> Self {
         CropBox {
@@ -109,6 +123,7 @@ pub fn scale_crop(
         width: bw,
         height: bh,
     }
+    .inside(w, h)
 }
 
 /// torchvision's `Resize(short)` then `CenterCrop(out_h, out_w)`, as the box of the source that the
@@ -129,6 +144,7 @@ pub fn resize_center_crop(w: usize, h: usize, short: usize, out_w: usize, out_h:
         width: out_w as f64 / sx,
         height: out_h as f64 / sy,
     }
+    .inside(w, h)
 }
 
 /// The class indices of `crop` of a `w × h` mask resized to `out_w × out_h` by nearest neighbour,

@@ -7,9 +7,10 @@
 //! `downsample = stride` (single-branch layers only: α_in = α_out = 0) convolves with stride 2
 //! directly instead, as torchvision's `Conv2d(stride = 2, padding = k // 2)`: a side `n` becomes
 //! `(n − 1) / 2 + 1`, so odd sizes are allowed. Parameters and MACs are those of pooling (the
-//! convolution runs at the output resolution either way; pooling's adds are not counted). With
-//! stride 1 it changes nothing and is accepted silently (blocks pass it to convolutions whose stride
-//! is a parameter); the IR then records `pool`.
+//! convolution runs at the output resolution either way; pooling's adds are not counted). On a
+//! single-branch layer with stride 1 it changes nothing and is accepted silently (blocks pass it to
+//! convolutions whose stride is a parameter); the IR then records `pool`. A layer with a low branch
+//! refuses it at any stride.
 
 use super::DefaultValue::{Bool as B, Derived, Int as I, Required, Str as S};
 use super::PTy::{Bool, Float, Int, Str};
