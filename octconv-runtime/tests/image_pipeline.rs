@@ -3,7 +3,9 @@
 //! batches that depend on the seed only, never on the number of worker threads.
 
 use octconv_runtime::data::decode::{decode, probe, Decoder, ImageFile, Source};
-use octconv_runtime::data::transform::{random_resized_crop, resize_center_crop, CropBox};
+use octconv_runtime::data::transform::{
+    random_resized_crop, resize_center_crop, CropBox, CropDraws, RngDraws,
+};
 use octconv_runtime::data::{Batcher, DataSource, Norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -171,7 +173,13 @@ fn random_resized_crop_stays_inside_with_its_scale_and_ratio() {
     let (w, h) = (400usize, 300usize);
     let mut areas = Vec::new();
     for _ in 0..2000 {
-        let b = random_resized_crop(w, h, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+        let b = random_resized_crop(
+            w,
+            h,
+            (0.08, 1.0),
+            (0.75, 4.0 / 3.0),
+            &mut RngDraws(&mut rng),
+        );
         assert!(b.left >= 0.0 && b.top >= 0.0, "{b:?}");
         assert!(
             b.left + b.width <= w as f64 && b.top + b.height <= h as f64,
@@ -188,7 +196,13 @@ fn random_resized_crop_stays_inside_with_its_scale_and_ratio() {
     assert!(mean > 0.35 && mean < 0.65, "mean area {mean}");
     // No box of a 1000 × 10 strip has the ratio: the fallback is the central 13 × 10 crop
     // (10 · 4/3 rounded), at left (1000 − 13) / 2 = 493.
-    let b = random_resized_crop(1000, 10, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+    let b = random_resized_crop(
+        1000,
+        10,
+        (0.08, 1.0),
+        (0.75, 4.0 / 3.0),
+        &mut RngDraws(&mut rng),
+    );
     assert_eq!(
         b,
         CropBox {
@@ -311,4 +325,67 @@ fn imagenet_statistics_need_rgb_input() {
     assert!(e.to_string().contains("--norm data"), "{e}");
     let e = split.fit_to([4, 72, 72]).unwrap_err();
     assert!(e.to_string().contains("4 channels"), "{e}");
+}
+
+#[test]
+fn a_directory_split_holds_file_paths_not_pixels() {
+    // Streaming: loading a directory keeps one path per image and no image bytes, so memory does
+    // not grow with the pixels (batches are decoded on demand, at most two ahead of the step).
+    let root = dir("paths");
+    varied_folder(&root);
+    let split = DataSource::Folder(root).load().unwrap();
+    for ds in [&split.train, &split.test] {
+        let octconv_runtime::data::Images::Files(files) = &ds.images else {
+            panic!("a folder must stream");
+        };
+        assert_eq!(files.len(), ds.len());
+        assert!(!files.is_empty());
+        assert!(files.iter().all(|f| matches!(f.source, Source::Path(_))));
+    }
+}
+
+/// Draws recorded from torch's generator, replayed in order.
+struct Replay(std::collections::VecDeque<f64>);
+
+impl CropDraws for Replay {
+    fn area_fraction(&mut self, _: f64, _: f64) -> f64 {
+        self.0.pop_front().expect("a recorded area draw")
+    }
+
+    fn aspect(&mut self, _: f64, _: f64) -> f64 {
+        self.0.pop_front().expect("a recorded aspect draw")
+    }
+
+    fn offset(&mut self, n: usize) -> usize {
+        let v = self.0.pop_front().expect("a recorded offset") as usize;
+        assert!(v <= n, "offset {v} beyond {n}");
+        v
+    }
+}
+
+#[test]
+fn random_resized_crop_replays_torchvisions_boxes() {
+    // bench/torchvision_crop_draws.py recorded torchvision 0.29's RandomResizedCrop.get_params
+    // boxes with the draws that made them (fallback central crops of 1000 × 10 strips included).
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torchvision_crops.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 48);
+    for c in cases {
+        let (w, h) = (
+            c["width"].as_u64().unwrap() as usize,
+            c["height"].as_u64().unwrap() as usize,
+        );
+        let draws = c["draws"].as_array().unwrap();
+        let mut replay = Replay(draws.iter().map(|d| d.as_f64().unwrap()).collect());
+        let b = random_resized_crop(w, h, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut replay);
+        assert!(replay.0.is_empty(), "{c}: draws left over");
+        let want = &c["box"];
+        let got = [b.top, b.left, b.height, b.width].map(|x| x as u64);
+        let want = ["top", "left", "height", "width"].map(|k| want[k].as_u64().unwrap());
+        assert_eq!(got, want, "{w}×{h} seed {}", c["seed"]);
+    }
 }

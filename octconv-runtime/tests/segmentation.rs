@@ -315,6 +315,71 @@ fn palette_masks_are_read_as_indices() {
     assert_eq!(m.indices, [0, 1, 2, 1, 0, 2, 2, 0, 0, 1]);
 }
 
+fn unet_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        model: "unet".into(),
+        data: "shapes".into(),
+        epochs,
+        batch: 8,
+        lr: 0.1,
+        milestones: vec![],
+        gamma: 0.1,
+        cosine: true,
+        warmup: 0.0,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 1e-4,
+        decay_bn_and_bias: false,
+        seed: 1,
+        augment: true,
+        norm: Norm::Data,
+        init: None,
+        seg_loss: SegLoss {
+            class_weights: Some(vec![0.5, 1.0, 1.0]),
+            dice: 0.5,
+        },
+        train_limit: None,
+        test_limit: None,
+    }
+}
+
+#[test]
+fn a_resumed_segmentation_run_ends_with_the_weights_of_an_uninterrupted_one() {
+    let root = dir("resume");
+    shapes(&root.join("data"), 16, 4, 32, 6).unwrap();
+    let data = load(&root.join("data"), 32);
+    let ir = octconv_spec::check_builtin(
+        "unet(base = 4, depth = 1, alpha = 0.25, size = 32, classes = 3)",
+    )
+    .model
+    .expect("valid");
+    let whole = root.join("whole");
+    Trainer::new(ir.clone(), unet_config(2), &whole, &data, false)
+        .unwrap()
+        .run(&data, &AtomicBool::new(false), |_| {})
+        .unwrap();
+    let parts = root.join("parts");
+    let stop = AtomicBool::new(false);
+    let fin = Trainer::new(ir.clone(), unet_config(2), &parts, &data, false)
+        .unwrap()
+        .run(&data, &stop, |e| {
+            if let octconv_runtime::train::Event::Batch {
+                epoch: 1, batch: 0, ..
+            } = e
+            {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst)
+            }
+        })
+        .unwrap();
+    assert_eq!(fin, Finish::Interrupted { epoch: 1, batch: 1 });
+    Trainer::new(ir, unet_config(2), &parts, &data, true)
+        .unwrap()
+        .run(&data, &AtomicBool::new(false), |_| {})
+        .unwrap();
+    let read = |d: &Path| std::fs::read(d.join("final.safetensors")).unwrap();
+    assert!(read(&whole) == read(&parts), "resumed weights differ");
+}
+
 #[test]
 fn a_short_unet_run_beats_the_best_constant_predictor() {
     let root = dir("train");

@@ -7,6 +7,7 @@ use super::decode::{Decoded, Decoder};
 use super::seg::{decode_mask, Masks};
 use super::transform::{
     crop_resize, crop_resize_nearest, random_resized_crop, resize_center_crop, scale_crop, CropBox,
+    RngDraws,
 };
 use super::{Dataset, Images};
 use anyhow::{bail, Context, Result};
@@ -391,9 +392,13 @@ impl Batcher {
                     }
                 };
                 let crop = match (self.augment, self.crop) {
-                    (true, Crop::Resized { scale, ratio, .. }) => {
-                        random_resized_crop(img.width, img.height, scale, ratio, &mut rng)
-                    }
+                    (true, Crop::Resized { scale, ratio, .. }) => random_resized_crop(
+                        img.width,
+                        img.height,
+                        scale,
+                        ratio,
+                        &mut RngDraws(&mut rng),
+                    ),
                     _ => self.crop.eval_box(img.width, img.height, w, h),
                 };
                 decoded = crop_resize(&img, crop, w, h, resizer)?;

@@ -49,27 +49,54 @@ impl CropBox {
     }
 }
 
-/// Python rounds halves to even; so do these functions, to give torchvision's boxes.
-///
+/// The random draws of [`random_resized_crop`], in torchvision's order: an area fraction and an
+/// aspect ratio per try, then the top and left offsets of the box that fits.
+pub trait CropDraws {
+    /// A uniform area fraction in `[lo, hi]`.
+    fn area_fraction(&mut self, lo: f64, hi: f64) -> f64;
+    /// An aspect ratio whose logarithm is uniform in `[ln lo, ln hi]`.
+    fn aspect(&mut self, lo: f64, hi: f64) -> f64;
+    /// A uniform offset in `0..=n`.
+    fn offset(&mut self, n: usize) -> usize;
+}
+
+/// [`CropDraws`] from a random generator (what training uses; tests replay torchvision's draws).
+pub struct RngDraws<'a, R: Rng>(pub &'a mut R);
+
+impl<R: Rng> CropDraws for RngDraws<'_, R> {
+    fn area_fraction(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0.random_range(lo..=hi)
+    }
+
+    fn aspect(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0.random_range(lo.ln()..=hi.ln()).exp()
+    }
+
+    fn offset(&mut self, n: usize) -> usize {
+        self.0.random_range(0..=n)
+    }
+}
+
 /// torchvision's `RandomResizedCrop.get_params`: ten tries at a box of `scale` × the area and an
-/// aspect ratio log-uniform in `ratio`, else the central crop clamped to `ratio`.
+/// aspect ratio log-uniform in `ratio`, else the central crop clamped to `ratio`. Python rounds
+/// halves to even, and so does this function, so that the same draws give torchvision's box (test
+/// `random_resized_crop_replays_torchvisions_boxes`).
 pub fn random_resized_crop(
     w: usize,
     h: usize,
     scale: (f64, f64),
     ratio: (f64, f64),
-    rng: &mut impl Rng,
+    draws: &mut impl CropDraws,
 ) -> CropBox {
     let area = (w * h) as f64;
-    let (lo, hi) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
-        let target = area * rng.random_range(scale.0..=scale.1);
-        let aspect = rng.random_range(lo..=hi).exp();
+        let target = area * draws.area_fraction(scale.0, scale.1);
+        let aspect = draws.aspect(ratio.0, ratio.1);
         let cw = (target * aspect).sqrt().round_ties_even() as usize;
         let ch = (target / aspect).sqrt().round_ties_even() as usize;
         if 0 < cw && cw <= w && 0 < ch && ch <= h {
-            let top = rng.random_range(0..=h - ch);
-            let left = rng.random_range(0..=w - cw);
+            let top = draws.offset(h - ch);
+            let left = draws.offset(w - cw);
             return CropBox {
                 left: left as f64,
                 top: top as f64,
