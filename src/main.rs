@@ -10,6 +10,14 @@ use std::process::ExitCode;
 static ALLOC: cli::alloc::Counting = cli::alloc::Counting;
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`octconv eval … | head`): Rust ignores SIGPIPE, which turns the write into a panic.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default at the start of `main`, before any
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     octconv_runtime::malloc::tune_for_tensors();
     octconv_runtime::threads::tune_candle_pool();
     let args = cli::Cli::parse();

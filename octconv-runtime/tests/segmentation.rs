@@ -109,6 +109,49 @@ fn joint_augmentation_crops_scales_and_flips_image_and_mask_alike() {
 }
 
 #[test]
+fn joint_flips_happen_and_mirror_image_and_mask_together() {
+    // Mask class = column / 8 (0 … 11 left to right), image grey = 20 × class: after the joint
+    // transform a mask row runs up (kept) or down (flipped), and the image row runs the same way.
+    let root = dir("flip");
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(root.join(split).join("images")).unwrap();
+        std::fs::create_dir_all(root.join(split).join("masks")).unwrap();
+        image::GrayImage::from_fn(96, 64, |x, _| image::Luma([(x / 8) as u8]))
+            .save(root.join(split).join("masks/a.png"))
+            .unwrap();
+        image::RgbImage::from_fn(96, 64, |x, _| {
+            let v = (x / 8) as u8 * 20;
+            image::Rgb([v, v, v])
+        })
+        .save(root.join(split).join("images/a.png"))
+        .unwrap();
+    }
+    let mut split = DataSource::Seg(root).load().unwrap();
+    split.set_classes(12).unwrap();
+    split.fit_to([3, 48, 48]).unwrap();
+    let ds = &split.train;
+    let b = Batcher::with_stats(ds, true, vec![0.0; 3], vec![1.0; 3]);
+    let mut flipped = 0;
+    for seed in 0..24 {
+        let batch = b
+            .batch_host(ds, &[0], &mut ChaCha8Rng::seed_from_u64(seed))
+            .unwrap();
+        let row = &batch.y[24 * 48..25 * 48];
+        let img = &batch.x[24 * 48..25 * 48];
+        let (first, last) = (row[0], row[47]);
+        assert_ne!(first, last, "seed {seed}: the crop spans several classes");
+        let down = first > last;
+        flipped += down as usize;
+        assert_eq!(
+            img[0] > img[47],
+            down,
+            "seed {seed}: image and mask disagree"
+        );
+    }
+    assert!((4..=20).contains(&flipped), "{flipped} of 24 flipped");
+}
+
+#[test]
 fn nearest_resizing_never_invents_a_class_index() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (w, h) = (37, 23);

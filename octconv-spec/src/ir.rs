@@ -116,6 +116,14 @@ pub enum Downsample {
 }
 
 impl Downsample {
+    /// Every mode, in the order help texts list them.
+    pub const ALL: [Downsample; 2] = [Downsample::Pool, Downsample::Stride];
+
+    /// The mode a `downsample` word names, if any.
+    pub fn from_word(word: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == word)
+    }
+
     /// The word the `downsample` argument takes: `pool`, `stride`.
     pub fn as_str(self) -> &'static str {
         match self {

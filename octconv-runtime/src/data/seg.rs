@@ -241,10 +241,16 @@ pub(super) fn load(root: &Path) -> Result<Split> {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(String::from)
-            .collect()
+            .collect::<Vec<String>>()
     } else {
         (0..=largest).map(|i| i.to_string()).collect()
     };
+    if classes.is_empty() {
+        bail!(
+            "`{}` names no classes; write one class name per line, or delete it to number the classes",
+            names.display()
+        );
+    }
     if classes.len() <= largest as usize {
         bail!(
             "`{}` names {} classes but a mask holds index {largest}",

@@ -284,19 +284,15 @@ fn downsample(
     (out_h, out_l): (usize, usize),
 ) -> Result<Downsample, Diagnostic> {
     let word = a.text(DOWNSAMPLE)?;
-    let mode = match word {
-        "pool" => Downsample::Pool,
-        "stride" => Downsample::Stride,
-        _ => {
-            return Err(a
-                .error(
-                    DiagKind::Argument,
-                    DOWNSAMPLE,
-                    format!("`octconv` has no downsample `{word}`; use `pool` or `stride`"),
-                )
-                .with_label("unknown downsample")
-                .with_help("`pool` average-pools 2×2 before a stride-1 convolution (the OctConv paper); `stride` convolves with stride 2 (torchvision)"))
-        }
+    let Some(mode) = Downsample::from_word(word) else {
+        return Err(a
+            .error(
+                DiagKind::Argument,
+                DOWNSAMPLE,
+                format!("`octconv` has no downsample `{word}`; use `pool` or `stride`"),
+            )
+            .with_label("unknown downsample")
+            .with_help("`pool` average-pools 2×2 before a stride-1 convolution (the OctConv paper); `stride` convolves with stride 2 (torchvision)"));
     };
     if mode == Downsample::Stride && (in_l > 0 || out_l > 0) {
         let d = a
