@@ -23,6 +23,29 @@ fn imagenet_layout(root: &Path) {
     }
 }
 
+/// A small classifier of 72 × 72 images (ImageNet-style crops) into the two classes.
+const SPEC: &str = "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }";
+
+/// `octconv train SPEC` (written to `root/t.oct`) on `root/data` into `root/run`, one epoch.
+fn train(root: &Path, extra: &[&str]) -> std::process::Output {
+    let spec_path = root.join("t.oct");
+    std::fs::write(&spec_path, SPEC).unwrap();
+    let data = format!("folder:{}", root.join("data").display());
+    let run = root.join("run");
+    let mut args = vec![
+        "train",
+        spec_path.to_str().unwrap(),
+        "--data",
+        &data,
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    octconv(&args)
+}
+
 #[test]
 fn data_bench_reports_decoded_and_augmented_images_per_second() {
     let root = std::env::temp_dir().join(format!("octconv-data-bench-{}", std::process::id()));
@@ -62,22 +85,8 @@ fn train_refuses_a_bad_image_by_name_and_writes_nothing() {
     let _ = std::fs::remove_dir_all(&root);
     imagenet_layout(&root.join("data"));
     std::fs::write(root.join("data/train/n02/3.JPEG"), b"").unwrap();
-    let spec = "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }";
-    let spec_path = root.join("t.oct");
-    std::fs::write(&spec_path, spec).unwrap();
     let run = root.join("run");
-    let o = octconv(&[
-        "train",
-        spec_path.to_str().unwrap(),
-        "--data",
-        &format!("folder:{}", root.join("data").display()),
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-    ]);
+    let o = train(&root, &["--batch", "4"]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(
@@ -89,22 +98,10 @@ fn train_refuses_a_bad_image_by_name_and_writes_nothing() {
     image::RgbImage::from_pixel(64, 80, image::Rgb([10, 20, 30]))
         .save(root.join("data/train/n02/3.JPEG"))
         .unwrap();
-    let o = octconv(&[
-        "train",
-        spec_path.to_str().unwrap(),
-        "--data",
-        &format!("folder:{}", root.join("data").display()),
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch",
-        "4",
-        "--norm",
-        "imagenet",
-        "--data-threads",
-        "2",
-    ]);
+    let o = train(
+        &root,
+        &["--batch", "4", "--norm", "imagenet", "--data-threads", "2"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("12 train / 4 test images"),
@@ -113,7 +110,7 @@ fn train_refuses_a_bad_image_by_name_and_writes_nothing() {
     );
     // A model with more outputs than the data has classes is refused by eval too.
     let three = root.join("three.oct");
-    std::fs::write(&three, spec.replace("linear(2)", "linear(3)")).unwrap();
+    std::fs::write(&three, SPEC.replace("linear(2)", "linear(3)")).unwrap();
     let o = octconv(&[
         "eval",
         three.to_str().unwrap(),
@@ -137,19 +134,8 @@ fn a_corrupt_image_that_passes_the_probe_stops_train_before_it_writes() {
     garbage.extend((0..300u32).map(|i| (i * 37 % 251) as u8));
     garbage.extend([0xff, 0xd9]);
     std::fs::write(root.join("data/train/n01/2.JPEG"), garbage).unwrap();
-    let spec_path = root.join("t.oct");
-    std::fs::write(&spec_path, "model t() { input [3, 72, 72]; conv(4, kernel = 3, stride = 4); bn(); relu(); global_avg_pool(); linear(2); }").unwrap();
     let run = root.join("run");
-    let o = octconv(&[
-        "train",
-        spec_path.to_str().unwrap(),
-        "--data",
-        &format!("folder:{}", root.join("data").display()),
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ]);
+    let o = train(&root, &[]);
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(

@@ -434,29 +434,11 @@ fn a_short_unet_run_beats_the_best_constant_predictor() {
     );
     let ir = c.model.expect("valid");
     let cfg = TrainConfig {
-        model: "unet".into(),
-        data: "shapes".into(),
-        epochs: 15,
-        batch: 8,
-        lr: 0.1,
-        milestones: vec![],
-        gamma: 0.1,
-        cosine: true,
-        warmup: 0.0,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 1e-4,
-        decay_bn_and_bias: false,
-        seed: 1,
-        augment: true,
-        norm: Norm::Data,
-        init: None,
         seg_loss: SegLoss {
             class_weights: None,
             dice: 0.5,
         },
-        train_limit: None,
-        test_limit: None,
+        ..unet_config(15)
     };
     let run = root.join("run");
     let mut t = Trainer::new(ir, cfg, &run, &data, false).unwrap();
