@@ -21,6 +21,7 @@
 pub mod data;
 pub mod device;
 pub mod device_conv;
+pub mod exec;
 pub mod import;
 pub mod init;
 pub mod kernels;

@@ -1,10 +1,10 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
-use crate::layers::{self, Activation, DropoutRng, OctBatchNorm, OctConv2d, OctLayer, OutputStage};
+use crate::layers::{self, Activation, DropoutRng, OctLayer};
 use crate::value::OctValue;
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use octconv_spec::plan::{InputMaps, OutputMaps};
+use octconv_spec::plan::{Program, Step};
 use octconv_spec::{Model, Op};
 
 /// A model interpreted from the checker's IR: one node per IR layer, run in order. Parameter names are
@@ -17,23 +17,15 @@ pub struct OctModel {
     /// For each layer, the last layer that reads its output (its output is freed after that).
     last_use: Vec<usize>,
     /// For each layer: a batch norm whose only reader is the ReLU or ReLU6 right after it, which it
-    /// then applies itself in the same pass, forward and backward (that activation passes its input
-    /// on).
+    /// then applies itself in the same pass in the autograd forward (that activation passes its
+    /// input on).
     bn_act: Vec<Option<Activation>>,
-    /// For each layer: in `infer`, the batch norm whose map (with the ReLU after it) this
-    /// convolution applies as it reads its input ([`OctModel::prologue_layers`]).
-    prologue_of: Vec<Option<usize>>,
-    /// For each layer: in `infer`, a batch norm, ReLU or dropout that passes its input on unchanged
-    /// because the convolution it feeds applies it ([`OctModel::prologue_of`]).
-    deferred: Vec<bool>,
-    /// For each layer: in `infer`, the batch norm (and activation) this convolution applies to its
-    /// output in place ([`octconv_spec::plan::OutputMaps`]).
-    epilogue_of: Vec<Option<(Option<usize>, Option<Activation>)>>,
-    /// For each layer: in `infer`, a batch norm or activation that passes its input on because the
-    /// convolution before it applied it ([`OctModel::epilogue_of`]).
-    applied_before: Vec<bool>,
-    /// Whether fused CPU kernels may run (BN + ReLU or ReLU6 here, the octave convolution in its
-    /// layers).
+    /// Inference with every fusion ([`Program::lower`]), run by [`crate::exec`].
+    program: Program,
+    /// Inference op by op ([`Program::per_op`]), with the fused kernels switched off.
+    reference: Program,
+    /// Whether fused CPU kernels may run (the planned program in `infer`, BN + ReLU in one pass in
+    /// the autograd forward, the octave convolution's kernels in its layers).
     fused: bool,
     dropout_rng: DropoutRng,
     device: candle_core::Device,
@@ -62,34 +54,13 @@ impl OctModel {
                 }
             })
             .collect();
-        let InputMaps {
-            applies: prologue_of,
-            passed_over: deferred,
-        } = InputMaps::plan(&ir);
-        let outputs = OutputMaps::plan(&ir, &InputMaps::plan(&ir));
-        let epilogue_of = outputs
-            .applies
-            .iter()
-            .map(|m| {
-                m.map(|m| {
-                    let act = m.act.and_then(|a| match ir.layers[a].op {
-                        Op::Relu => Some(Activation::Relu),
-                        Op::Relu6 => Some(Activation::Relu6),
-                        _ => None,
-                    });
-                    (m.bn, act)
-                })
-            })
-            .collect();
         Ok(OctModel {
-            epilogue_of,
-            applied_before: outputs.passed_over,
+            program: Program::lower(&ir),
+            reference: Program::per_op(&ir),
             ir,
             nodes,
             last_use,
             bn_act,
-            prologue_of,
-            deferred,
             fused: crate::layers::octconv::fused_by_default(),
             dropout_rng,
             device,
@@ -106,6 +77,11 @@ impl OctModel {
         &self.ir
     }
 
+    /// The planned inference [`OctModel::infer`] runs (with the fused kernels allowed).
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
     /// Allows (the default) or forbids the fused CPU octave-convolution kernel in every layer; forbidding
     /// it runs the per-path ops, the reference the fused path is tested against.
     pub fn set_fused(&mut self, fused: bool) {
@@ -118,26 +94,29 @@ impl OctModel {
     /// How many octave convolutions have the shape the fused CPU kernel handles (all four paths, 3×3,
     /// stride 1, one group).
     pub fn fusable_layers(&self) -> usize {
-        (0..self.nodes.len())
-            .filter(|&j| self.concrete::<OctConv2d>(j).is_some_and(|c| c.fusable()))
+        self.nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.as_octconv().is_some_and(|c| c.fusable()))
             .count()
     }
 
     /// How many convolutions apply the batch norm and ReLU before them as they read their input in
     /// [`OctModel::infer`] (BN → ReLU → [dropout] → octconv chains where each value has one reader).
     pub fn prologue_layers(&self) -> usize {
-        self.prologue_of.iter().flatten().count()
+        self.program
+            .count(|s| matches!(s, Step::AfterBnRelu { .. }))
     }
 
     /// How many convolutions apply the batch norm (and ReLU or ReLU6) after them to their output in
     /// place in [`OctModel::infer`].
     pub fn epilogue_layers(&self) -> usize {
-        self.epilogue_of.iter().flatten().count()
-    }
-
-    /// Layer `j` as its concrete runtime type, if it is one.
-    fn concrete<T: 'static>(&self, j: usize) -> Option<&T> {
-        self.nodes[j].as_ref()?.as_any().downcast_ref::<T>()
+        self.program.count(|s| {
+            matches!(
+                s,
+                Step::Run { map: Some(_) } | Step::AfterBnRelu { map: Some(_), .. }
+            )
+        })
     }
 
     /// Reseeds the dropout masks (every dropout layer shares one stream).
@@ -164,15 +143,15 @@ impl OctModel {
 
     /// Runs the model and returns the final value (a tensor or a flat batch).
     pub fn forward_value(&self, x: &Tensor, train: bool) -> Result<OctValue> {
-        self.run(x, train, false, &mut |_| ())
+        self.forward(x, train, &mut |_| ())
     }
 
-    /// Inference without an autograd graph: eval-mode batch norm, and each layer's output detached,
-    /// so an activation is freed as soon as its last reader has run (with [`ModuleT::forward_t`] the
-    /// graph keeps every activation alive until the output is dropped). The values equal
-    /// `forward_t(x, false)`; the result has no gradient.
+    /// Inference without an autograd graph: the planned program ([`crate::exec`]), eval-mode batch
+    /// norm, and each layer's output detached, so an activation is freed as soon as its last reader
+    /// has run (with [`ModuleT::forward_t`] the graph keeps every activation alive until the output
+    /// is dropped). The values equal `forward_t(x, false)` to rounding; the result has no gradient.
     pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, false, true, &mut |_| ())?.into_tensor()
+        self.run_observed(x, false, &mut |_| ())
     }
 
     /// [`OctModel::infer`], or with `train` the training-mode forward of [`ModuleT::forward_t`],
@@ -185,14 +164,25 @@ impl OctModel {
         train: bool,
         at_layer: &mut dyn FnMut(usize),
     ) -> Result<Tensor> {
-        self.run(x, train, !train, at_layer)?.into_tensor()
+        if train {
+            return self.forward(x, true, at_layer)?.into_tensor();
+        }
+        self.check_input(x)?;
+        let layers: Vec<Option<&dyn OctLayer>> = self.nodes.iter().map(|n| n.as_deref()).collect();
+        let program = if self.fused {
+            &self.program
+        } else {
+            &self.reference
+        };
+        crate::exec::run(program, &layers, x, at_layer)?.into_tensor()
     }
 
-    fn run(
+    /// The autograd forward, layer by layer (BN + ReLU in one pass where the fused kernels are
+    /// allowed).
+    fn forward(
         &self,
         x: &Tensor,
         train: bool,
-        detach: bool,
         at_layer: &mut dyn FnMut(usize),
     ) -> Result<OctValue> {
         self.check_input(x)?;
@@ -213,69 +203,22 @@ impl OctModel {
                     })
             };
             let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
-            let prologue = detach && !train && self.fused;
             let act_after_bn =
                 matches!(layer.op, Op::Relu | Op::Relu6) && j > 0 && self.bn_act[j - 1].is_some();
-            // `infer`: the batch norm and activation the plan applies to this layer's output.
-            let stage = match self.epilogue_of[j] {
-                Some((b, act)) if prologue => {
-                    let bn = match b {
-                        Some(b) => match self.concrete::<OctBatchNorm>(b) {
-                            Some(bn) => Some(bn),
-                            None => {
-                                candle_core::bail!("internal error: epilogue of `{}`", layer.name)
-                            }
-                        },
-                        None => None,
-                    };
-                    Some(OutputStage { bn, act })
-                }
-                _ => None,
-            };
-            let mut staged = false;
             let y = match node {
                 None => OctValue::Single(x.clone()),
-                // Fused paths: BN + ReLU in one pass, and in `infer` BN + ReLU inside the
-                // convolution that reads them.
-                Some(_) if prologue && (self.deferred[j] || self.applied_before[j]) => {
-                    input(0)?.clone()
-                }
+                // BN + ReLU in one pass: the batch norm applies it, the ReLU passes its input on.
                 Some(_) if self.fused && act_after_bn => input(0)?.clone(),
-                Some(_) if prologue && self.prologue_of[j].is_some() => {
-                    let conv = self.concrete::<OctConv2d>(j);
-                    let bn = self.prologue_of[j].and_then(|b| self.concrete::<OctBatchNorm>(b));
-                    let (Some(conv), Some(bn)) = (conv, bn) else {
-                        candle_core::bail!("internal error: prologue of `{}`", layer.name)
-                    };
-                    conv.infer_after_bn_relu(bn, input(0)?)?
-                }
-                Some(_) if self.fused && self.bn_act[j].is_some() => {
-                    let Some(bn) = self.concrete::<OctBatchNorm>(j) else {
-                        candle_core::bail!("internal error: `{}` is not a batch norm", layer.name)
-                    };
-                    bn.forward_act_t(input(0)?, train, self.bn_act[j])?
-                }
-                Some(node) if prologue => match &stage {
-                    Some(st) => {
-                        staged = true;
-                        node.infer_then(&all()?, st)?
+                Some(node) if self.fused && self.bn_act[j].is_some() => {
+                    match node.as_batch_norm() {
+                        Some(bn) => bn.forward_act_t(input(0)?, train, self.bn_act[j])?,
+                        None => candle_core::bail!(
+                            "internal error: `{}` is not a batch norm",
+                            layer.name
+                        ),
                     }
-                    None => node.infer(&all()?)?,
-                },
+                }
                 Some(node) => node.apply(&all()?, train)?,
-            };
-            // A convolution with an input map applies its output map after it, in place.
-            let y = match stage {
-                Some(st) if !staged => st.apply(y.map(|t| Ok(t.detach()))?)?,
-                _ => y,
-            };
-            // `infer`: cut each output loose from the autograd graph. Weights are variables, so every
-            // output would otherwise keep its inputs alive through the graph until the last layer,
-            // and one inference pass would hold every activation at once.
-            let y = if detach {
-                y.map(|t| Ok(t.detach()))?
-            } else {
-                y
             };
             if y.shape() != layer.output {
                 candle_core::bail!(

@@ -158,6 +158,16 @@ fn every_builtin_planned_infer_with_prologues_and_epilogues_equals_the_per_op_ev
                 "{spec}: {} epilogue layers",
                 fast.epilogue_layers()
             );
+            // DenseNet's growing inputs are concatenation chains that write into one buffer each,
+            // read in place by the batch norms of the dense layers.
+            let chained = fast
+                .program()
+                .count(|s| matches!(s, octconv_spec::plan::Step::Concat(_)));
+            assert_eq!(
+                chained > 0,
+                call.starts_with("densenet"),
+                "{spec}: {chained} chained concatenations"
+            );
             let x = input(&m, 3);
             let got = values(&fast.infer(&x).unwrap());
             let want = values(&reference.forward_t(&x, false).unwrap());

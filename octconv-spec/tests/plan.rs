@@ -123,3 +123,66 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
         })
     );
 }
+
+/// `Program::lower`: a DenseNet block's concatenations form one chain per block (each link's first
+/// input the previous link, read otherwise only by a batch norm); the transition's concatenation
+/// ends it. A concatenation read by a convolution directly starts no chain.
+#[test]
+fn densenet_blocks_are_concatenation_chains_and_a_concat_read_by_a_convolution_is_not() {
+    use octconv_spec::plan::{ConcatPlace, Program, Step};
+    let m = check_builtin("densenet(depth = 121, growth = 8, classes = 5, alpha = 0.25)")
+        .model
+        .unwrap();
+    let program = Program::lower(&m);
+    let concats: Vec<usize> = (0..m.layers.len())
+        .filter(|&j| matches!(m.layers[j].op, octconv_spec::ir::Op::Concat))
+        .collect();
+    // 6 + 12 + 24 + 16 dense layers, one concatenation each.
+    assert_eq!(concats.len(), 58);
+    let starts: Vec<(usize, usize)> = program
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(j, l)| match l.step {
+            Step::Concat(ConcatPlace::Start { end }) => Some((j, end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 4, "one chain per dense block: {starts:?}");
+    for (start, end) in starts {
+        let links: Vec<usize> = concats
+            .iter()
+            .copied()
+            .filter(|&c| c > start && c <= end)
+            .collect();
+        assert!(!links.is_empty());
+        for &c in &links {
+            assert_eq!(
+                program.layers[c].step,
+                Step::Concat(ConcatPlace::Extend { start, end }),
+                "{}",
+                m.layers[c].name
+            );
+        }
+        // Each link reads the previous one first.
+        let mut prev = start;
+        for &c in &links {
+            assert_eq!(m.layers[c].inputs[0], prev, "{}", m.layers[c].name);
+            prev = c;
+        }
+    }
+
+    let m = check_text(
+        "t.oct",
+        "model m() { input [4, 8, 8]; \
+         branches concat { { }, { conv(4, kernel = 1); } } \
+         branches concat { { }, { conv(4, kernel = 1); } } \
+         conv(4, kernel = 1); }",
+        None,
+    )
+    .model
+    .unwrap();
+    let program = Program::lower(&m);
+    // The first concatenation is read by the second one's branch convolution: no chain.
+    assert_eq!(program.count(|s| matches!(s, Step::Concat(_))), 0);
+}

@@ -25,6 +25,7 @@ pub struct GenWrn {
     bn0: ::octconv::runtime::layers::OctBatchNorm,
     linear0: ::octconv::runtime::layers::Linear,
     __dropout_rng: ::octconv::runtime::layers::DropoutRng,
+    __program: ::octconv::spec::plan::Program,
 }
 impl GenWrn {
     /// Input `[C, H, W]` per sample.
@@ -316,6 +317,209 @@ impl GenWrn {
                 vb.pp("linear0"),
             )?,
             __dropout_rng,
+            __program: ::octconv::spec::plan::Program {
+                layers: ::std::vec![
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("input"), inputs : ::std::vec![], output
+                    : ::octconv::spec::Shape::Single(::octconv::spec::Dims { c : 3, h :
+                    32, w : 32 }), step : ::octconv::spec::plan::Step::Input, frees :
+                    ::std::vec![], }, ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("octconv0"), inputs : ::std::vec![0],
+                    output : ::octconv::spec::Shape::Pair { high : ::octconv::spec::Dims
+                    { c : 12, h : 32, w : 32 }, low : ::octconv::spec::Dims { c : 4, h :
+                    16, w : 16 } }, step : ::octconv::spec::plan::Step::Run { map :
+                    ::std::option::Option::None }, frees : ::std::vec![0], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.bn0"), inputs :
+                    ::std::vec![1], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.relu0"), inputs :
+                    ::std::vec![2], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![2], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.octconv0"), inputs :
+                    ::std::vec![3], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 2, map :
+                    ::std::option::Option::None }, frees : ::std::vec![3], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.bn1"), inputs :
+                    ::std::vec![4], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![4], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.relu1"), inputs :
+                    ::std::vec![5], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![5], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.dropout0"), inputs :
+                    ::std::vec![6], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![6], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.octconv1"), inputs :
+                    ::std::vec![7], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 5, map :
+                    ::std::option::Option::None }, frees : ::std::vec![7], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide0.res0.add"), inputs :
+                    ::std::vec![8, 1], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![8, 1], }, ::octconv::spec::plan::PlannedLayer
+                    { name : ::std::string::String::from("wide1.res0.bn0"), inputs :
+                    ::std::vec![9], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.relu0"), inputs :
+                    ::std::vec![10], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
+                    ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![10], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.octconv0"), inputs :
+                    ::std::vec![11], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 10, map :
+                    ::std::option::Option::None }, frees : ::std::vec![11], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.bn1"), inputs :
+                    ::std::vec![12], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![12], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.relu1"), inputs :
+                    ::std::vec![13], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![13], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.dropout0"), inputs :
+                    ::std::vec![14], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![14], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.octconv1"), inputs :
+                    ::std::vec![15], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 13, map :
+                    ::std::option::Option::None }, frees : ::std::vec![15], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.shortcut.octconv0"), inputs :
+                    ::std::vec![9], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![9], }, ::octconv::spec::plan::PlannedLayer {
+                    name : ::std::string::String::from("wide1.res0.add"), inputs :
+                    ::std::vec![16, 17], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![16, 17], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.bn0"), inputs :
+                    ::std::vec![18], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.relu0"), inputs :
+                    ::std::vec![19], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
+                    ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![19], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.octconv0"), inputs :
+                    ::std::vec![20], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 19, map :
+                    ::std::option::Option::None }, frees : ::std::vec![20], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.bn1"), inputs :
+                    ::std::vec![21], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![21], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.relu1"), inputs :
+                    ::std::vec![22], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![22], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.dropout0"), inputs :
+                    ::std::vec![23], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::PassOn, frees : ::std::vec![23], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.octconv1"), inputs :
+                    ::std::vec![24], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::AfterBnRelu { bn : 22, map :
+                    ::std::option::Option::None }, frees : ::std::vec![24], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.shortcut.octconv0"), inputs :
+                    ::std::vec![18], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![18], }, ::octconv::spec::plan::PlannedLayer {
+                    name : ::std::string::String::from("wide2.res0.add"), inputs :
+                    ::std::vec![25, 26], output : ::octconv::spec::Shape::Pair { high :
+                    ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
+                    ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![25, 26], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("bn0"), inputs : ::std::vec![27], output
+                    : ::octconv::spec::Shape::Pair { high : ::octconv::spec::Dims { c :
+                    48, h : 8, w : 8 }, low : ::octconv::spec::Dims { c : 16, h : 4, w :
+                    4 } }, step : ::octconv::spec::plan::Step::BnAct { act : 29 }, frees
+                    : ::std::vec![27], }, ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("relu0"), inputs : ::std::vec![28],
+                    output : ::octconv::spec::Shape::Pair { high : ::octconv::spec::Dims
+                    { c : 48, h : 8, w : 8 }, low : ::octconv::spec::Dims { c : 16, h :
+                    4, w : 4 } }, step : ::octconv::spec::plan::Step::PassOn, frees :
+                    ::std::vec![28], }, ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("merge0"), inputs : ::std::vec![29],
+                    output : ::octconv::spec::Shape::Single(::octconv::spec::Dims { c :
+                    64, h : 8, w : 8 }), step : ::octconv::spec::plan::Step::Run { map :
+                    ::std::option::Option::None }, frees : ::std::vec![29], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("global_avg_pool0"), inputs :
+                    ::std::vec![30], output : ::octconv::spec::Shape::Flat { features :
+                    64 }, step : ::octconv::spec::plan::Step::Run { map :
+                    ::std::option::Option::None }, frees : ::std::vec![30], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("linear0"), inputs : ::std::vec![31],
+                    output : ::octconv::spec::Shape::Flat { features : 10 }, step :
+                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
+                    }, frees : ::std::vec![31], }
+                ],
+            },
         })
     }
     /// Restarts the stream every dropout layer draws its masks from.
@@ -323,15 +527,14 @@ impl GenWrn {
         self.__dropout_rng.reseed(seed);
     }
     /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
-    /// eval-mode batch norm, each output detached (freed after its last reader), and each
-    /// BN → ReLU → octconv chain run as one convolution that applies the batch norm and
-    /// ReLU as it reads. The values equal `forward_t(xs, false)` to rounding.
+    /// the same planned program (`octconv_spec::plan::Program`) by the same executor
+    /// (`octconv_runtime::exec`): eval-mode batch norm, each output detached and freed after
+    /// its last reader, the batch norms and activations the plan puts inside the
+    /// convolutions next to them. The values equal `forward_t(xs, false)` to rounding.
     pub fn infer(
         &self,
         xs: &::octconv::candle_core::Tensor,
     ) -> ::octconv::candle_core::Result<::octconv::candle_core::Tensor> {
-        let train = false;
-        let _ = train;
         let dims = xs.dims();
         if dims.len() != 4 || dims[1..] != Self::INPUT {
             ::octconv::candle_core::bail!(
@@ -339,658 +542,60 @@ impl GenWrn {
                 dims, "wrn", 3, 32, 32
             );
         }
-        let x0 = ::octconv::OctValue::Single(xs.clone()).map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x0,
-            "input",
-            ::octconv::spec::Shape::Single(::octconv::spec::Dims {
-                c: 3,
-                h: 32,
-                w: 32,
-            }),
-        );
-        let x1 = ::octconv::runtime::layers::OctLayer::infer(&self.octconv0, &[&x0])?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x1,
-            "octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x0);
-        let x2 = x1.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x2,
-            "wide0.res0.bn0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        let x3 = x2.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x3,
-            "wide0.res0.relu0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x2);
-        let x4 = self
-            .wide0_res0_octconv0
-            .infer_after_bn_relu(&self.wide0_res0_bn0, &x3)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x4,
-            "wide0.res0.octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x3);
-        let x5 = x4.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x5,
-            "wide0.res0.bn1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x4);
-        let x6 = x5.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x6,
-            "wide0.res0.relu1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x5);
-        let x7 = x6.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x7,
-            "wide0.res0.dropout0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x6);
-        let x8 = self
-            .wide0_res0_octconv1
-            .infer_after_bn_relu(&self.wide0_res0_bn1, &x7)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x8,
-            "wide0.res0.octconv1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x7);
-        let x9 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::layer::Add,
-                &[&x8, &x1],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x9,
-            "wide0.res0.add",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x8);
-        drop(x1);
-        let x10 = x9.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x10,
-            "wide1.res0.bn0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        let x11 = x10.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x11,
-            "wide1.res0.relu0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 12,
-                    h: 32,
-                    w: 32,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 4,
-                    h: 16,
-                    w: 16,
-                },
-            },
-        );
-        drop(x10);
-        let x12 = self
-            .wide1_res0_octconv0
-            .infer_after_bn_relu(&self.wide1_res0_bn0, &x11)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x12,
-            "wide1.res0.octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x11);
-        let x13 = x12.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x13,
-            "wide1.res0.bn1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x12);
-        let x14 = x13.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x14,
-            "wide1.res0.relu1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x13);
-        let x15 = x14.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x15,
-            "wide1.res0.dropout0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x14);
-        let x16 = self
-            .wide1_res0_octconv1
-            .infer_after_bn_relu(&self.wide1_res0_bn1, &x15)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x16,
-            "wide1.res0.octconv1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x15);
-        let x17 = ::octconv::runtime::layers::OctLayer::infer(
-                &self.wide1_res0_shortcut_octconv0,
-                &[&x9],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x17,
-            "wide1.res0.shortcut.octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x9);
-        let x18 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::layer::Add,
-                &[&x16, &x17],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x18,
-            "wide1.res0.add",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x16);
-        drop(x17);
-        let x19 = x18.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x19,
-            "wide2.res0.bn0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        let x20 = x19.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x20,
-            "wide2.res0.relu0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 24,
-                    h: 16,
-                    w: 16,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 8,
-                    h: 8,
-                    w: 8,
-                },
-            },
-        );
-        drop(x19);
-        let x21 = self
-            .wide2_res0_octconv0
-            .infer_after_bn_relu(&self.wide2_res0_bn0, &x20)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x21,
-            "wide2.res0.octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x20);
-        let x22 = x21.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x22,
-            "wide2.res0.bn1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x21);
-        let x23 = x22.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x23,
-            "wide2.res0.relu1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x22);
-        let x24 = x23.clone().map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x24,
-            "wide2.res0.dropout0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x23);
-        let x25 = self
-            .wide2_res0_octconv1
-            .infer_after_bn_relu(&self.wide2_res0_bn1, &x24)?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x25,
-            "wide2.res0.octconv1",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x24);
-        let x26 = ::octconv::runtime::layers::OctLayer::infer(
-                &self.wide2_res0_shortcut_octconv0,
-                &[&x18],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x26,
-            "wide2.res0.shortcut.octconv0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x18);
-        let x27 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::layer::Add,
-                &[&x25, &x26],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x27,
-            "wide2.res0.add",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x25);
-        drop(x26);
-        let x28 = ::octconv::runtime::layers::OctLayer::infer(&self.bn0, &[&x27])?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x28,
-            "bn0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x27);
-        let x29 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::Activation::Relu,
-                &[&x28],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x29,
-            "relu0",
-            ::octconv::spec::Shape::Pair {
-                high: ::octconv::spec::Dims {
-                    c: 48,
-                    h: 8,
-                    w: 8,
-                },
-                low: ::octconv::spec::Dims {
-                    c: 16,
-                    h: 4,
-                    w: 4,
-                },
-            },
-        );
-        drop(x28);
-        let x30 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::layer::Merge {
-                    to_low: false,
-                },
-                &[&x29],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x30,
-            "merge0",
-            ::octconv::spec::Shape::Single(::octconv::spec::Dims {
-                c: 64,
-                h: 8,
-                w: 8,
-            }),
-        );
-        drop(x29);
-        let x31 = ::octconv::runtime::layers::OctLayer::infer(
-                &::octconv::runtime::layers::layer::GlobalAvgPool {
-                    per_branch: false,
-                },
-                &[&x30],
-            )?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x31,
-            "global_avg_pool0",
-            ::octconv::spec::Shape::Flat {
-                features: 64,
-            },
-        );
-        drop(x30);
-        let x32 = ::octconv::runtime::layers::OctLayer::infer(&self.linear0, &[&x31])?
-            .map(|t| Ok(t.detach()))?;
-        #[cfg(debug_assertions)]
-        ::octconv::runtime::debug_assert_shape(
-            &x32,
-            "linear0",
-            ::octconv::spec::Shape::Flat {
-                features: 10,
-            },
-        );
-        drop(x31);
-        x32.into_tensor()
+        let __layer3 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer6 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer9 = ::octconv::runtime::layers::layer::Add;
+        let __layer11 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer14 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer18 = ::octconv::runtime::layers::layer::Add;
+        let __layer20 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer23 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer27 = ::octconv::runtime::layers::layer::Add;
+        let __layer29 = ::octconv::runtime::layers::Activation::Relu;
+        let __layer30 = ::octconv::runtime::layers::layer::Merge {
+            to_low: false,
+        };
+        let __layer31 = ::octconv::runtime::layers::layer::GlobalAvgPool {
+            per_branch: false,
+        };
+        let layers: [::std::option::Option<
+            &dyn ::octconv::runtime::layers::OctLayer,
+        >; 33] = [
+            ::std::option::Option::None,
+            ::std::option::Option::Some(&self.octconv0),
+            ::std::option::Option::Some(&self.wide0_res0_bn0),
+            ::std::option::Option::Some(&__layer3),
+            ::std::option::Option::Some(&self.wide0_res0_octconv0),
+            ::std::option::Option::Some(&self.wide0_res0_bn1),
+            ::std::option::Option::Some(&__layer6),
+            ::std::option::Option::Some(&self.wide0_res0_dropout0),
+            ::std::option::Option::Some(&self.wide0_res0_octconv1),
+            ::std::option::Option::Some(&__layer9),
+            ::std::option::Option::Some(&self.wide1_res0_bn0),
+            ::std::option::Option::Some(&__layer11),
+            ::std::option::Option::Some(&self.wide1_res0_octconv0),
+            ::std::option::Option::Some(&self.wide1_res0_bn1),
+            ::std::option::Option::Some(&__layer14),
+            ::std::option::Option::Some(&self.wide1_res0_dropout0),
+            ::std::option::Option::Some(&self.wide1_res0_octconv1),
+            ::std::option::Option::Some(&self.wide1_res0_shortcut_octconv0),
+            ::std::option::Option::Some(&__layer18),
+            ::std::option::Option::Some(&self.wide2_res0_bn0),
+            ::std::option::Option::Some(&__layer20),
+            ::std::option::Option::Some(&self.wide2_res0_octconv0),
+            ::std::option::Option::Some(&self.wide2_res0_bn1),
+            ::std::option::Option::Some(&__layer23),
+            ::std::option::Option::Some(&self.wide2_res0_dropout0),
+            ::std::option::Option::Some(&self.wide2_res0_octconv1),
+            ::std::option::Option::Some(&self.wide2_res0_shortcut_octconv0),
+            ::std::option::Option::Some(&__layer27),
+            ::std::option::Option::Some(&self.bn0),
+            ::std::option::Option::Some(&__layer29),
+            ::std::option::Option::Some(&__layer30),
+            ::std::option::Option::Some(&__layer31),
+            ::std::option::Option::Some(&self.linear0),
+        ];
+        ::octconv::runtime::exec::infer(&self.__program, &layers, xs)?.into_tensor()
     }
 }
 impl ::octconv::candle_core::ModuleT for GenWrn {

@@ -47,6 +47,48 @@ fn data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Dims3, &'a [f32])> {
     Ok(((d[0], d[1], inner), contiguous(s, l)?))
 }
 
+/// Whether `l` lays out each image (the values past the first dimension) contiguously, images
+/// `stride[0]` apart: a contiguous tensor, or the first channels of one (a concatenation chain's
+/// buffer, [`crate::exec`]).
+pub fn images_contiguous(l: &Layout) -> bool {
+    let (d, st) = (l.shape().dims(), l.stride());
+    let mut want = 1;
+    for k in (1..d.len()).rev() {
+        if d[k] > 1 && st[k] != want {
+            return false;
+        }
+        want *= d[k];
+    }
+    d.len() >= 2 && (d[0] <= 1 || st[0] >= want)
+}
+
+/// The f32 data of an argument whose images are each contiguous ([`images_contiguous`]): its dims
+/// `(n, c, inner)`, the data from the first value on, and the distance between images.
+fn images<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Dims3, &'a [f32], usize)> {
+    let d = l.shape().dims();
+    if d.len() < 2 || !images_contiguous(l) {
+        bail!(
+            "batch norm kernel: each image must be contiguous (got {d:?}, strides {:?})",
+            l.stride()
+        )
+    }
+    let (n, c, inner) = (d[0], d[1], d[2..].iter().product::<usize>());
+    let image = if n > 1 { l.stride()[0] } else { c * inner };
+    let start = l.start_offset();
+    let len = if n == 0 {
+        0
+    } else {
+        (n - 1) * image + c * inner
+    };
+    match s {
+        CpuStorage::F32(v) if start + len <= v.len() => {
+            Ok(((n, c, inner), &v[start..start + len], image))
+        }
+        CpuStorage::F32(_) => bail!("batch norm kernel: the layout runs past its storage"),
+        _ => bail!("batch norm kernel: only f32 is supported"),
+    }
+}
+
 /// The contiguous f32 data of an argument.
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else {
@@ -299,6 +341,29 @@ fn affine(
             let ch = p % c;
             affine_plane(o, xs, a[ch] as f32, b[ch] as f32, cap);
         });
+    out
+}
+
+/// [`affine`] of `n` images that lie `image` values apart in `x` (each one contiguous): the output is
+/// contiguous.
+fn affine_strided(
+    x: &[f32],
+    (n, c, inner): Dims3,
+    image: usize,
+    a: &[f64],
+    b: &[f64],
+    cap: Option<f32>,
+) -> Vec<f32> {
+    // Every element is written: the planes cover the output.
+    let mut out = super::scratch::output_vec(n * c * inner);
+    if inner == 0 {
+        return out;
+    }
+    out.par_chunks_mut(inner).enumerate().for_each(|(p, o)| {
+        let (i, ch) = (p / c, p % c);
+        let xs = &x[i * image + ch * inner..][..inner];
+        affine_plane(o, xs, a[ch] as f32, b[ch] as f32, cap);
+    });
     out
 }
 
@@ -591,12 +656,14 @@ impl CustomOp3 for ChannelAffine {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _t = super::timing::span("batch norm (eval)");
-        let ((_, c, inner), x) = data(xs, xl)?;
+        let ((n, c, inner), x, image) = images(xs, xl)?;
         let (a, b) = (vec1(as_, al, c)?, vec1(bs, bl, c)?);
-        Ok((
-            CpuStorage::F32(affine(x, (c, inner), &a, &b, self.cap)),
-            xl.shape().clone(),
-        ))
+        let y = if image == c * inner {
+            affine(x, (c, inner), &a, &b, self.cap)
+        } else {
+            affine_strided(x, (n, c, inner), image, &a, &b, self.cap)
+        };
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
     fn bwd(

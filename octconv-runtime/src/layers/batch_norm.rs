@@ -1,6 +1,8 @@
 //! `OctBatchNorm`: batch normalisation with separate statistics per branch.
 
-use crate::kernels::batch_norm::{cap_of, BatchNormTrain, BatchStats, ChannelAffine};
+use crate::kernels::batch_norm::{
+    cap_of, images_contiguous, BatchNormTrain, BatchStats, ChannelAffine,
+};
 use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
 use crate::kernels::prologue::Prologue;
 use crate::layers::Activation;
@@ -105,7 +107,12 @@ impl BatchNorm2d {
         }
         if !train {
             let (a, b) = self.inference_affine()?;
-            return x.contiguous()?.apply_op3(&a, &b, ChannelAffine { cap });
+            // The first channels of a concatenation chain's buffer are read in place.
+            let x = match images_contiguous(x.layout()) {
+                true => x.clone(),
+                false => x.contiguous()?,
+            };
+            return x.apply_op3(&a, &b, ChannelAffine { cap });
         }
         let op = BatchNormTrain {
             eps: self.eps,

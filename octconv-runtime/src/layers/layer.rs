@@ -10,12 +10,11 @@ use crate::value::OctValue;
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{Layer, Op};
-use std::any::Any;
 use std::fmt::Debug;
 
 /// A layer of an octave network: computes its output from its inputs (in the IR's order: one for most
 /// layers, several for `add` and `concat`, the map and then its gates for `scale`).
-pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
+pub trait OctLayer: LayerClone + Debug + Send + Sync {
     /// The output for `xs`, in train (`true`) or eval mode.
     fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue>;
 
@@ -37,8 +36,23 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync + Any {
     /// elsewhere.
     fn set_fused(&mut self, _fused: bool) {}
 
-    /// The layer as [`Any`], for the interpreter's fused paths that need its concrete type.
-    fn as_any(&self) -> &dyn Any;
+    /// The layer as a batch norm, if it is one: the executor's fused steps apply it inside the
+    /// layer next to it ([`crate::exec`]).
+    fn as_batch_norm(&self) -> Option<&OctBatchNorm> {
+        None
+    }
+
+    /// The layer as an octave convolution, if it is one (it can apply the batch norm and ReLU
+    /// before it as its kernel reads its input).
+    fn as_octconv(&self) -> Option<&OctConv2d> {
+        None
+    }
+
+    /// The layer as an activation, if it is one (a batch norm or convolution before it can apply
+    /// it in the same pass).
+    fn as_activation(&self) -> Option<Activation> {
+        None
+    }
 }
 
 /// Cloning boxed layers (an [`crate::model::OctModel`] is `Clone`).
@@ -47,7 +61,7 @@ pub trait LayerClone {
     fn clone_box(&self) -> Box<dyn OctLayer>;
 }
 
-impl<T: OctLayer + Clone> LayerClone for T {
+impl<T: OctLayer + Clone + 'static> LayerClone for T {
     fn clone_box(&self) -> Box<dyn OctLayer> {
         Box::new(self.clone())
     }
@@ -75,9 +89,6 @@ macro_rules! oct_layer {
                 let _ = $train;
                 $body
             }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
         }
     };
 }
@@ -88,9 +99,6 @@ impl OctLayer for Conv2d {
     }
     fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
         Conv2d::infer_then(self, one(xs, "conv")?, stage)
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 impl OctLayer for OctConv2d {
@@ -106,8 +114,8 @@ impl OctLayer for OctConv2d {
     fn set_fused(&mut self, fused: bool) {
         OctConv2d::set_fused(self, fused);
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn as_octconv(&self) -> Option<&OctConv2d> {
+        Some(self)
     }
 }
 impl OctLayer for OctConvTranspose2d {
@@ -117,12 +125,15 @@ impl OctLayer for OctConvTranspose2d {
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         OctConvTranspose2d::infer(self, one(xs, "octconv_transpose")?)
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+}
+impl OctLayer for OctBatchNorm {
+    fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue> {
+        self.forward_t(one(xs, "bn")?, train)
+    }
+    fn as_batch_norm(&self) -> Option<&OctBatchNorm> {
+        Some(self)
     }
 }
-oct_layer!(OctBatchNorm, |s, xs, train| s
-    .forward_t(one(xs, "bn")?, train));
 oct_layer!(Dropout, |s, xs, train| s
     .forward_t(one(xs, "dropout")?, train));
 oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?));
@@ -133,11 +144,15 @@ impl OctLayer for Linear {
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         Linear::infer(self, one(xs, "linear")?)
     }
-    fn as_any(&self) -> &dyn Any {
-        self
+}
+impl OctLayer for Activation {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "activation")?)
+    }
+    fn as_activation(&self) -> Option<Activation> {
+        Some(*self)
     }
 }
-oct_layer!(Activation, |s, xs, train| s.forward(one(xs, "activation")?));
 
 /// `split(alpha)`: moves the last `low` channels, pooled, to the low branch.
 #[derive(Clone, Copy, Debug)]

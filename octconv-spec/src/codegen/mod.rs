@@ -8,6 +8,7 @@
 //! `ModuleT` impl.
 
 mod layer;
+mod program;
 
 use crate::ir::Model;
 use crate::shape::Shape;
@@ -129,30 +130,33 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         .layers
         .iter()
         .any(|l| matches!(l.op, crate::ir::Op::Dropout { .. }));
-    // `infer`: as the interpreter's, each output detached, BN → ReLU → [dropout] → octconv chains
-    // run as one convolution that applies the batch norm and ReLU, and conv → BN → act and
-    // add → act chains apply the map to the fresh output in place (crate::plan).
-    let maps = crate::plan::InputMaps::plan(model);
-    let outputs = crate::plan::OutputMaps::plan(model, &maps);
-    let mut infer_steps = Vec::new();
+    // `infer`: the planned program (crate::plan::Program), run by the runtime's executor over
+    // the struct's layers, as the interpreter runs it.
+    let program = program::tokens(krate, &crate::plan::Program::lower(model));
+    let mut infer_layers = Vec::new();
+    let mut infer_locals = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
         let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
         let out = &values[j];
         let runs = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
-        let infers = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::infer(&#value, &[#(&#ins),*])?);
-        let (expr, infer_run, layer_value) = match layer::built(krate, l) {
+        let expr = match layer::built(krate, l) {
             layer::Built::Input => {
-                let input = quote!(#krate::OctValue::Single(xs.clone()));
-                (input.clone(), input, None)
+                infer_layers.push(quote!(::std::option::Option::None));
+                quote!(#krate::OctValue::Single(xs.clone()))
             }
             layer::Built::Field(ty, init) => {
                 decls.push(quote!(#f: #ty));
                 inits.push(quote!(#f: #init));
-                let value = quote!(self.#f);
-                (runs(&value), infers(&value), Some(value))
+                infer_layers.push(quote!(::std::option::Option::Some(&self.#f)));
+                runs(&quote!(self.#f))
             }
-            layer::Built::Inline(value) => (runs(&value), infers(&value), Some(value)),
+            layer::Built::Inline(value) => {
+                let local = format_ident!("__layer{}", j);
+                infer_locals.push(quote!(let #local = #value;));
+                infer_layers.push(quote!(::std::option::Option::Some(&#local)));
+                runs(&value)
+            }
         };
         let layer_name = &l.name;
         let shape = shape_tokens(krate, &l.output);
@@ -164,63 +168,15 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             let #out = #expr;
             #check
         });
-        let infer_expr = match (
-            maps.passed_over[j] || outputs.passed_over[j],
-            maps.applies[j],
-        ) {
-            (true, _) => {
-                let x = ins[0];
-                quote!(#x.clone())
-            }
-            (false, Some(b)) => {
-                let (x, bn) = (ins[0], &fields[b]);
-                quote!(self.#f.infer_after_bn_relu(&self.#bn, &#x)?)
-            }
-            (false, None) => infer_run,
-        };
-        // The output map: through the layer's `infer_then` (its kernels may map rows in cache),
-        // or after a convolution that applied an input map, as the interpreter does.
-        let infer_expr = match outputs.applies[j] {
-            Some(m) => {
-                let act = match m.act.map(|a| &model.layers[a].op) {
-                    Some(crate::ir::Op::Relu) => {
-                        quote!(Some(#krate::runtime::layers::Activation::Relu))
-                    }
-                    Some(crate::ir::Op::Relu6) => {
-                        quote!(Some(#krate::runtime::layers::Activation::Relu6))
-                    }
-                    _ => quote!(None),
-                };
-                let bn = match m.bn {
-                    Some(b) => {
-                        let bn = &fields[b];
-                        quote!(Some(&self.#bn))
-                    }
-                    None => quote!(None),
-                };
-                let stage = quote!(#krate::runtime::layers::OutputStage { bn: #bn, act: #act });
-                match (&layer_value, maps.applies[j]) {
-                    (Some(value), None) => quote!(#krate::runtime::layers::OctLayer::infer_then(
-                        &#value, &[#(&#ins),*], &#stage
-                    )?),
-                    _ => quote!(#stage.apply(#infer_expr.map(|t| Ok(t.detach()))?)?),
-                }
-            }
-            None => infer_expr,
-        };
-        infer_steps.push(quote! {
-            let #out = #infer_expr.map(|t| Ok(t.detach()))?;
-            #check
-        });
         for &i in &l.inputs {
             if last_use[i] == j && i != j {
                 let v = &values[i];
                 steps.push(quote!(drop(#v);));
-                infer_steps.push(quote!(drop(#v);));
             }
         }
     }
     let last = values.last().expect("a model has an input layer");
+    let n_layers = us(model.layers.len());
     let d = model.input;
     let (c, h, w) = (us(d.c), us(d.h), us(d.w));
     let output: Vec<usize> = match model.output {
@@ -266,6 +222,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
         #vis struct #name {
             #(#decls,)*
             #rng_decl
+            __program: #krate::spec::plan::Program,
         }
 
         impl #name {
@@ -286,24 +243,27 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 Ok(Self {
                     #(#inits,)*
                     #rng_field
+                    __program: #program,
                 })
             }
 
             #rng_fn
 
             /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
-            /// eval-mode batch norm, each output detached (freed after its last reader), and each
-            /// BN → ReLU → octconv chain run as one convolution that applies the batch norm and
-            /// ReLU as it reads. The values equal `forward_t(xs, false)` to rounding.
+            /// the same planned program (`octconv_spec::plan::Program`) by the same executor
+            /// (`octconv_runtime::exec`): eval-mode batch norm, each output detached and freed after
+            /// its last reader, the batch norms and activations the plan puts inside the
+            /// convolutions next to them. The values equal `forward_t(xs, false)` to rounding.
             pub fn infer(
                 &self,
                 xs: &#krate::candle_core::Tensor,
             ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
-                let train = false;
-                let _ = train;
                 #input_check
-                #(#infer_steps)*
-                #last.into_tensor()
+                #(#infer_locals)*
+                let layers: [::std::option::Option<&dyn #krate::runtime::layers::OctLayer>; #n_layers] = [
+                    #(#infer_layers),*
+                ];
+                #krate::runtime::exec::infer(&self.__program, &layers, xs)?.into_tensor()
             }
         }
 

@@ -177,3 +177,6 @@ impl OutputMaps {
         self.applies.iter().flatten().count()
     }
 }
+
+mod program;
+pub use program::{ConcatPlace, PlannedLayer, Program, Step};

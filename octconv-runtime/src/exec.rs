@@ -1,0 +1,275 @@
+//! The executor: runs a planned inference ([`octconv_spec::plan::Program`]) over a model's runtime
+//! layers. The interpreter ([`crate::model::OctModel::infer`]) and the code `octnet!` and
+//! `octconv gen` generate both call it, so which layers run fused is decided in one place (the
+//! program) and carried out in one place (here).
+//!
+//! Every value is detached from the autograd graph and freed after its last reader; the values equal
+//! the per-op forward in eval mode ([`Step::Reference`]) to rounding.
+
+use crate::layers::{concat, Activation, OctBatchNorm, OctLayer, OutputStage};
+use crate::value::OctValue;
+use candle_core::{bail, Result, Tensor};
+use octconv_spec::plan::{ConcatPlace, OutputMap, PlannedLayer, Program, Step};
+use octconv_spec::Shape;
+
+/// The runtime layers a program runs, one per planned layer (`None` for the input).
+pub type Layers<'a> = [Option<&'a dyn OctLayer>];
+
+/// Runs `program` on the input batch `x` (`[N, C, H, W]`, checked by the caller) and returns the
+/// last layer's value.
+pub fn infer(program: &Program, layers: &Layers<'_>, x: &Tensor) -> Result<OctValue> {
+    run(program, layers, x, &mut |_| ())
+}
+
+/// [`infer`], calling `at_layer(j)` just before layer `j` runs and `at_layer(n)` after the last of
+/// the `n` layers (`octconv bench` finds the layer at which memory peaks, and times each layer).
+pub fn run(
+    program: &Program,
+    layers: &Layers<'_>,
+    x: &Tensor,
+    at_layer: &mut dyn FnMut(usize),
+) -> Result<OctValue> {
+    let n = program.layers.len();
+    if layers.len() != n {
+        bail!(
+            "internal error: a program of {n} layers run over {} runtime layers",
+            layers.len()
+        )
+    }
+    let mut values: Vec<Option<OctValue>> = vec![None; n];
+    // The buffer of each concatenation chain, under the chain's first link, while the chain runs.
+    let mut buffers: Vec<Option<OctValue>> = vec![None; n];
+    for (j, planned) in program.layers.iter().enumerate() {
+        at_layer(j);
+        let ins = planned
+            .inputs
+            .iter()
+            .map(|&i| {
+                values[i].as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "layer `{}`: input not available",
+                        planned.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<&OctValue>>>()?;
+        let y = step(program, layers, j, &ins, x, &mut buffers)?;
+        // Cut each value loose from the autograd graph: weights are variables, so every output
+        // would otherwise keep its inputs alive until the last layer.
+        let y = y.map(|t| Ok(t.detach()))?;
+        if y.shape() != planned.output {
+            bail!(
+                "internal error: layer `{}` produced {} but the checker expects {}",
+                planned.name,
+                y.shape(),
+                planned.output
+            )
+        }
+        drop(ins);
+        for &i in &planned.frees {
+            values[i] = None;
+        }
+        values[j] = Some(y);
+    }
+    at_layer(n);
+    values
+        .pop()
+        .flatten()
+        .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+}
+
+/// Layer `j`'s value by its planned step.
+fn step(
+    program: &Program,
+    layers: &Layers<'_>,
+    j: usize,
+    ins: &[&OctValue],
+    x: &Tensor,
+    buffers: &mut [Option<OctValue>],
+) -> Result<OctValue> {
+    let planned = &program.layers[j];
+    let layer = || {
+        layers[j].ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "internal error: layer `{}` has no runtime layer",
+                planned.name
+            ))
+        })
+    };
+    let first = || {
+        ins.first()
+            .copied()
+            .ok_or_else(|| candle_core::Error::Msg(format!("layer `{}`: no input", planned.name)))
+    };
+    Ok(match planned.step {
+        Step::Input => OctValue::Single(x.clone()),
+        Step::PassOn => first()?.clone(),
+        Step::AfterBnRelu { bn, map } => {
+            let Some(conv) = layer()?.as_octconv() else {
+                bail!(
+                    "internal error: `{}` is not an octave convolution",
+                    planned.name
+                )
+            };
+            let y = conv.infer_after_bn_relu(batch_norm(program, layers, bn)?, first()?)?;
+            match map {
+                Some(m) => stage(program, layers, m)?.apply(y.map(|t| Ok(t.detach()))?)?,
+                None => y,
+            }
+        }
+        Step::BnAct { act } => batch_norm(program, layers, j)?.forward_act_t(
+            first()?,
+            false,
+            Some(activation(program, layers, act)?),
+        )?,
+        Step::Concat(place) => concat_step(program, j, place, ins, buffers)?,
+        Step::Run { map: Some(m) } => layer()?.infer_then(ins, &stage(program, layers, m)?)?,
+        Step::Run { map: None } => layer()?.infer(ins)?,
+        Step::Reference => layer()?.apply(ins, false)?,
+    })
+}
+
+/// The batch norm at layer `b`.
+fn batch_norm<'a>(program: &Program, layers: &Layers<'a>, b: usize) -> Result<&'a OctBatchNorm> {
+    match layers[b].and_then(|l| l.as_batch_norm()) {
+        Some(bn) => Ok(bn),
+        None => bail!(
+            "internal error: the plan applies `{}` as a batch norm",
+            program.layers[b].name
+        ),
+    }
+}
+
+/// The activation at layer `a`.
+fn activation(program: &Program, layers: &Layers<'_>, a: usize) -> Result<Activation> {
+    match layers[a].and_then(|l| l.as_activation()) {
+        Some(act) => Ok(act),
+        None => bail!(
+            "internal error: the plan applies `{}` as an activation",
+            program.layers[a].name
+        ),
+    }
+}
+
+/// The output stage of map `m`.
+fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<OutputStage<'a>> {
+    Ok(OutputStage {
+        bn: m.bn.map(|b| batch_norm(program, layers, b)).transpose()?,
+        act: m.act.map(|a| activation(program, layers, a)).transpose()?,
+    })
+}
+
+/// A link of a concatenation chain: the first link allocates the buffer of the last one and writes
+/// its inputs at the front; a later link writes only its new inputs after the previous link's
+/// channels. Each link's value is the buffer's first channels (the last link's is the whole buffer).
+/// Values the buffer cannot hold (flat values, a pair without a high branch) fall back to a copying
+/// concatenation, and so does the rest of their chain.
+fn concat_step(
+    program: &Program,
+    j: usize,
+    place: ConcatPlace,
+    ins: &[&OctValue],
+    buffers: &mut [Option<OctValue>],
+) -> Result<OctValue> {
+    let planned: &PlannedLayer = &program.layers[j];
+    let (start, end, new, at) = match place {
+        ConcatPlace::Start { end } => {
+            buffers[j] = alloc(ins, &program.layers[end].output)?;
+            (j, end, ins, (0, 0))
+        }
+        ConcatPlace::Extend { start, end } => (start, end, &ins[1..], channels(ins[0])),
+    };
+    let Some(buffer) = buffers[start].clone() else {
+        return concat(ins);
+    };
+    let written = write_at(&buffer, new, at).and_then(|()| view(&buffer, &planned.output));
+    match written {
+        Ok(Some(v)) => {
+            if j == end {
+                buffers[start] = None;
+            }
+            Ok(v)
+        }
+        // Not a shape the buffer holds: this link and the rest of its chain copy.
+        Ok(None) | Err(_) => {
+            buffers[start] = None;
+            concat(ins)
+        }
+    }
+}
+
+/// A zeroed buffer shaped as `out` (batch, dtype and device of `ins[0]`), or `None` for values a
+/// buffer does not hold.
+fn alloc(ins: &[&OctValue], out: &Shape) -> Result<Option<OctValue>> {
+    let Some(like) = ins.first().and_then(|v| v.branches().1.or(v.branches().0)) else {
+        return Ok(None);
+    };
+    let (n, dt, dev) = (like.dim(0)?, like.dtype(), like.device());
+    let t = |d: octconv_spec::shape::Dims| Tensor::zeros((n, d.c, d.h, d.w), dt, dev);
+    Ok(match (out, ins[0]) {
+        (Shape::Single(d), OctValue::Single(_)) => Some(OctValue::Single(t(*d)?)),
+        (Shape::Pair { high, low }, OctValue::Pair { high: Some(_), .. }) if high.c > 0 => {
+            Some(OctValue::Pair {
+                high: Some(t(*high)?),
+                low: t(*low)?,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The channels of each branch (high or single, low) of `v`: where a link's new inputs go.
+fn channels(v: &OctValue) -> (usize, usize) {
+    let c = |t: Option<&Tensor>| t.and_then(|t| t.dim(1).ok()).unwrap_or(0);
+    let (h, l) = v.branches();
+    (c(h), c(l))
+}
+
+/// Writes each branch of `new` into `buffer` along channels from `at` on. `Ok(())` only if every
+/// value matched the buffer's kind (else an error the caller answers by copying).
+fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<()> {
+    let (mut oh, mut ol) = at;
+    for v in new {
+        match (buffer, v) {
+            (OctValue::Single(b), OctValue::Single(t)) => {
+                b.slice_set(&t.contiguous()?, 1, oh)?;
+                oh += t.dim(1)?;
+            }
+            (
+                OctValue::Pair {
+                    high: Some(bh),
+                    low: bl,
+                },
+                OctValue::Pair {
+                    high: Some(th),
+                    low: tl,
+                },
+            ) => {
+                bh.slice_set(&th.contiguous()?, 1, oh)?;
+                bl.slice_set(&tl.contiguous()?, 1, ol)?;
+                oh += th.dim(1)?;
+                ol += tl.dim(1)?;
+            }
+            _ => bail!("concatenation chain: a value the buffer does not hold"),
+        }
+    }
+    Ok(())
+}
+
+/// The buffer's first channels, as many per branch as `out` has.
+fn view(buffer: &OctValue, out: &Shape) -> Result<Option<OctValue>> {
+    Ok(match (buffer, out) {
+        (OctValue::Single(b), Shape::Single(d)) => Some(OctValue::Single(b.narrow(1, 0, d.c)?)),
+        (
+            OctValue::Pair {
+                high: Some(bh),
+                low,
+            },
+            Shape::Pair { high, low: dl },
+        ) => Some(OctValue::Pair {
+            high: Some(bh.narrow(1, 0, high.c)?),
+            low: low.narrow(1, 0, dl.c)?,
+        }),
+        _ => None,
+    })
+}

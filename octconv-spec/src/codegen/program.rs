@@ -1,0 +1,69 @@
+//! The tokens of a planned inference ([`Program`]): the generated struct builds it in `new` and its
+//! `infer` hands it to the runtime's executor, as the interpreter does with the same program.
+
+use super::{shape_tokens, us};
+use crate::plan::{ConcatPlace, OutputMap, Program, Step};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// An expression of type `Program` equal to `program`.
+pub(crate) fn tokens(krate: &TokenStream, program: &Program) -> TokenStream {
+    let p = quote!(#krate::spec::plan);
+    let layers = program.layers.iter().map(|l| {
+        let name = &l.name;
+        let inputs = l.inputs.iter().copied().map(us);
+        let output = shape_tokens(krate, &l.output);
+        let step = step_tokens(&p, &l.step);
+        let frees = l.frees.iter().copied().map(us);
+        quote!(#p::PlannedLayer {
+            name: ::std::string::String::from(#name),
+            inputs: ::std::vec![#(#inputs),*],
+            output: #output,
+            step: #step,
+            frees: ::std::vec![#(#frees),*],
+        })
+    });
+    quote!(#p::Program { layers: ::std::vec![#(#layers),*] })
+}
+
+fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
+    let map = |m: &Option<OutputMap>| match m {
+        Some(OutputMap { bn, act }) => {
+            let opt = |v: &Option<usize>| match v {
+                Some(i) => {
+                    let i = us(*i);
+                    quote!(::std::option::Option::Some(#i))
+                }
+                None => quote!(::std::option::Option::None),
+            };
+            let (bn, act) = (opt(bn), opt(act));
+            quote!(::std::option::Option::Some(#p::OutputMap { bn: #bn, act: #act }))
+        }
+        None => quote!(::std::option::Option::None),
+    };
+    match *step {
+        Step::Input => quote!(#p::Step::Input),
+        Step::PassOn => quote!(#p::Step::PassOn),
+        Step::AfterBnRelu { bn, map: m } => {
+            let (bn, m) = (us(bn), map(&m));
+            quote!(#p::Step::AfterBnRelu { bn: #bn, map: #m })
+        }
+        Step::BnAct { act } => {
+            let act = us(act);
+            quote!(#p::Step::BnAct { act: #act })
+        }
+        Step::Concat(ConcatPlace::Start { end }) => {
+            let end = us(end);
+            quote!(#p::Step::Concat(#p::ConcatPlace::Start { end: #end }))
+        }
+        Step::Concat(ConcatPlace::Extend { start, end }) => {
+            let (start, end) = (us(start), us(end));
+            quote!(#p::Step::Concat(#p::ConcatPlace::Extend { start: #start, end: #end }))
+        }
+        Step::Run { map: m } => {
+            let m = map(&m);
+            quote!(#p::Step::Run { map: #m })
+        }
+        Step::Reference => quote!(#p::Step::Reference),
+    }
+}

@@ -1,0 +1,234 @@
+//! [`Program`]: how inference runs a model, layer by layer — the one place where inference fuses
+//! layers. [`Program::lower`] decides it once from the IR; the runtime's executor
+//! (`octconv_runtime::exec`) runs it for the interpreter and for the code `octnet!` and
+//! `octconv gen` produce alike, so one model has one speed whichever way it was built.
+
+use super::{bn_then_clamp, last_use, InputMaps, OutputMap, OutputMaps};
+use crate::ir::{Model, Op};
+use crate::shape::Shape;
+
+/// What inference does at one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The model's input.
+    Input,
+    /// Passes its first input on unchanged: a batch norm, activation or dropout that a neighbouring
+    /// layer applies ([`InputMaps`], [`OutputMaps`], [`Step::BnAct`]).
+    PassOn,
+    /// A convolution that applies batch norm `bn` and the ReLU after it as its kernel reads its
+    /// input ([`InputMaps`]), then `map` to its output.
+    AfterBnRelu {
+        /// The batch norm layer.
+        bn: usize,
+        /// The output map ([`OutputMaps`]), if any.
+        map: Option<OutputMap>,
+    },
+    /// A batch norm that applies the ReLU or ReLU6 after it (layer `act`, which passes on) in the
+    /// same pass.
+    BnAct {
+        /// The activation layer.
+        act: usize,
+    },
+    /// A concatenation that writes into one buffer shared by a chain of concatenations (DenseNet's
+    /// growing input): each link writes only its new inputs, not a copy of everything before.
+    Concat(ConcatPlace),
+    /// The layer's inference, then `map` on its fresh output in place (inside its kernels where
+    /// they can map each row in cache).
+    Run {
+        /// The output map ([`OutputMaps`]), if any.
+        map: Option<OutputMap>,
+    },
+    /// The layer's per-op forward in eval mode, nothing fused: the reference the fused steps are
+    /// tested against ([`Program::per_op`]).
+    Reference,
+}
+
+/// A concatenation's place in a chain that shares one buffer ([`Step::Concat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConcatPlace {
+    /// The first link: allocates the buffer of the chain's last link, `end`, and writes all its
+    /// inputs at the front; its value is the buffer's first channels.
+    Start {
+        /// The chain's last concatenation.
+        end: usize,
+    },
+    /// A later link of the chain that `start` began: its first input is the previous link (the
+    /// buffer's first channels); it writes its other inputs after them.
+    Extend {
+        /// The chain's first concatenation.
+        start: usize,
+        /// The chain's last concatenation (after it the buffer is the last link's value alone).
+        end: usize,
+    },
+}
+
+/// One layer of a [`Program`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedLayer {
+    /// The IR layer's name (for errors).
+    pub name: String,
+    /// The layers it reads.
+    pub inputs: Vec<usize>,
+    /// The output shape the checker derived (the executor verifies it).
+    pub output: Shape,
+    /// What inference does here.
+    pub step: Step,
+    /// Values whose last reader this layer is: freed once it has run.
+    pub frees: Vec<usize>,
+}
+
+/// A model's inference, planned: one [`PlannedLayer`] per IR layer, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    /// The layers, in the IR's order.
+    pub layers: Vec<PlannedLayer>,
+}
+
+impl Program {
+    /// Plans `model`'s inference with every fusion the runtime's kernels take: input maps
+    /// ([`InputMaps`]), output maps ([`OutputMaps`]), batch norm + activation passes
+    /// ([`bn_then_clamp`]) and concatenation chains ([`concat_chains`]).
+    pub fn lower(model: &Model) -> Program {
+        let layers = &model.layers;
+        let last = last_use(model);
+        let inputs = InputMaps::plan(model);
+        let outputs = OutputMaps::plan(model, &inputs);
+        let mut steps: Vec<Step> = (0..layers.len())
+            .map(|j| {
+                if layers[j].inputs.is_empty() {
+                    Step::Input
+                } else if inputs.passed_over[j] || outputs.passed_over[j] {
+                    Step::PassOn
+                } else if let Some(bn) = inputs.applies[j] {
+                    Step::AfterBnRelu {
+                        bn,
+                        map: outputs.applies[j],
+                    }
+                } else {
+                    Step::Run {
+                        map: outputs.applies[j],
+                    }
+                }
+            })
+            .collect();
+        // A batch norm left to run on its own takes the ReLU / ReLU6 that is its only reader.
+        for j in 0..layers.len() {
+            if steps[j] == (Step::Run { map: None })
+                && bn_then_clamp(model, &last, j)
+                && steps[j + 1] == (Step::Run { map: None })
+            {
+                steps[j] = Step::BnAct { act: j + 1 };
+                steps[j + 1] = Step::PassOn;
+            }
+        }
+        for (j, place) in concat_chains(model, &steps) {
+            steps[j] = Step::Concat(place);
+        }
+        Self::with_steps(model, steps)
+    }
+
+    /// Every layer by its per-op forward in eval mode ([`Step::Reference`]), nothing fused.
+    pub fn per_op(model: &Model) -> Program {
+        let steps = model
+            .layers
+            .iter()
+            .map(|l| match l.inputs.is_empty() {
+                true => Step::Input,
+                false => Step::Reference,
+            })
+            .collect();
+        Self::with_steps(model, steps)
+    }
+
+    fn with_steps(model: &Model, steps: Vec<Step>) -> Program {
+        let last = last_use(model);
+        let layers = model
+            .layers
+            .iter()
+            .zip(steps)
+            .enumerate()
+            .map(|(j, (l, step))| {
+                let mut frees: Vec<usize> = l
+                    .inputs
+                    .iter()
+                    .copied()
+                    .filter(|&i| last[i] == j && i != j)
+                    .collect();
+                frees.dedup();
+                PlannedLayer {
+                    name: l.name.clone(),
+                    inputs: l.inputs.clone(),
+                    output: l.output,
+                    step,
+                    frees,
+                }
+            })
+            .collect();
+        Program { layers }
+    }
+
+    /// How many layers take `step`'s kind of step (the fields of `step` are ignored).
+    pub fn count(&self, kind: fn(&Step) -> bool) -> usize {
+        self.layers.iter().filter(|l| kind(&l.step)).count()
+    }
+}
+
+/// The concatenation chains of `model` given the other steps: a concatenation `c` extends the
+/// previous link `p` when `p` is a concatenation, `c`'s first input and `p`'s last reader, and
+/// every other reader of `p` is a batch norm that runs on its own ([`Step::Run`] or
+/// [`Step::BnAct`]): the executor's batch norm reads the buffer's first channels in place, where
+/// other layers would need them contiguous. Only chains of two or more links are returned.
+pub fn concat_chains(model: &Model, steps: &[Step]) -> Vec<(usize, ConcatPlace)> {
+    let layers = &model.layers;
+    let last = last_use(model);
+    let mut readers = vec![Vec::new(); layers.len()];
+    for (j, l) in layers.iter().enumerate() {
+        for &i in &l.inputs {
+            readers[i].push(j);
+        }
+    }
+    let plain = |j: usize| matches!(steps[j], Step::Run { map: None });
+    let concat = |j: usize| matches!(layers[j].op, Op::Concat) && plain(j);
+    // The link each concatenation extends, if any.
+    let prev: Vec<Option<usize>> = (0..layers.len())
+        .map(|c| {
+            let l = &layers[c];
+            let p = *l.inputs.first()?;
+            let ok = concat(c)
+                && concat(p)
+                && last[p] == c
+                && !l.inputs[1..].contains(&p)
+                && readers[p].iter().all(|&r| {
+                    r == c
+                        || matches!(layers[r].op, Op::BatchNorm { .. })
+                            && matches!(steps[r], Step::Run { map: None } | Step::BnAct { .. })
+                });
+            ok.then_some(p)
+        })
+        .collect();
+    let mut next = vec![None; layers.len()];
+    for (c, p) in prev.iter().enumerate() {
+        if let Some(p) = *p {
+            next[p] = Some(c);
+        }
+    }
+    let mut out = Vec::new();
+    for start in 0..layers.len() {
+        if prev[start].is_some() || next[start].is_none() {
+            continue;
+        }
+        let mut links = Vec::new();
+        let mut end = start;
+        while let Some(c) = next[end] {
+            links.push(c);
+            end = c;
+        }
+        out.push((start, ConcatPlace::Start { end }));
+        out.extend(
+            links
+                .into_iter()
+                .map(|c| (c, ConcatPlace::Extend { start, end })),
+        );
+    }
+    out
+}
