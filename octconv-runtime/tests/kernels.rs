@@ -774,3 +774,58 @@ fn depthwise_kernel_matches_naive_loops_at_every_stride_padding_and_the_smallest
     }
     assert!(i > 300, "{i} cases");
 }
+
+/// `pointwise::forward_mapped`: a 1×1 convolution of `relu(scale·x + shift)` (and without the
+/// ReLU) equals direct summation over the mapped input, for odd channel counts, maps smaller and
+/// larger than one column block, one and three images, and images that lie further apart than their
+/// size (the first channels of a concatenation buffer).
+#[test]
+fn pointwise_mapped_kernel_equals_direct_summation_of_the_mapped_input_with_strided_images() {
+    use octconv_runtime::kernels::pointwise::forward_mapped;
+    use octconv_runtime::kernels::prologue::Prologue;
+    let mut rng = ChaCha8Rng::seed_from_u64(4242);
+    let mut cases = 0;
+    for (n, cin, hw, cout, extra) in [
+        (1, 1, 1, 1, 0),
+        (3, 5, 7, 3, 2),
+        (2, 3, 1000, 5, 0),
+        (3, 257, 300, 9, 64),
+        (2, 64, 3136, 16, 5),
+    ] {
+        for relu in [true, false] {
+            cases += 1;
+            let image = (cin + extra) * hw;
+            let x: Vec<f64> = (0..(n - 1) * image + cin * hw)
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect();
+            let w: Vec<f64> = (0..cout * cin).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let scale: Vec<f64> = (0..cin).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let shift: Vec<f64> = (0..cin).map(|_| rng.gen_range(-0.5..0.5)).collect();
+            let pro = Prologue {
+                scale: &scale,
+                shift: &shift,
+                relu,
+            };
+            let got = forward_mapped((n, cin, hw, cout), &x, image, &w, pro);
+            assert_eq!(got.len(), n * cout * hw);
+            for i in 0..n {
+                for co in 0..cout {
+                    for p in 0..hw {
+                        let mut want = 0.0;
+                        for ci in 0..cin {
+                            let v = scale[ci] * x[i * image + ci * hw + p] + shift[ci];
+                            let v = if relu { v.max(0.0) } else { v };
+                            want += w[co * cin + ci] * v;
+                        }
+                        let g = got[(i * cout + co) * hw + p];
+                        assert!(
+                            (g - want).abs() <= 1e-12 * (1.0 + want.abs()) * cin as f64,
+                            "n {n} cin {cin} hw {hw} cout {cout} relu {relu}: [{i}, {co}, {p}] {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 10);
+}

@@ -73,6 +73,36 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     with_f32_all([t], |[v]| f(v))
 }
 
+/// Runs `f(data, image)` on an f32 CPU tensor of at least two dimensions whose images are each
+/// contiguous ([`batch_norm::images_contiguous`]: a contiguous tensor, or the first channels of a
+/// concatenation chain's buffer): `data` starts at its first value and `image` is the distance between
+/// images. Any other layout is made contiguous first.
+pub(crate) fn with_images_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let t = match batch_norm::images_contiguous(t.layout()) {
+        true => t.clone(),
+        false => t.contiguous()?,
+    };
+    let dims = t.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("expected a batch of images, got shape {dims:?}")
+    }
+    let (n, per_image) = (dims[0], dims[1..].iter().product::<usize>());
+    let image = if n > 1 { t.stride()[0] } else { per_image };
+    let len = if n == 0 {
+        0
+    } else {
+        (n - 1) * image + per_image
+    };
+    let (storage, layout) = t.storage_and_layout();
+    let start = layout.start_offset();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if start + len <= v.len() => {
+            Ok(f(&v[start..start + len], image))
+        }
+        _ => candle_core::bail!("expected an f32 CPU tensor with contiguous images"),
+    }
+}
+
 /// Runs `f` on the contiguous f32 data of `K` CPU tensors at once.
 pub(crate) fn with_f32_all<const K: usize, R>(
     ts: [&Tensor; K],

@@ -5,7 +5,7 @@ use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
-use crate::kernels::{with_f32, with_f32_all};
+use crate::kernels::{with_f32, with_f32_all, with_images_f32};
 use crate::layers::batch_norm::{InputMap, OctBatchNorm};
 use crate::layers::OutputStage;
 
@@ -355,6 +355,21 @@ impl OctConv2d {
                     return Ok(None);
                 };
                 let (n, c, h, wd) = x1.dims4()?;
+                if s.kernel == 1 && s.stride == 1 && s.groups == 1 && !s.depthwise {
+                    let (Some(pro), (cout, cin, 1, 1)) = (map.prologue(true), w.dims4()?) else {
+                        return Ok(None);
+                    };
+                    if cin != c {
+                        return Ok(None);
+                    }
+                    let y = with_f32(w, |w| {
+                        with_images_f32(x1, |x, image| {
+                            pointwise::forward_mapped((n, c, h * wd, cout), x, image, w, pro)
+                        })
+                    })??;
+                    let y = Tensor::from_vec(y, (n, cout, h, wd), x1.device())?;
+                    return Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)));
+                }
                 let Ok(g) = ConvGeometry::new((n, c, h, wd), w.dims4()?, 1, s.kernel / 2, 1) else {
                     return Ok(None);
                 };

@@ -74,7 +74,18 @@ impl InputMaps {
             let k = m + 1;
             let takes =
                 matches!(layers.get(k).map(|l| &l.op), Some(Op::OctConv(s)) if takes_input_map(s));
-            if takes && only_reader(m, k) {
+            // A 1×1 convolution copies its input to map it: where the batch norm is the only reader
+            // of a fresh convolution output, that convolution maps it in cache instead
+            // ([`OutputMaps`]).
+            let pointwise =
+                matches!(layers.get(k).map(|l| &l.op), Some(Op::OctConv(s)) if s.kernel == 1);
+            let fresh = layers[j].inputs.first().is_some_and(|&p| {
+                matches!(
+                    layers[p].op,
+                    Op::Conv(_) | Op::OctConv(_) | Op::OctConvTranspose(_)
+                ) && last[p] == j
+            });
+            if takes && only_reader(m, k) && !(pointwise && fresh) {
                 plan.applies[k] = Some(j);
                 plan.passed_over[j..=m].iter_mut().for_each(|p| *p = true);
             }
@@ -89,14 +100,16 @@ impl InputMaps {
 }
 
 /// Whether the runtime's kernels can apply an input map as they read this convolution's input: one
-/// group, not depthwise, all four paths (the octave kernel) or H→H alone, and either 3×3 stride 1
-/// (the Winograd gather maps each value) or stride 2 of any kernel (the pooling that stride 2
-/// starts with maps each value; not with `downsample = stride`, which does not pool).
+/// group, not depthwise, and either all four paths (the octave kernel) or H→H alone at 3×3 stride 1
+/// (the Winograd gather maps each value) or at stride 2 of any kernel (the pooling that stride 2
+/// starts with maps each value; not with `downsample = stride`, which does not pool), or H→H alone
+/// at 1×1 stride 1 (each column block is mapped as it is copied for its GEMM).
 pub fn takes_input_map(s: &OctConvSpec) -> bool {
     let all_four = s.in_h > 0 && s.in_l > 0 && s.out_h > 0 && s.out_l > 0;
     let lone_hh = s.in_h > 0 && s.out_h > 0 && s.in_l == 0 && s.out_l == 0;
     let reads = (s.stride == 1 && s.kernel == 3) || (s.stride == 2 && !s.strided_conv());
-    reads && s.groups == 1 && !s.depthwise && (all_four || lone_hh)
+    let pointwise = s.stride == 1 && s.kernel == 1 && lone_hh;
+    (reads && (all_four || lone_hh) || pointwise) && s.groups == 1 && !s.depthwise
 }
 
 /// A batch norm and/or the activation after it, that inference applies to a freshly computed value

@@ -175,9 +175,10 @@ impl Program {
 
 /// The concatenation chains of `model` given the other steps: a concatenation `c` extends the
 /// previous link `p` when `p` is a concatenation, `c`'s first input and `p`'s last reader, and
-/// every other reader of `p` is a batch norm that runs on its own ([`Step::Run`] or
-/// [`Step::BnAct`]): the executor's batch norm reads the buffer's first channels in place, where
-/// other layers would need them contiguous. Only chains of two or more links are returned.
+/// every other reader of `p` is a batch norm: one that runs on its own ([`Step::Run`],
+/// [`Step::BnAct`]) reads the buffer's first channels in place, and so does the 1×1 convolution
+/// that applies one as it reads ([`Step::PassOn`]; any other kernel makes a contiguous copy, which
+/// costs what the copying concatenation would). Only chains of two or more links are returned.
 pub fn concat_chains(model: &Model, steps: &[Step]) -> Vec<(usize, ConcatPlace)> {
     let layers = &model.layers;
     let last = last_use(model);
@@ -201,7 +202,10 @@ pub fn concat_chains(model: &Model, steps: &[Step]) -> Vec<(usize, ConcatPlace)>
                 && readers[p].iter().all(|&r| {
                     r == c
                         || matches!(layers[r].op, Op::BatchNorm { .. })
-                            && matches!(steps[r], Step::Run { map: None } | Step::BnAct { .. })
+                            && matches!(
+                                steps[r],
+                                Step::Run { map: None } | Step::BnAct { .. } | Step::PassOn
+                            )
                 });
             ok.then_some(p)
         })
