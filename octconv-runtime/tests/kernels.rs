@@ -829,3 +829,81 @@ fn pointwise_mapped_kernel_equals_direct_summation_of_the_mapped_input_with_stri
     }
     assert_eq!(cases, 10);
 }
+
+/// `pointwise::forward_mapped_pair`: the four-path 1×1 octave convolution of the mapped pair
+/// (`relu(scale·x + shift)` per branch) equals the kernel's plain forward on inputs mapped
+/// beforehand, bit for bit, with images further apart than their size (a concatenation buffer's
+/// first channels), odd channel counts and one or three images.
+#[test]
+fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
+    use octconv_runtime::kernels::octave::OctaveGeometry;
+    use octconv_runtime::kernels::pointwise::{
+        forward, forward_mapped_pair, PathWeights, PointwiseOctave,
+    };
+    use octconv_runtime::kernels::prologue::Prologue;
+    let mut rng = ChaCha8Rng::seed_from_u64(77);
+    let mut r =
+        |len: usize, a: f32| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-a..a)).collect() };
+    for (n, in_h, in_l, out_h, out_l, h, extra) in [
+        (1, 1, 1, 1, 1, 2, 0),
+        (3, 5, 3, 4, 7, 6, 2),
+        (2, 16, 16, 8, 24, 14, 5),
+    ] {
+        let g = PointwiseOctave {
+            octave: OctaveGeometry {
+                n,
+                in_h,
+                in_l,
+                out_h,
+                out_l,
+                h,
+                w: h,
+            },
+            stride: 1,
+        };
+        assert!(g.applies());
+        let (hw, lhw) = (h * h, h * h / 4);
+        let (image_h, image_l) = ((in_h + extra) * hw, (in_l + extra) * lhw);
+        let xh = r((n - 1) * image_h + in_h * hw, 1.0);
+        let xl = r((n - 1) * image_l + in_l * lhw, 1.0);
+        let (hh, hl, lh, ll) = (
+            r(out_h * in_h, 1.0),
+            r(out_l * in_h, 1.0),
+            r(out_h * in_l, 1.0),
+            r(out_l * in_l, 1.0),
+        );
+        let (sh, bh, sl, bl) = (r(in_h, 2.0), r(in_h, 0.5), r(in_l, 2.0), r(in_l, 0.5));
+        let pro = |scale, shift| Prologue {
+            scale,
+            shift,
+            relu: true,
+        };
+        let wt = PathWeights {
+            hh: &hh,
+            hl: &hl,
+            lh: &lh,
+            ll: &ll,
+        };
+        let (got_h, got_l) = forward_mapped_pair(
+            &g,
+            (&xh, &xl),
+            (image_h, image_l),
+            wt,
+            [pro(&sh, &bh), pro(&sl, &bl)],
+        );
+        // The reference: each image's branches mapped and packed contiguously first.
+        let mapped = |x: &[f32], image: usize, c: usize, plane: usize, s: &[f32], b: &[f32]| {
+            (0..n)
+                .flat_map(|i| (0..c * plane).map(move |k| (i, k)))
+                .map(|(i, k)| (s[k / plane] * x[i * image + k] + b[k / plane]).max(0.0))
+                .collect::<Vec<f32>>()
+        };
+        let mh = mapped(&xh, image_h, in_h, hw, &sh, &bh);
+        let ml = mapped(&xl, image_l, in_l, lhw, &sl, &bl);
+        let (want_h, want_l) = forward(&g, &mh, &ml, wt);
+        assert_eq!(got_h.len(), n * out_h * hw);
+        assert_eq!(got_l.len(), n * out_l * lhw);
+        assert_eq!(got_h, want_h, "high output, n {n} in {in_h}/{in_l}");
+        assert_eq!(got_l, want_l, "low output, n {n} in {in_h}/{in_l}");
+    }
+}

@@ -127,6 +127,34 @@ pub fn forward_post<T: Element>(
     post: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
     let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
+    let images = (g.octave.in_h * hw, g.octave.in_l * lhw);
+    run(g, (xh, xl), images, wt, None, post)
+}
+
+/// [`forward`] of `map(x)` at stride 1, where `map` is `pro` (high, low: the batch norm and ReLU
+/// before the convolution), each image's branches mapped into scratch once and read from there by
+/// its GEMMs and the H→L pooling; the images of `xh` and `xl` lie `images.0` and `images.1` values
+/// apart (each image contiguous: a tensor, or the first channels of a concatenation buffer).
+pub fn forward_mapped_pair<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    images: (usize, usize),
+    wt: PathWeights<'_, T>,
+    pro: [Prologue<'_, T>; 2],
+) -> (Vec<T>, Vec<T>) {
+    run(g, (xh, xl), images, wt, Some(pro), [None, None])
+}
+
+/// The kernel behind [`forward_post`] and [`forward_mapped_pair`] (`pre` at stride 1 only).
+fn run<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    (image_h, image_l): (usize, usize),
+    wt: PathWeights<'_, T>,
+    pre: Option<[Prologue<'_, T>; 2]>,
+    post: [Option<RowMap<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
+    let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
     let (out_hw, out_lhw) = (oh * ow, ol * owl);
@@ -141,13 +169,27 @@ pub fn forward_post<T: Element>(
         .zip(yl.par_chunks_mut((g.octave.out_l * out_lhw).max(1)))
         .enumerate()
         .for_each(|(i, (yh, yl))| {
-            let xh = &xh[i * g.octave.in_h * hw..][..g.octave.in_h * hw];
-            let xl = &xl[i * g.octave.in_l * lhw..][..g.octave.in_l * lhw];
+            let xh = &xh[i * image_h..][..g.octave.in_h * hw];
+            let xl = &xl[i * image_l..][..g.octave.in_l * lhw];
             with_scratch(|s: &mut Scratch<T>| {
                 // SAFETY (every GEMM below): the weights are `c_out × c_in` of the path, the inputs
                 // `c_in` planes of the size multiplied, the outputs `c_out` planes of it.
                 if g.stride == 1 {
-                    let [t, p] = s.many([g.octave.out_h * lhw, g.octave.in_h * lhw]);
+                    let mapped = |c: usize| if pre.is_some() { c } else { 0 };
+                    let [t, p, mh, ml] = s.many([
+                        g.octave.out_h * lhw,
+                        g.octave.in_h * lhw,
+                        mapped(g.octave.in_h * hw),
+                        mapped(g.octave.in_l * lhw),
+                    ]);
+                    let (xh, xl) = match pre {
+                        Some([ph, pl]) => {
+                            map_planes(xh, ph, hw, mh);
+                            map_planes(xl, pl, lhw, ml);
+                            (&*mh, &*ml)
+                        }
+                        None => (xh, xl),
+                    };
                     unsafe {
                         gemm_into(
                             (g.octave.out_h, hw, g.octave.in_h),
@@ -240,6 +282,20 @@ pub fn forward_post<T: Element>(
             }
         });
     (yh, yl)
+}
+
+/// `dst = map(src)`, channel by channel (`plane` values each).
+fn map_planes<T: Element>(src: &[T], pro: Prologue<'_, T>, plane: usize, dst: &mut [T]) {
+    for (c, (d, x)) in dst
+        .chunks_exact_mut(plane.max(1))
+        .zip(src.chunks_exact(plane.max(1)))
+        .enumerate()
+    {
+        let act = pro.channel(c);
+        for (d, &v) in d.iter_mut().zip(x) {
+            *d = act.apply(v);
+        }
+    }
 }
 
 /// `y = conv2d(map(x), w)` for a one-group 1×1, stride-1 convolution of `n` images of `cin × hw`

@@ -325,6 +325,7 @@ impl OctConv2d {
             return self.forward_prologue_strided(x, map);
         }
         match x.branches() {
+            (Some(xh), Some(xl)) if self.spec.kernel == 1 => self.pointwise_prologue(xh, xl, map),
             (Some(xh), Some(xl)) => {
                 let Some(g) = self
                     .fused_geometry(xh, xl)
@@ -387,6 +388,59 @@ impl OctConv2d {
             }
             _ => Ok(None),
         }
+    }
+
+    /// [`OctConv2d::forward_prologue`] of a four-path 1×1 convolution at stride 1
+    /// ([`pointwise::forward_mapped_pair`]); `Ok(None)` where that kernel does not apply.
+    fn pointwise_prologue(
+        &self,
+        xh: &Tensor,
+        xl: &Tensor,
+        map: &InputMap,
+    ) -> Result<Option<OctValue>> {
+        let s = &self.spec;
+        let ([Some(hh), Some(hl), Some(lh), Some(ll)], (Some(ph), Some(pl))) =
+            (&self.weights, (map.prologue(true), map.prologue(false)))
+        else {
+            return Ok(None);
+        };
+        let (n, in_h, h, w) = xh.dims4()?;
+        let g = PointwiseOctave {
+            octave: OctaveGeometry {
+                n,
+                in_h,
+                in_l: s.in_l,
+                out_h: s.out_h,
+                out_l: s.out_l,
+                h,
+                w,
+            },
+            stride: 1,
+        };
+        let fits = s.stride == 1
+            && s.groups == 1
+            && !s.depthwise
+            && g.applies()
+            && in_h == s.in_h
+            && xl.dims4()? == (n, s.in_l, h / 2, w / 2);
+        if !fits {
+            return Ok(None);
+        }
+        let (yh, yl) = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
+            with_images_f32(xh, |xh, image_h| {
+                with_images_f32(xl, |xl, image_l| {
+                    let wt = PathWeights { hh, hl, lh, ll };
+                    pointwise::forward_mapped_pair(&g, (xh, xl), (image_h, image_l), wt, [ph, pl])
+                })
+            })
+        })???;
+        let dev = xh.device();
+        let yh = Tensor::from_vec(yh, (n, s.out_h, h, w), dev)?;
+        let yl = Tensor::from_vec(yl, (n, s.out_l, h / 2, w / 2), dev)?;
+        Ok(Some(OctValue::Pair {
+            high: Some(add_bias(yh, &self.bias_h)?),
+            low: add_bias(yl, &self.bias_l)?,
+        }))
     }
 
     /// Inference of `self(relu(bn(x)))` (eval-mode batch norm), with the batch norm and ReLU applied

@@ -102,13 +102,14 @@ impl InputMaps {
 /// Whether the runtime's kernels can apply an input map as they read this convolution's input: one
 /// group, not depthwise, and either all four paths (the octave kernel) or H→H alone at 3×3 stride 1
 /// (the Winograd gather maps each value) or at stride 2 of any kernel (the pooling that stride 2
-/// starts with maps each value; not with `downsample = stride`, which does not pool), or H→H alone
-/// at 1×1 stride 1 (each column block is mapped as it is copied for its GEMM).
+/// starts with maps each value; not with `downsample = stride`, which does not pool), or 1×1 at
+/// stride 1 (H→H alone maps each column block as it copies it for its GEMM; the four-path kernel
+/// maps each image's branches into scratch once).
 pub fn takes_input_map(s: &OctConvSpec) -> bool {
     let all_four = s.in_h > 0 && s.in_l > 0 && s.out_h > 0 && s.out_l > 0;
     let lone_hh = s.in_h > 0 && s.out_h > 0 && s.in_l == 0 && s.out_l == 0;
     let reads = (s.stride == 1 && s.kernel == 3) || (s.stride == 2 && !s.strided_conv());
-    let pointwise = s.stride == 1 && s.kernel == 1 && lone_hh;
+    let pointwise = s.stride == 1 && s.kernel == 1 && (lone_hh || all_four);
     (reads && (all_four || lone_hh) || pointwise) && s.groups == 1 && !s.depthwise
 }
 
