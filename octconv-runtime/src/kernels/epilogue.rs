@@ -30,11 +30,11 @@ pub enum Clamp {
 // Each activation is a select, not a branch, so the loops that call them vectorise (a branch on the
 // sign of every value mispredicts half the time). NaN becomes 0 in both clamps.
 
-fn identity(y: f32) -> f32 {
+pub(crate) fn identity(y: f32) -> f32 {
     y
 }
 
-fn relu(y: f32) -> f32 {
+pub(crate) fn relu(y: f32) -> f32 {
     if y > 0.0 {
         y
     } else {
@@ -42,7 +42,7 @@ fn relu(y: f32) -> f32 {
     }
 }
 
-fn relu6(y: f32) -> f32 {
+pub(crate) fn relu6(y: f32) -> f32 {
     let y = if y > 0.0 { y } else { 0.0 };
     if y < 6.0 {
         y

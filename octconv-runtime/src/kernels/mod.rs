@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod clamp;
 pub mod conv2d;
 pub mod depthwise;
+pub mod elementwise;
 pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
@@ -103,6 +104,22 @@ pub(crate) fn with_images_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R)
     }
 }
 
+/// Runs `f` on the contiguous f32 data of any number of CPU tensors at once.
+pub(crate) fn with_f32_many<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+    let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(ts.len());
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+                slices.push(&v[a..b])
+            }
+            _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
+        }
+    }
+    Ok(f(&slices))
+}
+
 /// Runs `f` on the contiguous f32 data of `K` CPU tensors at once.
 pub(crate) fn with_f32_all<const K: usize, R>(
     ts: [&Tensor; K],
@@ -147,6 +164,10 @@ pub trait Element:
     const HALF: Self;
     /// The nearest value of this type.
     fn from_f64(v: f64) -> Self;
+    /// `v` itself where `Self` is f32 (for a kernel's f32-only SIMD build), else `None`.
+    fn as_f32(v: &[Self]) -> Option<&[f32]>;
+    /// [`Element::as_f32`] of a mutable slice.
+    fn as_f32_mut(v: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Element for f32 {
@@ -156,6 +177,12 @@ impl Element for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn as_f32(v: &[Self]) -> Option<&[f32]> {
+        Some(v)
+    }
+    fn as_f32_mut(v: &mut [Self]) -> Option<&mut [f32]> {
+        Some(v)
+    }
 }
 
 impl Element for f64 {
@@ -164,5 +191,11 @@ impl Element for f64 {
     const HALF: Self = 0.5;
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }

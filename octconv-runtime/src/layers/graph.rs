@@ -1,8 +1,11 @@
 //! Where values meet: `concat`, `add` and `scale` (squeeze-and-excitation), on tensors, octave pairs
 //! and flat batches. Shapes were checked by the spec checker; these functions only compute.
 
+use crate::kernels::elementwise::{scale_planes, sum_act};
+use crate::kernels::epilogue::Clamp;
+use crate::kernels::{serves, with_f32_many};
 use crate::value::OctValue;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// The tensors of one branch (high or low) of every value, skipping empty (`None`) high branches.
 fn cat_branch(parts: Vec<&Tensor>) -> Result<Option<Tensor>> {
@@ -85,4 +88,83 @@ pub fn scale(x: &OctValue, gates: &OctValue) -> Result<OctValue> {
         }
         _ => candle_core::bail!("scale: {} gates for a value of shape {}", c, x.shape()),
     }
+}
+
+/// Whether our element-wise kernels serve these tensors: f32 on the CPU, all of one shape.
+fn served(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| serves(t.device()) && t.dtype() == DType::F32 && t.dims() == ts[0].dims())
+}
+
+/// Inference of `clamp(add(xs))` in one threaded pass per branch ([`sum_act`]), or `None` where the
+/// kernel does not serve the values (the caller then runs [`add`] and the activation op by op).
+pub fn add_infer(xs: &[&OctValue], clamp: Clamp) -> Result<Option<OctValue>> {
+    let sum = |ts: Vec<&Tensor>| -> Result<Option<Tensor>> {
+        if ts.is_empty() || !served(&ts) {
+            return Ok(None);
+        }
+        let y = with_f32_many(&ts, |s| sum_act(s, clamp))?;
+        Tensor::from_vec(y, ts[0].shape(), ts[0].device()).map(Some)
+    };
+    let singles: Option<Vec<&Tensor>> = xs
+        .iter()
+        .map(|v| match v {
+            OctValue::Single(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if let Some(ts) = singles {
+        return Ok(sum(ts)?.map(OctValue::Single));
+    }
+    let pairs: Option<Vec<(&Tensor, &Tensor)>> = xs
+        .iter()
+        .map(|v| match v {
+            OctValue::Pair { high: Some(h), low } => Some((h, low)),
+            _ => None,
+        })
+        .collect();
+    let Some(pairs) = pairs else {
+        return Ok(None);
+    };
+    let (hs, ls): (Vec<&Tensor>, Vec<&Tensor>) = pairs.into_iter().unzip();
+    match (sum(hs)?, sum(ls)?) {
+        (Some(high), Some(low)) => Ok(Some(OctValue::Pair {
+            high: Some(high),
+            low,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Inference of [`scale`] by one threaded pass per branch ([`scale_planes`]), or `None` where the
+/// kernel does not serve the values (the caller then runs [`scale`]).
+pub fn scale_infer(x: &OctValue, gates: &OctValue) -> Result<Option<OctValue>> {
+    let g = match gates {
+        OctValue::Flat(t) | OctValue::Single(t) => t.flatten_from(1)?,
+        OctValue::Pair { .. } => return Ok(None),
+    };
+    let (n, c) = g.dims2()?;
+    let by = |t: &Tensor, from: usize| -> Result<Option<Tensor>> {
+        let (tn, ct) = (t.dim(0)?, t.dim(1)?);
+        if !served(&[t]) || !served(&[&g]) || tn != n || t.rank() != 4 || from + ct > c {
+            return Ok(None);
+        }
+        let gt = g.narrow(1, from, ct)?;
+        let plane = t.dims()[2..].iter().product::<usize>();
+        let y = with_f32_many(&[t, &gt], |s| scale_planes(s[0], s[1], plane))?;
+        Tensor::from_vec(y, t.shape(), t.device()).map(Some)
+    };
+    Ok(match x {
+        OctValue::Single(t) if t.dim(1)? == c => by(t, 0)?.map(OctValue::Single),
+        OctValue::Pair { high: Some(h), low } if x.shape().channels() == c => {
+            match (by(h, 0)?, by(low, h.dim(1)?)?) {
+                (Some(high), Some(low)) => Some(OctValue::Pair {
+                    high: Some(high),
+                    low,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
 }

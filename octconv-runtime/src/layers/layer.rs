@@ -6,6 +6,7 @@ use super::{
     Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, OctConvTranspose2d,
     OutputStage, Pool, PoolKind,
 };
+use crate::kernels::epilogue::Clamp;
 use crate::value::OctValue;
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -209,7 +210,29 @@ oct_layer!(Flatten, |_s, xs, train| super::flatten(one(xs, "flatten")?));
 /// `add(…)` and residual sums.
 #[derive(Clone, Copy, Debug)]
 pub struct Add;
-oct_layer!(Add, |_s, xs, train| super::add(xs));
+impl OctLayer for Add {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        super::add(xs)
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        match super::graph::add_infer(xs, Clamp::Identity)? {
+            Some(y) => Ok(y),
+            None => super::add(xs),
+        }
+    }
+    /// The activation after a residual join in the same threaded pass as the sum.
+    fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
+        let clamp = match (stage.bn, stage.act.map(Activation::clamp)) {
+            (None, Some(Some(c))) => Some(c),
+            (None, None) => Some(Clamp::Identity),
+            _ => None,
+        };
+        match clamp.map(|c| super::graph::add_infer(xs, c)).transpose()? {
+            Some(Some(y)) => Ok(y),
+            _ => stage.apply(super::add(xs)?),
+        }
+    }
+}
 
 /// `concat(…)`.
 #[derive(Clone, Copy, Debug)]
@@ -219,13 +242,26 @@ oct_layer!(Concat, |_s, xs, train| super::concat(xs));
 /// `scale(x)`: the first input scaled per channel by the second.
 #[derive(Clone, Copy, Debug)]
 pub struct Scale;
-oct_layer!(Scale, |_s, xs, train| match xs {
-    [x, gates] => super::scale(x, gates),
-    _ => candle_core::bail!(
-        "scale takes a value and its gates, found {} inputs",
-        xs.len()
-    ),
-});
+impl OctLayer for Scale {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        match xs {
+            [x, gates] => super::scale(x, gates),
+            _ => candle_core::bail!(
+                "scale takes a value and its gates, found {} inputs",
+                xs.len()
+            ),
+        }
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        match xs {
+            [x, gates] => match super::graph::scale_infer(x, gates)? {
+                Some(y) => Ok(y),
+                None => super::scale(x, gates),
+            },
+            _ => self.apply(xs, false),
+        }
+    }
+}
 
 /// The runtime layer of IR layer `layer`, loading its parameters from `vb` (already prefixed with
 /// the layer's name); dropout layers draw from `rng`. `None` for the model input.

@@ -1,0 +1,130 @@
+//! Inference kernels where values meet: the sum of several tensors with the activation after it in
+//! the same pass (residual joins), and squeeze-and-excitation's per-channel scaling. candle's CPU
+//! binary ops run on one thread and the activation after an add was a second pass; here every
+//! output value is written once, by all threads. Values equal candle's (`(a + b) + c`, then the
+//! activation; `x · gate`).
+
+use super::epilogue::{identity, relu, relu6, Clamp};
+use super::scratch::output_vec;
+use rayon::prelude::*;
+
+/// Values per task.
+const CHUNK: usize = 1 << 14;
+
+/// `act(x₀ + x₁ + …)` element-wise, summed left to right; every input has the output's length.
+pub fn sum_act(xs: &[&[f32]], clamp: Clamp) -> Vec<f32> {
+    match clamp {
+        Clamp::Identity => sum_with(xs, identity),
+        Clamp::Relu => sum_with(xs, relu),
+        Clamp::Relu6 => sum_with(xs, relu6),
+    }
+}
+
+#[inline(always)]
+fn sum_with(xs: &[&[f32]], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let len = xs.first().map_or(0, |x| x.len());
+    // Every value is written: the first two inputs (or the only one) fill each chunk.
+    let mut out = output_vec(len);
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(t, o)| {
+        let (from, len) = (t * CHUNK, o.len());
+        let r = from..from + len;
+        match xs {
+            [a] => o
+                .iter_mut()
+                .zip(&a[r.clone()])
+                .for_each(|(o, &a)| *o = f(a)),
+            [a, b] => o
+                .iter_mut()
+                .zip(a[r.clone()].iter().zip(&b[r.clone()]))
+                .for_each(|(o, (&a, &b))| *o = f(a + b)),
+            [a, b, rest @ ..] => {
+                o.iter_mut()
+                    .zip(a[r.clone()].iter().zip(&b[r.clone()]))
+                    .for_each(|(o, (&a, &b))| *o = a + b);
+                for x in rest {
+                    o.iter_mut().zip(&x[r.clone()]).for_each(|(o, &v)| *o += v);
+                }
+                o.iter_mut().for_each(|o| *o = f(*o));
+            }
+            [] => {}
+        }
+    });
+    out
+}
+
+/// `x · gate` per plane: plane `p` (`plane` values) of `x` times `gates[p]` (one gate per image and
+/// channel, `[N, C]` against `[N, C, H, W]`).
+pub fn scale_planes(x: &[f32], gates: &[f32], plane: usize) -> Vec<f32> {
+    // Every value is written, plane by plane.
+    let mut out = output_vec(x.len());
+    if plane == 0 {
+        return out;
+    }
+    let per_task = CHUNK / plane + 1;
+    out.par_chunks_mut(plane * per_task)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (i, p) in o.chunks_mut(plane).enumerate() {
+                let k = t * per_task + i;
+                let g = gates[k];
+                for (o, &v) in p.iter_mut().zip(&x[k * plane..][..plane]) {
+                    *o = v * g;
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sums of one, two and three inputs (lengths around a chunk) with each activation equal the
+    /// scalar loop, bit for bit.
+    #[test]
+    fn sum_act_equals_the_scalar_sum_then_the_activation_bit_for_bit() {
+        for len in [0, 1, 5, CHUNK - 1, CHUNK, 2 * CHUNK + 7] {
+            let x: Vec<Vec<f32>> = (0..3)
+                .map(|k| {
+                    (0..len)
+                        .map(|i| ((i * 7919 + k * 104729) % 2003) as f32 / 97.0 - 10.0)
+                        .collect()
+                })
+                .collect();
+            for n in 1..=3 {
+                let xs: Vec<&[f32]> = x[..n].iter().map(|v| v.as_slice()).collect();
+                for (clamp, f) in [
+                    (Clamp::Identity, identity as fn(f32) -> f32),
+                    (Clamp::Relu, relu),
+                    (Clamp::Relu6, relu6),
+                ] {
+                    let got = sum_act(&xs, clamp);
+                    assert_eq!(got.len(), len);
+                    for (i, g) in got.iter().enumerate() {
+                        let mut s = xs[0][i];
+                        for x in &xs[1..] {
+                            s += x[i];
+                        }
+                        assert_eq!(g.to_bits(), f(s).to_bits(), "{n} inputs, {clamp:?}, [{i}]");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each plane is multiplied by its own gate, for planes of 1 value to more than a chunk.
+    #[test]
+    fn scale_planes_multiplies_each_plane_by_its_gate() {
+        for (planes, plane) in [(1, 1), (6, 49), (3, CHUNK + 3), (700, 30)] {
+            let x: Vec<f32> = (0..planes * plane)
+                .map(|i| (i % 37) as f32 - 18.0)
+                .collect();
+            let gates: Vec<f32> = (0..planes).map(|p| p as f32 / 7.0 - 1.0).collect();
+            let got = scale_planes(&x, &gates, plane);
+            assert_eq!(got.len(), x.len());
+            for (i, g) in got.iter().enumerate() {
+                assert_eq!(*g, x[i] * gates[i / plane], "plane {}, [{i}]", i / plane);
+            }
+        }
+    }
+}
