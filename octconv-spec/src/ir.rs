@@ -134,6 +134,30 @@ impl Downsample {
 }
 
 impl OctConvSpec {
+    /// A layer from the input split `(in_h, in_l)` to the output split `(out_h, out_l)` with one
+    /// group, not depthwise, and pooled downsampling: what a transposed octave convolution and an
+    /// automatic residual projection always are, and the base of every `octconv`.
+    pub fn dense(
+        (in_h, in_l): (usize, usize),
+        (out_h, out_l): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        bias: bool,
+    ) -> OctConvSpec {
+        OctConvSpec {
+            in_h,
+            in_l,
+            out_h,
+            out_l,
+            kernel,
+            stride,
+            groups: 1,
+            depthwise: false,
+            bias,
+            downsample: Downsample::Pool,
+        }
+    }
+
     /// Input and output channels of a path, or `None` if the path is absent.
     pub fn path_channels(&self, p: Path) -> Option<(usize, usize)> {
         let (i, o) = match p {

@@ -64,6 +64,16 @@ impl Shape {
         }
     }
 
+    /// The feature map of `high_c` high and `low_c` low channels at high-branch size `h`×`w`: a
+    /// single-frequency map without low channels, else an octave pair.
+    pub fn octave(high_c: usize, low_c: usize, h: usize, w: usize) -> Shape {
+        if low_c == 0 {
+            Shape::Single(Dims::new(high_c, h, w))
+        } else {
+            Shape::pair(high_c, low_c, h, w)
+        }
+    }
+
     /// Number of f32 elements per sample.
     pub fn numel(&self) -> u64 {
         match self {

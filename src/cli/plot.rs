@@ -13,6 +13,26 @@ pub(super) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e:?}")
 }
 
+/// Draws the legend of `chart` at `position`: the one legend style of `plot` and `sweep_plot`.
+pub(super) fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(plot_err)
+}
+
 /// Arguments of `octconv plot`.
 #[derive(clap::Args, Debug)]
 pub struct PlotArgs {
@@ -138,18 +158,12 @@ where
             }
         }
         // Losses fall and accuracies rise: those corners stay free of curves.
-        chart
-            .configure_series_labels()
-            .position(if is_loss {
-                SeriesLabelPosition::UpperRight
-            } else {
-                SeriesLabelPosition::LowerRight
-            })
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)?;
+        let corner = if is_loss {
+            SeriesLabelPosition::UpperRight
+        } else {
+            SeriesLabelPosition::LowerRight
+        };
+        draw_legend(&mut chart, corner)?;
     }
     root.present().map_err(plot_err)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! The plots of `octconv sweep`: test accuracy against α, relative time against α with the seed's
 //! FLOPs theory, and the overlaid learning curves of every α.
 
-use super::plot::plot_err;
+use super::plot::{draw_legend, plot_err};
 use super::sweep_report::SweepReport;
 use octconv_runtime::train::EpochRecord;
 use octconv_spec::cost::theory_macs_ratio;
@@ -61,14 +61,7 @@ fn alpha_chart(
                 .map_err(plot_err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(plot_err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }

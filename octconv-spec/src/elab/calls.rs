@@ -126,29 +126,18 @@ impl<'p> Elab<'p> {
         };
         match layers::apply(&args, &shape) {
             Ok((op, out)) => {
-                let alpha = match (&op, out) {
-                    (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
-                    // `alpha_out` is 0 in the baseline.
-                    (Op::OctConv(_) | Op::OctConvTranspose(_), _) => {
-                        args.alpha_out().unwrap_or(cur.alpha)
+                let alpha = alpha_after(&op, out, &args, cur.alpha);
+                self.named(call.label.as_ref(), def.name, env, |e, name| {
+                    e.labelled = call.label.is_some();
+                    match e.push_layer(name, op, vec![cur.node], shape, out, call.span) {
+                        Some(node) => Cur {
+                            node,
+                            shape: Some(out),
+                            alpha,
+                        },
+                        None => cur.poisoned(),
                     }
-                    (Op::Split { .. }, _) => args.alpha_out().unwrap_or(0.0),
-                    _ => cur.alpha,
-                };
-                let (name, key) = self.name_for(call.label.as_ref(), def.name, env);
-                self.labelled = call.label.is_some();
-                let out = match self.push_layer(name, op, vec![cur.node], shape, out, call.span) {
-                    Some(node) => Cur {
-                        node,
-                        shape: Some(out),
-                        alpha,
-                    },
-                    None => cur.poisoned(),
-                };
-                if let (Some(key), Some(l)) = (key, &call.label) {
-                    self.bind_value(key, l.span, out);
-                }
-                out
+                })
             }
             Err(d) => {
                 self.report(d);
@@ -191,23 +180,33 @@ impl<'p> Elab<'p> {
         let Some(mut inner) = self.bind_params(def, &sig, slots, call.span) else {
             return cur.poisoned();
         };
-        let (name, key) = self.name_for(call.label.as_ref(), &def.name.name, env);
-        self.push_scope(&name);
-        self.frames.push(Frame {
-            block: def.name.name.clone(),
-            call_span: call.span,
-        });
-        self.open_names(
-            format!("block `{}` (called as `{name}`)", def.name.name),
-            true,
-        );
-        let out = self.exec(&def.body, &mut inner, cur, true);
-        self.close_names();
-        self.frames.pop();
-        self.scopes.pop();
-        if let (Some(key), Some(l)) = (key, &call.label) {
-            self.bind_value(key, l.span, out);
-        }
-        out
+        self.named(call.label.as_ref(), &def.name.name, env, |e, name| {
+            e.push_scope(&name);
+            e.frames.push(Frame {
+                block: def.name.name.clone(),
+                call_span: call.span,
+            });
+            e.open_names(
+                format!("block `{}` (called as `{name}`)", def.name.name),
+                true,
+            );
+            let out = e.exec(&def.body, &mut inner, cur, true);
+            e.close_names();
+            e.frames.pop();
+            e.scopes.pop();
+            out
+        })
+    }
+}
+
+/// The α that produced the split of a layer's output `out` (the default α_out of the next octconv):
+/// the layer's `alpha_out` if it sets one, 0 without a pair, else the input's `input_alpha`.
+fn alpha_after(op: &Op, out: Shape, args: &Args, input_alpha: f64) -> f64 {
+    match (op, out) {
+        (_, Shape::Single(_) | Shape::Flat { .. }) => 0.0,
+        // `alpha_out` is 0 in the baseline.
+        (Op::OctConv(_) | Op::OctConvTranspose(_), _) => args.alpha_out().unwrap_or(input_alpha),
+        (Op::Split { .. }, _) => args.alpha_out().unwrap_or(0.0),
+        _ => input_alpha,
     }
 }

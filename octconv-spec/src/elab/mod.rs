@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 mod calls;
 mod graph;
+mod model;
 mod stmts;
 mod values;
 
@@ -120,6 +121,9 @@ impl Cur {
 struct Elab<'p> {
     program: &'p Program,
     opts: Options,
+    /// The one diagnostics context every pass and statement reports into: through [`Elab::report`],
+    /// which adds the block call stack, or, for the model's own arguments (no stack yet), handed to
+    /// [`bind`].
     diags: Diagnostics,
     layers: Vec<Layer>,
 
@@ -167,159 +171,6 @@ impl<'p> Elab<'p> {
             );
         }
         self.aborted = true;
-    }
-
-    fn model(&mut self, req: &ModelRequest) -> Option<Model> {
-        let Some(def) = self.program.def(req.name) else {
-            let models = self.program.model_names();
-            let mut d = Diagnostic::error(
-                DiagKind::UnknownName,
-                req.name_span,
-                format!("unknown model `{}`", req.name),
-            )
-            .with_label("no such model")
-            .with_note(format!("models: {}", models.join(", ")));
-            if let Some(h) = suggest::help(req.name, models.iter().copied()) {
-                d = d.with_help(h);
-            }
-            self.diags.push(d);
-            return None;
-        };
-        if def.kind == DefKind::Block {
-            self.diags.push(
-                Diagnostic::error(
-                    DiagKind::Structure,
-                    req.name_span.unwrap_or(def.name.span),
-                    format!(
-                        "`{}` is a block, not a model: it has no input of its own",
-                        req.name
-                    ),
-                )
-                .with_help(format!("check a model that uses `{}`", req.name)),
-            );
-            return None;
-        }
-        let sig = sig_of(def);
-        let empty = Env::new();
-        let mut slots = bind::bind(req.name, &sig, req.args, &empty, &mut self.diags)?;
-        for o in req.overrides {
-            let name = o.name.as_ref().map(|n| n.name.as_str()).unwrap_or("");
-            let Some(i) = sig.iter().position(|p| p.name == name) else {
-                let names: Vec<_> = sig.iter().map(|p| p.name.as_str()).collect();
-                let mut d = Diagnostic::error(
-                    DiagKind::Argument,
-                    o.name.as_ref().map(|n| n.span).unwrap_or(o.span),
-                    format!("model `{}` has no parameter `{name}`", req.name),
-                )
-                .with_label("unknown parameter")
-                .with_note(format!("parameters: {}", names.join(", ")));
-                if let Some(h) = suggest::help(name, names.iter().copied()) {
-                    d = d.with_help(h);
-                }
-                self.diags.push(d);
-                continue;
-            };
-            match eval(&o.value, &empty) {
-                Ok(v) => match v.val.coerce(&sig[i].ty) {
-                    Ok(val) => {
-                        slots.values[i] = Some(v.with_val(val));
-                        slots.spans[i] = Some(o.span);
-                    }
-                    Err(why) => self.diags.push(Diagnostic::error(
-                        DiagKind::Argument,
-                        o.value.span,
-                        format!("`{name}` has the wrong type: {why}"),
-                    )),
-                },
-                Err(d) => self.diags.push(d),
-            }
-        }
-        let mut env = self.bind_params(def, &sig, slots, req.name_span.unwrap_or(def.name.span))?;
-        if self.diags.has_errors() {
-            return None;
-        }
-        let args = def
-            .params
-            .iter()
-            .filter_map(|p| {
-                env.get(&p.name.name).map(|v| ModelArg {
-                    name: p.name.name.clone(),
-                    value: v.val.to_string(),
-                })
-            })
-            .collect();
-        let start = Cur {
-            node: NO_INPUT,
-            shape: None,
-            alpha: 0.0,
-        };
-        self.names.push(Names::root(&def.name.name));
-        let out = self.exec(&def.body, &mut env, start, false);
-        if self.layers.is_empty() && !self.aborted && !self.reported_no_input {
-            self.diags.push(
-                Diagnostic::error(
-                    DiagKind::Structure,
-                    def.name.span,
-                    format!("model `{}` has no `input` statement", def.name.name),
-                )
-                .with_label("no input")
-                .with_help("start the model with `input [C, H, W];`"),
-            );
-        }
-        if let Some(s @ Shape::Pair { .. }) = out.shape {
-            self.diags.push(
-                Diagnostic::error(
-                    DiagKind::InvalidHead,
-                    def.end_span,
-                    format!("invalid head: model `{}` ends on {s}", def.name.name),
-                )
-                .with_label("the output is still an octave pair")
-                .with_help("end the model with `merge();` (then e.g. `global_avg_pool(); linear(classes);`)"),
-            );
-        }
-        let totals = self
-            .layers
-            .iter()
-            .try_fold((0u64, 0u64, 0u64), |(p, m, a), l| {
-                Some((
-                    p.checked_add(l.params)?,
-                    m.checked_add(l.macs)?,
-                    a.checked_add(l.activation_bytes)?,
-                ))
-            });
-        if totals.is_none() {
-            self.diags.push(Diagnostic::error(
-                DiagKind::Limit,
-                def.name.span,
-                format!(
-                    "the total cost of model `{}` overflows 64 bits",
-                    def.name.name
-                ),
-            ));
-        }
-        if !self.diags.has_errors() && (out.shape.is_none() || self.layers.is_empty()) {
-            // Every path to a poisoned value reports an error; this is a safety net.
-            self.diags.push(Diagnostic::error(
-                DiagKind::Structure,
-                def.name.span,
-                format!("internal error: model `{}` could not be elaborated, but no error was reported (please report this)", def.name.name),
-            ));
-        }
-        if self.diags.has_errors() {
-            return None;
-        }
-        let input = match self.layers.first().map(|l| l.output) {
-            Some(Shape::Single(d)) => d,
-            _ => return None,
-        };
-        Some(Model {
-            name: def.name.name.clone(),
-            docs: def.docs.clone(),
-            args,
-            input,
-            output: out.shape?,
-            layers: std::mem::take(&mut self.layers),
-        })
     }
 
     /// Fills parameters from `slots`, then defaults (evaluated with the earlier parameters in scope);
@@ -392,6 +243,26 @@ impl<'p> Elab<'p> {
         });
     }
 
+    /// Whether layer name `name` is already used; reports it if so, pointing at the label (an
+    /// automatic name is never the one to change).
+    fn name_taken(&mut self, name: &str, span: Span, labelled: bool) -> bool {
+        let Some(&(first, first_labelled)) = self.name_spans.get(name) else {
+            return false;
+        };
+        let (primary, other, other_msg) = if !labelled && first_labelled {
+            (first, span, "clashes with the automatic name of this layer")
+        } else {
+            (span, first, "first used here")
+        };
+        self.report(
+            Diagnostic::error(DiagKind::Duplicate, primary, format!("layer name `{name}` is used twice"))
+                .with_label("this name")
+                .with_secondary(other, other_msg)
+                .with_help("`as` labels must differ from each other and from the automatic names (`<op><k>`); rename the label"),
+        );
+        true
+    }
+
     fn push_layer(
         &mut self,
         name: String,
@@ -406,19 +277,7 @@ impl<'p> Elab<'p> {
             return None;
         }
         let labelled = std::mem::take(&mut self.labelled);
-        if let Some(&(first, first_labelled)) = self.name_spans.get(&name) {
-            // Point at the label: an automatic name is never the one to change.
-            let (primary, other, other_msg) = if !labelled && first_labelled {
-                (first, span, "clashes with the automatic name of this layer")
-            } else {
-                (span, first, "first used here")
-            };
-            self.report(
-                Diagnostic::error(DiagKind::Duplicate, primary, format!("layer name `{name}` is used twice"))
-                    .with_label("this name")
-                    .with_secondary(other, other_msg)
-                    .with_help("`as` labels must differ from each other and from the automatic names (`<op><k>`); rename the label"),
-            );
+        if self.name_taken(&name, span, labelled) {
             return None;
         }
         if !within_limits(&output) {

@@ -42,58 +42,63 @@ impl Elab<'_> {
                 );
                 return cur.poisoned();
             }
-            cur = match stmt {
-                Stmt::Require {
-                    cond,
-                    message,
-                    span,
-                } => {
-                    self.require(cond, message.as_deref(), *span, env);
-                    cur
-                }
-                Stmt::Input { dims, span } => self.input(dims, *span, env, cur, in_block),
-                Stmt::Expect { shape, span } => {
-                    self.expect(shape, *span, env, cur);
-                    cur
-                }
-                Stmt::Let { name, value } => {
-                    match eval(value, env) {
-                        Ok(v) => env.set(&name.name, v),
-                        Err(d) => self.report(d),
-                    }
-                    cur
-                }
-                Stmt::Repeat {
-                    var,
-                    from,
-                    to,
-                    body,
-                    span,
-                } => self.repeat(
-                    var.as_ref().map(|v| v.name.as_str()),
-                    from.as_ref(),
-                    to,
-                    body,
-                    *span,
-                    env,
-                    cur,
-                ),
-                Stmt::Residual {
-                    body,
-                    shortcut,
-                    label,
-                    span,
-                } => self.residual(body, shortcut.as_deref(), label.as_ref(), *span, env, cur),
-                Stmt::Branches {
-                    join,
-                    bodies,
-                    label,
-                    span,
-                } => self.branches(join, bodies, label.as_ref(), *span, env, cur),
-                Stmt::Call(call) => self.call(call, env, cur),
-            };
+            cur = self.stmt(stmt, env, cur, in_block);
         }
         cur
+    }
+
+    /// Runs one statement on the value `cur`: dispatches on the statement's kind.
+    fn stmt(&mut self, stmt: &Stmt, env: &mut Env, cur: Cur, in_block: bool) -> Cur {
+        match stmt {
+            Stmt::Require {
+                cond,
+                message,
+                span,
+            } => {
+                self.require(cond, message.as_deref(), *span, env);
+                cur
+            }
+            Stmt::Input { dims, span } => self.input(dims, *span, env, cur, in_block),
+            Stmt::Expect { shape, span } => {
+                self.expect(shape, *span, env, cur);
+                cur
+            }
+            Stmt::Let { name, value } => {
+                match eval(value, env) {
+                    Ok(v) => env.set(&name.name, v),
+                    Err(d) => self.report(d),
+                }
+                cur
+            }
+            Stmt::Repeat {
+                var,
+                from,
+                to,
+                body,
+                span,
+            } => self.repeat(
+                var.as_ref().map(|v| v.name.as_str()),
+                from.as_ref(),
+                to,
+                body,
+                *span,
+                env,
+                cur,
+            ),
+            Stmt::Residual {
+                body,
+                shortcut,
+                label,
+                span,
+            } => self.residual(body, shortcut.as_deref(), label.as_ref(), *span, env, cur),
+            Stmt::Branches {
+                join,
+                bodies,
+                label,
+                span,
+            } => self.branches(join, bodies, label.as_ref(), *span, env, cur),
+            Stmt::Call(call) => self.call(call, env, cur),
+        }
     }
 
     pub(super) fn require(&mut self, cond: &Expr, message: Option<&str>, span: Span, env: &Env) {
@@ -193,33 +198,7 @@ impl Elab<'_> {
         cur: Cur,
         in_block: bool,
     ) -> Cur {
-        if in_block {
-            self.report(
-                Diagnostic::error(
-                    DiagKind::Structure,
-                    span,
-                    "`input` must be a top-level statement of a model, not inside a block, `repeat` or `residual`",
-                )
-                .with_help("write `input [C, H, W];` as the model's first statement; a block takes its input from the statement before its call"),
-            );
-            self.reported_no_input = true;
-            return cur.poisoned();
-        }
-        if self.reported_no_input && self.layers.is_empty() {
-            // A layer before `input` was already reported.
-            return cur.poisoned();
-        }
-        if cur.node != NO_INPUT || !self.layers.is_empty() {
-            let mut d = Diagnostic::error(
-                DiagKind::Duplicate,
-                span,
-                "`input` must come once, before any layer",
-            )
-            .with_label("misplaced `input`");
-            if let Some(first) = self.layers.first() {
-                d = d.with_secondary(first.span, "the model's input is declared here");
-            }
-            self.report(d);
+        if !self.input_placed(span, cur, in_block) {
             return cur.poisoned();
         }
         if dims.len() != 3 {
@@ -247,6 +226,41 @@ impl Elab<'_> {
             },
             None => cur.poisoned(),
         }
+    }
+
+    /// Whether `input` stands where it may: at the top level of a model, once, before any layer.
+    /// Reports it where not, unless a layer before `input` was already reported.
+    fn input_placed(&mut self, span: Span, cur: Cur, in_block: bool) -> bool {
+        if in_block {
+            self.report(
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    span,
+                    "`input` must be a top-level statement of a model, not inside a block, `repeat` or `residual`",
+                )
+                .with_help("write `input [C, H, W];` as the model's first statement; a block takes its input from the statement before its call"),
+            );
+            self.reported_no_input = true;
+            return false;
+        }
+        if self.reported_no_input && self.layers.is_empty() {
+            // A layer before `input` was already reported.
+            return false;
+        }
+        if cur.node != NO_INPUT || !self.layers.is_empty() {
+            let mut d = Diagnostic::error(
+                DiagKind::Duplicate,
+                span,
+                "`input` must come once, before any layer",
+            )
+            .with_label("misplaced `input`");
+            if let Some(first) = self.layers.first() {
+                d = d.with_secondary(first.span, "the model's input is declared here");
+            }
+            self.report(d);
+            return false;
+        }
+        true
     }
 
     pub(super) fn expect(&mut self, shape: &ExpectShape, span: Span, env: &Env, cur: Cur) {
@@ -315,52 +329,9 @@ impl Elab<'_> {
         env: &Env,
         mut cur: Cur,
     ) -> Cur {
-        let int = |e: &Expr, this: &mut Self| -> Option<i64> {
-            match eval(e, env) {
-                Ok(Value {
-                    val: Val::Int(i), ..
-                }) => Some(i),
-                Ok(v) => {
-                    this.report(Diagnostic::error(
-                        DiagKind::Type,
-                        e.span,
-                        format!("`repeat` needs an `int`, found `{}`", v.val.type_name()),
-                    ));
-                    None
-                }
-                Err(d) => {
-                    this.report(d);
-                    None
-                }
-            }
-        };
-        let start = match from {
-            Some(f) => int(f, self),
-            None => Some(0),
-        };
-        let (Some(start), Some(end)) = (start, int(to, self)) else {
+        let Some((start, end)) = self.repeat_range(var.is_some(), from, to, span, env) else {
             return cur.poisoned();
         };
-        if var.is_none() && end < 0 {
-            self.report(
-                Diagnostic::error(
-                    DiagKind::Structure,
-                    to.span,
-                    format!("`repeat` count must not be negative, found {end}"),
-                )
-                .with_help("guard the count with `require`, or use `max(0, …)`"),
-            );
-            return cur.poisoned();
-        }
-        let count = end.saturating_sub(start).max(0);
-        if count > MAX_REPEAT {
-            self.report(Diagnostic::error(
-                DiagKind::Limit,
-                span,
-                format!("`repeat` runs {count} times; the limit is {MAX_REPEAT}"),
-            ));
-            return cur.poisoned();
-        }
         for i in start..end {
             if self.aborted {
                 break;
@@ -382,5 +353,66 @@ impl Elab<'_> {
             cur = self.exec(body, &mut inner, cur, true);
         }
         cur
+    }
+
+    /// The bounds `start..end` of a `repeat` (`0..count` without a variable); reports bounds that
+    /// are not `int`, a negative count, and more than [`MAX_REPEAT`] iterations.
+    fn repeat_range(
+        &mut self,
+        ranged: bool,
+        from: Option<&Expr>,
+        to: &Expr,
+        span: Span,
+        env: &Env,
+    ) -> Option<(i64, i64)> {
+        let start = match from {
+            Some(f) => self.repeat_int(f, env),
+            None => Some(0),
+        };
+        let (Some(start), Some(end)) = (start, self.repeat_int(to, env)) else {
+            return None;
+        };
+        if !ranged && end < 0 {
+            self.report(
+                Diagnostic::error(
+                    DiagKind::Structure,
+                    to.span,
+                    format!("`repeat` count must not be negative, found {end}"),
+                )
+                .with_help("guard the count with `require`, or use `max(0, …)`"),
+            );
+            return None;
+        }
+        let count = end.saturating_sub(start).max(0);
+        if count > MAX_REPEAT {
+            self.report(Diagnostic::error(
+                DiagKind::Limit,
+                span,
+                format!("`repeat` runs {count} times; the limit is {MAX_REPEAT}"),
+            ));
+            return None;
+        }
+        Some((start, end))
+    }
+
+    /// A bound of `repeat`, which must be an `int`.
+    fn repeat_int(&mut self, e: &Expr, env: &Env) -> Option<i64> {
+        match eval(e, env) {
+            Ok(Value {
+                val: Val::Int(i), ..
+            }) => Some(i),
+            Ok(v) => {
+                self.report(Diagnostic::error(
+                    DiagKind::Type,
+                    e.span,
+                    format!("`repeat` needs an `int`, found `{}`", v.val.type_name()),
+                ));
+                None
+            }
+            Err(d) => {
+                self.report(d);
+                None
+            }
+        }
     }
 }

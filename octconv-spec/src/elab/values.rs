@@ -88,8 +88,26 @@ impl Elab<'_> {
         }
     }
 
+    /// A labelled call or construct (a layer, a block call, `residual`, `branches`): `produce` builds
+    /// it under its full name (its label's, or the next automatic one from `base`), and the value it
+    /// gives is bound under the label.
+    pub(super) fn named(
+        &mut self,
+        label: Option<&Label>,
+        base: &str,
+        env: &Env,
+        produce: impl FnOnce(&mut Self, String) -> Cur,
+    ) -> Cur {
+        let (name, key) = self.name_for(label, base, env);
+        let out = produce(self, name);
+        if let (Some(key), Some(l)) = (key, label) {
+            self.bind_value(key, l.span, out);
+        }
+        out
+    }
+
     /// The full layer (or scope) name for a call or construct: its label's, or the next automatic one.
-    pub(super) fn name_for(
+    fn name_for(
         &mut self,
         label: Option<&Label>,
         base: &str,
@@ -105,7 +123,7 @@ impl Elab<'_> {
     }
 
     /// Binds `key` to `cur` in the innermost level.
-    pub(super) fn bind_value(&mut self, key: String, span: Span, cur: Cur) {
+    fn bind_value(&mut self, key: String, span: Span, cur: Cur) {
         let first = self
             .visible()
             .find_map(|n| n.entries.get(&key))
@@ -139,15 +157,30 @@ impl Elab<'_> {
     /// The value a reference (`enc1`, `enc[i]`) names, and how to call it in messages; `None` after an
     /// error (reported here).
     pub(super) fn lookup(&mut self, e: &Expr, env: &Env) -> Option<(Cur, String)> {
-        let key = match &e.kind {
-            ExprKind::Var(name) => name.clone(),
+        let key = self.value_key(e, env)?;
+        let found = self
+            .visible()
+            .find_map(|n| n.entries.get(&key))
+            .map(|(cur, _)| *cur);
+        if let Some(cur) = found {
+            return Some((cur, format!("`{key}`")));
+        }
+        let d = self.unbound(&key, e.span);
+        self.report(d);
+        None
+    }
+
+    /// The key a reference names (`enc1`, `enc[2]`); `None` after an error (reported here).
+    fn value_key(&mut self, e: &Expr, env: &Env) -> Option<String> {
+        match &e.kind {
+            ExprKind::Var(name) => Some(name.clone()),
             ExprKind::Index(base, index) => match (&base.kind, eval(index, env)) {
                 (
                     ExprKind::Var(name),
                     Ok(Value {
                         val: Val::Int(i), ..
                     }),
-                ) => format!("{name}[{i}]"),
+                ) => Some(format!("{name}[{i}]")),
                 (ExprKind::Var(_), Ok(v)) => {
                     self.report(Diagnostic::error(
                         DiagKind::Type,
@@ -158,69 +191,59 @@ impl Elab<'_> {
                             v.val
                         ),
                     ));
-                    return None;
+                    None
                 }
                 (ExprKind::Var(_), Err(d)) => {
                     self.report(d);
-                    return None;
+                    None
                 }
-                _ => return self.not_a_name(e),
+                _ => self.not_a_name(e),
             },
-            _ => return self.not_a_name(e),
-        };
-        let found = self
-            .visible()
-            .find_map(|n| n.entries.get(&key))
-            .map(|(cur, _)| *cur);
-        if let Some(cur) = found {
-            return Some((cur, format!("`{key}`")));
+            _ => self.not_a_name(e),
         }
-        let d = match self.bound_anywhere.iter().find(|b| b.0 == key) {
-            Some((_, at, inside)) => Diagnostic::error(
+    }
+
+    /// Why no value `key` is visible at `at`: it is bound only where it cannot be seen, or nowhere
+    /// (then with a suggestion and the indexed names of the same base that are bound).
+    fn unbound(&self, key: &str, at: Span) -> Diagnostic {
+        if let Some((_, bound, inside)) = self.bound_anywhere.iter().find(|b| b.0 == key) {
+            return Diagnostic::error(
                 DiagKind::NotVisible,
-                e.span,
+                at,
                 format!("value `{key}` is not visible here: it is bound inside {inside}"),
             )
             .with_label("not visible here")
-            .with_secondary(*at, "bound here")
-            .with_help("a name is visible after its statement in the same body and in the bodies nested there; bind it outside the block, residual or branch, or label the block call or construct itself (`… as name;`)"),
+            .with_secondary(*bound, "bound here")
+            .with_help("a name is visible after its statement in the same body and in the bodies nested there; bind it outside the block, residual or branch, or label the block call or construct itself (`… as name;`)");
+        }
+        let mut d = Diagnostic::error(DiagKind::UnknownName, at, format!("no value named `{key}`"))
+            .with_label("not bound");
+        let keys: Vec<String> = self
+            .visible()
+            .flat_map(|n| n.entries.keys().cloned())
+            .collect();
+        match suggest::help(key, keys.iter().map(String::as_str)) {
+            Some(h) => d = d.with_help(h),
             None => {
-                let mut d = Diagnostic::error(
-                    DiagKind::UnknownName,
-                    e.span,
-                    format!("no value named `{key}`"),
-                )
-                .with_label("not bound");
-                let keys: Vec<String> = self
-                    .visible()
-                    .flat_map(|n| n.entries.keys().cloned())
-                    .collect();
-                match suggest::help(&key, keys.iter().map(String::as_str)) {
-                    Some(h) => d = d.with_help(h),
-                    None => {
-                        d = d.with_help(format!(
-                            "bind a value with `as`, e.g. `conv(out = 64, kernel = 3) as {key};`, before using it"
-                        ))
-                    }
-                }
-                let base = key.split('[').next().unwrap_or(&key).to_string();
-                let mut family: Vec<&String> = keys
-                    .iter()
-                    .filter(|k| k.starts_with(&format!("{base}[")))
-                    .collect();
-                family.sort();
-                if !family.is_empty() {
-                    let list: Vec<&str> = family.iter().map(|k| k.as_str()).collect();
-                    d = d.with_note(format!("bound here: {}", list.join(", ")));
-                }
-                d
+                d = d.with_help(format!(
+                    "bind a value with `as`, e.g. `conv(out = 64, kernel = 3) as {key};`, before using it"
+                ))
             }
-        };
-        self.report(d);
-        None
+        }
+        let base = key.split('[').next().unwrap_or(key).to_string();
+        let mut family: Vec<&String> = keys
+            .iter()
+            .filter(|k| k.starts_with(&format!("{base}[")))
+            .collect();
+        family.sort();
+        if !family.is_empty() {
+            let list: Vec<&str> = family.iter().map(|k| k.as_str()).collect();
+            d = d.with_note(format!("bound here: {}", list.join(", ")));
+        }
+        d
     }
 
-    fn not_a_name(&mut self, e: &Expr) -> Option<(Cur, String)> {
+    fn not_a_name(&mut self, e: &Expr) -> Option<String> {
         self.report(
             Diagnostic::error(
                 DiagKind::Argument,

@@ -67,6 +67,15 @@ fn mismatch(at: Span, msg: String, a: &Part, b: &Part) -> Diagnostic {
     d
 }
 
+/// Parts `a` and `b` are not equal where `need` (`add needs equal shapes`) says they must be.
+fn unequal(at: Span, need: &str, a: &Part, b: &Part) -> Diagnostic {
+    let msg = format!(
+        "{need}: {} is {}, but {} is {}",
+        a.what, a.shape, b.what, b.shape
+    );
+    mismatch(at, msg, a, b)
+}
+
 /// The shape of `parts` joined by `join`, or which two parts do not fit and why.
 pub(crate) fn join(join: Join, parts: &[Part], at: Span) -> Result<Shape, Diagnostic> {
     let first = &parts[0];
@@ -105,17 +114,9 @@ pub(crate) fn join(join: Join, parts: &[Part], at: Span) -> Result<Shape, Diagno
             .with_help("make them the same kind first: `split(alpha = …)` turns a tensor into a pair, `merge()` a pair into a tensor"));
         }
         if join == Join::Add && p.shape != first.shape {
-            return Err(mismatch(
-                at,
-                format!(
-                    "add needs equal shapes: {} is {}, but {} is {}",
-                    first.what, first.shape, p.what, p.shape
-                ),
-                first,
-                p,
-            )
-            .with_label("shapes differ")
-            .with_help("project one side to the other's shape (e.g. a 1×1 `conv` or `octconv`), or use `concat`"));
+            return Err(unequal(at, "add needs equal shapes", first, p)
+                .with_label("shapes differ")
+                .with_help("project one side to the other's shape (e.g. a 1×1 `conv` or `octconv`), or use `concat`"));
         }
         let size = |d: Dims| (d.h, d.w);
         let sizes_differ = match (first.shape, p.shape) {
@@ -126,17 +127,9 @@ pub(crate) fn join(join: Join, parts: &[Part], at: Span) -> Result<Shape, Diagno
             _ => false,
         };
         if sizes_differ {
-            return Err(mismatch(
-                at,
-                format!(
-                    "concat needs equal spatial sizes: {} is {}, but {} is {}",
-                    first.what, first.shape, p.what, p.shape
-                ),
-                first,
-                p,
-            )
-            .with_label("spatial sizes differ")
-            .with_help("`upsample` or pool one side to the other's size first"));
+            return Err(unequal(at, "concat needs equal spatial sizes", first, p)
+                .with_label("spatial sizes differ")
+                .with_help("`upsample` or pool one side to the other's size first"));
         }
     }
     if join == Join::Add {

@@ -147,11 +147,7 @@ pub(crate) fn infer(spec: &OctConvSpec, input: &Shape) -> Result<Shape, GeoError
         }
     }
     let (oh, ow) = (high.h / s, high.w / s);
-    Ok(if spec.out_l == 0 {
-        Shape::Single(Dims::new(spec.out_h, oh, ow))
-    } else {
-        Shape::pair(spec.out_h, spec.out_l, oh, ow)
-    })
+    Ok(Shape::octave(spec.out_h, spec.out_l, oh, ow))
 }
 
 /// `octconv(out, kernel, stride, alpha, alpha_in, groups, depthwise, bias, downsample)`.
@@ -241,16 +237,10 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
     }
     let downsample = downsample(a, stride, (in_h, in_l), (out_h, out_l))?;
     let spec = OctConvSpec {
-        in_h,
-        in_l,
-        out_h,
-        out_l,
-        kernel,
-        stride,
         groups,
         depthwise,
-        bias: a.flag(BIAS)?,
         downsample,
+        ..OctConvSpec::dense((in_h, in_l), (out_h, out_l), kernel, stride, a.flag(BIAS)?)
     };
     if !depthwise && groups > 1 {
         for p in spec.paths() {

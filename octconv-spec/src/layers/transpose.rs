@@ -9,7 +9,7 @@ use super::DefaultValue::{Bool as B, Derived, Int as I, Required};
 use super::PTy::{Bool, Float, Int};
 use super::{Args, Param};
 use crate::diag::{DiagKind, Diagnostic};
-use crate::ir::{Downsample, OctConvSpec, Op, Path};
+use crate::ir::{OctConvSpec, Op, Path};
 use crate::shape::{hw, product, Dims, Shape};
 
 /// `out`.
@@ -60,18 +60,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_help("use `octconv` for stride 1, and chain layers for ×4"));
     }
     let (out_h, out_l) = super::octconv::out_split(a, in_h, in_l, out)?;
-    let spec = OctConvSpec {
-        in_h,
-        in_l,
-        out_h,
-        out_l,
-        kernel,
-        stride,
-        groups: 1,
-        depthwise: false,
-        bias: a.flag(BIAS)?,
-        downsample: Downsample::Pool,
-    };
+    let spec = OctConvSpec::dense((in_h, in_l), (out_h, out_l), kernel, stride, a.flag(BIAS)?);
     if spec.path_channels(Path::HL).is_some() && (high.h % 2 != 0 || high.w % 2 != 0) {
         return Err(a
             .call_error(
@@ -84,12 +73,7 @@ pub(crate) fn apply(a: &Args, input: &Shape) -> Result<(Op, Shape), Diagnostic> 
             .with_label("odd size")
             .with_help("set alpha = 0 for this layer, or resize so the high branch is even"));
     }
-    let (h, w) = (2 * high.h, 2 * high.w);
-    let output = if out_l == 0 {
-        Shape::Single(Dims::new(out_h, h, w))
-    } else {
-        Shape::pair(out_h, out_l, h, w)
-    };
+    let output = Shape::octave(out_h, out_l, 2 * high.h, 2 * high.w);
     Ok((Op::OctConvTranspose(spec), output))
 }
 

@@ -50,6 +50,44 @@ fn rule_name(rule: Rule) -> Option<&'static str> {
     })
 }
 
+/// What the parser expected, as the message lists it: literal `tokens` as written, `operator`, and the
+/// names of `rules`; without repeats, literals first.
+fn expected(tokens: &[String], rules: &[Rule]) -> Vec<String> {
+    let mut expected: Vec<String> = Vec::new();
+    let mut push = |s: String| {
+        if !expected.contains(&s) {
+            expected.push(s);
+        }
+    };
+    for token in tokens {
+        let range = token.len() == 4 && token.contains(".."); // `a..z`: a character class
+        let literal = !(token.is_empty()
+            || token == "BUILTIN_RULE"
+            || range
+            || token.chars().any(char::is_whitespace));
+        const OPERATORS: &[&str] = &[
+            "!=", "%", "&&", "*", "+", "-", "/", "<=", "<", "==", ">=", ">", "||", "!",
+        ];
+        // Comment openers and the inner characters of number and string literals are noise.
+        const COMMENTS: &[&str] = &["/*", "//", "///", "#", ".", "e", "E", "_", "\"", "\\"];
+        if COMMENTS.contains(&token.as_str()) {
+            continue;
+        }
+        if OPERATORS.contains(&token.as_str()) {
+            push("operator".to_string());
+        } else if literal {
+            push(format!("`{token}`"));
+        }
+    }
+    for r in rules {
+        if let Some(n) = rule_name(*r) {
+            push(n.to_string());
+        }
+    }
+    expected.sort_by_key(|s| (!s.starts_with('`'), s.clone()));
+    expected
+}
+
 /// Converts a pest error at a position in `text` into a syntax diagnostic.
 pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rule>) -> Diagnostic {
     let mut pos = match err.location {
@@ -62,44 +100,18 @@ pub(super) fn syntax_error(file: FileId, text: &str, err: pest::error::Error<Rul
     let furthest = attempts.as_ref().map_or(0, |a| a.max_position);
     let use_rules = furthest <= pos;
     pos = pos.max(furthest).min(text.len());
-    let mut expected: Vec<String> = Vec::new();
-    let mut push = |s: String| {
-        if !expected.contains(&s) {
-            expected.push(s);
-        }
+    let tokens: Vec<String> = attempts.map_or_else(Vec::new, |a| {
+        // pest does not export its token type; its Display shows literals as written.
+        a.expected_tokens()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    });
+    let rules = match (use_rules, &err.variant) {
+        (true, ErrorVariant::ParsingError { positives, .. }) => positives.as_slice(),
+        _ => &[],
     };
-    if let Some(attempts) = attempts {
-        for t in attempts.expected_tokens() {
-            // pest does not export its token type; its Display shows literals as written.
-            let token = t.to_string();
-            let range = token.len() == 4 && token.contains(".."); // `a..z`: a character class
-            let literal = !(token.is_empty()
-                || token == "BUILTIN_RULE"
-                || range
-                || token.chars().any(char::is_whitespace));
-            const OPERATORS: &[&str] = &[
-                "!=", "%", "&&", "*", "+", "-", "/", "<=", "<", "==", ">=", ">", "||", "!",
-            ];
-            // Comment openers and the inner characters of number and string literals are noise.
-            const COMMENTS: &[&str] = &["/*", "//", "///", "#", ".", "e", "E", "_", "\"", "\\"];
-            if COMMENTS.contains(&token.as_str()) {
-                continue;
-            }
-            if OPERATORS.contains(&token.as_str()) {
-                push("operator".to_string());
-            } else if literal {
-                push(format!("`{token}`"));
-            }
-        }
-    }
-    if let (true, ErrorVariant::ParsingError { positives, .. }) = (use_rules, &err.variant) {
-        for r in positives {
-            if let Some(n) = rule_name(*r) {
-                push(n.to_string());
-            }
-        }
-    }
-    expected.sort_by_key(|s| (!s.starts_with('`'), s.clone()));
+    let expected = expected(&tokens, rules);
     let found = found_token(text, pos);
     let message = match expected.len() {
         0 => format!("syntax error: unexpected {found}"),
