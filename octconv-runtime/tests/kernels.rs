@@ -796,11 +796,11 @@ fn pointwise_mapped_kernel_equals_direct_summation_of_the_mapped_input_with_stri
             cases += 1;
             let image = (cin + extra) * hw;
             let x: Vec<f64> = (0..(n - 1) * image + cin * hw)
-                .map(|_| rng.gen_range(-1.0..1.0))
+                .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
-            let w: Vec<f64> = (0..cout * cin).map(|_| rng.gen_range(-1.0..1.0)).collect();
-            let scale: Vec<f64> = (0..cin).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            let shift: Vec<f64> = (0..cin).map(|_| rng.gen_range(-0.5..0.5)).collect();
+            let w: Vec<f64> = (0..cout * cin).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let scale: Vec<f64> = (0..cin).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let shift: Vec<f64> = (0..cin).map(|_| rng.random_range(-0.5..0.5)).collect();
             let pro = Prologue {
                 scale: &scale,
                 shift: &shift,
@@ -843,7 +843,7 @@ fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
     use octconv_runtime::kernels::prologue::Prologue;
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let mut r =
-        |len: usize, a: f32| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-a..a)).collect() };
+        |len: usize, a: f32| -> Vec<f32> { (0..len).map(|_| rng.random_range(-a..a)).collect() };
     for (n, in_h, in_l, out_h, out_l, h, extra) in [
         (1, 1, 1, 1, 1, 2, 0),
         (3, 5, 3, 4, 7, 6, 2),
