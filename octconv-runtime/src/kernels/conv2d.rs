@@ -23,7 +23,7 @@ use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::tiling::{self, F2, F4};
 use super::unfold::{col2im, im2col};
 use super::Element;
-use super::{depthwise, winograd};
+use super::{depthwise, grouped, winograd};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -52,15 +52,18 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
 }
 
 /// Whether the algorithm [`algorithm`] picks for `g` applies an output map row by row
-/// ([`infer_post`]): im2col and the depthwise kernel do, Winograd does not.
+/// ([`infer_post`]): im2col, the depthwise and the grouped kernel do, Winograd does not.
 pub fn maps_rows(g: &ConvGeometry) -> bool {
-    matches!(algorithm(g), Algorithm::Im2col | Algorithm::Depthwise)
+    matches!(
+        algorithm(g),
+        Algorithm::Im2col | Algorithm::Depthwise | Algorithm::Grouped
+    )
 }
 
 /// Inference of `epi(conv2d(x, weight))` on f32 CPU tensors where the algorithm [`algorithm`] picks
-/// is im2col or the depthwise kernel, which apply the epilogue to each output row while it is in
-/// cache; `Ok(None)` elsewhere (Winograd, other dtypes or devices), for the caller to map the
-/// output itself. The result carries no gradient.
+/// is im2col, the depthwise or the grouped kernel, which apply the epilogue to each output row
+/// while it is in cache; `Ok(None)` elsewhere (Winograd, other dtypes or devices), for the caller
+/// to map the output itself. The result carries no gradient.
 pub fn infer_post(
     x: &Tensor,
     weight: &Tensor,
@@ -79,6 +82,7 @@ pub fn infer_post(
     let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
     let y = super::with_f32_all([x, weight], |[x, w]| match alg {
         Algorithm::Depthwise => depthwise::forward_post(&g, x, w, Some(&post)),
+        Algorithm::Grouped => grouped::forward_post(&g, x, w, Some(&post)),
         _ => forward_post(&g, x, w, Some(&post)),
     })?;
     Ok(Some(Tensor::from_vec(
@@ -241,6 +245,8 @@ pub enum Algorithm {
     WinogradF4,
     /// The direct depthwise kernel ([`super::depthwise`]): one input channel per group.
     Depthwise,
+    /// The direct grouped 3×3 kernel ([`super::grouped`]): a few input channels per group.
+    Grouped,
 }
 
 /// The algorithm for a geometry. Where [`winograd::applies`] (3×3, stride 1, padding 1, one group) it
@@ -249,8 +255,9 @@ pub enum Algorithm {
 /// else F(2×2, 3×3) where it
 /// has at least [`F2_TILES`] tiles of 2×2, else im2col (one GEMM `9·c_in` deep over every pixel of
 /// the batch). Elsewhere, the direct depthwise kernel where one input channel makes a group
-/// ([`depthwise::applies`]), else im2col. `OCTCONV_CONV=f2`, `=f4`, `=depthwise` or `=im2col`
-/// forces one where it applies, for comparisons (read once).
+/// ([`depthwise::applies`]), the direct grouped kernel where a few do ([`grouped::applies`]), else
+/// im2col. `OCTCONV_CONV=f2`, `=f4`, `=depthwise`, `=grouped` or `=im2col` forces one where it
+/// applies (im2col elsewhere), for comparisons (read once).
 ///
 /// Measured on the U-Net of issue #23 at batch 4 (AMD EPYC, AVX-512, 2 threads, `octconv bench
 /// --profile`, milliseconds of one layer by F4 / F2 / im2col): 32 channels at 128×128 (4 096 F4
@@ -268,15 +275,18 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
         Ok("f2") => Some(Algorithm::WinogradF2),
         Ok("f4") => Some(Algorithm::WinogradF4),
         Ok("depthwise") => Some(Algorithm::Depthwise),
+        Ok("grouped") => Some(Algorithm::Grouped),
         _ => None,
     });
     if !winograd::applies(g) {
         return match forced {
             None | Some(Algorithm::Depthwise) if depthwise::applies(g) => Algorithm::Depthwise,
+            None | Some(Algorithm::Grouped) if grouped::applies(g) => Algorithm::Grouped,
             _ => Algorithm::Im2col,
         };
     }
-    if let Some(alg) = forced.filter(|&a| a != Algorithm::Depthwise) {
+    let direct = |a: Algorithm| matches!(a, Algorithm::Depthwise | Algorithm::Grouped);
+    if let Some(alg) = forced.filter(|&a| !direct(a)) {
         return alg;
     }
     let tiles = |t: usize| g.n * g.h.div_ceil(t) * g.w.div_ceil(t);
@@ -302,6 +312,7 @@ pub fn forward_with<T: Element>(alg: Algorithm, g: &ConvGeometry, x: &[T], w: &[
         Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, None),
         Algorithm::Im2col => forward(g, x, w),
         Algorithm::Depthwise => depthwise::forward(g, x, w),
+        Algorithm::Grouped => grouped::forward(g, x, w),
     }
 }
 
@@ -317,7 +328,7 @@ pub fn dispatch_forward_prologue<T: Element>(
 }
 
 /// [`dispatch_forward_prologue`] by `alg`: the Winograd variants map each value as their input
-/// gather reads it; im2col maps the whole input first.
+/// gather reads it; im2col and the direct kernels map the whole input first.
 pub fn forward_prologue_with<T: Element>(
     alg: Algorithm,
     g: &ConvGeometry,
@@ -330,6 +341,7 @@ pub fn forward_prologue_with<T: Element>(
         Algorithm::WinogradF2 => tiling::forward::<T, F2>(g, x, w, Some(pro)),
         Algorithm::Im2col => forward(g, &pro.apply(x, g.h * g.w), w),
         Algorithm::Depthwise => depthwise::forward(g, &pro.apply(x, g.h * g.w), w),
+        Algorithm::Grouped => grouped::forward(g, &pro.apply(x, g.h * g.w), w),
     }
 }
 
@@ -351,12 +363,14 @@ pub fn backward_data_with<T: Element>(
         Algorithm::WinogradF2 => "conv dX winograd F2",
         Algorithm::Im2col => "conv dX im2col",
         Algorithm::Depthwise => "conv dX depthwise",
+        Algorithm::Grouped => "conv dX grouped",
     });
     match alg {
         Algorithm::WinogradF4 => tiling::backward_data::<T, F4>(g, dy, w),
         Algorithm::WinogradF2 => tiling::backward_data::<T, F2>(g, dy, w),
         Algorithm::Im2col => backward_data(g, dy, w),
         Algorithm::Depthwise => depthwise::backward_data(g, dy, w),
+        Algorithm::Grouped => grouped::backward_data(g, dy, w),
     }
 }
 
@@ -377,12 +391,14 @@ pub fn backward_filter_with<T: Element>(
         Algorithm::WinogradF2 => "conv dW winograd F2",
         Algorithm::Im2col => "conv dW im2col",
         Algorithm::Depthwise => "conv dW depthwise",
+        Algorithm::Grouped => "conv dW grouped",
     });
     match alg {
         Algorithm::WinogradF4 => tiling::backward_filter::<T, F4>(g, x, dy),
         Algorithm::WinogradF2 => tiling::backward_filter::<T, F2>(g, x, dy),
         Algorithm::Im2col => backward_filter(g, x, dy),
         Algorithm::Depthwise => depthwise::backward_filter(g, x, dy),
+        Algorithm::Grouped => grouped::backward_filter(g, x, dy),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
+pub mod grouped;
 pub mod max_pool;
 pub mod octave;
 pub mod pointwise;
