@@ -36,6 +36,7 @@ pub fn run(
             layers.len()
         )
     }
+    validate(program)?;
     let mut values: Vec<Option<OctValue>> = vec![None; n];
     // The buffer of each concatenation chain, under the chain's first link, while the chain runs.
     let mut buffers: Vec<Option<OctValue>> = vec![None; n];
@@ -76,6 +77,42 @@ pub fn run(
         .pop()
         .flatten()
         .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+}
+
+/// Checks that every index in `program` points where the executor will look (a program is public
+/// data: one built by hand must give an error, not a panic).
+fn validate(program: &Program) -> Result<()> {
+    let n = program.layers.len();
+    for (j, l) in program.layers.iter().enumerate() {
+        let earlier = |i: usize| i < j;
+        let here_or_later = |i: usize| i >= j && i < n;
+        let ok = l.inputs.iter().all(|&i| earlier(i))
+            && l.frees.iter().all(|&i| earlier(i))
+            && match l.step {
+                Step::Input => l.inputs.is_empty(),
+                Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n),
+                Step::BnAct { act } => act < n,
+                Step::Run { map } => map_ok(map, n),
+                Step::Concat(ConcatPlace::Start { end }) => here_or_later(end),
+                Step::Concat(ConcatPlace::Extend { start, end }) => {
+                    earlier(start) && here_or_later(end) && !l.inputs.is_empty()
+                }
+                Step::PassOn => !l.inputs.is_empty(),
+                Step::Reference => true,
+            };
+        if !ok {
+            bail!(
+                "internal error: the planned step of layer `{}` refers outside the program",
+                l.name
+            )
+        }
+    }
+    Ok(())
+}
+
+/// Whether an output map's layers are inside a program of `n` layers.
+fn map_ok(map: Option<OutputMap>, n: usize) -> bool {
+    map.is_none_or(|m| m.bn.is_none_or(|b| b < n) && m.act.is_none_or(|a| a < n))
 }
 
 /// Layer `j`'s value by its planned step.
@@ -182,16 +219,19 @@ fn concat_step(
     let Some(buffer) = buffers[start].clone() else {
         return concat(ins);
     };
-    let written = write_at(&buffer, new, at).and_then(|()| view(&buffer, &planned.output));
+    let written = match write_at(&buffer, new, at)? {
+        true => view(&buffer, &planned.output)?,
+        false => None,
+    };
     match written {
-        Ok(Some(v)) => {
+        Some(v) => {
             if j == end {
                 buffers[start] = None;
             }
             Ok(v)
         }
-        // Not a shape the buffer holds: this link and the rest of its chain copy.
-        Ok(None) | Err(_) => {
+        // Not a kind of value the buffer holds: this link and the rest of its chain copy.
+        None => {
             buffers[start] = None;
             concat(ins)
         }
@@ -199,7 +239,8 @@ fn concat_step(
 }
 
 /// A zeroed buffer shaped as `out` (batch, dtype and device of `ins[0]`), or `None` for values a
-/// buffer does not hold.
+/// buffer does not hold. (The chain's links write every channel; candle has no safe uninitialised
+/// allocation, so the buffer is zeroed: one pass over it per chain.)
 fn alloc(ins: &[&OctValue], out: &Shape) -> Result<Option<OctValue>> {
     let Some(like) = ins.first().and_then(|v| v.branches().1.or(v.branches().0)) else {
         return Ok(None);
@@ -225,9 +266,22 @@ fn channels(v: &OctValue) -> (usize, usize) {
     (c(h), c(l))
 }
 
-/// Writes each branch of `new` into `buffer` along channels from `at` on. `Ok(())` only if every
-/// value matched the buffer's kind (else an error the caller answers by copying).
-fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<()> {
+/// Writes each branch of `new` into `buffer` along channels from `at` on: `Ok(false)` (nothing
+/// written) where a value is not of the buffer's kind, for the caller to copy instead.
+fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<bool> {
+    let fits = new.iter().all(|v| {
+        matches!(
+            (buffer, v),
+            (OctValue::Single(_), OctValue::Single(_))
+                | (
+                    OctValue::Pair { high: Some(_), .. },
+                    OctValue::Pair { high: Some(_), .. }
+                )
+        )
+    });
+    if !fits {
+        return Ok(false);
+    }
     let (mut oh, mut ol) = at;
     for v in new {
         match (buffer, v) {
@@ -250,10 +304,10 @@ fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<
                 oh += th.dim(1)?;
                 ol += tl.dim(1)?;
             }
-            _ => bail!("concatenation chain: a value the buffer does not hold"),
+            _ => bail!("internal error: concatenation chain: a value the buffer does not hold"),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The buffer's first channels, as many per branch as `out` has.

@@ -82,8 +82,10 @@ impl OctModel {
         &self.program
     }
 
-    /// Allows (the default) or forbids the fused CPU octave-convolution kernel in every layer; forbidding
-    /// it runs the per-path ops, the reference the fused path is tested against.
+    /// Allows (the default) or forbids every fusion: the fused CPU octave-convolution kernels in
+    /// every layer, the planned program in [`OctModel::infer`] (forbidden: [`Program::per_op`]) and
+    /// BN + ReLU in one pass in the autograd forward. Forbidding runs the per-path, per-op layers,
+    /// the reference the fused paths are tested against.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
         for node in self.nodes.iter_mut().flatten() {

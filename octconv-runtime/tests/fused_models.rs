@@ -176,6 +176,10 @@ fn every_builtin_planned_infer_with_prologues_and_epilogues_equals_the_per_op_ev
                 e <= 1e-4,
                 "{spec}: infer differs from the per-op eval forward by {e:e}"
             );
+            // With the fused paths forbidden, `infer` runs the per-op program.
+            let per_op = values(&reference.infer(&x).unwrap());
+            let e = rel_err(&per_op, &want);
+            assert!(e <= 1e-5, "{spec}: per-op infer differs by {e:e}");
         }
     }
 }
@@ -231,6 +235,100 @@ fn strided_builtins_fused_and_planned_paths_equal_the_per_op_ones() {
         assert!(
             e > 1e-2,
             "{spec}: the pooling variant gives the same output ({e:e})"
+        );
+    }
+}
+
+/// Graphs the builtins do not have, where the plan must not fuse: a batch norm that is the last
+/// but not the only reader of a convolution's output (an in-place map would change what the other
+/// branch reads), concatenation chains at batch 1 and 3 whose batch norms a 3×3 convolution applies
+/// (it copies the buffer's view) or that end in an add, and a chain over octave pairs. `infer`
+/// equals the per-op eval forward in each.
+#[test]
+fn planned_infer_equals_the_per_op_forward_on_graphs_with_shared_values_and_chains() {
+    let specs = [
+        // The batch norm reads the convolution's output last, but the 1×1 convolution reads it too.
+        "model m() { input [3, 8, 8]; conv(8, kernel = 3); \
+         branches concat { { conv(4, kernel = 1); }, { bn(); relu(); } } \
+         global_avg_pool(); linear(3); }",
+        // A chain whose batch norms a 3×3 convolution applies as it reads.
+        "model m() { input [4, 8, 8]; \
+         repeat 3 { branches concat { { }, { bn(); relu(); conv(4, kernel = 3); } } } \
+         bn(); relu(); conv(4, kernel = 1); }",
+        // A chain over octave pairs with 1×1 prologues, ending in a transition.
+        "model m() { input [8, 8, 8]; split(alpha = 0.5); \
+         repeat 3 { branches concat { { }, { bn(); relu(); octconv(8, kernel = 1, alpha = 0.5); \
+         bn(); relu(); octconv(4, kernel = 3, alpha = 0.5); } } } \
+         bn(); relu(); octconv(8, kernel = 1, alpha = 0.5); merge(); }",
+    ];
+    for (k, text) in specs.iter().enumerate() {
+        let c = octconv_spec::check_text("t.oct", text, None);
+        assert!(c.ok(), "{}", c.render_diagnostics(false));
+        let m = c.model.unwrap();
+        let params = weights_far_from_identity(&m, 11 + k as u64);
+        let net = |fused: bool| {
+            let vb = VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu);
+            let mut net = OctModel::new(m.clone(), vb).unwrap();
+            net.set_fused(fused);
+            net
+        };
+        let (fast, reference) = (net(true), net(false));
+        let chained = fast
+            .program()
+            .count(|s| matches!(s, octconv_spec::plan::Step::Concat(_)));
+        assert_eq!(
+            chained > 0,
+            k > 0,
+            "spec {k}: {chained} chained concatenations"
+        );
+        for n in [1, 3] {
+            let x = input(&m, n);
+            let got = values(&fast.infer(&x).unwrap());
+            let want = values(&reference.forward_t(&x, false).unwrap());
+            assert!(!want.is_empty());
+            let e = rel_err(&got, &want);
+            assert!(e <= 1e-4, "spec {k}, batch {n}: infer differs by {e:e}");
+        }
+    }
+}
+
+/// The eval-mode forward reads a channel slice (the high branch of `split`) in the batch norm's
+/// kernel without copying it; its input gradient still runs (the backward makes it contiguous) and
+/// equals central differences (the loss is quadratic in the input, so they are exact up to rounding).
+#[test]
+fn eval_batch_norm_on_a_split_branch_has_the_input_gradient_of_central_differences() {
+    let c = octconv_spec::check_text(
+        "t.oct",
+        "model m() { input [4, 6, 6]; split(alpha = 0.5); bn(); merge(); }",
+        None,
+    );
+    let m = c.model.unwrap();
+    let params = weights_far_from_identity(&m, 3);
+    let vb = VarBuilder::from_tensors(params, DType::F32, &Device::Cpu);
+    let net = OctModel::new(m.clone(), vb).unwrap();
+    let x0 = input(&m, 2);
+    let loss = |x: &Tensor| {
+        let y = net.forward_t(x, false).unwrap();
+        (y.clone() * &y).unwrap().sum_all().unwrap()
+    };
+    let x = Var::from_tensor(&x0).unwrap();
+    let grads = loss(x.as_tensor()).backward().unwrap();
+    let g = values(grads.get(x.as_tensor()).unwrap());
+    assert_eq!(g.len(), 2 * 4 * 6 * 6);
+    let flat = values(&x0);
+    for k in (0..flat.len()).step_by(23) {
+        let at = |d: f32| {
+            let mut v = flat.clone();
+            v[k] += d;
+            let t = Tensor::from_vec(v, x0.shape(), &Device::Cpu).unwrap();
+            loss(&t).to_scalar::<f32>().unwrap() as f64
+        };
+        let fd = (at(0.5) - at(-0.5)) / 1.0;
+        let scale = fd.abs().max(g[k].abs() as f64).max(1.0);
+        assert!(
+            (fd - g[k] as f64).abs() <= 1e-3 * scale,
+            "x[{k}]: backward {} vs central differences {fd}",
+            g[k]
         );
     }
 }

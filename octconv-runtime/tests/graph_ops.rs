@@ -273,3 +273,49 @@ fn transposed_octconv_gradients_of_all_four_paths_match_finite_differences() {
         assert!(e < 1e-6, "kernel {k}: {e}");
     }
 }
+
+/// The inference kernels of `add` (with and without the ReLU after it) and `scale` give exactly
+/// the values of the ops: three singles, pairs, and gates over a pair.
+#[test]
+fn add_and_scale_inference_kernels_equal_the_ops_bit_for_bit() {
+    use octconv_runtime::layers::layer::{Add, Scale};
+    use octconv_runtime::layers::{OctLayer, OutputStage};
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    // f32: the kernels serve f32 CPU tensors (f64 falls back to the ops themselves).
+    let mut r = |shape: &[usize]| {
+        rand_tensor(&mut rng, shape)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    let bits = |v: &OctValue| -> Vec<u32> {
+        let (h, l) = v.branches();
+        h.into_iter()
+            .chain(l)
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .map(f32::to_bits)
+            .collect()
+    };
+    let singles: Vec<OctValue> = (0..3).map(|_| OctValue::Single(r(&[2, 5, 7, 9]))).collect();
+    let pairs: Vec<OctValue> = (0..2)
+        .map(|_| pair(&[r(&[2, 3, 8, 8]), r(&[2, 5, 4, 4])]))
+        .collect();
+    for xs in [&singles[..], &singles[..2], &pairs[..]] {
+        let xs: Vec<&OctValue> = xs.iter().collect();
+        let want = layers::add(&xs).unwrap();
+        assert!(!bits(&want).is_empty());
+        assert_eq!(bits(&Add.infer(&xs).unwrap()), bits(&want));
+        let relu = OutputStage {
+            bn: None,
+            act: Some(Activation::Relu),
+        };
+        let want = Activation::Relu.forward(&want).unwrap();
+        assert_eq!(bits(&Add.infer_then(&xs, &relu).unwrap()), bits(&want));
+    }
+    let gates = OctValue::Flat(r(&[2, 8]));
+    let x = &pairs[0];
+    let want = layers::scale(x, &gates).unwrap();
+    assert_eq!(bits(&Scale.infer(&[x, &gates]).unwrap()), bits(&want));
+    let x = OctValue::Single(r(&[2, 8, 3, 3]));
+    let want = layers::scale(&x, &gates).unwrap();
+    assert_eq!(bits(&Scale.infer(&[&x, &gates]).unwrap()), bits(&want));
+}

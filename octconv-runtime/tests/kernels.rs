@@ -798,7 +798,9 @@ fn pointwise_mapped_kernel_equals_direct_summation_of_the_mapped_input_with_stri
             let x: Vec<f64> = (0..(n - 1) * image + cin * hw)
                 .map(|_| rng.random_range(-1.0..1.0))
                 .collect();
-            let w: Vec<f64> = (0..cout * cin).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w: Vec<f64> = (0..cout * cin)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let scale: Vec<f64> = (0..cin).map(|_| rng.random_range(-2.0..2.0)).collect();
             let shift: Vec<f64> = (0..cin).map(|_| rng.random_range(-0.5..0.5)).collect();
             let pro = Prologue {

@@ -62,7 +62,8 @@ fn mobilenet_has_no_input_maps_its_convolutions_are_depthwise_and_1x1() {
     assert_eq!(
         plan.count(),
         0,
-        "depthwise and 1×1 convolutions take no input map"
+        "depthwise convolutions take no input map, and each 1×1 one reads a batch norm of a fresh \
+         convolution output, which that convolution maps instead"
     );
     // One entry per layer (an empty plan would pass the check below vacuously).
     assert_eq!(plan.passed_over.len(), m.layers.len());
@@ -185,4 +186,24 @@ fn densenet_blocks_are_concatenation_chains_and_a_concat_read_by_a_convolution_i
     let program = Program::lower(&m);
     // The first concatenation is read by the second one's branch convolution: no chain.
     assert_eq!(program.count(|s| matches!(s, Step::Concat(_))), 0);
+}
+
+/// A batch norm that reads a convolution's output last but not alone gets no in-place output map:
+/// the other reader must see the convolution's own values.
+#[test]
+fn a_batch_norm_sharing_its_input_with_another_reader_is_not_applied_in_place() {
+    let m = check_text(
+        "t.oct",
+        "model m() { input [3, 8, 8]; conv(8, kernel = 3); \
+         branches concat { { conv(4, kernel = 1); }, { bn(); relu(); } } }",
+        None,
+    )
+    .model
+    .unwrap();
+    let maps = OutputMaps::plan(&m, &InputMaps::plan(&m));
+    let conv = m.layers.iter().position(|l| l.name == "conv0").unwrap();
+    assert_eq!(maps.applies[conv], None);
+    assert_eq!(maps.applies.len(), m.layers.len());
+    // The 1×1 convolution's own output feeds nothing but the concatenation.
+    assert!(maps.passed_over.iter().all(|p| !p));
 }

@@ -3,9 +3,13 @@
 //!
 //! Each layer is timed between two calls of [`OctModel::run_observed`]'s hook and charged to its
 //! class ([`class_of`]): convolutions by kernel size, stride, grouping and whether they are octave
-//! (two-branch) ones; every other layer by its kind. A batch norm or ReLU that the next convolution
-//! applies as it reads its input costs (almost) nothing here, and its time is in the convolution's
-//! class. The figure of a class is the median over repeats of its summed time per pass.
+//! (two-branch) ones; every other layer by its kind. The planned program moves time between classes:
+//! a batch norm or ReLU that the convolution before it applies to its output, or the one after it
+//! as it reads its input (DenseNet's batch norms now land in the 1×1 class and lower its GMAC/s),
+//! costs (almost) nothing here and is counted with the layers of its class; a ReLU a batch norm
+//! applies in the same pass is in "bn"; the first link of a concatenation chain pays for zeroing
+//! the block's buffer under "concat". The figure of a class is the median over repeats of its summed
+//! time per pass.
 
 use candle_core::{Device, Tensor};
 use octconv_runtime::OctModel;

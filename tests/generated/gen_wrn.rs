@@ -379,7 +379,7 @@ impl GenWrn {
                     ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
                     ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
                     ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
-                    }, frees : ::std::vec![8, 1], }, ::octconv::spec::plan::PlannedLayer
+                    }, frees : ::std::vec![1, 8], }, ::octconv::spec::plan::PlannedLayer
                     { name : ::std::string::String::from("wide1.res0.bn0"), inputs :
                     ::std::vec![9], output : ::octconv::spec::Shape::Pair { high :
                     ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :

@@ -685,7 +685,11 @@ impl CustomOp3 for ChannelAffine {
             count: 1,
             map: Vec::new(),
         };
-        let sums = x.apply_op2_no_bwd(&grad, &BatchNormGradSums { stats: identity })?;
+        // The forward reads the first channels of a concatenation buffer in place; the sums want
+        // contiguous data.
+        let sums = x
+            .contiguous()?
+            .apply_op2_no_bwd(&grad, &BatchNormGradSums { stats: identity })?;
         Ok((Some(dx), Some(sums.get(1)?), Some(sums.get(0)?)))
     }
 }

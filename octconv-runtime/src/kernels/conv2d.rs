@@ -51,8 +51,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
     }
 }
 
-/// Whether the algorithm [`algorithm`] picks for `g` applies an output map row by row
-/// ([`infer_post`]): im2col, the depthwise and the grouped kernel do, Winograd does not.
+/// Whether the algorithm [`algorithm`] picks for `g` applies an output map to each row or plane
+/// while it is in cache ([`infer_post`]): im2col, the depthwise and the grouped kernel do, Winograd
+/// does not.
 pub fn maps_rows(g: &ConvGeometry) -> bool {
     matches!(
         algorithm(g),

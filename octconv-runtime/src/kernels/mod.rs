@@ -107,7 +107,10 @@ pub(crate) fn with_images_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R)
 
 /// Runs `f` on the contiguous f32 data of any number of CPU tensors at once.
 pub(crate) fn with_f32_many<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
-    let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices: Vec<&[f32]> = Vec::with_capacity(ts.len());
     for (storage, layout) in &guards {

@@ -155,6 +155,18 @@ fn run<T: Element>(
     post: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
     let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
+    let o = &g.octave;
+    assert!(
+        wt.hh.len() >= o.out_h * o.in_h
+            && wt.hl.len() >= o.out_l * o.in_h
+            && wt.lh.len() >= o.out_h * o.in_l
+            && wt.ll.len() >= o.out_l * o.in_l,
+        "pointwise: path weights too short for {o:?}"
+    );
+    assert!(
+        pre.is_none() || g.stride == 1,
+        "pointwise: input maps at stride 1 only"
+    );
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
     let (out_hw, out_lhw) = (oh * ow, ol * owl);
@@ -312,6 +324,13 @@ pub fn forward_mapped<T: Element>(
     w: &[T],
     pro: Prologue<'_, T>,
 ) -> Vec<T> {
+    assert!(
+        w.len() >= cout * cin && (n == 0 || x.len() >= (n - 1) * image + cin * hw),
+        "pointwise::forward_mapped: {} weights, {} inputs for {n} images of {cin} × {hw} \
+         ({image} apart) into {cout} channels",
+        w.len(),
+        x.len()
+    );
     // Every output value is written by a GEMM without accumulation.
     let mut out = output_vec(n * cout * hw);
     if out.is_empty() {

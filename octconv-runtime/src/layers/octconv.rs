@@ -313,7 +313,9 @@ impl OctConv2d {
 
     /// Inference of `self(map(x))`, where `map` is the batch norm (and ReLU) before this layer,
     /// applied by the kernel as it reads `x` ([`crate::kernels::prologue`]): the fused octave kernel,
-    /// or a one-path 3×3 convolution (α = 0). `Ok(None)` when this layer and input take no prologue
+    /// a one-path 3×3 convolution (α = 0), a one-path or four-path 1×1 convolution at stride 1, or
+    /// any of these at stride 2 (the map applied as the inputs are pooled). `Ok(None)` when this
+    /// layer and input take no prologue
     /// (other shapes, not f32 on the CPU, fused kernels switched off); the caller then applies the
     /// map itself. The result carries no gradient.
     pub fn forward_prologue(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {

@@ -16,6 +16,20 @@ pub fn last_use(model: &Model) -> Vec<usize> {
     last
 }
 
+/// For each layer, how many layers read its output (a layer that reads it twice counts once).
+pub fn reader_counts(model: &Model) -> Vec<usize> {
+    let mut counts = vec![0; model.layers.len()];
+    for l in &model.layers {
+        let mut ins = l.inputs.clone();
+        ins.sort_unstable();
+        ins.dedup();
+        for i in ins {
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
 /// Whether layer `j` is a batch norm whose only reader is the ReLU right after it (`last` from
 /// [`last_use`]): the two can run as one pass, or inside the convolution that reads the ReLU.
 pub fn bn_then_relu(model: &Model, last: &[usize], j: usize) -> bool {
@@ -55,6 +69,7 @@ impl InputMaps {
         let layers = &model.layers;
         let n = layers.len();
         let last = last_use(model);
+        let readers = reader_counts(model);
         let only_reader = |from: usize, to: usize| layers[to].inputs == [from] && last[from] == to;
         let mut plan = InputMaps {
             applies: vec![None; n],
@@ -83,7 +98,7 @@ impl InputMaps {
                 matches!(
                     layers[p].op,
                     Op::Conv(_) | Op::OctConv(_) | Op::OctConvTranspose(_)
-                ) && last[p] == j
+                ) && readers[p] == 1
             });
             if takes && only_reader(m, k) && !(pointwise && fresh) {
                 plan.applies[k] = Some(j);
@@ -142,11 +157,14 @@ impl OutputMaps {
         let layers = &model.layers;
         let n = layers.len();
         let last = last_use(model);
-        // The layer that reads `from` as its only input and is `from`'s only reader, unless an
-        // input map already takes it.
+        let readers = reader_counts(model);
+        // The layer that reads `from` as its only input and is `from`'s only reader (a map applied
+        // in place must not change what any other reader sees), unless an input map already takes
+        // it.
         let reader = |from: usize| -> Option<usize> {
             let to = last[from];
-            (to != from && layers[to].inputs == [from] && !inputs.passed_over[to]).then_some(to)
+            let only = readers[from] == 1 && layers[to].inputs == [from];
+            (to != from && only && !inputs.passed_over[to]).then_some(to)
         };
         let act_after =
             |from: usize| reader(from).filter(|&a| matches!(layers[a].op, Op::Relu | Op::Relu6));

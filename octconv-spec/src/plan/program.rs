@@ -38,8 +38,8 @@ pub enum Step {
         /// The output map ([`OutputMaps`]), if any.
         map: Option<OutputMap>,
     },
-    /// The layer's per-op forward in eval mode, nothing fused: the reference the fused steps are
-    /// tested against ([`Program::per_op`]).
+    /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
+    /// interpreter's `infer` with the fused kernels switched off).
     Reference,
 }
 
@@ -154,6 +154,7 @@ impl Program {
                     .copied()
                     .filter(|&i| last[i] == j && i != j)
                     .collect();
+                frees.sort_unstable();
                 frees.dedup();
                 PlannedLayer {
                     name: l.name.clone(),
@@ -167,21 +168,25 @@ impl Program {
         Program { layers }
     }
 
-    /// How many layers take `step`'s kind of step (the fields of `step` are ignored).
+    /// How many layers' steps satisfy `kind`.
     pub fn count(&self, kind: fn(&Step) -> bool) -> usize {
         self.layers.iter().filter(|l| kind(&l.step)).count()
     }
 }
 
 /// The concatenation chains of `model` given the other steps: a concatenation `c` extends the
-/// previous link `p` when `p` is a concatenation, `c`'s first input and `p`'s last reader, and
-/// every other reader of `p` is a batch norm: one that runs on its own ([`Step::Run`],
-/// [`Step::BnAct`]) reads the buffer's first channels in place, and so does the 1×1 convolution
-/// that applies one as it reads ([`Step::PassOn`]; any other kernel makes a contiguous copy, which
-/// costs what the copying concatenation would). Only chains of two or more links are returned.
+/// previous link `p` when `p` is a concatenation, `c`'s first input and `p`'s last reader, and `c`
+/// reads `p` only as its first input. Sharing one buffer is safe for any such chain: every link's
+/// value is a view of the buffer's first channels, and a link writes only past the previous link's
+/// channels, so no live value ever changes. Which chains are worth it is a matter of cost: every
+/// other reader of `p` must be a batch norm, one that runs on its own ([`Step::Run`],
+/// [`Step::BnAct`]) or whose map a 1×1 convolution applies as it reads ([`Step::PassOn`]); both read
+/// the buffer's first channels in place, where any other kernel would make a contiguous copy, which
+/// costs what the copying concatenation would. Only chains of two or more links are returned.
 pub fn concat_chains(model: &Model, steps: &[Step]) -> Vec<(usize, ConcatPlace)> {
     let layers = &model.layers;
     let last = last_use(model);
+    // Who reads each value.
     let mut readers = vec![Vec::new(); layers.len()];
     for (j, l) in layers.iter().enumerate() {
         for &i in &l.inputs {
