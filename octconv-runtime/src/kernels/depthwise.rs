@@ -129,16 +129,10 @@ fn plane3x3_s1<T: Element>(
         let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
         // Interior columns: every tap inside the row.
         row3x3(&mut orow[1..w - 1], rows, wk);
-        let edge = |l: [T; 3], m: [T; 3], r: [T; 3]| {
-            let a = wv[0] * l[0] + wv[1] * m[0] + wv[2] * r[0];
-            let b = wv[3] * l[1] + wv[4] * m[1] + wv[5] * r[1];
-            let c = wv[6] * l[2] + wv[7] * m[2] + wv[8] * r[2];
-            a + b + c
-        };
         let at = |x: usize| rows.map(|r| r[x]);
         let z = [T::ZERO; 3];
-        orow[0] = edge(z, at(0), at(1));
-        orow[w - 1] = edge(at(w - 2), at(w - 1), z);
+        orow[0] = taps3(&wv, z, at(0), at(1));
+        orow[w - 1] = taps3(&wv, at(w - 2), at(w - 1), z);
         if let Some(post) = post {
             post(co, orow);
         }
@@ -188,15 +182,23 @@ fn plane3x3_s2<T: Element>(
         let (l1, m1, r1) = tap(1);
         let (l2, m2, r2) = tap(2);
         for (ox, out) in orow.iter_mut().enumerate() {
-            let a = wv[0] * l0[ox] + wv[1] * m0[ox] + wv[2] * r0[ox];
-            let b = wv[3] * l1[ox] + wv[4] * m1[ox] + wv[5] * r1[ox];
-            let c = wv[6] * l2[ox] + wv[7] * m2[ox] + wv[8] * r2[ox];
-            *out = a + b + c;
+            let (l, m) = ([l0[ox], l1[ox], l2[ox]], [m0[ox], m1[ox], m2[ox]]);
+            *out = taps3(&wv, l, m, [r0[ox], r1[ox], r2[ox]]);
         }
         if let Some(post) = post {
             post(co, orow);
         }
     }
+}
+
+/// One output of a 3×3 depthwise kernel `wv` from the values under its left, middle and right
+/// column taps in each of the three rows, summed row by row as [`row3x3`] sums them.
+#[inline(always)]
+fn taps3<T: Element>(wv: &[T; 9], l: [T; 3], m: [T; 3], r: [T; 3]) -> T {
+    let a = wv[0] * l[0] + wv[1] * m[0] + wv[2] * r[0];
+    let b = wv[3] * l[1] + wv[4] * m[1] + wv[5] * r[1];
+    let c = wv[6] * l[2] + wv[7] * m[2] + wv[8] * r[2];
+    a + b + c
 }
 
 /// One output row of a 3×3, stride-1 depthwise convolution from its three padded input rows: all

@@ -283,7 +283,6 @@ impl OctConv2d {
         g: PointwiseOctave,
         epilogues: [Option<&ChannelEpilogue>; 2],
     ) -> Result<OctValue> {
-        let (s, n) = (&self.spec, g.octave.n);
         let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
             (x.branches(), &self.weights)
         else {
@@ -301,7 +300,19 @@ impl OctConv2d {
         let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[xh, xl, hh, hl, lh, ll]| {
             pointwise::forward_post(&g, xh, xl, PathWeights { hh, hl, lh, ll }, post)
         })?;
-        let dev = xh.device();
+        self.pointwise_output(&g, yh, yl, xh.device())
+    }
+
+    /// The pair of the 1×1 octave kernel's outputs (NCHW data of geometry `g`), each branch with
+    /// its bias.
+    fn pointwise_output(
+        &self,
+        g: &PointwiseOctave,
+        yh: Vec<f32>,
+        yl: Vec<f32>,
+        dev: &candle_core::Device,
+    ) -> Result<OctValue> {
+        let (s, n) = (&self.spec, g.octave.n);
         let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
         let yh = Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?;
         let yl = Tensor::from_vec(yl, (n, s.out_l, lh, lw), dev)?;
@@ -327,7 +338,7 @@ impl OctConv2d {
             return self.forward_prologue_strided(x, map);
         }
         match x.branches() {
-            (Some(xh), Some(xl)) if self.spec.kernel == 1 => self.pointwise_prologue(xh, xl, map),
+            (Some(_), Some(_)) if self.spec.kernel == 1 => self.pointwise_prologue(x, map),
             (Some(xh), Some(xl)) => {
                 let Some(g) = self
                     .fused_geometry(xh, xl)
@@ -394,40 +405,22 @@ impl OctConv2d {
 
     /// [`OctConv2d::forward_prologue`] of a four-path 1×1 convolution at stride 1
     /// ([`pointwise::forward_mapped_pair`]); `Ok(None)` where that kernel does not apply.
-    fn pointwise_prologue(
-        &self,
-        xh: &Tensor,
-        xl: &Tensor,
-        map: &InputMap,
-    ) -> Result<Option<OctValue>> {
-        let s = &self.spec;
-        let ([Some(hh), Some(hl), Some(lh), Some(ll)], (Some(ph), Some(pl))) =
-            (&self.weights, (map.prologue(true), map.prologue(false)))
+    fn pointwise_prologue(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {
+        let Some(g) = self.pointwise_geometry(x)?.filter(|g| g.stride == 1) else {
+            return Ok(None);
+        };
+        let (
+            (Some(xh), Some(xl)),
+            [Some(hh), Some(hl), Some(lh), Some(ll)],
+            (Some(ph), Some(pl)),
+        ) = (
+            x.branches(),
+            &self.weights,
+            (map.prologue(true), map.prologue(false)),
+        )
         else {
             return Ok(None);
         };
-        let (n, in_h, h, w) = xh.dims4()?;
-        let g = PointwiseOctave {
-            octave: OctaveGeometry {
-                n,
-                in_h,
-                in_l: s.in_l,
-                out_h: s.out_h,
-                out_l: s.out_l,
-                h,
-                w,
-            },
-            stride: 1,
-        };
-        let fits = s.stride == 1
-            && s.groups == 1
-            && !s.depthwise
-            && g.applies()
-            && in_h == s.in_h
-            && xl.dims4()? == (n, s.in_l, h / 2, w / 2);
-        if !fits {
-            return Ok(None);
-        }
         let (yh, yl) = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
             with_images_f32(xh, |xh, image_h| {
                 with_images_f32(xl, |xl, image_l| {
@@ -436,13 +429,7 @@ impl OctConv2d {
                 })
             })
         })???;
-        let dev = xh.device();
-        let yh = Tensor::from_vec(yh, (n, s.out_h, h, w), dev)?;
-        let yl = Tensor::from_vec(yl, (n, s.out_l, h / 2, w / 2), dev)?;
-        Ok(Some(OctValue::Pair {
-            high: Some(add_bias(yh, &self.bias_h)?),
-            low: add_bias(yl, &self.bias_l)?,
-        }))
+        self.pointwise_output(&g, yh, yl, xh.device()).map(Some)
     }
 
     /// Inference of `self(relu(bn(x)))` (eval-mode batch norm), with the batch norm and ReLU applied
