@@ -409,16 +409,11 @@ impl OctConv2d {
         let Some(g) = self.pointwise_geometry(x)?.filter(|g| g.stride == 1) else {
             return Ok(None);
         };
-        let (
-            (Some(xh), Some(xl)),
-            [Some(hh), Some(hl), Some(lh), Some(ll)],
-            (Some(ph), Some(pl)),
-        ) = (
+        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)], (Some(ph), Some(pl))) = (
             x.branches(),
             &self.weights,
             (map.prologue(true), map.prologue(false)),
-        )
-        else {
+        ) else {
             return Ok(None);
         };
         let (yh, yl) = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
