@@ -62,24 +62,34 @@ pub fn images_contiguous(l: &Layout) -> bool {
     d.len() >= 2 && (d[0] <= 1 || st[0] >= want)
 }
 
+/// Where the data of a layout whose images are each contiguous ([`images_contiguous`], at least two
+/// dimensions) lies: its first value, how many values from there, and the distance between images.
+pub fn image_span(l: &Layout) -> Option<(usize, usize, usize)> {
+    let d = l.shape().dims();
+    if d.len() < 2 || !images_contiguous(l) {
+        return None;
+    }
+    let (n, per_image) = (d[0], d[1..].iter().product::<usize>());
+    let image = if n > 1 { l.stride()[0] } else { per_image };
+    let len = if n == 0 {
+        0
+    } else {
+        (n - 1) * image + per_image
+    };
+    Some((l.start_offset(), len, image))
+}
+
 /// The f32 data of an argument whose images are each contiguous ([`images_contiguous`]): its dims
 /// `(n, c, inner)`, the data from the first value on, and the distance between images.
 fn images<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(Dims3, &'a [f32], usize)> {
     let d = l.shape().dims();
-    if d.len() < 2 || !images_contiguous(l) {
+    let Some((start, len, image)) = image_span(l) else {
         bail!(
             "batch norm kernel: each image must be contiguous (got {d:?}, strides {:?})",
             l.stride()
         )
-    }
-    let (n, c, inner) = (d[0], d[1], d[2..].iter().product::<usize>());
-    let image = if n > 1 { l.stride()[0] } else { c * inner };
-    let start = l.start_offset();
-    let len = if n == 0 {
-        0
-    } else {
-        (n - 1) * image + c * inner
     };
+    let (n, c, inner) = (d[0], d[1], d[2..].iter().product::<usize>());
     match s {
         CpuStorage::F32(v) if start + len <= v.len() => {
             Ok(((n, c, inner), &v[start..start + len], image))

@@ -84,19 +84,10 @@ pub(crate) fn with_images_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], usize) -> R)
         true => t.clone(),
         false => t.contiguous()?,
     };
-    let dims = t.dims();
-    if dims.len() < 2 {
-        candle_core::bail!("expected a batch of images, got shape {dims:?}")
-    }
-    let (n, per_image) = (dims[0], dims[1..].iter().product::<usize>());
-    let image = if n > 1 { t.stride()[0] } else { per_image };
-    let len = if n == 0 {
-        0
-    } else {
-        (n - 1) * image + per_image
-    };
     let (storage, layout) = t.storage_and_layout();
-    let start = layout.start_offset();
+    let Some((start, len, image)) = batch_norm::image_span(layout) else {
+        candle_core::bail!("expected a batch of images, got shape {:?}", t.dims())
+    };
     match &*storage {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if start + len <= v.len() => {
             Ok(f(&v[start..start + len], image))
@@ -129,22 +120,10 @@ pub(crate) fn with_f32_all<const K: usize, R>(
     ts: [&Tensor; K],
     f: impl FnOnce([&[f32]; K]) -> R,
 ) -> Result<R> {
-    let ts = ts.map(|t| t.contiguous());
-    let ts = ts.into_iter().collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: Vec<&[f32]> = Vec::with_capacity(K);
-    for (storage, layout) in &guards {
-        match (&**storage, layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
-                slices.push(&v[a..b])
-            }
-            _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
-        }
-    }
-    let Ok(slices) = <[&[f32]; K]>::try_from(slices) else {
-        candle_core::bail!("internal error: {K} tensors expected")
-    };
-    Ok(f(slices))
+    with_f32_many(&ts, |slices| match <[&[f32]; K]>::try_from(slices) {
+        Ok(slices) => Ok(f(slices)),
+        Err(_) => candle_core::bail!("internal error: {K} tensors expected"),
+    })?
 }
 
 /// The element types our kernels run on (the `gemm` crate's real types).
