@@ -32,6 +32,7 @@ pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod segment;
+pub mod tape;
 pub mod threads;
 pub mod train;
 pub mod value;

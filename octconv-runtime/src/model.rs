@@ -1,8 +1,9 @@
 //! The interpreter: builds a candle module from any checked spec's IR and runs it.
 
 use crate::layers::{self, Activation, DropoutRng, OctLayer};
+use crate::tape::{accumulate, Autograd, Backward, ParamGrads, PassOn};
 use crate::value::OctValue;
-use candle_core::{ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 use octconv_spec::plan::{Program, Step};
 use octconv_spec::{Model, Op};
@@ -241,6 +242,142 @@ impl OctModel {
         outs.pop()
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+    }
+}
+
+/// What [`OctModel::train_step`] computed: the loss, the model's output (without a graph) and the
+/// gradients of the parameters.
+pub struct TrainStep {
+    /// The scalar loss.
+    pub loss: Tensor,
+    /// The model's output (logits or map), detached.
+    pub output: Tensor,
+    /// The gradient of the loss with respect to every parameter that reaches it.
+    pub grads: ParamGrads,
+    /// The layers (IR names, in order) that had no backward of their own for these inputs and ran
+    /// under candle's autograd alone.
+    pub fallbacks: Vec<String>,
+}
+
+impl OctModel {
+    /// One training step's forward (training mode: batch statistics, running averages updated,
+    /// dropout) and backward on the planned path of [`crate::tape`]: each layer records its own
+    /// backward, a value's gradient is written by the layers that read it, and the activations are
+    /// held only as long as a backward needs them. `loss` maps the output to the scalar loss (it runs
+    /// under candle's autograd). The gradients agree with `loss(forward_t(x, true)).backward()` to
+    /// rounding.
+    pub fn train_step(
+        &self,
+        x: &Tensor,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<TrainStep> {
+        self.check_input(x)?;
+        let n = self.nodes.len();
+        let mut outs: Vec<Option<OctValue>> = vec![None; n];
+        let mut tape: Vec<Option<Box<dyn Backward>>> = (0..n).map(|_| None).collect();
+        let mut fallbacks = Vec::new();
+        for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
+            let xs: Vec<&OctValue> = layer
+                .inputs
+                .iter()
+                .map(|&i| {
+                    outs[i].as_ref().ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "layer `{}`: input not available",
+                            layer.name
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            // The model input needs no gradient.
+            let needs: Vec<bool> = layer
+                .inputs
+                .iter()
+                .map(|&i| !matches!(self.ir.layers[i].op, Op::Input))
+                .collect();
+            let act_after_bn =
+                matches!(layer.op, Op::Relu | Op::Relu6) && j > 0 && self.bn_act[j - 1].is_some();
+            let (y, backward): (OctValue, Option<Box<dyn Backward>>) = match node {
+                None => (OctValue::Single(x.clone()), None),
+                Some(_) if self.fused && act_after_bn => (xs[0].clone(), Some(Box::new(PassOn))),
+                Some(node) => {
+                    let bn_act = match (node.as_batch_norm(), self.bn_act[j]) {
+                        (Some(bn), Some(act)) if self.fused => Some((bn, act)),
+                        _ => None,
+                    };
+                    let recorded = match bn_act {
+                        Some((bn, act)) => bn.train_record_act(xs[0], Some(act))?,
+                        None if self.fused => node.train_record(&xs, &needs)?,
+                        None => None,
+                    };
+                    if recorded.is_none() {
+                        fallbacks.push(layer.name.clone());
+                    }
+                    let (y, b) = match (recorded, bn_act) {
+                        (Some(r), _) => r,
+                        (None, Some((bn, act))) => Autograd::record(
+                            |xs| bn.forward_act_t(xs[0], true, Some(act)),
+                            &xs,
+                            &needs,
+                        )?,
+                        (None, None) => Autograd::record(|xs| node.apply(xs, true), &xs, &needs)?,
+                    };
+                    (y, Some(b))
+                }
+            };
+            if y.shape() != layer.output {
+                candle_core::bail!(
+                    "internal error: layer `{}` produced {} but the checker expects {}",
+                    layer.name,
+                    y.shape(),
+                    layer.output
+                );
+            }
+            drop(xs);
+            for &i in &layer.inputs {
+                if self.last_use[i] == j {
+                    outs[i] = None;
+                }
+            }
+            outs[j] = Some(y);
+            tape[j] = backward;
+        }
+        let last = outs
+            .pop()
+            .flatten()
+            .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))?;
+        // The loss under candle's autograd, from the output made a variable.
+        let out_var = last.map(|t| Ok(Var::from_tensor(t)?.as_tensor().clone()))?;
+        let output = last.into_tensor()?;
+        let loss_value = loss(&out_var.clone().into_tensor()?)?;
+        let store = loss_value.backward()?;
+        let mut grads: Vec<Option<OctValue>> = vec![None; n];
+        grads[n - 1] = Some(out_var.map(|t| match store.get(t) {
+            Some(g) => Ok(g.detach()),
+            None => t.zeros_like(),
+        })?);
+        let mut params = ParamGrads::default();
+        for j in (0..n).rev() {
+            let Some(backward) = tape[j].take() else {
+                continue;
+            };
+            let Some(grad) = grads[j].take() else {
+                continue;
+            };
+            let input_grads = backward.backward(&grad, &mut params)?;
+            drop(grad);
+            for (&i, g) in self.ir.layers[j].inputs.iter().zip(input_grads) {
+                if let Some(g) = g {
+                    accumulate(&mut grads[i], g)?;
+                }
+            }
+        }
+        Ok(TrainStep {
+            loss: loss_value.detach(),
+            output,
+            grads: params,
+            fallbacks,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! SGD with momentum, optional Nesterov and weight decay (candle-nn's SGD has neither), and the
 //! learning-rate schedules of the paper and the seed: step, cosine, linear warm-up.
 
-use candle_core::backprop::GradStore;
+use crate::tape::Grads;
 use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, Var};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,10 +73,10 @@ impl Sgd {
     }
 
     /// One step with learning rate `lr`.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    pub fn step(&mut self, grads: &impl Grads, lr: f64) -> Result<()> {
         let c = &self.config;
         for (name, var) in &self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else {
+            let Some(g) = grads.grad(var.as_tensor()) else {
                 continue;
             };
             let decay = if c.decay_bn_and_bias || !exempt(name, var) {

@@ -92,6 +92,10 @@ pub struct Row {
     /// With `--train --profile`: the time per kernel of a training step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_kernels: Option<Vec<super::bench_profile::KernelTime>>,
+    /// With `--train` on the planned step: the layers without a backward of their own, which ran
+    /// under candle's autograd (`OctModel::train_step`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_fallbacks: Option<Vec<String>>,
 }
 
 /// What to time: `samples` images in batches of `batch`, `repeats` times after one warm-up.
@@ -192,9 +196,30 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
             if let Some(k) = &row.train_kernels {
                 super::bench_profile::print_train(row.alpha, k);
             }
+            if let Some(f) = &row.train_fallbacks {
+                print_fallbacks(row.alpha, f);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The layers of a planned training step that ran under candle's autograd.
+fn print_fallbacks(alpha: f64, layers: &[String]) {
+    println!();
+    if layers.is_empty() {
+        println!("Every layer at α = {alpha} ran its own backward on the planned training step.");
+    } else {
+        println!(
+            "Layers at α = {alpha} without a backward of their own on the planned training step \
+             (they ran under candle's autograd, inputs copied): {}.",
+            layers
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 fn print_table(r: &Report) {
@@ -292,17 +317,24 @@ pub fn time_model(
         let len = args.batch.min(args.samples - start);
         Ok((x_all.narrow(0, start, len)?, y_all.narrow(0, start, len)?))
     };
+    let mut fallbacks: Option<Vec<String>> = None;
     let mut step = |b: usize| -> anyhow::Result<()> {
         let (x, y) = batch_at(b)?;
         if args.train {
-            let out = net.forward_t(&x, true)?;
-            let loss = match classes {
-                Some(_) => candle_nn::loss::cross_entropy(&out, &y)?,
-                None => out.sqr()?.mean_all()?,
+            let loss = |out: &Tensor| match classes {
+                Some(_) => candle_nn::loss::cross_entropy(out, &y),
+                None => out.sqr()?.mean_all(),
             };
-            let grads = loss.backward()?;
-            let _t = octconv_runtime::kernels::timing::span("SGD update");
-            opt.step(&grads, 0.01)?;
+            if octconv_runtime::tape::planned(device) {
+                let step = net.train_step(&x, &loss)?;
+                let _t = octconv_runtime::kernels::timing::span("SGD update");
+                opt.step(&step.grads, 0.01)?;
+                fallbacks = Some(step.fallbacks);
+            } else {
+                let grads = loss(&net.forward_t(&x, true)?)?.backward()?;
+                let _t = octconv_runtime::kernels::timing::span("SGD update");
+                opt.step(&grads, 0.01)?;
+            }
         } else {
             net.infer(&x)?;
         }
@@ -367,5 +399,6 @@ pub fn time_model(
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
         profile,
         train_kernels,
+        train_fallbacks: fallbacks,
     })
 }

@@ -382,6 +382,23 @@ pub fn backward_low<T: Element>(
     w: &OctaveWeights<'_, T>,
     dyl: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dxh = output_vec(g.n * g.in_h * g.h * g.w);
+    let mut dxl = output_vec(g.n * g.in_l * g.h / 2 * (g.w / 2));
+    let dw = backward_low_into(g, xh, xl, w, dyl, (&mut dxh, &mut dxl), false);
+    (dxh, dxl, dw)
+}
+
+/// [`backward_low`] writing `(dX_H, dX_L)` into `dx`, or adding to it with `accumulate` (the input
+/// gradients of the high output already there: each is then written once); returns `dW`.
+fn backward_low_into<T: Element>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &OctaveWeights<'_, T>,
+    dyl: &[T],
+    (dxh, dxl): (&mut [T], &mut [T]),
+    accumulate: bool,
+) -> Vec<T> {
     let (lhh, lww) = g.low_hw();
     let low_px = lhh * lww;
     let c_low = g.in_h + g.in_l;
@@ -401,16 +418,18 @@ pub fn backward_low<T: Element>(
     let dxcat = dispatch_backward_data(&lo, dyl, &w_low);
     // The pooled part spreads ¼ over each 2×2 block of X_H; the rest is dX_L.
     let t = super::timing::span("octave backward: pools, concatenations, spreads");
-    let mut dxh = output_vec(g.n * g.in_h * g.h * g.w);
-    let mut dxl = output_vec(g.n * g.in_l * low_px);
     dxh.par_chunks_mut(g.in_h * g.h * g.w)
         .zip(dxl.par_chunks_mut(g.in_l * low_px))
         .enumerate()
         .for_each(|(i, (oh, ol))| {
             let src = &dxcat[i * c_low * low_px..][..c_low * low_px];
             let (s_h, s_l) = src.split_at(g.in_h * low_px);
-            ol.copy_from_slice(s_l);
-            spread_quarter(oh, s_h, g.in_h, (g.h, g.w), (lhh, lww));
+            if accumulate {
+                ol.iter_mut().zip(s_l).for_each(|(o, &v)| *o += v);
+            } else {
+                ol.copy_from_slice(s_l);
+            }
+            spread_quarter(oh, s_h, g.in_h, (g.h, g.w), (lhh, lww), accumulate);
         });
     drop(t);
     let dw_low = dispatch_backward_filter(&lo, &xcat, dyl);
@@ -423,16 +442,40 @@ pub fn backward_low<T: Element>(
         dw_hl[co * g.in_h * 9..][..g.in_h * 9].copy_from_slice(&row[..g.in_h * 9]);
         dw_ll[co * g.in_l * 9..][..g.in_l * 9].copy_from_slice(&row[g.in_h * 9..]);
     }
+    dw
+}
+
+/// The whole backward of the fused octave convolution (both outputs): `(dX_H, dX_L, dW)` with `dW`
+/// the flat `[dW_HH; dW_HL; dW_LH; dW_LL]` ([`OctaveGeometry::weight_ranges`]); `w` as
+/// [`OctaveWeights`]. The low output's input gradients are added to the high output's as they are
+/// spread, so each input gradient is written once. The planned training step's backward.
+pub fn backward<T: Element>(
+    g: &OctaveGeometry,
+    xh: &[T],
+    xl: &[T],
+    w: &OctaveWeights<'_, T>,
+    (dyh, dyl): (&[T], &[T]),
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (mut dxh, mut dxl, dw_high) = backward_high(g, xh, xl, w, dyh);
+    let dw_low = backward_low_into(g, xh, xl, w, dyl, (&mut dxh, &mut dxl), true);
+    let (hh, lh) = dw_high.split_at(w.hh.len());
+    let (hl, ll) = dw_low.split_at(w.hl.len());
+    let mut dw = Vec::with_capacity(dw_high.len() + dw_low.len());
+    for part in [hh, hl, lh, ll] {
+        dw.extend_from_slice(part);
+    }
     (dxh, dxl, dw)
 }
 
-/// `dst = ¼ · upsample_nearest2x(low)` for `planes` planes (`dst` `h × w`, `low` `lh × lw`, `h = 2·lh`).
+/// `dst = ¼ · upsample_nearest2x(low)` (or `dst += …` with `accumulate`) for `planes` planes (`dst`
+/// `h × w`, `low` `lh × lw`, `h = 2·lh`).
 fn spread_quarter<T: Element>(
     dst: &mut [T],
     low: &[T],
     planes: usize,
     (h, w): (usize, usize),
     (lh, lw): (usize, usize),
+    accumulate: bool,
 ) {
     let q = T::from_f64(0.25);
     for p in 0..planes {
@@ -441,8 +484,13 @@ fn spread_quarter<T: Element>(
         for y in 0..h {
             let lrow = &l[(y / 2) * lw..][..lw];
             for (pair, v) in o[y * w..][..w].chunks_exact_mut(2).zip(lrow) {
-                pair[0] = q * *v;
-                pair[1] = q * *v;
+                if accumulate {
+                    pair[0] += q * *v;
+                    pair[1] += q * *v;
+                } else {
+                    pair[0] = q * *v;
+                    pair[1] = q * *v;
+                }
             }
         }
     }

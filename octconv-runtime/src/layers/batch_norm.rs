@@ -6,6 +6,7 @@ use crate::kernels::batch_norm::{
 use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
 use crate::kernels::prologue::Prologue;
 use crate::layers::Activation;
+use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -114,15 +115,35 @@ impl BatchNorm2d {
             };
             return x.apply_op3(&a, &b, ChannelAffine { cap });
         }
+        self.train_kernel(x, cap, true).map(|(y, _)| y)
+    }
+
+    /// Training mode on our kernel (the caller checked [`BatchNorm2d::fast_path`]): normalises `x`
+    /// with its batch statistics, applies the activation `cap` stands for, and updates the running
+    /// statistics. With `graph` the output carries candle's autograd node; without, the caller runs
+    /// the returned op's backward itself ([`BnBackward`]).
+    fn train_kernel(
+        &self,
+        x: &Tensor,
+        cap: Option<f32>,
+        graph: bool,
+    ) -> Result<(Tensor, BatchNormTrain)> {
         let op = BatchNormTrain {
             eps: self.eps,
             stats: Arc::new(Mutex::new(BatchStats::default())),
             cap,
         };
         let stats = op.stats.clone();
-        let y =
-            x.contiguous()?
-                .apply_op3(&self.weight.contiguous()?, &self.bias.contiguous()?, op)?;
+        let (x, w, b) = (
+            x.contiguous()?,
+            self.weight.contiguous()?,
+            self.bias.contiguous()?,
+        );
+        let y = if graph {
+            x.apply_op3(&w, &b, op.clone())?
+        } else {
+            x.apply_op3_no_bwd(&w.detach(), &b.detach(), &op)?
+        };
         let st = stats
             .lock()
             .map_err(|_| candle_core::Error::Msg("stats poisoned".into()))?;
@@ -146,7 +167,61 @@ impl BatchNorm2d {
             &self.running_var,
             st.var.iter().map(|v| v * unbiased).collect(),
         )?;
-        Ok(y)
+        drop(st);
+        Ok((y, op))
+    }
+
+    /// The training forward of the planned step ([`crate::tape`]) with `act` in the same pass:
+    /// `None` where our kernel does not serve `x` or `act` (the step then runs
+    /// [`BatchNorm2d::forward_act_t`] under autograd).
+    pub fn train_record(
+        &self,
+        x: &Tensor,
+        act: Option<Activation>,
+    ) -> Result<Option<(Tensor, BnBackward)>> {
+        let cap = match act.map(|a| a.clamp()) {
+            Some(Some(c)) => cap_of(c),
+            Some(None) => return Ok(None),
+            None => None,
+        };
+        if !self.fast_path(x) {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        let (y, op) = self.train_kernel(&x, cap, false)?;
+        let back = BnBackward {
+            op,
+            x,
+            y: y.clone(),
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+        };
+        Ok(Some((y, back)))
+    }
+}
+
+/// The backward of one training-mode batch norm (with its activation), recorded by
+/// [`BatchNorm2d::train_record`].
+pub struct BnBackward {
+    op: BatchNormTrain,
+    x: Tensor,
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl BnBackward {
+    /// `dx`, adding the gradients of the weight and bias to `params`.
+    pub fn run(&self, grad: &Tensor, params: &mut ParamGrads) -> Result<Tensor> {
+        use candle_core::CustomOp3;
+        let (dx, dw, db) = self
+            .op
+            .bwd(&self.x, &self.weight, &self.bias, &self.y, grad)?;
+        let missing =
+            || candle_core::Error::Msg("batch norm backward: a gradient is missing".into());
+        params.add(&self.weight, dw.ok_or_else(missing)?)?;
+        params.add(&self.bias, db.ok_or_else(missing)?)?;
+        dx.ok_or_else(missing)
     }
 }
 
@@ -277,6 +352,48 @@ impl OctBatchNorm {
     }
 
     /// Normalises `x` (`train` selects batch statistics and updates the running ones).
+    /// The training forward of the planned step ([`crate::tape`]), `act` applied in the same pass:
+    /// `None` unless our kernel serves every branch.
+    pub fn train_record_act(
+        &self,
+        x: &OctValue,
+        act: Option<Activation>,
+    ) -> Result<Option<Recorded>> {
+        let one = |bn: &Option<BatchNorm2d>, t: &Tensor| -> Result<Option<(Tensor, BnBackward)>> {
+            match bn {
+                Some(bn) => bn.train_record(t, act),
+                None => candle_core::bail!("batch norm: unexpected branch"),
+            }
+        };
+        let (y, high, low) = match x {
+            OctValue::Single(t) | OctValue::Flat(t) => {
+                let Some((y, b)) = one(&self.high, t)? else {
+                    return Ok(None);
+                };
+                let y = match x {
+                    OctValue::Flat(_) => OctValue::Flat(y),
+                    _ => OctValue::Single(y),
+                };
+                (y, Some(b), None)
+            }
+            OctValue::Pair { high, low } => {
+                let h = match high {
+                    Some(t) => match one(&self.high, t)? {
+                        Some(r) => Some(r),
+                        None => return Ok(None),
+                    },
+                    None => None,
+                };
+                let Some((yl, bl)) = one(&self.low, low)? else {
+                    return Ok(None);
+                };
+                let (yh, bh) = h.map_or((None, None), |(y, b)| (Some(y), Some(b)));
+                (OctValue::Pair { high: yh, low: yl }, bh, Some(bl))
+            }
+        };
+        Ok(Some((y, Box::new(OctBnBackward { high, low }))))
+    }
+
     pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
         self.forward_act_t(x, train, None)
     }
@@ -303,5 +420,39 @@ impl OctBatchNorm {
                 low: apply(&self.low, low)?,
             },
         })
+    }
+}
+
+/// The backward of [`OctBatchNorm::train_record_act`]: one [`BnBackward`] per branch.
+struct OctBnBackward {
+    high: Option<BnBackward>,
+    low: Option<BnBackward>,
+}
+
+impl Backward for OctBnBackward {
+    fn backward(
+        self: Box<Self>,
+        grad: &OctValue,
+        params: &mut ParamGrads,
+    ) -> Result<Vec<Option<OctValue>>> {
+        let missing = || candle_core::Error::Msg("batch norm backward: a branch is missing".into());
+        let dx = match grad {
+            OctValue::Single(g) | OctValue::Flat(g) => {
+                let dx = self.high.as_ref().ok_or_else(missing)?.run(g, params)?;
+                match grad {
+                    OctValue::Flat(_) => OctValue::Flat(dx),
+                    _ => OctValue::Single(dx),
+                }
+            }
+            OctValue::Pair { high, low } => OctValue::Pair {
+                high: match (high, &self.high) {
+                    (Some(g), Some(b)) => Some(b.run(g, params)?),
+                    (None, None) => None,
+                    _ => return Err(missing()),
+                },
+                low: self.low.as_ref().ok_or_else(missing)?.run(low, params)?,
+            },
+        };
+        Ok(vec![Some(dx)])
     }
 }

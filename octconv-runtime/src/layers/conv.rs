@@ -2,6 +2,7 @@
 
 use crate::kernels::{conv2d, ConvGeometry, ConvParams};
 use crate::layers::OutputStage;
+use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -40,6 +41,20 @@ impl Conv2d {
         }
     }
 
+    /// The training forward of the planned step ([`crate::tape`]): our kernels on an f32 CPU input
+    /// without bias; `None` elsewhere (candle's autograd runs the layer).
+    pub fn train_record(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
+        let f32_cpu =
+            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        match (x, &self.bias) {
+            (OctValue::Single(t), None) if f32_cpu(t) && f32_cpu(&self.weight) => {
+                let (y, back) = ConvBackward::record(t, &self.weight, self.params(), needs_grad)?;
+                Ok(Some((OctValue::Single(y), Box::new(back))))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Applies the convolution to `[N, C, H, W]`.
     pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.params())?;
@@ -72,5 +87,79 @@ impl Conv2d {
             OctValue::Single(t) => Ok(OctValue::Single(self.forward_tensor(t)?)),
             _ => candle_core::bail!("conv needs a single-frequency tensor"),
         }
+    }
+}
+
+/// The backward of one convolution on our kernels, recorded by [`ConvBackward::record`]: the
+/// planned training step's convolutions ([`crate::tape`]).
+pub(crate) struct ConvBackward {
+    params: ConvParams,
+    x: Tensor,
+    weight: Tensor,
+    /// Whether the input needs a gradient (not for the model input).
+    needs_grad: bool,
+}
+
+impl ConvBackward {
+    /// `conv2d(x, weight)` without a graph (f32 CPU tensors, checked by the caller) and its backward.
+    pub(crate) fn record(
+        x: &Tensor,
+        weight: &Tensor,
+        params: ConvParams,
+        needs_grad: bool,
+    ) -> Result<(Tensor, ConvBackward)> {
+        let x = x.contiguous()?;
+        let y = x.apply_op2_no_bwd(
+            &weight.detach().contiguous()?,
+            &conv2d::Conv2dForward(params),
+        )?;
+        let back = ConvBackward {
+            params,
+            x,
+            weight: weight.clone(),
+            needs_grad,
+        };
+        Ok((y, back))
+    }
+}
+
+impl Backward for ConvBackward {
+    fn backward(
+        self: Box<Self>,
+        grad: &OctValue,
+        params: &mut ParamGrads,
+    ) -> Result<Vec<Option<OctValue>>> {
+        let OctValue::Single(dy) = grad else {
+            candle_core::bail!("convolution backward: the gradient is not a single tensor")
+        };
+        Ok(vec![self.run(dy, params)?.map(OctValue::Single)])
+    }
+}
+
+impl ConvBackward {
+    /// Adds the weight's gradient for the output gradient `dy` to `params`; returns the input's
+    /// (`None` where the input needs none).
+    pub(crate) fn run(&self, dy: &Tensor, params: &mut ParamGrads) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let (_, _, h, w) = self.x.dims4()?;
+        let dw = self.x.apply_op2_no_bwd(
+            &dy,
+            &conv2d::Conv2dBackwardFilter {
+                params: self.params,
+                kernel: (self.weight.dim(2)?, self.weight.dim(3)?),
+            },
+        )?;
+        params.add(&self.weight, dw)?;
+        if !self.needs_grad {
+            return Ok(None);
+        }
+        let dx = dy.apply_op2_no_bwd(
+            &self.weight.detach().contiguous()?,
+            &conv2d::Conv2dBackwardData {
+                params: self.params,
+                input_hw: (h, w),
+            },
+        )?;
+        Ok(Some(dx))
     }
 }

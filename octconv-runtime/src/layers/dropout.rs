@@ -1,5 +1,6 @@
 //! `Dropout` with masks from our own seeded RNG (candle's CPU RNG cannot be seeded).
 
+use crate::tape::{Backward, ParamGrads, PassOn, Recorded};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use rand::{Rng, SeedableRng};
@@ -71,5 +72,46 @@ impl Dropout {
             return Ok(x.clone());
         }
         x.map(|t| t * self.mask(t)?)
+    }
+
+    /// The training forward of the planned step ([`crate::tape`]): the same masks, drawn in the
+    /// same order as [`Dropout::forward_t`]; the backward multiplies the gradient by them. With
+    /// `p = 0` the value and its gradient pass through.
+    pub fn train_record(&self, x: &OctValue) -> Result<Recorded> {
+        if self.p == 0.0 {
+            return Ok((x.clone(), Box::new(PassOn)));
+        }
+        let masks: Vec<Tensor> = match x {
+            OctValue::Pair { high, low } => high
+                .iter()
+                .chain(std::iter::once(low))
+                .map(|t| self.mask(t))
+                .collect::<Result<_>>()?,
+            OctValue::Single(t) | OctValue::Flat(t) => vec![self.mask(t)?],
+        };
+        let mut it = masks.iter();
+        let y = x.map(|t| match it.next() {
+            Some(m) => t * m,
+            None => candle_core::bail!("dropout: a mask is missing"),
+        })?;
+        Ok((y, Box::new(Masks(masks))))
+    }
+}
+
+/// The masks of one training-mode dropout, in branch order (high, then low).
+struct Masks(Vec<Tensor>);
+
+impl Backward for Masks {
+    fn backward(
+        self: Box<Self>,
+        grad: &OctValue,
+        _params: &mut ParamGrads,
+    ) -> Result<Vec<Option<OctValue>>> {
+        let mut it = self.0.iter();
+        let dx = grad.map(|g| match it.next() {
+            Some(m) => g * m,
+            None => candle_core::bail!("dropout backward: a mask is missing"),
+        })?;
+        Ok(vec![Some(dx)])
     }
 }

@@ -7,6 +7,7 @@ use super::{
     OutputStage, Pool, PoolKind,
 };
 use crate::kernels::epilogue::Clamp;
+use crate::tape::Recorded;
 use crate::value::OctValue;
 use candle_core::Result;
 use candle_nn::VarBuilder;
@@ -31,6 +32,14 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync {
     /// is in cache do so; any other layer maps its output in one pass afterwards.
     fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
         stage.apply(self.infer(xs)?)
+    }
+
+    /// The training-mode forward of the planned training step ([`crate::tape`]): the output without
+    /// an autograd graph and the layer's own backward. `needs_grad[k]` says whether input `k` needs a
+    /// gradient. `Ok(None)` (the default) where the layer has no such path for these inputs: the
+    /// step then runs [`OctLayer::apply`] under candle's autograd for this layer alone.
+    fn train_record(&self, _xs: &[&OctValue], _needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        Ok(None)
     }
 
     /// Allows or forbids fused CPU kernels where the layer has them (octave convolutions); a no-op
@@ -98,6 +107,9 @@ impl OctLayer for Conv2d {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "conv")?)
     }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        Conv2d::train_record(self, one(xs, "conv")?, needs_grad.first() == Some(&true))
+    }
     fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
         Conv2d::infer_then(self, one(xs, "conv")?, stage)
     }
@@ -105,6 +117,9 @@ impl OctLayer for Conv2d {
 impl OctLayer for OctConv2d {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "octconv")?)
+    }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        self.record(one(xs, "octconv")?, needs_grad.first() == Some(&true))
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         OctConv2d::infer(self, one(xs, "octconv")?)
@@ -131,12 +146,21 @@ impl OctLayer for OctBatchNorm {
     fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue> {
         self.forward_t(one(xs, "bn")?, train)
     }
+    fn train_record(&self, xs: &[&OctValue], _needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        self.train_record_act(one(xs, "bn")?, None)
+    }
     fn as_batch_norm(&self) -> Option<&OctBatchNorm> {
         Some(self)
     }
 }
-oct_layer!(Dropout, |s, xs, train| s
-    .forward_t(one(xs, "dropout")?, train));
+impl OctLayer for Dropout {
+    fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue> {
+        self.forward_t(one(xs, "dropout")?, train)
+    }
+    fn train_record(&self, xs: &[&OctValue], _needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        Dropout::train_record(self, one(xs, "dropout")?).map(Some)
+    }
+}
 oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?));
 impl OctLayer for Linear {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
@@ -213,6 +237,14 @@ pub struct Add;
 impl OctLayer for Add {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         super::add(xs)
+    }
+    /// The sum in one threaded pass; the backward hands the output's gradient to every input.
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        let y = OctLayer::infer(self, xs)?;
+        let back = crate::tape::Sum {
+            needs_grad: needs_grad.to_vec(),
+        };
+        Ok(Some((y, Box::new(back))))
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         match super::graph::add_infer(xs, Clamp::Identity)? {

@@ -15,6 +15,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};
 
+mod train;
+
 /// Whether new layers may use the fused kernel: yes unless `OCTCONV_FUSED=0` (read once), which runs
 /// the per-path ops instead, for A/B timings of whole commands.
 pub(crate) fn fused_by_default() -> bool {

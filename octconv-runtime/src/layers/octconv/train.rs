@@ -1,0 +1,127 @@
+//! The octave convolution's training forward and backward on the planned step ([`crate::tape`]):
+//! the fused four-path 3×3 kernel with its one-pass backward ([`octave::backward`]), and a lone
+//! H→H path (α = 0, or a single-branch layer) on the convolution kernels. Other shapes (one branch
+//! in and two out, strided pairs, biases) run under candle's autograd.
+
+use super::OctConv2d;
+use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
+use crate::kernels::with_f32_all;
+use crate::layers::conv::ConvBackward;
+use crate::tape::{Backward, ParamGrads, Recorded};
+use crate::value::OctValue;
+use candle_core::{DType, Result, Tensor};
+
+impl OctConv2d {
+    /// The training forward of the planned step: `None` where this layer's shape or the inputs take
+    /// candle's autograd instead.
+    pub(crate) fn record(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
+        if self.bias_h.is_some() || self.bias_l.is_some() {
+            return Ok(None);
+        }
+        let f32_cpu = |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == DType::F32;
+        match x {
+            OctValue::Pair {
+                high: Some(xh),
+                low: xl,
+            } => {
+                let Some(g) = self.fused_geometry(xh, xl) else {
+                    return Ok(None);
+                };
+                if !f32_cpu(xh) {
+                    return Ok(None);
+                }
+                let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
+                    return Ok(None);
+                };
+                let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
+                let detached = [hh, hl, lh, ll].map(Tensor::detach);
+                let (yh, yl) = octave_conv(
+                    g,
+                    &xh,
+                    &xl,
+                    [&detached[0], &detached[1], &detached[2], &detached[3]],
+                )?;
+                let back = FusedBackward {
+                    g,
+                    xh,
+                    xl,
+                    weights: [hh.clone(), hl.clone(), lh.clone(), ll.clone()],
+                };
+                Ok(Some((
+                    OctValue::Pair {
+                        high: Some(yh),
+                        low: yl,
+                    },
+                    Box::new(back),
+                )))
+            }
+            OctValue::Single(t) => {
+                let [Some(w), None, None, None] = &self.weights else {
+                    return Ok(None);
+                };
+                // Stride 2 without `downsample = stride` pools first: autograd.
+                if self.spec.out_l > 0
+                    || (self.spec.stride == 2 && !self.spec.strided_conv())
+                    || !f32_cpu(t)
+                    || !f32_cpu(w)
+                {
+                    return Ok(None);
+                }
+                let groups = if self.spec.depthwise {
+                    self.spec.in_h
+                } else {
+                    self.spec.groups
+                };
+                let (y, back) = ConvBackward::record(t, w, self.conv_params(groups), needs_grad)?;
+                Ok(Some((OctValue::Single(y), Box::new(back))))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The backward of the fused octave convolution: both outputs' gradients in one call.
+struct FusedBackward {
+    g: OctaveGeometry,
+    xh: Tensor,
+    xl: Tensor,
+    /// H→H, H→L, L→H, L→L: the parameters, for their gradients' places.
+    weights: [Tensor; 4],
+}
+
+impl Backward for FusedBackward {
+    fn backward(
+        self: Box<Self>,
+        grad: &OctValue,
+        params: &mut ParamGrads,
+    ) -> Result<Vec<Option<OctValue>>> {
+        let OctValue::Pair {
+            high: Some(dyh),
+            low: dyl,
+        } = grad
+        else {
+            candle_core::bail!("octave convolution backward: the gradient is not a pair")
+        };
+        let g = self.g;
+        let [hh, hl, lh, ll] = &self.weights;
+        let (dxh, dxl, dw) = with_f32_all(
+            [&self.xh, &self.xl, hh, hl, lh, ll, dyh, dyl],
+            |[xh, xl, hh, hl, lh, ll, dyh, dyl]| {
+                let w = OctaveWeights { hh, hl, lh, ll };
+                octave::backward(&g, xh, xl, &w, (dyh, dyl))
+            },
+        )?;
+        let dev = self.xh.device();
+        let mut start = 0;
+        for w in &self.weights {
+            let len = w.elem_count();
+            let part = Tensor::from_slice(&dw[start..start + len], w.shape(), dev)?;
+            params.add(w, part)?;
+            start += len;
+        }
+        Ok(vec![Some(OctValue::Pair {
+            high: Some(Tensor::from_vec(dxh, self.xh.shape(), dev)?),
+            low: Tensor::from_vec(dxl, self.xl.shape(), dev)?,
+        })])
+    }
+}
