@@ -5,6 +5,7 @@ use crate::tape::{accumulate, Autograd, Backward, ParamGrads, PassOn};
 use crate::value::OctValue;
 use candle_core::{ModuleT, Result, Tensor, Var};
 use candle_nn::VarBuilder;
+use octconv_spec::ir::Layer;
 use octconv_spec::plan::{Program, Step};
 use octconv_spec::{Model, Op};
 
@@ -193,49 +194,27 @@ impl OctModel {
         let mut outs: Vec<Option<OctValue>> = vec![None; n];
         for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
             at_layer(j);
-            let input = |k: usize| -> Result<&OctValue> {
-                layer
-                    .inputs
-                    .get(k)
-                    .and_then(|&i| outs[i].as_ref())
-                    .ok_or_else(|| {
-                        candle_core::Error::Msg(format!(
-                            "layer `{}`: input not available",
-                            layer.name
-                        ))
-                    })
-            };
-            let all = || -> Result<Vec<&OctValue>> { (0..layer.inputs.len()).map(input).collect() };
+            let xs = gather(&outs, layer)?;
             let act_after_bn =
                 matches!(layer.op, Op::Relu | Op::Relu6) && j > 0 && self.bn_act[j - 1].is_some();
             let y = match node {
                 None => OctValue::Single(x.clone()),
                 // BN + ReLU in one pass: the batch norm applies it, the ReLU passes its input on.
-                Some(_) if self.fused && act_after_bn => input(0)?.clone(),
+                Some(_) if self.fused && act_after_bn => first(&xs, layer)?.clone(),
                 Some(node) if self.fused && self.bn_act[j].is_some() => {
                     match node.as_batch_norm() {
-                        Some(bn) => bn.forward_act_t(input(0)?, train, self.bn_act[j])?,
+                        Some(bn) => bn.forward_act_t(first(&xs, layer)?, train, self.bn_act[j])?,
                         None => candle_core::bail!(
                             "internal error: `{}` is not a batch norm",
                             layer.name
                         ),
                     }
                 }
-                Some(node) => node.apply(&all()?, train)?,
+                Some(node) => node.apply(&xs, train)?,
             };
-            if y.shape() != layer.output {
-                candle_core::bail!(
-                    "internal error: layer `{}` produced {} but the checker expects {}",
-                    layer.name,
-                    y.shape(),
-                    layer.output
-                );
-            }
-            for &i in &layer.inputs {
-                if self.last_use[i] == j {
-                    outs[i] = None;
-                }
-            }
+            check_output(layer, &y)?;
+            drop(xs);
+            self.release(&mut outs, j);
             outs[j] = Some(y);
         }
         at_layer(n);
@@ -243,6 +222,50 @@ impl OctModel {
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
     }
+}
+
+impl OctModel {
+    /// Frees the values whose last reader is layer `j` (it has just run).
+    fn release(&self, outs: &mut [Option<OctValue>], j: usize) {
+        for &i in &self.ir.layers[j].inputs {
+            if self.last_use[i] == j {
+                outs[i] = None;
+            }
+        }
+    }
+}
+
+/// The values `layer` reads, in its input order (an error names the layer if one is missing).
+fn gather<'a>(outs: &'a [Option<OctValue>], layer: &Layer) -> Result<Vec<&'a OctValue>> {
+    layer
+        .inputs
+        .iter()
+        .map(|&i| {
+            outs.get(i).and_then(Option::as_ref).ok_or_else(|| {
+                candle_core::Error::Msg(format!("layer `{}`: input not available", layer.name))
+            })
+        })
+        .collect()
+}
+
+/// The first of `layer`'s inputs `xs`.
+fn first<'a>(xs: &[&'a OctValue], layer: &Layer) -> Result<&'a OctValue> {
+    xs.first()
+        .copied()
+        .ok_or_else(|| candle_core::Error::Msg(format!("layer `{}`: no input", layer.name)))
+}
+
+/// An error unless `y` has the shape the checker gave `layer`'s output.
+fn check_output(layer: &Layer, y: &OctValue) -> Result<()> {
+    if y.shape() != layer.output {
+        candle_core::bail!(
+            "internal error: layer `{}` produced {} but the checker expects {}",
+            layer.name,
+            y.shape(),
+            layer.output
+        );
+    }
+    Ok(())
 }
 
 /// What [`OctModel::train_step`] computed: the loss, the model's output (without a graph) and the
@@ -277,18 +300,7 @@ impl OctModel {
         let mut tape: Vec<Option<Box<dyn Backward>>> = (0..n).map(|_| None).collect();
         let mut fallbacks = Vec::new();
         for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
-            let xs: Vec<&OctValue> = layer
-                .inputs
-                .iter()
-                .map(|&i| {
-                    outs[i].as_ref().ok_or_else(|| {
-                        candle_core::Error::Msg(format!(
-                            "layer `{}`: input not available",
-                            layer.name
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let xs = gather(&outs, layer)?;
             // The model input needs no gradient.
             let needs: Vec<bool> = layer
                 .inputs
@@ -299,14 +311,16 @@ impl OctModel {
                 matches!(layer.op, Op::Relu | Op::Relu6) && j > 0 && self.bn_act[j - 1].is_some();
             let (y, backward): (OctValue, Option<Box<dyn Backward>>) = match node {
                 None => (OctValue::Single(x.clone()), None),
-                Some(_) if self.fused && act_after_bn => (xs[0].clone(), Some(Box::new(PassOn))),
+                Some(_) if self.fused && act_after_bn => {
+                    (first(&xs, layer)?.clone(), Some(Box::new(PassOn)))
+                }
                 Some(node) => {
                     let bn_act = match (node.as_batch_norm(), self.bn_act[j]) {
                         (Some(bn), Some(act)) if self.fused => Some((bn, act)),
                         _ => None,
                     };
                     let recorded = match bn_act {
-                        Some((bn, act)) => bn.train_record_act(xs[0], Some(act))?,
+                        Some((bn, act)) => bn.train_record_act(first(&xs, layer)?, Some(act))?,
                         None if self.fused => node.train_record(&xs, &needs)?,
                         None => None,
                     };
@@ -316,7 +330,7 @@ impl OctModel {
                     let (y, b) = match (recorded, bn_act) {
                         (Some(r), _) => r,
                         (None, Some((bn, act))) => Autograd::record(
-                            |xs| bn.forward_act_t(xs[0], true, Some(act)),
+                            |xs| bn.forward_act_t(first(xs, layer)?, true, Some(act)),
                             &xs,
                             &needs,
                         )?,
@@ -325,20 +339,9 @@ impl OctModel {
                     (y, Some(b))
                 }
             };
-            if y.shape() != layer.output {
-                candle_core::bail!(
-                    "internal error: layer `{}` produced {} but the checker expects {}",
-                    layer.name,
-                    y.shape(),
-                    layer.output
-                );
-            }
+            check_output(layer, &y)?;
             drop(xs);
-            for &i in &layer.inputs {
-                if self.last_use[i] == j {
-                    outs[i] = None;
-                }
-            }
+            self.release(&mut outs, j);
             outs[j] = Some(y);
             tape[j] = backward;
         }

@@ -43,26 +43,24 @@ impl ParamGrads {
 
     /// Adds `grad` to `param`'s gradient.
     pub fn add(&mut self, param: &Tensor, grad: Tensor) -> Result<()> {
-        match self.grads.remove(&param.id()) {
-            Some(g) => self.grads.insert(param.id(), (g + grad)?),
-            None => self.grads.insert(param.id(), grad),
+        self.add_id(param.id(), grad)
+    }
+
+    fn add_id(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
+        let sum = match self.grads.remove(&id) {
+            Some(g) => (g + grad)?,
+            None => grad,
         };
+        self.grads.insert(id, sum);
         Ok(())
     }
 
     /// Adds every gradient of `store` except those of the tensors `skip` (a layer's input copies).
     fn absorb(&mut self, store: &GradStore, skip: &[TensorId]) -> Result<()> {
-        for id in store.get_ids() {
-            if skip.contains(id) {
-                continue;
-            }
-            if let Some(g) = store.get_id(*id) {
+        for &id in store.get_ids() {
+            if let (false, Some(g)) = (skip.contains(&id), store.get_id(id)) {
                 // candle's gradients can carry a graph (a product with a parameter): cut it.
-                let g = g.detach();
-                match self.grads.remove(id) {
-                    Some(old) => self.grads.insert(*id, (old + g)?),
-                    None => self.grads.insert(*id, g),
-                };
+                self.add_id(id, g.detach())?;
             }
         }
         Ok(())
@@ -140,17 +138,14 @@ impl Autograd {
 /// `Σ output · grad` over every branch: the scalar whose autograd gradient with respect to the
 /// layer's inputs and parameters is the chain rule's product with `grad`.
 fn contract(output: &OctValue, grad: &OctValue) -> Result<Option<Tensor>> {
-    let pairs = match (output.branches(), grad.branches(), output, grad) {
-        (_, _, OctValue::Flat(a), OctValue::Flat(b)) => vec![(a, b)],
-        ((oh, ol), (gh, gl), _, _) => {
-            let mut v = Vec::new();
-            if let (Some(a), Some(b)) = (oh, gh) {
-                v.push((a, b));
-            }
-            if let (Some(a), Some(b)) = (ol, gl) {
-                v.push((a, b));
-            }
-            v
+    let pairs: Vec<(&Tensor, &Tensor)> = match (output, grad) {
+        (OctValue::Flat(a), OctValue::Flat(b)) => vec![(a, b)],
+        _ => {
+            let ((oh, ol), (gh, gl)) = (output.branches(), grad.branches());
+            [(oh, gh), (ol, gl)]
+                .into_iter()
+                .filter_map(|(o, g)| Some((o?, g?)))
+                .collect()
         }
     };
     let mut sum: Option<Tensor> = None;

@@ -70,6 +70,11 @@ pub fn serves(device: &candle_core::Device) -> bool {
     device.is_cpu() && enabled()
 }
 
+/// Whether our f32 kernels serve `t`: an f32 tensor on a device our kernels [`serves`].
+pub fn serves_f32(t: &Tensor) -> bool {
+    serves(t.device()) && t.dtype() == candle_core::DType::F32
+}
+
 /// Runs `f` on the contiguous f32 data of a CPU tensor.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     with_f32_all([t], |[v]| f(v))

@@ -382,8 +382,9 @@ pub fn backward_low<T: Element>(
     w: &OctaveWeights<'_, T>,
     dyl: &[T],
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (lh, lw) = g.low_hw();
     let mut dxh = output_vec(g.n * g.in_h * g.h * g.w);
-    let mut dxl = output_vec(g.n * g.in_l * g.h / 2 * (g.w / 2));
+    let mut dxl = output_vec(g.n * g.in_l * lh * lw);
     let dw = backward_low_into(g, xh, xl, w, dyl, (&mut dxh, &mut dxl), false);
     (dxh, dxl, dw)
 }

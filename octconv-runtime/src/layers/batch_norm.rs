@@ -192,7 +192,6 @@ impl BatchNorm2d {
         let back = BnBackward {
             op,
             x,
-            y: y.clone(),
             weight: self.weight.clone(),
             bias: self.bias.clone(),
         };
@@ -204,8 +203,8 @@ impl BatchNorm2d {
 /// [`BatchNorm2d::train_record`].
 pub struct BnBackward {
     op: BatchNormTrain,
+    /// The input (the backward recomputes the output from it; the output is not held).
     x: Tensor,
-    y: Tensor,
     weight: Tensor,
     bias: Tensor,
 }
@@ -214,9 +213,10 @@ impl BnBackward {
     /// `dx`, adding the gradients of the weight and bias to `params`.
     pub fn run(&self, grad: &Tensor, params: &mut ParamGrads) -> Result<Tensor> {
         use candle_core::CustomOp3;
+        // `BatchNormTrain::bwd` does not read the forward's result: `x` stands in for it.
         let (dx, dw, db) = self
             .op
-            .bwd(&self.x, &self.weight, &self.bias, &self.y, grad)?;
+            .bwd(&self.x, &self.weight, &self.bias, &self.x, grad)?;
         let missing =
             || candle_core::Error::Msg("batch norm backward: a gradient is missing".into());
         params.add(&self.weight, dw.ok_or_else(missing)?)?;
@@ -351,7 +351,6 @@ impl OctBatchNorm {
         Ok(y)
     }
 
-    /// Normalises `x` (`train` selects batch statistics and updates the running ones).
     /// The training forward of the planned step ([`crate::tape`]), `act` applied in the same pass:
     /// `None` unless our kernel serves every branch.
     pub fn train_record_act(
@@ -394,6 +393,7 @@ impl OctBatchNorm {
         Ok(Some((y, Box::new(OctBnBackward { high, low }))))
     }
 
+    /// Normalises `x` (`train` selects batch statistics and updates the running ones).
     pub fn forward_t(&self, x: &OctValue, train: bool) -> Result<OctValue> {
         self.forward_act_t(x, train, None)
     }

@@ -44,10 +44,9 @@ impl Conv2d {
     /// The training forward of the planned step ([`crate::tape`]): our kernels on an f32 CPU input
     /// without bias; `None` elsewhere (candle's autograd runs the layer).
     pub fn train_record(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
-        let f32_cpu =
-            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        use crate::kernels::serves_f32;
         match (x, &self.bias) {
-            (OctValue::Single(t), None) if f32_cpu(t) && f32_cpu(&self.weight) => {
+            (OctValue::Single(t), None) if serves_f32(t) && serves_f32(&self.weight) => {
                 let (y, back) = ConvBackward::record(t, &self.weight, self.params(), needs_grad)?;
                 Ok(Some((OctValue::Single(y), Box::new(back))))
             }

@@ -46,8 +46,7 @@ impl Linear {
             return self.forward(x);
         };
         let (w, b) = (self.0.weight(), self.0.bias());
-        let f32_cpu =
-            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        let f32_cpu = crate::kernels::serves_f32;
         if t.rank() != 2 || !f32_cpu(t) || !f32_cpu(w) || !b.is_none_or(f32_cpu) {
             return self.forward(x);
         }

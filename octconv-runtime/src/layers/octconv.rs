@@ -153,16 +153,20 @@ impl OctConv2d {
         }
     }
 
+    /// The groups of path `p`'s convolution: its input channels for a depthwise layer.
+    fn path_groups(&self, p: Path) -> usize {
+        if self.spec.depthwise {
+            self.spec.path_channels(p).map_or(1, |(c, _)| c)
+        } else {
+            self.spec.groups
+        }
+    }
+
     fn conv(&self, x: &Tensor, p: Path) -> Result<Option<Tensor>> {
         let Some(w) = &self.weights[p as usize] else {
             return Ok(None);
         };
-        let groups = if self.spec.depthwise {
-            self.spec.path_channels(p).map_or(1, |(c, _)| c)
-        } else {
-            self.spec.groups
-        };
-        conv2d(x, w, self.conv_params(groups)).map(Some)
+        conv2d(x, w, self.conv_params(self.path_groups(p))).map(Some)
     }
 
     /// Applies the octave convolution: the fused CPU kernel where it applies, else the per-path ops.
@@ -539,8 +543,7 @@ impl OctConv2d {
     /// Whether every input branch and weight is an f32 CPU tensor.
     fn fusable_inputs_f32(&self, x: &OctValue) -> bool {
         let (h, l) = x.branches();
-        let f32_cpu =
-            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        let f32_cpu = crate::kernels::serves_f32;
         h.into_iter().chain(l).all(f32_cpu) && self.weights.iter().flatten().all(f32_cpu)
     }
 

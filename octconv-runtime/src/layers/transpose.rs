@@ -105,8 +105,7 @@ impl OctConvTranspose2d {
     /// [`crate::kernels::transpose`]; anything else [`OctConvTranspose2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
         use crate::kernels::transpose::{self, OctaveTranspose};
-        let f32_cpu =
-            |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == candle_core::DType::F32;
+        let f32_cpu = crate::kernels::serves_f32;
         let s = &self.spec;
         let all_f32 = {
             let (h, l) = x.branches();

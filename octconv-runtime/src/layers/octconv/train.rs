@@ -9,7 +9,8 @@ use crate::kernels::with_f32_all;
 use crate::layers::conv::ConvBackward;
 use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
+use octconv_spec::ir::Path;
 
 impl OctConv2d {
     /// The training forward of the planned step: `None` where this layer's shape or the inputs take
@@ -18,7 +19,7 @@ impl OctConv2d {
         if self.bias_h.is_some() || self.bias_l.is_some() {
             return Ok(None);
         }
-        let f32_cpu = |t: &Tensor| crate::kernels::serves(t.device()) && t.dtype() == DType::F32;
+        let f32_cpu = crate::kernels::serves_f32;
         match x {
             OctValue::Pair {
                 high: Some(xh),
@@ -59,20 +60,16 @@ impl OctConv2d {
                 let [Some(w), None, None, None] = &self.weights else {
                     return Ok(None);
                 };
-                // Stride 2 without `downsample = stride` pools first: autograd.
-                if self.spec.out_l > 0
-                    || (self.spec.stride == 2 && !self.spec.strided_conv())
+                // Stride 2 without `downsample = stride` pools first: autograd. (H→H alone means no
+                // low output: H→L would exist with one.)
+                if (self.spec.stride == 2 && !self.spec.strided_conv())
                     || !f32_cpu(t)
                     || !f32_cpu(w)
                 {
                     return Ok(None);
                 }
-                let groups = if self.spec.depthwise {
-                    self.spec.in_h
-                } else {
-                    self.spec.groups
-                };
-                let (y, back) = ConvBackward::record(t, w, self.conv_params(groups), needs_grad)?;
+                let params = self.conv_params(self.path_groups(Path::HH));
+                let (y, back) = ConvBackward::record(t, w, params, needs_grad)?;
                 Ok(Some((OctValue::Single(y), Box::new(back))))
             }
             _ => Ok(None),
