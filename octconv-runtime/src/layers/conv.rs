@@ -139,6 +139,14 @@ impl ConvBackward {
     /// Adds the weight's gradient for the output gradient `dy` to `params`; returns the input's
     /// (`None` where the input needs none).
     pub(crate) fn run(&self, dy: &Tensor, params: &mut ParamGrads) -> Result<Option<Tensor>> {
+        let (dw, dx) = self.gradients(dy)?;
+        params.add(&self.weight, dw)?;
+        Ok(dx)
+    }
+
+    /// The weight's gradient for the output gradient `dy`, and the input's (`None` where the input
+    /// needs none).
+    pub(crate) fn gradients(&self, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (_, _, h, w) = self.x.dims4()?;
         let dw = self.x.apply_op2_no_bwd(
@@ -148,9 +156,8 @@ impl ConvBackward {
                 kernel: (self.weight.dim(2)?, self.weight.dim(3)?),
             },
         )?;
-        params.add(&self.weight, dw)?;
         if !self.needs_grad {
-            return Ok(None);
+            return Ok((dw, None));
         }
         let dx = dy.apply_op2_no_bwd(
             &self.weight.detach().contiguous()?,
@@ -159,6 +166,6 @@ impl ConvBackward {
                 input_hw: (h, w),
             },
         )?;
-        Ok(Some(dx))
+        Ok((dw, Some(dx)))
     }
 }

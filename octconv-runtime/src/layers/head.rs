@@ -66,6 +66,20 @@ impl Linear {
         Ok(OctValue::Flat(Tensor::from_vec(y, (n, out), t.device())?))
     }
 
+    /// The training forward of the planned step ([`crate::tape`]): the layer's forward, and its
+    /// backward as two products with the output's gradient.
+    pub(crate) fn train_record(
+        &self,
+        x: &OctValue,
+        needs_grad: bool,
+    ) -> Result<Option<crate::tape::Recorded>> {
+        let OctValue::Flat(t) = x else {
+            return Ok(None);
+        };
+        let y = self.forward(x)?;
+        super::adjoint::LinearBackward::record(y, t, self.0.weight(), self.0.bias(), needs_grad)
+    }
+
     /// Applies the layer to a flat batch.
     pub fn forward(&self, x: &OctValue) -> Result<OctValue> {
         match x {

@@ -2,6 +2,7 @@
 //! turns an IR layer into its runtime layer. The interpreter ([`crate::model::OctModel`]) and the code that
 //! `octnet!` and `octconv gen` generate both run layers through [`OctLayer::apply`].
 
+use super::adjoint;
 use super::{
     Activation, Conv2d, Dropout, DropoutRng, Linear, OctBatchNorm, OctConv2d, OctConvTranspose2d,
     OutputStage, Pool, PoolKind,
@@ -90,7 +91,8 @@ fn one<'a>(xs: &[&'a OctValue], what: &str) -> Result<&'a OctValue> {
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: no input")))
 }
 
-/// Implements [`OctLayer`] for a type from an expression over `self`, the inputs `xs` and `train`.
+/// Implements [`OctLayer`] for a type from an expression over `self`, the inputs `xs` and `train`;
+/// with `record: |self, xs, needs_grad| …`, also its [`OctLayer::train_record`].
 macro_rules! oct_layer {
     ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr) => {
         impl OctLayer for $ty {
@@ -101,6 +103,29 @@ macro_rules! oct_layer {
             }
         }
     };
+    ($ty:ty, |$s:ident, $xs:ident, $train:ident| $body:expr,
+     record: |$rs:ident, $rxs:ident, $needs:ident| $rec:expr) => {
+        impl OctLayer for $ty {
+            fn apply(&self, $xs: &[&OctValue], $train: bool) -> Result<OctValue> {
+                let $s = self;
+                let _ = $train;
+                $body
+            }
+            fn train_record(
+                &self,
+                $rxs: &[&OctValue],
+                $needs: &[bool],
+            ) -> Result<Option<Recorded>> {
+                let $rs = self;
+                $rec
+            }
+        }
+    };
+}
+
+/// Whether the first input needs a gradient.
+fn first_needs(needs_grad: &[bool]) -> bool {
+    needs_grad.first() == Some(&true)
 }
 
 impl OctLayer for Conv2d {
@@ -161,13 +186,17 @@ impl OctLayer for Dropout {
         Dropout::train_record(self, one(xs, "dropout")?).map(Some)
     }
 }
-oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?));
+oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?),
+    record: |s, xs, n| adjoint::pool(s, one(xs, "pool")?, first_needs(n)));
 impl OctLayer for Linear {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "linear")?)
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         Linear::infer(self, one(xs, "linear")?)
+    }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        Linear::train_record(self, one(xs, "linear")?, first_needs(needs_grad))
     }
 }
 impl OctLayer for Activation {
@@ -177,6 +206,9 @@ impl OctLayer for Activation {
     fn as_activation(&self) -> Option<Activation> {
         Some(*self)
     }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        adjoint::activation(*self, one(xs, "activation")?, first_needs(needs_grad))
+    }
 }
 
 /// `split(alpha)`: moves the last `low` channels, pooled, to the low branch.
@@ -185,7 +217,8 @@ pub struct Split {
     /// Channels moved to the low branch.
     pub low: usize,
 }
-oct_layer!(Split, |s, xs, train| super::split(one(xs, "split")?, s.low));
+oct_layer!(Split, |s, xs, train| super::split(one(xs, "split")?, s.low),
+    record: |s, xs, n| adjoint::split(one(xs, "split")?, s.low, first_needs(n)));
 
 /// `merge()` (to the high resolution) or `merge(to = low)`.
 #[derive(Clone, Copy, Debug)]
@@ -197,12 +230,13 @@ oct_layer!(Merge, |s, xs, train| if s.to_low {
     super::merge_low(one(xs, "merge")?)
 } else {
     super::merge(one(xs, "merge")?)
-});
+}, record: |s, xs, n| adjoint::merge(one(xs, "merge")?, s.to_low, first_needs(n)));
 
 /// `pyramid()`: every channel in both branches, the low one pooled.
 #[derive(Clone, Copy, Debug)]
 pub struct Pyramid;
-oct_layer!(Pyramid, |_s, xs, train| super::pyramid(one(xs, "pyramid")?));
+oct_layer!(Pyramid, |_s, xs, train| super::pyramid(one(xs, "pyramid")?),
+    record: |_s, xs, n| adjoint::pyramid(one(xs, "pyramid")?, first_needs(n)));
 
 /// `upsample(scale)`, nearest-neighbour, every branch.
 #[derive(Clone, Copy, Debug)]
@@ -213,7 +247,7 @@ pub struct Upsample {
 oct_layer!(Upsample, |s, xs, train| super::upsample(
     one(xs, "upsample")?,
     s.scale
-));
+), record: |s, xs, n| adjoint::upsample(one(xs, "upsample")?, s.scale, first_needs(n)));
 
 /// `global_avg_pool(per_branch)`.
 #[derive(Clone, Copy, Debug)]
@@ -224,12 +258,17 @@ pub struct GlobalAvgPool {
 oct_layer!(GlobalAvgPool, |s, xs, train| super::global_avg_pool(
     one(xs, "global_avg_pool")?,
     s.per_branch
+), record: |s, xs, n| adjoint::global_avg_pool(
+    one(xs, "global_avg_pool")?,
+    s.per_branch,
+    first_needs(n)
 ));
 
 /// `flatten()`.
 #[derive(Clone, Copy, Debug)]
 pub struct Flatten;
-oct_layer!(Flatten, |_s, xs, train| super::flatten(one(xs, "flatten")?));
+oct_layer!(Flatten, |_s, xs, train| super::flatten(one(xs, "flatten")?),
+    record: |_s, xs, n| adjoint::flatten(one(xs, "flatten")?, first_needs(n)));
 
 /// `add(…)` and residual sums.
 #[derive(Clone, Copy, Debug)]
@@ -269,7 +308,8 @@ impl OctLayer for Add {
 /// `concat(…)`.
 #[derive(Clone, Copy, Debug)]
 pub struct Concat;
-oct_layer!(Concat, |_s, xs, train| super::concat(xs));
+oct_layer!(Concat, |_s, xs, train| super::concat(xs),
+    record: |_s, xs, n| adjoint::concat(xs, n));
 
 /// `scale(x)`: the first input scaled per channel by the second.
 #[derive(Clone, Copy, Debug)]
@@ -282,6 +322,12 @@ impl OctLayer for Scale {
                 "scale takes a value and its gates, found {} inputs",
                 xs.len()
             ),
+        }
+    }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        match xs {
+            [x, gates] => adjoint::scale(x, gates, needs_grad),
+            _ => Ok(None),
         }
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {

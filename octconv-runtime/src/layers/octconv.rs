@@ -15,6 +15,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};
 
+mod paths;
 mod train;
 
 /// Whether new layers may use the fused kernel: yes unless `OCTCONV_FUSED=0` (read once), which runs

@@ -1,16 +1,14 @@
 //! The octave convolution's training forward and backward on the planned step ([`crate::tape`]):
-//! the fused four-path 3×3 kernel with its one-pass backward ([`octave::backward`]), and a lone
-//! H→H path (α = 0, or a single-branch layer) on the convolution kernels. Other shapes (one branch
-//! in and two out, strided pairs, biases) run under candle's autograd.
+//! the fused four-path 3×3 kernel with its one-pass backward ([`octave::backward`]); every other
+//! shape runs its paths on the convolution kernels ([`super::paths`]). Layers with biases run under
+//! candle's autograd.
 
 use super::OctConv2d;
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::with_f32_all;
-use crate::layers::conv::ConvBackward;
 use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
-use octconv_spec::ir::Path;
 
 impl OctConv2d {
     /// The training forward of the planned step: `None` where this layer's shape or the inputs take
@@ -19,61 +17,41 @@ impl OctConv2d {
         if self.bias_h.is_some() || self.bias_l.is_some() {
             return Ok(None);
         }
-        let f32_cpu = crate::kernels::serves_f32;
-        match x {
+        if !self.fusable_inputs_f32(x) {
+            return Ok(None);
+        }
+        let (
             OctValue::Pair {
                 high: Some(xh),
                 low: xl,
-            } => {
-                let Some(g) = self.fused_geometry(xh, xl) else {
-                    return Ok(None);
-                };
-                if !f32_cpu(xh) {
-                    return Ok(None);
-                }
-                let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
-                    return Ok(None);
-                };
-                let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
-                let detached = [hh, hl, lh, ll].map(Tensor::detach);
-                let (yh, yl) = octave_conv(
-                    g,
-                    &xh,
-                    &xl,
-                    [&detached[0], &detached[1], &detached[2], &detached[3]],
-                )?;
-                let back = FusedBackward {
-                    g,
-                    xh,
-                    xl,
-                    weights: [hh.clone(), hl.clone(), lh.clone(), ll.clone()],
-                };
-                Ok(Some((
-                    OctValue::Pair {
-                        high: Some(yh),
-                        low: yl,
-                    },
-                    Box::new(back),
-                )))
-            }
-            OctValue::Single(t) => {
-                let [Some(w), None, None, None] = &self.weights else {
-                    return Ok(None);
-                };
-                // Stride 2 without `downsample = stride` pools first: autograd. (H→H alone means no
-                // low output: H→L would exist with one.)
-                if (self.spec.stride == 2 && !self.spec.strided_conv())
-                    || !f32_cpu(t)
-                    || !f32_cpu(w)
-                {
-                    return Ok(None);
-                }
-                let params = self.conv_params(self.path_groups(Path::HH));
-                let (y, back) = ConvBackward::record(t, w, params, needs_grad)?;
-                Ok(Some((OctValue::Single(y), Box::new(back))))
-            }
-            _ => Ok(None),
-        }
+            },
+            [Some(hh), Some(hl), Some(lh), Some(ll)],
+        ) = (x, &self.weights)
+        else {
+            return self.record_paths(x, needs_grad);
+        };
+        let Some(g) = self.fused_geometry(xh, xl) else {
+            return self.record_paths(x, needs_grad);
+        };
+        let (xh, xl) = (xh.contiguous()?, xl.contiguous()?);
+        let detached = [hh, hl, lh, ll].map(Tensor::detach);
+        let (yh, yl) = octave_conv(
+            g,
+            &xh,
+            &xl,
+            [&detached[0], &detached[1], &detached[2], &detached[3]],
+        )?;
+        let back = FusedBackward {
+            g,
+            xh,
+            xl,
+            weights: [hh.clone(), hl.clone(), lh.clone(), ll.clone()],
+        };
+        let y = OctValue::Pair {
+            high: Some(yh),
+            low: yl,
+        };
+        Ok(Some((y, Box::new(back))))
     }
 }
 
