@@ -1,4 +1,4 @@
-//! The planned training step (work in progress for issue #24): a training-mode forward that records, layer by layer, what each
+//! The planned training step: a training-mode forward that records, layer by layer, what each
 //! layer's backward needs (a *tape*), and a backward that plays the tape in reverse.
 //!
 //! candle's autograd treats every op as a node: each gradient it propagates starts as a zero tensor
@@ -242,11 +242,10 @@ pub fn accumulate(slot: &mut Option<OctValue>, grad: OctValue) -> Result<()> {
     Ok(())
 }
 
-/// Whether `octconv bench --train` times the planned step ([`crate::model::OctModel::train_step`])
-/// on `device`: with `OCTCONV_STEP=planned`, on the CPU with our kernels on. Not yet the default:
-/// while octave layers outside the fused 3×3 shape (strided, 1×1 and one-branch-in layers) fall
-/// back to autograd with copied inputs, the planned WRN-16-4 step at α = .5 was 1.11× the
-/// whole-graph autograd step (2-thread AVX-512 EPYC, `farm-bench`).
+/// Whether training (`octconv train`, `octconv bench --train`) runs the planned step
+/// ([`crate::model::OctModel::train_step`]) on `device`: on the CPU with our kernels on, unless
+/// `OCTCONV_STEP=autograd` asks for candle's whole-graph autograd (the reference, and the path of
+/// every other device).
 pub fn planned(device: &Device) -> bool {
-    crate::kernels::serves(device) && std::env::var("OCTCONV_STEP").as_deref() == Ok("planned")
+    crate::kernels::serves(device) && std::env::var("OCTCONV_STEP").as_deref() != Ok("autograd")
 }

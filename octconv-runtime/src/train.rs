@@ -601,16 +601,35 @@ impl Trainer {
                                 .wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     );
                     let (x, y) = host.to_tensors(self.model.device())?;
-                    let logits = self.model.forward_t(&x, true)?;
-                    let loss = task_loss(&logits, &y, &self.cfg.seg_loss)?;
-                    let loss_v = loss.to_scalar::<f32>()? as f64;
+                    let t = epoch as f64 + b as f64 / batches as f64;
+                    lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
+                    let seg_loss = &self.cfg.seg_loss;
+                    let value =
+                        |loss: &Tensor| -> Result<f64> { Ok(loss.to_scalar::<f32>()? as f64) };
+                    // The planned step on the CPU (crate::tape), else candle's autograd; no update
+                    // after a loss that is not finite.
+                    let (logits, loss_v) = if crate::tape::planned(self.model.device()) {
+                        let step = self.model.train_step(&x, &|logits| {
+                            task_loss(logits, &y, seg_loss)
+                                .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+                        })?;
+                        let v = value(&step.loss)?;
+                        if v.is_finite() {
+                            self.opt.step(&step.grads, lr)?;
+                        }
+                        (step.output, v)
+                    } else {
+                        let logits = self.model.forward_t(&x, true)?;
+                        let loss = task_loss(&logits, &y, seg_loss)?;
+                        let v = value(&loss)?;
+                        if v.is_finite() {
+                            self.opt.step(&loss.backward()?, lr)?;
+                        }
+                        (logits, v)
+                    };
                     if !loss_v.is_finite() {
                         return Ok(Some(Finish::Diverged { epoch, batch: b }));
                     }
-                    let grads = loss.backward()?;
-                    let t = epoch as f64 + b as f64 / batches as f64;
-                    lr = schedule.lr(self.cfg.lr, t, self.cfg.warmup);
-                    self.opt.step(&grads, lr)?;
                     // Correct images, or correct pixels of the counted ones scaled to images.
                     let mut c = Confusion::new(logits.dim(1)?);
                     c.add(&predictions(&logits)?, &y.flatten_all()?.to_vec1::<u32>()?);

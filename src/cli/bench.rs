@@ -321,10 +321,7 @@ pub fn time_model(
     let mut step = |b: usize| -> anyhow::Result<()> {
         let (x, y) = batch_at(b)?;
         if args.train {
-            let loss = |out: &Tensor| match classes {
-                Some(_) => candle_nn::loss::cross_entropy(out, &y),
-                None => out.sqr()?.mean_all(),
-            };
+            let loss = |out: &Tensor| train_loss(out, &y, classes.is_some());
             if octconv_runtime::tape::planned(device) {
                 let step = net.train_step(&x, &loss)?;
                 let _t = octconv_runtime::kernels::timing::span("SGD update");
@@ -342,8 +339,14 @@ pub fn time_model(
         device.synchronize()?;
         Ok(())
     };
-    // Peak memory of one pass on the first batch.
-    let peak = super::bench_memory::measure(&net, &batch_at(0)?.0, args.train)?;
+    // Peak memory of one pass (with `--train`, one training step) on the first batch.
+    let peak = if args.train {
+        let (x, y) = batch_at(0)?;
+        let loss = |out: &Tensor| train_loss(out, &y, classes.is_some());
+        super::bench_memory::measure_train_step(&net, &x, &loss)?
+    } else {
+        super::bench_memory::measure(&net, &batch_at(0)?.0, false)?
+    };
     let mut times = Vec::with_capacity(args.repeats);
     let kernel_profile = args.profile && args.train;
     for rep in 0..=args.repeats {
@@ -401,4 +404,14 @@ pub fn time_model(
         train_kernels,
         train_fallbacks: fallbacks,
     })
+}
+
+/// The loss `bench --train` times: cross-entropy against the labels `y` for a class vector, else
+/// the surrogate `mean(out²)`.
+fn train_loss(out: &Tensor, y: &Tensor, classes: bool) -> candle_core::Result<Tensor> {
+    if classes {
+        candle_nn::loss::cross_entropy(out, y)
+    } else {
+        out.sqr()?.mean_all()
+    }
 }

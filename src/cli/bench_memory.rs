@@ -39,6 +39,47 @@ impl PeakMemory {
     }
 }
 
+/// Measures one training step of `net` on `x` with `loss`: the planned step where it runs
+/// ([`octconv_runtime::tape::planned`]), else forward and candle's backward. The activations' part
+/// is the heap's highest growth during the whole step (forward, backward and the parameters'
+/// gradients, which the step returns), less the scratch pools' growth; scratch as in [`measure`].
+/// `layer` names the step, not a layer.
+pub fn measure_train_step(
+    net: &OctModel,
+    x: &Tensor,
+    loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> anyhow::Result<PeakMemory> {
+    let planned = octconv_runtime::tape::planned(net.device());
+    let step = || -> candle_core::Result<()> {
+        if planned {
+            drop(net.train_step(x, loss)?);
+        } else {
+            drop(loss(&candle_core::ModuleT::forward_t(net, x, true)?)?.backward()?);
+        }
+        Ok(())
+    };
+    scratch::release_pools();
+    for _ in 0..2 {
+        step()?;
+    }
+    let scratch_before = scratch::scratch_bytes();
+    let base = alloc::current();
+    alloc::reset_peak();
+    step()?;
+    let grown = scratch::scratch_bytes().saturating_sub(scratch_before);
+    let activations = alloc::peak().saturating_sub(base).saturating_sub(grown) as u64;
+    Ok(PeakMemory {
+        activations,
+        scratch: (scratch::largest_task_bytes() * rayon::current_num_threads()) as u64,
+        layer: if planned {
+            "(training step, planned)"
+        } else {
+            "(training step, autograd)"
+        }
+        .to_string(),
+    })
+}
+
 /// Measures one pass of `net` on `x` (inference, or the training-mode forward with `train`).
 pub fn measure(net: &OctModel, x: &Tensor, train: bool) -> anyhow::Result<PeakMemory> {
     scratch::release_pools();
