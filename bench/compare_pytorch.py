@@ -8,10 +8,14 @@ Two comparisons, each at α ∈ {0, .25, .5, .75}, forward and forward + backwar
           PyTorch: the same architecture written out below (conv3x3 stem, 3 stages of 2 pre-activation
           blocks, merge-then-pool head), images/s for inference and for a training step (SGD).
   wrn28   WRN-28-10 (`wrn(n = 4, k = 10, alpha = α)`, batch 128), inference only: the seed's CPU table.
+  memory  peak heap memory of one WRN-16-4 training step (batch 32): ours: `octconv bench --train`'s
+          peak (heap growth of the step plus kernel scratch); PyTorch: the heap growth's high-water
+          mark during one step (after two untimed ones), counted by bench/heap_shim.c (LD_PRELOAD,
+          built here with `cc`): the same definition as our counting allocator.
 Runs alternate (ours, PyTorch, ours, PyTorch, …) so that both see the same machine state; every
 figure is the median over rounds of each side's median. Prints a Markdown table and our/PyTorch ratios.
 
-Usage: bench/compare_pytorch.sh [--rounds 3] [--threads 2] [--only layer|wrn|wrn28]
+Usage: bench/compare_pytorch.sh [--rounds 3] [--threads 2] [--only layer|wrn|wrn28|memory]
 (`wrn28` is not in the default set: one round takes minutes; ask for it with --only wrn28.)
 Needs: pip install torch numpy (CPU is enough).
 """
@@ -198,13 +202,70 @@ def ours_wrn(alpha, train, repeats, threads, batch=32, n=2, k=4):
     return json.loads(out.stdout)["rows"][0]["median_s"]
 
 
+def torch_wrn_peak_child(alpha, threads, batch=32, n=2, k=4):
+    """In a process started with the heap shim preloaded: prints the step's peak heap growth."""
+    import ctypes
+    torch.set_num_threads(threads)
+    lib = ctypes.CDLL(None)
+    lib.heap_shim_peak.restype = ctypes.c_long
+    lib.heap_shim_current.restype = ctypes.c_long
+    torch.manual_seed(0)
+    net = OctWRN(n, k, alpha)
+    net.train()
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    step()
+    step()
+    base = lib.heap_shim_current()
+    lib.heap_shim_reset_peak()
+    step()
+    print(lib.heap_shim_peak() - base)
+
+
+def torch_wrn_peak(alpha, threads):
+    shim = os.path.join(ROOT, "target", "heap_shim.so")
+    src = os.path.join(ROOT, "bench", "heap_shim.c")
+    if not os.path.exists(shim) or os.path.getmtime(shim) < os.path.getmtime(src):
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", shim, src], check=True)
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-child", str(alpha), "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "LD_PRELOAD": shim})
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def ours_wrn_peak(alpha, threads, batch=32, n=2, k=4):
+    cmd = [OCTCONV_BIN, "bench", f"wrn(n = {n}, k = {k})", "--alphas", str(alpha), "--batch", str(batch),
+           "--samples", str(batch), "--repeats", "1", "--json", "--threads", str(threads), "--train"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["rows"][0]["peak_bytes"]
+
+
+def memory_table(threads):
+    print("## Peak memory of one WRN-16-4 training step (wrn(n = 2, k = 4)), batch 32\n")
+    print("| α | octconv MiB | PyTorch MiB | octconv / PyTorch |")
+    print("|---|---|---|---|")
+    for alpha in ALPHAS:
+        o, t = ours_wrn_peak(alpha, threads), torch_wrn_peak(alpha, threads)
+        print(f"| {alpha} | {o / 2**20:.1f} | {t / 2**20:.1f} | {o / t:.2f} |", flush=True)
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["layer", "wrn", "wrn28"])
+    ap.add_argument("--only", choices=["layer", "wrn", "wrn28", "memory"])
+    ap.add_argument("--peak-child", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peak_child is not None:
+        return torch_wrn_peak_child(args.peak_child, args.threads)
     torch.set_num_threads(args.threads)
     print(f"# octconv vs PyTorch {torch.__version__}, {args.threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {cpu_model()}")
@@ -237,6 +298,8 @@ def main():
                     mode = "train step" if train else "inference"
                 print(f"| {alpha} | {theory:.0%} | {mode} | {om * 1e3:.1f} | {tm * 1e3:.1f} | {om / tm:.2f} | {om / b[0]:.0%} | {tm / b[1]:.0%} |", flush=True)
         print()
+    if args.only in (None, "memory"):
+        memory_table(args.threads)
 
 
 if __name__ == "__main__":

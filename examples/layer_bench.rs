@@ -5,11 +5,14 @@
 //!
 //! The layer takes a high/low pair (`c_in = c_out = channels`, 3×3, stride 1), as inside a network;
 //! at α = 0 it is a plain convolution. Prints the median, mean and GFLOP/s (2 FLOPs per MAC, the
-//! backward counted as 2× the forward) per α; `--json` prints one JSON object per α. The PyTorch
+//! backward counted as 2× the forward) per α; `--json` prints one JSON object per α. `--train` runs
+//! the planned training step's record and backward of the layer (`OCTCONV_STEP=autograd`: candle's
+//! autograd). The PyTorch
 //! side is `bench/compare_pytorch.py`, which runs this binary and PyTorch alternately.
 
 use octconv::candle_core::{Device, Tensor, Var};
-use octconv::runtime::layers::OctConv2d;
+use octconv::runtime::layers::{OctConv2d, OctLayer};
+use octconv::runtime::tape::ParamGrads;
 use octconv::spec::ir::{OctConvSpec, Path};
 use octconv::spec::shape::channel_split;
 use octconv::OctValue;
@@ -116,7 +119,16 @@ fn main() -> anyhow::Result<()> {
                 low: xl.as_tensor().clone(),
             }
         };
+        let planned = octconv::runtime::tape::planned(&Device::Cpu);
         let step = || -> anyhow::Result<()> {
+            if a.train && planned {
+                // The planned step's record and backward (loss = the sum of both outputs).
+                let (y, back) = OctLayer::train_record(&layer, &[&x], &[true])?
+                    .ok_or_else(|| anyhow::anyhow!("the layer has no planned backward"))?;
+                let ones = y.map(|t| t.ones_like())?;
+                back.backward(&ones, &mut ParamGrads::default())?;
+                return Ok(());
+            }
             let y = layer.forward(&x)?;
             if a.train {
                 let (h, l) = y.branches();

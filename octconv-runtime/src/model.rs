@@ -268,6 +268,17 @@ fn check_output(layer: &Layer, y: &OctValue) -> Result<()> {
     Ok(())
 }
 
+/// Where [`OctModel::train_step_observed`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepPoint {
+    /// Before layer `j`'s forward.
+    Forward(usize),
+    /// Before layer `j`'s backward.
+    Backward(usize),
+    /// After the last backward.
+    Done,
+}
+
 /// What [`OctModel::train_step`] computed: the loss, the model's output (without a graph) and the
 /// gradients of the parameters.
 pub struct TrainStep {
@@ -294,12 +305,25 @@ impl OctModel {
         x: &Tensor,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<TrainStep> {
+        self.train_step_observed(x, loss, &mut |_| ())
+    }
+
+    /// [`OctModel::train_step`], calling `at(point)` just before each layer's forward and backward
+    /// and once at the end, so that between two calls exactly one layer's forward or backward ran
+    /// (`octconv bench --train` finds where the step's memory peaks with it).
+    pub fn train_step_observed(
+        &self,
+        x: &Tensor,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+        at: &mut dyn FnMut(StepPoint),
+    ) -> Result<TrainStep> {
         self.check_input(x)?;
         let n = self.nodes.len();
         let mut outs: Vec<Option<OctValue>> = vec![None; n];
         let mut tape: Vec<Option<Box<dyn Backward>>> = (0..n).map(|_| None).collect();
         let mut fallbacks = Vec::new();
         for (j, (node, layer)) in self.nodes.iter().zip(&self.ir.layers).enumerate() {
+            at(StepPoint::Forward(j));
             let xs = gather(&outs, layer)?;
             // The model input needs no gradient.
             let needs: Vec<bool> = layer
@@ -367,6 +391,7 @@ impl OctModel {
             let Some(grad) = grads[j].take() else {
                 continue;
             };
+            at(StepPoint::Backward(j));
             let input_grads = backward.backward(&grad, &mut params)?;
             drop(grad);
             for (&i, g) in self.ir.layers[j].inputs.iter().zip(input_grads) {
@@ -375,6 +400,7 @@ impl OctModel {
                 }
             }
         }
+        at(StepPoint::Done);
         Ok(TrainStep {
             loss: loss_value.detach(),
             output,

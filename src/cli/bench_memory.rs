@@ -43,16 +43,17 @@ impl PeakMemory {
 /// ([`octconv_runtime::tape::planned`]), else forward and candle's backward. The activations' part
 /// is the heap's highest growth during the whole step (forward, backward and the parameters'
 /// gradients, which the step returns), less the scratch pools' growth; scratch as in [`measure`].
-/// `layer` names the step, not a layer.
+/// `layer` names the layer whose forward or backward the planned step's peak falls in.
 pub fn measure_train_step(
     net: &OctModel,
     x: &Tensor,
     loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> anyhow::Result<PeakMemory> {
+    use octconv_runtime::model::StepPoint;
     let planned = octconv_runtime::tape::planned(net.device());
-    let step = || -> candle_core::Result<()> {
+    let step = |at: &mut dyn FnMut(StepPoint)| -> candle_core::Result<()> {
         if planned {
-            drop(net.train_step(x, loss)?);
+            drop(net.train_step_observed(x, loss, at)?);
         } else {
             drop(loss(&candle_core::ModuleT::forward_t(net, x, true)?)?.backward()?);
         }
@@ -60,23 +61,35 @@ pub fn measure_train_step(
     };
     scratch::release_pools();
     for _ in 0..2 {
-        step()?;
+        step(&mut |_| ())?;
     }
     let scratch_before = scratch::scratch_bytes();
     let base = alloc::current();
     alloc::reset_peak();
-    step()?;
-    let grown = scratch::scratch_bytes().saturating_sub(scratch_before);
-    let activations = alloc::peak().saturating_sub(base).saturating_sub(grown) as u64;
+    let (mut activations, mut at_peak, mut last) = (0u64, None, None);
+    let mut observe = |point: Option<StepPoint>| {
+        let grown = scratch::scratch_bytes().saturating_sub(scratch_before);
+        let peak = alloc::peak().saturating_sub(base).saturating_sub(grown) as u64;
+        if peak > activations {
+            activations = peak;
+            at_peak = last;
+        }
+        last = point;
+        alloc::reset_peak();
+    };
+    step(&mut |p| observe(Some(p)))?;
+    observe(None);
+    let name = |j: usize| net.ir().layers.get(j).map_or("?", |l| l.name.as_str());
+    let layer = match (planned, at_peak) {
+        (false, _) => "(training step, autograd)".to_string(),
+        (true, Some(StepPoint::Forward(j))) => format!("forward {}", name(j)),
+        (true, Some(StepPoint::Backward(j))) => format!("backward {}", name(j)),
+        (true, _) => "the loss and the step's end".to_string(),
+    };
     Ok(PeakMemory {
         activations,
         scratch: (scratch::largest_task_bytes() * rayon::current_num_threads()) as u64,
-        layer: if planned {
-            "(training step, planned)"
-        } else {
-            "(training step, autograd)"
-        }
-        .to_string(),
+        layer,
     })
 }
 
