@@ -179,6 +179,26 @@ fn planned_backwards_of_moving_layers_equal_autograd() {
         },
     };
     check(&pool, std::slice::from_ref(&p), &[], "2×2 average pool");
+    let max = |kernel, stride, padding| Pool {
+        kind: PoolKind::Max,
+        spec: PoolSpec {
+            kernel,
+            stride,
+            padding,
+        },
+    };
+    check(
+        &max(3, 2, 1),
+        std::slice::from_ref(&p),
+        &[],
+        "3×3 max pool, stride 2",
+    );
+    check(
+        &max(2, 2, 0),
+        std::slice::from_ref(&single),
+        &[],
+        "2×2 max pool",
+    );
 }
 
 #[test]

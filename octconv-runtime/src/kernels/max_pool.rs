@@ -154,7 +154,7 @@ impl CustomOp1 for MaxPool {
 
 /// The input gradient of [`MaxPool`]: arguments `x` and the output gradient.
 #[derive(Clone, Copy, Debug)]
-struct MaxPoolGrad(MaxPool);
+pub(crate) struct MaxPoolGrad(pub(crate) MaxPool);
 
 impl CustomOp2 for MaxPoolGrad {
     fn name(&self) -> &'static str {

@@ -1,9 +1,10 @@
 //! The planned training step's backwards of the layers that move values rather than compute them
-//! (`merge`, `split`, `pyramid`, `upsample`, `concat`, `flatten`, `global_avg_pool`), of 2×2
-//! average pooling, `scale`, the stand-alone activations and of the linear classifier ([`crate::tape`]). Each forward is the
+//! (`merge`, `split`, `pyramid`, `upsample`, `concat`, `flatten`, `global_avg_pool`), of max and
+//! 2×2 average pooling, `scale`, the stand-alone activations and of the linear classifier ([`crate::tape`]). Each forward is the
 //! layer's own (so its output is the autograd path's, bit for bit); each backward is the adjoint of
 //! that map, written once per input.
 
+use crate::kernels::max_pool::{MaxPool, MaxPoolGrad};
 use crate::kernels::resample::{Pool2x2, Upsample2x};
 use crate::kernels::{serves_f32, with_f32, with_f32_all};
 use crate::layers::Activation;
@@ -258,11 +259,51 @@ pub(crate) fn scale(x: &OctValue, gates: &OctValue, needs: &[bool]) -> Result<Op
     Ok(Some((y, Box::new(back))))
 }
 
-/// Average pooling with a 2×2 window, stride 2 and no padding: the gradient spread over each
-/// block. `None` for other pools (autograd).
+/// Max pooling on f32 CPU tensors: our kernel's gradient (each window's gradient to its first
+/// maximum), from the input, which the record keeps.
+fn max_pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
+    let (h, l) = x.branches();
+    if !h.into_iter().chain(l).all(serves_f32) {
+        return Ok(None);
+    }
+    let s = pool.spec;
+    let op = MaxPool {
+        kernel: s.kernel,
+        stride: s.stride,
+        padding: s.padding,
+    };
+    let y = x.map(|t| t.contiguous()?.apply_op1_no_bwd(&op))?;
+    let kept = x.map(|t| t.contiguous())?;
+    one_input(y, needs_grad, move |g| {
+        let ((xh, xl), (gh, gl)) = (kept.branches(), g.branches());
+        let back = |x: &Tensor, g: &Tensor| x.apply_op2_no_bwd(&g.contiguous()?, &MaxPoolGrad(op));
+        match (&kept, g) {
+            (OctValue::Pair { .. }, OctValue::Pair { .. }) => {
+                let (Some(xl), Some(gl)) = (xl, gl) else {
+                    candle_core::bail!("max pool backward: no low branch")
+                };
+                Ok(OctValue::Pair {
+                    high: match (xh, gh) {
+                        (Some(x), Some(g)) => Some(back(x, g)?),
+                        _ => None,
+                    },
+                    low: back(xl, gl)?,
+                })
+            }
+            (OctValue::Single(x), OctValue::Single(g)) => Ok(OctValue::Single(back(x, g)?)),
+            _ => candle_core::bail!("max pool backward: the gradient's shape is not the output's"),
+        }
+    })
+}
+
+/// Pooling: max pooling by [`max_pool`]; average pooling with a 2×2 window, stride 2 and no
+/// padding by spreading the gradient over each block. `None` for other pools (autograd).
 pub(crate) fn pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
     let s = pool.spec;
-    if pool.kind != super::PoolKind::Avg || (s.kernel, s.stride, s.padding) != (2, 2, 0) {
+    if pool.kind == super::PoolKind::Max {
+        return max_pool(pool, x, needs_grad);
+    }
+    if (s.kernel, s.stride, s.padding) != (2, 2, 0) {
         return Ok(None);
     }
     let y = pool.forward(x)?;
