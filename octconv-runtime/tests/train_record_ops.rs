@@ -104,6 +104,20 @@ fn check(layer: &dyn OctLayer, xs: &[OctValue], params: &[Tensor], what: &str) {
     }
 }
 
+/// [`check`] of a one-input layer without parameters.
+fn check1(layer: &dyn OctLayer, x: &OctValue, what: &str) {
+    check(layer, std::slice::from_ref(x), &[], what);
+}
+
+fn pool(kind: PoolKind, kernel: usize, stride: usize, padding: usize) -> Pool {
+    let spec = PoolSpec {
+        kernel,
+        stride,
+        padding,
+    };
+    Pool { kind, spec }
+}
+
 #[test]
 fn planned_backwards_of_moving_layers_equal_autograd() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -113,92 +127,32 @@ fn planned_backwards_of_moving_layers_equal_autograd() {
         low: random(&mut rng, &[2, 4, 4, 4]),
     };
     let single = OctValue::Single(random(&mut rng, &[2, 6, 8, 8]));
-    check(
-        &Merge { to_low: false },
-        std::slice::from_ref(&p),
-        &[],
-        "merge",
+    check1(&Merge { to_low: false }, &p, "merge");
+    check1(&Merge { to_low: true }, &p, "merge(to = low)");
+    check1(&Merge { to_low: false }, &low_only, "merge of a low branch");
+    check1(&Split { low: 4 }, &single, "split");
+    check1(&Split { low: 6 }, &single, "split, all low");
+    check1(&Pyramid, &single, "pyramid");
+    check1(&Upsample { scale: 2 }, &p, "upsample 2");
+    check1(&Upsample { scale: 3 }, &single, "upsample 3");
+    check1(&Flatten, &single, "flatten");
+    check1(
+        &GlobalAvgPool { per_branch: false },
+        &single,
+        "global_avg_pool",
     );
-    check(
-        &Merge { to_low: true },
-        std::slice::from_ref(&p),
-        &[],
-        "merge(to = low)",
-    );
-    check(
-        &Merge { to_low: false },
-        &[low_only],
-        &[],
-        "merge of a low branch",
-    );
-    check(
-        &Split { low: 4 },
-        std::slice::from_ref(&single),
-        &[],
-        "split",
-    );
-    check(
-        &Split { low: 6 },
-        std::slice::from_ref(&single),
-        &[],
-        "split, all low",
-    );
-    check(&Pyramid, std::slice::from_ref(&single), &[], "pyramid");
-    check(
-        &Upsample { scale: 2 },
-        std::slice::from_ref(&p),
-        &[],
-        "upsample 2",
-    );
-    check(
-        &Upsample { scale: 3 },
-        std::slice::from_ref(&single),
-        &[],
-        "upsample 3",
-    );
-    check(&Flatten, std::slice::from_ref(&single), &[], "flatten");
-    let gap = GlobalAvgPool { per_branch: false };
-    check(&gap, std::slice::from_ref(&single), &[], "global_avg_pool");
-    let gap = GlobalAvgPool { per_branch: true };
-    check(
-        &gap,
-        std::slice::from_ref(&p),
-        &[],
+    check1(
+        &GlobalAvgPool { per_branch: true },
+        &p,
         "global_avg_pool per branch",
     );
     let q = pair(&mut rng, 2, 2, 4, 8);
     check(&Concat, &[p.clone(), q], &[], "concat of pairs");
     let s2 = OctValue::Single(random(&mut rng, &[2, 2, 8, 8]));
     check(&Concat, &[single.clone(), s2], &[], "concat of tensors");
-    let pool = Pool {
-        kind: PoolKind::Avg,
-        spec: PoolSpec {
-            kernel: 2,
-            stride: 2,
-            padding: 0,
-        },
-    };
-    check(&pool, std::slice::from_ref(&p), &[], "2×2 average pool");
-    let max = |kernel, stride, padding| Pool {
-        kind: PoolKind::Max,
-        spec: PoolSpec {
-            kernel,
-            stride,
-            padding,
-        },
-    };
-    check(
-        &max(3, 2, 1),
-        std::slice::from_ref(&p),
-        &[],
-        "3×3 max pool, stride 2",
-    );
-    check(
-        &max(2, 2, 0),
-        std::slice::from_ref(&single),
-        &[],
-        "2×2 max pool",
-    );
+    check1(&pool(PoolKind::Avg, 2, 2, 0), &p, "2×2 average pool");
+    check1(&pool(PoolKind::Max, 3, 2, 1), &p, "3×3 max pool, stride 2");
+    check1(&pool(PoolKind::Max, 2, 2, 0), &single, "2×2 max pool");
 }
 
 #[test]
@@ -207,7 +161,7 @@ fn planned_backwards_of_activations_scale_and_linear_equal_autograd() {
     // ×4 spreads the values past ReLU6's cap of 6.
     let p = pair(&mut rng, 2, 3, 5, 8).map(|t| t * 4.0).unwrap();
     for act in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
-        check(&act, std::slice::from_ref(&p), &[], &format!("{act:?}"));
+        check1(&act, &p, &format!("{act:?}"));
     }
     let gates = OctValue::Flat(random(&mut rng, &[2, 8]));
     check(&Scale, &[p.clone(), gates], &[], "scale of a pair");
