@@ -1,17 +1,19 @@
-//! Each parameter-free layer's planned-step backward ([`OctLayer::train_record`], written by hand
-//! in `layers/adjoint.rs`) against candle's autograd of the same layer's forward: for a random
-//! output gradient `g`, the input gradients (and the linear layer's parameter gradients) equal those
-//! of `Σ y · g` to 1e-5, and the outputs are bit-identical.
+//! Each layer's planned-step backward ([`OctLayer::train_record`]: the hand-written adjoints of
+//! `layers/adjoint.rs`, the octave convolution of every shape in `layers/octconv/`) against candle's
+//! autograd of the same layer's forward (itself checked against finite differences in
+//! `tests/gradients.rs`, `tests/graph_ops.rs`, `tests/fused.rs`): for a random output gradient `g`,
+//! the input and parameter gradients equal those of `Σ y · g` to 1e-5, and the outputs are
+//! bit-identical.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use octconv_runtime::layers::layer::{
     Concat, Flatten, GlobalAvgPool, Merge, Pyramid, Scale, Split, Upsample,
 };
-use octconv_runtime::layers::{Activation, Linear, OctLayer, Pool, PoolKind};
+use octconv_runtime::layers::{Activation, Linear, OctConv2d, OctLayer, Pool, PoolKind};
 use octconv_runtime::tape::ParamGrads;
 use octconv_runtime::OctValue;
-use octconv_spec::ir::PoolSpec;
+use octconv_spec::ir::{Downsample, OctConvSpec, Path, PoolSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -179,4 +181,107 @@ fn planned_backwards_of_activations_scale_and_linear_equal_autograd() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let linear = Linear::new(6, 3, true, vb).unwrap();
     check(&linear, &[x], &params, "linear");
+}
+
+/// An octave convolution with seeded weights for the paths `spec` has, and those weights.
+fn octconv(spec: OctConvSpec, rng: &mut ChaCha8Rng) -> (OctConv2d, Vec<Tensor>) {
+    let mut weights: [Option<Tensor>; 4] = Default::default();
+    let mut params = Vec::new();
+    for (i, p) in Path::ALL.into_iter().enumerate() {
+        if let Some((ci, co)) = spec.path_channels(p) {
+            let per_group = if spec.depthwise { 1 } else { ci / spec.groups };
+            let k = spec.kernel;
+            let w = (random(rng, &[co, per_group, k, k]) * 0.3).unwrap();
+            let v = Var::from_tensor(&w).unwrap();
+            params.push(v.as_tensor().clone());
+            weights[i] = Some(v.as_tensor().clone());
+        }
+    }
+    (OctConv2d::from_weights(spec, weights, None, None), params)
+}
+
+#[test]
+fn planned_backwards_of_every_octave_convolution_shape_equal_autograd() {
+    let base = OctConvSpec {
+        in_h: 4,
+        in_l: 4,
+        out_h: 4,
+        out_l: 4,
+        kernel: 3,
+        stride: 1,
+        groups: 1,
+        depthwise: false,
+        bias: false,
+        downsample: Downsample::Pool,
+    };
+    let cases = [
+        ("3×3, four paths (the fused kernel)", base),
+        ("1×1, four paths", OctConvSpec { kernel: 1, ..base }),
+        (
+            "3×3, stride 2, four paths",
+            OctConvSpec {
+                stride: 2,
+                out_h: 6,
+                out_l: 2,
+                ..base
+            },
+        ),
+        (
+            "one branch in, two out",
+            OctConvSpec {
+                in_h: 6,
+                in_l: 0,
+                ..base
+            },
+        ),
+        (
+            "two branches in, one out",
+            OctConvSpec {
+                out_h: 6,
+                out_l: 0,
+                ..base
+            },
+        ),
+        (
+            "one branch, stride 2 pooled first",
+            OctConvSpec {
+                in_h: 6,
+                in_l: 0,
+                out_h: 8,
+                out_l: 0,
+                stride: 2,
+                ..base
+            },
+        ),
+        (
+            "one branch, downsample = stride",
+            OctConvSpec {
+                in_h: 6,
+                in_l: 0,
+                out_h: 8,
+                out_l: 0,
+                stride: 2,
+                downsample: Downsample::Stride,
+                ..base
+            },
+        ),
+        ("grouped, four paths", OctConvSpec { groups: 2, ..base }),
+        (
+            "depthwise",
+            OctConvSpec {
+                depthwise: true,
+                ..base
+            },
+        ),
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (what, spec) in cases {
+        let (layer, params) = octconv(spec, &mut rng);
+        let x = if spec.in_l == 0 {
+            OctValue::Single(random(&mut rng, &[2, spec.in_h, 8, 8]))
+        } else {
+            pair(&mut rng, 2, spec.in_h, spec.in_l, 8)
+        };
+        check(&layer, &[x], &params, what);
+    }
 }
