@@ -11,7 +11,10 @@ Two comparisons, each at α ∈ {0, .25, .5, .75}, forward and forward + backwar
   memory  peak heap memory of one WRN-16-4 training step (batch 32): ours: `octconv bench --train`'s
           peak (heap growth of the step plus kernel scratch); PyTorch: the heap growth's high-water
           mark during one step (after two untimed ones), counted by bench/heap_shim.c (LD_PRELOAD,
-          built here with `cc`): the same definition as our counting allocator.
+          built here with `cc`): live heap bytes, as our counting allocator counts them. PyTorch's
+          step includes opt.step() (its momentum buffers exist from the untimed steps); ours
+          measures up to the gradients, since our SGD update is in place; our scratch part is the
+          largest kernel task's working memory times the threads, not a measured figure.
 Runs alternate (ours, PyTorch, ours, PyTorch, …) so that both see the same machine state; every
 figure is the median over rounds of each side's median. Prints a Markdown table and our/PyTorch ratios.
 

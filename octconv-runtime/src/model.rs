@@ -273,6 +273,8 @@ fn check_output(layer: &Layer, y: &OctValue) -> Result<()> {
 pub enum StepPoint {
     /// Before layer `j`'s forward.
     Forward(usize),
+    /// Before the loss and its gradient (after the last layer's forward).
+    Loss,
     /// Before layer `j`'s backward.
     Backward(usize),
     /// After the last backward.
@@ -308,9 +310,9 @@ impl OctModel {
         self.train_step_observed(x, loss, &mut |_| ())
     }
 
-    /// [`OctModel::train_step`], calling `at(point)` just before each layer's forward and backward
-    /// and once at the end, so that between two calls exactly one layer's forward or backward ran
-    /// (`octconv bench --train` finds where the step's memory peaks with it).
+    /// [`OctModel::train_step`], calling `at(point)` just before each layer's forward, before the
+    /// loss, before each layer's backward and once at the end, so that between two calls exactly one
+    /// of them ran (`octconv bench --train` finds where the step's memory peaks with it).
     pub fn train_step_observed(
         &self,
         x: &Tensor,
@@ -345,8 +347,10 @@ impl OctModel {
                     };
                     let recorded = match bn_act {
                         Some((bn, act)) => bn.train_record_act(first(&xs, layer)?, Some(act))?,
-                        None if self.fused => node.train_record(&xs, &needs)?,
-                        None => None,
+                        // Without fused kernels (`OCTCONV_FUSED=0`) the layers record their
+                        // unfused forms: the batch norm and its activation apart, the octave
+                        // convolution per path.
+                        None => node.train_record(&xs, &needs)?,
                     };
                     if recorded.is_none() {
                         fallbacks.push(layer.name.clone());
@@ -373,6 +377,7 @@ impl OctModel {
             .pop()
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))?;
+        at(StepPoint::Loss);
         // The loss under candle's autograd, from the output made a variable.
         let out_var = last.map(|t| Ok(Var::from_tensor(t)?.as_tensor().clone()))?;
         let output = last.into_tensor()?;

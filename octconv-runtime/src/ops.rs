@@ -62,7 +62,12 @@ pub fn pad_spatial(x: &Tensor, p: usize, value: f64) -> Result<Tensor> {
 /// Average pooling; padding counts as zeros (PyTorch's `count_include_pad = True`).
 pub fn avg_pool(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let x = pad_spatial(x, padding, 0.0)?;
-    if kernel == stride {
+    let (_, _, h, w) = x.dims4()?;
+    // candle 0.11's average-pool backward spreads the gradient by nearest-neighbour upsampling to
+    // the input's size, which misplaces it where the side is not a multiple of the window (7×7 → 3×3:
+    // input column 2 got output column 0's gradient; `tests/train_record_ops.rs`): there the sum of
+    // strided windows below, whose gradient is right.
+    if kernel == stride && h % kernel == 0 && w % kernel == 0 {
         return x.avg_pool2d_with_stride(kernel, stride);
     }
     let mut sum: Option<Tensor> = None;

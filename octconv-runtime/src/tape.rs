@@ -5,9 +5,12 @@
 //! (`zeros_like`, one pass) to which the contribution is added (another pass and an allocation), and
 //! a residual `add` pays that twice. At α = .75 on WRN-16-4 those passes were a quarter of a training
 //! step, and they do not shrink with α. Here a layer with its own backward ([`OctLayer::train_record`]:
-//! the batch norm with its activation, the fused 3×3 octave convolution, one-path and plain
-//! convolutions on our kernels, the residual add, dropout) calls its kernels' gradients directly: a value's gradient is written once by the layer
-//! that reads it, and summed only where several layers read the value. Any other layer runs under
+//! the batch norm with its activation, octave convolutions of every shape (the fused 3×3 kernel, the
+//! others per path in `layers/octconv/paths.rs`), plain convolutions without bias, `add`, dropout,
+//! and the adjoints of `layers/adjoint.rs`: merge, split, pyramid, upsample, concat, flatten, global
+//! average, max and 2×2 average pooling, scale, ReLU, ReLU6, sigmoid, linear) calls its kernels'
+//! gradients directly: a value's gradient is written once by the layer that reads it, and summed
+//! only where several layers read the value. Any other layer runs under
 //! candle's autograd on its own ([`Autograd`]): its inputs become variables (one copy each), and its
 //! backward is that of the graph of this layer alone, so every layer in `LAYERS` trains here and
 //! agrees with the whole-graph autograd of [`candle_core::ModuleT::forward_t`].

@@ -155,6 +155,41 @@ fn planned_backwards_of_moving_layers_equal_autograd() {
     check1(&pool(PoolKind::Avg, 2, 2, 0), &p, "2×2 average pool");
     check1(&pool(PoolKind::Max, 3, 2, 1), &p, "3×3 max pool, stride 2");
     check1(&pool(PoolKind::Max, 2, 2, 0), &single, "2×2 max pool");
+    // A pair without a high branch, flat values.
+    let low_only_big = OctValue::Pair {
+        high: None,
+        low: random(&mut rng, &[2, 3, 8, 8]),
+    };
+    check1(
+        &pool(PoolKind::Avg, 2, 2, 0),
+        &low_only_big,
+        "pool of a low branch",
+    );
+    check1(
+        &GlobalAvgPool { per_branch: true },
+        &low_only_big,
+        "per-branch GAP, low only",
+    );
+    let (f1, f2) = (random(&mut rng, &[2, 3]), random(&mut rng, &[2, 4]));
+    let flats = [OctValue::Flat(f1), OctValue::Flat(f2)];
+    check(&Concat, &flats, &[], "concat of flat values");
+    // Odd sides: pooling drops the last row and column, whose gradient is zero.
+    let odd = OctValue::Single(random(&mut rng, &[2, 6, 7, 7]));
+    check1(&Split { low: 2 }, &odd, "split of 7×7");
+    check1(
+        &pool(PoolKind::Avg, 2, 2, 0),
+        &odd,
+        "2×2 average pool of 7×7",
+    );
+    let odd_pair = OctValue::Pair {
+        high: Some(random(&mut rng, &[2, 3, 7, 7])),
+        low: random(&mut rng, &[2, 5, 3, 3]),
+    };
+    check1(
+        &Merge { to_low: true },
+        &odd_pair,
+        "merge(to = low) of 7×7 / 3×3",
+    );
 }
 
 #[test]
@@ -167,6 +202,14 @@ fn planned_backwards_of_activations_scale_and_linear_equal_autograd() {
     }
     let gates = OctValue::Flat(random(&mut rng, &[2, 8]));
     check(&Scale, &[p.clone(), gates], &[], "scale of a pair");
+    let single = OctValue::Single(random(&mut rng, &[2, 6, 5, 5]));
+    let gates = OctValue::Single(random(&mut rng, &[2, 6, 1, 1]));
+    check(
+        &Scale,
+        &[single, gates],
+        &[],
+        "scale of a tensor by [N, C, 1, 1] gates",
+    );
     let x = OctValue::Flat(random(&mut rng, &[4, 6]));
     let varmap = VarMap::new();
     let (w, b) = (random(&mut rng, &[3, 6]), random(&mut rng, &[3]));
@@ -267,6 +310,10 @@ fn planned_backwards_of_every_octave_convolution_shape_equal_autograd() {
         ),
         ("grouped, four paths", OctConvSpec { groups: 2, ..base }),
         (
+            "3×3, stride 2, four paths, 7×7",
+            OctConvSpec { stride: 2, ..base },
+        ),
+        (
             "depthwise",
             OctConvSpec {
                 depthwise: true,
@@ -277,11 +324,49 @@ fn planned_backwards_of_every_octave_convolution_shape_equal_autograd() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for (what, spec) in cases {
         let (layer, params) = octconv(spec, &mut rng);
-        let x = if spec.in_l == 0 {
-            OctValue::Single(random(&mut rng, &[2, spec.in_h, 8, 8]))
-        } else {
-            pair(&mut rng, 2, spec.in_h, spec.in_l, 8)
+        let side = if what.ends_with("7×7") { 7 } else { 8 };
+        let x = match spec.in_l {
+            0 => OctValue::Single(random(&mut rng, &[2, spec.in_h, side, side])),
+            _ => OctValue::Pair {
+                high: Some(random(&mut rng, &[2, spec.in_h, side, side])),
+                low: random(&mut rng, &[2, spec.in_l, side / 2, side / 2]),
+            },
         };
         check(&layer, &[x], &params, what);
     }
+}
+
+/// Hand-computed: a 2×2 average pool of a 3×3 plane reads the top-left 2×2 block; the gradient of
+/// its sum is ¼ there and 0 on the dropped row and column, by autograd (candle 0.11's own average
+/// pool put ¼ on all nine: it upsamples the gradient to 3×3) and by the planned backward.
+#[test]
+fn average_pool_gradient_of_an_odd_side_is_zero_on_the_dropped_row_and_column() {
+    let want = [0.25, 0.25, 0.0, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0];
+    let x = Var::from_tensor(
+        &Tensor::arange(0f32, 9.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 3, 3))
+            .unwrap(),
+    )
+    .unwrap();
+    let layer = pool(PoolKind::Avg, 2, 2, 0);
+    let y = layer
+        .apply(&[&OctValue::Single(x.as_tensor().clone())], true)
+        .unwrap();
+    let store = y
+        .into_tensor()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(values(store.get(x.as_tensor()).unwrap()), want);
+    let (y, back) = layer
+        .train_record(&[&OctValue::Single(x.as_tensor().detach())], &[true])
+        .unwrap()
+        .unwrap();
+    let ones = y.map(|t| t.ones_like()).unwrap();
+    let dx = back.backward(&ones, &mut ParamGrads::default()).unwrap();
+    let dx = dx[0].clone().unwrap().into_tensor().unwrap();
+    assert_eq!(values(&dx), want);
 }

@@ -211,7 +211,7 @@ fn may_fall_back(op: &Op) -> bool {
 }
 
 #[test]
-fn planned_step_falls_back_only_for_transposes_and_biased_convolutions() {
+fn planned_step_falls_back_only_for_transposes_hard_swish_and_biased_convolutions() {
     for (call, alpha) in BUILTINS.iter().flat_map(|(c, _)| [(c, 0.0), (c, 0.5)]) {
         let spec = format!("{call}, alpha = {alpha})");
         let m = ir(&spec);

@@ -34,7 +34,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     repeats: usize,
     /// Time training steps (forward, loss, backward, SGD update) instead of inference. The loss is
-    /// cross-entropy for a class-vector output and the surrogate mean(y²) for any other output.
+    /// cross-entropy for a class-vector output and the surrogate mean(y²) for any other output. On
+    /// the CPU the planned step runs (OCTCONV_STEP=autograd: candle's whole-graph autograd), and the
+    /// layers without a backward of their own are listed; peak memory is that of a whole step.
     #[arg(long)]
     train: bool,
     /// Print one JSON object instead of the table.
@@ -73,14 +75,16 @@ pub struct Row {
     pub macs_relative: f64,
     /// Parameters.
     pub params: u64,
-    /// Measured peak memory of one forward pass ([`super::bench_memory`]): activations (in
-    /// training mode, everything the backward keeps) plus kernel scratch.
+    /// Measured peak memory of one forward pass, or with `--train` of one whole training step
+    /// (forward, loss, backward, parameter gradients; [`super::bench_memory`]): activations plus
+    /// kernel scratch.
     pub peak_bytes: u64,
     /// The activations' part of `peak_bytes`.
     pub peak_activation_bytes: u64,
     /// The kernel scratch's part of `peak_bytes`.
     pub peak_scratch_bytes: u64,
-    /// The layer during which the peak occurs.
+    /// The layer during which the peak occurs (with `--train`: `forward LAYER`, `the loss` or
+    /// `backward LAYER` on the planned step).
     pub peak_layer: String,
     /// Peak memory relative to the first row.
     pub memory_relative: f64,

@@ -1,5 +1,6 @@
-//! The peak memory of one pass, as `octconv bench` reports it: activations plus kernel scratch, and
-//! the layer at which it peaks.
+//! The peak memory of one pass (or, with `--train`, of one whole training step: forward, loss,
+//! backward and the parameters' gradients, not the in-place SGD update), as `octconv bench` reports
+//! it: activations plus kernel scratch, and the layer at which it peaks.
 //!
 //! Definitions, chosen so that the figure of an α does not depend on what ran before it in the
 //! process, nor on how rayon happened to schedule the kernels' tasks (tested in
@@ -24,11 +25,13 @@ use octconv_runtime::OctModel;
 /// The peak of one pass.
 #[derive(Clone, Debug, Default)]
 pub struct PeakMemory {
-    /// The activations' peak, in bytes (with `--train`, everything the backward keeps).
+    /// The activations' peak, in bytes (with `--train`, of the whole step: what the backward keeps,
+    /// the gradients and the transients).
     pub activations: u64,
     /// Kernel scratch, in bytes (see the module docs).
     pub scratch: u64,
-    /// The layer during which the activations peak (its IR name).
+    /// The layer during which the activations peak (its IR name; for a training step, which
+    /// layer's forward or backward, or the loss).
     pub layer: String,
 }
 
@@ -84,7 +87,8 @@ pub fn measure_train_step(
         (false, _) => "(training step, autograd)".to_string(),
         (true, Some(StepPoint::Forward(j))) => format!("forward {}", name(j)),
         (true, Some(StepPoint::Backward(j))) => format!("backward {}", name(j)),
-        (true, _) => "the loss and the step's end".to_string(),
+        (true, Some(StepPoint::Loss)) => "the loss".to_string(),
+        (true, _) => "(training step, planned)".to_string(),
     };
     Ok(PeakMemory {
         activations,

@@ -104,8 +104,8 @@ pub(crate) fn sum_tasks<T: Element>(
         })
         .collect();
     // The first partial sum becomes the total (one buffer of `len` fewer at the peak: the F(2×2)
-    // weight gradient of a 256-channel layer is 4 MiB). `0 + p₀ = p₀` exactly, so the sums are
-    // those of a zeroed total.
+    // weight gradient of a 256-channel layer is 4 MiB). `0 + p₀` equals `p₀` (up to the sign of a
+    // zero), so the sums are those of a zeroed total.
     let mut partials = partials.into_iter();
     let mut total = partials.next().unwrap_or_else(|| vec![T::ZERO; len]);
     for part in partials {

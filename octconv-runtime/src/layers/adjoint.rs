@@ -28,13 +28,19 @@ where
     }
 }
 
+/// `v` without a graph (a layer's forward on the tape runs on detached values, but parameters are
+/// variables).
+fn detached(v: OctValue) -> Result<OctValue> {
+    v.map(|t| Ok(t.detach()))
+}
+
 /// The record of a one-input layer: its output `y` (detached) and `adjoint` as its backward, run
 /// only if the input needs a gradient.
 fn one_input<F>(y: OctValue, needs_grad: bool, adjoint: F) -> Result<Option<Recorded>>
 where
     F: FnOnce(&OctValue) -> Result<OctValue> + Send + 'static,
 {
-    let y = y.map(|t| Ok(t.detach()))?;
+    let y = detached(y)?;
     let back =
         Adjoint(move |g: &OctValue| Ok(vec![if needs_grad { Some(adjoint(g)?) } else { None }]));
     Ok(Some((y, Box::new(back))))
@@ -48,8 +54,18 @@ fn tensor(v: &OctValue) -> Result<&Tensor> {
     }
 }
 
+/// Whether every tensor of `x` is f32 on the CPU: the resampling kernels' adjoints here and the
+/// activations' masks run on those; other values take candle's autograd.
+fn f32_cpu(x: &OctValue) -> bool {
+    let (h, l) = x.branches();
+    match x {
+        OctValue::Single(t) | OctValue::Flat(t) => serves_f32(t),
+        OctValue::Pair { .. } => h.into_iter().chain(l).all(serves_f32),
+    }
+}
+
 /// Height and width of `[N, C, H, W]`.
-fn hw(t: &Tensor) -> Result<(usize, usize)> {
+pub(crate) fn hw(t: &Tensor) -> Result<(usize, usize)> {
     let (_, _, h, w) = t.dims4()?;
     Ok((h, w))
 }
@@ -63,7 +79,7 @@ pub(crate) fn spread(t: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
 }
 
 /// The adjoint of nearest ×`s` upsampling: the sum over each `s × s` block.
-fn block_sum(t: &Tensor, s: usize) -> Result<Tensor> {
+pub(crate) fn block_sum(t: &Tensor, s: usize) -> Result<Tensor> {
     if s == 2 {
         return t.contiguous()?.apply_op1_no_bwd(&Pool2x2::SUM);
     }
@@ -74,6 +90,9 @@ fn block_sum(t: &Tensor, s: usize) -> Result<Tensor> {
 /// `merge()` / `merge(to = low)`: the gradient split back along the channels, the upsampled low
 /// branch's summed over its blocks (to high), the pooled high branch's spread (to low).
 pub(crate) fn merge(x: &OctValue, to_low: bool, needs_grad: bool) -> Result<Option<Recorded>> {
+    if !f32_cpu(x) {
+        return Ok(None);
+    }
     let y = if to_low {
         super::merge_low(x)?
     } else {
@@ -103,6 +122,9 @@ pub(crate) fn merge(x: &OctValue, to_low: bool, needs_grad: bool) -> Result<Opti
 
 /// `split(α)`: the high branch's gradient, then the low branch's spread over its pooled blocks.
 pub(crate) fn split(x: &OctValue, low: usize, needs_grad: bool) -> Result<Option<Recorded>> {
+    if !f32_cpu(x) {
+        return Ok(None);
+    }
     let y = super::split(x, low)?;
     let out = hw(tensor(x)?)?;
     one_input(y, needs_grad, move |g| {
@@ -119,6 +141,9 @@ pub(crate) fn split(x: &OctValue, low: usize, needs_grad: bool) -> Result<Option
 
 /// `pyramid()`: the high gradient plus the low one spread.
 pub(crate) fn pyramid(x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
+    if !f32_cpu(x) {
+        return Ok(None);
+    }
     let y = super::pyramid(x)?;
     let out = hw(tensor(x)?)?;
     one_input(y, needs_grad, move |g| {
@@ -131,6 +156,9 @@ pub(crate) fn pyramid(x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>
 
 /// `upsample(s)`: each branch's gradient summed over its blocks.
 pub(crate) fn upsample(x: &OctValue, s: usize, needs_grad: bool) -> Result<Option<Recorded>> {
+    if !f32_cpu(x) {
+        return Ok(None);
+    }
     let y = super::upsample(x, s)?;
     one_input(y, needs_grad, move |g| g.map(|t| block_sum(t, s)))
 }
@@ -230,13 +258,13 @@ pub(crate) fn concat(xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Rec
         }
         Ok(out)
     });
-    Ok(Some((y.map(|t| Ok(t.detach()))?, Box::new(back))))
+    Ok(Some((detached(y)?, Box::new(back))))
 }
 
 /// `scale(x, gates)`: `dx` is the gradient scaled by the same gates; each gate's gradient is the
 /// sum over its plane of the gradient times `x`.
 pub(crate) fn scale(x: &OctValue, gates: &OctValue, needs: &[bool]) -> Result<Option<Recorded>> {
-    let y = super::scale(x, gates)?.map(|t| Ok(t.detach()))?;
+    let y = detached(super::scale(x, gates)?)?;
     let (x, gates) = (x.clone(), gates.clone());
     let needs = [needs.first() == Some(&true), needs.get(1) == Some(&true)];
     let back = Adjoint(move |g: &OctValue| {
@@ -262,10 +290,6 @@ pub(crate) fn scale(x: &OctValue, gates: &OctValue, needs: &[bool]) -> Result<Op
 /// Max pooling on f32 CPU tensors: our kernel's gradient (each window's gradient to its first
 /// maximum), from the input, which the record keeps.
 fn max_pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
-    let (h, l) = x.branches();
-    if !h.into_iter().chain(l).all(serves_f32) {
-        return Ok(None);
-    }
     let s = pool.spec;
     let op = MaxPool {
         kernel: s.kernel,
@@ -300,6 +324,9 @@ fn max_pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result<Option
 /// padding by spreading the gradient over each block. `None` for other pools (autograd).
 pub(crate) fn pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
     let s = pool.spec;
+    if !f32_cpu(x) {
+        return Ok(None);
+    }
     if pool.kind == super::PoolKind::Max {
         return max_pool(pool, x, needs_grad);
     }
@@ -343,7 +370,7 @@ pub(crate) fn activation(
         Activation::Sigmoid => |_| true,
         Activation::HardSwish => return Ok(None),
     };
-    if !tensors.iter().all(|t| serves_f32(t)) {
+    if !f32_cpu(x) {
         return Ok(None);
     }
     let y = act.forward(x)?;
@@ -449,7 +476,7 @@ impl LinearBackward {
             bias: bias.cloned(),
             needs_grad,
         };
-        Ok(Some((y.map(|t| Ok(t.detach()))?, Box::new(back))))
+        Ok(Some((detached(y)?, Box::new(back))))
     }
 }
 

@@ -8,7 +8,7 @@
 //! [`VarBuilder`]: candle_nn::VarBuilder
 
 pub mod activation;
-mod adjoint;
+pub(crate) mod adjoint;
 pub mod batch_norm;
 pub mod conv;
 pub mod dropout;

@@ -9,7 +9,7 @@
 //! differ only by the rounding of the backward sums.
 
 use super::OctConv2d;
-use crate::kernels::resample::{Pool2x2, Upsample2x};
+use crate::layers::adjoint::{block_sum, hw, spread};
 use crate::layers::conv::ConvBackward;
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
 use crate::tape::{Backward, ParamGrads, Recorded};
@@ -186,20 +186,6 @@ impl OctConv2d {
     }
 }
 
-/// Height and width of `[N, C, H, W]`.
-fn hw(t: &Tensor) -> Result<(usize, usize)> {
-    let (_, _, h, w) = t.dims4()?;
-    Ok((h, w))
-}
-
-/// The adjoint of 2×2 average pooling into an `out_hw` plane: `¼ ·` each gradient over its block.
-fn spread(t: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
-    t.contiguous()?.apply_op1_no_bwd(&Upsample2x {
-        scale: 0.25,
-        out_hw,
-    })
-}
-
 /// `a + b` for gradients that may be missing.
 fn plus(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
     Ok(match (a, b) {
@@ -257,7 +243,7 @@ impl Backward for PathsBackward {
             let dy = if u.to_high { dyh } else { dyl }.ok_or_else(missing)?;
             // An upsampled path's output gradient is the 2×2 block sum of dY_H.
             let dy = if u.upsampled {
-                dy.contiguous()?.apply_op1_no_bwd(&Pool2x2::SUM)?
+                block_sum(dy, 2)?
             } else {
                 dy.clone()
             };
