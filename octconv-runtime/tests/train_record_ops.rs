@@ -240,7 +240,18 @@ fn octconv(spec: OctConvSpec, rng: &mut ChaCha8Rng) -> (OctConv2d, Vec<Tensor>) 
             weights[i] = Some(v.as_tensor().clone());
         }
     }
-    (OctConv2d::from_weights(spec, weights, None, None), params)
+    let mut bias = |c: usize| {
+        (spec.bias && c > 0).then(|| {
+            let v = Var::from_tensor(&random(rng, &[c])).unwrap();
+            params.push(v.as_tensor().clone());
+            v.as_tensor().clone()
+        })
+    };
+    let (bias_h, bias_l) = (bias(spec.out_h), bias(spec.out_l));
+    (
+        OctConv2d::from_weights(spec, weights, bias_h, bias_l),
+        params,
+    )
 }
 
 #[test]
@@ -309,6 +320,20 @@ fn planned_backwards_of_every_octave_convolution_shape_equal_autograd() {
             },
         ),
         ("grouped, four paths", OctConvSpec { groups: 2, ..base }),
+        (
+            "3×3 with biases (the fused kernel)",
+            OctConvSpec { bias: true, ..base },
+        ),
+        (
+            "1×1 with biases, one branch out",
+            OctConvSpec {
+                kernel: 1,
+                out_h: 5,
+                out_l: 0,
+                bias: true,
+                ..base
+            },
+        ),
         (
             "3×3, stride 2, four paths, 7×7",
             OctConvSpec { stride: 2, ..base },

@@ -199,19 +199,14 @@ fn planned_step_runs_every_layer_of_wrn_on_its_own_backward() {
     assert!(step.fallbacks.is_empty(), "fell back: {:?}", step.fallbacks);
 }
 
-/// The layers that may still run under candle's autograd on the planned step: hard-swish,
-/// transposed octave convolutions and convolutions with a bias.
+/// The layers that may still run under candle's autograd on the planned step: hard-swish and
+/// transposed octave convolutions.
 fn may_fall_back(op: &Op) -> bool {
-    match op {
-        Op::HardSwish | Op::OctConvTranspose(_) => true,
-        Op::Conv(s) => s.bias,
-        Op::OctConv(s) => s.bias,
-        _ => false,
-    }
+    matches!(op, Op::HardSwish | Op::OctConvTranspose(_))
 }
 
 #[test]
-fn planned_step_falls_back_only_for_transposes_hard_swish_and_biased_convolutions() {
+fn planned_step_falls_back_only_for_transposes_and_hard_swish() {
     for (call, alpha) in BUILTINS.iter().flat_map(|(c, _)| [(c, 0.0), (c, 0.5)]) {
         let spec = format!("{call}, alpha = {alpha})");
         let m = ir(&spec);

@@ -1,6 +1,7 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
 use crate::kernels::{conv2d, ConvGeometry, ConvParams};
+use crate::layers::octconv::add_bias;
 use crate::layers::OutputStage;
 use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
@@ -41,14 +42,15 @@ impl Conv2d {
         }
     }
 
-    /// The training forward of the planned step ([`crate::tape`]): our kernels on an f32 CPU input
-    /// without bias; `None` elsewhere (candle's autograd runs the layer).
+    /// The training forward of the planned step ([`crate::tape`]): our kernels on an f32 CPU input,
+    /// then the bias; `None` elsewhere (candle's autograd runs the layer).
     pub fn train_record(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
         use crate::kernels::serves_f32;
-        match (x, &self.bias) {
-            (OctValue::Single(t), None) if serves_f32(t) && serves_f32(&self.weight) => {
+        match x {
+            OctValue::Single(t) if serves_f32(t) && serves_f32(&self.weight) => {
                 let (y, back) = ConvBackward::record(t, &self.weight, self.params(), needs_grad)?;
-                Ok(Some((OctValue::Single(y), Box::new(back))))
+                let recorded: Recorded = (OctValue::Single(y), Box::new(back));
+                BiasBackward::record(recorded, &self.bias, &None).map(Some)
             }
             _ => Ok(None),
         }
@@ -86,6 +88,61 @@ impl Conv2d {
             OctValue::Single(t) => Ok(OctValue::Single(self.forward_tensor(t)?)),
             _ => candle_core::bail!("conv needs a single-frequency tensor"),
         }
+    }
+}
+
+/// A recorded convolution followed by its biases (one per output channel of each branch, added as
+/// [`add_bias`] adds them in the layers' forwards): each bias's gradient is its branch's output
+/// gradient summed over images and pixels; the gradient passes on to the convolution unchanged.
+pub(crate) struct BiasBackward {
+    conv: Box<dyn Backward>,
+    high: Option<Tensor>,
+    low: Option<Tensor>,
+}
+
+impl BiasBackward {
+    /// Adds the biases `high` (a single tensor's or a pair's high branch) and `low` to the recorded
+    /// output; without biases, the record as it was.
+    pub(crate) fn record(
+        (y, conv): Recorded,
+        high: &Option<Tensor>,
+        low: &Option<Tensor>,
+    ) -> Result<Recorded> {
+        if high.is_none() && low.is_none() {
+            return Ok((y, conv));
+        }
+        let with =
+            |t: Tensor, b: &Option<Tensor>| -> Result<Tensor> { Ok(add_bias(t, b)?.detach()) };
+        let y = match y {
+            OctValue::Single(t) => OctValue::Single(with(t, high)?),
+            OctValue::Pair { high: h, low: l } => OctValue::Pair {
+                high: h.map(|t| with(t, high)).transpose()?,
+                low: with(l, low)?,
+            },
+            OctValue::Flat(_) => candle_core::bail!("convolution bias: a flat output"),
+        };
+        let back = BiasBackward {
+            conv,
+            high: high.clone(),
+            low: low.clone(),
+        };
+        Ok((y, Box::new(back)))
+    }
+}
+
+impl Backward for BiasBackward {
+    fn backward(
+        self: Box<Self>,
+        grad: &OctValue,
+        params: &mut ParamGrads,
+    ) -> Result<Vec<Option<OctValue>>> {
+        let (gh, gl) = grad.branches();
+        for (g, b) in [(gh, &self.high), (gl, &self.low)] {
+            if let (Some(g), Some(b)) = (g, b) {
+                params.add(b, g.sum((0, 2, 3))?)?;
+            }
+        }
+        self.conv.backward(grad, params)
     }
 }
 

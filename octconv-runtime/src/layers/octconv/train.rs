@@ -1,11 +1,12 @@
 //! The octave convolution's training forward and backward on the planned step ([`crate::tape`]):
 //! the fused four-path 3×3 kernel with its one-pass backward ([`octave::backward`]); every other
-//! shape runs its paths on the convolution kernels ([`super::paths`]). Layers with biases run under
-//! candle's autograd.
+//! shape runs its paths on the convolution kernels ([`super::paths`]); biases after either
+//! ([`BiasBackward`]).
 
 use super::OctConv2d;
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::with_f32_all;
+use crate::layers::conv::BiasBackward;
 use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
@@ -14,9 +15,14 @@ impl OctConv2d {
     /// The training forward of the planned step: `None` where this layer's shape or the inputs take
     /// candle's autograd instead.
     pub(crate) fn record(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
-        if self.bias_h.is_some() || self.bias_l.is_some() {
-            return Ok(None);
-        }
+        let recorded = self.record_unbiased(x, needs_grad)?;
+        recorded
+            .map(|r| BiasBackward::record(r, &self.bias_h, &self.bias_l))
+            .transpose()
+    }
+
+    /// [`OctConv2d::record`] before the biases.
+    fn record_unbiased(&self, x: &OctValue, needs_grad: bool) -> Result<Option<Recorded>> {
         if !self.fusable_inputs_f32(x) {
             return Ok(None);
         }
