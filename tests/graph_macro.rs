@@ -37,6 +37,7 @@ octconv::octnet! {
         upsample(scale = 2);
         merge(to = low);
         hardswish();
+        silu();
         global_avg_pool();
         linear(10);
     }

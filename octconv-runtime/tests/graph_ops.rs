@@ -1,5 +1,5 @@
 //! The graph layers against independent references: gradients of concat, add, scale, upsample,
-//! merge to low, pyramid, sigmoid / relu6 / hardswish and the transposed octave convolution against central
+//! merge to low, pyramid, sigmoid / relu6 / hardswish / silu and the transposed octave convolution against central
 //! finite differences (f64), and the transposed convolution's forward pass against a plain
 //! scatter loop written from PyTorch's definition.
 
@@ -129,6 +129,7 @@ fn upsample_merge_low_and_activation_gradients_match_finite_differences() {
         Activation::Sigmoid,
         Activation::Relu6,
         Activation::HardSwish,
+        Activation::Silu,
     ] {
         let e = check_grad(&xs, 40, |t| probe(&a.forward(&pair(t)).unwrap()));
         assert!(e < 1e-6, "{a:?}: {e}");
@@ -161,6 +162,9 @@ fn activations_equal_their_definitions() {
     }
     for (got, x) in v(Activation::Sigmoid).iter().zip(&xs) {
         assert!((got - 1.0 / (1.0 + (-x).exp())).abs() < 1e-12);
+    }
+    for (got, x) in v(Activation::Silu).iter().zip(&xs) {
+        assert!((got - x / (1.0 + (-x).exp())).abs() < 1e-12);
     }
 }
 

@@ -65,13 +65,13 @@ fn export(m: &Model, weights: &HashMap<String, Tensor>, opts: &ExportOptions) ->
 
 /// Layers no builtin uses (or uses only in one form), each at every α: `upsample` on a pair and on a
 /// map, `hardswish`, per-branch global pooling, `flatten`, `merge(to = low)` with α_out = 1 (no high
-/// branch), `relu6`, `max_pool` with padding, and `avg_pool` with padding (which counts the zeros).
+/// branch), `relu6`, `silu`, `max_pool` with padding, and `avg_pool` with padding (which counts the zeros).
 const EXTRA: &str = "
 model extra(alpha: float = 0.25) {
     input [3, 16, 16];
     octconv(16, kernel = 3, alpha = alpha); bn(); hardswish();
     upsample(scale = 2);
-    octconv(16, kernel = 3, stride = 2, alpha = alpha); bn(); relu6();
+    octconv(16, kernel = 3, stride = 2, alpha = alpha); bn(); relu6(); silu();
     avg_pool(kernel = 3, stride = 1, padding = 1);
     max_pool(kernel = 3, stride = 1, padding = 1);
     global_avg_pool(per_branch = alpha > 0.0);

@@ -8,11 +8,11 @@
 
 use crate::shape::{Dims, Shape};
 use crate::source::Span;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A plain convolution on a single-frequency tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvSpec {
     /// Input channels.
     pub in_c: usize,
@@ -75,7 +75,7 @@ impl Path {
 }
 
 /// An octave convolution (Chen et al. 2019) with explicit channel counts per branch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OctConvSpec {
     /// High-frequency input channels.
     pub in_h: usize,
@@ -103,7 +103,7 @@ pub struct OctConvSpec {
 }
 
 /// How a stride-2 octave convolution halves its input.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Downsample {
     /// Average-pool 2×2, then convolve with stride 1 (the OctConv paper's rule, on every path).
@@ -195,7 +195,7 @@ impl OctConvSpec {
 }
 
 /// Pooling window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSpec {
     /// Square window size.
     pub kernel: usize,
@@ -206,7 +206,7 @@ pub struct PoolSpec {
 }
 
 /// What a layer computes.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Op {
     /// The model input (layer 0).
@@ -281,6 +281,8 @@ pub enum Op {
     Relu6,
     /// `x · relu6(x + 3) / 6` (MobileNet v3).
     HardSwish,
+    /// `x · sigmoid(x)` (SiLU, swish).
+    Silu,
     /// Pair → single-frequency at the low resolution: `concat([avg_pool_2x2(high), low])`.
     MergeLow,
 }
@@ -311,8 +313,21 @@ impl Op {
             Op::Sigmoid => "sigmoid",
             Op::Relu6 => "relu6",
             Op::HardSwish => "hardswish",
+            Op::Silu => "silu",
             Op::MergeLow => "merge",
         }
+    }
+
+    /// The op as one line of JSON (`{"type":"conv","in_c":3,…}`): the form in which generated code
+    /// carries each layer's op to the runtime's one constructor, so the code generator writes no
+    /// per-op code. [`Op::from_json`] reads it back exactly (floats round-trip bit for bit).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an Op always serialises")
+    }
+
+    /// The op written by [`Op::to_json`], or why the text is not one.
+    pub fn from_json(text: &str) -> Result<Op, String> {
+        serde_json::from_str(text).map_err(|e| format!("`{text}` is not an op: {e}"))
     }
 }
 

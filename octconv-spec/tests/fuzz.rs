@@ -55,6 +55,7 @@ const TOKENS: &[&str] = &[
     "sigmoid",
     "relu6",
     "hardswish",
+    "silu",
     "octconv_transpose",
     "to",
     "mode",

@@ -4,26 +4,42 @@
 #[derive(Clone, Debug)]
 #[allow(non_snake_case)]
 pub struct GenWrn {
-    octconv0: ::octconv::runtime::layers::OctConv2d,
-    wide0_res0_bn0: ::octconv::runtime::layers::OctBatchNorm,
-    wide0_res0_octconv0: ::octconv::runtime::layers::OctConv2d,
-    wide0_res0_bn1: ::octconv::runtime::layers::OctBatchNorm,
-    wide0_res0_dropout0: ::octconv::runtime::layers::Dropout,
-    wide0_res0_octconv1: ::octconv::runtime::layers::OctConv2d,
-    wide1_res0_bn0: ::octconv::runtime::layers::OctBatchNorm,
-    wide1_res0_octconv0: ::octconv::runtime::layers::OctConv2d,
-    wide1_res0_bn1: ::octconv::runtime::layers::OctBatchNorm,
-    wide1_res0_dropout0: ::octconv::runtime::layers::Dropout,
-    wide1_res0_octconv1: ::octconv::runtime::layers::OctConv2d,
-    wide1_res0_shortcut_octconv0: ::octconv::runtime::layers::OctConv2d,
-    wide2_res0_bn0: ::octconv::runtime::layers::OctBatchNorm,
-    wide2_res0_octconv0: ::octconv::runtime::layers::OctConv2d,
-    wide2_res0_bn1: ::octconv::runtime::layers::OctBatchNorm,
-    wide2_res0_dropout0: ::octconv::runtime::layers::Dropout,
-    wide2_res0_octconv1: ::octconv::runtime::layers::OctConv2d,
-    wide2_res0_shortcut_octconv0: ::octconv::runtime::layers::OctConv2d,
-    bn0: ::octconv::runtime::layers::OctBatchNorm,
-    linear0: ::octconv::runtime::layers::Linear,
+    octconv0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_bn0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_relu0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_octconv0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_bn1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_relu1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_dropout0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_octconv1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide0_res0_add: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_bn0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_relu0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_octconv0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_bn1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_relu1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_dropout0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_octconv1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide1_res0_shortcut_octconv0: ::std::boxed::Box<
+        dyn ::octconv::runtime::layers::OctLayer,
+    >,
+    wide1_res0_add: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_bn0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_relu0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_octconv0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_bn1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_relu1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_dropout0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_octconv1: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    wide2_res0_shortcut_octconv0: ::std::boxed::Box<
+        dyn ::octconv::runtime::layers::OctLayer,
+    >,
+    wide2_res0_add: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    bn0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    relu0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    merge0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    global_avg_pool0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
+    linear0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
     __dropout_rng: ::octconv::runtime::layers::DropoutRng,
     __program: ::octconv::spec::plan::Program,
 }
@@ -42,279 +58,265 @@ impl GenWrn {
     pub fn new(
         vb: ::octconv::candle_nn::VarBuilder,
     ) -> ::octconv::candle_core::Result<Self> {
+        #[allow(unused_imports)]
+        use ::octconv::spec::{Dims, Shape};
         let __dropout_rng = ::octconv::runtime::layers::DropoutRng::new(0);
+        #[allow(unused_variables)]
+        let layer = |op: &str, input: Shape, name: &str| {
+            ::octconv::runtime::layers::build_json(
+                op,
+                &input,
+                vb.pp(name),
+                &__dropout_rng,
+            )
+        };
         Ok(Self {
-            octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 3usize,
-                    in_l: 0usize,
-                    out_h: 12usize,
-                    out_l: 4usize,
-                    kernel: 3usize,
-                    stride: 1usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
-                },
-                vb.pp("octconv0"),
+            octconv0: layer(
+                r#"{"type":"oct_conv","in_h":3,"in_l":0,"out_h":12,"out_l":4,"kernel":3,"stride":1,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Single(Dims { c: 3, h: 32, w: 32 }),
+                "octconv0",
             )?,
-            wide0_res0_bn0: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 12,
-                        h: 32,
-                        w: 32,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 4,
-                        h: 16,
-                        w: 16,
-                    },
+            wide0_res0_bn0: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide0.res0.bn0"),
+                "wide0.res0.bn0",
             )?,
-            wide0_res0_octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 12usize,
-                    in_l: 4usize,
-                    out_h: 12usize,
-                    out_l: 4usize,
-                    kernel: 3usize,
-                    stride: 1usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide0_res0_relu0: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide0.res0.octconv0"),
+                "wide0.res0.relu0",
             )?,
-            wide0_res0_bn1: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 12,
-                        h: 32,
-                        w: 32,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 4,
-                        h: 16,
-                        w: 16,
-                    },
+            wide0_res0_octconv0: layer(
+                r#"{"type":"oct_conv","in_h":12,"in_l":4,"out_h":12,"out_l":4,"kernel":3,"stride":1,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide0.res0.bn1"),
+                "wide0.res0.octconv0",
             )?,
-            wide0_res0_dropout0: ::octconv::runtime::layers::Dropout::new(
-                0.0,
-                __dropout_rng.clone(),
-            ),
-            wide0_res0_octconv1: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 12usize,
-                    in_l: 4usize,
-                    out_h: 12usize,
-                    out_l: 4usize,
-                    kernel: 3usize,
-                    stride: 1usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide0_res0_bn1: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide0.res0.octconv1"),
+                "wide0.res0.bn1",
             )?,
-            wide1_res0_bn0: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 12,
-                        h: 32,
-                        w: 32,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 4,
-                        h: 16,
-                        w: 16,
-                    },
+            wide0_res0_relu1: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide1.res0.bn0"),
+                "wide0.res0.relu1",
             )?,
-            wide1_res0_octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 12usize,
-                    in_l: 4usize,
-                    out_h: 24usize,
-                    out_l: 8usize,
-                    kernel: 3usize,
-                    stride: 2usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide0_res0_dropout0: layer(
+                r#"{"type":"dropout","p":0.0}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide1.res0.octconv0"),
+                "wide0.res0.dropout0",
             )?,
-            wide1_res0_bn1: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 24,
-                        h: 16,
-                        w: 16,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 8,
-                        h: 8,
-                        w: 8,
-                    },
+            wide0_res0_octconv1: layer(
+                r#"{"type":"oct_conv","in_h":12,"in_l":4,"out_h":12,"out_l":4,"kernel":3,"stride":1,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide1.res0.bn1"),
+                "wide0.res0.octconv1",
             )?,
-            wide1_res0_dropout0: ::octconv::runtime::layers::Dropout::new(
-                0.0,
-                __dropout_rng.clone(),
-            ),
-            wide1_res0_octconv1: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 24usize,
-                    in_l: 8usize,
-                    out_h: 24usize,
-                    out_l: 8usize,
-                    kernel: 3usize,
-                    stride: 1usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide0_res0_add: layer(
+                r#"{"type":"add"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide1.res0.octconv1"),
+                "wide0.res0.add",
             )?,
-            wide1_res0_shortcut_octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 12usize,
-                    in_l: 4usize,
-                    out_h: 24usize,
-                    out_l: 8usize,
-                    kernel: 1usize,
-                    stride: 2usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide1_res0_bn0: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide1.res0.shortcut.octconv0"),
+                "wide1.res0.bn0",
             )?,
-            wide2_res0_bn0: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 24,
-                        h: 16,
-                        w: 16,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 8,
-                        h: 8,
-                        w: 8,
-                    },
+            wide1_res0_relu0: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide2.res0.bn0"),
+                "wide1.res0.relu0",
             )?,
-            wide2_res0_octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 24usize,
-                    in_l: 8usize,
-                    out_h: 48usize,
-                    out_l: 16usize,
-                    kernel: 3usize,
-                    stride: 2usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide1_res0_octconv0: layer(
+                r#"{"type":"oct_conv","in_h":12,"in_l":4,"out_h":24,"out_l":8,"kernel":3,"stride":2,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
                 },
-                vb.pp("wide2.res0.octconv0"),
+                "wide1.res0.octconv0",
             )?,
-            wide2_res0_bn1: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 48,
-                        h: 8,
-                        w: 8,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 16,
-                        h: 4,
-                        w: 4,
-                    },
+            wide1_res0_bn1: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("wide2.res0.bn1"),
+                "wide1.res0.bn1",
             )?,
-            wide2_res0_dropout0: ::octconv::runtime::layers::Dropout::new(
-                0.0,
-                __dropout_rng.clone(),
-            ),
-            wide2_res0_octconv1: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 48usize,
-                    in_l: 16usize,
-                    out_h: 48usize,
-                    out_l: 16usize,
-                    kernel: 3usize,
-                    stride: 1usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide1_res0_relu1: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
                 },
-                vb.pp("wide2.res0.octconv1"),
+                "wide1.res0.relu1",
             )?,
-            wide2_res0_shortcut_octconv0: ::octconv::runtime::layers::OctConv2d::new(
-                ::octconv::spec::ir::OctConvSpec {
-                    in_h: 24usize,
-                    in_l: 8usize,
-                    out_h: 48usize,
-                    out_l: 16usize,
-                    kernel: 1usize,
-                    stride: 2usize,
-                    groups: 1usize,
-                    depthwise: false,
-                    bias: false,
-                    downsample: ::octconv::spec::ir::Downsample::Pool,
+            wide1_res0_dropout0: layer(
+                r#"{"type":"dropout","p":0.0}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
                 },
-                vb.pp("wide2.res0.shortcut.octconv0"),
+                "wide1.res0.dropout0",
             )?,
-            bn0: ::octconv::runtime::layers::OctBatchNorm::new(
-                &::octconv::spec::Shape::Pair {
-                    high: ::octconv::spec::Dims {
-                        c: 48,
-                        h: 8,
-                        w: 8,
-                    },
-                    low: ::octconv::spec::Dims {
-                        c: 16,
-                        h: 4,
-                        w: 4,
-                    },
+            wide1_res0_octconv1: layer(
+                r#"{"type":"oct_conv","in_h":24,"in_l":8,"out_h":24,"out_l":8,"kernel":3,"stride":1,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
                 },
-                0.00001,
-                0.1,
-                vb.pp("bn0"),
+                "wide1.res0.octconv1",
             )?,
-            linear0: ::octconv::runtime::layers::Linear::new(
-                64,
-                10,
-                true,
-                vb.pp("linear0"),
+            wide1_res0_shortcut_octconv0: layer(
+                r#"{"type":"oct_conv","in_h":12,"in_l":4,"out_h":24,"out_l":8,"kernel":1,"stride":2,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 12, h: 32, w: 32 },
+                    low: Dims { c: 4, h: 16, w: 16 },
+                },
+                "wide1.res0.shortcut.octconv0",
+            )?,
+            wide1_res0_add: layer(
+                r#"{"type":"add"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
+                },
+                "wide1.res0.add",
+            )?,
+            wide2_res0_bn0: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
+                },
+                "wide2.res0.bn0",
+            )?,
+            wide2_res0_relu0: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
+                },
+                "wide2.res0.relu0",
+            )?,
+            wide2_res0_octconv0: layer(
+                r#"{"type":"oct_conv","in_h":24,"in_l":8,"out_h":48,"out_l":16,"kernel":3,"stride":2,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
+                },
+                "wide2.res0.octconv0",
+            )?,
+            wide2_res0_bn1: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "wide2.res0.bn1",
+            )?,
+            wide2_res0_relu1: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "wide2.res0.relu1",
+            )?,
+            wide2_res0_dropout0: layer(
+                r#"{"type":"dropout","p":0.0}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "wide2.res0.dropout0",
+            )?,
+            wide2_res0_octconv1: layer(
+                r#"{"type":"oct_conv","in_h":48,"in_l":16,"out_h":48,"out_l":16,"kernel":3,"stride":1,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "wide2.res0.octconv1",
+            )?,
+            wide2_res0_shortcut_octconv0: layer(
+                r#"{"type":"oct_conv","in_h":24,"in_l":8,"out_h":48,"out_l":16,"kernel":1,"stride":2,"groups":1,"depthwise":false,"bias":false,"downsample":"pool"}"#,
+                Shape::Pair {
+                    high: Dims { c: 24, h: 16, w: 16 },
+                    low: Dims { c: 8, h: 8, w: 8 },
+                },
+                "wide2.res0.shortcut.octconv0",
+            )?,
+            wide2_res0_add: layer(
+                r#"{"type":"add"}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "wide2.res0.add",
+            )?,
+            bn0: layer(
+                r#"{"type":"batch_norm","eps":0.00001,"momentum":0.1}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "bn0",
+            )?,
+            relu0: layer(
+                r#"{"type":"relu"}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "relu0",
+            )?,
+            merge0: layer(
+                r#"{"type":"merge"}"#,
+                Shape::Pair {
+                    high: Dims { c: 48, h: 8, w: 8 },
+                    low: Dims { c: 16, h: 4, w: 4 },
+                },
+                "merge0",
+            )?,
+            global_avg_pool0: layer(
+                r#"{"type":"global_avg_pool","per_branch":false}"#,
+                Shape::Single(Dims { c: 64, h: 8, w: 8 }),
+                "global_avg_pool0",
+            )?,
+            linear0: layer(
+                r#"{"type":"linear","in_f":64,"out_f":10,"bias":true}"#,
+                Shape::Flat { features: 64 },
+                "linear0",
             )?,
             __dropout_rng,
             __program: ::octconv::spec::plan::Program {
@@ -542,58 +544,42 @@ impl GenWrn {
                 dims, "wrn", 3, 32, 32
             );
         }
-        let __layer3 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer6 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer9 = ::octconv::runtime::layers::layer::Add;
-        let __layer11 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer14 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer18 = ::octconv::runtime::layers::layer::Add;
-        let __layer20 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer23 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer27 = ::octconv::runtime::layers::layer::Add;
-        let __layer29 = ::octconv::runtime::layers::Activation::Relu;
-        let __layer30 = ::octconv::runtime::layers::layer::Merge {
-            to_low: false,
-        };
-        let __layer31 = ::octconv::runtime::layers::layer::GlobalAvgPool {
-            per_branch: false,
-        };
         let layers: [::std::option::Option<
             &dyn ::octconv::runtime::layers::OctLayer,
         >; 33] = [
             ::std::option::Option::None,
-            ::std::option::Option::Some(&self.octconv0),
-            ::std::option::Option::Some(&self.wide0_res0_bn0),
-            ::std::option::Option::Some(&__layer3),
-            ::std::option::Option::Some(&self.wide0_res0_octconv0),
-            ::std::option::Option::Some(&self.wide0_res0_bn1),
-            ::std::option::Option::Some(&__layer6),
-            ::std::option::Option::Some(&self.wide0_res0_dropout0),
-            ::std::option::Option::Some(&self.wide0_res0_octconv1),
-            ::std::option::Option::Some(&__layer9),
-            ::std::option::Option::Some(&self.wide1_res0_bn0),
-            ::std::option::Option::Some(&__layer11),
-            ::std::option::Option::Some(&self.wide1_res0_octconv0),
-            ::std::option::Option::Some(&self.wide1_res0_bn1),
-            ::std::option::Option::Some(&__layer14),
-            ::std::option::Option::Some(&self.wide1_res0_dropout0),
-            ::std::option::Option::Some(&self.wide1_res0_octconv1),
-            ::std::option::Option::Some(&self.wide1_res0_shortcut_octconv0),
-            ::std::option::Option::Some(&__layer18),
-            ::std::option::Option::Some(&self.wide2_res0_bn0),
-            ::std::option::Option::Some(&__layer20),
-            ::std::option::Option::Some(&self.wide2_res0_octconv0),
-            ::std::option::Option::Some(&self.wide2_res0_bn1),
-            ::std::option::Option::Some(&__layer23),
-            ::std::option::Option::Some(&self.wide2_res0_dropout0),
-            ::std::option::Option::Some(&self.wide2_res0_octconv1),
-            ::std::option::Option::Some(&self.wide2_res0_shortcut_octconv0),
-            ::std::option::Option::Some(&__layer27),
-            ::std::option::Option::Some(&self.bn0),
-            ::std::option::Option::Some(&__layer29),
-            ::std::option::Option::Some(&__layer30),
-            ::std::option::Option::Some(&__layer31),
-            ::std::option::Option::Some(&self.linear0),
+            ::std::option::Option::Some(&*self.octconv0),
+            ::std::option::Option::Some(&*self.wide0_res0_bn0),
+            ::std::option::Option::Some(&*self.wide0_res0_relu0),
+            ::std::option::Option::Some(&*self.wide0_res0_octconv0),
+            ::std::option::Option::Some(&*self.wide0_res0_bn1),
+            ::std::option::Option::Some(&*self.wide0_res0_relu1),
+            ::std::option::Option::Some(&*self.wide0_res0_dropout0),
+            ::std::option::Option::Some(&*self.wide0_res0_octconv1),
+            ::std::option::Option::Some(&*self.wide0_res0_add),
+            ::std::option::Option::Some(&*self.wide1_res0_bn0),
+            ::std::option::Option::Some(&*self.wide1_res0_relu0),
+            ::std::option::Option::Some(&*self.wide1_res0_octconv0),
+            ::std::option::Option::Some(&*self.wide1_res0_bn1),
+            ::std::option::Option::Some(&*self.wide1_res0_relu1),
+            ::std::option::Option::Some(&*self.wide1_res0_dropout0),
+            ::std::option::Option::Some(&*self.wide1_res0_octconv1),
+            ::std::option::Option::Some(&*self.wide1_res0_shortcut_octconv0),
+            ::std::option::Option::Some(&*self.wide1_res0_add),
+            ::std::option::Option::Some(&*self.wide2_res0_bn0),
+            ::std::option::Option::Some(&*self.wide2_res0_relu0),
+            ::std::option::Option::Some(&*self.wide2_res0_octconv0),
+            ::std::option::Option::Some(&*self.wide2_res0_bn1),
+            ::std::option::Option::Some(&*self.wide2_res0_relu1),
+            ::std::option::Option::Some(&*self.wide2_res0_dropout0),
+            ::std::option::Option::Some(&*self.wide2_res0_octconv1),
+            ::std::option::Option::Some(&*self.wide2_res0_shortcut_octconv0),
+            ::std::option::Option::Some(&*self.wide2_res0_add),
+            ::std::option::Option::Some(&*self.bn0),
+            ::std::option::Option::Some(&*self.relu0),
+            ::std::option::Option::Some(&*self.merge0),
+            ::std::option::Option::Some(&*self.global_avg_pool0),
+            ::std::option::Option::Some(&*self.linear0),
         ];
         ::octconv::runtime::exec::infer(&self.__program, &layers, xs)?.into_tensor()
     }
@@ -624,7 +610,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             }),
         );
         let x1 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.octconv0,
+            &*self.octconv0,
             &[&x0],
             train,
         )?;
@@ -647,7 +633,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x0);
         let x2 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide0_res0_bn0,
+            &*self.wide0_res0_bn0,
             &[&x1],
             train,
         )?;
@@ -669,7 +655,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         let x3 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide0_res0_relu0,
             &[&x2],
             train,
         )?;
@@ -692,7 +678,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x2);
         let x4 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide0_res0_octconv0,
+            &*self.wide0_res0_octconv0,
             &[&x3],
             train,
         )?;
@@ -715,7 +701,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x3);
         let x5 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide0_res0_bn1,
+            &*self.wide0_res0_bn1,
             &[&x4],
             train,
         )?;
@@ -738,7 +724,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x4);
         let x6 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide0_res0_relu1,
             &[&x5],
             train,
         )?;
@@ -761,7 +747,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x5);
         let x7 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide0_res0_dropout0,
+            &*self.wide0_res0_dropout0,
             &[&x6],
             train,
         )?;
@@ -784,7 +770,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x6);
         let x8 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide0_res0_octconv1,
+            &*self.wide0_res0_octconv1,
             &[&x7],
             train,
         )?;
@@ -807,7 +793,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x7);
         let x9 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::layer::Add,
+            &*self.wide0_res0_add,
             &[&x8, &x1],
             train,
         )?;
@@ -831,7 +817,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         drop(x8);
         drop(x1);
         let x10 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_bn0,
+            &*self.wide1_res0_bn0,
             &[&x9],
             train,
         )?;
@@ -853,7 +839,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         let x11 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide1_res0_relu0,
             &[&x10],
             train,
         )?;
@@ -876,7 +862,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x10);
         let x12 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_octconv0,
+            &*self.wide1_res0_octconv0,
             &[&x11],
             train,
         )?;
@@ -899,7 +885,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x11);
         let x13 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_bn1,
+            &*self.wide1_res0_bn1,
             &[&x12],
             train,
         )?;
@@ -922,7 +908,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x12);
         let x14 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide1_res0_relu1,
             &[&x13],
             train,
         )?;
@@ -945,7 +931,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x13);
         let x15 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_dropout0,
+            &*self.wide1_res0_dropout0,
             &[&x14],
             train,
         )?;
@@ -968,7 +954,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x14);
         let x16 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_octconv1,
+            &*self.wide1_res0_octconv1,
             &[&x15],
             train,
         )?;
@@ -991,7 +977,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x15);
         let x17 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide1_res0_shortcut_octconv0,
+            &*self.wide1_res0_shortcut_octconv0,
             &[&x9],
             train,
         )?;
@@ -1014,7 +1000,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x9);
         let x18 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::layer::Add,
+            &*self.wide1_res0_add,
             &[&x16, &x17],
             train,
         )?;
@@ -1038,7 +1024,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         drop(x16);
         drop(x17);
         let x19 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_bn0,
+            &*self.wide2_res0_bn0,
             &[&x18],
             train,
         )?;
@@ -1060,7 +1046,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
             },
         );
         let x20 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide2_res0_relu0,
             &[&x19],
             train,
         )?;
@@ -1083,7 +1069,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x19);
         let x21 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_octconv0,
+            &*self.wide2_res0_octconv0,
             &[&x20],
             train,
         )?;
@@ -1106,7 +1092,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x20);
         let x22 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_bn1,
+            &*self.wide2_res0_bn1,
             &[&x21],
             train,
         )?;
@@ -1129,7 +1115,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x21);
         let x23 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.wide2_res0_relu1,
             &[&x22],
             train,
         )?;
@@ -1152,7 +1138,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x22);
         let x24 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_dropout0,
+            &*self.wide2_res0_dropout0,
             &[&x23],
             train,
         )?;
@@ -1175,7 +1161,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x23);
         let x25 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_octconv1,
+            &*self.wide2_res0_octconv1,
             &[&x24],
             train,
         )?;
@@ -1198,7 +1184,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x24);
         let x26 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.wide2_res0_shortcut_octconv0,
+            &*self.wide2_res0_shortcut_octconv0,
             &[&x18],
             train,
         )?;
@@ -1221,7 +1207,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x18);
         let x27 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::layer::Add,
+            &*self.wide2_res0_add,
             &[&x25, &x26],
             train,
         )?;
@@ -1245,7 +1231,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         drop(x25);
         drop(x26);
         let x28 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.bn0,
+            &*self.bn0,
             &[&x27],
             train,
         )?;
@@ -1268,7 +1254,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x27);
         let x29 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::Activation::Relu,
+            &*self.relu0,
             &[&x28],
             train,
         )?;
@@ -1291,9 +1277,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x28);
         let x30 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::layer::Merge {
-                to_low: false,
-            },
+            &*self.merge0,
             &[&x29],
             train,
         )?;
@@ -1309,9 +1293,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x29);
         let x31 = ::octconv::runtime::layers::OctLayer::apply(
-            &::octconv::runtime::layers::layer::GlobalAvgPool {
-                per_branch: false,
-            },
+            &*self.global_avg_pool0,
             &[&x30],
             train,
         )?;
@@ -1325,7 +1307,7 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         );
         drop(x30);
         let x32 = ::octconv::runtime::layers::OctLayer::apply(
-            &self.linear0,
+            &*self.linear0,
             &[&x31],
             train,
         )?;

@@ -1,4 +1,4 @@
-//! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`.
+//! Element-wise activations on every branch: `relu`, `sigmoid`, `relu6`, `hardswish`, `silu`.
 
 use crate::kernels::epilogue::{Clamp, InPlaceClamp};
 use crate::value::OctValue;
@@ -15,6 +15,8 @@ pub enum Activation {
     Relu6,
     /// `x · relu6(x + 3) / 6`.
     HardSwish,
+    /// `x · sigmoid(x)`.
+    Silu,
 }
 
 /// `min(max(x, 0), 6)`: one pass on the CPU ([`crate::kernels::clamp`]), elsewhere as
@@ -35,6 +37,7 @@ impl Activation {
             Activation::Sigmoid => candle_nn::ops::sigmoid(t),
             Activation::Relu6 => relu6(t),
             Activation::HardSwish => t.mul(&(relu6(&(t + 3.0)?)? / 6.0)?),
+            Activation::Silu => candle_nn::ops::silu(t),
         }
     }
 
@@ -49,7 +52,7 @@ impl Activation {
         match self {
             Activation::Relu => Some(Clamp::Relu),
             Activation::Relu6 => Some(Clamp::Relu6),
-            Activation::Sigmoid | Activation::HardSwish => None,
+            Activation::Sigmoid | Activation::HardSwish | Activation::Silu => None,
         }
     }
 

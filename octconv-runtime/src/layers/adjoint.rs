@@ -353,7 +353,7 @@ pub(crate) fn pool(pool: &super::Pool, x: &OctValue, needs_grad: bool) -> Result
 /// A stand-alone ReLU, ReLU6 or sigmoid on f32 CPU tensors: the layer's forward, and its
 /// derivative kept per value as the backward needs it: one byte per value for ReLU (`x ≥ 0`,
 /// candle's convention at 0) and ReLU6 (`0 < x ≤ 6`, the kernel's), the output itself for the
-/// sigmoid (`y·(1 − y)`; the next layer holds it anyway). Hard-swish: `None` (autograd).
+/// sigmoid (`y·(1 − y)`; the next layer holds it anyway). Hard-swish and SiLU: `None` (autograd).
 pub(crate) fn activation(
     act: Activation,
     x: &OctValue,
@@ -368,7 +368,7 @@ pub(crate) fn activation(
         Activation::Relu => |x| x >= 0.0,
         Activation::Relu6 => |x| (x > 0.0) & (x <= 6.0),
         Activation::Sigmoid => |_| true,
-        Activation::HardSwish => return Ok(None),
+        Activation::HardSwish | Activation::Silu => return Ok(None),
     };
     if !f32_cpu(x) {
         return Ok(None);

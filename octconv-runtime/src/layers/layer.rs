@@ -13,6 +13,7 @@ use crate::value::OctValue;
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{Layer, Op};
+use octconv_spec::shape::Shape;
 use std::fmt::Debug;
 
 /// A layer of an octave network: computes its output from its inputs (in the IR's order: one for most
@@ -344,18 +345,42 @@ impl OctLayer for Scale {
 /// The runtime layer of IR layer `layer`, loading its parameters from `vb` (already prefixed with
 /// the layer's name); dropout layers draw from `rng`. `None` for the model input.
 pub fn build(layer: &Layer, vb: VarBuilder, rng: &DropoutRng) -> Result<Option<Box<dyn OctLayer>>> {
-    let boxed: Box<dyn OctLayer> = match layer.op {
+    build_op(&layer.op, &layer.input, vb, rng)
+}
+
+/// The runtime layer of an op given as [`Op::to_json`] wrote it, on an input of shape `input`: how
+/// the code that `octnet!` and `octconv gen` generate builds each layer, through the same
+/// [`build_op`] as the interpreter.
+pub fn build_json(
+    op: &str,
+    input: &Shape,
+    vb: VarBuilder,
+    rng: &DropoutRng,
+) -> Result<Box<dyn OctLayer>> {
+    let op = Op::from_json(op).map_err(candle_core::Error::Msg)?;
+    build_op(&op, input, vb, rng)?
+        .ok_or_else(|| candle_core::Error::Msg("the model input is not a layer".into()))
+}
+
+/// The one IR-to-runtime dispatch: the runtime layer of `op` on an input of shape `input`, loading
+/// its parameters from `vb`; dropout layers draw from `rng`. `None` for the model input.
+pub fn build_op(
+    op: &Op,
+    input: &Shape,
+    vb: VarBuilder,
+    rng: &DropoutRng,
+) -> Result<Option<Box<dyn OctLayer>>> {
+    let boxed: Box<dyn OctLayer> = match *op {
         Op::Input => return Ok(None),
         Op::Conv(spec) => Box::new(Conv2d::new(spec, vb)?),
         Op::OctConv(spec) => Box::new(OctConv2d::new(spec, vb)?),
         Op::OctConvTranspose(spec) => Box::new(OctConvTranspose2d::new(spec, vb)?),
-        Op::BatchNorm { eps, momentum } => {
-            Box::new(OctBatchNorm::new(&layer.input, eps, momentum, vb)?)
-        }
+        Op::BatchNorm { eps, momentum } => Box::new(OctBatchNorm::new(input, eps, momentum, vb)?),
         Op::Relu => Box::new(Activation::Relu),
         Op::Sigmoid => Box::new(Activation::Sigmoid),
         Op::Relu6 => Box::new(Activation::Relu6),
         Op::HardSwish => Box::new(Activation::HardSwish),
+        Op::Silu => Box::new(Activation::Silu),
         Op::Dropout { p } => Box::new(Dropout::new(p, rng.clone())),
         Op::AvgPool(spec) => Box::new(Pool {
             kind: PoolKind::Avg,

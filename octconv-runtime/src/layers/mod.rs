@@ -27,7 +27,7 @@ pub use conv::Conv2d;
 pub use dropout::{Dropout, DropoutRng};
 pub use graph::{add, concat, scale};
 pub use head::{flatten, global_avg_pool, Linear};
-pub use layer::{build, OctLayer};
+pub use layer::{build, build_json, build_op, OctLayer};
 pub use octave::{merge, merge_low, pyramid, split, upsample};
 pub use octconv::OctConv2d;
 pub use output_stage::OutputStage;

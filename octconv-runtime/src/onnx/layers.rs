@@ -219,6 +219,22 @@ pub(super) fn add(b: &mut Builder, name: &str, xs: &[&Val]) -> Result<Val> {
     })
 }
 
+/// Element-wise product of two values of one shape, branch by branch.
+pub(super) fn mul(b: &mut Builder, name: &str, xs: &[&Val]) -> Result<Val> {
+    join(b, name, xs, |b, out, parts| {
+        let [x, y] = parts else {
+            bail!(
+                "internal error: `{out}` multiplies {} values, not 2",
+                parts.len()
+            )
+        };
+        Ok(Map {
+            name: b.node("Mul", out, &[&x.name, &y.name], &[]),
+            dims: x.dims,
+        })
+    })
+}
+
 /// Concatenation along channels, branch by branch.
 pub(super) fn concat(b: &mut Builder, name: &str, xs: &[&Val]) -> Result<Val> {
     join(b, name, xs, |b, out, parts| b.concat(out, parts))

@@ -308,6 +308,10 @@ fn emit(
         Op::Relu => layers::unary(b, name, "Relu", &[], x()?)?,
         Op::Sigmoid => layers::unary(b, name, "Sigmoid", &[], x()?)?,
         Op::HardSwish => layers::unary(b, name, "HardSwish", &[], x()?)?,
+        Op::Silu => {
+            let s = layers::unary(b, &format!("{name}.sigmoid"), "Sigmoid", &[], x()?)?;
+            layers::mul(b, name, &[x()?, &s])?
+        }
         Op::Relu6 => layers::relu6(b, name, x()?)?,
         Op::Dropout { .. } => x()?.clone(),
         Op::AvgPool(s) => layers::pool(b, name, false, s, x()?)?,

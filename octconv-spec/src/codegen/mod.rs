@@ -3,11 +3,12 @@
 //! types, so the macro model and the interpreted model compute the same thing with the same parameter
 //! names.
 //!
-//! How each op's runtime value is built is in [`layer`]; every layer runs through the runtime's
-//! `OctLayer::apply`. This module assembles the struct, its constants, `new`, `infer` and the
-//! `ModuleT` impl.
+//! The generator writes no per-op code: each layer's field is built by the runtime's one constructor
+//! (`octconv_runtime::layers::build_json`, the interpreter's `build_op`) from the op as JSON
+//! ([`crate::ir::Op::to_json`]) and its input shape, and every layer runs through `OctLayer::apply`
+//! (training) or the planned program (inference). A new op therefore needs nothing here. This module
+//! assembles the struct, its constants, `new`, `infer` and the `ModuleT` impl.
 
-mod layer;
 mod program;
 
 use crate::ir::Model;
@@ -53,29 +54,36 @@ pub(crate) fn us(n: usize) -> Literal {
     Literal::u64_unsuffixed(n as u64)
 }
 
-/// An unsuffixed float literal.
-pub(crate) fn fl(x: f64) -> Literal {
-    Literal::f64_unsuffixed(x)
+/// A raw string literal `r#"…"#` of `text` (JSON reads better without escaped quotes).
+fn raw_string(text: &str) -> Literal {
+    let mut hashes = String::from("#");
+    while text.contains(&format!("\"{hashes}")) {
+        hashes.push('#');
+    }
+    format!("r{hashes}\"{text}\"{hashes}")
+        .parse()
+        .expect("a raw string literal parses")
 }
 
-/// The tokens of a `Shape` value.
-pub(crate) fn shape_tokens(krate: &TokenStream, s: &Shape) -> TokenStream {
+/// The tokens of a `Shape` value, its types named `#spec Shape` and `#spec Dims` (`spec` is a path
+/// prefix such as `::octconv::spec::`, or empty where `Shape` and `Dims` are in scope).
+pub(crate) fn shape_tokens(spec: &TokenStream, s: &Shape) -> TokenStream {
     let dims = |d: crate::shape::Dims| {
         let (c, h, w) = (us(d.c), us(d.h), us(d.w));
-        quote!(#krate::spec::Dims { c: #c, h: #h, w: #w })
+        quote!(#spec Dims { c: #c, h: #h, w: #w })
     };
     match *s {
         Shape::Single(d) => {
             let d = dims(d);
-            quote!(#krate::spec::Shape::Single(#d))
+            quote!(#spec Shape::Single(#d))
         }
         Shape::Pair { high, low } => {
             let (h, l) = (dims(high), dims(low));
-            quote!(#krate::spec::Shape::Pair { high: #h, low: #l })
+            quote!(#spec Shape::Pair { high: #h, low: #l })
         }
         Shape::Flat { features } => {
             let f = us(features);
-            quote!(#krate::spec::Shape::Flat { features: #f })
+            quote!(#spec Shape::Flat { features: #f })
         }
     }
 }
@@ -133,33 +141,26 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     // `infer`: the planned program (crate::plan::Program), run by the runtime's executor over
     // the struct's layers, as the interpreter runs it.
     let program = program::tokens(krate, &crate::plan::Program::lower(model));
+    let rt = quote!(#krate::runtime::layers);
+    let spec = quote!(#krate::spec::);
     let mut infer_layers = Vec::new();
-    let mut infer_locals = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
         let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
         let out = &values[j];
-        let runs = |value: &TokenStream| quote!(#krate::runtime::layers::OctLayer::apply(&#value, &[#(&#ins),*], train)?);
-        let expr = match layer::built(krate, l) {
-            layer::Built::Input => {
-                infer_layers.push(quote!(::std::option::Option::None));
-                quote!(#krate::OctValue::Single(xs.clone()))
-            }
-            layer::Built::Field(ty, init) => {
-                decls.push(quote!(#f: #ty));
-                inits.push(quote!(#f: #init));
-                infer_layers.push(quote!(::std::option::Option::Some(&self.#f)));
-                runs(&quote!(self.#f))
-            }
-            layer::Built::Inline(value) => {
-                let local = format_ident!("__layer{}", j);
-                infer_locals.push(quote!(let #local = #value;));
-                infer_layers.push(quote!(::std::option::Option::Some(&#local)));
-                runs(&value)
-            }
+        let expr = if matches!(l.op, crate::ir::Op::Input) {
+            infer_layers.push(quote!(::std::option::Option::None));
+            quote!(#krate::OctValue::Single(xs.clone()))
+        } else {
+            let (name, input) = (&l.name, shape_tokens(&quote!(), &l.input));
+            let op = raw_string(&l.op.to_json());
+            decls.push(quote!(#f: ::std::boxed::Box<dyn #rt::OctLayer>));
+            inits.push(quote!(#f: layer(#op, #input, #name)?));
+            infer_layers.push(quote!(::std::option::Option::Some(&*self.#f)));
+            quote!(#rt::OctLayer::apply(&*self.#f, &[#(&#ins),*], train)?)
         };
         let layer_name = &l.name;
-        let shape = shape_tokens(krate, &l.output);
+        let shape = shape_tokens(&spec, &l.output);
         let check = quote! {
             #[cfg(debug_assertions)]
             #krate::runtime::debug_assert_shape(&#out, #layer_name, #shape);
@@ -190,10 +191,19 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     let model_name = &model.name;
     let call = model.call_string();
     let doc_consts = format!(" Generated from `{call}`.");
-    let (rng_decl, rng_init, rng_field, rng_fn) = if uses_rng {
+    // Every layer is built by the runtime's one constructor from its op (JSON) and input shape.
+    let rng_init = quote! {
+        #[allow(unused_imports)]
+        use #krate::spec::{Dims, Shape};
+        let __dropout_rng = #rt::DropoutRng::new(0);
+        #[allow(unused_variables)]
+        let layer = |op: &str, input: Shape, name: &str| {
+            #rt::build_json(op, &input, vb.pp(name), &__dropout_rng)
+        };
+    };
+    let (rng_decl, rng_field, rng_fn) = if uses_rng {
         (
-            quote!(__dropout_rng: #krate::runtime::layers::DropoutRng,),
-            quote!(let __dropout_rng = #krate::runtime::layers::DropoutRng::new(0);),
+            quote!(__dropout_rng: #rt::DropoutRng,),
             quote!(__dropout_rng,),
             quote! {
                 /// Restarts the stream every dropout layer draws its masks from.
@@ -203,7 +213,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             },
         )
     } else {
-        (quote!(), quote!(), quote!(), quote!())
+        (quote!(), quote!(), quote!())
     };
     let input_check = quote! {
         let dims = xs.dims();
@@ -259,8 +269,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 xs: &#krate::candle_core::Tensor,
             ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
                 #input_check
-                #(#infer_locals)*
-                let layers: [::std::option::Option<&dyn #krate::runtime::layers::OctLayer>; #n_layers] = [
+                let layers: [::std::option::Option<&dyn #rt::OctLayer>; #n_layers] = [
                     #(#infer_layers),*
                 ];
                 #krate::runtime::exec::infer(&self.__program, &layers, xs)?.into_tensor()

@@ -12,7 +12,7 @@ pub(crate) fn tokens(krate: &TokenStream, program: &Program) -> TokenStream {
     let layers = program.layers.iter().map(|l| {
         let name = &l.name;
         let inputs = l.inputs.iter().copied().map(us);
-        let output = shape_tokens(krate, &l.output);
+        let output = shape_tokens(&quote!(#krate::spec::), &l.output);
         let step = step_tokens(&p, &l.step);
         let frees = l.frees.iter().copied().map(us);
         quote!(#p::PlannedLayer {

@@ -113,7 +113,9 @@ const FREE: Costs = Costs {
 };
 
 /// A builtin layer: everything the checker, the cost model and the parameter names know about it.
-/// Adding a layer is one entry here, its rules in one module, its IR variant, and its runtime layer.
+/// Adding a layer is one entry here (its rules in the op's module), its `Op` variant and name in
+/// `Op::kind`, then in the runtime its layer type and its arms in `layers::build_op` and
+/// `onnx::emit`; code generation needs nothing. The README's "Adding a layer" lists the same places.
 pub struct LayerDef {
     /// Name as written in specs.
     pub name: &'static str,
@@ -358,6 +360,14 @@ pub const LAYERS: &[LayerDef] = &[
         params: &[],
         summary: "x · relu6(x + 3) / 6 on every branch",
         rule: Rule::Map(|_, input| Ok((Op::HardSwish, *input))),
+        costs: FREE,
+        keeps_shape: true,
+    },
+    LayerDef {
+        name: "silu",
+        params: &[],
+        summary: "x · sigmoid(x) on every branch (swish, as EfficientNet)",
+        rule: Rule::Map(|_, input| Ok((Op::Silu, *input))),
         costs: FREE,
         keeps_shape: true,
     },
