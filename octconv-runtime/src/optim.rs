@@ -51,6 +51,18 @@ fn exempt(name: &str, var: &Var) -> bool {
     name.ends_with(".bias") || (var.rank() == 1 && name.ends_with(".weight"))
 }
 
+/// Every variable of `varmap` with its name: what [`Sgd::new`] takes (`octconv train` and
+/// `octconv bench --train` build their optimiser from it).
+pub fn named_vars(varmap: &candle_nn::VarMap) -> Result<Vec<(String, Var)>> {
+    Ok(varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
 impl Sgd {
     /// An optimiser over the trainable `vars` (BN running statistics are skipped by name).
     pub fn new(vars: impl IntoIterator<Item = (String, Var)>, config: SgdConfig) -> Self {

@@ -467,13 +467,7 @@ impl Trainer {
             }
         }
         let model = OctModel::new(ir, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-        let vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("var map poisoned"))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let vars = crate::optim::named_vars(&varmap)?;
         let mut opt = Sgd::new(
             vars,
             SgdConfig {

@@ -308,13 +308,7 @@ pub fn time_model(
         .map(|_| classes.map_or(0, |c| rng.random_range(0..c as u32)))
         .collect();
     let y_all = Tensor::from_vec(labels, args.samples, device)?;
-    let vars: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("var map poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars = octconv_runtime::optim::named_vars(&varmap)?;
     let mut opt = Sgd::new(vars, SgdConfig::default());
     let batch_at = |b: usize| -> candle_core::Result<(Tensor, Tensor)> {
         let start = b * args.batch;
