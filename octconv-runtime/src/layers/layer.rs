@@ -1,6 +1,7 @@
-//! [`OctLayer`], the one interface every runtime layer implements, and [`build`], the one place that
-//! turns an IR layer into its runtime layer. The interpreter ([`crate::model::OctModel`]) and the code that
-//! `octnet!` and `octconv gen` generate both run layers through [`OctLayer::apply`].
+//! [`OctLayer`], the one interface every runtime layer implements, and [`build_op`], the one place that
+//! turns an IR op into its runtime layer. The interpreter ([`crate::model::OctModel`], through
+//! [`build`]) and the code that `octnet!` and `octconv gen` generate (through [`build_json`]) build
+//! their layers with it and run them through [`OctLayer::apply`].
 
 use super::adjoint;
 use super::{
