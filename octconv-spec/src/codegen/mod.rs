@@ -192,7 +192,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     let call = model.call_string();
     let doc_consts = format!(" Generated from `{call}`.");
     // Every layer is built by the runtime's one constructor from its op (JSON) and input shape.
-    let rng_init = quote! {
+    let layer_init = quote! {
         #[allow(unused_imports)]
         use #krate::spec::{Dims, Shape};
         let __dropout_rng = #rt::DropoutRng::new(0);
@@ -249,7 +249,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
 
             /// Loads every parameter from `vb` (names as in `octconv_spec::params`).
             pub fn new(vb: #krate::candle_nn::VarBuilder) -> #krate::candle_core::Result<Self> {
-                #rng_init
+                #layer_init
                 Ok(Self {
                     #(#inits,)*
                     #rng_field
