@@ -274,6 +274,21 @@ fn bench_profile_charges_every_layer_to_a_kernel_class_with_its_share_of_macs() 
             "{classes:?}"
         );
         assert!(classes.contains(&"bn") && classes.contains(&"linear"));
+        // The slowest layers: real layer names with their class, sorted by time, at most 12, and
+        // none slower than its whole class.
+        let slow = r["profile_layers"]
+            .as_array()
+            .expect("slowest layers per row");
+        assert_eq!(slow.len(), ir.layers.len().min(12));
+        assert!(slow.windows(2).all(|w| f(&w[0], "ms") >= f(&w[1], "ms")));
+        for l in slow {
+            let name = l["layer"].as_str().unwrap();
+            let layer = ir.layers.iter().find(|x| x.name == name).expect(name);
+            let class = l["class"].as_str().unwrap();
+            assert!(class.starts_with(layer.op.kind()), "{name}: {class}");
+            let in_class = p.iter().find(|c| c["class"] == class).unwrap();
+            assert!(f(l, "ms") <= f(in_class, "ms") + 1e-9, "{name}");
+        }
     }
 }
 

@@ -93,6 +93,9 @@ pub struct Row {
     /// With `--profile`: the time per kernel class of an inference pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<super::bench_profile::ClassTime>>,
+    /// With `--profile`: the slowest layers of an inference pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_layers: Option<Vec<super::bench_profile::LayerTime>>,
     /// With `--train --profile`: the time per kernel of a training step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_kernels: Option<Vec<super::bench_profile::KernelTime>>,
@@ -195,7 +198,8 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         print_table(&report);
         for row in &report.rows {
             if let Some(p) = &row.profile {
-                super::bench_profile::print(row.alpha, p);
+                let slowest = row.profile_layers.as_deref().unwrap_or_default();
+                super::bench_profile::print(row.alpha, p, slowest);
             }
             if let Some(k) = &row.train_kernels {
                 super::bench_profile::print_train(row.alpha, k);
@@ -379,6 +383,10 @@ pub fn time_model(
     let profile = (args.profile && !args.train)
         .then(|| super::bench_profile::profile(&net, &batch_at(0)?.0, args.repeats, device))
         .transpose()?;
+    let (profile, profile_layers) = match profile {
+        Some(p) => (Some(p.classes), Some(p.slowest)),
+        None => (None, None),
+    };
     let mut rep_sorted = times.clone();
     rep_sorted.sort_by(f64::total_cmp);
     Ok(Row {
@@ -399,6 +407,7 @@ pub fn time_model(
         memory_relative: 1.0,
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
         profile,
+        profile_layers,
         train_kernels,
         train_fallbacks: fallbacks,
     })

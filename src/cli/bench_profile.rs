@@ -70,6 +70,33 @@ pub fn class_of(layer: &Layer) -> String {
     }
 }
 
+/// One layer of a profile ([`Profile::slowest`]).
+#[derive(Serialize, Debug, Clone)]
+pub struct LayerTime {
+    /// The layer's name.
+    pub layer: String,
+    /// Its class ([`class_of`]).
+    pub class: String,
+    /// Its output shape.
+    pub output: String,
+    /// Median milliseconds per pass.
+    pub ms: f64,
+    /// Multiply-accumulates per second (10⁹), 0 for layers without MACs.
+    pub gmacs_per_s: f64,
+}
+
+/// An inference profile: the time per kernel class, and the layers that take longest.
+#[derive(Serialize, Debug, Clone)]
+pub struct Profile {
+    /// Kernel classes, largest time first.
+    pub classes: Vec<ClassTime>,
+    /// The [`SLOWEST`] layers, largest time first (where to look next).
+    pub slowest: Vec<LayerTime>,
+}
+
+/// How many layers [`Profile::slowest`] lists.
+pub const SLOWEST: usize = 12;
+
 /// Profiles `repeats` inference passes of `net` on `x` (after one untimed pass), classes sorted by
 /// time, largest first.
 pub fn profile(
@@ -77,12 +104,14 @@ pub fn profile(
     x: &Tensor,
     repeats: usize,
     device: &Device,
-) -> anyhow::Result<Vec<ClassTime>> {
+) -> anyhow::Result<Profile> {
     let layers = &net.ir().layers;
     let classes: Vec<String> = layers.iter().map(class_of).collect();
     let mut per_class: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut per_layer: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];
     for rep in 0..=repeats {
         let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut layer_times = vec![0.0; layers.len()];
         let mut last: Option<(usize, Instant)> = None;
         let mut sync_err = None;
         let out = net.run_observed(x, false, &mut |j| {
@@ -92,7 +121,9 @@ pub fn profile(
             }
             let now = Instant::now();
             if let Some((i, t)) = last {
-                *sums.entry(classes[i].as_str()).or_default() += (now - t).as_secs_f64();
+                let dt = (now - t).as_secs_f64();
+                *sums.entry(classes[i].as_str()).or_default() += dt;
+                layer_times[i] += dt;
             }
             last = Some((j, now));
         })?;
@@ -103,6 +134,9 @@ pub fn profile(
         if rep > 0 {
             for (c, s) in sums {
                 per_class.entry(c).or_default().push(s);
+            }
+            for (times, t) in per_layer.iter_mut().zip(layer_times) {
+                times.push(t);
             }
         }
     }
@@ -144,11 +178,37 @@ pub fn profile(
         r.time_share = if total > 0.0 { r.ms / total } else { 0.0 };
     }
     rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    Ok(rows)
+    let mut slowest: Vec<LayerTime> = layers
+        .iter()
+        .zip(per_layer)
+        .zip(&classes)
+        .filter(|((_, times), _)| !times.is_empty())
+        .map(|((l, mut times), class)| {
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            LayerTime {
+                layer: l.name.clone(),
+                class: class.clone(),
+                output: l.output.to_string(),
+                ms: median * 1e3,
+                gmacs_per_s: if median > 0.0 {
+                    l.macs as f64 * batch / median / 1e9
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    slowest.truncate(SLOWEST);
+    Ok(Profile {
+        classes: rows,
+        slowest,
+    })
 }
 
-/// Prints one α's profile as a Markdown table.
-pub fn print(alpha: f64, rows: &[ClassTime]) {
+/// Prints one α's profile as two Markdown tables: the classes, then the slowest layers.
+pub fn print(alpha: f64, rows: &[ClassTime], slowest: &[LayerTime]) {
     println!();
     println!("Where an inference pass spends its time at α = {alpha}:");
     println!();
@@ -163,6 +223,17 @@ pub fn print(alpha: f64, rows: &[ClassTime]) {
             100.0 * r.time_share,
             100.0 * r.macs_share,
             r.gmacs_per_s
+        );
+    }
+    println!();
+    println!("The slowest layers at α = {alpha}:");
+    println!();
+    println!("| layer | class | output | ms per batch | GMAC/s |");
+    println!("|---|---|---|---|---|");
+    for l in slowest {
+        println!(
+            "| `{}` | {} | {} | {:.2} | {:.1} |",
+            l.layer, l.class, l.output, l.ms, l.gmacs_per_s
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod clamp;
 pub mod conv2d;
 pub mod depthwise;
+pub mod direct;
 pub mod elementwise;
 pub mod epilogue;
 pub mod gemm;

@@ -1,8 +1,10 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
+use crate::kernels::direct;
 use crate::kernels::epilogue::{ChannelEpilogue, RowMap};
-use crate::kernels::octave::{self, octave_conv, OctaveGeometry};
+use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
+use crate::kernels::prologue::Prologue;
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::kernels::{with_f32, with_f32_all, with_images_f32};
@@ -192,14 +194,49 @@ impl OctConv2d {
             return self.infer_pointwise(x, g, [None, None]);
         }
         if let (Some(xh), Some(xl)) = x.branches() {
-            if self
-                .fused_geometry(xh, xl)
-                .is_some_and(|g| g.prefers_per_path())
-            {
-                return self.forward_unfused(x);
+            if let Some(g) = self.fused_geometry(xh, xl) {
+                if let Some(y) = self.infer_direct(&g, x, [None, None])? {
+                    return Ok(y);
+                }
+                if g.prefers_per_path() {
+                    return self.forward_unfused(x);
+                }
             }
         }
         self.forward(x)
+    }
+
+    /// The four-path 3×3 octave convolution by the direct kernel ([`direct::octave_forward`]), each
+    /// input mapped by its prologue as it is read, where that kernel serves the layer (few channels
+    /// per path, f32 on the CPU: [`direct::prefers`]); `Ok(None)` elsewhere. No gradient.
+    fn infer_direct(
+        &self,
+        g: &OctaveGeometry,
+        x: &OctValue,
+        pros: [Option<Prologue<'_, f32>>; 2],
+    ) -> Result<Option<OctValue>> {
+        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
+            (x.branches(), &self.weights)
+        else {
+            return Ok(None);
+        };
+        if !self.fused || !self.fusable_inputs_f32(x) || !direct::prefers(g) {
+            return Ok(None);
+        }
+        let packed = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
+            direct::OctavePacked::new(g, OctaveWeights { hh, hl, lh, ll })
+        })?;
+        let (yh, yl) = with_f32_all([xh, xl], |[h, l]| {
+            direct::octave_forward(g, h, l, &packed, pros)
+        })?;
+        let (lh, lw) = g.low_hw();
+        let dev = xh.device();
+        let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
+        let yl = Tensor::from_vec(yl, (g.n, g.out_l, lh, lw), dev)?;
+        Ok(Some(OctValue::Pair {
+            high: Some(add_bias(yh, &self.bias_h)?),
+            low: add_bias(yl, &self.bias_l)?,
+        }))
     }
 
     /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
@@ -347,12 +384,18 @@ impl OctConv2d {
         match x.branches() {
             (Some(_), Some(_)) if self.spec.kernel == 1 => self.pointwise_prologue(x, map),
             (Some(xh), Some(xl)) => {
-                let Some(g) = self
-                    .fused_geometry(xh, xl)
-                    .filter(|g| !g.prefers_per_path())
-                else {
+                let Some(g) = self.fused_geometry(xh, xl) else {
                     return Ok(None);
                 };
+                let pros = [map.prologue(true), map.prologue(false)];
+                if let (Some(_), Some(_)) = (pros[0], pros[1]) {
+                    if let Some(y) = self.infer_direct(&g, x, pros)? {
+                        return Ok(Some(y));
+                    }
+                }
+                if g.prefers_per_path() {
+                    return Ok(None);
+                }
                 let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
                     return Ok(None);
                 };

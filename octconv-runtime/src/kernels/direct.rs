@@ -1,0 +1,455 @@
+//! Direct 3×3, stride-1, padding-1 convolution for layers with few channels (f32 inference), and the
+//! four-path octave convolution built from it.
+//!
+//! Why: Winograd and im2col both pay per input value a cost that only many channels amortise — the
+//! Winograd transforms (a 6×6 tile in, a 4×4 tile out, per channel) cost about as much as the GEMM at
+//! 16 channels, and the GEMMs themselves are 16 rows deep. At α > 0 every octave path has a fraction
+//! of the layer's channels, so a 32-channel layer becomes four 16-channel paths and the fused Winograd
+//! kernel fell from 60 to 25–30 GMAC/s (`octconv bench 'seed_wrn(n = 2, k = 2)' --profile`, AMD EPYC,
+//! AVX2): α = .5 took as long as α = 0 in those layers. ONNX Runtime runs such convolutions directly
+//! (MLAS's NCHWc kernels) and its time follows the MACs.
+//!
+//! How: each input plane is copied once, zero-padded (and mapped by the batch norm before the layer,
+//! or 2×2-pooled for H→L, as it is copied), into `(h + 2) × (w + 2)` planes. Output position
+//! `q = y·(w + 2) + x` then reads input `q + ky·(w + 2) + kx` for tap `(ky, kx)`: every output row of
+//! the padded width is one contiguous run, and a block of [`PX_BLOCK`] positions runs across rows, so
+//! small maps (4×4 to 8×8) fill the vector registers as large ones do. The two padding columns of each
+//! row are computed and dropped (2/(w + 2) of the work). A block of [`CO_BLOCK`] output channels by
+//! [`PX_BLOCK`] positions is held in twelve AVX2 registers over all `9·c_in` taps: per tap three
+//! input loads and four weight broadcasts feed twelve FMAs. Without AVX2 + FMA a portable loop with
+//! the same structure runs (its values differ from the FMA build's by rounding).
+
+use super::octave::{OctaveGeometry, OctaveWeights};
+use super::prologue::Prologue;
+use super::resample::pool_plane_map;
+use super::scratch::{output_vec, with_scratch, Scratch};
+use rayon::prelude::*;
+
+/// Output channels computed together.
+pub const CO_BLOCK: usize = 4;
+/// Output positions computed together (two AVX2 vectors).
+pub const PX_BLOCK: usize = 16;
+/// AVX2 vectors per block of positions.
+const VECS: usize = PX_BLOCK / 8;
+
+/// The zero-padded planes of one `h × w` map: `(h + 2)` rows of `w + 2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Padded {
+    /// Height of the unpadded map.
+    pub h: usize,
+    /// Width of the unpadded map.
+    pub w: usize,
+}
+
+impl Padded {
+    /// Row length of a padded plane.
+    pub fn pw(&self) -> usize {
+        self.w + 2
+    }
+
+    /// Values per padded plane.
+    pub fn plane(&self) -> usize {
+        (self.h + 2) * self.pw()
+    }
+
+    /// Output positions computed per channel: `h` rows of the padded width, in whole blocks.
+    pub fn positions(&self) -> usize {
+        (self.h * self.pw()).next_multiple_of(PX_BLOCK)
+    }
+
+    /// Length of a buffer of `c` padded planes: the last block of the last plane reads up to
+    /// [`PX_BLOCK`] + 2 values past it.
+    pub fn buffer_len(&self, c: usize) -> usize {
+        c * self.plane() + PX_BLOCK + 2
+    }
+}
+
+/// Weights packed for the kernel: per block of [`CO_BLOCK`] output channels, per input channel, per
+/// tap, the block's [`CO_BLOCK`] values (zero for channels past `c_out`).
+#[derive(Clone, Debug)]
+pub struct Packed {
+    data: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl Packed {
+    /// Packs `weight(co, ci)` (the nine taps of that kernel, `ky·3 + kx`) for `c_out × c_in` 3×3
+    /// kernels.
+    pub fn new<'w>(c_out: usize, c_in: usize, weight: impl Fn(usize, usize) -> &'w [f32]) -> Self {
+        let blocks = c_out.div_ceil(CO_BLOCK);
+        let mut data = vec![0.0; blocks * c_in * 9 * CO_BLOCK];
+        for (b, block) in data.chunks_exact_mut(c_in * 9 * CO_BLOCK).enumerate() {
+            for co in b * CO_BLOCK..c_out.min((b + 1) * CO_BLOCK) {
+                for (ci, taps) in block.chunks_exact_mut(9 * CO_BLOCK).enumerate() {
+                    let k = weight(co, ci);
+                    for (t, &v) in k[..9].iter().enumerate() {
+                        taps[t * CO_BLOCK + co % CO_BLOCK] = v;
+                    }
+                }
+            }
+        }
+        Packed { data, c_in, c_out }
+    }
+
+    /// Packs a `[c_out, c_in, 3, 3]` row-major weight.
+    pub fn from_oihw(w: &[f32], c_out: usize, c_in: usize) -> Self {
+        assert!(w.len() >= c_out * c_in * 9, "direct 3×3: weight size");
+        Self::new(c_out, c_in, |co, ci| &w[(co * c_in + ci) * 9..][..9])
+    }
+
+    fn blocks(&self) -> usize {
+        self.c_out.div_ceil(CO_BLOCK)
+    }
+
+    fn block(&self, b: usize) -> &[f32] {
+        &self.data[b * self.c_in * 9 * CO_BLOCK..][..self.c_in * 9 * CO_BLOCK]
+    }
+}
+
+/// Writes `src` (`h × w`), each value mapped by `f`, into the padded plane `dst` with zero borders.
+#[inline]
+pub fn pad_plane(src: &[f32], dst: &mut [f32], p: Padded, f: impl Fn(f32) -> f32) {
+    let pw = p.pw();
+    dst[..pw].fill(0.0);
+    for (y, row) in src.chunks_exact(p.w).take(p.h).enumerate() {
+        let d = &mut dst[(y + 1) * pw..][..pw];
+        d[0] = 0.0;
+        for (o, &v) in d[1..=p.w].iter_mut().zip(row) {
+            *o = f(v);
+        }
+        d[pw - 1] = 0.0;
+    }
+    dst[(p.h + 1) * pw..p.plane()].fill(0.0);
+}
+
+/// Pads each of the `c` planes of `x` (`h × w` each) into `dst`, mapped by `pro` (channel `p` of the
+/// plane's index `p mod channels`); the slack after the last plane is zeroed.
+fn pad_planes(x: &[f32], c: usize, p: Padded, pro: Option<Prologue<'_, f32>>, dst: &mut [f32]) {
+    let hw = p.h * p.w;
+    for (ci, plane) in x.chunks_exact(hw).take(c).enumerate() {
+        let d = &mut dst[ci * p.plane()..][..p.plane()];
+        match pro {
+            Some(pro) => {
+                let act = pro.channel(ci % pro.scale.len());
+                pad_plane(plane, d, p, |v| act.apply(v))
+            }
+            None => pad_plane(plane, d, p, |v| v),
+        }
+    }
+    dst[c * p.plane()..].fill(0.0);
+}
+
+/// Pools each of the `c` planes of `x` (`2h × 2w`, mapped by `pro` first) 2×2 and pads it into `dst`
+/// (planes of `p`, the pooled size), using `tmp` (`h·w` values) for one pooled plane at a time.
+fn pool_pad_planes(
+    x: &[f32],
+    c: usize,
+    p: Padded,
+    pro: Option<Prologue<'_, f32>>,
+    tmp: &mut [f32],
+    dst: &mut [f32],
+) {
+    let (hh, ww) = (2 * p.h, 2 * p.w);
+    for (ci, plane) in x.chunks_exact(hh * ww).take(c).enumerate() {
+        let pooled = &mut tmp[..p.h * p.w];
+        match pro {
+            Some(pro) => {
+                let act = pro.channel(ci % pro.scale.len());
+                pool_plane_map(plane, pooled, (hh, ww), 0.25, |v| act.apply(v))
+            }
+            None => pool_plane_map(plane, pooled, (hh, ww), 0.25, |v| v),
+        }
+        pad_plane(pooled, &mut dst[ci * p.plane()..][..p.plane()], p, |v| v);
+    }
+}
+
+/// Convolves the `w.c_in` padded planes of `x` (a buffer of [`Padded::buffer_len`]) with `w` and
+/// hands each output row to `emit(channel, row index, row)` (`w` values). `stage` holds
+/// [`CO_BLOCK`] · [`Padded::positions`] values.
+pub fn conv_planes(
+    x: &[f32],
+    p: Padded,
+    w: &Packed,
+    stage: &mut [f32],
+    mut emit: impl FnMut(usize, usize, &[f32]),
+) {
+    let positions = p.positions();
+    assert!(
+        x.len() >= p.buffer_len(w.c_in) && stage.len() >= CO_BLOCK * positions,
+        "direct 3×3: buffer sizes"
+    );
+    for b in 0..w.blocks() {
+        block(x, p, w.c_in, w.block(b), &mut stage[..CO_BLOCK * positions]);
+        for c in 0..CO_BLOCK.min(w.c_out - b * CO_BLOCK) {
+            let plane = &stage[c * positions..][..positions];
+            for y in 0..p.h {
+                emit(b * CO_BLOCK + c, y, &plane[y * p.pw()..][..p.w]);
+            }
+        }
+    }
+}
+
+/// One block of output channels over every position, into `stage` ([`CO_BLOCK`] planes of
+/// [`Padded::positions`]).
+fn block(x: &[f32], p: Padded, c_in: usize, wb: &[f32], stage: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; `conv_planes` checked the buffer sizes the loads and
+        // stores reach (see `block_avx2`).
+        unsafe { block_avx2(x, p, c_in, wb, stage) };
+        return;
+    }
+    block_portable(x, p, c_in, wb, stage)
+}
+
+/// The tap offsets of a 3×3 window in a padded plane.
+fn taps(pw: usize) -> [usize; 9] {
+    [0, 1, 2, pw, pw + 1, pw + 2, 2 * pw, 2 * pw + 1, 2 * pw + 2]
+}
+
+/// [`block`] for AVX2 + FMA: 4 channels × 3 vectors of 8 positions in twelve registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA. Reads `x[ci·plane + q + off + 0..8]` for every input channel,
+/// block start `q < positions`, tap offset and vector (at most `(c_in − 1)·plane + positions − 1 +
+/// 2·pw + 2 < buffer_len`); writes `stage[c·positions + q..][..24]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(x: &[f32], p: Padded, c_in: usize, wb: &[f32], stage: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (plane, positions) = (p.plane(), p.positions());
+    let offs = taps(p.pw());
+    let (xp, wp, sp) = (x.as_ptr(), wb.as_ptr(), stage.as_mut_ptr());
+    for q in (0..positions).step_by(PX_BLOCK) {
+        let mut acc = [_mm256_setzero_ps(); CO_BLOCK * VECS];
+        for ci in 0..c_in {
+            let xb = xp.add(ci * plane + q);
+            let wc = wp.add(ci * 9 * CO_BLOCK);
+            for (t, &off) in offs.iter().enumerate() {
+                let s = xb.add(off);
+                let v: [__m256; VECS] = std::array::from_fn(|k| _mm256_loadu_ps(s.add(8 * k)));
+                for c in 0..CO_BLOCK {
+                    let wv = _mm256_broadcast_ss(&*wc.add(t * CO_BLOCK + c));
+                    for k in 0..VECS {
+                        acc[c * VECS + k] = _mm256_fmadd_ps(wv, v[k], acc[c * VECS + k]);
+                    }
+                }
+            }
+        }
+        for c in 0..CO_BLOCK {
+            for k in 0..VECS {
+                _mm256_storeu_ps(sp.add(c * positions + q + 8 * k), acc[c * VECS + k]);
+            }
+        }
+    }
+}
+
+/// [`block`] without SIMD intrinsics: the same loop over `[f32; 24]` accumulators.
+fn block_portable(x: &[f32], p: Padded, c_in: usize, wb: &[f32], stage: &mut [f32]) {
+    let (plane, positions) = (p.plane(), p.positions());
+    let offs = taps(p.pw());
+    for q in (0..positions).step_by(PX_BLOCK) {
+        let mut acc = [[0.0f32; PX_BLOCK]; CO_BLOCK];
+        for ci in 0..c_in {
+            let xb = &x[ci * plane + q..];
+            let wc = &wb[ci * 9 * CO_BLOCK..][..9 * CO_BLOCK];
+            for (t, &off) in offs.iter().enumerate() {
+                let v = &xb[off..][..PX_BLOCK];
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let wv = wc[t * CO_BLOCK + c];
+                    for (a, &v) in a.iter_mut().zip(v) {
+                        *a += wv * v;
+                    }
+                }
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            stage[c * positions + q..][..PX_BLOCK].copy_from_slice(a);
+        }
+    }
+}
+
+/// `y = conv3x3(map(x), w)` (stride 1, padding 1) of `x` `[n, c_in, h, w]` NCHW, `w` packed
+/// ([`Packed`]), then `post(channel, row)` on each output row; images run in parallel.
+pub fn forward(
+    (n, h, w): (usize, usize, usize),
+    x: &[f32],
+    wt: &Packed,
+    pro: Option<Prologue<'_, f32>>,
+    post: Option<super::epilogue::RowMap<'_, f32>>,
+) -> Vec<f32> {
+    let p = Padded { h, w };
+    let (img_in, img_out) = (wt.c_in * h * w, wt.c_out * h * w);
+    assert!(x.len() >= n * img_in, "direct 3×3: input size");
+    // Every output row is written by `emit`.
+    let mut y = output_vec(n * img_out);
+    y.par_chunks_mut(img_out.max(1))
+        .enumerate()
+        .for_each(|(i, out)| {
+            with_scratch(|s: &mut Scratch<f32>| {
+                let [padded, stage] = s.many([p.buffer_len(wt.c_in), CO_BLOCK * p.positions()]);
+                pad_planes(&x[i * img_in..][..img_in], wt.c_in, p, pro, padded);
+                conv_planes(padded, p, wt, stage, |co, yy, row| {
+                    let o = &mut out[(co * h + yy) * w..][..w];
+                    o.copy_from_slice(row);
+                    if let Some(post) = post {
+                        post(co, o);
+                    }
+                });
+            })
+        });
+    y
+}
+
+/// The three packed weights of a four-path octave layer ([`octave_forward`]).
+#[derive(Clone, Debug)]
+pub struct OctavePacked {
+    hh: Packed,
+    lh: Packed,
+    /// `[W_HL | W_LL]` along the input channels: the low output reads `[pool(X_H); X_L]`.
+    low: Packed,
+}
+
+impl OctavePacked {
+    /// Packs the four `[c_out, c_in, 3, 3]` weights of `g`.
+    pub fn new(g: &OctaveGeometry, w: OctaveWeights<'_, f32>) -> Self {
+        let c_low = g.in_h + g.in_l;
+        OctavePacked {
+            hh: Packed::from_oihw(w.hh, g.out_h, g.in_h),
+            lh: Packed::from_oihw(w.lh, g.out_h, g.in_l),
+            low: Packed::new(g.out_l, c_low, |co, ci| match ci < g.in_h {
+                true => &w.hl[(co * g.in_h + ci) * 9..][..9],
+                false => &w.ll[(co * g.in_l + ci - g.in_h) * 9..][..9],
+            }),
+        }
+    }
+}
+
+/// Whether inference runs a four-path 3×3 octave layer directly ([`octave_forward`]) rather than by
+/// the fused Winograd kernel: where every path has at most [`DIRECT_MAX_CHANNELS`] channels in and
+/// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side.
+/// `OCTCONV_OCTAVE=direct` or `=winograd` forces the choice (for measurements).
+///
+/// Measured per layer with `octconv bench … --profile` (AMD EPYC, AVX2, 2 threads, batch 32; direct
+/// against Winograd, useful MACs per second): 16 + 16 channels at 32×32 45 against 31 GMAC/s, 32 + 32
+/// at 32×32 69–75 against 47–51, 64 + 64 at 16×16 70–75 against 65; but 128 + 128 at 8×8 51–56
+/// against 58–60, and 64 + 192 at 8×8 (4×4 low maps, where a block of 16 positions holds 4×4
+/// outputs in 24 computed ones) 26 against 52.
+pub fn prefers(g: &OctaveGeometry) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| match std::env::var("OCTCONV_OCTAVE").as_deref() {
+        Ok("direct") => Some(true),
+        Ok("winograd") => Some(false),
+        _ => None,
+    });
+    let channels = [g.in_h, g.in_l, g.out_h, g.out_l]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let (lh, lw) = g.low_hw();
+    forced.unwrap_or(channels <= DIRECT_MAX_CHANNELS && lh.min(lw) >= DIRECT_MIN_LOW_SIDE)
+}
+
+/// The most channels of any path at which [`prefers`] picks the direct kernel.
+pub const DIRECT_MAX_CHANNELS: usize = 64;
+/// The smallest side of the low branch's map at which [`prefers`] picks the direct kernel.
+pub const DIRECT_MIN_LOW_SIDE: usize = 8;
+
+/// The four-path octave convolution (3×3, stride 1, padding 1) of `xh` `[n, in_h, h, w]` and `xl`
+/// `[n, in_l, h/2, w/2]`, each input mapped by its prologue as it is read: per image, the high input
+/// is padded once, `[pool(X_H); X_L]` is padded once at the low resolution and read by the low
+/// output (one convolution over both) and by L→H, whose output goes to scratch and is added,
+/// upsampled ×2, to each H→H row as it is written. Returns `(Y_H, Y_L)`.
+pub fn octave_forward(
+    g: &OctaveGeometry,
+    xh: &[f32],
+    xl: &[f32],
+    wt: &OctavePacked,
+    [pro_h, pro_l]: [Option<Prologue<'_, f32>>; 2],
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(g.applies(), "direct octave 3×3: geometry");
+    let (lhh, lww) = g.low_hw();
+    let (ph, pl) = (Padded { h: g.h, w: g.w }, Padded { h: lhh, w: lww });
+    let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
+    let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
+    assert!(
+        xh.len() >= g.n * in_img_h && xl.len() >= g.n * in_img_l,
+        "direct octave 3×3: input sizes"
+    );
+    // Every element of both outputs is written by the `emit` calls below.
+    let (mut y_h, mut y_l) = (output_vec(g.n * img_h), output_vec(g.n * img_l));
+    let c_low = g.in_h + g.in_l;
+    y_h.par_chunks_mut(img_h)
+        .zip(y_l.par_chunks_mut(img_l))
+        .enumerate()
+        .for_each(|(i, (out_h, out_l))| {
+            with_scratch(|s: &mut Scratch<f32>| {
+                let [pad_h, pad_l, stage, lh, tmp] = s.many([
+                    ph.buffer_len(g.in_h),
+                    pl.buffer_len(c_low),
+                    CO_BLOCK * ph.positions().max(pl.positions()),
+                    g.out_h * lhh * lww,
+                    lhh * lww,
+                ]);
+                let xh = &xh[i * in_img_h..][..in_img_h];
+                pad_planes(xh, g.in_h, ph, pro_h, pad_h);
+                pool_pad_planes(xh, g.in_h, pl, pro_h, tmp, pad_l);
+                let xl = &xl[i * in_img_l..][..in_img_l];
+                pad_planes(xl, g.in_l, pl, pro_l, &mut pad_l[g.in_h * pl.plane()..]);
+                // Low output: [W_HL | W_LL] · [pool(X_H); X_L].
+                conv_planes(pad_l, pl, &wt.low, stage, |co, y, row| {
+                    out_l[(co * lhh + y) * lww..][..lww].copy_from_slice(row)
+                });
+                // L→H at the low resolution, into scratch.
+                let pad_xl = &pad_l[g.in_h * pl.plane()..];
+                conv_planes(pad_xl, pl, &wt.lh, stage, |co, y, row| {
+                    lh[(co * lhh + y) * lww..][..lww].copy_from_slice(row)
+                });
+                // H→H, with L→H added (nearest ×2) as each row is written.
+                conv_planes(pad_h, ph, &wt.hh, stage, |co, y, row| {
+                    let up = &lh[(co * lhh + y / 2) * lww..][..lww];
+                    let o = &mut out_h[(co * g.h + y) * g.w..][..g.w];
+                    for (x, (o, &v)) in o.iter_mut().zip(row).enumerate() {
+                        *o = v + up[x / 2];
+                    }
+                });
+            })
+        });
+    (y_h, y_l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable block (the path of CPUs without AVX2 + FMA) computes what the AVX2 block does,
+    /// to rounding (FMA against separate multiply and add), on a map whose blocks span rows.
+    #[test]
+    fn portable_block_equals_the_avx2_block_to_rounding() {
+        let p = Padded { h: 5, w: 3 };
+        let c_in = 7;
+        let x: Vec<f32> = (0..p.buffer_len(c_in))
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let wb: Vec<f32> = (0..c_in * 9 * CO_BLOCK)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+            .collect();
+        let mut want = vec![0.0; CO_BLOCK * p.positions()];
+        block_portable(&x, p, c_in, &wb, &mut want);
+        let mut got = vec![0.0; CO_BLOCK * p.positions()];
+        block(&x, p, c_in, &wb, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        // And the portable block against a sum written out for one output.
+        let (c, q) = (2, p.pw() + 1);
+        let direct: f32 = (0..c_in)
+            .flat_map(|ci| (0..9).map(move |t| (ci, t)))
+            .map(|(ci, t)| {
+                wb[(ci * 9 + t) * CO_BLOCK + c] * x[ci * p.plane() + q + taps(p.pw())[t]]
+            })
+            .sum();
+        assert!((want[c * p.positions() + q] - direct).abs() < 1e-4);
+    }
+}
