@@ -337,18 +337,37 @@ impl OctavePacked {
 /// against 58–60, and 64 + 192 at 8×8 (4×4 low maps, where a block of 16 positions holds 4×4
 /// outputs in 24 computed ones) 26 against 52.
 pub fn prefers(g: &OctaveGeometry) -> bool {
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *FORCED.get_or_init(|| match std::env::var("OCTCONV_OCTAVE").as_deref() {
-        Ok("direct") => Some(true),
-        Ok("winograd") => Some(false),
-        _ => None,
-    });
     let channels = [g.in_h, g.in_l, g.out_h, g.out_l]
         .into_iter()
         .max()
         .unwrap_or(0);
     let (lh, lw) = g.low_hw();
-    forced.unwrap_or(channels <= DIRECT_MAX_CHANNELS && lh.min(lw) >= DIRECT_MIN_LOW_SIDE)
+    forced().unwrap_or(channels <= DIRECT_MAX_CHANNELS && lh.min(lw) >= DIRECT_MIN_LOW_SIDE)
+}
+
+/// Whether inference runs a one-path convolution (with an output map: [`super::conv2d::infer_post`])
+/// by [`forward`] rather than by Winograd: 3×3, stride 1, padding 1, one group, at most
+/// [`DIRECT_MAX_SINGLE_IN`] input channels and a map of at least 8×8 — the stems, whose Winograd
+/// GEMMs are 3 deep (MobileNet v2's 3 → 32 stem at 112×112 ran at 14–20 GMAC/s). `OCTCONV_OCTAVE=
+/// winograd` turns it off.
+pub fn prefers_single(g: &super::ConvGeometry) -> bool {
+    forced() != Some(false)
+        && super::winograd::applies(g)
+        && g.c_in <= DIRECT_MAX_SINGLE_IN
+        && g.h.min(g.w) >= 8
+}
+
+/// The most input channels at which [`prefers_single`] picks the direct kernel.
+pub const DIRECT_MAX_SINGLE_IN: usize = 4;
+
+/// `OCTCONV_OCTAVE=direct` (`Some(true)`) or `=winograd` (`Some(false)`), read once.
+fn forced() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("OCTCONV_OCTAVE").as_deref() {
+        Ok("direct") => Some(true),
+        Ok("winograd") => Some(false),
+        _ => None,
+    })
 }
 
 /// The most channels of any path at which [`prefers`] picks the direct kernel.

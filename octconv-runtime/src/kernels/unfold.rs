@@ -38,16 +38,30 @@ pub fn im2col<T: Element>(
     ld: usize,
     col0: usize,
 ) {
+    im2col_rows(g, x, c0, col, ld, col0, 0..g.oh())
+}
+
+/// [`im2col`] of the output rows `rows` only: `rows.len() · ow` columns from `col0` on (a block of
+/// the image whose column matrix stays in cache while its GEMM runs).
+pub fn im2col_rows<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    c0: usize,
+    col: &mut [T],
+    ld: usize,
+    col0: usize,
+    rows: std::ops::Range<usize>,
+) {
     let (ow, hw, s) = (g.ow(), g.h * g.w, g.stride);
-    let ohw = g.out_pixels();
+    let cols = rows.len() * ow;
     for c in 0..g.cin_g() {
         let plane = &x[(c0 + c) * hw..][..hw];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let dst = &mut col[row * ld + col0..][..ohw];
+                let dst = &mut col[row * ld + col0..][..cols];
                 let (lo, hi) = valid_columns(g, kj);
-                for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                for (oy, drow) in rows.clone().zip(dst.chunks_exact_mut(ow)) {
                     let Some(iy) = input_row(g, oy, ki) else {
                         drow.fill(T::ZERO);
                         continue;
