@@ -909,3 +909,42 @@ fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
         assert_eq!(got_l, want_l, "low output, n {n} in {in_h}/{in_l}");
     }
 }
+
+/// A large map by im2col (one image per task) is unfolded and multiplied a few output rows at a
+/// time (`unfold::im2col_rows`): the blocks, the last one shorter, together give direct summation
+/// — a 5×5 kernel on 43×43 (3 rows a block, 15 blocks) and a 7×7 stride-2 stem on 3 × 64 × 64.
+#[test]
+fn im2col_in_row_blocks_matches_naive_loops_on_large_maps() {
+    use octconv_runtime::kernels::conv2d::{self, algorithm, Algorithm};
+    use octconv_runtime::kernels::ConvGeometry;
+    for (i, (c_in, c_out, h, k, stride, pad)) in [(8, 5, 43, 5, 1, 2), (3, 4, 64, 7, 2, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let case = Case {
+            n: 2,
+            c_in,
+            c_out,
+            h,
+            w: h,
+            k,
+            stride,
+            pad,
+            groups: 1,
+        };
+        let g = ConvGeometry::new((2, c_in, h, h), (c_out, c_in, k, k), stride, pad, 1).unwrap();
+        assert_eq!(algorithm(&g), Algorithm::Im2col);
+        assert!(g.out_pixels() >= 512, "one image per task");
+        let mut rng = ChaCha8Rng::seed_from_u64(77 + i as u64);
+        let x = values(&rand_tensor(&mut rng, &[2, c_in, h, h], DType::F64));
+        let wt = values(&rand_tensor(&mut rng, &[c_out, c_in, k, k], DType::F64));
+        let (ny, _, _) = naive(&case, &x, &wt, None);
+        assert_close(
+            "blocked im2col y",
+            &conv2d::forward(&g, &x, &wt),
+            &ny,
+            1e-12,
+            &case,
+        );
+    }
+}

@@ -229,14 +229,25 @@ impl OctConv2d {
         let (yh, yl) = with_f32_all([xh, xl], |[h, l]| {
             direct::octave_forward(g, h, l, &packed, pros)
         })?;
+        self.octave_output(g, yh, yl, xh.device()).map(Some)
+    }
+
+    /// The pair of a four-path 3×3 kernel's raw outputs (`[n, out_h, h, w]`, `[n, out_l, h/2, w/2]`),
+    /// biases added.
+    fn octave_output(
+        &self,
+        g: &OctaveGeometry,
+        yh: Vec<f32>,
+        yl: Vec<f32>,
+        dev: &candle_core::Device,
+    ) -> Result<OctValue> {
         let (lh, lw) = g.low_hw();
-        let dev = xh.device();
         let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
         let yl = Tensor::from_vec(yl, (g.n, g.out_l, lh, lw), dev)?;
-        Ok(Some(OctValue::Pair {
+        Ok(OctValue::Pair {
             high: Some(add_bias(yh, &self.bias_h)?),
             low: add_bias(yl, &self.bias_l)?,
-        }))
+        })
     }
 
     /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
@@ -404,14 +415,7 @@ impl OctConv2d {
                     let pros = [map.prologue(true), map.prologue(false)];
                     octave::forward_prologue(&g, h, l, w, pros)
                 })?;
-                let (lh, lw) = g.low_hw();
-                let dev = xh.device();
-                let yh = Tensor::from_vec(yh, (g.n, g.out_h, g.h, g.w), dev)?;
-                let yl = Tensor::from_vec(yl, (g.n, g.out_l, lh, lw), dev)?;
-                Ok(Some(OctValue::Pair {
-                    high: Some(add_bias(yh, &self.bias_h)?),
-                    low: add_bias(yl, &self.bias_l)?,
-                }))
+                self.octave_output(&g, yh, yl, xh.device()).map(Some)
             }
             (Some(x1), None) => {
                 let s = &self.spec;
