@@ -311,8 +311,20 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     }
 }
 
-/// The forward pass by the algorithm [`algorithm`] picks.
+/// The forward pass by the algorithm [`algorithm`] picks, or, for an f32 stem, by the direct 3×3
+/// kernel ([`direct::prefers_single`]).
 pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    if direct::prefers_single(g) {
+        if let (Some(x32), Some(w32)) = (T::as_f32(x), T::as_f32(w)) {
+            let packed = direct::Packed::from_oihw(w32, g.c_out, g.c_in);
+            // Every value is written by the direct kernel.
+            let mut y = output_vec::<T>(g.n * g.out_image());
+            if let Some(y32) = T::as_f32_mut(&mut y) {
+                direct::forward_into((g.n, g.h, g.w), x32, &packed, None, None, y32);
+                return y;
+            }
+        }
+    }
     forward_with(algorithm(g), g, x, w)
 }
 

@@ -279,11 +279,27 @@ pub fn forward(
     pro: Option<Prologue<'_, f32>>,
     post: Option<super::epilogue::RowMap<'_, f32>>,
 ) -> Vec<f32> {
+    // Every output row is written by `forward_into`.
+    let mut y = output_vec(n * wt.c_out * h * w);
+    forward_into((n, h, w), x, wt, pro, post, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (`[n, c_out, h, w]`, every value written).
+pub fn forward_into(
+    (n, h, w): (usize, usize, usize),
+    x: &[f32],
+    wt: &Packed,
+    pro: Option<Prologue<'_, f32>>,
+    post: Option<super::epilogue::RowMap<'_, f32>>,
+    y: &mut [f32],
+) {
     let p = Padded { h, w };
     let (img_in, img_out) = (wt.c_in * h * w, wt.c_out * h * w);
-    assert!(x.len() >= n * img_in, "direct 3×3: input size");
-    // Every output row is written by `emit`.
-    let mut y = output_vec(n * img_out);
+    assert!(
+        x.len() >= n * img_in && y.len() == n * img_out,
+        "direct 3×3: input or output size"
+    );
     y.par_chunks_mut(img_out.max(1))
         .enumerate()
         .for_each(|(i, out)| {
@@ -299,7 +315,6 @@ pub fn forward(
                 });
             })
         });
-    y
 }
 
 /// The three packed weights of a four-path octave layer ([`octave_forward`]).
@@ -345,11 +360,12 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
     forced().unwrap_or(channels <= DIRECT_MAX_CHANNELS && lh.min(lw) >= DIRECT_MIN_LOW_SIDE)
 }
 
-/// Whether inference runs a one-path convolution (with an output map: [`super::conv2d::infer_post`])
-/// by [`forward`] rather than by Winograd: 3×3, stride 1, padding 1, one group, at most
+/// Whether an f32 one-path convolution runs by [`forward`] rather than by Winograd (its forward, in
+/// inference and training alike: [`super::conv2d::dispatch_forward`], and with an output map
+/// [`super::conv2d::infer_post`]): 3×3, stride 1, padding 1, one group, at most
 /// [`DIRECT_MAX_SINGLE_IN`] input channels and a map of at least 8×8 — the stems, whose Winograd
-/// GEMMs are 3 deep (MobileNet v2's 3 → 32 stem at 112×112 ran at 14–20 GMAC/s). `OCTCONV_OCTAVE=
-/// winograd` turns it off.
+/// GEMMs are 3 deep (MobileNet v2's 3 → 32 stem at 112×112 ran at 14–20 GMAC/s, the seed WRN's
+/// 3 → 32 stem at 32×32 at 13). `OCTCONV_OCTAVE=winograd` turns it off.
 pub fn prefers_single(g: &super::ConvGeometry) -> bool {
     forced() != Some(false)
         && super::winograd::applies(g)
