@@ -85,8 +85,10 @@ pub fn infer_post(
     let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
     if direct::prefers_single(&g) {
         let y = super::with_f32_all([x, weight], |[x, w]| {
-            let packed = direct::Packed::from_oihw(w, g.c_out, g.c_in);
-            direct::forward((g.n, g.h, g.w), x, &packed, None, Some(&post))
+            // Every value is written by the direct kernel.
+            let mut y = output_vec(g.n * g.out_image());
+            direct::single_into(&g, x, w, Some(&post), &mut y);
+            y
         })?;
         let dims = (g.n, g.c_out, g.oh(), g.ow());
         return Ok(Some(Tensor::from_vec(y, dims, x.device())?));
@@ -316,11 +318,10 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
 pub fn dispatch_forward<T: Element>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     if direct::prefers_single(g) {
         if let (Some(x32), Some(w32)) = (T::as_f32(x), T::as_f32(w)) {
-            let packed = direct::Packed::from_oihw(w32, g.c_out, g.c_in);
             // Every value is written by the direct kernel.
             let mut y = output_vec::<T>(g.n * g.out_image());
             if let Some(y32) = T::as_f32_mut(&mut y) {
-                direct::forward_into((g.n, g.h, g.w), x32, &packed, None, None, y32);
+                direct::single_into(g, x32, w32, None, y32);
                 return y;
             }
         }

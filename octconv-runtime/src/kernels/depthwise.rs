@@ -9,6 +9,7 @@
 //! each output row is `k²` shifted multiply-adds of a zero-padded input row, which the compiler
 //! vectorises (stride 1), with every value read once from cache.
 
+use super::direct::{pad_plane, Padded};
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::scratch::{output_vec, with_scratch, Scratch};
@@ -138,17 +139,13 @@ fn plane3x3_s1<T: Element>(
     scratch: &mut Scratch<T>,
 ) {
     let (h, w) = (g.h, g.w);
-    let pw = w + 2;
+    let p = Padded { h, w };
+    let pw = p.pw();
     let run = h * pw;
-    let [padded, lin] = scratch.many([(h + 2) * pw + 2, run]);
-    padded[..pw].fill(T::ZERO);
-    for (y, row) in plane.chunks_exact(w).take(h).enumerate() {
-        let d = &mut padded[(y + 1) * pw..][..pw];
-        d[0] = T::ZERO;
-        d[1..=w].copy_from_slice(row);
-        d[w + 1] = T::ZERO;
-    }
-    padded[(h + 1) * pw..].fill(T::ZERO);
+    // The padded plane and the two values past it that the run's last outputs read.
+    let [padded, lin] = scratch.many([p.plane() + 2, run]);
+    pad_plane(plane, padded, p, |v| v);
+    padded[p.plane()..].fill(T::ZERO);
     row3x3(lin, [&padded[..], &padded[pw..], &padded[2 * pw..]], wk);
     for (y, orow) in o.chunks_mut(w).enumerate().take(h) {
         orow.copy_from_slice(&lin[y * pw..][..w]);

@@ -23,6 +23,7 @@ use super::octave::{OctaveGeometry, OctaveWeights};
 use super::prologue::Prologue;
 use super::resample::pool_plane_map;
 use super::scratch::{output_vec, with_scratch, Scratch};
+use super::{ConvGeometry, Element};
 use rayon::prelude::*;
 
 /// Output channels computed together.
@@ -107,20 +108,21 @@ impl Packed {
     }
 }
 
-/// Writes `src` (`h × w`), each value mapped by `f`, into the padded plane `dst` with zero borders.
-#[inline]
-pub fn pad_plane(src: &[f32], dst: &mut [f32], p: Padded, f: impl Fn(f32) -> f32) {
+/// Writes `src` (`h × w`), each value mapped by `f`, into the padded plane `dst` with zero borders
+/// (also the depthwise kernel's padded plane).
+#[inline(always)]
+pub fn pad_plane<T: Element>(src: &[T], dst: &mut [T], p: Padded, f: impl Fn(T) -> T) {
     let pw = p.pw();
-    dst[..pw].fill(0.0);
+    dst[..pw].fill(T::ZERO);
     for (y, row) in src.chunks_exact(p.w).take(p.h).enumerate() {
         let d = &mut dst[(y + 1) * pw..][..pw];
-        d[0] = 0.0;
+        d[0] = T::ZERO;
         for (o, &v) in d[1..=p.w].iter_mut().zip(row) {
             *o = f(v);
         }
-        d[pw - 1] = 0.0;
+        d[pw - 1] = T::ZERO;
     }
-    dst[(p.h + 1) * pw..p.plane()].fill(0.0);
+    dst[(p.h + 1) * pw..p.plane()].fill(T::ZERO);
 }
 
 /// Pads each of the `c` planes of `x` (`h × w` each) into `dst`, mapped by `pro` (channel `p` of the
@@ -285,6 +287,19 @@ pub fn forward(
     y
 }
 
+/// The one-path convolution of geometry `g` (one that [`prefers_single`]) with its
+/// `[c_out, c_in, 3, 3]` weight `w`, `post` on each output row, into `y` (every value written).
+pub fn single_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    post: Option<super::epilogue::RowMap<'_, f32>>,
+    y: &mut [f32],
+) {
+    let packed = Packed::from_oihw(w, g.c_out, g.c_in);
+    forward_into((g.n, g.h, g.w), x, &packed, None, post, y)
+}
+
 /// [`forward`] into `y` (`[n, c_out, h, w]`, every value written).
 pub fn forward_into(
     (n, h, w): (usize, usize, usize),
@@ -366,7 +381,7 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
 /// [`DIRECT_MAX_SINGLE_IN`] input channels and a map of at least 8×8 — the stems, whose Winograd
 /// GEMMs are 3 deep (MobileNet v2's 3 → 32 stem at 112×112 ran at 14–20 GMAC/s, the seed WRN's
 /// 3 → 32 stem at 32×32 at 13). `OCTCONV_OCTAVE=winograd` turns it off.
-pub fn prefers_single(g: &super::ConvGeometry) -> bool {
+pub fn prefers_single(g: &ConvGeometry) -> bool {
     forced() != Some(false)
         && super::winograd::applies(g)
         && g.c_in <= DIRECT_MAX_SINGLE_IN

@@ -412,7 +412,6 @@ impl OctConv2d {
                 };
                 let w = octave::flat_weights([hh, hl, lh, ll])?;
                 let (yh, yl) = with_f32_all([xh, xl, &w], |[h, l, w]| {
-                    let pros = [map.prologue(true), map.prologue(false)];
                     octave::forward_prologue(&g, h, l, w, pros)
                 })?;
                 self.octave_output(&g, yh, yl, xh.device()).map(Some)
