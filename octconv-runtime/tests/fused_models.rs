@@ -113,17 +113,33 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
             assert!(!g_f.is_empty());
             // The per-path ops in f64: the exact gradient to compare the f32 noise floor against.
             let (_, g_exact) = logits_and_grads(&m, &vars, false, DType::F64);
-            for (((name, a), (_, b)), (_, exact)) in g_f.iter().zip(&g_u).zip(&g_exact) {
+            // The fused path in f64, computed only for a gradient f32 cannot resolve (below).
+            let mut g_fused_f64 = None;
+            for (i, (((name, a), (_, b)), (_, exact))) in
+                g_f.iter().zip(&g_u).zip(&g_exact).enumerate()
+            {
                 // At most 1e-4 relative to the per-path gradient; where f32 itself cannot resolve a
                 // gradient to that (deep networks in train mode at batch 2: SE-ResNet-50's stem BN
                 // bias at α = .75 is 1.3 % off the f64 value by either path), the fused gradient's
                 // error against f64 within the per-path one's f32 noise (`within_f32_noise`).
                 let e = rel_err(a, b);
                 let (fused_err, floor) = (rel_err(a, exact), rel_err(b, exact));
+                if e <= 1e-4 || within_f32_noise(fused_err, floor) {
+                    continue;
+                }
+                // A gradient that f32 resolves to no better than 0.1 % by either path (on an
+                // AVX-512 machine: SE-ResNet-50 at α = .25, the last bottleneck's first convolution
+                // and batch norm, which normalise 2 values per channel at batch 2: per-path 0.5 %,
+                // fused 5.4 % off f64, 11×) is checked in f64 instead: the fused path computes it
+                // as the per-path ops do, to 1e-6.
+                let g64 = g_fused_f64
+                    .get_or_insert_with(|| logits_and_grads(&m, &vars, true, DType::F64).1);
+                let exact_err = rel_err(&g64[i].1, exact);
                 assert!(
-                    e <= 1e-4 || within_f32_noise(fused_err, floor),
+                    floor >= 1e-3 && exact_err <= 1e-6,
                     "{spec}: gradient of {name} differs by {e:e}; against f64 the fused one is \
-                     {fused_err:e} off, the per-path one {floor:e}"
+                     {fused_err:e} off, the per-path one {floor:e}; the fused path in f64 \
+                     {exact_err:e}"
                 );
             }
         }
@@ -335,3 +351,4 @@ fn eval_batch_norm_on_a_split_branch_has_the_input_gradient_of_central_differenc
         );
     }
 }
+

@@ -366,14 +366,30 @@ impl OctavePacked {
 /// at 32×32 69–75 against 47–51, 64 + 64 at 16×16 70–75 against 65; but 128 + 128 at 8×8 51–56
 /// against 58–60, and 64 + 192 at 8×8 (4×4 low maps, where a block of 16 positions holds 4×4
 /// outputs in 24 computed ones) 26 against 52.
+///
+/// Where the CPU has AVX-512 the GEMMs of the Winograd kernel run on 16-lane vectors and win more
+/// often, so the direct kernel is also required to have a path of at most
+/// [`DIRECT_MAX_SMALLEST_AVX512`] channels (AMD EPYC Zen 4, AVX-512, 2 threads, the same
+/// measurement, milliseconds per layer direct against Winograd: U-Net's 32 + 32 channels at 64×64
+/// 3.2–3.4 against 2.5–2.7 and 64 + 64 at 32×32 3.2–3.4 against 2.4–2.5, the seed's 32 + 32 at
+/// 16×16 1.8–1.9 against 1.7; but 16 + 16 at 128×128 3.6–3.8 against 5.4–6.1, the seed's 16 + 16 at
+/// 32×32 1.7–1.9 against 2.1–2.5 and 8 + 24 at 32×32 1.1–1.3 against 1.5–2.3).
 pub fn prefers(g: &OctaveGeometry) -> bool {
-    let channels = [g.in_h, g.in_l, g.out_h, g.out_l]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let paths = [g.in_h, g.in_l, g.out_h, g.out_l];
+    let largest = paths.into_iter().max().unwrap_or(0);
+    let smallest = paths.into_iter().min().unwrap_or(0);
     let (lh, lw) = g.low_hw();
-    forced().unwrap_or(channels <= DIRECT_MAX_CHANNELS && lh.min(lw) >= DIRECT_MIN_LOW_SIDE)
+    let wide_gemm = super::simd::has_avx512f();
+    forced().unwrap_or(
+        largest <= DIRECT_MAX_CHANNELS
+            && (!wide_gemm || smallest <= DIRECT_MAX_SMALLEST_AVX512)
+            && lh.min(lw) >= DIRECT_MIN_LOW_SIDE,
+    )
 }
+
+/// On CPUs with AVX-512, the most channels of the smallest path at which [`prefers`] picks the
+/// direct kernel.
+pub const DIRECT_MAX_SMALLEST_AVX512: usize = 16;
 
 /// Whether an f32 one-path convolution runs by [`forward`] rather than by Winograd (its forward, in
 /// inference and training alike: [`super::conv2d::dispatch_forward`], and with an output map

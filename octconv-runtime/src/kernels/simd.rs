@@ -12,6 +12,20 @@ pub fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Whether this CPU has AVX-512F (detected once): the GEMM library then runs 16-lane kernels, which
+/// moves where a direct kernel beats a GEMM-based one.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512f() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+}
+
+/// On other architectures: no AVX-512.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn has_avx512f() -> bool {
+    false
+}
+
 /// Defines a function (with at most one type parameter) whose body is compiled twice, for the portable baseline and for AVX2 + FMA,
 /// and which runs the AVX2 build where the CPU has it ([`has_avx2_fma`]). Helpers the body calls are
 /// compiled for AVX2 only where they are inlined: mark them `#[inline(always)]`. (A generic
