@@ -351,4 +351,3 @@ fn eval_batch_norm_on_a_split_branch_has_the_input_gradient_of_central_differenc
         );
     }
 }
-

@@ -629,9 +629,12 @@ impl OctConv2d {
             Ok(())
         };
         // The low output's two paths share one convolution over concat(pool(X_H), X_L) with the
-        // weights concatenated along the input channels: one deeper GEMM, no separate add.
-        let fuse_low = self.spec.groups == 1
-            && !self.spec.depthwise
+        // weights concatenated along the input channels: one deeper GEMM, no separate add. With
+        // groups, the inputs are concatenated group by group (group `g` of the joint input is
+        // group `g` of pool(X_H), then group `g` of X_L), which the weights concatenated along
+        // their input channels match: ResNeXt's grouped octave layers run one grouped
+        // convolution with twice the channels per group instead of two and an add.
+        let fuse_low = !self.spec.depthwise
             && self.weights[Path::HL as usize].is_some()
             && self.weights[Path::LL as usize].is_some();
         let pooled_h = match (&xh, self.weights[Path::HL as usize].is_some()) {
@@ -662,9 +665,10 @@ impl OctConv2d {
             ) else {
                 unreachable!("fuse_low checked both weights")
             };
-            let x = Tensor::cat(&[ph, li], 1)?;
+            let groups = self.spec.groups;
+            let x = concat_groups(&[ph, li], groups)?;
             let w = Tensor::cat(&[w_hl, w_ll], 1)?;
-            low = Some(conv2d(&x, &w, self.conv_params(1))?);
+            low = Some(conv2d(&x, &w, self.conv_params(groups))?);
         } else {
             if let Some(ph) = &pooled_h {
                 acc(&mut low, self.conv(ph, Path::HL)?)?;
@@ -685,6 +689,50 @@ impl OctConv2d {
             ),
         }
     }
+}
+
+/// The tensors `parts` (`[n, c_k, h, w]` each) joined along the channels group by group: for each
+/// of the `groups` groups, its `c_k / groups` channels of each part in turn (one group:
+/// `cat(parts, 1)`). A grouped convolution over the result with the parts' weights concatenated
+/// along their input channels sums the parts' grouped convolutions.
+pub(crate) fn concat_groups(parts: &[&Tensor], groups: usize) -> Result<Tensor> {
+    if groups <= 1 {
+        return Tensor::cat(parts, 1);
+    }
+    let (n, _, h, w) = parts
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("octconv: nothing to concatenate".into()))?
+        .dims4()?;
+    let mut total = 0;
+    let split = parts
+        .iter()
+        .map(|t| {
+            let c = t.dim(1)?;
+            if c % groups != 0 {
+                candle_core::bail!("octconv: {c} channels do not split into {groups} groups")
+            }
+            total += c;
+            t.reshape((n, groups, c / groups, h * w))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&split, 2)?.reshape((n, total, h, w))
+}
+
+/// The part of `t` (laid out as [`concat_groups`] joins) that comes from one source: per group,
+/// `per_group` channels from channel `start` of the group.
+pub(crate) fn group_part(
+    t: &Tensor,
+    groups: usize,
+    start: usize,
+    per_group: usize,
+) -> Result<Tensor> {
+    if groups <= 1 {
+        return t.narrow(1, start, per_group);
+    }
+    let (n, c, h, w) = t.dims4()?;
+    t.reshape((n, groups, c / groups, h * w))?
+        .narrow(2, start, per_group)?
+        .reshape((n, groups * per_group, h, w))
 }
 
 /// The weights and biases of an octave layer, in `Path::ALL` order and high, low.

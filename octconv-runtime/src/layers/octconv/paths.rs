@@ -8,7 +8,7 @@
 //! model's ReLU and max decisions do not depend on which step runs, and the two steps' gradients
 //! differ only by the rounding of the backward sums.
 
-use super::OctConv2d;
+use super::{concat_groups, group_part, OctConv2d};
 use crate::layers::adjoint::{block_sum, hw, spread};
 use crate::layers::conv::ConvBackward;
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
@@ -38,6 +38,8 @@ struct Unit {
     /// The parameters, one per source, in the same order.
     weights: Vec<Tensor>,
     back: ConvBackward,
+    /// The convolution's groups: the sources are joined group by group ([`concat_groups`]).
+    groups: usize,
     /// Whether it writes the high output.
     to_high: bool,
     /// L→H at stride 1: its output is upsampled ×2 before the sum.
@@ -75,10 +77,7 @@ impl OctConv2d {
             _ => None,
         };
         let fuse_high = self.strided_pair() && xh.is_some() && xl.is_some();
-        let fuse_low = s.groups == 1
-            && !s.depthwise
-            && weight(Path::HL).is_some()
-            && weight(Path::LL).is_some();
+        let fuse_low = !s.depthwise && weight(Path::HL).is_some() && weight(Path::LL).is_some();
         let record = |parts: &[(Source, &Tensor, Path)], to_high, upsampled| -> Result<_> {
             let xs: Vec<&Tensor> = parts.iter().map(|p| p.1).collect();
             let ws = parts
@@ -86,14 +85,15 @@ impl OctConv2d {
                 .map(|p| weight(p.2).cloned())
                 .collect::<Option<Vec<Tensor>>>()
                 .ok_or_else(|| candle_core::Error::Msg("octconv: a path has no weight".into()))?;
-            let (x, w) = match (&xs[..], &ws[..]) {
-                ([x], [w]) => ((*x).clone(), w.clone()),
-                _ => (Tensor::cat(&xs, 1)?, Tensor::cat(&ws, 1)?),
-            };
+            // A joint unit (the fused low output, or a stride-2 pair) has the layer's groups.
             let groups = if parts.len() == 1 {
                 self.path_groups(parts[0].2)
             } else {
-                1
+                s.groups
+            };
+            let (x, w) = match (&xs[..], &ws[..]) {
+                ([x], [w]) => ((*x).clone(), w.clone()),
+                _ => (concat_groups(&xs, groups)?, Tensor::cat(&ws, 1)?),
             };
             let (y, back) = ConvBackward::record(&x, &w, self.conv_params(groups), needs_grad)?;
             let sources = parts
@@ -103,6 +103,7 @@ impl OctConv2d {
             let unit = Unit {
                 sources,
                 weights: ws,
+                groups,
                 back,
                 to_high,
                 upsampled,
@@ -248,24 +249,27 @@ impl Backward for PathsBackward {
                 dy.clone()
             };
             let (dw, dx) = u.back.gradients(&dy)?;
+            // Per group, source `k`'s channels follow those of the sources before it: `start`
+            // counts channels per group.
             let mut start = 0;
             for ((src, c), w) in u.sources.iter().zip(&u.weights) {
+                let per_group = c / u.groups;
                 let part = if u.sources.len() == 1 {
                     dw.clone()
                 } else {
-                    dw.narrow(1, start, *c)?
+                    dw.narrow(1, start, per_group)?
                 };
                 params.add(w, part)?;
                 if let Some(dx) = &dx {
                     let part = if u.sources.len() == 1 {
                         dx.clone()
                     } else {
-                        dx.narrow(1, start, *c)?
+                        group_part(dx, u.groups, start, per_group)?
                     };
                     let slot = &mut d[*src as usize];
                     *slot = plus(slot.take(), Some(part))?;
                 }
-                start += c;
+                start += per_group;
             }
         }
         if !self.needs_grad {
