@@ -99,6 +99,10 @@ fn peaks(list: &str, train: bool) -> Vec<(f64, u64)> {
 }
 
 /// Issue #29: scratch pools and one-time allocations used to be charged to whichever α ran first.
+/// The tolerance, 4 %, allows for the one allocation whose peak depends on scheduling: the `gemm`
+/// crate allocates its packing buffers per call, so two tasks' buffers are live at once when two
+/// threads run them and one after the other when one thread runs both (under load, as when the
+/// test suite runs beside it: 4 824 024 against 4 728 320 bytes, 2.0 %, on an AVX-512 machine).
 #[test]
 fn bench_peak_memory_of_an_alpha_does_not_depend_on_what_ran_before() {
     for train in [false, true] {
@@ -108,7 +112,7 @@ fn bench_peak_memory_of_an_alpha_does_not_depend_on_what_ran_before() {
         for (what, other) in [("first", first), ("last", last)] {
             let d = (other as f64 - alone as f64).abs() / alone as f64;
             assert!(
-                d <= 0.02,
+                d <= 0.04,
                 "train = {train}: α = .25 {what} in the list peaks at {other} bytes, alone at {alone} ({d:.3})"
             );
         }
