@@ -368,28 +368,33 @@ impl OctavePacked {
 /// outputs in 24 computed ones) 26 against 52.
 ///
 /// Where the CPU has AVX-512 the GEMMs of the Winograd kernel run on 16-lane vectors and win more
-/// often, so the direct kernel is also required to have a path of at most
-/// [`DIRECT_MAX_SMALLEST_AVX512`] channels (AMD EPYC Zen 4, AVX-512, 2 threads, the same
-/// measurement, milliseconds per layer direct against Winograd: U-Net's 32 + 32 channels at 64×64
-/// 3.2–3.4 against 2.5–2.7 and 64 + 64 at 32×32 3.2–3.4 against 2.4–2.5, the seed's 32 + 32 at
-/// 16×16 1.8–1.9 against 1.7; but 16 + 16 at 128×128 3.6–3.8 against 5.4–6.1, the seed's 16 + 16 at
-/// 32×32 1.7–1.9 against 2.1–2.5 and 8 + 24 at 32×32 1.1–1.3 against 1.5–2.3).
+/// often, so the direct kernel also requires the input branches or the output branches to have at
+/// most [`DIRECT_MAX_SIDE_AVX512`] channels each (AMD EPYC Zen 4, AVX-512, 2 threads, the same
+/// measurement, milliseconds per layer direct against Winograd). It wins at U-Net's 16 + 16 channels
+/// at 128×128 (3.6–3.8 against 5.4–6.1), the seed WRN's 16 + 16 at 32×32 (1.7–1.9 against 2.1–2.5)
+/// and 8 + 24 (1.1–1.3 against 1.5–2.3), and DenseNet-121's 64 + 64 → 16 + 16 growth layers at α =
+/// .5 (their class 62–73 against 72–99 ms per pass), where few outputs share each Winograd input
+/// transform; it loses at 32 + 32 (U-Net at 64×64: 3.2–3.4 against 2.5–2.7) and where 48-channel
+/// branches go in and out (WRN-16-4's 64-channel layers at 32×32: α = .75, 16 + 48, 4.3–4.5 against
+/// 3.7–4.0; α = .25, 48 + 16, 9.5–9.7 against 6.8–7.2).
 pub fn prefers(g: &OctaveGeometry) -> bool {
-    let paths = [g.in_h, g.in_l, g.out_h, g.out_l];
-    let largest = paths.into_iter().max().unwrap_or(0);
-    let smallest = paths.into_iter().min().unwrap_or(0);
+    let largest = [g.in_h, g.in_l, g.out_h, g.out_l]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let (lh, lw) = g.low_hw();
+    let narrow_side = g.in_h.max(g.in_l).min(g.out_h.max(g.out_l));
     let wide_gemm = super::simd::has_avx512f();
     forced().unwrap_or(
         largest <= DIRECT_MAX_CHANNELS
-            && (!wide_gemm || smallest <= DIRECT_MAX_SMALLEST_AVX512)
+            && (!wide_gemm || narrow_side <= DIRECT_MAX_SIDE_AVX512)
             && lh.min(lw) >= DIRECT_MIN_LOW_SIDE,
     )
 }
 
-/// On CPUs with AVX-512, the most channels of the smallest path at which [`prefers`] picks the
-/// direct kernel.
-pub const DIRECT_MAX_SMALLEST_AVX512: usize = 16;
+/// On CPUs with AVX-512, the most channels per branch of the narrower side (inputs or outputs) at
+/// which [`prefers`] picks the direct kernel.
+pub const DIRECT_MAX_SIDE_AVX512: usize = 24;
 
 /// Whether an f32 one-path convolution runs by [`forward`] rather than by Winograd (its forward, in
 /// inference and training alike: [`super::conv2d::dispatch_forward`], and with an output map
