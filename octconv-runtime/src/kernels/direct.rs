@@ -358,7 +358,8 @@ impl OctavePacked {
 
 /// Whether inference runs a four-path 3×3 octave layer directly ([`octave_forward`]) rather than by
 /// the fused Winograd kernel: where every path has at most [`DIRECT_MAX_CHANNELS`] channels in and
-/// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side.
+/// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side, and, on CPUs with
+/// AVX-512, the input or the output branches have at most [`DIRECT_MAX_SIDE_AVX512`] channels each.
 /// `OCTCONV_OCTAVE=direct` or `=winograd` forces the choice (for measurements).
 ///
 /// Measured per layer with `octconv bench … --profile` (AMD EPYC, AVX2, 2 threads, batch 32; direct

@@ -7,21 +7,26 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// How many of `n` images share one GEMM: enough for `target` columns (`per_image` each), but never
-/// so many that the pool's threads run out of work, and as many tasks as a multiple of the threads
-/// where there are at least as many tasks as threads (rounded down: fewer, larger GEMMs). Without
-/// the rounding, 8 images of 14×14 made 3 tasks of 3, 3 and 2 images for 2 threads, one of them
-/// idle for a third of each 1×1 layer of ResNeXt-50's third stage (79–80 GMAC/s, against
-/// 99–103 at 28×28 and 56×56).
+/// so many that the pool's threads run out of work. Where images are small enough to share GEMMs at
+/// all, the count is raised so that the tasks come out as an exact multiple of the threads when such
+/// a count exists (fewer, larger GEMMs): 8 images of 14×14 made 3 tasks of 3, 3 and 2 images for 2
+/// threads, one thread idle for a third of each 1×1 layer of ResNeXt-50's third stage (79–80 GMAC/s,
+/// against 99–103 at 28×28 and 56×56); now 2 tasks of 4.
 pub(crate) fn images_per_task(n: usize, per_image: usize, target: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let want = target
         .div_ceil(per_image.max(1))
         .clamp(1, n.div_ceil(threads).max(1));
     let tasks = n.div_ceil(want);
-    if tasks <= threads {
+    if want == 1 || tasks <= threads || tasks.is_multiple_of(threads) {
         return want;
     }
-    n.div_ceil(tasks / threads * threads)
+    // The largest multiple of the threads below `tasks` that some images-per-task count gives.
+    (1..=tasks / threads)
+        .rev()
+        .map(|k| n.div_ceil(k * threads))
+        .find(|&per| n.div_ceil(per).is_multiple_of(threads))
+        .unwrap_or(want)
 }
 
 /// Parallelism inside each GEMM: none when the images already keep every thread busy.
@@ -221,4 +226,48 @@ fn dot<T: Element>(a: &[T], b: &[T]) -> T {
         }
     }
     acc[0] + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::images_per_task;
+
+    fn on_threads(threads: usize, f: impl FnOnce() -> usize + Send) -> usize {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    /// Small images share GEMMs in task counts that are a multiple of the threads where one exists;
+    /// large images keep one image per task; a task count below the threads is never produced.
+    #[test]
+    fn images_per_task_balances_small_images_and_keeps_large_ones_apart() {
+        // 8 images of 14×14 for 2 threads: 2 tasks of 4 (was 3 tasks: 3, 3, 2).
+        assert_eq!(on_threads(2, || images_per_task(8, 196, 512)), 4);
+        // Large images: one per task, whatever the count.
+        assert_eq!(on_threads(4, || images_per_task(6, 1024, 512)), 1);
+        assert_eq!(on_threads(2, || images_per_task(9, 3136, 512)), 1);
+        // Already a multiple: unchanged.
+        assert_eq!(on_threads(2, || images_per_task(32, 16, 64)), 4);
+        for threads in 1..=6 {
+            for n in 1..=40 {
+                for per_image in [1, 16, 49, 64, 196, 700] {
+                    let nb = on_threads(threads, || images_per_task(n, per_image, 512));
+                    let tasks = n.div_ceil(nb);
+                    // The count before the rounding: enough columns, at most n / threads.
+                    let want = 512usize.div_ceil(per_image).clamp(1, n.div_ceil(threads));
+                    let before = n.div_ceil(want);
+                    let what = format!("n {n}, {per_image} per image, {threads} threads");
+                    assert!(nb >= 1 && nb <= n, "{what}: {nb} per task");
+                    assert!(tasks >= threads.min(before), "{what}: {tasks} tasks");
+                    assert!(
+                        tasks == before || tasks.is_multiple_of(threads),
+                        "{what}: {tasks} tasks"
+                    );
+                }
+            }
+        }
+    }
 }

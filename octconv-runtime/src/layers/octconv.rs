@@ -707,7 +707,12 @@ pub(crate) fn concat_groups(parts: &[&Tensor], groups: usize) -> Result<Tensor> 
     let split = parts
         .iter()
         .map(|t| {
-            let c = t.dim(1)?;
+            let (tn, c, th, tw) = t.dims4()?;
+            if (tn, th, tw) != (n, h, w) {
+                candle_core::bail!(
+                    "octconv: cannot join [{tn}, {c}, {th}, {tw}] to [{n}, _, {h}, {w}] along the channels"
+                )
+            }
             if c % groups != 0 {
                 candle_core::bail!("octconv: {c} channels do not split into {groups} groups")
             }

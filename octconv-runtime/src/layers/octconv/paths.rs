@@ -253,7 +253,7 @@ impl Backward for PathsBackward {
             // counts channels per group.
             let mut start = 0;
             for ((src, c), w) in u.sources.iter().zip(&u.weights) {
-                let per_group = c / u.groups;
+                let per_group = c / u.groups.max(1);
                 let part = if u.sources.len() == 1 {
                     dw.clone()
                 } else {
