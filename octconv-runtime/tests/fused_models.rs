@@ -127,19 +127,26 @@ fn every_builtin_fused_equals_per_path_forward_and_gradients_at_four_alphas() {
                 if e <= 1e-4 || within_f32_noise(fused_err, floor) {
                     continue;
                 }
-                // A gradient that f32 resolves to no better than 0.1 % by either path (on an
+                // A gradient that f32 resolves to no better than 0.01 % by either path is checked
+                // in f64 instead: the fused path computes it as the per-path ops do, to 1e-6. On an
                 // AVX-512 machine: SE-ResNet-50 at α = .25, the last bottleneck's first convolution
-                // and batch norm, which normalise 2 values per channel at batch 2: per-path 0.5 %,
-                // fused 5.4 % off f64, 11×) is checked in f64 instead: the fused path computes it
-                // as the per-path ops do, to 1e-6.
+                // and batch norm, which normalise 2 values per channel at batch 2 (per-path 0.5 %,
+                // fused 5.4 % off f64, 11×); ResNet-26's `bottleneck1.res0.bottleneck_branch0.bn1`,
+                // whose γ and β gradients are 0.2–1.3 % off f64 by both paths at every α, and at
+                // α = .5 the per-path β only 0.04 % by chance (fused 0.4 %, 10×) once the
+                // Winograd input transform changed its order of summation. Well-conditioned
+                // gradients are ~1e-6 off.
                 let g64 = g_fused_f64
                     .get_or_insert_with(|| logits_and_grads(&m, &vars, true, DType::F64).1);
                 assert_eq!(&g64[i].0, name, "{spec}: gradients in the same order");
                 let exact_err = rel_err(&g64[i].1, exact);
                 // And the f32 fused gradient still near f64 (a kernel that only f32 runs, the
-                // SIMD paths, going wrong is off by orders of magnitude more than 10 %).
+                // SIMD paths, going wrong is off by orders of magnitude more than 25 %). Measured
+                // there: SE-ResNet-50 at α = .25, the last bottleneck's L→L weight, 5.4 % off f64
+                // and, once the Winograd input transforms summed rows before columns, 10.8 %
+                // (per-path 1.1 %); the fused f64 gradient equal to the per-path one.
                 assert!(
-                    floor >= 1e-3 && exact_err <= 1e-6 && fused_err <= 0.1,
+                    floor >= 1e-4 && exact_err <= 1e-6 && fused_err <= 0.25,
                     "{spec}: gradient of {name} differs by {e:e}; against f64 the fused one is \
                      {fused_err:e} off, the per-path one {floor:e}; the fused path in f64 \
                      {exact_err:e}"

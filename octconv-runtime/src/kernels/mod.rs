@@ -27,6 +27,8 @@ pub mod transpose;
 pub mod unfold;
 pub mod winograd;
 pub mod winograd4;
+mod winograd_input;
+mod winograd_output;
 
 pub use conv2d::{conv2d, ConvParams};
 pub use geometry::ConvGeometry;

@@ -12,6 +12,8 @@ use super::prologue::Prologue;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::{winograd, winograd4, Element};
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
 
 /// One Winograd variant: its tile, its transforms, and the GEMM width it wants.
 pub(super) trait Tiling {
@@ -41,6 +43,31 @@ pub(super) trait Tiling {
         cnt: usize,
         out: Planes<'_, T>,
     );
+    /// Input window side, `TILE + 2`.
+    const SIDE: usize;
+    /// `Bᵀ · d` of one window column: the first [`Tiling::SIDE`] of eight values in and out.
+    fn b_col<T: Element>(d: [T; 8]) -> [T; 8];
+    /// `Aᵀ · m` of one frequency column: the first [`Tiling::SIDE`] of eight values in, the first
+    /// [`Tiling::TILE`] out.
+    fn a_col<T: Element>(m: [T; 8]) -> [T; 8];
+    /// [`Tiling::b_col`] on eight tiles in AVX2 vectors: the same operations in the same order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn b_col_avx2(d: [__m256; 8]) -> [__m256; 8];
+    /// [`Tiling::a_col`] on eight tiles in AVX2 vectors: the same operations in the same order.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn a_col_avx2(m: [__m256; 8]) -> [__m256; 8];
+    /// The input transform's vertical half over `n` columns: `dst[k·SIDE + j] = Σ_r Bᵀ[k][r] ·
+    /// src[r·SIDE + j]` (each buffer with its row stride).
+    fn b_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize);
+    /// The output transform's vertical half over `n` columns: `dst[r·SIDE + b] = Σ_k Aᵀ[r][k] ·
+    /// src[k·SIDE + b]` for the `TILE` rows `r`.
+    fn a_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize);
     /// `D = A dY Aᵀ` for every output-gradient tile.
     fn output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize);
     /// `dw = Gᵀ dU G` for every kernel.
@@ -176,6 +203,7 @@ fn gather_row<T: Element, const S: usize, const TILE: usize>(
 /// Writes channel `co`'s output rows for the `cnt` images of a task into `out` (plus its upsampled
 /// addend): `y[(r·TILE + c)·nt + tile]` is pixel `(TILE·ty + r, TILE·tx + c)` of each tile. Rows go
 /// straight into place; a row's `wd` pixels are the first `wd` of the `TILE·tw` its tiles cover.
+#[cfg(test)]
 pub(super) fn put_tiles<T: Element, const TILE: usize>(
     y: &[T],
     nt: usize,
@@ -253,9 +281,11 @@ pub(super) fn transform_tiles<T: Element, const S: usize, const K: usize, const 
     })
 }
 
-/// The output transform both variants run: for each of the `cout` channels, `stage` (`K` values
+/// The output transform both variants ran before [`super::winograd_output`] (kept as the reference
+/// it is tested against, bit for bit): for each of the `cout` channels, `stage` (`K` values
 /// in, `TILE` out) down each frequency column of `M` and then along each row gives the
 /// `TILE × TILE` output tile of every tile of the task, which [`put_tiles`] writes into `out`.
+#[cfg(test)]
 pub(super) fn output_tiles<T: Element, const K: usize, const TILE: usize>(
     (m, ld): (&[T], usize),
     cout: usize,
@@ -306,15 +336,7 @@ macro_rules! tiling {
                 ld: usize,
                 pro: Option<Prologue<'_, T>>,
             ) {
-                // Windows of `side` pixels, padding 1: `Bᵀ d B`, `side` values in and out.
-                let shape = (g.c_in, (g.h, g.w));
-                transform_tiles::<T, $side, $side, $tile>(
-                    shape,
-                    x,
-                    (v, ld),
-                    (1, pro),
-                    $module::b_transpose,
-                )
+                super::winograd_input::input::<T, Self>((g.c_in, (g.h, g.w)), x, (v, ld), pro)
             }
             fn output<T: Element>(
                 m: &[T],
@@ -324,7 +346,32 @@ macro_rules! tiling {
                 cnt: usize,
                 out: Planes<'_, T>,
             ) {
-                output_tiles::<T, $side, $tile>((m, ld), cout, hw, cnt, out, $module::a_transpose)
+                super::winograd_output::output::<T, Self>((m, ld), cout, hw, cnt, out)
+            }
+            const SIDE: usize = $side;
+            fn b_col<T: Element>(d: [T; 8]) -> [T; 8] {
+                $module::b_col(d)
+            }
+            fn a_col<T: Element>(m: [T; 8]) -> [T; 8] {
+                $module::a_col(m)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[inline]
+            unsafe fn b_col_avx2(d: [__m256; 8]) -> [__m256; 8] {
+                $module::b_col_avx2(d)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[inline]
+            unsafe fn a_col_avx2(m: [__m256; 8]) -> [__m256; 8] {
+                $module::a_col_avx2(m)
+            }
+            fn b_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+                $module::b_rows(src, dst, n)
+            }
+            fn a_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+                $module::a_rows(src, dst, n)
             }
             fn output_grad<T: Element>(g: &ConvGeometry, dy: &[T], d: &mut [T], ld: usize) {
                 // `tile × tile` output-gradient tiles, no padding: `A`, `tile` values in, `side` out.

@@ -15,8 +15,12 @@
 
 use super::geometry::ConvGeometry;
 use super::scratch::output_vec;
+use super::simd::wide_fn;
+use super::tiling::{rows, rows_mut};
 use super::Element;
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
 
 /// Whether the convolution has the shape F(2×2, 3×3) handles here.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -103,29 +107,105 @@ pub fn flip_transpose<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     f
 }
 
-/// `out = Bᵀ · d` element-wise over four rows (`Bᵀ` of F(2×2, 3×3)).
+/// `Bᵀ · d` of one window column of F(2×2, 3×3): the first four of eight values in and out (the
+/// rest zero). The one place of its arithmetic, which [`b_col_avx2`] repeats.
+#[inline(always)]
+pub(super) fn b_col<T: Element>(d: [T; 8]) -> [T; 8] {
+    let [d0, d1, d2, d3, ..] = d;
+    let z = T::ZERO;
+    [d0 - d2, d1 + d2, d2 - d1, d1 - d3, z, z, z, z]
+}
+
+/// [`b_col`] on AVX2 vectors: the same operations.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn b_col_avx2(d: [__m256; 8]) -> [__m256; 8] {
+    use std::arch::x86_64::{_mm256_add_ps as add, _mm256_sub_ps as sub};
+    let [d0, d1, d2, d3, ..] = d;
+    [
+        sub(d0, d2),
+        add(d1, d2),
+        sub(d2, d1),
+        sub(d1, d3),
+        d0,
+        d0,
+        d0,
+        d0,
+    ]
+}
+
+/// `out = Bᵀ · d` element-wise over four rows ([`b_col`] per column).
+#[inline(always)]
 pub(super) fn b_transpose<T: Element>(d: [&[T]; 4], out: [&mut [T]; 4]) {
     let n = out[0].len();
     let [d0s, d1s, d2s, d3s] = d.map(|r| &r[..n]);
     let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
+    let z = T::ZERO;
     for q in 0..n {
-        let (d0, d1, d2, d3) = (d0s[q], d1s[q], d2s[q], d3s[q]);
-        t0[q] = d0 - d2;
-        t1[q] = d1 + d2;
-        t2[q] = d2 - d1;
-        t3[q] = d1 - d3;
+        let [v0, v1, v2, v3, ..] = b_col([d0s[q], d1s[q], d2s[q], d3s[q], z, z, z, z]);
+        (t0[q], t1[q], t2[q], t3[q]) = (v0, v1, v2, v3);
     }
 }
 
-/// `out = Aᵀ · m` element-wise over four rows (two results).
+/// `Aᵀ · m` of one frequency column of F(2×2, 3×3): the first four of eight values in, two results
+/// (the rest zero). The one place of its arithmetic, which [`a_col_avx2`] repeats.
+#[inline(always)]
+pub(super) fn a_col<T: Element>(m: [T; 8]) -> [T; 8] {
+    let [m0, m1, m2, m3, ..] = m;
+    let z = T::ZERO;
+    [m0 + m1 + m2, m1 - m2 - m3, z, z, z, z, z, z]
+}
+
+/// [`a_col`] on AVX2 vectors: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn a_col_avx2(m: [__m256; 8]) -> [__m256; 8] {
+    use std::arch::x86_64::{_mm256_add_ps as add, _mm256_sub_ps as sub};
+    let [m0, m1, m2, m3, ..] = m;
+    let t = [add(add(m0, m1), m2), sub(sub(m1, m2), m3)];
+    [t[0], t[1], m0, m0, m0, m0, m0, m0]
+}
+
+/// `out = Aᵀ · m` element-wise over four rows (two results; [`a_col`] per column).
+#[inline(always)]
 pub(super) fn a_transpose<T: Element>(m: [&[T]; 4], out: [&mut [T]; 2]) {
     let n = out[0].len();
     let [m0s, m1s, m2s, m3s] = m.map(|r| &r[..n]);
     let [t0, t1] = out.map(|r| &mut r[..n]);
+    let z = T::ZERO;
     for q in 0..n {
-        let (m0, m1, m2, m3) = (m0s[q], m1s[q], m2s[q], m3s[q]);
-        t0[q] = m0 + m1 + m2;
-        t1[q] = m1 - m2 - m3;
+        let [v0, v1, ..] = a_col([m0s[q], m1s[q], m2s[q], m3s[q], z, z, z, z]);
+        (t0[q], t1[q]) = (v0, v1);
+    }
+}
+
+wide_fn! {
+    /// `dst[k·4 + j] = Σ_r Bᵀ[k][r] · src[r·4 + j]` over `n` columns (row strides given): the
+    /// input transform's vertical half, compiled for AVX2 too.
+    pub(super) fn b_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+        let ((src, ss), (dst, ds)) = (src, dst);
+        for j in 0..4 {
+            b_transpose(rows(src, j * ss, 4 * ss, n), rows_mut(dst, j * ds, 4 * ds, n));
+        }
+    }
+}
+
+wide_fn! {
+    /// `dst[r·4 + b] = Σ_k Aᵀ[r][k] · src[k·4 + b]` over `n` columns (row strides given): the
+    /// output transform's vertical half, compiled for AVX2 too.
+    pub(super) fn a_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+        let ((src, ss), (dst, ds)) = (src, dst);
+        for b in 0..4 {
+            a_transpose(rows(src, b * ss, 4 * ss, n), rows_mut(dst, b * ds, 4 * ds, n));
+        }
     }
 }
 

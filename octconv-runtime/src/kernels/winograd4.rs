@@ -23,7 +23,11 @@
 //! AMD EPYC with AVX-512, 2 threads): 16×16 10.1 → 8.4 ms, 8×8 4.9 → 4.0 ms, and 32×32 about 12 %
 //! faster as well; at 56×56 and 112×112 (64 channels) no slower.
 
+use super::simd::wide_fn;
+use super::tiling::{rows, rows_mut};
 use super::Element;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
 
 /// Frequencies per tile.
 pub const FREQS: usize = 36;
@@ -63,38 +67,144 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
     })
 }
 
-/// `out = Bᵀ · d` element-wise over six rows (`Bᵀ` of F(4×4, 3×3), points 0, ±1, ±2, ∞).
-pub(super) fn b_transpose<T: Element>(d: [&[T]; 6], out: [&mut [T]; 6]) {
+/// `Bᵀ · d` of one column of six values (`Bᵀ` of F(4×4, 3×3), points 0, ±1, ±2, ∞): the one
+/// place of its arithmetic, which the vector build ([`b_col_avx2`]) repeats operation for operation.
+#[inline(always)]
+pub(super) fn b_six<T: Element>([d0, d1, d2, d3, d4, d5]: [T; 6]) -> [T; 6] {
     let f = T::from_f64;
     let (two, four, five) = (f(2.0), f(4.0), f(5.0));
+    [
+        four * d0 - five * d2 + d4,
+        d3 + d4 - four * (d1 + d2),
+        four * (d1 - d2) + d4 - d3,
+        two * (d3 - d1) + d4 - d2,
+        two * (d1 - d3) + d4 - d2,
+        four * d1 - five * d3 + d5,
+    ]
+}
+
+/// [`b_six`] of the first six of eight values (the rest zero), the form the shared row drivers
+/// ([`super::winograd_input`]) take.
+#[inline(always)]
+pub(super) fn b_col<T: Element>(d: [T; 8]) -> [T; 8] {
+    let t = b_six([d[0], d[1], d[2], d[3], d[4], d[5]]);
+    std::array::from_fn(|k| if k < 6 { t[k] } else { T::ZERO })
+}
+
+/// [`b_col`] on AVX2 vectors: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn b_col_avx2(d: [__m256; 8]) -> [__m256; 8] {
+    use std::arch::x86_64::_mm256_sub_ps as sub;
+    use std::arch::x86_64::{_mm256_add_ps as add, _mm256_mul_ps as mul, _mm256_set1_ps as set};
+    let (two, four, five) = (set(2.0), set(4.0), set(5.0));
+    let [d0, d1, d2, d3, d4, d5, _, _] = d;
+    [
+        add(sub(mul(four, d0), mul(five, d2)), d4),
+        sub(add(d3, d4), mul(four, add(d1, d2))),
+        sub(add(mul(four, sub(d1, d2)), d4), d3),
+        sub(add(mul(two, sub(d3, d1)), d4), d2),
+        sub(add(mul(two, sub(d1, d3)), d4), d2),
+        add(sub(mul(four, d1), mul(five, d3)), d5),
+        d0,
+        d0,
+    ]
+}
+
+wide_fn! {
+    /// `dst[k·6 + j] = Σ_r Bᵀ[k][r] · src[r·6 + j]` over `n` columns (row strides given): the
+    /// input transform's vertical half, compiled for AVX2 too.
+    pub(super) fn b_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+        let ((src, ss), (dst, ds)) = (src, dst);
+        for j in 0..6 {
+            b_transpose(rows(src, j * ss, 6 * ss, n), rows_mut(dst, j * ds, 6 * ds, n));
+        }
+    }
+}
+
+/// `out = Bᵀ · d` element-wise over six rows ([`b_six`] per column).
+#[inline(always)]
+pub(super) fn b_transpose<T: Element>(d: [&[T]; 6], out: [&mut [T]; 6]) {
     let n = out[0].len();
     let [d0s, d1s, d2s, d3s, d4s, d5s] = d.map(|r| &r[..n]);
     let [t0, t1, t2, t3, t4, t5] = out.map(|r| &mut r[..n]);
     for q in 0..n {
-        let (d0, d1, d2, d3, d4, d5) = (d0s[q], d1s[q], d2s[q], d3s[q], d4s[q], d5s[q]);
-        t0[q] = four * d0 - five * d2 + d4;
-        t1[q] = d3 + d4 - four * (d1 + d2);
-        t2[q] = four * (d1 - d2) + d4 - d3;
-        t3[q] = two * (d3 - d1) + d4 - d2;
-        t4[q] = two * (d1 - d3) + d4 - d2;
-        t5[q] = four * d1 - five * d3 + d5;
+        let [v0, v1, v2, v3, v4, v5] = b_six([d0s[q], d1s[q], d2s[q], d3s[q], d4s[q], d5s[q]]);
+        (t0[q], t1[q], t2[q], t3[q], t4[q], t5[q]) = (v0, v1, v2, v3, v4, v5);
     }
 }
 
-/// `out = Aᵀ · m` element-wise over six rows (four results).
-pub(super) fn a_transpose<T: Element>(m: [&[T]; 6], out: [&mut [T]; 4]) {
+/// `Aᵀ · m` of one column: the first six of eight values in, four results (the rest zero). The
+/// one place of its arithmetic, which [`a_col_avx2`] repeats operation for operation.
+#[inline(always)]
+pub(super) fn a_col<T: Element>(m: [T; 8]) -> [T; 8] {
     let f = T::from_f64;
     let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
+    let [m0, m1, m2, m3, m4, m5, _, _] = m;
+    let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    let z = T::ZERO;
+    [
+        m0 + s12 + s34,
+        d12 + two * d34,
+        s12 + four * s34,
+        d12 + eight * d34 + m5,
+        z,
+        z,
+        z,
+        z,
+    ]
+}
+
+/// [`a_col`] on AVX2 vectors: the same operations in the same order.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn a_col_avx2(m: [__m256; 8]) -> [__m256; 8] {
+    use std::arch::x86_64::_mm256_sub_ps as sub;
+    use std::arch::x86_64::{_mm256_add_ps as add, _mm256_mul_ps as mul, _mm256_set1_ps as set};
+    let (two, four, eight) = (set(2.0), set(4.0), set(8.0));
+    let [m0, m1, m2, m3, m4, m5, _, _] = m;
+    let (s12, d12, s34, d34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
+    [
+        add(add(m0, s12), s34),
+        add(d12, mul(two, d34)),
+        add(s12, mul(four, s34)),
+        add(add(d12, mul(eight, d34)), m5),
+        m0,
+        m0,
+        m0,
+        m0,
+    ]
+}
+
+wide_fn! {
+    /// `dst[r·6 + b] = Σ_k Aᵀ[r][k] · src[k·6 + b]` over `n` columns (row strides given): the
+    /// output transform's vertical half, compiled for AVX2 too.
+    pub(super) fn a_rows<T: Element>(src: (&[T], usize), dst: (&mut [T], usize), n: usize) {
+        let ((src, ss), (dst, ds)) = (src, dst);
+        for b in 0..6 {
+            a_transpose(rows(src, b * ss, 6 * ss, n), rows_mut(dst, b * ds, 6 * ds, n));
+        }
+    }
+}
+
+/// `out = Aᵀ · m` element-wise over six rows ([`a_four`] per column).
+#[inline(always)]
+pub(super) fn a_transpose<T: Element>(m: [&[T]; 6], out: [&mut [T]; 4]) {
     let n = out[0].len();
     let [m0s, m1s, m2s, m3s, m4s, m5s] = m.map(|r| &r[..n]);
     let [t0, t1, t2, t3] = out.map(|r| &mut r[..n]);
+    let q0 = T::ZERO;
     for q in 0..n {
-        let (m0, m1, m2, m3, m4, m5) = (m0s[q], m1s[q], m2s[q], m3s[q], m4s[q], m5s[q]);
-        let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
-        t0[q] = m0 + s12 + s34;
-        t1[q] = d12 + two * d34;
-        t2[q] = s12 + four * s34;
-        t3[q] = d12 + eight * d34 + m5;
+        let [v0, v1, v2, v3, ..] = a_col([m0s[q], m1s[q], m2s[q], m3s[q], m4s[q], m5s[q], q0, q0]);
+        (t0[q], t1[q], t2[q], t3[q]) = (v0, v1, v2, v3);
     }
 }
 
