@@ -359,7 +359,8 @@ impl OctavePacked {
 /// Whether inference runs a four-path 3×3 octave layer directly ([`octave_forward`]) rather than by
 /// the fused Winograd kernel: where every path has at most [`DIRECT_MAX_CHANNELS`] channels in and
 /// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side, and, on CPUs with
-/// AVX-512, the input or the output branches have at most [`DIRECT_MAX_SIDE_AVX512`] channels each.
+/// AVX-512, the input or the output branches have at most [`DIRECT_MAX_SIDE_AVX512`] channels each
+/// and the input or the output high branch at most [`DIRECT_MAX_HIGH_AVX512`].
 /// `OCTCONV_OCTAVE=direct` or `=winograd` forces the choice (for measurements).
 ///
 /// Measured per layer with `octconv bench … --profile` (AMD EPYC, AVX2, 2 threads, batch 32; direct
@@ -386,12 +387,25 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
     let (lh, lw) = g.low_hw();
     let narrow_side = g.in_h.max(g.in_l).min(g.out_h.max(g.out_l));
     let wide_gemm = super::simd::has_avx512f();
+    let narrow_high = g.in_h.min(g.out_h);
     forced().unwrap_or(
         largest <= DIRECT_MAX_CHANNELS
-            && (!wide_gemm || narrow_side <= DIRECT_MAX_SIDE_AVX512)
+            && (!wide_gemm
+                || (narrow_side <= DIRECT_MAX_SIDE_AVX512
+                    && narrow_high <= DIRECT_MAX_HIGH_AVX512))
             && lh.min(lw) >= DIRECT_MIN_LOW_SIDE,
     )
 }
+
+/// On CPUs with AVX-512, the most channels of the narrower high branch (input or output) at which
+/// [`prefers`] picks the direct kernel: once the Winograd transforms ran by rows in registers
+/// ([`super::winograd_input`], [`super::winograd_output`]), the fused Winograd kernel won where a
+/// 24-channel high branch goes in and out (AMD EPYC Zen 4, 2 threads, ms per layer, direct against
+/// Winograd: the seed WRN at α = .25, 24 + 8 channels at 32×32, 2.4–3.4 against 2.0–2.2; U-Net at
+/// α = .25, 48 + 16 → 24 + 8 at 128×128, 17.5–17.7 against 13.5–13.6), while the direct kernel
+/// still won with 8 high channels (the seed at α = .75, 8 + 24: 1.2–1.5 against 1.3–1.8) and at
+/// U-Net's 16 + 16 at 128×128 (4.8–5.4 against 5.9–6.2).
+pub const DIRECT_MAX_HIGH_AVX512: usize = 16;
 
 /// On CPUs with AVX-512, the most channels per branch of the narrower side (inputs or outputs) at
 /// which [`prefers`] picks the direct kernel.
