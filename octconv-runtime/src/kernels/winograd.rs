@@ -27,14 +27,25 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.groups == 1
 }
 
+/// A vector build of a kernel transform for f32: given one output channel's `cin` kernels (`cin × 9`
+/// values) it writes `U[ξ][ci]` (rows of `cin`) for the first input channels it handles and returns
+/// how many (a multiple of its vector width); the per-kernel transform does the rest. It must run the
+/// per-kernel transform's arithmetic in the same order, so that both give the same values.
+///
+/// # Safety
+/// Callers check the CPU feature the function needs (AVX2) before calling it.
+pub(super) type KernelRows = unsafe fn(&[f32], usize, &mut [f32]) -> usize;
+
 /// `U[ξ][co][ci] = f(w[co][ci])[ξ]` for `w` `[cout, cin, 3, 3]`: a Winograd kernel transform `f` applied to
 /// every 3×3 kernel, output channels in parallel (a serial, scattered transform was a visible share of
-/// a small network's inference), then laid out frequency-major for the GEMMs.
+/// a small network's inference), then laid out frequency-major for the GEMMs. Where `w` is f32 and
+/// the CPU has AVX2, `simd` (if given) transforms eight kernels at a time first.
 pub(super) fn transform_kernels<T: Element, const F: usize>(
     w: &[T],
     cout: usize,
     cin: usize,
     f: impl Fn(&[T]) -> [T; F] + Sync,
+    simd: Option<KernelRows>,
 ) -> Vec<T> {
     if cout * cin == 0 {
         return Vec::new();
@@ -45,8 +56,18 @@ pub(super) fn transform_kernels<T: Element, const F: usize>(
     tmp.par_chunks_mut(F * cin)
         .enumerate()
         .for_each(|(co, blk)| {
-            for ci in 0..cin {
-                let vals = f(&w[(co * cin + ci) * 9..][..9]);
+            let kernels = &w[co * cin * 9..][..cin * 9];
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(simd), true) = (simd, super::simd::has_avx2_fma()) {
+                if let (Some(k32), Some(b32)) = (T::as_f32(kernels), T::as_f32_mut(blk)) {
+                    // SAFETY: the CPU has AVX2 (checked); `k32` holds cin kernels and `b32` F rows
+                    // of cin.
+                    done = unsafe { simd(k32, cin, b32) };
+                }
+            }
+            for ci in done..cin {
+                let vals = f(&kernels[ci * 9..][..9]);
                 for (xi, v) in vals.into_iter().enumerate() {
                     blk[xi * cin + ci] = v;
                 }
@@ -66,7 +87,7 @@ pub(super) fn transform_kernels<T: Element, const F: usize>(
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     let h = T::HALF;
-    transform_kernels::<T, 16>(w, cout, cin, |g| {
+    let f = |g: &[T]| {
         // t = G g (4×3)
         let mut t = [T::ZERO; 12];
         for j in 0..3 {
@@ -83,7 +104,8 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
             u[i * 4..i * 4 + 4].copy_from_slice(&[t0, h * (t0 + t1 + t2), h * (t0 - t1 + t2), t2]);
         }
         u
-    })
+    };
+    transform_kernels::<T, 16>(w, cout, cin, f, None)
 }
 
 /// `[cin, cout, 3, 3]` from `[cout, cin, 3, 3]`, each kernel rotated by 180°: the weight whose
