@@ -260,20 +260,7 @@ mod tests {
     use crate::kernels::tiling::{transform_tiles, F2, F4};
     use crate::kernels::{winograd, winograd4};
 
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// The transform by the shared gather-then-columns driver, the reference.
     fn reference<T: Element, A: Tiling>(

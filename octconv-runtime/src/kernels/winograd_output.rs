@@ -244,18 +244,11 @@ mod tests {
     use crate::kernels::tiling::{output_tiles, F2, F4};
     use crate::kernels::{winograd, winograd4};
 
-    /// Deterministic values in [-1, 1).
+    /// Deterministic values in [-1, 1), in f32.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
+        crate::kernels::test_values(n, seed)
+            .iter()
+            .map(|&v| v as f32)
             .collect()
     }
 
