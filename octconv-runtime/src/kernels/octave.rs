@@ -205,15 +205,16 @@ pub fn forward_with<T: Element>(
 }
 
 /// [`forward`] of the inputs mapped by their prologues `[high, low]` (inference: the batch norm and
-/// ReLU before the convolution, applied as the kernel reads its inputs).
+/// ReLU before the convolution, applied as the kernel reads its inputs), the four weights as
+/// separate slices (no flat copy of them per call).
 pub fn forward_prologue<T: Element>(
     g: &OctaveGeometry,
     xh: &[T],
     xl: &[T],
-    w: &[T],
+    w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    forward_prologue_with(algorithm(&g.hh()), g, xh, xl, w, pros)
+    forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros)
 }
 
 /// [`forward_prologue`] with the high branch's Winograd variant given (as in [`forward_with`]).
@@ -743,15 +744,6 @@ impl CustomOp3 for OctaveOutput {
         };
         Ok((Some(dh), Some(dl), Some(dw)))
     }
-}
-
-/// The four weights `[cout, cin, 3, 3]` (H→H, H→L, L→H, L→L) as the kernel's one flat vector.
-pub fn flat_weights(weights: [&Tensor; 4]) -> Result<Tensor> {
-    let flat: Vec<Tensor> = weights
-        .iter()
-        .map(|w| w.flatten_all())
-        .collect::<Result<_>>()?;
-    Tensor::cat(&flat, 0)
 }
 
 /// Runs the fused octave convolution on `X_H`, `X_L` with the four weights `[cout, cin, 3, 3]`
