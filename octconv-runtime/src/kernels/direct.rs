@@ -360,7 +360,8 @@ impl OctavePacked {
 /// the fused Winograd kernel: where every path has at most [`DIRECT_MAX_CHANNELS`] channels in and
 /// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side, and, on CPUs with
 /// AVX-512, the input or the output branches have at most [`DIRECT_MAX_SIDE_AVX512`] channels each
-/// and the input or the output high branch at most [`DIRECT_MAX_HIGH_AVX512`].
+/// and the input or the output high branch at most [`DIRECT_MAX_HIGH_AVX512`] (on maps up to
+/// [`DIRECT_LARGE_MAP_AVX512`] pixels).
 /// `OCTCONV_OCTAVE=direct` or `=winograd` forces the choice (for measurements).
 ///
 /// Measured per layer with `octconv bench … --profile` (AMD EPYC, AVX2, 2 threads, batch 32; direct
@@ -392,7 +393,8 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
         largest <= DIRECT_MAX_CHANNELS
             && (!wide_gemm
                 || (narrow_side <= DIRECT_MAX_SIDE_AVX512
-                    && narrow_high <= DIRECT_MAX_HIGH_AVX512))
+                    && (narrow_high <= DIRECT_MAX_HIGH_AVX512
+                        || g.h * g.w > DIRECT_LARGE_MAP_AVX512)))
             && lh.min(lw) >= DIRECT_MIN_LOW_SIDE,
     )
 }
@@ -406,6 +408,13 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
 /// still won with 8 high channels (the seed at α = .75, 8 + 24: 1.2–1.5 against 1.3–1.8) and at
 /// U-Net's 16 + 16 at 128×128 (4.8–5.4 against 5.9–6.2).
 pub const DIRECT_MAX_HIGH_AVX512: usize = 16;
+
+/// On CPUs with AVX-512, the high map size (pixels) above which [`DIRECT_MAX_HIGH_AVX512`] does
+/// not apply (the direct kernel stays where the narrower side has at most
+/// [`DIRECT_MAX_SIDE_AVX512`] channels): at 128×128 the fused Winograd kernel's per-image buffers
+/// raised U-Net's α = .25 peak memory from 43.0 to 57.3 MiB (scratch 14.3 → 28.7 MiB, batch 4),
+/// which misses the memory target, for about 4 ms per pass.
+pub const DIRECT_LARGE_MAP_AVX512: usize = 64 * 64;
 
 /// On CPUs with AVX-512, the most channels per branch of the narrower side (inputs or outputs) at
 /// which [`prefers`] picks the direct kernel.
