@@ -27,8 +27,9 @@ use super::simd::wide_fn;
 use super::tiling::Tiling;
 use super::Element;
 
-/// Tiles transformed together by the AVX2 horizontal pass (one vector of f32).
-const LANES: usize = 8;
+/// Tiles transformed together by the AVX2 horizontal passes of the input and output transforms
+/// (one vector of f32).
+pub(super) const LANES: usize = 8;
 
 /// The zero-padded planes of one channel for tiles of `tile × tile` outputs: `ph` rows of `pw`
 /// values per image, the map starting at row 1, column 1. Tile `(ty, tx)`'s window starts at row

@@ -18,11 +18,8 @@
 
 use super::scratch::{with_scratch, Scratch};
 use super::tiling::{Planes, Tiling};
-use super::winograd_input::Tile;
+use super::winograd_input::{Tile, LANES};
 use super::Element;
-
-/// Tiles transformed together by the AVX2 horizontal pass (one vector of f32).
-const LANES: usize = 8;
 
 /// `Y = Aᵀ M A` of variant `A` for the `cnt` images' tiles of `cout` channels of `h × w`
 /// (`M[co·SIDE² + ξ]` rows of `ld`, tile `ty·tw + tx` of image `i` in column `i·tiles + ty·tw +
