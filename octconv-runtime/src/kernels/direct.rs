@@ -406,8 +406,12 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
 /// Winograd: the seed WRN at α = .25, 24 + 8 channels at 32×32, 2.4–3.4 against 2.0–2.2; U-Net at
 /// α = .25, 48 + 16 → 24 + 8 at 128×128, 17.5–17.7 against 13.5–13.6), while the direct kernel
 /// still won with 8 high channels (the seed at α = .75, 8 + 24: 1.2–1.5 against 1.3–1.8) and at
-/// U-Net's 16 + 16 at 128×128 (4.8–5.4 against 5.9–6.2).
-pub const DIRECT_MAX_HIGH_AVX512: usize = 16;
+/// U-Net's 16 + 16 at 128×128 (4.8–5.4 against 5.9–6.2). Lowered from 16 to 8 after the seed's 16 +
+/// 16 layers at 32×32 (α = .5) ran 1.5–1.55 ms by Winograd against 1.9–2.2 direct: whole pass (ms,
+/// old and new binary alternating, `octconv bench … --samples 128 --repeats 3`) seed α = .5 10.4–11.5
+/// against 11.5–12.1, DenseNet-121 α = .5 (its 64 + 64 → 16 + 16 growth layers at 56² and 28² move
+/// too) 152.9–173.9 against 160.3–188.3 (the machine's noise is bimodal; lower halves compared).
+pub const DIRECT_MAX_HIGH_AVX512: usize = 8;
 
 /// On CPUs with AVX-512, the high map size (pixels) above which [`DIRECT_MAX_HIGH_AVX512`] does
 /// not apply (the direct kernel stays where the narrower side has at most
