@@ -286,3 +286,55 @@ impl CustomOp2 for AddUpsampled {
         Ok((Some(g), Some(dlow)))
     }
 }
+
+/// `merge()` of an octave pair on raw NCHW buffers: `[high; up(low)]` along the channels, where
+/// `high` is `[n, ch, h, w]`, `low` `[n, cl, h/2, w/2]` and `up` the ×2 nearest upsampling: each
+/// output plane written once, copied from `high` or upsampled from `low`, planes in parallel.
+/// Through candle it was an upsampling by a broadcast copy into a fresh tensor and a concatenation
+/// copying both again: 3.2 ms (6 %) of U-Net's inference pass at α = .75, batch 4, for a
+/// `[4, 32, 128, 128]` output (`octconv bench --profile`, AMD EPYC, AVX-512, 2 threads).
+pub fn merge_planes<T: Element>(
+    high: &[T],
+    low: &[T],
+    (n, ch, cl): (usize, usize, usize),
+    (h, w): (usize, usize),
+) -> Vec<T> {
+    let (lh, lw, hw) = (h / 2, w / 2, h * w);
+    assert!(
+        h.is_multiple_of(2) && w.is_multiple_of(2),
+        "merge: an odd high map {h}×{w} has no low half"
+    );
+    assert!(
+        high.len() >= n * ch * hw && low.len() >= n * cl * lh * lw,
+        "merge: {} high and {} low values for {n} images of {ch} + {cl} channels at {h}×{w}",
+        high.len(),
+        low.len()
+    );
+    // Every plane is written below.
+    let mut out = super::scratch::output_vec(n * (ch + cl) * hw);
+    if hw == 0 {
+        return out;
+    }
+    out.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
+        let (img, c) = (p / (ch + cl), p % (ch + cl));
+        if c < ch {
+            o.copy_from_slice(&high[(img * ch + c) * hw..][..hw]);
+        } else {
+            let plane = &low[(img * cl + c - ch) * lh * lw..][..lh * lw];
+            upsample_plane(plane, o, lw);
+        }
+    });
+    out
+}
+
+/// `o` (`2·lh × 2·lw`) = the ×2 nearest upsampling of `plane` (`lh × lw`).
+fn upsample_plane<T: Element>(plane: &[T], o: &mut [T], lw: usize) {
+    for (row, pair) in plane.chunks_exact(lw).zip(o.chunks_exact_mut(4 * lw)) {
+        let (top, bottom) = pair.split_at_mut(2 * lw);
+        for (d, &v) in top.chunks_exact_mut(2).zip(row) {
+            d[0] = v;
+            d[1] = v;
+        }
+        bottom.copy_from_slice(top);
+    }
+}
