@@ -52,6 +52,12 @@ fn max_pool_kernel_matches_hand_values_and_the_generic_path() {
     for (i, (n, c, h, w, k, s, p)) in [
         (2, 3, 11, 11, 3, 2, 1), // the ResNet stem's pool, odd size
         (2, 3, 12, 10, 3, 2, 1),
+        // The stems' 3×3 / 2 pool has its own loop: the smallest maps, odd and even sides.
+        (1, 2, 2, 2, 3, 2, 1),
+        (1, 1, 2, 3, 3, 2, 1),
+        (1, 1, 3, 2, 3, 2, 1),
+        (2, 1, 5, 7, 3, 2, 1),
+        (1, 1, 14, 13, 3, 2, 1),
         (1, 2, 8, 8, 2, 2, 0),
         (1, 2, 7, 9, 3, 1, 1),
         (2, 1, 9, 9, 5, 3, 2),

@@ -10,6 +10,7 @@
 //! instead; either is a valid subgradient).
 
 use super::resample::planes;
+use super::simd::wide_fn;
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -55,6 +56,12 @@ impl MaxPool {
             (o * s).saturating_sub(pd)..(o * s + k).min(n + pd).saturating_sub(pd)
         };
         let cols: Vec<_> = (0..ow).map(|ox| clip(ox, w)).collect();
+        if (k, s, pd) == (3, 2, 1) && h >= 2 && w >= 2 {
+            out.par_chunks_mut((oh * ow).max(1))
+                .enumerate()
+                .for_each(|(p, o)| pool3s2_plane(&x[p * h * w..][..h * w], o, (h, w)));
+            return out;
+        }
         // The first maximum of each window, found with selects instead of branches.
         out.par_chunks_mut((oh * ow).max(1))
             .enumerate()
@@ -123,6 +130,57 @@ impl MaxPool {
                 }
             });
         dx
+    }
+}
+
+/// The larger of `m` and `v` by a select (`v` only if it is greater: the first of equal values
+/// stays, and a NaN never replaces a value).
+#[inline(always)]
+fn keep_max<T: Element>(m: T, v: T) -> T {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
+wide_fn! {
+    /// One plane of a 3×3, stride-2, padding-1 max pool (the ImageNet stems'), separably: the
+    /// three-column maximum of each input row the window rows read, then the maximum of three
+    /// such rows, in contiguous loops the compiler vectorises (the AVX2 build where the CPU has it).
+    /// For inputs without NaN each output is the first maximum of its window in row-major order,
+    /// as in the generic loop: within a row the first of equal values stays, and between rows the
+    /// upper. The generic loop took 4.1 ms for ResNeXt-50's stem pool at batch 8 (64 × 112²; AMD
+    /// EPYC, 2 threads), 1.6–2.7 % of the ImageNet families' passes at every α.
+    fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
+        let (h, w) = hw;
+        let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        // Row maxima of input rows 2·oy − 1, 2·oy, 2·oy + 1 (those inside the map).
+        let mut rows = vec![T::ZERO; 3 * ow];
+        for (oy, orow) in o.chunks_exact_mut(ow).enumerate().take(oh) {
+            let mut first = true;
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                let r = &plane[iy * w..][..w];
+                let hm = &mut rows[..ow];
+                hm[0] = keep_max(r[0], r[1]);
+                // Columns 2·ox − 1, 2·ox, 2·ox + 1 for ox ≥ 1 (the last may lack its right one).
+                let full = (w - 2) / 2;
+                for (ox, m) in hm.iter_mut().enumerate().take(full + 1).skip(1) {
+                    *m = keep_max(keep_max(r[2 * ox - 1], r[2 * ox]), r[2 * ox + 1]);
+                }
+                if full + 1 < ow {
+                    hm[ow - 1] = keep_max(r[2 * ow - 3], r[2 * ow - 2]);
+                }
+                if first {
+                    orow.copy_from_slice(hm);
+                    first = false;
+                } else {
+                    for (d, &m) in orow.iter_mut().zip(hm.iter()) {
+                        *d = keep_max(*d, m);
+                    }
+                }
+            }
+        }
     }
 }
 
