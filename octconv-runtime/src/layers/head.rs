@@ -1,5 +1,6 @@
 //! The head: global average pooling, flattening and the linear classifier.
 
+use crate::kernels::elementwise::plane_means;
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -7,7 +8,15 @@ use candle_nn::{Module, VarBuilder};
 /// `[N, C, H, W]` → `[N, C]`; with `per_branch`, a pair → `[N, Ch + Cl]` (each branch pooled, then
 /// concatenated: the explicit opt-in head).
 pub fn global_avg_pool(x: &OctValue, per_branch: bool) -> Result<OctValue> {
-    let gap = |t: &Tensor| t.mean((2, 3));
+    let gap = |t: &Tensor| -> Result<Tensor> {
+        // Inference (nothing recorded) of an f32 CPU map: our threaded kernel; else candle's mean.
+        if crate::kernels::serves_f32(t) && !t.track_op() {
+            let (n, c, h, w) = t.dims4()?;
+            let m = crate::kernels::with_f32(t, |v| plane_means(v, h * w))?;
+            return Tensor::from_vec(m, (n, c), t.device());
+        }
+        t.mean((2, 3))
+    };
     Ok(OctValue::Flat(match x {
         OctValue::Single(t) => gap(t)?,
         OctValue::Pair { high, low } if per_branch => match high {
