@@ -83,6 +83,13 @@ pub fn infer_post(
         return Ok(None);
     }
     let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
+    if super::stem::applies(&g) {
+        let y = super::with_f32_all([x, weight], |[x, w]| {
+            super::stem::forward_post(&g, x, w, Some(&post))
+        })?;
+        let dims = (g.n, g.c_out, g.oh(), g.ow());
+        return Ok(Some(Tensor::from_vec(y, dims, x.device())?));
+    }
     if direct::prefers_single(&g) {
         let y = super::with_f32_all([x, weight], |[x, w]| {
             // Every value is written by the direct kernel.

@@ -21,6 +21,7 @@ pub mod prologue;
 pub mod resample;
 pub mod scratch;
 pub mod simd;
+pub mod stem;
 pub mod tiling;
 pub mod timing;
 pub mod transpose;
