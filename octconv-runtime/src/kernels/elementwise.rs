@@ -7,6 +7,7 @@
 use super::epilogue::{identity, relu, relu6, Clamp};
 use super::scratch::output_vec;
 use super::simd::wide_fn;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Values per task.
@@ -95,6 +96,38 @@ pub fn plane_means(x: &[f32], plane: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+/// Global average pooling of an f32 `[N, C, H, W]` tensor as a candle op ([`plane_means`] forward,
+/// `[N, C]` out), so that inference, the planned training step and autograd all compute the same
+/// values; its gradient is the incoming one spread evenly over each plane (`dy / (H·W)`, as
+/// candle's `mean` gives).
+#[derive(Clone, Copy, Debug)]
+pub struct PlaneMeans;
+
+impl CustomOp1 for PlaneMeans {
+    fn name(&self) -> &'static str {
+        "octconv-plane-means"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (CpuStorage::F32(v), Some((a, b))) = (s, l.contiguous_offsets()) else {
+            bail!("plane means: a contiguous f32 tensor is required")
+        };
+        let m = plane_means(&v[a..b], h * w);
+        Ok((CpuStorage::F32(m), Shape::from((n, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, c, h, w) = arg.dims4()?;
+        let g = grad.affine(1.0 / (h * w) as f64, 0.0)?;
+        Ok(Some(
+            g.reshape((n, c, 1, 1))?
+                .broadcast_as((n, c, h, w))?
+                .contiguous()?,
+        ))
+    }
 }
 
 wide_fn! {
@@ -207,5 +240,43 @@ mod tests {
                 assert!((m as f64 - exact).abs() <= 1e-5 * (1.0 + exact.abs()));
             }
         }
+    }
+
+    /// The op's means agree with candle's `mean` to rounding, and its gradient equals candle's
+    /// (`dy / (H·W)` on every value of the plane) exactly.
+    #[test]
+    fn plane_means_op_matches_candle_mean_and_its_gradient() {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let (n, c, h, w) = (2, 3, 5, 7);
+        let xv: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 37) % 23) as f32 / 5.0 - 2.0)
+            .collect();
+        let x = Var::from_vec(xv, (n, c, h, w), &dev).unwrap();
+        let r = Tensor::from_vec(
+            (0..n * c).map(|i| i as f32 - 2.5).collect::<Vec<f32>>(),
+            (n, c),
+            &dev,
+        )
+        .unwrap();
+        let ours = x.as_tensor().apply_op1(PlaneMeans).unwrap();
+        let theirs = x.as_tensor().mean((2, 3)).unwrap();
+        let (a, b) = (
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() <= 1e-6 * (1.0 + q.abs()), "{p} vs {q}");
+        }
+        let grad = |y: &Tensor| {
+            let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(grad(&ours), grad(&theirs));
     }
 }

@@ -1,6 +1,6 @@
 //! The head: global average pooling, flattening and the linear classifier.
 
-use crate::kernels::elementwise::plane_means;
+use crate::kernels::elementwise::PlaneMeans;
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
 use candle_nn::{Module, VarBuilder};
@@ -9,11 +9,9 @@ use candle_nn::{Module, VarBuilder};
 /// concatenated: the explicit opt-in head).
 pub fn global_avg_pool(x: &OctValue, per_branch: bool) -> Result<OctValue> {
     let gap = |t: &Tensor| -> Result<Tensor> {
-        // Inference (nothing recorded) of an f32 CPU map: our threaded kernel; else candle's mean.
-        if crate::kernels::serves_f32(t) && !t.track_op() {
-            let (n, c, h, w) = t.dims4()?;
-            let m = crate::kernels::with_f32(t, |v| plane_means(v, h * w))?;
-            return Tensor::from_vec(m, (n, c), t.device());
+        // f32 CPU maps: our threaded kernel (with its gradient); else candle's mean.
+        if crate::kernels::serves_f32(t) {
+            return t.contiguous()?.apply_op1(PlaneMeans);
         }
         t.mean((2, 3))
     };
