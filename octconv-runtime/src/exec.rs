@@ -37,6 +37,7 @@ pub fn run(
         )
     }
     validate(program)?;
+    let shapes = value_shapes(program);
     let mut values: Vec<Option<OctValue>> = vec![None; n];
     // The buffer of each concatenation chain, under the chain's first link, while the chain runs.
     let mut buffers: Vec<Option<OctValue>> = vec![None; n];
@@ -58,12 +59,12 @@ pub fn run(
         // Cut each value loose from the autograd graph: weights are variables, so every output
         // would otherwise keep its inputs alive until the last layer.
         let y = y.map(|t| Ok(t.detach()))?;
-        if y.shape() != planned.output {
+        if y.shape() != shapes[j] {
             bail!(
                 "internal error: layer `{}` produced {} but the checker expects {}",
                 planned.name,
                 y.shape(),
-                planned.output
+                shapes[j]
             )
         }
         drop(ins);
@@ -77,6 +78,25 @@ pub fn run(
         .pop()
         .flatten()
         .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+}
+
+/// The shape of each layer's value as the program runs: the checker's, except where an output map
+/// pools ([`OutputMap::pool`]): the producer and the batch norm and activation it passes over hold
+/// the pooled map.
+fn value_shapes(program: &Program) -> Vec<Shape> {
+    let mut shapes: Vec<Shape> = program.layers.iter().map(|l| l.output).collect();
+    for (j, l) in program.layers.iter().enumerate() {
+        let map = match l.step {
+            Step::Run { map } | Step::AfterBnRelu { map, .. } => map,
+            _ => None,
+        };
+        if let Some(m @ OutputMap { pool: Some(p), .. }) = map {
+            for k in [Some(j), m.bn, m.act].into_iter().flatten() {
+                shapes[k] = program.layers[p].output;
+            }
+        }
+    }
+    shapes
 }
 
 /// Checks that every index in `program` points where the executor will look (a program is public
@@ -112,7 +132,9 @@ fn validate(program: &Program) -> Result<()> {
 
 /// Whether an output map's layers are inside a program of `n` layers.
 fn map_ok(map: Option<OutputMap>, n: usize) -> bool {
-    map.is_none_or(|m| m.bn.is_none_or(|b| b < n) && m.act.is_none_or(|a| a < n))
+    map.is_none_or(|m| {
+        m.bn.is_none_or(|b| b < n) && m.act.is_none_or(|a| a < n) && m.pool.is_none_or(|p| p < n)
+    })
 }
 
 /// Layer `j`'s value by its planned step.
@@ -188,11 +210,23 @@ fn activation(program: &Program, layers: &Layers<'_>, a: usize) -> Result<Activa
     }
 }
 
+/// The pooling layer at `p`.
+fn pool(program: &Program, layers: &Layers<'_>, p: usize) -> Result<crate::layers::Pool> {
+    match layers[p].and_then(|l| l.as_pool()) {
+        Some(pool) => Ok(pool),
+        None => bail!(
+            "internal error: the plan applies `{}` as a pool",
+            program.layers[p].name
+        ),
+    }
+}
+
 /// The output stage of map `m`.
 fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<OutputStage<'a>> {
     Ok(OutputStage {
         bn: m.bn.map(|b| batch_norm(program, layers, b)).transpose()?,
         act: m.act.map(|a| activation(program, layers, a)).transpose()?,
+        pool: m.pool.map(|p| pool(program, layers, p)).transpose()?,
     })
 }
 

@@ -120,7 +120,8 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
         plan.applies[at("conv0")],
         Some(OutputMap {
             bn: Some(at("bn0")),
-            act: Some(at("relu6_0"))
+            act: Some(at("relu6_0")),
+            pool: None,
         })
     );
 }
@@ -206,4 +207,36 @@ fn a_batch_norm_sharing_its_input_with_another_reader_is_not_applied_in_place() 
     assert_eq!(maps.applies.len(), m.layers.len());
     // The 1×1 convolution's own output feeds nothing but the concatenation.
     assert!(maps.passed_over.iter().all(|p| !p));
+}
+
+/// The ImageNet stem (conv → BN → ReLU → 3×3 / 2 max pool) is one output map with the pool: the
+/// convolution applies all three, the pool passes on, and `Program::lower` carries it.
+#[test]
+fn stem_conv_takes_its_batch_norm_relu_and_max_pool_as_one_output_map() {
+    use octconv_spec::ir::Op;
+    use octconv_spec::plan::{Program, Step};
+    for call in [
+        "densenet(depth = 121, growth = 8, classes = 5, alpha = 0.5)",
+        "resnext(depth = 50, groups = 32, width = 4, alpha = 0.25)",
+    ] {
+        let m = check_builtin(call).model.unwrap();
+        let first = |f: fn(&Op) -> bool| (0..m.layers.len()).find(|&j| f(&m.layers[j].op)).unwrap();
+        let conv = first(|op| matches!(op, Op::Conv(_)));
+        let pool = first(|op| matches!(op, Op::MaxPool(_)));
+        let plan = OutputMaps::plan(&m, &InputMaps::plan(&m));
+        let map =
+            plan.applies[conv].unwrap_or_else(|| panic!("{call}: the stem has no output map"));
+        assert_eq!(map.pool, Some(pool), "{call}");
+        assert!(map.bn.is_some() && map.act.is_some(), "{call}: {map:?}");
+        for k in [map.bn.unwrap(), map.act.unwrap(), pool] {
+            assert!(plan.passed_over[k], "{call}: layer {k} not passed over");
+        }
+        let program = Program::lower(&m);
+        assert_eq!(
+            program.layers[conv].step,
+            Step::Run { map: Some(map) },
+            "{call}"
+        );
+        assert_eq!(program.layers[pool].step, Step::PassOn, "{call}");
+    }
 }

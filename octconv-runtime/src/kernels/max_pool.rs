@@ -152,7 +152,7 @@ wide_fn! {
     /// as in the generic loop: within a row the first of equal values stays, and between rows the
     /// upper. The generic loop took 4.1 ms for ResNeXt-50's stem pool at batch 8 (64 × 112²; AMD
     /// EPYC, 2 threads), 1.6–2.7 % of the ImageNet families' passes at every α.
-    fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
+    pub(crate) fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
         let (h, w) = hw;
         let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
         // Row maxima of input rows 2·oy − 1, 2·oy, 2·oy + 1 (those inside the map).

@@ -15,7 +15,8 @@
 
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
-use super::scratch::output_vec;
+use super::max_pool::pool3s2_plane;
+use super::scratch::{output_vec, with_scratch, Scratch};
 use rayon::prelude::*;
 
 /// The most input channels the kernel takes (RGB, or RGB + one).
@@ -71,6 +72,51 @@ pub fn forward_post(
             image(g, img, &packed, o, post);
         });
     out
+}
+
+/// [`forward_post`] followed by a 3×3, stride-2, padding-1 max pool of every output plane (the
+/// ImageNet stems' pool), each image pooled from per-thread scratch while its convolution output is
+/// in cache: the batch of unpooled outputs (64 × 112² per image) is never held. Returns the pooled
+/// maps, `[n, c_out, ⌈oh/2⌉, ⌈ow/2⌉]`. The values equal [`forward_post`] then the max pool.
+///
+/// # Panics
+/// As [`forward_post`].
+pub fn forward_post_pooled(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    post: Option<RowMap<'_, f32>>,
+) -> Vec<f32> {
+    assert!(applies(g), "stem: geometry {g:?} is not served");
+    assert!(
+        x.len() >= g.n * g.in_image() && w.len() >= g.c_out * g.c_in * g.kh * g.kw,
+        "stem: {} inputs and {} weights for {g:?}",
+        x.len(),
+        w.len()
+    );
+    let packed = pack(g, w);
+    let (oh, ow) = (g.oh(), g.ow());
+    let (ph, pw) = pooled_hw(oh, ow);
+    let mut out = output_vec(g.n * g.c_out * ph * pw);
+    // Every pooled value is written by the plane pool below.
+    out.par_chunks_mut(g.c_out * ph * pw)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let img = &x[i * g.in_image()..][..g.in_image()];
+            with_scratch(|s: &mut Scratch<f32>| {
+                let [conv] = s.many([g.out_image()]);
+                image(g, img, &packed, conv, post);
+                for (src, dst) in conv.chunks_exact(oh * ow).zip(o.chunks_exact_mut(ph * pw)) {
+                    pool3s2_plane(src, dst, (oh, ow));
+                }
+            })
+        });
+    out
+}
+
+/// The output size of a 3×3, stride-2, padding-1 max pool of an `h × w` map.
+pub fn pooled_hw(h: usize, w: usize) -> (usize, usize) {
+    ((h - 1) / 2 + 1, (w - 1) / 2 + 1)
 }
 
 /// The weights as blocks of [`CB`] output channels, each `[c_in][ky][kx][CB]` (zero past `c_out`).
@@ -291,6 +337,47 @@ mod tests {
                             (a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
                             "k {k}, {c_in} → {c_out}, {h}×{w}: output {j} {a} vs {b}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pooled variant equals the stem then a 3×3 / 2 max pool with padding 1 (by direct
+    /// window maxima), exactly, with an epilogue applied before pooling; odd and even map sizes.
+    #[test]
+    fn pooled_stem_equals_the_stem_then_the_max_pool_exactly() {
+        if !crate::kernels::simd::has_avx512f() {
+            return;
+        }
+        let n = rayon::current_num_threads().max(2);
+        for (k, (h, w)) in [(7, (20, 18)), (7, (9, 13)), (3, (8, 8)), (3, (11, 6))] {
+            let (c_in, c_out) = (3, 10);
+            let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), 2, k / 2, 1).unwrap();
+            let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+            let x = f32s(test_values(n * c_in * h * w, 70 + k as u64));
+            let wt = f32s(test_values(c_out * c_in * k * k, 80 + h as u64));
+            // A ReLU-like epilogue that differs per channel, so its place (before the pool) matters.
+            let post = |c: usize, row: &mut [f32]| {
+                row.iter_mut()
+                    .for_each(|v| *v = (*v * (c as f32 + 1.0) - 0.1).max(0.0))
+            };
+            let conv = forward_post(&g, &x, &wt, Some(&post));
+            let got = forward_post_pooled(&g, &x, &wt, Some(&post));
+            let (oh, ow) = (g.oh(), g.ow());
+            let (ph, pw) = pooled_hw(oh, ow);
+            assert_eq!(got.len(), n * c_out * ph * pw);
+            for p in 0..n * c_out {
+                let plane = &conv[p * oh * ow..][..oh * ow];
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let mut m = f32::NEG_INFINITY;
+                        for y in (2 * py).saturating_sub(1)..(2 * py + 2).min(oh) {
+                            for x in (2 * px).saturating_sub(1)..(2 * px + 2).min(ow) {
+                                m = m.max(plane[y * ow + x]);
+                            }
+                        }
+                        assert_eq!(got[(p * ph + py) * pw + px], m, "k {k}, {h}×{w}, plane {p}");
                     }
                 }
             }

@@ -1,7 +1,9 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
-use crate::kernels::{conv2d, ConvGeometry, ConvParams};
+use crate::kernels::epilogue::ChannelEpilogue;
+use crate::kernels::{conv2d, serves_f32, stem, with_f32_all, ConvGeometry, ConvParams};
 use crate::layers::octconv::add_bias;
+use crate::layers::pool::PoolKind;
 use crate::layers::OutputStage;
 use crate::tape::{Backward, ParamGrads, Recorded};
 use crate::value::OctValue;
@@ -74,12 +76,52 @@ impl Conv2d {
                 ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)
                     .is_ok_and(|g| conv2d::maps_rows(&g));
             if let (true, Some(e)) = (maps, stage.epilogue(true, self.spec.out_c)?) {
-                if let Some(y) = conv2d::infer_post(t, &self.weight, p, &e)? {
+                if let Some(y) = self.infer_stem_pooled(t, &e, stage)? {
                     return Ok(OctValue::Single(y));
+                }
+                if let Some(y) = conv2d::infer_post(t, &self.weight, p, &e)? {
+                    let y = OctValue::Single(y);
+                    return match stage.pool {
+                        Some(pool) => pool.forward(&y),
+                        None => Ok(y),
+                    };
                 }
             }
         }
         stage.apply(self.forward(x)?)
+    }
+
+    /// The stem kernel with the output stage's 3×3 / 2 max pool taken per image
+    /// ([`stem::forward_post_pooled`]), where the stage has that pool and the kernel serves the
+    /// layer; `Ok(None)` elsewhere.
+    fn infer_stem_pooled(
+        &self,
+        t: &Tensor,
+        e: &ChannelEpilogue,
+        stage: &OutputStage<'_>,
+    ) -> Result<Option<Tensor>> {
+        let Some(pool) = stage.pool else {
+            return Ok(None);
+        };
+        let s = pool.spec;
+        let p = self.params();
+        let g = ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)?;
+        let fits = pool.kind == PoolKind::Max
+            && (s.kernel, s.stride, s.padding) == (3, 2, 1)
+            && serves_f32(t)
+            && serves_f32(&self.weight)
+            && stem::applies(&g)
+            && g.oh() >= 2
+            && g.ow() >= 2;
+        if !fits {
+            return Ok(None);
+        }
+        let post = |c: usize, row: &mut [f32]| e.apply_row(c, row);
+        let y = with_f32_all([t, &self.weight], |[x, w]| {
+            stem::forward_post_pooled(&g, x, w, Some(&post))
+        })?;
+        let (ph, pw) = stem::pooled_hw(g.oh(), g.ow());
+        Tensor::from_vec(y, (g.n, g.c_out, ph, pw), t.device()).map(Some)
     }
 
     /// Applies the convolution to a single-frequency value.

@@ -66,6 +66,12 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync {
     fn as_activation(&self) -> Option<Activation> {
         None
     }
+
+    /// The layer as a pooling layer, if it is one (a one-branch convolution before a max pool
+    /// pools its output as part of its output stage: `plan::OutputMap::pool`).
+    fn as_pool(&self) -> Option<Pool> {
+        None
+    }
 }
 
 /// Cloning boxed layers (an [`crate::model::OctModel`] is `Clone`).
@@ -188,8 +194,17 @@ impl OctLayer for Dropout {
         Dropout::train_record(self, one(xs, "dropout")?).map(Some)
     }
 }
-oct_layer!(Pool, |s, xs, train| s.forward(one(xs, "pool")?),
-    record: |s, xs, n| adjoint::pool(s, one(xs, "pool")?, first_needs(n)));
+impl OctLayer for Pool {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        self.forward(one(xs, "pool")?)
+    }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        adjoint::pool(self, one(xs, "pool")?, first_needs(needs_grad))
+    }
+    fn as_pool(&self) -> Option<Pool> {
+        Some(*self)
+    }
+}
 impl OctLayer for Linear {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
         self.forward(one(xs, "linear")?)

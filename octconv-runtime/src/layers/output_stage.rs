@@ -4,7 +4,7 @@
 //! [`crate::layers::OctLayer::infer_then`]; any other layer's output is mapped in one pass after it.
 
 use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
-use crate::layers::{Activation, OctBatchNorm};
+use crate::layers::{Activation, OctBatchNorm, Pool};
 use crate::value::OctValue;
 use candle_core::Result;
 
@@ -15,12 +15,25 @@ pub struct OutputStage<'a> {
     pub bn: Option<&'a OctBatchNorm>,
     /// The activation after it, if any (the plan admits ReLU and ReLU6).
     pub act: Option<Activation>,
+    /// A max pool after them, if any (after a one-branch convolution: the ImageNet stems). Kernels
+    /// that pool each image in cache take it; otherwise [`OutputStage::apply`] pools the output.
+    pub pool: Option<Pool>,
 }
 
 impl OutputStage<'_> {
     /// Applies the stage to `y`, a fresh value nothing else holds, in place where our kernels serve
     /// it ([`OctBatchNorm::infer_in_place`], [`Activation::infer_in_place`]).
     pub fn apply(&self, y: OctValue) -> Result<OctValue> {
+        let y = self.map(y)?;
+        match self.pool {
+            Some(pool) => pool.forward(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// [`OutputStage::apply`] without the pool: the batch norm and activation alone (for a kernel
+    /// that mapped each row and still has to pool).
+    pub fn map(&self, y: OctValue) -> Result<OctValue> {
         match (self.bn, self.act) {
             (Some(bn), act) => bn.infer_in_place(y, act),
             (None, Some(act)) => act.infer_in_place(y),

@@ -28,7 +28,7 @@ pub(crate) fn tokens(krate: &TokenStream, program: &Program) -> TokenStream {
 
 fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
     let map = |m: &Option<OutputMap>| match m {
-        Some(OutputMap { bn, act }) => {
+        Some(OutputMap { bn, act, pool }) => {
             let opt = |v: &Option<usize>| match v {
                 Some(i) => {
                     let i = us(*i);
@@ -36,8 +36,8 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
                 }
                 None => quote!(::std::option::Option::None),
             };
-            let (bn, act) = (opt(bn), opt(act));
-            quote!(::std::option::Option::Some(#p::OutputMap { bn: #bn, act: #act }))
+            let (bn, act, pool) = (opt(bn), opt(act), opt(pool));
+            quote!(::std::option::Option::Some(#p::OutputMap { bn: #bn, act: #act, pool: #pool }))
         }
         None => quote!(::std::option::Option::None),
     };

@@ -136,11 +136,17 @@ pub struct OutputMap {
     pub bn: Option<usize>,
     /// A `relu` or `relu6` that is the only reader of the batch norm (or of the producer).
     pub act: Option<usize>,
+    /// A max pool that is the only reader of the activation (or of the batch norm, or of the
+    /// producer), after a one-branch convolution (`conv`): the ImageNet stems' 3×3 / 2 pool. The
+    /// convolution's value is then the pooled map (the runtime pools each image while it is in
+    /// cache where its stem kernel serves the layer, and after the convolution elsewhere): the
+    /// batch of unpooled stem outputs is never held (DenseNet-121's peak at α ≥ .5).
+    pub pool: Option<usize>,
 }
 
 /// Where inference applies a batch norm and/or a ReLU or ReLU6 to a freshly computed value in place,
 /// instead of writing a normalised copy and an activated copy: conv → BN → [relu | relu6] and
-/// conv → relu chains, and add → relu (the residual join of post-activation networks: ResNet,
+/// conv → relu chains (a one-branch `conv` also takes a max pool after them), and add → relu (the residual join of post-activation networks: ResNet,
 /// ResNeXt, MobileNet, U-Net), in which each value has one reader. Batch norms and ReLUs that a
 /// convolution already applies to its input ([`InputMaps`]) are left to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,16 +179,18 @@ impl OutputMaps {
             passed_over: vec![false; n],
         };
         for (j, layer) in layers.iter().enumerate() {
-            let map = match layer.op {
+            let mut map = match layer.op {
                 Op::Conv(_) | Op::OctConv(_) | Op::OctConvTranspose(_) => {
                     match reader(j).filter(|&b| matches!(layers[b].op, Op::BatchNorm { .. })) {
                         Some(bn) => OutputMap {
                             bn: Some(bn),
                             act: act_after(bn),
+                            pool: None,
                         },
                         None => OutputMap {
                             bn: None,
                             act: act_after(j),
+                            pool: None,
                         },
                     }
                 }
@@ -190,14 +198,19 @@ impl OutputMaps {
                 Op::Add if layer.inputs.len() >= 2 => OutputMap {
                     bn: None,
                     act: act_after(j),
+                    pool: None,
                 },
                 _ => continue,
             };
-            if map.bn.is_none() && map.act.is_none() {
+            if matches!(layer.op, Op::Conv(_)) {
+                let last = map.act.or(map.bn).unwrap_or(j);
+                map.pool = reader(last).filter(|&p| matches!(layers[p].op, Op::MaxPool(_)));
+            }
+            if map.bn.is_none() && map.act.is_none() && map.pool.is_none() {
                 continue;
             }
             plan.applies[j] = Some(map);
-            for k in map.bn.into_iter().chain(map.act) {
+            for k in map.bn.into_iter().chain(map.act).chain(map.pool) {
                 plan.passed_over[k] = true;
             }
         }
