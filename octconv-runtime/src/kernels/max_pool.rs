@@ -133,6 +133,11 @@ impl MaxPool {
     }
 }
 
+/// The output size of a 3×3, stride-2, padding-1 max pool of an `h × w` map (at least 1×1).
+pub fn pool3s2_hw(h: usize, w: usize) -> (usize, usize) {
+    ((h - 1) / 2 + 1, (w - 1) / 2 + 1)
+}
+
 /// The larger of `m` and `v` by a select (`v` only if it is greater: the first of equal values
 /// stays, and a NaN never replaces a value).
 #[inline(always)]
@@ -154,7 +159,7 @@ wide_fn! {
     /// EPYC, 2 threads), 1.6–2.7 % of the ImageNet families' passes at every α.
     pub(crate) fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
         let (h, w) = hw;
-        let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+        let (oh, ow) = pool3s2_hw(h, w);
         // Row maxima of input rows 2·oy − 1, 2·oy, 2·oy + 1 (those inside the map).
         let mut rows = vec![T::ZERO; 3 * ow];
         for (oy, orow) in o.chunks_exact_mut(ow).enumerate().take(oh) {

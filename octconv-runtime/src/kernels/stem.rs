@@ -15,7 +15,7 @@
 
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
-use super::max_pool::pool3s2_plane;
+use super::max_pool::{pool3s2_hw, pool3s2_plane};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use rayon::prelude::*;
 
@@ -55,14 +55,7 @@ pub fn forward_post(
     w: &[f32],
     post: Option<RowMap<'_, f32>>,
 ) -> Vec<f32> {
-    assert!(applies(g), "stem: geometry {g:?} is not served");
-    assert!(
-        x.len() >= g.n * g.in_image() && w.len() >= g.c_out * g.c_in * g.kh * g.kw,
-        "stem: {} inputs and {} weights for {g:?}",
-        x.len(),
-        w.len()
-    );
-    let packed = pack(g, w);
+    let packed = checked_pack(g, x, w);
     let mut out = output_vec(g.n * g.out_image());
     // Every output value is stored by the kernel below.
     out.par_chunks_mut(g.out_image())
@@ -87,16 +80,9 @@ pub fn forward_post_pooled(
     w: &[f32],
     post: Option<RowMap<'_, f32>>,
 ) -> Vec<f32> {
-    assert!(applies(g), "stem: geometry {g:?} is not served");
-    assert!(
-        x.len() >= g.n * g.in_image() && w.len() >= g.c_out * g.c_in * g.kh * g.kw,
-        "stem: {} inputs and {} weights for {g:?}",
-        x.len(),
-        w.len()
-    );
-    let packed = pack(g, w);
+    let packed = checked_pack(g, x, w);
     let (oh, ow) = (g.oh(), g.ow());
-    let (ph, pw) = pooled_hw(oh, ow);
+    let (ph, pw) = pool3s2_hw(oh, ow);
     let mut out = output_vec(g.n * g.c_out * ph * pw);
     // Every pooled value is written by the plane pool below.
     out.par_chunks_mut(g.c_out * ph * pw)
@@ -114,9 +100,17 @@ pub fn forward_post_pooled(
     out
 }
 
-/// The output size of a 3×3, stride-2, padding-1 max pool of an `h × w` map.
-pub fn pooled_hw(h: usize, w: usize) -> (usize, usize) {
-    ((h - 1) / 2 + 1, (w - 1) / 2 + 1)
+/// [`pack`] after checking that the kernel serves `g` and the slices are long enough (the panics
+/// of [`forward_post`]).
+fn checked_pack(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(applies(g), "stem: geometry {g:?} is not served");
+    assert!(
+        x.len() >= g.n * g.in_image() && w.len() >= g.c_out * g.c_in * g.kh * g.kw,
+        "stem: {} inputs and {} weights for {g:?}",
+        x.len(),
+        w.len()
+    );
+    pack(g, w)
 }
 
 /// The weights as blocks of [`CB`] output channels, each `[c_in][ky][kx][CB]` (zero past `c_out`).
@@ -365,7 +359,7 @@ mod tests {
             let conv = forward_post(&g, &x, &wt, Some(&post));
             let got = forward_post_pooled(&g, &x, &wt, Some(&post));
             let (oh, ow) = (g.oh(), g.ow());
-            let (ph, pw) = pooled_hw(oh, ow);
+            let (ph, pw) = pool3s2_hw(oh, ow);
             assert_eq!(got.len(), n * c_out * ph * pw);
             for p in 0..n * c_out {
                 let plane = &conv[p * oh * ow..][..oh * ow];

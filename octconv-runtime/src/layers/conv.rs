@@ -1,6 +1,7 @@
 //! `Conv2d`: a plain convolution on a single-frequency tensor.
 
 use crate::kernels::epilogue::ChannelEpilogue;
+use crate::kernels::max_pool::pool3s2_hw;
 use crate::kernels::{conv2d, serves_f32, stem, with_f32_all, ConvGeometry, ConvParams};
 use crate::layers::octconv::add_bias;
 use crate::layers::pool::PoolKind;
@@ -72,11 +73,11 @@ impl Conv2d {
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         if let (OctValue::Single(t), None) = (x, &self.bias) {
             let p = self.params();
-            let maps =
-                ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)
-                    .is_ok_and(|g| conv2d::maps_rows(&g));
-            if let (true, Some(e)) = (maps, stage.epilogue(true, self.spec.out_c)?) {
-                if let Some(y) = self.infer_stem_pooled(t, &e, stage)? {
+            let g = ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)
+                .ok()
+                .filter(conv2d::maps_rows);
+            if let (Some(g), Some(e)) = (g, stage.epilogue(true, self.spec.out_c)?) {
+                if let Some(y) = self.infer_stem_pooled(t, &g, &e, stage)? {
                     return Ok(OctValue::Single(y));
                 }
                 if let Some(y) = conv2d::infer_post(t, &self.weight, p, &e)? {
@@ -97,6 +98,7 @@ impl Conv2d {
     fn infer_stem_pooled(
         &self,
         t: &Tensor,
+        g: &ConvGeometry,
         e: &ChannelEpilogue,
         stage: &OutputStage<'_>,
     ) -> Result<Option<Tensor>> {
@@ -104,13 +106,11 @@ impl Conv2d {
             return Ok(None);
         };
         let s = pool.spec;
-        let p = self.params();
-        let g = ConvGeometry::new(t.dims4()?, self.weight.dims4()?, p.stride, p.pad, p.groups)?;
         let fits = pool.kind == PoolKind::Max
             && (s.kernel, s.stride, s.padding) == (3, 2, 1)
             && serves_f32(t)
             && serves_f32(&self.weight)
-            && stem::applies(&g)
+            && stem::applies(g)
             && g.oh() >= 2
             && g.ow() >= 2;
         if !fits {
@@ -118,9 +118,9 @@ impl Conv2d {
         }
         let post = |c: usize, row: &mut [f32]| e.apply_row(c, row);
         let y = with_f32_all([t, &self.weight], |[x, w]| {
-            stem::forward_post_pooled(&g, x, w, Some(&post))
+            stem::forward_post_pooled(g, x, w, Some(&post))
         })?;
-        let (ph, pw) = stem::pooled_hw(g.oh(), g.ow());
+        let (ph, pw) = pool3s2_hw(g.oh(), g.ow());
         Tensor::from_vec(y, (g.n, g.c_out, ph, pw), t.device()).map(Some)
     }
 
