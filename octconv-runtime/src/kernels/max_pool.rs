@@ -149,23 +149,37 @@ fn keep_max<T: Element>(m: T, v: T) -> T {
     }
 }
 
+/// One plane of a 3×3, stride-2, padding-1 max pool (the ImageNet stems'), separably: the
+/// three-column maximum of each input row the window rows read, then the maximum of three such rows,
+/// in contiguous loops the compiler vectorises (the AVX2 build where the CPU has it). For inputs
+/// without NaN each output is the first maximum of its window in row-major order, as in the generic
+/// loop: within a row the first of equal values stays, and between rows the upper. The generic loop
+/// took 4.1 ms for ResNeXt-50's stem pool at batch 8 (64 × 112²; AMD EPYC, 2 threads), 1.6–2.7 %
+/// of the ImageNet families' passes at every α.
+pub(crate) fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
+    let oh = pool3s2_hw(hw.0, hw.1).0;
+    pool3s2_rows((plane, 0), hw, o, 0..oh)
+}
+
 wide_fn! {
-    /// One plane of a 3×3, stride-2, padding-1 max pool (the ImageNet stems'), separably: the
-    /// three-column maximum of each input row the window rows read, then the maximum of three
-    /// such rows, in contiguous loops the compiler vectorises (the AVX2 build where the CPU has it).
-    /// For inputs without NaN each output is the first maximum of its window in row-major order,
-    /// as in the generic loop: within a row the first of equal values stays, and between rows the
-    /// upper. The generic loop took 4.1 ms for ResNeXt-50's stem pool at batch 8 (64 × 112²; AMD
-    /// EPYC, 2 threads), 1.6–2.7 % of the ImageNet families' passes at every α.
-    pub(crate) fn pool3s2_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize)) {
-        let (h, w) = hw;
-        let (oh, ow) = pool3s2_hw(h, w);
+    /// Output rows `oys` of [`pool3s2_plane`] of an `h × w` plane into `o` (those rows only), from
+    /// `src`, which holds the plane's rows from `first` on (at least every row the windows of
+    /// `oys` read: `2·oy − 1` to `2·oy + 1`, those inside the map). The stem pools its output band
+    /// by band with it ([`super::stem::forward_post_pooled`]).
+    pub(crate) fn pool3s2_rows<T: Element>(
+        src: (&[T], usize),
+        hw: (usize, usize),
+        o: &mut [T],
+        oys: std::ops::Range<usize>,
+    ) {
+        let ((src, first), (h, w)) = (src, hw);
+        let ow = pool3s2_hw(h, w).1;
         // Row maxima of input rows 2·oy − 1, 2·oy, 2·oy + 1 (those inside the map).
         let mut rows = vec![T::ZERO; 3 * ow];
-        for (oy, orow) in o.chunks_exact_mut(ow).enumerate().take(oh) {
-            let mut first = true;
+        for (oy, orow) in oys.zip(o.chunks_exact_mut(ow)) {
+            let mut first_row = true;
             for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                let r = &plane[iy * w..][..w];
+                let r = &src[(iy - first) * w..][..w];
                 let hm = &mut rows[..ow];
                 hm[0] = keep_max(r[0], r[1]);
                 // Columns 2·ox − 1, 2·ox, 2·ox + 1 for ox ≥ 1 (the last may lack its right one).
@@ -176,9 +190,9 @@ wide_fn! {
                 if full + 1 < ow {
                     hm[ow - 1] = keep_max(r[2 * ow - 3], r[2 * ow - 2]);
                 }
-                if first {
+                if first_row {
                     orow.copy_from_slice(hm);
-                    first = false;
+                    first_row = false;
                 } else {
                     for (d, &m) in orow.iter_mut().zip(hm.iter()) {
                         *d = keep_max(*d, m);

@@ -15,7 +15,7 @@
 
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
-use super::max_pool::{pool3s2_hw, pool3s2_plane};
+use super::max_pool::{pool3s2_hw, pool3s2_rows};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use rayon::prelude::*;
 
@@ -67,33 +67,80 @@ pub fn forward_post(
     out
 }
 
+/// Values of convolution output one band of [`forward_post_pooled`] holds: 64 Ki (256 KiB of
+/// f32, a quarter of this machine's L2: AMD EPYC, 1 MiB per core), 9 rows of a 64 × 112 stem.
+/// Whole images (64 × 112², 3.2 MB of scratch per thread, the second largest of DenseNet-121 at
+/// α = .75) went to L3 between the convolution and the pool.
+const POOL_BAND_VALUES: usize = 64 << 10;
+
 /// [`forward_post`] followed by a 3×3, stride-2, padding-1 max pool of every output plane (the
-/// ImageNet stems' pool), each image pooled from per-thread scratch while its convolution output is
-/// in cache: the batch of unpooled outputs (64 × 112² per image) is never held. Returns the pooled
-/// maps, `[n, c_out, ⌈oh/2⌉, ⌈ow/2⌉]`. The values equal [`forward_post`] then the max pool.
+/// ImageNet stems' pool), each image's convolution output made and pooled a band of rows at a time
+/// in per-thread scratch ([`POOL_BAND_VALUES`]; the last row of a band, which the next band's first
+/// window reads too, is carried over, not recomputed), so that neither the batch's unpooled outputs
+/// (64 × 112² per image) nor a whole image of them is held. Returns the pooled maps,
+/// `[n, c_out, ⌈oh/2⌉, ⌈ow/2⌉]`. The values equal [`forward_post`] then the max pool.
 ///
 /// # Panics
-/// As [`forward_post`].
+/// As [`forward_post`], and if the output is narrower or lower than 2.
 pub fn forward_post_pooled(
     g: &ConvGeometry,
     x: &[f32],
     w: &[f32],
     post: Option<RowMap<'_, f32>>,
 ) -> Vec<f32> {
+    forward_post_pooled_in_bands(g, x, w, post, POOL_BAND_VALUES)
+}
+
+/// [`forward_post_pooled`] with bands of about `band_values` convolution outputs (at least one
+/// pooled row each).
+fn forward_post_pooled_in_bands(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    post: Option<RowMap<'_, f32>>,
+    band_values: usize,
+) -> Vec<f32> {
     let packed = checked_pack(g, x, w);
     let (oh, ow) = (g.oh(), g.ow());
+    assert!(oh >= 2 && ow >= 2, "stem pool: a {oh}×{ow} output");
     let (ph, pw) = pool3s2_hw(oh, ow);
+    // Pooled rows per band: a band of `b` pooled rows reads `2·b + 1` convolution rows.
+    let per_band = ((band_values / (g.c_out * ow)).saturating_sub(1) / 2).clamp(1, ph);
+    let held = (2 * per_band + 1).min(oh);
     let mut out = output_vec(g.n * g.c_out * ph * pw);
-    // Every pooled value is written by the plane pool below.
+    // Every pooled value is written by the row pool below.
     out.par_chunks_mut(g.c_out * ph * pw)
         .enumerate()
         .for_each(|(i, o)| {
-            let img = &x[i * g.in_image()..][..g.in_image()];
+            let split = split_image(g, &x[i * g.in_image()..][..g.in_image()]);
             with_scratch(|s: &mut Scratch<f32>| {
-                let [conv] = s.many([g.out_image()]);
-                image(g, img, &packed, conv, post);
-                for (src, dst) in conv.chunks_exact(oh * ow).zip(o.chunks_exact_mut(ph * pw)) {
-                    pool3s2_plane(src, dst, (oh, ow));
+                let plane = held * ow;
+                let [conv] = s.many([g.c_out * plane]);
+                for py0 in (0..ph).step_by(per_band) {
+                    let py1 = (py0 + per_band).min(ph);
+                    // Convolution rows `first .. end` are read: rows 2·py − 1 to 2·py + 1.
+                    let (first, end) = ((2 * py0).saturating_sub(1), (2 * py1).min(oh));
+                    let mut from = first;
+                    if py0 > 0 {
+                        // The previous band ended with row `first`, at its last slot.
+                        let last = (2 * py0).saturating_sub(1 + 2 * per_band);
+                        let slot = (first - last) * ow;
+                        for c in 0..g.c_out {
+                            conv.copy_within(c * plane + slot..c * plane + slot + ow, c * plane);
+                        }
+                        from += 1;
+                    }
+                    let rows = Rows {
+                        oys: from..end,
+                        first,
+                        plane,
+                    };
+                    conv_rows(g, &split, &packed, conv, rows, post);
+                    for c in 0..g.c_out {
+                        let src = &conv[c * plane..][..(end - first) * ow];
+                        let dst = &mut o[(c * ph + py0) * pw..][..(py1 - py0) * pw];
+                        pool3s2_rows((src, first), (oh, ow), dst, py0..py1);
+                    }
                 }
             })
         });
@@ -139,9 +186,21 @@ fn image(
     o: &mut [f32],
     post: Option<RowMap<'_, f32>>,
 ) {
-    let (k, pad, (oh, ow)) = (g.kh, g.pad, (g.oh(), g.ow()));
-    let (ph, len) = (g.h + 2 * pad, split_len(g));
-    // split[(ci · ph + padded row) · 2 + parity][j] = padded input (row, 2j + parity).
+    let split = split_image(g, x);
+    let rows = Rows {
+        oys: 0..g.oh(),
+        first: 0,
+        plane: g.oh() * g.ow(),
+    };
+    conv_rows(g, &split, packed, o, rows, post);
+}
+
+/// The image's zero-padded input rows split into even and odd columns:
+/// `split[(ci · ph + padded row) · 2 + parity][j]` = padded input (row, `2j + parity`), rows of
+/// [`split_len`] values.
+fn split_image(g: &ConvGeometry, x: &[f32]) -> Vec<f32> {
+    let (pad, len) = (g.pad, split_len(g));
+    let ph = g.h + 2 * pad;
     let mut split = vec![0.0f32; g.c_in * ph * 2 * len];
     for ci in 0..g.c_in {
         for iy in 0..g.h {
@@ -153,17 +212,41 @@ fn image(
             }
         }
     }
-    let plane = oh * ow;
-    for oy in 0..oh {
+    split
+}
+
+/// Which output rows [`conv_rows`] computes and where it stores them: rows `oys`, row `oy` of
+/// channel `c` at `o[c · plane + (oy − first) · ow]`.
+struct Rows {
+    oys: std::ops::Range<usize>,
+    first: usize,
+    plane: usize,
+}
+
+/// Output rows `at.oys` of every channel from the image's split rows ([`split_image`]), each
+/// finished row mapped by `post`.
+fn conv_rows(
+    g: &ConvGeometry,
+    split: &[f32],
+    packed: &[f32],
+    o: &mut [f32],
+    at: Rows,
+    post: Option<RowMap<'_, f32>>,
+) {
+    let (k, ow) = (g.kh, g.ow());
+    let (ph, len) = (g.h + 2 * g.pad, split_len(g));
+    let plane = at.plane;
+    for oy in at.oys {
+        let row_at = (oy - at.first) * ow;
         for cb in 0..g.c_out.div_ceil(CB) {
             let wp = &packed[cb * g.c_in * k * k * CB..][..g.c_in * k * k * CB];
             let rows = (g.c_out - cb * CB).min(CB);
-            let dst = &mut o[cb * CB * plane + oy * ow..];
+            let dst = &mut o[cb * CB * plane + row_at..];
             let mut x0 = 0;
             while x0 < ow {
                 let vecs = (ow - x0).div_ceil(16).min(3);
                 let args = Args {
-                    split: &split,
+                    split,
                     len,
                     ph,
                     k,
@@ -186,7 +269,7 @@ fn image(
         }
         if let Some(post) = post {
             for co in 0..g.c_out {
-                post(co, &mut o[co * plane + oy * ow..][..ow]);
+                post(co, &mut o[co * plane + row_at..][..ow]);
             }
         }
     }
@@ -338,14 +421,21 @@ mod tests {
     }
 
     /// The pooled variant equals the stem then a 3×3 / 2 max pool with padding 1 (by direct
-    /// window maxima), exactly, with an epilogue applied before pooling; odd and even map sizes.
+    /// window maxima), exactly, with an epilogue applied before pooling, once per row; odd and even
+    /// map sizes; bands of one to three pooled rows, the default band and the whole image.
     #[test]
     fn pooled_stem_equals_the_stem_then_the_max_pool_exactly() {
         if !crate::kernels::simd::has_avx512f() {
             return;
         }
         let n = rayon::current_num_threads().max(2);
-        for (k, (h, w)) in [(7, (20, 18)), (7, (9, 13)), (3, (8, 8)), (3, (11, 6))] {
+        for (k, (h, w)) in [
+            (7, (20, 18)),
+            (7, (9, 13)),
+            (3, (8, 8)),
+            (3, (11, 6)),
+            (3, (4, 5)),
+        ] {
             let (c_in, c_out) = (3, 10);
             let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), 2, k / 2, 1).unwrap();
             let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
@@ -357,21 +447,37 @@ mod tests {
                     .for_each(|v| *v = (*v * (c as f32 + 1.0) - 0.1).max(0.0))
             };
             let conv = forward_post(&g, &x, &wt, Some(&post));
-            let got = forward_post_pooled(&g, &x, &wt, Some(&post));
             let (oh, ow) = (g.oh(), g.ow());
             let (ph, pw) = pool3s2_hw(oh, ow);
-            assert_eq!(got.len(), n * c_out * ph * pw);
-            for p in 0..n * c_out {
-                let plane = &conv[p * oh * ow..][..oh * ow];
-                for py in 0..ph {
-                    for px in 0..pw {
-                        let mut m = f32::NEG_INFINITY;
-                        for y in (2 * py).saturating_sub(1)..(2 * py + 2).min(oh) {
-                            for x in (2 * px).saturating_sub(1)..(2 * px + 2).min(ow) {
-                                m = m.max(plane[y * ow + x]);
+            // Bands of 1, 2 and 3 pooled rows (the carried row at every band border), the default,
+            // and one band for the whole image.
+            let row = c_out * ow;
+            for budget in [0, 5 * row, 7 * row, POOL_BAND_VALUES, usize::MAX] {
+                let seen = std::sync::atomic::AtomicUsize::new(0);
+                let counted = |c: usize, r: &mut [f32]| {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    post(c, r)
+                };
+                let got = forward_post_pooled_in_bands(&g, &x, &wt, Some(&counted), budget);
+                let what = format!("k {k}, {h}×{w}, band budget {budget}");
+                assert_eq!(
+                    seen.into_inner(),
+                    n * c_out * oh,
+                    "{what}: rows mapped once each"
+                );
+                assert_eq!(got.len(), n * c_out * ph * pw);
+                for p in 0..n * c_out {
+                    let plane = &conv[p * oh * ow..][..oh * ow];
+                    for py in 0..ph {
+                        for px in 0..pw {
+                            let mut m = f32::NEG_INFINITY;
+                            for y in (2 * py).saturating_sub(1)..(2 * py + 2).min(oh) {
+                                for x in (2 * px).saturating_sub(1)..(2 * px + 2).min(ow) {
+                                    m = m.max(plane[y * ow + x]);
+                                }
                             }
+                            assert_eq!(got[(p * ph + py) * pw + px], m, "{what}, plane {p}");
                         }
-                        assert_eq!(got[(p * ph + py) * pw + px], m, "k {k}, {h}×{w}, plane {p}");
                     }
                 }
             }
