@@ -948,3 +948,43 @@ fn im2col_in_row_blocks_matches_naive_loops_on_large_maps() {
         );
     }
 }
+
+/// Several small images per task by im2col (`conv2d::forward`, one group): the column matrix is
+/// unfolded and multiplied a chunk of input channels at a time, the chunks' products accumulated —
+/// 3×3 stride-2 layers of 7, 96 and 250 input channels at 14×14 and 11×11 (f64: the 96- and
+/// 250-channel ones take two and three chunks of about 1 MiB), with an odd batch whose last task is
+/// short, against direct summation.
+#[test]
+fn im2col_in_channel_chunks_matches_naive_loops_for_batched_small_maps() {
+    use octconv_runtime::kernels::conv2d::{self, algorithm, Algorithm};
+    use octconv_runtime::kernels::ConvGeometry;
+    for (i, (n, c_in, c_out, h)) in [(5, 7, 6, 14), (8, 96, 5, 14), (7, 250, 9, 11)]
+        .into_iter()
+        .enumerate()
+    {
+        let case = Case {
+            n,
+            c_in,
+            c_out,
+            h,
+            w: h,
+            k: 3,
+            stride: 2,
+            pad: 1,
+            groups: 1,
+        };
+        let g = ConvGeometry::new((n, c_in, h, h), (c_out, c_in, 3, 3), 2, 1, 1).unwrap();
+        assert_eq!(algorithm(&g), Algorithm::Im2col);
+        let mut rng = ChaCha8Rng::seed_from_u64(97 + i as u64);
+        let x = values(&rand_tensor(&mut rng, &[n, c_in, h, h], DType::F64));
+        let wt = values(&rand_tensor(&mut rng, &[c_out, c_in, 3, 3], DType::F64));
+        let (ny, _, _) = naive(&case, &x, &wt, None);
+        assert_close(
+            "channel-chunked im2col y",
+            &conv2d::forward(&g, &x, &wt),
+            &ny,
+            1e-12,
+            &case,
+        );
+    }
+}

@@ -474,6 +474,12 @@ pub fn forward_post<T: Element>(
                         unfold_in_blocks(g, x, (i0, grp), col, wg, &mut out_chunk[..], post, par);
                         continue;
                     }
+                    if cnt > 1 && g.groups == 1 && !g.is_pointwise() {
+                        let stage = sized(stage, cout_g * ld);
+                        unfold_in_channel_chunks(g, x, (i0, cnt), col, w, stage, par);
+                        copy_out(g, stage, (cnt, grp), out_chunk, post);
+                        continue;
+                    }
                     let col = unfold_group(g, x, (i0, cnt, grp), col);
                     let rhs = Mat {
                         ptr: col.as_ptr(),
@@ -510,21 +516,94 @@ pub fn forward_post<T: Element>(
                         unsafe {
                             sgemm((cout_g, ld, k), stage.as_mut_ptr(), ld, false, wg, rhs, par)
                         };
-                        for i in 0..cnt {
-                            let img = &mut out_chunk[i * g.out_image() + grp * cout_g * ohw..];
-                            for co in 0..cout_g {
-                                let row = &mut img[co * ohw..][..ohw];
-                                row.copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
-                                if let Some(post) = post {
-                                    post(grp * cout_g + co, row);
-                                }
-                            }
-                        }
+                        copy_out(g, stage, (cnt, grp), out_chunk, post);
                     }
                 }
             })
         });
     out
+}
+
+/// Group `grp`'s rows of the staged product (`cout_g × cnt·ohw`, images side by side) copied into
+/// the `cnt` images of `out`, each row mapped by `post`.
+fn copy_out<T: Element>(
+    g: &ConvGeometry,
+    stage: &[T],
+    (cnt, grp): (usize, usize),
+    out: &mut [T],
+    post: Option<RowMap<'_, T>>,
+) {
+    let (ohw, cout_g) = (g.out_pixels(), g.cout_g());
+    let ld = cnt * ohw;
+    for i in 0..cnt {
+        let img = &mut out[i * g.out_image() + grp * cout_g * ohw..];
+        for co in 0..cout_g {
+            let row = &mut img[co * ohw..][..ohw];
+            row.copy_from_slice(&stage[co * ld + i * ohw..][..ohw]);
+            if let Some(post) = post {
+                post(grp * cout_g + co, row);
+            }
+        }
+    }
+}
+
+/// Bytes of column matrix one task unfolds at a time for several images
+/// ([`unfold_in_channel_chunks`]).
+const COL_CHUNK_BYTES: usize = 1 << 20;
+
+/// `stage = W · im2col(x)` for `cnt` images from `i0` (one group), unfolded a chunk of input
+/// channels at a time (about [`COL_CHUNK_BYTES`] of column matrix) and accumulated chunk by chunk,
+/// instead of the whole `c_in·k²`-deep column matrix at once: SE-ResNet-50's 3×3 stride-2 layer
+/// of 512 channels at 14×14 unfolded 3.6 MB per task (4 images), its largest scratch at α = .75
+/// (`octconv bench`: 8.0 MiB for 2 threads).
+fn unfold_in_channel_chunks<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    (i0, cnt): (usize, usize),
+    col: &mut Vec<T>,
+    w: &[T],
+    stage: &mut [T],
+    par: gemm::Parallelism,
+) {
+    let (ohw, k, kk) = (g.out_pixels(), g.k(), g.kh * g.kw);
+    let ld = cnt * ohw;
+    let per_channel = kk * ld * std::mem::size_of::<T>();
+    let chunks = (g.c_in * per_channel)
+        .div_ceil(COL_CHUNK_BYTES)
+        .clamp(1, g.c_in.max(1));
+    let chunk = g.c_in.div_ceil(chunks);
+    for c0 in (0..g.c_in).step_by(chunk.max(1)) {
+        let cc = chunk.min(g.c_in - c0);
+        // The geometry of channels c0 … c0 + cc alone: `im2col` reads planes c0 + c of each image.
+        let part = ConvGeometry { c_in: cc, ..*g };
+        let col = sized(col, cc * kk * ld);
+        for i in 0..cnt {
+            im2col(&part, &x[(i0 + i) * g.in_image()..], c0, col, ld, i * ohw);
+        }
+        let lhs = Mat {
+            ptr: w[c0 * kk..].as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        let rhs = Mat {
+            ptr: col.as_ptr(),
+            rs: ld,
+            cs: 1,
+        };
+        // SAFETY: lhs is columns c0·kk … (c0 + cc)·kk of the c_out × k weights, col is
+        // cc·kk × ld, stage is c_out × ld (written by the first chunk, accumulated after).
+        unsafe {
+            sgemm(
+                (g.c_out, ld, cc * kk),
+                stage.as_mut_ptr(),
+                ld,
+                c0 > 0,
+                lhs,
+                rhs,
+                par,
+            )
+        };
+    }
 }
 
 /// Bytes of column matrix unfolded at a time for one image ([`unfold_in_blocks`]).
