@@ -201,9 +201,32 @@ impl OctConv2d {
                 if g.prefers_per_path() {
                     return self.forward_unfused(x);
                 }
+                if let Some(y) = self.infer_fused(&g, x)? {
+                    return Ok(y);
+                }
             }
         }
         self.forward(x)
+    }
+
+    /// The fused four-path 3×3 kernel on the four weights as they are, without the autograd op of
+    /// [`OctConv2d::forward`], which concatenates them into two tensors on every call (7 MB at
+    /// U-Net's 512-channel decoder layer, where inference peaks); `Ok(None)` where the inputs are
+    /// not f32 on the CPU or the fused kernels are off. No gradient.
+    fn infer_fused(&self, g: &OctaveGeometry, x: &OctValue) -> Result<Option<OctValue>> {
+        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
+            (x.branches(), &self.weights)
+        else {
+            return Ok(None);
+        };
+        if !self.fused || !self.fusable_inputs_f32(x) {
+            return Ok(None);
+        }
+        let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
+            let w = octave::OctaveWeights { hh, hl, lh, ll };
+            octave::forward_prologue(g, h, l, w, [None, None])
+        })?;
+        self.octave_output(g, yh, yl, xh.device()).map(Some)
     }
 
     /// The four-path 3×3 octave convolution by the direct kernel ([`direct::octave_forward`]), each
