@@ -23,7 +23,7 @@ use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
 use super::resample::{pool, pool_plane, pool_plane_map};
 use super::scratch::{output_vec, with_scratch, Scratch};
-use super::tiling::{multiply, Planes, Tiling, F2, F4};
+use super::tiling::{multiply, multiply_rows, Planes, Tiling, F2, F4};
 use super::Element;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -286,7 +286,8 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 let nh = A::TARGET_TILES.div_ceil(tiles_h).clamp(1, cnt);
                 let (ld_h, ld_l) = (nh * tiles_h, cnt * tiles_l);
                 // The low-resolution products finish before the high branch starts, so the
-                // transformed inputs of both share one buffer, and so do their products: the
+                // transformed inputs of both share one buffer, and so do their products (where
+                // the pooled high input waits for its transform before any product is made): the
                 // largest scratch of DenseNet-121 at α > 0 (3.5 MB per task at α = .75), now the
                 // larger of each pair instead of the sum.
                 let (len_vh, len_mh) = (A::FREQS * g.in_h * ld_h, A::FREQS * g.out_h * ld_h);
@@ -294,18 +295,27 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                     B::FREQS * c_low * ld_l,
                     B::FREQS * g.out_h.max(g.out_l) * ld_l,
                 );
-                let [v, m, pooled, lh] = s.many([
+                let len_pooled = cnt * g.in_h * lhh * lww;
+                // Where the high products would be the largest buffer, they are made for half the
+                // output channels at a time (WRN-16-4's 192 + 64-channel layers at 8×8, α = .25).
+                let low_m = len_ml.max(len_pooled);
+                let cb_h = match len_mh > low_m && g.out_h > 1 {
+                    true => g.out_h.div_ceil(2),
+                    false => g.out_h,
+                };
+                let [v, m, lh] = s.many([
                     len_vh.max(len_vl),
-                    len_mh.max(len_ml),
-                    cnt * g.in_h * lhh * lww,
+                    (A::FREQS * cb_h * ld_h).max(low_m),
                     cnt * g.out_h * lhh * lww,
                 ]);
-                let (v_l, m_l) = (&mut v[..len_vl], &mut m[..len_ml]);
+                let v_l = &mut v[..len_vl];
                 // The low-resolution input [pool(X_H); X_L], transformed channel block by block.
+                let pooled = &mut m[..len_pooled];
                 pool_into(xh, pooled, cnt * g.in_h, (g.h, g.w), pro_h);
                 let (v_ph, v_xl) = v_l.split_at_mut(B::FREQS * g.in_h * ld_l);
                 B::input(&g.hl(), pooled, v_ph, ld_l, None);
                 B::input(&g.ll(), xl, v_xl, ld_l, pro_l);
+                let m_l = &mut m[..len_ml];
                 // Low output.
                 multiply::<T, B>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
                 let out = Planes {
@@ -322,18 +332,22 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 };
                 B::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
                 // H→H, with L→H added (nearest ×2) as each high row is written.
-                let (v_h, m_h) = (&mut v[..len_vh], &mut m[..len_mh]);
+                let v_h = &mut v[..len_vh];
                 let lh_img = g.out_h * lhh * lww;
                 for j0 in (0..cnt).step_by(nh) {
                     let k = nh.min(cnt - j0);
                     let ld = k * tiles_h;
                     A::input(&hh, &xh[j0 * in_img_h..][..k * in_img_h], v_h, ld, pro_h);
-                    multiply::<T, A>(&u_hh, (g.out_h, g.in_h), v_h, ld, m_h, par);
-                    let out = Planes {
-                        out: &mut yh[j0 * img_h..][..k * img_h],
-                        add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),
-                    };
-                    A::output(m_h, ld, g.out_h, (g.h, g.w), k, out);
+                    for co0 in (0..g.out_h).step_by(cb_h) {
+                        let cb = cb_h.min(g.out_h - co0);
+                        let rows = ((co0, cb, g.out_h), g.in_h);
+                        multiply_rows::<T, A>(&u_hh, rows, v_h, ld, m, par);
+                        let out = Planes {
+                            out: &mut yh[j0 * img_h..][..k * img_h],
+                            add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),
+                        };
+                        A::output_channels(m, ld, (co0, cb, g.out_h), (g.h, g.w), k, out);
+                    }
                 }
             })
         });

@@ -42,6 +42,18 @@ pub(super) trait Tiling {
         hw: (usize, usize),
         cnt: usize,
         out: Planes<'_, T>,
+    ) {
+        Self::output_channels(m, ld, (0, cout, cout), hw, cnt, out)
+    }
+    /// [`Tiling::output`] of channels `co0 .. co0 + cb` of `cout` (`M` holding those channels'
+    /// rows), written into their planes of `out`.
+    fn output_channels<T: Element>(
+        m: &[T],
+        ld: usize,
+        channels: (usize, usize, usize),
+        hw: (usize, usize),
+        cnt: usize,
+        out: Planes<'_, T>,
     );
     /// Input window side, `TILE + 2`.
     const SIDE: usize;
@@ -338,15 +350,15 @@ macro_rules! tiling {
             ) {
                 super::winograd_input::input::<T, Self>((g.c_in, (g.h, g.w)), x, (v, ld), pro)
             }
-            fn output<T: Element>(
+            fn output_channels<T: Element>(
                 m: &[T],
                 ld: usize,
-                cout: usize,
+                channels: (usize, usize, usize),
                 hw: (usize, usize),
                 cnt: usize,
                 out: Planes<'_, T>,
             ) {
-                super::winograd_output::output::<T, Self>((m, ld), cout, hw, cnt, out)
+                super::winograd_output::output::<T, Self>((m, ld), channels, hw, cnt, out)
             }
             const SIDE: usize = $side;
             fn b_col<T: Element>(d: [T; 8]) -> [T; 8] {
@@ -407,11 +419,28 @@ pub(super) fn multiply<T: Element, A: Tiling>(
     m: &mut [T],
     par: gemm::Parallelism,
 ) {
+    multiply_rows::<T, A>(u, ((0, cout, cout), cin), v, ld, m, par)
+}
+
+/// [`multiply`] for output channels `co0 .. co0 + cb` of `U`'s `cout`: `M[co − co0][ξ][tile]`.
+pub(super) fn multiply_rows<T: Element, A: Tiling>(
+    u: &[T],
+    ((co0, cb, cout), cin): ((usize, usize, usize), usize),
+    v: &[T],
+    ld: usize,
+    m: &mut [T],
+    par: gemm::Parallelism,
+) {
     let f = A::FREQS;
-    assert!(u.len() >= f * cout * cin && v.len() >= f * cin * ld && m.len() >= f * cout * ld);
+    assert!(
+        co0 + cb <= cout
+            && u.len() >= f * cout * cin
+            && v.len() >= f * cin * ld
+            && m.len() >= f * cb * ld
+    );
     for xi in 0..f {
         let lhs = Mat {
-            ptr: u[xi * cout * cin..].as_ptr(),
+            ptr: u[(xi * cout + co0) * cin..].as_ptr(),
             rs: cin,
             cs: 1,
         };
@@ -421,9 +450,9 @@ pub(super) fn multiply<T: Element, A: Tiling>(
             cs: 1,
         };
         let dst = m[xi * ld..].as_mut_ptr();
-        // SAFETY: lhs is cout × cin inside u; rhs is cin × ld and dst cout × ld, rows FREQS·ld apart,
-        // inside v and m (lengths asserted above).
-        unsafe { sgemm((cout, ld, cin), dst, f * ld, false, lhs, rhs, par) };
+        // SAFETY: lhs is cb × cin inside u's frequency ξ; rhs is cin × ld and dst cb × ld, rows
+        // FREQS·ld apart, inside v and m (lengths asserted above).
+        unsafe { sgemm((cb, ld, cin), dst, f * ld, false, lhs, rhs, par) };
     }
 }
 
@@ -435,6 +464,26 @@ pub(super) fn forward<T: Element, A: Tiling>(
     w: &[T],
     pro: Option<Prologue<'_, T>>,
 ) -> Vec<T> {
+    forward_in_blocks::<T, A>(g, x, w, pro, WEIGHT_BLOCK_BYTES)
+}
+
+/// Bytes of transformed weights `U` made at a time by [`forward`] (4 MiB). A whole `U` is
+/// `FREQS · c_out · c_in` values: 16.8 MB for a 512-channel layer by F(2×2), allocated on every call,
+/// and the peak of SE-ResNet-50's inference at α = .75 (its last stage's 3×3 layers at 7×7, the
+/// same at every α) was that `U` on top of the live feature maps.
+const WEIGHT_BLOCK_BYTES: usize = 4 << 20;
+
+/// [`forward`] with `U` made for a block of output channels at a time (about `u_bytes` each) where
+/// the whole would be larger: every task's transformed input `V` is made first and kept, then per
+/// block its `U` rows, the tasks' products and their output transform. Below the budget, one block:
+/// each task makes and multiplies its `V` from per-thread scratch.
+fn forward_in_blocks<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    pro: Option<Prologue<'_, T>>,
+    u_bytes: usize,
+) -> Vec<T> {
     debug_assert!(winograd::applies(g));
     let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
     let tiles = A::tiles(h, wd);
@@ -443,27 +492,61 @@ pub(super) fn forward<T: Element, A: Tiling>(
     }
     // Every output row is written by the output transform below (rows `oy < h`, all `wd` columns).
     let mut out = output_vec(g.n * g.out_image());
-    let u = A::weights(w, cout, cin);
     let nb = images_per_task(g.n, tiles, A::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
-    out.par_chunks_mut(nb * g.out_image())
-        .enumerate()
-        .for_each(|(t, out_chunk)| {
-            with_scratch(|scratch: &mut Scratch<T>| {
-                let i0 = t * nb;
-                let cnt = out_chunk.len() / g.out_image();
-                let ld = cnt * tiles;
-                let v = sized(&mut scratch.col, A::FREQS * cin * ld);
-                A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld, pro);
-                let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
-                multiply::<T, A>(&u, (cout, cin), v, ld, m, par);
-                let out = Planes {
-                    out: out_chunk,
-                    add_up: None,
-                };
-                A::output(m, ld, cout, (h, wd), cnt, out);
-            })
-        });
+    let u_len = A::FREQS * cout * cin * std::mem::size_of::<T>();
+    let blocks = u_len.div_ceil(u_bytes.max(1)).clamp(1, cout);
+    if blocks == 1 {
+        let u = A::weights(w, cout, cin);
+        out.par_chunks_mut(nb * g.out_image())
+            .enumerate()
+            .for_each(|(t, out_chunk)| {
+                with_scratch(|scratch: &mut Scratch<T>| {
+                    let i0 = t * nb;
+                    let cnt = out_chunk.len() / g.out_image();
+                    let ld = cnt * tiles;
+                    let v = sized(&mut scratch.col, A::FREQS * cin * ld);
+                    A::input(g, &x[i0 * g.in_image()..][..cnt * g.in_image()], v, ld, pro);
+                    let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
+                    multiply::<T, A>(&u, (cout, cin), v, ld, m, par);
+                    let out = Planes {
+                        out: out_chunk,
+                        add_up: None,
+                    };
+                    A::output(m, ld, cout, (h, wd), cnt, out);
+                })
+            });
+        return out;
+    }
+    // Every value of each task's `V` is written by its input transform.
+    let mut vs: Vec<Vec<T>> = (0..g.n.div_ceil(nb))
+        .map(|t| output_vec(A::FREQS * cin * nb.min(g.n - t * nb) * tiles))
+        .collect();
+    vs.par_iter_mut().enumerate().for_each(|(t, v)| {
+        let (i0, cnt) = (t * nb, nb.min(g.n - t * nb));
+        let xs = &x[i0 * g.in_image()..][..cnt * g.in_image()];
+        A::input(g, xs, v, cnt * tiles, pro);
+    });
+    let cb = cout.div_ceil(blocks);
+    for co0 in (0..cout).step_by(cb) {
+        let cbn = cb.min(cout - co0);
+        let u = A::weights(&w[co0 * cin * 9..][..cbn * cin * 9], cbn, cin);
+        out.par_chunks_mut(nb * g.out_image())
+            .zip(vs.par_iter())
+            .for_each(|(out_chunk, v)| {
+                with_scratch(|scratch: &mut Scratch<T>| {
+                    let cnt = out_chunk.len() / g.out_image();
+                    let ld = cnt * tiles;
+                    let m = sized(&mut scratch.stage, A::FREQS * cbn * ld);
+                    multiply::<T, A>(&u, (cbn, cin), v, ld, m, par);
+                    let out = Planes {
+                        out: out_chunk,
+                        add_up: None,
+                    };
+                    A::output_channels(m, ld, (co0, cbn, cout), (h, wd), cnt, out);
+                })
+            });
+    }
     out
 }
 
@@ -530,4 +613,78 @@ pub(super) fn backward_filter<T: Element, A: Tiling>(
         }
     });
     A::kernel_grads(&du, cout, cin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_values;
+
+    /// Direct summation of a 3×3 "same" convolution in f64.
+    fn naive(g: &ConvGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
+        let (h, wd) = (g.h, g.w);
+        let mut y = vec![0.0; g.n * g.c_out * h * wd];
+        for i in 0..g.n {
+            for co in 0..g.c_out {
+                for oy in 0..h {
+                    for ox in 0..wd {
+                        let mut s = 0.0;
+                        for ci in 0..g.c_in {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if (1..=h).contains(&iy) && (1..=wd).contains(&ix) {
+                                        let xv = x[((i * g.c_in + ci) * h + iy - 1) * wd + ix - 1];
+                                        s += xv * w[((co * g.c_in + ci) * 3 + ky) * 3 + kx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((i * g.c_out + co) * h + oy) * wd + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// The dense Winograd forward with its transformed weights made for blocks of output channels
+    /// (2, 3 — the last one shorter — and one block per channel) equals the one-block forward and
+    /// direct summation, by both variants, on odd and even maps and batches that leave a short task.
+    #[test]
+    fn winograd_forward_in_output_channel_blocks_equals_one_block_and_direct_summation() {
+        for (k, &(n, c_in, c_out, h, w)) in [(3, 5, 7, 7, 7), (5, 4, 6, 9, 6), (2, 3, 5, 8, 11)]
+            .iter()
+            .enumerate()
+        {
+            let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, 3, 3), 1, 1, 1).unwrap();
+            let x = test_values(n * c_in * h * w, 300 + k as u64);
+            let wt = test_values(c_out * c_in * 9, 400 + k as u64);
+            let want = naive(&g, &x, &wt);
+            for f4 in [false, true] {
+                let run = |budget: usize| match f4 {
+                    true => forward_in_blocks::<f64, F4>(&g, &x, &wt, None, budget),
+                    false => forward_in_blocks::<f64, F2>(&g, &x, &wt, None, budget),
+                };
+                let freqs = if f4 { F4::FREQS } else { F2::FREQS };
+                let whole = run(usize::MAX);
+                let u_bytes = freqs * c_out * c_in * 8;
+                for blocks in [2, 3, c_out] {
+                    let got = run(u_bytes.div_ceil(blocks));
+                    let what = format!("{g:?}, F4 {f4}, {blocks} blocks");
+                    assert_eq!(got.len(), want.len(), "{what}");
+                    for (j, ((a, b), d)) in got.iter().zip(&whole).zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                            "{what}: {j}: {a} vs {b}"
+                        );
+                        assert!(
+                            (a - d).abs() <= 1e-9 * (1.0 + d.abs()),
+                            "{what}: {j}: {a} vs {d}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

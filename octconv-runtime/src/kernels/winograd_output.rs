@@ -21,12 +21,12 @@ use super::tiling::{Planes, Tiling};
 use super::winograd_input::{Tile, LANES};
 use super::Element;
 
-/// `Y = Aᵀ M A` of variant `A` for the `cnt` images' tiles of `cout` channels of `h × w`
-/// (`M[co·SIDE² + ξ]` rows of `ld`, tile `ty·tw + tx` of image `i` in column `i·tiles + ty·tw +
-/// tx`), written into `out`.
+/// `Y = Aᵀ M A` of variant `A` for the `cnt` images' tiles of channels `co0 .. co0 + cb` of `cout`,
+/// each `h × w` (`M[(co − co0)·SIDE² + ξ]` rows of `ld`, tile `ty·tw + tx` of image `i` in column
+/// `i·tiles + ty·tw + tx`), written into those channels' planes of `out` (`[cnt][cout][h][w]`).
 pub(super) fn output<T: Element, A: Tiling>(
     (m, ld): (&[T], usize),
-    cout: usize,
+    (co0, cb, cout): (usize, usize, usize),
     (h, w): (usize, usize),
     cnt: usize,
     mut out: Planes<'_, T>,
@@ -35,7 +35,8 @@ pub(super) fn output<T: Element, A: Tiling>(
     let stride = nt.next_multiple_of(LANES);
     assert!(
         nt <= ld
-            && m.len() >= (cout * A::FREQS).saturating_sub(1) * ld + nt
+            && co0 + cb <= cout
+            && m.len() >= (cb * A::FREQS).saturating_sub(1) * ld + nt
             && out.out.len() >= cnt * cout * h * w
             && out.add_up.is_none_or(|up| {
                 h % 2 == 0 && w % 2 == 0 && up.len() >= cnt * cout * (h / 2) * (w / 2)
@@ -46,9 +47,9 @@ pub(super) fn output<T: Element, A: Tiling>(
     // the AVX2 pass reads the slack up to `stride` and drops what it computes there.
     with_scratch(|s: &mut Scratch<T>| {
         let [half] = s.many([A::TILE * A::SIDE * stride]);
-        for co in 0..cout {
+        for co in 0..cb {
             A::a_rows((&m[co * A::FREQS * ld..], ld), (&mut *half, stride), nt);
-            horizontal::<T, A>(half, stride, (co, cout), (h, w), cnt, &mut out);
+            horizontal::<T, A>(half, stride, (co0 + co, cout), (h, w), cnt, &mut out);
         }
     })
 }
@@ -296,7 +297,7 @@ mod tests {
                             out: &mut got,
                             add_up: addend,
                         };
-                        output::<f32, A>((&m, ld), cout, (h, w), cnt, planes);
+                        output::<f32, A>((&m, ld), (0, cout, cout), (h, w), cnt, planes);
                         for (p, (a, b)) in want.iter().zip(&got).enumerate() {
                             assert_eq!(
                                 a.to_bits(),
@@ -338,7 +339,7 @@ mod tests {
         let mut got = vec![f64::NAN; cnt * cout * h * w];
         output::<f64, A>(
             (&m, nt),
-            cout,
+            (0, cout, cout),
             (h, w),
             cnt,
             Planes {
