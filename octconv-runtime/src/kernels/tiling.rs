@@ -464,25 +464,41 @@ pub(super) fn forward<T: Element, A: Tiling>(
     w: &[T],
     pro: Option<Prologue<'_, T>>,
 ) -> Vec<T> {
-    forward_in_blocks::<T, A>(g, x, w, pro, WEIGHT_BLOCK_BYTES)
+    forward_in_blocks::<T, A>(g, x, w, pro, weight_blocks::<T, A>(g))
 }
 
-/// Bytes of transformed weights `U` made at a time by [`forward`] (4 MiB). A whole `U` is
-/// `FREQS · c_out · c_in` values: 16.8 MB for a 512-channel layer by F(2×2), allocated on every call,
-/// and the peak of SE-ResNet-50's inference at α = .75 (its last stage's 3×3 layers at 7×7, the
-/// same at every α) was that `U` on top of the live feature maps.
+/// Bytes of transformed weights `U` made at a time by [`forward`] (4 MiB) where blocks pay. A whole
+/// `U` is `FREQS · c_out · c_in` values: 16.8 MB for a 512-channel layer by F(2×2), allocated on
+/// every call, and the peak of SE-ResNet-50's inference at α = .75 (its last stage's 3×3 layers at
+/// 7×7, the same at every α) was that `U` on top of the live feature maps.
 const WEIGHT_BLOCK_BYTES: usize = 4 << 20;
 
-/// [`forward`] with `U` made for a block of output channels at a time (about `u_bytes` each) where
-/// the whole would be larger: every task's transformed input `V` is made first and kept, then per
-/// block its `U` rows, the tasks' products and their output transform. Below the budget, one block:
-/// each task makes and multiplies its `V` from per-thread scratch.
+/// How many blocks of output channels [`forward`] makes `U` in: one, unless `U` is larger than
+/// [`WEIGHT_BLOCK_BYTES`] while the whole batch's transformed input `V`, which the blocks keep and
+/// each block reads again, is at most twice that (small maps of a small batch, as in the ImageNet
+/// families' last stages, where the blocks were also faster: 8.4–9.1 against 10.1–12.2 ms per
+/// SE-ResNet-50 layer of 512 channels at 7×7). For WRN-28-10 at batch 128, `V` of the 640-channel
+/// stage is 47 MB: fifteen blocks read it fifteen times.
+fn weight_blocks<T: Element, A: Tiling>(g: &ConvGeometry) -> usize {
+    let size = std::mem::size_of::<T>();
+    let u = A::FREQS * g.c_out * g.c_in * size;
+    let v = A::FREQS * g.c_in * g.n * A::tiles(g.h, g.w) * size;
+    match u > WEIGHT_BLOCK_BYTES && v <= 2 * WEIGHT_BLOCK_BYTES {
+        true => u.div_ceil(WEIGHT_BLOCK_BYTES).clamp(1, g.c_out.max(1)),
+        false => 1,
+    }
+}
+
+/// [`forward`] with `U` made for `blocks` blocks of output channels, one after the other: every
+/// task's transformed input `V` is made first and kept, then per block its `U` rows, the tasks'
+/// products and their output transform. With one block, each task makes and multiplies its `V`
+/// from per-thread scratch.
 fn forward_in_blocks<T: Element, A: Tiling>(
     g: &ConvGeometry,
     x: &[T],
     w: &[T],
     pro: Option<Prologue<'_, T>>,
-    u_bytes: usize,
+    blocks: usize,
 ) -> Vec<T> {
     debug_assert!(winograd::applies(g));
     let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
@@ -494,8 +510,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
     let mut out = output_vec(g.n * g.out_image());
     let nb = images_per_task(g.n, tiles, A::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
-    let u_len = A::FREQS * cout * cin * std::mem::size_of::<T>();
-    let blocks = u_len.div_ceil(u_bytes.max(1)).clamp(1, cout);
+    let blocks = blocks.clamp(1, cout);
     if blocks == 1 {
         let u = A::weights(w, cout, cin);
         out.par_chunks_mut(nb * g.out_image())
@@ -648,6 +663,18 @@ mod tests {
         y
     }
 
+    /// Blocks only where `U` is over the budget and the batch's `V` small: SE-ResNet-50's
+    /// 512-channel layers at 7×7 (batch 8) in four blocks; WRN-28-10's 320- and 640-channel stages
+    /// at batch 128 (`V` 94 and 47 MB) and a small layer in one.
+    #[test]
+    fn weight_blocks_only_where_the_transformed_weights_are_large_and_the_batch_small() {
+        let geo = |n, c, hw| ConvGeometry::new((n, c, hw, hw), (c, c, 3, 3), 1, 1, 1).unwrap();
+        assert_eq!(weight_blocks::<f32, F2>(&geo(8, 512, 7)), 4);
+        assert_eq!(weight_blocks::<f32, F4>(&geo(128, 320, 16)), 1);
+        assert_eq!(weight_blocks::<f32, F4>(&geo(128, 640, 8)), 1);
+        assert_eq!(weight_blocks::<f32, F4>(&geo(1, 64, 8)), 1);
+    }
+
     /// The dense Winograd forward with its transformed weights made for blocks of output channels
     /// (2, 3 — the last one shorter — and one block per channel) equals the one-block forward and
     /// direct summation, by both variants, on odd and even maps and batches that leave a short task.
@@ -662,15 +689,13 @@ mod tests {
             let wt = test_values(c_out * c_in * 9, 400 + k as u64);
             let want = naive(&g, &x, &wt);
             for f4 in [false, true] {
-                let run = |budget: usize| match f4 {
-                    true => forward_in_blocks::<f64, F4>(&g, &x, &wt, None, budget),
-                    false => forward_in_blocks::<f64, F2>(&g, &x, &wt, None, budget),
+                let run = |blocks: usize| match f4 {
+                    true => forward_in_blocks::<f64, F4>(&g, &x, &wt, None, blocks),
+                    false => forward_in_blocks::<f64, F2>(&g, &x, &wt, None, blocks),
                 };
-                let freqs = if f4 { F4::FREQS } else { F2::FREQS };
-                let whole = run(usize::MAX);
-                let u_bytes = freqs * c_out * c_in * 8;
+                let whole = run(1);
                 for blocks in [2, 3, c_out] {
-                    let got = run(u_bytes.div_ceil(blocks));
+                    let got = run(blocks);
                     let what = format!("{g:?}, F4 {f4}, {blocks} blocks");
                     assert_eq!(got.len(), want.len(), "{what}");
                     for (j, ((a, b), d)) in got.iter().zip(&whole).zip(&want).enumerate() {
