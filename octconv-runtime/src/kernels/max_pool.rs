@@ -174,13 +174,13 @@ wide_fn! {
     ) {
         let ((src, first), (h, w)) = (src, hw);
         let ow = pool3s2_hw(h, w).1;
-        // Row maxima of input rows 2·oy − 1, 2·oy, 2·oy + 1 (those inside the map).
-        let mut rows = vec![T::ZERO; 3 * ow];
+        // The three-column maxima of one input row (rows 2·oy − 1, 2·oy, 2·oy + 1 in turn, those
+        // inside the map), folded into the output row one after the other.
+        let mut hm = vec![T::ZERO; ow];
         for (oy, orow) in oys.zip(o.chunks_exact_mut(ow)) {
             let mut first_row = true;
             for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
                 let r = &src[(iy - first) * w..][..w];
-                let hm = &mut rows[..ow];
                 hm[0] = keep_max(r[0], r[1]);
                 // Columns 2·ox − 1, 2·ox, 2·ox + 1 for ox ≥ 1 (the last may lack its right one).
                 let full = (w - 2) / 2;
@@ -191,7 +191,7 @@ wide_fn! {
                     hm[ow - 1] = keep_max(r[2 * ow - 3], r[2 * ow - 2]);
                 }
                 if first_row {
-                    orow.copy_from_slice(hm);
+                    orow.copy_from_slice(&hm);
                     first_row = false;
                 } else {
                     for (d, &m) in orow.iter_mut().zip(hm.iter()) {

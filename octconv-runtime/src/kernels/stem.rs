@@ -116,20 +116,22 @@ fn forward_post_pooled_in_bands(
             with_scratch(|s: &mut Scratch<f32>| {
                 let plane = held * ow;
                 let [conv] = s.many([g.c_out * plane]);
+                // The first convolution row the previous band holds (at its slot 0).
+                let mut previous: Option<usize> = None;
                 for py0 in (0..ph).step_by(per_band) {
                     let py1 = (py0 + per_band).min(ph);
                     // Convolution rows `first .. end` are read: rows 2·py − 1 to 2·py + 1.
                     let (first, end) = ((2 * py0).saturating_sub(1), (2 * py1).min(oh));
                     let mut from = first;
-                    if py0 > 0 {
+                    if let Some(last) = previous {
                         // The previous band ended with row `first`, at its last slot.
-                        let last = (2 * py0).saturating_sub(1 + 2 * per_band);
                         let slot = (first - last) * ow;
                         for c in 0..g.c_out {
                             conv.copy_within(c * plane + slot..c * plane + slot + ow, c * plane);
                         }
                         from += 1;
                     }
+                    previous = Some(first);
                     let rows = Rows {
                         oys: from..end,
                         first,

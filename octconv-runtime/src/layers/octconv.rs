@@ -201,7 +201,7 @@ impl OctConv2d {
                 if g.prefers_per_path() {
                     return self.forward_unfused(x);
                 }
-                if let Some(y) = self.infer_fused(&g, x)? {
+                if let Some(y) = self.infer_fused(&g, x, [None, None])? {
                     return Ok(y);
                 }
             }
@@ -209,11 +209,17 @@ impl OctConv2d {
         self.forward(x)
     }
 
-    /// The fused four-path 3×3 kernel on the four weights as they are, without the autograd op of
-    /// [`OctConv2d::forward`], which concatenates them into two tensors on every call (7 MB at
-    /// U-Net's 512-channel decoder layer, where inference peaks); `Ok(None)` where the inputs are
-    /// not f32 on the CPU or the fused kernels are off. No gradient.
-    fn infer_fused(&self, g: &OctaveGeometry, x: &OctValue) -> Result<Option<OctValue>> {
+    /// The fused four-path 3×3 kernel on the four weights as they are, each input mapped by its
+    /// prologue as it is read, without the autograd op of [`OctConv2d::forward`], which
+    /// concatenates the weights into two tensors on every call (7 MB at U-Net's 512-channel decoder
+    /// layer, where inference peaks; a third of WRN-16-4's `memmove` at α = .75); `Ok(None)` where
+    /// the inputs are not f32 on the CPU or the fused kernels are off. No gradient.
+    fn infer_fused(
+        &self,
+        g: &OctaveGeometry,
+        x: &OctValue,
+        pros: [Option<Prologue<'_, f32>>; 2],
+    ) -> Result<Option<OctValue>> {
         let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
             (x.branches(), &self.weights)
         else {
@@ -224,7 +230,7 @@ impl OctConv2d {
         }
         let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
             let w = octave::OctaveWeights { hh, hl, lh, ll };
-            octave::forward_prologue(g, h, l, w, [None, None])
+            octave::forward_prologue(g, h, l, w, pros)
         })?;
         self.octave_output(g, yh, yl, xh.device()).map(Some)
     }
@@ -430,16 +436,7 @@ impl OctConv2d {
                 if g.prefers_per_path() {
                     return Ok(None);
                 }
-                let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
-                    return Ok(None);
-                };
-                // The four weights as they are: concatenating them first copied every weight of
-                // the layer on every pass (a third of WRN-16-4's `memmove` at α = .75).
-                let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
-                    let w = octave::OctaveWeights { hh, hl, lh, ll };
-                    octave::forward_prologue(&g, h, l, w, pros)
-                })?;
-                self.octave_output(&g, yh, yl, xh.device()).map(Some)
+                self.infer_fused(&g, x, pros)
             }
             (Some(x1), None) => {
                 let s = &self.spec;
