@@ -379,7 +379,16 @@ pub fn forward_prologue_with<T: Element>(
 /// The input gradient by the algorithm [`algorithm`] picks for the forward pass (a 3×3 "same"
 /// convolution's input gradient is the same convolution with the flipped, transposed kernel).
 pub fn dispatch_backward_data<T: Element>(g: &ConvGeometry, dy: &[T], w: &[T]) -> Vec<T> {
-    backward_data_with(algorithm(g), g, dy, w)
+    backward_data_with(backward_algorithm(g), g, dy, w)
+}
+
+/// The algorithm of `g`'s gradients: [`algorithm`]'s, except im2col for a grouped convolution
+/// whose forward pass only runs directly ([`grouped::applies_backward`]).
+pub fn backward_algorithm(g: &ConvGeometry) -> Algorithm {
+    match algorithm(g) {
+        Algorithm::Grouped if !grouped::applies_backward(g) => Algorithm::Im2col,
+        alg => alg,
+    }
 }
 
 /// The input gradient by `alg`.
@@ -407,7 +416,7 @@ pub fn backward_data_with<T: Element>(
 
 /// The weight gradient by the algorithm [`algorithm`] picks.
 pub fn dispatch_backward_filter<T: Element>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
-    backward_filter_with(algorithm(g), g, x, dy)
+    backward_filter_with(backward_algorithm(g), g, x, dy)
 }
 
 /// The weight gradient by `alg`.

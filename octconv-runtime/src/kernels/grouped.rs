@@ -16,6 +16,7 @@
 
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
+use super::grouped_channels;
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::simd::wide_fn;
 use super::Element;
@@ -30,7 +31,8 @@ use rayon::prelude::*;
 /// 14×14 4.0 → 2.7 / 3.7 → 2.8 / 4.7 → 3.4; 8 at 56×56, stride 2 6.8 → 4.3 / 7.7 → 4.5 /
 /// 9.1 → 5.0; 2 per group (α = .5 paths) at 56×56 1.6 → 0.7 / 2.2 → 1.1 / 1.5 → 0.9. At 32 per
 /// group the GEMMs are wide enough and im2col wins: 7×7 3.1 → 4.9 / 2.9 → 5.2 / 3.4 → 4.6, and
-/// 14×14 stride 2 3.2 → 3.6 / 3.1 → 5.8 / 3.5 → 4.6.
+/// 14×14 stride 2 3.2 → 3.6 / 3.1 → 5.8 / 3.5 → 4.6. (The forward of many channels per group runs
+/// along the output channels instead, [`grouped_channels`], where that applies.)
 pub const MAX_CIN_G: usize = 16;
 
 /// Output channels summed at once (one register block).
@@ -43,9 +45,17 @@ const MAX_LANES: usize = 64;
 /// Multiply-accumulates that make a parallel task worth its scheduling.
 const TASK_MACS: usize = 1 << 16;
 
-/// Whether the direct kernel handles `g`: more than one group, from 2 to [`MAX_CIN_G`] input
-/// channels per group (one is [`super::depthwise`]'s), 3×3, padding 1, stride 1 or 2.
+/// Whether the direct kernels handle `g`'s forward pass: [`applies_backward`], or f32 data where
+/// [`grouped_channels::applies`] (whose rule needs no data type: other data falls back to the
+/// position kernel, correct at any channel count).
 pub fn applies(g: &ConvGeometry) -> bool {
+    applies_backward(g) || grouped_channels::applies(g)
+}
+
+/// Whether the gradients of `g` run here ([`backward_data`], [`backward_filter`]): more than one
+/// group, from 2 to [`MAX_CIN_G`] input channels per group (one is [`super::depthwise`]'s; at 32
+/// im2col was faster), 3×3, padding 1, stride 1 or 2.
+pub fn applies_backward(g: &ConvGeometry) -> bool {
     g.groups > 1
         && (2..=MAX_CIN_G).contains(&g.cin_g())
         && (g.kh, g.kw, g.pad) == (3, 3, 1)
@@ -128,11 +138,13 @@ impl Grid {
                     // to phase 1 at ix / 2 and odd `ix` to phase 0 at (ix + 1) / 2.
                     let base = (r % 2) * 2 * pl + (r / 2) * self.qw;
                     let (even, odd) = dst[base..].split_at_mut(pl);
-                    for (d, &v) in odd.iter_mut().zip(row.iter().step_by(2)) {
-                        *d = v;
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        odd[g.w / 2] = *last;
                     }
-                    for (d, &v) in even[1..].iter_mut().zip(row.iter().skip(1).step_by(2)) {
-                        *d = v;
+                    for ((o, e), pair) in odd.iter_mut().zip(&mut even[1..]).zip(pairs) {
+                        *o = pair[0];
+                        *e = pair[1];
                     }
                 }
             }
@@ -162,6 +174,11 @@ pub fn forward_post<T: Element>(
     }
     let grid = Grid::new(g);
     let taps = grid.taps();
+    if let (true, Some(x32), Some(w32)) = (grouped_channels::applies(g), T::as_f32(x), T::as_f32(w))
+    {
+        forward_channels(g, grid, (x32, w32), &mut out, post);
+        return out;
+    }
     let (npos, ow) = (grid.positions(g), g.ow());
     let ld = npos.next_multiple_of(MAX_LANES);
     // Weight (grp·cout_g + co, ci, tap).
@@ -192,6 +209,48 @@ pub fn forward_post<T: Element>(
             })
         });
     out
+}
+
+/// [`forward_post`] by [`grouped_channels`] (f32 data, `T` is f32): one task per (image, group),
+/// its input in the padded layout of [`Grid`], its sums staged pixel-major and copied into the
+/// output planes, each mapped by `post`.
+fn forward_channels<T: Element>(
+    g: &ConvGeometry,
+    grid: Grid,
+    (x, w): (&[f32], &[f32]),
+    out: &mut [T],
+    post: Option<RowMap<'_, T>>,
+) {
+    let (cin_g, cout_g, ohw) = (g.cin_g(), g.cout_g(), g.out_pixels());
+    let taps = grid.taps();
+    let wp = grouped_channels::pack(g, w);
+    out.par_chunks_mut(cout_g * ohw)
+        .enumerate()
+        .with_min_len(TASK_MACS.div_ceil((cout_g * ohw * g.k()).max(1)))
+        .for_each(|(t, o)| {
+            let (img, grp) = (t / g.groups, t % g.groups);
+            with_scratch(|s: &mut Scratch<f32>| {
+                let xg = &x[(img * g.groups + grp) * cin_g * g.h * g.w..];
+                let src = grid.fill(g, xg, cin_g, &mut s.col);
+                let stage = sized(&mut s.stage, ohw * cout_g);
+                let wg = &wp[grp * cout_g * cin_g * 9..][..cout_g * cin_g * 9];
+                let sizes = (g.oh(), g.ow(), grid.qw);
+                grouped_channels::channels(src, grid.channel_len(), &taps, sizes, cin_g, wg, stage);
+                // `T` is f32 (the caller's data is).
+                if let Some(o32) = T::as_f32_mut(o) {
+                    for (co, plane) in o32.chunks_exact_mut(ohw).enumerate() {
+                        for (v, px) in plane.iter_mut().zip(stage.chunks_exact(cout_g)) {
+                            *v = px[co];
+                        }
+                    }
+                }
+            });
+            if let Some(post) = post {
+                for (co, plane) in o.chunks_exact_mut(ohw).enumerate() {
+                    post(grp * cout_g + co, plane);
+                }
+            }
+        });
 }
 
 /// `dx` of `y = conv2d(x, w)` given `dy`, for a geometry the kernel [`applies`] to.
@@ -553,6 +612,13 @@ mod tests {
         (3, 4, 3, 3, 3, 3, 2),
         (1, 2, 2, 2, 1, 3, 2),
         (1, 2, 2, 2, 3, 1, 1),
+        // Many channels per group (the channel kernel where the CPU has AVX2): two and one 8-lane
+        // blocks of output channels, odd input channels, rows of 1 … 13 pixels, stride 2.
+        (2, 2, 17, 24, 9, 11, 1),
+        (1, 2, 16, 32, 13, 13, 1),
+        (3, 2, 9, 16, 5, 13, 2),
+        (1, 3, 16, 8, 1, 1, 2),
+        (2, 2, 32, 16, 2, 3, 1),
     ];
 
     fn geometry(
@@ -710,6 +776,15 @@ mod tests {
         assert!(!applies(&g(4, 8, 5, 1, 2)), "5×5");
         assert!(!applies(&g(4, 8, 3, 1, 0)), "padding 0");
         assert!(!applies(&g(4, 8, 3, 3, 1)), "stride 3");
+        // Many channels per group: the forward pass runs along the output channels where the CPU
+        // has AVX2, the gradients by im2col.
+        let many = ConvGeometry::new((8, 1024, 7, 7), (1024, 32, 3, 3), 1, 1, 32).expect("valid");
+        assert!(!applies_backward(&many));
+        assert_eq!(applies(&many), grouped_channels::applies(&many));
+        if grouped_channels::applies(&many) {
+            assert_eq!(conv2d::algorithm(&many), Algorithm::Grouped);
+            assert_eq!(conv2d::backward_algorithm(&many), Algorithm::Im2col);
+        }
         // ResNeXt-50 32×4d's grouped 3×3 layers up to 16 channels per group.
         for (c, size, stride) in [(128, 56, 1), (256, 28, 1), (256, 56, 2), (512, 14, 1)] {
             let g = ConvGeometry::new((8, c, size, size), (c, c / 32, 3, 3), stride, 1, 32)

@@ -14,6 +14,7 @@ pub mod epilogue;
 pub mod gemm;
 pub mod geometry;
 pub mod grouped;
+pub mod grouped_channels;
 pub mod max_pool;
 pub mod octave;
 pub mod pointwise;
