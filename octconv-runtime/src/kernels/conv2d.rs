@@ -182,6 +182,17 @@ fn unfold_group<'a, T: Element>(
     }
     let ld = cnt * ohw;
     let col = sized(col, k * ld);
+    if g.is_pointwise() {
+        // Each input plane is a row of the column matrix: one copy per plane (im2col copied it a
+        // row of the map at a time, 7 values each at 7×7).
+        for i in 0..cnt {
+            let planes = &x[(i0 + i) * g.in_image() + grp * k * ohw..][..k * ohw];
+            for (c, plane) in planes.chunks_exact(ohw).enumerate() {
+                col[c * ld + i * ohw..][..ohw].copy_from_slice(plane);
+            }
+        }
+        return col;
+    }
     for i in 0..cnt {
         im2col(
             g,
