@@ -273,14 +273,6 @@ pub const F4_TILES: usize = 128;
 /// has too few).
 pub const F2_TILES: usize = 128;
 
-/// The most bytes of transformed F(2×2) weights (`16·c_in·c_out` values) per 2×2 tile of the batch
-/// for which [`algorithm`] picks F(2×2): the transformed weights are made on every call and each
-/// frequency's GEMM streams its part of them once over only as many tiles as the batch has.
-/// Measured (AMD EPYC, AVX-512, 2 threads, ms F(2×2) against im2col): 512 channels at 7×7, batch 8
-/// (128 tiles, 131 KiB per tile) 11.7–12.1 against 9.6 — SE-ResNet-50's last stage; at batch 16
-/// (64 KiB) 13.8–17.5 against 18.7–19.2; 256 channels at 7×7, batch 8 (32 KiB) 1.89 against 2.59.
-pub const F2_WEIGHT_BYTES_PER_TILE: usize = 96 << 10;
-
 /// How a convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -300,7 +292,7 @@ pub enum Algorithm {
 /// goes by the width of the GEMMs each would run, which is the number of tiles in the whole batch:
 /// Winograd F(4×4, 3×3) where it has at least [`F4_TILES`] tiles of 4×4 and more than one per image,
 /// else F(2×2, 3×3) where it
-/// has at least [`F2_TILES`] tiles of 2×2 (and at most [`F2_WEIGHT_BYTES_PER_TILE`]), else im2col (one GEMM `9·c_in` deep over every pixel of
+/// has at least [`F2_TILES`] tiles of 2×2, else im2col (one GEMM `9·c_in` deep over every pixel of
 /// the batch). Elsewhere, the direct depthwise kernel where one input channel makes a group
 /// ([`depthwise::applies`]), the direct grouped kernel where a few do ([`grouped::applies`]), else
 /// im2col. `OCTCONV_CONV=f2`, `=f4`, `=depthwise`, `=grouped` or `=im2col` forces one where it
@@ -340,9 +332,7 @@ pub fn algorithm(g: &ConvGeometry) -> Algorithm {
     // One F(4×4) tile per image (maps of at most 4×4) keeps F(2×2): its GEMMs are four times wider.
     if tiles(4) >= F4_TILES && (g.h > 4 || g.w > 4) {
         Algorithm::WinogradF4
-    } else if tiles(2) >= F2_TILES
-        && 16 * g.cin_g() * g.cout_g() * 4 / tiles(2) <= F2_WEIGHT_BYTES_PER_TILE
-    {
+    } else if tiles(2) >= F2_TILES {
         Algorithm::WinogradF2
     } else {
         Algorithm::Im2col
