@@ -55,7 +55,20 @@ pub fn run(
                 })
             })
             .collect::<Result<Vec<&OctValue>>>()?;
-        let y = step(program, layers, j, &ins, x, &mut buffers)?;
+        // A fused scale-add also reads the scale's gates.
+        let gates = match planned.step {
+            Step::ScaleAdd { scale, .. } => {
+                let g = program.layers[scale].inputs[1];
+                Some(values[g].as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "layer `{}`: gates not available",
+                        planned.name
+                    ))
+                })?)
+            }
+            _ => None,
+        };
+        let y = step(program, layers, j, (&ins, gates), x, &mut buffers)?;
         // Cut each value loose from the autograd graph: weights are variables, so every output
         // would otherwise keep its inputs alive until the last layer.
         let y = y.map(|t| Ok(t.detach()))?;
@@ -87,7 +100,7 @@ fn value_shapes(program: &Program) -> Vec<Shape> {
     let mut shapes: Vec<Shape> = program.layers.iter().map(|l| l.output).collect();
     for (j, l) in program.layers.iter().enumerate() {
         let map = match l.step {
-            Step::Run { map } | Step::AfterBnRelu { map, .. } => map,
+            Step::Run { map } | Step::AfterBnRelu { map, .. } | Step::ScaleAdd { map, .. } => map,
             _ => None,
         };
         if let Some(m @ OutputMap { pool: Some(p), .. }) = map {
@@ -118,6 +131,13 @@ fn validate(program: &Program) -> Result<()> {
                     earlier(start) && here_or_later(end) && !l.inputs.is_empty()
                 }
                 Step::PassOn => !l.inputs.is_empty(),
+                Step::ScaleAdd { scale, map } => {
+                    earlier(scale)
+                        && map_ok(map, n)
+                        && l.inputs.contains(&scale)
+                        && program.layers[scale].inputs.len() == 2
+                        && program.layers[scale].inputs.iter().all(|&i| i < scale)
+                }
                 Step::Reference => true,
             };
         if !ok {
@@ -142,7 +162,7 @@ fn step(
     program: &Program,
     layers: &Layers<'_>,
     j: usize,
-    ins: &[&OctValue],
+    (ins, gates): (&[&OctValue], Option<&OctValue>),
     x: &Tensor,
     buffers: &mut [Option<OctValue>],
 ) -> Result<OctValue> {
@@ -184,6 +204,14 @@ fn step(
         Step::Concat(place) => concat_step(program, j, place, ins, buffers)?,
         Step::Run { map: Some(m) } => layer()?.infer_then(ins, &stage(program, layers, m)?)?,
         Step::Run { map: None } => layer()?.infer(ins)?,
+        Step::ScaleAdd { scale, map } => {
+            let (Some(gates), Some(at)) = (gates, planned.inputs.iter().position(|&i| i == scale))
+            else {
+                bail!("internal error: `{}` has no scale to fuse", planned.name)
+            };
+            let stage = map.map(|m| stage(program, layers, m)).transpose()?;
+            crate::layers::scale_add_infer(ins, (at, gates), stage.as_ref())?
+        }
         Step::Reference => layer()?.apply(ins, false)?,
     })
 }

@@ -240,3 +240,60 @@ fn stem_conv_takes_its_batch_norm_relu_and_max_pool_as_one_output_map() {
         assert_eq!(program.layers[pool].step, Step::PassOn, "{call}");
     }
 }
+
+/// SE-ResNet: every residual join takes the squeeze-and-excitation scaling into its pass
+/// (`Step::ScaleAdd`, the scale passing its value input on), and the gates stay alive until the
+/// join reads them: freed by the join, not by the scale.
+#[test]
+fn se_resnet_joins_take_the_scaling_into_their_pass_and_keep_the_gates_alive() {
+    use octconv_spec::ir::Op;
+    use octconv_spec::plan::{Program, Step};
+    for alpha in ["0", "0.5"] {
+        let m = check_builtin(&format!(
+            "se_resnet(depth = 50, reduction = 16, alpha = {alpha})"
+        ))
+        .model
+        .unwrap();
+        let program = Program::lower(&m);
+        let scales: Vec<usize> = (0..m.layers.len())
+            .filter(|&j| matches!(m.layers[j].op, Op::Scale))
+            .collect();
+        assert_eq!(scales.len(), 16, "α = {alpha}");
+        for &s in &scales {
+            assert_eq!(program.layers[s].step, Step::PassOn, "α = {alpha}");
+            let join = (s + 1..m.layers.len())
+                .find(|&j| m.layers[j].inputs.contains(&s))
+                .unwrap();
+            assert!(matches!(m.layers[join].op, Op::Add));
+            let Step::ScaleAdd { scale, map } = program.layers[join].step else {
+                panic!("α = {alpha}: `{}` is not a scale-add", m.layers[join].name);
+            };
+            assert_eq!(scale, s);
+            // The ReLU after the join is applied in the same pass.
+            assert!(map.and_then(|m| m.act).is_some(), "α = {alpha}");
+            let gates = m.layers[s].inputs[1];
+            assert!(!program.layers[s].frees.contains(&gates), "α = {alpha}");
+            assert!(program.layers[join].frees.contains(&gates), "α = {alpha}");
+        }
+    }
+}
+
+/// A scale read by more than the join keeps its own pass: the other reader needs the scaled map.
+#[test]
+fn a_scale_with_another_reader_is_not_fused_into_the_join() {
+    use octconv_spec::plan::{Program, Step};
+    let text = |extra: &str| {
+        format!(
+            "model m() {{ input [8, 6, 6]; conv(8, kernel = 3) as x; \
+             global_avg_pool(); linear(8); sigmoid(); scale(x) as s; add(x); {extra} }}"
+        )
+    };
+    let fused = check_text("t.oct", &text(""), None).model;
+    let shared = check_text("t.oct", &text("add(s);"), None).model;
+    let (Some(fused), Some(shared)) = (fused, shared) else {
+        panic!("the test specs check");
+    };
+    let count = |m| Program::lower(m).count(|s| matches!(s, Step::ScaleAdd { .. }));
+    assert_eq!(count(&fused), 1);
+    assert_eq!(count(&shared), 0);
+}

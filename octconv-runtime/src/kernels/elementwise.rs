@@ -77,6 +77,47 @@ pub fn scale_planes(x: &[f32], gates: &[f32], plane: usize) -> Vec<f32> {
     out
 }
 
+/// `act(x · gate + r)` per plane: [`scale_planes`] and the residual sum [`sum_act`] of its result
+/// and `r` in one pass, the scaled map never written (squeeze-and-excitation's scaling before the
+/// residual join). The values equal those of the two passes bit for bit: the same product in f32,
+/// then the same sum (a sum of two is the same in either order), then the same activation.
+pub fn scale_add_act(x: &[f32], gates: &[f32], plane: usize, r: &[f32], clamp: Clamp) -> Vec<f32> {
+    match clamp {
+        Clamp::Identity => scale_add_with(x, gates, plane, r, identity),
+        Clamp::Relu => scale_add_with(x, gates, plane, r, relu),
+        Clamp::Relu6 => scale_add_with(x, gates, plane, r, relu6),
+    }
+}
+
+#[inline(always)]
+fn scale_add_with(
+    x: &[f32],
+    gates: &[f32],
+    plane: usize,
+    r: &[f32],
+    f: impl Fn(f32) -> f32 + Sync,
+) -> Vec<f32> {
+    // Every value is written, plane by plane.
+    let mut out = output_vec(x.len());
+    if plane == 0 {
+        return out;
+    }
+    let per_task = CHUNK / plane + 1;
+    out.par_chunks_mut(plane * per_task)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (i, p) in o.chunks_mut(plane).enumerate() {
+                let k = t * per_task + i;
+                let g = gates[k];
+                let (xs, rs) = (&x[k * plane..][..plane], &r[k * plane..][..plane]);
+                for ((o, &v), &b) in p.iter_mut().zip(xs).zip(rs) {
+                    *o = f(v * g + b);
+                }
+            }
+        });
+    out
+}
+
 /// The mean of each plane of `plane` values in `x` (global average pooling: `[N, C, H, W]` →
 /// `[N, C]`), planes in parallel. Each sum runs in 16 lanes (value `i` into lane `i mod 16`, then
 /// the lanes in order, then the tail), a fixed order whatever the thread count. candle's `mean`
@@ -200,6 +241,34 @@ mod tests {
             assert_eq!(got.len(), x.len());
             for (i, g) in got.iter().enumerate() {
                 assert_eq!(*g, x[i] * gates[i / plane], "plane {}, [{i}]", i / plane);
+            }
+        }
+    }
+
+    /// The fused scale-add equals the scaling pass, then the sum and activation pass, bit for bit,
+    /// for planes of 1 value to more than a chunk and each activation.
+    #[test]
+    fn scale_add_act_equals_scale_planes_then_sum_act_bit_for_bit() {
+        for (planes, plane) in [(1, 1), (6, 49), (3, CHUNK + 3), (700, 30)] {
+            let x: Vec<f32> = (0..planes * plane)
+                .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+                .collect();
+            let r: Vec<f32> = (0..planes * plane)
+                .map(|i| ((i * 104729) % 1009) as f32 / 53.0 - 9.0)
+                .collect();
+            let gates: Vec<f32> = (0..planes).map(|p| p as f32 / 7.0 - 1.3).collect();
+            for clamp in [Clamp::Identity, Clamp::Relu, Clamp::Relu6] {
+                let got = scale_add_act(&x, &gates, plane, &r, clamp);
+                let scaled = scale_planes(&x, &gates, plane);
+                for want in [
+                    sum_act(&[&scaled, &r], clamp),
+                    sum_act(&[&r, &scaled], clamp),
+                ] {
+                    assert_eq!(got.len(), want.len());
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), w.to_bits(), "{clamp:?}, plane {plane}, [{i}]");
+                    }
+                }
             }
         }
     }

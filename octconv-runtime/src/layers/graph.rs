@@ -1,9 +1,10 @@
 //! Where values meet: `concat`, `add` and `scale` (squeeze-and-excitation), on tensors, octave pairs
 //! and flat batches. Shapes were checked by the spec checker; these functions only compute.
 
-use crate::kernels::elementwise::{scale_planes, sum_act};
+use crate::kernels::elementwise::{scale_add_act, scale_planes, sum_act};
 use crate::kernels::epilogue::Clamp;
 use crate::kernels::{serves, with_f32_many};
+use crate::layers::{OctLayer, OutputStage};
 use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor};
 
@@ -165,6 +166,91 @@ pub fn scale_infer(x: &OctValue, gates: &OctValue) -> Result<Option<OctValue>> {
                 _ => None,
             }
         }
+        _ => None,
+    })
+}
+
+/// Inference of `stage(add(…))` where input `at` of the two is `scale(x, gates)` given as `x`
+/// ([`octconv_spec::plan::Step::ScaleAdd`]): the scaling, the sum and the activation in one threaded
+/// pass per branch ([`scale_add_act`]) where the kernel serves the values and the stage is at most
+/// an activation; otherwise the scale, then the add and its stage, op by op.
+pub fn scale_add_infer(
+    xs: &[&OctValue],
+    (at, gates): (usize, &OctValue),
+    stage: Option<&OutputStage<'_>>,
+) -> Result<OctValue> {
+    let clamp = match stage.map(|s| (s.bn.is_some(), s.pool.is_some(), s.act.map(|a| a.clamp()))) {
+        None | Some((false, false, None)) => Some(Clamp::Identity),
+        Some((false, false, Some(Some(c)))) => Some(c),
+        _ => None,
+    };
+    if let (Some(clamp), [_, _], Some(g)) = (clamp, xs, flat_gates(gates)?) {
+        let (x, r) = (xs[at], xs[1 - at]);
+        if let Some(y) = scale_add_fused(x, r, &g, clamp)? {
+            return Ok(y);
+        }
+    }
+    // Op by op: the scaled value in the add's input order.
+    let scaled = match scale_infer(xs[at], gates)? {
+        Some(y) => y,
+        None => scale(xs[at], gates)?,
+    };
+    let mut ins: Vec<&OctValue> = xs.to_vec();
+    if let Some(slot) = ins.get_mut(at) {
+        *slot = &scaled;
+    }
+    match stage {
+        Some(stage) => super::layer::Add.infer_then(&ins, stage),
+        None => super::layer::Add.infer(&ins),
+    }
+}
+
+/// The gates `[N, C]` of a scale, or `None` for a pair.
+fn flat_gates(gates: &OctValue) -> Result<Option<Tensor>> {
+    match gates {
+        OctValue::Flat(t) | OctValue::Single(t) => t.flatten_from(1).map(Some),
+        OctValue::Pair { .. } => Ok(None),
+    }
+}
+
+/// [`scale_add_act`] branch by branch (the first `Ch` gates for the high branch of a pair, the rest
+/// for the low one), or `None` where the kernel does not serve the values.
+fn scale_add_fused(
+    x: &OctValue,
+    r: &OctValue,
+    g: &Tensor,
+    clamp: Clamp,
+) -> Result<Option<OctValue>> {
+    let (n, c) = g.dims2()?;
+    let by = |t: &Tensor, r: &Tensor, from: usize| -> Result<Option<Tensor>> {
+        let (tn, ct) = (t.dim(0)?, t.dim(1)?);
+        if !served(&[t, r]) || !served(&[g]) || tn != n || t.rank() != 4 || from + ct > c {
+            return Ok(None);
+        }
+        let gt = g.narrow(1, from, ct)?;
+        let plane = t.dims()[2..].iter().product::<usize>();
+        let y = with_f32_many(&[t, &gt, r], |s| {
+            scale_add_act(s[0], s[1], plane, s[2], clamp)
+        })?;
+        Tensor::from_vec(y, t.shape(), t.device()).map(Some)
+    };
+    Ok(match (x, r) {
+        (OctValue::Single(t), OctValue::Single(rt)) if t.dim(1)? == c => {
+            by(t, rt, 0)?.map(OctValue::Single)
+        }
+        (
+            OctValue::Pair { high: Some(h), low },
+            OctValue::Pair {
+                high: Some(rh),
+                low: rl,
+            },
+        ) if x.shape().channels() == c => match (by(h, rh, 0)?, by(low, rl, h.dim(1)?)?) {
+            (Some(high), Some(low)) => Some(OctValue::Pair {
+                high: Some(high),
+                low,
+            }),
+            _ => None,
+        },
         _ => None,
     })
 }

@@ -25,7 +25,7 @@ pub use activation::Activation;
 pub use batch_norm::{BatchNorm2d, InputMap, OctBatchNorm};
 pub use conv::Conv2d;
 pub use dropout::{Dropout, DropoutRng};
-pub use graph::{add, concat, scale};
+pub use graph::{add, concat, scale, scale_add_infer};
 pub use head::{flatten, global_avg_pool, Linear};
 pub use layer::{build, build_json, build_op, OctLayer};
 pub use octave::{merge, merge_low, pyramid, split, upsample};

@@ -64,6 +64,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
             let m = map(&m);
             quote!(#p::Step::Run { map: #m })
         }
+        Step::ScaleAdd { scale, map: m } => {
+            let (scale, m) = (us(scale), map(&m));
+            quote!(#p::Step::ScaleAdd { scale: #scale, map: #m })
+        }
         Step::Reference => quote!(#p::Step::Reference),
     }
 }

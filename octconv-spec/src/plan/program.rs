@@ -38,6 +38,15 @@ pub enum Step {
         /// The output map ([`OutputMaps`]), if any.
         map: Option<OutputMap>,
     },
+    /// A sum of two values one of which is squeeze-and-excitation's `scale` layer `scale` (whose
+    /// only reader this is, and which passes its first input on): the scaling, the sum and `map`'s
+    /// activation in one pass, reading the scale's gates (its second input) here.
+    ScaleAdd {
+        /// The scale layer.
+        scale: usize,
+        /// The output map ([`OutputMaps`]), if any.
+        map: Option<OutputMap>,
+    },
     /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
     /// interpreter's `infer` with the fused kernels switched off).
     Reference,
@@ -124,6 +133,13 @@ impl Program {
         for (j, place) in concat_chains(model, &steps) {
             steps[j] = Step::Concat(place);
         }
+        for (add, scale) in scale_adds(model, &steps) {
+            let Step::Run { map } = steps[add] else {
+                continue;
+            };
+            steps[add] = Step::ScaleAdd { scale, map };
+            steps[scale] = Step::PassOn;
+        }
         Self::with_steps(model, steps)
     }
 
@@ -141,15 +157,32 @@ impl Program {
     }
 
     fn with_steps(model: &Model, steps: Vec<Step>) -> Program {
-        let last = last_use(model);
+        // What each step reads: its inputs, and for a fused scale-add the scale's gates.
+        let reads: Vec<Vec<usize>> = model
+            .layers
+            .iter()
+            .zip(&steps)
+            .map(|(l, step)| {
+                let mut r = l.inputs.clone();
+                if let Step::ScaleAdd { scale, .. } = *step {
+                    r.extend(model.layers[scale].inputs.get(1));
+                }
+                r
+            })
+            .collect();
+        let mut last = last_use(model);
+        for (j, r) in reads.iter().enumerate() {
+            for &i in r {
+                last[i] = last[i].max(j);
+            }
+        }
         let layers = model
             .layers
             .iter()
             .zip(steps)
             .enumerate()
             .map(|(j, (l, step))| {
-                let mut frees: Vec<usize> = l
-                    .inputs
+                let mut frees: Vec<usize> = reads[j]
                     .iter()
                     .copied()
                     .filter(|&i| last[i] == j && i != j)
@@ -172,6 +205,33 @@ impl Program {
     pub fn count(&self, kind: fn(&Step) -> bool) -> usize {
         self.layers.iter().filter(|l| kind(&l.step)).count()
     }
+}
+
+/// The sums that take squeeze-and-excitation's scaling into their pass, as `(add, scale)`: an add of
+/// two values, running on its own (with or without an activation map), one of whose inputs is a
+/// scale layer (value and gates) that runs on its own and that only this add reads. The sum then
+/// reads the scale's value input and gates itself, and the scaled map is never written.
+pub fn scale_adds(model: &Model, steps: &[Step]) -> Vec<(usize, usize)> {
+    let layers = &model.layers;
+    let readers = super::reader_counts(model);
+    let mut fused = Vec::new();
+    for (j, l) in layers.iter().enumerate() {
+        if !matches!(l.op, Op::Add) || l.inputs.len() != 2 || !matches!(steps[j], Step::Run { .. })
+        {
+            continue;
+        }
+        let scale = l.inputs.iter().copied().find(|&s| {
+            matches!(layers[s].op, Op::Scale)
+                && layers[s].inputs.len() == 2
+                && readers[s] == 1
+                && l.inputs.iter().filter(|&&i| i == s).count() == 1
+                && steps[s] == (Step::Run { map: None })
+        });
+        if let Some(s) = scale {
+            fused.push((j, s));
+        }
+    }
+    fused
 }
 
 /// The concatenation chains of `model` given the other steps: a concatenation `c` extends the
