@@ -57,8 +57,19 @@ fn sum_with(xs: &[&[f32]], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 /// `x · gate` per plane: plane `p` (`plane` values) of `x` times `gates[p]` (one gate per image and
 /// channel, `[N, C]` against `[N, C, H, W]`).
 pub fn scale_planes(x: &[f32], gates: &[f32], plane: usize) -> Vec<f32> {
-    // Every value is written, plane by plane.
-    let mut out = output_vec(x.len());
+    per_plane(x.len(), plane, |k, o| {
+        let g = gates[k];
+        for (o, &v) in o.iter_mut().zip(&x[k * plane..][..plane]) {
+            *o = v * g;
+        }
+    })
+}
+
+/// A fresh output of `len` values in which `fill(k, out)` writes every value of plane `k` (`plane`
+/// values), planes in parallel (a few per task where they are small).
+fn per_plane(len: usize, plane: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    // Every value is written, plane by plane (`fill` writes all of its plane).
+    let mut out = output_vec(len);
     if plane == 0 {
         return out;
     }
@@ -67,11 +78,7 @@ pub fn scale_planes(x: &[f32], gates: &[f32], plane: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(t, o)| {
             for (i, p) in o.chunks_mut(plane).enumerate() {
-                let k = t * per_task + i;
-                let g = gates[k];
-                for (o, &v) in p.iter_mut().zip(&x[k * plane..][..plane]) {
-                    *o = v * g;
-                }
+                fill(t * per_task + i, p);
             }
         });
     out
@@ -97,25 +104,13 @@ fn scale_add_with(
     r: &[f32],
     f: impl Fn(f32) -> f32 + Sync,
 ) -> Vec<f32> {
-    // Every value is written, plane by plane.
-    let mut out = output_vec(x.len());
-    if plane == 0 {
-        return out;
-    }
-    let per_task = CHUNK / plane + 1;
-    out.par_chunks_mut(plane * per_task)
-        .enumerate()
-        .for_each(|(t, o)| {
-            for (i, p) in o.chunks_mut(plane).enumerate() {
-                let k = t * per_task + i;
-                let g = gates[k];
-                let (xs, rs) = (&x[k * plane..][..plane], &r[k * plane..][..plane]);
-                for ((o, &v), &b) in p.iter_mut().zip(xs).zip(rs) {
-                    *o = f(v * g + b);
-                }
-            }
-        });
-    out
+    per_plane(x.len(), plane, |k, o| {
+        let g = gates[k];
+        let (xs, rs) = (&x[k * plane..][..plane], &r[k * plane..][..plane]);
+        for ((o, &v), &b) in o.iter_mut().zip(xs).zip(rs) {
+            *o = f(v * g + b);
+        }
+    })
 }
 
 /// The mean of each plane of `plane` values in `x` (global average pooling: `[N, C, H, W]` →
