@@ -13,7 +13,8 @@ pub enum Step {
     /// The model's input.
     Input,
     /// Passes its first input on unchanged: a batch norm, activation or dropout that a neighbouring
-    /// layer applies ([`InputMaps`], [`OutputMaps`], [`Step::BnAct`]).
+    /// layer applies ([`InputMaps`], [`OutputMaps`], [`Step::BnAct`]), or a scale whose only reader
+    /// applies it ([`Step::ScaleAdd`]): its value is then the unscaled map.
     PassOn,
     /// A convolution that applies batch norm `bn` and the ReLU after it as its kernel reads its
     /// input ([`InputMaps`]), then `map` to its output.
