@@ -166,9 +166,13 @@ fn pool_pad_planes(
     }
 }
 
+/// Output channels [`conv_planes`] may stage at once: two blocks of [`CO_BLOCK`] where the CPU has
+/// AVX-512 ([`blocks_avx512`]), one otherwise. Callers size `stage` for this many planes.
+pub const STAGE_CHANNELS: usize = 2 * CO_BLOCK;
+
 /// Convolves the `w.c_in` padded planes of `x` (a buffer of [`Padded::buffer_len`]) with `w` and
 /// hands each output row to `emit(channel, row index, row)` (`w` values). `stage` holds
-/// [`CO_BLOCK`] · [`Padded::positions`] values.
+/// [`STAGE_CHANNELS`] · [`Padded::positions`] values.
 pub fn conv_planes(
     x: &[f32],
     p: Padded,
@@ -178,15 +182,133 @@ pub fn conv_planes(
 ) {
     let positions = p.positions();
     assert!(
-        x.len() >= p.buffer_len(w.c_in) && stage.len() >= CO_BLOCK * positions,
+        x.len() >= p.buffer_len(w.c_in) && stage.len() >= STAGE_CHANNELS * positions,
         "direct 3×3: buffer sizes"
     );
-    for b in 0..w.blocks() {
-        block(x, p, w.c_in, w.block(b), &mut stage[..CO_BLOCK * positions]);
-        for c in 0..CO_BLOCK.min(w.c_out - b * CO_BLOCK) {
+    let wide = super::simd::has_avx512f();
+    let mut b = 0;
+    while b < w.blocks() {
+        let pair = wide && b + 1 < w.blocks();
+        let staged = if pair { 2 * CO_BLOCK } else { CO_BLOCK };
+        let stage = &mut stage[..staged * positions];
+        if pair {
+            blocks_wide(x, p, w.c_in, [w.block(b), w.block(b + 1)], stage);
+        } else if wide {
+            blocks_wide(x, p, w.c_in, [w.block(b)], stage);
+        } else {
+            block(x, p, w.c_in, w.block(b), stage);
+        }
+        for c in 0..staged.min(w.c_out - b * CO_BLOCK) {
             let plane = &stage[c * positions..][..positions];
             for y in 0..p.h {
                 emit(b * CO_BLOCK + c, y, &plane[y * p.pw()..][..p.w]);
+            }
+        }
+        b += staged / CO_BLOCK;
+    }
+}
+
+/// `NB` blocks of output channels (weights `wbs`) over every position, into `stage` (`NB` ·
+/// [`CO_BLOCK`] planes of [`Padded::positions`]), by [`blocks_avx512`]; only called where the CPU
+/// has AVX-512F. Each output sums its products in the order of [`block`] (channel, then tap, one
+/// fused multiply-add each), so its values equal the AVX2 block's bit for bit.
+fn blocks_wide<const NB: usize>(
+    x: &[f32],
+    p: Padded,
+    c_in: usize,
+    wbs: [&[f32]; NB],
+    stage: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            wbs.iter().all(|wb| wb.len() >= c_in * 9 * CO_BLOCK)
+                && stage.len() >= NB * CO_BLOCK * p.positions()
+                && x.len() >= p.buffer_len(c_in),
+            "direct 3×3: buffer sizes"
+        );
+        // SAFETY: `conv_planes` calls this only where the CPU has AVX-512F; the sizes the loads
+        // and stores reach are asserted above (see `blocks_avx512`).
+        unsafe { blocks_avx512(x, p, c_in, wbs, stage) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, p, c_in, wbs, stage);
+        unreachable!("direct 3×3: the AVX-512 block runs only on x86-64");
+    }
+}
+
+/// Why a second kernel: on CPUs with two 512-bit FMA ports (Intel Xeon) the AVX2 block uses half of
+/// them; this one keeps 8 output channels × 32 positions in sixteen 512-bit registers, so each tap
+/// costs two input loads and eight weight broadcasts for sixteen FMAs, and each pass over the
+/// padded input serves 8 output channels instead of 4. The last 16 positions of a plane (where
+/// [`Padded::positions`] is an odd number of 16-blocks) run with one vector.
+///
+/// # Safety
+/// The CPU must have AVX-512F. Reads `x[ci·plane + q + off + 0..16·V]` for every input channel,
+/// block start `q` (`q + 16·V ≤ positions`) and tap offset (at most `(c_in − 1)·plane + positions
+/// − 1 + 2·pw + 2 < buffer_len`); reads `wbs[b][..c_in·9·CO_BLOCK]`; writes
+/// `stage[..NB·CO_BLOCK·positions]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn blocks_avx512<const NB: usize>(
+    x: &[f32],
+    p: Padded,
+    c_in: usize,
+    wbs: [&[f32]; NB],
+    stage: &mut [f32],
+) {
+    let positions = p.positions();
+    let mut q = 0;
+    while q + 32 <= positions {
+        positions_avx512::<NB, 2>(x, p, c_in, wbs, stage, q);
+        q += 32;
+    }
+    if q < positions {
+        positions_avx512::<NB, 1>(x, p, c_in, wbs, stage, q);
+    }
+}
+
+/// `NB` · [`CO_BLOCK`] output channels at the `16·V` positions from `q` (see [`blocks_avx512`]).
+///
+/// # Safety
+/// As [`blocks_avx512`], for this `q`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn positions_avx512<const NB: usize, const V: usize>(
+    x: &[f32],
+    p: Padded,
+    c_in: usize,
+    wbs: [&[f32]; NB],
+    stage: &mut [f32],
+    q: usize,
+) {
+    use std::arch::x86_64::*;
+    let (plane, positions) = (p.plane(), p.positions());
+    let offs = taps(p.pw());
+    let (xp, sp) = (x.as_ptr(), stage.as_mut_ptr());
+    let wps: [*const f32; NB] = std::array::from_fn(|b| wbs[b].as_ptr());
+    let mut acc = [[[_mm512_setzero_ps(); V]; CO_BLOCK]; NB];
+    for ci in 0..c_in {
+        let xb = xp.add(ci * plane + q);
+        for (t, &off) in offs.iter().enumerate() {
+            let s = xb.add(off);
+            let v: [__m512; V] = std::array::from_fn(|k| _mm512_loadu_ps(s.add(16 * k)));
+            for (acc_b, &wp) in acc.iter_mut().zip(&wps) {
+                let wc = wp.add((ci * 9 + t) * CO_BLOCK);
+                for (c, acc_c) in acc_b.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(*wc.add(c));
+                    for k in 0..V {
+                        acc_c[k] = _mm512_fmadd_ps(wv, v[k], acc_c[k]);
+                    }
+                }
+            }
+        }
+    }
+    for (b, acc_b) in acc.iter().enumerate() {
+        for (c, acc_c) in acc_b.iter().enumerate() {
+            for (k, &sum) in acc_c.iter().enumerate() {
+                _mm512_storeu_ps(sp.add((b * CO_BLOCK + c) * positions + q + 16 * k), sum);
             }
         }
     }
@@ -319,7 +441,8 @@ pub fn forward_into(
         .enumerate()
         .for_each(|(i, out)| {
             with_scratch(|s: &mut Scratch<f32>| {
-                let [padded, stage] = s.many([p.buffer_len(wt.c_in), CO_BLOCK * p.positions()]);
+                let [padded, stage] =
+                    s.many([p.buffer_len(wt.c_in), STAGE_CHANNELS * p.positions()]);
                 pad_planes(&x[i * img_in..][..img_in], wt.c_in, p, pro, padded);
                 conv_planes(padded, p, wt, stage, |co, yy, row| {
                     let o = &mut out[(co * h + yy) * w..][..w];
@@ -487,7 +610,7 @@ pub fn octave_forward(
                 let [pad_h, pad_l, stage, lh, tmp] = s.many([
                     ph.buffer_len(g.in_h),
                     pl.buffer_len(c_low),
-                    CO_BLOCK * ph.positions().max(pl.positions()),
+                    STAGE_CHANNELS * ph.positions().max(pl.positions()),
                     g.out_h * lhh * lww,
                     lhh * lww,
                 ]);
@@ -550,5 +673,48 @@ mod tests {
             })
             .sum();
         assert!((want[c * p.positions() + q] - direct).abs() < 1e-4);
+    }
+
+    /// The AVX-512 kernel (two weight blocks at once, or one for an odd last block; 32 positions a
+    /// step with a 16-position tail) gives the AVX2 block's values bit for bit, plane by plane:
+    /// both sum each output's products in the same order with one FMA each. Maps: 5×3 (48
+    /// positions: one step and a tail), 6×6 (64: two steps, no tail), 2×2 (16: the tail only).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_blocks_equal_the_avx2_block_bit_for_bit() {
+        if !(crate::kernels::simd::has_avx512f() && crate::kernels::simd::has_avx2_fma()) {
+            eprintln!("skipped: this CPU lacks AVX-512F or AVX2 + FMA");
+            return;
+        }
+        for (p, c_in) in [
+            (Padded { h: 5, w: 3 }, 7),
+            (Padded { h: 6, w: 6 }, 3),
+            (Padded { h: 2, w: 2 }, 1),
+        ] {
+            let x: Vec<f32> = (0..p.buffer_len(c_in))
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let wbs: [Vec<f32>; 2] = std::array::from_fn(|b| {
+                (0..c_in * 9 * CO_BLOCK)
+                    .map(|i| (((i + 11 * b) * 53 % 97) as f32 - 48.0) / 40.0)
+                    .collect()
+            });
+            let n = CO_BLOCK * p.positions();
+            let mut want = vec![0.0; 2 * n];
+            for (b, wb) in wbs.iter().enumerate() {
+                unsafe { block_avx2(&x, p, c_in, wb, &mut want[b * n..][..n]) };
+            }
+            let mut pair = vec![f32::NAN; 2 * n];
+            blocks_wide(&x, p, c_in, [&wbs[0][..], &wbs[1][..]], &mut pair);
+            assert_eq!(bits(&pair), bits(&want), "{p:?}: two blocks");
+            let mut one = vec![f32::NAN; n];
+            blocks_wide(&x, p, c_in, [&wbs[1][..]], &mut one);
+            assert_eq!(bits(&one), bits(&want[n..]), "{p:?}: one block");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 }
