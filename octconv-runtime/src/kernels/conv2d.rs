@@ -112,6 +112,48 @@ pub fn infer_post(
     )?))
 }
 
+/// Inference of `epi(conv2d(pool(x), weight))` where `pool` is the 2×2 average pooling of a
+/// stride-2 octave layer that pools first, on f32 CPU tensors, where the layer on the pooled map is
+/// depthwise: the depthwise kernel pools each plane as it reads it
+/// ([`depthwise::forward_pooled_post`]). `Ok(None)` elsewhere, for the caller to pool and then call
+/// [`infer_post`]. The result carries no gradient.
+pub fn infer_post_pooled(
+    x: &Tensor,
+    weight: &Tensor,
+    p: ConvParams,
+    epi: &super::epilogue::ChannelEpilogue,
+) -> Result<Option<Tensor>> {
+    use candle_core::DType::F32;
+    if !super::serves(x.device()) || x.dtype() != F32 || weight.dtype() != F32 {
+        return Ok(None);
+    }
+    let (n, c, sh, sw) = x.dims4()?;
+    let g = ConvGeometry::new(
+        (n, c, sh / 2, sw / 2),
+        weight.dims4()?,
+        p.stride,
+        p.pad,
+        p.groups,
+    )?;
+    if algorithm(&g) != Algorithm::Depthwise
+        || direct::prefers_single(&g)
+        || epi.scale.len() != g.c_out
+        || g.h == 0
+        || g.w == 0
+    {
+        return Ok(None);
+    }
+    let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
+    let y = super::with_f32_all([x, weight], |[x, w]| {
+        depthwise::forward_pooled_post(&g, x, (sh, sw), w, Some(&post))
+    })?;
+    Ok(Some(Tensor::from_vec(
+        y,
+        (g.n, g.c_out, g.oh(), g.ow()),
+        x.device(),
+    )?))
+}
+
 /// Columns that make a GEMM wide enough to run near peak.
 const TARGET_COLUMNS: usize = 512;
 

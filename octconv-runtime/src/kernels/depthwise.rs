@@ -12,6 +12,7 @@
 use super::direct::{pad_plane, Padded};
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
+use super::resample::pool_plane;
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::simd::wide_fn;
 use super::Element;
@@ -44,6 +45,39 @@ pub fn forward_post<T: Element>(
     w: &[T],
     post: Option<RowMap<'_, T>>,
 ) -> Vec<T> {
+    forward_from(g, x, None, w, post)
+}
+
+/// `post(conv2d(pool(x), w))` where `pool` is the 2×2 average pooling ([`super::resample::pool`],
+/// odd trailing rows and columns dropped) of `x` `[n, c_in, sh, sw]` and `g` the geometry on the
+/// pooled map (`⌊sh/2⌋ × ⌊sw/2⌋`): each input plane is pooled into a buffer of one plane as its
+/// output plane is made, so the pooled map is never written out and read back. This is a
+/// stride-2 octave layer that pools first (MobileNet v2's stride-2 depthwise layers: the pooling
+/// was a pass of its own over the 96-channel 112×112 expansion). Values are those of the pooling
+/// followed by [`forward_post`], bit for bit.
+pub fn forward_pooled_post<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    (sh, sw): (usize, usize),
+    w: &[T],
+    post: Option<RowMap<'_, T>>,
+) -> Vec<T> {
+    assert!(
+        (sh / 2, sw / 2) == (g.h, g.w) && x.len() >= g.n * g.c_in * sh * sw,
+        "depthwise: pooled input size"
+    );
+    forward_from(g, x, Some((sh, sw)), w, post)
+}
+
+/// [`forward_post`] of `x`, or where `pooled_from` is `Some((sh, sw))` of `x`'s `sh × sw` planes
+/// 2×2-pooled to `g`'s map, one plane at a time.
+fn forward_from<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    pooled_from: Option<(usize, usize)>,
+    w: &[T],
+    post: Option<RowMap<'_, T>>,
+) -> Vec<T> {
     let (oh, ow, kk) = (g.oh(), g.ow(), g.kh * g.kw);
     let mut out = output_vec(g.n * g.out_image());
     if out.is_empty() {
@@ -57,11 +91,21 @@ pub fn forward_post<T: Element>(
     out.par_chunks_mut(per_task * oh * ow)
         .enumerate()
         .for_each(|(t, planes)| {
+            // The pooled plane, where the input is pooled as it is read.
+            let mut pooled = vec![T::ZERO; if pooled_from.is_some() { g.h * g.w } else { 0 }];
             with_scratch(|s: &mut Scratch<T>| {
                 for (k, o) in planes.chunks_mut(oh * ow).enumerate() {
                     let p = t * per_task + k;
                     let (img, co) = (p / g.c_out, p % g.c_out);
-                    let plane = &x[(img * g.c_in + co / g.cout_g()) * g.h * g.w..][..g.h * g.w];
+                    let ci = img * g.c_in + co / g.cout_g();
+                    let plane = match pooled_from {
+                        Some((sh, sw)) => {
+                            let src = &x[ci * sh * sw..][..sh * sw];
+                            pool_plane(src, &mut pooled, (sh, sw), T::from_f64(0.25));
+                            &pooled[..]
+                        }
+                        None => &x[ci * g.h * g.w..][..g.h * g.w],
+                    };
                     let wk = &w[co * kk..][..kk];
                     if wide && plane3x3_s1_avx512(g, plane, wk, o) {
                         if let Some(post) = post {
@@ -514,6 +558,41 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+    /// A stride-2 layer that pools first, pooled plane by plane inside the depthwise kernel, gives
+    /// the values of the pooling pass followed by the kernel, bit for bit, with the output map
+    /// applied to each row: even and odd sides (odd trailing rows and columns dropped), a channel
+    /// multiplier, maps down to 2×2 → 1×1, and one that spans several tasks of planes.
+    #[test]
+    fn pooled_as_read_equals_pooling_then_the_kernel_bit_for_bit() {
+        let post = |c: usize, row: &mut [f32]| {
+            for v in row.iter_mut() {
+                *v = (*v * (1.0 + c as f32 / 8.0)).max(0.0);
+            }
+        };
+        for (n, c, m, sh, sw) in [
+            (2, 3, 1, 8, 8),
+            (1, 2, 2, 9, 11),
+            (2, 1, 1, 2, 2),
+            (3, 5, 1, 3, 7),
+            (1, 96, 1, 32, 30),
+        ] {
+            let x: Vec<f32> = test_values(n * c * sh * sw, 9)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            let w: Vec<f32> = test_values(c * m * 9, 10)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            let (h, wd) = (sh / 2, sw / 2);
+            let g = ConvGeometry::new((n, c, h, wd), (c * m, 1, 3, 3), 1, 1, c).unwrap();
+            let pooled = super::super::resample::pool(&x, n * c, sh, sw, 0.25);
+            let want = forward_post(&g, &pooled, &w, Some(&post));
+            let got = forward_pooled_post(&g, &x, (sh, sw), &w, Some(&post));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{n}×{c}×{m} at {sh}×{sw}");
         }
     }
 }

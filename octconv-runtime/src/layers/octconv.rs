@@ -310,6 +310,11 @@ impl OctConv2d {
                 let maps = ConvGeometry::new(read, w.dims4()?, p.stride, p.pad, p.groups)
                     .is_ok_and(|g| conv2d::maps_rows(&g));
                 if let (true, Some(e)) = (maps, epi(true)?) {
+                    if pool_first {
+                        if let Some(y) = conv2d::infer_post_pooled(xs, w, p, &e)? {
+                            return Ok(OctValue::Single(y));
+                        }
+                    }
                     let xs = if pool_first {
                         avg_pool2x2(xs)?
                     } else {
@@ -319,9 +324,46 @@ impl OctConv2d {
                         return Ok(OctValue::Single(y));
                     }
                 }
+            } else if let ((Some(xh), Some(xl)), [Some(wh), None, None, Some(wl)], true) = (
+                x.branches(),
+                &self.weights,
+                s.depthwise && !s.strided_conv(),
+            ) {
+                // A depthwise pair (H→H and L→L only): each branch by the depthwise kernel with
+                // its output stage on each row (and at stride 2 its input pooled as it is read),
+                // instead of the per-path ops, a pooling pass per branch and a stage pass.
+                if let (Some(eh), Some(el)) = (epi(true)?, epi(false)?) {
+                    if let (Some(yh), Some(yl)) = (
+                        self.infer_depthwise_branch(xh, wh, &eh)?,
+                        self.infer_depthwise_branch(xl, wl, &el)?,
+                    ) {
+                        return Ok(OctValue::Pair {
+                            high: Some(yh),
+                            low: yl,
+                        });
+                    }
+                }
             }
         }
         stage.apply(self.infer(x)?)
+    }
+
+    /// One branch of a depthwise pair ([`OctConv2d::infer_then`]): `epi(conv(x))`, at stride 2 of
+    /// the 2×2-pooled `x`, by the depthwise kernel; `Ok(None)` where it does not serve the branch.
+    fn infer_depthwise_branch(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        epi: &crate::kernels::epilogue::ChannelEpilogue,
+    ) -> Result<Option<Tensor>> {
+        let p = self.conv_params(x.dim(1)?);
+        if self.spec.stride != 2 {
+            return conv2d::infer_post(x, w, p, epi);
+        }
+        match conv2d::infer_post_pooled(x, w, p, epi)? {
+            Some(y) => Ok(Some(y)),
+            None => conv2d::infer_post(&avg_pool2x2(x)?, w, p, epi),
+        }
     }
 
     /// The geometry of the four-path 1×1 kernel ([`crate::kernels::pointwise`]) for this layer and
