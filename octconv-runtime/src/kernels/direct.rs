@@ -511,16 +511,36 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
     let (lh, lw) = g.low_hw();
     let narrow_side = g.in_h.max(g.in_l).min(g.out_h.max(g.out_l));
     let wide_gemm = super::simd::has_avx512f();
+    let full_width = super::simd::full_width_avx512();
     let narrow_high = g.in_h.min(g.out_h);
+    let min_low_side = if full_width {
+        DIRECT_MIN_LOW_SIDE_FULL_WIDTH
+    } else {
+        DIRECT_MIN_LOW_SIDE
+    };
     forced().unwrap_or(
         largest <= DIRECT_MAX_CHANNELS
             && (!wide_gemm
                 || (narrow_side <= DIRECT_MAX_SIDE_AVX512
-                    && (narrow_high <= DIRECT_MAX_HIGH_AVX512
+                    && (full_width
+                        || narrow_high <= DIRECT_MAX_HIGH_AVX512
                         || g.h * g.w > DIRECT_LARGE_MAP_AVX512)))
-            && lh.min(lw) >= DIRECT_MIN_LOW_SIDE,
+            && lh.min(lw) >= min_low_side,
     )
 }
+
+/// On CPUs with full-width AVX-512 ([`super::simd::full_width_avx512`]: Intel Xeon), the smallest
+/// side of the low branch's map at which [`prefers`] picks the direct kernel, which there also
+/// needs no narrow high branch ([`DIRECT_MAX_HIGH_AVX512`] does not apply): its 512-bit kernel
+/// does twice the AVX2 kernel's work per cycle, the Winograd kernel's transforms do not. Measured
+/// (Intel Xeon, AVX-512, 2 threads, `octconv bench … --profile` with `OCTCONV_OCTAVE=direct` and
+/// `=winograd` alternating, fastest of two, ms per layer direct against Winograd): DenseNet-121 at
+/// α = .5, all 42 growth layers (64 + 64 → 16 + 16 at 56², 28² and 14², the last with 7×7 low
+/// maps) 49.1 against 62.5 in sum, every one faster direct; the seed WRN's 16 + 16 at 32×32 (α =
+/// .5) 1.50 / 1.30 against 1.80 / 1.59 and 24 + 8 (α = .25) 2.16 / 1.97 against 2.33 / 2.17,
+/// while its 32 + 32 layers at 16×16 stay faster by Winograd (1.37 against 1.26; the narrower
+/// side has 32 channels).
+pub const DIRECT_MIN_LOW_SIDE_FULL_WIDTH: usize = 7;
 
 /// On CPUs with AVX-512, the most channels of the narrower high branch (input or output) at which
 /// [`prefers`] picks the direct kernel: once the Winograd transforms ran by rows in registers

@@ -20,6 +20,28 @@ pub fn has_avx512f() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
 }
 
+/// Whether this CPU runs 512-bit FMAs at full width: AVX-512F on an Intel core (detected once).
+/// AMD's Zen 4 splits each 512-bit operation into two 256-bit halves, so there a kernel written for
+/// 512-bit registers does the work of its AVX2 twin per cycle, while on an Intel Xeon it does twice
+/// as much — which moves where a direct kernel beats a GEMM-based one ([`super::direct::prefers`]).
+/// The vendor is the proxy: no CPUID bit says how wide the FMA units are.
+#[cfg(target_arch = "x86_64")]
+pub fn full_width_avx512() -> bool {
+    static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FULL.get_or_init(|| {
+        // CPUID leaf 0 (the vendor string) exists on every x86-64 CPU.
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor = [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat();
+        has_avx512f() && vendor == b"GenuineIntel"
+    })
+}
+
+/// On other architectures: no AVX-512.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn full_width_avx512() -> bool {
+    false
+}
+
 /// On other architectures: no AVX-512.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn has_avx512f() -> bool {
