@@ -143,9 +143,9 @@ fn direct_conv3x3_matches_direct_summation_for_odd_channels_small_maps_and_a_pro
 fn direct_octave_kernel_matches_the_four_paths_by_direct_summation() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // (n, in_h, in_l, out_h, out_l, h, w): odd counts, one channel per branch, 2×2 high maps (1×1
-    // low), a rectangle, the seed's 16 + 16 channels at 32×32, and DenseNet-121's growth layer at
-    // α = .5 at 14×14 (64 + 64 → 16 + 16, 7×7 low maps: blocks of 8 output channels by 32 positions
-    // with a 16-position tail where the CPU has AVX-512).
+    // low), a rectangle, the seed's 16 + 16 channels at 32×32, and DenseNet-121's growth layers at
+    // 14×14 at α = .5 and .25 (64 + 64 → 16 + 16 and 96 + 32 → 24 + 8, 7×7 low maps: blocks of 8
+    // output channels by 32 positions with a 16-position tail where the CPU has AVX-512).
     let cases = [
         (1, 1, 1, 1, 1, 2, 2),
         (2, 3, 5, 7, 2, 4, 4),
@@ -153,6 +153,7 @@ fn direct_octave_kernel_matches_the_four_paths_by_direct_summation() {
         (1, 16, 16, 16, 16, 8, 8),
         (2, 16, 16, 16, 16, 32, 32),
         (2, 64, 64, 16, 16, 14, 14),
+        (1, 96, 32, 24, 8, 14, 14),
     ];
     for (n, in_h, in_l, out_h, out_l, h, w) in cases {
         let g = OctaveGeometry {

@@ -484,7 +484,9 @@ impl OctavePacked {
 /// out and the low branch's map is at least [`DIRECT_MIN_LOW_SIDE`] on each side, and, on CPUs with
 /// AVX-512, the input or the output branches have at most [`DIRECT_MAX_SIDE_AVX512`] channels each
 /// and the input or the output high branch at most [`DIRECT_MAX_HIGH_AVX512`] (on maps up to
-/// [`DIRECT_LARGE_MAP_AVX512`] pixels).
+/// [`DIRECT_LARGE_MAP_AVX512`] pixels). Where the AVX-512 is full-width (Intel), the high-branch
+/// bound does not apply and [`DIRECT_MAX_CHANNELS_FULL_WIDTH`] and
+/// [`DIRECT_MIN_LOW_SIDE_FULL_WIDTH`] replace the channel and map bounds.
 /// `OCTCONV_OCTAVE=direct` or `=winograd` forces the choice (for measurements).
 ///
 /// Measured per layer with `octconv bench … --profile` (AMD EPYC, AVX2, 2 threads, batch 32; direct
@@ -518,8 +520,13 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
     } else {
         DIRECT_MIN_LOW_SIDE
     };
+    let max_channels = if full_width {
+        DIRECT_MAX_CHANNELS_FULL_WIDTH
+    } else {
+        DIRECT_MAX_CHANNELS
+    };
     forced().unwrap_or(
-        largest <= DIRECT_MAX_CHANNELS
+        largest <= max_channels
             && (!wide_gemm
                 || (narrow_side <= DIRECT_MAX_SIDE_AVX512
                     && (full_width
@@ -541,6 +548,14 @@ pub fn prefers(g: &OctaveGeometry) -> bool {
 /// while its 32 + 32 layers at 16×16 stay faster by Winograd (1.37 against 1.26; the narrower
 /// side has 32 channels).
 pub const DIRECT_MIN_LOW_SIDE_FULL_WIDTH: usize = 7;
+
+/// On CPUs with full-width AVX-512, the most channels of any path at which [`prefers`] picks the
+/// direct kernel (the narrower side still at most [`DIRECT_MAX_SIDE_AVX512`] per branch): with 24
+/// or 8 output channels per branch the Winograd GEMMs are that shallow whatever the input.
+/// Measured as for [`DIRECT_MIN_LOW_SIDE_FULL_WIDTH`]: DenseNet-121's 42 growth layers (128 → 32
+/// channels at 56², 28², 14²) at α = .25 (96 + 32 → 24 + 8) 62.2 against 80.6 ms in sum and at α
+/// = .75 (32 + 96 → 8 + 24) 30.7 against 45.0, every one faster direct.
+pub const DIRECT_MAX_CHANNELS_FULL_WIDTH: usize = 128;
 
 /// On CPUs with AVX-512, the most channels of the narrower high branch (input or output) at which
 /// [`prefers`] picks the direct kernel: once the Winograd transforms ran by rows in registers
@@ -593,7 +608,8 @@ fn forced() -> Option<bool> {
     })
 }
 
-/// The most channels of any path at which [`prefers`] picks the direct kernel.
+/// The most channels of any path at which [`prefers`] picks the direct kernel (but see
+/// [`DIRECT_MAX_CHANNELS_FULL_WIDTH`]).
 pub const DIRECT_MAX_CHANNELS: usize = 64;
 /// The smallest side of the low branch's map at which [`prefers`] picks the direct kernel.
 pub const DIRECT_MIN_LOW_SIDE: usize = 8;
