@@ -62,6 +62,12 @@ pub fn maps_rows(g: &ConvGeometry) -> bool {
         )
 }
 
+/// Whether the input and the weight of an inference call are f32 on a device our kernels serve.
+fn f32_on_our_kernels(x: &Tensor, weight: &Tensor) -> bool {
+    use candle_core::DType::F32;
+    super::serves(x.device()) && x.dtype() == F32 && weight.dtype() == F32
+}
+
 /// Inference of `epi(conv2d(x, weight))` on f32 CPU tensors where the algorithm [`algorithm`] picks
 /// is im2col, the depthwise or the grouped kernel, or where the direct 3×3 kernel serves a layer with
 /// few input channels ([`direct::prefers_single`]), which apply the epilogue to each output row
@@ -73,8 +79,7 @@ pub fn infer_post(
     p: ConvParams,
     epi: &super::epilogue::ChannelEpilogue,
 ) -> Result<Option<Tensor>> {
-    use candle_core::DType::F32;
-    if !super::serves(x.device()) || x.dtype() != F32 || weight.dtype() != F32 {
+    if !f32_on_our_kernels(x, weight) {
         return Ok(None);
     }
     let g = ConvGeometry::new(x.dims4()?, weight.dims4()?, p.stride, p.pad, p.groups)?;
@@ -123,8 +128,7 @@ pub fn infer_post_pooled(
     p: ConvParams,
     epi: &super::epilogue::ChannelEpilogue,
 ) -> Result<Option<Tensor>> {
-    use candle_core::DType::F32;
-    if !super::serves(x.device()) || x.dtype() != F32 || weight.dtype() != F32 {
+    if !f32_on_our_kernels(x, weight) {
         return Ok(None);
     }
     let (n, c, sh, sw) = x.dims4()?;
