@@ -280,8 +280,9 @@ impl OctConv2d {
     }
 
     /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
-    /// is in cache where they can (the four-path 1×1 kernel, and a one-path convolution by im2col or
-    /// the depthwise kernel, without bias); else in one pass afterwards.
+    /// is in cache where they can (the four-path 1×1 kernel, a one-path convolution by im2col or the
+    /// depthwise kernel, and a depthwise pair branch by branch, without bias); else in one pass
+    /// afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         // The epilogues are built (the batch norm's parameters read back) only where a kernel that
         // maps rows will run.
