@@ -311,17 +311,12 @@ impl OctConv2d {
                 let maps = ConvGeometry::new(read, w.dims4()?, p.stride, p.pad, p.groups)
                     .is_ok_and(|g| conv2d::maps_rows(&g));
                 if let (true, Some(e)) = (maps, epi(true)?) {
-                    if pool_first {
-                        if let Some(y) = conv2d::infer_post_pooled(xs, w, p, &e)? {
-                            return Ok(OctValue::Single(y));
-                        }
-                    }
-                    let xs = if pool_first {
-                        avg_pool2x2(xs)?
+                    let y = if pool_first {
+                        infer_post_pooling_first(xs, w, p, &e)?
                     } else {
-                        xs.clone()
+                        conv2d::infer_post(xs, w, p, &e)?
                     };
-                    if let Some(y) = conv2d::infer_post(&xs, w, p, &e)? {
+                    if let Some(y) = y {
                         return Ok(OctValue::Single(y));
                     }
                 }
@@ -361,10 +356,7 @@ impl OctConv2d {
         if self.spec.stride != 2 {
             return conv2d::infer_post(x, w, p, epi);
         }
-        match conv2d::infer_post_pooled(x, w, p, epi)? {
-            Some(y) => Ok(Some(y)),
-            None => conv2d::infer_post(&avg_pool2x2(x)?, w, p, epi),
-        }
+        infer_post_pooling_first(x, w, p, epi)
     }
 
     /// The geometry of the four-path 1×1 kernel ([`crate::kernels::pointwise`]) for this layer and
@@ -834,5 +826,20 @@ pub(crate) fn add_bias(t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     match b {
         Some(b) => t.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(t),
+    }
+}
+
+/// `epi(conv(pool(x)))` for a stride-2 layer that pools first: the kernel pools as it reads where
+/// it can ([`conv2d::infer_post_pooled`]), else a pooling pass and then [`conv2d::infer_post`];
+/// `Ok(None)` where neither serves the layer.
+fn infer_post_pooling_first(
+    x: &Tensor,
+    w: &Tensor,
+    p: ConvParams,
+    epi: &crate::kernels::epilogue::ChannelEpilogue,
+) -> Result<Option<Tensor>> {
+    match conv2d::infer_post_pooled(x, w, p, epi)? {
+        Some(y) => Ok(Some(y)),
+        None => conv2d::infer_post(&avg_pool2x2(x)?, w, p, epi),
     }
 }
