@@ -3,7 +3,7 @@
 //! batches of one and several images, the smallest maps each stride takes (2×2 and 4×4).
 
 use octconv_runtime::kernels::octave::OctaveGeometry;
-use octconv_runtime::kernels::pointwise::{forward, PathWeights, PointwiseOctave};
+use octconv_runtime::kernels::pointwise::{forward, forward_post, PathWeights, PointwiseOctave};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -53,88 +53,156 @@ fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
+/// The row map the checks apply to channel `c` of a branch (`high`): an affine map that differs
+/// per channel and per branch, so a row mapped with the wrong channel or twice or not at all shows.
+fn row_map(high: bool, c: usize, v: f64) -> f64 {
+    let k = if high { 1.0 } else { -0.5 };
+    v * (1.0 + 0.25 * c as f64) * k + 0.125 * c as f64
+}
+
+/// Runs the kernel on random data for `g` (with the row maps when `mapped`) and compares both
+/// outputs with direct summation; `seed` picks the data.
+fn check(g: &PointwiseOctave, seed: u64, mapped: bool) {
+    let o = g.octave;
+    let (n, in_h, in_l, out_h, out_l, h, w) = (o.n, o.in_h, o.in_l, o.out_h, o.out_l, o.h, o.w);
+    assert!(g.applies(), "{g:?}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (hw, lhw) = (h * w, h * w / 4);
+    let xh = random(&mut rng, n * in_h * hw);
+    let xl = random(&mut rng, n * in_l * lhw);
+    let [hh, hl, lh, ll] = [
+        random(&mut rng, out_h * in_h),
+        random(&mut rng, out_l * in_h),
+        random(&mut rng, out_h * in_l),
+        random(&mut rng, out_l * in_l),
+    ];
+    let wt = PathWeights {
+        hh: &hh,
+        hl: &hl,
+        lh: &lh,
+        ll: &ll,
+    };
+    let (yh, yl) = if mapped {
+        let (mh, ml) = (
+            |c: usize, row: &mut [f64]| row.iter_mut().for_each(|v| *v = row_map(true, c, *v)),
+            |c: usize, row: &mut [f64]| row.iter_mut().for_each(|v| *v = row_map(false, c, *v)),
+        );
+        forward_post(g, &xh, &xl, wt, [Some(&mh), Some(&ml)])
+    } else {
+        forward(g, &xh, &xl, wt)
+    };
+    // A path with no input or output channels sums nothing: `matmul` of zero channels is zeros.
+    let (mut want_h, mut want_l) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let xh = &xh[i * in_h * hw..][..in_h * hw];
+        let xl = &xl[i * in_l * lhw..][..in_l * lhw];
+        let (ph, q) = (pool(xh, in_h, h, w), lhw / 4);
+        if g.stride == 1 {
+            let lh_up = upsample(&matmul(&lh, xl, out_h, in_l, lhw), out_h, h / 2, w / 2);
+            want_h.extend(add(&matmul(&hh, xh, out_h, in_h, hw), &lh_up));
+            want_l.extend(add(
+                &matmul(&hl, &ph, out_l, in_h, lhw),
+                &matmul(&ll, xl, out_l, in_l, lhw),
+            ));
+        } else {
+            want_h.extend(add(
+                &matmul(&hh, &ph, out_h, in_h, lhw),
+                &matmul(&lh, xl, out_h, in_l, lhw),
+            ));
+            let (ph2, pl) = (pool(&ph, in_h, h / 2, w / 2), pool(xl, in_l, h / 2, w / 2));
+            want_l.extend(add(
+                &matmul(&hl, &ph2, out_l, in_h, q),
+                &matmul(&ll, &pl, out_l, in_l, q),
+            ));
+        }
+    }
+    if mapped {
+        let (oh, ol) = (hw / g.stride.pow(2), lhw / g.stride.pow(2));
+        for (i, v) in want_h.iter_mut().enumerate() {
+            *v = row_map(true, (i / oh) % out_h, *v);
+        }
+        for (i, v) in want_l.iter_mut().enumerate() {
+            *v = row_map(false, (i / ol) % out_l, *v);
+        }
+    }
+    for (name, got, want) in [("high", &yh, &want_h), ("low", &yl, &want_l)] {
+        assert_eq!(got.len(), want.len(), "{name} of {g:?}");
+        assert!(!want.is_empty() || (name == "low" && out_l == 0));
+        let err = got
+            .iter()
+            .zip(want.iter())
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-12, "{name} of {g:?} differs by {err:e}");
+    }
+}
+
+fn geometry(
+    (n, in_h, in_l, out_h, out_l): (usize, usize, usize, usize, usize),
+    (h, w): (usize, usize),
+    stride: usize,
+) -> PointwiseOctave {
+    PointwiseOctave {
+        octave: OctaveGeometry {
+            n,
+            in_h,
+            in_l,
+            out_h,
+            out_l,
+            h,
+            w,
+        },
+        stride,
+    }
+}
+
+/// All four paths, a layer into the pair (no low input) and one out of it (no low output), at
+/// both strides, on the smallest maps each stride takes and a few larger ones, with and without
+/// the row maps.
 #[test]
 fn pointwise_octave_kernel_matches_direct_summation_at_both_strides_and_the_smallest_maps() {
     let mut cases = 0;
     for stride in [1usize, 2] {
         let smallest = 2 * stride;
-        for (h, w) in [
+        for hw in [
             (smallest, smallest),
             (smallest, 3 * smallest),
             (4 * smallest, 2 * smallest),
         ] {
-            for (n, in_h, in_l, out_h, out_l) in [(1, 3, 1, 1, 5), (3, 7, 5, 9, 3), (2, 1, 1, 1, 1)]
-            {
+            for channels in [
+                (1, 3, 1, 1, 5),
+                (3, 7, 5, 9, 3),
+                (2, 1, 1, 1, 1),
+                (2, 3, 0, 4, 5),
+                (2, 5, 3, 7, 0),
+            ] {
                 cases += 1;
-                let g = PointwiseOctave {
-                    octave: OctaveGeometry {
-                        n,
-                        in_h,
-                        in_l,
-                        out_h,
-                        out_l,
-                        h,
-                        w,
-                    },
-                    stride,
-                };
-                assert!(g.applies(), "{g:?}");
-                let mut rng = ChaCha8Rng::seed_from_u64(cases);
-                let (hw, lhw) = (h * w, h * w / 4);
-                let xh = random(&mut rng, n * in_h * hw);
-                let xl = random(&mut rng, n * in_l * lhw);
-                let [hh, hl, lh, ll] = [
-                    random(&mut rng, out_h * in_h),
-                    random(&mut rng, out_l * in_h),
-                    random(&mut rng, out_h * in_l),
-                    random(&mut rng, out_l * in_l),
-                ];
-                let wt = PathWeights {
-                    hh: &hh,
-                    hl: &hl,
-                    lh: &lh,
-                    ll: &ll,
-                };
-                let (yh, yl) = forward(&g, &xh, &xl, wt);
-                let (mut want_h, mut want_l) = (Vec::new(), Vec::new());
-                for i in 0..n {
-                    let xh = &xh[i * in_h * hw..][..in_h * hw];
-                    let xl = &xl[i * in_l * lhw..][..in_l * lhw];
-                    let (ph, q) = (pool(xh, in_h, h, w), lhw / 4);
-                    if stride == 1 {
-                        let lh_up =
-                            upsample(&matmul(&lh, xl, out_h, in_l, lhw), out_h, h / 2, w / 2);
-                        want_h.extend(add(&matmul(&hh, xh, out_h, in_h, hw), &lh_up));
-                        want_l.extend(add(
-                            &matmul(&hl, &ph, out_l, in_h, lhw),
-                            &matmul(&ll, xl, out_l, in_l, lhw),
-                        ));
-                    } else {
-                        want_h.extend(add(
-                            &matmul(&hh, &ph, out_h, in_h, lhw),
-                            &matmul(&lh, xl, out_h, in_l, lhw),
-                        ));
-                        let (ph2, pl) =
-                            (pool(&ph, in_h, h / 2, w / 2), pool(xl, in_l, h / 2, w / 2));
-                        want_l.extend(add(
-                            &matmul(&hl, &ph2, out_l, in_h, q),
-                            &matmul(&ll, &pl, out_l, in_l, q),
-                        ));
-                    }
-                }
-                for (name, got, want) in [("high", &yh, &want_h), ("low", &yl, &want_l)] {
-                    assert_eq!(got.len(), want.len(), "{name} of {g:?}");
-                    assert!(!want.is_empty());
-                    let err = got
-                        .iter()
-                        .zip(want.iter())
-                        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-                    assert!(err < 1e-12, "{name} of {g:?} differs by {err:e}");
-                }
+                check(&geometry(channels, hw, stride), cases, cases % 2 == 0);
             }
         }
     }
-    assert_eq!(cases, 18);
+    assert_eq!(cases, 30);
+}
+
+/// At stride 1 an image runs in bands of rows once its output is large (about 128 Ki values per
+/// band): bands that divide the map and bands that leave a short last one, with and without a
+/// low input or output, with the row maps (which must see each band's rows exactly once).
+#[test]
+fn pointwise_octave_kernel_in_row_bands_matches_direct_summation() {
+    // 320 output channels: 409 columns a band, so at most 24 rows of 16 (36 = 18 + 18, 50 = 18 +
+    // 18 + 14), 20 rows of 20 (46 = 16 + 16 + 14), 50 rows of 8 (64 = 32 + 32); the kernel's unit
+    // test `band_rows_are_even_and_bounded` pins these counts.
+    for (seed, (channels, hw)) in [
+        ((2, 6, 3, 240, 80), (36, 16)),
+        ((1, 5, 2, 250, 70), (50, 16)),
+        ((2, 4, 0, 300, 20), (46, 20)),
+        ((1, 7, 3, 320, 0), (50, 16)),
+        ((1, 3, 2, 200, 120), (64, 8)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(&geometry(channels, hw, 1), 100 + seed as u64, true);
+    }
 }
 
 #[test]
@@ -165,7 +233,18 @@ fn pointwise_octave_kernel_refuses_maps_a_path_would_pool_unevenly() {
         },
         ..base
     };
-    assert!(!no_low.applies(), "all four paths");
+    assert!(no_low.applies(), "a layer out of the pair");
+    let neither = PointwiseOctave {
+        octave: OctaveGeometry {
+            in_l: 0,
+            ..no_low.octave
+        },
+        ..no_low
+    };
+    assert!(
+        !neither.applies(),
+        "a one-branch layer is a plain convolution"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! The 1×1 octave convolution with all four paths as one inference kernel: per image, four GEMMs on
-//! the NCHW planes as they are, the H→L input pooled into scratch as it is needed, the L→H product
-//! upsampled into the high output as it is added, and the two low-output paths accumulated into one
-//! output.
+//! The 1×1 octave convolution with all four paths as one inference kernel: per image (and at stride
+//! 1 per band of rows, so the band stays in cache), the GEMMs on the NCHW planes as they are, the
+//! H→L input pooled into scratch as it is needed, the L→H product upsampled into the high output as
+//! it is added, the two low-output paths accumulated into one output, and each output row mapped by
+//! the layer's epilogue. A layer into the octave pair (no low input) or out of it (no low output)
+//! runs the same way without its absent paths.
 //!
 //! Why: 1×1 convolutions carry 65–85 % of the MACs of ResNeXt, SE-ResNet, MobileNet v2 and DenseNet.
 //! Op by op, an octave 1×1 convolution is five ops besides its GEMMs (pool, two concatenations, one
@@ -19,7 +21,7 @@ use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::octave::OctaveGeometry;
 use super::prologue::Prologue;
-use super::resample::{add_upsampled_planes, pool_planes};
+use super::resample::{add_upsampled_planes, pool_plane, pool_planes};
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
@@ -34,23 +36,21 @@ pub struct PointwiseOctave {
 }
 
 impl PointwiseOctave {
-    /// Whether the kernel handles these sizes: stride 1 or 2 and maps that halve exactly as often as
-    /// the paths pool them (so no path drops a trailing row or column).
+    /// Whether the kernel handles these sizes: stride 1 or 2, a high input and a high output, a low
+    /// input or a low output or both (a layer into or out of the octave pair, whose absent paths
+    /// are skipped), and maps that halve exactly as often as the paths pool them (so no path drops
+    /// a trailing row or column).
     pub fn applies(&self) -> bool {
         let halvings = if self.stride == 2 { 4 } else { 2 };
+        let o = &self.octave;
         matches!(self.stride, 1 | 2)
-            && [
-                self.octave.in_h,
-                self.octave.in_l,
-                self.octave.out_h,
-                self.octave.out_l,
-            ]
-            .iter()
-            .all(|&c| c > 0)
-            && self.octave.h.is_multiple_of(halvings)
-            && self.octave.w.is_multiple_of(halvings)
-            && self.octave.h > 0
-            && self.octave.w > 0
+            && o.in_h > 0
+            && o.out_h > 0
+            && (o.in_l > 0 || o.out_l > 0)
+            && o.h.is_multiple_of(halvings)
+            && o.w.is_multiple_of(halvings)
+            && o.h > 0
+            && o.w > 0
     }
 
     /// The high output's height and width.
@@ -78,32 +78,6 @@ pub struct PathWeights<'a, T> {
     pub lh: &'a [T],
     /// L→L.
     pub ll: &'a [T],
-}
-
-/// `dst (m × n) = [dst +] w (m × k) · x (k × n)` with contiguous row-major operands.
-///
-/// # Safety
-/// `w` holds `m·k` values, `x` `k·n`, `dst` `m·n`.
-unsafe fn gemm_into<T: Element>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    accumulate: bool,
-    w: &[T],
-    x: &[T],
-    par: gemm::Parallelism,
-) {
-    debug_assert!(w.len() >= m * k && x.len() >= k * n && dst.len() >= m * n);
-    let lhs = Mat {
-        ptr: w.as_ptr(),
-        rs: k,
-        cs: 1,
-    };
-    let rhs = Mat {
-        ptr: x.as_ptr(),
-        rs: n,
-        cs: 1,
-    };
-    sgemm((m, n, k), dst.as_mut_ptr(), n, accumulate, lhs, rhs, par)
 }
 
 /// The four-path 1×1 octave convolution of `xh` (`[n, in_h, h, w]`) and `xl` (`[n, in_l, h/2, w/2]`):
@@ -154,7 +128,6 @@ fn run<T: Element>(
     pre: Option<[Prologue<'_, T>; 2]>,
     post: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
     let o = &g.octave;
     assert!(
         wt.hh.len() >= o.out_h * o.in_h
@@ -169,131 +142,293 @@ fn run<T: Element>(
     );
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
-    let (out_hw, out_lhw) = (oh * ow, ol * owl);
+    let (image_yh, image_yl) = (o.out_h * oh * ow, o.out_l * ol * owl);
     // Every output element is written by a GEMM without accumulation, then accumulated into.
-    let mut yh = output_vec(g.octave.n * g.octave.out_h * out_hw);
-    let mut yl = output_vec(g.octave.n * g.octave.out_l * out_lhw);
-    if g.octave.n == 0 {
+    let mut yh = output_vec(o.n * image_yh);
+    let mut yl = output_vec(o.n * image_yl);
+    if o.n == 0 || image_yh == 0 {
         return (yh, yl);
     }
-    let par = gemm_parallelism(g.octave.n);
-    yh.par_chunks_mut((g.octave.out_h * out_hw).max(1))
-        .zip(yl.par_chunks_mut((g.octave.out_l * out_lhw).max(1)))
+    let par = gemm_parallelism(o.n);
+    // One low-output slice per image, empty where the layer has no low output (octave → one branch).
+    let mut lows: Vec<&mut [T]> = if image_yl == 0 {
+        (0..o.n).map(|_| &mut [][..]).collect()
+    } else {
+        yl.chunks_mut(image_yl).collect()
+    };
+    let (in_hw, in_lhw) = (o.h * o.w, o.h * o.w / 4);
+    yh.par_chunks_mut(image_yh)
+        .zip(lows.par_iter_mut())
         .enumerate()
         .for_each(|(i, (yh, yl))| {
-            let xh = &xh[i * image_h..][..g.octave.in_h * hw];
-            let xl = &xl[i * image_l..][..g.octave.in_l * lhw];
+            let xh = &xh[i * image_h..][..o.in_h * in_hw];
+            let xl = if o.in_l == 0 {
+                &[][..]
+            } else {
+                &xl[i * image_l..][..o.in_l * in_lhw]
+            };
             with_scratch(|s: &mut Scratch<T>| {
-                // SAFETY (every GEMM below): the weights are `c_out × c_in` of the path, the inputs
-                // `c_in` planes of the size multiplied, the outputs `c_out` planes of it.
+                let y = Outputs { yh, yl, post };
                 if g.stride == 1 {
-                    let mapped = |c: usize| if pre.is_some() { c } else { 0 };
-                    let [t, p, mh, ml] = s.many([
-                        g.octave.out_h * lhw,
-                        g.octave.in_h * lhw,
-                        mapped(g.octave.in_h * hw),
-                        mapped(g.octave.in_l * lhw),
-                    ]);
-                    let (xh, xl) = match pre {
-                        Some([ph, pl]) => {
-                            map_planes(xh, ph, hw, mh);
-                            map_planes(xl, pl, lhw, ml);
-                            (&*mh, &*ml)
-                        }
-                        None => (xh, xl),
-                    };
-                    unsafe {
-                        gemm_into(
-                            (g.octave.out_h, hw, g.octave.in_h),
-                            yh,
-                            false,
-                            wt.hh,
-                            xh,
-                            par,
-                        );
-                        gemm_into(
-                            (g.octave.out_h, lhw, g.octave.in_l),
-                            t,
-                            false,
-                            wt.lh,
-                            xl,
-                            par,
-                        );
-                    }
-                    add_upsampled_planes(yh, t, g.octave.out_h, (g.octave.h, g.octave.w));
-                    pool_planes(xh, g.octave.in_h, (g.octave.h, g.octave.w), p);
-                    unsafe {
-                        gemm_into(
-                            (g.octave.out_l, lhw, g.octave.in_h),
-                            yl,
-                            false,
-                            wt.hl,
-                            p,
-                            par,
-                        );
-                        gemm_into(
-                            (g.octave.out_l, lhw, g.octave.in_l),
-                            yl,
-                            true,
-                            wt.ll,
-                            xl,
-                            par,
-                        );
-                    }
+                    image_stride1(g, (xh, xl), wt, pre, y, s, par);
                 } else {
-                    let [p, p2, pl] = s.many([
-                        g.octave.in_h * lhw,
-                        g.octave.in_h * lhw / 4,
-                        g.octave.in_l * lhw / 4,
-                    ]);
-                    pool_planes(xh, g.octave.in_h, (g.octave.h, g.octave.w), p);
-                    pool_planes(p, g.octave.in_h, (g.octave.h / 2, g.octave.w / 2), p2);
-                    pool_planes(xl, g.octave.in_l, (g.octave.h / 2, g.octave.w / 2), pl);
-                    unsafe {
-                        gemm_into(
-                            (g.octave.out_h, out_hw, g.octave.in_h),
-                            yh,
-                            false,
-                            wt.hh,
-                            p,
-                            par,
-                        );
-                        gemm_into(
-                            (g.octave.out_h, out_hw, g.octave.in_l),
-                            yh,
-                            true,
-                            wt.lh,
-                            xl,
-                            par,
-                        );
-                        gemm_into(
-                            (g.octave.out_l, out_lhw, g.octave.in_h),
-                            yl,
-                            false,
-                            wt.hl,
-                            p2,
-                            par,
-                        );
-                        gemm_into(
-                            (g.octave.out_l, out_lhw, g.octave.in_l),
-                            yl,
-                            true,
-                            wt.ll,
-                            pl,
-                            par,
-                        );
-                    }
+                    image_stride2(g, (xh, xl), wt, y, s, par);
                 }
             });
-            for (post, y, plane) in [(post[0], yh, out_hw), (post[1], yl, out_lhw)] {
-                if let Some(post) = post {
-                    for (c, p) in y.chunks_mut(plane.max(1)).enumerate() {
-                        post(c, p);
-                    }
-                }
-            }
         });
     (yh, yl)
+}
+
+/// One image's outputs (the low one empty without a low output) and their row maps.
+struct Outputs<'a, 'p, T> {
+    yh: &'a mut [T],
+    yl: &'a mut [T],
+    post: [Option<RowMap<'p, T>>; 2],
+}
+
+impl<T> Outputs<'_, '_, T> {
+    /// Applies the row maps to columns `c0 … c0 + len` of every plane of the high (`high`) or low
+    /// output, planes `plane` values apart.
+    fn map_columns(&mut self, high: bool, plane: usize, c0: usize, len: usize) {
+        let (post, y) = if high {
+            (self.post[0], &mut *self.yh)
+        } else {
+            (self.post[1], &mut *self.yl)
+        };
+        if let (Some(post), true) = (post, plane > 0) {
+            for (c, p) in y.chunks_mut(plane).enumerate() {
+                post(c, &mut p[c0..][..len]);
+            }
+        }
+    }
+}
+
+/// Output values per row band of [`image_stride1`]: about 512 KiB of f32 output, so the band is still
+/// in cache when the L→H product is added to it and its rows are mapped. Whole images made three
+/// passes over an output that does not fit the cache (the GEMM's, the L→H add's, the row maps'):
+/// MobileNet v2's 16 → 96 expansion at 112 × 112 (3.6 MB of high output per image) ran at α = .25
+/// in 5.1–5.6 ms per batch of 8 against 4.0 ms for the one GEMM at α = 0; in bands 3.4–4.3 ms.
+/// Measured (Intel Xeon, AVX-512, 2 threads, `octconv bench --profile`, 3 alternations), bands of
+/// 64 Ki / 128 Ki / 256 Ki values: that layer 4.0–4.1 / 3.4–4.3 / 3.8–4.3 ms, the whole 1×1 octave
+/// class of MobileNet v2 at α = .25 20.7–30.3 / 20.7–29.9 / 20.8–22.8 against 23.0–29.0 whole.
+const BAND_VALUES: usize = 128 << 10;
+
+/// The fewest columns a band's GEMM gets (narrower GEMMs run below the crate's peak).
+const BAND_MIN_COLUMNS: usize = 256;
+
+/// High rows per band of a stride-1 image of `h × w` with `out` output channels per position: an
+/// even count (so low rows align), the whole image where one band would hold it.
+fn band_rows(out: usize, (h, w): (usize, usize)) -> usize {
+    let columns = (BAND_VALUES / out.max(1)).max(BAND_MIN_COLUMNS);
+    let rows = ((columns / w.max(1)) & !1).max(2);
+    if rows >= h {
+        return h;
+    }
+    // Bands of near-equal height (even), not a short last one.
+    let bands = h.div_ceil(rows);
+    (h.div_ceil(bands) + 1) & !1
+}
+
+/// One image at stride 1, in bands of high rows ([`band_rows`]): per band the H→H GEMM, the L→H
+/// GEMM of the band's low rows added upsampled, the high rows mapped; then the band's H→L input
+/// pooled, the low GEMMs and the low rows mapped. Absent paths (no low input or no low output) are
+/// skipped.
+#[allow(clippy::too_many_arguments)]
+fn image_stride1<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    wt: PathWeights<'_, T>,
+    pre: Option<[Prologue<'_, T>; 2]>,
+    mut y: Outputs<'_, '_, T>,
+    s: &mut Scratch<T>,
+    par: gemm::Parallelism,
+) {
+    let o = &g.octave;
+    let (h, w) = (o.h, o.w);
+    let (hw, lhw, lw) = (h * w, hw_low(h, w), w / 2);
+    let rows = band_rows(o.out_h + o.out_l, (h, w));
+    let band_low = (rows / 2) * lw;
+    let mapped = |c: usize| if pre.is_some() { c } else { 0 };
+    let [t, p, mh, ml] = s.many([
+        if o.in_l > 0 { o.out_h * band_low } else { 0 },
+        if o.out_l > 0 { o.in_h * band_low } else { 0 },
+        mapped(o.in_h * hw),
+        mapped(o.in_l * lhw),
+    ]);
+    let (xh, xl) = match pre {
+        Some([ph, pl]) => {
+            map_planes(xh, ph, hw, mh);
+            map_planes(xl, pl, lhw, ml);
+            (&*mh, &*ml)
+        }
+        None => (xh, xl),
+    };
+    let view = |m: &[T], rs: usize| Mat {
+        ptr: m.as_ptr(),
+        rs,
+        cs: 1,
+    };
+    for r0 in (0..h).step_by(rows) {
+        let r1 = (r0 + rows).min(h);
+        let (c0, bw) = (r0 * w, (r1 - r0) * w);
+        let (l0, lbw) = ((r0 / 2) * lw, ((r1 - r0) / 2) * lw);
+        // SAFETY (every GEMM below): the weights are the path's `c_out × c_in`; the inputs are
+        // columns of `c_in` planes (row stride the plane) or the band's scratch (`c_in × lbw`), the
+        // outputs the same columns of `c_out` planes of this image, or `t` (`out_h × lbw`).
+        unsafe {
+            let dst = y.yh[c0..].as_mut_ptr();
+            let rhs = view(&xh[c0..], hw);
+            sgemm(
+                (o.out_h, bw, o.in_h),
+                dst,
+                hw,
+                false,
+                view(wt.hh, o.in_h),
+                rhs,
+                par,
+            );
+        }
+        if o.in_l > 0 {
+            let t = &mut t[..o.out_h * lbw];
+            unsafe {
+                let rhs = view(&xl[l0..], lhw);
+                let lhs = view(wt.lh, o.in_l);
+                sgemm(
+                    (o.out_h, lbw, o.in_l),
+                    t.as_mut_ptr(),
+                    lbw,
+                    false,
+                    lhs,
+                    rhs,
+                    par,
+                );
+            }
+            for (c, tc) in t.chunks_exact(lbw.max(1)).enumerate() {
+                let band = &mut y.yh[c * hw + c0..][..bw];
+                add_upsampled_planes(band, tc, 1, (r1 - r0, w));
+            }
+        }
+        y.map_columns(true, hw, c0, bw);
+        if o.out_l == 0 {
+            continue;
+        }
+        let p = &mut p[..o.in_h * lbw];
+        for (c, pc) in p.chunks_exact_mut(lbw.max(1)).enumerate() {
+            pool_plane(
+                &xh[c * hw + c0..][..bw],
+                pc,
+                (r1 - r0, w),
+                T::from_f64(0.25),
+            );
+        }
+        unsafe {
+            let dst = y.yl[l0..].as_mut_ptr();
+            let lhs = view(wt.hl, o.in_h);
+            sgemm(
+                (o.out_l, lbw, o.in_h),
+                dst,
+                lhw,
+                false,
+                lhs,
+                view(p, lbw),
+                par,
+            );
+            if o.in_l > 0 {
+                let lhs = view(wt.ll, o.in_l);
+                let rhs = view(&xl[l0..], lhw);
+                sgemm((o.out_l, lbw, o.in_l), dst, lhw, true, lhs, rhs, par);
+            }
+        }
+        y.map_columns(false, lhw, l0, lbw);
+    }
+}
+
+/// `h/2 × w/2`.
+fn hw_low(h: usize, w: usize) -> usize {
+    (h / 2) * (w / 2)
+}
+
+/// One image at stride 2: every path pools its input first (the high input twice for H→L), then
+/// the GEMMs; absent paths are skipped.
+fn image_stride2<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    wt: PathWeights<'_, T>,
+    mut y: Outputs<'_, '_, T>,
+    s: &mut Scratch<T>,
+    par: gemm::Parallelism,
+) {
+    let o = &g.octave;
+    let (h, w) = (o.h, o.w);
+    let (lhw, qhw) = (hw_low(h, w), hw_low(h / 2, w / 2));
+    let [p, p2, pl] = s.many([
+        o.in_h * lhw,
+        if o.out_l > 0 { o.in_h * qhw } else { 0 },
+        if o.out_l > 0 { o.in_l * qhw } else { 0 },
+    ]);
+    pool_planes(xh, o.in_h, (h, w), p);
+    let view = |m: &[T], rs: usize| Mat {
+        ptr: m.as_ptr(),
+        rs,
+        cs: 1,
+    };
+    // SAFETY (every GEMM below): the weights are the path's `c_out × c_in`, the inputs `c_in`
+    // planes of the size multiplied, the outputs `c_out` planes of it.
+    unsafe {
+        let dst = y.yh.as_mut_ptr();
+        sgemm(
+            (o.out_h, lhw, o.in_h),
+            dst,
+            lhw,
+            false,
+            view(wt.hh, o.in_h),
+            view(p, lhw),
+            par,
+        );
+        if o.in_l > 0 {
+            let lhs = view(wt.lh, o.in_l);
+            sgemm(
+                (o.out_h, lhw, o.in_l),
+                dst,
+                lhw,
+                true,
+                lhs,
+                view(xl, lhw),
+                par,
+            );
+        }
+    }
+    y.map_columns(true, lhw, 0, lhw);
+    if o.out_l == 0 {
+        return;
+    }
+    pool_planes(p, o.in_h, (h / 2, w / 2), p2);
+    pool_planes(xl, o.in_l, (h / 2, w / 2), pl);
+    unsafe {
+        let dst = y.yl.as_mut_ptr();
+        sgemm(
+            (o.out_l, qhw, o.in_h),
+            dst,
+            qhw,
+            false,
+            view(wt.hl, o.in_h),
+            view(p2, qhw),
+            par,
+        );
+        if o.in_l > 0 {
+            let lhs = view(wt.ll, o.in_l);
+            sgemm(
+                (o.out_l, qhw, o.in_l),
+                dst,
+                qhw,
+                true,
+                lhs,
+                view(pl, qhw),
+                par,
+            );
+        }
+    }
+    y.map_columns(false, qhw, 0, qhw);
 }
 
 /// `dst = map(src)`, channel by channel (`plane` values each).
@@ -381,4 +516,38 @@ pub fn forward_mapped<T: Element>(
             })
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{band_rows, BAND_MIN_COLUMNS, BAND_VALUES};
+
+    /// Bands are even (low rows align), within the budget (or two rows where two exceed it), the
+    /// whole image where it fits one band; the heights are spread over the bands (18 + 18 rather
+    /// than 24 + 12).
+    #[test]
+    fn band_rows_are_even_and_bounded() {
+        assert_eq!(band_rows(320, (36, 16)), 18);
+        assert_eq!(band_rows(320, (50, 16)), 18);
+        assert_eq!(band_rows(320, (46, 20)), 16);
+        assert_eq!(band_rows(320, (64, 8)), 32);
+        // MobileNet v2's expansion at 112 × 112 (72 + 24 outputs): bands of 12 rows.
+        assert_eq!(band_rows(96, (112, 112)), 12);
+        // Small outputs: one band.
+        assert_eq!(band_rows(24, (56, 56)), 56);
+        assert_eq!(band_rows(576, (14, 14)), 14);
+        for out in [1, 7, 96, 320, 2048] {
+            for (h, w) in [(2, 2), (8, 4), (56, 56), (112, 112), (50, 16), (224, 6)] {
+                let rows = band_rows(out, (h, w));
+                let what = format!("{out} outputs, {h} × {w}: {rows} rows");
+                assert!(rows.is_multiple_of(2) && rows >= 2 && rows <= h, "{what}");
+                let budget = BAND_VALUES.max(out * BAND_MIN_COLUMNS);
+                if rows < h {
+                    assert!(rows == 2 || out * rows * w <= budget, "{what}");
+                } else {
+                    assert!(out * (h - 2) * w <= budget || h == 2, "{what}");
+                }
+            }
+        }
+    }
 }

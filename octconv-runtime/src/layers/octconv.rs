@@ -291,8 +291,13 @@ impl OctConv2d {
             let s = &self.spec;
             let epi = |high: bool| stage.epilogue(high, if high { s.out_h } else { s.out_l });
             if let Some(g) = self.pointwise_geometry(x)? {
-                if let (Some(h), Some(l)) = (epi(true)?, epi(false)?) {
-                    return self.infer_pointwise(x, g, [Some(&h), Some(&l)]);
+                // `Some(None)`: a layer out of the pair, with no low output to map.
+                let low = match s.out_l {
+                    0 => Some(None),
+                    _ => epi(false)?.map(Some),
+                };
+                if let (Some(h), Some(l)) = (epi(true)?, low) {
+                    return self.infer_pointwise(x, g, [Some(&h), l.as_ref()]);
                 }
             } else if let (Some(xs), None, [Some(w), None, None, None]) =
                 (x.branches().0, x.branches().1, &self.weights)
@@ -359,19 +364,22 @@ impl OctConv2d {
         infer_post_pooling_first(x, w, p, epi)
     }
 
-    /// The geometry of the four-path 1×1 kernel ([`crate::kernels::pointwise`]) for this layer and
-    /// input, if it runs them: all four paths, 1×1, one group, f32 CPU inputs, the fused kernels
-    /// allowed, maps it [applies](PointwiseOctave::applies) to.
+    /// The geometry of the 1×1 octave kernel ([`crate::kernels::pointwise`]) for this layer and
+    /// input, if it runs them: 1×1, one group, the paths of an octave layer (all four, or those of a
+    /// layer into the pair without a low input or out of it without a low output), f32 CPU inputs,
+    /// the fused kernels allowed, maps it [applies](PointwiseOctave::applies) to.
     fn pointwise_geometry(&self, x: &OctValue) -> Result<Option<PointwiseOctave>> {
         let s = &self.spec;
-        let (Some(xh), Some(xl)) = x.branches() else {
+        let (Some(xh), xl) = x.branches() else {
             return Ok(None);
         };
         if !self.fused
             || s.kernel != 1
             || s.groups != 1
             || s.depthwise
-            || !self.weights.iter().all(Option::is_some)
+            || s.strided_conv()
+            || xl.is_some() != (s.in_l > 0)
+            || self.pointwise_weights().is_none()
             || !self.fusable_inputs_f32(x)
         {
             return Ok(None);
@@ -389,8 +397,37 @@ impl OctConv2d {
             },
             stride: s.stride,
         };
-        let fits = g.applies() && in_h == s.in_h && xl.dims4()? == (n, s.in_l, h / 2, w / 2);
-        Ok(fits.then_some(g))
+        let low_fits = match xl {
+            Some(xl) => xl.dims4()? == (n, s.in_l, h / 2, w / 2),
+            None => true,
+        };
+        Ok((g.applies() && in_h == s.in_h && low_fits).then_some(g))
+    }
+
+    /// The path weights the 1×1 octave kernel reads: H→H always; L→H with a low input, H→L with a
+    /// low output, L→L with both; `None` where the layer's paths are not those.
+    fn pointwise_weights(&self) -> Option<[Option<&Tensor>; 4]> {
+        let s = &self.spec;
+        let want = [true, s.out_l > 0, s.in_l > 0, s.in_l > 0 && s.out_l > 0];
+        let have = self.weights.iter().map(Option::is_some);
+        have.eq(want)
+            .then(|| [0, 1, 2, 3].map(|p| self.weights[p].as_ref()))
+    }
+
+    /// The 1×1 kernel's weights as f32 slices (absent paths empty) for `f`.
+    fn with_pointwise_weights<R>(
+        &self,
+        f: impl FnOnce(PathWeights<'_, f32>) -> Result<R>,
+    ) -> Result<R> {
+        let Some(ws) = self.pointwise_weights() else {
+            candle_core::bail!("internal error: the 1×1 octave kernel on a layer of other paths")
+        };
+        // Absent paths read as empty weights (the kernel skips them).
+        let empty = Tensor::zeros(0, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let [hh, hl, lh, ll] = ws.map(|w| w.unwrap_or(&empty));
+        with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
+            f(PathWeights { hh, hl, lh, ll })
+        })?
     }
 
     /// The four-path 1×1 octave convolution of `x` by [`crate::kernels::pointwise`] with the
@@ -402,12 +439,8 @@ impl OctConv2d {
         g: PointwiseOctave,
         epilogues: [Option<&ChannelEpilogue>; 2],
     ) -> Result<OctValue> {
-        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)]) =
-            (x.branches(), &self.weights)
-        else {
-            candle_core::bail!(
-                "internal error: the 1×1 octave kernel without a pair and four paths"
-            )
+        let (Some(xh), xl) = x.branches() else {
+            candle_core::bail!("internal error: the 1×1 octave kernel without a high input")
         };
         let posts =
             epilogues.map(|e| e.map(|e| move |c: usize, row: &mut [f32]| e.apply_row(c, row)));
@@ -416,14 +449,17 @@ impl OctConv2d {
             ph.as_ref().map(|f| f as RowMap<'_, f32>),
             pl.as_ref().map(|f| f as RowMap<'_, f32>),
         ];
-        let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[xh, xl, hh, hl, lh, ll]| {
-            pointwise::forward_post(&g, xh, xl, PathWeights { hh, hl, lh, ll }, post)
+        let (yh, yl) = self.with_pointwise_weights(|wt| {
+            with_f32(xh, |xh| match xl {
+                Some(xl) => with_f32(xl, |xl| pointwise::forward_post(&g, xh, xl, wt, post)),
+                None => Ok(pointwise::forward_post(&g, xh, &[], wt, post)),
+            })?
         })?;
         self.pointwise_output(&g, yh, yl, xh.device())
     }
 
-    /// The pair of the 1×1 octave kernel's outputs (NCHW data of geometry `g`), each branch with
-    /// its bias.
+    /// The 1×1 octave kernel's outputs (NCHW data of geometry `g`) with their biases: a pair, or
+    /// one branch for a layer out of the pair.
     fn pointwise_output(
         &self,
         g: &PointwiseOctave,
@@ -433,10 +469,16 @@ impl OctConv2d {
     ) -> Result<OctValue> {
         let (s, n) = (&self.spec, g.octave.n);
         let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
-        let yh = Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?;
+        let yh = add_bias(
+            Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?,
+            &self.bias_h,
+        )?;
+        if s.out_l == 0 {
+            return Ok(OctValue::Single(yh));
+        }
         let yl = Tensor::from_vec(yl, (n, s.out_l, lh, lw), dev)?;
         Ok(OctValue::Pair {
-            high: Some(add_bias(yh, &self.bias_h)?),
+            high: Some(yh),
             low: add_bias(yl, &self.bias_l)?,
         })
     }
@@ -456,8 +498,10 @@ impl OctConv2d {
         if self.spec.stride == 2 {
             return self.forward_prologue_strided(x, map);
         }
+        if self.spec.kernel == 1 && (self.spec.in_l > 0 || self.spec.out_l > 0) {
+            return self.pointwise_prologue(x, map);
+        }
         match x.branches() {
-            (Some(_), Some(_)) if self.spec.kernel == 1 => self.pointwise_prologue(x, map),
             (Some(xh), Some(xl)) => {
                 let Some(g) = self.fused_geometry(xh, xl) else {
                     return Ok(None);
@@ -513,27 +557,40 @@ impl OctConv2d {
         }
     }
 
-    /// [`OctConv2d::forward_prologue`] of a four-path 1×1 convolution at stride 1
+    /// [`OctConv2d::forward_prologue`] of a 1×1 octave convolution at stride 1
     /// ([`pointwise::forward_mapped_pair`]); `Ok(None)` where that kernel does not apply.
     fn pointwise_prologue(&self, x: &OctValue, map: &InputMap) -> Result<Option<OctValue>> {
         let Some(g) = self.pointwise_geometry(x)?.filter(|g| g.stride == 1) else {
             return Ok(None);
         };
-        let ((Some(xh), Some(xl)), [Some(hh), Some(hl), Some(lh), Some(ll)], (Some(ph), Some(pl))) = (
-            x.branches(),
-            &self.weights,
-            (map.prologue(true), map.prologue(false)),
-        ) else {
+        let (Some(xh), xl) = x.branches() else {
             return Ok(None);
         };
-        let (yh, yl) = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
-            with_images_f32(xh, |xh, image_h| {
-                with_images_f32(xl, |xl, image_l| {
-                    let wt = PathWeights { hh, hl, lh, ll };
+        let Some(ph) = map.prologue(true) else {
+            return Ok(None);
+        };
+        // Without a low input the low map reads nothing: the high one stands in for it.
+        let pl = match xl {
+            Some(_) => match map.prologue(false) {
+                Some(pl) => pl,
+                None => return Ok(None),
+            },
+            None => ph,
+        };
+        let (yh, yl) = self.with_pointwise_weights(|wt| {
+            with_images_f32(xh, |xh, image_h| match xl {
+                Some(xl) => with_images_f32(xl, |xl, image_l| {
                     pointwise::forward_mapped_pair(&g, (xh, xl), (image_h, image_l), wt, [ph, pl])
-                })
-            })
-        })???;
+                }),
+                None => Ok(pointwise::forward_mapped_pair(
+                    &g,
+                    (xh, &[]),
+                    (image_h, 0),
+                    wt,
+                    [ph, pl],
+                )),
+            })?
+        })?;
         self.pointwise_output(&g, yh, yl, xh.device()).map(Some)
     }
 
