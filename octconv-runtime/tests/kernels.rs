@@ -835,7 +835,8 @@ fn pointwise_mapped_kernel_equals_direct_summation_of_the_mapped_input_with_stri
 /// `pointwise::forward_mapped_pair`: the four-path 1×1 octave convolution of the mapped pair
 /// (`relu(scale·x + shift)` per branch) equals the kernel's plain forward on inputs mapped
 /// beforehand, bit for bit, with images further apart than their size (a concatenation buffer's
-/// first channels), odd channel counts and one or three images.
+/// first channels), odd channel counts, one or three images, layers into and out of the pair, and
+/// maps large enough to run in row bands.
 #[test]
 fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
     use octconv_runtime::kernels::octave::OctaveGeometry;
@@ -850,6 +851,11 @@ fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
         (1, 1, 1, 1, 1, 2, 0),
         (3, 5, 3, 4, 7, 6, 2),
         (2, 16, 16, 8, 24, 14, 5),
+        // A layer into the pair and one out of it.
+        (2, 6, 0, 8, 5, 6, 1),
+        (2, 6, 3, 8, 0, 6, 1),
+        // Large enough for row bands (8 rows mapped, 12 plain: different bands, same values).
+        (1, 40, 24, 200, 100, 32, 3),
     ] {
         let g = PointwiseOctave {
             octave: OctaveGeometry {

@@ -246,23 +246,16 @@ fn image_stride1<T: Element>(
     let o = &g.octave;
     let (h, w) = (o.h, o.w);
     let (hw, lhw, lw) = (h * w, hw_low(h, w), w / 2);
-    let rows = band_rows(o.out_h + o.out_l, (h, w));
-    let band_low = (rows / 2) * lw;
     let mapped = |c: usize| if pre.is_some() { c } else { 0 };
+    // With an input map, the band's mapped inputs sit in cache next to its outputs.
+    let rows = band_rows(o.out_h + o.out_l + mapped(o.in_h + o.in_l), (h, w));
+    let (band, band_low) = (rows * w, (rows / 2) * lw);
     let [t, p, mh, ml] = s.many([
         if o.in_l > 0 { o.out_h * band_low } else { 0 },
         if o.out_l > 0 { o.in_h * band_low } else { 0 },
-        mapped(o.in_h * hw),
-        mapped(o.in_l * lhw),
+        mapped(o.in_h * band),
+        mapped(o.in_l * band_low),
     ]);
-    let (xh, xl) = match pre {
-        Some([ph, pl]) => {
-            map_planes(xh, ph, hw, mh);
-            map_planes(xl, pl, lhw, ml);
-            (&*mh, &*ml)
-        }
-        None => (xh, xl),
-    };
     let view = |m: &[T], rs: usize| Mat {
         ptr: m.as_ptr(),
         rs,
@@ -272,12 +265,23 @@ fn image_stride1<T: Element>(
         let r1 = (r0 + rows).min(h);
         let (c0, bw) = (r0 * w, (r1 - r0) * w);
         let (l0, lbw) = ((r0 / 2) * lw, ((r1 - r0) / 2) * lw);
+        // The band's inputs: `(values, first column, row stride)` — the input planes themselves,
+        // or with an input map the band's columns mapped into scratch (one row per channel).
+        let (bh, bl) = match pre {
+            Some([ph, pl]) => {
+                map_band(xh, ph, (hw, c0, bw), &mut mh[..o.in_h * bw]);
+                map_band(xl, pl, (lhw, l0, lbw), &mut ml[..o.in_l * lbw]);
+                ((&*mh, 0, bw), (&*ml, 0, lbw))
+            }
+            None => ((xh, c0, hw), (xl, l0, lhw)),
+        };
         // SAFETY (every GEMM below): the weights are the path's `c_out × c_in`; the inputs are
-        // columns of `c_in` planes (row stride the plane) or the band's scratch (`c_in × lbw`), the
-        // outputs the same columns of `c_out` planes of this image, or `t` (`out_h × lbw`).
+        // the band's columns of `c_in` rows (`bh`, `bl`) or the pooled band in scratch
+        // (`c_in × lbw`), the outputs the same columns of `c_out` planes of this image, or `t`
+        // (`out_h × lbw`).
         unsafe {
             let dst = y.yh[c0..].as_mut_ptr();
-            let rhs = view(&xh[c0..], hw);
+            let rhs = view(&bh.0[bh.1..], bh.2);
             sgemm(
                 (o.out_h, bw, o.in_h),
                 dst,
@@ -291,7 +295,7 @@ fn image_stride1<T: Element>(
         if o.in_l > 0 {
             let t = &mut t[..o.out_h * lbw];
             unsafe {
-                let rhs = view(&xl[l0..], lhw);
+                let rhs = view(&bl.0[bl.1..], bl.2);
                 let lhs = view(wt.lh, o.in_l);
                 sgemm(
                     (o.out_h, lbw, o.in_l),
@@ -315,7 +319,7 @@ fn image_stride1<T: Element>(
         let p = &mut p[..o.in_h * lbw];
         for (c, pc) in p.chunks_exact_mut(lbw.max(1)).enumerate() {
             pool_plane(
-                &xh[c * hw + c0..][..bw],
+                &bh.0[c * bh.2 + bh.1..][..bw],
                 pc,
                 (r1 - r0, w),
                 T::from_f64(0.25),
@@ -335,7 +339,7 @@ fn image_stride1<T: Element>(
             );
             if o.in_l > 0 {
                 let lhs = view(wt.ll, o.in_l);
-                let rhs = view(&xl[l0..], lhw);
+                let rhs = view(&bl.0[bl.1..], bl.2);
                 sgemm((o.out_l, lbw, o.in_l), dst, lhw, true, lhs, rhs, par);
             }
         }
@@ -431,15 +435,17 @@ fn image_stride2<T: Element>(
     y.map_columns(false, qhw, 0, qhw);
 }
 
-/// `dst = map(src)`, channel by channel (`plane` values each).
-fn map_planes<T: Element>(src: &[T], pro: Prologue<'_, T>, plane: usize, dst: &mut [T]) {
-    for (c, (d, x)) in dst
-        .chunks_exact_mut(plane.max(1))
-        .zip(src.chunks_exact(plane.max(1)))
-        .enumerate()
-    {
+/// `dst = map(src)` for columns `c0 … c0 + len` of every plane of `src` (planes `plane` values
+/// apart), one row of `len` values per channel in `dst`.
+fn map_band<T: Element>(
+    src: &[T],
+    pro: Prologue<'_, T>,
+    (plane, c0, len): (usize, usize, usize),
+    dst: &mut [T],
+) {
+    for (c, d) in dst.chunks_exact_mut(len.max(1)).enumerate() {
         let act = pro.channel(c);
-        for (d, &v) in d.iter_mut().zip(x) {
+        for (d, &v) in d.iter_mut().zip(&src[c * plane + c0..][..len]) {
             *d = act.apply(v);
         }
     }
