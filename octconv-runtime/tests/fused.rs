@@ -315,3 +315,50 @@ fn fused_kernel_equals_direct_summation(h: usize, w: usize) {
         );
     }
 }
+
+/// Inference of a four-path layer on maps too small for either Winograd variant (8×8 at batch 1,
+/// 4×4 at batch 2: `OctaveGeometry::prefers_per_path`) runs each path with its own weight; it
+/// equals the per-path ops of training (the two low paths joined into one convolution over the
+/// concatenated inputs and weights) to f32 rounding.
+#[test]
+fn per_path_inference_on_small_maps_equals_the_per_path_ops() {
+    use octconv_runtime::kernels::octave::OctaveGeometry;
+    for (i, dims) in [(1, 24, 8, 16, 16, 8, 8), (2, 5, 7, 9, 3, 4, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let (n, in_h, in_l, out_h, out_l, h, w) = dims;
+        let g = OctaveGeometry {
+            n,
+            in_h,
+            in_l,
+            out_h,
+            out_l,
+            h,
+            w,
+        };
+        assert!(g.prefers_per_path(), "{g:?}");
+        let c = case(dims, 40 + i as u64, DType::F32);
+        let x = OctValue::Pair {
+            high: Some(c.xh.as_tensor().clone()),
+            low: c.xl.as_tensor().clone(),
+        };
+        let flat = |v: &OctValue| -> Vec<f64> {
+            let (h, l) = v.branches();
+            [h.unwrap(), l.unwrap()]
+                .iter()
+                .flat_map(|t| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let got = flat(&c.layer.infer(&x).unwrap());
+        let want = flat(&c.layer.forward_unfused(&x).unwrap());
+        assert_close(&[got], &[want], 1e-5);
+    }
+}
