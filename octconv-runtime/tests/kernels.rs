@@ -854,7 +854,8 @@ fn pointwise_octave_mapped_kernel_equals_the_plain_kernel_on_mapped_inputs() {
         // A layer into the pair and one out of it.
         (2, 6, 0, 8, 5, 6, 1),
         (2, 6, 3, 8, 0, 6, 1),
-        // Large enough for row bands (8 rows mapped, 12 plain: different bands, same values).
+        // Large enough for row bands where mapped (8 rows; the plain kernel runs the image whole):
+        // different bands, the same values.
         (1, 40, 24, 200, 100, 32, 3),
     ] {
         let g = PointwiseOctave {

@@ -183,20 +183,20 @@ fn pointwise_octave_kernel_matches_direct_summation_at_both_strides_and_the_smal
     assert_eq!(cases, 30);
 }
 
-/// At stride 1 an image runs in bands of rows once its output is large (about 128 Ki values per
-/// band): bands that divide the map and bands that leave a short last one, with and without a
-/// low input or output, with the row maps (which must see each band's rows exactly once).
+/// At stride 1 an image with more than 512 Ki output values runs in bands of rows (about 128 Ki
+/// values each): bands that leave a short last one, with and without a low input or output, with
+/// the row maps (which must see each band's rows exactly once).
 #[test]
 fn pointwise_octave_kernel_in_row_bands_matches_direct_summation() {
-    // 320 output channels: 409 columns a band, so at most 24 rows of 16 (36 = 18 + 18, 50 = 18 +
-    // 18 + 14), 20 rows of 20 (46 = 16 + 16 + 14), 50 rows of 8 (64 = 32 + 32); the kernel's unit
-    // test `band_rows_are_even_and_bounded` pins these counts.
+    // 320 output channels, more than 512 Ki output values an image: 409 columns a band, so 12
+    // rows of 32 (64 = 5 × 12 + 4) and 16 rows of 24 (90 = 5 × 16 + 10); the kernel's unit test
+    // `band_rows_are_even_and_bounded` pins these counts.
     for (seed, (channels, hw)) in [
-        ((2, 6, 3, 240, 80), (36, 16)),
-        ((1, 5, 2, 250, 70), (50, 16)),
-        ((2, 4, 0, 300, 20), (46, 20)),
-        ((1, 7, 3, 320, 0), (50, 16)),
-        ((1, 3, 2, 200, 120), (64, 8)),
+        ((2, 6, 3, 240, 80), (64, 32)),
+        ((1, 5, 2, 250, 70), (90, 24)),
+        ((1, 4, 0, 300, 20), (64, 32)),
+        ((1, 7, 3, 320, 0), (90, 24)),
+        ((1, 3, 2, 200, 120), (64, 32)),
     ]
     .into_iter()
     .enumerate()

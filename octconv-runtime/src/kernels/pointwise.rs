@@ -216,9 +216,25 @@ const BAND_VALUES: usize = 128 << 10;
 /// The fewest columns a band's GEMM gets (narrower GEMMs run below the crate's peak).
 const BAND_MIN_COLUMNS: usize = 256;
 
-/// High rows per band of a stride-1 image of `h × w` with `out` output channels per position: an
-/// even count (so low rows align), the whole image where one band would hold it.
-fn band_rows(out: usize, (h, w): (usize, usize)) -> usize {
+/// Output values of one image up to which [`image_stride1`] runs it as one band when it maps no
+/// input (2 MiB of f32, one core's L2 cache on the Intel machine): each band is a separate call of
+/// every GEMM, and at these sizes the calls cost more than the passes they keep in cache.
+/// Measured (Intel Xeon, AVX-512, 2 threads, 3 alternations of `octconv bench --profile`),
+/// SE-ResNet-50 at α = .5, 1×1 octave class: always in bands 63.9 ms, whole images up to 512 Ki
+/// values 61.6, up to 1 Mi 61.9 (before bands 64.0); MobileNet v2 at α = .25 unchanged (its
+/// 112 × 112 expansion, 1.2 Mi values an image, keeps its bands). With an input map the bands also
+/// spare the whole mapped image in scratch, and DenseNet-121 at α = .25 ran its 1×1 octave class
+/// in 83.9 ms always in bands against 88.0 with this bound applied to it too.
+const WHOLE_IMAGE_VALUES: usize = 512 << 10;
+
+/// High rows per band of a stride-1 image of `h × w` with `out` output channels per position
+/// (counting the mapped input channels where the image's inputs are `mapped`): an even count (so
+/// low rows align), spread evenly over the bands; the whole image where one band would hold it,
+/// or where nothing is mapped and it has at most [`WHOLE_IMAGE_VALUES`] output values.
+fn band_rows(out: usize, (h, w): (usize, usize), mapped: bool) -> usize {
+    if !mapped && out * h * w <= WHOLE_IMAGE_VALUES {
+        return h;
+    }
     let columns = (BAND_VALUES / out.max(1)).max(BAND_MIN_COLUMNS);
     let rows = ((columns / w.max(1)) & !1).max(2);
     if rows >= h {
@@ -248,7 +264,8 @@ fn image_stride1<T: Element>(
     let (hw, lhw, lw) = (h * w, hw_low(h, w), w / 2);
     let mapped = |c: usize| if pre.is_some() { c } else { 0 };
     // With an input map, the band's mapped inputs sit in cache next to its outputs.
-    let rows = band_rows(o.out_h + o.out_l + mapped(o.in_h + o.in_l), (h, w));
+    let out = o.out_h + o.out_l + mapped(o.in_h + o.in_l);
+    let rows = band_rows(out, (h, w), pre.is_some());
     let (band, band_low) = (rows * w, (rows / 2) * lw);
     let [t, p, mh, ml] = s.many([
         if o.in_l > 0 { o.out_h * band_low } else { 0 },
@@ -526,32 +543,47 @@ pub fn forward_mapped<T: Element>(
 
 #[cfg(test)]
 mod tests {
-    use super::{band_rows, BAND_MIN_COLUMNS, BAND_VALUES};
+    use super::{band_rows, BAND_MIN_COLUMNS, BAND_VALUES, WHOLE_IMAGE_VALUES};
 
     /// Bands are even (low rows align), within the budget (or two rows where two exceed it), the
     /// whole image where it fits one band; the heights are spread over the bands (18 + 18 rather
     /// than 24 + 12).
     #[test]
     fn band_rows_are_even_and_bounded() {
-        assert_eq!(band_rows(320, (36, 16)), 18);
-        assert_eq!(band_rows(320, (50, 16)), 18);
-        assert_eq!(band_rows(320, (46, 20)), 16);
-        assert_eq!(band_rows(320, (64, 8)), 32);
+        // Mapped inputs: bands whatever the size.
+        assert_eq!(band_rows(320, (36, 16), true), 18);
+        assert_eq!(band_rows(320, (50, 16), true), 18);
+        assert_eq!(band_rows(320, (46, 20), true), 16);
+        assert_eq!(band_rows(320, (64, 8), true), 32);
+        // Nothing mapped: whole images up to WHOLE_IMAGE_VALUES outputs.
+        assert_eq!(band_rows(320, (36, 16), false), 36);
+        assert_eq!(band_rows(128, (56, 56), false), 56);
+        assert_eq!(band_rows(256, (56, 56), false), 8);
         // MobileNet v2's expansion at 112 × 112 (72 + 24 outputs): bands of 12 rows.
-        assert_eq!(band_rows(96, (112, 112)), 12);
+        assert_eq!(band_rows(96, (112, 112), false), 12);
+        // The integration test's banded cases (`tests/pointwise.rs`).
+        assert_eq!(band_rows(320, (64, 32), false), 12);
+        assert_eq!(band_rows(320, (90, 24), false), 16);
         // Small outputs: one band.
-        assert_eq!(band_rows(24, (56, 56)), 56);
-        assert_eq!(band_rows(576, (14, 14)), 14);
-        for out in [1, 7, 96, 320, 2048] {
-            for (h, w) in [(2, 2), (8, 4), (56, 56), (112, 112), (50, 16), (224, 6)] {
-                let rows = band_rows(out, (h, w));
-                let what = format!("{out} outputs, {h} × {w}: {rows} rows");
-                assert!(rows.is_multiple_of(2) && rows >= 2 && rows <= h, "{what}");
-                let budget = BAND_VALUES.max(out * BAND_MIN_COLUMNS);
-                if rows < h {
-                    assert!(rows == 2 || out * rows * w <= budget, "{what}");
-                } else {
-                    assert!(out * (h - 2) * w <= budget || h == 2, "{what}");
+        assert_eq!(band_rows(24, (56, 56), true), 56);
+        assert_eq!(band_rows(576, (14, 14), true), 14);
+        for mapped in [false, true] {
+            for out in [1, 7, 96, 320, 2048] {
+                for (h, w) in [(2, 2), (8, 4), (56, 56), (112, 112), (50, 16), (224, 6)] {
+                    let rows = band_rows(out, (h, w), mapped);
+                    let what = format!("{out} outputs, {h} × {w}, mapped {mapped}: {rows} rows");
+                    assert!(rows.is_multiple_of(2) && rows >= 2 && rows <= h, "{what}");
+                    let budget = BAND_VALUES.max(out * BAND_MIN_COLUMNS);
+                    if rows < h {
+                        assert!(rows == 2 || out * rows * w <= budget, "{what}");
+                        assert!(mapped || out * h * w > WHOLE_IMAGE_VALUES, "{what}");
+                    } else {
+                        let whole = out * (h - 2) * w <= budget || h == 2;
+                        assert!(
+                            whole || (!mapped && out * h * w <= WHOLE_IMAGE_VALUES),
+                            "{what}"
+                        );
+                    }
                 }
             }
         }
