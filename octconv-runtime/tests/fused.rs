@@ -85,14 +85,6 @@ fn run(c: &Case, fused: bool) -> Vec<Vec<f64>> {
         + (yl * &c.rl).unwrap().sum_all().unwrap())
     .unwrap();
     let grads = loss.backward().unwrap();
-    let flat = |t: &Tensor| -> Vec<f64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
     let mut out = vec![flat(yh), flat(yl)];
     for v in [&c.xh, &c.xl].into_iter().chain(&c.weights) {
         out.push(flat(
@@ -102,6 +94,16 @@ fn run(c: &Case, fused: bool) -> Vec<Vec<f64>> {
         ));
     }
     out
+}
+
+/// A tensor's values as f64.
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 const NAMES: [&str; 8] = [
@@ -343,22 +345,12 @@ fn per_path_inference_on_small_maps_equals_the_per_path_ops() {
             high: Some(c.xh.as_tensor().clone()),
             low: c.xl.as_tensor().clone(),
         };
-        let flat = |v: &OctValue| -> Vec<f64> {
+        let pair = |v: &OctValue| -> Vec<Vec<f64>> {
             let (h, l) = v.branches();
-            [h.unwrap(), l.unwrap()]
-                .iter()
-                .flat_map(|t| {
-                    t.flatten_all()
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .to_vec1::<f64>()
-                        .unwrap()
-                })
-                .collect()
+            vec![flat(h.unwrap()), flat(l.unwrap())]
         };
-        let got = flat(&c.layer.infer(&x).unwrap());
-        let want = flat(&c.layer.forward_unfused(&x).unwrap());
-        assert_close(&[got], &[want], 1e-5);
+        let got = pair(&c.layer.infer(&x).unwrap());
+        let want = pair(&c.layer.forward_unfused(&x).unwrap());
+        assert_close(&got, &want, 1e-5);
     }
 }

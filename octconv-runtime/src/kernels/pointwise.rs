@@ -282,18 +282,20 @@ fn image_stride1<T: Element>(
         let r1 = (r0 + rows).min(h);
         let (c0, bw) = (r0 * w, (r1 - r0) * w);
         let (l0, lbw) = ((r0 / 2) * lw, ((r1 - r0) / 2) * lw);
-        // The band's inputs: `(values, first column, row stride)` — the input planes themselves,
-        // or with an input map the band's columns mapped into scratch (one row per channel).
-        let (bh, bl) = match pre {
+        // The band's high input as `(values, first column, row stride)` and its low input as a
+        // GEMM operand: the input planes themselves, or with an input map the band's columns
+        // mapped into scratch (one row per channel). A layer into the pair has no low input (`xl`
+        // is empty and no GEMM reads it).
+        let (bh, xl_band) = match pre {
             Some([ph, pl]) => {
                 map_band(xh, ph, (hw, c0, bw), &mut mh[..o.in_h * bw]);
                 map_band(xl, pl, (lhw, l0, lbw), &mut ml[..o.in_l * lbw]);
-                ((&*mh, 0, bw), (&*ml, 0, lbw))
+                ((&*mh, 0, bw), view(ml, lbw))
             }
-            None => ((xh, c0, hw), (xl, l0, lhw)),
+            None => ((xh, c0, hw), view(xl.get(l0..).unwrap_or(&[]), lhw)),
         };
         // SAFETY (every GEMM below): the weights are the path's `c_out × c_in`; the inputs are
-        // the band's columns of `c_in` rows (`bh`, `bl`) or the pooled band in scratch
+        // the band's columns of `c_in` rows (`bh`, `xl_band`) or the pooled band in scratch
         // (`c_in × lbw`), the outputs the same columns of `c_out` planes of this image, or `t`
         // (`out_h × lbw`).
         unsafe {
@@ -312,7 +314,6 @@ fn image_stride1<T: Element>(
         if o.in_l > 0 {
             let t = &mut t[..o.out_h * lbw];
             unsafe {
-                let rhs = view(&bl.0[bl.1..], bl.2);
                 let lhs = view(wt.lh, o.in_l);
                 sgemm(
                     (o.out_h, lbw, o.in_l),
@@ -320,7 +321,7 @@ fn image_stride1<T: Element>(
                     lbw,
                     false,
                     lhs,
-                    rhs,
+                    xl_band,
                     par,
                 );
             }
@@ -343,24 +344,36 @@ fn image_stride1<T: Element>(
             );
         }
         unsafe {
-            let dst = y.yl[l0..].as_mut_ptr();
-            let lhs = view(wt.hl, o.in_h);
-            sgemm(
-                (o.out_l, lbw, o.in_h),
-                dst,
-                lhw,
-                false,
-                lhs,
-                view(p, lbw),
-                par,
-            );
-            if o.in_l > 0 {
-                let lhs = view(wt.ll, o.in_l);
-                let rhs = view(&bl.0[bl.1..], bl.2);
-                sgemm((o.out_l, lbw, o.in_l), dst, lhw, true, lhs, rhs, par);
-            }
+            let paths = [(wt.hl, o.in_h, view(p, lbw)), (wt.ll, o.in_l, xl_band)];
+            sum_paths(y.yl[l0..].as_mut_ptr(), (o.out_l, lbw, lhw), paths, par);
         }
         y.map_columns(false, lhw, l0, lbw);
+    }
+}
+
+/// `dst = W_a · X_a + W_b · X_b`: the two paths into one output of `m` channels × `cols`
+/// positions (row stride `ld`), each path as its weights (`m × k`, row-major), its input channels
+/// `k` and its input (`k` rows of `cols` values); a path without input channels (a layer into the
+/// pair has no L→H or L→L) adds nothing.
+///
+/// # Safety
+/// `dst` must hold `m` rows of `cols` values `ld` apart, and each input view `k` rows of `cols`.
+unsafe fn sum_paths<T: Element>(
+    dst: *mut T,
+    (m, cols, ld): (usize, usize, usize),
+    paths: [(&[T], usize, Mat<T>); 2],
+    par: gemm::Parallelism,
+) {
+    for (i, (w, k, x)) in paths.into_iter().enumerate() {
+        if i > 0 && k == 0 {
+            continue;
+        }
+        let lhs = Mat {
+            ptr: w.as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        sgemm((m, cols, k), dst, ld, i > 0, lhs, x, par);
     }
 }
 
@@ -393,31 +406,14 @@ fn image_stride2<T: Element>(
         rs,
         cs: 1,
     };
-    // SAFETY (every GEMM below): the weights are the path's `c_out × c_in`, the inputs `c_in`
-    // planes of the size multiplied, the outputs `c_out` planes of it.
+    // SAFETY (both sums): the weights are the paths' `c_out × c_in`, the inputs `c_in` planes of
+    // the size multiplied, the outputs `c_out` planes of it.
     unsafe {
-        let dst = y.yh.as_mut_ptr();
-        sgemm(
-            (o.out_h, lhw, o.in_h),
-            dst,
-            lhw,
-            false,
-            view(wt.hh, o.in_h),
-            view(p, lhw),
-            par,
-        );
-        if o.in_l > 0 {
-            let lhs = view(wt.lh, o.in_l);
-            sgemm(
-                (o.out_h, lhw, o.in_l),
-                dst,
-                lhw,
-                true,
-                lhs,
-                view(xl, lhw),
-                par,
-            );
-        }
+        let paths = [
+            (wt.hh, o.in_h, view(p, lhw)),
+            (wt.lh, o.in_l, view(xl, lhw)),
+        ];
+        sum_paths(y.yh.as_mut_ptr(), (o.out_h, lhw, lhw), paths, par);
     }
     y.map_columns(true, lhw, 0, lhw);
     if o.out_l == 0 {
@@ -426,28 +422,11 @@ fn image_stride2<T: Element>(
     pool_planes(p, o.in_h, (h / 2, w / 2), p2);
     pool_planes(xl, o.in_l, (h / 2, w / 2), pl);
     unsafe {
-        let dst = y.yl.as_mut_ptr();
-        sgemm(
-            (o.out_l, qhw, o.in_h),
-            dst,
-            qhw,
-            false,
-            view(wt.hl, o.in_h),
-            view(p2, qhw),
-            par,
-        );
-        if o.in_l > 0 {
-            let lhs = view(wt.ll, o.in_l);
-            sgemm(
-                (o.out_l, qhw, o.in_l),
-                dst,
-                qhw,
-                true,
-                lhs,
-                view(pl, qhw),
-                par,
-            );
-        }
+        let paths = [
+            (wt.hl, o.in_h, view(p2, qhw)),
+            (wt.ll, o.in_l, view(pl, qhw)),
+        ];
+        sum_paths(y.yl.as_mut_ptr(), (o.out_l, qhw, qhw), paths, par);
     }
     y.map_columns(false, qhw, 0, qhw);
 }
