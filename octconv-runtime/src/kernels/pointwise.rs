@@ -203,14 +203,15 @@ impl<T> Outputs<'_, '_, T> {
     }
 }
 
-/// Output values per row band of [`image_stride1`]: about 512 KiB of f32 output, so the band is still
-/// in cache when the L→H product is added to it and its rows are mapped. Whole images made three
-/// passes over an output that does not fit the cache (the GEMM's, the L→H add's, the row maps'):
-/// MobileNet v2's 16 → 96 expansion at 112 × 112 (3.6 MB of high output per image) ran at α = .25
-/// in 5.1–5.6 ms per batch of 8 against 4.0 ms for the one GEMM at α = 0; in bands 3.4–4.3 ms.
-/// Measured (Intel Xeon, AVX-512, 2 threads, `octconv bench --profile`, 3 alternations), bands of
-/// 64 Ki / 128 Ki / 256 Ki values: that layer 4.0–4.1 / 3.4–4.3 / 3.8–4.3 ms, the whole 1×1 octave
-/// class of MobileNet v2 at α = .25 20.7–30.3 / 20.7–29.9 / 20.8–22.8 against 23.0–29.0 whole.
+/// Output values per row band of [`image_stride1`]: about 512 KiB of f32 output, so the band is
+/// still in cache when the L→H product is added to it and its rows are mapped. Whole images made
+/// three passes over an output that does not fit the cache (the GEMM's, the L→H add's, the row
+/// maps'): MobileNet v2's 16 → 96 expansion at 112 × 112 (3.6 MB of high output per image) ran at
+/// α = .25 in 5.1–5.6 ms per batch of 8 against 4.0 ms for the one GEMM at α = 0; in bands 3.4–4.3
+/// ms. Measured (Intel Xeon, AVX-512, 2 threads, `octconv bench --profile`, 3 alternations), bands
+/// of 64 Ki / 128 Ki / 256 Ki values: that layer 4.0–4.1 / 3.4–4.3 / 3.8–4.3 ms, the whole 1×1
+/// octave class of MobileNet v2 at α = .25 20.7–30.3 / 20.7–29.9 / 20.8–22.8 against 23.0–29.0
+/// whole.
 const BAND_VALUES: usize = 128 << 10;
 
 /// The fewest columns a band's GEMM gets (narrower GEMMs run below the crate's peak).
@@ -240,7 +241,8 @@ fn band_rows(out: usize, (h, w): (usize, usize), mapped: bool) -> usize {
     if rows >= h {
         return h;
     }
-    // Bands of near-equal height (even), not a short last one.
+    // The rows spread over the bands (18 + 18 rather than 24 + 12); evenness can still leave a
+    // shorter last band (112 = 9 × 12 + 4).
     let bands = h.div_ceil(rows);
     (h.div_ceil(bands) + 1) & !1
 }
