@@ -156,7 +156,7 @@ fn run<T: Element>(
     } else {
         yl.chunks_mut(image_yl).collect()
     };
-    let (in_hw, in_lhw) = (o.h * o.w, o.h * o.w / 4);
+    let (in_hw, in_lhw) = (o.h * o.w, hw_low(o.h, o.w));
     yh.par_chunks_mut(image_yh)
         .zip(lows.par_iter_mut())
         .enumerate()
@@ -195,7 +195,8 @@ impl<T> Outputs<'_, '_, T> {
         } else {
             (self.post[1], &mut *self.yl)
         };
-        if let (Some(post), true) = (post, plane > 0) {
+        // `plane` is a map's size, never 0 (`PointwiseOctave::applies`).
+        if let Some(post) = post {
             for (c, p) in y.chunks_mut(plane).enumerate() {
                 post(c, &mut p[c0..][..len]);
             }
@@ -275,11 +276,6 @@ fn image_stride1<T: Element>(
         mapped(o.in_h * band),
         mapped(o.in_l * band_low),
     ]);
-    let view = |m: &[T], rs: usize| Mat {
-        ptr: m.as_ptr(),
-        rs,
-        cs: 1,
-    };
     for r0 in (0..h).step_by(rows) {
         let r1 = (r0 + rows).min(h);
         let (c0, bw) = (r0 * w, (r1 - r0) * w);
@@ -370,12 +366,16 @@ unsafe fn sum_paths<T: Element>(
         if i > 0 && k == 0 {
             continue;
         }
-        let lhs = Mat {
-            ptr: w.as_ptr(),
-            rs: k,
-            cs: 1,
-        };
-        sgemm((m, cols, k), dst, ld, i > 0, lhs, x, par);
+        sgemm((m, cols, k), dst, ld, i > 0, view(w, k), x, par);
+    }
+}
+
+/// `m` read as a row-major GEMM operand with rows `rs` values apart.
+fn view<T>(m: &[T], rs: usize) -> Mat<T> {
+    Mat {
+        ptr: m.as_ptr(),
+        rs,
+        cs: 1,
     }
 }
 
@@ -403,11 +403,6 @@ fn image_stride2<T: Element>(
         if o.out_l > 0 { o.in_l * qhw } else { 0 },
     ]);
     pool_planes(xh, o.in_h, (h, w), p);
-    let view = |m: &[T], rs: usize| Mat {
-        ptr: m.as_ptr(),
-        rs,
-        cs: 1,
-    };
     // SAFETY (both sums): the weights are the paths' `c_out × c_in`, the inputs `c_in` planes of
     // the size multiplied, the outputs `c_out` planes of it.
     unsafe {
