@@ -1,6 +1,8 @@
 //! Max pooling through our kernel (`kernels::max_pool`) against a hand-computed case and against
 //! the generic path of shifted copies (our kernels switched off), forward and backward, in f64 on
-//! odd and even sizes, with and without padding. One test function: the switch is process-wide.
+//! odd and even sizes, with and without padding (one test function: the switch is process-wide);
+//! and the stems' 3×3 / 2 pool in f32, whose rows run in AVX-512 vectors where the CPU has it,
+//! against each window's first maximum bit for bit.
 
 use candle_core::{DType, Device, Tensor, Var};
 use octconv_runtime::kernels;
@@ -91,4 +93,65 @@ fn max_pool_kernel_matches_hand_values_and_the_generic_path() {
     let x = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
     let e = max_pool(&x, 5, 1, 1).unwrap_err().to_string();
     assert!(e.contains("does not fit"), "{e}");
+}
+
+/// The first maximum of each 3×3 window (stride 2, padding 1) in row-major order: `v` replaces the
+/// running value only if `v > m`, so the first of equal values (+0 before −0) stays and a NaN never
+/// replaces a value.
+fn first_window_max(x: &[f32], (h, w): (usize, usize)) -> Vec<f32> {
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let mut y = Vec::with_capacity(oh * ow);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut m: Option<f32> = None;
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let v = x[iy * w + ix];
+                    m = Some(match m {
+                        Some(m) if !(v > m) => m,
+                        _ => v,
+                    });
+                }
+            }
+            y.push(m.unwrap());
+        }
+    }
+    y
+}
+
+#[test]
+fn stem_pool_in_f32_keeps_each_windows_first_maximum_bit_for_bit_on_wide_rows() {
+    // Output rows of 17 to 57 values: none, one, two and three whole vectors of 16 from column 1,
+    // with and without a tail; few distinct values, so windows tie, with ±0 and NaN among them.
+    for (i, (h, w)) in [
+        (5, 33),
+        (4, 34),
+        (3, 35),
+        (6, 66),
+        (7, 67),
+        (3, 98),
+        (5, 113),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x: Vec<f32> = (0..h * w)
+            .map(|j| match (j * 7 + i * 3) % 11 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::NAN,
+                k => (k as f32 - 6.0) / 2.0,
+            })
+            .collect();
+        let t = Tensor::from_vec(x.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
+        let got: Vec<f32> = max_pool(&t, 3, 2, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want = first_window_max(&x, (h, w));
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{h}×{w}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The four-path 1×1 octave kernel (`kernels::pointwise`) and the linear layer's kernel
 //! (`kernels::gemm::linear`) against direct summation in f64: odd channel counts, stride 1 and 2,
-//! batches of one and several images, the smallest maps each stride takes (2×2 and 4×4).
+//! batches of one and several images, the smallest maps each stride takes (2×2 and 4×4); the linear
+//! kernel also in f32 (its AVX-512 path where the CPU has it).
 
 use octconv_runtime::kernels::octave::OctaveGeometry;
 use octconv_runtime::kernels::pointwise::{forward, forward_post, PathWeights, PointwiseOctave};
@@ -278,4 +279,44 @@ fn linear_kernel_matches_direct_summation_for_few_rows_and_many() {
         }
     }
     assert_eq!(cases, 40);
+}
+
+#[test]
+fn linear_kernel_in_f32_matches_direct_summation_for_every_row_count_and_width() {
+    use octconv_runtime::kernels::gemm::{linear, DOT_ROWS};
+    let mut rng = ChaCha8Rng::seed_from_u64(78);
+    // Every row count of the dot-product path (blocks of eight rows and each remainder), widths
+    // below, at and off the 16-lane vector, with and without a bias.
+    for n in 1..=DOT_ROWS + 1 {
+        for (inp, out) in [(1, 3), (15, 2), (16, 5), (37, 7), (2048, 9)] {
+            for bias in [false, true] {
+                let x = random(&mut rng, n * inp);
+                let w = random(&mut rng, out * inp);
+                let b = random(&mut rng, out);
+                let f32s = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+                let (xf, wf, bf) = (f32s(&x), f32s(&w), f32s(&b));
+                let y = linear(&xf, &wf, bias.then_some(&bf[..]), (n, inp, out));
+                assert_eq!(y.len(), n * out);
+                for (k, &got) in y.iter().enumerate() {
+                    let (i, o) = (k / out, k % out);
+                    // The f32 operands summed in f64, and the bound on f32 rounding of the sum.
+                    let (mut s, mut mag) = (0.0, 0.0);
+                    for c in 0..inp {
+                        let p = xf[i * inp + c] as f64 * wf[o * inp + c] as f64;
+                        s += p;
+                        mag += p.abs();
+                    }
+                    if bias {
+                        s += bf[o] as f64;
+                        mag += (bf[o] as f64).abs();
+                    }
+                    let tol = 1e-6 * (mag + 1.0);
+                    assert!(
+                        (got as f64 - s).abs() <= tol,
+                        "n {n}, {inp} → {out}, bias {bias}, output {k}: {got} vs {s}"
+                    );
+                }
+            }
+        }
+    }
 }

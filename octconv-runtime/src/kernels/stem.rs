@@ -437,6 +437,10 @@ mod tests {
             (3, (8, 8)),
             (3, (11, 6)),
             (3, (4, 5)),
+            // Pooled rows of 18 and 34 values: one and two vectors of the AVX-512 row pass, then
+            // the scalar tail.
+            (7, (10, 70)),
+            (3, (6, 136)),
         ] {
             let (c_in, c_out) = (3, 10);
             let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), 2, k / 2, 1).unwrap();
