@@ -613,12 +613,16 @@ mod tests {
         (1, 2, 2, 2, 1, 3, 2),
         (1, 2, 2, 2, 3, 1, 1),
         // Many channels per group (the channel kernel where the CPU has AVX2): two and one 8-lane
-        // blocks of output channels, odd input channels, rows of 1 … 13 pixels, stride 2.
+        // blocks of output channels, odd input channels, rows of 1 … 13 pixels, stride 2; with
+        // AVX-512 (16-lane blocks where the group has a multiple of 16 output channels) two and one
+        // vectors, 48 channels as two then one, rows of 7 and of 7 + 6 pixels.
         (2, 2, 17, 24, 9, 11, 1),
         (1, 2, 16, 32, 13, 13, 1),
         (3, 2, 9, 16, 5, 13, 2),
         (1, 3, 16, 8, 1, 1, 2),
         (2, 2, 32, 16, 2, 3, 1),
+        (2, 2, 32, 32, 7, 7, 1),
+        (1, 2, 16, 48, 7, 9, 1),
     ];
 
     fn geometry(

@@ -44,6 +44,20 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && avx2()
 }
 
+/// Output channels per weight vector for a group of `cout_g` output channels: 16 (one AVX-512
+/// register) where the CPU has AVX-512F and `cout_g` is a multiple of 16, else [`LANES`] (AVX2).
+/// [`pack`] and [`channels`] agree through it.
+///
+/// Why: on an Intel Xeon (AVX-512, 2 threads) the AVX2 kernel ran ResNeXt-50's grouped layers at
+/// 7×7 and 14×14 (batch 8) in 2.2–2.4 ms each against 1.2–1.3 ms for ONNX Runtime's NCHWc kernel.
+pub fn lanes(cout_g: usize) -> usize {
+    if super::simd::has_avx512f() && cout_g.is_multiple_of(2 * LANES) {
+        2 * LANES
+    } else {
+        LANES
+    }
+}
+
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -55,7 +69,7 @@ fn avx2() -> bool {
     }
 }
 
-/// The weights of every group packed for [`channels`]: per group, blocks of [`LANES`] output
+/// The weights of every group packed for [`channels`]: per group, blocks of [`lanes`] output
 /// channels, each `[ci][tap][lane]`. Groups are packed in parallel (ResNeXt-50's 7×7 layer has
 /// 1.2 MB of weights; packed on one thread it was 15 % of the layer's cycles).
 pub fn pack(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
@@ -66,14 +80,15 @@ pub fn pack(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     if per_group == 0 {
         return wp;
     }
+    let lanes = lanes(cout_g);
     wp.par_chunks_mut(per_group)
         .enumerate()
         .for_each(|(grp, wg)| {
             let mut to = wg.iter_mut();
-            for b in (0..cout_g).step_by(LANES) {
+            for b in (0..cout_g).step_by(lanes) {
                 for ci in 0..cin_g {
                     for t in 0..9 {
-                        for l in 0..LANES {
+                        for l in 0..lanes {
                             let co = grp * cout_g + b + l;
                             if let Some(v) = to.next() {
                                 *v = w[(co * cin_g + ci) * 9 + t];
@@ -114,9 +129,98 @@ pub fn channels(
         "grouped_channels: input layout"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (asserted); the bounds are those asserted above.
+    // SAFETY: AVX2 and FMA are present (asserted), AVX-512F where `lanes` says 16; the bounds are
+    // those asserted above.
     unsafe {
-        channels_avx2(src, len, taps, (oh, ow, qw), cin_g, wp, stage)
+        if lanes(cout_g) == 2 * LANES {
+            channels_avx512(src, len, taps, (oh, ow, qw), cin_g, wp, stage)
+        } else {
+            channels_avx2(src, len, taps, (oh, ow, qw), cin_g, wp, stage)
+        }
+    }
+}
+
+/// [`channels`] with 16-lane weight vectors (the layout [`pack`] writes where [`lanes`] is 16):
+/// blocks of up to 7 pixels of a row (rows of 7 and 14 at ResNeXt's 7×7 and 14×14 layers) × one or
+/// two vectors of 16 output channels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn channels_avx512(
+    src: &[f32],
+    len: usize,
+    taps: &[usize; 9],
+    (oh, ow, qw): (usize, usize, usize),
+    cin_g: usize,
+    wp: &[f32],
+    stage: &mut [f32],
+) {
+    const L: usize = 2 * LANES;
+    let cout_g = wp.len() / (cin_g * 9).max(1);
+    let block = cin_g * 9 * L;
+    let row_blocks = ow.div_ceil(7);
+    let mut b = 0;
+    while b < cout_g {
+        let wide = cout_g - b >= 2 * L;
+        let w = wp[(b / L) * block..].as_ptr();
+        for oy in 0..oh {
+            for k in 0..row_blocks {
+                let (x0, x1) = (k * ow / row_blocks, (k + 1) * ow / row_blocks);
+                let s = src.as_ptr().add(oy * qw + x0);
+                let o = stage.as_mut_ptr().add((oy * ow + x0) * cout_g + b);
+                let a = (s, len, taps, cin_g, w, block, o, cout_g);
+                match (wide, x1 - x0) {
+                    (true, 7) => block_avx512::<7, 2>(a),
+                    (true, 6) => block_avx512::<6, 2>(a),
+                    (true, 5) => block_avx512::<5, 2>(a),
+                    (true, 4) => block_avx512::<4, 2>(a),
+                    (true, 3) => block_avx512::<3, 2>(a),
+                    (true, 2) => block_avx512::<2, 2>(a),
+                    (true, _) => block_avx512::<1, 2>(a),
+                    (false, 7) => block_avx512::<7, 1>(a),
+                    (false, 6) => block_avx512::<6, 1>(a),
+                    (false, 5) => block_avx512::<5, 1>(a),
+                    (false, 4) => block_avx512::<4, 1>(a),
+                    (false, 3) => block_avx512::<3, 1>(a),
+                    (false, 2) => block_avx512::<2, 1>(a),
+                    (false, _) => block_avx512::<1, 1>(a),
+                }
+            }
+        }
+        b += if wide { 2 * L } else { L };
+    }
+}
+
+/// [`block_avx2`] with 16-lane vectors: `P` consecutive pixels of a row × `V` vectors of 16 output
+/// channels (the `V` weight vectors of one tap are `block` values apart).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_avx512<const P: usize, const V: usize>(
+    (s, len, taps, cin_g, w, block, o, ld): BlockArgs<'_>,
+) {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    const L: usize = 2 * LANES;
+    let mut acc = [[_mm512_setzero_ps(); V]; P];
+    for ci in 0..cin_g {
+        let sc = s.add(ci * len);
+        let wc = w.add(ci * 9 * L);
+        for (t, &off) in taps.iter().enumerate() {
+            let st = sc.add(off);
+            let wv: [_; V] = std::array::from_fn(|v| _mm512_loadu_ps(wc.add(v * block + t * L)));
+            for (p, a) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*st.add(p));
+                for v in 0..V {
+                    a[v] = _mm512_fmadd_ps(x, wv[v], a[v]);
+                }
+            }
+        }
+    }
+    for (p, a) in acc.iter().enumerate() {
+        for (v, &a) in a.iter().enumerate() {
+            _mm512_storeu_ps(o.add(p * ld + v * L), a);
+        }
     }
 }
 
