@@ -302,6 +302,39 @@ fn bench_profile_charges_every_layer_to_a_kernel_class_with_its_share_of_macs() 
 }
 
 #[test]
+fn bench_profile_layers_lists_that_many_slowest_layers_or_every_layer_with_zero() {
+    let ir = octconv::check_builtin("wrn(n = 1, k = 1, alpha = 0.5)")
+        .model
+        .unwrap();
+    for (asked, want) in [("3", 3), ("0", ir.layers.len())] {
+        let v = json(&[
+            "bench",
+            "wrn(n = 1, k = 1)",
+            "--alphas",
+            "0.5",
+            "--batch",
+            "2",
+            "--samples",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+            "--profile",
+            "--layers",
+            asked,
+        ]);
+        let slow = v["rows"][0]["profile_layers"].as_array().unwrap();
+        assert_eq!(slow.len(), want, "--layers {asked}");
+        // Every layer once: the names are the network's, none repeated.
+        let mut names: Vec<&str> = slow.iter().map(|l| l["layer"].as_str().unwrap()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), want, "--layers {asked}: distinct layers");
+        assert!(names.iter().all(|n| ir.layers.iter().any(|l| l.name == *n)));
+    }
+}
+
+#[test]
 fn bench_train_profile_reports_forward_backward_and_update_kernels_and_the_rest() {
     let v = json(&[
         "bench",

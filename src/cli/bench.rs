@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// update, and the rest: candle's own ops and autograd bookkeeping).
     #[arg(long)]
     profile: bool,
+    /// With `--profile`: how many of the slowest layers to list (0: every layer, for comparing a
+    /// network layer by layer with another runtime's profile, e.g. `bench/ort_vs_ours.py`).
+    #[arg(long, default_value_t = super::bench_profile::SLOWEST)]
+    layers: usize,
     #[command(flatten)]
     device: super::spec_args::DeviceArgs,
 }
@@ -118,6 +122,8 @@ pub struct Timing {
     pub train: bool,
     /// Also profile inference by kernel class ([`super::bench_profile`]).
     pub profile: bool,
+    /// With `profile`: how many of the slowest layers to list (0: all).
+    pub layers: usize,
 }
 
 impl Timing {
@@ -165,6 +171,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         repeats: args.repeats,
         train: args.train,
         profile: args.profile,
+        layers: args.layers,
     };
     let device = args.device.open()?;
     let bar = ProgressBar::new((models.len() * (args.repeats + 1) * timing.batches()) as u64);
@@ -381,7 +388,9 @@ pub fn time_model(
         )
     });
     let profile = (args.profile && !args.train)
-        .then(|| super::bench_profile::profile(&net, &batch_at(0)?.0, args.repeats, device))
+        .then(|| {
+            super::bench_profile::profile(&net, &batch_at(0)?.0, args.repeats, args.layers, device)
+        })
         .transpose()?;
     let (profile, profile_layers) = match profile {
         Some(p) => (Some(p.classes), Some(p.slowest)),

@@ -90,19 +90,21 @@ pub struct LayerTime {
 pub struct Profile {
     /// Kernel classes, largest time first.
     pub classes: Vec<ClassTime>,
-    /// The [`SLOWEST`] layers, largest time first (where to look next).
+    /// The slowest layers (by default [`SLOWEST`]; all with 0), largest time first (where to
+    /// look next).
     pub slowest: Vec<LayerTime>,
 }
 
-/// How many layers [`Profile::slowest`] lists.
+/// How many layers [`Profile::slowest`] lists unless `--layers` says otherwise.
 pub const SLOWEST: usize = 12;
 
 /// Profiles `repeats` inference passes of `net` on `x` (after one untimed pass), classes sorted by
-/// time, largest first.
+/// time, largest first, and the `layers_listed` slowest layers (every layer with 0).
 pub fn profile(
     net: &OctModel,
     x: &Tensor,
     repeats: usize,
+    layers_listed: usize,
     device: &Device,
 ) -> anyhow::Result<Profile> {
     let layers = &net.ir().layers;
@@ -200,7 +202,9 @@ pub fn profile(
         })
         .collect();
     slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    slowest.truncate(SLOWEST);
+    if layers_listed > 0 {
+        slowest.truncate(layers_listed);
+    }
     Ok(Profile {
         classes: rows,
         slowest,

@@ -232,6 +232,7 @@ fn time_all(
         repeats: args.bench_repeats,
         train: false,
         profile: false,
+        layers: super::bench_profile::SLOWEST,
     };
     eprintln!(
         "timing inference: batch {}, {} samples, {} repeats per α",
