@@ -33,6 +33,37 @@ def with_alpha(spec, alpha):
     return f"{head}({args + ', ' if args else ''}alpha = {alpha})"
 
 
+def node_medians(call, batch, threads, runs):
+    """`octconv init` + `octconv export` of `call` at `batch`, then ORT (`threads` intra-op threads,
+    all graph optimisations, its profiler) runs it `runs` times: each node's median time in µs
+    (the first run dropped: it includes ORT's one-time work, allocations and weight packing), and
+    each node's operator type."""
+    with tempfile.TemporaryDirectory(prefix="octconv-ort-profile-") as d:
+        w, onnx = os.path.join(d, "w.safetensors"), os.path.join(d, "m.onnx")
+        run = lambda *a: subprocess.run([OCTCONV, *a], check=True, capture_output=True)
+        run("init", call, "--seed", "1", "--out", w, "--force")
+        run("export", call, "--weights", w, "-o", onnx, "--batch", str(batch), "--force")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(d, "prof")
+        sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        x = np.random.default_rng(1).random(inp.shape, dtype=np.float32)
+        for _ in range(runs):
+            sess.run(None, {inp.name: x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    times, op_of = collections.defaultdict(list), {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            times[name].append(e["dur"])
+            op_of[name] = e["args"]["op_name"]
+    return {n: float(np.median(v[1:] or v)) for n, v in times.items()}, op_of
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("spec", help="a builtin call, e.g. 'mobilenet_v2(width = 1.0)'")
@@ -43,31 +74,7 @@ def main():
     ap.add_argument("--top", type=int, default=15, help="slowest nodes to list")
     args = ap.parse_args()
     call = with_alpha(args.spec, args.alpha)
-    with tempfile.TemporaryDirectory(prefix="octconv-ort-profile-") as d:
-        w, onnx = os.path.join(d, "w.safetensors"), os.path.join(d, "m.onnx")
-        run = lambda *a: subprocess.run([OCTCONV, *a], check=True, capture_output=True)
-        run("init", call, "--seed", "1", "--out", w, "--force")
-        run("export", call, "--weights", w, "-o", onnx, "--batch", str(args.batch), "--force")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(d, "prof")
-        sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        x = np.random.default_rng(1).random(inp.shape, dtype=np.float32)
-        for _ in range(args.runs):
-            sess.run(None, {inp.name: x})
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
-    times, op_of = collections.defaultdict(list), {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            name = e["name"][: -len("_kernel_time")]
-            times[name].append(e["dur"])
-            op_of[name] = e["args"]["op_name"]
-    # The first run includes ORT's one-time work (allocations, weight packing): dropped.
-    med = {n: float(np.median(v[1:] or v)) for n, v in times.items()}
+    med, op_of = node_medians(call, args.batch, args.threads, args.runs)
     by_op = collections.Counter()
     for n, t in med.items():
         by_op[op_of[n]] += t

@@ -21,12 +21,8 @@ import argparse
 import collections
 import json
 import subprocess
-import tempfile
 
-import numpy as np
-import onnxruntime as ort
-
-from ort_profile import OCTCONV, with_alpha
+from ort_profile import OCTCONV, node_medians, with_alpha
 
 
 def main():
@@ -47,34 +43,14 @@ def main():
             return "(ORT layout changes)"
         return ".".join(name.split(".")[: args.depth])
 
-    with tempfile.TemporaryDirectory(prefix="octconv-ort-vs-ours-") as d:
-        w, onnx = f"{d}/w.safetensors", f"{d}/m.onnx"
-        run = lambda *a: subprocess.run([OCTCONV, *a], check=True, capture_output=True, text=True)
-        run("init", call, "--seed", "1", "--out", w, "--force")
-        run("export", call, "--weights", w, "-o", onnx, "--batch", str(args.batch), "--force")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = f"{d}/prof"
-        sess = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        x = np.random.default_rng(1).random(inp.shape, dtype=np.float32)
-        for _ in range(args.runs):
-            sess.run(None, {inp.name: x})
-        with open(sess.end_profiling()) as f:
-            events = json.load(f)
-        ours = json.loads(run("bench", args.spec, "--batch", str(args.batch), "--samples", str(args.batch),
-                              "--repeats", str(args.repeats), "--alphas", str(args.alpha),
-                              "--profile", "--layers", "0", "--json").stdout)["rows"][0]
-
-    times = collections.defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            times[e["name"][: -len("_kernel_time")]].append(e["dur"])
+    medians, _ = node_medians(call, args.batch, args.threads, args.runs)
     theirs = collections.Counter()
-    for name, v in times.items():
-        theirs[key(name)] += float(np.median(v[1:] or v)) / 1000
+    for name, us in medians.items():
+        theirs[key(name)] += us / 1000
+    ours = json.loads(subprocess.run(
+        [OCTCONV, "bench", args.spec, "--batch", str(args.batch), "--samples", str(args.batch),
+         "--repeats", str(args.repeats), "--alphas", str(args.alpha), "--profile", "--layers", "0",
+         "--json"], check=True, capture_output=True, text=True).stdout)["rows"][0]
     mine = collections.Counter()
     for layer in ours["profile_layers"]:
         mine[key(layer["layer"])] += layer["ms"]

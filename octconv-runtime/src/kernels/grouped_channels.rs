@@ -129,23 +129,50 @@ pub fn channels(
         "grouped_channels: input layout"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (asserted), AVX-512F where `lanes` says 16; the bounds are
-    // those asserted above.
+    // SAFETY: AVX2 and FMA are present (asserted), AVX-512F where `lanes` says 16 (the blocks
+    // `pick_avx512` returns); the bounds are those asserted above.
     unsafe {
-        if lanes(cout_g) == 2 * LANES {
-            channels_avx512(src, len, taps, (oh, ow, qw), cin_g, wp, stage)
-        } else {
-            channels_avx2(src, len, taps, (oh, ow, qw), cin_g, wp, stage)
+        let sizes = (oh, ow, qw);
+        match lanes(cout_g) {
+            16 => blocks(
+                src,
+                len,
+                taps,
+                sizes,
+                cin_g,
+                wp,
+                stage,
+                (16, 7, pick_avx512),
+            ),
+            _ => blocks(
+                src,
+                len,
+                taps,
+                sizes,
+                cin_g,
+                wp,
+                stage,
+                (LANES, R, pick_avx2),
+            ),
         }
     }
 }
 
-/// [`channels`] with 16-lane weight vectors (the layout [`pack`] writes where [`lanes`] is 16):
-/// blocks of up to 7 pixels of a row (rows of 7 and 14 at ResNeXt's 7×7 and 14×14 layers) × one or
-/// two vectors of 16 output channels.
+/// One register block: `P` pixels × one or two weight vectors, as [`pick_avx2`] and
+/// [`pick_avx512`] return it for a block's width (`wide`: two vectors) and pixel count.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn channels_avx512(
+type Block = unsafe fn(BlockArgs<'_>);
+
+/// The loops of [`channels`] around its register blocks, for weight vectors of `l` lanes (the
+/// layout [`pack`] writes): per block of one or two vectors of output channels, each output row in
+/// blocks of as equal sizes as allow at most `pmax` pixels (7 → 4 + 3, not 6 + 1: a single pixel's
+/// one chain of sums waits on each FMA's latency), each block by `pick(wide, pixels)`.
+///
+/// # Safety
+/// The CPU runs the blocks `pick` returns; the buffers are as [`channels`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks(
     src: &[f32],
     len: usize,
     taps: &[usize; 9],
@@ -153,40 +180,65 @@ unsafe fn channels_avx512(
     cin_g: usize,
     wp: &[f32],
     stage: &mut [f32],
+    (l, pmax, pick): (usize, usize, fn(bool, usize) -> Block),
 ) {
-    const L: usize = 2 * LANES;
     let cout_g = wp.len() / (cin_g * 9).max(1);
-    let block = cin_g * 9 * L;
-    let row_blocks = ow.div_ceil(7);
+    let block = cin_g * 9 * l;
+    let row_blocks = ow.div_ceil(pmax);
     let mut b = 0;
     while b < cout_g {
-        let wide = cout_g - b >= 2 * L;
-        let w = wp[(b / L) * block..].as_ptr();
+        let wide = cout_g - b >= 2 * l;
+        let w = wp[(b / l) * block..].as_ptr();
         for oy in 0..oh {
             for k in 0..row_blocks {
                 let (x0, x1) = (k * ow / row_blocks, (k + 1) * ow / row_blocks);
                 let s = src.as_ptr().add(oy * qw + x0);
                 let o = stage.as_mut_ptr().add((oy * ow + x0) * cout_g + b);
-                let a = (s, len, taps, cin_g, w, block, o, cout_g);
-                match (wide, x1 - x0) {
-                    (true, 7) => block_avx512::<7, 2>(a),
-                    (true, 6) => block_avx512::<6, 2>(a),
-                    (true, 5) => block_avx512::<5, 2>(a),
-                    (true, 4) => block_avx512::<4, 2>(a),
-                    (true, 3) => block_avx512::<3, 2>(a),
-                    (true, 2) => block_avx512::<2, 2>(a),
-                    (true, _) => block_avx512::<1, 2>(a),
-                    (false, 7) => block_avx512::<7, 1>(a),
-                    (false, 6) => block_avx512::<6, 1>(a),
-                    (false, 5) => block_avx512::<5, 1>(a),
-                    (false, 4) => block_avx512::<4, 1>(a),
-                    (false, 3) => block_avx512::<3, 1>(a),
-                    (false, 2) => block_avx512::<2, 1>(a),
-                    (false, _) => block_avx512::<1, 1>(a),
-                }
+                pick(wide, x1 - x0)((s, len, taps, cin_g, w, block, o, cout_g));
             }
         }
-        b += if wide { 2 * L } else { L };
+        b += if wide { 2 * l } else { l };
+    }
+}
+
+/// The AVX2 block of `p` pixels (at most [`R`]) × two 8-lane vectors (`wide`) or one.
+#[cfg(target_arch = "x86_64")]
+fn pick_avx2(wide: bool, p: usize) -> Block {
+    match (wide, p) {
+        (true, 6) => block_avx2::<6, 2>,
+        (true, 5) => block_avx2::<5, 2>,
+        (true, 4) => block_avx2::<4, 2>,
+        (true, 3) => block_avx2::<3, 2>,
+        (true, 2) => block_avx2::<2, 2>,
+        (true, _) => block_avx2::<1, 2>,
+        (false, 6) => block_avx2::<6, 1>,
+        (false, 5) => block_avx2::<5, 1>,
+        (false, 4) => block_avx2::<4, 1>,
+        (false, 3) => block_avx2::<3, 1>,
+        (false, 2) => block_avx2::<2, 1>,
+        (false, _) => block_avx2::<1, 1>,
+    }
+}
+
+/// The AVX-512 block of `p` pixels (at most 7: rows of 7 and 14 at ResNeXt's 7×7 and 14×14
+/// layers) × two 16-lane vectors (`wide`) or one.
+#[cfg(target_arch = "x86_64")]
+fn pick_avx512(wide: bool, p: usize) -> Block {
+    match (wide, p) {
+        (true, 7) => block_avx512::<7, 2>,
+        (true, 6) => block_avx512::<6, 2>,
+        (true, 5) => block_avx512::<5, 2>,
+        (true, 4) => block_avx512::<4, 2>,
+        (true, 3) => block_avx512::<3, 2>,
+        (true, 2) => block_avx512::<2, 2>,
+        (true, _) => block_avx512::<1, 2>,
+        (false, 7) => block_avx512::<7, 1>,
+        (false, 6) => block_avx512::<6, 1>,
+        (false, 5) => block_avx512::<5, 1>,
+        (false, 4) => block_avx512::<4, 1>,
+        (false, 3) => block_avx512::<3, 1>,
+        (false, 2) => block_avx512::<2, 1>,
+        (false, _) => block_avx512::<1, 1>,
     }
 }
 
@@ -221,52 +273,6 @@ unsafe fn block_avx512<const P: usize, const V: usize>(
         for (v, &a) in a.iter().enumerate() {
             _mm512_storeu_ps(o.add(p * ld + v * L), a);
         }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn channels_avx2(
-    src: &[f32],
-    len: usize,
-    taps: &[usize; 9],
-    (oh, ow, qw): (usize, usize, usize),
-    cin_g: usize,
-    wp: &[f32],
-    stage: &mut [f32],
-) {
-    let cout_g = wp.len() / (cin_g * 9).max(1);
-    let block = cin_g * 9 * LANES;
-    // Each output row in blocks of as equal sizes as allow at most R pixels (7 → 4 + 3, not 6 + 1:
-    // a single pixel's one chain of sums waits on each FMA's latency).
-    let row_blocks = ow.div_ceil(R);
-    let mut b = 0;
-    while b < cout_g {
-        let wide = cout_g - b >= 2 * LANES;
-        let w = wp[(b / LANES) * block..].as_ptr();
-        for oy in 0..oh {
-            for k in 0..row_blocks {
-                let (x0, x1) = (k * ow / row_blocks, (k + 1) * ow / row_blocks);
-                let s = src.as_ptr().add(oy * qw + x0);
-                let o = stage.as_mut_ptr().add((oy * ow + x0) * cout_g + b);
-                let a = (s, len, taps, cin_g, w, block, o, cout_g);
-                match (wide, x1 - x0) {
-                    (true, 6) => block_avx2::<6, 2>(a),
-                    (true, 5) => block_avx2::<5, 2>(a),
-                    (true, 4) => block_avx2::<4, 2>(a),
-                    (true, 3) => block_avx2::<3, 2>(a),
-                    (true, 2) => block_avx2::<2, 2>(a),
-                    (true, _) => block_avx2::<1, 2>(a),
-                    (false, 6) => block_avx2::<6, 1>(a),
-                    (false, 5) => block_avx2::<5, 1>(a),
-                    (false, 4) => block_avx2::<4, 1>(a),
-                    (false, 3) => block_avx2::<3, 1>(a),
-                    (false, 2) => block_avx2::<2, 1>(a),
-                    (false, _) => block_avx2::<1, 1>(a),
-                }
-            }
-        }
-        b += if wide { 2 * LANES } else { LANES };
     }
 }
 
