@@ -133,8 +133,9 @@ pub(crate) fn sum_tasks<T: Element>(
 /// A classifier or squeeze-and-excitation layer sees a handful of rows (the batch) against a large
 /// weight: as a GEMM with 8 rows the `gemm` crate packs the whole weight on every call and ran the
 /// ResNet-50 classifier (8 × 2048 · 2048 × 1000) at 3.7 GMAC/s, 4.4 ms a pass at batch 8. For up to
-/// [`DOT_ROWS`] rows each weight row is instead read once and dotted with every input row (16-lane
-/// partial sums, a fixed order); more rows run as one GEMM.
+/// [`DOT_ROWS`] rows each weight row is instead read once and dotted with every input row
+/// ([`dots`]: eight rows at a time in AVX-512 where the CPU has it, else 16-lane partial sums; a
+/// fixed order either way); more rows run as one GEMM.
 pub fn linear<T: Element>(
     x: &[T],
     w: &[T],

@@ -217,7 +217,7 @@ wide_fn! {
 /// 1.2–1.4 ms max pool.
 fn max3_stride2_wide(r: &[f32], hm: &mut [f32], full: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx512f() && r.len() > 2 * full && hm.len() > full {
+    if super::simd::has_avx512f() && r.len() > 2 * full + 1 && hm.len() > full {
         // SAFETY: AVX-512F checked; the reads end at `r[2·full + 1]` and the writes at `hm[full]`,
         // both checked in bounds above.
         return unsafe { avx512::max3_stride2(r, hm, full) };
