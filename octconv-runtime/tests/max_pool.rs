@@ -108,8 +108,9 @@ fn first_window_max(x: &[f32], (h, w): (usize, usize)) -> Vec<f32> {
                 for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
                     let v = x[iy * w + ix];
                     m = Some(match m {
-                        Some(m) if !(v > m) => m,
-                        _ => v,
+                        Some(m) if v > m => v,
+                        Some(m) => m,
+                        None => v,
                     });
                 }
             }
