@@ -132,29 +132,12 @@ pub fn channels(
     // SAFETY: AVX2 and FMA are present (asserted), AVX-512F where `lanes` says 16 (the blocks
     // `pick_avx512` returns); the bounds are those asserted above.
     unsafe {
-        let sizes = (oh, ow, qw);
-        match lanes(cout_g) {
-            16 => blocks(
-                src,
-                len,
-                taps,
-                sizes,
-                cin_g,
-                wp,
-                stage,
-                (16, 7, pick_avx512),
-            ),
-            _ => blocks(
-                src,
-                len,
-                taps,
-                sizes,
-                cin_g,
-                wp,
-                stage,
-                (LANES, R, pick_avx2),
-            ),
-        }
+        // The block shapes of the vector width `lanes` chose (and `pack` laid out).
+        let isa: (usize, usize, fn(bool, usize) -> Block) = match lanes(cout_g) {
+            LANES => (LANES, R, pick_avx2),
+            _ => (2 * LANES, 7, pick_avx512),
+        };
+        blocks(src, len, taps, (oh, ow, qw), cin_g, wp, stage, isa)
     }
 }
 
