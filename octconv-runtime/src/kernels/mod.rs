@@ -15,6 +15,7 @@ pub mod gemm;
 pub mod geometry;
 pub mod grouped;
 pub mod grouped_channels;
+pub mod grouped_octave;
 pub mod max_pool;
 pub mod octave;
 pub mod pointwise;

@@ -2,6 +2,7 @@
 
 use crate::kernels::direct;
 use crate::kernels::epilogue::{ChannelEpilogue, RowMap};
+use crate::kernels::grouped_octave::{self, GroupedOctave};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::prologue::Prologue;
@@ -193,6 +194,9 @@ impl OctConv2d {
         if let Some(g) = self.pointwise_geometry(x)? {
             return self.infer_pointwise(x, g, [None, None]);
         }
+        if let Some(g) = self.grouped_geometry(x)? {
+            return self.infer_grouped(x, &g, [None, None]);
+        }
         if let (Some(xh), Some(xl)) = x.branches() {
             if let Some(g) = self.fused_geometry(xh, xl) {
                 if let Some(y) = self.infer_direct(&g, x, [None, None])? {
@@ -320,6 +324,10 @@ impl OctConv2d {
                 if let (Some(h), Some(l)) = (epi(true)?, low) {
                     return self.infer_pointwise(x, g, [Some(&h), l.as_ref()]);
                 }
+            } else if let Some(g) = self.grouped_geometry(x)? {
+                if let (Some(h), Some(l)) = (epi(true)?, epi(false)?) {
+                    return self.infer_grouped(x, &g, [Some(&h), Some(&l)]);
+                }
             } else if let (Some(xs), None, [Some(w), None, None, None]) =
                 (x.branches().0, x.branches().1, &self.weights)
             {
@@ -368,6 +376,79 @@ impl OctConv2d {
             }
         }
         stage.apply(self.infer(x)?)
+    }
+
+    /// The geometry of the grouped octave kernel ([`grouped_octave`]) for this layer and input, if
+    /// it runs them: 3×3 with all four paths, more than one group (not depthwise), pooling first
+    /// at stride 2, no bias, f32 CPU inputs, the fused kernels allowed, sizes it
+    /// [applies](GroupedOctave::applies) to.
+    fn grouped_geometry(&self, x: &OctValue) -> Result<Option<GroupedOctave>> {
+        let s = &self.spec;
+        let (Some(xh), Some(xl)) = x.branches() else {
+            return Ok(None);
+        };
+        if !self.fused
+            || s.kernel != 3
+            || s.groups < 2
+            || s.depthwise
+            || s.strided_conv()
+            || self.bias_h.is_some()
+            || self.bias_l.is_some()
+            || self.weights.iter().any(Option::is_none)
+            || !self.fusable_inputs_f32(x)
+        {
+            return Ok(None);
+        }
+        let (n, in_h, h, w) = xh.dims4()?;
+        let (nl, in_l, hl, wl) = xl.dims4()?;
+        if (nl, in_h, in_l) != (n, s.in_h, s.in_l) || (2 * hl, 2 * wl) != (h, w) {
+            return Ok(None);
+        }
+        let g = GroupedOctave {
+            octave: OctaveGeometry {
+                n,
+                in_h,
+                in_l,
+                out_h: s.out_h,
+                out_l: s.out_l,
+                h,
+                w,
+            },
+            groups: s.groups,
+            stride: s.stride,
+        };
+        Ok(g.applies().then_some(g))
+    }
+
+    /// The layer by the grouped octave kernel, each output branch mapped by its epilogue (if any)
+    /// as its planes are made.
+    fn infer_grouped(
+        &self,
+        x: &OctValue,
+        g: &GroupedOctave,
+        epis: [Option<&ChannelEpilogue>; 2],
+    ) -> Result<OctValue> {
+        let (Some(xh), Some(xl)) = x.branches() else {
+            candle_core::bail!("internal error: a grouped octave layer without both inputs")
+        };
+        let [Some(hh), Some(hl), Some(lh), Some(ll)] = &self.weights else {
+            candle_core::bail!("internal error: a grouped octave layer without four weights")
+        };
+        let maps = epis.map(|e| e.map(|e| move |c: usize, row: &mut [f32]| e.apply_row(c, row)));
+        let posts: [Option<RowMap<'_, f32>>; 2] = [
+            maps[0].as_ref().map(|m| m as RowMap<'_, f32>),
+            maps[1].as_ref().map(|m| m as RowMap<'_, f32>),
+        ];
+        let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
+            grouped_octave::forward(g, h, l, OctaveWeights { hh, hl, lh, ll }, posts)
+        })?;
+        let [(oh, ow), (lh_, lw)] = g.out_hw();
+        let o = &g.octave;
+        let dev = xh.device();
+        Ok(OctValue::Pair {
+            high: Some(Tensor::from_vec(yh, (o.n, o.out_h, oh, ow), dev)?),
+            low: Tensor::from_vec(yl, (o.n, o.out_l, lh_, lw), dev)?,
+        })
     }
 
     /// One branch of a depthwise pair ([`OctConv2d::infer_then`]): `epi(conv(x))`, at stride 2 of
