@@ -1,4 +1,5 @@
-//! The grouped 3×3 octave kernel (`kernels::grouped_octave`) against direct summation in f64: one to
+//! The grouped 3×3 octave kernel (`kernels::grouped_octave`) against the direct-loop reference in f64
+//! (`common/reference.rs`, the paper's definition): one to
 //! five channels per group in each path (one input channel per group runs the depthwise kernel,
 //! more the grouped kernels), stride 1 and 2, batches of one and several images, the smallest maps
 //! each stride takes (2×2 and 4×4), with and without the per-channel output maps; and f32 against
@@ -8,76 +9,13 @@ use octconv_runtime::kernels::grouped_octave::{forward, GroupedOctave};
 use octconv_runtime::kernels::octave::{OctaveGeometry, OctaveWeights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use reference::{octconv, Arr, RefOctConv};
+
+#[path = "common/reference.rs"]
+mod reference;
 
 fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f64> {
     (0..len).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect()
-}
-
-/// `c` planes of `h × w` → 2×2 averages.
-fn pool(x: &[f64], c: usize, h: usize, w: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(c * h * w / 4);
-    for p in 0..c {
-        for y in 0..h / 2 {
-            for xx in 0..w / 2 {
-                let at = |dy: usize, dx: usize| x[p * h * w + (2 * y + dy) * w + 2 * xx + dx];
-                out.push(0.25 * (at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)));
-            }
-        }
-    }
-    out
-}
-
-/// A 3×3 grouped convolution with zero padding 1 of one image `x` (`cin` planes of `h × w`) by
-/// `w` (`[cout, cin / groups, 3, 3]`), summed directly.
-fn conv(
-    x: &[f64],
-    w: &[f64],
-    (cin, cout, groups): (usize, usize, usize),
-    h: usize,
-    wd: usize,
-) -> Vec<f64> {
-    let (cin_g, cout_g) = (cin / groups, cout / groups);
-    let mut y = vec![0.0; cout * h * wd];
-    for co in 0..cout {
-        let grp = co / cout_g;
-        for oy in 0..h {
-            for ox in 0..wd {
-                let mut s = 0.0;
-                for k in 0..cin_g {
-                    let ci = grp * cin_g + k;
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (iy, ix) =
-                                (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                continue;
-                            }
-                            let v = x[ci * h * wd + iy as usize * wd + ix as usize];
-                            s += w[((co * cin_g + k) * 3 + ky) * 3 + kx] * v;
-                        }
-                    }
-                }
-                y[(co * h + oy) * wd + ox] = s;
-            }
-        }
-    }
-    y
-}
-
-/// Nearest ×2 upsampling of `c` planes of `h × w`.
-fn upsample(x: &[f64], c: usize, h: usize, w: usize) -> Vec<f64> {
-    (0..c * 4 * h * w)
-        .map(|i| {
-            let (p, r) = (i / (4 * h * w), i % (4 * h * w));
-            let (y, xx) = (r / (2 * w), r % (2 * w));
-            x[p * h * w + (y / 2) * w + xx / 2]
-        })
-        .collect()
-}
-
-fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
 /// The map the checks apply to channel `c` of a branch (`high`): an affine map that differs per
@@ -87,39 +25,36 @@ fn plane_map(high: bool, c: usize, v: f64) -> f64 {
     v * (1.0 + 0.25 * c as f64) * k + 0.125 * c as f64
 }
 
-/// The layer by direct summation: `(high, low)` for all images.
-fn reference(g: &GroupedOctave, xh: &[f64], xl: &[f64], w: [&[f64]; 4]) -> (Vec<f64>, Vec<f64>) {
+/// The layer by the direct-loop reference (`common/reference.rs`, the paper's definition, stride 2
+/// by pooling first): `(high, low)` for all images.
+fn expected(g: &GroupedOctave, xh: &[f64], xl: &[f64], w: &[Vec<f64>; 4]) -> (Vec<f64>, Vec<f64>) {
     let o = g.octave;
-    let (n, in_h, in_l, out_h, out_l, h, wd) = (o.n, o.in_h, o.in_l, o.out_h, o.out_l, o.h, o.w);
-    let [hh, hl, lh, ll] = w;
-    let gr = g.groups;
-    let (hw, lhw) = (h * wd, h * wd / 4);
-    let (mut want_h, mut want_l) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let xh = &xh[i * in_h * hw..][..in_h * hw];
-        let xl = &xl[i * in_l * lhw..][..in_l * lhw];
-        let ph = pool(xh, in_h, h, wd);
-        let (lh_, lw) = (h / 2, wd / 2);
-        if g.stride == 1 {
-            let up = upsample(&conv(xl, lh, (in_l, out_h, gr), lh_, lw), out_h, lh_, lw);
-            want_h.extend(add(&conv(xh, hh, (in_h, out_h, gr), h, wd), &up));
-            want_l.extend(add(
-                &conv(&ph, hl, (in_h, out_l, gr), lh_, lw),
-                &conv(xl, ll, (in_l, out_l, gr), lh_, lw),
-            ));
-        } else {
-            want_h.extend(add(
-                &conv(&ph, hh, (in_h, out_h, gr), lh_, lw),
-                &conv(xl, lh, (in_l, out_h, gr), lh_, lw),
-            ));
-            let (ph2, pl) = (pool(&ph, in_h, lh_, lw), pool(xl, in_l, lh_, lw));
-            want_l.extend(add(
-                &conv(&ph2, hl, (in_h, out_l, gr), lh_ / 2, lw / 2),
-                &conv(&pl, ll, (in_l, out_l, gr), lh_ / 2, lw / 2),
-            ));
-        }
-    }
-    (want_h, want_l)
+    let arr = |c: usize, (h, w): (usize, usize), data: &[f64]| Arr {
+        n: o.n,
+        c,
+        h,
+        w,
+        data: data.to_vec(),
+    };
+    let r = RefOctConv {
+        in_h: o.in_h,
+        in_l: o.in_l,
+        out_h: o.out_h,
+        out_l: o.out_l,
+        k: 3,
+        stride: g.stride,
+        groups: g.groups,
+        depthwise: false,
+        w: w.clone(),
+    };
+    let (xh, xl) = (
+        arr(o.in_h, (o.h, o.w), xh),
+        arr(o.in_l, (o.h / 2, o.w / 2), xl),
+    );
+    let (Some(yh), Some(yl)) = octconv(&r, Some(&xh), Some(&xl)) else {
+        panic!("the reference gives both outputs of a four-path layer")
+    };
+    (yh.data, yl.data)
 }
 
 /// The layer's random inputs and weights for `g`: `(xh, xl, [hh, hl, lh, ll])`.
@@ -172,8 +107,8 @@ fn close(got: &[f64], want: &[f64], what: &str) {
 }
 
 #[test]
-fn grouped_octave_kernel_matches_direct_summation_for_every_stride_channel_split_and_smallest_map()
-{
+fn grouped_octave_kernel_matches_the_direct_loop_reference_for_every_stride_channel_split_and_smallest_map(
+) {
     // (images, [in_h, in_l, out_h, out_l] per group, groups, side, stride): one input channel per
     // group in a path (depthwise kernel), odd counts, unequal splits, 2×2 and 4×4 maps.
     let cases = [
@@ -195,7 +130,7 @@ fn grouped_octave_kernel_matches_direct_summation_for_every_stride_channel_split
             lh: &w[2],
             ll: &w[3],
         };
-        let (want_h, want_l) = reference(&g, &xh, &xl, [&w[0], &w[1], &w[2], &w[3]]);
+        let (want_h, want_l) = expected(&g, &xh, &xl, &w);
         let (yh, yl) = forward(&g, &xh, &xl, wt, [None, None]);
         close(&yh, &want_h, &format!("{g:?} high"));
         close(&yl, &want_l, &format!("{g:?} low"));
@@ -241,7 +176,7 @@ fn grouped_octave_kernel_in_f32_agrees_with_f64_on_resnext_sized_groups() {
         let (xh, xl, w) = data(&g, 100 + k as u64);
         let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let (xh32, xl32, w32) = (f32s(&xh), f32s(&xl), w.each_ref().map(|v| f32s(v)));
-        let (want_h, want_l) = reference(&g, &xh, &xl, [&w[0], &w[1], &w[2], &w[3]]);
+        let (want_h, want_l) = expected(&g, &xh, &xl, &w);
         let wt = OctaveWeights {
             hh: &w32[0],
             hl: &w32[1],

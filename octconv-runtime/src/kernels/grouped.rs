@@ -453,8 +453,8 @@ fn gather_rows<T: Element>(
     gather_rows_256(src, len, offs, wp, out, ld, npos)
 }
 
-/// [`gather_rows_256`] with 64 positions per register block for every row count (4 rows: 16
-/// sums in AVX-512's 32 registers), compiled for AVX-512.
+/// [`blocks`] with 64 positions per register block for every row count (4 rows: 16 sums in
+/// AVX-512's 32 registers), compiled for AVX-512.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, AVX2 and FMA.
@@ -469,19 +469,7 @@ unsafe fn gather_rows_512<T: Element>(
     ld: usize,
     npos: usize,
 ) {
-    let rows = out.len() / ld;
-    let per_row = wp.len() / rows.max(1);
-    for r0 in (0..rows).step_by(CB) {
-        let cb = CB.min(rows - r0);
-        let w = &wp[r0 * per_row..][..cb * per_row];
-        let o = &mut out[r0 * ld..][..cb * ld];
-        match cb {
-            1 => gather::<T, 1, 64>(src, len, offs, w, o, npos),
-            2 => gather::<T, 2, 64>(src, len, offs, w, o, npos),
-            3 => gather::<T, 3, 64>(src, len, offs, w, o, npos),
-            _ => gather::<T, CB, 64>(src, len, offs, w, o, npos),
-        }
-    }
+    blocks::<T, 64, 64, 64, 64>(src, len, offs, wp, out, ld, npos)
 }
 
 wide_fn! {
@@ -498,21 +486,36 @@ wide_fn! {
         ld: usize,
         npos: usize,
     ) {
-        let rows = out.len() / ld;
-        let per_row = wp.len() / rows.max(1);
-        for r0 in (0..rows).step_by(CB) {
-            let cb = CB.min(rows - r0);
-            let w = &wp[r0 * per_row..][..cb * per_row];
-            let o = &mut out[r0 * ld..][..cb * ld];
-            // Three rows take 32 lanes (12 sums in AVX2's 16 registers): with 16 they kept 6 sums,
-            // too few to hide the FMA latency (ResNeXt-50's 3-channel groups at α = .25, 56×56,
-            // batch 8: 2.78 → 2.21 ms, best of 15, Intel Xeon).
-            match cb {
-                1 => gather::<T, 1, 64>(src, len, offs, w, o, npos),
-                2 => gather::<T, 2, 32>(src, len, offs, w, o, npos),
-                3 => gather::<T, 3, 32>(src, len, offs, w, o, npos),
-                _ => gather::<T, CB, 16>(src, len, offs, w, o, npos),
-            }
+        // Three rows take 32 lanes (12 sums in AVX2's 16 registers): with 16 they kept 6 sums,
+        // too few to hide the FMA latency (ResNeXt-50's 3-channel groups at α = .25, 56×56,
+        // batch 8: 2.78 → 2.21 ms, best of 15, Intel Xeon).
+        blocks::<T, 64, 32, 32, 16>(src, len, offs, wp, out, ld, npos)
+    }
+}
+
+/// The rows of `out` [`CB`] at a time ([`gather`]), a block of `c` rows summing `L{c}` positions at
+/// once (each a divisor of [`MAX_LANES`], the rows' padding).
+#[inline(always)]
+fn blocks<T: Element, const L1: usize, const L2: usize, const L3: usize, const L4: usize>(
+    src: &[T],
+    len: usize,
+    offs: &[usize],
+    wp: &[T],
+    out: &mut [T],
+    ld: usize,
+    npos: usize,
+) {
+    let rows = out.len() / ld;
+    let per_row = wp.len() / rows.max(1);
+    for r0 in (0..rows).step_by(CB) {
+        let cb = CB.min(rows - r0);
+        let w = &wp[r0 * per_row..][..cb * per_row];
+        let o = &mut out[r0 * ld..][..cb * ld];
+        match cb {
+            1 => gather::<T, 1, L1>(src, len, offs, w, o, npos),
+            2 => gather::<T, 2, L2>(src, len, offs, w, o, npos),
+            3 => gather::<T, 3, L3>(src, len, offs, w, o, npos),
+            _ => gather::<T, CB, L4>(src, len, offs, w, o, npos),
         }
     }
 }
