@@ -431,7 +431,7 @@ fn pack<T: Element>(
 /// the portable build). Every sum is the same, in the same order, at either width.
 ///
 /// Why: the grouped octave layers of ResNeXt-50 at α = .25 and .5 have 2–12 channels per group,
-/// where this kernel does all their work. Their H→H convolutions at batch 8 (Intel Xeon, AVX-512,
+/// where this kernel runs their H→H and joint low-output convolutions. Their H→H convolutions at batch 8 (Intel Xeon, AVX-512,
 /// 2 threads, best of 15, two runs): 3 channels per group at 56×56 2.02–2.05 → 1.52–1.55 ms, at
 /// 28×28 (6) 1.80–1.83 → 1.25, at 14×14 (12) 1.85–1.87 → 1.27–1.54; 2 per group at 56×56
 /// 1.06–1.27 → 0.79–0.80, 4 at 28×28 0.85–0.92 → 0.62–0.64. On AMD's Zen 4, whose 512-bit
@@ -446,7 +446,8 @@ fn gather_rows<T: Element>(
     npos: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::full_width_avx512() && super::simd::has_avx2_fma() {
+    // f32 only: f64 sums in 64 lanes would need 32 registers for four rows (not measured).
+    if super::simd::full_width_avx512() && super::simd::has_avx2_fma() && T::as_f32(wp).is_some() {
         // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time).
         return unsafe { gather_rows_512(src, len, offs, wp, out, ld, npos) };
     }
@@ -532,6 +533,8 @@ fn gather<T: Element, const C: usize, const L: usize>(
     out: &mut [T],
     npos: usize,
 ) {
+    // Rows are padded to a multiple of MAX_LANES, so blocks of L positions never run past them.
+    const { assert!(MAX_LANES.is_multiple_of(L)) };
     let ld = out.len() / C;
     for p in (0..npos).step_by(L) {
         let mut acc = [[T::ZERO; L]; C];
@@ -818,12 +821,13 @@ mod tests {
 
     /// The 64-lane AVX-512 build of the row kernel sums exactly what the AVX2 build does: every row
     /// count of a block (1–4, and 5–9 rows as a full block plus the rest), positions that end
-    /// inside a block, bit for bit. (Skipped on CPUs without full-width AVX-512.)
+    /// inside a block, bit for bit. (Skipped on CPUs without AVX-512.)
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn gather_rows_in_64_lane_avx512_blocks_equal_the_avx2_build_bit_for_bit() {
-        use crate::kernels::simd::{full_width_avx512, has_avx2_fma};
-        if !(full_width_avx512() && has_avx2_fma()) {
+        use crate::kernels::simd::{has_avx2_fma, has_avx512f};
+        // Any AVX-512 CPU runs the build here (the kernel picks it only on full-width ones).
+        if !(has_avx512f() && has_avx2_fma()) {
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(7);

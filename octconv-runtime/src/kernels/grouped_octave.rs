@@ -1,8 +1,9 @@
 //! The grouped 3×3 octave convolution (ResNeXt's 32 groups at α > 0) as one inference kernel over
 //! raw buffers: the two low-output paths as one grouped convolution over the group-interleaved
-//! joint input `[pool(X_H); X_L]`, built by pooling straight into it; H→H by the grouped kernel
-//! with the image's L→H output added, upsampled, to each plane as soon as it is final, and the
-//! output map (batch norm, activation) applied right after, in cache. At stride 2 (pooling first)
+//! joint input `[pool(X_H); X_L]`, built by pooling straight into it; H→H with the image's L→H
+//! output added, upsampled, to each plane, then the output map (batch norm, activation) — on the
+//! grouped kernel as soon as each plane is final, in cache (with one high input channel per group
+//! H→H runs on the depthwise kernel and the planes are mapped after it). At stride 2 (pooling first)
 //! both outputs are one grouped convolution each, over `[pool(X_H); X_L]` and
 //! `[pool²(X_H); pool(X_L)]`.
 //!
@@ -22,7 +23,7 @@
 //! order. At stride 2 the high output sums its two paths inside one convolution where the per-op
 //! layer adds two convolutions, which rounds differently (model parity: ≤ 1e-4 relative).
 
-use super::conv2d::dispatch_forward;
+use super::conv2d::{algorithm, dispatch_forward, Algorithm};
 use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::grouped::{self, PlaneMap};
@@ -119,10 +120,15 @@ pub fn forward<T: Element>(
     posts: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
     let o = &g.octave;
+    let kernel = |c_out: usize, c_in: usize| c_out * (c_in / g.groups) * 9;
     assert!(
         g.applies()
             && xh.len() == o.n * o.in_h * o.h * o.w
-            && xl.len() == o.n * o.in_l * (o.h / 2) * (o.w / 2),
+            && xl.len() == o.n * o.in_l * (o.h / 2) * (o.w / 2)
+            && w.hh.len() == kernel(o.out_h, o.in_h)
+            && w.hl.len() == kernel(o.out_l, o.in_h)
+            && w.lh.len() == kernel(o.out_h, o.in_l)
+            && w.ll.len() == kernel(o.out_l, o.in_l),
         "grouped octave convolution: sizes"
     );
     let [c_high, c_low] = g.convs();
@@ -162,16 +168,17 @@ pub fn forward<T: Element>(
 }
 
 /// One grouped convolution, each output plane mapped by `post(image, channel, plane)`: by the
-/// grouped kernel as each plane is made where it [applies](grouped::applies) (2–16 input channels
-/// per group, or many with a multiple of 8 outputs per group), else by [`dispatch_forward`]'s
-/// choice (one input channel per group: the depthwise kernel) and then plane by plane.
+/// grouped kernel as each plane is made where [`algorithm`] picks it (2–16 input channels per
+/// group, or many with a multiple of 8 outputs per group; `OCTCONV_CONV` can override it as for
+/// any convolution), else by [`dispatch_forward`]'s choice (one input channel per group: the
+/// depthwise kernel) and then plane by plane.
 fn conv_planes<T: Element>(
     g: &ConvGeometry,
     x: &[T],
     w: &[T],
     post: Option<PlaneMap<'_, T>>,
 ) -> Vec<T> {
-    if grouped::applies(g) {
+    if algorithm(g) == Algorithm::Grouped {
         return grouped::forward_planes(g, x, w, post);
     }
     let mut y = dispatch_forward(g, x, w);

@@ -188,8 +188,9 @@ impl OctConv2d {
         self.forward_unfused(x)
     }
 
-    /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) where it
-    /// applies, else [`OctConv2d::forward`].
+    /// Inference (no gradient): the four-path 1×1 kernel ([`crate::kernels::pointwise`]) or the
+    /// grouped octave kernel ([`grouped_octave`]) where one applies, the direct, per-path or fused
+    /// 3×3 kernels where they serve, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
         if let Some(g) = self.pointwise_geometry(x)? {
             return self.infer_pointwise(x, g, [None, None]);
@@ -305,9 +306,9 @@ impl OctConv2d {
     }
 
     /// [`OctConv2d::infer`] followed by `stage`, which the kernels apply to each output row while it
-    /// is in cache where they can (the four-path 1×1 kernel, a one-path convolution by im2col or the
-    /// depthwise kernel, and a depthwise pair branch by branch, without bias); else in one pass
-    /// afterwards.
+    /// is in cache where they can (the four-path 1×1 kernel, the grouped octave kernel, a one-path
+    /// convolution by im2col or the depthwise kernel, and a depthwise pair branch by branch, without
+    /// bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         // The epilogues are built (the batch norm's parameters read back) only where a kernel that
         // maps rows will run.
@@ -402,6 +403,21 @@ impl OctConv2d {
         let (n, in_h, h, w) = xh.dims4()?;
         let (nl, in_l, hl, wl) = xl.dims4()?;
         if (nl, in_h, in_l) != (n, s.in_h, s.in_l) || (2 * hl, 2 * wl) != (h, w) {
+            return Ok(None);
+        }
+        // Each path's weight `[c_out, c_in / groups, 3, 3]` (a layer built from other weights
+        // takes the per-op path, whose convolutions report the mismatch).
+        let shapes = [
+            (s.out_h, s.in_h),
+            (s.out_l, s.in_h),
+            (s.out_h, s.in_l),
+            (s.out_l, s.in_l),
+        ];
+        let weights_fit = self.weights.iter().zip(shapes).all(|(w, (o, i))| {
+            w.as_ref()
+                .is_some_and(|w| w.dims4().ok() == Some((o, i / s.groups.max(1), 3, 3)))
+        });
+        if !weights_fit {
             return Ok(None);
         }
         let g = GroupedOctave {
