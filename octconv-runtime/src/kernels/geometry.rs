@@ -29,6 +29,28 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// A 3×3 "same" convolution (stride 1, padding 1) of `n` images `c_in → c_out` at `(h, w)` in
+    /// `groups` groups: each path of an octave layer.
+    pub(crate) fn same3x3(
+        n: usize,
+        (c_in, c_out): (usize, usize),
+        (h, w): (usize, usize),
+        groups: usize,
+    ) -> Self {
+        ConvGeometry {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            groups,
+        }
+    }
+
     /// Validates the geometry: channels divisible by `groups`, stride ≥ 1, a non-empty output.
     pub fn new(
         x: (usize, usize, usize, usize),

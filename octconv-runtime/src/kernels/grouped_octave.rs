@@ -28,7 +28,7 @@ use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::grouped::{self, PlaneMap};
 use super::octave::{OctaveGeometry, OctaveWeights};
-use super::resample::pool_plane;
+use super::resample::{pool, pool_plane};
 use super::scratch::output_vec;
 use super::Element;
 use rayon::prelude::*;
@@ -71,19 +71,8 @@ impl GroupedOctave {
     }
 
     /// A 3×3 grouped "same" convolution of `c_in → c_out` at `(h, w)`.
-    fn conv(&self, c_in: usize, c_out: usize, (h, w): (usize, usize)) -> ConvGeometry {
-        ConvGeometry {
-            n: self.octave.n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            groups: self.groups,
-        }
+    fn conv(&self, c_in: usize, c_out: usize, hw: (usize, usize)) -> ConvGeometry {
+        ConvGeometry::same3x3(self.octave.n, (c_in, c_out), hw, self.groups)
     }
 
     /// The grouped convolutions into the two outputs: `[high, low]`, where the high one is H→H
@@ -132,18 +121,16 @@ pub fn forward<T: Element>(
         "grouped octave convolution: sizes"
     );
     let [c_high, c_low] = g.convs();
-    let (hw, lhw) = ((o.h, o.w), (o.h / 2, o.w / 2));
-    // The low output: [W_HL W_LL] over [pool^s(X_H); pool^(s−1)(X_L)].
-    let joint = join_groups(
-        g,
-        [(xh, o.in_h, hw, g.stride), (xl, o.in_l, lhw, g.stride - 1)],
-    );
+    // [pool(X_H); X_L] joined group by group: the low output's input at stride 1, the high
+    // output's at stride 2.
+    let joint = join_pooled(g, xh, xl);
     let w_low = join_weights(g.groups, o.out_l, [(w.hl, o.in_h), (w.ll, o.in_l)]);
     let low_post = posts[1].map(|p| move |_: usize, co: usize, plane: &mut [T]| p(co, plane));
-    let low = conv_planes(&c_low, &joint, &w_low, low_post.as_ref().map(|p| p as _));
-    drop(joint);
-    let high = match g.stride {
+    let low_post = low_post.as_ref().map(|p| p as _);
+    match g.stride {
         1 => {
+            let low = conv_planes(&c_low, &joint, &w_low, low_post);
+            drop(joint);
             // H→H with up(L→H) added to each plane, then the map.
             let t = dispatch_forward(&g.lh(), xl, w.lh);
             let (oh, ow) = g.out_hw()[0];
@@ -155,16 +142,20 @@ pub fn forward<T: Element>(
                     post(co, plane);
                 }
             };
-            conv_planes(&c_high, xh, w.hh, Some(&post))
+            (conv_planes(&c_high, xh, w.hh, Some(&post)), low)
         }
         _ => {
-            let joint = join_groups(g, [(xh, o.in_h, hw, 1), (xl, o.in_l, lhw, 0)]);
+            // The low output's input [pool²(X_H); pool(X_L)] is the joint input pooled.
+            let planes = o.n * (o.in_h + o.in_l);
+            let pooled = pool(&joint, planes, o.h / 2, o.w / 2, T::from_f64(0.25));
+            let low = conv_planes(&c_low, &pooled, &w_low, low_post);
+            drop(pooled);
             let w_high = join_weights(g.groups, o.out_h, [(w.hh, o.in_h), (w.lh, o.in_l)]);
             let post = posts[0].map(|p| move |_: usize, co: usize, plane: &mut [T]| p(co, plane));
-            conv_planes(&c_high, &joint, &w_high, post.as_ref().map(|p| p as _))
+            let high = conv_planes(&c_high, &joint, &w_high, post.as_ref().map(|p| p as _));
+            (high, low)
         }
-    };
-    (high, low)
+    }
 }
 
 /// One grouped convolution, each output plane mapped by `post(image, channel, plane)`: by the
@@ -203,49 +194,29 @@ fn add_upsampled_plane<T: Element>(plane: &mut [T], low: &[T], (h, w): (usize, u
     }
 }
 
-/// One source of [`join_groups`]: data `[n, c, h, w]`, its channels `c`, its size `(h, w)` and how
-/// often to pool it.
-type Source<'a, T> = (&'a [T], usize, (usize, usize), usize);
-
-/// The two sources joined group by group at the convolution's input size: for each image and
-/// group, the group's channels of the first source, then of the second, each plane 2×2-average
-/// pooled as many times as its source asks (the sizes after pooling agree).
-fn join_groups<T: Element>(g: &GroupedOctave, parts: [Source<'_, T>; 2]) -> Vec<T> {
-    let groups = g.groups;
-    let (h, w) = (parts[0].2 .0 >> parts[0].3, parts[0].2 .1 >> parts[0].3);
-    let plane = h * w;
-    let c = parts[0].1 + parts[1].1;
+/// `[pool(X_H); X_L]` joined group by group at the low branch's size: for each image and group, the
+/// group's high channels 2×2-average pooled ([`pool_plane`], as [`super::resample::pool`] does),
+/// then its low channels copied.
+fn join_pooled<T: Element>(g: &GroupedOctave, xh: &[T], xl: &[T]) -> Vec<T> {
+    let o = &g.octave;
+    let (h, w) = (o.h, o.w);
+    let plane = (h / 2) * (w / 2);
+    let c = o.in_h + o.in_l;
+    let (high_g, low_g) = (o.in_h / g.groups, o.in_l / g.groups);
     // Every plane of every image is written below.
-    let mut out = output_vec(g.octave.n * c * plane);
+    let mut out = output_vec(o.n * c * plane);
     out.par_chunks_mut(plane).enumerate().for_each(|(p, dst)| {
         let (img, ch) = (p / c, p % c);
-        let per_group = c / groups;
-        let (grp, k) = (ch / per_group, ch % per_group);
-        let first = parts[0].1 / groups;
-        let (part, pc) = match k < first {
-            true => (parts[0], grp * first + k),
-            false => (parts[1], grp * (parts[1].1 / groups) + k - first),
-        };
-        let (data, channels, (sh, sw), pools) = part;
-        let src = &data[(img * channels + pc) * sh * sw..][..sh * sw];
-        pool_into(src, (sh, sw), pools, dst);
+        let (grp, k) = (ch / (high_g + low_g), ch % (high_g + low_g));
+        if k < high_g {
+            let src = &xh[(img * o.in_h + grp * high_g + k) * h * w..][..h * w];
+            pool_plane(src, dst, (h, w), T::from_f64(0.25));
+        } else {
+            let src = &xl[(img * o.in_l + grp * low_g + k - high_g) * plane..][..plane];
+            dst.copy_from_slice(src);
+        }
     });
     out
-}
-
-/// `dst` = the `h × w` plane `src` 2×2-average pooled `pools` times (0: copied), each pooling that
-/// of [`super::resample::pool`] (¼ of each block's sum).
-fn pool_into<T: Element>(src: &[T], (h, w): (usize, usize), pools: usize, dst: &mut [T]) {
-    let quarter = T::from_f64(0.25);
-    match pools {
-        0 => dst.copy_from_slice(src),
-        1 => pool_plane(src, dst, (h, w), quarter),
-        _ => {
-            let mut once = vec![T::ZERO; (h / 2) * (w / 2)];
-            pool_plane(src, &mut once, (h, w), quarter);
-            pool_into(&once, (h / 2, w / 2), pools - 1, dst);
-        }
-    }
 }
 
 /// The weights of two paths into one output joined along their input channels group by group

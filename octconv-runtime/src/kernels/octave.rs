@@ -78,19 +78,8 @@ impl OctaveGeometry {
     }
 
     /// One 3×3 "same" convolution of this layer: `c_in → c_out` at `(h, w)`.
-    fn conv(&self, c_in: usize, c_out: usize, (h, w): (usize, usize)) -> ConvGeometry {
-        ConvGeometry {
-            n: self.n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-            groups: 1,
-        }
+    fn conv(&self, c_in: usize, c_out: usize, hw: (usize, usize)) -> ConvGeometry {
+        ConvGeometry::same3x3(self.n, (c_in, c_out), hw, 1)
     }
 
     fn hh(&self) -> ConvGeometry {

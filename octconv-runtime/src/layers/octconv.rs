@@ -395,7 +395,6 @@ impl OctConv2d {
             || s.strided_conv()
             || self.bias_h.is_some()
             || self.bias_l.is_some()
-            || self.weights.iter().any(Option::is_none)
             || !self.fusable_inputs_f32(x)
         {
             return Ok(None);
@@ -405,8 +404,8 @@ impl OctConv2d {
         if (nl, in_h, in_l) != (n, s.in_h, s.in_l) || (2 * hl, 2 * wl) != (h, w) {
             return Ok(None);
         }
-        // Each path's weight `[c_out, c_in / groups, 3, 3]` (a layer built from other weights
-        // takes the per-op path, whose convolutions report the mismatch).
+        // All four paths, each weight `[c_out, c_in / groups, 3, 3]` (a layer built from other
+        // weights takes the per-op path, whose convolutions report the mismatch).
         let shapes = [
             (s.out_h, s.in_h),
             (s.out_l, s.in_h),
