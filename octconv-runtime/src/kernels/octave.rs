@@ -310,6 +310,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 let out = Planes {
                     out: yl,
                     add_up: None,
+                    plane_rows: None,
                 };
                 B::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
                 // L→H at low resolution, into scratch.
@@ -318,6 +319,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 let out = Planes {
                     out: &mut *lh,
                     add_up: None,
+                    plane_rows: None,
                 };
                 B::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
                 // H→H, with L→H added (nearest ×2) as each high row is written.
@@ -334,6 +336,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                         let out = Planes {
                             out: &mut yh[j0 * img_h..][..k * img_h],
                             add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),
+                            plane_rows: None,
                         };
                         A::output_channels(m, ld, (co0, cb, g.out_h), (g.h, g.w), k, out);
                     }

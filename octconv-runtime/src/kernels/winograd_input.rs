@@ -129,6 +129,71 @@ pub(super) fn input<T: Element, A: Tiling>(
     })
 }
 
+/// [`input`] for the tile rows `ty0 … ty1` of one image (`x`: its `channels` planes of `h × w`):
+/// the band's windows read the rows above and below it from the image (zeros only outside the
+/// map), so its `V` equals those tiles' columns of the whole image's `V`; tile `(ty, tx)` goes to
+/// column `(ty − ty0)·tw + tx`.
+pub(super) fn input_band<T: Element, A: Tiling>(
+    (channels, (h, w)): (usize, (usize, usize)),
+    x: &[T],
+    (ty0, ty1): (usize, usize),
+    (v, ld): (&mut [T], usize),
+    pro: Option<Prologue<'_, T>>,
+) {
+    let pad = Padding::new(A::TILE * (ty1 - ty0), w, A::TILE);
+    let nt = pad.th * pad.tw;
+    let stride = nt.next_multiple_of(LANES);
+    assert!(
+        ty0 < ty1
+            && ty1 <= h.div_ceil(A::TILE)
+            && x.len() >= channels * h * w
+            && nt <= ld
+            && v.len() >= (channels * A::FREQS).saturating_sub(1) * ld + nt,
+        "Winograd input transform: band or output size"
+    );
+    // Every value of both buffers is written before it is read, for every channel.
+    with_scratch(|s: &mut Scratch<T>| {
+        let [padded, half] = s.many([pad.plane(), A::FREQS * stride]);
+        for ch in 0..channels {
+            let act = pro.map(|p| p.channel(ch));
+            let plane = &x[ch * h * w..][..h * w];
+            pad_band(plane, h, A::TILE * ty0, pad, act, padded);
+            horizontal::<T, A>(padded, pad, nt, half, stride);
+            A::b_rows((half, stride), (&mut v[ch * A::FREQS * ld..], ld), nt);
+        }
+    })
+}
+
+wide_fn! {
+    /// Copies the rows of one plane of `h` rows that a band of `pad.th` tile rows starting at map
+    /// row `y0` reads (`y0 − 1 … y0 + TILE·th`), mapped by `act`, into the band's zero-padded plane
+    /// (rows outside the map zero).
+    fn pad_band<T: Element>(
+        src: &[T],
+        h: usize,
+        y0: usize,
+        pad: Padding,
+        act: Option<Act<T>>,
+        dst: &mut [T],
+    ) {
+        let (w, pw) = (pad.w, pad.pw);
+        for (r, d) in dst.chunks_exact_mut(pw).take(pad.ph).enumerate() {
+            let y = (y0 + r).wrapping_sub(1);
+            if y >= h {
+                d.fill(T::ZERO);
+                continue;
+            }
+            let row = &src[y * w..][..w];
+            d[0] = T::ZERO;
+            match act {
+                Some(act) => d[1..=w].iter_mut().zip(row).for_each(|(o, &v)| *o = act.apply(v)),
+                None => d[1..=w].copy_from_slice(row),
+            }
+            d[w + 1..].fill(T::ZERO);
+        }
+    }
+}
+
 wide_fn! {
     /// Copies one `h × w` plane, mapped by `act`, into its zero-padded plane.
     fn pad_plane<T: Element>(src: &[T], pad: Padding, act: Option<Act<T>>, dst: &mut [T]) {

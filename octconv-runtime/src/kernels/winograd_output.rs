@@ -37,7 +37,11 @@ pub(super) fn output<T: Element, A: Tiling>(
         nt <= ld
             && co0 + cb <= cout
             && m.len() >= (cb * A::FREQS).saturating_sub(1) * ld + nt
-            && out.out.len() >= cnt * cout * h * w
+            && out
+                .plane_rows
+                .is_none_or(|rows| rows >= h && out.add_up.is_none())
+            && out.out.len()
+                >= (cnt * cout).saturating_sub(1) * out.plane_rows.unwrap_or(h) * w + h * w
             && out.add_up.is_none_or(|up| {
                 h % 2 == 0 && w % 2 == 0 && up.len() >= cnt * cout * (h / 2) * (w / 2)
             }),
@@ -74,7 +78,10 @@ fn horizontal<T: Element, A: Tiling>(
         {
             // SAFETY: the CPU has AVX2; `output` checked the sizes of the planes and the addend,
             // and `half` holds TILE·SIDE rows of `stride` (a multiple of LANES ≥ nt).
-            unsafe { horizontal_avx2::<A>(t, stride, (co, cout), (h, w), cnt, y, up.flatten()) };
+            let rows = out.plane_rows.unwrap_or(h);
+            unsafe {
+                horizontal_avx2::<A>(t, stride, (co, cout), (h, w, rows), cnt, y, up.flatten())
+            };
             return;
         }
     }
@@ -122,7 +129,8 @@ fn put<T: Element>(
 ///
 /// # Safety
 /// The CPU must have AVX2. `half` holds `TILE·SIDE` rows of `stride` values (a multiple of
-/// [`LANES`] at least the task's tiles); `y` holds `cnt·cout` planes of `h × w` and `up`, if any, as
+/// [`LANES`] at least the task's tiles); `y` holds `cnt·cout` planes of `rows ≥ h` rows of `w` (the
+/// transform writes their first `h` rows) and `up`, if any, as
 /// many planes of `h/2 × w/2` (`h`, `w` even). Stores reach only pixels inside the map: whole rows
 /// of tiles inside it, the rest value by value.
 #[cfg(target_arch = "x86_64")]
@@ -131,7 +139,7 @@ unsafe fn horizontal_avx2<A: Tiling>(
     half: &[f32],
     stride: usize,
     (co, cout): (usize, usize),
-    (h, w): (usize, usize),
+    (h, w, rows): (usize, usize, usize),
     cnt: usize,
     y: &mut [f32],
     up: Option<&[f32]>,
@@ -205,7 +213,7 @@ unsafe fn horizontal_avx2<A: Tiling>(
             if row_inside {
                 let (oy, x) = (tile * a0.ty + r, tile * a0.tx);
                 let plane = a0.i * cout + co;
-                let dst = y.as_mut_ptr().add((plane * h + oy) * w + x);
+                let dst = y.as_mut_ptr().add((plane * rows + oy) * w + x);
                 let addend = up.map(|up| up.as_ptr().add((plane * lh + oy / 2) * lw + x / 2));
                 // Two tiles' values per 256-bit vector (F(4×4)), or four tiles' (F(2×2)).
                 let vecs: [__m256; 4] = match tile {
@@ -238,7 +246,7 @@ unsafe fn horizontal_avx2<A: Tiling>(
                 }
                 let plane = a.i * cout + co;
                 let x = tile * a.tx;
-                let dst = y.as_mut_ptr().add((plane * h + oy) * w + x);
+                let dst = y.as_mut_ptr().add((plane * rows + oy) * w + x);
                 let addend = up.map(|up| up.as_ptr().add((plane * lh + oy / 2) * lw + x / 2));
                 let quad = quads[k];
                 match (x + tile <= w, tile) {
@@ -336,12 +344,14 @@ mod tests {
                         let planes = Planes {
                             out: &mut want,
                             add_up: addend,
+                            plane_rows: None,
                         };
                         reference::<f32, A>((&m, ld), cout, (h, w), cnt, planes);
                         let mut got = vec![f32::NAN; cnt * cout * h * w];
                         let planes = Planes {
                             out: &mut got,
                             add_up: addend,
+                            plane_rows: None,
                         };
                         output::<f32, A>((&m, ld), (0, cout, cout), (h, w), cnt, planes);
                         for (p, (a, b)) in want.iter().zip(&got).enumerate() {
@@ -380,6 +390,7 @@ mod tests {
         let planes = Planes {
             out: &mut want,
             add_up: Some(&up),
+            plane_rows: None,
         };
         reference::<f64, A>((&m, nt), cout, (h, w), cnt, planes);
         let mut got = vec![f64::NAN; cnt * cout * h * w];
@@ -391,6 +402,7 @@ mod tests {
             Planes {
                 out: &mut got,
                 add_up: Some(&up),
+                plane_rows: None,
             },
         );
         assert_eq!(want, got);
