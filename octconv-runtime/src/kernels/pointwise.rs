@@ -20,7 +20,7 @@
 use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::octave::OctaveGeometry;
-use super::prologue::Prologue;
+use super::prologue::{map_into, Prologue};
 use super::resample::{add_upsampled_planes, pool_plane, pool_planes};
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
@@ -437,10 +437,7 @@ fn map_band<T: Element>(
     dst: &mut [T],
 ) {
     for (c, d) in dst.chunks_exact_mut(len.max(1)).enumerate() {
-        let act = pro.channel(c);
-        for (d, &v) in d.iter_mut().zip(&src[c * plane + c0..][..len]) {
-            *d = act.apply(v);
-        }
+        map_into(pro.channel(c), &src[c * plane + c0..][..len], d);
     }
 }
 
@@ -483,10 +480,7 @@ pub fn forward_mapped<T: Element>(
                     let bw = block.min(hw - c0);
                     let col = sized(&mut s.col, cin * bw);
                     for (ci, dst) in col.chunks_exact_mut(bw).enumerate() {
-                        let act = pro.channel(ci);
-                        for (d, &v) in dst.iter_mut().zip(&xi[ci * hw + c0..][..bw]) {
-                            *d = act.apply(v);
-                        }
+                        map_into(pro.channel(ci), &xi[ci * hw + c0..][..bw], dst);
                     }
                     let lhs = Mat {
                         ptr: w.as_ptr(),

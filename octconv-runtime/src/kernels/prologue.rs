@@ -6,6 +6,7 @@
 //! input gather applies the map to each value it loads (padding stays zero: it pads the activated
 //! tensor), and the octave kernel pools the activated high input for H→L.
 
+use super::simd::wide_fn;
 use super::Element;
 
 /// The map of every channel of a convolution's input.
@@ -61,6 +62,52 @@ impl<T: Element> Act<T> {
             true if y > T::ZERO => y,
             true => T::ZERO,
             false => y,
+        }
+    }
+}
+
+wide_fn! {
+    /// `dst[i] = act(src[i])` over the shorter of the two. Compiled for AVX2 too ([`wide_fn!`]):
+    /// the portable build ran 4 lanes at a time, and mapping the inputs of DenseNet-121's 1×1
+    /// layers that way took 8 % of its inference at batch 8 (`perf record`, Intel Xeon, 2 threads).
+    /// Both builds compute `scale·v + shift` with a separate multiply and add, so they agree bit
+    /// for bit.
+    pub fn map_into<T: Element>(act: Act<T>, src: &[T], dst: &mut [T]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = act.apply(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wide build of [`map_into`] (the one that runs on an AVX2 machine) gives the portable
+    /// per-value map bit for bit, with and without the ReLU, for every length up to 40 (whole
+    /// vectors and tails), negative values, zeros of both signs and values the ReLU cuts.
+    #[test]
+    fn map_into_equals_the_per_value_map_bit_for_bit() {
+        for relu in [false, true] {
+            let act = Act {
+                scale: 0.37f32,
+                shift: -0.11,
+                relu,
+            };
+            for len in 0..=40 {
+                let src: Vec<f32> = (0..len)
+                    .map(|i| match i % 7 {
+                        0 => -0.0,
+                        1 => 0.0,
+                        _ => ((i * 37 % 23) as f32 - 11.0) / 3.0,
+                    })
+                    .collect();
+                let mut got = vec![f32::NAN; len];
+                map_into(act, &src, &mut got);
+                let want: Vec<u32> = src.iter().map(|&v| act.apply(v).to_bits()).collect();
+                let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "relu {relu}, {len} values");
+            }
         }
     }
 }
