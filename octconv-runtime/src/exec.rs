@@ -41,7 +41,7 @@ pub fn run(
     let shapes = value_shapes(program);
     let mut values: Vec<Option<OctValue>> = vec![None; n];
     // The buffer of each concatenation chain, under the chain's first link, while the chain runs.
-    let mut buffers: Vec<Option<OctValue>> = vec![None; n];
+    let mut buffers: Vec<Option<ChainBuffer>> = vec![None; n];
     for (j, planned) in program.layers.iter().enumerate() {
         at_layer(j);
         let ins = planned
@@ -165,7 +165,7 @@ fn step(
     j: usize,
     (ins, gates): (&[&OctValue], Option<&OctValue>),
     x: &Tensor,
-    buffers: &mut [Option<OctValue>],
+    buffers: &mut [Option<ChainBuffer>],
 ) -> Result<OctValue> {
     let planned = &program.layers[j];
     let layer = || {
@@ -259,38 +259,52 @@ fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<Out
     })
 }
 
+/// The buffer of a concatenation chain and how many channels of each branch (high or single, low)
+/// its links have written so far (the buffer is not initialised beyond them).
+#[derive(Clone)]
+struct ChainBuffer {
+    value: OctValue,
+    written: (usize, usize),
+}
+
 /// A link of a concatenation chain: the first link allocates the buffer of the last one and writes
 /// its inputs at the front; a later link writes only its new inputs after the previous link's
 /// channels. Each link's value is the buffer's first channels (the last link's is the whole buffer).
 /// Values the buffer cannot hold (flat values, a pair without a high branch) fall back to a copying
-/// concatenation, and so does the rest of their chain.
+/// concatenation, and so does the rest of their chain; so does a link whose first input does not
+/// end where the buffer's written channels end, or whose declared output is not exactly the
+/// channels written (a hand-built program): no view ever shows a channel no link has written.
 fn concat_step(
     program: &Program,
     j: usize,
     place: ConcatPlace,
     ins: &[&OctValue],
-    buffers: &mut [Option<OctValue>],
+    buffers: &mut [Option<ChainBuffer>],
 ) -> Result<OctValue> {
     let planned: &PlannedLayer = &program.layers[j];
     let (start, end, new, at) = match place {
         ConcatPlace::Start { end } => {
-            buffers[j] = alloc(ins, &program.layers[end].output)?;
+            buffers[j] = alloc(ins, &program.layers[end].output)?.map(|value| ChainBuffer {
+                value,
+                written: (0, 0),
+            });
             (j, end, ins, (0, 0))
         }
         ConcatPlace::Extend { start, end } => (start, end, &ins[1..], channels(ins[0])),
     };
-    let Some(buffer) = buffers[start].clone() else {
+    let Some(buffer) = buffers[start].clone().filter(|b| b.written == at) else {
+        buffers[start] = None;
         return concat(ins);
     };
-    let written = match write_at(&buffer, new, at)? {
-        true => view(&buffer, &planned.output)?,
-        false => None,
+    let written = match write_at(&buffer.value, new, at)? {
+        Some(written) if written == declared(&planned.output) => {
+            view(&buffer.value, &planned.output)?.map(|v| (v, written))
+        }
+        _ => None,
     };
     match written {
-        Some(v) => {
-            if j == end {
-                buffers[start] = None;
-            }
+        Some((v, written)) => {
+            buffers[start] = (j != end).then_some(ChainBuffer { written, ..buffer });
             Ok(v)
         }
         // Not a kind of value the buffer holds: this link and the rest of its chain copy.
@@ -298,6 +312,15 @@ fn concat_step(
             buffers[start] = None;
             concat(ins)
         }
+    }
+}
+
+/// The channels per branch (high or single, low) of a declared output.
+fn declared(out: &Shape) -> (usize, usize) {
+    match out {
+        Shape::Single(d) => (d.c, 0),
+        Shape::Pair { high, low } => (high.c, low.c),
+        _ => (usize::MAX, usize::MAX),
     }
 }
 
@@ -340,9 +363,14 @@ fn channels(v: &OctValue) -> (usize, usize) {
     (c(h), c(l))
 }
 
-/// Writes each branch of `new` into `buffer` along channels from `at` on: `Ok(false)` (nothing
-/// written) where a value is not of the buffer's kind, for the caller to copy instead.
-fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<bool> {
+/// Writes each branch of `new` into `buffer` along channels from `at` on and returns where the
+/// written channels end: `Ok(None)` (nothing written) where a value is not of the buffer's kind, for
+/// the caller to copy instead.
+fn write_at(
+    buffer: &OctValue,
+    new: &[&OctValue],
+    at: (usize, usize),
+) -> Result<Option<(usize, usize)>> {
     let fits = new.iter().all(|v| {
         matches!(
             (buffer, v),
@@ -354,7 +382,7 @@ fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<
         )
     });
     if !fits {
-        return Ok(false);
+        return Ok(None);
     }
     let (mut oh, mut ol) = at;
     for v in new {
@@ -381,7 +409,7 @@ fn write_at(buffer: &OctValue, new: &[&OctValue], at: (usize, usize)) -> Result<
             _ => bail!("internal error: concatenation chain: a value the buffer does not hold"),
         }
     }
-    Ok(true)
+    Ok(Some((oh, ol)))
 }
 
 /// The buffer's first channels, as many per branch as `out` has.
@@ -400,4 +428,91 @@ fn view(buffer: &OctValue, out: &Shape) -> Result<Option<OctValue>> {
         }),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use octconv_spec::shape::Dims;
+
+    fn layer(inputs: Vec<usize>, c: usize, step: Step) -> PlannedLayer {
+        PlannedLayer {
+            name: format!("l{c}"),
+            inputs,
+            output: Shape::Single(Dims { c, h: 2, w: 3 }),
+            step,
+            frees: vec![],
+        }
+    }
+
+    fn single(c: usize, v: f64) -> OctValue {
+        OctValue::Single(Tensor::full(v as f32, (2, c, 2, 3), &Device::Cpu).unwrap())
+    }
+
+    fn values(v: &OctValue) -> Vec<f32> {
+        let OctValue::Single(t) = v else {
+            panic!("a single value")
+        };
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// The chain buffer is not initialised, so no link may view a channel no link wrote. A
+    /// two-link chain as the planner builds it views the buffer (and equals the copying
+    /// concatenation); links of a hand-built program whose declared output claims more channels
+    /// than were written, or whose first input does not end where the written channels end, fall
+    /// back to the copying concatenation: their values hold only the inputs' values.
+    #[test]
+    fn a_concatenation_link_never_views_channels_no_link_wrote() {
+        let (a, b, c) = (single(2, 1.0), single(3, 2.0), single(1, 3.0));
+        let start = Step::Concat(ConcatPlace::Start { end: 4 });
+        let extend = Step::Concat(ConcatPlace::Extend { start: 3, end: 4 });
+        let program = |c3: usize, c4: usize| Program {
+            layers: vec![
+                layer(vec![], 2, Step::Input),
+                layer(vec![], 3, Step::Input),
+                layer(vec![], 1, Step::Input),
+                layer(vec![0, 1], c3, start),
+                layer(vec![3, 2], c4, extend),
+            ],
+        };
+        let copy = |ins: &[&OctValue]| values(&concat(ins).unwrap());
+        let (pa, pb) = (
+            ConcatPlace::Start { end: 4 },
+            ConcatPlace::Extend { start: 3, end: 4 },
+        );
+        // As planned: 2 + 3 channels, then 1 more.
+        let p = program(5, 6);
+        let mut buffers: Vec<Option<ChainBuffer>> = vec![None; 5];
+        let ab = concat_step(&p, 3, pa, &[&a, &b], &mut buffers).unwrap();
+        assert!(
+            buffers[3].is_some(),
+            "the first link keeps the chain's buffer"
+        );
+        assert_eq!(values(&ab), copy(&[&a, &b]));
+        let abc = concat_step(&p, 4, pb, &[&ab, &c], &mut buffers).unwrap();
+        assert_eq!(values(&abc), copy(&[&a, &b, &c]));
+        assert!(buffers[3].is_none(), "the last link releases the buffer");
+        // Hand-built: the first link declares 6 channels but writes 5.
+        let p = program(6, 7);
+        let mut buffers: Vec<Option<ChainBuffer>> = vec![None; 5];
+        let ab = concat_step(&p, 3, pa, &[&a, &b], &mut buffers).unwrap();
+        assert_eq!(values(&ab), copy(&[&a, &b]));
+        assert!(
+            buffers[3].is_none(),
+            "a link that cannot view its channels drops the buffer"
+        );
+        // Hand-built: the second link's first input (7 channels) is not the first link's value
+        // (5 written); viewing the buffer would show channels 5 and 6 unwritten.
+        let p = program(5, 8);
+        let mut buffers: Vec<Option<ChainBuffer>> = vec![None; 5];
+        concat_step(&p, 3, pa, &[&a, &b], &mut buffers).unwrap();
+        let x = single(7, 4.0);
+        let xc = concat_step(&p, 4, pb, &[&x, &c], &mut buffers).unwrap();
+        assert_eq!(values(&xc), copy(&[&x, &c]));
+        // And a buffer too small for the first link's inputs is an error, not a panic.
+        let p = program(5, 3);
+        let mut buffers: Vec<Option<ChainBuffer>> = vec![None; 5];
+        assert!(concat_step(&p, 3, pa, &[&a, &b], &mut buffers).is_err());
+    }
 }

@@ -53,8 +53,9 @@ pub struct Act<T> {
 }
 
 impl<T: Element> Act<T> {
-    /// `relu(scale·v + shift)` (or without the ReLU).
-    #[inline]
+    /// `relu(scale·v + shift)` (or without the ReLU). Always inlined, so that the AVX2 builds of
+    /// the loops that call it ([`map_into`]) vectorise it.
+    #[inline(always)]
     pub fn apply(self, v: T) -> T {
         let y = self.scale * v + self.shift;
         // As `f32::max(y, 0)` in the unfused BN + ReLU: NaN becomes 0.

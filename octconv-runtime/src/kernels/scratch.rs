@@ -174,8 +174,10 @@ pub fn sized<T: Element>(v: &mut Vec<T>, len: usize) -> &mut [T] {
 pub fn output_vec<T: Element>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: `T` is f32 or f64 (the only `Element`s), for which every bit pattern is a valid value,
-    // and the capacity is `len`. Every caller writes all `len` elements before reading any (each use
-    // says why).
+    // and the capacity is `len`. Every caller writes each element before reading it (each use says
+    // why): kernel outputs are written whole; a concatenation chain's buffer (`exec::alloc`) is
+    // written channel by channel, and a link's view (the first channels of each image) spans
+    // unwritten channels between images that no reader reads.
     unsafe { v.set_len(len) };
     v
 }

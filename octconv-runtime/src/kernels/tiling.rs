@@ -91,7 +91,8 @@ pub(super) trait Tiling {
 }
 
 /// Where an output transform writes: whole planes `[cnt][cout][h][w]`, every element of which it
-/// writes, plus optionally an addend at half the resolution, `[cnt][cout][h / 2][w / 2]`, added
+/// writes (or, with [`Planes::plane_rows`], a band of `h` rows of each of taller planes), plus
+/// optionally an addend at half the resolution, `[cnt][cout][h / 2][w / 2]`, added
 /// nearest-upsampled ×2 as each row is written (the octave convolution's L→H path; `h`, `w` even).
 /// The transforms write rows straight into place: an `emit(row)` callback that copied each row cost
 /// one `memmove` call per row, 10 % of WRN-16-4 inference, whose last stage has 8-pixel rows.
@@ -106,8 +107,9 @@ pub(super) struct Planes<'a, T> {
 }
 
 impl<T: Element> Planes<'_, T> {
-    /// Row `oy` of plane `plane` (image · cout + channel) of `h × w` maps, and the addend's row
-    /// that is upsampled into it, if there is an addend.
+    /// Row `oy` of plane `plane` (image · cout + channel) of `h × w` maps (of planes of
+    /// `plane_rows` rows where that is set), and the addend's row that is upsampled into it, if
+    /// there is an addend.
     pub fn row(
         &mut self,
         plane: usize,
@@ -585,7 +587,8 @@ fn forward_in_blocks<T: Element, A: Tiling>(
     out
 }
 
-/// Tiles (GEMM columns) per band where [`forward`] runs an image band by band ([`band_tile_rows`]).
+/// Tiles (GEMM columns) per band where [`forward`] runs an image band by band ([`band_tile_rows`]):
+/// as many whole tile rows as fit, at least one (a row of 33 tiles at 130 × 130, say).
 const BAND_TILES: usize = 64;
 
 /// Tiles of one image from which [`forward`] runs it in bands of [`BAND_TILES`]: F(4×4) on maps of
@@ -606,7 +609,13 @@ const BAND_FEW_IMAGES_ABOVE: usize = 2 * BAND_TILES;
 /// 1.13–1.17 against 1.36 / 1.25, and 32 → 32 at 96 × 96 (576 tiles) 2.32–2.43 against 2.46–2.48
 /// / 2.29–2.52 (hence [`BAND_FROM_TILES`]); 64 → 64 at 64 × 64 with one image 2.06–3.21 against
 /// 1.36, with two 1.38–1.44 against 1.40–1.41 (hence [`BAND_FEW_IMAGES_ABOVE`]).
+///
+/// F(4×4) only: these bounds were measured for it; F(2×2) runs where F(4×4) has too few tiles, and
+/// its GEMMs want wider tasks ([`Tiling::TARGET_TILES`]).
 fn band_tile_rows<A: Tiling>(g: &ConvGeometry) -> Option<usize> {
+    if A::TILE != 4 {
+        return None;
+    }
     let (th, tw) = (g.h.div_ceil(A::TILE), g.w.div_ceil(A::TILE));
     let tiles = th * tw;
     let few_images = g.n < rayon::current_num_threads();
@@ -795,20 +804,28 @@ mod tests {
         }
     }
 
-    /// Images run band by band ([`band_tile_rows`]: 130 × 131 has 1 089 F(4×4) and 4 290 F(2×2)
-    /// tiles; one 70 × 45 image, fewer than the threads, 216 F(4×4) tiles) equal direct summation
-    /// of the input mapped by a batch norm + ReLU prologue, by both variants, in f64 and in f32:
-    /// every band reads the rows above and below it from the image, its last band is shorter, and
-    /// its output rows land in their planes.
+    /// Images run band by band ([`band_tile_rows`], F(4×4)) equal direct summation of the input
+    /// mapped by a batch norm + ReLU prologue, in f64 and in f32: 130 × 131 (1 089 tiles, bands of
+    /// one row of 33 tiles), two images of 258 × 64 (1 040 tiles, bands of 4 tile rows of 16, the
+    /// last one a single row with half a tile inside the map), and one 70 × 45 image where the pool
+    /// has more threads than images (216 tiles, bands of 5 rows). Every band reads the rows above
+    /// and below it from the image and its output rows land in their planes. F(2×2) never bands and
+    /// is checked on the same maps whole.
     #[test]
     fn winograd_forward_in_row_bands_matches_direct_summation_with_a_prologue() {
         for (k, &(n, c_in, c_out, h, w)) in
-            [(1, 3, 5, 130, 131), (1, 4, 3, 70, 45)].iter().enumerate()
+            [(1, 3, 5, 130, 131), (2, 3, 4, 258, 64), (1, 4, 3, 70, 45)]
+                .iter()
+                .enumerate()
         {
             let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, 3, 3), 1, 1, 1).unwrap();
-            if k == 0 || rayon::current_num_threads() > 1 {
+            if k < 2 || rayon::current_num_threads() > 1 {
                 assert!(band_tile_rows::<F4>(&g).is_some(), "{g:?} runs in bands");
             }
+            assert!(
+                band_tile_rows::<F2>(&g).is_none(),
+                "{g:?} runs whole by F(2×2)"
+            );
             let x = test_values(n * c_in * h * w, 500 + k as u64);
             let wt = test_values(c_out * c_in * 9, 600 + k as u64);
             let scale = test_values(c_in, 700 + k as u64);

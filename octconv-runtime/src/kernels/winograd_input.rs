@@ -32,7 +32,8 @@ use super::Element;
 pub(super) const LANES: usize = 8;
 
 /// The zero-padded planes of one channel for tiles of `tile × tile` outputs: `ph` rows of `pw`
-/// values per image, the map starting at row 1, column 1. Tile `(ty, tx)`'s window starts at row
+/// values per image, the map starting at row 1, column 1 (for a band of tile rows, [`input_band`]:
+/// the band's first row at row 1, the row above it at row 0). Tile `(ty, tx)`'s window starts at row
 /// `tile·ty`, column `tile·tx`; rows are long enough that an 8-value load from any window's start
 /// stays inside its row.
 #[derive(Clone, Copy, Debug)]

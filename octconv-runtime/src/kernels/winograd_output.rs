@@ -23,7 +23,8 @@ use super::Element;
 
 /// `Y = Aᵀ M A` of variant `A` for the `cnt` images' tiles of channels `co0 .. co0 + cb` of `cout`,
 /// each `h × w` (`M[(co − co0)·SIDE² + ξ]` rows of `ld`, tile `ty·tw + tx` of image `i` in column
-/// `i·tiles + ty·tw + tx`), written into those channels' planes of `out` (`[cnt][cout][h][w]`).
+/// `i·tiles + ty·tw + tx`), written into those channels' planes of `out` (`[cnt][cout][h][w]`, or
+/// the first `h` rows of planes of `out.plane_rows` rows: one band of a taller image).
 pub(super) fn output<T: Element, A: Tiling>(
     (m, ld): (&[T], usize),
     (co0, cb, cout): (usize, usize, usize),
