@@ -520,6 +520,10 @@ fn forward_in_blocks<T: Element, A: Tiling>(
     if blocks == 1 && nb == 1 {
         if let Some(band) = band_tile_rows::<A>(g) {
             let u = A::weights(w, cout, cin);
+            if g.n < rayon::current_num_threads() {
+                forward_bands_in_parallel::<T, A>(g, x, &u, pro, band, &mut out);
+                return out;
+            }
             out.par_chunks_mut(g.out_image())
                 .enumerate()
                 .for_each(|(i, out_image)| {
@@ -623,8 +627,7 @@ fn band_tile_rows<A: Tiling>(g: &ConvGeometry) -> Option<usize> {
         .then(|| (BAND_TILES / tw.max(1)).clamp(1, th))
 }
 
-/// One image of [`forward`] in bands of `band` tile rows: per band its transformed input (the
-/// rows around it read from the image), the products and the output transform of its rows.
+/// One image of [`forward`] in bands of `band` tile rows, one after the other.
 #[allow(clippy::too_many_arguments)]
 fn forward_bands<T: Element, A: Tiling>(
     g: &ConvGeometry,
@@ -636,24 +639,94 @@ fn forward_bands<T: Element, A: Tiling>(
     scratch: &mut Scratch<T>,
     par: gemm::Parallelism,
 ) {
-    let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
-    let (th, tw) = (h.div_ceil(A::TILE), wd.div_ceil(A::TILE));
+    let th = g.h.div_ceil(A::TILE);
     for ty0 in (0..th).step_by(band) {
         let ty1 = (ty0 + band).min(th);
-        let ld = (ty1 - ty0) * tw;
-        let v = sized(&mut scratch.col, A::FREQS * cin * ld);
-        super::winograd_input::input_band::<T, A>((cin, (h, wd)), x, (ty0, ty1), (v, ld), pro);
-        let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
-        multiply::<T, A>(u, (cout, cin), v, ld, m, par);
         let y0 = A::TILE * ty0;
-        let rows = (A::TILE * ty1).min(h) - y0;
         let planes = Planes {
-            out: &mut out[y0 * wd..],
+            out: &mut out[y0 * g.w..],
             add_up: None,
-            plane_rows: Some(h),
+            plane_rows: Some(g.h),
         };
-        A::output(m, ld, cout, (rows, wd), 1, planes);
+        forward_band::<T, A>(g, x, u, pro, (ty0, ty1), planes, scratch, par);
     }
+}
+
+/// [`forward`] of a batch with fewer images than threads, image by image: the bands of an image
+/// run on all threads, as many at a time as there are threads, each into its own planes (`c_out`
+/// planes of the band's rows), copied into place channel by channel once the group is done. One
+/// band after another, the transforms of a lone image ran on one thread and its GEMMs split 64
+/// columns between threads.
+fn forward_bands_in_parallel<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    u: &[T],
+    pro: Option<Prologue<'_, T>>,
+    band: usize,
+    out: &mut [T],
+) {
+    let (h, wd) = (g.h, g.w);
+    let th = h.div_ceil(A::TILE);
+    let bands: Vec<(usize, usize)> = (0..th)
+        .step_by(band)
+        .map(|ty0| (ty0, (ty0 + band).min(th)))
+        .collect();
+    // Output rows `y0 … y0 + rows` of a band of tile rows.
+    let rows = |(ty0, ty1): (usize, usize)| (A::TILE * ty0, (A::TILE * ty1).min(h) - A::TILE * ty0);
+    for (i, out) in out.chunks_mut(g.out_image()).enumerate() {
+        let x = &x[i * g.in_image()..][..g.in_image()];
+        for group in bands.chunks(rayon::current_num_threads().max(1)) {
+            let staged: Vec<Vec<T>> = group
+                .par_iter()
+                .map(|&b| {
+                    // Every value is written by the band's output transform.
+                    let mut y = output_vec(g.c_out * rows(b).1 * wd);
+                    with_scratch(|scratch: &mut Scratch<T>| {
+                        let planes = Planes {
+                            out: &mut y,
+                            add_up: None,
+                            plane_rows: None,
+                        };
+                        let par = gemm::Parallelism::None;
+                        forward_band::<T, A>(g, x, u, pro, b, planes, scratch, par)
+                    });
+                    y
+                })
+                .collect();
+            out.par_chunks_mut(h * wd)
+                .enumerate()
+                .for_each(|(co, plane)| {
+                    for (&b, y) in group.iter().zip(&staged) {
+                        let (y0, n) = rows(b);
+                        plane[y0 * wd..][..n * wd].copy_from_slice(&y[co * n * wd..][..n * wd]);
+                    }
+                });
+        }
+    }
+}
+
+/// The tile rows `ty0 … ty1` of one image of [`forward`]: their transformed input (the rows
+/// around them read from the image), the products and the output transform of their rows into
+/// `planes` (whose first row is the band's first).
+#[allow(clippy::too_many_arguments)]
+fn forward_band<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    u: &[T],
+    pro: Option<Prologue<'_, T>>,
+    (ty0, ty1): (usize, usize),
+    planes: Planes<'_, T>,
+    scratch: &mut Scratch<T>,
+    par: gemm::Parallelism,
+) {
+    let (cin, cout, h, wd) = (g.c_in, g.c_out, g.h, g.w);
+    let ld = (ty1 - ty0) * wd.div_ceil(A::TILE);
+    let v = sized(&mut scratch.col, A::FREQS * cin * ld);
+    super::winograd_input::input_band::<T, A>((cin, (h, wd)), x, (ty0, ty1), (v, ld), pro);
+    let m = sized(&mut scratch.stage, A::FREQS * cout * ld);
+    multiply::<T, A>(u, (cout, cin), v, ld, m, par);
+    let rows = (A::TILE * ty1).min(h) - A::TILE * ty0;
+    A::output(m, ld, cout, (rows, wd), 1, planes);
 }
 
 /// `dx` of `y = conv2d(x, w)` given `dy`: the same convolution of `dy` with the flipped, transposed
