@@ -38,7 +38,6 @@ pub(super) const LANES: usize = 8;
 /// stays inside its row.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Padding {
-    h: usize,
     w: usize,
     tile: usize,
     th: usize,
@@ -51,7 +50,6 @@ impl Padding {
     fn new(h: usize, w: usize, tile: usize) -> Self {
         let (th, tw) = (h.div_ceil(tile), w.div_ceil(tile));
         Padding {
-            h,
             w,
             tile,
             th,
@@ -122,7 +120,8 @@ pub(super) fn input<T: Element, A: Tiling>(
             let act = pro.map(|p| p.channel(ch));
             for (i, dst) in padded.chunks_exact_mut(pad.plane()).enumerate() {
                 let plane = &x[(i * channels + ch) * h * w..][..h * w];
-                pad_plane(plane, pad, act, dst);
+                // The whole image is one band from its first row.
+                pad_band(plane, h, 0, pad, act, dst);
             }
             horizontal::<T, A>(padded, pad, nt, half, stride);
             A::b_rows((half, stride), (&mut v[ch * A::FREQS * ld..], ld), nt);
@@ -192,24 +191,6 @@ wide_fn! {
             }
             d[w + 1..].fill(T::ZERO);
         }
-    }
-}
-
-wide_fn! {
-    /// Copies one `h × w` plane, mapped by `act`, into its zero-padded plane.
-    fn pad_plane<T: Element>(src: &[T], pad: Padding, act: Option<Act<T>>, dst: &mut [T]) {
-        let (w, pw) = (pad.w, pad.pw);
-        dst[..pw].fill(T::ZERO);
-        for (y, row) in src.chunks_exact(w).take(pad.h).enumerate() {
-            let d = &mut dst[(y + 1) * pw..][..pw];
-            d[0] = T::ZERO;
-            match act {
-                Some(act) => d[1..=w].iter_mut().zip(row).for_each(|(o, &v)| *o = act.apply(v)),
-                None => d[1..=w].copy_from_slice(row),
-            }
-            d[w + 1..].fill(T::ZERO);
-        }
-        dst[(pad.h + 1) * pw..].fill(T::ZERO);
     }
 }
 
