@@ -95,19 +95,26 @@ pub fn run(
 }
 
 /// The shape of each layer's value as the program runs: the checker's, except where an output map
-/// pools ([`OutputMap::pool`]): the producer and the batch norm and activation it passes over hold
-/// the pooled map.
+/// pools ([`OutputMap::pool`], [`OutputMap::pool_for`]): the producer and the batch norm and
+/// activation it passes over hold the pooled map.
 fn value_shapes(program: &Program) -> Vec<Shape> {
     let mut shapes: Vec<Shape> = program.layers.iter().map(|l| l.output).collect();
     for (j, l) in program.layers.iter().enumerate() {
         let map = match l.step {
-            Step::Run { map } | Step::AfterBnRelu { map, .. } | Step::ScaleAdd { map, .. } => map,
+            Step::Run { map }
+            | Step::OnPooled { map }
+            | Step::AfterBnRelu { map, .. }
+            | Step::ScaleAdd { map, .. } => map,
             _ => None,
         };
-        if let Some(m @ OutputMap { pool: Some(p), .. }) = map {
-            for k in [Some(j), m.bn, m.act].into_iter().flatten() {
-                shapes[k] = program.layers[p].output;
-            }
+        let Some(m) = map else { continue };
+        let pooled = match (m.pool, m.pool_for) {
+            (Some(p), _) => program.layers[p].output,
+            (None, Some(_)) => l.output.halved(),
+            (None, None) => continue,
+        };
+        for k in [Some(j), m.bn, m.act].into_iter().flatten() {
+            shapes[k] = pooled;
         }
     }
     shapes
@@ -126,7 +133,7 @@ fn validate(program: &Program) -> Result<()> {
                 Step::Input => l.inputs.is_empty(),
                 Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n),
                 Step::BnAct { act } => act < n,
-                Step::Run { map } => map_ok(map, n),
+                Step::Run { map } | Step::OnPooled { map } => map_ok(map, n),
                 Step::Concat(ConcatPlace::Start { end }) => here_or_later(end),
                 Step::Concat(ConcatPlace::Extend { start, end }) => {
                     earlier(start) && here_or_later(end) && !l.inputs.is_empty()
@@ -154,7 +161,9 @@ fn validate(program: &Program) -> Result<()> {
 /// Whether an output map's layers are inside a program of `n` layers.
 fn map_ok(map: Option<OutputMap>, n: usize) -> bool {
     map.is_none_or(|m| {
-        m.bn.is_none_or(|b| b < n) && m.act.is_none_or(|a| a < n) && m.pool.is_none_or(|p| p < n)
+        [m.bn, m.act, m.pool, m.pool_for]
+            .iter()
+            .all(|i| i.is_none_or(|i| i < n))
     })
 }
 
@@ -204,6 +213,16 @@ fn step(
         )?,
         Step::Concat(place) => concat_step(program, j, place, ins, buffers)?,
         Step::Run { map: Some(m) } => layer()?.infer_then(ins, &stage(program, layers, m)?)?,
+        Step::OnPooled { map } => {
+            let Some(conv) = layer()?.as_octconv() else {
+                bail!(
+                    "internal error: `{}` is not an octave convolution",
+                    planned.name
+                )
+            };
+            let stage = map.map(|m| stage(program, layers, m)).transpose()?;
+            conv.infer_on_pooled(first()?, stage.as_ref())?
+        }
         Step::Run { map: None } => layer()?.infer(ins)?,
         Step::ScaleAdd { scale, map } => {
             let (Some(gates), Some(at)) = (gates, planned.inputs.iter().position(|&i| i == scale))
@@ -256,6 +275,7 @@ fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<Out
         bn: m.bn.map(|b| batch_norm(program, layers, b)).transpose()?,
         act: m.act.map(|a| activation(program, layers, a)).transpose()?,
         pool: m.pool.map(|p| pool(program, layers, p)).transpose()?,
+        halve: m.pool_for.is_some(),
     })
 }
 

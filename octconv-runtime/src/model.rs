@@ -118,7 +118,9 @@ impl OctModel {
         self.program.count(|s| {
             matches!(
                 s,
-                Step::Run { map: Some(_) } | Step::AfterBnRelu { map: Some(_), .. }
+                Step::Run { map: Some(_) }
+                    | Step::OnPooled { map: Some(_) }
+                    | Step::AfterBnRelu { map: Some(_), .. }
             )
         })
     }

@@ -312,6 +312,7 @@ fn add_and_scale_inference_kernels_equal_the_ops_bit_for_bit() {
             bn: None,
             act: Some(Activation::Relu),
             pool: None,
+            halve: false,
         };
         let want = Activation::Relu.forward(&want).unwrap();
         assert_eq!(bits(&Add.infer_then(&xs, &relu).unwrap()), bits(&want));

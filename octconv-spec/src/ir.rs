@@ -192,6 +192,15 @@ impl OctConvSpec {
     pub fn strided_conv(&self) -> bool {
         self.stride == 2 && self.downsample == Downsample::Stride
     }
+
+    /// Whether this layer at stride 1 on its input 2×2-average-pooled beforehand is the same layer
+    /// on the input itself: a stride-2 layer that pools first, without an L→H path (at stride 2
+    /// L→H reads `X_L` as it is, with no upsampling; at stride 1 it would read `pool(X_L)` and
+    /// upsample). H→H and L→L pool once, H→L twice, either way.
+    pub fn runs_on_pooled_input(&self) -> bool {
+        let lh = self.in_l > 0 && self.out_h > 0 && !self.depthwise;
+        self.stride == 2 && !self.strided_conv() && !lh
+    }
 }
 
 /// Pooling window.

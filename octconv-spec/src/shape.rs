@@ -122,6 +122,20 @@ impl Shape {
     pub fn is_pair(&self) -> bool {
         matches!(self, Shape::Pair { .. })
     }
+
+    /// The shape after the 2×2 average pooling that a stride-2 octave convolution starts with:
+    /// every map's height and width halved, rounded down (channels unchanged; a flat vector as it is).
+    pub fn halved(&self) -> Shape {
+        let half = |d: &Dims| Dims::new(d.c, d.h / 2, d.w / 2);
+        match self {
+            Shape::Single(d) => Shape::Single(half(d)),
+            Shape::Pair { high, low } => Shape::Pair {
+                high: half(high),
+                low: half(low),
+            },
+            Shape::Flat { .. } => *self,
+        }
+    }
 }
 
 impl fmt::Display for Shape {

@@ -122,8 +122,80 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
             bn: Some(at("bn0")),
             act: Some(at("relu6_0")),
             pool: None,
+            pool_for: None,
         })
     );
+}
+
+/// MobileNet v2 at α = 0: each expansion read only (through its batch norm and ReLU6) by a stride-2
+/// depthwise layer hands that layer its map pooled, and the depthwise layer runs on it
+/// (`Step::OnPooled`); at α > 0 (pairs) and for a stride-2 reader with another reader of its input,
+/// or one with `downsample = stride`, nothing is pooled early.
+#[test]
+fn expansions_before_stride_2_layers_that_pool_first_hand_them_the_pooled_map() {
+    use octconv_spec::plan::{Program, Step};
+    let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.0)")
+        .model
+        .unwrap();
+    let program = Program::lower(&m);
+    let name = |i: usize| m.layers[i].name.as_str();
+    let mut pooled = Vec::new();
+    for (j, l) in program.layers.iter().enumerate() {
+        let Step::Run {
+            map:
+                Some(
+                    map @ OutputMap {
+                        pool_for: Some(c), ..
+                    },
+                ),
+        } = l.step
+        else {
+            continue;
+        };
+        assert!(
+            matches!(program.layers[c].step, Step::OnPooled { .. }),
+            "{}",
+            name(c)
+        );
+        assert_eq!(m.layers[c].inputs, [map.act.unwrap()], "{}", name(c));
+        pooled.push((name(j), name(c)));
+    }
+    assert_eq!(
+        pooled,
+        [
+            ("stage1.inverted0.octconv0", "stage1.inverted0.octconv1"),
+            ("stage2.inverted0.octconv0", "stage2.inverted0.octconv1"),
+            ("stage3.inverted0.octconv0", "stage3.inverted0.octconv1"),
+            ("stage5.inverted0.octconv0", "stage5.inverted0.octconv1"),
+        ]
+    );
+    assert_eq!(program.count(|s| matches!(s, Step::OnPooled { .. })), 4);
+    // At α = .5 the expansions are octave pairs: no early pooling.
+    let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.5)")
+        .model
+        .unwrap();
+    assert_eq!(
+        Program::lower(&m).count(|s| matches!(s, Step::OnPooled { .. })),
+        0
+    );
+    // A stride-2 reader whose input has a second reader, and one that convolves at stride 2.
+    for (reader, extra) in [
+        ("octconv(16, kernel = 3, stride = 2)", "upsample(); add(e);"),
+        (
+            "octconv(16, kernel = 3, stride = 2, downsample = \"stride\")",
+            "",
+        ),
+        ("octconv(16, kernel = 3, stride = 2)", ""),
+    ] {
+        let text = format!(
+            "model t() {{ input [8, 16, 16]; octconv(16, kernel = 1); bn(); relu6() as e;
+             {reader}; {extra} global_avg_pool(); linear(4); }}"
+        );
+        let m = check_text("t.oct", &text, None).model.unwrap();
+        let onpooled = Program::lower(&m).count(|s| matches!(s, Step::OnPooled { .. }));
+        let want = usize::from(extra.is_empty() && !reader.contains("downsample"));
+        assert_eq!(onpooled, want, "{reader} {extra}");
+    }
 }
 
 /// `Program::lower`: a DenseNet block's concatenations form one chain per block (each link's first

@@ -158,6 +158,31 @@ pub fn infer_post_pooled(
     )?))
 }
 
+/// Inference of `pool(epi(conv2d(x, weight)))`, `pool` the 2×2 average pooling, for a 1×1,
+/// stride-1, one-group convolution on f32 CPU tensors: each band of output rows is mapped and pooled
+/// in cache ([`super::pointwise_pooled`]), for a reader that pools first. `Ok(None)` elsewhere. The
+/// result carries no gradient.
+pub fn infer_post_halved(
+    x: &Tensor,
+    weight: &Tensor,
+    p: ConvParams,
+    epi: &super::epilogue::ChannelEpilogue,
+) -> Result<Option<Tensor>> {
+    if !f32_on_our_kernels(x, weight) {
+        return Ok(None);
+    }
+    let g = ConvGeometry::new(x.dims4()?, weight.dims4()?, p.stride, p.pad, p.groups)?;
+    if !g.is_pointwise() || g.groups != 1 || epi.scale.len() != g.c_out || g.h < 2 || g.w < 2 {
+        return Ok(None);
+    }
+    let post = |c: usize, row: &mut [f32]| epi.apply_row(c, row);
+    let y = super::with_f32_all([x, weight], |[x, w]| {
+        super::pointwise_pooled::forward(&g, x, w, Some(&post))
+    })?;
+    let dims = (g.n, g.c_out, g.h / 2, g.w / 2);
+    Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+}
+
 /// Columns that make a GEMM wide enough to run near peak.
 const TARGET_COLUMNS: usize = 512;
 

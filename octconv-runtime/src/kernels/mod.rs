@@ -19,6 +19,7 @@ pub mod grouped_octave;
 pub mod max_pool;
 pub mod octave;
 pub mod pointwise;
+pub mod pointwise_pooled;
 pub mod prologue;
 pub mod resample;
 pub mod scratch;

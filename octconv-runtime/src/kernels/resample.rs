@@ -59,9 +59,67 @@ pub fn pool_mapped<T: Element>(
     out
 }
 
-/// `o = scale · Σ over each 2×2 block` of one `h × w` plane (`o` is `h/2 × w/2`).
+/// `o = scale · Σ over each 2×2 block` of one `h × w` plane (`o` is `h/2 × w/2`), summed
+/// `((a₀ + a₁) + b₀) + b₁` (row `2y`, then row `2y + 1`). In f32 on a CPU with AVX2, eight outputs
+/// at a time ([`pool_rows_avx2`]; the same sums, bit for bit): where the plane is in cache (a band
+/// that a kernel has just written, [`super::pointwise_pooled`]) the scalar loop set the time
+/// (1.2 % of ResNeXt-50's cycles at α = 0, `perf record`).
 pub(super) fn pool_plane<T: Element>(plane: &[T], o: &mut [T], hw: (usize, usize), scale: T) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        let s = T::as_f32(std::slice::from_ref(&scale)).map(|s| s[0]);
+        if let (Some(p), Some(q), Some(s)) = (T::as_f32(plane), T::as_f32_mut(o), s) {
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { pool_rows_avx2(p, q, hw, s) };
+            return;
+        }
+    }
     pool_plane_map(plane, o, hw, scale, |v| v)
+}
+
+/// [`pool_plane`] in f32 with AVX2: per pair of rows, 16 columns of each deinterleaved into even
+/// and odd columns and summed in the scalar loop's order; the columns past the last multiple of
+/// 16 by that loop.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool_rows_avx2(plane: &[f32], o: &mut [f32], (h, w): (usize, usize), scale: f32) {
+    use std::arch::x86_64::*;
+    let (oh, ow) = (h / 2, w / 2);
+    assert!(
+        plane.len() >= 2 * oh * w && o.len() >= oh * ow,
+        "pool: plane too short"
+    );
+    let vs = _mm256_set1_ps(scale);
+    let blocks = ow / 8;
+    for oy in 0..oh {
+        let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+        let orow = &mut o[oy * ow..][..ow];
+        for b in 0..blocks {
+            // SAFETY: columns 16b … 16b + 16 ≤ 2·ow ≤ w of both rows, outputs 8b … 8b + 8 ≤ ow.
+            let (a_lo, a_hi, b_lo, b_hi) = (
+                _mm256_loadu_ps(r0.as_ptr().add(16 * b)),
+                _mm256_loadu_ps(r0.as_ptr().add(16 * b + 8)),
+                _mm256_loadu_ps(r1.as_ptr().add(16 * b)),
+                _mm256_loadu_ps(r1.as_ptr().add(16 * b + 8)),
+            );
+            // Per 128-bit lane: even columns of lo then hi, and odd ones; the 64-bit quarters come
+            // out as outputs (0 1 | 4 5 | 2 3 | 6 7) and are put in order at the end.
+            let a0 = _mm256_shuffle_ps::<0b10_00_10_00>(a_lo, a_hi);
+            let a1 = _mm256_shuffle_ps::<0b11_01_11_01>(a_lo, a_hi);
+            let b0 = _mm256_shuffle_ps::<0b10_00_10_00>(b_lo, b_hi);
+            let b1 = _mm256_shuffle_ps::<0b11_01_11_01>(b_lo, b_hi);
+            let sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), b0), b1);
+            let v = _mm256_mul_ps(vs, sum);
+            let v = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+            _mm256_storeu_ps(orow.as_mut_ptr().add(8 * b), v);
+        }
+        for x in 8 * blocks..ow {
+            orow[x] = scale * (r0[2 * x] + r0[2 * x + 1] + r1[2 * x] + r1[2 * x + 1]);
+        }
+    }
 }
 
 /// [`pool_plane`] of the plane's values mapped by `f` (a batch norm's inference map, say).
@@ -336,5 +394,36 @@ fn upsample_plane<T: Element>(plane: &[T], o: &mut [T], lw: usize) {
             d[1] = v;
         }
         bottom.copy_from_slice(top);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f32 pooling (AVX2 where the CPU has it) equals the portable loop bit for bit on widths
+    /// below, at and past a block of 16 columns, odd sizes included, and an odd scale.
+    #[test]
+    fn pool_plane_equals_the_portable_loop_bit_for_bit() {
+        for (h, w) in [
+            (2, 2),
+            (3, 5),
+            (2, 16),
+            (4, 17),
+            (7, 33),
+            (6, 48),
+            (5, 70),
+            (1, 9),
+        ] {
+            let plane: Vec<f32> = (0..h * w)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 37.0)
+                .collect();
+            let n = (h / 2) * (w / 2);
+            let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            pool_plane(&plane, &mut got, (h, w), 0.3);
+            pool_plane_map(&plane, &mut want, (h, w), 0.3, |v| v);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{h} × {w}");
+        }
     }
 }

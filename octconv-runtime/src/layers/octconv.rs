@@ -10,6 +10,7 @@ use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::kernels::{with_f32, with_f32_all, with_images_f32};
 use crate::layers::batch_norm::{InputMap, OctBatchNorm};
+use crate::layers::output_stage::halve;
 use crate::layers::OutputStage;
 
 use crate::ops::{add_upsampled, avg_pool2x2, upsample_nearest2x};
@@ -310,6 +311,9 @@ impl OctConv2d {
     /// convolution by im2col or the depthwise kernel, and a depthwise pair branch by branch, without
     /// bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        if stage.halve {
+            return self.infer_then_halved(x, stage);
+        }
         // The epilogues are built (the batch norm's parameters read back) only where a kernel that
         // maps rows will run.
         let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
@@ -377,6 +381,62 @@ impl OctConv2d {
             }
         }
         stage.apply(self.infer(x)?)
+    }
+
+    /// [`OctConv2d::infer_then`] of a stage that halves its output ([`OutputStage::halve`]): a
+    /// one-branch 1×1 layer maps and pools each band of output rows in cache
+    /// ([`conv2d::infer_post_halved`]); any other layer maps its output as usual, then pools it.
+    fn infer_then_halved(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        let (s, inner) = (&self.spec, stage.unhalved());
+        let one_branch_1x1 = s.kernel == 1 && s.stride == 1 && s.groups == 1 && !s.depthwise;
+        let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
+        if let (true, (Some(xs), None), [Some(w), None, None, None]) = (
+            one_branch_1x1 && no_bias && self.fused && self.fusable_inputs_f32(x),
+            x.branches(),
+            &self.weights,
+        ) {
+            if let Some(e) = inner.epilogue(true, s.out_h)? {
+                if let Some(y) = conv2d::infer_post_halved(xs, w, self.conv_params(1), &e)? {
+                    return Ok(OctValue::Single(y));
+                }
+            }
+        }
+        halve(&self.infer_then(x, &inner)?)
+    }
+
+    /// Inference of this stride-2 layer that pools first on `x`, an input its producer already
+    /// pooled ([`octconv_spec::plan::Step::OnPooled`]): the same layer at stride 1 on it, then
+    /// `stage` where given.
+    pub fn infer_on_pooled(
+        &self,
+        x: &OctValue,
+        stage: Option<&OutputStage<'_>>,
+    ) -> Result<OctValue> {
+        if !self.spec.runs_on_pooled_input() {
+            candle_core::bail!(
+                "octconv: only a stride-2 layer that pools first and has no L→H path reads a \
+                 pooled input (this one: stride {}, downsample = {:?}, {} low input and {} high \
+                 output channels)",
+                self.spec.stride,
+                self.spec.downsample,
+                self.spec.in_l,
+                self.spec.out_h
+            )
+        }
+        let twin = OctConv2d {
+            spec: OctConvSpec {
+                stride: 1,
+                ..self.spec
+            },
+            weights: self.weights.clone(),
+            bias_h: self.bias_h.clone(),
+            bias_l: self.bias_l.clone(),
+            fused: self.fused,
+        };
+        match stage {
+            Some(stage) => twin.infer_then(x, stage),
+            None => twin.infer(x),
+        }
     }
 
     /// The geometry of the grouped octave kernel ([`grouped_octave`]) for this layer and input, if

@@ -18,6 +18,15 @@ pub struct OutputStage<'a> {
     /// A max pool after them, if any (after a one-branch convolution: the ImageNet stems). Kernels
     /// that pool each image in cache take it; otherwise [`OutputStage::apply`] pools the output.
     pub pool: Option<Pool>,
+    /// Whether the mapped output is then 2×2-average-pooled for its reader, a stride-2 octave
+    /// convolution that pools first ([`octconv_spec::plan::OutputMap::pool_for`]). Kernels that
+    /// pool each band of rows in cache take it; otherwise [`OutputStage::apply`] pools the output.
+    pub halve: bool,
+}
+
+/// The 2×2 average pooling of every branch of `y` (a stride-2 octave convolution's first step).
+pub fn halve(y: &OctValue) -> Result<OctValue> {
+    y.map(crate::ops::avg_pool2x2)
 }
 
 impl OutputStage<'_> {
@@ -25,9 +34,22 @@ impl OutputStage<'_> {
     /// it ([`OctBatchNorm::infer_in_place`], [`Activation::infer_in_place`]).
     pub fn apply(&self, y: OctValue) -> Result<OctValue> {
         let y = self.map(y)?;
-        match self.pool {
-            Some(pool) => pool.forward(&y),
-            None => Ok(y),
+        let y = match self.pool {
+            Some(pool) => pool.forward(&y)?,
+            None => y,
+        };
+        match self.halve {
+            true => halve(&y),
+            false => Ok(y),
+        }
+    }
+
+    /// The stage without its halving: what a kernel that maps rows but cannot pool them applies,
+    /// before [`halve`].
+    pub fn unhalved(&self) -> Self {
+        OutputStage {
+            halve: false,
+            ..*self
         }
     }
 

@@ -28,7 +28,12 @@ pub(crate) fn tokens(krate: &TokenStream, program: &Program) -> TokenStream {
 
 fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
     let map = |m: &Option<OutputMap>| match m {
-        Some(OutputMap { bn, act, pool }) => {
+        Some(OutputMap {
+            bn,
+            act,
+            pool,
+            pool_for,
+        }) => {
             let opt = |v: &Option<usize>| match v {
                 Some(i) => {
                     let i = us(*i);
@@ -36,8 +41,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
                 }
                 None => quote!(::std::option::Option::None),
             };
-            let (bn, act, pool) = (opt(bn), opt(act), opt(pool));
-            quote!(::std::option::Option::Some(#p::OutputMap { bn: #bn, act: #act, pool: #pool }))
+            let (bn, act, pool, pool_for) = (opt(bn), opt(act), opt(pool), opt(pool_for));
+            quote!(::std::option::Option::Some(#p::OutputMap {
+                bn: #bn, act: #act, pool: #pool, pool_for: #pool_for
+            }))
         }
         None => quote!(::std::option::Option::None),
     };
@@ -63,6 +70,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
         Step::Run { map: m } => {
             let m = map(&m);
             quote!(#p::Step::Run { map: #m })
+        }
+        Step::OnPooled { map: m } => {
+            let m = map(&m);
+            quote!(#p::Step::OnPooled { map: #m })
         }
         Step::ScaleAdd { scale, map: m } => {
             let (scale, m) = (us(scale), map(&m));

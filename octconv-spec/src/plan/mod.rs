@@ -3,6 +3,7 @@
 //! their input in inference (the runtime's kernel prologues).
 
 use crate::ir::{Model, OctConvSpec, Op};
+use crate::shape::Shape;
 
 /// For each layer, the last layer that reads its output (itself if none does): a value can be freed
 /// after that layer has run.
@@ -128,6 +129,26 @@ pub fn takes_input_map(s: &OctConvSpec) -> bool {
     (reads && (all_four || lone_hh) || pointwise) && s.groups == 1 && !s.depthwise
 }
 
+/// Whether producer `j` may hand reader `c` its output 2×2-average-pooled ([`OutputMap::pool_for`]):
+/// `j` a one-branch 1×1 octave convolution at stride 1 (whose kernel pools each band of rows in
+/// cache), `c` a stride-2 octave convolution that is the same layer at stride 1 on the pooled map
+/// ([`OctConvSpec::runs_on_pooled_input`]).
+pub fn pools_for(model: &Model, j: usize, c: usize) -> bool {
+    let (p, r) = (&model.layers[j], &model.layers[c]);
+    match (&p.op, &r.op) {
+        (Op::OctConv(ps), Op::OctConv(rs)) => {
+            ps.in_l == 0
+                && ps.out_l == 0
+                && ps.kernel == 1
+                && ps.stride == 1
+                && matches!(p.output, Shape::Single(_))
+                && rs.runs_on_pooled_input()
+                && r.inputs.len() == 1
+        }
+        _ => false,
+    }
+}
+
 /// A batch norm and/or the activation after it, that inference applies to a freshly computed value
 /// in place ([`OutputMaps`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +163,14 @@ pub struct OutputMap {
     /// cache where its stem kernel serves the layer, and after the convolution elsewhere): the
     /// batch of unpooled stem outputs is never held (DenseNet-121's peak at α ≥ .5).
     pub pool: Option<usize>,
+    /// A stride-2 octave convolution that pools first (2×2 average), the only reader of the
+    /// activation (or of the batch norm, or of the producer), after a one-branch 1×1 octave
+    /// convolution at stride 1 ([`pools_for`]): the producer's value is then its map pooled
+    /// ([`Shape::halved`]; the runtime pools each band of rows while it is in cache), and that
+    /// reader convolves it at stride 1 ([`Step::OnPooled`]). MobileNet v2's expansions before its
+    /// stride-2 depthwise layers: the full-resolution expanded map, six times the block's
+    /// channels, is never written out and read back.
+    pub pool_for: Option<usize>,
 }
 
 /// Where inference applies a batch norm and/or a ReLU or ReLU6 to a freshly computed value in place,
@@ -186,11 +215,13 @@ impl OutputMaps {
                             bn: Some(bn),
                             act: act_after(bn),
                             pool: None,
+                            pool_for: None,
                         },
                         None => OutputMap {
                             bn: None,
                             act: act_after(j),
                             pool: None,
+                            pool_for: None,
                         },
                     }
                 }
@@ -199,6 +230,7 @@ impl OutputMaps {
                     bn: None,
                     act: act_after(j),
                     pool: None,
+                    pool_for: None,
                 },
                 _ => continue,
             };
@@ -206,7 +238,10 @@ impl OutputMaps {
                 let last = map.act.or(map.bn).unwrap_or(j);
                 map.pool = reader(last).filter(|&p| matches!(layers[p].op, Op::MaxPool(_)));
             }
-            if map.bn.is_none() && map.act.is_none() && map.pool.is_none() {
+            let last = map.act.or(map.bn).unwrap_or(j);
+            map.pool_for = reader(last).filter(|&c| pools_for(model, j, c));
+            if map.bn.is_none() && map.act.is_none() && map.pool.is_none() && map.pool_for.is_none()
+            {
                 continue;
             }
             plan.applies[j] = Some(map);

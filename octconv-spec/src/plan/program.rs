@@ -48,6 +48,12 @@ pub enum Step {
         /// The output map ([`OutputMaps`]), if any.
         map: Option<OutputMap>,
     },
+    /// A stride-2 octave convolution that pools first, whose input its producer already pooled
+    /// ([`OutputMap::pool_for`]): it convolves that value at stride 1, then `map` as [`Step::Run`].
+    OnPooled {
+        /// The output map ([`OutputMaps`]), if any.
+        map: Option<OutputMap>,
+    },
     /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
     /// interpreter's `infer` with the fused kernels switched off).
     Reference,
@@ -121,6 +127,23 @@ impl Program {
                 }
             })
             .collect();
+        // A reader of a value its producer pools runs at stride 1 on it; a producer whose reader
+        // runs otherwise keeps its map unpooled.
+        for j in 0..layers.len() {
+            let Some(c) = outputs.applies[j].and_then(|m| m.pool_for) else {
+                continue;
+            };
+            match steps[c] {
+                Step::Run { map } => steps[c] = Step::OnPooled { map },
+                _ => {
+                    if let Step::Run { map: Some(m) } | Step::AfterBnRelu { map: Some(m), .. } =
+                        &mut steps[j]
+                    {
+                        m.pool_for = None;
+                    }
+                }
+            }
+        }
         // A batch norm left to run on its own takes the ReLU / ReLU6 that is its only reader.
         for j in 0..layers.len() {
             if steps[j] == (Step::Run { map: None })

@@ -1,0 +1,147 @@
+//! A producer that hands its reader the 2×2-average-pooled map (`OutputStage::halve`, planned as
+//! `OutputMap::pool_for`) and the stride-2 reader that then runs at stride 1 on it
+//! (`OctConv2d::infer_on_pooled`, `Step::OnPooled`): each equals the unfused computation.
+
+use candle_core::{Device, Tensor};
+use octconv_runtime::layers::{Activation, OctConv2d, OutputStage};
+use octconv_runtime::ops::avg_pool2x2;
+use octconv_runtime::OctValue;
+use octconv_spec::ir::{Downsample, OctConvSpec, Path};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn spec(c: (usize, usize, usize, usize), kernel: usize, stride: usize) -> OctConvSpec {
+    OctConvSpec {
+        in_h: c.0,
+        in_l: c.1,
+        out_h: c.2,
+        out_l: c.3,
+        kernel,
+        stride,
+        groups: 1,
+        depthwise: false,
+        bias: false,
+        downsample: Downsample::Pool,
+    }
+}
+
+/// Uniform values in [-1, 1).
+fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn layer(s: OctConvSpec, rng: &mut ChaCha8Rng) -> OctConv2d {
+    let per = |cin: usize| if s.depthwise { 1 } else { cin / s.groups };
+    let weights = Path::ALL.map(|p| {
+        s.path_channels(p)
+            .map(|(cin, cout)| f32_tensor(rng, &[cout, per(cin), s.kernel, s.kernel]))
+    });
+    OctConv2d::from_weights(s, weights, None, None)
+}
+
+fn input(s: &OctConvSpec, n: usize, (h, w): (usize, usize), rng: &mut ChaCha8Rng) -> OctValue {
+    let high = f32_tensor(rng, &[n, s.in_h, h, w]);
+    match s.in_l {
+        0 => OctValue::Single(high),
+        l => OctValue::Pair {
+            high: Some(high),
+            low: f32_tensor(rng, &[n, l, h / 2, w / 2]),
+        },
+    }
+}
+
+fn max_diff(a: &OctValue, b: &OctValue) -> f64 {
+    let flat = |v: &OctValue| -> Vec<f32> {
+        let (h, l) = v.branches();
+        [h, l]
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let (a, b) = (flat(a), flat(b));
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    assert!(!a.is_empty());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() as f64 / (1.0 + y.abs() as f64))
+        .fold(0.0, f64::max)
+}
+
+fn relu(halve: bool) -> OutputStage<'static> {
+    OutputStage {
+        bn: None,
+        act: Some(Activation::Relu6),
+        pool: None,
+        halve,
+    }
+}
+
+/// A stage that halves equals the stage and then the 2×2 average pooling, by the one-branch 1×1
+/// kernel that pools each band in cache (odd sides included) and by the fallback of other layers
+/// (an octave pair, a 3×3 layer).
+#[test]
+fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (c, k, hw) in [
+        ((5, 0, 24, 0), 1, (14, 10)),
+        ((3, 0, 7, 0), 1, (9, 13)),
+        ((6, 2, 5, 3), 1, (8, 12)),
+        ((4, 0, 6, 0), 3, (10, 10)),
+        ((4, 4, 6, 2), 3, (8, 8)),
+    ] {
+        let s = spec(c, k, 1);
+        let l = layer(s, &mut rng);
+        let x = input(&s, 2, hw, &mut rng);
+        let got = l.infer_then(&x, &relu(true)).unwrap();
+        let per_op = Activation::Relu6.forward(&l.infer(&x).unwrap()).unwrap();
+        let want = per_op.map(avg_pool2x2).unwrap();
+        let err = max_diff(&got, &want);
+        assert!(err <= 1e-5, "{c:?} {k}×{k} at {hw:?}: {err}");
+    }
+}
+
+/// A stride-2 layer that pools first, run on its input pooled beforehand, equals the layer on the
+/// unpooled input (one branch, a depthwise pair, a layer into the pair; with and without an output
+/// stage); a layer that convolves at stride 2, and one with an L→H path (whose stride-2 form reads
+/// the low input unpooled), refuse a pooled input with an error.
+#[test]
+fn a_stride_2_layer_on_a_pooled_input_equals_it_on_the_unpooled_input() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (c, depthwise) in [
+        ((6, 0, 6, 0), true),
+        ((4, 0, 5, 0), false),
+        ((4, 4, 4, 4), true),
+        ((4, 0, 3, 5), false),
+    ] {
+        let s = OctConvSpec {
+            depthwise,
+            ..spec(c, 3, 2)
+        };
+        let l = layer(s, &mut rng);
+        let x = input(&s, 2, (12, 16), &mut rng);
+        let pooled = x.map(avg_pool2x2).unwrap();
+        let want = l.infer(&x).unwrap();
+        let err = max_diff(&l.infer_on_pooled(&pooled, None).unwrap(), &want);
+        assert!(err <= 1e-5, "{c:?} depthwise {depthwise}: {err}");
+        let stage = relu(false);
+        let want = Activation::Relu6.forward(&want).unwrap();
+        let err = max_diff(&l.infer_on_pooled(&pooled, Some(&stage)).unwrap(), &want);
+        assert!(
+            err <= 1e-5,
+            "{c:?} depthwise {depthwise} with a stage: {err}"
+        );
+    }
+    let strided = OctConvSpec {
+        downsample: Downsample::Stride,
+        ..spec((4, 0, 4, 0), 3, 2)
+    };
+    for s in [strided, spec((4, 2, 3, 5), 3, 2)] {
+        let l = layer(s, &mut rng);
+        let x = input(&s, 1, (8, 8), &mut rng);
+        let err = l.infer_on_pooled(&x, None).unwrap_err().to_string();
+        assert!(err.contains("pools first and has no L→H path"), "{err}");
+    }
+}
