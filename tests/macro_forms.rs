@@ -15,6 +15,12 @@ octconv::octnet! {
 }
 
 octconv::octnet! {
+    /// MobileNet v2 at α = 0: its plan hands pooled maps to the stride-2 depthwise layers and lets
+    /// the stride-1 ones run their expansions.
+    pub struct SmallMobileNetV2 = mobilenet_v2(width = 0.25, alpha = 0.0, classes = 5);
+}
+
+octconv::octnet! {
     use "../examples/custom.oct";
     pub(crate) struct Custom = custom(width = 8);
 }
@@ -107,6 +113,18 @@ fn builtin_form_constants_and_bit_identical_output() {
         "wrn(n = 1, k = 1, alpha = 0.25, drop = 0.3)",
         None,
     );
+}
+
+/// The plan's pooled hand-offs (`Step::OnPooled`) and expansions run by their depthwise readers
+/// (`Step::ExpandDepthwise`) in generated code, bit-identical to the interpreter.
+#[test]
+fn builtin_form_with_pooled_hand_offs_and_fused_expansions_is_bit_identical() {
+    use octconv::spec::plan::{Program, Step};
+    let call = "mobilenet_v2(width = 0.25, alpha = 0.0, classes = 5)";
+    let program = Program::lower(&octconv::check_builtin(call).model.unwrap());
+    assert!(program.count(|s| matches!(s, Step::OnPooled { .. })) > 0);
+    assert!(program.count(|s| matches!(s, Step::ExpandDepthwise { .. })) > 0);
+    assert_same(SmallMobileNetV2::new, call, None);
 }
 
 #[test]

@@ -44,6 +44,10 @@ pub fn run(
     let mut buffers: Vec<Option<ChainBuffer>> = vec![None; n];
     for (j, planned) in program.layers.iter().enumerate() {
         at_layer(j);
+        // Its reader runs it ([`Step::ExpandDepthwise`]): no value.
+        if planned.step == Step::Expanded {
+            continue;
+        }
         let ins = planned
             .inputs
             .iter()
@@ -134,6 +138,18 @@ fn validate(program: &Program) -> Result<()> {
                 Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n),
                 Step::BnAct { act } => act < n,
                 Step::Run { map } | Step::OnPooled { map } => map_ok(map, n),
+                Step::Expanded => l.inputs.is_empty(),
+                Step::ExpandDepthwise {
+                    expand,
+                    expand_map,
+                    map,
+                } => {
+                    earlier(expand)
+                        && program.layers[expand].step == Step::Expanded
+                        && map_ok(Some(expand_map), n)
+                        && map_ok(map, n)
+                        && l.inputs.len() == 1
+                }
                 Step::Concat(ConcatPlace::Start { end }) => here_or_later(end),
                 Step::Concat(ConcatPlace::Extend { start, end }) => {
                     earlier(start) && here_or_later(end) && !l.inputs.is_empty()
@@ -213,6 +229,25 @@ fn step(
         )?,
         Step::Concat(place) => concat_step(program, j, place, ins, buffers)?,
         Step::Run { map: Some(m) } => layer()?.infer_then(ins, &stage(program, layers, m)?)?,
+        Step::ExpandDepthwise {
+            expand,
+            expand_map,
+            map,
+        } => {
+            let (Some(dw), Some(ex)) = (
+                layer()?.as_octconv(),
+                layers[expand].and_then(|l| l.as_octconv()),
+            ) else {
+                bail!(
+                    "internal error: `{}` or its expansion is not an octave convolution",
+                    planned.name
+                )
+            };
+            let expand_stage = stage(program, layers, expand_map)?;
+            let stage = map.map(|m| stage(program, layers, m)).transpose()?;
+            dw.infer_expanded(ex, first()?, (&expand_stage, stage.as_ref()))?
+        }
+        Step::Expanded => bail!("internal error: `{}` runs in its reader", planned.name),
         Step::OnPooled { map } => {
             let Some(conv) = layer()?.as_octconv() else {
                 bail!(

@@ -120,6 +120,7 @@ impl OctModel {
                 s,
                 Step::Run { map: Some(_) }
                     | Step::OnPooled { map: Some(_) }
+                    | Step::ExpandDepthwise { .. }
                     | Step::AfterBnRelu { map: Some(_), .. }
             )
         })

@@ -369,3 +369,64 @@ fn a_scale_with_another_reader_is_not_fused_into_the_join() {
     assert_eq!(count(&fused), 1);
     assert_eq!(count(&shared), 0);
 }
+
+/// MobileNet v2 at α = 0: each stride-1 depthwise layer whose input is a 1×1 expansion's mapped
+/// output (read by nothing else) runs the expansion itself (`Step::ExpandDepthwise`, reading the
+/// expansion's input), and the expansion with its batch norm and ReLU6 holds no value
+/// (`Step::Expanded`); the stride-2 depthwise layers keep their pooled hand-off, and at α = .5 only
+/// one-branch layers are fused this way.
+#[test]
+fn stride_1_depthwise_layers_run_their_1x1_expansion_image_by_image() {
+    use octconv_spec::plan::{Program, Step};
+    let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.0)")
+        .model
+        .unwrap();
+    let program = Program::lower(&m);
+    let mut fused = Vec::new();
+    for (c, l) in program.layers.iter().enumerate() {
+        let Step::ExpandDepthwise {
+            expand, expand_map, ..
+        } = l.step
+        else {
+            continue;
+        };
+        assert_eq!(l.inputs, m.layers[expand].inputs, "{}", l.name);
+        assert_eq!(m.layers[c].inputs, [expand_map.act.unwrap()], "{}", l.name);
+        for k in [expand, expand_map.bn.unwrap(), expand_map.act.unwrap()] {
+            assert_eq!(
+                program.layers[k].step,
+                Step::Expanded,
+                "{}",
+                m.layers[k].name
+            );
+            assert!(program.layers[k].inputs.is_empty());
+        }
+        // The expansion's input stays alive until this layer has read it.
+        let x = l.inputs[0];
+        let freed_at = program.layers.iter().position(|p| p.frees.contains(&x));
+        assert!(freed_at.is_none_or(|f| f >= c), "{}", l.name);
+        fused.push(m.layers[c].name.as_str());
+    }
+    assert_eq!(fused.len(), 12, "{fused:?}");
+    assert!(fused.contains(&"stage1.res0.inverted0.octconv1"));
+    assert!(fused.contains(&"stage5.res1.inverted0.octconv1"));
+    assert_eq!(program.count(|s| matches!(s, Step::OnPooled { .. })), 4);
+    let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.5)")
+        .model
+        .unwrap();
+    // At α = .5 only one-branch layers (the 7 × 7 stages, which have no low branch) are fused.
+    let program = Program::lower(&m);
+    let fused: Vec<usize> = (0..m.layers.len())
+        .filter(|&c| matches!(program.layers[c].step, Step::ExpandDepthwise { .. }))
+        .collect();
+    assert!(fused.len() < 12, "{fused:?}");
+    for c in fused {
+        assert!(!m.layers[c].output.is_pair(), "{}", m.layers[c].name);
+    }
+    assert!(program
+        .layers
+        .iter()
+        .zip(&m.layers)
+        .filter(|(p, _)| p.step == Step::Expanded)
+        .all(|(_, l)| !l.output.is_pair()));
+}

@@ -87,7 +87,6 @@ fn forward_from<T: Element>(
     // Planes in tasks of about `TASK_OUTPUTS` outputs: MobileNet's last layers have thousands of
     // 7×7 planes, where a task (and a scratch set) per plane cost more than the plane's 441 MACs.
     let per_task = (TASK_OUTPUTS / (oh * ow).max(1)).max(1);
-    let wide = avx512_applies(g);
     out.par_chunks_mut(per_task * oh * ow)
         .enumerate()
         .for_each(|(t, planes)| {
@@ -106,18 +105,31 @@ fn forward_from<T: Element>(
                         }
                         None => &x[ci * g.h * g.w..][..g.h * g.w],
                     };
-                    let wk = &w[co * kk..][..kk];
-                    if wide && plane3x3_s1_avx512(g, plane, wk, o) {
-                        if let Some(post) = post {
-                            post(co, o);
-                        }
-                        continue;
-                    }
-                    forward_plane(g, plane, wk, o, co, post, s)
+                    plane_post(g, plane, &w[co * kk..][..kk], o, co, post, s);
                 }
             })
         });
     out
+}
+
+/// Output plane `o` of channel `co` from its input `plane` and kernel `wk`, then `post` on it: in
+/// AVX-512 registers where [`plane3x3_s1_avx512`] serves `g`, else by [`forward_plane`].
+pub(super) fn plane_post<T: Element>(
+    g: &ConvGeometry,
+    plane: &[T],
+    wk: &[T],
+    o: &mut [T],
+    co: usize,
+    post: Option<RowMap<'_, T>>,
+    s: &mut Scratch<T>,
+) {
+    if avx512_applies(g) && plane3x3_s1_avx512(g, plane, wk, o) {
+        if let Some(post) = post {
+            post(co, o);
+        }
+        return;
+    }
+    forward_plane(g, plane, wk, o, co, post, s)
 }
 
 /// Whether [`plane3x3_s1_avx512`] serves `g`: 3×3, stride 1, padding 1, on a CPU with AVX-512F.

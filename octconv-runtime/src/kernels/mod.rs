@@ -11,6 +11,7 @@ pub mod depthwise;
 pub mod direct;
 pub mod elementwise;
 pub mod epilogue;
+pub mod expand_depthwise;
 pub mod gemm;
 pub mod geometry;
 pub mod grouped;

@@ -2,6 +2,7 @@
 
 use crate::kernels::direct;
 use crate::kernels::epilogue::{ChannelEpilogue, RowMap};
+use crate::kernels::expand_depthwise;
 use crate::kernels::grouped_octave::{self, GroupedOctave};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
@@ -402,6 +403,99 @@ impl OctConv2d {
             }
         }
         halve(&self.infer_then(x, &inner)?)
+    }
+
+    /// Inference of this depthwise layer on the output of `expand`, a 1×1 convolution that only it
+    /// reads, of `x` (`expand_stage` on it), then `stage` ([`octconv_spec::plan::Step::ExpandDepthwise`]):
+    /// image by image with the expanded image in scratch ([`expand_depthwise`]) where both are
+    /// one-branch f32 CPU layers without bias that the fused kernels may run and both stages map
+    /// rows; else the two layers one after the other.
+    pub fn infer_expanded(
+        &self,
+        expand: &OctConv2d,
+        x: &OctValue,
+        (expand_stage, stage): (&OutputStage<'_>, Option<&OutputStage<'_>>),
+    ) -> Result<OctValue> {
+        if let Some(y) = self.expanded_in_scratch(expand, x, (expand_stage, stage))? {
+            return Ok(OctValue::Single(y));
+        }
+        let e = expand.infer_then(x, expand_stage)?;
+        match stage {
+            Some(stage) => self.infer_then(&e, stage),
+            None => self.infer(&e),
+        }
+    }
+
+    /// The fused path of [`OctConv2d::infer_expanded`], or `None` where it does not serve.
+    fn expanded_in_scratch(
+        &self,
+        expand: &OctConv2d,
+        x: &OctValue,
+        (expand_stage, stage): (&OutputStage<'_>, Option<&OutputStage<'_>>),
+    ) -> Result<Option<Tensor>> {
+        let (se, sd) = (&expand.spec, &self.spec);
+        let plain = |l: &OctConv2d| l.fused && l.bias_h.is_none() && l.bias_l.is_none();
+        let (OctValue::Single(xs), [Some(we), None, None, None], [Some(wd), None, None, None]) =
+            (x, &expand.weights, &self.weights)
+        else {
+            return Ok(None);
+        };
+        let shapes = se.kernel == 1
+            && se.stride == 1
+            && se.groups == 1
+            && !se.depthwise
+            && sd.depthwise
+            && !sd.strided_conv()
+            && sd.stride == 1
+            && sd.in_h == se.out_h
+            && !expand_stage.halve
+            && expand_stage.pool.is_none()
+            && stage.is_none_or(|s| !s.halve && s.pool.is_none());
+        if !(shapes && plain(expand) && plain(self) && crate::kernels::serves(xs.device())) {
+            return Ok(None);
+        }
+        if [xs, we, wd]
+            .iter()
+            .any(|t| t.dtype() != candle_core::DType::F32)
+        {
+            return Ok(None);
+        }
+        let (n, c, h, w) = xs.dims4()?;
+        let e = se.out_h;
+        let k = sd.kernel;
+        let (Ok(ge), Ok(gd)) = (
+            ConvGeometry::new((n, c, h, w), we.dims4()?, 1, 0, 1),
+            ConvGeometry::new((n, e, h, w), wd.dims4()?, 1, k / 2, e),
+        ) else {
+            return Ok(None);
+        };
+        if we.dims4()? != (e, c, 1, 1) || wd.dims4()? != (e, 1, k, k) {
+            return Ok(None);
+        }
+        let Some(epi_e) = expand_stage.epilogue(true, e)? else {
+            return Ok(None);
+        };
+        let epi_d = match stage {
+            Some(s) => match s.epilogue(true, e)? {
+                Some(epi) => Some(epi),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let post_e = |ch: usize, row: &mut [f32]| epi_e.apply_row(ch, row);
+        let post_d = |ch: usize, row: &mut [f32]| {
+            if let Some(epi) = &epi_d {
+                epi.apply_row(ch, row)
+            }
+        };
+        let y = with_f32_all([xs, we, wd], |[x, we, wd]| {
+            expand_depthwise::forward((&ge, &gd), x, (we, wd), (Some(&post_e), Some(&post_d)))
+        })?;
+        Ok(Some(Tensor::from_vec(
+            y,
+            (n, e, gd.oh(), gd.ow()),
+            xs.device(),
+        )?))
     }
 
     /// Inference of this stride-2 layer that pools first on `x`, an input its producer already

@@ -71,6 +71,20 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
             let m = map(&m);
             quote!(#p::Step::Run { map: #m })
         }
+        Step::Expanded => quote!(#p::Step::Expanded),
+        Step::ExpandDepthwise {
+            expand,
+            expand_map,
+            map: m,
+        } => {
+            let (expand, em, m) = (us(expand), map(&Some(expand_map)), map(&m));
+            // `map` gives `Option<OutputMap>` tokens; the field is an `OutputMap`.
+            quote!(#p::Step::ExpandDepthwise {
+                expand: #expand,
+                expand_map: #em.unwrap(),
+                map: #m,
+            })
+        }
         Step::OnPooled { map: m } => {
             let m = map(&m);
             quote!(#p::Step::OnPooled { map: #m })

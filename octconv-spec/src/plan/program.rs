@@ -4,7 +4,7 @@
 //! `octconv gen` produce alike, so one model has one speed whichever way it was built.
 
 use super::{bn_then_clamp, last_use, InputMaps, OutputMap, OutputMaps};
-use crate::ir::{Model, Op};
+use crate::ir::{Model, OctConvSpec, Op};
 use crate::shape::Shape;
 
 /// What inference does at one layer.
@@ -52,6 +52,20 @@ pub enum Step {
     /// ([`OutputMap::pool_for`]): it convolves that value at stride 1, then `map` as [`Step::Run`].
     OnPooled {
         /// The output map ([`OutputMaps`]), if any.
+        map: Option<OutputMap>,
+    },
+    /// A layer whose work its reader does ([`Step::ExpandDepthwise`]): a 1×1 expansion, or the
+    /// batch norm or activation of its output map. It holds no value.
+    Expanded,
+    /// A depthwise convolution whose input is the output of 1×1 convolution `expand` mapped by
+    /// `expand_map`, which only it reads: it runs the expansion too, image by image, reading the
+    /// expansion's input (its [`PlannedLayer::inputs`]), so the batch's expanded map is never held.
+    ExpandDepthwise {
+        /// The 1×1 expansion ([`Step::Expanded`]).
+        expand: usize,
+        /// The expansion's output map.
+        expand_map: OutputMap,
+        /// This layer's output map, if any.
         map: Option<OutputMap>,
     },
     /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
@@ -157,6 +171,28 @@ impl Program {
         for (j, place) in concat_chains(model, &steps) {
             steps[j] = Step::Concat(place);
         }
+        for (expand, dw) in expand_depthwise_pairs(model, &steps) {
+            let Step::Run {
+                map: Some(expand_map),
+            } = steps[expand]
+            else {
+                continue;
+            };
+            let Step::Run { map } = steps[dw] else {
+                continue;
+            };
+            steps[dw] = Step::ExpandDepthwise {
+                expand,
+                expand_map,
+                map,
+            };
+            for k in [Some(expand), expand_map.bn, expand_map.act]
+                .into_iter()
+                .flatten()
+            {
+                steps[k] = Step::Expanded;
+            }
+        }
         for (add, scale) in scale_adds(model, &steps) {
             let Step::Run { map } = steps[add] else {
                 continue;
@@ -187,7 +223,7 @@ impl Program {
             .iter()
             .zip(&steps)
             .map(|(l, step)| {
-                let mut r = l.inputs.clone();
+                let mut r = planned_inputs(model, l, step);
                 if let Step::ScaleAdd { scale, .. } = *step {
                     r.extend(model.layers[scale].inputs.get(1));
                 }
@@ -215,7 +251,7 @@ impl Program {
                 frees.dedup();
                 PlannedLayer {
                     name: l.name.clone(),
-                    inputs: l.inputs.clone(),
+                    inputs: planned_inputs(model, l, &step),
                     output: l.output,
                     step,
                     frees,
@@ -229,6 +265,52 @@ impl Program {
     pub fn count(&self, kind: fn(&Step) -> bool) -> usize {
         self.layers.iter().filter(|l| kind(&l.step)).count()
     }
+}
+
+/// What a layer running `step` reads: its IR inputs, none for a layer its reader runs
+/// ([`Step::Expanded`]), the expansion's inputs for [`Step::ExpandDepthwise`].
+fn planned_inputs(model: &Model, l: &crate::ir::Layer, step: &Step) -> Vec<usize> {
+    match *step {
+        Step::Expanded => Vec::new(),
+        Step::ExpandDepthwise { expand, .. } => model.layers[expand].inputs.clone(),
+        _ => l.inputs.clone(),
+    }
+}
+
+/// The 1×1 expansions that their depthwise reader runs image by image, as `(expand, depthwise)`:
+/// a one-branch 1×1 convolution at stride 1 (one group) running with an output map that neither
+/// pools nor halves, whose mapped value only a one-branch depthwise convolution at stride 1 reads,
+/// and that depthwise layer running on its own ([`Step::Run`]). MobileNet v2's stride-1 inverted
+/// residual blocks at α = 0.
+pub fn expand_depthwise_pairs(model: &Model, steps: &[Step]) -> Vec<(usize, usize)> {
+    let layers = &model.layers;
+    let readers = super::reader_counts(model);
+    let one_branch = |s: &OctConvSpec| s.in_l == 0 && s.out_l == 0;
+    let mut pairs = Vec::new();
+    for (c, l) in layers.iter().enumerate() {
+        let (Op::OctConv(d), Step::Run { .. }, [i]) = (&l.op, steps[c], l.inputs.as_slice()) else {
+            continue;
+        };
+        if !(d.depthwise && d.stride == 1 && one_branch(d)) || readers[*i] != 1 {
+            continue;
+        }
+        let found = (0..=*i).rev().find(|&j| match (&layers[j].op, steps[j]) {
+            (Op::OctConv(e), Step::Run { map: Some(m) }) => {
+                m.act.or(m.bn).unwrap_or(j) == *i
+                    && m.pool.is_none()
+                    && m.pool_for.is_none()
+                    && one_branch(e)
+                    && e.kernel == 1
+                    && e.stride == 1
+                    && e.groups == 1
+                    && !e.depthwise
+                    && matches!(layers[j].output, Shape::Single(_))
+            }
+            _ => false,
+        });
+        pairs.extend(found.map(|j| (j, c)));
+    }
+    pairs
 }
 
 /// The sums that take squeeze-and-excitation's scaling into their pass, as `(add, scale)`: an add of

@@ -1,0 +1,89 @@
+//! `OctConv2d::infer_expanded` (the executor's `Step::ExpandDepthwise`): a depthwise layer that runs
+//! the 1×1 expansion it reads image by image equals the two layers run one after the other, on the
+//! fused kernel and on the fallback.
+
+use candle_core::{Device, Tensor};
+use octconv_runtime::layers::{Activation, OctConv2d, OutputStage};
+use octconv_runtime::OctValue;
+use octconv_spec::ir::{Downsample, OctConvSpec, Path};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Uniform values in [-1, 1).
+fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn layer(s: OctConvSpec, bias: bool, rng: &mut ChaCha8Rng) -> OctConv2d {
+    let per = |cin: usize| if s.depthwise { 1 } else { cin / s.groups };
+    let weights = Path::ALL.map(|p| {
+        s.path_channels(p)
+            .map(|(cin, cout)| f32_tensor(rng, &[cout, per(cin), s.kernel, s.kernel]))
+    });
+    let b = bias.then(|| f32_tensor(rng, &[s.out_h]));
+    OctConv2d::from_weights(s, weights, b, None)
+}
+
+fn spec(c: usize, e: usize, kernel: usize, depthwise: bool) -> OctConvSpec {
+    OctConvSpec {
+        in_h: c,
+        in_l: 0,
+        out_h: e,
+        out_l: 0,
+        kernel,
+        stride: 1,
+        groups: 1,
+        depthwise,
+        bias: false,
+        downsample: Downsample::Pool,
+    }
+}
+
+fn values(v: &OctValue) -> Vec<f32> {
+    let (h, l) = v.branches();
+    [h, l]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+/// The fused kernel (no bias; with and without the depthwise layer's stage; one image and three)
+/// and the fallback (an expansion with a bias) against the two layers in turn.
+#[test]
+fn a_depthwise_layer_running_its_expansion_equals_the_two_layers_in_turn() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let relu6 = OutputStage {
+        bn: None,
+        act: Some(Activation::Relu6),
+        pool: None,
+        halve: false,
+    };
+    for (n, c, e, (h, w), bias) in [
+        (3, 5, 24, (9, 11), false),
+        (1, 4, 7, (1, 1), false),
+        (2, 3, 6, (6, 5), true),
+    ] {
+        let expand = layer(spec(c, e, 1, false), bias, &mut rng);
+        let dw = layer(spec(e, e, 3, true), false, &mut rng);
+        let x = OctValue::Single(f32_tensor(&mut rng, &[n, c, h, w]));
+        let expanded = expand.infer_then(&x, &relu6).unwrap();
+        for stage in [Some(&relu6), None] {
+            let want = match stage {
+                Some(s) => dw.infer_then(&expanded, s).unwrap(),
+                None => dw.infer(&expanded).unwrap(),
+            };
+            let got = dw.infer_expanded(&expand, &x, (&relu6, stage)).unwrap();
+            let (got, want) = (values(&got), values(&want));
+            assert_eq!(got.len(), want.len());
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(err <= 1e-5, "{:?}: {err}", (n, c, e, h, w, bias));
+        }
+    }
+}
