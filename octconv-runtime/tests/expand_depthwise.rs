@@ -50,8 +50,9 @@ fn values(v: &OctValue) -> Vec<f32> {
         .collect()
 }
 
-/// The fused kernel (no bias; with and without the depthwise layer's stage; one image and three)
-/// and the fallback (an expansion with a bias) against the two layers in turn.
+/// The fused kernels (one branch and an octave pair; no bias; with and without the depthwise
+/// layer's stage; one image and three) and the fallback (an expansion with a bias) against the two
+/// layers in turn.
 #[test]
 fn a_depthwise_layer_running_its_expansion_equals_the_two_layers_in_turn() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -61,14 +62,29 @@ fn a_depthwise_layer_running_its_expansion_equals_the_two_layers_in_turn() {
         pool: None,
         halve: false,
     };
+    // (n, (c_h, c_l), (e_h, e_l), (h, w), bias): a low part makes an octave pair.
     for (n, c, e, (h, w), bias) in [
-        (3, 5, 24, (9, 11), false),
-        (1, 4, 7, (1, 1), false),
-        (2, 3, 6, (6, 5), true),
+        (3, (5, 0), (24, 0), (9, 11), false),
+        (1, (4, 0), (7, 0), (1, 1), false),
+        (2, (3, 0), (6, 0), (6, 5), true),
+        (3, (6, 2), (18, 6), (10, 14), false),
+        (1, (3, 3), (5, 7), (4, 4), false),
     ] {
-        let expand = layer(spec(c, e, 1, false), bias, &mut rng);
-        let dw = layer(spec(e, e, 3, true), false, &mut rng);
-        let x = OctValue::Single(f32_tensor(&mut rng, &[n, c, h, w]));
+        let pair = |(hc, lc): (usize, usize), (eh, el): (usize, usize), k, dw| OctConvSpec {
+            in_l: lc,
+            out_l: el,
+            ..spec(hc, eh, k, dw)
+        };
+        let expand = layer(pair(c, e, 1, false), bias, &mut rng);
+        let dw = layer(pair(e, e, 3, true), false, &mut rng);
+        let high = f32_tensor(&mut rng, &[n, c.0, h, w]);
+        let x = match c.1 {
+            0 => OctValue::Single(high),
+            l => OctValue::Pair {
+                high: Some(high),
+                low: f32_tensor(&mut rng, &[n, l, h / 2, w / 2]),
+            },
+        };
         let expanded = expand.infer_then(&x, &relu6).unwrap();
         for stage in [Some(&relu6), None] {
             let want = match stage {

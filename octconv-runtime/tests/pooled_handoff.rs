@@ -80,8 +80,10 @@ fn relu(halve: bool) -> OutputStage<'static> {
 }
 
 /// A stage that halves equals the stage and then the 2×2 average pooling, by the one-branch 1×1
-/// kernel that pools each band in cache (odd sides included) and by the fallback of other layers
-/// (an octave pair, a 3×3 layer).
+/// kernel that pools each band in cache (odd sides included), by the four-path 1×1 kernel that
+/// pools each band of rows from scratch (pairs, a layer into the pair, 1 × 1 pooled low maps, bands
+/// of 4 rows with a short last band) and by the
+/// fallback of other layers (3×3 layers).
 #[test]
 fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
@@ -89,6 +91,9 @@ fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
         ((5, 0, 24, 0), 1, (14, 10)),
         ((3, 0, 7, 0), 1, (9, 13)),
         ((6, 2, 5, 3), 1, (8, 12)),
+        ((6, 2, 5, 3), 1, (4, 4)),
+        ((4, 0, 6, 2), 1, (12, 8)),
+        ((5, 3, 600, 400), 1, (18, 300)),
         ((4, 0, 6, 0), 3, (10, 10)),
         ((4, 4, 6, 2), 3, (8, 8)),
     ] {

@@ -129,8 +129,9 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
 
 /// MobileNet v2 at α = 0: each expansion read only (through its batch norm and ReLU6) by a stride-2
 /// depthwise layer hands that layer its map pooled, and the depthwise layer runs on it
-/// (`Step::OnPooled`); at α > 0 (pairs) and for a stride-2 reader with another reader of its input,
-/// or one with `downsample = stride`, nothing is pooled early.
+/// (`Step::OnPooled`), at α = .5 too (depthwise pairs); a dense stride-2 pair reader (an L→H path),
+/// a stride-2 reader whose input has another reader, and one with `downsample = stride` get
+/// nothing pooled early.
 #[test]
 fn expansions_before_stride_2_layers_that_pool_first_hand_them_the_pooled_map() {
     use octconv_spec::plan::{Program, Step};
@@ -170,10 +171,18 @@ fn expansions_before_stride_2_layers_that_pool_first_hand_them_the_pooled_map() 
         ]
     );
     assert_eq!(program.count(|s| matches!(s, Step::OnPooled { .. })), 4);
-    // At α = .5 the expansions are octave pairs: no early pooling.
+    // At α = .5 the expansions are octave pairs and their readers depthwise pairs: pooled too.
     let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.5)")
         .model
         .unwrap();
+    assert_eq!(
+        Program::lower(&m).count(|s| matches!(s, Step::OnPooled { .. })),
+        4
+    );
+    // A dense stride-2 pair reader has an L→H path, which reads its low input unpooled: no.
+    let text = "model t() { input [8, 16, 16]; octconv(16, kernel = 1, alpha = 0.5); bn(); relu();
+        octconv(16, kernel = 3, stride = 2, alpha = 0.5); merge(); global_avg_pool(); linear(4); }";
+    let m = check_text("t.oct", text, None).model.unwrap();
     assert_eq!(
         Program::lower(&m).count(|s| matches!(s, Step::OnPooled { .. })),
         0
@@ -373,8 +382,8 @@ fn a_scale_with_another_reader_is_not_fused_into_the_join() {
 /// MobileNet v2 at α = 0: each stride-1 depthwise layer whose input is a 1×1 expansion's mapped
 /// output (read by nothing else) runs the expansion itself (`Step::ExpandDepthwise`, reading the
 /// expansion's input), and the expansion with its batch norm and ReLU6 holds no value
-/// (`Step::Expanded`); the stride-2 depthwise layers keep their pooled hand-off, and at α = .5 only
-/// one-branch layers are fused this way.
+/// (`Step::Expanded`), at α = .5 too (octave pairs); the stride-2 depthwise layers keep their pooled
+/// hand-off.
 #[test]
 fn stride_1_depthwise_layers_run_their_1x1_expansion_image_by_image() {
     use octconv_spec::plan::{Program, Step};
@@ -414,19 +423,17 @@ fn stride_1_depthwise_layers_run_their_1x1_expansion_image_by_image() {
     let m = check_builtin("mobilenet_v2(width = 1.0, alpha = 0.5)")
         .model
         .unwrap();
-    // At α = .5 only one-branch layers (the 7 × 7 stages, which have no low branch) are fused.
+    // At α = .5 the same twelve layers, octave pairs (the four-path 1×1 kernel and a depthwise
+    // pair) and the one-branch 7 × 7 stages alike.
     let program = Program::lower(&m);
-    let fused: Vec<usize> = (0..m.layers.len())
+    let fused: Vec<&str> = (0..m.layers.len())
         .filter(|&c| matches!(program.layers[c].step, Step::ExpandDepthwise { .. }))
+        .map(|c| m.layers[c].name.as_str())
         .collect();
-    assert!(fused.len() < 12, "{fused:?}");
-    for c in fused {
-        assert!(!m.layers[c].output.is_pair(), "{}", m.layers[c].name);
-    }
-    assert!(program
-        .layers
+    assert_eq!(fused.len(), 12, "{fused:?}");
+    let pairs = fused
         .iter()
-        .zip(&m.layers)
-        .filter(|(p, _)| p.step == Step::Expanded)
-        .all(|(_, l)| !l.output.is_pair()));
+        .filter(|n| m.layers.iter().any(|l| l.name == **n && l.output.is_pair()))
+        .count();
+    assert!(pairs > 0 && pairs < 12, "{pairs} pairs");
 }

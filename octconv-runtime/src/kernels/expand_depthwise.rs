@@ -12,6 +12,7 @@ use super::depthwise::plane_post;
 use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, sgemm, Mat};
 use super::geometry::ConvGeometry;
+use super::pointwise::{PathWeights, PointwiseOctave};
 use super::scratch::{output_vec, sized, with_scratch, Scratch};
 use super::Element;
 use rayon::prelude::*;
@@ -110,6 +111,53 @@ pub fn forward<T: Element>(
             });
         });
     out
+}
+
+/// The depthwise pair on an octave pair's expansion: `post_d(depthwise(post_e(expand(x))))` per
+/// branch, where `expand` is the four-path 1×1 convolution `g` at stride 1 (weights `wt`, outputs
+/// `e_h + e_l` channels) and the depthwise layer `(gh, gl)` convolves each branch channel by channel
+/// (weights `wh`: `e_h × kh·kw`, `wl`: `e_l × kh·kw`), no biases. Each image's expanded pair is made
+/// in scratch ([`super::pointwise::forward_images_then`]) and read from there: the batch's
+/// expanded pair is never held (MobileNet v2's stride-1 blocks at α > 0, the pass's peak).
+pub fn forward_pair<T: Element>(
+    g: &PointwiseOctave,
+    x: (&[T], &[T]),
+    wt: PathWeights<'_, T>,
+    post_e: [Option<RowMap<'_, T>>; 2],
+    (gh, gl): (&ConvGeometry, &ConvGeometry),
+    (wh, wl): (&[T], &[T]),
+    post_d: [Option<RowMap<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
+    let o = &g.octave;
+    let ((oh, ow), (ol, owl)) = (g.out_high_hw(), g.out_low_hw());
+    let fits = |d: &ConvGeometry, c: usize, (h, w): (usize, usize)| {
+        (d.n, d.c_in, d.c_out, d.groups, d.h, d.w) == (o.n, c, c, c, h, w)
+    };
+    assert!(
+        g.stride == 1 && fits(gh, o.out_h, (oh, ow)) && fits(gl, o.out_l, (ol, owl)),
+        "expand_depthwise: a depthwise pair on the expansion's outputs, not {gh:?}, {gl:?} on {g:?}"
+    );
+    let (kh, kl) = (gh.kh * gh.kw, gl.kh * gl.kw);
+    assert!(
+        wh.len() >= o.out_h * kh && wl.len() >= o.out_l * kl,
+        "expand_depthwise: depthwise weights too short"
+    );
+    let (g1h, g1l) = (ConvGeometry { n: 1, ..*gh }, ConvGeometry { n: 1, ..*gl });
+    let per = (o.out_h * gh.oh() * gh.ow(), o.out_l * gl.oh() * gl.ow());
+    super::pointwise::forward_images_then(g, x, wt, post_e, per, |(fh, fl), (yh, yl), s| {
+        for (d, f, w, kk, y, post) in [
+            (&g1h, fh, wh, kh, yh, post_d[0]),
+            (&g1l, fl, wl, kl, yl, post_d[1]),
+        ] {
+            let (hw, ohw) = (d.h * d.w, d.oh() * d.ow());
+            if ohw == 0 {
+                continue;
+            }
+            for (c, o) in y.chunks_mut(ohw).enumerate() {
+                plane_post(d, &f[c * hw..][..hw], &w[c * kk..][..kk], o, c, post, s);
+            }
+        }
+    })
 }
 
 #[cfg(test)]

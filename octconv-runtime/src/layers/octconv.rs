@@ -195,7 +195,7 @@ impl OctConv2d {
     /// 3×3 kernels where they serve, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
         if let Some(g) = self.pointwise_geometry(x)? {
-            return self.infer_pointwise(x, g, [None, None]);
+            return self.infer_pointwise(x, g, [None, None], false);
         }
         if let Some(g) = self.grouped_geometry(x)? {
             return self.infer_grouped(x, &g, [None, None]);
@@ -328,7 +328,7 @@ impl OctConv2d {
                     _ => epi(false)?.map(Some),
                 };
                 if let (Some(h), Some(l)) = (epi(true)?, low) {
-                    return self.infer_pointwise(x, g, [Some(&h), l.as_ref()]);
+                    return self.infer_pointwise(x, g, [Some(&h), l.as_ref()], false);
                 }
             } else if let Some(g) = self.grouped_geometry(x)? {
                 if let (Some(h), Some(l)) = (epi(true)?, epi(false)?) {
@@ -384,18 +384,31 @@ impl OctConv2d {
         stage.apply(self.infer(x)?)
     }
 
-    /// [`OctConv2d::infer_then`] of a stage that halves its output ([`OutputStage::halve`]): a
-    /// one-branch 1×1 layer maps and pools each band of output rows in cache
-    /// ([`conv2d::infer_post_halved`]); any other layer maps its output as usual, then pools it.
+    /// [`OctConv2d::infer_then`] of a stage that halves its output ([`OutputStage::halve`]): a 1×1
+    /// layer on the four-path kernel pools each image's outputs from scratch
+    /// ([`pointwise::forward_post_halved`]), a one-branch 1×1 layer maps and pools each band of
+    /// output rows in cache ([`conv2d::infer_post_halved`]); any other layer maps its output as
+    /// usual, then pools it.
     fn infer_then_halved(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         let (s, inner) = (&self.spec, stage.unhalved());
         let one_branch_1x1 = s.kernel == 1 && s.stride == 1 && s.groups == 1 && !s.depthwise;
         let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
-        if let (true, (Some(xs), None), [Some(w), None, None, None]) = (
-            one_branch_1x1 && no_bias && self.fused && self.fusable_inputs_f32(x),
-            x.branches(),
-            &self.weights,
-        ) {
+        let fusable = no_bias && self.fused && self.fusable_inputs_f32(x);
+        if let (true, Some(g)) = (fusable, self.pointwise_geometry(x)?) {
+            // The four-path 1×1 kernel, each image's outputs pooled from scratch.
+            let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
+            let poolable = oh.min(ow) >= 2 && (s.out_l == 0 || lh.min(lw) >= 2);
+            let low = match s.out_l {
+                0 => Some(None),
+                _ => inner.epilogue(false, s.out_l)?.map(Some),
+            };
+            if let (true, Some(h), Some(l)) = (poolable, inner.epilogue(true, s.out_h)?, low) {
+                return self.infer_pointwise(x, g, [Some(&h), l.as_ref()], true);
+            }
+        }
+        if let (true, (Some(xs), None), [Some(w), None, None, None]) =
+            (one_branch_1x1 && fusable, x.branches(), &self.weights)
+        {
             if let Some(e) = inner.epilogue(true, s.out_h)? {
                 if let Some(y) = conv2d::infer_post_halved(xs, w, self.conv_params(1), &e)? {
                     return Ok(OctValue::Single(y));
@@ -407,9 +420,10 @@ impl OctConv2d {
 
     /// Inference of this depthwise layer on the output of `expand`, a 1×1 convolution that only it
     /// reads, of `x` (`expand_stage` on it), then `stage` ([`octconv_spec::plan::Step::ExpandDepthwise`]):
-    /// image by image with the expanded image in scratch ([`expand_depthwise`]) where both are
-    /// one-branch f32 CPU layers without bias that the fused kernels may run and both stages map
-    /// rows; else the two layers one after the other.
+    /// image by image with the expanded image in scratch ([`expand_depthwise`]) where both are f32
+    /// CPU layers without bias that the fused kernels may run (one branch, or the four-path 1×1
+    /// kernel and a depthwise pair) and both stages map rows; else the two layers one after the
+    /// other.
     pub fn infer_expanded(
         &self,
         expand: &OctConv2d,
@@ -419,11 +433,95 @@ impl OctConv2d {
         if let Some(y) = self.expanded_in_scratch(expand, x, (expand_stage, stage))? {
             return Ok(OctValue::Single(y));
         }
+        if let Some(y) = self.expanded_pair_in_scratch(expand, x, (expand_stage, stage))? {
+            return Ok(y);
+        }
         let e = expand.infer_then(x, expand_stage)?;
         match stage {
             Some(stage) => self.infer_then(&e, stage),
             None => self.infer(&e),
         }
+    }
+
+    /// The fused path of [`OctConv2d::infer_expanded`] for an octave pair: the four-path 1×1
+    /// expansion at stride 1 and a depthwise pair ([`expand_depthwise::forward_pair`]), or `None`
+    /// where it does not serve.
+    fn expanded_pair_in_scratch(
+        &self,
+        expand: &OctConv2d,
+        x: &OctValue,
+        (expand_stage, stage): (&OutputStage<'_>, Option<&OutputStage<'_>>),
+    ) -> Result<Option<OctValue>> {
+        let (se, sd) = (&expand.spec, &self.spec);
+        let plain = |l: &OctConv2d| l.fused && l.bias_h.is_none() && l.bias_l.is_none();
+        let unpooled = |s: &OutputStage<'_>| !s.halve && s.pool.is_none();
+        let (Some(g), [Some(wh), None, None, Some(wl)]) =
+            (expand.pointwise_geometry(x)?, &self.weights)
+        else {
+            return Ok(None);
+        };
+        let shapes = g.stride == 1
+            && sd.depthwise
+            && sd.stride == 1
+            && !sd.strided_conv()
+            && se.out_l > 0
+            && (sd.in_h, sd.in_l) == (se.out_h, se.out_l)
+            && unpooled(expand_stage)
+            && stage.is_none_or(unpooled);
+        let f32s = [wh, wl]
+            .iter()
+            .all(|t| t.dtype() == candle_core::DType::F32);
+        if !(shapes && f32s && plain(expand) && plain(self)) {
+            return Ok(None);
+        }
+        let (n, k) = (g.octave.n, sd.kernel);
+        let ((oh, ow), (ol, owl)) = (g.out_high_hw(), g.out_low_hw());
+        let (eh, el) = (se.out_h, se.out_l);
+        if wh.dims4()? != (eh, 1, k, k) || wl.dims4()? != (el, 1, k, k) {
+            return Ok(None);
+        }
+        let gh = ConvGeometry::new((n, eh, oh, ow), wh.dims4()?, 1, k / 2, eh)?;
+        let gl = ConvGeometry::new((n, el, ol, owl), wl.dims4()?, 1, k / 2, el)?;
+        let (Some(eph), Some(epl)) = (
+            expand_stage.epilogue(true, eh)?,
+            expand_stage.epilogue(false, el)?,
+        ) else {
+            return Ok(None);
+        };
+        let epd = match stage {
+            Some(s) => match (s.epilogue(true, eh)?, s.epilogue(false, el)?) {
+                (Some(h), Some(l)) => Some((h, l)),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        let (peh, pel) = (row_map(&eph), row_map(&epl));
+        let pd = epd.as_ref().map(|(h, l)| (row_map(h), row_map(l)));
+        let post_d: [Option<RowMap<'_, f32>>; 2] = match &pd {
+            Some((h, l)) => [Some(h), Some(l)],
+            None => [None, None],
+        };
+        let (Some(xh), Some(xl)) = x.branches() else {
+            return Ok(None);
+        };
+        let (yh, yl) = expand.with_pointwise_weights(|wt| {
+            with_f32_all([xh, xl, wh, wl], |[xh, xl, wh, wl]| {
+                expand_depthwise::forward_pair(
+                    &g,
+                    (xh, xl),
+                    wt,
+                    [Some(&peh), Some(&pel)],
+                    (&gh, &gl),
+                    (wh, wl),
+                    post_d,
+                )
+            })
+        })?;
+        let dev = xh.device();
+        Ok(Some(OctValue::Pair {
+            high: Some(Tensor::from_vec(yh, (n, eh, gh.oh(), gh.ow()), dev)?),
+            low: Tensor::from_vec(yl, (n, el, gl.oh(), gl.ow()), dev)?,
+        }))
     }
 
     /// The fused path of [`OctConv2d::infer_expanded`], or `None` where it does not serve.
@@ -709,6 +807,7 @@ impl OctConv2d {
         x: &OctValue,
         g: PointwiseOctave,
         epilogues: [Option<&ChannelEpilogue>; 2],
+        halve: bool,
     ) -> Result<OctValue> {
         let (Some(xh), xl) = x.branches() else {
             candle_core::bail!("internal error: the 1×1 octave kernel without a high input")
@@ -721,11 +820,29 @@ impl OctConv2d {
             pl.as_ref().map(|f| f as RowMap<'_, f32>),
         ];
         let (yh, yl) = self.with_pointwise_weights(|wt| {
+            let kernel = |xh: &[f32], xl: &[f32]| match halve {
+                true => pointwise::forward_post_halved(&g, (xh, xl), wt, post),
+                false => pointwise::forward_post(&g, xh, xl, wt, post),
+            };
             with_f32(xh, |xh| match xl {
-                Some(xl) => with_f32(xl, |xl| pointwise::forward_post(&g, xh, xl, wt, post)),
-                None => Ok(pointwise::forward_post(&g, xh, &[], wt, post)),
+                Some(xl) => with_f32(xl, |xl| kernel(xh, xl)),
+                None => Ok(kernel(xh, &[])),
             })?
         })?;
+        if halve {
+            // The pooled maps, with no bias (the halving path requires none).
+            let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
+            let (n, s, dev) = (g.octave.n, &self.spec, xh.device());
+            let yh = Tensor::from_vec(yh, (n, s.out_h, oh / 2, ow / 2), dev)?;
+            if s.out_l == 0 {
+                return Ok(OctValue::Single(yh));
+            }
+            let yl = Tensor::from_vec(yl, (n, s.out_l, lh / 2, lw / 2), dev)?;
+            return Ok(OctValue::Pair {
+                high: Some(yh),
+                low: yl,
+            });
+        }
         self.pointwise_output(&g, yh, yl, xh.device())
     }
 
@@ -1155,6 +1272,11 @@ pub(crate) fn add_bias(t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
         Some(b) => t.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(t),
     }
+}
+
+/// `epi` as a kernel's row map.
+fn row_map(epi: &ChannelEpilogue) -> impl Fn(usize, &mut [f32]) + Sync + '_ {
+    move |c, row| epi.apply_row(c, row)
 }
 
 /// `epi(conv(pool(x)))` for a stride-2 layer that pools first: the kernel pools as it reads where

@@ -130,18 +130,18 @@ pub fn takes_input_map(s: &OctConvSpec) -> bool {
 }
 
 /// Whether producer `j` may hand reader `c` its output 2×2-average-pooled ([`OutputMap::pool_for`]):
-/// `j` a one-branch 1×1 octave convolution at stride 1 (whose kernel pools each band of rows in
-/// cache), `c` a stride-2 octave convolution that is the same layer at stride 1 on the pooled map
-/// ([`OctConvSpec::runs_on_pooled_input`]).
+/// `j` a 1×1 octave convolution at stride 1 in one group (whose kernels pool each band of rows, or
+/// each image, from cache), `c` a stride-2 octave convolution that is the same layer at stride 1 on
+/// the pooled map ([`OctConvSpec::runs_on_pooled_input`]: one branch, a depthwise pair).
 pub fn pools_for(model: &Model, j: usize, c: usize) -> bool {
     let (p, r) = (&model.layers[j], &model.layers[c]);
     match (&p.op, &r.op) {
         (Op::OctConv(ps), Op::OctConv(rs)) => {
-            ps.in_l == 0
-                && ps.out_l == 0
-                && ps.kernel == 1
+            ps.kernel == 1
                 && ps.stride == 1
-                && matches!(p.output, Shape::Single(_))
+                && ps.groups == 1
+                && !ps.depthwise
+                && !matches!(p.output, Shape::Flat { .. })
                 && rs.runs_on_pooled_input()
                 && r.inputs.len() == 1
         }
@@ -164,12 +164,11 @@ pub struct OutputMap {
     /// batch of unpooled stem outputs is never held (DenseNet-121's peak at α ≥ .5).
     pub pool: Option<usize>,
     /// A stride-2 octave convolution that pools first (2×2 average), the only reader of the
-    /// activation (or of the batch norm, or of the producer), after a one-branch 1×1 octave
-    /// convolution at stride 1 ([`pools_for`]): the producer's value is then its map pooled
-    /// ([`Shape::halved`]; the runtime pools each band of rows while it is in cache), and that
-    /// reader convolves it at stride 1 ([`Step::OnPooled`]). MobileNet v2's expansions before its
-    /// stride-2 depthwise layers: the full-resolution expanded map, six times the block's
-    /// channels, is never written out and read back.
+    /// activation (or of the batch norm, or of the producer), after a 1×1 octave convolution at
+    /// stride 1 ([`pools_for`]): the producer's value is then its map pooled ([`Shape::halved`];
+    /// the runtime pools from cache), and that reader convolves it at stride 1
+    /// ([`Step::OnPooled`]). MobileNet v2's expansions before its stride-2 depthwise layers: the
+    /// batch's full-resolution expanded map, six times the block's channels, is never held.
     pub pool_for: Option<usize>,
 }
 

@@ -4,7 +4,7 @@
 //! `octconv gen` produce alike, so one model has one speed whichever way it was built.
 
 use super::{bn_then_clamp, last_use, InputMaps, OutputMap, OutputMaps};
-use crate::ir::{Model, OctConvSpec, Op};
+use crate::ir::{Model, Op};
 use crate::shape::Shape;
 
 /// What inference does at one layer.
@@ -278,20 +278,19 @@ fn planned_inputs(model: &Model, l: &crate::ir::Layer, step: &Step) -> Vec<usize
 }
 
 /// The 1×1 expansions that their depthwise reader runs image by image, as `(expand, depthwise)`:
-/// a one-branch 1×1 convolution at stride 1 (one group) running with an output map that neither
-/// pools nor halves, whose mapped value only a one-branch depthwise convolution at stride 1 reads,
-/// and that depthwise layer running on its own ([`Step::Run`]). MobileNet v2's stride-1 inverted
-/// residual blocks at α = 0.
+/// a 1×1 convolution at stride 1 (one group) running with an output map that neither pools nor
+/// halves, whose mapped value only a depthwise convolution at stride 1 reads, and that depthwise
+/// layer running on its own ([`Step::Run`]). MobileNet v2's stride-1 inverted residual blocks, a
+/// single branch or an octave pair.
 pub fn expand_depthwise_pairs(model: &Model, steps: &[Step]) -> Vec<(usize, usize)> {
     let layers = &model.layers;
     let readers = super::reader_counts(model);
-    let one_branch = |s: &OctConvSpec| s.in_l == 0 && s.out_l == 0;
     let mut pairs = Vec::new();
     for (c, l) in layers.iter().enumerate() {
         let (Op::OctConv(d), Step::Run { .. }, [i]) = (&l.op, steps[c], l.inputs.as_slice()) else {
             continue;
         };
-        if !(d.depthwise && d.stride == 1 && one_branch(d)) || readers[*i] != 1 {
+        if !(d.depthwise && d.stride == 1) || readers[*i] != 1 {
             continue;
         }
         let found = (0..=*i).rev().find(|&j| match (&layers[j].op, steps[j]) {
@@ -299,12 +298,12 @@ pub fn expand_depthwise_pairs(model: &Model, steps: &[Step]) -> Vec<(usize, usiz
                 m.act.or(m.bn).unwrap_or(j) == *i
                     && m.pool.is_none()
                     && m.pool_for.is_none()
-                    && one_branch(e)
+                    && (e.out_h, e.out_l) == (d.in_h, d.in_l)
                     && e.kernel == 1
                     && e.stride == 1
                     && e.groups == 1
                     && !e.depthwise
-                    && matches!(layers[j].output, Shape::Single(_))
+                    && !matches!(layers[j].output, Shape::Flat { .. })
             }
             _ => false,
         });
