@@ -137,7 +137,7 @@ fn validate(program: &Program) -> Result<()> {
                 Step::Input => l.inputs.is_empty(),
                 Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n),
                 Step::BnAct { act } => act < n,
-                Step::Run { map } | Step::OnPooled { map } => map_ok(map, n),
+                Step::Run { map } | Step::OnPooled { map } => map_ok(map, n) && one_pool(map),
                 Step::Expanded => l.inputs.is_empty(),
                 Step::ExpandDepthwise {
                     expand,
@@ -148,6 +148,10 @@ fn validate(program: &Program) -> Result<()> {
                         && program.layers[expand].step == Step::Expanded
                         && map_ok(Some(expand_map), n)
                         && map_ok(map, n)
+                        && [Some(expand_map), map]
+                            .iter()
+                            .flatten()
+                            .all(|m| m.pool.is_none() && m.pool_for.is_none())
                         && l.inputs.len() == 1
                 }
                 Step::Concat(ConcatPlace::Start { end }) => here_or_later(end),
@@ -166,12 +170,17 @@ fn validate(program: &Program) -> Result<()> {
             };
         if !ok {
             bail!(
-                "internal error: the planned step of layer `{}` refers outside the program",
+                "internal error: the planned step of layer `{}` refers outside the program or asks for a fusion the runtime does not run",
                 l.name
             )
         }
     }
     Ok(())
+}
+
+/// Whether an output map pools at most one way (a max pool or a hand-off to a stride-2 reader).
+fn one_pool(map: Option<OutputMap>) -> bool {
+    map.is_none_or(|m| m.pool.is_none() || m.pool_for.is_none())
 }
 
 /// Whether an output map's layers are inside a program of `n` layers.
@@ -228,7 +237,16 @@ fn step(
             Some(activation(program, layers, act)?),
         )?,
         Step::Concat(place) => concat_step(program, j, place, ins, buffers)?,
-        Step::Run { map: Some(m) } => layer()?.infer_then(ins, &stage(program, layers, m)?)?,
+        Step::Run { map: Some(m) } => {
+            // Only octave convolutions halve their output for a stride-2 reader.
+            if m.pool_for.is_some() && layer()?.as_octconv().is_none() {
+                bail!(
+                    "internal error: `{}` hands a pooled map on but is not an octave convolution",
+                    planned.name
+                )
+            }
+            layer()?.infer_then(ins, &stage(program, layers, m)?)?
+        }
         Step::ExpandDepthwise {
             expand,
             expand_map,
@@ -510,6 +528,51 @@ mod tests {
             panic!("a single value")
         };
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Hand-built programs whose pooled hand-offs the runtime cannot honour are refused before
+    /// anything runs: a map that both max-pools and hands a pooled map on, and an expansion run by
+    /// its depthwise reader whose map (or the reader's) pools; the planner's forms pass.
+    #[test]
+    fn programs_with_pooled_hand_offs_the_runtime_cannot_honour_are_refused() {
+        let map = |pool: Option<usize>, pool_for: Option<usize>| OutputMap {
+            bn: None,
+            act: None,
+            pool,
+            pool_for,
+        };
+        let fused = |expand_map: OutputMap, m: Option<OutputMap>| Program {
+            layers: vec![
+                layer(vec![], 2, Step::Input),
+                layer(vec![], 2, Step::Expanded),
+                layer(
+                    vec![0],
+                    2,
+                    Step::ExpandDepthwise {
+                        expand: 1,
+                        expand_map,
+                        map: m,
+                    },
+                ),
+            ],
+        };
+        let run = |m: OutputMap| Program {
+            layers: vec![
+                layer(vec![], 2, Step::Input),
+                layer(vec![0], 2, Step::Run { map: Some(m) }),
+                layer(vec![1], 2, Step::OnPooled { map: None }),
+            ],
+        };
+        assert!(validate(&fused(map(None, None), None)).is_ok());
+        assert!(validate(&run(map(None, Some(2)))).is_ok());
+        for bad in [
+            fused(map(Some(2), None), None),
+            fused(map(None, None), Some(map(None, Some(2)))),
+            run(map(Some(2), Some(2))),
+        ] {
+            let err = validate(&bad).unwrap_err().to_string();
+            assert!(err.contains("asks for a fusion"), "{err}");
+        }
     }
 
     /// The chain buffer is not initialised, so no link may view a channel no link wrote. A

@@ -106,6 +106,15 @@ fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
         let err = max_diff(&got, &want);
         assert!(err <= 1e-5, "{c:?} {k}×{k} at {hw:?}: {err}");
     }
+    // A stride-2 1×1 pair layer (the planner never asks it to halve; a hand-built program may):
+    // the fallback, not the stride-1 band kernel.
+    let s = spec((6, 2, 5, 3), 1, 2);
+    let l = layer(s, &mut rng);
+    let x = input(&s, 2, (16, 16), &mut rng);
+    let got = l.infer_then(&x, &relu(true)).unwrap();
+    let per_op = Activation::Relu6.forward(&l.infer(&x).unwrap()).unwrap();
+    let err = max_diff(&got, &per_op.map(avg_pool2x2).unwrap());
+    assert!(err <= 1e-5, "stride-2 1×1 pair: {err}");
 }
 
 /// A stride-2 layer that pools first, run on its input pooled beforehand, equals the layer on the

@@ -8,8 +8,10 @@
 //! as it reads its input (DenseNet's batch norms now land in the 1×1 class and lower its GMAC/s),
 //! costs (almost) nothing here and is counted with the layers of its class; a ReLU a batch norm
 //! applies in the same pass is in "bn"; the first link of a concatenation chain pays for zeroing
-//! the block's buffer under "concat". The figure of a class is the median over repeats of its summed
-//! time per pass.
+//! the block's buffer under "concat"; a 1×1 expansion that its depthwise reader runs
+//! (`Step::Expanded`) costs nothing here and its time lands in the depthwise layer's class, while its
+//! MACs stay in the 1×1 class (raising that class's GMAC/s and lowering the depthwise one's). The
+//! figure of a class is the median over repeats of its summed time per pass.
 
 use candle_core::{Device, Tensor};
 use octconv_runtime::OctModel;

@@ -389,9 +389,10 @@ const BAND_MIN_COLUMNS: usize = 256;
 const WHOLE_IMAGE_VALUES: usize = 512 << 10;
 
 /// High rows per band of a stride-1 image of `h × w` with `out` output channels per position
-/// (counting the mapped input channels where the image's inputs are `mapped`): an even count (so
-/// low rows align), spread evenly over the bands; the whole image where one band would hold it,
-/// or where nothing is mapped and it has at most [`WHOLE_IMAGE_VALUES`] output values.
+/// (counting the mapped input channels where the image's inputs are mapped): an even count (so
+/// low rows align; a multiple of 4 for [`Banding::Halved`], so pooled low rows align too), spread
+/// evenly over the bands; the whole image where one band would hold it, or, for
+/// [`Banding::Plain`], where it has at most [`WHOLE_IMAGE_VALUES`] output values.
 fn band_rows(out: usize, (h, w): (usize, usize), banding: Banding) -> usize {
     if banding == Banding::Plain && out * h * w <= WHOLE_IMAGE_VALUES {
         return h;

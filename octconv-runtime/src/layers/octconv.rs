@@ -385,19 +385,22 @@ impl OctConv2d {
     }
 
     /// [`OctConv2d::infer_then`] of a stage that halves its output ([`OutputStage::halve`]): a 1×1
-    /// layer on the four-path kernel pools each image's outputs from scratch
-    /// ([`pointwise::forward_post_halved`]), a one-branch 1×1 layer maps and pools each band of
-    /// output rows in cache ([`conv2d::infer_post_halved`]); any other layer maps its output as
-    /// usual, then pools it.
+    /// layer at stride 1 on the four-path kernel pools each band of output rows from scratch
+    /// ([`pointwise::forward_post_halved`]), a one-branch 1×1 layer maps and pools each band in
+    /// cache ([`conv2d::infer_post_halved`]); any other layer (or a stage that also max-pools)
+    /// maps its output as usual, then pools it.
     fn infer_then_halved(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
         let (s, inner) = (&self.spec, stage.unhalved());
+        if stage.pool.is_some() {
+            return halve(&self.infer_then(x, &inner)?);
+        }
         let one_branch_1x1 = s.kernel == 1 && s.stride == 1 && s.groups == 1 && !s.depthwise;
         let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
         let fusable = no_bias && self.fused && self.fusable_inputs_f32(x);
         if let (true, Some(g)) = (fusable, self.pointwise_geometry(x)?) {
             // The four-path 1×1 kernel, each image's outputs pooled from scratch.
             let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
-            let poolable = oh.min(ow) >= 2 && (s.out_l == 0 || lh.min(lw) >= 2);
+            let poolable = g.stride == 1 && oh.min(ow) >= 2 && (s.out_l == 0 || lh.min(lw) >= 2);
             let low = match s.out_l {
                 0 => Some(None),
                 _ => inner.epilogue(false, s.out_l)?.map(Some),
@@ -480,8 +483,12 @@ impl OctConv2d {
         if wh.dims4()? != (eh, 1, k, k) || wl.dims4()? != (el, 1, k, k) {
             return Ok(None);
         }
-        let gh = ConvGeometry::new((n, eh, oh, ow), wh.dims4()?, 1, k / 2, eh)?;
-        let gl = ConvGeometry::new((n, el, ol, owl), wl.dims4()?, 1, k / 2, el)?;
+        let (Ok(gh), Ok(gl)) = (
+            ConvGeometry::new((n, eh, oh, ow), wh.dims4()?, 1, k / 2, eh),
+            ConvGeometry::new((n, el, ol, owl), wl.dims4()?, 1, k / 2, el),
+        ) else {
+            return Ok(None);
+        };
         let (Some(eph), Some(epl)) = (
             expand_stage.epilogue(true, eh)?,
             expand_stage.epilogue(false, el)?,

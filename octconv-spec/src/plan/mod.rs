@@ -130,9 +130,10 @@ pub fn takes_input_map(s: &OctConvSpec) -> bool {
 }
 
 /// Whether producer `j` may hand reader `c` its output 2×2-average-pooled ([`OutputMap::pool_for`]):
-/// `j` a 1×1 octave convolution at stride 1 in one group (whose kernels pool each band of rows, or
-/// each image, from cache), `c` a stride-2 octave convolution that is the same layer at stride 1 on
-/// the pooled map ([`OctConvSpec::runs_on_pooled_input`]: one branch, a depthwise pair).
+/// `j` a 1×1 octave convolution at stride 1 in one group (whose kernels pool each band of rows from
+/// cache), `c` a stride-2 octave convolution that is the same layer at stride 1 on the pooled map
+/// ([`OctConvSpec::runs_on_pooled_input`]: a pool-first layer without an L→H path — one branch, a
+/// layer into the pair, a depthwise pair).
 pub fn pools_for(model: &Model, j: usize, c: usize) -> bool {
     let (p, r) = (&model.layers[j], &model.layers[c]);
     match (&p.op, &r.op) {

@@ -116,8 +116,11 @@ pub struct Program {
 
 impl Program {
     /// Plans `model`'s inference with every fusion the runtime's kernels take: input maps
-    /// ([`InputMaps`]), output maps ([`OutputMaps`]), batch norm + activation passes
-    /// ([`bn_then_clamp`]) and concatenation chains ([`concat_chains`]).
+    /// ([`InputMaps`]), output maps ([`OutputMaps`], including the pooled hand-off to a stride-2
+    /// reader, [`Step::OnPooled`]), batch norm + activation passes ([`bn_then_clamp`]),
+    /// concatenation chains ([`concat_chains`]), expansions run by their depthwise readers
+    /// ([`expand_depthwise_pairs`]) and squeeze-and-excitation scalings joined to their sums
+    /// ([`scale_adds`]).
     pub fn lower(model: &Model) -> Program {
         let layers = &model.layers;
         let last = last_use(model);
