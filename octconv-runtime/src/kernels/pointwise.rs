@@ -127,53 +127,35 @@ pub fn forward_post_halved<T: Element>(
         "pointwise: a stride-1 layer with outputs large enough to pool, not {g:?}"
     );
     check_weights(g, wt);
-    // Every pooled value is written by a band's pooling (the bands cover every row pair).
-    let mut yh = output_vec(o.n * per.0);
-    let mut yl = output_vec(o.n * per.1);
     let par = gemm_parallelism(o.n);
-    let (in_hw, in_lhw) = (o.h * o.w, hw_low(o.h, o.w));
     let rows = band_rows(o.out_h + o.out_l, (o.h, o.w), Banding::Halved);
     let (band, band_low) = (rows * o.w, (rows / 2) * (o.w / 2));
-    let mut lows: Vec<&mut [T]> = match per.1 {
-        0 => (0..o.n).map(|_| &mut [][..]).collect(),
-        l => yl.chunks_mut(l).collect(),
-    };
-    yh.par_chunks_mut(per.0)
-        .zip(lows.par_iter_mut())
-        .enumerate()
-        .for_each(|(i, (yh, yl))| {
-            let xh = &xh[i * o.in_h * in_hw..][..o.in_h * in_hw];
-            let xl = match o.in_l {
-                0 => &[][..],
-                _ => &xl[i * o.in_l * in_lhw..][..o.in_l * in_lhw],
-            };
-            with_scratch(|s: &mut Scratch<T>| {
-                // One band's outputs (taken out of the scratch set, which the kernel uses too).
-                let (mut bh, mut bl) = (std::mem::take(&mut s.stage), std::mem::take(&mut s.col));
-                let y = Outputs {
-                    yh: sized(&mut bh, o.out_h * band),
-                    yl: sized(&mut bl, o.out_l * band_low),
-                    post,
-                    band: Some((band, band_low)),
-                };
-                let mut pool = |(r0, r1): (usize, usize), y: &Outputs<'_, '_, T>| {
-                    let (pw, pwl) = (ow / 2, owl / 2);
-                    let (h2, l2) = ((r1 - r0) / 2, (r1 - r0) / 4);
-                    for c in 0..o.out_h {
-                        let dst = &mut yh[c * (oh / 2) * pw + (r0 / 2) * pw..][..h2 * pw];
-                        pool_plane(&y.yh[c * band..], dst, (r1 - r0, ow), T::from_f64(0.25));
-                    }
-                    for c in 0..o.out_l {
-                        let dst = &mut yl[c * (ol / 2) * pwl + (r0 / 4) * pwl..][..l2 * pwl];
-                        let lr = (r1 - r0) / 2;
-                        pool_plane(&y.yl[c * band_low..], dst, (lr, owl), T::from_f64(0.25));
-                    }
-                };
-                image_stride1(g, (xh, xl), wt, None, y, s, par, Some(&mut pool));
-                (s.stage, s.col) = (bh, bl);
-            });
-        });
-    (yh, yl)
+    // Every pooled value is written by a band's pooling (the bands cover every row pair).
+    for_each_image(g, (xh, xl), per, |x, (yh, yl), s| {
+        // One band's outputs (taken out of the scratch set, which the kernel uses too).
+        let (mut bh, mut bl) = (std::mem::take(&mut s.stage), std::mem::take(&mut s.col));
+        let y = Outputs {
+            yh: sized(&mut bh, o.out_h * band),
+            yl: sized(&mut bl, o.out_l * band_low),
+            post,
+            band: Some((band, band_low)),
+        };
+        let mut pool = |(r0, r1): (usize, usize), y: &Outputs<'_, '_, T>| {
+            let (pw, pwl) = (ow / 2, owl / 2);
+            let (h2, l2) = ((r1 - r0) / 2, (r1 - r0) / 4);
+            for c in 0..o.out_h {
+                let dst = &mut yh[c * (oh / 2) * pw + (r0 / 2) * pw..][..h2 * pw];
+                pool_plane(&y.yh[c * band..], dst, (r1 - r0, ow), T::from_f64(0.25));
+            }
+            for c in 0..o.out_l {
+                let dst = &mut yl[c * (ol / 2) * pwl + (r0 / 4) * pwl..][..l2 * pwl];
+                let lr = (r1 - r0) / 2;
+                pool_plane(&y.yl[c * band_low..], dst, (lr, owl), T::from_f64(0.25));
+            }
+        };
+        image_stride1(g, x, wt, None, y, s, par, Some(&mut pool));
+        (s.stage, s.col) = (bh, bl);
+    })
 }
 
 /// [`forward_post`] image by image into scratch, `then((high, low), (out_high, out_low), scratch)`
@@ -191,15 +173,47 @@ pub fn forward_images_then<T: Element>(
     let o = &g.octave;
     let ((oh, ow), (ol, owl)) = (g.out_high_hw(), g.out_low_hw());
     let (image_yh, image_yl) = (o.out_h * oh * ow, o.out_l * ol * owl);
-    let (in_hw, in_lhw) = (o.h * o.w, hw_low(o.h, o.w));
     check_weights(g, wt);
-    // Every output value is written by `then`.
-    let mut yh = output_vec(o.n * per.0);
-    let mut yl = output_vec(o.n * per.1);
-    if o.n == 0 || per.0 == 0 || image_yh == 0 {
-        return (yh, yl);
+    if image_yh == 0 {
+        return (output_vec(o.n * per.0), output_vec(o.n * per.1));
     }
     let par = gemm_parallelism(o.n);
+    // Every output value is written by `then`.
+    for_each_image(g, (xh, xl), per, |x, y, s| {
+        // The image's outputs in scratch (taken out of the set, which the image's kernel and
+        // `then` use too).
+        let (mut full_h, mut full_l) = (std::mem::take(&mut s.stage), std::mem::take(&mut s.col));
+        let fh = sized(&mut full_h, image_yh);
+        let fl = sized(&mut full_l, image_yl);
+        let outputs = Outputs {
+            yh: &mut *fh,
+            yl: &mut *fl,
+            post,
+            band: None,
+        };
+        image(g, x, wt, None, outputs, s, par);
+        then((fh, fl), y, s);
+        (s.stage, s.col) = (full_h, full_l);
+    })
+}
+
+/// Runs `f(inputs, outputs, scratch)` on every image of `g` in parallel, with the image's high and
+/// low inputs (contiguous images of `xh` and `xl`) and its `per.0` and `per.1` values of the two
+/// outputs this returns (a layer with no low output has `per.1 = 0`), which `f` must write whole.
+fn for_each_image<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    per: (usize, usize),
+    f: impl Fn((&[T], &[T]), (&mut [T], &mut [T]), &mut Scratch<T>) + Sync,
+) -> (Vec<T>, Vec<T>) {
+    let o = &g.octave;
+    let (in_hw, in_lhw) = (o.h * o.w, hw_low(o.h, o.w));
+    // Every value is written by `f` (the caller's contract).
+    let mut yh = output_vec(o.n * per.0);
+    let mut yl = output_vec(o.n * per.1);
+    if o.n == 0 || per.0 == 0 {
+        return (yh, yl);
+    }
     let mut lows: Vec<&mut [T]> = match per.1 {
         0 => (0..o.n).map(|_| &mut [][..]).collect(),
         l => yl.chunks_mut(l).collect(),
@@ -213,23 +227,7 @@ pub fn forward_images_then<T: Element>(
                 0 => &[][..],
                 _ => &xl[i * o.in_l * in_lhw..][..o.in_l * in_lhw],
             };
-            with_scratch(|s: &mut Scratch<T>| {
-                // The image's outputs in scratch (taken out of the set, which the image's kernel
-                // and `then` use too).
-                let (mut full_h, mut full_l) =
-                    (std::mem::take(&mut s.stage), std::mem::take(&mut s.col));
-                let fh = sized(&mut full_h, image_yh);
-                let fl = sized(&mut full_l, image_yl);
-                let y = Outputs {
-                    yh: &mut *fh,
-                    yl: &mut *fl,
-                    post,
-                    band: None,
-                };
-                image(g, (xh, xl), wt, None, y, s, par);
-                then((fh, fl), (yh, yl), s);
-                (s.stage, s.col) = (full_h, full_l);
-            });
+            with_scratch(|s: &mut Scratch<T>| f((xh, xl), (yh, yl), s));
         });
     (yh, yl)
 }
