@@ -456,8 +456,6 @@ impl OctConv2d {
         (expand_stage, stage): (&OutputStage<'_>, Option<&OutputStage<'_>>),
     ) -> Result<Option<OctValue>> {
         let (se, sd) = (&expand.spec, &self.spec);
-        let plain = |l: &OctConv2d| l.fused && l.bias_h.is_none() && l.bias_l.is_none();
-        let unpooled = |s: &OutputStage<'_>| !s.halve && s.pool.is_none();
         let (Some(g), [Some(wh), None, None, Some(wl)]) =
             (expand.pointwise_geometry(x)?, &self.weights)
         else {
@@ -469,12 +467,12 @@ impl OctConv2d {
             && !sd.strided_conv()
             && se.out_l > 0
             && (sd.in_h, sd.in_l) == (se.out_h, se.out_l)
-            && unpooled(expand_stage)
-            && stage.is_none_or(unpooled);
+            && !expand_stage.pools()
+            && stage.is_none_or(|s| !s.pools());
         let f32s = [wh, wl]
             .iter()
             .all(|t| t.dtype() == candle_core::DType::F32);
-        if !(shapes && f32s && plain(expand) && plain(self)) {
+        if !(shapes && f32s && expand.fused_without_bias() && self.fused_without_bias()) {
             return Ok(None);
         }
         let (n, k) = (g.octave.n, sd.kernel);
@@ -531,6 +529,11 @@ impl OctConv2d {
         }))
     }
 
+    /// Whether the fused kernels may run this layer and it adds no bias.
+    fn fused_without_bias(&self) -> bool {
+        self.fused && self.bias_h.is_none() && self.bias_l.is_none()
+    }
+
     /// The fused path of [`OctConv2d::infer_expanded`], or `None` where it does not serve.
     fn expanded_in_scratch(
         &self,
@@ -539,7 +542,6 @@ impl OctConv2d {
         (expand_stage, stage): (&OutputStage<'_>, Option<&OutputStage<'_>>),
     ) -> Result<Option<Tensor>> {
         let (se, sd) = (&expand.spec, &self.spec);
-        let plain = |l: &OctConv2d| l.fused && l.bias_h.is_none() && l.bias_l.is_none();
         let (OctValue::Single(xs), [Some(we), None, None, None], [Some(wd), None, None, None]) =
             (x, &expand.weights, &self.weights)
         else {
@@ -553,10 +555,13 @@ impl OctConv2d {
             && !sd.strided_conv()
             && sd.stride == 1
             && sd.in_h == se.out_h
-            && !expand_stage.halve
-            && expand_stage.pool.is_none()
-            && stage.is_none_or(|s| !s.halve && s.pool.is_none());
-        if !(shapes && plain(expand) && plain(self) && crate::kernels::serves(xs.device())) {
+            && !expand_stage.pools()
+            && stage.is_none_or(|s| !s.pools());
+        if !(shapes
+            && expand.fused_without_bias()
+            && self.fused_without_bias()
+            && crate::kernels::serves(xs.device()))
+        {
             return Ok(None);
         }
         if [xs, we, wd]
@@ -587,7 +592,7 @@ impl OctConv2d {
             },
             None => None,
         };
-        let post_e = |ch: usize, row: &mut [f32]| epi_e.apply_row(ch, row);
+        let post_e = row_map(&epi_e);
         let post_d = |ch: usize, row: &mut [f32]| {
             if let Some(epi) = &epi_d {
                 epi.apply_row(ch, row)
@@ -836,34 +841,22 @@ impl OctConv2d {
                 None => Ok(kernel(xh, &[])),
             })?
         })?;
-        if halve {
-            // The pooled maps, with no bias (the halving path requires none).
-            let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
-            let (n, s, dev) = (g.octave.n, &self.spec, xh.device());
-            let yh = Tensor::from_vec(yh, (n, s.out_h, oh / 2, ow / 2), dev)?;
-            if s.out_l == 0 {
-                return Ok(OctValue::Single(yh));
-            }
-            let yl = Tensor::from_vec(yl, (n, s.out_l, lh / 2, lw / 2), dev)?;
-            return Ok(OctValue::Pair {
-                high: Some(yh),
-                low: yl,
-            });
-        }
-        self.pointwise_output(&g, yh, yl, xh.device())
+        self.pointwise_output(&g, (yh, yl), halve, xh.device())
     }
 
-    /// The 1×1 octave kernel's outputs (NCHW data of geometry `g`) with their biases: a pair, or
-    /// one branch for a layer out of the pair.
+    /// The 1×1 octave kernel's outputs (NCHW data of geometry `g`, each map halved where `halved`)
+    /// with their biases: a pair, or one branch for a layer out of the pair.
     fn pointwise_output(
         &self,
         g: &PointwiseOctave,
-        yh: Vec<f32>,
-        yl: Vec<f32>,
+        (yh, yl): (Vec<f32>, Vec<f32>),
+        halved: bool,
         dev: &candle_core::Device,
     ) -> Result<OctValue> {
         let (s, n) = (&self.spec, g.octave.n);
+        let f = if halved { 2 } else { 1 };
         let ((oh, ow), (lh, lw)) = (g.out_high_hw(), g.out_low_hw());
+        let ((oh, ow), (lh, lw)) = ((oh / f, ow / f), (lh / f, lw / f));
         let yh = add_bias(
             Tensor::from_vec(yh, (n, s.out_h, oh, ow), dev)?,
             &self.bias_h,
@@ -986,7 +979,8 @@ impl OctConv2d {
                 )),
             })?
         })?;
-        self.pointwise_output(&g, yh, yl, xh.device()).map(Some)
+        self.pointwise_output(&g, (yh, yl), false, xh.device())
+            .map(Some)
     }
 
     /// Inference of `self(relu(bn(x)))` (eval-mode batch norm), with the batch norm and ReLU applied

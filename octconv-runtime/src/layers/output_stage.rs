@@ -44,6 +44,11 @@ impl OutputStage<'_> {
         }
     }
 
+    /// Whether the stage pools its output (a max pool or a halving).
+    pub fn pools(&self) -> bool {
+        self.halve || self.pool.is_some()
+    }
+
     /// The stage without its halving: what a kernel that maps rows but cannot pool them applies,
     /// before [`halve`].
     pub fn unhalved(&self) -> Self {
