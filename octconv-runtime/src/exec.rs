@@ -60,20 +60,22 @@ pub fn run(
                 })
             })
             .collect::<Result<Vec<&OctValue>>>()?;
-        // A fused scale-add also reads the scale's gates.
-        let gates = match planned.step {
-            Step::ScaleAdd { scale, .. } => {
-                let g = program.layers[scale].inputs[1];
-                Some(values[g].as_ref().ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "layer `{}`: gates not available",
-                        planned.name
-                    ))
-                })?)
-            }
+        // A fused scale-add also reads the scale's gates, a convolution that joins a sum the
+        // residual.
+        let extra = match planned.step {
+            Step::ScaleAdd { scale, .. } => Some((program.layers[scale].inputs[1], "gates")),
+            Step::Run {
+                map: Some(OutputMap { add: Some(a), .. }),
+            } => program.residual(a).map(|r| (r, "residual")),
             _ => None,
         };
-        let y = step(program, layers, j, (&ins, gates), x, &mut buffers)?;
+        let extra = match extra {
+            Some((i, what)) => Some(values[i].as_ref().ok_or_else(|| {
+                candle_core::Error::Msg(format!("layer `{}`: {what} not available", planned.name))
+            })?),
+            None => None,
+        };
+        let y = step(program, layers, j, (&ins, extra), x, &mut buffers)?;
         // Cut each value loose from the autograd graph: weights are variables, so every output
         // would otherwise keep its inputs alive until the last layer.
         let y = y.map(|t| Ok(t.detach()))?;
@@ -135,9 +137,11 @@ fn validate(program: &Program) -> Result<()> {
             && l.frees.iter().all(|&i| earlier(i))
             && match l.step {
                 Step::Input => l.inputs.is_empty(),
-                Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n),
+                Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n) && no_join(map),
                 Step::BnAct { act } => act < n,
-                Step::Run { map } | Step::OnPooled { map } => map_ok(map, n) && one_pool(map),
+                Step::Run { map } => map_ok(map, n) && one_pool(map) && joins_ok(program, j, map),
+                Step::OnPooled { map } => map_ok(map, n) && one_pool(map) && no_join(map),
+                Step::SumOf { at } => at < l.inputs.len() && l.inputs.len() == 2,
                 Step::Expanded => l.inputs.is_empty(),
                 Step::ExpandDepthwise {
                     expand,
@@ -148,6 +152,8 @@ fn validate(program: &Program) -> Result<()> {
                         && program.layers[expand].step == Step::Expanded
                         && map_ok(Some(expand_map), n)
                         && map_ok(map, n)
+                        && no_join(Some(expand_map))
+                        && no_join(map)
                         && [Some(expand_map), map]
                             .iter()
                             .flatten()
@@ -162,6 +168,7 @@ fn validate(program: &Program) -> Result<()> {
                 Step::ScaleAdd { scale, map } => {
                     earlier(scale)
                         && map_ok(map, n)
+                        && no_join(map)
                         && l.inputs.contains(&scale)
                         && program.layers[scale].inputs.len() == 2
                         && program.layers[scale].inputs.iter().all(|&i| i < scale)
@@ -178,6 +185,24 @@ fn validate(program: &Program) -> Result<()> {
     Ok(())
 }
 
+/// Whether a map that joins a sum (`add`) is one the runtime runs: the sum is a later layer whose
+/// step is [`Step::SumOf`], its residual is made before layer `j`, and the map pools nowhere.
+fn joins_ok(program: &Program, j: usize, map: Option<OutputMap>) -> bool {
+    let Some(a) = map.and_then(|m| m.add) else {
+        return true;
+    };
+    let pools = map.is_some_and(|m| m.pool.is_some() || m.pool_for.is_some());
+    a > j
+        && !pools
+        && matches!(program.layers[a].step, Step::SumOf { .. })
+        && program.residual(a).is_some_and(|r| r < j)
+}
+
+/// Whether an output map joins no sum (only [`Step::Run`] runs a join).
+fn no_join(map: Option<OutputMap>) -> bool {
+    map.is_none_or(|m| m.add.is_none())
+}
+
 /// Whether an output map pools at most one way (a max pool or a hand-off to a stride-2 reader).
 fn one_pool(map: Option<OutputMap>) -> bool {
     map.is_none_or(|m| m.pool.is_none() || m.pool_for.is_none())
@@ -186,7 +211,7 @@ fn one_pool(map: Option<OutputMap>) -> bool {
 /// Whether an output map's layers are inside a program of `n` layers.
 fn map_ok(map: Option<OutputMap>, n: usize) -> bool {
     map.is_none_or(|m| {
-        [m.bn, m.act, m.pool, m.pool_for]
+        [m.bn, m.act, m.pool, m.pool_for, m.add]
             .iter()
             .all(|i| i.is_none_or(|i| i < n))
     })
@@ -197,7 +222,7 @@ fn step(
     program: &Program,
     layers: &Layers<'_>,
     j: usize,
-    (ins, gates): (&[&OctValue], Option<&OctValue>),
+    (ins, extra): (&[&OctValue], Option<&OctValue>),
     x: &Tensor,
     buffers: &mut [Option<ChainBuffer>],
 ) -> Result<OctValue> {
@@ -245,8 +270,21 @@ fn step(
                     planned.name
                 )
             }
-            layer()?.infer_then(ins, &stage(program, layers, m)?)?
+            let stage = OutputStage {
+                add: extra,
+                ..stage(program, layers, m)?
+            };
+            if m.add.is_some() && (stage.add.is_none() || layer()?.as_octconv().is_none()) {
+                bail!(
+                    "internal error: `{}` joins a sum but is not an octave convolution or has no residual",
+                    planned.name
+                )
+            }
+            layer()?.infer_then(ins, &stage)?
         }
+        Step::SumOf { at } => ins.get(at).copied().cloned().ok_or_else(|| {
+            candle_core::Error::Msg(format!("layer `{}`: no input", planned.name))
+        })?,
         Step::ExpandDepthwise {
             expand,
             expand_map,
@@ -278,7 +316,7 @@ fn step(
         }
         Step::Run { map: None } => layer()?.infer(ins)?,
         Step::ScaleAdd { scale, map } => {
-            let (Some(gates), Some(at)) = (gates, planned.inputs.iter().position(|&i| i == scale))
+            let (Some(gates), Some(at)) = (extra, planned.inputs.iter().position(|&i| i == scale))
             else {
                 bail!("internal error: `{}` has no scale to fuse", planned.name)
             };
@@ -329,6 +367,7 @@ fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<Out
         act: m.act.map(|a| activation(program, layers, a)).transpose()?,
         pool: m.pool.map(|p| pool(program, layers, p)).transpose()?,
         halve: m.pool_for.is_some(),
+        add: None,
     })
 }
 
@@ -540,6 +579,7 @@ mod tests {
             act: None,
             pool,
             pool_for,
+            add: None,
         };
         let fused = |expand_map: OutputMap, m: Option<OutputMap>| Program {
             layers: vec![
@@ -569,6 +609,59 @@ mod tests {
             fused(map(Some(2), None), None),
             fused(map(None, None), Some(map(None, Some(2)))),
             run(map(Some(2), Some(2))),
+        ] {
+            let err = validate(&bad).unwrap_err().to_string();
+            assert!(err.contains("asks for a fusion"), "{err}");
+        }
+    }
+
+    /// Hand-built residual joins the runtime cannot honour are refused before anything runs: a
+    /// residual made after the convolution, a sum that is not `SumOf`, a join that pools, and a
+    /// join on a step other than `Run`; the planner's form passes.
+    #[test]
+    fn programs_with_residual_joins_the_runtime_cannot_honour_are_refused() {
+        let join = |add: usize, pool_for: Option<usize>| OutputMap {
+            bn: None,
+            act: None,
+            pool: None,
+            pool_for,
+            add: Some(add),
+        };
+        // 0: input, 1: the residual, 2: the convolution, 3: the sum, 4: a reader (a residual
+        // read before it is made is refused as any input is).
+        let program = |residual: usize, conv: Step, sum: Step| Program {
+            layers: vec![
+                layer(vec![], 2, Step::Input),
+                layer(vec![0], 2, Step::Run { map: None }),
+                layer(vec![0], 2, conv),
+                layer(vec![2, residual], 2, sum),
+                layer(vec![3], 2, Step::Run { map: None }),
+            ],
+        };
+        let run = |m: OutputMap| Step::Run { map: Some(m) };
+        let sum = Step::SumOf { at: 0 };
+        assert!(validate(&program(1, run(join(3, None)), sum)).is_ok());
+        for bad in [
+            program(4, run(join(3, None)), sum),
+            program(1, run(join(3, None)), Step::Run { map: None }),
+            program(1, run(join(3, Some(4))), sum),
+            program(
+                1,
+                Step::OnPooled {
+                    map: Some(join(3, None)),
+                },
+                sum,
+            ),
+            program(1, run(join(3, None)), Step::SumOf { at: 2 }),
+            // The residual made after the convolution, before the sum.
+            Program {
+                layers: vec![
+                    layer(vec![], 2, Step::Input),
+                    layer(vec![0], 2, run(join(3, None))),
+                    layer(vec![0], 2, Step::Run { map: None }),
+                    layer(vec![1, 2], 2, sum),
+                ],
+            },
         ] {
             let err = validate(&bad).unwrap_err().to_string();
             assert!(err.contains("asks for a fusion"), "{err}");

@@ -313,6 +313,7 @@ fn add_and_scale_inference_kernels_equal_the_ops_bit_for_bit() {
             act: Some(Activation::Relu),
             pool: None,
             halve: false,
+            add: None,
         };
         let want = Activation::Relu.forward(&want).unwrap();
         assert_eq!(bits(&Add.infer_then(&xs, &relu).unwrap()), bits(&want));

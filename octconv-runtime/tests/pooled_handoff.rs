@@ -76,6 +76,7 @@ fn relu(halve: bool) -> OutputStage<'static> {
         act: Some(Activation::Relu6),
         pool: None,
         halve,
+        add: None,
     }
 }
 

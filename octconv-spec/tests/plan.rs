@@ -123,6 +123,7 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
             act: Some(at("relu6_0")),
             pool: None,
             pool_for: None,
+            add: None,
         })
     );
 }
@@ -436,4 +437,109 @@ fn stride_1_depthwise_layers_run_their_1x1_expansion_image_by_image() {
         .filter(|n| m.layers.iter().any(|l| l.name == **n && l.output.is_pair()))
         .count();
     assert!(pairs > 0 && pairs < 12, "{pairs} pairs");
+}
+
+/// `Program::lower`: every residual sum of ResNeXt-50 (α = 0 and .5) and MobileNet v2 is joined
+/// by a 1×1 convolution's output stage (`OutputMap::add`, the sum `Step::SumOf`): in identity
+/// blocks by the main branch's last convolution (its batch norm, then the block input, then the
+/// ReLU after the sum), in projection blocks by the shortcut's convolution (made after the main
+/// branch), each reading a residual made before it, kept alive until the sum. SE-ResNet's sums
+/// keep their scale-add.
+#[test]
+fn residual_sums_are_joined_by_the_convolution_made_last_before_them() {
+    use octconv_spec::ir::Op;
+    use octconv_spec::plan::{Program, Step};
+    for (call, sums, relu) in [
+        (
+            "resnext(depth = 50, groups = 32, width = 4, alpha = 0)",
+            16,
+            true,
+        ),
+        (
+            "resnext(depth = 50, groups = 32, width = 4, alpha = 0.5)",
+            16,
+            true,
+        ),
+        ("mobilenet_v2(width = 1.0, alpha = 0)", 10, false),
+        ("mobilenet_v2(width = 1.0, alpha = 0.5)", 10, false),
+    ] {
+        let m = check_builtin(call).model.unwrap();
+        let program = Program::lower(&m);
+        let name = |i: usize| m.layers[i].name.as_str();
+        let mut joined = 0;
+        let mut shortcuts = 0;
+        for (a, l) in m.layers.iter().enumerate() {
+            if !matches!(l.op, Op::Add) {
+                continue;
+            }
+            let Step::SumOf { at } = program.layers[a].step else {
+                panic!("{call}: `{}` is not joined", name(a));
+            };
+            let bn = l.inputs[at];
+            let conv = m.layers[bn].inputs[0];
+            let residual = program.residual(a).unwrap();
+            assert_eq!(residual, l.inputs[1 - at], "{call}");
+            let Step::Run { map: Some(map) } = program.layers[conv].step else {
+                panic!("{call}: `{}` runs no map", name(conv));
+            };
+            assert!(matches!(m.layers[conv].op, Op::OctConv(_)), "{call}");
+            assert_eq!((map.bn, map.add), (Some(bn), Some(a)), "{call}");
+            assert!(map.pool.is_none() && map.pool_for.is_none(), "{call}");
+            assert_eq!(map.act.is_some(), relu, "{call}: `{}`", name(a));
+            assert!(residual < conv, "{call}: `{}`", name(conv));
+            // Read by the convolution, freed no earlier than the sum.
+            assert!(
+                (0..a).all(|j| !program.layers[j].frees.contains(&residual)),
+                "{call}: `{}` freed before the sum",
+                name(residual)
+            );
+            joined += 1;
+            shortcuts += usize::from(name(conv).contains("shortcut"));
+        }
+        assert_eq!(joined, sums, "{call}");
+        // ResNeXt-50's four projection blocks join at their shortcut's convolution.
+        let want = if call.starts_with("resnext") { 4 } else { 0 };
+        assert_eq!(shortcuts, want, "{call}");
+    }
+    let m = check_builtin("se_resnet(depth = 50, reduction = 16, alpha = 0.5)")
+        .model
+        .unwrap();
+    let program = Program::lower(&m);
+    assert_eq!(program.count(|s| matches!(s, Step::ScaleAdd { .. })), 16);
+    assert_eq!(program.count(|s| matches!(s, Step::SumOf { .. })), 0);
+}
+
+/// A sum is joined only where the joined value can replace the convolution's: not when its batch
+/// norm has another reader, not when the convolution's map has an activation of its own, and not
+/// when the other input is made after the convolution.
+#[test]
+fn a_sum_is_not_joined_where_the_convolution_or_its_batch_norm_has_other_readers() {
+    use octconv_spec::plan::{Program, Step};
+    let joins = |body: &str| {
+        let text = format!("model t() {{ input [8, 6, 6]; {body} global_avg_pool(); linear(4); }}");
+        let m = check_text("t.oct", &text, None).model.unwrap();
+        Program::lower(&m).count(|s| matches!(s, Step::SumOf { .. }))
+    };
+    let x = "conv(8, kernel = 3) as x;";
+    assert_eq!(
+        joins(&format!(
+            "{x} octconv(8, kernel = 1); bn(); add(x); relu();"
+        )),
+        1
+    );
+    assert_eq!(joins(&format!("{x} octconv(8, kernel = 1); add(x);")), 1);
+    // The batch norm's value read by a second sum.
+    assert_eq!(
+        joins(&format!(
+            "{x} octconv(8, kernel = 1); bn() as b; add(x); add(b);"
+        )),
+        0
+    );
+    // The convolution's own ReLU before the sum.
+    assert_eq!(
+        joins(&format!(
+            "{x} octconv(8, kernel = 1); bn(); relu(); add(x);"
+        )),
+        0
+    );
 }

@@ -117,6 +117,42 @@ pub fn infer_post(
     )?))
 }
 
+/// Inference of `clamp(epi(conv2d(x, weight)) + residual)` (a residual join, `epi`'s own clamp
+/// ignored) on f32 CPU tensors where the algorithm [`algorithm`] picks is im2col and no direct
+/// kernel takes the layer (the 1×1 layers before ResNet-style sums): each output row is mapped and
+/// joined while it is in cache ([`super::epilogue::ResidualJoin`] over [`forward_post_into`]).
+/// `Ok(None)` elsewhere, or where `residual` is not the output's shape. The result carries no
+/// gradient.
+pub fn infer_post_joined(
+    x: &Tensor,
+    weight: &Tensor,
+    p: ConvParams,
+    epi: &super::epilogue::ChannelEpilogue,
+    (residual, clamp): (&Tensor, super::epilogue::Clamp),
+) -> Result<Option<Tensor>> {
+    if !f32_on_our_kernels(x, weight) || !f32_on_our_kernels(residual, weight) {
+        return Ok(None);
+    }
+    let g = ConvGeometry::new(x.dims4()?, weight.dims4()?, p.stride, p.pad, p.groups)?;
+    let dims = (g.n, g.c_out, g.oh(), g.ow());
+    if algorithm(&g) != Algorithm::Im2col
+        || direct::prefers_single(&g)
+        || super::stem::applies(&g)
+        || epi.scale.len() != g.c_out
+        || residual.dims4()? != dims
+    {
+        return Ok(None);
+    }
+    // Every value is written by the kernel.
+    let mut y = output_vec(g.n * g.out_image());
+    super::with_f32_all([x, weight, residual], |[x, w, r]| {
+        let join = super::epilogue::ResidualJoin::new(epi, &y, r, clamp);
+        let post = |c: usize, row: &mut [f32]| join.apply_row(c, row);
+        forward_post_into(&g, x, w, Some(&post), &mut y);
+    })?;
+    Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+}
+
 /// Inference of `epi(conv2d(pool(x), weight))` where `pool` is the 2×2 average pooling of a
 /// stride-2 octave layer that pools first, on f32 CPU tensors, where the layer on the pooled map is
 /// depthwise: the depthwise kernel pools each plane as it reads it
@@ -546,12 +582,27 @@ pub fn forward_post<T: Element>(
     w: &[T],
     post: Option<RowMap<'_, T>>,
 ) -> Vec<T> {
+    // Every element is written by `forward_post_into`.
+    let mut out = output_vec(g.n * g.out_image());
+    forward_post_into(g, x, w, post, &mut out);
+    out
+}
+
+/// [`forward_post`] into `out` (`n · out_image` values, every one written). `post` is handed rows
+/// of `out` itself, never of a scratch buffer ([`super::epilogue::ResidualJoin`] relies on it).
+pub fn forward_post_into<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    post: Option<RowMap<'_, T>>,
+    out: &mut [T],
+) {
     let (ohw, k, cout_g) = (g.out_pixels(), g.k(), g.cout_g());
+    assert_eq!(out.len(), g.n * g.out_image(), "conv2d: output size");
     // Every element is written below: by a GEMM without accumulation (which zero-fills when k = 0) or
     // by the copy out of the staging matrix.
-    let mut out = output_vec(g.n * g.out_image());
     if out.is_empty() {
-        return out;
+        return;
     }
     let target = if g.is_pointwise() {
         POINTWISE_COLUMNS
@@ -625,7 +676,6 @@ pub fn forward_post<T: Element>(
                 }
             })
         });
-    out
 }
 
 /// Group `grp`'s rows of the staged product (`cout_g × cnt·ohw`, images side by side) copied into

@@ -100,9 +100,34 @@ pub fn forward_post<T: Element>(
     wt: PathWeights<'_, T>,
     post: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
+    let (mut yh, mut yl) = outputs(g);
+    forward_post_into(g, (xh, xl), wt, post, (&mut yh, &mut yl));
+    (yh, yl)
+}
+
+/// [`forward_post`] into `yh` and `yl` (`n` images of the high and low output, every value
+/// written). `post` is handed rows of `yh` and `yl` themselves, never of a scratch buffer
+/// ([`super::epilogue::ResidualJoin`] relies on it).
+pub fn forward_post_into<T: Element>(
+    g: &PointwiseOctave,
+    (xh, xl): (&[T], &[T]),
+    wt: PathWeights<'_, T>,
+    post: [Option<RowMap<'_, T>>; 2],
+    y: (&mut [T], &mut [T]),
+) {
     let (hw, lhw) = (g.octave.h * g.octave.w, g.octave.h * g.octave.w / 4);
     let images = (g.octave.in_h * hw, g.octave.in_l * lhw);
-    run(g, (xh, xl), images, wt, None, post)
+    run(g, (xh, xl), images, wt, None, post, y)
+}
+
+/// The high and low outputs of `g`, unwritten ([`output_vec`]: the kernels write every value).
+fn outputs<T: Element>(g: &PointwiseOctave) -> (Vec<T>, Vec<T>) {
+    let o = &g.octave;
+    let ((oh, ow), (ol, owl)) = (g.out_high_hw(), g.out_low_hw());
+    (
+        output_vec(o.n * o.out_h * oh * ow),
+        output_vec(o.n * o.out_l * ol * owl),
+    )
 }
 
 /// [`forward_post`] at stride 1 with both outputs then 2×2-average-pooled
@@ -243,7 +268,17 @@ pub fn forward_mapped_pair<T: Element>(
     wt: PathWeights<'_, T>,
     pro: [Prologue<'_, T>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    run(g, (xh, xl), images, wt, Some(pro), [None, None])
+    let (mut yh, mut yl) = outputs(g);
+    run(
+        g,
+        (xh, xl),
+        images,
+        wt,
+        Some(pro),
+        [None, None],
+        (&mut yh, &mut yl),
+    );
+    (yh, yl)
 }
 
 /// Panics unless the path weights hold `c_out × c_in` values each.
@@ -258,7 +293,9 @@ fn check_weights<T>(g: &PointwiseOctave, wt: PathWeights<'_, T>) {
     );
 }
 
-/// The kernel behind [`forward_post`] and [`forward_mapped_pair`] (`pre` at stride 1 only).
+/// The kernel behind [`forward_post_into`] and [`forward_mapped_pair`] (`pre` at stride 1 only),
+/// writing every value of `yh` and `yl` (each output element by a GEMM without accumulation, then
+/// accumulated into) and mapping their rows in place.
 fn run<T: Element>(
     g: &PointwiseOctave,
     (xh, xl): (&[T], &[T]),
@@ -266,7 +303,8 @@ fn run<T: Element>(
     wt: PathWeights<'_, T>,
     pre: Option<[Prologue<'_, T>; 2]>,
     post: [Option<RowMap<'_, T>>; 2],
-) -> (Vec<T>, Vec<T>) {
+    (yh, yl): (&mut [T], &mut [T]),
+) {
     let o = &g.octave;
     check_weights(g, wt);
     assert!(
@@ -276,11 +314,12 @@ fn run<T: Element>(
     let (oh, ow) = g.out_high_hw();
     let (ol, owl) = g.out_low_hw();
     let (image_yh, image_yl) = (o.out_h * oh * ow, o.out_l * ol * owl);
-    // Every output element is written by a GEMM without accumulation, then accumulated into.
-    let mut yh = output_vec(o.n * image_yh);
-    let mut yl = output_vec(o.n * image_yl);
+    assert!(
+        yh.len() == o.n * image_yh && yl.len() == o.n * image_yl,
+        "pointwise: output sizes"
+    );
     if o.n == 0 || image_yh == 0 {
-        return (yh, yl);
+        return;
     }
     let par = gemm_parallelism(o.n);
     // One low-output slice per image, empty where the layer has no low output (octave → one branch).
@@ -310,7 +349,6 @@ fn run<T: Element>(
                 image(g, (xh, xl), wt, pre, y, s, par);
             });
         });
-    (yh, yl)
 }
 
 /// One image's outputs by [`image_stride1`] or [`image_stride2`].

@@ -20,6 +20,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};
 
+mod joined;
 mod paths;
 mod train;
 
@@ -312,6 +313,9 @@ impl OctConv2d {
     /// convolution by im2col or the depthwise kernel, and a depthwise pair branch by branch, without
     /// bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        if let Some(residual) = stage.add {
+            return self.infer_then_joined(x, stage, residual);
+        }
         if stage.halve {
             return self.infer_then_halved(x, stage);
         }

@@ -4,7 +4,7 @@
 //! [`crate::layers::OctLayer::infer_then`]; any other layer's output is mapped in one pass after it.
 
 use crate::kernels::epilogue::{ChannelEpilogue, Clamp};
-use crate::layers::{Activation, OctBatchNorm, Pool};
+use crate::layers::{Activation, OctBatchNorm, OctLayer, Pool};
 use crate::value::OctValue;
 use candle_core::Result;
 
@@ -22,6 +22,11 @@ pub struct OutputStage<'a> {
     /// convolution that pools first ([`octconv_spec::plan::OutputMap::pool_for`]). Kernels that
     /// pool each band of rows in cache take it; otherwise [`OutputStage::apply`] pools the output.
     pub halve: bool,
+    /// A residual added after the batch norm and before the activation: the residual join a
+    /// convolution's stage takes ([`octconv_spec::plan::OutputMap::add`]). Kernels that map rows of
+    /// their output buffer join each row in cache ([`crate::kernels::epilogue::ResidualJoin`]);
+    /// otherwise [`OutputStage::apply`] sums after the batch norm. Never with a pool.
+    pub add: Option<&'a OctValue>,
 }
 
 /// The 2×2 average pooling of every branch of `y` (a stride-2 octave convolution's first step).
@@ -33,6 +38,9 @@ impl OutputStage<'_> {
     /// Applies the stage to `y`, a fresh value nothing else holds, in place where our kernels serve
     /// it ([`OctBatchNorm::infer_in_place`], [`Activation::infer_in_place`]).
     pub fn apply(&self, y: OctValue) -> Result<OctValue> {
+        if self.add.is_some() {
+            return self.join(self.before_add().map(y)?);
+        }
         let y = self.map(y)?;
         let y = match self.pool {
             Some(pool) => pool.forward(&y)?,
@@ -58,8 +66,34 @@ impl OutputStage<'_> {
         }
     }
 
+    /// The stage up to its residual: the batch norm alone (no activation, no residual).
+    pub fn before_add(&self) -> Self {
+        OutputStage {
+            act: None,
+            add: None,
+            ..*self
+        }
+    }
+
+    /// The rest of the stage after [`OutputStage::before_add`]: `act(y + residual)` in one pass
+    /// where the element-wise kernel serves it (the same sum, bit for bit, as a kernel's
+    /// [`crate::kernels::epilogue::ResidualJoin`]); `y` alone without a residual.
+    pub fn join(&self, y: OctValue) -> Result<OctValue> {
+        let Some(residual) = self.add else {
+            return Ok(y);
+        };
+        let act_only = OutputStage {
+            bn: None,
+            act: self.act,
+            pool: None,
+            halve: false,
+            add: None,
+        };
+        crate::layers::layer::Add.infer_then(&[&y, residual], &act_only)
+    }
+
     /// [`OutputStage::apply`] without the pool: the batch norm and activation alone (for a kernel
-    /// that mapped each row and still has to pool).
+    /// that mapped each row and still has to pool; a stage that pools has no residual).
     pub fn map(&self, y: OctValue) -> Result<OctValue> {
         match (self.bn, self.act) {
             (Some(bn), act) => bn.infer_in_place(y, act),
@@ -71,6 +105,10 @@ impl OutputStage<'_> {
     /// The stage of one output branch (`high`, or the low one) of `channels` channels as a kernel
     /// epilogue, or `None` where it is not one (another activation, parameters that are not f32).
     pub fn epilogue(&self, high: bool, channels: usize) -> Result<Option<ChannelEpilogue>> {
+        // A plain epilogue cannot add the residual.
+        if self.add.is_some() {
+            return Ok(None);
+        }
         let Some(clamp) = self.act.map_or(Some(Clamp::Identity), Activation::clamp) else {
             return Ok(None);
         };

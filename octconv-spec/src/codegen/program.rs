@@ -33,6 +33,7 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
             act,
             pool,
             pool_for,
+            add,
         }) => {
             let opt = |v: &Option<usize>| match v {
                 Some(i) => {
@@ -41,9 +42,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
                 }
                 None => quote!(::std::option::Option::None),
             };
-            let (bn, act, pool, pool_for) = (opt(bn), opt(act), opt(pool), opt(pool_for));
+            let (bn, act, pool, pool_for, add) =
+                (opt(bn), opt(act), opt(pool), opt(pool_for), opt(add));
             quote!(::std::option::Option::Some(#p::OutputMap {
-                bn: #bn, act: #act, pool: #pool, pool_for: #pool_for
+                bn: #bn, act: #act, pool: #pool, pool_for: #pool_for, add: #add
             }))
         }
         None => quote!(::std::option::Option::None),
@@ -92,6 +94,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
         Step::ScaleAdd { scale, map: m } => {
             let (scale, m) = (us(scale), map(&m));
             quote!(#p::Step::ScaleAdd { scale: #scale, map: #m })
+        }
+        Step::SumOf { at } => {
+            let at = us(at);
+            quote!(#p::Step::SumOf { at: #at })
         }
         Step::Reference => quote!(#p::Step::Reference),
     }

@@ -171,6 +171,13 @@ pub struct OutputMap {
     /// ([`Step::OnPooled`]). MobileNet v2's expansions before its stride-2 depthwise layers: the
     /// batch's full-resolution expanded map, six times the block's channels, is never held.
     pub pool_for: Option<usize>,
+    /// A sum of two values ([`Op::Add`]), the only reader of the batch norm (or of the producer),
+    /// that the producer's output stage computes ([`Program::lower`]): after the batch norm the
+    /// sum's other input (made before the producer runs) is added, then `act` (the sum's
+    /// activation, the only reader of the sum) — the residual joins of ResNet, ResNeXt and
+    /// MobileNet v2 as their last 1×1 convolution writes each row, not a pass of their own. The
+    /// sum's step is [`Step::SumOf`]; its other input is the residual ([`Program::residual`]).
+    pub add: Option<usize>,
 }
 
 /// Where inference applies a batch norm and/or a ReLU or ReLU6 to a freshly computed value in place,
@@ -216,12 +223,14 @@ impl OutputMaps {
                             act: act_after(bn),
                             pool: None,
                             pool_for: None,
+                            add: None,
                         },
                         None => OutputMap {
                             bn: None,
                             act: act_after(j),
                             pool: None,
                             pool_for: None,
+                            add: None,
                         },
                     }
                 }
@@ -231,6 +240,7 @@ impl OutputMaps {
                     act: act_after(j),
                     pool: None,
                     pool_for: None,
+                    add: None,
                 },
                 _ => continue,
             };

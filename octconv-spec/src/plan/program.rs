@@ -68,6 +68,13 @@ pub enum Step {
         /// This layer's output map, if any.
         map: Option<OutputMap>,
     },
+    /// A sum of two values that the output stage of the convolution behind its input at position
+    /// `at` computed ([`OutputMap::add`]): it passes that input on (the joined map); its other
+    /// input is the residual the convolution read.
+    SumOf {
+        /// Which input holds the sum (0 or 1).
+        at: usize,
+    },
     /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
     /// interpreter's `infer` with the fused kernels switched off).
     Reference,
@@ -203,6 +210,21 @@ impl Program {
             steps[add] = Step::ScaleAdd { scale, map };
             steps[scale] = Step::PassOn;
         }
+        for (add, conv, at) in residual_joins(model, &steps) {
+            let (Step::Run { map: add_map }, Step::Run { map }) = (steps[add], steps[conv]) else {
+                continue;
+            };
+            steps[conv] = Step::Run {
+                map: Some(OutputMap {
+                    bn: map.and_then(|m| m.bn),
+                    act: add_map.and_then(|m| m.act),
+                    pool: None,
+                    pool_for: None,
+                    add: Some(add),
+                }),
+            };
+            steps[add] = Step::SumOf { at };
+        }
         Self::with_steps(model, steps)
     }
 
@@ -227,8 +249,12 @@ impl Program {
             .zip(&steps)
             .map(|(l, step)| {
                 let mut r = planned_inputs(model, l, step);
-                if let Step::ScaleAdd { scale, .. } = *step {
-                    r.extend(model.layers[scale].inputs.get(1));
+                match *step {
+                    Step::ScaleAdd { scale, .. } => r.extend(model.layers[scale].inputs.get(1)),
+                    Step::Run {
+                        map: Some(OutputMap { add: Some(a), .. }),
+                    } => r.extend(joined_residual(&model.layers[a].inputs, &steps[a])),
+                    _ => {}
                 }
                 r
             })
@@ -268,6 +294,76 @@ impl Program {
     pub fn count(&self, kind: fn(&Step) -> bool) -> usize {
         self.layers.iter().filter(|l| kind(&l.step)).count()
     }
+
+    /// The residual that the convolution joined by sum `add` ([`OutputMap::add`], [`Step::SumOf`])
+    /// reads: the sum's other input. `None` unless `add` is such a sum.
+    pub fn residual(&self, add: usize) -> Option<usize> {
+        let l = self.layers.get(add)?;
+        joined_residual(&l.inputs, &l.step)
+    }
+}
+
+/// The input of a sum of two values that is not the one at `at` ([`Step::SumOf`]).
+fn joined_residual(inputs: &[usize], step: &Step) -> Option<usize> {
+    match (*step, inputs) {
+        (Step::SumOf { at: 0 }, &[_, r]) | (Step::SumOf { at: 1 }, &[r, _]) => Some(r),
+        _ => None,
+    }
+}
+
+/// The residual joins that a convolution's output stage computes, as `(add, conv, at)`: a sum of
+/// two different values running on its own (with at most an activation map), whose input at
+/// position `at` is an octave convolution's output — directly, or through the batch norm its
+/// output map applies — that runs with at most that batch norm as its map (no activation, no
+/// pooling) and that only this chain reads, and whose other input is made before that convolution
+/// runs (the residual the stage reads). Where both inputs qualify (a projection shortcut's
+/// convolution runs after the main branch's last one), the later convolution is taken. The runtime
+/// joins in the kernels that map rows of their output buffer (the four-path and the one-branch 1×1
+/// kernels) and as a sum after the convolution elsewhere.
+pub fn residual_joins(model: &Model, steps: &[Step]) -> Vec<(usize, usize, usize)> {
+    let layers = &model.layers;
+    let readers = super::reader_counts(model);
+    // The convolution whose (batch-normed) output `end` is, if its map is at most that batch norm.
+    // The sum must be `end`'s only reader: the joined value replaces it.
+    let producer = |end: usize| -> Option<usize> {
+        let conv = match (&layers[end].op, steps[end]) {
+            _ if readers[end] != 1 => return None,
+            (Op::OctConv(_), Step::Run { map: None }) => end,
+            (Op::BatchNorm { .. }, Step::PassOn) => *layers[end].inputs.first()?,
+            _ => return None,
+        };
+        let map_ok = match steps[conv] {
+            Step::Run { map: None } => conv == end,
+            Step::Run { map: Some(m) } => {
+                m.bn == Some(end)
+                    && m.act.is_none()
+                    && m.pool.is_none()
+                    && m.pool_for.is_none()
+                    && m.add.is_none()
+            }
+            _ => false,
+        };
+        (matches!(layers[conv].op, Op::OctConv(_)) && map_ok).then_some(conv)
+    };
+    let mut joins = Vec::new();
+    for (a, l) in layers.iter().enumerate() {
+        let (&[x, y], Step::Run { map }) = (l.inputs.as_slice(), steps[a]) else {
+            continue;
+        };
+        let plain = map.is_none_or(|m| m.bn.is_none() && m.pool.is_none() && m.pool_for.is_none());
+        if x == y || !matches!(l.op, Op::Add) || !plain {
+            continue;
+        }
+        let best = [(0, x, y), (1, y, x)]
+            .into_iter()
+            .filter_map(|(at, end, other)| {
+                let conv = producer(end)?;
+                (other < conv).then_some((conv, at))
+            })
+            .max();
+        joins.extend(best.map(|(conv, at)| (a, conv, at)));
+    }
+    joins
 }
 
 /// What a layer running `step` reads: its IR inputs, none for a layer its reader runs

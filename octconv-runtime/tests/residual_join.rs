@@ -1,0 +1,171 @@
+//! A convolution whose output stage joins a residual sum (`OutputStage::add`, planned as
+//! `OutputMap::add` with the sum's `Step::SumOf`): `act(bn(conv(x)) + r)` with each row joined in
+//! the 1×1 kernels, equal bit for bit to the convolution with its batch norm followed by the sum
+//! (`OutputStage::join`), and to the per-op layers to rounding.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use octconv_runtime::layers::{add, Activation, OctBatchNorm, OctConv2d, OutputStage};
+use octconv_runtime::OctValue;
+use octconv_spec::ir::{Downsample, OctConvSpec, Path};
+use octconv_spec::{Dims, Shape};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+
+/// Uniform values in [-1, 1).
+fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn spec(c: (usize, usize, usize, usize), kernel: usize, stride: usize) -> OctConvSpec {
+    OctConvSpec {
+        in_h: c.0,
+        in_l: c.1,
+        out_h: c.2,
+        out_l: c.3,
+        kernel,
+        stride,
+        groups: 1,
+        depthwise: false,
+        bias: false,
+        downsample: Downsample::Pool,
+    }
+}
+
+fn layer(s: OctConvSpec, bias: bool, rng: &mut ChaCha8Rng) -> OctConv2d {
+    let weights = Path::ALL.map(|p| {
+        s.path_channels(p)
+            .map(|(cin, cout)| f32_tensor(rng, &[cout, cin / s.groups, s.kernel, s.kernel]))
+    });
+    let b = bias.then(|| f32_tensor(rng, &[s.out_h]));
+    OctConv2d::from_weights(s, weights, b, None)
+}
+
+/// A batch norm of the layer's outputs, far from the identity (so a map applied twice or not at
+/// all shows).
+fn batch_norm(s: &OctConvSpec, rng: &mut ChaCha8Rng) -> OctBatchNorm {
+    let mut t = HashMap::new();
+    for (branch, c) in [("h", s.out_h), ("l", s.out_l)] {
+        let mut put = |name: &str, lo: f32, hi: f32| {
+            let v: Vec<f32> = (0..c)
+                .map(|_| lo + (hi - lo) * rng.random::<f32>())
+                .collect();
+            t.insert(
+                format!("{branch}.{name}"),
+                Tensor::from_vec(v, c, &Device::Cpu).unwrap(),
+            );
+        };
+        put("weight", 0.5, 2.0);
+        put("bias", -1.0, 1.0);
+        put("running_mean", -0.5, 0.5);
+        put("running_var", 0.5, 3.0);
+    }
+    let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
+    let input = match s.out_l {
+        0 => Shape::Single(Dims {
+            c: s.out_h,
+            h: 4,
+            w: 4,
+        }),
+        l => Shape::pair(s.out_h, l, 4, 4),
+    };
+    let vb = if s.out_l == 0 { vb.pp("h") } else { vb };
+    OctBatchNorm::new(&input, 1e-5, 0.1, vb).unwrap()
+}
+
+fn value(
+    s: &OctConvSpec,
+    n: usize,
+    (h, w): (usize, usize),
+    high: usize,
+    low: usize,
+    rng: &mut ChaCha8Rng,
+) -> OctValue {
+    let hi = f32_tensor(rng, &[n, high, h, w]);
+    match (s.in_l, low) {
+        (_, 0) => OctValue::Single(hi),
+        (_, l) => OctValue::Pair {
+            high: Some(hi),
+            low: f32_tensor(rng, &[n, l, h / 2, w / 2]),
+        },
+    }
+}
+
+fn flat(v: &OctValue) -> Vec<f32> {
+    let (h, l) = v.branches();
+    [h, l]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+/// The four-path 1×1 kernel (pairs at stride 1 and 2, a layer into the pair, one out of it), the
+/// one-branch 1×1 kernel (odd sizes, one image and several), and layers no kernel joins (a 3×3
+/// layer, a 1×1 layer with a bias, a stride-2 one-branch 1×1 layer): each joined stage equals the
+/// stage up to the residual and then the sum bit for bit, and the per-op layers (convolution,
+/// batch norm, add, activation) to 1e-5, with the ReLU, ReLU6 and no activation.
+#[test]
+fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    // (channels, kernel, stride, bias, batch, high input size)
+    for (c, k, stride, bias, n, hw) in [
+        ((6, 2, 5, 3), 1, 1, false, 2, (8, 12)),
+        ((6, 2, 5, 3), 1, 2, false, 3, (8, 8)),
+        ((5, 0, 4, 4), 1, 1, false, 2, (6, 10)),
+        ((4, 4, 7, 0), 1, 1, false, 1, (4, 6)),
+        ((5, 0, 9, 0), 1, 1, false, 1, (7, 13)),
+        ((5, 0, 9, 0), 1, 1, false, 5, (3, 5)),
+        ((24, 0, 40, 0), 1, 1, false, 2, (28, 28)),
+        ((4, 0, 6, 0), 3, 1, false, 2, (6, 6)),
+        ((4, 4, 6, 2), 3, 1, false, 2, (8, 8)),
+        ((5, 0, 9, 0), 1, 1, true, 2, (6, 6)),
+        ((5, 0, 9, 0), 1, 2, false, 2, (6, 6)),
+    ] {
+        let s = spec(c, k, stride);
+        let l = layer(s, bias, &mut rng);
+        let bn = batch_norm(&s, &mut rng);
+        let x = value(&s, n, hw, s.in_h, s.in_l, &mut rng);
+        let out_hw = (hw.0 / stride, hw.1 / stride);
+        let r = value(&s, n, out_hw, s.out_h, s.out_l, &mut rng);
+        for act in [Some(Activation::Relu), Some(Activation::Relu6), None] {
+            let stage = OutputStage {
+                bn: Some(&bn),
+                act,
+                pool: None,
+                halve: false,
+                add: Some(&r),
+            };
+            let got = l.infer_then(&x, &stage).unwrap();
+            let then = stage
+                .join(l.infer_then(&x, &stage.before_add()).unwrap())
+                .unwrap();
+            let (g, t) = (flat(&got), flat(&then));
+            assert_eq!(g.len(), t.len());
+            let same = g.iter().zip(&t).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{c:?} {k}×{k} stride {stride} bias {bias} {act:?}: not bit for bit"
+            );
+            let y = bn.forward_t(&l.forward(&x).unwrap(), false).unwrap();
+            let sum = add(&[&y, &r]).unwrap();
+            let want = match act {
+                Some(a) => a.forward(&sum).unwrap(),
+                None => sum,
+            };
+            let w = flat(&want);
+            let err = g
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                err <= 1e-5,
+                "{c:?} {k}×{k} stride {stride} bias {bias} {act:?}: {err}"
+            );
+        }
+    }
+}
