@@ -62,6 +62,12 @@ impl MaxPool {
                 .for_each(|(p, o)| pool3s2_plane(&x[p * h * w..][..h * w], o, (h, w)));
             return out;
         }
+        if (k, s, pd) == (2, 2, 0) && oh > 0 && ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(p, o)| pool2s2_plane(&x[p * h * w..][..h * w], o, (h, w)));
+            return out;
+        }
         // The first maximum of each window, found with selects instead of branches.
         out.par_chunks_mut((oh * ow).max(1))
             .enumerate()
@@ -146,6 +152,80 @@ fn keep_max<T: Element>(m: T, v: T) -> T {
         v
     } else {
         m
+    }
+}
+
+/// One plane of a 2×2, stride-2 max pool (U-Net's down-sampling): `o` (`h/2 × w/2`) takes the
+/// first maximum of each window in row-major order (`a₀, a₁`, then `b₀, b₁`, each kept only where
+/// it is greater), the generic loop's values bit for bit, NaN and signed zeros included. In f32 on
+/// a CPU with AVX2, eight outputs at a time ([`pool2s2_rows_avx2`]); the generic loop's strided
+/// windows ran U-Net's first pool (4 images, 16 + 16 channels at 128² and 64², α = .5) in 0.62 ms
+/// against ONNX Runtime's 0.12 (Intel Xeon, 2 threads).
+pub(crate) fn pool2s2_plane<T: Element>(plane: &[T], o: &mut [T], (h, w): (usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        if let (Some(p), Some(q)) = (T::as_f32(plane), T::as_f32_mut(o)) {
+            // SAFETY: the CPU has AVX2 (checked above).
+            unsafe { pool2s2_rows_avx2(p, q, (h, w)) };
+            return;
+        }
+    }
+    let (oh, ow) = (h / 2, w / 2);
+    for oy in 0..oh {
+        pool2s2_tail(&plane[2 * oy * w..][..2 * w], &mut o[oy * ow..][..ow], w, 0);
+    }
+}
+
+/// Outputs `from …` of one output row of [`pool2s2_plane`], from its two input rows (`rows`, `w`
+/// values each).
+fn pool2s2_tail<T: Element>(rows: &[T], orow: &mut [T], w: usize, from: usize) {
+    let (r0, r1) = rows.split_at(w);
+    for (x, v) in orow.iter_mut().enumerate().skip(from) {
+        let m = keep_max(r0[2 * x], r0[2 * x + 1]);
+        *v = keep_max(keep_max(m, r1[2 * x]), r1[2 * x + 1]);
+    }
+}
+
+/// [`pool2s2_plane`] in f32 with AVX2: per pair of rows, 16 columns of each deinterleaved into
+/// even and odd columns, `m = max(v, m)` in the scalar order (`_mm256_max_ps(v, m)` returns `m`
+/// unless `v > m`, as the select does, NaN and equal zeros included); the columns past the last
+/// multiple of 16 by the scalar loop.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pool2s2_rows_avx2(plane: &[f32], o: &mut [f32], (h, w): (usize, usize)) {
+    use std::arch::x86_64::*;
+    let (oh, ow) = (h / 2, w / 2);
+    assert!(
+        plane.len() >= 2 * oh * w && o.len() >= oh * ow,
+        "max pool: plane too short"
+    );
+    let blocks = ow / 8;
+    for oy in 0..oh {
+        let rows = &plane[2 * oy * w..][..2 * w];
+        let (r0, r1) = rows.split_at(w);
+        let orow = &mut o[oy * ow..][..ow];
+        for b in 0..blocks {
+            // SAFETY: columns 16b … 16b + 16 ≤ 2·ow ≤ w of both rows, outputs 8b … 8b + 8 ≤ ow.
+            let (a_lo, a_hi, b_lo, b_hi) = (
+                _mm256_loadu_ps(r0.as_ptr().add(16 * b)),
+                _mm256_loadu_ps(r0.as_ptr().add(16 * b + 8)),
+                _mm256_loadu_ps(r1.as_ptr().add(16 * b)),
+                _mm256_loadu_ps(r1.as_ptr().add(16 * b + 8)),
+            );
+            // Per 128-bit lane: even columns of lo then hi, and odd ones; the 64-bit quarters come
+            // out as outputs (0 1 | 4 5 | 2 3 | 6 7) and are put in order at the end.
+            let a0 = _mm256_shuffle_ps::<0b10_00_10_00>(a_lo, a_hi);
+            let a1 = _mm256_shuffle_ps::<0b11_01_11_01>(a_lo, a_hi);
+            let b0 = _mm256_shuffle_ps::<0b10_00_10_00>(b_lo, b_hi);
+            let b1 = _mm256_shuffle_ps::<0b11_01_11_01>(b_lo, b_hi);
+            let m = _mm256_max_ps(b1, _mm256_max_ps(b0, _mm256_max_ps(a1, a0)));
+            let v = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(m)));
+            _mm256_storeu_ps(orow.as_mut_ptr().add(8 * b), v);
+        }
+        pool2s2_tail(rows, orow, w, 8 * blocks);
     }
 }
 
@@ -327,5 +407,48 @@ impl CustomOp2 for MaxPoolGrad {
             _ => bail!("max pool backward: input and gradient must both be f32 or f64"),
         };
         Ok((dx, xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2×2 / 2 pool (AVX2 where the CPU has it) gives the generic loop's values bit for bit
+    /// on odd and even sides, rows shorter and longer than a vector, with NaN, infinities and
+    /// signed zeros in the windows.
+    #[test]
+    fn pool_2x2_equals_the_generic_loop_bit_for_bit() {
+        let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, -f32::INFINITY, 1.0, 1.0];
+        for (h, w) in [(2, 2), (3, 5), (4, 16), (5, 17), (6, 33), (9, 40)] {
+            let plane: Vec<f32> = crate::kernels::test_values(h * w, h as u64 * 31 + w as u64)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match i % 11 {
+                    k if k < special.len() && i % 3 == 0 => special[k],
+                    _ => (v * 4.0).round() as f32 / 4.0,
+                })
+                .collect();
+            let pool = MaxPool {
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+            };
+            let (oh, ow) = (h / 2, w / 2);
+            let got = pool.forward(&plane, 1, (h, w), (oh, ow));
+            let mut want = vec![0.0f32; oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = plane[2 * oy * w + 2 * ox];
+                    for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
+                        let v = plane[(2 * oy + dy) * w + 2 * ox + dx];
+                        m = if v > m { v } else { m };
+                    }
+                    want[oy * ow + ox] = m;
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{h} × {w}");
+        }
     }
 }
