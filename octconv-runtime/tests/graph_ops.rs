@@ -326,3 +326,62 @@ fn add_and_scale_inference_kernels_equal_the_ops_bit_for_bit() {
     let want = layers::scale(&x, &gates).unwrap();
     assert_eq!(bits(&Scale.infer(&[&x, &gates]).unwrap()), bits(&want));
 }
+
+/// The inference copy of `concat` gives exactly the op's values and shapes: singles of different
+/// channel counts, pairs (one with an empty high branch), one part alone, and flat batches (the
+/// op's own path).
+#[test]
+fn concat_inference_equals_the_op_bit_for_bit() {
+    use octconv_runtime::layers::layer::Concat;
+    use octconv_runtime::layers::OctLayer;
+    let mut rng = ChaCha8Rng::seed_from_u64(37);
+    let mut r = |shape: &[usize]| {
+        rand_tensor(&mut rng, shape)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    let parts = |v: &OctValue| -> Vec<(Vec<usize>, Vec<u32>)> {
+        let ts: Vec<&Tensor> = match v {
+            OctValue::Flat(t) => vec![t],
+            _ => {
+                let (h, l) = v.branches();
+                h.into_iter().chain(l).collect()
+            }
+        };
+        ts.into_iter()
+            .map(|t| {
+                let bits = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (
+                    t.dims().to_vec(),
+                    bits.into_iter().map(f32::to_bits).collect(),
+                )
+            })
+            .collect()
+    };
+    let singles = [
+        OctValue::Single(r(&[3, 2, 5, 7])),
+        OctValue::Single(r(&[3, 5, 5, 7])),
+        OctValue::Single(r(&[3, 1, 5, 7])),
+    ];
+    let pairs = [
+        pair(&[r(&[2, 3, 8, 6]), r(&[2, 5, 4, 3])]),
+        OctValue::Pair {
+            high: None,
+            low: r(&[2, 2, 4, 3]),
+        },
+        pair(&[r(&[2, 4, 8, 6]), r(&[2, 1, 4, 3])]),
+    ];
+    let flats = [OctValue::Flat(r(&[3, 4])), OctValue::Flat(r(&[3, 6]))];
+    for xs in [
+        &singles[..],
+        &singles[1..2],
+        &pairs[..],
+        &pairs[..1],
+        &flats[..],
+    ] {
+        let xs: Vec<&OctValue> = xs.iter().collect();
+        let want = parts(&layers::concat(&xs).unwrap());
+        assert!(!want.is_empty());
+        assert_eq!(parts(&Concat.infer(&xs).unwrap()), want);
+    }
+}

@@ -7,6 +7,7 @@ use crate::kernels::{serves, with_f32_many};
 use crate::layers::{OctLayer, OutputStage};
 use crate::value::OctValue;
 use candle_core::{DType, Result, Tensor};
+use rayon::prelude::*;
 
 /// The tensors of one branch (high or low) of every value, skipping empty (`None`) high branches.
 fn cat_branch(parts: Vec<&Tensor>) -> Result<Option<Tensor>> {
@@ -55,6 +56,85 @@ pub fn concat(xs: &[&OctValue]) -> Result<OctValue> {
             })
         }
     }
+}
+
+/// Inference of [`concat`]: each branch's channels copied image by image on all threads where
+/// every part is an f32 CPU map of one batch and size (candle's `cat` copied on one thread: U-Net's
+/// four decoder concatenations took 1.8 ms against ONNX Runtime's 1.0 at α = .5, batch 4, 128²);
+/// [`concat`] elsewhere. The values are the same copies.
+pub fn concat_infer(xs: &[&OctValue]) -> Result<OctValue> {
+    let branch = |parts: Vec<&Tensor>| -> Result<Option<Tensor>> {
+        if parts.len() < 2 {
+            return cat_branch(parts);
+        }
+        let dims: Vec<&[usize]> = parts.iter().map(|t| t.dims()).collect();
+        let fits = served_maps(&parts)
+            && dims
+                .iter()
+                .all(|d| d[0] == dims[0][0] && d[2..] == dims[0][2..]);
+        if !fits {
+            return cat_branch(parts);
+        }
+        let n = dims[0][0];
+        let per: Vec<usize> = dims.iter().map(|d| d[1..].iter().product()).collect();
+        let image: usize = per.iter().sum();
+        let y = with_f32_many(&parts, |vs| {
+            // Every value is written: the parts' images side by side fill each output image.
+            let mut y = crate::kernels::scratch::output_vec(n * image);
+            y.par_chunks_mut(image.max(1))
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let mut at = 0;
+                    for (v, &p) in vs.iter().zip(&per) {
+                        out[at..at + p].copy_from_slice(&v[i * p..][..p]);
+                        at += p;
+                    }
+                });
+            y
+        })?;
+        let mut shape = dims[0].to_vec();
+        shape[1] = dims.iter().map(|d| d[1]).sum();
+        Tensor::from_vec(y, shape, parts[0].device()).map(Some)
+    };
+    let singles: Option<Vec<&Tensor>> = xs
+        .iter()
+        .map(|x| match x {
+            OctValue::Single(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if let Some(ts) = singles {
+        if let Some(t) = branch(ts)? {
+            return Ok(OctValue::Single(t));
+        }
+    }
+    let pairs: Option<Vec<(Option<&Tensor>, &Tensor)>> = xs
+        .iter()
+        .map(|x| match x {
+            OctValue::Pair { high, low } => Some((high.as_ref(), low)),
+            _ => None,
+        })
+        .collect();
+    match pairs {
+        Some(pairs) if !pairs.is_empty() => {
+            let highs: Vec<&Tensor> = pairs.iter().filter_map(|p| p.0).collect();
+            let lows: Vec<&Tensor> = pairs.iter().map(|p| p.1).collect();
+            match branch(lows)? {
+                Some(low) => Ok(OctValue::Pair {
+                    high: branch(highs)?,
+                    low,
+                }),
+                None => concat(xs),
+            }
+        }
+        _ => concat(xs),
+    }
+}
+
+/// Whether every part is a 4-D f32 map on a device our kernels serve.
+fn served_maps(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| serves(t.device()) && t.dtype() == DType::F32 && t.rank() == 4)
 }
 
 /// Element-wise sum of values of one shape.

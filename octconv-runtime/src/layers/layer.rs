@@ -325,8 +325,17 @@ impl OctLayer for Add {
 /// `concat(…)`.
 #[derive(Clone, Copy, Debug)]
 pub struct Concat;
-oct_layer!(Concat, |_s, xs, train| super::concat(xs),
-    record: |_s, xs, n| adjoint::concat(xs, n));
+impl OctLayer for Concat {
+    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+        super::concat(xs)
+    }
+    fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        adjoint::concat(xs, needs_grad)
+    }
+    fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
+        super::graph::concat_infer(xs)
+    }
+}
 
 /// `scale(x)`: the first input scaled per channel by the second.
 #[derive(Clone, Copy, Debug)]
