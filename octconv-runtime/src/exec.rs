@@ -7,7 +7,7 @@
 //! the per-op forward in eval mode ([`Step::Reference`]) to rounding.
 
 use crate::kernels::scratch::output_vec;
-use crate::layers::{concat, Activation, OctBatchNorm, OctLayer, OutputStage};
+use crate::layers::{concat, Activation, MeansOut, OctBatchNorm, OctLayer, OutputStage};
 use crate::value::OctValue;
 use candle_core::{bail, DType, Result, Tensor};
 use octconv_spec::plan::{ConcatPlace, OutputMap, PlannedLayer, Program, Step};
@@ -44,8 +44,9 @@ pub fn run(
     let mut buffers: Vec<Option<ChainBuffer>> = vec![None; n];
     for (j, planned) in program.layers.iter().enumerate() {
         at_layer(j);
-        // Its reader runs it ([`Step::ExpandDepthwise`]): no value.
-        if planned.step == Step::Expanded {
+        // Its reader runs it ([`Step::ExpandDepthwise`]): no value; or its producer set its value
+        // ([`Step::Meaned`]).
+        if matches!(planned.step, Step::Expanded | Step::Meaned) {
             continue;
         }
         let ins = planned
@@ -75,7 +76,37 @@ pub fn run(
             })?),
             None => None,
         };
-        let y = step(program, layers, j, (&ins, extra), x, &mut buffers)?;
+        // A stage that computes a global average pooling leaves its means here.
+        let means = stage_mean(planned).map(|g| (g, MeansOut::default()));
+        let y = step(
+            program,
+            layers,
+            j,
+            (&ins, extra, means.as_ref().map(|m| &m.1)),
+            x,
+            &mut buffers,
+        )?;
+        let meaned = match means {
+            None => None,
+            Some((g, out)) => {
+                let Some(m) = out.take() else {
+                    bail!(
+                        "internal error: `{}` computed no means for `{}`",
+                        planned.name,
+                        program.layers[g].name
+                    )
+                };
+                if m.shape() != shapes[g] {
+                    bail!(
+                        "internal error: `{}` produced means {} but the checker expects {}",
+                        planned.name,
+                        m.shape(),
+                        shapes[g]
+                    )
+                }
+                Some((g, m))
+            }
+        };
         // Cut each value loose from the autograd graph: weights are variables, so every output
         // would otherwise keep its inputs alive until the last layer.
         let y = y.map(|t| Ok(t.detach()))?;
@@ -92,12 +123,23 @@ pub fn run(
             values[i] = None;
         }
         values[j] = Some(y);
+        if let Some((g, m)) = meaned {
+            values[g] = Some(m);
+        }
     }
     at_layer(n);
     values
         .pop()
         .flatten()
         .ok_or_else(|| candle_core::Error::Msg("model has no layers".into()))
+}
+
+/// The global average pooling whose means layer `planned`'s output stage computes, if any.
+fn stage_mean(planned: &PlannedLayer) -> Option<usize> {
+    match planned.step {
+        Step::Run { map: Some(m) } => m.mean,
+        _ => None,
+    }
 }
 
 /// The shape of each layer's value as the program runs: the checker's, except where an output map
@@ -139,7 +181,13 @@ fn validate(program: &Program) -> Result<()> {
                 Step::Input => l.inputs.is_empty(),
                 Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n) && no_join(map),
                 Step::BnAct { act } => act < n,
-                Step::Run { map } => map_ok(map, n) && one_pool(map) && joins_ok(program, j, map),
+                Step::Run { map } => {
+                    map_ok(map, n)
+                        && one_pool(map)
+                        && joins_ok(program, j, map)
+                        && means_ok(program, j, map)
+                }
+                Step::Meaned => l.inputs.is_empty(),
                 Step::OnPooled { map } => map_ok(map, n) && one_pool(map) && no_join(map),
                 Step::SumOf { at } => at < l.inputs.len() && l.inputs.len() == 2,
                 Step::Expanded => l.inputs.is_empty(),
@@ -198,9 +246,19 @@ fn joins_ok(program: &Program, j: usize, map: Option<OutputMap>) -> bool {
         && program.residual(a).is_some_and(|r| r < j)
 }
 
-/// Whether an output map joins no sum (only [`Step::Run`] runs a join).
+/// Whether an output map joins no sum and computes no means (only [`Step::Run`] runs those).
 fn no_join(map: Option<OutputMap>) -> bool {
-    map.is_none_or(|m| m.add.is_none())
+    map.is_none_or(|m| m.add.is_none() && m.mean.is_none())
+}
+
+/// Whether a map that computes a global average pooling (`mean`) is one the runtime runs: the
+/// pooling is a later layer whose step is [`Step::Meaned`], and the map neither pools nor joins.
+fn means_ok(program: &Program, j: usize, map: Option<OutputMap>) -> bool {
+    let Some(g) = map.and_then(|m| m.mean) else {
+        return true;
+    };
+    let plain = map.is_some_and(|m| m.pool.is_none() && m.pool_for.is_none() && m.add.is_none());
+    g > j && plain && program.layers[g].step == Step::Meaned
 }
 
 /// Whether an output map pools at most one way (a max pool or a hand-off to a stride-2 reader).
@@ -211,7 +269,7 @@ fn one_pool(map: Option<OutputMap>) -> bool {
 /// Whether an output map's layers are inside a program of `n` layers.
 fn map_ok(map: Option<OutputMap>, n: usize) -> bool {
     map.is_none_or(|m| {
-        [m.bn, m.act, m.pool, m.pool_for, m.add]
+        [m.bn, m.act, m.pool, m.pool_for, m.add, m.mean]
             .iter()
             .all(|i| i.is_none_or(|i| i < n))
     })
@@ -222,7 +280,7 @@ fn step(
     program: &Program,
     layers: &Layers<'_>,
     j: usize,
-    (ins, extra): (&[&OctValue], Option<&OctValue>),
+    (ins, extra, means): (&[&OctValue], Option<&OctValue>, Option<&MeansOut>),
     x: &Tensor,
     buffers: &mut [Option<ChainBuffer>],
 ) -> Result<OctValue> {
@@ -272,8 +330,15 @@ fn step(
             }
             let stage = OutputStage {
                 add: extra,
+                means,
                 ..stage(program, layers, m)?
             };
+            if m.mean.is_some() && (means.is_none() || layer()?.as_octconv().is_none()) {
+                bail!(
+                    "internal error: `{}` computes means but is not an octave convolution",
+                    planned.name
+                )
+            }
             if m.add.is_some() && (stage.add.is_none() || layer()?.as_octconv().is_none()) {
                 bail!(
                     "internal error: `{}` joins a sum but is not an octave convolution or has no residual",
@@ -304,6 +369,7 @@ fn step(
             dw.infer_expanded(ex, first()?, (&expand_stage, stage.as_ref()))?
         }
         Step::Expanded => bail!("internal error: `{}` runs in its reader", planned.name),
+        Step::Meaned => bail!("internal error: `{}` runs in its producer", planned.name),
         Step::OnPooled { map } => {
             let Some(conv) = layer()?.as_octconv() else {
                 bail!(
@@ -368,6 +434,7 @@ fn stage<'a>(program: &Program, layers: &Layers<'a>, m: OutputMap) -> Result<Out
         pool: m.pool.map(|p| pool(program, layers, p)).transpose()?,
         halve: m.pool_for.is_some(),
         add: None,
+        means: None,
     })
 }
 
@@ -580,6 +647,7 @@ mod tests {
             pool,
             pool_for,
             add: None,
+            mean: None,
         };
         let fused = |expand_map: OutputMap, m: Option<OutputMap>| Program {
             layers: vec![
@@ -626,6 +694,7 @@ mod tests {
             pool: None,
             pool_for,
             add: Some(add),
+            mean: None,
         };
         // 0: input, 1: the residual, 2: the convolution, 3: the sum, 4: a reader (a residual
         // read before it is made is refused as any input is).
@@ -662,6 +731,45 @@ mod tests {
                     layer(vec![1, 2], 2, sum),
                 ],
             },
+        ] {
+            let err = validate(&bad).unwrap_err().to_string();
+            assert!(err.contains("asks for a fusion"), "{err}");
+        }
+    }
+
+    /// Hand-built stage means the runtime cannot honour are refused before anything runs: a
+    /// pooling that is not `Meaned`, one that reads inputs, one made before its producer, and
+    /// means on a map that pools; the planner's form passes.
+    #[test]
+    fn programs_with_stage_means_the_runtime_cannot_honour_are_refused() {
+        let map = |mean: usize, pool_for: Option<usize>| OutputMap {
+            bn: None,
+            act: None,
+            pool: None,
+            pool_for,
+            add: None,
+            mean: Some(mean),
+        };
+        let program = |conv: Step, gap: PlannedLayer| Program {
+            layers: vec![layer(vec![], 2, Step::Input), layer(vec![0], 2, conv), gap],
+        };
+        let run = |m: OutputMap| Step::Run { map: Some(m) };
+        let meaned = || layer(vec![], 2, Step::Meaned);
+        assert!(validate(&program(run(map(2, None)), meaned())).is_ok());
+        for bad in [
+            program(
+                run(map(2, None)),
+                layer(vec![1], 2, Step::Run { map: None }),
+            ),
+            program(run(map(2, None)), layer(vec![1], 2, Step::Meaned)),
+            program(run(map(1, None)), meaned()),
+            program(run(map(2, Some(2))), meaned()),
+            program(
+                Step::OnPooled {
+                    map: Some(map(2, None)),
+                },
+                meaned(),
+            ),
         ] {
             let err = validate(&bad).unwrap_err().to_string();
             assert!(err.contains("asks for a fusion"), "{err}");

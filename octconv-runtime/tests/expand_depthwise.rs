@@ -62,6 +62,7 @@ fn a_depthwise_layer_running_its_expansion_equals_the_two_layers_in_turn() {
         pool: None,
         halve: false,
         add: None,
+        means: None,
     };
     // (n, (c_h, c_l), (e_h, e_l), (h, w), bias): a low part makes an octave pair.
     for (n, c, e, (h, w), bias) in [

@@ -314,6 +314,7 @@ fn add_and_scale_inference_kernels_equal_the_ops_bit_for_bit() {
             pool: None,
             halve: false,
             add: None,
+            means: None,
         };
         let want = Activation::Relu.forward(&want).unwrap();
         assert_eq!(bits(&Add.infer_then(&xs, &relu).unwrap()), bits(&want));

@@ -77,6 +77,7 @@ fn relu(halve: bool) -> OutputStage<'static> {
         pool: None,
         halve,
         add: None,
+        means: None,
     }
 }
 

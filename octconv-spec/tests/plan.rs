@@ -124,6 +124,7 @@ fn output_maps_take_single_reader_bn_and_activation_chains_after_convolutions_an
             pool: None,
             pool_for: None,
             add: None,
+            mean: None,
         })
     );
 }
@@ -542,4 +543,57 @@ fn a_sum_is_not_joined_where_the_convolution_or_its_batch_norm_has_other_readers
         )),
         0
     );
+}
+
+/// `Program::lower`: every squeeze of SE-ResNet-50 (α = 0 and .5) is a global average pooling
+/// whose means the block's last 1×1 convolution sums in its output stage (`OutputMap::mean`, the
+/// pooling `Step::Meaned`, reading nothing); the pooling of a value with no convolution behind its
+/// map (ResNeXt's head, after a joined sum) runs on its own, and so does one of a value that
+/// another map already pools.
+#[test]
+fn squeezes_are_summed_by_the_output_stage_of_the_convolution_before_them() {
+    use octconv_spec::ir::Op;
+    use octconv_spec::plan::{Program, Step};
+    for alpha in ["0", "0.5"] {
+        let m = check_builtin(&format!(
+            "se_resnet(depth = 50, reduction = 16, alpha = {alpha})"
+        ))
+        .model
+        .unwrap();
+        let program = Program::lower(&m);
+        let gaps: Vec<usize> = (0..m.layers.len())
+            .filter(|&j| matches!(m.layers[j].op, Op::GlobalAvgPool { .. }))
+            .collect();
+        assert_eq!(gaps.len(), 17, "α = {alpha}");
+        let mut meaned = 0;
+        for &g in &gaps {
+            let summed_by = (0..g).find(|&c| {
+                matches!(program.layers[c].step, Step::Run { map: Some(map) } if map.mean == Some(g))
+            });
+            match program.layers[g].step {
+                Step::Meaned => {
+                    let c = summed_by.expect("a producer sums the means");
+                    assert!(matches!(m.layers[c].op, Op::OctConv(_)), "α = {alpha}");
+                    assert!(program.layers[g].inputs.is_empty(), "α = {alpha}");
+                    let Step::Run { map: Some(map) } = program.layers[c].step else {
+                        unreachable!()
+                    };
+                    assert_eq!(map.bn, Some(m.layers[g].inputs[0]), "α = {alpha}");
+                    meaned += 1;
+                }
+                _ => assert!(summed_by.is_none(), "α = {alpha}"),
+            }
+        }
+        // The 16 squeezes; the head pools a ReLU after a scale-add.
+        assert_eq!(meaned, 16, "α = {alpha}");
+    }
+    let m = check_builtin("resnext(depth = 50, groups = 32, width = 4, alpha = 0)")
+        .model
+        .unwrap();
+    assert_eq!(Program::lower(&m).count(|s| matches!(s, Step::Meaned)), 0);
+    // A plain convolution's own value pooled (no map): summed too.
+    let text =
+        "model t() { input [8, 6, 6]; octconv(8, kernel = 1); global_avg_pool(); linear(4); }";
+    let m = check_text("t.oct", text, None).model.unwrap();
+    assert_eq!(Program::lower(&m).count(|s| matches!(s, Step::Meaned)), 1);
 }

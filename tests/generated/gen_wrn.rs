@@ -434,9 +434,10 @@ impl GenWrn {
                     ::std::option::Option::Some(::octconv::spec::plan::OutputMap { bn :
                     ::std::option::Option::None, act : ::std::option::Option::None, pool
                     : ::std::option::Option::None, pool_for :
-                    ::std::option::Option::None, add : ::std::option::Option::Some(18) })
-                    }, frees : ::std::vec![9], }, ::octconv::spec::plan::PlannedLayer {
-                    name : ::std::string::String::from("wide1.res0.add"), inputs :
+                    ::std::option::Option::None, add : ::std::option::Option::Some(18),
+                    mean : ::std::option::Option::None }) }, frees : ::std::vec![9], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.add"), inputs :
                     ::std::vec![16, 17], output : ::octconv::spec::Shape::Pair { high :
                     ::octconv::spec::Dims { c : 24, h : 16, w : 16 }, low :
                     ::octconv::spec::Dims { c : 8, h : 8, w : 8 } }, step :
@@ -494,9 +495,10 @@ impl GenWrn {
                     ::std::option::Option::Some(::octconv::spec::plan::OutputMap { bn :
                     ::std::option::Option::None, act : ::std::option::Option::None, pool
                     : ::std::option::Option::None, pool_for :
-                    ::std::option::Option::None, add : ::std::option::Option::Some(27) })
-                    }, frees : ::std::vec![18], }, ::octconv::spec::plan::PlannedLayer {
-                    name : ::std::string::String::from("wide2.res0.add"), inputs :
+                    ::std::option::Option::None, add : ::std::option::Option::Some(27),
+                    mean : ::std::option::Option::None }) }, frees : ::std::vec![18], },
+                    ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide2.res0.add"), inputs :
                     ::std::vec![25, 26], output : ::octconv::spec::Shape::Pair { high :
                     ::octconv::spec::Dims { c : 48, h : 8, w : 8 }, low :
                     ::octconv::spec::Dims { c : 16, h : 4, w : 4 } }, step :

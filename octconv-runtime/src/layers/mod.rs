@@ -30,6 +30,6 @@ pub use head::{flatten, global_avg_pool, Linear};
 pub use layer::{build, build_json, build_op, OctLayer};
 pub use octave::{merge, merge_low, pyramid, split, upsample};
 pub use octconv::OctConv2d;
-pub use output_stage::OutputStage;
+pub use output_stage::{MeansOut, OutputStage};
 pub use pool::{Pool, PoolKind};
 pub use transpose::OctConvTranspose2d;

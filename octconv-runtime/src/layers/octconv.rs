@@ -1,7 +1,7 @@
 //! `OctConv2d`: the octave convolution (Chen et al. 2019), four paths with empty ones skipped.
 
 use crate::kernels::direct;
-use crate::kernels::epilogue::{ChannelEpilogue, RowMap};
+use crate::kernels::epilogue::{BiasedEpilogue, ChannelEpilogue, RowMap};
 use crate::kernels::expand_depthwise;
 use crate::kernels::grouped_octave::{self, GroupedOctave};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
@@ -21,6 +21,7 @@ use candle_nn::VarBuilder;
 use octconv_spec::ir::{OctConvSpec, Path};
 
 mod joined;
+mod meaned;
 mod paths;
 mod train;
 
@@ -195,6 +196,9 @@ impl OctConv2d {
     /// grouped octave kernel ([`grouped_octave`]) where one applies, the direct, per-path or fused
     /// 3×3 kernels where they serve, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
+        if self.biases_in_place(x) {
+            return self.add_biases_in_place(self.without_bias().infer(x)?);
+        }
         if let Some(g) = self.pointwise_geometry(x)? {
             return self.infer_pointwise(x, g, [None, None], false);
         }
@@ -313,6 +317,9 @@ impl OctConv2d {
     /// convolution by im2col or the depthwise kernel, and a depthwise pair branch by branch, without
     /// bias); else in one pass afterwards.
     pub fn infer_then(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<OctValue> {
+        if let Some(out) = stage.means {
+            return self.infer_then_meaned(x, stage, out);
+        }
         if let Some(residual) = stage.add {
             return self.infer_then_joined(x, stage, residual);
         }
@@ -385,7 +392,113 @@ impl OctConv2d {
                 }
             }
         }
+        if let Some(y) = self.infer_then_biased(x, stage)? {
+            return Ok(y);
+        }
         stage.apply(self.infer(x)?)
+    }
+
+    /// The layer without its biases (the same weights).
+    fn without_bias(&self) -> OctConv2d {
+        OctConv2d {
+            bias_h: None,
+            bias_l: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether inference adds this layer's biases in place to its fresh output
+    /// ([`OctConv2d::add_biases_in_place`]): f32 CPU inputs and biases, the fused kernels on.
+    fn biases_in_place(&self, x: &OctValue) -> bool {
+        let biases = [&self.bias_h, &self.bias_l];
+        biases.iter().any(|b| b.is_some())
+            && self.fused
+            && self.fusable_inputs_f32(x)
+            && biases
+                .iter()
+                .all(|b| b.as_ref().is_none_or(crate::kernels::serves_f32))
+    }
+
+    /// `y`, a fresh output of this layer without its biases (nothing else holds it), with the
+    /// biases added in place on all threads ([`BiasedEpilogue`] with the identity map: `1·(y + c) +
+    /// (−0)`, the broadcast sum's values bit for bit); candle's broadcast sum wrote a fresh tensor
+    /// on one thread per call (5–8 % of the cycles of the seed's plain network, whose every
+    /// convolution has a bias). Branches that are not contiguous take the broadcast sum.
+    fn add_biases_in_place(&self, y: OctValue) -> Result<OctValue> {
+        let add = |t: Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
+            let Some(b) = bias else { return Ok(t) };
+            let c = b.elem_count();
+            if !t.is_contiguous() || t.rank() < 2 || t.dim(1)? != c {
+                return add_bias(t, bias);
+            }
+            let identity = ChannelEpilogue {
+                scale: vec![1.0; c],
+                shift: vec![-0.0; c],
+                clamp: crate::kernels::epilogue::Clamp::Identity,
+            };
+            let bias = b.flatten_all()?.to_vec1::<f32>()?;
+            t.inplace_op1(&BiasedEpilogue {
+                bias,
+                epi: identity,
+            })?;
+            Ok(t)
+        };
+        Ok(match y {
+            OctValue::Single(t) => OctValue::Single(add(t, &self.bias_h)?),
+            OctValue::Pair { high, low } => OctValue::Pair {
+                high: high.map(|h| add(h, &self.bias_h)).transpose()?,
+                low: add(low, &self.bias_l)?,
+            },
+            flat => flat,
+        })
+    }
+
+    /// [`OctConv2d::infer_then`] of a layer with a bias whose stage maps without pooling, on f32
+    /// CPU inputs: the layer without its bias, then the bias and the stage in one pass in place
+    /// ([`BiasedEpilogue`]; the same values as the bias's own op and the stage). `Ok(None)`
+    /// elsewhere.
+    fn infer_then_biased(&self, x: &OctValue, stage: &OutputStage<'_>) -> Result<Option<OctValue>> {
+        let s = &self.spec;
+        let has_bias = self.bias_h.is_some() || self.bias_l.is_some();
+        if !has_bias || stage.pools() || !self.fused || !self.fusable_inputs_f32(x) {
+            return Ok(None);
+        }
+        let biased = |bias: &Option<Tensor>,
+                      high: bool,
+                      c: usize|
+         -> Result<Option<BiasedEpilogue>> {
+            let Some(epi) = stage.epilogue(high, c)? else {
+                return Ok(None);
+            };
+            let bias = match bias {
+                Some(b) if crate::kernels::serves_f32(b) => b.flatten_all()?.to_vec1::<f32>()?,
+                Some(_) => return Ok(None),
+                // −0 added leaves every value as it is (a +0 would turn −0 into +0).
+                None => vec![-0.0; c],
+            };
+            Ok((bias.len() == c).then_some(BiasedEpilogue { bias, epi }))
+        };
+        let Some(eh) = biased(&self.bias_h, true, s.out_h)? else {
+            return Ok(None);
+        };
+        let el = match s.out_l {
+            0 => None,
+            c => match biased(&self.bias_l, false, c)? {
+                Some(e) => Some(e),
+                None => return Ok(None),
+            },
+        };
+        // A fresh output nothing else holds: mapped in place.
+        let y = self.without_bias().infer(x)?;
+        match (&y, el) {
+            (OctValue::Single(t), None) => t.inplace_op1(&eh)?,
+            (OctValue::Pair { high: Some(h), low }, Some(el)) => {
+                h.inplace_op1(&eh)?;
+                low.inplace_op1(&el)?;
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(y))
     }
 
     /// [`OctConv2d::infer_then`] of a stage that halves its output ([`OutputStage::halve`]): a 1×1
@@ -991,6 +1104,9 @@ impl OctConv2d {
     /// inside this layer's kernels where they take an input map ([`OctConv2d::forward_prologue`]),
     /// else op by op. The interpreter's `infer` and the generated `infer` of `octnet!` both run it.
     pub fn infer_after_bn_relu(&self, bn: &OctBatchNorm, x: &OctValue) -> Result<OctValue> {
+        if self.biases_in_place(x) {
+            return self.add_biases_in_place(self.without_bias().infer_after_bn_relu(bn, x)?);
+        }
         // The map is read back from the batch norm's parameters: only worth it (and, on a GPU, only
         // a needless device-to-host copy otherwise) where our kernels can apply it.
         let map = if self.fused && self.fusable_inputs_f32(x) {

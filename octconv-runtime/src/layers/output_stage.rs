@@ -27,6 +27,28 @@ pub struct OutputStage<'a> {
     /// their output buffer join each row in cache ([`crate::kernels::epilogue::ResidualJoin`]);
     /// otherwise [`OutputStage::apply`] sums after the batch norm. Never with a pool.
     pub add: Option<&'a OctValue>,
+    /// Where the global average pooling of the mapped output goes, if the stage computes it
+    /// ([`octconv_spec::plan::OutputMap::mean`]): kernels that map rows of their output buffer sum
+    /// each row in cache ([`crate::kernels::epilogue::PlaneSums`]); otherwise
+    /// [`OutputStage::apply`] pools the mapped output. Never with a pool or a residual.
+    pub means: Option<&'a MeansOut>,
+}
+
+/// The per-channel means a stage computed ([`OutputStage::means`]): a flat `[N, C]` value (on an
+/// octave pair the high branch's channels, then the low one's), taken by the executor.
+#[derive(Debug, Default)]
+pub struct MeansOut(std::cell::RefCell<Option<OctValue>>);
+
+impl MeansOut {
+    /// Leaves `means` here.
+    pub fn set(&self, means: OctValue) {
+        *self.0.borrow_mut() = Some(means);
+    }
+
+    /// The means, if the stage has run.
+    pub fn take(&self) -> Option<OctValue> {
+        self.0.borrow_mut().take()
+    }
 }
 
 /// The 2×2 average pooling of every branch of `y` (a stride-2 octave convolution's first step).
@@ -38,6 +60,11 @@ impl OutputStage<'_> {
     /// Applies the stage to `y`, a fresh value nothing else holds, in place where our kernels serve
     /// it ([`OctBatchNorm::infer_in_place`], [`Activation::infer_in_place`]).
     pub fn apply(&self, y: OctValue) -> Result<OctValue> {
+        if let Some(out) = self.means {
+            let y = self.without_means().apply(y)?;
+            out.set(crate::layers::global_avg_pool(&y, true)?);
+            return Ok(y);
+        }
         if self.add.is_some() {
             return self.join(self.before_add().map(y)?);
         }
@@ -66,11 +93,20 @@ impl OutputStage<'_> {
         }
     }
 
+    /// The stage without its means ([`OutputStage::means`]).
+    pub fn without_means(&self) -> Self {
+        OutputStage {
+            means: None,
+            ..*self
+        }
+    }
+
     /// The stage up to its residual: the batch norm alone (no activation, no residual).
     pub fn before_add(&self) -> Self {
         OutputStage {
             act: None,
             add: None,
+            means: None,
             ..*self
         }
     }
@@ -88,6 +124,7 @@ impl OutputStage<'_> {
             pool: None,
             halve: false,
             add: None,
+            means: None,
         };
         crate::layers::layer::Add.infer_then(&[&y, residual], &act_only)
     }
@@ -105,8 +142,8 @@ impl OutputStage<'_> {
     /// The stage of one output branch (`high`, or the low one) of `channels` channels as a kernel
     /// epilogue, or `None` where it is not one (another activation, parameters that are not f32).
     pub fn epilogue(&self, high: bool, channels: usize) -> Result<Option<ChannelEpilogue>> {
-        // A plain epilogue cannot add the residual.
-        if self.add.is_some() {
+        // A plain epilogue cannot add the residual or sum the planes.
+        if self.add.is_some() || self.means.is_some() {
             return Ok(None);
         }
         let Some(clamp) = self.act.map_or(Some(Clamp::Identity), Activation::clamp) else {

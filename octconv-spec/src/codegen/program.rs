@@ -34,6 +34,7 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
             pool,
             pool_for,
             add,
+            mean,
         }) => {
             let opt = |v: &Option<usize>| match v {
                 Some(i) => {
@@ -42,10 +43,10 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
                 }
                 None => quote!(::std::option::Option::None),
             };
-            let (bn, act, pool, pool_for, add) =
-                (opt(bn), opt(act), opt(pool), opt(pool_for), opt(add));
+            let (bn, act, pool, pool_for) = (opt(bn), opt(act), opt(pool), opt(pool_for));
+            let (add, mean) = (opt(add), opt(mean));
             quote!(::std::option::Option::Some(#p::OutputMap {
-                bn: #bn, act: #act, pool: #pool, pool_for: #pool_for, add: #add
+                bn: #bn, act: #act, pool: #pool, pool_for: #pool_for, add: #add, mean: #mean
             }))
         }
         None => quote!(::std::option::Option::None),
@@ -99,6 +100,7 @@ fn step_tokens(p: &TokenStream, step: &Step) -> TokenStream {
             let at = us(at);
             quote!(#p::Step::SumOf { at: #at })
         }
+        Step::Meaned => quote!(#p::Step::Meaned),
         Step::Reference => quote!(#p::Step::Reference),
     }
 }

@@ -178,6 +178,11 @@ pub struct OutputMap {
     /// MobileNet v2 as their last 1×1 convolution writes each row, not a pass of their own. The
     /// sum's step is [`Step::SumOf`]; its other input is the residual ([`Program::residual`]).
     pub add: Option<usize>,
+    /// A global average pooling (`Op::GlobalAvgPool`) of the mapped value, one of its readers,
+    /// whose means the producer's output stage sums from each row in cache
+    /// ([`Program::lower`]): squeeze-and-excitation's squeeze, which otherwise reads the whole
+    /// block output back from memory. Its step is [`Step::Meaned`].
+    pub mean: Option<usize>,
 }
 
 /// Where inference applies a batch norm and/or a ReLU or ReLU6 to a freshly computed value in place,
@@ -224,6 +229,7 @@ impl OutputMaps {
                             pool: None,
                             pool_for: None,
                             add: None,
+                            mean: None,
                         },
                         None => OutputMap {
                             bn: None,
@@ -231,6 +237,7 @@ impl OutputMaps {
                             pool: None,
                             pool_for: None,
                             add: None,
+                            mean: None,
                         },
                     }
                 }
@@ -241,6 +248,7 @@ impl OutputMaps {
                     pool: None,
                     pool_for: None,
                     add: None,
+                    mean: None,
                 },
                 _ => continue,
             };

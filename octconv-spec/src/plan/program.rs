@@ -75,6 +75,9 @@ pub enum Step {
         /// Which input holds the sum (0 or 1).
         at: usize,
     },
+    /// A global average pooling whose means the output stage of its input's producer computed
+    /// ([`OutputMap::mean`]): it reads nothing; its value is set when the producer runs.
+    Meaned,
     /// The layer's per-op forward in eval mode, nothing fused ([`Program::per_op`]: the
     /// interpreter's `infer` with the fused kernels switched off).
     Reference,
@@ -221,9 +224,24 @@ impl Program {
                     pool: None,
                     pool_for: None,
                     add: Some(add),
+                    mean: None,
                 }),
             };
             steps[add] = Step::SumOf { at };
+        }
+        for (gap, conv) in stage_means(model, &steps) {
+            if let Step::Run { map } = &mut steps[conv] {
+                let m = map.get_or_insert(OutputMap {
+                    bn: None,
+                    act: None,
+                    pool: None,
+                    pool_for: None,
+                    add: None,
+                    mean: None,
+                });
+                m.mean = Some(gap);
+                steps[gap] = Step::Meaned;
+            }
         }
         Self::with_steps(model, steps)
     }
@@ -311,6 +329,48 @@ fn joined_residual(inputs: &[usize], step: &Step) -> Option<usize> {
     }
 }
 
+/// The global average poolings whose means a convolution's output stage sums, as `(gap, conv)`: a
+/// global average pooling running on its own whose input is the mapped value of an octave
+/// convolution — the convolution's own, or its batch norm's or activation's — that runs with an
+/// output map that neither pools, hands a pooled map on nor joins a sum, and no other such
+/// pooling; on an octave pair only a per-branch pooling (the others are errors of the checker).
+/// Squeeze-and-excitation's squeeze: the block's last 1×1 convolution, its batch norm read by the
+/// squeeze and the scaling. The runtime sums in the kernels that map rows of their output buffer
+/// (the four-path and the one-branch 1×1 kernels) and pools after the convolution elsewhere.
+pub fn stage_means(model: &Model, steps: &[Step]) -> Vec<(usize, usize)> {
+    let layers = &model.layers;
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (g, l) in layers.iter().enumerate() {
+        let (Op::GlobalAvgPool { per_branch }, Step::Run { map: None }, &[e]) =
+            (&l.op, steps[g], l.inputs.as_slice())
+        else {
+            continue;
+        };
+        let shape_ok = match layers[e].output {
+            Shape::Single(_) => true,
+            Shape::Pair { .. } => *per_branch,
+            Shape::Flat { .. } => false,
+        };
+        // The producer whose map ends at `e`.
+        let conv = (0..=e).rev().find(|&c| match (&layers[c].op, steps[c]) {
+            (Op::OctConv(_), Step::Run { map: Some(m) }) => {
+                m.act.or(m.bn).unwrap_or(c) == e
+                    && m.pool.is_none()
+                    && m.pool_for.is_none()
+                    && m.add.is_none()
+            }
+            (Op::OctConv(_), Step::Run { map: None }) => c == e,
+            _ => false,
+        });
+        if let (true, Some(c)) = (shape_ok, conv) {
+            if !out.iter().any(|&(_, d)| d == c) {
+                out.push((g, c));
+            }
+        }
+    }
+    out
+}
+
 /// The residual joins that a convolution's output stage computes, as `(add, conv, at)`: a sum of
 /// two different values running on its own (with at most an activation map), whose input at
 /// position `at` is an octave convolution's output — directly, or through the batch norm its
@@ -370,7 +430,7 @@ pub fn residual_joins(model: &Model, steps: &[Step]) -> Vec<(usize, usize, usize
 /// ([`Step::Expanded`]), the expansion's inputs for [`Step::ExpandDepthwise`].
 fn planned_inputs(model: &Model, l: &crate::ir::Layer, step: &Step) -> Vec<usize> {
     match *step {
-        Step::Expanded => Vec::new(),
+        Step::Expanded | Step::Meaned => Vec::new(),
         Step::ExpandDepthwise { expand, .. } => model.layers[expand].inputs.clone(),
         _ => l.inputs.clone(),
     }

@@ -1,11 +1,15 @@
-//! A convolution whose output stage joins a residual sum (`OutputStage::add`, planned as
-//! `OutputMap::add` with the sum's `Step::SumOf`): `act(bn(conv(x)) + r)` with each row joined in
-//! the 1×1 kernels, equal bit for bit to the convolution with its batch norm followed by the sum
-//! (`OutputStage::join`), and to the per-op layers to rounding.
+//! What a convolution's output stage computes beyond its batch norm and activation, against the
+//! same computed apart: a residual sum it joins (`OutputStage::add`, planned as `OutputMap::add` with
+//! the sum's `Step::SumOf`): `act(bn(conv(x)) + r)` with each row joined in the 1×1 kernels, equal
+//! bit for bit to the convolution with its batch norm followed by the sum (`OutputStage::join`),
+//! and to the per-op layers to rounding; and the global average pooling it sums
+//! (`OutputStage::means`, planned as `OutputMap::mean` with the pooling's `Step::Meaned`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use octconv_runtime::layers::{add, Activation, OctBatchNorm, OctConv2d, OutputStage};
+use octconv_runtime::layers::{
+    add, global_avg_pool, Activation, MeansOut, OctBatchNorm, OctConv2d, OutputStage,
+};
 use octconv_runtime::OctValue;
 use octconv_spec::ir::{Downsample, OctConvSpec, Path};
 use octconv_spec::{Dims, Shape};
@@ -138,6 +142,7 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
                 pool: None,
                 halve: false,
                 add: Some(&r),
+                means: None,
             };
             let got = l.infer_then(&x, &stage).unwrap();
             let then = stage
@@ -167,5 +172,69 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
                 "{c:?} {k}×{k} stride {stride} bias {bias} {act:?}: {err}"
             );
         }
+    }
+}
+
+/// A stage that also pools its output globally gives the stage's output unchanged (bit for bit)
+/// and the per-branch global average pooling of it (to 1e-6: the sums run in another order), on
+/// the four-path 1×1 kernel (pairs at stride 1 and 2, a layer out of the pair), the one-branch 1×1
+/// kernel, and layers no kernel sums (3×3, a bias).
+#[test]
+fn a_stage_with_means_equals_the_stage_then_global_average_pooling() {
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    for (c, k, stride, bias, n, hw) in [
+        ((6, 2, 5, 3), 1, 1, false, 2, (8, 12)),
+        ((6, 2, 5, 3), 1, 2, false, 3, (8, 8)),
+        ((4, 4, 7, 0), 1, 1, false, 1, (4, 6)),
+        ((5, 0, 9, 0), 1, 1, false, 3, (7, 13)),
+        ((24, 0, 40, 0), 1, 1, false, 2, (28, 28)),
+        ((4, 4, 6, 2), 3, 1, false, 2, (8, 8)),
+        ((5, 0, 9, 0), 1, 1, true, 2, (6, 6)),
+    ] {
+        let s = spec(c, k, stride);
+        let l = layer(s, bias, &mut rng);
+        let bn = batch_norm(&s, &mut rng);
+        let x = value(&s, n, hw, s.in_h, s.in_l, &mut rng);
+        let out = MeansOut::default();
+        let plain = OutputStage {
+            bn: Some(&bn),
+            act: Some(Activation::Relu),
+            pool: None,
+            halve: false,
+            add: None,
+            means: None,
+        };
+        let stage = OutputStage {
+            means: Some(&out),
+            ..plain
+        };
+        let got = l.infer_then(&x, &stage).unwrap();
+        let want = l.infer_then(&x, &plain).unwrap();
+        let bits = |v: &OctValue| flat(v).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{c:?} {k}×{k} stride {stride}: the output"
+        );
+        let OctValue::Flat(means) = out.take().expect("the stage left its means") else {
+            panic!("flat means")
+        };
+        let OctValue::Flat(pooled) = global_avg_pool(&want, true).unwrap() else {
+            panic!("flat pooling")
+        };
+        assert_eq!(means.dims(), pooled.dims(), "{c:?}");
+        let (m, p) = (
+            means.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let err = m
+            .iter()
+            .zip(&p)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(
+            err <= 1e-6,
+            "{c:?} {k}×{k} stride {stride} bias {bias}: means off by {err}"
+        );
     }
 }
