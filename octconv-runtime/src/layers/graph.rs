@@ -64,37 +64,10 @@ pub fn concat(xs: &[&OctValue]) -> Result<OctValue> {
 /// [`concat`] elsewhere. The values are the same copies.
 pub fn concat_infer(xs: &[&OctValue]) -> Result<OctValue> {
     let branch = |parts: Vec<&Tensor>| -> Result<Option<Tensor>> {
-        if parts.len() < 2 {
-            return cat_branch(parts);
+        match parts.len() {
+            0 | 1 => cat_branch(parts),
+            _ => cat_channels(&parts).map(Some),
         }
-        let dims: Vec<&[usize]> = parts.iter().map(|t| t.dims()).collect();
-        let fits = served_maps(&parts)
-            && dims
-                .iter()
-                .all(|d| d[0] == dims[0][0] && d[2..] == dims[0][2..]);
-        if !fits {
-            return cat_branch(parts);
-        }
-        let n = dims[0][0];
-        let per: Vec<usize> = dims.iter().map(|d| d[1..].iter().product()).collect();
-        let image: usize = per.iter().sum();
-        let y = with_f32_many(&parts, |vs| {
-            // Every value is written: the parts' images side by side fill each output image.
-            let mut y = crate::kernels::scratch::output_vec(n * image);
-            y.par_chunks_mut(image.max(1))
-                .enumerate()
-                .for_each(|(i, out)| {
-                    let mut at = 0;
-                    for (v, &p) in vs.iter().zip(&per) {
-                        out[at..at + p].copy_from_slice(&v[i * p..][..p]);
-                        at += p;
-                    }
-                });
-            y
-        })?;
-        let mut shape = dims[0].to_vec();
-        shape[1] = dims.iter().map(|d| d[1]).sum();
-        Tensor::from_vec(y, shape, parts[0].device()).map(Some)
     };
     let singles: Option<Vec<&Tensor>> = xs
         .iter()
@@ -129,6 +102,41 @@ pub fn concat_infer(xs: &[&OctValue]) -> Result<OctValue> {
         }
         _ => concat(xs),
     }
+}
+
+/// The maps `parts` concatenated along channels (dimension 1) for inference: image by image on
+/// all threads where every part is a 4-D f32 map of one batch and size on the CPU, else candle's
+/// `cat` (one thread). No gradient.
+fn cat_channels(parts: &[&Tensor]) -> Result<Tensor> {
+    let dims: Vec<&[usize]> = parts.iter().map(|t| t.dims()).collect();
+    let fits = !parts.is_empty()
+        && served_maps(parts)
+        && dims
+            .iter()
+            .all(|d| d[0] == dims[0][0] && d[2..] == dims[0][2..]);
+    if !fits {
+        return Tensor::cat(parts, 1);
+    }
+    let n = dims[0][0];
+    let per: Vec<usize> = dims.iter().map(|d| d[1..].iter().product()).collect();
+    let image: usize = per.iter().sum();
+    let y = with_f32_many(parts, |vs| {
+        // Every value is written: the parts' images side by side fill each output image.
+        let mut y = crate::kernels::scratch::output_vec(n * image);
+        y.par_chunks_mut(image.max(1))
+            .enumerate()
+            .for_each(|(i, out)| {
+                let mut at = 0;
+                for (v, &p) in vs.iter().zip(&per) {
+                    out[at..at + p].copy_from_slice(&v[i * p..][..p]);
+                    at += p;
+                }
+            });
+        y
+    })?;
+    let mut shape = dims[0].to_vec();
+    shape[1] = dims.iter().map(|d| d[1]).sum();
+    Tensor::from_vec(y, shape, parts[0].device())
 }
 
 /// Whether every part is a 4-D f32 map on a device our kernels serve.
