@@ -45,8 +45,11 @@ pub fn run(
     for (j, planned) in program.layers.iter().enumerate() {
         at_layer(j);
         // Its reader runs it ([`Step::ExpandDepthwise`]): no value; or its producer set its value
-        // ([`Step::Meaned`]).
+        // ([`Step::Meaned`]), and what it would have read may go.
         if matches!(planned.step, Step::Expanded | Step::Meaned) {
+            for &i in &planned.frees {
+                values[i] = None;
+            }
             continue;
         }
         let ins = planned
@@ -223,7 +226,7 @@ fn validate(program: &Program) -> Result<()> {
                 }
                 Step::Reference => true,
             };
-        if !ok {
+        if !ok || !made_by_one(program, j) {
             bail!(
                 "internal error: the planned step of layer `{}` refers outside the program or asks for a fusion the runtime does not run",
                 l.name
@@ -231,6 +234,31 @@ fn validate(program: &Program) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a sum that a convolution joins ([`Step::SumOf`]) or a pooling it sums
+/// ([`Step::Meaned`]) has exactly one such producer before it — for a sum, the convolution behind
+/// the input it passes on (that convolution, or the batch norm its map applies) — and any other
+/// layer none to rely on. A sum no convolution joins would drop its residual.
+fn made_by_one(program: &Program, g: usize) -> bool {
+    let layers = &program.layers;
+    let maps = |j: usize| match layers[j].step {
+        Step::Run { map: Some(m) } => Some(m),
+        _ => None,
+    };
+    let producers: Vec<usize> = (0..g)
+        .filter(|&j| maps(j).is_some_and(|m| m.add == Some(g) || m.mean == Some(g)))
+        .collect();
+    match layers[g].step {
+        Step::SumOf { at } => match (producers.as_slice(), layers[g].inputs.get(at)) {
+            (&[j], Some(&i)) => {
+                i == j || maps(j).is_some_and(|m| m.add == Some(g) && m.bn == Some(i))
+            }
+            _ => false,
+        },
+        Step::Meaned => producers.len() == 1,
+        _ => true,
+    }
 }
 
 /// Whether a map that joins a sum (`add`) is one the runtime runs: the sum is a later layer whose
@@ -684,8 +712,9 @@ mod tests {
     }
 
     /// Hand-built residual joins the runtime cannot honour are refused before anything runs: a
-    /// residual made after the convolution, a sum that is not `SumOf`, a join that pools, and a
-    /// join on a step other than `Run`; the planner's form passes.
+    /// residual made after the convolution, a sum that is not `SumOf`, a join that pools, a join
+    /// on a step other than `Run`, a `SumOf` no convolution joins or whose joining convolution is
+    /// not behind the input it passes on; the planner's form passes.
     #[test]
     fn programs_with_residual_joins_the_runtime_cannot_honour_are_refused() {
         let join = |add: usize, pool_for: Option<usize>| OutputMap {
@@ -722,6 +751,10 @@ mod tests {
                 sum,
             ),
             program(1, run(join(3, None)), Step::SumOf { at: 2 }),
+            // No convolution joins the sum (its residual would be dropped), or the joining one
+            // is not behind the input the sum passes on.
+            program(1, Step::Run { map: None }, sum),
+            program(1, run(join(3, None)), Step::SumOf { at: 1 }),
             // The residual made after the convolution, before the sum.
             Program {
                 layers: vec![
@@ -738,8 +771,8 @@ mod tests {
     }
 
     /// Hand-built stage means the runtime cannot honour are refused before anything runs: a
-    /// pooling that is not `Meaned`, one that reads inputs, one made before its producer, and
-    /// means on a map that pools; the planner's form passes.
+    /// pooling that is not `Meaned`, one that reads inputs, one made before its producer, means
+    /// on a map that pools, and a `Meaned` pooling no stage sums; the planner's form passes.
     #[test]
     fn programs_with_stage_means_the_runtime_cannot_honour_are_refused() {
         let map = |mean: usize, pool_for: Option<usize>| OutputMap {
@@ -762,6 +795,7 @@ mod tests {
                 layer(vec![1], 2, Step::Run { map: None }),
             ),
             program(run(map(2, None)), layer(vec![1], 2, Step::Meaned)),
+            program(Step::Run { map: None }, meaned()),
             program(run(map(1, None)), meaned()),
             program(run(map(2, Some(2))), meaned()),
             program(

@@ -111,7 +111,8 @@ fn flat(v: &OctValue) -> Vec<f32> {
 /// one-branch 1×1 kernel (odd sizes, one image and several), and layers no kernel joins (a 3×3
 /// layer, a 1×1 layer with a bias, a stride-2 one-branch 1×1 layer): each joined stage equals the
 /// stage up to the residual and then the sum bit for bit, and the per-op layers (convolution,
-/// batch norm, add, activation) to 1e-5, with the ReLU, ReLU6 and no activation.
+/// batch norm, add, activation) to 1e-5, with the ReLU, ReLU6 and no activation, and with no map
+/// before the sum at all (WRN's projection shortcuts).
 #[test]
 fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
     let mut rng = ChaCha8Rng::seed_from_u64(23);
@@ -135,9 +136,15 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
         let x = value(&s, n, hw, s.in_h, s.in_l, &mut rng);
         let out_hw = (hw.0 / stride, hw.1 / stride);
         let r = value(&s, n, out_hw, s.out_h, s.out_l, &mut rng);
-        for act in [Some(Activation::Relu), Some(Activation::Relu6), None] {
+        let maps = [
+            (Some(&bn), Some(Activation::Relu)),
+            (Some(&bn), Some(Activation::Relu6)),
+            (Some(&bn), None),
+            (None, None),
+        ];
+        for (bn, act) in maps {
             let stage = OutputStage {
-                bn: Some(&bn),
+                bn,
                 act,
                 pool: None,
                 halve: false,
@@ -155,7 +162,11 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
                 same,
                 "{c:?} {k}×{k} stride {stride} bias {bias} {act:?}: not bit for bit"
             );
-            let y = bn.forward_t(&l.forward(&x).unwrap(), false).unwrap();
+            let y = l.forward(&x).unwrap();
+            let y = match bn {
+                Some(bn) => bn.forward_t(&y, false).unwrap(),
+                None => y,
+            };
             let sum = add(&[&y, &r]).unwrap();
             let want = match act {
                 Some(a) => a.forward(&sum).unwrap(),
@@ -237,4 +248,23 @@ fn a_stage_with_means_equals_the_stage_then_global_average_pooling() {
             "{c:?} {k}×{k} stride {stride} bias {bias}: means off by {err}"
         );
     }
+    // An empty batch: empty output and means, no panic.
+    let s = spec((6, 2, 5, 3), 1, 1);
+    let (l, bn) = (layer(s, false, &mut rng), batch_norm(&s, &mut rng));
+    let x = value(&s, 0, (8, 8), s.in_h, s.in_l, &mut rng);
+    let out = MeansOut::default();
+    let stage = OutputStage {
+        bn: Some(&bn),
+        act: None,
+        pool: None,
+        halve: false,
+        add: None,
+        means: Some(&out),
+    };
+    let y = l.infer_then(&x, &stage).unwrap();
+    assert!(flat(&y).is_empty());
+    let OctValue::Flat(means) = out.take().unwrap() else {
+        panic!("flat means")
+    };
+    assert_eq!(means.dims(), [0, 8]);
 }

@@ -536,6 +536,13 @@ fn a_sum_is_not_joined_where_the_convolution_or_its_batch_norm_has_other_readers
         )),
         0
     );
+    // The other input made after the convolution (and not itself a joinable convolution's).
+    assert_eq!(
+        joins(&format!(
+            "{x} residual {{ octconv(8, kernel = 1); }} shortcut {{ conv(8, kernel = 3); relu(); }}"
+        )),
+        0
+    );
     // The convolution's own ReLU before the sum.
     assert_eq!(
         joins(&format!(
@@ -591,9 +598,14 @@ fn squeezes_are_summed_by_the_output_stage_of_the_convolution_before_them() {
         .model
         .unwrap();
     assert_eq!(Program::lower(&m).count(|s| matches!(s, Step::Meaned)), 0);
-    // A plain convolution's own value pooled (no map): summed too.
+    // A plain convolution's own value pooled (no map): summed too, and freed at the pooling,
+    // which fetches nothing.
     let text =
         "model t() { input [8, 6, 6]; octconv(8, kernel = 1); global_avg_pool(); linear(4); }";
     let m = check_text("t.oct", text, None).model.unwrap();
-    assert_eq!(Program::lower(&m).count(|s| matches!(s, Step::Meaned)), 1);
+    let program = Program::lower(&m);
+    assert_eq!(program.count(|s| matches!(s, Step::Meaned)), 1);
+    assert_eq!(program.layers[2].step, Step::Meaned);
+    assert!(program.layers[2].inputs.is_empty());
+    assert_eq!(program.layers[2].frees, [1]);
 }

@@ -270,15 +270,21 @@ impl<'a> ResidualJoin<'a> {
 
     /// Maps row `row` of channel `ch` (a kernel's [`RowMap`]).
     pub fn apply_row(&self, ch: usize, row: &mut [f32]) {
-        let at = (row.as_ptr() as usize).checked_sub(self.base);
-        let r = at
-            .map(|b| b / std::mem::size_of::<f32>())
-            .and_then(|i| self.residual.get(i..i + row.len()));
+        let r = row_index(self.base, self.residual.len(), row)
+            .map(|i| &self.residual[i..][..row.len()]);
         let Some(r) = r else {
             panic!("internal error: a residual join was handed a row outside its output")
         };
         add_row(row, r, self.epi.scale[ch], self.epi.shift[ch], self.clamp)
     }
+}
+
+/// The index in an output buffer of `len` values starting at address `base` at which `row` starts,
+/// if the whole row lies in the buffer (how [`ResidualJoin`] and [`PlaneSums`] place the rows a
+/// [`RowMap`] is handed).
+fn row_index(base: usize, len: usize, row: &[f32]) -> Option<usize> {
+    let i = (row.as_ptr() as usize).checked_sub(base)? / std::mem::size_of::<f32>();
+    (i + row.len() <= len).then_some(i)
 }
 
 /// The sums of each image's channel planes of one output buffer, taken from the rows a kernel
@@ -319,10 +325,7 @@ impl PlaneSums {
     /// Adds row `row` of channel `ch` (after the kernel's map) to its plane's sum.
     pub fn add_row(&self, ch: usize, row: &[f32]) {
         use std::sync::atomic::Ordering::Relaxed;
-        let at = (row.as_ptr() as usize)
-            .checked_sub(self.base)
-            .map(|b| b / std::mem::size_of::<f32>())
-            .filter(|&i| i + row.len() <= self.len && ch < self.channels);
+        let at = row_index(self.base, self.len, row).filter(|_| ch < self.channels);
         let Some(i) = at else {
             panic!("internal error: plane sums were handed a row outside their output")
         };

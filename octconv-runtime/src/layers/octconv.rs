@@ -197,7 +197,7 @@ impl OctConv2d {
     /// 3×3 kernels where they serve, else [`OctConv2d::forward`].
     pub fn infer(&self, x: &OctValue) -> Result<OctValue> {
         if self.biases_in_place(x) {
-            return self.add_biases_in_place(self.without_bias().infer(x)?);
+            return self.add_biases_in_place(self.unbiased().infer(x)?);
         }
         if let Some(g) = self.pointwise_geometry(x)? {
             return self.infer_pointwise(x, g, [None, None], false);
@@ -399,7 +399,7 @@ impl OctConv2d {
     }
 
     /// The layer without its biases (the same weights).
-    fn without_bias(&self) -> OctConv2d {
+    fn unbiased(&self) -> OctConv2d {
         OctConv2d {
             bias_h: None,
             bias_l: None,
@@ -489,14 +489,17 @@ impl OctConv2d {
             },
         };
         // A fresh output nothing else holds: mapped in place.
-        let y = self.without_bias().infer(x)?;
+        let y = self.unbiased().infer(x)?;
         match (&y, el) {
-            (OctValue::Single(t), None) => t.inplace_op1(&eh)?,
-            (OctValue::Pair { high: Some(h), low }, Some(el)) => {
+            (OctValue::Single(t), None) if t.is_contiguous() => t.inplace_op1(&eh)?,
+            (OctValue::Pair { high: Some(h), low }, Some(el))
+                if h.is_contiguous() && low.is_contiguous() =>
+            {
                 h.inplace_op1(&eh)?;
                 low.inplace_op1(&el)?;
             }
-            _ => return Ok(None),
+            // Not the shapes the stage expects: the biases, then the stage, as two passes.
+            _ => return stage.apply(self.add_biases_in_place(y)?).map(Some),
         }
         Ok(Some(y))
     }
@@ -1105,7 +1108,7 @@ impl OctConv2d {
     /// else op by op. The interpreter's `infer` and the generated `infer` of `octnet!` both run it.
     pub fn infer_after_bn_relu(&self, bn: &OctBatchNorm, x: &OctValue) -> Result<OctValue> {
         if self.biases_in_place(x) {
-            return self.add_biases_in_place(self.without_bias().infer_after_bn_relu(bn, x)?);
+            return self.add_biases_in_place(self.unbiased().infer_after_bn_relu(bn, x)?);
         }
         // The map is read back from the batch norm's parameters: only worth it (and, on a GPU, only
         // a needless device-to-host copy otherwise) where our kernels can apply it.

@@ -159,8 +159,9 @@ impl OutputStage<'_> {
                     None => return Ok(None),
                 }
             }
-            // 1·y + 0 is y exactly, so an activation alone maps like the in-place pass.
-            None => (vec![1.0; channels], vec![0.0; channels]),
+            // 1·y + (−0) is y exactly (−0 included, which + 0 would turn into +0), so an
+            // activation alone, or nothing, maps like the in-place pass.
+            None => (vec![1.0; channels], vec![-0.0; channels]),
         };
         if scale.len() != channels {
             return Ok(None);

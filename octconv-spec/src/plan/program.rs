@@ -129,8 +129,10 @@ impl Program {
     /// ([`InputMaps`]), output maps ([`OutputMaps`], including the pooled hand-off to a stride-2
     /// reader, [`Step::OnPooled`]), batch norm + activation passes ([`bn_then_clamp`]),
     /// concatenation chains ([`concat_chains`]), expansions run by their depthwise readers
-    /// ([`expand_depthwise_pairs`]) and squeeze-and-excitation scalings joined to their sums
-    /// ([`scale_adds`]).
+    /// ([`expand_depthwise_pairs`]), squeeze-and-excitation scalings joined to their sums
+    /// ([`scale_adds`]), residual sums joined by a convolution's output stage
+    /// ([`residual_joins`], [`Step::SumOf`]) and global average poolings summed by one
+    /// ([`stage_means`], [`Step::Meaned`]).
     pub fn lower(model: &Model) -> Program {
         let layers = &model.layers;
         let last = last_use(model);
@@ -268,6 +270,9 @@ impl Program {
             .map(|(l, step)| {
                 let mut r = planned_inputs(model, l, step);
                 match *step {
+                    // A pooling its producer summed reads nothing, but its input is done with
+                    // there (freed at it, though no value is fetched).
+                    Step::Meaned => r.extend(&l.inputs),
                     Step::ScaleAdd { scale, .. } => r.extend(model.layers[scale].inputs.get(1)),
                     Step::Run {
                         map: Some(OutputMap { add: Some(a), .. }),
@@ -277,7 +282,9 @@ impl Program {
                 r
             })
             .collect();
-        let mut last = last_use(model);
+        // Each value's last reader among the steps as they run (a layer its reader runs reads
+        // nothing).
+        let mut last: Vec<usize> = (0..model.layers.len()).collect();
         for (j, r) in reads.iter().enumerate() {
             for &i in r {
                 last[i] = last[i].max(j);

@@ -37,10 +37,9 @@ impl OctConv2d {
         residual: &OctValue,
     ) -> Result<Option<OctValue>> {
         let s = &self.spec;
-        let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
         let clamp = stage.act.map_or(Some(Clamp::Identity), Activation::clamp);
-        let (Some(clamp), true) = (clamp, no_bias && self.fused && self.fusable_inputs_f32(x))
-        else {
+        let fusable = self.fused_without_bias() && self.fusable_inputs_f32(x);
+        let (Some(clamp), true) = (clamp, fusable) else {
             return Ok(None);
         };
         let bn = stage.before_add();

@@ -40,8 +40,11 @@ impl OctConv2d {
         stage: &OutputStage<'_>,
     ) -> Result<Option<(OctValue, OctValue)>> {
         let s = &self.spec;
-        let no_bias = self.bias_h.is_none() && self.bias_l.is_none();
-        if !no_bias || !self.fused || !self.fusable_inputs_f32(x) || stage.pools() {
+        let empty = x
+            .branches()
+            .0
+            .map_or(Ok(true), |t| t.dims4().map(|d| d.0 == 0))?;
+        if !self.fused_without_bias() || !self.fusable_inputs_f32(x) || stage.pools() || empty {
             return Ok(None);
         }
         let Some(eh) = stage.epilogue(true, s.out_h)? else {
