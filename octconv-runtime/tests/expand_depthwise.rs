@@ -2,29 +2,15 @@
 //! the 1×1 expansion it reads image by image equals the two layers run one after the other, on the
 //! fused kernel and on the fallback.
 
-use candle_core::{Device, Tensor};
-use octconv_runtime::layers::{Activation, OctConv2d, OutputStage};
+use octconv_runtime::layers::{Activation, OutputStage};
 use octconv_runtime::OctValue;
-use octconv_spec::ir::{Downsample, OctConvSpec, Path};
-use rand::{Rng, SeedableRng};
+use octconv_spec::ir::{Downsample, OctConvSpec};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// Uniform values in [-1, 1).
-fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn layer(s: OctConvSpec, bias: bool, rng: &mut ChaCha8Rng) -> OctConv2d {
-    let per = |cin: usize| if s.depthwise { 1 } else { cin / s.groups };
-    let weights = Path::ALL.map(|p| {
-        s.path_channels(p)
-            .map(|(cin, cout)| f32_tensor(rng, &[cout, per(cin), s.kernel, s.kernel]))
-    });
-    let b = bias.then(|| f32_tensor(rng, &[s.out_h]));
-    OctConv2d::from_weights(s, weights, b, None)
-}
+#[path = "common/octave_layers.rs"]
+mod octave_layers;
+use octave_layers::{f32_tensor, layer, values};
 
 fn spec(c: usize, e: usize, kernel: usize, depthwise: bool) -> OctConvSpec {
     OctConvSpec {
@@ -39,15 +25,6 @@ fn spec(c: usize, e: usize, kernel: usize, depthwise: bool) -> OctConvSpec {
         bias: false,
         downsample: Downsample::Pool,
     }
-}
-
-fn values(v: &OctValue) -> Vec<f32> {
-    let (h, l) = v.branches();
-    [h, l]
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect()
 }
 
 /// The fused kernels (one branch and an octave pair; no bias; with and without the depthwise

@@ -2,44 +2,16 @@
 //! `OutputMap::pool_for`) and the stride-2 reader that then runs at stride 1 on it
 //! (`OctConv2d::infer_on_pooled`, `Step::OnPooled`): each equals the unfused computation.
 
-use candle_core::{Device, Tensor};
-use octconv_runtime::layers::{Activation, OctConv2d, OutputStage};
+use octconv_runtime::layers::{Activation, OutputStage};
 use octconv_runtime::ops::avg_pool2x2;
 use octconv_runtime::OctValue;
-use octconv_spec::ir::{Downsample, OctConvSpec, Path};
-use rand::{Rng, SeedableRng};
+use octconv_spec::ir::{Downsample, OctConvSpec};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn spec(c: (usize, usize, usize, usize), kernel: usize, stride: usize) -> OctConvSpec {
-    OctConvSpec {
-        in_h: c.0,
-        in_l: c.1,
-        out_h: c.2,
-        out_l: c.3,
-        kernel,
-        stride,
-        groups: 1,
-        depthwise: false,
-        bias: false,
-        downsample: Downsample::Pool,
-    }
-}
-
-/// Uniform values in [-1, 1).
-fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn layer(s: OctConvSpec, rng: &mut ChaCha8Rng) -> OctConv2d {
-    let per = |cin: usize| if s.depthwise { 1 } else { cin / s.groups };
-    let weights = Path::ALL.map(|p| {
-        s.path_channels(p)
-            .map(|(cin, cout)| f32_tensor(rng, &[cout, per(cin), s.kernel, s.kernel]))
-    });
-    OctConv2d::from_weights(s, weights, None, None)
-}
+#[path = "common/octave_layers.rs"]
+mod octave_layers;
+use octave_layers::{f32_tensor, layer, spec, values};
 
 fn input(s: &OctConvSpec, n: usize, (h, w): (usize, usize), rng: &mut ChaCha8Rng) -> OctValue {
     let high = f32_tensor(rng, &[n, s.in_h, h, w]);
@@ -53,15 +25,7 @@ fn input(s: &OctConvSpec, n: usize, (h, w): (usize, usize), rng: &mut ChaCha8Rng
 }
 
 fn max_diff(a: &OctValue, b: &OctValue) -> f64 {
-    let flat = |v: &OctValue| -> Vec<f32> {
-        let (h, l) = v.branches();
-        [h, l]
-            .into_iter()
-            .flatten()
-            .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            .collect()
-    };
-    let (a, b) = (flat(a), flat(b));
+    let (a, b) = (values(a), values(b));
     assert_eq!(a.len(), b.len(), "sizes differ");
     assert!(!a.is_empty());
     a.iter()
@@ -100,7 +64,7 @@ fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
         ((4, 4, 6, 2), 3, (8, 8)),
     ] {
         let s = spec(c, k, 1);
-        let l = layer(s, &mut rng);
+        let l = layer(s, false, &mut rng);
         let x = input(&s, 2, hw, &mut rng);
         let got = l.infer_then(&x, &relu(true)).unwrap();
         let per_op = Activation::Relu6.forward(&l.infer(&x).unwrap()).unwrap();
@@ -111,7 +75,7 @@ fn a_stage_that_halves_equals_the_stage_then_2x2_average_pooling() {
     // A stride-2 1×1 pair layer (the planner never asks it to halve; a hand-built program may):
     // the fallback, not the stride-1 band kernel.
     let s = spec((6, 2, 5, 3), 1, 2);
-    let l = layer(s, &mut rng);
+    let l = layer(s, false, &mut rng);
     let x = input(&s, 2, (16, 16), &mut rng);
     let got = l.infer_then(&x, &relu(true)).unwrap();
     let per_op = Activation::Relu6.forward(&l.infer(&x).unwrap()).unwrap();
@@ -136,7 +100,7 @@ fn a_stride_2_layer_on_a_pooled_input_equals_it_on_the_unpooled_input() {
             depthwise,
             ..spec(c, 3, 2)
         };
-        let l = layer(s, &mut rng);
+        let l = layer(s, false, &mut rng);
         let x = input(&s, 2, (12, 16), &mut rng);
         let pooled = x.map(avg_pool2x2).unwrap();
         let want = l.infer(&x).unwrap();
@@ -155,7 +119,7 @@ fn a_stride_2_layer_on_a_pooled_input_equals_it_on_the_unpooled_input() {
         ..spec((4, 0, 4, 0), 3, 2)
     };
     for s in [strided, spec((4, 2, 3, 5), 3, 2)] {
-        let l = layer(s, &mut rng);
+        let l = layer(s, false, &mut rng);
         let x = input(&s, 1, (8, 8), &mut rng);
         let err = l.infer_on_pooled(&x, None).unwrap_err().to_string();
         assert!(err.contains("pools first and has no L→H path"), "{err}");

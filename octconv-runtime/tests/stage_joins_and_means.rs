@@ -8,45 +8,18 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use octconv_runtime::layers::{
-    add, global_avg_pool, Activation, MeansOut, OctBatchNorm, OctConv2d, OutputStage,
+    add, global_avg_pool, Activation, MeansOut, OctBatchNorm, OutputStage,
 };
 use octconv_runtime::OctValue;
-use octconv_spec::ir::{Downsample, OctConvSpec, Path};
+use octconv_spec::ir::OctConvSpec;
 use octconv_spec::{Dims, Shape};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
-/// Uniform values in [-1, 1).
-fn f32_tensor(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn spec(c: (usize, usize, usize, usize), kernel: usize, stride: usize) -> OctConvSpec {
-    OctConvSpec {
-        in_h: c.0,
-        in_l: c.1,
-        out_h: c.2,
-        out_l: c.3,
-        kernel,
-        stride,
-        groups: 1,
-        depthwise: false,
-        bias: false,
-        downsample: Downsample::Pool,
-    }
-}
-
-fn layer(s: OctConvSpec, bias: bool, rng: &mut ChaCha8Rng) -> OctConv2d {
-    let weights = Path::ALL.map(|p| {
-        s.path_channels(p)
-            .map(|(cin, cout)| f32_tensor(rng, &[cout, cin / s.groups, s.kernel, s.kernel]))
-    });
-    let b = bias.then(|| f32_tensor(rng, &[s.out_h]));
-    OctConv2d::from_weights(s, weights, b, None)
-}
+#[path = "common/octave_layers.rs"]
+mod octave_layers;
+use octave_layers::{f32_tensor, layer, spec, values};
 
 /// A batch norm of the layer's outputs, far from the identity (so a map applied twice or not at
 /// all shows).
@@ -98,15 +71,6 @@ fn value(
     }
 }
 
-fn flat(v: &OctValue) -> Vec<f32> {
-    let (h, l) = v.branches();
-    [h, l]
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect()
-}
-
 /// The four-path 1×1 kernel (pairs at stride 1 and 2, a layer into the pair, one out of it), the
 /// one-branch 1×1 kernel (odd sizes, one image and several), and layers no kernel joins (a 3×3
 /// layer, a 1×1 layer with a bias, a stride-2 one-branch 1×1 layer): each joined stage equals the
@@ -155,7 +119,7 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
             let then = stage
                 .join(l.infer_then(&x, &stage.before_add()).unwrap())
                 .unwrap();
-            let (g, t) = (flat(&got), flat(&then));
+            let (g, t) = (values(&got), values(&then));
             assert_eq!(g.len(), t.len());
             let same = g.iter().zip(&t).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
@@ -172,7 +136,7 @@ fn a_joined_stage_equals_the_batch_norm_then_the_sum_bit_for_bit() {
                 Some(a) => a.forward(&sum).unwrap(),
                 None => sum,
             };
-            let w = flat(&want);
+            let w = values(&want);
             let err = g
                 .iter()
                 .zip(&w)
@@ -221,7 +185,7 @@ fn a_stage_with_means_equals_the_stage_then_global_average_pooling() {
         };
         let got = l.infer_then(&x, &stage).unwrap();
         let want = l.infer_then(&x, &plain).unwrap();
-        let bits = |v: &OctValue| flat(v).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let bits = |v: &OctValue| values(v).into_iter().map(f32::to_bits).collect::<Vec<_>>();
         assert_eq!(
             bits(&got),
             bits(&want),
@@ -262,7 +226,7 @@ fn a_stage_with_means_equals_the_stage_then_global_average_pooling() {
         means: Some(&out),
     };
     let y = l.infer_then(&x, &stage).unwrap();
-    assert!(flat(&y).is_empty());
+    assert!(values(&y).is_empty());
     let OctValue::Flat(means) = out.take().unwrap() else {
         panic!("flat means")
     };

@@ -196,6 +196,7 @@ fn pool2s2_tail<T: Element>(rows: &[T], orow: &mut [T], w: usize, from: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pool2s2_rows_avx2(plane: &[f32], o: &mut [f32], (h, w): (usize, usize)) {
+    use super::resample::{even_odd_avx2, in_order_avx2};
     use std::arch::x86_64::*;
     let (oh, ow) = (h / 2, w / 2);
     assert!(
@@ -209,21 +210,9 @@ unsafe fn pool2s2_rows_avx2(plane: &[f32], o: &mut [f32], (h, w): (usize, usize)
         let orow = &mut o[oy * ow..][..ow];
         for b in 0..blocks {
             // SAFETY: columns 16b … 16b + 16 ≤ 2·ow ≤ w of both rows, outputs 8b … 8b + 8 ≤ ow.
-            let (a_lo, a_hi, b_lo, b_hi) = (
-                _mm256_loadu_ps(r0.as_ptr().add(16 * b)),
-                _mm256_loadu_ps(r0.as_ptr().add(16 * b + 8)),
-                _mm256_loadu_ps(r1.as_ptr().add(16 * b)),
-                _mm256_loadu_ps(r1.as_ptr().add(16 * b + 8)),
-            );
-            // Per 128-bit lane: even columns of lo then hi, and odd ones; the 64-bit quarters come
-            // out as outputs (0 1 | 4 5 | 2 3 | 6 7) and are put in order at the end.
-            let a0 = _mm256_shuffle_ps::<0b10_00_10_00>(a_lo, a_hi);
-            let a1 = _mm256_shuffle_ps::<0b11_01_11_01>(a_lo, a_hi);
-            let b0 = _mm256_shuffle_ps::<0b10_00_10_00>(b_lo, b_hi);
-            let b1 = _mm256_shuffle_ps::<0b11_01_11_01>(b_lo, b_hi);
+            let [a0, a1, b0, b1] = even_odd_avx2(r0, r1, b);
             let m = _mm256_max_ps(b1, _mm256_max_ps(b0, _mm256_max_ps(a1, a0)));
-            let v = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(m)));
-            _mm256_storeu_ps(orow.as_mut_ptr().add(8 * b), v);
+            _mm256_storeu_ps(orow.as_mut_ptr().add(8 * b), in_order_avx2(m));
         }
         pool2s2_tail(rows, orow, w, 8 * blocks);
     }

@@ -99,27 +99,56 @@ unsafe fn pool_rows_avx2(plane: &[f32], o: &mut [f32], (h, w): (usize, usize), s
         let orow = &mut o[oy * ow..][..ow];
         for b in 0..blocks {
             // SAFETY: columns 16b … 16b + 16 ≤ 2·ow ≤ w of both rows, outputs 8b … 8b + 8 ≤ ow.
-            let (a_lo, a_hi, b_lo, b_hi) = (
-                _mm256_loadu_ps(r0.as_ptr().add(16 * b)),
-                _mm256_loadu_ps(r0.as_ptr().add(16 * b + 8)),
-                _mm256_loadu_ps(r1.as_ptr().add(16 * b)),
-                _mm256_loadu_ps(r1.as_ptr().add(16 * b + 8)),
-            );
-            // Per 128-bit lane: even columns of lo then hi, and odd ones; the 64-bit quarters come
-            // out as outputs (0 1 | 4 5 | 2 3 | 6 7) and are put in order at the end.
-            let a0 = _mm256_shuffle_ps::<0b10_00_10_00>(a_lo, a_hi);
-            let a1 = _mm256_shuffle_ps::<0b11_01_11_01>(a_lo, a_hi);
-            let b0 = _mm256_shuffle_ps::<0b10_00_10_00>(b_lo, b_hi);
-            let b1 = _mm256_shuffle_ps::<0b11_01_11_01>(b_lo, b_hi);
+            let [a0, a1, b0, b1] = even_odd_avx2(r0, r1, b);
             let sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), b0), b1);
-            let v = _mm256_mul_ps(vs, sum);
-            let v = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+            let v = in_order_avx2(_mm256_mul_ps(vs, sum));
             _mm256_storeu_ps(orow.as_mut_ptr().add(8 * b), v);
         }
         for x in 8 * blocks..ow {
             orow[x] = scale * (r0[2 * x] + r0[2 * x + 1] + r1[2 * x] + r1[2 * x + 1]);
         }
     }
+}
+
+/// Columns `16b … 16b + 16` of rows `r0` and `r1` as their even and odd columns, `[r0 even, r0 odd,
+/// r1 even, r1 odd]`, eight each, in the lane order `(0 1 | 4 5 | 2 3 | 6 7)` of the outputs they
+/// make ([`in_order_avx2`] puts a result in order): the 2×2 / 2 poolings' deinterleave.
+///
+/// # Safety
+/// The CPU must have AVX2, and both rows at least `16b + 16` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn even_odd_avx2(
+    r0: &[f32],
+    r1: &[f32],
+    b: usize,
+) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    debug_assert!(r0.len() >= 16 * b + 16 && r1.len() >= 16 * b + 16);
+    let (a_lo, a_hi, b_lo, b_hi) = (
+        _mm256_loadu_ps(r0.as_ptr().add(16 * b)),
+        _mm256_loadu_ps(r0.as_ptr().add(16 * b + 8)),
+        _mm256_loadu_ps(r1.as_ptr().add(16 * b)),
+        _mm256_loadu_ps(r1.as_ptr().add(16 * b + 8)),
+    );
+    // Per 128-bit lane: even columns of lo then hi, and odd ones.
+    [
+        _mm256_shuffle_ps::<0b10_00_10_00>(a_lo, a_hi),
+        _mm256_shuffle_ps::<0b11_01_11_01>(a_lo, a_hi),
+        _mm256_shuffle_ps::<0b10_00_10_00>(b_lo, b_hi),
+        _mm256_shuffle_ps::<0b11_01_11_01>(b_lo, b_hi),
+    ]
+}
+
+/// Eight outputs made from [`even_odd_avx2`]'s vectors, in order.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn in_order_avx2(v: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
 }
 
 /// [`pool_plane`] of the plane's values mapped by `f` (a batch norm's inference map, say).
