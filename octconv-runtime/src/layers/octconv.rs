@@ -23,6 +23,7 @@ use octconv_spec::ir::{OctConvSpec, Path};
 mod joined;
 mod meaned;
 mod paths;
+mod row_mapped;
 mod train;
 
 /// Whether new layers may use the fused kernel: yes unless `OCTCONV_FUSED=0` (read once), which runs

@@ -4,9 +4,10 @@
 //! — the last layer of every ResNet / ResNeXt bottleneck and MobileNet v2 block. Any other layer
 //! runs its stage up to the residual, then the sum in one pass ([`OutputStage::join`]).
 
+use super::row_mapped::RowMapped;
 use super::OctConv2d;
 use crate::kernels::conv2d;
-use crate::kernels::epilogue::{Clamp, ResidualJoin, RowMap};
+use crate::kernels::epilogue::{ChannelEpilogue, Clamp, ResidualJoin, RowMap};
 use crate::kernels::pointwise::{self, PointwiseOctave};
 use crate::kernels::scratch::output_vec;
 use crate::kernels::with_f32_many;
@@ -36,36 +37,32 @@ impl OctConv2d {
         stage: &OutputStage<'_>,
         residual: &OctValue,
     ) -> Result<Option<OctValue>> {
-        let s = &self.spec;
         let clamp = stage.act.map_or(Some(Clamp::Identity), Activation::clamp);
-        let fusable = self.fused_without_bias() && self.fusable_inputs_f32(x);
-        let (Some(clamp), true) = (clamp, fusable) else {
+        let (Some(clamp), Some(kernel)) = (clamp, self.row_mapped_1x1(x)?) else {
             return Ok(None);
         };
-        let bn = stage.before_add();
-        if let Some(g) = self.pointwise_geometry(x)? {
-            return self.pointwise_joined(x, g, &bn, (residual, clamp));
+        let Some(epis) = self.branch_epilogues(&stage.before_add())? else {
+            return Ok(None);
+        };
+        match (kernel, residual) {
+            (RowMapped::Pointwise(g), _) => self.pointwise_joined(x, g, epis, (residual, clamp)),
+            (RowMapped::OneBranch(xs, w, _), OctValue::Single(r)) => {
+                let p = self.conv_params(1);
+                let y = conv2d::infer_post_joined(xs, w, p, &epis.0, (r, clamp))?;
+                Ok(y.map(OctValue::Single))
+            }
+            _ => Ok(None),
         }
-        let one_branch_1x1 = s.kernel == 1 && s.groups == 1 && !s.depthwise && s.stride == 1;
-        if let (true, (Some(xs), None), [Some(w), None, None, None], OctValue::Single(r)) =
-            (one_branch_1x1, x.branches(), &self.weights, residual)
-        {
-            let Some(epi) = bn.epilogue(true, s.out_h)? else {
-                return Ok(None);
-            };
-            let y = conv2d::infer_post_joined(xs, w, self.conv_params(1), &epi, (r, clamp))?;
-            return Ok(y.map(OctValue::Single));
-        }
-        Ok(None)
     }
 
     /// The four-path 1×1 kernel ([`pointwise::forward_post_into`]) with each output branch's rows
-    /// mapped by `bn` and joined with that branch of `residual`.
+    /// mapped by its epilogue (the stage up to the residual) and joined with that branch of
+    /// `residual`.
     fn pointwise_joined(
         &self,
         x: &OctValue,
         g: PointwiseOctave,
-        bn: &OutputStage<'_>,
+        (eh, el): (ChannelEpilogue, Option<ChannelEpilogue>),
         (residual, clamp): (&OctValue, Clamp),
     ) -> Result<Option<OctValue>> {
         let s = &self.spec;
@@ -82,15 +79,6 @@ impl OctConv2d {
         if !shapes_fit || !f32_cpu(rh) || !rl.is_none_or(f32_cpu) {
             return Ok(None);
         }
-        let eh = bn.epilogue(true, s.out_h)?;
-        let el = match s.out_l {
-            0 => None,
-            c => match bn.epilogue(false, c)? {
-                None => return Ok(None),
-                e => e,
-            },
-        };
-        let Some(eh) = eh else { return Ok(None) };
         let (Some(xh), xl) = x.branches() else {
             return Ok(None);
         };

@@ -4,12 +4,13 @@
 //! 1×1 kernel, and a one-branch 1×1 convolution by im2col, as the last layer of every SE
 //! bottleneck is. Any other layer maps its output, then pools it.
 
+use super::row_mapped::RowMapped;
 use super::OctConv2d;
-use crate::kernels::conv2d::{self, Algorithm};
+use crate::kernels::conv2d;
 use crate::kernels::epilogue::{ChannelEpilogue, PlaneSums, RowMap};
 use crate::kernels::pointwise::{self, PointwiseOctave};
 use crate::kernels::scratch::output_vec;
-use crate::kernels::{with_f32_all, with_f32_many, ConvGeometry};
+use crate::kernels::{with_f32_all, with_f32_many};
 use crate::layers::{MeansOut, OutputStage};
 use crate::value::OctValue;
 use candle_core::{Result, Tensor};
@@ -39,38 +40,18 @@ impl OctConv2d {
         x: &OctValue,
         stage: &OutputStage<'_>,
     ) -> Result<Option<(OctValue, OctValue)>> {
-        let s = &self.spec;
-        let empty = x
-            .branches()
-            .0
-            .map_or(Ok(true), |t| t.dims4().map(|d| d.0 == 0))?;
-        if !self.fused_without_bias() || !self.fusable_inputs_f32(x) || stage.pools() || empty {
-            return Ok(None);
-        }
-        let Some(eh) = stage.epilogue(true, s.out_h)? else {
+        let (Some(kernel), false) = (self.row_mapped_1x1(x)?, stage.pools()) else {
             return Ok(None);
         };
-        let el = match s.out_l {
-            0 => None,
-            c => match stage.epilogue(false, c)? {
-                None => return Ok(None),
-                e => e,
-            },
-        };
-        if let Some(g) = self.pointwise_geometry(x)? {
-            return self.pointwise_meaned(x, g, (&eh, el.as_ref())).map(Some);
-        }
-        let one_branch_1x1 = s.kernel == 1 && s.groups == 1 && !s.depthwise && s.stride == 1;
-        let (true, (Some(xs), None), [Some(w), None, None, None]) =
-            (one_branch_1x1, x.branches(), &self.weights)
-        else {
+        let Some((eh, el)) = self.branch_epilogues(stage)? else {
             return Ok(None);
         };
-        let p = self.conv_params(1);
-        let g = ConvGeometry::new(xs.dims4()?, w.dims4()?, p.stride, p.pad, p.groups)?;
-        if conv2d::algorithm(&g) != Algorithm::Im2col || g.n == 0 {
-            return Ok(None);
-        }
+        let (xs, w, g) = match kernel {
+            RowMapped::Pointwise(g) => {
+                return self.pointwise_meaned(x, g, (&eh, el.as_ref())).map(Some)
+            }
+            RowMapped::OneBranch(xs, w, g) => (xs, w, g),
+        };
         // Every value is written by the kernel.
         let mut y = output_vec(g.n * g.out_image());
         let means = with_f32_all([xs, w], |[xv, wv]| {
