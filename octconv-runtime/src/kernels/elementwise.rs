@@ -168,7 +168,7 @@ impl CustomOp1 for PlaneMeans {
 
 wide_fn! {
     /// `Σ v` in 16 lanes, then the lanes in order, then the values past the last full 16.
-    fn plane_sum(v: &[f32]) -> f32 {
+    pub(crate) fn plane_sum(v: &[f32]) -> f32 {
         let mut lanes = [0.0f32; 16];
         let mut chunks = v.chunks_exact(16);
         for c in &mut chunks {

@@ -293,8 +293,9 @@ fn row_index(base: usize, len: usize, row: &[f32]) -> Option<usize> {
 /// pass at α = 0, batch 8, each reading a block output of up to 25.7 MB from memory). As for
 /// [`ResidualJoin`], a row's image is found from its place in the buffer, so only kernels that map
 /// rows of the buffer itself may take it; a row from anywhere else panics as an internal error.
-/// Each row is summed in 16 f32 lanes, the lanes and rows in f64; the kernels map each image's rows
-/// on one thread in a fixed order, so the sums do not depend on scheduling.
+/// Each row is summed as the global pooling sums a plane ([`super::elementwise::plane_sum`]), the
+/// rows in f64; the kernels map each image's rows on one thread in a fixed order, so the sums do not
+/// depend on scheduling.
 pub struct PlaneSums {
     base: usize,
     len: usize,
@@ -329,7 +330,7 @@ impl PlaneSums {
         let Some(i) = at else {
             panic!("internal error: plane sums were handed a row outside their output")
         };
-        let sum = row_sum(row);
+        let sum = f64::from(super::elementwise::plane_sum(row));
         let slot = &self.sums[(i / self.image) * self.channels + ch];
         let _ = slot.fetch_update(Relaxed, Relaxed, |s| {
             Some((f64::from_bits(s) + sum).to_bits())
@@ -344,21 +345,6 @@ impl PlaneSums {
                 (f64::from_bits(s.load(std::sync::atomic::Ordering::Relaxed)) / plane as f64) as f32
             })
             .collect()
-    }
-}
-
-wide_fn! {
-    /// The sum of `row` in 16 f32 lanes, the lanes added in f64 (compiled for AVX2 too).
-    fn row_sum(row: &[f32]) -> f64 {
-        let mut lanes = [0f32; 16];
-        let mut chunks = row.chunks_exact(16);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += v;
-            }
-        }
-        let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-        lanes.iter().map(|&l| l as f64).sum::<f64>() + tail
     }
 }
 

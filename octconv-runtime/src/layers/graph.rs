@@ -69,14 +69,7 @@ pub fn concat_infer(xs: &[&OctValue]) -> Result<OctValue> {
             _ => cat_channels(&parts).map(Some),
         }
     };
-    let singles: Option<Vec<&Tensor>> = xs
-        .iter()
-        .map(|x| match x {
-            OctValue::Single(t) => Some(t),
-            _ => None,
-        })
-        .collect();
-    if let Some(ts) = singles {
+    if let Some(ts) = singles(xs) {
         if let Some(t) = branch(ts)? {
             return Ok(OctValue::Single(t));
         }
@@ -139,6 +132,16 @@ fn cat_channels(parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_vec(y, shape, parts[0].device())
 }
 
+/// The tensors of `xs` if every value is a single-frequency map.
+fn singles<'a>(xs: &[&'a OctValue]) -> Option<Vec<&'a Tensor>> {
+    xs.iter()
+        .map(|x| match x {
+            OctValue::Single(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether every part is a 4-D f32 map on a device our kernels serve.
 fn served_maps(ts: &[&Tensor]) -> bool {
     ts.iter()
@@ -195,14 +198,7 @@ pub fn add_infer(xs: &[&OctValue], clamp: Clamp) -> Result<Option<OctValue>> {
         let y = with_f32_many(&ts, |s| sum_act(s, clamp))?;
         Tensor::from_vec(y, ts[0].shape(), ts[0].device()).map(Some)
     };
-    let singles: Option<Vec<&Tensor>> = xs
-        .iter()
-        .map(|v| match v {
-            OctValue::Single(t) => Some(t),
-            _ => None,
-        })
-        .collect();
-    if let Some(ts) = singles {
+    if let Some(ts) = singles(xs) {
         return Ok(sum(ts)?.map(OctValue::Single));
     }
     let pairs: Option<Vec<(&Tensor, &Tensor)>> = xs
