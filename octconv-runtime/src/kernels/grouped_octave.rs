@@ -28,7 +28,7 @@ use super::epilogue::RowMap;
 use super::geometry::ConvGeometry;
 use super::grouped::{self, PlaneMap};
 use super::octave::{OctaveGeometry, OctaveWeights};
-use super::resample::{pool, pool_plane};
+use super::resample::{add_upsampled_planes, pool, pool_plane};
 use super::scratch::output_vec;
 use super::Element;
 use rayon::prelude::*;
@@ -137,7 +137,7 @@ pub fn forward<T: Element>(
             let quarter = (oh / 2) * (ow / 2);
             let post = |img: usize, co: usize, plane: &mut [T]| {
                 let lo = &t[(img * o.out_h + co) * quarter..][..quarter];
-                add_upsampled_plane(plane, lo, (oh, ow));
+                add_upsampled_planes(plane, lo, 1, (oh, ow));
                 if let Some(post) = posts[0] {
                     post(co, plane);
                 }
@@ -180,18 +180,6 @@ fn conv_planes<T: Element>(
         });
     }
     y
-}
-
-/// `plane[y][x] += low[y / 2][x / 2]` over an `h × w` plane (even sides).
-fn add_upsampled_plane<T: Element>(plane: &mut [T], low: &[T], (h, w): (usize, usize)) {
-    let lw = w / 2;
-    for (y, row) in plane[..h * w].chunks_exact_mut(w).enumerate() {
-        let lrow = &low[(y / 2) * lw..][..lw];
-        for (pair, &v) in row.chunks_exact_mut(2).zip(lrow) {
-            pair[0] += v;
-            pair[1] += v;
-        }
-    }
 }
 
 /// `[pool(X_H); X_L]` joined group by group at the low branch's size: for each image and group, the

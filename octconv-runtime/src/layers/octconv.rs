@@ -1149,13 +1149,19 @@ impl OctConv2d {
         };
         match (x.branches(), &self.weights) {
             ((Some(xh), Some(xl)), [Some(_), Some(_), Some(_), Some(_)]) => {
-                let (Some(half), Some(pro_l)) = (pooled(xh, true)?, map.prologue(false)) else {
+                let (Some(pro_h), Some(pro_l)) = (map.prologue(true), map.prologue(false)) else {
                     return Ok(None);
                 };
-                let (n, c, h, w) = xl.dims4()?;
-                let mapped = with_f32(xl, |d| pro_l.apply(d, h * w))?;
-                let xl = Tensor::from_vec(mapped, (n, c, h, w), xl.device())?;
-                self.strided_from_half(half, &xl).map(Some)
+                let (n, c_h, h, w) = xh.dims4()?;
+                let (nl, c_l, lh, lw) = xl.dims4()?;
+                if (nl, lh, lw) != (n, h / 2, w / 2) {
+                    return Ok(None);
+                }
+                let joint = with_f32_all([xh, xl], |[dh, dl]| {
+                    resample::pool_mapped_joined((dh, dl), (n, c_h, c_l), (h, w), (pro_h, pro_l))
+                })?;
+                let joint = Tensor::from_vec(joint, (n, c_h + c_l, h / 2, w / 2), xh.device())?;
+                self.strided_from_joint(joint).map(Some)
             }
             ((Some(x1), None), [Some(w), None, None, None]) => {
                 let Some(half) = pooled(x1, true)? else {
@@ -1186,17 +1192,16 @@ impl OctConv2d {
     /// L→H outputs held side by side and then added (3 high-branch-sized tensors at once, the peak
     /// of a WRN-28-10 inference pass at α = .25).
     fn forward_strided(&self, xh: &Tensor, xl: &Tensor) -> Result<OctValue> {
-        self.strided_from_half(avg_pool2x2(xh)?, xl)
+        self.strided_from_joint(Tensor::cat(&[&avg_pool2x2(xh)?, xl], 1)?)
     }
 
-    /// [`OctConv2d::forward_strided`] from the pooled high input `half`.
-    fn strided_from_half(&self, half: Tensor, xl: &Tensor) -> Result<OctValue> {
+    /// [`OctConv2d::forward_strided`] from the high output's input `high_in = [pool(X_H); X_L]`;
+    /// the low output's input `[pool²(X_H); pool(X_L)]` is `high_in` pooled (pooling is per plane).
+    fn strided_from_joint(&self, high_in: Tensor) -> Result<OctValue> {
         let [Some(w_hh), Some(w_hl), Some(w_lh), Some(w_ll)] = &self.weights else {
             candle_core::bail!("internal error: a strided octconv without all four paths")
         };
-        let low_in = Tensor::cat(&[&avg_pool2x2(&half)?, &avg_pool2x2(xl)?], 1)?;
-        let high_in = Tensor::cat(&[&half, xl], 1)?;
-        drop(half);
+        let low_in = avg_pool2x2(&high_in)?;
         let high = conv2d(
             &high_in,
             &Tensor::cat(&[w_hh, w_lh], 1)?,
