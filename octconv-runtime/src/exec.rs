@@ -70,6 +70,10 @@ pub fn run(
             Step::ScaleAdd { scale, .. } => Some((program.layers[scale].inputs[1], "gates")),
             Step::Run {
                 map: Some(OutputMap { add: Some(a), .. }),
+            }
+            | Step::AfterBnRelu {
+                map: Some(OutputMap { add: Some(a), .. }),
+                ..
             } => program.residual(a).map(|r| (r, "residual")),
             _ => None,
         };
@@ -182,7 +186,9 @@ fn validate(program: &Program) -> Result<()> {
             && l.frees.iter().all(|&i| earlier(i))
             && match l.step {
                 Step::Input => l.inputs.is_empty(),
-                Step::AfterBnRelu { bn, map } => earlier(bn) && map_ok(map, n) && no_join(map),
+                Step::AfterBnRelu { bn, map } => {
+                    earlier(bn) && map_ok(map, n) && joins_ok(program, j, map) && no_means(map)
+                }
                 Step::BnAct { act } => act < n,
                 Step::Run { map } => {
                     map_ok(map, n)
@@ -243,7 +249,7 @@ fn validate(program: &Program) -> Result<()> {
 fn made_by_one(program: &Program, g: usize) -> bool {
     let layers = &program.layers;
     let maps = |j: usize| match layers[j].step {
-        Step::Run { map: Some(m) } => Some(m),
+        Step::Run { map: Some(m) } | Step::AfterBnRelu { map: Some(m), .. } => Some(m),
         _ => None,
     };
     let producers: Vec<usize> = (0..g)
@@ -274,7 +280,13 @@ fn joins_ok(program: &Program, j: usize, map: Option<OutputMap>) -> bool {
         && program.residual(a).is_some_and(|r| r < j)
 }
 
-/// Whether an output map joins no sum and computes no means (only [`Step::Run`] runs those).
+/// Whether an output map computes no means (only [`Step::Run`] runs those).
+fn no_means(map: Option<OutputMap>) -> bool {
+    map.is_none_or(|m| m.mean.is_none())
+}
+
+/// Whether an output map joins no sum and computes no means (only [`Step::Run`] and, for sums,
+/// [`Step::AfterBnRelu`] run those).
 fn no_join(map: Option<OutputMap>) -> bool {
     map.is_none_or(|m| m.add.is_none() && m.mean.is_none())
 }
@@ -336,10 +348,22 @@ fn step(
                     planned.name
                 )
             };
-            let y = conv.infer_after_bn_relu(batch_norm(program, layers, bn)?, first()?)?;
+            let bn = batch_norm(program, layers, bn)?;
             match map {
-                Some(m) => stage(program, layers, m)?.apply(y.map(|t| Ok(t.detach()))?)?,
-                None => y,
+                Some(m) => {
+                    let stage = OutputStage {
+                        add: extra,
+                        ..stage(program, layers, m)?
+                    };
+                    if m.add.is_some() && stage.add.is_none() {
+                        bail!(
+                            "internal error: `{}` joins a sum but has no residual",
+                            planned.name
+                        )
+                    }
+                    conv.infer_after_bn_relu_then(bn, first()?, &stage)?
+                }
+                None => conv.infer_after_bn_relu(bn, first()?)?,
             }
         }
         Step::BnAct { act } => batch_norm(program, layers, j)?.forward_act_t(

@@ -180,20 +180,26 @@ fn every_builtin_planned_infer_with_prologues_and_epilogues_equals_the_per_op_ev
             );
             // Every family but the pre-activation WRN has conv → BN [→ act] or add → act chains
             // (DenseNet: its stem) whose maps are applied to the fresh output in place; WRN's
-            // only maps are the residual sums its projection shortcuts join.
+            // only maps are the residual sums its convolutions join: the projection shortcuts',
+            // and the identity blocks' last convolution after its input's BN and ReLU.
             let pre_activation = call.starts_with("wrn");
             let bare_joins = fast.program().count(|s| {
-                matches!(
-                    s,
-                    octconv_spec::plan::Step::Run {
-                        map: Some(octconv_spec::plan::OutputMap {
+                use octconv_spec::plan::{OutputMap, Step};
+                let bare = |m: &Option<OutputMap>| {
+                    matches!(
+                        m,
+                        Some(OutputMap {
                             add: Some(_),
                             bn: None,
                             act: None,
                             ..
                         })
-                    }
-                )
+                    )
+                };
+                match s {
+                    Step::Run { map } | Step::AfterBnRelu { map, .. } => bare(map),
+                    _ => false,
+                }
             });
             assert_eq!(
                 fast.epilogue_layers() == bare_joins,

@@ -609,3 +609,59 @@ fn squeezes_are_summed_by_the_output_stage_of_the_convolution_before_them() {
     assert!(program.layers[2].inputs.is_empty());
     assert_eq!(program.layers[2].frees, [1]);
 }
+
+/// Pre-activation blocks (WRN): every sum is joined, the identity blocks' by their last
+/// convolution, which runs after its input's batch norm and ReLU (`Step::AfterBnRelu`) with the
+/// sum as its only map (no batch norm, no activation after the sum); the residual (the block's
+/// input) is made before it and freed no earlier than the sum. At α = 0 and α > 0.
+#[test]
+fn pre_activation_sums_are_joined_by_the_convolution_after_bn_relu() {
+    use octconv_spec::ir::Op;
+    use octconv_spec::plan::{Program, Step};
+    for call in [
+        "wrn(n = 2, k = 4, alpha = 0)",
+        "wrn(n = 2, k = 4, alpha = 0.5)",
+    ] {
+        let m = check_builtin(call).model.unwrap();
+        let program = Program::lower(&m);
+        let name = |i: usize| m.layers[i].name.as_str();
+        let (mut sums, mut after_bn_relu) = (0, 0);
+        for (a, l) in m.layers.iter().enumerate() {
+            if !matches!(l.op, Op::Add) {
+                continue;
+            }
+            sums += 1;
+            let Step::SumOf { at } = program.layers[a].step else {
+                panic!("{call}: `{}` is not joined", name(a));
+            };
+            let conv = l.inputs[at];
+            let residual = program.residual(a).unwrap();
+            assert_eq!(residual, l.inputs[1 - at], "{call}");
+            assert!(matches!(m.layers[conv].op, Op::OctConv(_)), "{call}");
+            assert!(residual < conv, "{call}: `{}`", name(conv));
+            assert!(
+                (0..a).all(|j| !program.layers[j].frees.contains(&residual)),
+                "{call}: `{}` freed before the sum",
+                name(residual)
+            );
+            let map = match program.layers[conv].step {
+                Step::AfterBnRelu { map: Some(map), .. } => {
+                    after_bn_relu += 1;
+                    map
+                }
+                Step::Run { map: Some(map) } => map,
+                ref other => panic!("{call}: `{}` runs {other:?}", name(conv)),
+            };
+            assert_eq!(map.add, Some(a), "{call}");
+            assert!(
+                map.bn.is_none() && map.act.is_none(),
+                "{call}: `{}`",
+                name(a)
+            );
+            assert!(map.pool.is_none() && map.pool_for.is_none(), "{call}");
+        }
+        // Three stages of two blocks: each stage's second block has an identity shortcut.
+        assert_eq!(sums, 6, "{call}");
+        assert_eq!(after_bn_relu, 3, "{call}");
+    }
+}

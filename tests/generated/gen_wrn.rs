@@ -374,15 +374,19 @@ impl GenWrn {
                     ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
                     ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
                     ::octconv::spec::plan::Step::AfterBnRelu { bn : 5, map :
-                    ::std::option::Option::None }, frees : ::std::vec![7], },
+                    ::std::option::Option::Some(::octconv::spec::plan::OutputMap { bn :
+                    ::std::option::Option::None, act : ::std::option::Option::None, pool
+                    : ::std::option::Option::None, pool_for :
+                    ::std::option::Option::None, add : ::std::option::Option::Some(9),
+                    mean : ::std::option::Option::None }) }, frees : ::std::vec![7], },
                     ::octconv::spec::plan::PlannedLayer { name :
                     ::std::string::String::from("wide0.res0.add"), inputs :
                     ::std::vec![8, 1], output : ::octconv::spec::Shape::Pair { high :
                     ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
                     ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :
-                    ::octconv::spec::plan::Step::Run { map : ::std::option::Option::None
-                    }, frees : ::std::vec![1, 8], }, ::octconv::spec::plan::PlannedLayer
-                    { name : ::std::string::String::from("wide1.res0.bn0"), inputs :
+                    ::octconv::spec::plan::Step::SumOf { at : 0 }, frees : ::std::vec![1,
+                    8], }, ::octconv::spec::plan::PlannedLayer { name :
+                    ::std::string::String::from("wide1.res0.bn0"), inputs :
                     ::std::vec![9], output : ::octconv::spec::Shape::Pair { high :
                     ::octconv::spec::Dims { c : 12, h : 32, w : 32 }, low :
                     ::octconv::spec::Dims { c : 4, h : 16, w : 16 } }, step :

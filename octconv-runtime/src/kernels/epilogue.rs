@@ -235,7 +235,8 @@ fn clamp_all(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
 /// A [`RowMap`] is told a row's channel, not where the row lies, so the join finds a row's
 /// residual by the row's place in the output buffer it was made for: only kernels that map rows of
 /// that buffer itself may take it ([`super::conv2d::forward_post_into`],
-/// [`super::pointwise::forward_post_into`]). A row from anywhere else panics as an internal error;
+/// [`super::pointwise::forward_post_into`], and [`super::octave::forward_staged_into`], whose
+/// "rows" are whole planes of its output). A row from anywhere else panics as an internal error;
 /// nothing is ever read out of bounds.
 pub struct ResidualJoin<'a> {
     epi: &'a ChannelEpilogue,

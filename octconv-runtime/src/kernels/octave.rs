@@ -18,6 +18,7 @@
 
 use super::conv2d::{algorithm, Algorithm};
 use super::conv2d::{dispatch_backward_data, dispatch_backward_filter};
+use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, images_per_task};
 use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
@@ -203,7 +204,28 @@ pub fn forward_prologue<T: Element>(
     w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros)
+    forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros, [None, None])
+}
+
+/// [`forward_prologue`] into `(y_h, y_l)` ([`OctaveGeometry::high_out_len`] and
+/// [`OctaveGeometry::low_out_len`] values, every one written), each output plane of each branch
+/// mapped by `posts[branch]` (`post(channel, plane)`, a slice of that branch's buffer) as soon as
+/// the output transform has written it, in cache: the convolution's output stage (batch norm,
+/// activation, a residual join) without a pass of its own over the outputs.
+pub fn forward_staged_into<T: Element>(
+    g: &OctaveGeometry,
+    (xh, xl): (&[T], &[T]),
+    w: OctaveWeights<'_, T>,
+    pros: [Option<Prologue<'_, T>>; 2],
+    posts: [Option<RowMap<'_, T>>; 2],
+    (y_h, y_l): (&mut [T], &mut [T]),
+) {
+    assert!(
+        y_h.len() == g.high_out_len() && y_l.len() == g.low_out_len(),
+        "octave convolution: output sizes"
+    );
+    let alg = algorithm(&g.hh());
+    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), (y_h, y_l));
 }
 
 /// [`forward_prologue`] with the high branch's Winograd variant given (as in [`forward_with`]).
@@ -215,7 +237,15 @@ pub fn forward_prologue_with<T: Element>(
     w: &[T],
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    forward_weights(alg, g, xh, xl, OctaveWeights::from_flat(g, w), pros)
+    forward_weights(
+        alg,
+        g,
+        xh,
+        xl,
+        OctaveWeights::from_flat(g, w),
+        pros,
+        [None, None],
+    )
 }
 
 /// [`forward_prologue_with`] on the four weights as slices.
@@ -226,27 +256,46 @@ fn forward_weights<T: Element>(
     xl: &[T],
     w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
+    posts: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
+    // Every element of both outputs is written by the output transforms.
+    let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
+    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), (&mut y_h, &mut y_l));
+    (y_h, y_l)
+}
+
+/// [`forward_weights`] into the two outputs.
+fn forward_weights_into<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    x: (&[T], &[T]),
+    w: OctaveWeights<'_, T>,
+    maps: Maps<'_, T>,
+    y: (&mut [T], &mut [T]),
+) {
     // The kernel is Winograd throughout: where `algorithm` would pick im2col (too few tiles for
     // either variant), F(2×2), the narrower of the two, serves.
     let low_f4 = algorithm(&g.ll()) == Algorithm::WinogradF4;
     match (alg, low_f4) {
-        (Algorithm::WinogradF4, true) => forward_tiled::<T, F4, F4>(g, xh, xl, w, pros),
-        (Algorithm::WinogradF4, false) => forward_tiled::<T, F4, F2>(g, xh, xl, w, pros),
-        _ => forward_tiled::<T, F2, F2>(g, xh, xl, w, pros),
+        (Algorithm::WinogradF4, true) => forward_tiled::<T, F4, F4>(g, x, w, maps, y),
+        (Algorithm::WinogradF4, false) => forward_tiled::<T, F4, F2>(g, x, w, maps, y),
+        _ => forward_tiled::<T, F2, F2>(g, x, w, maps, y),
     }
 }
+
+/// The input maps `[high, low]` (prologues) and the output maps `[high, low]` of the fused kernel.
+type Maps<'a, T> = ([Option<Prologue<'a, T>>; 2], [Option<RowMap<'a, T>>; 2]);
 
 /// The fused forward with tiling `A` for the high branch (H→H) and `B` for the low-resolution
 /// products (H→L, L→L and L→H before its upsampling); `pro_h`, `pro_l` map the inputs as they are
 /// read (the H→L pool reads the mapped high input).
 fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     g: &OctaveGeometry,
-    xh: &[T],
-    xl: &[T],
+    (xh, xl): (&[T], &[T]),
     w: OctaveWeights<'_, T>,
-    [pro_h, pro_l]: [Option<Prologue<'_, T>>; 2],
-) -> (Vec<T>, Vec<T>) {
+    ([pro_h, pro_l], [post_h, post_l]): Maps<'_, T>,
+    (out_h, out_l): (&mut [T], &mut [T]),
+) {
     let u_hh = A::weights(w.hh, g.out_h, g.in_h);
     let u_lh = B::weights(w.lh, g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
@@ -256,9 +305,6 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
-    // Every element of both outputs is written by the output transforms below.
-    let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
-    let (out_h, out_l) = (&mut y_h[..], &mut y_l[..]);
     let nb = images_per_task(g.n, tiles_l, B::TARGET_TILES);
     let par = gemm_parallelism(g.n.div_ceil(nb));
     out_h
@@ -311,6 +357,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                     out: yl,
                     add_up: None,
                     plane_rows: None,
+                    post: post_l,
                 };
                 B::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
                 // L→H at low resolution, into scratch.
@@ -320,6 +367,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                     out: &mut *lh,
                     add_up: None,
                     plane_rows: None,
+                    post: None,
                 };
                 B::output(m_l, ld_l, g.out_h, (lhh, lww), cnt, out);
                 // H→H, with L→H added (nearest ×2) as each high row is written.
@@ -337,13 +385,13 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                             out: &mut yh[j0 * img_h..][..k * img_h],
                             add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),
                             plane_rows: None,
+                            post: post_h,
                         };
                         A::output_channels(m, ld, (co0, cb, g.out_h), (g.h, g.w), k, out);
                     }
                 }
             })
         });
-    (y_h, y_l)
 }
 
 /// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per
@@ -690,7 +738,15 @@ impl CustomOp3 for OctaveOutput {
                 candle_core::Storage::Cpu(CpuStorage::F32(o)),
             ) => {
                 let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
-                let y = forward_weights(alg, g, data(h, lh)?, data(l, ll)?, w, [None, None]);
+                let y = forward_weights(
+                    alg,
+                    g,
+                    data(h, lh)?,
+                    data(l, ll)?,
+                    w,
+                    [None, None],
+                    [None, None],
+                );
                 self.split(y, CpuStorage::F32)?
             }
             (
@@ -700,7 +756,15 @@ impl CustomOp3 for OctaveOutput {
                 candle_core::Storage::Cpu(CpuStorage::F64(o)),
             ) => {
                 let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
-                let y = forward_weights(alg, g, data(h, lh)?, data(l, ll)?, w, [None, None]);
+                let y = forward_weights(
+                    alg,
+                    g,
+                    data(h, lh)?,
+                    data(l, ll)?,
+                    w,
+                    [None, None],
+                    [None, None],
+                );
                 self.split(y, CpuStorage::F64)?
             }
             _ => bail!("octave conv kernel: all arguments must be f32 or all f64 CPU tensors"),

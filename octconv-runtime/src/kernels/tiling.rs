@@ -6,6 +6,7 @@
 //! Layouts: `U[ξ][co][ci]` (weights), `V[ci][ξ][tile]` (inputs) and `M[co][ξ][tile]` (products), with
 //! `ld` tiles per row; tile `ty·tw + tx` of image `i` is column `i·tiles + ty·tw + tx`.
 
+use super::epilogue::RowMap;
 use super::gemm::{gemm_parallelism, images_per_task, sgemm, sum_tasks, Mat};
 use super::geometry::ConvGeometry;
 use super::prologue::Prologue;
@@ -104,6 +105,11 @@ pub(super) struct Planes<'a, T> {
     /// Rows per plane of `out` where the transform writes a band of `h` rows of taller planes
     /// (`out` then starts at the band's first row of the first plane; no addend); `None`: `h`.
     pub plane_rows: Option<usize>,
+    /// A map of each finished plane, `post(channel, plane)`, applied as soon as the transform has
+    /// written the plane (in cache): a convolution's output stage. Whole planes only (no
+    /// [`Planes::plane_rows`]); the plane is a slice of `out` itself, so a map that finds a row's
+    /// place from its address ([`super::epilogue::ResidualJoin`]) works on it.
+    pub post: Option<RowMap<'a, T>>,
 }
 
 impl<T: Element> Planes<'_, T> {
@@ -552,6 +558,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
                         out: out_chunk,
                         add_up: None,
                         plane_rows: None,
+                        post: None,
                     };
                     A::output(m, ld, cout, (h, wd), cnt, out);
                 })
@@ -583,6 +590,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
                         out: out_chunk,
                         add_up: None,
                         plane_rows: None,
+                        post: None,
                     };
                     A::output_channels(m, ld, (co0, cbn, cout), (h, wd), cnt, out);
                 })
@@ -647,6 +655,7 @@ fn forward_bands<T: Element, A: Tiling>(
             out: &mut out[y0 * g.w..],
             add_up: None,
             plane_rows: Some(g.h),
+            post: None,
         };
         forward_band::<T, A>(g, x, u, pro, (ty0, ty1), planes, scratch, par);
     }
@@ -686,6 +695,7 @@ fn forward_bands_in_parallel<T: Element, A: Tiling>(
                             out: &mut y,
                             add_up: None,
                             plane_rows: None,
+                            post: None,
                         };
                         let par = gemm::Parallelism::None;
                         forward_band::<T, A>(g, x, u, pro, b, planes, scratch, par)

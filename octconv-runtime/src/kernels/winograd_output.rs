@@ -50,11 +50,24 @@ pub(super) fn output<T: Element, A: Tiling>(
     );
     // The first `nt` columns of every row are written before they are read, for every channel;
     // the AVX2 pass reads the slack up to `stride` and drops what it computes there.
+    assert!(
+        out.post.is_none() || out.plane_rows.is_none(),
+        "Winograd output transform: a plane map needs whole planes"
+    );
     with_scratch(|s: &mut Scratch<T>| {
         let [half] = s.many([A::TILE * A::SIDE * stride]);
         for co in 0..cb {
             A::a_rows((&m[co * A::FREQS * ld..], ld), (&mut *half, stride), nt);
             horizontal::<T, A>(half, stride, (co0 + co, cout), (h, w), cnt, &mut out);
+            // Channel `co0 + co` of every image is final: its planes are mapped while in cache.
+            if let Some(post) = out.post {
+                for i in 0..cnt {
+                    post(
+                        co0 + co,
+                        &mut out.out[(i * cout + co0 + co) * h * w..][..h * w],
+                    );
+                }
+            }
         }
     })
 }
@@ -346,6 +359,7 @@ mod tests {
                             out: &mut want,
                             add_up: addend,
                             plane_rows: None,
+                            post: None,
                         };
                         reference::<f32, A>((&m, ld), cout, (h, w), cnt, planes);
                         let mut got = vec![f32::NAN; cnt * cout * h * w];
@@ -353,6 +367,7 @@ mod tests {
                             out: &mut got,
                             add_up: addend,
                             plane_rows: None,
+                            post: None,
                         };
                         output::<f32, A>((&m, ld), (0, cout, cout), (h, w), cnt, planes);
                         for (p, (a, b)) in want.iter().zip(&got).enumerate() {
@@ -392,6 +407,7 @@ mod tests {
             out: &mut want,
             add_up: Some(&up),
             plane_rows: None,
+            post: None,
         };
         reference::<f64, A>((&m, nt), cout, (h, w), cnt, planes);
         let mut got = vec![f64::NAN; cnt * cout * h * w];
@@ -404,6 +420,7 @@ mod tests {
                 out: &mut got,
                 add_up: Some(&up),
                 plane_rows: None,
+                post: None,
             },
         );
         assert_eq!(want, got);

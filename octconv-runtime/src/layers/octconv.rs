@@ -24,6 +24,7 @@ mod joined;
 mod meaned;
 mod paths;
 mod row_mapped;
+mod staged;
 mod train;
 
 /// Whether new layers may use the fused kernel: yes unless `OCTCONV_FUSED=0` (read once), which runs
@@ -392,6 +393,9 @@ impl OctConv2d {
                     }
                 }
             }
+        }
+        if let Some(y) = self.infer_octave_staged(x, [None, None], stage)? {
+            return Ok(y);
         }
         if let Some(y) = self.infer_then_biased(x, stage)? {
             return Ok(y);

@@ -111,6 +111,38 @@ impl OutputStage<'_> {
         }
     }
 
+    /// [`OutputStage::join`] of `y`, a fresh output that nothing else holds (a convolution's, made
+    /// for this stage), with the sum written into `y`'s own buffers
+    /// ([`crate::kernels::elementwise::SumActInPlace`]; the same values bit for bit): no third map
+    /// while the convolution's input, its output and the residual are alive. Branches that are
+    /// not contiguous f32 CPU tensors of the residual's shapes, or an activation that is no
+    /// clamp, take [`OutputStage::join`].
+    pub fn join_fresh(&self, y: OctValue) -> Result<OctValue> {
+        let Some(residual) = self.add else {
+            return Ok(y);
+        };
+        let clamp = self.act.map_or(Some(Clamp::Identity), Activation::clamp);
+        let pairs = match (y.branches(), residual.branches()) {
+            ((Some(a), None), (Some(b), None)) => vec![(a, b)],
+            ((Some(a), Some(c)), (Some(b), Some(d))) => vec![(a, b), (c, d)],
+            _ => Vec::new(),
+        };
+        let fits = |(a, b): &(&candle_core::Tensor, &candle_core::Tensor)| {
+            a.dims() == b.dims()
+                && a.is_contiguous()
+                && b.is_contiguous()
+                && crate::kernels::serves_f32(a)
+                && crate::kernels::serves_f32(b)
+        };
+        let (Some(clamp), false) = (clamp, pairs.is_empty() || !pairs.iter().all(fits)) else {
+            return self.join(y);
+        };
+        for (a, b) in pairs {
+            a.inplace_op2(b, &crate::kernels::elementwise::SumActInPlace(clamp))?;
+        }
+        Ok(y)
+    }
+
     /// The rest of the stage after [`OutputStage::before_add`]: `act(y + residual)` in one pass
     /// where the element-wise kernel serves it (the same sum, bit for bit, as a kernel's
     /// [`crate::kernels::epilogue::ResidualJoin`]); `y` alone without a residual.

@@ -216,18 +216,26 @@ impl Program {
             steps[scale] = Step::PassOn;
         }
         for (add, conv, at) in residual_joins(model, &steps) {
-            let (Step::Run { map: add_map }, Step::Run { map }) = (steps[add], steps[conv]) else {
+            let Step::Run { map: add_map } = steps[add] else {
                 continue;
             };
-            steps[conv] = Step::Run {
-                map: Some(OutputMap {
+            let joined = |map: Option<OutputMap>| {
+                Some(OutputMap {
                     bn: map.and_then(|m| m.bn),
                     act: add_map.and_then(|m| m.act),
                     pool: None,
                     pool_for: None,
                     add: Some(add),
                     mean: None,
-                }),
+                })
+            };
+            steps[conv] = match steps[conv] {
+                Step::Run { map } => Step::Run { map: joined(map) },
+                Step::AfterBnRelu { bn, map } => Step::AfterBnRelu {
+                    bn,
+                    map: joined(map),
+                },
+                _ => continue,
             };
             steps[add] = Step::SumOf { at };
         }
@@ -276,6 +284,10 @@ impl Program {
                     Step::ScaleAdd { scale, .. } => r.extend(model.layers[scale].inputs.get(1)),
                     Step::Run {
                         map: Some(OutputMap { add: Some(a), .. }),
+                    }
+                    | Step::AfterBnRelu {
+                        map: Some(OutputMap { add: Some(a), .. }),
+                        ..
                     } => r.extend(joined_residual(&model.layers[a].inputs, &steps[a])),
                     _ => {}
                 }
@@ -381,12 +393,14 @@ pub fn stage_means(model: &Model, steps: &[Step]) -> Vec<(usize, usize)> {
 /// The residual joins that a convolution's output stage computes, as `(add, conv, at)`: a sum of
 /// two different values running on its own (with at most an activation map), whose input at
 /// position `at` is an octave convolution's output — directly, or through the batch norm its
-/// output map applies — that runs with at most that batch norm as its map (no activation, no
-/// pooling) and that only this chain reads, and whose other input is made before that convolution
-/// runs (the residual the stage reads). Where both inputs qualify (a projection shortcut's
-/// convolution runs after the main branch's last one), the later convolution is taken. The runtime
-/// joins in the kernels that map rows of their output buffer (the four-path and the one-branch 1×1
-/// kernels) and as a sum after the convolution elsewhere.
+/// output map applies — that runs on its own or after its input's batch norm and ReLU
+/// ([`Step::AfterBnRelu`]: a pre-activation block's last convolution) with at most that batch norm
+/// as its map (no activation, no pooling) and that only this chain reads, and whose other input is
+/// made before that convolution runs (the residual the stage reads). Where both inputs qualify (a
+/// projection shortcut's convolution and the main branch's last one), the later convolution is
+/// taken. The runtime joins in the kernels that map rows or planes of their output buffer (the
+/// four-path and the one-branch 1×1 kernels, the fused 3×3 octave kernel) and as a sum after the
+/// convolution elsewhere.
 pub fn residual_joins(model: &Model, steps: &[Step]) -> Vec<(usize, usize, usize)> {
     let layers = &model.layers;
     let readers = super::reader_counts(model);
@@ -395,13 +409,13 @@ pub fn residual_joins(model: &Model, steps: &[Step]) -> Vec<(usize, usize, usize
     let producer = |end: usize| -> Option<usize> {
         let conv = match (&layers[end].op, steps[end]) {
             _ if readers[end] != 1 => return None,
-            (Op::OctConv(_), Step::Run { map: None }) => end,
+            (Op::OctConv(_), Step::Run { map: None } | Step::AfterBnRelu { map: None, .. }) => end,
             (Op::BatchNorm { .. }, Step::PassOn) => *layers[end].inputs.first()?,
             _ => return None,
         };
         let map_ok = match steps[conv] {
-            Step::Run { map: None } => conv == end,
-            Step::Run { map: Some(m) } => {
+            Step::Run { map: None } | Step::AfterBnRelu { map: None, .. } => conv == end,
+            Step::Run { map: Some(m) } | Step::AfterBnRelu { map: Some(m), .. } => {
                 m.bn == Some(end)
                     && m.act.is_none()
                     && m.pool.is_none()

@@ -1,8 +1,9 @@
 //! The residual join in a convolution's output stage ([`OutputStage::add`]): `act(bn(conv(x)) +
 //! r)` with each output row joined while it is in cache, where a kernel maps rows of its output
 //! buffer ([`ResidualJoin`]): the four-path 1×1 kernel, and a one-branch 1×1 convolution by im2col
-//! — the last layer of every ResNet / ResNeXt bottleneck and MobileNet v2 block. Any other layer
-//! runs its stage up to the residual, then the sum in one pass ([`OutputStage::join`]).
+//! — the last layer of every ResNet / ResNeXt bottleneck and MobileNet v2 block — and the fused
+//! 3×3 octave kernel plane by plane ([`super::staged`]). Any other layer runs its stage up to the
+//! residual, then the sum in one pass into its fresh output ([`OutputStage::join_fresh`]).
 
 use super::row_mapped::RowMapped;
 use super::OctConv2d;
@@ -26,7 +27,10 @@ impl OctConv2d {
         if let Some(y) = self.infer_joined_in_kernel(x, stage, residual)? {
             return Ok(y);
         }
-        stage.join(self.infer_then(x, &stage.before_add())?)
+        if let Some(y) = self.infer_octave_staged(x, [None, None], stage)? {
+            return Ok(y);
+        }
+        stage.join_fresh(self.infer_then(x, &stage.before_add())?)
     }
 
     /// The join in the 1×1 kernels, `Ok(None)` where they do not serve the layer, its input or
