@@ -208,3 +208,70 @@ fn grouped_octave_geometry_rejects_what_the_kernel_cannot_run() {
     assert!(!geometry(1, [2, 2, 2, 2], 2, 6, 2).applies());
     assert!(geometry(1, [2, 2, 2, 2], 2, 8, 2).applies());
 }
+
+/// The grouped kernel reading the joint low-output input `[pool(X_H); X_L]` from its parts
+/// (`grouped::Input::Joint`) equals it on the joint input built first (each group's high channels
+/// pooled, then its low channels), bit for bit: the position kernel (few channels per group) and
+/// the kernel along output channels (8 outputs per group), odd low maps, one image and several,
+/// with the plane map.
+#[test]
+fn the_joint_input_read_from_its_parts_equals_the_joint_input_built_first() {
+    use octconv_runtime::kernels::geometry::ConvGeometry;
+    use octconv_runtime::kernels::grouped::{forward_planes, forward_planes_from, Input};
+    let mut rng = ChaCha8Rng::seed_from_u64(47);
+    // (batch, groups, high and low channels per group, outputs per group, low map)
+    for (n, groups, high, low, out, (h, w)) in [
+        (1, 4, 3, 1, 1, (7, 5)),
+        (3, 4, 2, 2, 3, (6, 6)),
+        (2, 2, 6, 2, 8, (5, 9)),
+        (2, 3, 12, 4, 8, (4, 4)),
+    ] {
+        let f32s = |rng: &mut ChaCha8Rng, len: usize| -> Vec<f32> {
+            (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+        };
+        let (c_h, c_l) = (groups * high, groups * low);
+        let xh = f32s(&mut rng, n * c_h * 4 * h * w);
+        let xl = f32s(&mut rng, n * c_l * h * w);
+        let cin_g = high + low;
+        let wts = f32s(&mut rng, groups * out * cin_g * 9);
+        let input = (n, groups * cin_g, h, w);
+        let g = ConvGeometry::new(input, (groups * out, cin_g, 3, 3), 1, 1, groups).unwrap();
+        let mut joint = Vec::new();
+        for img in 0..n {
+            for grp in 0..groups {
+                for k in 0..high {
+                    let p = &xh[((img * c_h + grp * high + k) * 4 * h * w)..][..4 * h * w];
+                    for y in 0..h {
+                        for x in 0..w {
+                            let at = |r: usize, c: usize| p[r * 2 * w + c];
+                            let (r, c) = (2 * y, 2 * x);
+                            let s = at(r, c) + at(r, c + 1) + at(r + 1, c) + at(r + 1, c + 1);
+                            joint.push(0.25 * s);
+                        }
+                    }
+                }
+                let from = (img * c_l + grp * low) * h * w;
+                joint.extend_from_slice(&xl[from..][..low * h * w]);
+            }
+        }
+        let post = |img: usize, c: usize, plane: &mut [f32]| {
+            plane
+                .iter_mut()
+                .for_each(|v| *v = *v * (1.0 + c as f32) - img as f32);
+        };
+        let want = forward_planes(&g, &joint, &wts, Some(&post));
+        let parts = Input::Joint {
+            xh: &xh,
+            xl: &xl,
+            high,
+            low,
+        };
+        let got = forward_planes_from(&g, parts, &wts, Some(&post));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{n} images, {groups} groups of {high} + {low} → {out}"
+        );
+    }
+}

@@ -115,6 +115,18 @@ impl Grid {
         channels: usize,
         buf: &'a mut Vec<T>,
     ) -> &'a [T] {
+        self.fill_from(g, Input::Planes(x), (0, 0), channels, buf)
+    }
+
+    /// [`Grid::fill`] of group `grp` of image `img` of `x`.
+    fn fill_from<'a, T: Element>(
+        &self,
+        g: &ConvGeometry,
+        x: Input<'_, T>,
+        (img, grp): (usize, usize),
+        channels: usize,
+        buf: &'a mut Vec<T>,
+    ) -> &'a [T] {
         let len = self.channel_len();
         let max_tap = self.taps().into_iter().max().unwrap_or(0);
         let reads = self.positions(g).next_multiple_of(MAX_LANES) + max_tap;
@@ -124,11 +136,24 @@ impl Grid {
         );
         src.fill(T::ZERO);
         let pl = self.phase_len();
-        for (plane, dst) in x
-            .chunks_exact(g.h * g.w)
-            .take(channels)
-            .zip(src.chunks_mut(len))
-        {
+        for (ci, dst) in src.chunks_mut(len).take(channels).enumerate() {
+            let plane = match x.plane(g, (img, grp), ci) {
+                Plane::Copied(plane) => plane,
+                Plane::Pooled(plane) => {
+                    // Stride 1 only ([`Input::Joint`]): each row the 2×2 average of two rows of
+                    // the plane of twice the size, summed as `pool_plane_map` sums.
+                    let q = T::from_f64(0.25);
+                    for (iy, pair) in plane.chunks_exact(4 * g.w).take(g.h).enumerate() {
+                        let (r0, r1) = pair.split_at(2 * g.w);
+                        let row = &mut dst[(iy + 1) * self.qw + 1..][..g.w];
+                        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+                        for (v, (a, b)) in row.iter_mut().zip(pairs) {
+                            *v = q * (a[0] + a[1] + b[0] + b[1]);
+                        }
+                    }
+                    continue;
+                }
+            };
             for (iy, row) in plane.chunks_exact(g.w).enumerate() {
                 let r = iy + 1;
                 if self.s == 1 {
@@ -150,6 +175,70 @@ impl Grid {
             }
         }
         src
+    }
+}
+
+/// Where a grouped convolution reads its input channels.
+#[derive(Clone, Copy)]
+pub enum Input<'a, T> {
+    /// Planes `[n, c, h, w]`.
+    Planes(&'a [T]),
+    /// The grouped octave kernel's joint low-output input `[pool(X_H); X_L]`, joined group by
+    /// group and read from its parts as each group's padded input is laid out (stride 1 only):
+    /// a group's `high` channels 2×2-average-pooled from `xh` (planes of `2h × 2w`), then its `low`
+    /// channels from `xl`. No joint buffer of the whole batch is written and read back
+    /// ([`super::grouped_octave`]).
+    Joint {
+        /// The high input, `[n, groups·high, 2h, 2w]`.
+        xh: &'a [T],
+        /// The low input, `[n, groups·low, h, w]`.
+        xl: &'a [T],
+        /// High channels per group.
+        high: usize,
+        /// Low channels per group.
+        low: usize,
+    },
+}
+
+/// One input channel's plane as [`Grid::fill_from`] lays it out.
+enum Plane<'a, T> {
+    /// Copied as it is (`h × w`).
+    Copied(&'a [T]),
+    /// 2×2-average-pooled from a plane of `2h × 2w`.
+    Pooled(&'a [T]),
+}
+
+impl<'a, T: Element> Input<'a, T> {
+    /// The same input as f32 data, where `T` is f32.
+    fn as_f32(&self) -> Option<Input<'a, f32>> {
+        Some(match *self {
+            Input::Planes(x) => Input::Planes(T::as_f32(x)?),
+            Input::Joint { xh, xl, high, low } => Input::Joint {
+                xh: T::as_f32(xh)?,
+                xl: T::as_f32(xl)?,
+                high,
+                low,
+            },
+        })
+    }
+
+    /// Input channel `ci` of group `grp` of image `img`.
+    fn plane(&self, g: &ConvGeometry, (img, grp): (usize, usize), ci: usize) -> Plane<'a, T> {
+        let hw = g.h * g.w;
+        match *self {
+            // `Planes` callers pass the group's own slice (`img`, `grp` 0).
+            Input::Planes(x) => {
+                Plane::Copied(&x[((img * g.groups + grp) * g.cin_g() + ci) * hw..][..hw])
+            }
+            Input::Joint { xh, high, .. } if ci < high => {
+                let c = img * g.groups * high + grp * high + ci;
+                Plane::Pooled(&xh[c * 4 * hw..][..4 * hw])
+            }
+            Input::Joint { xl, high, low, .. } => {
+                let c = img * g.groups * low + grp * low + ci - high;
+                Plane::Copied(&xl[c * hw..][..hw])
+            }
+        }
     }
 }
 
@@ -184,6 +273,20 @@ pub fn forward_planes<T: Element>(
     w: &[T],
     post: Option<PlaneMap<'_, T>>,
 ) -> Vec<T> {
+    forward_planes_from(g, Input::Planes(x), w, post)
+}
+
+/// [`forward_planes`] reading its input from `x` ([`Input::Joint`] at stride 1 only).
+pub fn forward_planes_from<T: Element>(
+    g: &ConvGeometry,
+    x: Input<'_, T>,
+    w: &[T],
+    post: Option<PlaneMap<'_, T>>,
+) -> Vec<T> {
+    assert!(
+        g.stride == 1 || matches!(x, Input::Planes(_)),
+        "grouped convolution: a joint input at stride 1 only"
+    );
     let (cin_g, cout_g, ohw) = (g.cin_g(), g.cout_g(), g.out_pixels());
     // Every element is written: each task copies all planes of its (image, group) out of its stage.
     let mut out = output_vec(g.n * g.out_image());
@@ -192,8 +295,7 @@ pub fn forward_planes<T: Element>(
     }
     let grid = Grid::new(g);
     let taps = grid.taps();
-    if let (true, Some(x32), Some(w32)) = (grouped_channels::applies(g), T::as_f32(x), T::as_f32(w))
-    {
+    if let (true, Some(x32), Some(w32)) = (grouped_channels::applies(g), x.as_f32(), T::as_f32(w)) {
         forward_channels(g, grid, (x32, w32), &mut out, post);
         return out;
     }
@@ -209,8 +311,7 @@ pub fn forward_planes<T: Element>(
         .for_each(|(t, o)| {
             let (img, grp) = (t / g.groups, t % g.groups);
             with_scratch(|s: &mut Scratch<T>| {
-                let xg = &x[(img * g.groups + grp) * cin_g * g.h * g.w..];
-                let src = grid.fill(g, xg, cin_g, &mut s.col);
+                let src = grid.fill_from(g, x, (img, grp), cin_g, &mut s.col);
                 let stage = sized(&mut s.stage, cout_g * ld);
                 let wg = &wp[grp * cout_g * cin_g * 9..][..cout_g * cin_g * 9];
                 gather_rows(src, grid.channel_len(), &taps, wg, stage, ld, npos);
@@ -235,7 +336,7 @@ pub fn forward_planes<T: Element>(
 fn forward_channels<T: Element>(
     g: &ConvGeometry,
     grid: Grid,
-    (x, w): (&[f32], &[f32]),
+    (x, w): (Input<'_, f32>, &[f32]),
     out: &mut [T],
     post: Option<PlaneMap<'_, T>>,
 ) {
@@ -248,8 +349,7 @@ fn forward_channels<T: Element>(
         .for_each(|(t, o)| {
             let (img, grp) = (t / g.groups, t % g.groups);
             with_scratch(|s: &mut Scratch<f32>| {
-                let xg = &x[(img * g.groups + grp) * cin_g * g.h * g.w..];
-                let src = grid.fill(g, xg, cin_g, &mut s.col);
+                let src = grid.fill_from(g, x, (img, grp), cin_g, &mut s.col);
                 let stage = sized(&mut s.stage, ohw * cout_g);
                 let wg = &wp[grp * cout_g * cin_g * 9..][..cout_g * cin_g * 9];
                 let sizes = (g.oh(), g.ow(), grid.qw);

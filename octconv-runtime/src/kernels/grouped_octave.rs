@@ -1,6 +1,8 @@
 //! The grouped 3×3 octave convolution (ResNeXt's 32 groups at α > 0) as one inference kernel over
 //! raw buffers: the two low-output paths as one grouped convolution over the group-interleaved
-//! joint input `[pool(X_H); X_L]`, built by pooling straight into it; H→H with the image's L→H
+//! joint input `[pool(X_H); X_L]`, read from its parts as the grouped kernel lays out each group's
+//! padded input (`grouped::Input::Joint`; with one input channel per group, built by pooling
+//! straight into a joint buffer for the depthwise kernel); H→H with the image's L→H
 //! output added, upsampled, to each plane, then the output map (batch norm, activation) — on the
 //! grouped kernel as soon as each plane is final, in cache (with one high input channel per group
 //! H→H runs on the depthwise kernel and the planes are mapped after it). At stride 2 (pooling first)
@@ -121,16 +123,26 @@ pub fn forward<T: Element>(
         "grouped octave convolution: sizes"
     );
     let [c_high, c_low] = g.convs();
-    // [pool(X_H); X_L] joined group by group: the low output's input at stride 1, the high
-    // output's at stride 2.
-    let joint = join_pooled(g, xh, xl);
     let w_low = join_weights(g.groups, o.out_l, [(w.hl, o.in_h), (w.ll, o.in_l)]);
     let low_post = posts[1].map(|p| move |_: usize, co: usize, plane: &mut [T]| p(co, plane));
     let low_post = low_post.as_ref().map(|p| p as _);
     match g.stride {
         1 => {
-            let low = conv_planes(&c_low, &joint, &w_low, low_post);
-            drop(joint);
+            // The low output's input [pool(X_H); X_L] joined group by group: read from its parts
+            // as the grouped kernel lays out each group's input, or joined first for the
+            // depthwise kernel (one input channel per group).
+            let low = match algorithm(&c_low) {
+                Algorithm::Grouped => {
+                    let joint = grouped::Input::Joint {
+                        xh,
+                        xl,
+                        high: o.in_h / g.groups,
+                        low: o.in_l / g.groups,
+                    };
+                    grouped::forward_planes_from(&c_low, joint, &w_low, low_post)
+                }
+                _ => conv_planes(&c_low, &join_pooled(g, xh, xl), &w_low, low_post),
+            };
             // H→H with up(L→H) added to each plane, then the map.
             let t = dispatch_forward(&g.lh(), xl, w.lh);
             let (oh, ow) = g.out_hw()[0];
@@ -145,7 +157,9 @@ pub fn forward<T: Element>(
             (conv_planes(&c_high, xh, w.hh, Some(&post)), low)
         }
         _ => {
-            // The low output's input [pool²(X_H); pool(X_L)] is the joint input pooled.
+            // [pool(X_H); X_L] joined group by group is the high output's input, and pooled the
+            // low output's, [pool²(X_H); pool(X_L)].
+            let joint = join_pooled(g, xh, xl);
             let planes = o.n * (o.in_h + o.in_l);
             let pooled = pool(&joint, planes, o.h / 2, o.w / 2, T::from_f64(0.25));
             let low = conv_planes(&c_low, &pooled, &w_low, low_post);
