@@ -225,7 +225,7 @@ pub fn forward_staged_into<T: Element>(
         "octave convolution: output sizes"
     );
     let alg = algorithm(&g.hh());
-    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), (y_h, y_l));
+    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), Some((y_h, y_l)));
 }
 
 /// [`forward_prologue`] with the high branch's Winograd variant given (as in [`forward_with`]).
@@ -258,21 +258,21 @@ fn forward_weights<T: Element>(
     pros: [Option<Prologue<'_, T>>; 2],
     posts: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    // Every element of both outputs is written by the output transforms.
-    let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
-    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), (&mut y_h, &mut y_l));
-    (y_h, y_l)
+    let fresh = forward_weights_into(alg, g, (xh, xl), w, (pros, posts), None);
+    fresh.unwrap_or_default()
 }
 
-/// [`forward_weights`] into the two outputs.
+/// [`forward_weights`] into the two outputs `y`, or into two fresh ones (returned) with `None`:
+/// allocated after the weights are transformed, so that the transforms' temporaries are gone
+/// before the outputs count at the memory peak.
 fn forward_weights_into<T: Element>(
     alg: Algorithm,
     g: &OctaveGeometry,
     x: (&[T], &[T]),
     w: OctaveWeights<'_, T>,
     maps: Maps<'_, T>,
-    y: (&mut [T], &mut [T]),
-) {
+    y: Option<(&mut [T], &mut [T])>,
+) -> Option<(Vec<T>, Vec<T>)> {
     // The kernel is Winograd throughout: where `algorithm` would pick im2col (too few tiles for
     // either variant), F(2×2), the narrower of the two, serves.
     let low_f4 = algorithm(&g.ll()) == Algorithm::WinogradF4;
@@ -294,8 +294,8 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     (xh, xl): (&[T], &[T]),
     w: OctaveWeights<'_, T>,
     ([pro_h, pro_l], [post_h, post_l]): Maps<'_, T>,
-    (out_h, out_l): (&mut [T], &mut [T]),
-) {
+    y: Option<(&mut [T], &mut [T])>,
+) -> Option<(Vec<T>, Vec<T>)> {
     let u_hh = A::weights(w.hh, g.out_h, g.in_h);
     let u_lh = B::weights(w.lh, g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
@@ -303,6 +303,16 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
     let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
+    // Every element of both outputs is written by the output transforms below.
+    let mut fresh = None;
+    let (out_h, out_l) = match y {
+        Some(y) => y,
+        None => {
+            let (yh, yl) =
+                fresh.insert((output_vec(g.high_out_len()), output_vec(g.low_out_len())));
+            (&mut yh[..], &mut yl[..])
+        }
+    };
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
     let nb = images_per_task(g.n, tiles_l, B::TARGET_TILES);
@@ -392,6 +402,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 }
             })
         });
+    fresh
 }
 
 /// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per
