@@ -262,6 +262,16 @@ fn forward_weights<T: Element>(
     fresh.unwrap_or_default()
 }
 
+/// [`forward_weights`] without input or output maps (the training op's forward).
+fn forward_unmapped<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    (xh, xl): (&[T], &[T]),
+    w: OctaveWeights<'_, T>,
+) -> (Vec<T>, Vec<T>) {
+    forward_weights(alg, g, xh, xl, w, [None, None], [None, None])
+}
+
 /// [`forward_weights`] into the two outputs `y`, or into two fresh ones (returned) with `None`:
 /// allocated after the weights are transformed, so that the transforms' temporaries are gone
 /// before the outputs count at the memory peak.
@@ -749,15 +759,7 @@ impl CustomOp3 for OctaveOutput {
                 candle_core::Storage::Cpu(CpuStorage::F32(o)),
             ) => {
                 let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
-                let y = forward_weights(
-                    alg,
-                    g,
-                    data(h, lh)?,
-                    data(l, ll)?,
-                    w,
-                    [None, None],
-                    [None, None],
-                );
+                let y = forward_unmapped(alg, g, (data(h, lh)?, data(l, ll)?), w);
                 self.split(y, CpuStorage::F32)?
             }
             (
@@ -767,15 +769,7 @@ impl CustomOp3 for OctaveOutput {
                 candle_core::Storage::Cpu(CpuStorage::F64(o)),
             ) => {
                 let w = self.branch.weights(g, data(w, lw)?, data(o, lo)?);
-                let y = forward_weights(
-                    alg,
-                    g,
-                    data(h, lh)?,
-                    data(l, ll)?,
-                    w,
-                    [None, None],
-                    [None, None],
-                );
+                let y = forward_unmapped(alg, g, (data(h, lh)?, data(l, ll)?), w);
                 self.split(y, CpuStorage::F64)?
             }
             _ => bail!("octave conv kernel: all arguments must be f32 or all f64 CPU tensors"),
