@@ -317,7 +317,8 @@ fn the_octave_kernel_maps_each_plane_as_the_maps_after_it_do() {
                 false => el.apply_row(c, p),
             };
             let posts: [Option<RowMap<'_, f32>>; 2] = [Some(&ph), Some(&pl)];
-            octave::forward_staged_into(&g, (&xh, &xl), wt, pros, posts, (&mut yh, &mut yl));
+            let prepared = octave::prepare(&g, wt);
+            octave::forward_staged_into(&g, (&xh, &xl), &prepared, pros, posts, (&mut yh, &mut yl));
             let (mut wh, mut wl) = octave::forward_prologue(&g, &xh, &xl, wt, pros);
             let after = (
                 ResidualJoin::new(&eh, &wh, &rh, Clamp::Relu6),

@@ -207,15 +207,16 @@ pub fn forward_prologue<T: Element>(
     forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros, [None, None])
 }
 
-/// [`forward_prologue`] into `(y_h, y_l)` ([`OctaveGeometry::high_out_len`] and
-/// [`OctaveGeometry::low_out_len`] values, every one written), each output plane of each branch
+/// [`forward_prologue`] on weights [`prepare`]d for `g`, into `(y_h, y_l)`
+/// ([`OctaveGeometry::high_out_len`] and [`OctaveGeometry::low_out_len`] values, every one
+/// written; allocate them after preparing the weights), each output plane of each branch
 /// mapped by `posts[branch]` (`post(channel, plane)`, a slice of that branch's buffer) as soon as
 /// the output transform has written it, in cache: the convolution's output stage (batch norm,
 /// activation, a residual join) without a pass of its own over the outputs.
 pub fn forward_staged_into<T: Element>(
     g: &OctaveGeometry,
     (xh, xl): (&[T], &[T]),
-    w: OctaveWeights<'_, T>,
+    w: &Prepared<T>,
     pros: [Option<Prologue<'_, T>>; 2],
     posts: [Option<RowMap<'_, T>>; 2],
     (y_h, y_l): (&mut [T], &mut [T]),
@@ -224,8 +225,68 @@ pub fn forward_staged_into<T: Element>(
         y_h.len() == g.high_out_len() && y_l.len() == g.low_out_len(),
         "octave convolution: output sizes"
     );
-    let alg = algorithm(&g.hh());
-    forward_weights_into(alg, g, (xh, xl), w, (pros, posts), Some((y_h, y_l)));
+    assert!(
+        w.geometry == *g,
+        "octave convolution: weights prepared for {:?}",
+        w.geometry
+    );
+    forward_prepared(g, (xh, xl), w, (pros, posts), Some((y_h, y_l)));
+}
+
+/// The fused kernel's four weights transformed for the Winograd variants it runs on a geometry
+/// (`U_HH`, `U_LH` and `U_[HL|LL]`), made before the outputs are allocated ([`prepare`]), so that
+/// the transforms' temporaries (the joined low weight) are gone before the outputs count at the
+/// memory peak.
+pub struct Prepared<T> {
+    geometry: OctaveGeometry,
+    variants: Variants,
+    u: [Vec<T>; 3],
+}
+
+/// The Winograd variants of the high branch and of the low-resolution products.
+#[derive(Clone, Copy)]
+enum Variants {
+    F4F4,
+    F4F2,
+    F2F2,
+}
+
+/// [`Prepared`] weights for `g` (the variants [`forward_prologue`] picks).
+pub fn prepare<T: Element>(g: &OctaveGeometry, w: OctaveWeights<'_, T>) -> Prepared<T> {
+    prepare_with(algorithm(&g.hh()), g, w)
+}
+
+/// [`prepare`] with the high branch's variant given (as in [`forward_with`]).
+fn prepare_with<T: Element>(
+    alg: Algorithm,
+    g: &OctaveGeometry,
+    w: OctaveWeights<'_, T>,
+) -> Prepared<T> {
+    // The kernel is Winograd throughout: where `algorithm` would pick im2col (too few tiles for
+    // either variant), F(2×2), the narrower of the two, serves.
+    let low_f4 = algorithm(&g.ll()) == Algorithm::WinogradF4;
+    let (variants, u) = match (alg, low_f4) {
+        (Algorithm::WinogradF4, true) => (Variants::F4F4, transform::<T, F4, F4>(g, w)),
+        (Algorithm::WinogradF4, false) => (Variants::F4F2, transform::<T, F4, F2>(g, w)),
+        _ => (Variants::F2F2, transform::<T, F2, F2>(g, w)),
+    };
+    Prepared {
+        geometry: *g,
+        variants,
+        u,
+    }
+}
+
+/// `[U_HH, U_LH, U_[HL|LL]]` for tilings `A` (high) and `B` (low resolution).
+fn transform<T: Element, A: Tiling, B: Tiling>(
+    g: &OctaveGeometry,
+    w: OctaveWeights<'_, T>,
+) -> [Vec<T>; 3] {
+    [
+        A::weights(w.hh, g.out_h, g.in_h),
+        B::weights(w.lh, g.out_h, g.in_l),
+        B::weights(&low_weight(g, w.hl, w.ll), g.out_l, g.in_h + g.in_l),
+    ]
 }
 
 /// [`forward_prologue`] with the high branch's Winograd variant given (as in [`forward_with`]).
@@ -283,13 +344,21 @@ fn forward_weights_into<T: Element>(
     maps: Maps<'_, T>,
     y: Option<(&mut [T], &mut [T])>,
 ) -> Option<(Vec<T>, Vec<T>)> {
-    // The kernel is Winograd throughout: where `algorithm` would pick im2col (too few tiles for
-    // either variant), F(2×2), the narrower of the two, serves.
-    let low_f4 = algorithm(&g.ll()) == Algorithm::WinogradF4;
-    match (alg, low_f4) {
-        (Algorithm::WinogradF4, true) => forward_tiled::<T, F4, F4>(g, x, w, maps, y),
-        (Algorithm::WinogradF4, false) => forward_tiled::<T, F4, F2>(g, x, w, maps, y),
-        _ => forward_tiled::<T, F2, F2>(g, x, w, maps, y),
+    forward_prepared(g, x, &prepare_with(alg, g, w), maps, y)
+}
+
+/// The fused forward on prepared weights, into `y` or (with `None`) into fresh outputs.
+fn forward_prepared<T: Element>(
+    g: &OctaveGeometry,
+    x: (&[T], &[T]),
+    w: &Prepared<T>,
+    maps: Maps<'_, T>,
+    y: Option<(&mut [T], &mut [T])>,
+) -> Option<(Vec<T>, Vec<T>)> {
+    match w.variants {
+        Variants::F4F4 => forward_tiled::<T, F4, F4>(g, x, &w.u, maps, y),
+        Variants::F4F2 => forward_tiled::<T, F4, F2>(g, x, &w.u, maps, y),
+        Variants::F2F2 => forward_tiled::<T, F2, F2>(g, x, &w.u, maps, y),
     }
 }
 
@@ -302,14 +371,11 @@ type Maps<'a, T> = ([Option<Prologue<'a, T>>; 2], [Option<RowMap<'a, T>>; 2]);
 fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     g: &OctaveGeometry,
     (xh, xl): (&[T], &[T]),
-    w: OctaveWeights<'_, T>,
+    [u_hh, u_lh, u_low]: &[Vec<T>; 3],
     ([pro_h, pro_l], [post_h, post_l]): Maps<'_, T>,
     y: Option<(&mut [T], &mut [T])>,
 ) -> Option<(Vec<T>, Vec<T>)> {
-    let u_hh = A::weights(w.hh, g.out_h, g.in_h);
-    let u_lh = B::weights(w.lh, g.out_h, g.in_l);
     let c_low = g.in_h + g.in_l;
-    let u_low = B::weights(&low_weight(g, w.hl, w.ll), g.out_l, c_low);
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
     let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
@@ -372,7 +438,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 B::input(&g.ll(), xl, v_xl, ld_l, pro_l);
                 let m_l = &mut m[..len_ml];
                 // Low output.
-                multiply::<T, B>(&u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
+                multiply::<T, B>(u_low, (g.out_l, c_low), v_l, ld_l, m_l, par);
                 let out = Planes {
                     out: yl,
                     add_up: None,
@@ -382,7 +448,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 B::output(m_l, ld_l, g.out_l, (lhh, lww), cnt, out);
                 // L→H at low resolution, into scratch.
                 let v_xl = &v_l[B::FREQS * g.in_h * ld_l..];
-                multiply::<T, B>(&u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
+                multiply::<T, B>(u_lh, (g.out_h, g.in_l), v_xl, ld_l, m_l, par);
                 let out = Planes {
                     out: &mut *lh,
                     add_up: None,
@@ -400,7 +466,7 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                     for co0 in (0..g.out_h).step_by(cb_h) {
                         let cb = cb_h.min(g.out_h - co0);
                         let rows = ((co0, cb, g.out_h), g.in_h);
-                        multiply_rows::<T, A>(&u_hh, rows, v_h, ld, m, par);
+                        multiply_rows::<T, A>(u_hh, rows, v_h, ld, m, par);
                         let out = Planes {
                             out: &mut yh[j0 * img_h..][..k * img_h],
                             add_up: Some(&lh[j0 * lh_img..][..k * lh_img]),

@@ -92,18 +92,19 @@ impl OctConv2d {
             }
             Some(_) => return Ok(None),
         };
-        // Every value is written by the kernel.
-        let mut yh = output_vec(g.high_out_len());
-        let mut yl = output_vec(g.low_out_len());
         let mut ts = vec![xh, xl, hh, hl, lh, ll];
         ts.extend(residual.iter().flat_map(|&(rh, rl)| [rh, rl]));
-        crate::kernels::with_f32_many(&ts, |v| {
+        let (yh, yl) = crate::kernels::with_f32_many(&ts, |v| {
             let w = OctaveWeights {
                 hh: v[2],
                 hl: v[3],
                 lh: v[4],
                 ll: v[5],
             };
+            // The weights are transformed before the outputs are allocated (the transforms'
+            // temporaries are gone by the memory peak); every output value is written.
+            let prepared = octave::prepare(&g, w);
+            let (mut yh, mut yl) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
             let joins = (v.len() == 8).then(|| {
                 (
                     ResidualJoin::new(&eh, &yh, v[6], clamp),
@@ -119,7 +120,9 @@ impl OctConv2d {
                 None => el.apply_row(c, p),
             };
             let posts: [Option<RowMap<'_, f32>>; 2] = [Some(&ph), Some(&pl)];
-            octave::forward_staged_into(&g, (v[0], v[1]), w, pros, posts, (&mut yh, &mut yl));
+            let x = (v[0], v[1]);
+            octave::forward_staged_into(&g, x, &prepared, pros, posts, (&mut yh, &mut yl));
+            (yh, yl)
         })?;
         let dev = xh.device();
         Ok(Some(OctValue::Pair {
