@@ -226,7 +226,8 @@ impl<'a, T: Element> Input<'a, T> {
     fn plane(&self, g: &ConvGeometry, (img, grp): (usize, usize), ci: usize) -> Plane<'a, T> {
         let hw = g.h * g.w;
         match *self {
-            // `Planes` callers pass the group's own slice (`img`, `grp` 0).
+            // The whole batch (`forward_planes_from`), or the group's own slice with `img` and
+            // `grp` 0 (`Grid::fill`).
             Input::Planes(x) => {
                 Plane::Copied(&x[((img * g.groups + grp) * g.cin_g() + ci) * hw..][..hw])
             }

@@ -1196,7 +1196,10 @@ impl OctConv2d {
     /// L→H outputs held side by side and then added (3 high-branch-sized tensors at once, the peak
     /// of a WRN-28-10 inference pass at α = .25).
     fn forward_strided(&self, xh: &Tensor, xl: &Tensor) -> Result<OctValue> {
-        self.strided_from_joint(Tensor::cat(&[&avg_pool2x2(xh)?, xl], 1)?)
+        // Bound first: a temporary `pool(X_H)` in the call would live until the call returns,
+        // through both convolutions.
+        let joint = Tensor::cat(&[&avg_pool2x2(xh)?, xl], 1)?;
+        self.strided_from_joint(joint)
     }
 
     /// [`OctConv2d::forward_strided`] from the high output's input `high_in = [pool(X_H); X_L]`;
