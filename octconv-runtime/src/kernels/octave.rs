@@ -204,7 +204,7 @@ pub fn forward_prologue<T: Element>(
     w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros, [None, None])
+    forward_weights(algorithm(&g.hh()), g, xh, xl, w, pros)
 }
 
 /// [`forward_prologue`] on weights [`prepare`]d for `g`, into `(y_h, y_l)`
@@ -230,7 +230,7 @@ pub fn forward_staged_into<T: Element>(
         "octave convolution: weights prepared for {:?}",
         w.geometry
     );
-    forward_prepared(g, (xh, xl), w, (pros, posts), Some((y_h, y_l)));
+    forward_prepared(g, (xh, xl), w, (pros, posts), (y_h, y_l));
 }
 
 /// The fused kernel's four weights transformed for the Winograd variants it runs on a geometry
@@ -298,18 +298,12 @@ pub fn forward_prologue_with<T: Element>(
     w: &[T],
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    forward_weights(
-        alg,
-        g,
-        xh,
-        xl,
-        OctaveWeights::from_flat(g, w),
-        pros,
-        [None, None],
-    )
+    forward_weights(alg, g, xh, xl, OctaveWeights::from_flat(g, w), pros)
 }
 
-/// [`forward_prologue_with`] on the four weights as slices.
+/// [`forward_prologue_with`] on the four weights as slices. The outputs are allocated after the
+/// weights are transformed, so that the transforms' temporaries are gone before the outputs count
+/// at the memory peak.
 fn forward_weights<T: Element>(
     alg: Algorithm,
     g: &OctaveGeometry,
@@ -317,10 +311,18 @@ fn forward_weights<T: Element>(
     xl: &[T],
     w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
-    posts: [Option<RowMap<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    let fresh = forward_weights_into(alg, g, (xh, xl), w, (pros, posts), None);
-    fresh.unwrap_or_default()
+    let prepared = prepare_with(alg, g, w);
+    // Every element of both outputs is written by the output transforms.
+    let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
+    forward_prepared(
+        g,
+        (xh, xl),
+        &prepared,
+        (pros, [None, None]),
+        (&mut y_h, &mut y_l),
+    );
+    (y_h, y_l)
 }
 
 /// [`forward_weights`] without input or output maps (the training op's forward).
@@ -330,31 +332,17 @@ fn forward_unmapped<T: Element>(
     (xh, xl): (&[T], &[T]),
     w: OctaveWeights<'_, T>,
 ) -> (Vec<T>, Vec<T>) {
-    forward_weights(alg, g, xh, xl, w, [None, None], [None, None])
+    forward_weights(alg, g, xh, xl, w, [None, None])
 }
 
-/// [`forward_weights`] into the two outputs `y`, or into two fresh ones (returned) with `None`:
-/// allocated after the weights are transformed, so that the transforms' temporaries are gone
-/// before the outputs count at the memory peak.
-fn forward_weights_into<T: Element>(
-    alg: Algorithm,
-    g: &OctaveGeometry,
-    x: (&[T], &[T]),
-    w: OctaveWeights<'_, T>,
-    maps: Maps<'_, T>,
-    y: Option<(&mut [T], &mut [T])>,
-) -> Option<(Vec<T>, Vec<T>)> {
-    forward_prepared(g, x, &prepare_with(alg, g, w), maps, y)
-}
-
-/// The fused forward on prepared weights, into `y` or (with `None`) into fresh outputs.
+/// The fused forward on prepared weights into the outputs `y` (every value written).
 fn forward_prepared<T: Element>(
     g: &OctaveGeometry,
     x: (&[T], &[T]),
     w: &Prepared<T>,
     maps: Maps<'_, T>,
-    y: Option<(&mut [T], &mut [T])>,
-) -> Option<(Vec<T>, Vec<T>)> {
+    y: (&mut [T], &mut [T]),
+) {
     match w.variants {
         Variants::F4F4 => forward_tiled::<T, F4, F4>(g, x, &w.u, maps, y),
         Variants::F4F2 => forward_tiled::<T, F4, F2>(g, x, &w.u, maps, y),
@@ -373,22 +361,12 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
     (xh, xl): (&[T], &[T]),
     [u_hh, u_lh, u_low]: &[Vec<T>; 3],
     ([pro_h, pro_l], [post_h, post_l]): Maps<'_, T>,
-    y: Option<(&mut [T], &mut [T])>,
-) -> Option<(Vec<T>, Vec<T>)> {
+    (out_h, out_l): (&mut [T], &mut [T]),
+) {
     let c_low = g.in_h + g.in_l;
     let hh = g.hh();
     let (lhh, lww) = g.low_hw();
     let (tiles_h, tiles_l) = (A::tiles(g.h, g.w), B::tiles(lhh, lww));
-    // Every element of both outputs is written by the output transforms below.
-    let mut fresh = None;
-    let (out_h, out_l) = match y {
-        Some(y) => y,
-        None => {
-            let (yh, yl) =
-                fresh.insert((output_vec(g.high_out_len()), output_vec(g.low_out_len())));
-            (&mut yh[..], &mut yl[..])
-        }
-    };
     let (img_h, img_l) = (g.out_h * g.h * g.w, g.out_l * lhh * lww);
     let (in_img_h, in_img_l) = (g.in_h * g.h * g.w, g.in_l * lhh * lww);
     let nb = images_per_task(g.n, tiles_l, B::TARGET_TILES);
@@ -478,7 +456,6 @@ fn forward_tiled<T: Element, A: Tiling, B: Tiling>(
                 }
             })
         });
-    fresh
 }
 
 /// 2×2 average pooling of `planes` planes of `h × w` (even) into `dst` (serial: callers run per

@@ -111,6 +111,15 @@ impl OutputStage<'_> {
         }
     }
 
+    /// [`OutputStage::apply`] to `y`, a fresh output that nothing else holds: a residual sum is
+    /// written into `y` ([`OutputStage::join_fresh`]).
+    pub fn apply_fresh(&self, y: OctValue) -> Result<OctValue> {
+        match self.add {
+            Some(_) if self.means.is_none() => self.join_fresh(self.before_add().map(y)?),
+            _ => self.apply(y),
+        }
+    }
+
     /// [`OutputStage::join`] of `y`, a fresh output that nothing else holds (a convolution's, made
     /// for this stage), with the sum written into `y`'s own buffers
     /// ([`crate::kernels::elementwise::SumActInPlace`]; the same values bit for bit): no third map

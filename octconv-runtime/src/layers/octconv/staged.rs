@@ -37,14 +37,7 @@ impl OctConv2d {
             }
         }
         // Detached: the per-op fallback may carry autograd nodes the stage need not track.
-        let y = self.infer_after_bn_relu(bn, x)?.map(|t| Ok(t.detach()))?;
-        match stage.add {
-            // The convolution's fresh output takes the sum in place.
-            Some(_) if !stage.pools() && stage.means.is_none() => {
-                stage.join_fresh(stage.before_add().map(y)?)
-            }
-            _ => stage.apply(y),
-        }
+        stage.apply_fresh(self.infer_after_bn_relu(bn, x)?.map(|t| Ok(t.detach()))?)
     }
 
     /// The fused four-path 3×3 kernel on `x` (its branches mapped by `pros` as they are read),
