@@ -24,11 +24,26 @@ pub fn infer(program: &Program, layers: &Layers<'_>, x: &Tensor) -> Result<OctVa
 
 /// [`infer`], calling `at_layer(j)` just before layer `j` runs and `at_layer(n)` after the last of
 /// the `n` layers (`octconv bench` finds the layer at which memory peaks, and times each layer).
+/// On the CPU the whole pass runs on one of rayon's worker threads ([`crate::threads::on_pool`]),
+/// where our kernels share out their work; on other devices on the calling thread.
 pub fn run(
     program: &Program,
     layers: &Layers<'_>,
     x: &Tensor,
-    at_layer: &mut dyn FnMut(usize),
+    at_layer: &mut (dyn FnMut(usize) + Send),
+) -> Result<OctValue> {
+    match x.device().is_cpu() {
+        true => crate::threads::on_pool(|| run_here(program, layers, x, at_layer)),
+        false => run_here(program, layers, x, at_layer),
+    }
+}
+
+/// [`run`] on the calling thread.
+fn run_here(
+    program: &Program,
+    layers: &Layers<'_>,
+    x: &Tensor,
+    at_layer: &mut (dyn FnMut(usize) + Send),
 ) -> Result<OctValue> {
     let n = program.layers.len();
     if layers.len() != n {

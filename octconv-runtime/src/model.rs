@@ -169,7 +169,7 @@ impl OctModel {
         &self,
         x: &Tensor,
         train: bool,
-        at_layer: &mut dyn FnMut(usize),
+        at_layer: &mut (dyn FnMut(usize) + Send),
     ) -> Result<Tensor> {
         if train {
             return self.forward(x, true, at_layer)?.into_tensor();
