@@ -308,19 +308,33 @@ impl OctModel {
     pub fn train_step(
         &self,
         x: &Tensor,
-        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+        loss: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
     ) -> Result<TrainStep> {
         self.train_step_observed(x, loss, &mut |_| ())
     }
 
     /// [`OctModel::train_step`], calling `at(point)` just before each layer's forward, before the
     /// loss, before each layer's backward and once at the end, so that between two calls exactly one
-    /// of them ran (`octconv bench --train` finds where the step's memory peaks with it).
+    /// of them ran (`octconv bench --train` finds where the step's memory peaks with it). On the CPU
+    /// the step runs on one of rayon's worker threads, as inference does ([`crate::exec::run`]).
     pub fn train_step_observed(
         &self,
         x: &Tensor,
-        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
-        at: &mut dyn FnMut(StepPoint),
+        loss: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
+        at: &mut (dyn FnMut(StepPoint) + Send),
+    ) -> Result<TrainStep> {
+        match x.device().is_cpu() {
+            true => crate::threads::on_pool(|| self.train_step_here(x, loss, at)),
+            false => self.train_step_here(x, loss, at),
+        }
+    }
+
+    /// [`OctModel::train_step_observed`] on the calling thread.
+    fn train_step_here(
+        &self,
+        x: &Tensor,
+        loss: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
+        at: &mut (dyn FnMut(StepPoint) + Send),
     ) -> Result<TrainStep> {
         self.check_input(x)?;
         let n = self.nodes.len();

@@ -41,7 +41,9 @@ pub fn tune_candle_pool() -> bool {
 /// instead of being woken. Measured (Intel Xeon model 167, AVX-512, 2 threads, `octconv bench`,
 /// 2–3 alternating rounds, ms per pass): `seed_wrn(n = 2, k = 2)` α = .5 10.41–10.93 → 9.98–10.06,
 /// α = 0 12.77–13.00 → 12.09–12.77; WRN-16-4 α = .75 28.3–29.9 → 27.2–28.4; MobileNet v2 α = 0
-/// 33.1–33.4 → 30.9–31.0; DenseNet-121 α = 0 183.8–189.9 → 170.1–177.1.
+/// 33.1–33.4 → 30.9–31.0; DenseNet-121 α = 0 183.8–189.9 → 170.1–177.1. A program that runs large
+/// passes should call [`crate::malloc::tune_for_tensors`] first: on a worker thread the maps come
+/// from glibc's per-thread arenas, whose heaps it otherwise deletes and maps again every pass.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();

@@ -50,11 +50,11 @@ impl PeakMemory {
 pub fn measure_train_step(
     net: &OctModel,
     x: &Tensor,
-    loss: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    loss: &(dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Sync),
 ) -> anyhow::Result<PeakMemory> {
     use octconv_runtime::model::StepPoint;
     let planned = octconv_runtime::tape::planned(net.device());
-    let step = |at: &mut dyn FnMut(StepPoint)| -> candle_core::Result<()> {
+    let step = |at: &mut (dyn FnMut(StepPoint) + Send)| -> candle_core::Result<()> {
         if planned {
             drop(net.train_step_observed(x, loss, at)?);
         } else {
