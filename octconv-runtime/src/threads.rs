@@ -30,7 +30,15 @@ pub fn tune_candle_pool() -> bool {
 }
 
 /// Runs `f` on one of the threads of rayon's global pool and returns its result; the calling
-/// thread waits (on a pool thread already, `f` runs in place).
+/// thread waits. On a thread of any rayon pool already (the global one or a custom one), `f` runs
+/// in place, and the kernels then share their work out on that pool as before.
+///
+/// A whole pass is then one rayon job, and a worker waiting for one of its loops may take up
+/// another job handed in meanwhile: a second pass started by another thread runs nested on its
+/// stack. Passes of one model from several threads at once are fine; such passes racing a write to
+/// the same weights (a training step, an optimizer update, `Var::set`) are not supported: the
+/// nested writer would wait for a read lock that the pass under it holds. Run the passes one after
+/// another, as `octconv train`, `eval` and `bench` do.
 ///
 /// Why: every kernel shares its work out with rayon. Called from a thread outside the pool (a
 /// program's main thread), each parallel loop is a cross-thread hand-off: the job is injected, a
