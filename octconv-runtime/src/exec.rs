@@ -32,10 +32,7 @@ pub fn run(
     x: &Tensor,
     at_layer: &mut (dyn FnMut(usize) + Send),
 ) -> Result<OctValue> {
-    match x.device().is_cpu() {
-        true => crate::threads::on_pool(|| run_here(program, layers, x, at_layer)),
-        false => run_here(program, layers, x, at_layer),
-    }
+    crate::threads::on_pool_for(x.device(), || run_here(program, layers, x, at_layer))
 }
 
 /// [`run`] on the calling thread.

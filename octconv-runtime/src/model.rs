@@ -323,10 +323,7 @@ impl OctModel {
         loss: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
         at: &mut (dyn FnMut(StepPoint) + Send),
     ) -> Result<TrainStep> {
-        match x.device().is_cpu() {
-            true => crate::threads::on_pool(|| self.train_step_here(x, loss, at)),
-            false => self.train_step_here(x, loss, at),
-        }
+        crate::threads::on_pool_for(x.device(), || self.train_step_here(x, loss, at))
     }
 
     /// [`OctModel::train_step_observed`] on the calling thread.

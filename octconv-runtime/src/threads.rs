@@ -53,10 +53,18 @@ pub fn tune_candle_pool() -> bool {
 /// passes should call [`crate::malloc::tune_for_tensors`] first: on a worker thread the maps come
 /// from glibc's per-thread arenas, whose heaps it otherwise deletes and maps again every pass.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        return f();
-    }
+    // `rayon::scope` runs its closure in place on a thread of any rayon pool, and otherwise hands
+    // it to the global pool and waits.
     rayon::scope(|_| f())
+}
+
+/// [`on_pool`] for work on `device`'s tensors: on the CPU, where our kernels share their work out
+/// with rayon; on other devices `f` runs on the calling thread.
+pub fn on_pool_for<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    match device.is_cpu() {
+        true => on_pool(f),
+        false => f(),
+    }
 }
 
 #[cfg(test)]
