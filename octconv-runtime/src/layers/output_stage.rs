@@ -112,10 +112,13 @@ impl OutputStage<'_> {
     }
 
     /// [`OutputStage::apply`] to `y`, a fresh output that nothing else holds: a residual sum is
-    /// written into `y` ([`OutputStage::join_fresh`]).
+    /// written into `y` ([`OutputStage::join_fresh`]) where nothing follows it (no pooling, no
+    /// means; `join_fresh` applies neither).
     pub fn apply_fresh(&self, y: OctValue) -> Result<OctValue> {
         match self.add {
-            Some(_) if self.means.is_none() => self.join_fresh(self.before_add().map(y)?),
+            Some(_) if !self.pools() && self.means.is_none() => {
+                self.join_fresh(self.before_add().map(y)?)
+            }
             _ => self.apply(y),
         }
     }
