@@ -21,7 +21,7 @@
 
 use super::octave::{OctaveGeometry, OctaveWeights};
 use super::prologue::Prologue;
-use super::resample::pool_plane_map;
+use super::resample::{add_upsampled_row, pool_plane_map};
 use super::scratch::{output_vec, with_scratch, Scratch};
 use super::simd::wide_fn;
 use super::{ConvGeometry, Element};
@@ -673,9 +673,7 @@ pub fn octave_forward(
                 conv_planes(pad_h, ph, &wt.hh, stage, |co, y, row| {
                     let up = &lh[(co * lhh + y / 2) * lww..][..lww];
                     let o = &mut out_h[(co * g.h + y) * g.w..][..g.w];
-                    for (x, (o, &v)) in o.iter_mut().zip(row).enumerate() {
-                        *o = v + up[x / 2];
-                    }
+                    add_upsampled_row(o, row, up);
                 });
             })
         });
