@@ -164,7 +164,8 @@ impl<'a, T> OctaveWeights<'a, T> {
     }
 }
 
-/// `[W_HL | W_LL]` concatenated along the input channels: `[out_l, in_h + in_l, 3, 3]`.
+/// `[W_HL | W_LL]` concatenated along the input channels: `[out_l, in_h + in_l, 3, 3]` (the
+/// backward's low product; the forward transforms the two parts where they are).
 fn low_weight<T: Element>(g: &OctaveGeometry, w_hl: &[T], w_ll: &[T]) -> Vec<T> {
     let mut w = Vec::with_capacity(9 * g.out_l * (g.in_h + g.in_l));
     for co in 0..g.out_l {
@@ -234,9 +235,9 @@ pub fn forward_staged_into<T: Element>(
 }
 
 /// The fused kernel's four weights transformed for the Winograd variants it runs on a geometry
-/// (`U_HH`, `U_LH` and `U_[HL|LL]`), made before the outputs are allocated ([`prepare`]), so that
-/// the transforms' temporaries (the joined low weight) are gone before the outputs count at the
-/// memory peak.
+/// (`U_HH`, `U_LH` and `U_[HL|LL]`, the last transformed from `W_HL` and `W_LL` where they are),
+/// made before the outputs are allocated ([`prepare`]), so that the transforms' temporaries are
+/// gone before the outputs count at the memory peak.
 pub struct Prepared<T> {
     geometry: OctaveGeometry,
     variants: Variants,
@@ -285,7 +286,7 @@ fn transform<T: Element, A: Tiling, B: Tiling>(
     [
         A::weights(w.hh, g.out_h, g.in_h),
         B::weights(w.lh, g.out_h, g.in_l),
-        B::weights(&low_weight(g, w.hl, w.ll), g.out_l, g.in_h + g.in_l),
+        B::weights_joined(&[(w.hl, g.in_h), (w.ll, g.in_l)], g.out_l),
     ]
 }
 

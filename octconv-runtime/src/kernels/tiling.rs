@@ -25,7 +25,12 @@ pub(super) trait Tiling {
     /// Tiles (GEMM columns) per task that make the `FREQS` GEMMs wide enough.
     const TARGET_TILES: usize;
     /// `U = G g Gᵀ` for every kernel of `w` `[cout, cin, 3, 3]`.
-    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T>;
+    fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+        Self::weights_joined(&[(w, cin)], cout)
+    }
+    /// [`Tiling::weights`] of a weight given as parts along the input channels (`(w_part,
+    /// cin_part)`, each `[cout, cin_part, 3, 3]`), read where they are.
+    fn weights_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T>;
     /// `V = Bᵀ d B` for every input tile of the whole images in `x`, each value of channel `c`
     /// mapped by `pro`'s channel `c` as it is read.
     fn input<T: Element>(
@@ -350,8 +355,8 @@ macro_rules! tiling {
             const TILE: usize = $tile;
             const FREQS: usize = $side * $side;
             const TARGET_TILES: usize = $target;
-            fn weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
-                $module::transform_weights(w, cout, cin)
+            fn weights_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T> {
+                $module::transform_joined(parts, cout)
             }
             fn input<T: Element>(
                 g: &ConvGeometry,

@@ -27,26 +27,34 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.groups == 1
 }
 
-/// A vector build of a kernel transform for f32: given one output channel's `cin` kernels (`cin × 9`
-/// values) it writes `U[ξ][ci]` (rows of `cin`) for the first input channels it handles and returns
-/// how many (a multiple of its vector width); the per-kernel transform does the rest. It must run the
-/// per-kernel transform's arithmetic in the same order, so that both give the same values.
+/// A vector build of a kernel transform for f32: given `count` kernels of one output channel
+/// (`count × 9` values) and the row stride of the transformed rows, it writes `U[ξ][ci]` (at
+/// `ξ · stride + ci`) for the first kernels it handles and returns how many (a multiple of its
+/// vector width); the per-kernel transform does the rest. It must run the per-kernel transform's
+/// arithmetic in the same order, so that both give the same values.
 ///
 /// # Safety
 /// Callers check the CPU feature the function needs (AVX2) before calling it.
-pub(super) type KernelRows = unsafe fn(&[f32], usize, &mut [f32]) -> usize;
+pub(super) type KernelRows = unsafe fn(&[f32], usize, usize, &mut [f32]) -> usize;
 
-/// `U[ξ][co][ci] = f(w[co][ci])[ξ]` for `w` `[cout, cin, 3, 3]`: a Winograd kernel transform `f` applied to
-/// every 3×3 kernel, output channels in parallel (a serial, scattered transform was a visible share of
-/// a small network's inference), then laid out frequency-major for the GEMMs. Where `w` is f32 and
-/// the CPU has AVX2, `simd` (if given) transforms eight kernels at a time first.
+/// `U[ξ][co][ci] = f(w[co][ci])[ξ]` for `w` `[cout, cin, 3, 3]` given as parts along the input
+/// channels (`(w_part, cin_part)`, each `[cout, cin_part, 3, 3]`; `cin` is their sum): a Winograd
+/// kernel transform `f` applied to every 3×3 kernel, output channels in parallel (a serial,
+/// scattered transform was a visible share of a small network's inference), then laid out
+/// frequency-major for the GEMMs. Where the weights are f32 and the CPU has AVX2, `simd` (if
+/// given) transforms eight kernels at a time first. The parts are read where they are: the fused
+/// octave kernel's low product `[W_HL | W_LL]` was first copied into one weight, on one thread, on
+/// every pass (1.2 % of WRN-16-4's α = .75 inference, `perf`).
 pub(super) fn transform_kernels<T: Element, const F: usize>(
-    w: &[T],
+    parts: &[(&[T], usize)],
     cout: usize,
-    cin: usize,
     f: impl Fn(&[T]) -> [T; F] + Sync,
     simd: Option<KernelRows>,
 ) -> Vec<T> {
+    let cin: usize = parts.iter().map(|&(_, c)| c).sum();
+    for &(w, c) in parts {
+        assert!(w.len() >= cout * c * 9, "kernel transform: weight sizes");
+    }
     if cout * cin == 0 {
         return Vec::new();
     }
@@ -67,21 +75,25 @@ pub(super) fn transform_kernels<T: Element, const F: usize>(
         .for_each_init(Vec::new, |tmp: &mut Vec<T>, (co, mut dst)| {
             tmp.resize(F * cin, T::ZERO);
             let blk = &mut tmp[..];
-            let kernels = &w[co * cin * 9..][..cin * 9];
-            let mut done = 0;
-            #[cfg(target_arch = "x86_64")]
-            if let (Some(simd), true) = (simd, super::simd::has_avx2_fma()) {
-                if let (Some(k32), Some(b32)) = (T::as_f32(kernels), T::as_f32_mut(blk)) {
-                    // SAFETY: the CPU has AVX2 (checked); `k32` holds cin kernels and `b32` F rows
-                    // of cin.
-                    done = unsafe { simd(k32, cin, b32) };
+            let mut at = 0;
+            for &(w, c) in parts {
+                let kernels = &w[co * c * 9..][..c * 9];
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(simd), true) = (simd, super::simd::has_avx2_fma()) {
+                    if let (Some(k32), Some(b32)) = (T::as_f32(kernels), T::as_f32_mut(blk)) {
+                        // SAFETY: the CPU has AVX2 (checked); `k32` holds `c` kernels, and from
+                        // `at` on `b32` holds F rows of stride `cin` with `c` values each.
+                        done = unsafe { simd(k32, c, cin, &mut b32[at..]) };
+                    }
                 }
-            }
-            for ci in done..cin {
-                let vals = f(&kernels[ci * 9..][..9]);
-                for (xi, v) in vals.into_iter().enumerate() {
-                    blk[xi * cin + ci] = v;
+                for ci in done..c {
+                    let vals = f(&kernels[ci * 9..][..9]);
+                    for (xi, v) in vals.into_iter().enumerate() {
+                        blk[xi * cin + at + ci] = v;
+                    }
                 }
+                at += c;
             }
             for (xi, row) in dst.iter_mut().enumerate() {
                 row.copy_from_slice(&blk[xi * cin..][..cin]);
@@ -92,11 +104,17 @@ pub(super) fn transform_kernels<T: Element, const F: usize>(
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+    transform_joined(&[(w, cin)], cout)
+}
+
+/// [`transform_weights`] of a weight given as parts along the input channels (as
+/// [`transform_kernels`] takes them).
+pub(super) fn transform_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     let simd: Option<KernelRows> = Some(kernels_avx2);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = None;
-    transform_kernels::<T, 16>(w, cout, cin, one_kernel, simd)
+    transform_kernels::<T, 16>(parts, cout, one_kernel, simd)
 }
 
 /// `G g Gᵀ` of one 3×3 kernel `g`: the one place of the transform's arithmetic, which the vector
@@ -129,13 +147,14 @@ fn one_kernel<T: Element>(g: &[T]) -> [T; 16] {
 /// channels done (a multiple of 8; the caller does the rest).
 ///
 /// # Safety
-/// The CPU must have AVX2. `w` holds `cin` kernels of 9 values; `u` holds 16 rows of `cin`.
+/// The CPU must have AVX2. `w` holds `cin` kernels of 9 values; `u` holds 16 rows of `stride`
+/// values, `cin` of them written each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernels_avx2(w: &[f32], cin: usize, u: &mut [f32]) -> usize {
+unsafe fn kernels_avx2(w: &[f32], cin: usize, stride: usize, u: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     assert!(
-        w.len() >= cin * 9 && u.len() >= 16 * cin,
+        w.len() >= cin * 9 && cin <= stride && u.len() >= 15 * stride + cin,
         "F(2×2) kernel transform: sizes"
     );
     let (mul, add, sub) = (_mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps);
@@ -162,7 +181,7 @@ unsafe fn kernels_avx2(w: &[f32], cin: usize, u: &mut [f32]) -> usize {
                 t2,
             ];
             for (j, v) in row.into_iter().enumerate() {
-                _mm256_storeu_ps(u.as_mut_ptr().add((i * 4 + j) * cin + ci0), v);
+                _mm256_storeu_ps(u.as_mut_ptr().add((i * 4 + j) * stride + ci0), v);
             }
         }
     }
@@ -402,6 +421,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transforms_of_a_weight_in_parts_equal_those_of_the_joined_weight_bit_for_bit() {
+        // Parts of odd sizes around the vector width, and an empty part.
+        for (cout, cins) in [(3, vec![5, 13]), (2, vec![8, 9]), (1, vec![0, 17]), (2, vec![16, 3, 8])] {
+            let parts: Vec<Vec<f32>> = cins
+                .iter()
+                .enumerate()
+                .map(|(p, &c)| {
+                    (0..cout * c * 9)
+                        .map(|i| (((i + 7 * p) * 37 % 101) as f32 - 50.0) / 7.0)
+                        .collect()
+                })
+                .collect();
+            let cin: usize = cins.iter().sum();
+            let mut joined = Vec::new();
+            for co in 0..cout {
+                for (w, &c) in parts.iter().zip(&cins) {
+                    joined.extend_from_slice(&w[co * c * 9..][..c * 9]);
+                }
+            }
+            let refs: Vec<(&[f32], usize)> = parts.iter().map(|w| &w[..]).zip(cins.iter().copied()).collect();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(
+                bits(transform_joined(&refs, cout)),
+                bits(transform_weights(&joined, cout, cin)),
+                "F(2×2), {cins:?}"
+            );
+            assert_eq!(
+                bits(super::super::winograd4::transform_joined(&refs, cout)),
+                bits(super::super::winograd4::transform_weights(&joined, cout, cin)),
+                "F(4×4), {cins:?}"
+            );
         }
     }
 

@@ -47,6 +47,12 @@ fn g_matrix<T: Element>() -> [[T; 3]; 6] {
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
+    transform_joined(&[(w, cin)], cout)
+}
+
+/// [`transform_weights`] of a weight given as parts along the input channels (as
+/// [`super::winograd::transform_kernels`] takes them).
+pub(super) fn transform_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T> {
     let gm = g_matrix::<T>();
     let f = |g: &[T]| {
         // t = G g (6×3)
@@ -69,7 +75,7 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
     let simd: Option<super::winograd::KernelRows> = Some(kernels_avx2);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = None;
-    super::winograd::transform_kernels::<T, FREQS>(w, cout, cin, f, simd)
+    super::winograd::transform_kernels::<T, FREQS>(parts, cout, f, simd)
 }
 
 /// The kernel transform of [`transform_weights`] for eight kernels (input channels) at a time in
@@ -79,13 +85,14 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
 /// pass, whatever α. Returns the input channels done (a multiple of 8; the caller does the rest).
 ///
 /// # Safety
-/// The CPU must have AVX2. `w` holds `cin` kernels of 9 values; `u` holds 36 rows of `cin`.
+/// The CPU must have AVX2. `w` holds `cin` kernels of 9 values; `u` holds 36 rows of `stride`
+/// values, `cin` of them written each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernels_avx2(w: &[f32], cin: usize, u: &mut [f32]) -> usize {
+unsafe fn kernels_avx2(w: &[f32], cin: usize, stride: usize, u: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
     assert!(
-        w.len() >= cin * 9 && u.len() >= FREQS * cin,
+        w.len() >= cin * 9 && cin <= stride && u.len() >= (FREQS - 1) * stride + cin,
         "F(4×4) kernel transform: sizes"
     );
     let gm = g_matrix::<f32>();
@@ -109,7 +116,7 @@ unsafe fn kernels_avx2(w: &[f32], cin: usize, u: &mut [f32]) -> usize {
             for (j, row) in gm.iter().enumerate() {
                 let a = add(mul(ti[0], set(row[0])), mul(ti[1], set(row[1])));
                 let v = add(a, mul(ti[2], set(row[2])));
-                _mm256_storeu_ps(u.as_mut_ptr().add((i * 6 + j) * cin + ci0), v);
+                _mm256_storeu_ps(u.as_mut_ptr().add((i * 6 + j) * stride + ci0), v);
             }
         }
     }
