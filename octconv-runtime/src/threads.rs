@@ -10,6 +10,10 @@
 //! the time (3 alternating rounds, `octconv bench 'wrn(n = 2, k = 4)' --train`, AMD EPYC, 2 threads);
 //! 200 was no better than 2 000.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 /// The spin limit set by [`tune_candle_pool`].
 pub const CANDLE_SPIN_LIMIT: u32 = 2_000;
 
@@ -52,10 +56,112 @@ pub fn tune_candle_pool() -> bool {
 /// 33.1–33.4 → 30.9–31.0; DenseNet-121 α = 0 183.8–189.9 → 170.1–177.1. A program that runs large
 /// passes should call [`crate::malloc::tune_for_tensors`] first: on a worker thread the maps come
 /// from glibc's per-thread arenas, whose heaps it otherwise deletes and maps again every pass.
+///
+/// From outside the pool, the pass also keeps the pool's other workers awake while it runs
+/// ([`keep_awake`]).
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    // `rayon::scope` runs its closure in place on a thread of any rayon pool, and otherwise hands
-    // it to the global pool and waits.
-    rayon::scope(|_| f())
+    if rayon::current_thread_index().is_some() {
+        // Already on a pool thread (a nested pass, or a caller's own rayon job): in place.
+        return f();
+    }
+    let _pass = Pass::begin();
+    let running = AtomicBool::new(true);
+    // `rayon::scope` hands its closure to the global pool and waits; the scope ends when `f` has
+    // returned (or unwound) and every waker it spawned has seen that.
+    rayon::scope(|s| {
+        let owner = rayon::current_thread_index();
+        if ACTIVE_PASSES.load(Ordering::Acquire) == 1 {
+            let started = Instant::now();
+            for _ in 1..rayon::current_num_threads() {
+                let running = &running;
+                s.spawn(move |_| keep_awake(running, owner, started));
+            }
+        }
+        let _stop = Stop(&running);
+        f()
+    })
+}
+
+/// Passes running through [`on_pool`] from outside the pool, now.
+static ACTIVE_PASSES: AtomicUsize = AtomicUsize::new(0);
+
+/// One pass counted in [`ACTIVE_PASSES`] while it lives.
+struct Pass;
+
+impl Pass {
+    fn begin() -> Pass {
+        ACTIVE_PASSES.fetch_add(1, Ordering::AcqRel);
+        Pass
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        ACTIVE_PASSES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Clears the pass's running flag when `f` returns or unwinds, so that its wakers end and the
+/// scope can finish (and re-raise a panic).
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs a [`keep_awake`] loop (further down its stack).
+    static AWAKE_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How long a waker may find no work before it lets its worker sleep as rayon would.
+const IDLE_LIMIT: Duration = Duration::from_millis(2);
+
+/// How late a waker may start and still loop (see below).
+const LATE_START: Duration = Duration::from_millis(1);
+
+/// Keeps one pool worker looking for the pass's work ([`rayon::yield_now`]) instead of going to
+/// sleep between the pass's parallel loops, until the pass ends.
+///
+/// Why: a rayon worker that finds no work for about 32 rounds of `sched_yield` (tens of µs) goes
+/// to sleep, and the next parallel loop must wake it (`futex`) and wait for the scheduler to run
+/// it. A pass is hundreds of loops, many of them shorter than that wake-up, separated by serial
+/// work on the pass's own thread (allocations, an output's copy). `perf stat` of `octconv bench
+/// 'seed_wrn(n = 2, k = 2)' --alphas 0.5 --batch 32`: 264 `futex` and 1 800 `sched_yield` calls per
+/// pass of 10 ms, 9 % of the CPU time in the kernel. A rayon whose workers poll 64 times longer
+/// before sleeping (a patched build, for the measurement only) ran that pass 10 % faster and
+/// WRN-16-4's α = .75 pass 7 % faster (Intel Xeon model 167, AVX-512, 2 threads); rayon has no
+/// setting for it, so the pass keeps its workers busy itself, as ONNX Runtime's pool spins.
+///
+/// The loop runs jobs on top of its own frame. It must never sit on top of a frame that the pass
+/// waits for: it returns at once on the pass's own thread, on a thread already in such a loop, when
+/// it starts late (a worker that took it while waiting inside one of the pass's jobs — the waker
+/// jobs are the oldest in the pass thread's queue, so idle workers take them first), and as soon as
+/// a second pass runs in the process ([`ACTIVE_PASSES`]: passes from several threads share the
+/// workers as before). And it returns after [`IDLE_LIMIT`] without work, so even where it did end
+/// up on such a frame the pass is delayed by that much, not stopped.
+fn keep_awake(running: &AtomicBool, owner: Option<usize>, started: Instant) {
+    if rayon::current_thread_index() == owner || AWAKE_LOOP.get() || started.elapsed() > LATE_START
+    {
+        return;
+    }
+    AWAKE_LOOP.set(true);
+    let mut idle_since = None;
+    while running.load(Ordering::Acquire) && ACTIVE_PASSES.load(Ordering::Acquire) == 1 {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle_since = None,
+            _ => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > IDLE_LIMIT {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+    AWAKE_LOOP.set(false);
 }
 
 /// [`on_pool`] for work on `device`'s tensors: on the CPU, where our kernels share their work out
@@ -83,5 +189,40 @@ mod tests {
         assert_eq!(outer, inner);
         // The result comes back to the caller.
         assert_eq!(on_pool(|| 6 * 7), 42);
+    }
+
+    /// Passes with nested parallel loops from several threads at once (each keeping workers
+    /// awake while it is the only one) all finish with the right sums, and a panic in a pass
+    /// reaches its caller instead of leaving the pass waiting for its wakers.
+    #[test]
+    fn concurrent_passes_finish_and_a_panicking_pass_reaches_its_caller() {
+        use rayon::prelude::*;
+        let want: u64 = (0..20_000u64).map(|i| i * i % 7).sum();
+        let pass = || {
+            on_pool(|| {
+                (0..20u64)
+                    .into_par_iter()
+                    .map(|b| {
+                        (b * 1000..(b + 1) * 1000)
+                            .into_par_iter()
+                            .map(|i| i * i % 7)
+                            .sum::<u64>()
+                    })
+                    .sum::<u64>()
+            })
+        };
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..50).map(|_| pass()).collect::<Vec<_>>()))
+                .collect();
+            for r in runs {
+                assert!(r.join().unwrap().iter().all(|&v| v == want));
+            }
+        });
+        // Alone again: the pass keeps the other workers awake and still finishes.
+        assert_eq!(pass(), want);
+        let caught = std::panic::catch_unwind(|| on_pool(|| -> u32 { panic!("in the pass") }));
+        assert!(caught.is_err());
+        assert_eq!(pass(), want);
     }
 }

@@ -499,8 +499,12 @@ mod tests {
     #[test]
     fn add_upsampled_row_equals_the_indexed_loop_bit_for_bit() {
         for w in [1usize, 2, 3, 8, 15, 16, 17, 32, 33, 64] {
-            let row: Vec<f32> = (0..w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-            let up: Vec<f32> = (0..w.div_ceil(2)).map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.0).collect();
+            let row: Vec<f32> = (0..w)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let up: Vec<f32> = (0..w.div_ceil(2))
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.0)
+                .collect();
             let want: Vec<f32> = (0..w).map(|x| row[x] + up[x / 2]).collect();
             let mut got = vec![f32::NAN; w];
             add_upsampled_row(&mut got, &row, &up);

@@ -103,6 +103,7 @@ pub(super) fn transform_kernels<T: Element, const F: usize>(
 }
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
+#[cfg(test)]
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     transform_joined(&[(w, cin)], cout)
 }
@@ -427,7 +428,12 @@ mod tests {
     #[test]
     fn transforms_of_a_weight_in_parts_equal_those_of_the_joined_weight_bit_for_bit() {
         // Parts of odd sizes around the vector width, and an empty part.
-        for (cout, cins) in [(3, vec![5, 13]), (2, vec![8, 9]), (1, vec![0, 17]), (2, vec![16, 3, 8])] {
+        for (cout, cins) in [
+            (3, vec![5, 13]),
+            (2, vec![8, 9]),
+            (1, vec![0, 17]),
+            (2, vec![16, 3, 8]),
+        ] {
             let parts: Vec<Vec<f32>> = cins
                 .iter()
                 .enumerate()
@@ -444,7 +450,11 @@ mod tests {
                     joined.extend_from_slice(&w[co * c * 9..][..c * 9]);
                 }
             }
-            let refs: Vec<(&[f32], usize)> = parts.iter().map(|w| &w[..]).zip(cins.iter().copied()).collect();
+            let refs: Vec<(&[f32], usize)> = parts
+                .iter()
+                .map(|w| &w[..])
+                .zip(cins.iter().copied())
+                .collect();
             let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
             assert_eq!(
                 bits(transform_joined(&refs, cout)),
@@ -453,7 +463,9 @@ mod tests {
             );
             assert_eq!(
                 bits(super::super::winograd4::transform_joined(&refs, cout)),
-                bits(super::super::winograd4::transform_weights(&joined, cout, cin)),
+                bits(super::super::winograd4::transform_weights(
+                    &joined, cout, cin
+                )),
                 "F(4×4), {cins:?}"
             );
         }

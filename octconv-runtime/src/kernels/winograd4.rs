@@ -46,6 +46,7 @@ fn g_matrix<T: Element>() -> [[T; 3]; 6] {
 }
 
 /// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` for `w` `[cout, cin, 3, 3]`.
+#[cfg(test)]
 pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) -> Vec<T> {
     transform_joined(&[(w, cin)], cout)
 }
