@@ -249,3 +249,27 @@ fn wrong_input_shape_is_an_error_and_train_mode_runs() {
     let y = net.forward_t(&input(3, 32, 32), true).unwrap();
     assert_eq!(y.dims(), [2, 10]);
 }
+
+/// `freeze` on a generated struct: its `infer` stays bit-identical to the interpreter's (frozen or
+/// not) and to its own before freezing, and the training-mode forward is refused.
+#[test]
+fn a_frozen_generated_model_infers_bit_identically_and_refuses_training() {
+    let call = "wrn(n = 1, k = 1, alpha = 0.25, drop = 0.3)";
+    let ir = octconv::check_builtin(call).model.unwrap();
+    let w = weights(&ir, 5);
+    let vb = || VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    let x = input(3, 32, 32);
+    let mut ours = SmallWrn::new(vb()).unwrap();
+    let before = bits(&values(&ours.infer(&x).unwrap()));
+    ours.freeze().unwrap();
+    let mut interp = octconv::OctModel::new(ir, vb()).unwrap();
+    interp.freeze().unwrap();
+    for _ in 0..2 {
+        assert_eq!(bits(&values(&ours.infer(&x).unwrap())), before);
+        assert_eq!(bits(&values(&interp.infer(&x).unwrap())), before);
+    }
+    let err = ours
+        .forward_t(&x, true)
+        .expect_err("training a frozen model");
+    assert!(err.to_string().contains("frozen"), "{err}");
+}

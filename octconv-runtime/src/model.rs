@@ -29,6 +29,8 @@ pub struct OctModel {
     /// Whether fused CPU kernels may run (the planned program in `infer`, BN + ReLU in one pass in
     /// the autograd forward, the octave convolution's kernels in its layers).
     fused: bool,
+    /// Whether [`OctModel::freeze`] has run: the parameters are a snapshot and training is refused.
+    frozen: bool,
     dropout_rng: DropoutRng,
     device: candle_core::Device,
 }
@@ -64,6 +66,7 @@ impl OctModel {
             last_use,
             bn_act,
             fused: crate::layers::octconv::fused_by_default(),
+            frozen: false,
             dropout_rng,
             device,
         })
@@ -93,6 +96,49 @@ impl OctModel {
         for node in self.nodes.iter_mut().flatten() {
             node.set_fused(fused);
         }
+    }
+
+    /// Freezes the model for inference, as an inference session does: every layer's parameters
+    /// become private copies, a snapshot that later writes to the `VarMap` it was built from do
+    /// not reach, and the octave convolutions' CPU kernels then prepare their weights (Winograd
+    /// transforms, packing) once per input size and keep them instead of on every pass
+    /// ([`crate::layers::OctLayer::freeze`]). The values are the same, bit for bit. A frozen model
+    /// refuses training ([`OctModel::train_step`], the training-mode forward): build the model
+    /// again from its `VarMap` to train it, or to see changed weights. The parameters' copies cost
+    /// their size once more (the variables keep theirs) and the prepared weights
+    /// [`OctModel::prepared_bytes`]. Freezing twice is a no-op.
+    pub fn freeze(&mut self) -> Result<()> {
+        for node in self.nodes.iter_mut().flatten() {
+            node.freeze()?;
+        }
+        self.frozen = true;
+        Ok(())
+    }
+
+    /// Whether [`OctModel::freeze`] has run.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Bytes of weights the frozen model's kernels keep prepared (they are made by the first pass
+    /// at each input size; 0 before, and for a model that is not frozen).
+    pub fn prepared_bytes(&self) -> usize {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.prepared_bytes())
+            .sum()
+    }
+
+    /// An error for training a frozen model.
+    fn refuse_frozen(&self) -> Result<()> {
+        if self.frozen {
+            candle_core::bail!(
+                "model `{}` is frozen for inference (OctModel::freeze: its parameters are a snapshot), so it cannot be trained; build it again from its VarMap to train it",
+                self.ir.name
+            )
+        }
+        Ok(())
     }
 
     /// How many octave convolutions have the shape the fused CPU kernel handles (all four paths, 3×3,
@@ -192,6 +238,9 @@ impl OctModel {
         train: bool,
         at_layer: &mut dyn FnMut(usize),
     ) -> Result<OctValue> {
+        if train {
+            self.refuse_frozen()?;
+        }
         self.check_input(x)?;
         let n = self.nodes.len();
         let mut outs: Vec<Option<OctValue>> = vec![None; n];
@@ -333,6 +382,7 @@ impl OctModel {
         loss: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
         at: &mut (dyn FnMut(StepPoint) + Send),
     ) -> Result<TrainStep> {
+        self.refuse_frozen()?;
         self.check_input(x)?;
         let n = self.nodes.len();
         let mut outs: Vec<Option<OctValue>> = vec![None; n];

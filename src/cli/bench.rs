@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// layers without a backward of their own are listed; peak memory is that of a whole step.
     #[arg(long)]
     train: bool,
+    /// Time inference of a model that is not frozen: its octave convolutions then prepare their
+    /// weights (Winograd transforms, packing) on every pass, as they do while it is trained. By
+    /// default inference runs frozen (`OctModel::freeze`), as a deployed model runs and as ONNX
+    /// Runtime's session prepacks its weights once.
+    #[arg(long, conflicts_with = "train")]
+    unfrozen: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -90,6 +96,9 @@ pub struct Row {
     /// The layer during which the peak occurs (with `--train`: `forward LAYER`, `the loss` or
     /// `backward LAYER` on the planned step).
     pub peak_layer: String,
+    /// Bytes of weights the frozen model's kernels keep prepared (0 for a model that is not
+    /// frozen, and with `--train`): not part of `peak_bytes`, which counts what one pass allocates.
+    pub prepared_bytes: u64,
     /// Peak memory relative to the first row.
     pub memory_relative: f64,
     /// The seed's memory theory 1 − ¾α.
@@ -124,6 +133,9 @@ pub struct Timing {
     pub profile: bool,
     /// With `profile`: how many of the slowest layers to list (0: all).
     pub layers: usize,
+    /// Inference of the frozen model (`OctModel::freeze`: weights prepared once); ignored with
+    /// `train`.
+    pub freeze: bool,
 }
 
 impl Timing {
@@ -154,6 +166,8 @@ struct Report {
     repeats: usize,
     threads: usize,
     device: String,
+    /// Inference of the frozen model (weights prepared once).
+    frozen: bool,
     rows: Vec<Row>,
 }
 
@@ -172,6 +186,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         train: args.train,
         profile: args.profile,
         layers: args.layers,
+        freeze: !args.unfrozen,
     };
     let device = args.device.open()?;
     let bar = ProgressBar::new((models.len() * (args.repeats + 1) * timing.batches()) as u64);
@@ -197,6 +212,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         repeats: args.repeats,
         threads: rayon::current_num_threads(),
         device: args.device.device.clone(),
+        frozen: !args.train && !args.unfrozen,
         rows,
     };
     if args.json {
@@ -252,6 +268,23 @@ fn print_table(r: &Report) {
         r.repeats,
         r.threads
     );
+    if r.frozen {
+        let kept: Vec<String> = r
+            .rows
+            .iter()
+            .map(|row| {
+                format!(
+                    "{:.1} MiB at α = {}",
+                    row.prepared_bytes as f64 / (1 << 20) as f64,
+                    row.alpha
+                )
+            })
+            .collect();
+        println!(
+            "The model is frozen for inference (`OctModel::freeze`; `--unfrozen` times it without): its octave convolutions keep the weights they prepare, {} (not in the peak memory, which counts one pass).",
+            kept.join(", ")
+        );
+    }
     println!();
     println!("| α | mean s | median s | std s | median ms / sample | relative | FLOPs theory | MACs (cost model) | peak memory | of it scratch | peak at layer | memory relative | memory theory |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -309,7 +342,10 @@ pub fn time_model(
             data.insert(name, Var::from_tensor(&t.to_device(device)?)?);
         }
     }
-    let net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let mut net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    if args.freeze && !args.train {
+        net.freeze()?;
+    }
     // A class vector trains with cross-entropy against random labels; any other output (a feature
     // map, a pair merged or not) with the surrogate loss mean(y²), so any spec can be timed training.
     let probe = net.infer(&x_all.narrow(0, 0, 1)?)?;
@@ -413,6 +449,7 @@ pub fn time_model(
         peak_activation_bytes: peak.activations,
         peak_scratch_bytes: peak.scratch,
         peak_layer: peak.layer,
+        prepared_bytes: net.prepared_bytes() as u64,
         memory_relative: 1.0,
         memory_theory: octconv_spec::cost::theory_memory_ratio(alpha),
         profile,

@@ -69,10 +69,12 @@ pub fn run(args: &EvalArgs, color: bool) -> anyhow::Result<ExitCode> {
         Some(n) => batcher.with_threads(n)?,
         None => batcher,
     };
-    let net = octconv_runtime::OctModel::new(
+    let mut net = octconv_runtime::OctModel::new(
         model,
         candle_nn::VarBuilder::from_tensors(weights, DType::F32, &device),
     )?;
+    // Inference only, batch after batch: the kernels prepare their weights once.
+    net.freeze()?;
     let e = evaluate(&net, &data.test, &batcher, args.batch)?;
     let classes = &data.test.classes;
     if args.json {

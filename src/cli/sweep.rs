@@ -233,6 +233,7 @@ fn time_all(
         train: false,
         profile: false,
         layers: super::bench_profile::SLOWEST,
+        freeze: true,
     };
     eprintln!(
         "timing inference: batch {}, {} samples, {} repeats per α",

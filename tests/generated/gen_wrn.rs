@@ -540,6 +540,51 @@ impl GenWrn {
     pub fn set_dropout_seed(&self, seed: u64) {
         self.__dropout_rng.reseed(seed);
     }
+    /// Freezes the model for inference, as the interpreter's `OctModel::freeze` does: every
+    /// layer's parameters become private copies (a snapshot that later writes to the
+    /// `VarMap` do not reach), and the octave convolutions' CPU kernels then keep the
+    /// weights they prepare instead of preparing them on every pass. The values are the
+    /// same. A frozen model cannot be trained (its octave convolutions refuse the
+    /// training-mode forward): build it again from its `VarMap` for that.
+    pub fn freeze(&mut self) -> ::octconv::candle_core::Result<()> {
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.octconv0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_bn0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_relu0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_octconv0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_bn1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_relu1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_dropout0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_octconv1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_add)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_bn0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_relu0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_octconv0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_bn1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_relu1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_dropout0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_octconv1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(
+            &mut *self.wide1_res0_shortcut_octconv0,
+        )?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide1_res0_add)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_bn0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_relu0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_octconv0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_bn1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_relu1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_dropout0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_octconv1)?;
+        ::octconv::runtime::layers::OctLayer::freeze(
+            &mut *self.wide2_res0_shortcut_octconv0,
+        )?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide2_res0_add)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.bn0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.relu0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.merge0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.global_avg_pool0)?;
+        ::octconv::runtime::layers::OctLayer::freeze(&mut *self.linear0)?;
+        Ok(())
+    }
     /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
     /// the same planned program (`octconv_spec::plan::Program`) by the same executor
     /// (`octconv_runtime::exec`): eval-mode batch norm, each output detached and freed after

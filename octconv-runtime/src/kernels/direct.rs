@@ -470,6 +470,15 @@ pub struct OctavePacked {
 }
 
 impl OctavePacked {
+    /// Bytes the packed weights take.
+    pub fn bytes(&self) -> usize {
+        [&self.hh, &self.lh, &self.low]
+            .iter()
+            .map(|p| p.data.len())
+            .sum::<usize>()
+            * std::mem::size_of::<f32>()
+    }
+
     /// Packs the four `[c_out, c_in, 3, 3]` weights of `g`.
     pub fn new(g: &OctaveGeometry, w: OctaveWeights<'_, f32>) -> Self {
         let c_low = g.in_h + g.in_l;

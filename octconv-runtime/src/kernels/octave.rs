@@ -244,6 +244,18 @@ pub struct Prepared<T> {
     u: [Vec<T>; 3],
 }
 
+impl<T> Prepared<T> {
+    /// The geometry the weights were prepared for.
+    pub fn geometry(&self) -> &OctaveGeometry {
+        &self.geometry
+    }
+
+    /// Bytes the transformed weights take.
+    pub fn bytes(&self) -> usize {
+        self.u.iter().map(|u| u.len()).sum::<usize>() * std::mem::size_of::<T>()
+    }
+}
+
 /// The Winograd variants of the high branch and of the low-resolution products.
 #[derive(Clone, Copy)]
 enum Variants {

@@ -29,6 +29,16 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// Replaces the parameters and running statistics with private copies (a snapshot for a
+    /// frozen model: [`crate::layers::OctLayer::freeze`]).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.weight = self.weight.copy()?;
+        self.bias = self.bias.copy()?;
+        self.running_mean = Var::from_tensor(&self.running_mean.as_tensor().copy()?)?;
+        self.running_var = Var::from_tensor(&self.running_var.as_tensor().copy()?)?;
+        Ok(())
+    }
+
     /// Loads (or, in a `VarMap`, creates) the parameters of `c` channels.
     pub fn new(c: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
         if eps < 0.0 {
@@ -261,6 +271,14 @@ pub struct OctBatchNorm {
 }
 
 impl OctBatchNorm {
+    /// [`BatchNorm2d::freeze`] for both branches.
+    pub fn freeze(&mut self) -> Result<()> {
+        for bn in [&mut self.high, &mut self.low].into_iter().flatten() {
+            bn.freeze()?;
+        }
+        Ok(())
+    }
+
     /// Loads the parameters for inputs of shape `input` from `vb`.
     pub fn new(input: &Shape, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
         let bn = |c: usize, vb: VarBuilder| -> Result<Option<BatchNorm2d>> {

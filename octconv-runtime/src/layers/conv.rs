@@ -21,6 +21,16 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// Replaces the weight and bias with private copies (a snapshot for a frozen model:
+    /// [`crate::layers::OctLayer::freeze`]).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.weight = self.weight.copy()?;
+        if let Some(b) = &mut self.bias {
+            *b = b.copy()?;
+        }
+        Ok(())
+    }
+
     /// Loads `weight` (and `bias`) from `vb`.
     pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get(

@@ -39,6 +39,14 @@ pub fn flatten(x: &OctValue) -> Result<OctValue> {
 pub struct Linear(candle_nn::Linear);
 
 impl Linear {
+    /// Replaces the weight and bias with private copies (a snapshot for a frozen model:
+    /// [`crate::layers::OctLayer::freeze`]).
+    pub fn freeze(&mut self) -> Result<()> {
+        let b = self.0.bias().map(|b| b.copy()).transpose()?;
+        self.0 = candle_nn::Linear::new(self.0.weight().copy()?, b);
+        Ok(())
+    }
+
     /// Loads `weight` and `bias` from `vb`.
     pub fn new(in_f: usize, out_f: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let w = vb.get((out_f, in_f), "weight")?;

@@ -49,6 +49,20 @@ pub trait OctLayer: LayerClone + Debug + Send + Sync {
     /// elsewhere.
     fn set_fused(&mut self, _fused: bool) {}
 
+    /// Freezes the layer for inference: its parameters become private copies (a snapshot that
+    /// later writes to the variables it was loaded from do not reach), and an octave convolution
+    /// then keeps the weights its CPU kernels prepare instead of preparing them on every pass
+    /// ([`OctConv2d::freeze`]). A no-op for layers without parameters. A frozen model must not be
+    /// trained ([`crate::model::OctModel::train_step`] refuses).
+    fn freeze(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes of weights the layer keeps prepared for its kernels once frozen (0 elsewhere).
+    fn prepared_bytes(&self) -> usize {
+        0
+    }
+
     /// The layer as a batch norm, if it is one: the executor's fused steps apply it inside the
     /// layer next to it ([`crate::exec`]).
     fn as_batch_norm(&self) -> Option<&OctBatchNorm> {
@@ -146,12 +160,19 @@ impl OctLayer for Conv2d {
     fn infer_then(&self, xs: &[&OctValue], stage: &OutputStage<'_>) -> Result<OctValue> {
         Conv2d::infer_then(self, one(xs, "conv")?, stage)
     }
+    fn freeze(&mut self) -> Result<()> {
+        Conv2d::freeze(self)
+    }
 }
 impl OctLayer for OctConv2d {
-    fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
+    fn apply(&self, xs: &[&OctValue], train: bool) -> Result<OctValue> {
+        if train {
+            self.refuse_frozen()?;
+        }
         self.forward(one(xs, "octconv")?)
     }
     fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
+        self.refuse_frozen()?;
         self.record(one(xs, "octconv")?, needs_grad.first() == Some(&true))
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
@@ -166,6 +187,12 @@ impl OctLayer for OctConv2d {
     fn as_octconv(&self) -> Option<&OctConv2d> {
         Some(self)
     }
+    fn freeze(&mut self) -> Result<()> {
+        OctConv2d::freeze(self)
+    }
+    fn prepared_bytes(&self) -> usize {
+        OctConv2d::prepared_bytes(self)
+    }
 }
 impl OctLayer for OctConvTranspose2d {
     fn apply(&self, xs: &[&OctValue], _train: bool) -> Result<OctValue> {
@@ -173,6 +200,9 @@ impl OctLayer for OctConvTranspose2d {
     }
     fn infer(&self, xs: &[&OctValue]) -> Result<OctValue> {
         OctConvTranspose2d::infer(self, one(xs, "octconv_transpose")?)
+    }
+    fn freeze(&mut self) -> Result<()> {
+        OctConvTranspose2d::freeze(self)
     }
 }
 impl OctLayer for OctBatchNorm {
@@ -184,6 +214,9 @@ impl OctLayer for OctBatchNorm {
     }
     fn as_batch_norm(&self) -> Option<&OctBatchNorm> {
         Some(self)
+    }
+    fn freeze(&mut self) -> Result<()> {
+        OctBatchNorm::freeze(self)
     }
 }
 impl OctLayer for Dropout {
@@ -214,6 +247,9 @@ impl OctLayer for Linear {
     }
     fn train_record(&self, xs: &[&OctValue], needs_grad: &[bool]) -> Result<Option<Recorded>> {
         Linear::train_record(self, one(xs, "linear")?, first_needs(needs_grad))
+    }
+    fn freeze(&mut self) -> Result<()> {
+        Linear::freeze(self)
     }
 }
 impl OctLayer for Activation {

@@ -7,6 +7,7 @@ use crate::kernels::grouped_octave::{self, GroupedOctave};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::prologue::Prologue;
+use crate::kernels::scratch::output_vec;
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::kernels::{with_f32, with_f32_all, with_images_f32};
@@ -23,6 +24,7 @@ use octconv_spec::ir::{OctConvSpec, Path};
 mod joined;
 mod meaned;
 mod paths;
+mod prepared;
 mod row_mapped;
 mod staged;
 mod train;
@@ -54,6 +56,9 @@ pub struct OctConv2d {
     /// Whether the CPU may run the fused kernel ([`crate::kernels::octave`]); off runs the per-path
     /// ops, the reference the fused kernel is tested against.
     fused: bool,
+    /// Once frozen ([`OctConv2d::freeze`]): the weights its CPU kernels prepared, kept across
+    /// passes. `None` while the weights may change.
+    prepared: Option<std::sync::Arc<prepared::Cache>>,
 }
 
 impl OctConv2d {
@@ -69,6 +74,7 @@ impl OctConv2d {
             spec,
             weights,
             fused: fused_by_default(),
+            prepared: None,
         })
     }
 
@@ -85,12 +91,64 @@ impl OctConv2d {
             bias_h,
             bias_l,
             fused: fused_by_default(),
+            prepared: None,
         }
     }
 
     /// Allows (the default) or forbids the fused CPU kernel; forbidding it runs the per-path ops.
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused;
+    }
+
+    /// Freezes the layer for inference: its weights and biases become private copies (a snapshot:
+    /// later writes to the variables it was loaded from do not reach it), and its CPU kernels then
+    /// prepare their weights once per geometry and keep them ([`prepared`]) instead of on every
+    /// pass. A frozen layer refuses training (its gradients would not reach the variables).
+    /// Freezing twice is a no-op.
+    pub fn freeze(&mut self) -> Result<()> {
+        if self.prepared.is_some() {
+            return Ok(());
+        }
+        for w in self.weights.iter_mut().flatten() {
+            *w = w.copy()?;
+        }
+        for b in [&mut self.bias_h, &mut self.bias_l].into_iter().flatten() {
+            *b = b.copy()?;
+        }
+        self.prepared = Some(Default::default());
+        Ok(())
+    }
+
+    /// Whether the layer is frozen ([`OctConv2d::freeze`]).
+    pub fn is_frozen(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Bytes of weights the frozen layer's kernels keep prepared (0 unless frozen).
+    pub fn prepared_bytes(&self) -> usize {
+        self.prepared.as_ref().map_or(0, |c| c.bytes())
+    }
+
+    /// An error for a training call on a frozen layer.
+    pub(crate) fn refuse_frozen(&self) -> Result<()> {
+        match self.prepared {
+            Some(_) => candle_core::bail!(
+                "octave convolution: the layer is frozen for inference (its weights are a snapshot), so it cannot be trained; build the model again from its variables to train it"
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// The fused Winograd kernel's weights for `g`: kept across passes once frozen, else made now.
+    fn prepared_octave(
+        &self,
+        g: &OctaveGeometry,
+        w: OctaveWeights<'_, f32>,
+    ) -> std::sync::Arc<octave::Prepared<f32>> {
+        match &self.prepared {
+            Some(cache) => cache.octave(g, || octave::prepare(g, w)),
+            None => std::sync::Arc::new(octave::prepare(g, w)),
+        }
     }
 
     /// Whether the layer has the shape the fused kernel handles: all four paths, 3×3, stride 1, one
@@ -264,8 +322,13 @@ impl OctConv2d {
             return Ok(None);
         }
         let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
-            let w = octave::OctaveWeights { hh, hl, lh, ll };
-            octave::forward_prologue(g, h, l, w, pros)
+            // The weights are prepared before the outputs are allocated (the transforms'
+            // temporaries are gone by the memory peak); every output value is written.
+            let w = self.prepared_octave(g, octave::OctaveWeights { hh, hl, lh, ll });
+            let (mut yh, mut yl) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
+            let (x, y) = ((h, l), (&mut yh[..], &mut yl[..]));
+            octave::forward_staged_into(g, x, &w, pros, [None, None], y);
+            (yh, yl)
         })?;
         self.octave_output(g, yh, yl, xh.device()).map(Some)
     }
@@ -288,7 +351,11 @@ impl OctConv2d {
             return Ok(None);
         }
         let packed = with_f32_all([hh, hl, lh, ll], |[hh, hl, lh, ll]| {
-            direct::OctavePacked::new(g, OctaveWeights { hh, hl, lh, ll })
+            let make = || direct::OctavePacked::new(g, OctaveWeights { hh, hl, lh, ll });
+            match &self.prepared {
+                Some(cache) => cache.direct(g, make),
+                None => std::sync::Arc::new(make()),
+            }
         })?;
         let (yh, yl) = with_f32_all([xh, xl], |[h, l]| {
             direct::octave_forward(g, h, l, &packed, pros)
@@ -761,6 +828,8 @@ impl OctConv2d {
             bias_h: self.bias_h.clone(),
             bias_l: self.bias_l.clone(),
             fused: self.fused,
+            // The same weights: what the twin's kernels prepare serves this layer too.
+            prepared: self.prepared.clone(),
         };
         match stage {
             Some(stage) => twin.infer_then(x, stage),

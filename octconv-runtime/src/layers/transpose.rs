@@ -73,6 +73,18 @@ pub struct OctConvTranspose2d {
 }
 
 impl OctConvTranspose2d {
+    /// Replaces the weights and biases with private copies (a snapshot for a frozen model:
+    /// [`crate::layers::OctLayer::freeze`]).
+    pub fn freeze(&mut self) -> Result<()> {
+        for w in self.weights.iter_mut().flatten() {
+            *w = w.copy()?;
+        }
+        for b in [&mut self.bias_h, &mut self.bias_l].into_iter().flatten() {
+            *b = b.copy()?;
+        }
+        Ok(())
+    }
+
     /// Loads `hh.weight` … `ll.weight`, `h.bias`, `l.bias` from `vb`.
     pub fn new(spec: OctConvSpec, vb: VarBuilder) -> Result<Self> {
         let k = spec.kernel;

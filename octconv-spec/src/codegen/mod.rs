@@ -144,6 +144,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
     let rt = quote!(#krate::runtime::layers);
     let spec = quote!(#krate::spec::);
     let mut infer_layers = Vec::new();
+    let mut freezes = Vec::new();
     for (j, l) in model.layers.iter().enumerate() {
         let f = &fields[j];
         let ins: Vec<&Ident> = l.inputs.iter().map(|&i| &values[i]).collect();
@@ -157,6 +158,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             decls.push(quote!(#f: ::std::boxed::Box<dyn #rt::OctLayer>));
             inits.push(quote!(#f: layer(#op, #input, #name)?));
             infer_layers.push(quote!(::std::option::Option::Some(&*self.#f)));
+            freezes.push(quote!(#rt::OctLayer::freeze(&mut *self.#f)?;));
             quote!(#rt::OctLayer::apply(&*self.#f, &[#(&#ins),*], train)?)
         };
         let layer_name = &l.name;
@@ -258,6 +260,17 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             }
 
             #rng_fn
+
+            /// Freezes the model for inference, as the interpreter's `OctModel::freeze` does: every
+            /// layer's parameters become private copies (a snapshot that later writes to the
+            /// `VarMap` do not reach), and the octave convolutions' CPU kernels then keep the
+            /// weights they prepare instead of preparing them on every pass. The values are the
+            /// same. A frozen model cannot be trained (its octave convolutions refuse the
+            /// training-mode forward): build it again from its `VarMap` for that.
+            pub fn freeze(&mut self) -> #krate::candle_core::Result<()> {
+                #(#freezes)*
+                Ok(())
+            }
 
             /// Inference without an autograd graph, as the interpreter's `OctModel::infer` runs it:
             /// the same planned program (`octconv_spec::plan::Program`) by the same executor

@@ -96,7 +96,7 @@ impl OctConv2d {
             };
             // The weights are transformed before the outputs are allocated (the transforms'
             // temporaries are gone by the memory peak); every output value is written.
-            let prepared = octave::prepare(&g, w);
+            let prepared = self.prepared_octave(&g, w);
             let (mut yh, mut yl) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
             let joins = (v.len() == 8).then(|| {
                 (
