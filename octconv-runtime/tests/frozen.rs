@@ -46,8 +46,9 @@ fn a_frozen_model_infers_every_builtin_bit_for_bit_as_before_at_two_batch_sizes_
                     "{spec}: frozen inference at batch {what} differs"
                 );
             }
-            // The four-path 3×3 layers of these families run the kernels whose weights are kept.
-            if has_fused_3x3 && alpha != "0" {
+            // The 3×3 stride-1 layers of these families run kernels whose weights are kept: the
+            // four-path ones (α > 0) and the one-branch Winograd ones (every α).
+            if has_fused_3x3 {
                 assert!(net.prepared_bytes() > 0, "{spec}: no prepared weights kept");
             }
         }

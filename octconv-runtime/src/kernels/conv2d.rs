@@ -473,6 +473,72 @@ pub fn forward_with<T: Element>(alg: Algorithm, g: &ConvGeometry, x: &[T], w: &[
     }
 }
 
+/// A Winograd convolution's transformed weights, made once for a geometry ([`prepare_winograd`])
+/// and used by every later call ([`forward_winograd_prepared`]): a frozen model's single-branch
+/// 3×3 layers, whose weights cannot change (`OctModel::freeze`).
+pub struct PreparedWinograd<T> {
+    geometry: ConvGeometry,
+    alg: Algorithm,
+    u: Vec<Vec<T>>,
+}
+
+impl<T> PreparedWinograd<T> {
+    /// The geometry the weights were prepared for.
+    pub fn geometry(&self) -> &ConvGeometry {
+        &self.geometry
+    }
+
+    /// Bytes the transformed weights take.
+    pub fn bytes(&self) -> usize {
+        self.u.iter().map(Vec::len).sum::<usize>() * std::mem::size_of::<T>()
+    }
+}
+
+/// The transformed weights for `g` where the forward pass ([`dispatch_forward`], or with a
+/// prologue [`dispatch_forward_prologue`]) runs Winograd; `None` where it runs another algorithm
+/// (then there is nothing to prepare).
+pub fn prepare_winograd<T: Element>(
+    g: &ConvGeometry,
+    w: &[T],
+    prologue: bool,
+) -> Option<PreparedWinograd<T>> {
+    // Without a prologue an f32 stem goes to the direct kernel first (as `dispatch_forward`).
+    if !prologue && direct::prefers_single(g) && T::as_f32(w).is_some() {
+        return None;
+    }
+    let alg = algorithm(g);
+    let u = match alg {
+        Algorithm::WinogradF4 => tiling::prepare::<T, F4>(g, w),
+        Algorithm::WinogradF2 => tiling::prepare::<T, F2>(g, w),
+        _ => return None,
+    };
+    Some(PreparedWinograd {
+        geometry: *g,
+        alg,
+        u,
+    })
+}
+
+/// The forward pass of `conv2d(map(x), w)` (`map` being `pro`'s, if given) on weights
+/// [`prepare_winograd`]d for `g`: the values [`dispatch_forward`] or [`dispatch_forward_prologue`]
+/// computes, bit for bit.
+pub fn forward_winograd_prepared<T: Element>(
+    g: &ConvGeometry,
+    x: &[T],
+    p: &PreparedWinograd<T>,
+    pro: Option<Prologue<'_, T>>,
+) -> Vec<T> {
+    assert!(
+        p.geometry == *g,
+        "conv2d: weights prepared for {:?}",
+        p.geometry
+    );
+    match p.alg {
+        Algorithm::WinogradF4 => tiling::forward_prepared::<T, F4>(g, x, &p.u, pro),
+        _ => tiling::forward_prepared::<T, F2>(g, x, &p.u, pro),
+    }
+}
+
 /// The forward pass of `conv2d(map(x), w)` by the algorithm [`algorithm`] picks, where `map` is
 /// `pro`'s per-channel map (inference: a batch norm and ReLU folded into the convolution's input).
 pub fn dispatch_forward_prologue<T: Element>(

@@ -15,6 +15,7 @@ use super::{winograd, winograd4, Element};
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m256;
+use std::borrow::Cow;
 
 /// One Winograd variant: its tile, its transforms, and the GEMM width it wants.
 pub(super) trait Tiling {
@@ -481,7 +482,52 @@ pub(super) fn forward<T: Element, A: Tiling>(
     w: &[T],
     pro: Option<Prologue<'_, T>>,
 ) -> Vec<T> {
-    forward_in_blocks::<T, A>(g, x, w, pro, weight_blocks::<T, A>(g))
+    forward_in_blocks::<T, A>(g, x, Weights::Raw(w), pro, weight_blocks::<T, A>(g))
+}
+
+/// The transformed weights `U` that [`forward`] makes for `g`, one per block of output channels
+/// in the blocks it makes them in, for [`forward_prepared`] to use on every later call.
+pub(super) fn prepare<T: Element, A: Tiling>(g: &ConvGeometry, w: &[T]) -> Vec<Vec<T>> {
+    let (cin, cout) = (g.c_in, g.c_out);
+    let blocks = weight_blocks::<T, A>(g).clamp(1, cout.max(1));
+    let cb = cout.div_ceil(blocks).max(1);
+    (0..cout)
+        .step_by(cb)
+        .map(|co0| {
+            let cbn = cb.min(cout - co0);
+            A::weights(&w[co0 * cin * 9..][..cbn * cin * 9], cbn, cin)
+        })
+        .collect()
+}
+
+/// [`forward`] on weights [`prepare`]d for `g`: the same values, bit for bit.
+pub(super) fn forward_prepared<T: Element, A: Tiling>(
+    g: &ConvGeometry,
+    x: &[T],
+    u: &[Vec<T>],
+    pro: Option<Prologue<'_, T>>,
+) -> Vec<T> {
+    forward_in_blocks::<T, A>(g, x, Weights::Prepared(u), pro, u.len())
+}
+
+/// The weights [`forward_in_blocks`] runs on: raw `[c_out, c_in, 3, 3]`, transformed block by
+/// block as it goes, or already transformed ([`prepare`]).
+#[derive(Clone, Copy)]
+enum Weights<'a, T> {
+    Raw(&'a [T]),
+    Prepared(&'a [Vec<T>]),
+}
+
+impl<T: Element> Weights<'_, T> {
+    /// `U` of block `b`, output channels `co0 … co0 + cbn`.
+    fn block<A: Tiling>(&self, b: usize, (co0, cbn, cin): (usize, usize, usize)) -> Cow<'_, [T]> {
+        match self {
+            Weights::Raw(w) => {
+                Cow::Owned(A::weights(&w[co0 * cin * 9..][..cbn * cin * 9], cbn, cin))
+            }
+            Weights::Prepared(u) => Cow::Borrowed(&u[b][..]),
+        }
+    }
 }
 
 /// Bytes of transformed weights `U` made at a time by [`forward`] (4 MiB) where blocks pay. A whole
@@ -513,7 +559,7 @@ fn weight_blocks<T: Element, A: Tiling>(g: &ConvGeometry) -> usize {
 fn forward_in_blocks<T: Element, A: Tiling>(
     g: &ConvGeometry,
     x: &[T],
-    w: &[T],
+    w: Weights<'_, T>,
     pro: Option<Prologue<'_, T>>,
     blocks: usize,
 ) -> Vec<T> {
@@ -530,7 +576,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
     let blocks = blocks.clamp(1, cout);
     if blocks == 1 && nb == 1 {
         if let Some(band) = band_tile_rows::<A>(g) {
-            let u = A::weights(w, cout, cin);
+            let u = w.block::<A>(0, (0, cout, cin));
             if g.n < rayon::current_num_threads() {
                 forward_bands_in_parallel::<T, A>(g, x, &u, pro, band, &mut out);
                 return out;
@@ -547,7 +593,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
         }
     }
     if blocks == 1 {
-        let u = A::weights(w, cout, cin);
+        let u = w.block::<A>(0, (0, cout, cin));
         out.par_chunks_mut(nb * g.out_image())
             .enumerate()
             .for_each(|(t, out_chunk)| {
@@ -580,9 +626,9 @@ fn forward_in_blocks<T: Element, A: Tiling>(
         A::input(g, xs, v, cnt * tiles, pro);
     });
     let cb = cout.div_ceil(blocks);
-    for co0 in (0..cout).step_by(cb) {
+    for (b, co0) in (0..cout).step_by(cb).enumerate() {
         let cbn = cb.min(cout - co0);
-        let u = A::weights(&w[co0 * cin * 9..][..cbn * cin * 9], cbn, cin);
+        let u = w.block::<A>(b, (co0, cbn, cin));
         out.par_chunks_mut(nb * g.out_image())
             .zip(vs.par_iter())
             .for_each(|(out_chunk, v)| {
@@ -814,6 +860,46 @@ mod tests {
     use super::*;
     use crate::kernels::test_values;
 
+    /// [`forward_prepared`] on [`prepare`]d weights writes what [`forward`] does, bit for bit, by
+    /// F(2×2) and F(4×4), with and without a prologue, where `U` is made in one block and where
+    /// it is made in several (512 channels at 7×7 for two images: 16.8 MB of `U` in 4 blocks).
+    #[test]
+    fn prepared_weights_give_the_forward_values_bit_for_bit_in_one_and_several_blocks() {
+        for (n, c, hw) in [(3, 8, 10), (2, 512, 7)] {
+            let g = ConvGeometry::new((n, c, hw, hw), (c, c, 3, 3), 1, 1, 1).unwrap();
+            let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+            let x = f32s(test_values(g.n * g.in_image(), 3));
+            let w = f32s(test_values(9 * c * c, 5));
+            let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
+            let shift: Vec<f32> = scale.iter().map(|s| 0.1 - s / 4.0).collect();
+            let pro = Prologue {
+                scale: &scale,
+                shift: &shift,
+                relu: true,
+            };
+            if c == 512 {
+                assert!(weight_blocks::<f32, F2>(&g) > 1, "several blocks");
+            }
+            for pro in [None, Some(pro)] {
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                let u2 = prepare::<f32, F2>(&g, &w);
+                assert_eq!(
+                    bits(forward_prepared::<f32, F2>(&g, &x, &u2, pro)),
+                    bits(forward::<f32, F2>(&g, &x, &w, pro)),
+                    "F(2×2), {n}×{c}×{hw}², prologue {}",
+                    pro.is_some()
+                );
+                let u4 = prepare::<f32, F4>(&g, &w);
+                assert_eq!(
+                    bits(forward_prepared::<f32, F4>(&g, &x, &u4, pro)),
+                    bits(forward::<f32, F4>(&g, &x, &w, pro)),
+                    "F(4×4), {n}×{c}×{hw}², prologue {}",
+                    pro.is_some()
+                );
+            }
+        }
+    }
+
     /// Direct summation of a 3×3 "same" convolution in f64.
     fn naive(g: &ConvGeometry, x: &[f64], w: &[f64]) -> Vec<f64> {
         let (h, wd) = (g.h, g.w);
@@ -869,8 +955,8 @@ mod tests {
             let want = naive(&g, &x, &wt);
             for f4 in [false, true] {
                 let run = |blocks: usize| match f4 {
-                    true => forward_in_blocks::<f64, F4>(&g, &x, &wt, None, blocks),
-                    false => forward_in_blocks::<f64, F2>(&g, &x, &wt, None, blocks),
+                    true => forward_in_blocks::<f64, F4>(&g, &x, Weights::Raw(&wt), None, blocks),
+                    false => forward_in_blocks::<f64, F2>(&g, &x, Weights::Raw(&wt), None, blocks),
                 };
                 let whole = run(1);
                 for blocks in [2, 3, c_out] {

@@ -278,7 +278,42 @@ impl OctConv2d {
                 }
             }
         }
+        if let Some(y) = self.infer_single_prepared(x)? {
+            return Ok(y);
+        }
         self.forward(x)
+    }
+
+    /// A frozen one-branch 3×3 stride-1 layer that runs by Winograd, on the weights it prepared
+    /// once for this geometry ([`prepared`]); `Ok(None)` elsewhere. The values are those of
+    /// [`OctConv2d::forward`], bit for bit.
+    fn infer_single_prepared(&self, x: &OctValue) -> Result<Option<OctValue>> {
+        let (Some(cache), OctValue::Single(x1), [Some(w), None, None, None]) =
+            (&self.prepared, x, &self.weights)
+        else {
+            return Ok(None);
+        };
+        let s = &self.spec;
+        if !self.fused || s.stride != 1 || s.groups != 1 || s.depthwise {
+            return Ok(None);
+        }
+        if !(crate::kernels::serves_f32(x1) && crate::kernels::serves_f32(w)) {
+            return Ok(None);
+        }
+        let (n, c, h, wd) = x1.dims4()?;
+        let Ok(g) = ConvGeometry::new((n, c, h, wd), w.dims4()?, 1, s.kernel / 2, 1) else {
+            return Ok(None);
+        };
+        if !winograd::applies(&g) {
+            return Ok(None);
+        }
+        let y = with_f32_all([x1, w], |[x, w]| {
+            let p = cache.single(&g, false, || conv2d::prepare_winograd(&g, w, false))?;
+            Some(conv2d::forward_winograd_prepared(&g, x, &p, None))
+        })?;
+        let Some(y) = y else { return Ok(None) };
+        let y = Tensor::from_vec(y, (n, g.c_out, h, wd), x1.device())?;
+        Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)))
     }
 
     /// A four-path 3×3 layer path by path for inference (small maps of a small batch, where
@@ -1130,7 +1165,14 @@ impl OctConv2d {
                     return Ok(None);
                 };
                 let y = with_f32_all([x1, w], |[x, w]| {
-                    conv2d::dispatch_forward_prologue(&g, x, w, pro)
+                    // Frozen: the Winograd weights prepared once for this geometry.
+                    let kept = self.prepared.as_ref().and_then(|cache| {
+                        cache.single(&g, true, || conv2d::prepare_winograd(&g, w, true))
+                    });
+                    match kept {
+                        Some(p) => conv2d::forward_winograd_prepared(&g, x, &p, Some(pro)),
+                        None => conv2d::dispatch_forward_prologue(&g, x, w, pro),
+                    }
                 })?;
                 let y = Tensor::from_vec(y, (n, g.c_out, h, wd), x1.device())?;
                 Ok(Some(OctValue::Single(add_bias(y, &self.bias_h)?)))

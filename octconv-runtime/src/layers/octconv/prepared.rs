@@ -1,6 +1,7 @@
 //! Weights prepared once for a frozen layer's CPU kernels ([`crate::layers::OctLayer::freeze`]):
-//! the fused Winograd kernel's transformed weights ([`octave::Prepared`]) and the direct kernel's
-//! packed ones ([`direct::OctavePacked`]), per geometry.
+//! the fused Winograd kernel's transformed weights ([`Prepared`]), the direct kernel's packed ones
+//! ([`OctavePacked`]) and a one-branch layer's Winograd weights ([`PreparedWinograd`]), per
+//! geometry.
 //!
 //! Why: both kernels otherwise prepare the weights on every pass, a cost that does not shrink with
 //! the batch: with the preparation kept (a measurement build that kept it by weight address),
@@ -11,8 +12,10 @@
 //! Safe only because a frozen layer's weights cannot change: freezing replaced them with private
 //! copies that no `Var` shares, and a frozen layer refuses training.
 
+use crate::kernels::conv2d::PreparedWinograd;
 use crate::kernels::direct::OctavePacked;
 use crate::kernels::octave::{OctaveGeometry, Prepared};
+use crate::kernels::ConvGeometry;
 use std::sync::{Arc, Mutex};
 
 /// How many geometries (batch sizes, map sizes) a layer keeps prepared weights for; the oldest
@@ -24,6 +27,9 @@ const KEPT: usize = 4;
 pub(crate) struct Cache {
     octave: Mutex<Vec<Arc<Prepared<f32>>>>,
     direct: Mutex<Vec<(OctaveGeometry, Arc<OctavePacked>)>>,
+    /// A one-branch layer's Winograd weights, with and without a prologue (the two may differ
+    /// for the same geometry: the direct stem kernel serves only the latter).
+    single: Mutex<Vec<(bool, Arc<PreparedWinograd<f32>>)>>,
 }
 
 impl Cache {
@@ -56,11 +62,33 @@ impl Cache {
         p
     }
 
+    /// A one-branch Winograd layer's weights for `g` (`prologue`: for the pass that maps its
+    /// input as it reads it), made by `make` the first time; `None` where `make` finds nothing
+    /// to prepare (another algorithm runs), asked again next time.
+    pub(crate) fn single(
+        &self,
+        g: &ConvGeometry,
+        prologue: bool,
+        make: impl FnOnce() -> Option<PreparedWinograd<f32>>,
+    ) -> Option<Arc<PreparedWinograd<f32>>> {
+        let found = lock(&self.single)
+            .iter()
+            .find(|(pro, p)| *pro == prologue && p.geometry() == g)
+            .map(|(_, p)| p.clone());
+        if found.is_some() {
+            return found;
+        }
+        let p = Arc::new(make()?);
+        keep(&mut lock(&self.single), (prologue, p.clone()));
+        Some(p)
+    }
+
     /// Bytes of prepared weights held.
     pub(crate) fn bytes(&self) -> usize {
         let octave: usize = lock(&self.octave).iter().map(|p| p.bytes()).sum();
         let direct: usize = lock(&self.direct).iter().map(|(_, p)| p.bytes()).sum();
-        octave + direct
+        let single: usize = lock(&self.single).iter().map(|(_, p)| p.bytes()).sum();
+        octave + direct + single
     }
 }
 
@@ -69,6 +97,7 @@ impl std::fmt::Debug for Cache {
         f.debug_struct("Cache")
             .field("octave", &lock(&self.octave).len())
             .field("direct", &lock(&self.direct).len())
+            .field("single", &lock(&self.single).len())
             .field("bytes", &self.bytes())
             .finish()
     }
