@@ -105,13 +105,18 @@ impl OctModel {
     /// ([`crate::layers::OctLayer::freeze`]). The values are the same, bit for bit. A frozen model
     /// refuses training ([`OctModel::train_step`], the training-mode forward): build the model
     /// again from its `VarMap` to train it, or to see changed weights. The parameters' copies cost
-    /// their size once more (the variables keep theirs) and the prepared weights
+    /// their size once more while the variables live, and the prepared weights
     /// [`OctModel::prepared_bytes`]. Freezing twice is a no-op.
     pub fn freeze(&mut self) -> Result<()> {
+        if self.frozen {
+            return Ok(());
+        }
+        // Refused from the first layer on, so that a layer failing to freeze leaves no model that
+        // trains some snapshots.
+        self.frozen = true;
         for node in self.nodes.iter_mut().flatten() {
             node.freeze()?;
         }
-        self.frozen = true;
         Ok(())
     }
 

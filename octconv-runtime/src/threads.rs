@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The spin limit set by [`tune_candle_pool`].
@@ -65,16 +66,17 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         return f();
     }
     let _pass = Pass::begin();
-    let running = AtomicBool::new(true);
-    // `rayon::scope` hands its closure to the global pool and waits; the scope ends when `f` has
-    // returned (or unwound) and every waker it spawned has seen that.
-    rayon::scope(|s| {
+    let running = Arc::new(AtomicBool::new(true));
+    // `rayon::scope` hands its closure to the global pool and waits for it. The wakers are not
+    // the scope's: the pass returns as soon as `f` has (a waker may be inside a job it picked up
+    // that is not the pass's — a data loader's batch, another pass — and ends after it).
+    rayon::scope(|_| {
         let owner = rayon::current_thread_index();
         if ACTIVE_PASSES.load(Ordering::Acquire) == 1 {
             let started = Instant::now();
             for _ in 1..rayon::current_num_threads() {
-                let running = &running;
-                s.spawn(move |_| keep_awake(running, owner, started));
+                let running = running.clone();
+                rayon::spawn(move || keep_awake(&running, owner, started));
             }
         }
         let _stop = Stop(&running);
@@ -101,8 +103,7 @@ impl Drop for Pass {
     }
 }
 
-/// Clears the pass's running flag when `f` returns or unwinds, so that its wakers end and the
-/// scope can finish (and re-raise a panic).
+/// Clears the pass's running flag when `f` returns or unwinds, so that its wakers end.
 struct Stop<'a>(&'a AtomicBool);
 
 impl Drop for Stop<'_> {
@@ -123,7 +124,8 @@ const IDLE_LIMIT: Duration = Duration::from_millis(2);
 const LATE_START: Duration = Duration::from_millis(1);
 
 /// Keeps one pool worker looking for the pass's work ([`rayon::yield_now`]) instead of going to
-/// sleep between the pass's parallel loops, until the pass ends.
+/// sleep between the pass's parallel loops, until the pass ends or it has found no work for
+/// [`IDLE_LIMIT`] (then the worker sleeps as rayon would for the rest of the pass).
 ///
 /// Why: a rayon worker that finds no work for about 32 rounds of `sched_yield` (tens of µs) goes
 /// to sleep, and the next parallel loop must wake it (`futex`) and wait for the scheduler to run

@@ -106,6 +106,14 @@ fn a_frozen_model_is_a_snapshot_of_its_variables_and_refuses_training() {
         net.forward_t(&x, true).is_err(),
         "training-mode forward on a frozen model"
     );
-    // Inference in eval mode through `forward_t` still runs.
-    assert!(net.forward_t(&x, false).is_ok());
+    // Inference in eval mode through `forward_t` still runs, and no gradient of it reaches the
+    // variables (the snapshot is detached from them).
+    let y = net.forward_t(&x, false).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for var in varmap.all_vars() {
+        assert!(
+            grads.get(var.as_tensor()).is_none(),
+            "a gradient reached a variable through the frozen model"
+        );
+    }
 }

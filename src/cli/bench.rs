@@ -343,13 +343,14 @@ pub fn time_model(
         }
     }
     let mut net = OctModel::new(model, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    if args.freeze && !args.train {
-        net.freeze()?;
-    }
     // A class vector trains with cross-entropy against random labels; any other output (a feature
     // map, a pair merged or not) with the surrogate loss mean(y²), so any spec can be timed training.
     let probe = net.infer(&x_all.narrow(0, 0, 1)?)?;
     let classes = (probe.rank() == 2).then(|| probe.dim(1)).transpose()?;
+    // Frozen after the one-image probe, whose geometry would otherwise keep prepared weights too.
+    if args.freeze && !args.train {
+        net.freeze()?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let labels: Vec<u32> = (0..args.samples)
         .map(|_| classes.map_or(0, |c| rng.random_range(0..c as u32)))

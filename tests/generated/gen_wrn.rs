@@ -42,6 +42,7 @@ pub struct GenWrn {
     linear0: ::std::boxed::Box<dyn ::octconv::runtime::layers::OctLayer>,
     __dropout_rng: ::octconv::runtime::layers::DropoutRng,
     __program: ::octconv::spec::plan::Program,
+    __frozen: bool,
 }
 impl GenWrn {
     /// Input `[C, H, W]` per sample.
@@ -534,6 +535,7 @@ impl GenWrn {
                     }, frees : ::std::vec![31], }
                 ],
             },
+            __frozen: false,
         })
     }
     /// Restarts the stream every dropout layer draws its masks from.
@@ -544,9 +546,13 @@ impl GenWrn {
     /// layer's parameters become private copies (a snapshot that later writes to the
     /// `VarMap` do not reach), and the octave convolutions' CPU kernels then keep the
     /// weights they prepare instead of preparing them on every pass. The values are the
-    /// same. A frozen model cannot be trained (its octave convolutions refuse the
-    /// training-mode forward): build it again from its `VarMap` for that.
+    /// same. A frozen model cannot be trained (`forward_t` in training mode returns an
+    /// error): build it again from its `VarMap` for that. Freezing twice is a no-op.
     pub fn freeze(&mut self) -> ::octconv::candle_core::Result<()> {
+        if self.__frozen {
+            return Ok(());
+        }
+        self.__frozen = true;
         ::octconv::runtime::layers::OctLayer::freeze(&mut *self.octconv0)?;
         ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_bn0)?;
         ::octconv::runtime::layers::OctLayer::freeze(&mut *self.wide0_res0_relu0)?;
@@ -647,7 +653,12 @@ impl ::octconv::candle_core::ModuleT for GenWrn {
         xs: &::octconv::candle_core::Tensor,
         train: bool,
     ) -> ::octconv::candle_core::Result<::octconv::candle_core::Tensor> {
-        let _ = train;
+        if train && self.__frozen {
+            ::octconv::candle_core::bail!(
+                "model `{}` is frozen for inference (freeze: its parameters are a snapshot), so it cannot be trained; build it again from its VarMap to train it",
+                "wrn"
+            );
+        }
         let dims = xs.dims();
         if dims.len() != 4 || dims[1..] != Self::INPUT {
             ::octconv::candle_core::bail!(

@@ -108,8 +108,8 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
     transform_joined(&[(w, cin)], cout)
 }
 
-/// [`transform_weights`] of a weight given as parts along the input channels (as
-/// [`transform_kernels`] takes them).
+/// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` of a weight `[cout, cin, 3, 3]` given as parts along the input
+/// channels (as [`transform_kernels`] takes them).
 pub(super) fn transform_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     let simd: Option<KernelRows> = Some(kernels_avx2);
@@ -140,7 +140,7 @@ fn one_kernel<T: Element>(g: &[T]) -> [T; 16] {
     u
 }
 
-/// The kernel transform of [`transform_weights`] for eight kernels (input channels) at a time in
+/// The kernel transform of [`transform_joined`] for eight kernels (input channels) at a time in
 /// AVX2 vectors: the same multiplies and adds in the same order as [`one_kernel`] (no FMA), so the
 /// values are the same bit for bit (tested). The per-kernel transform is scalar, with sixteen
 /// stores a kernel: on SE-ResNet-50's last stage (512 × 512 at 7 × 7, batch 8, Intel Xeon with

@@ -51,8 +51,8 @@ pub(super) fn transform_weights<T: Element>(w: &[T], cout: usize, cin: usize) ->
     transform_joined(&[(w, cin)], cout)
 }
 
-/// [`transform_weights`] of a weight given as parts along the input channels (as
-/// [`super::winograd::transform_kernels`] takes them).
+/// `U[ξ][co][ci] = (G g Gᵀ)[ξ]` of a weight `[cout, cin, 3, 3]` given as parts along the input
+/// channels (as [`super::winograd::transform_kernels`] takes them).
 pub(super) fn transform_joined<T: Element>(parts: &[(&[T], usize)], cout: usize) -> Vec<T> {
     let gm = g_matrix::<T>();
     let f = |g: &[T]| {
@@ -79,7 +79,7 @@ pub(super) fn transform_joined<T: Element>(parts: &[(&[T], usize)], cout: usize)
     super::winograd::transform_kernels::<T, FREQS>(parts, cout, f, simd)
 }
 
-/// The kernel transform of [`transform_weights`] for eight kernels (input channels) at a time in
+/// The kernel transform of [`transform_joined`] for eight kernels (input channels) at a time in
 /// AVX2 vectors: the same multiplies and adds in the same order as the per-kernel transform (no
 /// FMA), so the values are the same bit for bit (tested). The per-kernel transform ran at about
 /// one scalar operation per cycle: 2.3 ms for a 256 × 256 layer (AMD EPYC, 2 threads), on every

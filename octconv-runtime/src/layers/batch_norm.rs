@@ -32,10 +32,12 @@ impl BatchNorm2d {
     /// Replaces the parameters and running statistics with private copies (a snapshot for a
     /// frozen model: [`crate::layers::OctLayer::freeze`]).
     pub fn freeze(&mut self) -> Result<()> {
-        self.weight = self.weight.copy()?;
-        self.bias = self.bias.copy()?;
-        self.running_mean = Var::from_tensor(&self.running_mean.as_tensor().copy()?)?;
-        self.running_var = Var::from_tensor(&self.running_var.as_tensor().copy()?)?;
+        use crate::layers::octconv::snapshot;
+        self.weight = snapshot(&self.weight)?;
+        self.bias = snapshot(&self.bias)?;
+        // A detached view is no variable, so `from_tensor` copies it into a new one.
+        self.running_mean = Var::from_tensor(&self.running_mean.as_tensor().detach())?;
+        self.running_var = Var::from_tensor(&self.running_var.as_tensor().detach())?;
         Ok(())
     }
 

@@ -24,9 +24,9 @@ impl Conv2d {
     /// Replaces the weight and bias with private copies (a snapshot for a frozen model:
     /// [`crate::layers::OctLayer::freeze`]).
     pub fn freeze(&mut self) -> Result<()> {
-        self.weight = self.weight.copy()?;
+        self.weight = crate::layers::octconv::snapshot(&self.weight)?;
         if let Some(b) = &mut self.bias {
-            *b = b.copy()?;
+            *b = crate::layers::octconv::snapshot(b)?;
         }
         Ok(())
     }

@@ -42,8 +42,9 @@ impl Linear {
     /// Replaces the weight and bias with private copies (a snapshot for a frozen model:
     /// [`crate::layers::OctLayer::freeze`]).
     pub fn freeze(&mut self) -> Result<()> {
-        let b = self.0.bias().map(|b| b.copy()).transpose()?;
-        self.0 = candle_nn::Linear::new(self.0.weight().copy()?, b);
+        use crate::layers::octconv::snapshot;
+        let b = self.0.bias().map(snapshot).transpose()?;
+        self.0 = candle_nn::Linear::new(snapshot(self.0.weight())?, b);
         Ok(())
     }
 

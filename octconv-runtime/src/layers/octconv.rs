@@ -100,20 +100,20 @@ impl OctConv2d {
         self.fused = fused;
     }
 
-    /// Freezes the layer for inference: its weights and biases become private copies (a snapshot:
-    /// later writes to the variables it was loaded from do not reach it), and its CPU kernels then
-    /// prepare their weights once per geometry and keep them ([`prepared`]) instead of on every
-    /// pass. A frozen layer refuses training (its gradients would not reach the variables).
-    /// Freezing twice is a no-op.
+    /// Freezes the layer for inference: its weights and biases become private copies without an
+    /// autograd link ([`snapshot`]: later writes to the variables it was loaded from do not reach
+    /// it, and no gradient reaches them from it), and its CPU kernels then prepare their weights
+    /// once and keep them ([`prepared`]) instead of on every pass. A frozen layer refuses training
+    /// (its training would not change the variables). Freezing twice is a no-op.
     pub fn freeze(&mut self) -> Result<()> {
         if self.prepared.is_some() {
             return Ok(());
         }
         for w in self.weights.iter_mut().flatten() {
-            *w = w.copy()?;
+            *w = snapshot(w)?;
         }
         for b in [&mut self.bias_h, &mut self.bias_l].into_iter().flatten() {
-            *b = b.copy()?;
+            *b = snapshot(b)?;
         }
         self.prepared = Some(Default::default());
         Ok(())
@@ -1540,4 +1540,11 @@ fn infer_post_pooling_first(
         Some(y) => Ok(Some(y)),
         None => conv2d::infer_post(&avg_pool2x2(x)?, w, p, epi),
     }
+}
+
+/// A private copy of a parameter for a frozen layer ([`crate::layers::OctLayer::freeze`]): new
+/// storage that no variable shares, detached (candle's `copy` of a variable records the variable
+/// as its source, which would keep it alive and pass gradients to it).
+pub(crate) fn snapshot(t: &Tensor) -> Result<Tensor> {
+    Ok(t.copy()?.detach())
 }

@@ -76,11 +76,12 @@ impl OctConvTranspose2d {
     /// Replaces the weights and biases with private copies (a snapshot for a frozen model:
     /// [`crate::layers::OctLayer::freeze`]).
     pub fn freeze(&mut self) -> Result<()> {
+        use crate::layers::octconv::snapshot;
         for w in self.weights.iter_mut().flatten() {
-            *w = w.copy()?;
+            *w = snapshot(w)?;
         }
         for b in [&mut self.bias_h, &mut self.bias_l].into_iter().flatten() {
-            *b = b.copy()?;
+            *b = snapshot(b)?;
         }
         Ok(())
     }

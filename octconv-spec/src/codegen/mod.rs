@@ -235,6 +235,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             #(#decls,)*
             #rng_decl
             __program: #krate::spec::plan::Program,
+            __frozen: bool,
         }
 
         impl #name {
@@ -256,6 +257,7 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                     #(#inits,)*
                     #rng_field
                     __program: #program,
+                    __frozen: false,
                 })
             }
 
@@ -265,9 +267,13 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
             /// layer's parameters become private copies (a snapshot that later writes to the
             /// `VarMap` do not reach), and the octave convolutions' CPU kernels then keep the
             /// weights they prepare instead of preparing them on every pass. The values are the
-            /// same. A frozen model cannot be trained (its octave convolutions refuse the
-            /// training-mode forward): build it again from its `VarMap` for that.
+            /// same. A frozen model cannot be trained (`forward_t` in training mode returns an
+            /// error): build it again from its `VarMap` for that. Freezing twice is a no-op.
             pub fn freeze(&mut self) -> #krate::candle_core::Result<()> {
+                if self.__frozen {
+                    return Ok(());
+                }
+                self.__frozen = true;
                 #(#freezes)*
                 Ok(())
             }
@@ -295,7 +301,12 @@ pub fn generate(model: &Model, o: &GenOptions) -> TokenStream {
                 xs: &#krate::candle_core::Tensor,
                 train: bool,
             ) -> #krate::candle_core::Result<#krate::candle_core::Tensor> {
-                let _ = train;
+                if train && self.__frozen {
+                    #krate::candle_core::bail!(
+                        "model `{}` is frozen for inference (freeze: its parameters are a snapshot), so it cannot be trained; build it again from its VarMap to train it",
+                        #model_name
+                    );
+                }
                 #input_check
                 #(#steps)*
                 #last.into_tensor()

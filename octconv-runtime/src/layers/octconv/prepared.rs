@@ -9,8 +9,12 @@
 //! WRN-16-4 at α = .75 28.1 → 25.7 ms (Intel Xeon model 167, AVX-512, 2 threads, 3 alternating
 //! rounds). ONNX Runtime prepacks its weights once per session the same way.
 //!
-//! Safe only because a frozen layer's weights cannot change: freezing replaced them with private
-//! copies that no `Var` shares, and a frozen layer refuses training.
+//! Safe only because a frozen layer's weights cannot change: freezing replaced them with private,
+//! detached copies that no `Var` shares, and a frozen layer refuses training.
+//!
+//! Kept per geometry, the batch size included (it picks the Winograd variant and the weight
+//! blocks): a batch of another size prepares its own set (at most [`KEPT`] per layer), as the
+//! last, smaller batch of `octconv eval` does once.
 
 use crate::kernels::conv2d::PreparedWinograd;
 use crate::kernels::direct::OctavePacked;
@@ -42,9 +46,14 @@ impl Cache {
         if let Some(p) = lock(&self.octave).iter().find(|p| p.geometry() == g) {
             return p.clone();
         }
-        // Made outside the lock: passes on other threads are not held up meanwhile.
+        // Made outside the lock: passes on other threads are not held up meanwhile. One that made
+        // the same weights first wins (no second copy is kept).
         let p = Arc::new(make());
-        keep(&mut lock(&self.octave), p.clone());
+        let mut list = lock(&self.octave);
+        if let Some(q) = list.iter().find(|q| q.geometry() == g) {
+            return q.clone();
+        }
+        keep(&mut list, p.clone());
         p
     }
 
@@ -58,7 +67,11 @@ impl Cache {
             return p.clone();
         }
         let p = Arc::new(make());
-        keep(&mut lock(&self.direct), (*g, p.clone()));
+        let mut list = lock(&self.direct);
+        if let Some((_, q)) = list.iter().find(|(k, _)| k == g) {
+            return q.clone();
+        }
+        keep(&mut list, (*g, p.clone()));
         p
     }
 
@@ -79,7 +92,14 @@ impl Cache {
             return found;
         }
         let p = Arc::new(make()?);
-        keep(&mut lock(&self.single), (prologue, p.clone()));
+        let mut list = lock(&self.single);
+        if let Some((_, q)) = list
+            .iter()
+            .find(|(pro, q)| *pro == prologue && q.geometry() == g)
+        {
+            return Some(q.clone());
+        }
+        keep(&mut list, (prologue, p.clone()));
         Some(p)
     }
 
