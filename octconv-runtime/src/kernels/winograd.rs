@@ -399,19 +399,24 @@ fn axpy<T: Element>(dst: &mut [T], a: T, x: &[T]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn kernel_transform_equals_the_one_kernel_transform_bit_for_bit_for_any_input_count() {
+    /// Asserts that `transform` (a whole layer's, with its vector build for eight kernels at a
+    /// time) gives `one(kernel)` for every kernel, bit for bit, for input counts below, at and
+    /// around the vector width. Shared by both variants' tests.
+    pub(in crate::kernels) fn assert_transform_is_per_kernel<const F: usize>(
+        transform: fn(&[f32], usize, usize) -> Vec<f32>,
+        one: fn(&[f32]) -> [f32; F],
+    ) {
         for (cout, cin) in [(1, 1), (2, 3), (3, 8), (2, 9), (4, 13), (1, 17), (2, 32)] {
             let w: Vec<f32> = (0..cout * cin * 9)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
                 .collect();
-            let u = transform_weights(&w, cout, cin);
+            let u = transform(&w, cout, cin);
             for co in 0..cout {
                 for ci in 0..cin {
-                    let want = one_kernel(&w[(co * cin + ci) * 9..][..9]);
+                    let want = one(&w[(co * cin + ci) * 9..][..9]);
                     for (xi, &v) in want.iter().enumerate() {
                         let got = u[(xi * cout + co) * cin + ci];
                         assert_eq!(
@@ -423,6 +428,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn kernel_transform_equals_the_one_kernel_transform_bit_for_bit_for_any_input_count() {
+        assert_transform_is_per_kernel(transform_weights::<f32>, one_kernel::<f32>);
     }
 
     #[test]

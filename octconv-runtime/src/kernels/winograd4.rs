@@ -311,24 +311,9 @@ mod tests {
 
     #[test]
     fn kernel_transform_equals_the_one_kernel_transform_bit_for_bit_for_any_input_count() {
-        for (cout, cin) in [(1, 1), (2, 3), (3, 8), (2, 9), (4, 13), (1, 17), (2, 32)] {
-            let w: Vec<f32> = (0..cout * cin * 9)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-                .collect();
-            let u = transform_weights(&w, cout, cin);
-            for co in 0..cout {
-                for ci in 0..cin {
-                    let want = one_kernel(&w[(co * cin + ci) * 9..][..9]);
-                    for (xi, &v) in want.iter().enumerate() {
-                        let got = u[(xi * cout + co) * cin + ci];
-                        assert_eq!(
-                            got.to_bits(),
-                            v.to_bits(),
-                            "{cout}×{cin}: ({co}, {ci}, {xi})"
-                        );
-                    }
-                }
-            }
-        }
+        super::super::winograd::tests::assert_transform_is_per_kernel(
+            transform_weights::<f32>,
+            one_kernel,
+        );
     }
 }
