@@ -133,7 +133,7 @@ pub struct Timing {
     pub profile: bool,
     /// With `profile`: how many of the slowest layers to list (0: all).
     pub layers: usize,
-    /// Inference of the frozen model (`OctModel::freeze`: weights prepared once); ignored with
+    /// Inference of the frozen model (`OctModel::freeze`: weights prepared once); never with
     /// `train`.
     pub freeze: bool,
 }
@@ -186,7 +186,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         train: args.train,
         profile: args.profile,
         layers: args.layers,
-        freeze: !args.unfrozen,
+        freeze: !args.train && !args.unfrozen,
     };
     let device = args.device.open()?;
     let bar = ProgressBar::new((models.len() * (args.repeats + 1) * timing.batches()) as u64);
@@ -212,7 +212,7 @@ pub fn run(args: &BenchArgs, color: bool) -> anyhow::Result<ExitCode> {
         repeats: args.repeats,
         threads: rayon::current_num_threads(),
         device: args.device.device.clone(),
-        frozen: !args.train && !args.unfrozen,
+        frozen: timing.freeze,
         rows,
     };
     if args.json {
@@ -348,7 +348,7 @@ pub fn time_model(
     let probe = net.infer(&x_all.narrow(0, 0, 1)?)?;
     let classes = (probe.rank() == 2).then(|| probe.dim(1)).transpose()?;
     // Frozen after the one-image probe, whose geometry would otherwise keep prepared weights too.
-    if args.freeze && !args.train {
+    if args.freeze {
         net.freeze()?;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(2);

@@ -325,16 +325,20 @@ fn forward_weights<T: Element>(
     w: OctaveWeights<'_, T>,
     pros: [Option<Prologue<'_, T>>; 2],
 ) -> (Vec<T>, Vec<T>) {
-    let prepared = prepare_with(alg, g, w);
+    forward_on(g, (xh, xl), &prepare_with(alg, g, w), pros)
+}
+
+/// [`forward_prologue`] on weights [`prepare`]d for `g`, into outputs it allocates (after the
+/// weights were prepared, so that the transforms' temporaries are gone by the memory peak).
+pub fn forward_on<T: Element>(
+    g: &OctaveGeometry,
+    x: (&[T], &[T]),
+    w: &Prepared<T>,
+    pros: [Option<Prologue<'_, T>>; 2],
+) -> (Vec<T>, Vec<T>) {
     // Every element of both outputs is written by the output transforms.
     let (mut y_h, mut y_l) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
-    forward_prepared(
-        g,
-        (xh, xl),
-        &prepared,
-        (pros, [None, None]),
-        (&mut y_h, &mut y_l),
-    );
+    forward_staged_into(g, x, w, pros, [None, None], (&mut y_h, &mut y_l));
     (y_h, y_l)
 }
 

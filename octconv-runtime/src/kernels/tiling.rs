@@ -488,16 +488,24 @@ pub(super) fn forward<T: Element, A: Tiling>(
 /// The transformed weights `U` that [`forward`] makes for `g`, one per block of output channels
 /// in the blocks it makes them in, for [`forward_prepared`] to use on every later call.
 pub(super) fn prepare<T: Element, A: Tiling>(g: &ConvGeometry, w: &[T]) -> Vec<Vec<T>> {
-    let (cin, cout) = (g.c_in, g.c_out);
-    let blocks = weight_blocks::<T, A>(g).clamp(1, cout.max(1));
-    let cb = cout.div_ceil(blocks).max(1);
-    (0..cout)
-        .step_by(cb)
-        .map(|co0| {
-            let cbn = cb.min(cout - co0);
-            A::weights(&w[co0 * cin * 9..][..cbn * cin * 9], cbn, cin)
+    output_blocks(g.c_out, weight_blocks::<T, A>(g))
+        .map(|(b, co0, cbn)| {
+            Weights::Raw(w)
+                .block::<A>(b, (co0, cbn, g.c_in))
+                .into_owned()
         })
         .collect()
+}
+
+/// The blocks of output channels `(b, co0, cbn)` that `c_out` channels make in `blocks` blocks
+/// (at least one, at most one per channel): what [`forward_in_blocks`] transforms and multiplies
+/// block by block, and what [`prepare`] keeps.
+fn output_blocks(cout: usize, blocks: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let cb = cout.div_ceil(blocks.clamp(1, cout.max(1))).max(1);
+    (0..cout)
+        .step_by(cb)
+        .enumerate()
+        .map(move |(b, co0)| (b, co0, cb.min(cout - co0)))
 }
 
 /// [`forward`] on weights [`prepare`]d for `g`: the same values, bit for bit.
@@ -625,9 +633,7 @@ fn forward_in_blocks<T: Element, A: Tiling>(
         let xs = &x[i0 * g.in_image()..][..cnt * g.in_image()];
         A::input(g, xs, v, cnt * tiles, pro);
     });
-    let cb = cout.div_ceil(blocks);
-    for (b, co0) in (0..cout).step_by(cb).enumerate() {
-        let cbn = cb.min(cout - co0);
+    for (b, co0, cbn) in output_blocks(cout, blocks) {
         let u = w.block::<A>(b, (co0, cbn, cin));
         out.par_chunks_mut(nb * g.out_image())
             .zip(vs.par_iter())

@@ -7,7 +7,6 @@ use crate::kernels::grouped_octave::{self, GroupedOctave};
 use crate::kernels::octave::{self, octave_conv, OctaveGeometry, OctaveWeights};
 use crate::kernels::pointwise::{self, PathWeights, PointwiseOctave};
 use crate::kernels::prologue::Prologue;
-use crate::kernels::scratch::output_vec;
 use crate::kernels::{conv2d, ConvParams};
 use crate::kernels::{resample, winograd, ConvGeometry};
 use crate::kernels::{with_f32, with_f32_all, with_images_f32};
@@ -357,13 +356,8 @@ impl OctConv2d {
             return Ok(None);
         }
         let (yh, yl) = with_f32_all([xh, xl, hh, hl, lh, ll], |[h, l, hh, hl, lh, ll]| {
-            // The weights are prepared before the outputs are allocated (the transforms'
-            // temporaries are gone by the memory peak); every output value is written.
             let w = self.prepared_octave(g, octave::OctaveWeights { hh, hl, lh, ll });
-            let (mut yh, mut yl) = (output_vec(g.high_out_len()), output_vec(g.low_out_len()));
-            let (x, y) = ((h, l), (&mut yh[..], &mut yl[..]));
-            octave::forward_staged_into(g, x, &w, pros, [None, None], y);
-            (yh, yl)
+            octave::forward_on(g, (h, l), &w, pros)
         })?;
         self.octave_output(g, yh, yl, xh.device()).map(Some)
     }

@@ -26,15 +26,18 @@ use std::sync::{Arc, Mutex};
 /// goes first.
 const KEPT: usize = 4;
 
-/// A frozen layer's prepared weights.
+/// A frozen layer's prepared weights, each list keyed by what they were prepared for.
 #[derive(Default)]
 pub(crate) struct Cache {
-    octave: Mutex<Vec<Arc<Prepared<f32>>>>,
-    direct: Mutex<Vec<(OctaveGeometry, Arc<OctavePacked>)>>,
+    octave: Kept<OctaveGeometry, Prepared<f32>>,
+    direct: Kept<OctaveGeometry, OctavePacked>,
     /// A one-branch layer's Winograd weights, with and without a prologue (the two may differ
     /// for the same geometry: the direct stem kernel serves only the latter).
-    single: Mutex<Vec<(bool, Arc<PreparedWinograd<f32>>)>>,
+    single: Kept<(bool, ConvGeometry), PreparedWinograd<f32>>,
 }
+
+/// Prepared values by key, the newest last.
+type Kept<K, V> = Mutex<Vec<(K, Arc<V>)>>;
 
 impl Cache {
     /// The fused kernel's weights for `g`, made by `make` the first time.
@@ -43,18 +46,8 @@ impl Cache {
         g: &OctaveGeometry,
         make: impl FnOnce() -> Prepared<f32>,
     ) -> Arc<Prepared<f32>> {
-        if let Some(p) = lock(&self.octave).iter().find(|p| p.geometry() == g) {
-            return p.clone();
-        }
-        // Made outside the lock: passes on other threads are not held up meanwhile. One that made
-        // the same weights first wins (no second copy is kept).
-        let p = Arc::new(make());
-        let mut list = lock(&self.octave);
-        if let Some(q) = list.iter().find(|q| q.geometry() == g) {
-            return q.clone();
-        }
-        keep(&mut list, p.clone());
-        p
+        let made = get_or_make(&self.octave, *g, || Some(make()));
+        made.expect("made unconditionally")
     }
 
     /// The direct kernel's packed weights for `g`, made by `make` the first time.
@@ -63,16 +56,8 @@ impl Cache {
         g: &OctaveGeometry,
         make: impl FnOnce() -> OctavePacked,
     ) -> Arc<OctavePacked> {
-        if let Some((_, p)) = lock(&self.direct).iter().find(|(k, _)| k == g) {
-            return p.clone();
-        }
-        let p = Arc::new(make());
-        let mut list = lock(&self.direct);
-        if let Some((_, q)) = list.iter().find(|(k, _)| k == g) {
-            return q.clone();
-        }
-        keep(&mut list, (*g, p.clone()));
-        p
+        let made = get_or_make(&self.direct, *g, || Some(make()));
+        made.expect("made unconditionally")
     }
 
     /// A one-branch Winograd layer's weights for `g` (`prologue`: for the pass that maps its
@@ -84,31 +69,17 @@ impl Cache {
         prologue: bool,
         make: impl FnOnce() -> Option<PreparedWinograd<f32>>,
     ) -> Option<Arc<PreparedWinograd<f32>>> {
-        let found = lock(&self.single)
-            .iter()
-            .find(|(pro, p)| *pro == prologue && p.geometry() == g)
-            .map(|(_, p)| p.clone());
-        if found.is_some() {
-            return found;
-        }
-        let p = Arc::new(make()?);
-        let mut list = lock(&self.single);
-        if let Some((_, q)) = list
-            .iter()
-            .find(|(pro, q)| *pro == prologue && q.geometry() == g)
-        {
-            return Some(q.clone());
-        }
-        keep(&mut list, (prologue, p.clone()));
-        Some(p)
+        get_or_make(&self.single, (prologue, *g), make)
     }
 
     /// Bytes of prepared weights held.
     pub(crate) fn bytes(&self) -> usize {
-        let octave: usize = lock(&self.octave).iter().map(|p| p.bytes()).sum();
-        let direct: usize = lock(&self.direct).iter().map(|(_, p)| p.bytes()).sum();
-        let single: usize = lock(&self.single).iter().map(|(_, p)| p.bytes()).sum();
-        octave + direct + single
+        fn sum<K, V>(list: &Kept<K, V>, bytes: impl Fn(&V) -> usize) -> usize {
+            lock(list).iter().map(|(_, v)| bytes(v)).sum()
+        }
+        sum(&self.octave, Prepared::bytes)
+            + sum(&self.direct, OctavePacked::bytes)
+            + sum(&self.single, PreparedWinograd::bytes)
     }
 }
 
@@ -123,16 +94,33 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// The value kept under `key`, or the one `make` makes (kept, the oldest beyond [`KEPT`]
+/// dropped); `None` where `make` makes none. Made outside the lock, so passes on other threads
+/// are not held up meanwhile; where one of them kept a value for `key` first, that one wins (no
+/// second copy is kept).
+fn get_or_make<K: PartialEq, V>(
+    list: &Kept<K, V>,
+    key: K,
+    make: impl FnOnce() -> Option<V>,
+) -> Option<Arc<V>> {
+    let find = |l: &[(K, Arc<V>)]| l.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    if let Some(v) = find(&lock(list)) {
+        return Some(v);
+    }
+    let v = Arc::new(make()?);
+    let mut l = lock(list);
+    if let Some(first) = find(&l) {
+        return Some(first);
+    }
+    l.push((key, v.clone()));
+    if l.len() > KEPT {
+        l.remove(0);
+    }
+    Some(v)
+}
+
 /// The list behind `m` (a panic on another thread while it held the lock left it whole: entries
 /// are only pushed and removed).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Adds `v`, dropping the oldest entries beyond [`KEPT`].
-fn keep<T>(list: &mut Vec<T>, v: T) {
-    list.push(v);
-    if list.len() > KEPT {
-        list.remove(0);
-    }
 }
