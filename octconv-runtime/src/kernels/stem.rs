@@ -1,5 +1,7 @@
-//! The stride-2 stem convolution of the ImageNet families (7×7 from 3 channels: ResNet, ResNeXt,
-//! SE-ResNet, DenseNet; 3×3 from 3: MobileNet) as a direct kernel in AVX-512 registers, inference.
+//! The stem convolution (few input channels, odd kernel, stride 1 or 2) as a direct kernel in
+//! AVX-512 registers, inference: the ImageNet families' stride-2 stems (7×7 from 3 channels:
+//! ResNet, ResNeXt, SE-ResNet, DenseNet; 3×3 from 3: MobileNet v1) and the stride-1 3×3 stems
+//! (the CIFAR WRNs, U-Net, MobileNet v2's stem after its input is pooled).
 //!
 //! Why: by im2col + GEMM the stem unfolds `c_in·k²` (147) rows of the whole output map and runs a
 //! GEMM only 147 deep: 12.3–12.8 ms at batch 8 (74–77 GMAC/s) in ResNeXt-50, SE-ResNet-50 and
@@ -8,7 +10,8 @@
 //!
 //! How: per image, the zero-padded input rows are split into their even and odd columns, so that
 //! the input under tap `kx` of 16 consecutive outputs (columns `2·ox + kx`) is one contiguous load
-//! (`even[ox + kx/2]` or `odd[ox + (kx − 1)/2]`). Eight output channels by up to three vectors of 16
+//! (`even[ox + kx/2]` or `odd[ox + (kx − 1)/2]`); at stride 1 the padded rows are read as they
+//! are. Eight output channels by up to three vectors of 16
 //! columns are summed in 24 registers over every input channel and tap (each tap one load per
 //! vector and one broadcast weight per channel), stored once, and each finished output row gets the
 //! epilogue (`post`) while it is in cache. Images run in parallel.
@@ -26,9 +29,14 @@ pub const MAX_CIN: usize = 4;
 const CB: usize = 8;
 
 /// Whether the kernel serves `g` on this CPU: AVX-512F, one group, at most [`MAX_CIN`] input
-/// channels, a square odd kernel of at most 7 with "same" padding (`k / 2`), stride 2, and at least
-/// as many images as threads (the kernel shares out whole images; a single image keeps the
+/// channels, a square odd kernel of at most 7 with "same" padding (`k / 2`), stride 1 or 2, and at
+/// least as many images as threads (the kernel shares out whole images; a single image keeps the
 /// GEMM path, which splits its GEMMs).
+///
+/// Stride 1 serves the CIFAR stems (the seed's WRN, WRN), U-Net's first layer and MobileNet v2's
+/// stem on its pooled input: the direct 3×3 kernel ([`super::direct::single_into`]) ran MobileNet
+/// v2's 3 → 32 stem at 112 × 112 (batch 8) at 41 GMAC/s (`octconv bench --profile`, Intel Xeon,
+/// AVX-512, 2 threads), this kernel's register block runs it at the 7×7 stem's rate.
 pub fn applies(g: &ConvGeometry) -> bool {
     super::simd::has_avx512f()
         && g.groups == 1
@@ -37,7 +45,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.kh % 2 == 1
         && g.kh <= 7
         && g.pad == g.kh / 2
-        && g.stride == 2
+        && matches!(g.stride, 1 | 2)
         && g.c_out > 0
         && g.oh() > 0
         && g.ow() > 0
@@ -112,10 +120,10 @@ fn forward_post_pooled_in_bands(
     out.par_chunks_mut(g.c_out * ph * pw)
         .enumerate()
         .for_each(|(i, o)| {
-            let split = split_image(g, &x[i * g.in_image()..][..g.in_image()]);
             with_scratch(|s: &mut Scratch<f32>| {
                 let plane = held * ow;
-                let [conv] = s.many([g.c_out * plane]);
+                let [split, conv] = s.many([split_size(g), g.c_out * plane]);
+                split_image(g, &x[i * g.in_image()..][..g.in_image()], split);
                 // The first convolution row the previous band holds (at its slot 0).
                 let mut previous: Option<usize> = None;
                 for py0 in (0..ph).step_by(per_band) {
@@ -137,7 +145,7 @@ fn forward_post_pooled_in_bands(
                         first,
                         plane,
                     };
-                    conv_rows(g, &split, &packed, conv, rows, post);
+                    conv_rows(g, split, &packed, conv, rows, post);
                     for c in 0..g.c_out {
                         let src = &conv[c * plane..][..(end - first) * ow];
                         let dst = &mut o[(c * ph + py0) * pw..][..(py1 - py0) * pw];
@@ -175,9 +183,15 @@ fn pack(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     p
 }
 
-/// Length of one split row (even or odd columns) with room for the last vector's reads.
+/// Length of one split row (one phase of a padded row's columns) with room for the last vector's
+/// reads: tap `kx` of the vector at output column `x0` reads from `kx / stride + x0`.
 fn split_len(g: &ConvGeometry) -> usize {
-    g.ow().next_multiple_of(16) + g.kh / 2 + 1
+    g.ow().next_multiple_of(16) + (g.kw - 1) / g.stride + 1
+}
+
+/// Values of one image's split rows ([`split_image`]).
+fn split_size(g: &ConvGeometry) -> usize {
+    g.c_in * (g.h + 2 * g.pad) * g.stride * split_len(g)
 }
 
 /// One image: split its padded rows, then every output row.
@@ -188,33 +202,51 @@ fn image(
     o: &mut [f32],
     post: Option<RowMap<'_, f32>>,
 ) {
-    let split = split_image(g, x);
-    let rows = Rows {
-        oys: 0..g.oh(),
-        first: 0,
-        plane: g.oh() * g.ow(),
-    };
-    conv_rows(g, &split, packed, o, rows, post);
+    with_scratch(|s: &mut Scratch<f32>| {
+        let [split] = s.many([split_size(g)]);
+        split_image(g, x, split);
+        let rows = Rows {
+            oys: 0..g.oh(),
+            first: 0,
+            plane: g.oh() * g.ow(),
+        };
+        conv_rows(g, split, packed, o, rows, post);
+    })
 }
 
-/// The image's zero-padded input rows split into even and odd columns:
-/// `split[(ci · ph + padded row) · 2 + parity][j]` = padded input (row, `2j + parity`), rows of
-/// [`split_len`] values.
-fn split_image(g: &ConvGeometry, x: &[f32]) -> Vec<f32> {
-    let (pad, len) = (g.pad, split_len(g));
+/// Writes the image's zero-padded input rows, split by column phase (even and odd columns at
+/// stride 2; the row itself at stride 1), into `split` ([`split_size`] values):
+/// `split[(ci · ph + padded row) · stride + phase][j]` = padded input (row, `stride · j + phase`),
+/// rows of [`split_len`] values. Only the padding is zeroed; each input value is written once (the
+/// scalar loop of one index division per value and a freshly zeroed allocation per image took 10 %
+/// of the 7×7 stem's time).
+fn split_image(g: &ConvGeometry, x: &[f32], split: &mut [f32]) {
+    let (pad, len, st) = (g.pad, split_len(g), g.stride);
     let ph = g.h + 2 * pad;
-    let mut split = vec![0.0f32; g.c_in * ph * 2 * len];
+    // Zero rows above and below the image, and each row's columns outside it.
+    for ci in 0..g.c_in {
+        let plane = &mut split[ci * ph * st * len..][..ph * st * len];
+        plane[..pad * st * len].fill(0.0);
+        plane[(pad + g.h) * st * len..].fill(0.0);
+    }
     for ci in 0..g.c_in {
         for iy in 0..g.h {
             let row = &x[(ci * g.h + iy) * g.w..][..g.w];
-            let base = (ci * ph + iy + pad) * 2 * len;
-            for (ix, &v) in row.iter().enumerate() {
-                let pc = ix + pad;
-                split[base + (pc % 2) * len + pc / 2] = v;
+            let base = (ci * ph + iy + pad) * st * len;
+            for p in 0..st {
+                let dst = &mut split[base + p * len..][..len];
+                // Padded column `st·j + p` is input column `st·j + p − pad`, inside for j0 ≤ j < j1.
+                let j0 = (pad.saturating_sub(p)).div_ceil(st);
+                let j1 = (pad + g.w).saturating_sub(p).div_ceil(st).min(len);
+                dst[..j0].fill(0.0);
+                dst[j1..].fill(0.0);
+                let first = st * j0 + p - pad;
+                for (d, &v) in dst[j0..j1].iter_mut().zip(row[first..].iter().step_by(st)) {
+                    *d = v;
+                }
             }
         }
     }
-    split
 }
 
 /// Which output rows [`conv_rows`] computes and where it stores them: rows `oys`, row `oy` of
@@ -253,7 +285,8 @@ fn conv_rows(
                     ph,
                     k,
                     cin: g.c_in,
-                    row0: 2 * oy,
+                    row0: g.stride * oy,
+                    stride: g.stride,
                     x0,
                     cols: (ow - x0).min(16 * vecs),
                 };
@@ -286,6 +319,7 @@ struct Args<'a> {
     k: usize,
     cin: usize,
     row0: usize,
+    stride: usize,
     x0: usize,
     cols: usize,
 }
@@ -312,9 +346,9 @@ mod avx512 {
         let (s, w) = (a.split.as_ptr(), wp.as_ptr());
         for ci in 0..a.cin {
             for ky in 0..a.k {
-                let row = s.add((ci * a.ph + a.row0 + ky) * 2 * a.len);
+                let row = s.add((ci * a.ph + a.row0 + ky) * a.stride * a.len);
                 for kx in 0..a.k {
-                    let src = row.add((kx % 2) * a.len + kx / 2 + a.x0);
+                    let src = row.add((kx % a.stride) * a.len + kx / a.stride + a.x0);
                     let v: [__m512; V] = std::array::from_fn(|n| _mm512_loadu_ps(src.add(16 * n)));
                     let wt = w.add(((ci * a.k + ky) * a.k + kx) * CB);
                     for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -360,8 +394,8 @@ mod tests {
                         for ci in 0..g.c_in {
                             for ky in 0..k {
                                 for kx in 0..k {
-                                    let iy = (oy * 2 + ky) as isize - g.pad as isize;
-                                    let ix = (ox * 2 + kx) as isize - g.pad as isize;
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                                     if (0..g.h as isize).contains(&iy)
                                         && (0..g.w as isize).contains(&ix)
                                     {
@@ -381,23 +415,27 @@ mod tests {
         y
     }
 
-    /// Against direct summation: kernels 1, 3, 5, 7, 1–4 input channels, output channels off the
-    /// register block, odd and even maps whose output rows end inside the first, second and third
-    /// vector, down to 1×1; `post` sees every row once.
+    /// Against direct summation: strides 1 and 2, kernels 1, 3, 5, 7, 1–4 input channels, output
+    /// channels off the register block, odd and even maps whose output rows end inside the first,
+    /// second and third vector, down to 1×1; `post` sees every row once.
     #[test]
-    fn stem_kernel_matches_direct_summation_for_every_kernel_size_channel_count_and_map_edge() {
+    fn stem_kernel_matches_direct_summation_for_every_stride_kernel_size_channel_count_and_map_edge(
+    ) {
         if !crate::kernels::simd::has_avx512f() {
             return; // the kernel needs AVX-512F; `applies` keeps it off elsewhere
         }
         let threads = rayon::current_num_threads();
         let mut case = 0;
-        for k in [1, 3, 5, 7] {
+        for (stride, k) in [1, 2]
+            .into_iter()
+            .flat_map(|s| [1, 3, 5, 7].map(|k| (s, k)))
+        {
             for (c_in, c_out) in [(3, 8), (1, 5), (4, 13), (2, 17)] {
-                for (h, w) in [(1, 1), (2, 3), (7, 9), (12, 34), (9, 64), (5, 97)] {
+                for (h, w) in [(1, 1), (2, 3), (7, 9), (12, 34), (9, 64), (5, 97), (4, 48)] {
                     case += 1;
                     let n = threads.max(2);
-                    let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), 2, k / 2, 1)
-                        .unwrap();
+                    let (x_dims, w_dims) = ((n, c_in, h, w), (c_out, c_in, k, k));
+                    let g = ConvGeometry::new(x_dims, w_dims, stride, k / 2, 1).unwrap();
                     assert!(applies(&g), "{g:?}");
                     let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
                     let x = f32s(test_values(n * c_in * h * w, 20 + case));
@@ -414,7 +452,7 @@ mod tests {
                     for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                            "k {k}, {c_in} → {c_out}, {h}×{w}: output {j} {a} vs {b}"
+                            "stride {stride}, k {k}, {c_in} → {c_out}, {h}×{w}: output {j} {a} vs {b}"
                         );
                     }
                 }
@@ -423,7 +461,7 @@ mod tests {
     }
 
     /// The pooled variant equals the stem then a 3×3 / 2 max pool with padding 1 (by direct
-    /// window maxima), exactly, with an epilogue applied before pooling, once per row; odd and even
+    /// window maxima), exactly, at strides 1 and 2, with an epilogue applied before pooling, once per row; odd and even
     /// map sizes; bands of one to three pooled rows, the default band and the whole image.
     #[test]
     fn pooled_stem_equals_the_stem_then_the_max_pool_exactly() {
@@ -431,7 +469,7 @@ mod tests {
             return;
         }
         let n = rayon::current_num_threads().max(2);
-        for (k, (h, w)) in [
+        let cases = [
             (7, (20, 18)),
             (7, (9, 13)),
             (3, (8, 8)),
@@ -441,9 +479,11 @@ mod tests {
             // the scalar tail.
             (7, (10, 70)),
             (3, (6, 136)),
-        ] {
+        ];
+        for (stride, (k, (h, w))) in [1, 2].into_iter().flat_map(|s| cases.map(|c| (s, c))) {
             let (c_in, c_out) = (3, 10);
-            let g = ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), 2, k / 2, 1).unwrap();
+            let g =
+                ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), stride, k / 2, 1).unwrap();
             let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
             let x = f32s(test_values(n * c_in * h * w, 70 + k as u64));
             let wt = f32s(test_values(c_out * c_in * k * k, 80 + h as u64));
@@ -465,7 +505,7 @@ mod tests {
                     post(c, r)
                 };
                 let got = forward_post_pooled_in_bands(&g, &x, &wt, Some(&counted), budget);
-                let what = format!("k {k}, {h}×{w}, band budget {budget}");
+                let what = format!("stride {stride}, k {k}, {h}×{w}, band budget {budget}");
                 assert_eq!(
                     seen.into_inner(),
                     n * c_out * oh,
