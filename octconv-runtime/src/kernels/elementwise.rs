@@ -88,18 +88,24 @@ impl candle_core::InplaceOp2 for SumActInPlace {
             )
         }
         let (y, r) = (&mut y[a0..a1], &r[b0..b1]);
-        let mut run = |f: fn(f32) -> f32| {
-            y.par_chunks_mut(CHUNK)
-                .zip(r.par_chunks(CHUNK))
-                .for_each(|(o, r)| o.iter_mut().zip(r).for_each(|(o, &b)| *o = f(*o + b)));
-        };
         match self.0 {
-            Clamp::Identity => run(identity),
-            Clamp::Relu => run(relu),
-            Clamp::Relu6 => run(relu6),
+            Clamp::Identity => sum_in_place_with(y, r, identity),
+            Clamp::Relu => sum_in_place_with(y, r, relu),
+            Clamp::Relu6 => sum_in_place_with(y, r, relu6),
         }
         Ok(())
     }
+}
+
+/// `y = f(y + r)` element-wise, in parallel chunks. Generic in `f`, so that each activation is
+/// inlined into its own vectorised loop: through a function pointer (as this was) every value
+/// cost a call, and the join of WRN-16-4's identity-residual layers took 1–2 ms of their 5–7 ms at
+/// batch 32 (`perf`: the loop and `identity` 13 % of a one-block pass; Intel Xeon, 2 threads).
+#[inline(always)]
+fn sum_in_place_with(y: &mut [f32], r: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+    y.par_chunks_mut(CHUNK)
+        .zip(r.par_chunks(CHUNK))
+        .for_each(|(o, r)| o.iter_mut().zip(r).for_each(|(o, &b)| *o = f(*o + b)));
 }
 
 /// `x · gate` per plane: plane `p` (`plane` values) of `x` times `gates[p]` (one gate per image and
@@ -273,6 +279,34 @@ mod tests {
     }
 
     /// Each plane is multiplied by its own gate, for planes of 1 value to more than a chunk.
+    /// The in-place residual join (`y = act(y + r)`) gives [`sum_act`]'s values bit for bit for
+    /// every activation, on chunk edges and on a tensor view that starts inside its storage.
+    #[test]
+    fn sum_in_place_equals_sum_act_bit_for_bit() {
+        use candle_core::Device;
+        for len in [1, 5, CHUNK + 3] {
+            let v = |k: usize| -> Vec<f32> {
+                (0..len + 2)
+                    .map(|i| ((i * 7919 + k * 104729) % 2003) as f32 / 97.0 - 10.0)
+                    .collect()
+            };
+            let (y0, r0) = (v(1), v(2));
+            for clamp in [Clamp::Identity, Clamp::Relu, Clamp::Relu6] {
+                let want = sum_act(&[&y0[2..], &r0[..len]], clamp);
+                let y = Tensor::from_vec(y0.clone(), len + 2, &Device::Cpu).unwrap();
+                let y = y.narrow(0, 2, len).unwrap();
+                let r = Tensor::from_slice(&r0[..len], len, &Device::Cpu).unwrap();
+                y.inplace_op2(&r, &SumActInPlace(clamp)).unwrap();
+                let got = y.to_vec1::<f32>().unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{clamp:?}, {len} values");
+            }
+        }
+    }
+
     #[test]
     fn scale_planes_multiplies_each_plane_by_its_gate() {
         for (planes, plane) in [(1, 1), (6, 49), (3, CHUNK + 3), (700, 30)] {
