@@ -15,15 +15,6 @@ const CHUNK: usize = 1 << 14;
 
 /// `act(x₀ + x₁ + …)` element-wise, summed left to right; every input has the output's length.
 pub fn sum_act(xs: &[&[f32]], clamp: Clamp) -> Vec<f32> {
-    match clamp {
-        Clamp::Identity => sum_with(xs, identity),
-        Clamp::Relu => sum_with(xs, relu),
-        Clamp::Relu6 => sum_with(xs, relu6),
-    }
-}
-
-#[inline(always)]
-fn sum_with(xs: &[&[f32]], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let len = xs.first().map_or(0, |x| x.len());
     // Every value is written: the first two inputs (or the only one) fill each chunk.
     let mut out = output_vec(len);
@@ -31,27 +22,46 @@ fn sum_with(xs: &[&[f32]], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
         let (from, len) = (t * CHUNK, o.len());
         let r = from..from + len;
         match xs {
-            [a] => o
-                .iter_mut()
-                .zip(&a[r.clone()])
-                .for_each(|(o, &a)| *o = f(a)),
-            [a, b] => o
-                .iter_mut()
-                .zip(a[r.clone()].iter().zip(&b[r.clone()]))
-                .for_each(|(o, (&a, &b))| *o = f(a + b)),
+            [a] => {
+                o.copy_from_slice(&a[r]);
+                add_act_row(o, None, clamp);
+            }
+            [a, b] => {
+                o.copy_from_slice(&a[r.clone()]);
+                add_act_row(o, Some(&b[r]), clamp);
+            }
             [a, b, rest @ ..] => {
-                o.iter_mut()
-                    .zip(a[r.clone()].iter().zip(&b[r.clone()]))
-                    .for_each(|(o, (&a, &b))| *o = a + b);
-                for x in rest {
-                    o.iter_mut().zip(&x[r.clone()]).for_each(|(o, &v)| *o += v);
+                o.copy_from_slice(&a[r.clone()]);
+                add_act_row(o, Some(&b[r.clone()]), Clamp::Identity);
+                for (i, x) in rest.iter().enumerate() {
+                    let last = i + 1 == rest.len();
+                    add_act_row(
+                        o,
+                        Some(&x[r.clone()]),
+                        if last { clamp } else { Clamp::Identity },
+                    );
                 }
-                o.iter_mut().for_each(|o| *o = f(*o));
             }
             [] => {}
         }
     });
     out
+}
+
+wide_fn! {
+    /// `o = act(o + r)` (`o = act(o)` without `r`) element-wise, each activation in its own loop
+    /// (the elementwise passes are compiled for AVX2 where the CPU has it; the portable build's
+    /// loops ran 4 lanes wide). The identity activation of a partial sum leaves it as it is.
+    fn add_act_row(o: &mut [f32], r: Option<&[f32]>, clamp: Clamp) {
+        match (r, clamp) {
+            (Some(r), Clamp::Identity) => o.iter_mut().zip(r).for_each(|(o, &b)| *o = identity(*o + b)),
+            (Some(r), Clamp::Relu) => o.iter_mut().zip(r).for_each(|(o, &b)| *o = relu(*o + b)),
+            (Some(r), Clamp::Relu6) => o.iter_mut().zip(r).for_each(|(o, &b)| *o = relu6(*o + b)),
+            (None, Clamp::Identity) => {}
+            (None, Clamp::Relu) => o.iter_mut().for_each(|o| *o = relu(*o)),
+            (None, Clamp::Relu6) => o.iter_mut().for_each(|o| *o = relu6(*o)),
+        }
+    }
 }
 
 /// `y = act(y + r)` in place on two contiguous f32 tensors of one length: a residual sum written
@@ -88,24 +98,16 @@ impl candle_core::InplaceOp2 for SumActInPlace {
             )
         }
         let (y, r) = (&mut y[a0..a1], &r[b0..b1]);
-        match self.0 {
-            Clamp::Identity => sum_in_place_with(y, r, identity),
-            Clamp::Relu => sum_in_place_with(y, r, relu),
-            Clamp::Relu6 => sum_in_place_with(y, r, relu6),
-        }
+        // Each activation inlined into its own vectorised loop ([`add_act_row`]): through a
+        // function pointer (as this was) every value cost a call, and the join of WRN-16-4's
+        // identity-residual layers took 1–2 ms of their 5–7 ms at batch 32 (`perf`: the loop and
+        // `identity` 13 % of a one-block pass; Intel Xeon, 2 threads).
+        let clamp = self.0;
+        y.par_chunks_mut(CHUNK)
+            .zip(r.par_chunks(CHUNK))
+            .for_each(|(o, r)| add_act_row(o, Some(r), clamp));
         Ok(())
     }
-}
-
-/// `y = f(y + r)` element-wise, in parallel chunks. Generic in `f`, so that each activation is
-/// inlined into its own vectorised loop: through a function pointer (as this was) every value
-/// cost a call, and the join of WRN-16-4's identity-residual layers took 1–2 ms of their 5–7 ms at
-/// batch 32 (`perf`: the loop and `identity` 13 % of a one-block pass; Intel Xeon, 2 threads).
-#[inline(always)]
-fn sum_in_place_with(y: &mut [f32], r: &[f32], f: impl Fn(f32) -> f32 + Sync) {
-    y.par_chunks_mut(CHUNK)
-        .zip(r.par_chunks(CHUNK))
-        .for_each(|(o, r)| o.iter_mut().zip(r).for_each(|(o, &b)| *o = f(*o + b)));
 }
 
 /// `x · gate` per plane: plane `p` (`plane` values) of `x` times `gates[p]` (one gate per image and
@@ -143,28 +145,23 @@ fn per_plane(len: usize, plane: usize, fill: impl Fn(usize, &mut [f32]) + Sync) 
 /// residual join). The values equal those of the two passes bit for bit: the same product in f32,
 /// then the same sum (a sum of two is the same in either order), then the same activation.
 pub fn scale_add_act(x: &[f32], gates: &[f32], plane: usize, r: &[f32], clamp: Clamp) -> Vec<f32> {
-    match clamp {
-        Clamp::Identity => scale_add_with(x, gates, plane, r, identity),
-        Clamp::Relu => scale_add_with(x, gates, plane, r, relu),
-        Clamp::Relu6 => scale_add_with(x, gates, plane, r, relu6),
-    }
+    per_plane(x.len(), plane, |k, o| {
+        let (xs, rs) = (&x[k * plane..][..plane], &r[k * plane..][..plane]);
+        scale_add_row(o, xs, gates[k], rs, clamp);
+    })
 }
 
-#[inline(always)]
-fn scale_add_with(
-    x: &[f32],
-    gates: &[f32],
-    plane: usize,
-    r: &[f32],
-    f: impl Fn(f32) -> f32 + Sync,
-) -> Vec<f32> {
-    per_plane(x.len(), plane, |k, o| {
-        let g = gates[k];
-        let (xs, rs) = (&x[k * plane..][..plane], &r[k * plane..][..plane]);
-        for ((o, &v), &b) in o.iter_mut().zip(xs).zip(rs) {
-            *o = f(v * g + b);
+wide_fn! {
+    /// `o = act(x · g + r)` element-wise (the product rounded, then the sum: no fused
+    /// multiply-add), each activation in its own loop, compiled for AVX2 where the CPU has it.
+    fn scale_add_row(o: &mut [f32], x: &[f32], g: f32, r: &[f32], clamp: Clamp) {
+        let values = o.iter_mut().zip(x).zip(r);
+        match clamp {
+            Clamp::Identity => values.for_each(|((o, &v), &b)| *o = identity(v * g + b)),
+            Clamp::Relu => values.for_each(|((o, &v), &b)| *o = relu(v * g + b)),
+            Clamp::Relu6 => values.for_each(|((o, &v), &b)| *o = relu6(v * g + b)),
         }
-    })
+    }
 }
 
 /// The mean of each plane of `plane` values in `x` (global average pooling: `[N, C, H, W]` →
