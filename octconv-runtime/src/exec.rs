@@ -7,6 +7,7 @@
 //! the per-op forward in eval mode ([`Step::Reference`]) to rounding.
 
 use crate::kernels::scratch::output_vec;
+use crate::layers::graph::write_channels;
 use crate::layers::{concat, Activation, MeansOut, OctBatchNorm, OctLayer, OutputStage};
 use crate::value::OctValue;
 use candle_core::{bail, DType, Result, Tensor};
@@ -631,7 +632,7 @@ fn write_at(
     for v in new {
         match (buffer, v) {
             (OctValue::Single(b), OctValue::Single(t)) => {
-                b.slice_set(&t.contiguous()?, 1, oh)?;
+                write_channels(b, t, oh)?;
                 oh += t.dim(1)?;
             }
             (
@@ -644,8 +645,8 @@ fn write_at(
                     low: tl,
                 },
             ) => {
-                bh.slice_set(&th.contiguous()?, 1, oh)?;
-                bl.slice_set(&tl.contiguous()?, 1, ol)?;
+                write_channels(bh, th, oh)?;
+                write_channels(bl, tl, ol)?;
                 oh += th.dim(1)?;
                 ol += tl.dim(1)?;
             }
