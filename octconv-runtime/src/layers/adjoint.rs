@@ -364,11 +364,16 @@ pub(crate) fn activation(
         OctValue::Single(t) | OctValue::Flat(t) => vec![t],
         OctValue::Pair { .. } => h.into_iter().chain(l).collect(),
     };
-    let pass: fn(f32) -> bool = match act {
-        Activation::Relu => |x| x >= 0.0,
-        Activation::Relu6 => |x| (x > 0.0) & (x <= 6.0),
-        Activation::Sigmoid => |_| true,
-        Activation::HardSwish | Activation::Silu => return Ok(None),
+    if matches!(act, Activation::HardSwish | Activation::Silu) {
+        return Ok(None);
+    }
+    // Each mask in its own loop (through a function pointer, as this was, every value cost a call).
+    let mask = |v: &[f32]| -> Vec<bool> {
+        match act {
+            Activation::Relu => v.iter().map(|&x| x >= 0.0).collect(),
+            Activation::Relu6 => v.iter().map(|&x| (x > 0.0) & (x <= 6.0)).collect(),
+            _ => vec![true; v.len()],
+        }
     };
     if !f32_cpu(x) {
         return Ok(None);
@@ -389,11 +394,7 @@ pub(crate) fn activation(
         }
         _ => tensors
             .iter()
-            .map(|t| {
-                with_f32(t, |v| {
-                    Derivative::Mask(v.iter().map(|&v| pass(v)).collect())
-                })
-            })
+            .map(|t| with_f32(t, |v| Derivative::Mask(mask(v))))
             .collect::<Result<_>>()?,
     };
     one_input(y, needs_grad, move |g| {
