@@ -69,8 +69,9 @@ fn f32_on_our_kernels(x: &Tensor, weight: &Tensor) -> bool {
 }
 
 /// Inference of `epi(conv2d(x, weight))` on f32 CPU tensors where the algorithm [`algorithm`] picks
-/// is im2col, the depthwise or the grouped kernel, or where the direct 3×3 kernel serves a layer with
-/// few input channels ([`direct::prefers_single`]), which apply the epilogue to each output row
+/// is im2col, the depthwise or the grouped kernel, or where the stem kernel ([`super::stem`]: few
+/// input channels, stride 1 or 2, first where it applies) or the direct 3×3 kernel serves a layer
+/// with few input channels ([`direct::prefers_single`]), which apply the epilogue to each output row
 /// while it is in cache; `Ok(None)` elsewhere (Winograd, other dtypes or devices), for the caller
 /// to map the output itself. The result carries no gradient.
 pub fn infer_post(
@@ -177,6 +178,7 @@ pub fn infer_post_pooled(
     )?;
     if algorithm(&g) != Algorithm::Depthwise
         || direct::prefers_single(&g)
+        || super::stem::applies(&g)
         || epi.scale.len() != g.c_out
         || g.h == 0
         || g.w == 0

@@ -598,7 +598,8 @@ pub const DIRECT_MAX_SIDE_AVX512: usize = 24;
 
 /// Whether an f32 one-path convolution runs by [`forward`] rather than by Winograd (its forward, in
 /// inference and training alike: [`super::conv2d::dispatch_forward`], and with an output map
-/// [`super::conv2d::infer_post`]): 3×3, stride 1, padding 1, one group, at most
+/// [`super::conv2d::infer_post`] where the AVX-512 stem kernel does not take it first,
+/// [`super::stem::applies`]): 3×3, stride 1, padding 1, one group, at most
 /// [`DIRECT_MAX_SINGLE_IN`] input channels and a map of at least 8×8 — the stems, whose Winograd
 /// GEMMs are 3 deep (MobileNet v2's 3 → 32 stem at 112×112 ran at 14–20 GMAC/s, the seed WRN's
 /// 3 → 32 stem at 32×32 at 13). `OCTCONV_OCTAVE=winograd` turns it off.

@@ -242,19 +242,19 @@ wide_fn! {
 mod tests {
     use super::*;
 
-    /// Sums of one, two and three inputs (lengths around a chunk) with each activation equal the
-    /// scalar loop, bit for bit.
+    /// Sums of one to four inputs (lengths around a chunk) with each activation equal the scalar
+    /// loop, bit for bit.
     #[test]
     fn sum_act_equals_the_scalar_sum_then_the_activation_bit_for_bit() {
         for len in [0, 1, 5, CHUNK - 1, CHUNK, 2 * CHUNK + 7] {
-            let x: Vec<Vec<f32>> = (0..3)
+            let x: Vec<Vec<f32>> = (0..4)
                 .map(|k| {
                     (0..len)
                         .map(|i| ((i * 7919 + k * 104729) % 2003) as f32 / 97.0 - 10.0)
                         .collect()
                 })
                 .collect();
-            for n in 1..=3 {
+            for n in 1..=4 {
                 let xs: Vec<&[f32]> = x[..n].iter().map(|v| v.as_slice()).collect();
                 for (clamp, f) in [
                     (Clamp::Identity, identity as fn(f32) -> f32),
@@ -275,7 +275,6 @@ mod tests {
         }
     }
 
-    /// Each plane is multiplied by its own gate, for planes of 1 value to more than a chunk.
     /// The in-place residual join (`y = act(y + r)`) gives [`sum_act`]'s values bit for bit for
     /// every activation, on chunk edges and on a tensor view that starts inside its storage.
     #[test]
@@ -304,6 +303,7 @@ mod tests {
         }
     }
 
+    /// Each plane is multiplied by its own gate, for planes of 1 value to more than a chunk.
     #[test]
     fn scale_planes_multiplies_each_plane_by_its_gate() {
         for (planes, plane) in [(1, 1), (6, 49), (3, CHUNK + 3), (700, 30)] {

@@ -29,14 +29,17 @@ pub const MAX_CIN: usize = 4;
 const CB: usize = 8;
 
 /// Whether the kernel serves `g` on this CPU: AVX-512F, one group, at most [`MAX_CIN`] input
-/// channels, a square odd kernel of at most 7 with "same" padding (`k / 2`), stride 1 or 2, and at
-/// least as many images as threads (the kernel shares out whole images; a single image keeps the
-/// GEMM path, which splits its GEMMs).
+/// channels, a square odd kernel of at most 7 with "same" padding (`k / 2`), stride 2, or stride 1
+/// with a kernel of at least 3 (a 1×1 layer stays a GEMM), and at least as many images as threads
+/// (the kernel shares out whole images; a single image keeps the GEMM path, which splits its
+/// GEMMs).
 ///
-/// Stride 1 serves the CIFAR stems (the seed's WRN, WRN), U-Net's first layer and MobileNet v2's
-/// stem on its pooled input: the direct 3×3 kernel ([`super::direct::single_into`]) ran MobileNet
-/// v2's 3 → 32 stem at 112 × 112 (batch 8) at 41 GMAC/s (`octconv bench --profile`, Intel Xeon,
-/// AVX-512, 2 threads), this kernel's register block runs it at the 7×7 stem's rate.
+/// Stride 1 serves the one-branch stride-1 stems (α = 0: the seed network's and WRN's 3 → 16 / 32,
+/// U-Net's first layer, MobileNet v2's 3 → 32 on its pooled input) that the direct 3×3 kernel
+/// ([`super::direct::single_into`]) ran before; at α > 0 such a stem is an octave layer and runs
+/// elsewhere. Measured (`octconv bench --profile`, Intel Xeon, AVX-512, 2 threads, 3 alternations,
+/// ms): U-Net's 3 → 32 at 128 × 128 (batch 4) 1.08–1.23 → 0.99–1.10; MobileNet v2's and the
+/// seed's stems the same within the noise (1.21–1.63 / 0.48–0.59 ms either way).
 pub fn applies(g: &ConvGeometry) -> bool {
     super::simd::has_avx512f()
         && g.groups == 1
@@ -45,7 +48,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.kh % 2 == 1
         && g.kh <= 7
         && g.pad == g.kh / 2
-        && matches!(g.stride, 1 | 2)
+        && (g.stride == 2 || (g.stride == 1 && g.kh >= 3))
         && g.c_out > 0
         && g.oh() > 0
         && g.ow() > 0
@@ -235,7 +238,8 @@ fn split_image(g: &ConvGeometry, x: &[f32], split: &mut [f32]) {
             let base = (ci * ph + iy + pad) * st * len;
             for p in 0..st {
                 let dst = &mut split[base + p * len..][..len];
-                // Padded column `st·j + p` is input column `st·j + p − pad`, inside for j0 ≤ j < j1.
+                // Padded column `st·j + p` is input column `st·j + p − pad`: inside for
+                // j0 ≤ j < j1.
                 let j0 = (pad.saturating_sub(p)).div_ceil(st);
                 let j1 = (pad + g.w).saturating_sub(p).div_ceil(st).min(len);
                 dst[..j0].fill(0.0);
@@ -311,7 +315,8 @@ fn conv_rows(
 }
 
 /// Where one register block reads: the split rows, the kernel size, the first padded row of the
-/// window (`2·oy`), the first output column and how many columns (at most `16 · V`) it stores.
+/// window (`stride·oy`), the stride, the first output column and how many columns (at most
+/// `16 · V`) it stores.
 struct Args<'a> {
     split: &'a [f32],
     len: usize,
@@ -382,6 +387,18 @@ mod tests {
     use super::*;
     use crate::kernels::test_values;
 
+    /// Fills every thread's idle scratch buffers with NaN, so that a value the kernel reads before
+    /// writing it shows in the output (scratch is not zeroed between uses).
+    fn poison_scratch() {
+        rayon::broadcast(|_| {
+            with_scratch(|s: &mut Scratch<f32>| {
+                for b in s.many([1 << 20, 1 << 20, 1 << 20]) {
+                    b.fill(f32::NAN);
+                }
+            })
+        });
+    }
+
     /// Direct summation in f64 with zero padding.
     fn naive(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
         let (k, (oh, ow)) = (g.kh, (g.oh(), g.ow()));
@@ -426,10 +443,8 @@ mod tests {
         }
         let threads = rayon::current_num_threads();
         let mut case = 0;
-        for (stride, k) in [1, 2]
-            .into_iter()
-            .flat_map(|s| [1, 3, 5, 7].map(|k| (s, k)))
-        {
+        let layers = [(1, 3), (1, 5), (1, 7), (2, 1), (2, 3), (2, 5), (2, 7)];
+        for (stride, k) in layers {
             for (c_in, c_out) in [(3, 8), (1, 5), (4, 13), (2, 17)] {
                 for (h, w) in [(1, 1), (2, 3), (7, 9), (12, 34), (9, 64), (5, 97), (4, 48)] {
                     case += 1;
@@ -437,6 +452,7 @@ mod tests {
                     let (x_dims, w_dims) = ((n, c_in, h, w), (c_out, c_in, k, k));
                     let g = ConvGeometry::new(x_dims, w_dims, stride, k / 2, 1).unwrap();
                     assert!(applies(&g), "{g:?}");
+                    poison_scratch();
                     let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
                     let x = f32s(test_values(n * c_in * h * w, 20 + case));
                     let wt = f32s(test_values(c_out * c_in * k * k, 40 + case));
@@ -452,7 +468,7 @@ mod tests {
                     for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                            "stride {stride}, k {k}, {c_in} → {c_out}, {h}×{w}: output {j} {a} vs {b}"
+                            "stride {stride}, k {k}, {c_in} → {c_out}, {h}×{w}: [{j}] {a} vs {b}"
                         );
                     }
                 }
@@ -461,8 +477,8 @@ mod tests {
     }
 
     /// The pooled variant equals the stem then a 3×3 / 2 max pool with padding 1 (by direct
-    /// window maxima), exactly, at strides 1 and 2, with an epilogue applied before pooling, once per row; odd and even
-    /// map sizes; bands of one to three pooled rows, the default band and the whole image.
+    /// window maxima), exactly, at strides 1 and 2, with an epilogue applied before pooling, once
+    /// per row; odd and even map sizes; bands of one to three pooled rows, the default band and the whole image.
     #[test]
     fn pooled_stem_equals_the_stem_then_the_max_pool_exactly() {
         if !crate::kernels::simd::has_avx512f() {
@@ -484,6 +500,7 @@ mod tests {
             let (c_in, c_out) = (3, 10);
             let g =
                 ConvGeometry::new((n, c_in, h, w), (c_out, c_in, k, k), stride, k / 2, 1).unwrap();
+            poison_scratch();
             let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
             let x = f32s(test_values(n * c_in * h * w, 70 + k as u64));
             let wt = f32s(test_values(c_out * c_in * k * k, 80 + h as u64));

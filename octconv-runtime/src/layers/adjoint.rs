@@ -368,11 +368,12 @@ pub(crate) fn activation(
         return Ok(None);
     }
     // Each mask in its own loop (through a function pointer, as this was, every value cost a call).
+    // (The sigmoid keeps its output instead, below; hard-swish and SiLU returned above.)
     let mask = |v: &[f32]| -> Vec<bool> {
         match act {
             Activation::Relu => v.iter().map(|&x| x >= 0.0).collect(),
             Activation::Relu6 => v.iter().map(|&x| (x > 0.0) & (x <= 6.0)).collect(),
-            _ => vec![true; v.len()],
+            Activation::Sigmoid | Activation::HardSwish | Activation::Silu => vec![true; v.len()],
         }
     };
     if !f32_cpu(x) {
