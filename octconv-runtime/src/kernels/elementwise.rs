@@ -21,28 +21,21 @@ pub fn sum_act(xs: &[&[f32]], clamp: Clamp) -> Vec<f32> {
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(t, o)| {
         let (from, len) = (t * CHUNK, o.len());
         let r = from..from + len;
-        match xs {
-            [a] => {
-                o.copy_from_slice(&a[r]);
-                add_act_row(o, None, clamp);
-            }
-            [a, b] => {
-                o.copy_from_slice(&a[r.clone()]);
-                add_act_row(o, Some(&b[r]), clamp);
-            }
-            [a, b, rest @ ..] => {
-                o.copy_from_slice(&a[r.clone()]);
-                add_act_row(o, Some(&b[r.clone()]), Clamp::Identity);
-                for (i, x) in rest.iter().enumerate() {
-                    let last = i + 1 == rest.len();
-                    add_act_row(
-                        o,
-                        Some(&x[r.clone()]),
-                        if last { clamp } else { Clamp::Identity },
-                    );
-                }
-            }
-            [] => {}
+        let Some((first, rest)) = xs.split_first() else {
+            return;
+        };
+        o.copy_from_slice(&first[r.clone()]);
+        if rest.is_empty() {
+            add_act_row(o, None, clamp);
+        }
+        // Each later input added in turn, the activation with the last one.
+        for (i, x) in rest.iter().enumerate() {
+            let act = if i + 1 == rest.len() {
+                clamp
+            } else {
+                Clamp::Identity
+            };
+            add_act_row(o, Some(&x[r.clone()]), act);
         }
     });
     out

@@ -887,23 +887,28 @@ mod tests {
                 assert!(weight_blocks::<f32, F2>(&g) > 1, "several blocks");
             }
             for pro in [None, Some(pro)] {
-                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-                let u2 = prepare::<f32, F2>(&g, &w);
-                assert_eq!(
-                    bits(forward_prepared::<f32, F2>(&g, &x, &u2, pro)),
-                    bits(forward::<f32, F2>(&g, &x, &w, pro)),
-                    "F(2×2), {n}×{c}×{hw}², prologue {}",
-                    pro.is_some()
-                );
-                let u4 = prepare::<f32, F4>(&g, &w);
-                assert_eq!(
-                    bits(forward_prepared::<f32, F4>(&g, &x, &u4, pro)),
-                    bits(forward::<f32, F4>(&g, &x, &w, pro)),
-                    "F(4×4), {n}×{c}×{hw}², prologue {}",
-                    pro.is_some()
-                );
+                let what = format!("{n}×{c}×{hw}², prologue {}", pro.is_some());
+                assert_prepared_is_forward::<F2>(&g, &x, &w, pro, &format!("F(2×2), {what}"));
+                assert_prepared_is_forward::<F4>(&g, &x, &w, pro, &format!("F(4×4), {what}"));
             }
         }
+    }
+
+    /// [`forward_prepared`] on [`prepare`]d weights equals [`forward`] bit for bit, by variant `A`.
+    fn assert_prepared_is_forward<A: Tiling>(
+        g: &ConvGeometry,
+        x: &[f32],
+        w: &[f32],
+        pro: Option<Prologue<'_, f32>>,
+        what: &str,
+    ) {
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let u = prepare::<f32, A>(g, w);
+        assert_eq!(
+            bits(forward_prepared::<f32, A>(g, x, &u, pro)),
+            bits(forward::<f32, A>(g, x, w, pro)),
+            "{what}"
+        );
     }
 
     /// Direct summation of a 3×3 "same" convolution in f64.
